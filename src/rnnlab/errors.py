@@ -1,0 +1,28 @@
+"""User-facing errors.
+
+Anything a user can cause (a bad file, an unknown name, a bad value) raises a subclass of
+``RnnlabError``. The CLI turns these into one clear line on stderr and exit status 2; a library
+user catches them like any other exception. Bugs stay ordinary exceptions with tracebacks.
+"""
+
+from __future__ import annotations
+
+
+class RnnlabError(Exception):
+    """A problem the user can fix; the message says what is wrong and how to fix it."""
+
+
+class ConfigError(RnnlabError, ValueError):
+    """A configuration value or override is invalid."""
+
+
+class DataError(RnnlabError):
+    """A data file is missing, corrupt, or fails its checksum."""
+
+
+class CheckpointError(RnnlabError):
+    """A run folder or checkpoint is missing, incomplete or not loadable."""
+
+
+class DivergedError(RnnlabError):
+    """Training produced a non-finite loss."""
