@@ -1,0 +1,46 @@
+"""The ``rnnlab`` command line: thin wrappers that parse, call the library, and print.
+
+Each subcommand lives in its own module with ``register(subparsers)``; a user mistake
+(``RnnlabError``) ends with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from rnnlab.errors import RnnlabError
+
+# Modules under rnnlab.cli, each with register(subparsers), in the order `--help` lists them.
+COMMANDS = ("train", "evaluate", "info")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rnnlab",
+        description="Train, compare, inspect, export and serve recurrent sequence classifiers.",
+    )
+    from rnnlab import __version__
+
+    parser.add_argument("--version", action="version", version=f"rnnlab {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"rnnlab.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except RnnlabError as exc:
+        print(f"rnnlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rnnlab: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,58 @@
+"""Helpers shared by subcommands: building a config from a preset, a file and overrides."""
+
+from __future__ import annotations
+
+import argparse
+
+from rnnlab.config import RunConfig, apply_overrides, load_toml
+from rnnlab.presets import get_preset
+
+# Short flags for the most common settings; each maps to a dotted key.
+SHORTCUTS = {
+    "model": ("model.cell", str, "recurrent cell: rnn, lstm or gru"),
+    "nonlinearity": ("model.nonlinearity", str, "tanh or relu (cell rnn)"),
+    "layers": ("model.layers", int, "stacked recurrent layers"),
+    "hidden": ("model.hidden", int, "hidden units per layer"),
+    "readout": ("model.readout", str, "last, mean or all"),
+    "view": ("data.view", str, "rows, pixels or permuted-pixels"),
+    "optimizer": ("train.optimizer", str, "sgd, adam, adamw or rmsprop"),
+    "lr": ("train.lr", float, "learning rate"),
+    "batch_size": ("train.batch_size", int, "batch size"),
+    "epochs": ("train.epochs", int, "budget in epochs"),
+    "iterations": ("train.iterations", int, "budget in iterations"),
+    "seed": ("seed", int, "random seed"),
+    "device": ("train.device", str, "auto, cpu, cuda, cuda:N or mps"),
+    "data_dir": ("data.data_dir", str, "folder with the IDX files (default: RNNLAB_DATA_DIR, then the embedded MNIST)"),
+}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, shortcuts: bool = True) -> None:
+    parser.add_argument("--preset", help="start from a named preset (see `rnnlab presets`)")
+    parser.add_argument("--config", metavar="FILE", help="start from a TOML config (e.g. a run's config.toml)")
+    if shortcuts:
+        group = parser.add_argument_group("shortcuts (each is the same as a KEY=VALUE override)")
+        for flag, (key, typ, text) in SHORTCUTS.items():
+            group.add_argument(f"--{flag.replace('_', '-')}", dest=f"short_{flag}", type=typ, metavar="X",
+                               help=f"{text} [{key}]")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. model.hidden=256 train.lr=1e-3 data.val_size=0")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Preset or config file (or the defaults), then shortcut flags, then KEY=VALUE overrides."""
+    if args.preset and args.config:
+        from rnnlab.errors import ConfigError
+
+        raise ConfigError("give --preset or --config, not both")
+    if args.preset:
+        config = get_preset(args.preset).config
+    elif args.config:
+        config = load_toml(args.config)
+    else:
+        config = RunConfig()
+    overrides = []
+    for flag, (key, _, _) in SHORTCUTS.items():
+        value = getattr(args, f"short_{flag}", None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return apply_overrides(config, overrides + list(args.overrides))

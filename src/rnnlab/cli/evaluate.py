@@ -1,0 +1,62 @@
+"""``rnnlab eval``: test accuracy, per-class accuracy and the confusion matrix of a run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("eval", help="evaluate a run on the test set",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--data-dir", metavar="DIR", help="folder with the IDX files (default: the run's)")
+    parser.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    parser.set_defaults(func=run)
+
+
+def evaluate_run(run_dir: str, *, data_dir: str | None = None, batch_size: int = 1000,
+                 device: str = "cpu") -> dict:
+    """Evaluate a saved run on its dataset's test split."""
+    import rnnlab
+    from rnnlab.data import load_sequences
+    from rnnlab.distributed import select_device
+    from rnnlab.engine import confusion_matrix, evaluate
+    from rnnlab.errors import ConfigError
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size={batch_size} must be >= 1")
+    dev = select_device(device)
+    trained = rnnlab.load(run_dir, device=dev)
+    data_cfg = trained.config.data
+    test = load_sequences(data_cfg.dataset, "test", view=data_cfg.view, data_dir=data_dir or data_cfg.data_dir or None,
+                          permutation=trained.permutation, download=data_cfg.download)
+    result = evaluate(trained.model, test, batch_size=batch_size, device=dev)
+    matrix = confusion_matrix(test.y, result.predictions, trained.num_classes)
+    counts = torch.bincount(test.y, minlength=trained.num_classes).tolist()
+    per_class = [100.0 * matrix[c][c] / counts[c] if counts[c] else float("nan") for c in range(trained.num_classes)]
+    return {"run_dir": str(run_dir), "test_accuracy": result.accuracy, "test_loss": result.loss,
+            "samples": len(test), "per_class_accuracy": per_class, "confusion_matrix": matrix}
+
+
+def format_report(report: dict) -> str:
+    matrix = report["confusion_matrix"]
+    n = len(matrix)
+    width = max(5, max(len(str(v)) for row in matrix for v in row) + 1)
+    lines = [f"test accuracy {report['test_accuracy']:.2f}% on {report['samples']} images "
+             f"(loss {report['test_loss']:.4f})", "", "per-class accuracy:"]
+    lines += [f"  {c}: {acc:6.2f}%" for c, acc in enumerate(report["per_class_accuracy"])]
+    lines += ["", "confusion matrix (rows: true class, columns: predicted):",
+              "true\\pred" + "".join(f"{c:>{width}}" for c in range(n))]
+    lines += [f"{r:>9}" + "".join(f"{v:>{width}}" for v in row) for r, row in enumerate(matrix)]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = evaluate_run(args.run_dir, data_dir=args.data_dir, batch_size=args.batch_size, device=args.device)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0

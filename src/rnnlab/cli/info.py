@@ -1,0 +1,68 @@
+"""``rnnlab presets``, ``rnnlab models`` and ``rnnlab inspect``: what there is and what it costs."""
+
+from __future__ import annotations
+
+import argparse
+
+from rnnlab.cli.common import add_config_arguments, config_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    presets = subparsers.add_parser("presets", help="list the presets, their sources and reported accuracy")
+    presets.set_defaults(func=run_presets)
+    models = subparsers.add_parser("models", help="list the registered models")
+    models.set_defaults(func=run_models)
+    inspect = subparsers.add_parser(
+        "inspect", help="parameter groups and shapes, counts, FLOPs per sample",
+        description="Show a model's parameters (as the tutorials list them), its size and its cost.",
+    )
+    add_config_arguments(inspect)
+    inspect.set_defaults(func=run_inspect)
+
+
+def run_presets(args: argparse.Namespace) -> int:
+    from rnnlab.presets import get_preset, list_presets
+
+    rows = []
+    for name in list_presets():
+        preset = get_preset(name)
+        reported = f"{preset.reported_accuracy:.2f}" if preset.reported_accuracy is not None else "-"
+        rows.append((name, reported, preset.description))
+    width = max(len(r[0]) for r in rows)
+    print(f"{'preset':<{width}}  reported  recipe")
+    for name, reported, description in rows:
+        print(f"{name:<{width}}  {reported:>8}  {description}")
+    sources = sorted({get_preset(n).source for n in list_presets() if get_preset(n).source})
+    print("\nsources:\n" + "\n".join(f"  {s}" for s in sources))
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from rnnlab.models import model_summaries
+
+    for name, summary in model_summaries().items():
+        print(f"{name:<6} {summary}")
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from rnnlab.config import describe_model
+    from rnnlab.data.sequences import view_shape
+    from rnnlab.data.sources import DATASETS
+    from rnnlab.models import create_model, describe_parameters, flops_per_sample, parameter_count
+
+    config = config_from_args(args)
+    spec = DATASETS[config.data.dataset]
+    steps, features = view_shape(config.data.view, spec.image_shape)
+    model = create_model(config.model, input_size=features, seq_len=steps, num_classes=spec.num_classes)
+    print(f"{config.label}: {describe_model(config.model)}, readout {config.model.readout}, "
+          f"input {steps} steps x {features} features ({config.data.view})")
+    params = describe_parameters(model)
+    width = max(len(name) for name, _, _ in params)
+    print(f"\n{'parameter':<{width}}  {'shape':<14} {'count':>9}")
+    for name, shape, count in params:
+        print(f"{name:<{width}}  {str(list(shape)):<14} {count:>9,}")
+    flops = flops_per_sample(model, steps)
+    print(f"\nparameters         {parameter_count(model):,}")
+    print(f"FLOPs per sample   {flops:,} forward ({flops / steps:,.0f} per step), ~{3 * flops:,} training")
+    return 0

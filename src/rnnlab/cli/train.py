@@ -1,0 +1,84 @@
+"""``rnnlab train``: train a model from a preset, a config file and overrides; or resume a run."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+import tomli_w
+
+from rnnlab.cli.common import add_config_arguments, config_from_args
+from rnnlab.config import to_dict
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a model and write a run folder",
+        description="Train a recurrent classifier. Without arguments: an LSTM on row MNIST (28 steps of 28 pixels).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<preset-or-model>-<timestamp>)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the config, train 2 iterations in a temporary folder, and exit")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import rnnlab
+
+    progress = not args.no_progress
+    if args.resume:
+        if args.preset or args.config or args.overrides:
+            from rnnlab.errors import ConfigError
+
+            raise ConfigError("--resume continues a run with its own saved config; drop the other settings")
+        result = rnnlab.resume(args.resume, progress=progress)
+    else:
+        config = config_from_args(args)
+        if args.dry_run:
+            print(tomli_w.dumps(to_dict(config)))
+            folder = tempfile.mkdtemp(prefix="rnnlab-dry-run-")
+            try:
+                result = rnnlab.train(config, folder, progress=progress, stop_after=2)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            print(f"dry run ok: 2 iterations, loss and evaluation ran (test accuracy "
+                  f"{result.summary.get('test_accuracy', float('nan')):.2f}%)")
+            return 0
+        result = rnnlab.train(config, args.out, progress=progress)
+    print_summary(result.summary, str(result.dir))
+    if result.status == "diverged":
+        print(f"rnnlab: run diverged: {result.summary['message']}", file=sys.stderr)
+        return 1
+    if result.status == "interrupted":
+        print(f"rnnlab: interrupted; continue with: rnnlab train --resume {result.dir}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def print_summary(summary: dict[str, Any], run_dir: str) -> None:
+    """The closing lines of a run: accuracy, budget, time, throughput, where it is."""
+    lines = [f"status            {summary['status']}"]
+    if "test_accuracy" in summary:
+        lines.append(f"test accuracy     {summary['test_accuracy']:.2f}%")
+    if "val_accuracy" in summary:
+        lines.append(f"val accuracy      {summary['val_accuracy']:.2f}%")
+    reference = summary.get("reference")
+    if reference and reference.get("reported_test_accuracy") is not None:
+        lines.append(f"tutorial reported {reference['reported_test_accuracy']:.2f}%")
+    lines += [
+        f"iterations        {summary['iterations']} ({summary['epochs']:.2f} epochs)",
+        f"train time        {summary['train_seconds']:.1f} s",
+        f"samples/s         {summary['samples_per_second']:.0f}",
+        f"parameters        {summary['parameters']:,}",
+    ]
+    if summary.get("protocol_note"):
+        lines.append(f"protocol          {summary['protocol_note']}")
+    lines.append(f"run folder        {run_dir}")
+    print("\n".join(lines))

@@ -1,0 +1,317 @@
+"""Run configuration: typed, frozen dataclasses validated on construction.
+
+A ``RunConfig`` holds everything needed to run an experiment again. It round-trips through
+TOML (``config.toml`` in every run folder) and takes dotted command-line overrides such as
+``model.cell=lstm train.lr=1e-3`` that reject unknown keys and bad values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from rnnlab.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CELLS = ("rnn", "lstm", "gru")
+NONLINEARITIES = ("tanh", "relu")
+READOUTS = ("last", "mean", "all")
+INITS = ("default", "orthogonal", "identity")
+IMPLS = ("auto", "fast", "torch")
+VIEWS = ("rows", "pixels", "permuted-pixels")
+DATASETS = ("mnist", "fashion-mnist", "kmnist")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("none", "step", "cosine")
+PROTOCOLS = ("standard", "tutorial")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+def _choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{section}.{name}={value!r} is not valid; choose one of: {', '.join(allowed)}")
+
+
+def _at_least(section: str, name: str, value: float, low: float, *, strict: bool = False) -> None:
+    bad = value <= low if strict else value < low
+    if bad:
+        relation = ">" if strict else ">="
+        raise ConfigError(f"{section}.{name}={value!r} is out of range; it must be {relation} {low}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how an image becomes a sequence."""
+
+    dataset: str = "mnist"
+    view: str = "rows"  # rows: 28 steps of 28 pixels; pixels: 784 steps of 1; permuted-pixels
+    val_size: int = 5000  # carved from the training set; 0 disables validation
+    standardize: bool = False  # subtract the training-pixel mean, divide by the std (inside the model)
+    permutation_seed: int = 0  # for the permuted-pixels view; the permutation is saved with the run
+    data_dir: str = ""  # empty: RNNLAB_DATA_DIR, then the copy embedded in the package
+    download: bool = False  # fetch missing files from the dataset's mirrors into the cache
+
+    def __post_init__(self) -> None:
+        _choice("data", "dataset", self.dataset, DATASETS)
+        _choice("data", "view", self.view, VIEWS)
+        _at_least("data", "val_size", self.val_size, 0)
+        _at_least("data", "permutation_seed", self.permutation_seed, 0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The recurrent classifier: cell, size, readout and initialisation."""
+
+    cell: str = "lstm"
+    nonlinearity: str = "tanh"  # only for cell=rnn
+    hidden: int = 128
+    layers: int = 1
+    dropout: float = 0.0  # between stacked layers, as torch.nn does
+    bidirectional: bool = False
+    readout: str = "last"  # last: final hidden state; mean: average over steps; all: Linear over every step
+    init: str = "default"  # default (PyTorch's), orthogonal, identity (IRNN)
+    impl: str = "auto"  # auto: fast layers where they win; fast; torch: reference torch.nn layers
+
+    def __post_init__(self) -> None:
+        _choice("model", "cell", self.cell, CELLS)
+        _choice("model", "nonlinearity", self.nonlinearity, NONLINEARITIES)
+        _choice("model", "readout", self.readout, READOUTS)
+        _choice("model", "init", self.init, INITS)
+        _choice("model", "impl", self.impl, IMPLS)
+        _at_least("model", "hidden", self.hidden, 1)
+        _at_least("model", "layers", self.layers, 1)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout!r} is out of range; it must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation recipe and the budget."""
+
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    momentum: float = 0.0  # sgd and rmsprop
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    iterations: int = 0  # the budget: iterations, or else epochs (exactly one of them > 0)
+    epochs: int = 5
+    schedule: str = "cosine"
+    warmup: int = 0  # linear warm-up, in iterations
+    step_size: int = 1000  # schedule=step: multiply lr by gamma every step_size iterations
+    gamma: float = 0.5
+    clip: float = 1.0  # gradient-norm clipping; 0 turns it off
+    label_smoothing: float = 0.0
+    eval_every: int = 500  # iterations between evaluations (and at the end)
+    eval_batch_size: int = 1000
+    protocol: str = "standard"  # standard: validate on the split, test once; tutorial: test every eval
+    device: str = "auto"
+    amp: str = "off"  # off, bf16 (cpu or cuda), fp16 (cuda)
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    checkpoint_every: int = 500  # iterations between resumable checkpoints
+
+    def __post_init__(self) -> None:
+        _choice("train", "optimizer", self.optimizer, OPTIMIZERS)
+        _choice("train", "schedule", self.schedule, SCHEDULES)
+        _choice("train", "protocol", self.protocol, PROTOCOLS)
+        _choice("train", "device", self.device.split(":")[0], DEVICES)
+        _choice("train", "amp", self.amp, AMP_MODES)
+        _at_least("train", "lr", self.lr, 0.0, strict=True)
+        for name in ("momentum", "weight_decay", "clip", "label_smoothing", "iterations", "epochs",
+                     "warmup", "threads"):
+            _at_least("train", name, getattr(self, name), 0)
+        for name in ("batch_size", "eval_every", "eval_batch_size", "step_size", "checkpoint_every"):
+            _at_least("train", name, getattr(self, name), 1)
+        _at_least("train", "gamma", self.gamma, 0.0, strict=True)
+        if self.label_smoothing >= 1.0:
+            raise ConfigError("train.label_smoothing must be < 1")
+        if (self.iterations > 0) == (self.epochs > 0):
+            raise ConfigError(
+                f"set exactly one budget: train.iterations={self.iterations}, train.epochs={self.epochs}; "
+                "give one of them a positive value and the other 0"
+            )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run. Saved as ``config.toml`` in the run folder."""
+
+    name: str = ""  # free-form label; the run folder defaults to runs/<name or model>-<time>
+    preset: str = ""  # the preset this config came from, if any
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ConfigError(f"seed={self.seed!r} is out of range; it must be >= 0")
+
+    @property
+    def label(self) -> str:
+        """A short human label: the name, else the preset, else the model's description."""
+        return self.name or self.preset or describe_model(self.model)
+
+
+def describe_model(m: ModelConfig) -> str:
+    """e.g. ``lstm-2x100`` or ``rnn-relu-1x100-bi``."""
+    cell = f"rnn-{m.nonlinearity}" if m.cell == "rnn" else m.cell
+    return f"{cell}-{m.layers}x{m.hidden}" + ("-bi" if m.bidirectional else "")
+
+
+# --------------------------------------------------------------------------- dict / TOML
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """A plain nested dict (TOML- and JSON-serialisable)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
+    """Build a config from a nested dict, rejecting unknown keys and wrong types."""
+    top_names = {f.name for f in fields(RunConfig)}
+    unknown = set(raw) - top_names
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(top_names)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: [{key}] must be a table of settings")
+            kwargs[key] = _build_section(key, _SECTIONS[key], value, source)
+        else:
+            kwargs[key] = _coerce(f"{key}", _field_type(RunConfig, key), value)
+    return RunConfig(**kwargs)
+
+
+def _build_section(section: str, cls: type, values: dict[str, Any], source: str) -> Any:
+    names = {f.name for f in fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(f'{section}.{k}' for k in sorted(unknown))}; "
+            f"valid keys in [{section}]: {', '.join(sorted(names))}"
+        )
+    coerced = {k: _coerce(f"{section}.{k}", _field_type(cls, k), v) for k, v in values.items()}
+    return cls(**coerced)
+
+
+def save_toml(cfg: RunConfig, path: str | Path) -> None:
+    """Write the config as TOML, atomically."""
+    from rnnlab.checkpoint import atomic_write_text  # late import: checkpoint imports config
+
+    atomic_write_text(Path(path), tomli_w.dumps(to_dict(cfg)))
+
+
+def load_toml(path: str | Path) -> RunConfig:
+    """Read a config written by :func:`save_toml` (or by hand)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file or pass another --config") from None
+    return from_dict(raw, source=str(path))
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``KEY=VALUE`` overrides such as ``model.hidden=256`` or ``seed=3``.
+
+    Setting one of ``train.iterations`` / ``train.epochs`` clears the other, so that a
+    preset's budget can be switched from epochs to iterations in one override.
+    """
+    raw = to_dict(cfg)
+    budget_keys: set[str] = set()
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. model.hidden=256)")
+        section, dot, name = key.rpartition(".")
+        if not dot:
+            section, name = "", key
+        if section and section not in _SECTIONS:
+            raise ConfigError(f"unknown key {key!r}; sections are: {', '.join(_SECTIONS)}")
+        cls = _SECTIONS[section] if section else RunConfig
+        names = [f.name for f in fields(cls) if f.name not in _SECTIONS]
+        if name not in names:
+            where = f"[{section}]" if section else "top level"
+            prefix = f"{section}." if section else ""
+            raise ConfigError(f"unknown key {key!r}; valid keys at {where}: {', '.join(prefix + n for n in names)}")
+        value = _parse_value(key, _field_type(cls, name), text.strip())
+        target = raw[section] if section else raw
+        target[name] = value
+        if key in ("train.iterations", "train.epochs"):
+            budget_keys.add(key)
+    if budget_keys == {"train.iterations"}:
+        raw["train"]["epochs"] = 0
+    elif budget_keys == {"train.epochs"}:
+        raw["train"]["iterations"] = 0
+    return from_dict(raw, source="overrides")
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _parse_value(key: str, typ: Any, text: str) -> Any:
+    if typ is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key}={text!r}: expected a boolean (true or false)")
+    if typ is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{key}={text!r}: expected a whole number") from None
+    if typ is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{key}={text!r}: expected a number such as 0.01 or 1e-3") from None
+    return text
+
+
+def _coerce(key: str, typ: Any, value: Any) -> Any:
+    """Check a value read from TOML/dict against the field's type (ints are fine for floats)."""
+    if isinstance(typ, types.UnionType):  # pragma: no cover - no optional fields today
+        return value
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(typ, True)
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: expected {typ.__name__}")
+    return float(value) if typ is float else value
+
+
+def with_updates(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
+    """Return a copy with some fields of some sections changed, e.g. ``train={"lr": 0.1}``."""
+    changes: dict[str, Any] = {}
+    for section, values in sections.items():
+        if section in _SECTIONS:
+            changes[section] = replace(getattr(cfg, section), **values)
+        else:
+            changes[section] = values
+    return replace(cfg, **changes)

@@ -1,0 +1,308 @@
+"""The one training loop, shared by every model; and evaluation.
+
+Plain PyTorch, no framework: build data and model from a ``RunConfig``, then iterate. The
+batch order is a pure function of (seed, epoch) and the learning rate a pure function of the
+iteration, so a run resumed from a checkpoint ends with the same weights as one never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from rnnlab import checkpoint as ckpt
+from rnnlab import distributed as dist
+from rnnlab.config import RunConfig, save_toml, to_dict
+from rnnlab.data import SequenceData, load_sequences, make_permutation, train_val_split
+from rnnlab.data.sources import DATASETS
+from rnnlab.errors import CheckpointError
+from rnnlab.models import SequenceClassifier, create_model, parameter_count
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CONFIG = "config.toml"
+
+
+@dataclass
+class Datasets:
+    train: SequenceData
+    val: SequenceData | None
+    test: SequenceData
+    permutation: torch.Tensor | None
+    num_classes: int
+
+
+def load_datasets(cfg: RunConfig) -> Datasets:
+    """Train/val/test sequences for a config; the validation split never touches the test set."""
+    data = cfg.data
+    spec = DATASETS[data.dataset]
+    permutation = None
+    if data.view == "permuted-pixels":
+        permutation = make_permutation(data.permutation_seed, spec.image_shape[0] * spec.image_shape[1])
+    kwargs = dict(view=data.view, data_dir=data.data_dir or None, permutation=permutation, download=data.download)
+    full = load_sequences(data.dataset, "train", **kwargs)
+    test = load_sequences(data.dataset, "test", **kwargs)
+    val = None
+    train = full
+    if data.val_size > 0 and cfg.train.protocol == "standard":
+        train_idx, val_idx = train_val_split(len(full), data.val_size, cfg.seed)
+        train = SequenceData(full.x[train_idx], full.y[train_idx])
+        val = SequenceData(full.x[val_idx], full.y[val_idx])
+    return Datasets(train, val, test, permutation, spec.num_classes)
+
+
+def build_model(cfg: RunConfig, datasets: Datasets) -> SequenceClassifier:
+    mean, std = datasets.train.pixel_stats() if cfg.data.standardize else (0.0, 1.0)
+    _, steps, features = datasets.train.x.shape
+    return create_model(cfg.model, input_size=features, seq_len=steps, num_classes=datasets.num_classes,
+                        input_mean=mean, input_std=std)
+
+
+def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    t = cfg.train
+    params = model.parameters()
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def learning_rate(cfg: RunConfig, iteration: int, total: int) -> float:
+    """The learning rate at an iteration: linear warm-up, then the schedule."""
+    t = cfg.train
+    if t.warmup and iteration < t.warmup:
+        return t.lr * (iteration + 1) / t.warmup
+    if t.schedule == "cosine":
+        progress = (iteration - t.warmup) / max(1, total - t.warmup)
+        return t.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if t.schedule == "step":
+        return t.lr * t.gamma ** (iteration // t.step_size)
+    return t.lr
+
+
+def total_iterations(cfg: RunConfig, train: SequenceData) -> int:
+    return cfg.train.iterations or cfg.train.epochs * train.num_batches(cfg.train.batch_size)
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float  # percent
+    predictions: torch.Tensor = field(repr=False)  # (N,) predicted classes
+
+
+def evaluate(model: SequenceClassifier, data: SequenceData, *, batch_size: int = 1000,
+             device: torch.device | str = "cpu", amp: str = "off") -> Evaluation:
+    """Loss and accuracy over a whole split, without autograd."""
+    device = torch.device(device)
+    total_loss, predictions = 0.0, []
+    with dist.inference(model), dist.autocast(device, amp):
+        for x, y in data.iterate_once(batch_size):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits = model(x).float()  # (B, C)
+            total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+            predictions.append(logits.argmax(dim=1).cpu())
+    predictions_all = torch.cat(predictions)
+    correct = (predictions_all == data.y).sum().item()
+    return Evaluation(total_loss / len(data), 100.0 * correct / len(data), predictions_all)
+
+
+def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> list[list[int]]:
+    """Rows are true classes, columns predicted classes."""
+    flat = labels.long() * num_classes + predictions.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes).tolist()
+
+
+def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{cfg.label}-{stamp}"
+
+
+class Trainer:
+    """Holds the state of one run; ``fit()`` runs the loop to the end of the budget."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, *, progress: bool = True) -> None:
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        dist.configure_threads(cfg.train.threads)
+        self.device = dist.select_device(cfg.train.device)
+        dist.seed_everything(cfg.seed)
+        self.data = load_datasets(cfg)
+        self.model = build_model(cfg, self.data).to(self.device)
+        self.optimizer = make_optimizer(cfg, self.model)
+        self.scaler = dist.grad_scaler(self.device, cfg.train.amp)
+        self.total = total_iterations(cfg, self.data.train)
+        self.batches_per_epoch = self.data.train.num_batches(cfg.train.batch_size)
+        self.iteration = 0
+        self.train_seconds = 0.0
+        self.running = {"loss": 0.0, "correct": 0, "count": 0}
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        tensors = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                   "scaler": self.scaler.state_dict(), "rng": dist.rng_state()}
+        if self.data.permutation is not None:
+            tensors["permutation"] = self.data.permutation
+        meta = {"config": to_dict(self.cfg), "iteration": self.iteration, "total_iterations": self.total,
+                "epoch": self.iteration / self.batches_per_epoch, "train_seconds": self.train_seconds,
+                "running": self.running, "torch_version": torch.__version__}
+        ckpt.save_checkpoint(self.run_dir, tensors, meta)
+
+    def restore(self) -> None:
+        tensors, meta = ckpt.load_checkpoint(self.run_dir, map_location=self.device)
+        if meta["config"] != to_dict(self.cfg):
+            raise CheckpointError(f"{self.run_dir}: the checkpoint was written by a different config")
+        self.model.load_state_dict(tensors["model"])
+        self.optimizer.load_state_dict(tensors["optimizer"])
+        self.scaler.load_state_dict(tensors["scaler"])
+        dist.set_rng_state(tensors["rng"])
+        self.iteration, self.train_seconds = meta["iteration"], meta["train_seconds"]
+        self.running = meta["running"]
+        # Metrics logged after the checkpoint will be logged again: drop them.
+        rows = [r for r in ckpt.read_jsonl(self.run_dir / METRICS) if r["iteration"] <= self.iteration]
+        ckpt.write_jsonl(self.run_dir / METRICS, rows)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Train to the end of the budget (or until ``stop_after`` iterations, for tests)."""
+        cfg, t = self.cfg, self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if dist.is_main_process():
+            save_toml(cfg, self.run_dir / CONFIG)
+        self.model.train()
+        train = self.data.train
+        end = self.total if stop_after is None else min(self.total, stop_after)
+        bar = tqdm(total=self.total, initial=self.iteration, disable=not self.progress, unit="it",
+                   desc=cfg.label, dynamic_ncols=True, leave=True)
+        seconds_at_start, iteration_started = self.train_seconds, self.iteration
+        order, order_epoch = None, -1
+        status = "completed"
+        try:
+            while self.iteration < end:
+                step_started = time.perf_counter()  # only training steps count, not evaluation
+                epoch, index = divmod(self.iteration, self.batches_per_epoch)
+                if epoch != order_epoch:
+                    order, order_epoch = train.epoch_order(epoch, cfg.seed), epoch
+                batch_idx = order[index * t.batch_size:(index + 1) * t.batch_size]
+                x, y = train.batch(batch_idx)  # (B, T, F) float in [0, 1], (B,)
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                lr = learning_rate(cfg, self.iteration, self.total)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                with dist.autocast(self.device, t.amp):
+                    logits = self.model(x)  # (B, C)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
+                if not torch.isfinite(loss):
+                    status = "diverged"
+                    self.diverged_at = (self.iteration, float(loss.item()), lr)
+                    break
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if t.clip > 0:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.iteration += 1
+                self.running["loss"] += loss.item() * len(y)
+                self.running["correct"] += int((logits.argmax(1) == y).sum())
+                self.running["count"] += len(y)
+                self.train_seconds += time.perf_counter() - step_started
+                bar.update(1)
+                if self.iteration % t.eval_every == 0 or self.iteration == self.total:
+                    seconds = max(self.train_seconds - seconds_at_start, 1e-9)
+                    rate = (self.iteration - iteration_started) * t.batch_size / seconds
+                    row = self._log_evaluation(rate, lr)
+                    bar.set_postfix({k: row[k] for k in ("train_loss", "val_accuracy", "test_accuracy") if k in row})
+                if self.iteration % t.checkpoint_every == 0 and dist.is_main_process():
+                    self.save()
+        except KeyboardInterrupt:
+            status = "interrupted"
+        finally:
+            bar.close()
+        if status != "diverged" and dist.is_main_process():
+            self.save()
+        if status == "completed" and self.iteration < self.total:
+            status = "stopped"
+        return self._finish(status)
+
+    def _log_evaluation(self, samples_per_second: float, lr: float) -> dict[str, Any]:
+        """Evaluate on the validation split (or on test, under the tutorial protocol) and log it."""
+        count = max(1, self.running["count"])
+        row: dict[str, Any] = {
+            "iteration": self.iteration,
+            "epoch": round(self.iteration / self.batches_per_epoch, 4),
+            "train_loss": self.running["loss"] / count,
+            "train_accuracy": 100.0 * self.running["correct"] / count,
+            "lr": lr,
+            "samples_per_second": samples_per_second,
+            "elapsed_seconds": self.train_seconds,
+        }
+        self.running = {"loss": 0.0, "correct": 0, "count": 0}
+        split = self.data.val if self.data.val is not None else None
+        name = "val"
+        if self.cfg.train.protocol == "tutorial":
+            split, name = self.data.test, "test"
+        if split is not None:
+            result = evaluate(self.model, split, batch_size=self.cfg.train.eval_batch_size,
+                              device=self.device, amp=self.cfg.train.amp)
+            row[f"{name}_loss"], row[f"{name}_accuracy"] = result.loss, result.accuracy
+        if dist.is_main_process():
+            ckpt.append_jsonl(self.run_dir / METRICS, row)
+        return row
+
+    def _finish(self, status: str) -> dict[str, Any]:
+        cfg = self.cfg
+        summary: dict[str, Any] = {
+            "schema_version": ckpt.SCHEMA_VERSION,
+            "status": status,
+            "name": cfg.label,
+            "preset": cfg.preset or None,
+            "seed": cfg.seed,
+            "model": cfg.model.cell,
+            "parameters": parameter_count(self.model),
+            "protocol": cfg.train.protocol,
+            "iterations": self.iteration,
+            "epochs": round(self.iteration / self.batches_per_epoch, 4),
+            "train_seconds": round(self.train_seconds, 3),
+            "samples_per_second": round(self.iteration * cfg.train.batch_size / max(self.train_seconds, 1e-9), 1),
+            "device": str(self.device),
+            "torch_version": torch.__version__,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if cfg.train.protocol == "tutorial":
+            summary["protocol_note"] = ("tutorial protocol: no validation split; test accuracy measured every "
+                                        f"{cfg.train.eval_every} iterations, as the tutorial did")
+        from rnnlab.presets import reference_for  # late import: presets import config only
+
+        reference = reference_for(cfg.preset)
+        if reference:
+            summary["reference"] = reference
+        if status == "diverged":
+            iteration, value, lr = self.diverged_at
+            summary["diverged_at"] = iteration
+            summary["message"] = (
+                f"loss became {value} at iteration {iteration} (lr={lr:g}); lower the learning rate "
+                f"(e.g. train.lr={cfg.train.lr / 10:g}) or clip gradients (train.clip=1.0)"
+            )
+        else:
+            t = cfg.train
+            test = evaluate(self.model, self.data.test, batch_size=t.eval_batch_size, device=self.device, amp=t.amp)
+            summary["test_accuracy"], summary["test_loss"] = round(test.accuracy, 4), round(test.loss, 6)
+            if self.data.val is not None:
+                val = evaluate(self.model, self.data.val, batch_size=t.eval_batch_size, device=self.device, amp=t.amp)
+                summary["val_accuracy"], summary["val_loss"] = round(val.accuracy, 4), round(val.loss, 6)
+            summary["confusion_matrix"] = confusion_matrix(self.data.test.y, test.predictions, self.data.num_classes)
+        if dist.is_main_process():
+            ckpt.atomic_write_json(self.run_dir / SUMMARY, summary)
+        return summary

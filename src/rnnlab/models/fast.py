@@ -1,0 +1,158 @@
+"""FastRecurrent: a drop-in, batch-first ``torch.nn.RNN/LSTM/GRU`` for small CPU models.
+
+It subclasses ``nn.RNNBase``, so parameter names, shapes, initialisation (and the
+RNG draws it makes) and state_dicts are exactly those of the reference module; only
+``forward`` differs: each layer and direction runs through the hand-written
+``RecurrentLayerFn`` (see ``fast_kernels.py``). Where that path does not apply
+(packed or unbatched input, autocast, tracing/scripting/compiling/export, other
+dtypes) it falls back to the reference ``forward`` of torch.nn.
+
+``make_recurrent(..., impl="auto")`` picks FastRecurrent only where it was measured
+to win (``fast_supported``); everything else gets the plain torch.nn module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from .fast_kernels import RecurrentLayerFn
+
+MODES = ("rnn_relu", "rnn_tanh", "lstm", "gru")
+_TORCH_MODE = {"rnn_relu": "RNN_RELU", "rnn_tanh": "RNN_TANH", "lstm": "LSTM", "gru": "GRU"}
+_REFERENCE_FORWARD = {"rnn_relu": nn.RNN.forward, "rnn_tanh": nn.RNN.forward,
+                      "lstm": nn.LSTM.forward, "gru": nn.GRU.forward}
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown recurrent mode {mode!r}; expected one of {MODES}")
+
+
+def _tracing() -> bool:
+    """True under torch.jit / torch.compile / ONNX export, where a Python
+    autograd.Function with in-place loops is not wanted: use the reference path."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and getattr(compiler, "is_compiling", lambda: False)():
+        return True
+    onnx = getattr(torch, "onnx", None)
+    return bool(onnx is not None and getattr(onnx, "is_in_onnx_export", lambda: False)())
+
+
+class FastRecurrent(nn.RNNBase):
+    """Batch-first RNN (relu/tanh), LSTM or GRU with a hand-written backward.
+
+    forward(x (B, T, F), hx=None) -> (output (B, T, D*H), h_n (L*D, B, H)), and for
+    the LSTM (output, (h_n, c_n)), with torch.nn's semantics.
+    """
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0,
+                 device: Any = None, dtype: Any = None) -> None:
+        _check_mode(mode)
+        super().__init__(_TORCH_MODE[mode], input_size, hidden_size, num_layers, bias=True,
+                         batch_first=True, dropout=float(dropout), bidirectional=bidirectional,
+                         device=device, dtype=dtype)
+        self.cell = mode
+        if mode.startswith("rnn_"):
+            self.nonlinearity = mode[4:]  # what nn.RNN.forward/extra_repr expect
+
+    def _fast_ok(self, x: Any) -> bool:
+        return (isinstance(x, Tensor) and x.dim() == 3 and x.shape[1] > 0
+                and x.dtype in (torch.float32, torch.float64)
+                and not torch.is_autocast_enabled(x.device.type) and not _tracing())
+
+    def forward(self, x: Any, hx: Any = None) -> Any:  # type: ignore[override]
+        if not self._fast_ok(x):
+            return _REFERENCE_FORWARD[self.cell](self, x, hx)
+        lstm = self.cell == "lstm"
+        D = 2 if self.bidirectional else 1
+        h0s: Tensor | None
+        c0s: Tensor | None
+        if hx is None:
+            h0s = c0s = None
+        elif lstm:
+            h0s, c0s = hx
+        else:
+            h0s, c0s = hx, None
+        B = x.shape[0]
+        for name, s in (("h0", h0s), ("c0", c0s)):
+            want = (self.num_layers * D, B, self.hidden_size)
+            if s is not None and tuple(s.shape) != want:
+                raise RuntimeError(f"Expected {name} size {want}, got {tuple(s.shape)}")
+        if x.shape[2] != self.input_size:
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                f"got {x.shape[2]}")
+        layer_in = x.transpose(0, 1).contiguous()  # (T, B, F): time-major inside
+        h_n: list[Tensor] = []
+        c_n: list[Tensor] = []
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                k = layer * D + d
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                out, h, c = RecurrentLayerFn.apply(
+                    self.cell, bool(d), layer_in,
+                    None if h0s is None else h0s[k], None if c0s is None else c0s[k],
+                    getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx),
+                    getattr(self, "bias_ih" + sfx), getattr(self, "bias_hh" + sfx))
+                outs.append(out)
+                h_n.append(h)
+                c_n.append(c)
+            layer_in = outs[0] if D == 1 else torch.cat(outs, 2)  # (T, B, D*H)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_in = nn.functional.dropout(layer_in, self.dropout, training=True)
+        output = layer_in.transpose(0, 1)  # (B, T, D*H), a view like torch.nn's
+        h_stack = torch.stack(h_n)  # (L*D, B, H)
+        if lstm:
+            return output, (h_stack, torch.stack(c_n))
+        return output, h_stack
+
+
+# Where the fast path wins (benchmarks/layer_speed.py, 2-core AMD EPYC, torch 2.13 CPU,
+# one training step fwd+bwd+SGD, interleaved medians): see fast_supported.
+def fast_supported(mode: str, input_size: int, hidden_size: int, num_layers: int,
+                   bidirectional: bool, dropout: float, device: Any = "cpu",
+                   dtype: Any = torch.float32) -> bool:
+    """Whether FastRecurrent is expected to be faster than torch.nn for this config."""
+    _check_mode(mode)
+    if torch.device(device).type != "cpu":  # cuDNN is hard to beat
+        return False
+    if dtype not in (torch.float32, torch.float64, None):
+        return False
+    return True
+
+
+def make_recurrent(mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                   bidirectional: bool = False, dropout: float = 0.0,
+                   impl: str = "auto", device: Any = None, dtype: Any = None) -> nn.Module:
+    """Build a batch-first recurrent module: FastRecurrent or the torch.nn one.
+
+    impl: "fast", "torch" or "auto" (fast only where ``fast_supported`` says it
+    wins). Both have the same parameter names, so state_dicts load across.
+    """
+    _check_mode(mode)
+    if impl not in ("auto", "fast", "torch"):
+        raise ValueError(f"impl must be 'auto', 'fast' or 'torch', got {impl!r}")
+    if impl == "auto":
+        dev = device if device is not None else "cpu"
+        ok = fast_supported(mode, input_size, hidden_size, num_layers, bidirectional,
+                            dropout, dev, dtype or torch.get_default_dtype())
+        impl = "fast" if ok else "torch"
+    if impl == "fast":
+        return FastRecurrent(mode, input_size, hidden_size, num_layers, bidirectional,
+                             dropout, device=device, dtype=dtype)
+    kw: dict[str, Any] = dict(num_layers=num_layers, bias=True, batch_first=True,
+                              dropout=float(dropout), bidirectional=bidirectional,
+                              device=device, dtype=dtype)
+    if mode == "lstm":
+        return nn.LSTM(input_size, hidden_size, **kw)
+    if mode == "gru":
+        return nn.GRU(input_size, hidden_size, **kw)
+    return nn.RNN(input_size, hidden_size, nonlinearity=mode[4:], **kw)

@@ -1,0 +1,156 @@
+"""The recurrent sequence classifier shared by every model in the registry.
+
+Input is a float batch ``(B, T, F)`` with values in [0, 1], laid out as the data view reads
+an image (rows: ``(B, 28, 28)``). Optional standardisation is a buffer inside the model, so
+an exported or served model takes the same raw input as training does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rnnlab.config import ModelConfig
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def _make_recurrent(mode: str, input_size: int, hidden: int, layers: int, bidirectional: bool,
+                    dropout: float, impl: str) -> nn.Module:
+    """The recurrent stack: fast layers where they win, else torch.nn (always batch_first)."""
+    try:
+        from rnnlab.models.fast import make_recurrent
+    except ImportError:  # fast layers not available: the reference implementation is always correct
+        make_recurrent = None
+    if make_recurrent is not None and impl != "torch":
+        return make_recurrent(mode, input_size, hidden, layers, bidirectional, dropout, impl=impl)
+    common = dict(num_layers=layers, bidirectional=bidirectional, dropout=dropout, batch_first=True)
+    if mode == "lstm":
+        return nn.LSTM(input_size, hidden, **common)
+    if mode == "gru":
+        return nn.GRU(input_size, hidden, **common)
+    return nn.RNN(input_size, hidden, nonlinearity=mode.removeprefix("rnn_"), **common)
+
+
+class SequenceClassifier(nn.Module):
+    """A stack of RNN/LSTM/GRU layers and a linear readout."""
+
+    def __init__(self, config: ModelConfig, *, input_size: int, seq_len: int, num_classes: int,
+                 input_mean: float = 0.0, input_std: float = 1.0) -> None:
+        super().__init__()
+        self.config = config
+        self.input_size, self.seq_len, self.num_classes = input_size, seq_len, num_classes
+        self.mode = f"rnn_{config.nonlinearity}" if config.cell == "rnn" else config.cell
+        self.directions = 2 if config.bidirectional else 1
+        self.register_buffer("input_mean", torch.tensor(float(input_mean)))
+        self.register_buffer("input_std", torch.tensor(float(input_std)))
+        self.rnn = _make_recurrent(self.mode, input_size, config.hidden, config.layers,
+                                   config.bidirectional, config.dropout, config.impl)
+        features = self.directions * config.hidden
+        if config.readout == "all":
+            features *= seq_len  # a Linear over every step's hidden state
+        self.head = nn.Linear(features, num_classes)
+        initialise(self, config.init)
+
+    def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
+        """Top-layer hidden states ``(B, T, D*H)`` for a raw input ``(B, T, F)``."""
+        x = (x - self.input_mean) / self.input_std
+        out, _ = self.rnn(x)
+        return out
+
+    def features(self, out: torch.Tensor) -> torch.Tensor:
+        """Readout features from hidden states ``(B, T, D*H)``."""
+        if self.config.readout == "mean":
+            return out.mean(dim=1)  # (B, D*H)
+        if self.config.readout == "all":
+            return out.reshape(out.shape[0], -1)  # (B, T*D*H)
+        if self.directions == 2:
+            # The forward direction has read everything at the last step, the reverse one at step 0.
+            hidden = self.config.hidden
+            return torch.cat([out[:, -1, :hidden], out[:, 0, hidden:]], dim=1)  # (B, 2H)
+        return out[:, -1]  # (B, H)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, C)`` for sequences ``(B, T, F)`` with values in [0, 1]."""
+        return self.head(self.features(self.hidden_states(x)))
+
+    @torch.no_grad()
+    def step_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, T, C)`` after reading each prefix ``x[:, :t+1]``.
+
+        Exact and cheap for a one-directional model with readout ``last`` or ``mean``
+        (the state after step t is what the model knows then). Otherwise each prefix is
+        run on its own, padded with zeros (blank pixels) to the trained length for ``all``.
+        """
+        batch, steps, _ = x.shape
+        if self.directions == 1 and self.config.readout in ("last", "mean"):
+            out = self.hidden_states(x)  # (B, T, H)
+            if self.config.readout == "mean":
+                counts = torch.arange(1, steps + 1, device=x.device, dtype=out.dtype)
+                out = out.cumsum(dim=1) / counts[None, :, None]  # running mean, (B, T, H)
+            return self.head(out)  # (B, T, C)
+        logits = []
+        for t in range(1, steps + 1):
+            prefix = x[:, :t]
+            if self.config.readout == "all":
+                prefix = torch.cat([prefix, x.new_zeros(batch, steps - t, x.shape[2])], dim=1)
+            logits.append(self(prefix))
+        return torch.stack(logits, dim=1)  # (B, T, C)
+
+
+def initialise(model: SequenceClassifier, scheme: str) -> None:
+    """Apply an initialisation scheme to the recurrent weights.
+
+    ``default`` keeps PyTorch's uniform(-1/sqrt(H), 1/sqrt(H)). ``orthogonal`` gives each
+    gate's recurrent block an orthogonal matrix, Xavier input weights, zero biases and (LSTM)
+    a forget-gate bias of 1, which eases long-range gradient flow. ``identity`` is the IRNN of
+    Le, Jaitly & Hinton (2015): identity recurrent weights, zero biases, small input weights.
+    """
+    if scheme == "default":
+        return
+    hidden = model.config.hidden
+    gates = GATES[model.config.cell]
+    with torch.no_grad():
+        for name, param in model.rnn.named_parameters():
+            if name.startswith("weight_hh"):
+                for g in range(gates):
+                    block = param[g * hidden:(g + 1) * hidden]  # (H, H) per gate
+                    if scheme == "orthogonal":
+                        nn.init.orthogonal_(block)
+                    else:
+                        block.copy_(torch.eye(hidden))
+            elif name.startswith("weight_ih"):
+                if scheme == "orthogonal":
+                    nn.init.xavier_uniform_(param)
+                else:
+                    nn.init.normal_(param, std=0.001)
+            elif name.startswith("bias"):
+                param.zero_()
+                if model.config.cell == "lstm" and name.startswith("bias_ih"):
+                    param[hidden:2 * hidden] = 1.0  # gate order i, f, g, o: open the forget gate
+
+
+def flops_per_sample(model: SequenceClassifier, seq_len: int | None = None) -> int:
+    """Multiply-adds x2 for one forward pass of one sequence (training costs about 3x this).
+
+    Per layer, direction and step: RNN ``2H(I+H)``, GRU three times that, LSTM four times.
+    """
+    cfg = model.config
+    steps = seq_len or model.seq_len
+    total = 0
+    layer_input = model.input_size
+    for _ in range(cfg.layers):
+        per_step = 2 * GATES[cfg.cell] * cfg.hidden * (layer_input + cfg.hidden)
+        total += per_step * steps * model.directions
+        layer_input = cfg.hidden * model.directions
+    total += 2 * model.head.in_features * model.head.out_features
+    return total
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe_parameters(model: nn.Module) -> list[tuple[str, tuple[int, ...], int]]:
+    """``(name, shape, count)`` for every parameter, in registration order."""
+    return [(name, tuple(p.shape), p.numel()) for name, p in model.named_parameters()]

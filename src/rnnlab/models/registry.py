@@ -1,0 +1,71 @@
+"""A registry of model builders, in the style of timm: ``list_models()``, ``create_model()``.
+
+Each builder is keyword-only and typed; it returns a :class:`SequenceClassifier`. The registry
+is the one place that maps a name (``rnn``, ``lstm``, ``gru``, ...) to a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+from rnnlab.config import ModelConfig
+from rnnlab.errors import ConfigError
+from rnnlab.models.recurrent import SequenceClassifier
+
+Builder = Callable[..., SequenceClassifier]
+_REGISTRY: dict[str, tuple[Builder, str]] = {}
+
+
+def register_model(name: str, summary: str) -> Callable[[Builder], Builder]:
+    """Decorator: make a builder available under ``name``."""
+
+    def wrap(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = (builder, summary)
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_summaries() -> dict[str, str]:
+    return {name: summary for name, (_, summary) in sorted(_REGISTRY.items())}
+
+
+def get_builder(name: str) -> Builder:
+    try:
+        return _REGISTRY[name][0]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(list_models())}") from None
+
+
+def create_model(config: ModelConfig, *, input_size: int, seq_len: int, num_classes: int,
+                 input_mean: float = 0.0, input_std: float = 1.0) -> SequenceClassifier:
+    """Build the model a :class:`ModelConfig` describes (its ``cell`` names the builder)."""
+    builder = get_builder(config.cell)
+    return builder(config=config, input_size=input_size, seq_len=seq_len, num_classes=num_classes,
+                   input_mean=input_mean, input_std=input_std)
+
+
+def _build(cell: str) -> Builder:
+    def builder(*, config: ModelConfig, input_size: int, seq_len: int, num_classes: int,
+                input_mean: float = 0.0, input_std: float = 1.0) -> SequenceClassifier:
+        if config.cell != cell:
+            config = replace(config, cell=cell)
+        return SequenceClassifier(config, input_size=input_size, seq_len=seq_len,
+                                  num_classes=num_classes, input_mean=input_mean, input_std=input_std)
+
+    builder.__name__ = f"build_{cell}"
+    builder.__doc__ = f"A {cell.upper()} sequence classifier described by ``config``."
+    return builder
+
+
+register_model("rnn", "Elman RNN, nonlinearity relu or tanh (model.nonlinearity)")(_build("rnn"))
+register_model("lstm", "Long short-term memory (Hochreiter & Schmidhuber, 1997)")(_build("lstm"))
+register_model("gru", "Gated recurrent unit (Cho et al., 2014)")(_build("gru"))

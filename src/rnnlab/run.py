@@ -1,0 +1,152 @@
+"""The library's front door: ``train(config) -> Run`` and ``load(run_dir) -> TrainedModel``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rnnlab import checkpoint as ckpt
+from rnnlab.config import RunConfig, from_dict, load_toml
+from rnnlab.data import images_to_sequences
+from rnnlab.data.sources import DATASETS
+from rnnlab.engine import CONFIG, METRICS, SUMMARY, Trainer, default_run_dir
+from rnnlab.errors import CheckpointError, DataError
+from rnnlab.models import SequenceClassifier, create_model
+
+
+@dataclass
+class Run:
+    """A finished (or diverged, or interrupted) training run and its folder."""
+
+    dir: Path
+    config: RunConfig
+    summary: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        return self.summary["status"]
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.summary.get("test_accuracy")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return ckpt.read_jsonl(self.dir / METRICS)
+
+
+def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = True,
+          stop_after: int | None = None) -> Run:
+    """Train a model as ``config`` says, writing a run folder (default ``runs/<label>-<time>``)."""
+    run_dir = Path(out) if out is not None else default_run_dir(config)
+    if (run_dir / ckpt.CHECKPOINT_JSON).exists():
+        raise CheckpointError(f"{run_dir} already holds a run; resume it with `rnnlab train --resume {run_dir}` "
+                              "or choose another --out")
+    trainer = Trainer(config, run_dir, progress=progress)
+    summary = trainer.fit(stop_after=stop_after)
+    return Run(run_dir, config, summary)
+
+
+def resume(run_dir: str | Path, *, progress: bool = True, stop_after: int | None = None) -> Run:
+    """Continue an interrupted run from its last checkpoint, to the end of its budget."""
+    run_dir = Path(run_dir)
+    _, meta = ckpt.load_checkpoint(run_dir)
+    config = from_dict(meta["config"], source=str(run_dir / ckpt.CHECKPOINT_JSON))
+    trainer = Trainer(config, run_dir, progress=progress)
+    trainer.restore()
+    summary = trainer.fit(stop_after=stop_after)
+    return Run(run_dir, config, summary)
+
+
+def read_run(run_dir: str | Path) -> Run:
+    """A run folder's config and summary, without loading the model."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).exists():
+        raise CheckpointError(f"{run_dir}: not a run folder (no {CONFIG})")
+    config = load_toml(run_dir / CONFIG)
+    summary_path = run_dir / SUMMARY
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"status": "running"}
+    return Run(run_dir, config, summary)
+
+
+class TrainedModel:
+    """A model loaded from a run folder, ready to predict."""
+
+    def __init__(self, run_dir: Path, config: RunConfig, model: SequenceClassifier,
+                 permutation: torch.Tensor | None, meta: dict[str, Any]) -> None:
+        self.run_dir, self.config, self.model, self.permutation, self.meta = run_dir, config, model, permutation, meta
+        spec = DATASETS[config.data.dataset]
+        self.image_shape = spec.image_shape
+        self.num_classes = spec.num_classes
+
+    @property
+    def view(self) -> str:
+        return self.config.data.view
+
+    def to_sequences(self, images: Any) -> torch.Tensor:
+        """Images in MNIST form, ``(N, H, W)`` or ``(H, W)``, uint8 0-255 or float 0-1 -> float ``(N, T, F)``."""
+        array = torch.as_tensor(np.asarray(images))
+        if array.ndim == 2:
+            array = array[None]  # (1, H, W)
+        if array.ndim != 3 or tuple(array.shape[1:]) != tuple(self.image_shape):
+            raise DataError(f"images must have shape (N, {self.image_shape[0]}, {self.image_shape[1]}) or "
+                            f"{tuple(self.image_shape)}, got {tuple(array.shape)}; prepare them with "
+                            "rnnlab.imaging or pass image files")
+        if array.dtype == torch.uint8:
+            scaled = array
+        else:
+            values = array.float()
+            if values.numel() and (values.min() < 0 or values.max() > 1):
+                raise DataError("float images must have values in [0, 1]; pass uint8 for 0-255")
+            scaled = (values * 255).round().to(torch.uint8)
+        seqs = images_to_sequences(scaled, self.view, self.permutation)  # (N, T, F) uint8
+        return seqs.float() / 255.0
+
+    @torch.no_grad()
+    def probabilities(self, images: Any) -> torch.Tensor:
+        """Class probabilities ``(N, C)``."""
+        self.model.eval()
+        return torch.softmax(self.model(self.to_sequences(images)), dim=-1)
+
+    @torch.no_grad()
+    def step_probabilities(self, images: Any) -> torch.Tensor:
+        """Class probabilities after each step ``(N, T, C)``: how the prediction evolves as the model reads."""
+        self.model.eval()
+        return torch.softmax(self.model.step_logits(self.to_sequences(images)), dim=-1)
+
+    def predict(self, images: Any) -> list[dict[str, Any]]:
+        """``[{"class": int, "probabilities": [...]}, ...]`` for a batch of MNIST-form images."""
+        probs = self.probabilities(images)
+        return [{"class": int(p.argmax()), "probabilities": p.tolist()} for p in probs]
+
+
+def load(run_dir: str | Path, *, device: str | torch.device = "cpu") -> TrainedModel:
+    """Load a run's final weights for inference (safely: ``weights_only=True``)."""
+    run_dir = Path(run_dir)
+    tensors, meta = ckpt.load_checkpoint(run_dir, map_location=device)
+    config = from_dict(meta["config"], source=str(run_dir / ckpt.CHECKPOINT_JSON))
+    model = build_from_state(config, tensors["model"])
+    model.to(device).eval()
+    return TrainedModel(run_dir, config, model, tensors.get("permutation"), meta)
+
+
+def build_from_state(config: RunConfig, state: dict[str, torch.Tensor], *, impl: str | None = None) -> SequenceClassifier:
+    """Rebuild a model from its config and state_dict (optionally forcing the layer implementation)."""
+    from dataclasses import replace
+
+    from rnnlab.data.sequences import view_shape
+
+    spec = DATASETS[config.data.dataset]
+    steps, features = view_shape(config.data.view, spec.image_shape)
+    model_cfg = config.model if impl is None else replace(config.model, impl=impl)
+    model = create_model(model_cfg, input_size=features, seq_len=steps, num_classes=spec.num_classes)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint does not match its config: {str(exc).splitlines()[0]}") from None
+    return model
+
