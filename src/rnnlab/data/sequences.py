@@ -1,0 +1,222 @@
+"""Turning images into sequences, splitting, and deterministic batching.
+
+Data stays uint8 in memory (60000x784 bytes for MNIST) and is scaled to float per batch, never
+per sample. Shuffling is a pure function of ``(seed, epoch)`` so a run resumed at iteration k
+sees exactly the batches it would have seen without the interruption.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rnnlab.data.sources import DatasetSpec, get_dataset, load_split
+from rnnlab.errors import ConfigError, DataError
+
+__all__ = [
+    "VIEWS",
+    "SequenceData",
+    "images_to_sequences",
+    "load_sequences",
+    "make_permutation",
+    "train_val_split",
+    "view_shape",
+]
+
+VIEWS: tuple[str, ...] = ("rows", "pixels", "permuted-pixels")
+
+
+def _check_view(view: str) -> None:
+    if view not in VIEWS:
+        raise ConfigError(f"unknown view {view!r}; valid views are: {', '.join(VIEWS)}.")
+
+
+def _generator(seed: int) -> torch.Generator:
+    # torch seeds are unsigned 64-bit; wrap so negative or huge seeds are still accepted.
+    return torch.Generator().manual_seed(int(seed) % 2**64)
+
+
+def view_shape(view: str, image_shape: tuple[int, int] = (28, 28)) -> tuple[int, int]:
+    """Sequence shape ``(T, F)`` that ``view`` gives for images of ``image_shape`` ``(H, W)``."""
+    _check_view(view)
+    h, w = image_shape
+    return (h, w) if view == "rows" else (h * w, 1)
+
+
+def make_permutation(seed: int, length: int) -> torch.Tensor:
+    """A seeded random permutation of ``range(length)`` (LongTensor), for permuted-pixels."""
+    return torch.randperm(length, generator=_generator(seed))
+
+
+def images_to_sequences(
+    images: torch.Tensor, view: str, permutation: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Map uint8 images ``(N, H, W)`` to uint8 sequences ``(N, T, F)``.
+
+    rows: ``(N, H, W)``, one row per step; pixels: ``(N, H*W, 1)``; permuted-pixels: pixels in
+    the order given by ``permutation``. rows/pixels are views of ``images`` (no copy).
+    """
+    _check_view(view)
+    if images.dim() != 3:
+        raise DataError(f"images must have shape (N, H, W), got {tuple(images.shape)}.")
+    n, h, w = images.shape
+    if view == "rows":
+        return images  # (N, T=H, F=W)
+    pixels = images.reshape(n, h * w, 1)  # (N, T=H*W, F=1)
+    if view == "pixels":
+        return pixels
+    if permutation is None:
+        raise _missing_permutation(h * w)
+    perm = torch.as_tensor(permutation, dtype=torch.long).flatten()
+    if perm.numel() != h * w or not torch.equal(perm.sort().values, torch.arange(h * w)):
+        raise ConfigError(
+            f"the permutation must be a reordering of 0..{h * w - 1} ({h * w} pixels), got "
+            f"{perm.numel()} values that are not. Make one with make_permutation(seed, {h * w})."
+        )
+    return pixels.index_select(1, perm)  # (N, T, 1)
+
+
+def _missing_permutation(length: int) -> ConfigError:
+    return ConfigError(
+        "view 'permuted-pixels' needs a permutation; make one with make_permutation(seed, "
+        f"{length}) (or set the permutation seed in the config)."
+    )
+
+
+def train_val_split(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded disjoint ``(train_idx, val_idx)`` over ``range(n)``, each sorted ascending."""
+    if val_size < 0 or val_size >= n:
+        raise ConfigError(
+            f"val_size must be between 0 and {n - 1} for {n} training examples, got {val_size}. "
+            "Lower val_size."
+        )
+    perm = torch.randperm(n, generator=_generator(seed))
+    # Sorting keeps memory access sequential; order within a split does not matter here.
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # SeedSequence mixes (seed, epoch) well, so nearby seeds/epochs give unrelated orders.
+    state = np.random.SeedSequence([int(seed) % 2**64, int(epoch)]).generate_state(1, np.uint64)
+    return int(state[0])
+
+
+@dataclass
+class SequenceData:
+    """A labelled set of uint8 sequences: ``x (N, T, F)`` and ``y (N,)`` int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.dim() != 3 or self.x.dtype != torch.uint8:
+            raise DataError(f"x must be uint8 of shape (N, T, F), got {self.x.dtype} {tuple(self.x.shape)}.")
+        if self.y.dim() != 1 or self.y.dtype != torch.int64:
+            raise DataError(f"y must be int64 of shape (N,), got {self.y.dtype} {tuple(self.y.shape)}.")
+        if self.x.shape[0] != self.y.shape[0]:
+            raise DataError(f"x has {self.x.shape[0]} sequences but y has {self.y.shape[0]} labels.")
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def seq_shape(self) -> tuple[int, int]:
+        """``(T, F)``."""
+        return int(self.x.shape[1]), int(self.x.shape[2])
+
+    def subset(self, indices: torch.Tensor) -> SequenceData:
+        """A new SequenceData with the rows at ``indices`` (copied)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return SequenceData(self.x.index_select(0, idx), self.y.index_select(0, idx))
+
+    def num_batches(self, batch_size: int) -> int:
+        """Batches per epoch, keeping the last partial one: ``ceil(N / batch_size)``."""
+        _check_batch_size(batch_size)
+        return -(-len(self) // batch_size)
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x float32 (B, T, F) in [0, 1], y int64 (B,))`` for the given row indices."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        x = self.x.index_select(0, idx).to(torch.float32).div_(255.0)  # (B, T, F)
+        return x, self.y.index_select(0, idx)
+
+    def epoch_order(self, epoch: int, seed: int) -> torch.Tensor:
+        """Shuffled row order for ``epoch``: a pure function of ``(seed, epoch)``."""
+        return torch.randperm(len(self), generator=_generator(_epoch_seed(seed, epoch)))
+
+    def iterate(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        start_epoch: int = 0,
+        start_batch: int = 0,
+    ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """Yield ``(epoch, batch_index, x, y)`` forever, starting at ``(start_epoch, start_batch)``.
+
+        A ``start_batch`` past the end of an epoch carries into the next epochs, so resuming from
+        a global step ``k`` works as ``start_epoch=0, start_batch=k``.
+        """
+        nb = self.num_batches(batch_size)
+        if nb == 0:
+            raise DataError("cannot iterate over an empty dataset; check the split and val_size.")
+        if start_epoch < 0 or start_batch < 0:
+            raise ConfigError(f"start_epoch and start_batch must be >= 0, got {start_epoch}, {start_batch}.")
+        extra, b0 = divmod(start_batch, nb)
+        epoch = start_epoch + extra
+        while True:
+            order = self.epoch_order(epoch, seed) if shuffle else torch.arange(len(self))
+            for b in range(b0, nb):
+                x, y = self.batch(order[b * batch_size : (b + 1) * batch_size])
+                yield epoch, b, x, y
+            b0 = 0
+            epoch += 1
+
+    def iterate_once(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass in order, no shuffling (for evaluation): yields ``(x, y)``."""
+        _check_batch_size(batch_size)
+        for start in range(0, len(self), batch_size):
+            # Slices are views; the float conversion is the only copy.
+            x = self.x[start : start + batch_size].to(torch.float32).div_(255.0)  # (B, T, F)
+            yield x, self.y[start : start + batch_size]
+
+    def pixel_stats(self) -> tuple[float, float]:
+        """``(mean, std)`` of all values scaled to [0, 1] (population std)."""
+        if self.x.numel() == 0:
+            raise DataError("cannot compute pixel statistics of an empty dataset.")
+        # A 256-bin histogram is exact and avoids a float copy of the whole set.
+        counts = torch.bincount(self.x.flatten(), minlength=256).to(torch.float64)
+        values = torch.arange(256, dtype=torch.float64) / 255.0
+        total = counts.sum()
+        mean = (counts * values).sum() / total
+        var = (counts * (values - mean) ** 2).sum() / total
+        return float(mean), float(var.sqrt())
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size}.")
+
+
+def load_sequences(
+    dataset: str | DatasetSpec,
+    split: str,
+    view: str,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    permutation: torch.Tensor | None = None,
+    download: bool = False,
+) -> SequenceData:
+    """Load a split and turn it into sequences under ``view``."""
+    # Fail on config mistakes before spending time decoding files.
+    _check_view(view)
+    spec = get_dataset(dataset)
+    if view == "permuted-pixels" and permutation is None:
+        raise _missing_permutation(spec.image_shape[0] * spec.image_shape[1])
+    images, labels = load_split(spec, split, data_dir, download=download)  # (N, H, W), (N,)
+    return SequenceData(images_to_sequences(images, view, permutation), labels)

@@ -1,0 +1,183 @@
+"""Image-to-sequence views, splits and deterministic batching."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from typing import TypeVar
+
+import pytest
+import torch
+
+from rnnlab.data import (
+    VIEWS,
+    SequenceData,
+    images_to_sequences,
+    load_sequences,
+    make_permutation,
+    train_val_split,
+    view_shape,
+)
+from rnnlab.errors import ConfigError, DataError
+
+T = TypeVar("T")
+
+
+def images(n: int = 5, h: int = 4, w: int = 3) -> torch.Tensor:
+    return torch.arange(n * h * w, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(n, h, w)
+
+
+def data(n: int = 10, t: int = 3, f: int = 2) -> SequenceData:
+    x = torch.arange(n * t * f).remainder(256).to(torch.uint8).reshape(n, t, f)
+    return SequenceData(x, torch.arange(n) % 10)
+
+
+def test_view_shapes() -> None:
+    assert VIEWS == ("rows", "pixels", "permuted-pixels")
+    assert view_shape("rows", (28, 28)) == (28, 28)
+    assert view_shape("pixels", (28, 28)) == (784, 1)
+    assert view_shape("permuted-pixels", (4, 3)) == (12, 1)
+    msg = "unknown view 'cols'; valid views are: rows, pixels, permuted-pixels"
+    with pytest.raises(ConfigError, match=msg):
+        view_shape("cols", (28, 28))
+
+
+def test_rows_and_pixels_are_views() -> None:
+    imgs = images()
+    rows = images_to_sequences(imgs, "rows")
+    pix = images_to_sequences(imgs, "pixels")
+    assert rows.shape == (5, 4, 3) and pix.shape == (5, 12, 1)
+    assert rows.data_ptr() == imgs.data_ptr() == pix.data_ptr()
+    assert torch.equal(pix[2, :, 0], imgs[2].flatten())
+
+
+def test_permuted_pixels() -> None:
+    imgs = images()
+    perm = make_permutation(3, 12)
+    seq = images_to_sequences(imgs, "permuted-pixels", perm)
+    assert seq.shape == (5, 12, 1) and seq.dtype == torch.uint8
+    assert torch.equal(seq[1, :, 0], imgs[1].flatten()[perm])
+    assert torch.equal(make_permutation(3, 12), perm)
+    assert not torch.equal(make_permutation(4, 12), perm)
+    assert torch.equal(perm.sort().values, torch.arange(12))
+
+
+def test_permuted_pixels_needs_a_valid_permutation() -> None:
+    with pytest.raises(ConfigError, match=r"needs a permutation; make one with make_permutation\(seed, 12\)"):
+        images_to_sequences(images(), "permuted-pixels")
+    with pytest.raises(ConfigError, match="must be a reordering of 0..11"):
+        images_to_sequences(images(), "permuted-pixels", torch.zeros(12, dtype=torch.long))
+    with pytest.raises(ConfigError, match="must be a reordering"):
+        images_to_sequences(images(), "permuted-pixels", make_permutation(0, 11))
+
+
+def test_train_val_split() -> None:
+    tr, va = train_val_split(100, 20, seed=1)
+    assert len(tr) == 80 and len(va) == 20
+    assert torch.equal(torch.cat([tr, va]).sort().values, torch.arange(100))
+    tr2, va2 = train_val_split(100, 20, seed=1)
+    assert torch.equal(tr, tr2) and torch.equal(va, va2)
+    assert not torch.equal(va, train_val_split(100, 20, seed=2)[1])
+    tr0, va0 = train_val_split(7, 0, seed=0)
+    assert torch.equal(tr0, torch.arange(7)) and va0.numel() == 0
+    for bad in (100, 101, -1):
+        with pytest.raises(ConfigError, match="val_size must be between 0 and 99"):
+            train_val_split(100, bad, seed=0)
+
+
+def test_sequence_data_validates() -> None:
+    with pytest.raises(DataError, match="x must be uint8"):
+        SequenceData(torch.zeros(2, 3, 1), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(DataError, match="y must be int64"):
+        SequenceData(torch.zeros(2, 3, 1, dtype=torch.uint8), torch.zeros(2, dtype=torch.int32))
+    with pytest.raises(DataError, match="x has 2 sequences but y has 3 labels"):
+        SequenceData(torch.zeros(2, 3, 1, dtype=torch.uint8), torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize(("n", "b", "expected"), [(10, 3, 4), (10, 5, 2), (10, 20, 1), (1, 1, 1)])
+def test_num_batches_keeps_partial(n: int, b: int, expected: int) -> None:
+    assert data(n).num_batches(b) == expected == math.ceil(n / b)
+
+
+def test_batch_scales_to_unit_range() -> None:
+    d = SequenceData(torch.tensor([[[0], [255]], [[51], [102]]], dtype=torch.uint8), torch.tensor([3, 4]))
+    x, y = d.batch(torch.tensor([1, 0]))
+    assert x.dtype == torch.float32 and x.shape == (2, 2, 1)
+    assert torch.allclose(x[:, :, 0], torch.tensor([[0.2, 0.4], [0.0, 1.0]]))
+    assert y.tolist() == [4, 3]
+    assert d.x[0, 1, 0] == 255  # the stored uint8 data is untouched
+
+
+def test_epoch_order_is_pure_function_of_seed_and_epoch() -> None:
+    d = data(50)
+    o = d.epoch_order(3, seed=7)
+    assert torch.equal(o.sort().values, torch.arange(50))
+    assert torch.equal(o, data(50).epoch_order(3, seed=7))
+    assert not torch.equal(o, d.epoch_order(4, seed=7))
+    assert not torch.equal(o, d.epoch_order(3, seed=8))
+
+
+def take(it: Iterator[T], k: int) -> list[T]:
+    return list(itertools.islice(it, k))
+
+
+def test_iterate_covers_each_epoch_once_and_keeps_partial_batch() -> None:
+    d = data(10)
+    got = take(d.iterate(4, shuffle=True, seed=0), 6)
+    assert [(e, b) for e, b, _, _ in got] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert [len(y) for _, _, _, y in got[:3]] == [4, 4, 2]
+    epoch0 = torch.cat([y for e, _, _, y in got if e == 0])
+    assert sorted(epoch0.tolist()) == sorted(d.y.tolist())
+    ordered = take(d.iterate(4, shuffle=False, seed=0), 3)
+    assert torch.cat([y for *_, y in ordered]).tolist() == d.y.tolist()
+
+
+def test_resume_mid_run_is_exact() -> None:
+    d = data(10)
+    full = take(d.iterate(3, shuffle=True, seed=5), 11)
+    resumed = take(d.iterate(3, shuffle=True, seed=5, start_epoch=1, start_batch=2), 5)
+    tail = full[6:]  # 4 batches per epoch: epoch 1, batch 2 is global step 6
+    for (e1, b1, x1, y1), (e2, b2, x2, y2) in zip(tail, resumed):
+        assert (e1, b1) == (e2, b2) and torch.equal(x1, x2) and torch.equal(y1, y2)
+    # A global step given as start_batch carries over epochs.
+    carried = take(d.iterate(3, shuffle=True, seed=5, start_batch=6), 1)[0]
+    assert carried[:2] == (1, 2) and torch.equal(carried[3], tail[0][3])
+
+
+def test_iterate_once_in_order() -> None:
+    d = data(7)
+    batches = list(d.iterate_once(3))
+    assert [len(y) for _, y in batches] == [3, 3, 1]
+    assert torch.equal(torch.cat([x for x, _ in batches]), d.x.float() / 255)
+
+
+def test_bad_batch_size_and_empty() -> None:
+    with pytest.raises(ConfigError, match="batch_size must be a positive integer, got 0"):
+        data().num_batches(0)
+    empty = SequenceData(torch.zeros(0, 3, 1, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(DataError, match="empty dataset"):
+        next(empty.iterate(2, shuffle=True, seed=0))
+
+
+def test_pixel_stats_exact() -> None:
+    x = torch.tensor([0, 255, 255, 51], dtype=torch.uint8).reshape(2, 2, 1)
+    mean, std = SequenceData(x, torch.zeros(2, dtype=torch.long)).pixel_stats()
+    ref = x.double() / 255
+    assert mean == pytest.approx(float(ref.mean())) and std == pytest.approx(float(ref.std(unbiased=False)))
+
+
+def test_load_sequences_real_mnist() -> None:
+    rows = load_sequences("mnist", "test", "rows")
+    assert rows.x.shape == (10000, 28, 28) and len(rows) == 10000
+    pix = load_sequences("mnist", "test", "pixels")
+    perm = make_permutation(0, 784)
+    permuted = load_sequences("mnist", "test", "permuted-pixels", permutation=perm)
+    assert permuted.x.shape == (10000, 784, 1)
+    assert torch.equal(permuted.x[:, :, 0], pix.x[:, perm, 0])
+    mean, std = rows.pixel_stats()
+    assert mean == pytest.approx(0.1325, abs=1e-3) and std == pytest.approx(0.3105, abs=1e-3)
+    with pytest.raises(ConfigError, match="needs a permutation"):
+        load_sequences("mnist", "test", "permuted-pixels")
+    with pytest.raises(ConfigError, match="unknown view"):
+        load_sequences("mnist", "test", "diagonal")

@@ -1,0 +1,285 @@
+"""Dataset sources: locating, verifying, loading and downloading (against a loopback server)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rnnlab.data import sources
+from rnnlab.data.idx import write_idx
+from rnnlab.data.sources import DATASETS, DatasetSpec, download, find_file, get_dataset, load_split
+from rnnlab.errors import ConfigError, DataError
+
+MNIST = DATASETS["mnist"]
+TEST_FILES = MNIST.files["test"]
+FAST = {"retries": 3, "backoff": 0.001, "timeout": 5.0}
+
+
+def write_split(d: Path, n: int = 6, *, labels: np.ndarray | None = None, n_labels: int | None = None,
+                images_name: str = "t10k-images-idx3-ubyte", labels_name: str = "t10k-labels-idx1-ubyte",
+                ) -> None:
+    """A tiny test split: ``n`` 28x28 images and their labels."""
+    rng = np.random.default_rng(0)
+    write_idx(d / images_name, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+    if labels is None:
+        labels = (np.arange(n_labels if n_labels is not None else n) % 10).astype(np.uint8)
+    write_idx(d / labels_name, labels)
+
+
+# ---------------------------------------------------------------------------- loopback mirror
+
+
+@dataclass
+class Mirror:
+    """Serves ``/<mode>/<file>`` from the real MNIST folder; modes: good, missing, corrupt, flaky."""
+
+    base: str
+    requests: list[str] = field(default_factory=list)
+
+    def url(self, mode: str) -> str:
+        return f"{self.base}/{mode}/"
+
+
+@pytest.fixture
+def mirror(mnist_dir: Path) -> Iterator[Mirror]:
+    seen_flaky: set[str] = set()
+    lock = threading.Lock()
+    state = Mirror(base="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:  # keep pytest output clean
+            pass
+
+        def do_GET(self) -> None:
+            with lock:
+                state.requests.append(self.path)
+            _, mode, name = self.path.split("/", 2)
+            src = mnist_dir / name
+            if mode == "missing" or not src.is_file():
+                self.send_error(404)
+                return
+            body = src.read_bytes()
+            if mode == "corrupt":  # a valid gzip of wrong content: only the checksum can tell
+                raw = bytearray(gzip.decompress(body))
+                raw[-1] ^= 0xFF
+                body = gzip.compress(bytes(raw), compresslevel=1)
+            if mode == "flaky":
+                with lock:
+                    first = name not in seen_flaky
+                    seen_flaky.add(name)
+                if first:
+                    self.send_error(503)
+                    return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.base = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def sha(path: Path) -> str:
+    data = path.read_bytes()
+    return hashlib.sha256(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data).hexdigest()
+
+
+def test_download_all_files_and_load(mirror: Mirror, tmp_path: Path) -> None:
+    paths = download("mnist", tmp_path, mirrors=[mirror.url("good")], **FAST)
+    assert sorted(p.name for p in paths) == sorted(f"{b}.gz" for b in MNIST.sha256)
+    for p in paths:
+        assert sha(p) == MNIST.sha256[p.name[:-3]]
+    assert not list(tmp_path.glob(".*")), "temp files left behind"
+    x, y = load_split("mnist", "test", tmp_path)
+    assert x.shape == (10000, 28, 28) and y.shape == (10000,)
+    # Already present and valid: nothing is fetched again.
+    n = len(mirror.requests)
+    download("mnist", tmp_path, mirrors=[mirror.url("good")], **FAST)
+    assert len(mirror.requests) == n
+
+
+def test_first_mirror_404_falls_through(mirror: Mirror, tmp_path: Path) -> None:
+    download("mnist", tmp_path, mirrors=[mirror.url("missing"), mirror.url("good")], splits=["test"], **FAST)
+    for base in TEST_FILES:
+        assert sha(tmp_path / f"{base}.gz") == MNIST.sha256[base]
+    # A 404 is not retried.
+    assert sum(r.startswith("/missing/") for r in mirror.requests) == 2
+
+
+def test_corrupt_mirror_fails_checksum_then_good_mirror(mirror: Mirror, tmp_path: Path) -> None:
+    download("mnist", tmp_path, mirrors=[mirror.url("corrupt"), mirror.url("good")], splits=["test"], **FAST)
+    assert sha(tmp_path / "t10k-labels-idx1-ubyte.gz") == MNIST.sha256["t10k-labels-idx1-ubyte"]
+    # A checksum failure moves straight on to the next mirror.
+    assert sum(r.startswith("/corrupt/") for r in mirror.requests) == 2
+
+
+def test_transient_failure_is_retried(mirror: Mirror, tmp_path: Path) -> None:
+    download("mnist", tmp_path, mirrors=[mirror.url("flaky")], splits=["test"], **FAST)
+    assert sorted(mirror.requests) == sorted(f"/flaky/{b}.gz" for b in TEST_FILES for _ in range(2))
+
+
+def test_all_mirrors_bad_names_every_url(mirror: Mirror, tmp_path: Path) -> None:
+    dead = "http://127.0.0.1:9/"  # nothing listens on the discard port
+    urls = [mirror.url("missing"), mirror.url("corrupt"), dead]
+    with pytest.raises(DataError) as exc:
+        download("mnist", tmp_path, mirrors=urls, splits=["test"], retries=2, backoff=0.001, timeout=2.0)
+    msg = str(exc.value)
+    assert msg.startswith("could not download mnist t10k-images-idx3-ubyte: every mirror failed")
+    assert f"{mirror.url('missing')}t10k-images-idx3-ubyte.gz (attempt 1): HTTP 404" in msg
+    assert f"{mirror.url('corrupt')}t10k-images-idx3-ubyte.gz: checksum mismatch" in msg
+    assert f"{dead}t10k-images-idx3-ubyte.gz (attempt 2)" in msg  # connection errors are retried
+    assert "--data-dir" in msg
+    assert not any(p.name.startswith("t10k-images") for p in tmp_path.iterdir())
+
+
+def test_structural_check_without_sums(mirror: Mirror, tmp_path: Path) -> None:
+    spec = DatasetSpec("nosums", files=MNIST.files, sha256={}, mirrors=(mirror.url("good"),))
+    download(spec, tmp_path / "ok", splits=["test"], **FAST)
+    assert sha(tmp_path / "ok" / "t10k-labels-idx1-ubyte.gz") == MNIST.sha256["t10k-labels-idx1-ubyte"]
+
+
+def test_invalid_existing_file_is_replaced(mirror: Mirror, tmp_path: Path) -> None:
+    stale = tmp_path / "t10k-labels.idx1-ubyte"  # other name style, and truncated
+    stale.write_bytes(b"\x00\x00\x08\x01\x00\x00\x27\x10" + bytes(10))
+    download("mnist", tmp_path, mirrors=[mirror.url("good")], splits=["test"], **FAST)
+    assert sha(stale) == MNIST.sha256["t10k-labels-idx1-ubyte"]
+    assert load_split("mnist", "test", tmp_path)[1].shape == (10000,)
+
+
+def test_load_split_downloads_into_cache_only_when_asked(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path))
+    spec = DatasetSpec("remote", files=MNIST.files, sha256=MNIST.sha256, mirrors=(mirror.url("good"),))
+    with pytest.raises(DataError, match=r"remote test split not found locally.*Pass --download.*--data-dir"):
+        load_split(spec, "test")
+    x, y = load_split(spec, "test", download=True)
+    assert x.shape == (10000, 28, 28) and (tmp_path / "remote" / "t10k-images-idx3-ubyte.gz").is_file()
+    assert not (tmp_path / "remote" / "train-images-idx3-ubyte.gz").exists()  # only the split asked for
+
+
+# ---------------------------------------------------------------------------- local loading
+
+
+def test_embedded_default_loads_full_mnist() -> None:
+    x, y = load_split()
+    assert x.shape == (60000, 28, 28) and x.dtype == torch.uint8
+    assert y.shape == (60000,) and y.dtype == torch.int64 and int(y.max()) == 9
+    xt, yt = load_split("mnist", "test")
+    assert xt.shape == (10000, 28, 28) and yt[:3].tolist() == [7, 2, 1]
+    emb = sources.embedded_dir()
+    assert emb is not None
+    for base, digest in MNIST.sha256.items():
+        assert sha(find_file(emb, base)) == digest
+
+
+def test_loads_are_cached_and_return_independent_copies() -> None:
+    x1, _ = load_split("mnist", "test")
+    before = sources._decode.cache_info().hits
+    x1.zero_()
+    x2, _ = load_split("mnist", "test")
+    assert sources._decode.cache_info().hits == before + 2
+    assert int(x2.max()) == 255
+
+
+@pytest.mark.parametrize("style", ["dash", "dot"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_both_file_name_styles(mnist_dir: Path, tmp_path: Path, style: str, gz: bool) -> None:
+    for base in TEST_FILES:
+        name = base if style == "dash" else base.replace("-idx", ".idx")
+        data = (mnist_dir / f"{base}.gz").read_bytes()
+        (tmp_path / (name + (".gz" if gz else ""))).write_bytes(data if gz else gzip.decompress(data))
+    x, y = load_split("mnist", "test", tmp_path)
+    assert x.shape == (10000, 28, 28) and y.shape == (10000,)
+
+
+def test_find_file_lists_what_it_looked_for(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as exc:
+        find_file(tmp_path, "t10k-labels-idx1-ubyte")
+    msg = str(exc.value)
+    for name in ("t10k-labels-idx1-ubyte", "t10k-labels-idx1-ubyte.gz", "t10k-labels.idx1-ubyte.gz"):
+        assert name in msg
+    assert str(tmp_path) in msg and "--data-dir" in msg
+    with pytest.raises(DataError, match=r"data folder .*nope does not exist"):
+        find_file(tmp_path / "nope", "x")
+
+
+def test_data_dir_env_and_explicit_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_split(tmp_path / "env", n=4)
+    write_split(tmp_path / "explicit", n=7)
+    monkeypatch.setenv("RNNLAB_DATA_DIR", str(tmp_path / "env"))
+    assert load_split("fashion-mnist", "test")[0].shape[0] == 4
+    assert load_split("fashion-mnist", "test", tmp_path / "explicit")[0].shape[0] == 7
+
+
+def test_wrong_checksum_message(tmp_path: Path) -> None:
+    write_split(tmp_path)
+    with pytest.raises(DataError) as exc:
+        load_split("mnist", "test", tmp_path)
+    msg = str(exc.value)
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    assert msg.startswith(f"{path}: checksum mismatch for mnist t10k-images-idx3-ubyte")
+    assert f"expected sha256 {MNIST.sha256['t10k-images-idx3-ubyte']}, got {sha(path)}" in msg
+    assert "--download" in msg and "--data-dir" in msg
+    # verify=False trusts the files (only structural checks remain).
+    assert load_split("mnist", "test", tmp_path, verify=False)[0].shape == (6, 28, 28)
+
+
+def test_label_out_of_range(tmp_path: Path) -> None:
+    write_split(tmp_path, n=3, labels=np.array([1, 10, 2], dtype=np.uint8))
+    msg = r"t10k-labels-idx1-ubyte: label 10 is out of range for kmnist.*0\.\.9"
+    with pytest.raises(DataError, match=msg):
+        load_split("kmnist", "test", tmp_path)
+
+
+def test_label_count_mismatch(tmp_path: Path) -> None:
+    write_split(tmp_path, n=5, n_labels=4)
+    with pytest.raises(DataError, match=r"4 labels but t10k-images-idx3-ubyte has 5 images"):
+        load_split("kmnist", "test", tmp_path)
+
+
+def test_images_must_be_3d_uint8(tmp_path: Path) -> None:
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((2, 784), dtype=np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(2, dtype=np.uint8))
+    msg = "expected uint8 images of shape (N, H, W), got uint8 with shape (2, 784)"
+    with pytest.raises(DataError, match=re.escape(msg)):
+        load_split("kmnist", "test", tmp_path)
+
+
+def test_missing_split_file_in_data_dir(tmp_path: Path) -> None:
+    write_split(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte not found in"):
+        load_split("kmnist", "test", tmp_path)
+
+
+def test_unknown_names() -> None:
+    msg = "unknown dataset 'cifar'; valid names are: mnist, fashion-mnist, kmnist"
+    with pytest.raises(ConfigError, match=msg):
+        get_dataset("cifar")
+    with pytest.raises(ConfigError, match="unknown split 'val' for mnist; valid splits are: train, test"):
+        load_split("mnist", "val")
+
+
+def test_dataset_table() -> None:
+    assert set(DATASETS) == {"mnist", "fashion-mnist", "kmnist"}
+    assert "https://ossci-datasets.s3.amazonaws.com/mnist/" in MNIST.mirrors
+    assert all(spec.mirrors and spec.num_classes == 10 for spec in DATASETS.values())
