@@ -1,0 +1,98 @@
+"""The command line: user mistakes end in exit status 2 and one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rnnlab.cli import main
+
+TINY = ["model.hidden=8", "train.iterations=10", "train.eval_every=10", "data.val_size=500", "train.threads=1",
+        "train.eval_batch_size=2000"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rnnlab", *args], capture_output=True, text=True, timeout=300)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rnnlab: error: "), result.stderr
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["train", "--preset", "dlw-rnn-z"], "unknown preset 'dlw-rnn-z'; valid presets: dlw-rnn-a"),
+        (["train", "model.hidden=-3"], "model.hidden=-3 is out of range"),
+        (["train", "model.cell=transformer"], "choose one of: rnn, lstm, gru"),
+        (["train", "train.lr=abc"], "train.lr='abc': expected a number"),
+        (["train", "nonsense.key=1"], "unknown key 'nonsense.key'"),
+        (["inspect", "--preset", "nope"], "unknown preset 'nope'"),
+    ],
+)
+def test_config_mistakes(args: list[str], fragment: str, capsys: pytest.CaptureFixture) -> None:
+    # In-process: the same handler as the console script, but fast.
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("rnnlab: error: ") and fragment in err and err.count("\n") == 1
+
+
+def test_missing_and_corrupt_data_files(tmp_path: Path, mnist_dir: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_user_error(run_cli("train", "--data-dir", str(empty), *TINY), "train-images")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(mnist_dir, corrupt)
+    raw = gzip.decompress((corrupt / "t10k-images-idx3-ubyte.gz").read_bytes())
+    (corrupt / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[:-100]))  # truncated
+    assert_user_error(run_cli("train", "--data-dir", str(corrupt), *TINY), "t10k-images")
+
+
+def test_resume_of_a_folder_without_checkpoint(tmp_path: Path) -> None:
+    assert_user_error(run_cli("train", "--resume", str(tmp_path)), "no checkpoint here")
+    assert_user_error(run_cli("eval", str(tmp_path / "nope")), "no such run folder")
+
+
+def test_train_then_eval_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--no-progress", "--out", str(out), "--model", "gru", *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and str(out) in printed and "samples/s" in printed
+    assert main(["eval", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert report["test_accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-3)
+    assert len(report["per_class_accuracy"]) == 10 and sum(map(sum, report["confusion_matrix"])) == 10_000
+    assert main(["eval", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "per-class accuracy" in text and "confusion matrix" in text
+
+
+def test_inspect_prints_tutorial_shapes(capsys: pytest.CaptureFixture) -> None:
+    assert main(["inspect", "--preset", "dlw-lstm-a"]) == 0
+    out = capsys.readouterr().out
+    assert "[400, 28]" in out and "[400, 100]" in out and "FLOPs per sample" in out and "53,010" in out
+
+
+def test_presets_and_models_listing(capsys: pytest.CaptureFixture) -> None:
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "dlw-lstm-c" in out and "91.22" in out and "rnn-allsteps" in out
+    assert main(["models"]) == 0
+    assert "lstm" in capsys.readouterr().out
+
+
+def test_dry_run_keeps_no_folder(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--dry-run", "--no-progress", *TINY]) == 0
+    assert "dry run ok" in capsys.readouterr().out and not (tmp_path / "runs").exists()

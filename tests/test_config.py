@@ -1,0 +1,116 @@
+"""Config validation, dotted overrides and TOML round-trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rnnlab.config import (
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    apply_overrides,
+    describe_model,
+    load_toml,
+    save_toml,
+)
+from rnnlab.errors import ConfigError
+from rnnlab.presets import get_preset, list_presets, suite
+
+
+def test_defaults_are_valid_and_row_mnist() -> None:
+    cfg = RunConfig()
+    assert cfg.data.view == "rows" and cfg.train.epochs > 0 and cfg.train.iterations == 0
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: ModelConfig(cell="transformer"), "choose one of: rnn, lstm, gru"),
+        (lambda: ModelConfig(hidden=0), "model.hidden=0 is out of range"),
+        (lambda: ModelConfig(layers=-2), "model.layers=-2"),
+        (lambda: ModelConfig(dropout=1.0), "model.dropout"),
+        (lambda: TrainConfig(lr=0.0), "train.lr=0.0 is out of range; it must be > 0"),
+        (lambda: TrainConfig(batch_size=-1), "train.batch_size=-1"),
+        (lambda: TrainConfig(iterations=100, epochs=2), "set exactly one budget"),
+        (lambda: TrainConfig(iterations=0, epochs=0), "set exactly one budget"),
+        (lambda: TrainConfig(optimizer="lbfgs"), "sgd, adam, adamw, rmsprop"),
+        (lambda: RunConfig(seed=-1), "seed=-1"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_allowed_ones(make, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        make()
+
+
+def test_overrides_parse_types_and_apply() -> None:
+    cfg = apply_overrides(RunConfig(), ["model.cell=gru", "model.layers=2", "model.bidirectional=true",
+                                        "train.lr=1e-3", "data.val_size=0", "seed=7"])
+    assert (cfg.model.cell, cfg.model.layers, cfg.model.bidirectional) == ("gru", 2, True)
+    assert cfg.train.lr == pytest.approx(1e-3) and cfg.data.val_size == 0 and cfg.seed == 7
+
+
+def test_setting_one_budget_clears_the_other() -> None:
+    cfg = apply_overrides(RunConfig(), ["train.iterations=300"])
+    assert (cfg.train.iterations, cfg.train.epochs) == (300, 0)
+    back = apply_overrides(cfg, ["train.epochs=2"])
+    assert (back.train.iterations, back.train.epochs) == (0, 2)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.foo=1", "unknown key 'model.foo'; valid keys at \\[model\\]: model.cell"),
+        ("optim.lr=1", "unknown key 'optim.lr'; sections are: data, model, train"),
+        ("model.hidden=big", "expected a whole number"),
+        ("train.lr=fast", "expected a number"),
+        ("model.bidirectional=maybe", "expected a boolean"),
+        ("model.hidden", "is not KEY=VALUE"),
+        ("model.hidden=-5", "model.hidden=-5 is out of range"),
+    ],
+)
+def test_bad_overrides(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(RunConfig(), [override])
+
+
+def test_toml_round_trip(tmp_path: Path) -> None:
+    cfg = apply_overrides(get_preset("dlw-lstm-b").config, ["train.lr=0.05", "name=mine"])
+    save_toml(cfg, tmp_path / "config.toml")
+    assert load_toml(tmp_path / "config.toml") == cfg
+
+
+def test_toml_with_unknown_key_or_bad_type(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[model]\ncell = "lstm"\nsize = 3\n')
+    with pytest.raises(ConfigError, match="unknown key\\(s\\) model.size"):
+        load_toml(path)
+    path.write_text('[model]\nhidden = "big"\n')
+    with pytest.raises(ConfigError, match="model.hidden='big': expected int"):
+        load_toml(path)
+    path.write_text("[model\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_toml(path)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_toml(tmp_path / "missing.toml")
+
+
+def test_tutorial_presets_match_the_tutorials() -> None:
+    names = suite("tutorials")
+    assert names == ["dlw-rnn-a", "dlw-rnn-b", "dlw-rnn-c", "dlw-lstm-a", "dlw-lstm-b", "dlw-lstm-c", "rnn-allsteps"]
+    a = get_preset("dlw-rnn-a")
+    assert describe_model(a.config.model) == "rnn-relu-1x100"
+    assert (a.config.train.optimizer, a.config.train.lr, a.config.train.batch_size, a.config.train.iterations) == (
+        "sgd", 0.01, 100, 3000)
+    assert a.config.train.protocol == "tutorial" and a.config.data.val_size == 0 and a.reported_accuracy == 92.48
+    allsteps = get_preset("rnn-allsteps").config
+    assert (allsteps.model.readout, allsteps.model.hidden, allsteps.train.batch_size, allsteps.train.epochs) == (
+        "all", 256, 64, 3)
+    for name in list_presets():
+        assert get_preset(name).config.preset == name
+
+
+def test_unknown_preset_lists_valid_ones() -> None:
+    with pytest.raises(ConfigError, match="valid presets: dlw-rnn-a"):
+        get_preset("dlw-rnn-z")

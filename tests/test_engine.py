@@ -1,0 +1,111 @@
+"""The training loop on real MNIST with tiny models: schedules, the NaN guard, run folders, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import rnnlab
+from rnnlab.config import RunConfig, apply_overrides, load_toml
+from rnnlab.engine import confusion_matrix, learning_rate
+from rnnlab.errors import CheckpointError
+
+TINY = ["model.hidden=16", "train.batch_size=50", "train.iterations=40", "train.eval_every=20",
+        "train.eval_batch_size=2000", "data.val_size=1000", "train.threads=1"]
+
+
+def tiny(*extra: str) -> RunConfig:
+    return apply_overrides(RunConfig(), TINY + list(extra))
+
+
+def test_learning_rate_schedules() -> None:
+    cosine = tiny("train.schedule=cosine", "train.lr=0.1", "train.warmup=10")
+    assert learning_rate(cosine, 0, 110) == pytest.approx(0.01)  # warm-up starts at lr/warmup
+    assert learning_rate(cosine, 10, 110) == pytest.approx(0.1)
+    assert learning_rate(cosine, 60, 110) == pytest.approx(0.05)
+    assert learning_rate(cosine, 110, 110) == pytest.approx(0.0)
+    step = tiny("train.schedule=step", "train.lr=1.0", "train.step_size=10", "train.gamma=0.5")
+    assert [learning_rate(step, i, 100) for i in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    assert learning_rate(tiny("train.schedule=none", "train.lr=0.3"), 50, 100) == 0.3
+
+
+def test_confusion_matrix_counts() -> None:
+    labels, preds = torch.tensor([0, 0, 1, 2, 2]), torch.tensor([0, 1, 1, 2, 0])
+    assert confusion_matrix(labels, preds, 3) == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
+
+
+def test_run_folder_contents(tmp_path: Path) -> None:
+    run = rnnlab.train(tiny(), tmp_path / "run", progress=False)
+    assert run.status == "completed"
+    files = {p.name for p in run.dir.iterdir()}
+    assert {"config.toml", "metrics.jsonl", "checkpoint.pt", "checkpoint.json", "summary.json"} <= files
+    assert load_toml(run.dir / "config.toml") == run.config
+    summary = json.loads((run.dir / "summary.json").read_text())
+    for key in ("status", "test_accuracy", "val_accuracy", "iterations", "epochs", "train_seconds",
+                "samples_per_second"):
+        assert key in summary, key
+    assert summary["iterations"] == 40 and 0.0 <= summary["test_accuracy"] <= 100.0
+    rows = run.metrics()
+    assert [r["iteration"] for r in rows] == [20, 40] and "val_accuracy" in rows[0] and "test_accuracy" not in rows[0]
+    assert sum(map(sum, summary["confusion_matrix"])) == 10_000
+    # The same folder cannot be trained into twice by accident.
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        rnnlab.train(tiny(), run.dir, progress=False)
+
+
+def test_tutorial_protocol_evaluates_test_without_a_split(tmp_path: Path) -> None:
+    run = rnnlab.train(tiny("train.protocol=tutorial"), tmp_path / "run", progress=False)
+    assert "val_accuracy" not in run.summary and "protocol_note" in run.summary
+    assert all("test_accuracy" in row for row in run.metrics())
+
+
+def test_nan_guard_marks_the_run_diverged(tmp_path: Path) -> None:
+    cfg = tiny("model.cell=rnn", "model.nonlinearity=relu", "model.init=identity", "train.optimizer=sgd",
+               "train.lr=1e6", "train.clip=0", "train.schedule=none")
+    run = rnnlab.train(cfg, tmp_path / "run", progress=False)
+    assert run.status == "diverged"
+    assert "lower the learning rate" in run.summary["message"] and "train.clip" in run.summary["message"]
+    assert run.summary["iterations"] < 40
+    assert json.loads((run.dir / "summary.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.parametrize("extra", [
+    [],
+    ["model.cell=gru", "model.layers=2", "model.dropout=0.3", "data.standardize=true", "train.optimizer=sgd",
+     "train.momentum=0.9", "train.lr=0.05"],
+])
+def test_resume_equals_uninterrupted_bitwise(tmp_path: Path, extra: list[str]) -> None:
+    cfg = tiny("train.checkpoint_every=10", *extra)
+    whole = rnnlab.train(cfg, tmp_path / "whole", progress=False)
+    part = rnnlab.train(cfg, tmp_path / "part", progress=False, stop_after=25)
+    assert part.status == "stopped" and part.summary["iterations"] == 25
+    resumed = rnnlab.resume(part.dir, progress=False)
+    assert resumed.status == "completed" and resumed.summary["iterations"] == 40
+    a = torch.load(whole.dir / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(resumed.dir / "checkpoint.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed.summary["test_accuracy"] == whole.summary["test_accuracy"]
+    # The metrics log is the same too (an evaluation is never logged twice).
+    strip = lambda rows: [{k: v for k, v in r.items() if "second" not in k} for r in rows]  # noqa: E731
+    assert strip(resumed.metrics()) == strip(whole.metrics())
+
+
+def test_loaded_model_predicts_like_evaluation(tmp_path: Path) -> None:
+    run = rnnlab.train(tiny("data.view=permuted-pixels", "model.cell=gru", "train.iterations=10",
+                            "train.eval_every=10"), tmp_path / "run", progress=False)
+    model = rnnlab.load(run.dir)
+    images, labels = rnnlab.data.load_split("mnist", "test")
+    predictions = model.predict(images[:200])
+    predicted = torch.tensor([p["class"] for p in predictions])
+    assert model.permutation is not None and len(model.permutation) == 784
+    # Same permutation, same weights: the loaded model agrees with the run's own confusion matrix counts.
+    matrix = confusion_matrix(labels[:200], predicted, 10)
+    assert sum(map(sum, matrix)) == 200
+    probs = model.step_probabilities(images[:3])
+    assert probs.shape == (3, 784, 10)
+    torch.testing.assert_close(probs[:, -1], model.probabilities(images[:3]))

@@ -1,0 +1,85 @@
+"""The model registry: shapes over every option, parameter listings as the tutorials print them."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from rnnlab.config import ModelConfig
+from rnnlab.errors import ConfigError
+from rnnlab.models import create_model, describe_parameters, flops_per_sample, list_models, parameter_count
+from rnnlab.models.registry import get_builder
+
+
+def build(**kw):
+    return create_model(ModelConfig(**kw), input_size=28, seq_len=28, num_classes=10)
+
+
+def test_registry_lists_models_and_rejects_unknown_names() -> None:
+    assert list_models() == ["gru", "lstm", "rnn"]
+    with pytest.raises(ConfigError, match="unknown model 'transformer'; valid models: gru, lstm, rnn"):
+        get_builder("transformer")
+
+
+@pytest.mark.parametrize(
+    ("cell", "readout", "bidirectional", "layers", "impl"),
+    list(itertools.product(["rnn", "lstm", "gru"], ["last", "mean", "all"], [False, True], [1, 2], ["auto", "torch"])),
+)
+def test_output_shapes(cell: str, readout: str, bidirectional: bool, layers: int, impl: str) -> None:
+    model = create_model(ModelConfig(cell=cell, hidden=6, layers=layers, readout=readout,
+                                     bidirectional=bidirectional, impl=impl),
+                         input_size=5, seq_len=7, num_classes=3)
+    x = torch.rand(4, 7, 5)  # (B, T, F)
+    assert model(x).shape == (4, 3)
+    steps = model.step_logits(x)
+    assert steps.shape == (4, 7, 3)
+    # Having read everything, the per-step prediction is the model's prediction.
+    torch.testing.assert_close(steps[:, -1], model.eval()(x))
+
+
+def shapes(model) -> list[list[int]]:
+    return [list(shape) for _, shape, _ in describe_parameters(model)]
+
+
+def test_parameter_shapes_equal_the_tutorial_listings() -> None:
+    # deep-learning-wizard RNN model A: 1 layer of 100 on 28 inputs, 10 classes.
+    assert shapes(build(cell="rnn", nonlinearity="relu", hidden=100)) == [
+        [100, 28], [100, 100], [100], [100], [10, 100], [10]]
+    # RNN model B: a second layer reads the first layer's 100 outputs.
+    assert shapes(build(cell="rnn", hidden=100, layers=2)) == [
+        [100, 28], [100, 100], [100], [100], [100, 100], [100, 100], [100], [100], [10, 100], [10]]
+    # LSTM model A: four gates stacked, so 400 rows.
+    assert shapes(build(cell="lstm", hidden=100)) == [[400, 28], [400, 100], [400], [400], [10, 100], [10]]
+    assert shapes(build(cell="gru", hidden=100))[:2] == [[300, 28], [300, 100]]
+    assert parameter_count(build(cell="lstm", hidden=100)) == 4 * 100 * (28 + 100 + 2) + 1010
+
+
+def test_readout_all_sees_every_step_and_bidirectional_doubles_features() -> None:
+    assert shapes(build(cell="rnn", hidden=256, layers=2, readout="all"))[-2] == [10, 28 * 256]
+    assert shapes(build(cell="gru", hidden=8, bidirectional=True))[-2] == [10, 16]
+
+
+def test_flops_follow_the_formula() -> None:
+    # RNN: 2H(I+H) per step; LSTM four times that; plus the head.
+    assert flops_per_sample(build(cell="rnn", hidden=100)) == 2 * 100 * 128 * 28 + 2 * 100 * 10
+    assert flops_per_sample(build(cell="lstm", hidden=100)) == 4 * 2 * 100 * 128 * 28 + 2 * 100 * 10
+
+
+def test_init_schemes() -> None:
+    irnn = build(cell="rnn", nonlinearity="relu", hidden=20, init="identity")
+    torch.testing.assert_close(irnn.rnn.weight_hh_l0.detach(), torch.eye(20))
+    assert float(irnn.rnn.bias_hh_l0.detach().abs().max()) == 0.0
+    lstm = build(cell="lstm", hidden=20, init="orthogonal")
+    w = lstm.rnn.weight_hh_l0.detach()[:20]  # the input gate's (H, H) block
+    torch.testing.assert_close(w @ w.T, torch.eye(20), atol=1e-5, rtol=0)
+    forget_bias = lstm.rnn.bias_ih_l0.detach()[20:40] + lstm.rnn.bias_hh_l0.detach()[20:40]
+    assert torch.all(forget_bias == 1.0)
+
+
+def test_standardisation_lives_inside_the_model() -> None:
+    model = create_model(ModelConfig(cell="gru", hidden=4), input_size=3, seq_len=2, num_classes=2,
+                         input_mean=0.5, input_std=0.25)
+    state = model.state_dict()
+    assert float(state["input_mean"]) == 0.5 and float(state["input_std"]) == 0.25
