@@ -114,3 +114,13 @@ def test_tutorial_presets_match_the_tutorials() -> None:
 def test_unknown_preset_lists_valid_ones() -> None:
     with pytest.raises(ConfigError, match="valid presets: dlw-rnn-a"):
         get_preset("dlw-rnn-z")
+
+
+def test_tutorial_presets_keep_the_tutorials_plain_recipe() -> None:
+    # rnnlab's defaults are a better recipe (standardised input, orthogonal init, Adam, clipping);
+    # a tutorial preset must not inherit any of it.
+    for name in suite("tutorials"):
+        cfg = get_preset(name).config
+        assert cfg.model.init == "default" and not cfg.data.standardize, name
+        assert cfg.train.clip == 0 and cfg.train.schedule == "none" and cfg.train.warmup == 0, name
+        assert cfg.train.momentum == 0 and cfg.train.weight_decay == 0, name

@@ -109,3 +109,21 @@ def test_loaded_model_predicts_like_evaluation(tmp_path: Path) -> None:
     probs = model.step_probabilities(images[:3])
     assert probs.shape == (3, 784, 10)
     torch.testing.assert_close(probs[:, -1], model.probabilities(images[:3]))
+
+
+def test_asking_for_a_missing_gpu_is_a_clear_error() -> None:
+    from rnnlab.distributed import select_device
+    from rnnlab.errors import ConfigError
+
+    assert select_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU is available; use --device cpu or auto"):
+            select_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_run_matches_the_cpu_loop_closely(tmp_path: Path) -> None:
+    gpu = rnnlab.train(tiny("train.device=cuda"), tmp_path / "gpu", progress=False)
+    cpu = rnnlab.train(tiny("train.device=cpu"), tmp_path / "cpu", progress=False)
+    assert gpu.status == "completed" and abs(gpu.summary["test_accuracy"] - cpu.summary["test_accuracy"]) < 5.0
+    assert rnnlab.load(gpu.dir).predict(torch.zeros(1, 28, 28, dtype=torch.uint8))[0]["class"] in range(10)

@@ -57,7 +57,7 @@ class DataConfig:
     dataset: str = "mnist"
     view: str = "rows"  # rows: 28 steps of 28 pixels; pixels: 784 steps of 1; permuted-pixels
     val_size: int = 5000  # carved from the training set; 0 disables validation
-    standardize: bool = False  # subtract the training-pixel mean, divide by the std (inside the model)
+    standardize: bool = True  # subtract the training-pixel mean, divide by the std (inside the model)
     permutation_seed: int = 0  # for the permuted-pixels view; the permutation is saved with the run
     data_dir: str = ""  # empty: RNNLAB_DATA_DIR, then the copy embedded in the package
     download: bool = False  # fetch missing files from the dataset's mirrors into the cache
@@ -80,7 +80,7 @@ class ModelConfig:
     dropout: float = 0.0  # between stacked layers, as torch.nn does
     bidirectional: bool = False
     readout: str = "last"  # last: final hidden state; mean: average over steps; all: Linear over every step
-    init: str = "default"  # default (PyTorch's), orthogonal, identity (IRNN)
+    init: str = "orthogonal"  # default (PyTorch's), orthogonal, identity (IRNN)
     impl: str = "auto"  # auto: fast layers where they win; fast; torch: reference torch.nn layers
 
     def __post_init__(self) -> None:

@@ -223,7 +223,8 @@ class Trainer:
                     seconds = max(self.train_seconds - seconds_at_start, 1e-9)
                     rate = (self.iteration - iteration_started) * t.batch_size / seconds
                     row = self._log_evaluation(rate, lr)
-                    bar.set_postfix({k: row[k] for k in ("train_loss", "val_accuracy", "test_accuracy") if k in row})
+                    shown = {k: f"{row[k]:.4g}" for k in ("train_loss", "val_accuracy", "test_accuracy") if k in row}
+                    bar.set_postfix(shown | {"samples/s": f"{rate:.0f}"})
                 if self.iteration % t.checkpoint_every == 0 and dist.is_main_process():
                     self.save()
         except KeyboardInterrupt:

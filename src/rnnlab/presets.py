@@ -45,7 +45,7 @@ def _tutorial(name: str, *, cell: str, layers: int, lr: float, reported: float, 
               nonlinearity: str = "tanh", notes: str = "") -> None:
     config = RunConfig(
         preset=name,
-        data=DataConfig(view="rows", val_size=0),
+        data=DataConfig(view="rows", val_size=0, standardize=False),
         model=ModelConfig(cell=cell, nonlinearity=nonlinearity, hidden=100, layers=layers, readout="last",
                           init="default"),
         train=TrainConfig(optimizer="sgd", lr=lr, batch_size=100, iterations=3000, epochs=0, schedule="none",
@@ -72,8 +72,8 @@ _add(Preset(
     "rnn-allsteps",
     RunConfig(
         preset="rnn-allsteps",
-        data=DataConfig(view="rows", val_size=0),
-        model=ModelConfig(cell="rnn", nonlinearity="tanh", hidden=256, layers=2, readout="all"),
+        data=DataConfig(view="rows", val_size=0, standardize=False),
+        model=ModelConfig(cell="rnn", nonlinearity="tanh", hidden=256, layers=2, readout="all", init="default"),
         train=TrainConfig(optimizer="adam", lr=1e-3, batch_size=64, epochs=3, iterations=0, schedule="none",
                           clip=0.0, eval_every=500, protocol="tutorial"),
     ),
@@ -108,3 +108,6 @@ def reference_for(preset_name: str) -> dict[str, Any] | None:
     """The source and reported accuracy of a preset, or None."""
     preset = _PRESETS.get(preset_name)
     return preset.reference() if preset else None
+
+
+from rnnlab import presets_plus as _presets_plus  # noqa: E402,F401  (registers the -plus presets and row-best)
