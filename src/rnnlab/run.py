@@ -88,8 +88,14 @@ class TrainedModel:
         return self.config.data.view
 
     def to_sequences(self, images: Any) -> torch.Tensor:
-        """Images in MNIST form, ``(N, H, W)`` or ``(H, W)``, uint8 0-255 or float 0-1 -> float ``(N, T, F)``."""
-        array = torch.as_tensor(np.asarray(images))
+        """Images in MNIST form, ``(N, H, W)`` or ``(H, W)``, uint8 0-255 or float 0-1 -> float ``(N, T, F)``.
+
+        Image files, bytes, PIL images, arrays of other shapes, or a list of them are first
+        brought to MNIST form by :mod:`rnnlab.imaging`; MNIST-shaped arrays are used as they are.
+        """
+        from rnnlab.imaging import as_image_batch
+
+        array = torch.as_tensor(np.asarray(as_image_batch(images, self.image_shape)))
         if array.ndim == 2:
             array = array[None]  # (1, H, W)
         if array.ndim != 3 or tuple(array.shape[1:]) != tuple(self.image_shape):
@@ -119,7 +125,7 @@ class TrainedModel:
         return torch.softmax(self.model.step_logits(self.to_sequences(images)), dim=-1)
 
     def predict(self, images: Any) -> list[dict[str, Any]]:
-        """``[{"class": int, "probabilities": [...]}, ...]`` for a batch of MNIST-form images."""
+        """``[{"class": int, "probabilities": [...]}, ...]`` for images: MNIST-form arrays, or files/PIL images."""
         probs = self.probabilities(images)
         return [{"class": int(p.argmax()), "probabilities": p.tolist()} for p in probs]
 

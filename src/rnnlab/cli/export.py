@@ -1,0 +1,48 @@
+"""``rnnlab export``: write a run's model as ONNX or TorchScript, checked against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export", help="export a run's model to ONNX or TorchScript",
+        description="Export a run's model. Input `sequences` float32 (N, T, F) in [0, 1] as the run's view "
+                    "reads an image; output `logits` (N, classes). The export is checked against PyTorch on "
+                    "real test images before it is written.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="file format")
+    parser.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/model.onnx or "
+                                                      "RUN_DIR/model.torchscript.pt)")
+    parser.add_argument("--samples", type=int, default=256, help="test images used to check the export")
+    parser.add_argument("--data-dir", metavar="DIR", help="folder with the IDX files (default: the run's)")
+    parser.add_argument("--no-check", action="store_true", help="skip the check against PyTorch (not advised)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rnnlab.export import TOLERANCE, export_run
+
+    report = export_run(args.run_dir, args.format, args.out, check=not args.no_check, samples=args.samples,
+                        data_dir=args.data_dir)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return 0
+    shape = "(" + ", ".join(str(d) for d in report.input_shape) + ")"
+    print(f"wrote {report.path} ({report.format}, {report.bytes / 1024:.1f} KiB)")
+    print(f"  input  sequences float32 {shape}, values in [0, 1]"
+          + ("" if report.dynamic_steps else "  (T fixed: readout 'all')"))
+    print("  output logits    float32 (N, classes)")
+    if report.samples:
+        line = (f"  check  {report.samples} test images: max |logit diff| {report.max_abs_diff:.2e} "
+                f"(<= {TOLERANCE:g}), same class {100 * report.same_classes:.1f}%")
+        if report.prefix_max_abs_diff is not None:
+            line += f"; shorter sequences {report.prefix_max_abs_diff:.2e}"
+        print(line)
+    else:
+        print("  check  skipped (--no-check)")
+    return 0

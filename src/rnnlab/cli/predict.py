@@ -1,0 +1,129 @@
+"""``rnnlab predict``: classify image files with a trained run, optionally step by step."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+SHADES = " .:-=+*#%@"  # dark to light, for a row of pixels in text
+BLOCKS = "▁▂▃▄▅▆▇█"  # probabilities as a sparkline
+BAR_WIDTH = 10
+DISPLAY_POINTS = 28  # --steps shows at most this many lines per image (row ends for 784-pixel views)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="classify digit images (PNG, JPEG, BMP, ...) with a trained run",
+        description="Classify image files. Each image is brought to MNIST's form first: grey, light ink on "
+                    "dark (inverted if the background is light), cropped to the ink, scaled to fit 20x20 and "
+                    "centred by centre of mass in 28x28. 28x28 light-on-dark images are used as they are.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("--top", type=int, default=3, metavar="K", help="show the K most likely classes")
+    parser.add_argument("--steps", action="store_true",
+                        help="also show how the probabilities evolve as the model reads the image")
+    parser.add_argument("--json", action="store_true", help="print one JSON list, one entry per image")
+    parser.set_defaults(func=run)
+
+
+def _supports(text: str) -> bool:
+    encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+    try:
+        text.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def _top(probs: list[float], k: int) -> list[tuple[int, float]]:
+    order = sorted(range(len(probs)), key=lambda c: -probs[c])
+    return [(c, probs[c]) for c in order[:k]]
+
+
+def _spark(probs: list[float], unicode: bool) -> str:
+    if not unicode:
+        return "".join(SHADES[min(len(SHADES) - 1, int(p * len(SHADES)))] for p in probs)
+    return "".join(BLOCKS[min(len(BLOCKS) - 1, int(p * len(BLOCKS)))] if p >= 0.02 else " " for p in probs)
+
+
+def _bar(p: float, unicode: bool) -> str:
+    full = round(p * BAR_WIDTH)
+    return ("█" * full + "░" * (BAR_WIDTH - full)) if unicode else ("#" * full + "." * (BAR_WIDTH - full))
+
+
+def _row_text(pixels: Any, row: int) -> str:
+    return "".join(SHADES[min(len(SHADES) - 1, int(v) * len(SHADES) // 256)] for v in pixels[row])
+
+
+def format_steps(pixels: Any, view: str, points: list[int], steps: list[list[float]], total: int) -> list[str]:
+    """One line per point: what was just read (a row of the image, in text) and the probabilities."""
+    unicode = _supports(BLOCKS + "█░")
+    unit = "row" if view == "rows" else "pixel"
+    width = len(str(total))
+    head = f"  {unit + 's':>{2 * width + 1}}  " + (f"{'last row read':<28}  " if view != "permuted-pixels" else "")
+    lines = [head + f"{'top':>3}  {'p(top)':<{BAR_WIDTH + 7}}  0123456789"]
+    for point, probs in zip(points, steps):
+        best = max(range(len(probs)), key=probs.__getitem__)
+        line = f"  {point:>{width}}/{total}  "
+        if view != "permuted-pixels":
+            # rows: step t is row t; pixels: step t ends in row (t - 1) // 28.
+            row = point - 1 if view == "rows" else (point - 1) // len(pixels[0])
+            line += f"{_row_text(pixels, row)}  "
+        line += f"{best:>3}  {_bar(probs[best], unicode)} {100 * probs[best]:5.1f}%  {_spark(probs, unicode)}"
+        lines.append(line)
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import rnnlab
+    from rnnlab.errors import ConfigError, RnnlabError
+    from rnnlab.imaging import prepare_image
+    from rnnlab.serve.reading import reading_steps
+
+    if args.top < 1:
+        raise ConfigError(f"--top={args.top} must be >= 1")
+    trained = rnnlab.load(args.run_dir)
+    entries: list[dict[str, Any]] = []
+    good: list[tuple[int, np.ndarray]] = []
+    for path in args.images:
+        try:
+            good.append((len(entries), prepare_image(path)))
+            entries.append({"file": path})
+        except RnnlabError as exc:  # one bad file must not stop the others
+            entries.append({"file": path, "error": str(exc)})
+    if good:
+        batch = np.stack([pixels for _, pixels in good])  # (N, 28, 28) uint8
+        probs = trained.probabilities(batch)  # (N, C)
+        if args.steps:
+            points, steps = reading_steps(trained, batch, max_points=DISPLAY_POINTS, cheap_max_points=DISPLAY_POINTS)
+        for i, (index, pixels) in enumerate(good):
+            p = [float(v) for v in probs[i]]
+            entry = entries[index]
+            entry.update({"class": int(np.argmax(p)), "probabilities": p,
+                          "top": [{"class": c, "probability": q} for c, q in _top(p, args.top)]})
+            if args.steps:
+                entry.update({"steps_read": points, "steps": [[float(v) for v in row] for row in steps[i]],
+                              "_pixels": pixels})
+    failed = 0
+    for entry in entries:
+        if "error" in entry:
+            failed += 1
+            print(f"rnnlab: error: {entry['error']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([{k: v for k, v in e.items() if not k.startswith("_")} for e in entries]))
+    else:
+        total = trained.model.seq_len
+        for entry in entries:
+            if "error" in entry:
+                continue
+            top = "  ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in entry["top"])
+            print(f"{entry['file']}: {entry['class']}   ({top})")
+            if args.steps:
+                print("\n".join(format_steps(entry["_pixels"], trained.view, entry["steps_read"], entry["steps"],
+                                             total)))
+    return 2 if failed else 0

@@ -1,0 +1,247 @@
+"""Export a trained run to ONNX or TorchScript, and prove the export computes what PyTorch does.
+
+The exported model takes one input, ``sequences``: float32 ``(N, T, F)`` with pixel values in
+[0, 1], laid out as the run's view reads an image (rows: ``(N, 28, 28)``; pixels and
+permuted-pixels: ``(N, 784, 1)``, permuted by the run's permutation, which is stored in the
+file's metadata). Any standardisation happens inside. It returns ``logits`` ``(N, classes)``.
+The batch dimension is dynamic, and so is ``T`` unless the readout is ``all`` (a Linear over
+every step fixes the length).
+
+Export always uses the reference ``torch.nn`` layers (same state_dict names as the fast ones),
+writes through a temporary file, and is checked on real test images before it replaces ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from rnnlab.errors import RnnlabError
+
+__all__ = ["EXTENSIONS", "FORMATS", "ExportError", "ExportReport", "export_run", "load_exported", "reference_model"]
+
+FORMATS = ("onnx", "torchscript")
+EXTENSIONS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+INPUT_NAME, OUTPUT_NAME = "sequences", "logits"
+TOLERANCE = 1e-4  # max abs difference of logits allowed between the export and eager PyTorch
+ONNX_OPSET = 17
+METADATA_FILE = "rnnlab.json"  # TorchScript extra file with the same metadata as ONNX's metadata_props
+
+
+class ExportError(RnnlabError):
+    """Export failed, a dependency is missing, or the exported model disagrees with PyTorch."""
+
+
+@dataclass
+class ExportReport:
+    """Where the model went and how closely it matches eager PyTorch on real test images."""
+
+    path: str
+    format: str
+    input_shape: list[Any]  # e.g. ["N", 28, 28] or ["N", "T", 28]
+    dynamic_steps: bool
+    samples: int  # test images compared (0: not checked)
+    max_abs_diff: float | None
+    same_classes: float | None  # fraction of images where both predict the same class
+    prefix_max_abs_diff: float | None  # on shorter sequences, when T is dynamic
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def reference_model(run_dir: str | Path) -> tuple[Any, torch.nn.Module]:
+    """``(TrainedModel, eval-mode model rebuilt on the reference torch.nn layers)``."""
+    from rnnlab import checkpoint as ckpt
+    from rnnlab.config import from_dict
+    from rnnlab.run import TrainedModel, build_from_state
+
+    tensors, meta = ckpt.load_checkpoint(run_dir)
+    config = from_dict(meta["config"], source=str(Path(run_dir) / ckpt.CHECKPOINT_JSON))
+    model = build_from_state(config, tensors["model"], impl="torch").eval()
+    return TrainedModel(Path(run_dir), config, model, tensors.get("permutation"), meta), model
+
+
+def _metadata(trained: Any, model: torch.nn.Module, dynamic_steps: bool) -> dict[str, Any]:
+    permutation = trained.permutation
+    return {
+        "rnnlab_version": __import__("rnnlab").__version__,
+        "input": INPUT_NAME, "output": OUTPUT_NAME,
+        "view": trained.view, "steps": model.seq_len, "features": model.input_size,
+        "classes": model.num_classes, "dynamic_steps": dynamic_steps,
+        "input_range": [0.0, 1.0], "cell": trained.config.model.cell, "readout": trained.config.model.readout,
+        "permutation": None if permutation is None else [int(i) for i in permutation.tolist()],
+    }
+
+
+def _atomic(path: Path, suffix: str, write: Callable[[Path], None], check: Callable[[Path], None]) -> None:
+    """Write to a temporary file next to ``path``, check it, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh name rather than mkstemp: the exporter creates the file, with the usual permissions.
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}"
+    try:
+        write(tmp)
+        check(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------- ONNX
+def _require_onnx() -> tuple[Any, Any]:
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        raise ExportError(f"ONNX export needs onnx and onnxruntime ({exc.name} is missing): "
+                          "pip install rnnlab[export]") from None
+    return onnx, onnxruntime
+
+
+def _write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, dynamic_steps: bool,
+                metadata: dict[str, Any]) -> None:
+    onnx, _ = _require_onnx()
+    axes = {0: "N", 1: "T"} if dynamic_steps else {0: "N"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # deprecation and tracer chatter; correctness is checked after
+        try:
+            # The TorchScript-based exporter maps nn.LSTM/GRU/RNN to ONNX's own recurrent ops,
+            # handles dynamic axes well and takes well under a second.
+            torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: {0: "N"}}, opset_version=ONNX_OPSET,
+                              dynamo=False)
+        except Exception as legacy_error:  # noqa: BLE001 - a torch without it: try the dynamo exporter
+            dims = {0: torch.export.Dim("N", min=1)}
+            if dynamic_steps:
+                dims[1] = torch.export.Dim("T", min=2)
+            try:
+                torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME],
+                                  output_names=[OUTPUT_NAME], dynamic_shapes=({**dims},), dynamo=True,
+                                  external_data=False, verbose=False)
+            except Exception as exc:  # noqa: BLE001
+                raise ExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]} "
+                                  f"(legacy exporter: {str(legacy_error).splitlines()[0][:200]})") from None
+    proto = onnx.load(str(path))
+    proto.doc_string = "rnnlab recurrent classifier: sequences (N, T, F) in [0, 1] -> logits (N, classes)"
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.save(proto, str(path))
+
+
+def _onnx_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    _, ort = _require_onnx()
+    options = ort.SessionOptions()
+    # One thread, no spin-waiting: checks are small, and spinning threads starve a busy machine.
+    options.intra_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+
+# ---------------------------------------------------------------------------- TorchScript
+def _write_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path, dynamic_steps: bool,
+                       metadata: dict[str, Any]) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        # Tracing records aten::lstm & co. with sizes read from the input, so N (and T) stay free;
+        # our own check below replaces the tracer's check_trace.
+        traced = torch.jit.trace(model, (example,), check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: json.dumps(metadata)})
+
+
+def _torchscript_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
+    module.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def load_exported(path: str | Path, fmt: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A function ``float32 (N, T, F) -> logits (N, C)`` running an exported file (for checks and demos)."""
+    path = Path(path)
+    fmt = fmt or ("onnx" if path.suffix == ".onnx" else "torchscript")
+    return _onnx_runner(path) if fmt == "onnx" else _torchscript_runner(path)
+
+
+# ---------------------------------------------------------------------------- check and entry point
+def _check_sequences(trained: Any, samples: int, data_dir: str | None) -> torch.Tensor:
+    """The first ``samples`` test images as float ``(N, T, F)`` in [0, 1], as the run reads them."""
+    from rnnlab.data import load_sequences
+
+    data = trained.config.data
+    test = load_sequences(data.dataset, "test", view=data.view, permutation=trained.permutation,
+                          data_dir=data_dir or data.data_dir or None, download=data.download)
+    return test.x[:samples].float() / 255.0  # (N, T, F)
+
+
+def _compare(run: Callable[[np.ndarray], np.ndarray], model: torch.nn.Module,
+             x: torch.Tensor) -> tuple[float, float]:
+    """``(max abs diff of logits, fraction of equal predicted classes)`` on ``x`` ``(N, T, F)``."""
+    with torch.no_grad():
+        expected = model(x).numpy()  # (N, C)
+    try:
+        got = np.asarray(run(np.ascontiguousarray(x.numpy(), dtype=np.float32)))
+    except Exception as exc:  # noqa: BLE001 - the runtime's own errors are not ours to type
+        raise ExportError(f"the exported model failed to run on input {tuple(x.shape)}: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+    if got.shape != expected.shape:
+        raise ExportError(f"the exported model returned {got.shape}, PyTorch {expected.shape}")
+    diff = float(np.abs(got - expected).max()) if got.size else 0.0
+    same = float((got.argmax(1) == expected.argmax(1)).mean()) if got.size else 1.0
+    return diff, same
+
+
+def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None, *, check: bool = True,
+               samples: int = 256, data_dir: str | None = None) -> ExportReport:
+    """Export a run's model to ``out`` (default ``RUN_DIR/model.onnx`` / ``model.torchscript.pt``)."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if samples < 1:
+        raise ExportError(f"samples={samples} must be >= 1")
+    if fmt == "onnx":
+        _require_onnx()  # fail before any work
+    trained, model = reference_model(run_dir)
+    path = Path(out) if out is not None else Path(run_dir) / f"model{EXTENSIONS[fmt]}"
+    dynamic_steps = trained.config.model.readout != "all"
+    metadata = _metadata(trained, model, dynamic_steps)
+    # A batch of 2 random sequences: a size the checks never use, so a batch size baked into the
+    # graph would show up as a failure.
+    example = torch.rand(2, model.seq_len, model.input_size, generator=torch.Generator().manual_seed(0))
+    checked: dict[str, Any] = {"samples": 0, "max_abs_diff": None, "same_classes": None, "prefix_max_abs_diff": None}
+
+    def verify(tmp: Path) -> None:
+        if not check:
+            return
+        run = load_exported(tmp, fmt)
+        x = _check_sequences(trained, samples, data_dir)  # (N, T, F)
+        diff, same = _compare(run, model, x)
+        checked.update(samples=len(x), max_abs_diff=diff, same_classes=same)
+        if dynamic_steps and model.seq_len > 1:
+            prefix = x[: min(len(x), 8), : max(1, model.seq_len // 2)]  # (n, T/2, F)
+            checked["prefix_max_abs_diff"] = _compare(run, model, prefix)[0]
+        worst = max(diff, checked["prefix_max_abs_diff"] or 0.0)
+        if worst > TOLERANCE or same < 1.0:
+            raise ExportError(f"the {fmt} export disagrees with PyTorch: max abs logit difference {worst:.3g} "
+                              f"(allowed {TOLERANCE:g}), same class on {100 * same:.2f}% of {len(x)} test "
+                              "images; the file was not written")
+
+    writer = _write_onnx if fmt == "onnx" else _write_torchscript
+    _atomic(path, EXTENSIONS[fmt], lambda tmp: writer(model, example, tmp, dynamic_steps, metadata), verify)
+    shape: list[Any] = ["N", "T" if dynamic_steps else model.seq_len, model.input_size]
+    return ExportReport(path=str(path), format=fmt, input_shape=shape, dynamic_steps=dynamic_steps,
+                        bytes=path.stat().st_size, **checked)

@@ -1,0 +1,281 @@
+"""Bringing any digit image to MNIST's form, the way MNIST itself was made.
+
+MNIST digits are grey, light ink on a black background, scaled (antialiased, aspect ratio
+kept) so the ink fits a 20x20 box, then placed in a 28x28 field so that the centre of mass of
+the ink sits at the centre. :func:`prepare_image` does the same to a photo, a scan or a drawing:
+
+1. decode (PNG, JPEG, BMP, ...; a pixel limit guards against decompression bombs) and make it
+   grey; transparent pixels are laid on a background that contrasts with the ink;
+2. invert when the background is light (decided from the median of the border pixels);
+3. subtract the background level, stretch the ink to full contrast, drop border-level noise;
+4. crop to the ink, scale to fit 20x20, place by centre of mass (at pixel (14, 14), where
+   MNIST's mean centre of mass lies).
+
+An image that is already in MNIST form -- 28x28, light on dark -- passes through unchanged
+(no re-centring), so predicting on MNIST's own arrays equals evaluating them directly.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from rnnlab.errors import DataError
+
+__all__ = ["FORMATS", "MAX_PIXELS", "Prepared", "as_image_batch", "open_image", "prepare", "prepare_batch",
+           "prepare_image", "to_grey"]
+
+SIZE = 28  # MNIST's field
+BOX = 20  # MNIST's digits are scaled to fit this box
+CENTRE = 14.0  # MNIST's mean centre of mass, in pixel-index coordinates (13.99, 14.01 on the test set)
+MAX_PIXELS = 25_000_000  # decoded pixels per image; larger images are refused (decompression bombs)
+WORKING_SIDE = 1024  # larger images are box-reduced first: plenty for a 20-pixel digit, and cheap
+MIN_CONTRAST = 0.08  # ink must differ from the background by this much (of full scale), else "blank"
+BBOX_LEVEL = 0.04  # a faint halo (blur, upscaling) does not count towards the 20x20 box
+RESAMPLE = Image.Resampling.LANCZOS  # antialiased: PIL widens the kernel when shrinking
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
+
+ImageSource = Any  # a path, bytes, a binary file, a PIL image, or an array (H, W) / (H, W, 3|4)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An image in MNIST form and where its pixels came from.
+
+    Pixel ``(r, c)`` of ``pixels`` covers the source rectangle starting at
+    ``origin + (r, c) / scale`` (source pixel coordinates, ``(y, x)``), ``1 / scale`` wide.
+    """
+
+    pixels: np.ndarray  # uint8 (28, 28), light ink on black
+    source_size: tuple[int, int]  # (H, W) of the decoded source
+    scale: tuple[float, float]  # (sy, sx): 28x28 pixels per source pixel
+    origin: tuple[float, float]  # (y, x) in the source of the 28x28 field's top-left corner
+    inverted: bool  # the source was dark on light
+    passthrough: bool  # the source was already in MNIST form and is returned unchanged
+
+    def source_rows(self) -> list[tuple[float, float]]:
+        """For each of the 28 rows, its ``(top, bottom)`` in source pixel coordinates."""
+        sy, oy = self.scale[0], self.origin[0]
+        return [(oy + r / sy, oy + (r + 1) / sy) for r in range(SIZE)]
+
+
+def _name(source: Any) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) else "image"
+
+
+def open_image(source: str | os.PathLike[str] | bytes | BinaryIO, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an image file (path, bytes or binary file) fully, with clear errors for bad input."""
+    name = _name(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise DataError(f"{name}: no such file")
+        if not path.is_file():
+            raise DataError(f"{name}: not a file")
+        if path.stat().st_size == 0:
+            raise DataError(f"{name}: empty file")
+        with open(path, "rb") as handle:
+            return _decode(handle, name, max_pixels)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise DataError(f"{name}: empty file")
+        return _decode(io.BytesIO(bytes(source)), name, max_pixels)
+    return _decode(source, name, max_pixels)
+
+
+def _decode(handle: BinaryIO, name: str, max_pixels: int) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between its limit and twice it; we want a refusal, never a 1 GB decode.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(handle, formats=FORMATS)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DataError(f"{name}: image too large ({width}x{height} = {width * height} pixels; "
+                                f"the limit is {max_pixels})")
+            if width == 0 or height == 0:
+                raise DataError(f"{name}: image has no pixels ({width}x{height})")
+            image.load()  # decode now, so a truncated file fails here and the handle can close
+            return ImageOps.exif_transpose(image)  # photos: honour the camera's orientation
+    except DataError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{name}: image too large, refused as a possible decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{name}: not an image, or not a supported format "
+                        f"({', '.join(FORMATS)})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+        raise DataError(f"{name}: cannot decode the image ({str(exc).splitlines()[0][:200]})") from None
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma, as PIL's ``convert("L")``: ``(..., 3)`` -> ``(...)``."""
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+def to_grey(image: Image.Image) -> np.ndarray:
+    """A PIL image as float32 grey ``(H, W)`` in [0, 1], transparency flattened."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if values.max(initial=0) > 255 else (1.0 if image.mode == "F" and values.max(initial=0) <= 1
+                                                          else 255.0)
+        return np.clip(values / top, 0, 1).astype(np.float32)
+    has_alpha = "A" in image.mode or "a" in image.mode or "transparency" in image.info
+    if not has_alpha:
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0  # (H, W, 4)
+    grey, alpha = _luminance(rgba[..., :3]), rgba[..., 3]
+    if alpha.min() >= 1.0:
+        return grey
+    # A drawing on a transparent canvas: the ink is whatever is opaque, whatever its colour
+    # (often black on "nothing"). Lay it on the background that contrasts with the ink.
+    covered = float(alpha.sum())
+    ink_level = float((grey * alpha).sum() / covered) if covered > 0 else 0.0
+    background = 1.0 if ink_level < 0.5 else 0.0
+    return alpha * grey + (1.0 - alpha) * background
+
+
+def _array_to_grey(array: np.ndarray) -> np.ndarray:
+    """An array ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3|4)`` (uint8, or float 0-1 / 0-255) -> float grey."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise DataError(f"an image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {array.shape}")
+    if array.size == 0:
+        raise DataError(f"image array is empty: {array.shape}")
+    if array.dtype == np.uint8:
+        values = array.astype(np.float32) / 255.0
+    elif array.dtype == np.bool_:
+        values = array.astype(np.float32)
+    else:
+        values = array.astype(np.float32)
+        if not np.isfinite(values).all() or values.min() < 0:
+            raise DataError("image array values must be finite and >= 0 (0-1, or 0-255)")
+        if values.max() > 1.0:  # 0-255 floats
+            if values.max() > 255.0:
+                raise DataError("image array values must be in 0-1 or 0-255")
+            values = values / 255.0
+    if values.ndim == 2:
+        return values
+    if values.shape[2] == 4:  # go through PIL so transparency is handled in one place
+        return to_grey(Image.fromarray(np.round(values * 255).astype(np.uint8), "RGBA"))
+    return _luminance(values)
+
+
+def _border(grey: np.ndarray) -> np.ndarray:
+    """The outermost ring of pixels ``(K,)``: what a digit's background looks like."""
+    return np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
+
+
+def _source_to_grey(obj: ImageSource, max_pixels: int) -> tuple[np.ndarray, float]:
+    """Grey ``(H, W)`` float and the box-reduction factor applied to large images."""
+    if isinstance(obj, Image.Image):
+        if obj.width * obj.height > max_pixels:
+            raise DataError(f"image too large ({obj.width}x{obj.height}; the limit is {max_pixels} pixels)")
+        image = obj
+    elif isinstance(obj, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(obj, "read"):
+        image = open_image(obj, max_pixels=max_pixels)
+    else:
+        array = np.asarray(obj)
+        if array.size > max_pixels * 4:
+            raise DataError(f"image array too large ({array.shape}; the limit is {max_pixels} pixels)")
+        return _array_to_grey(array), 1.0
+    factor = 1
+    if max(image.size) > 2 * WORKING_SIDE:
+        factor = math.ceil(max(image.size) / WORKING_SIDE)
+        image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
+        image = image.reduce(factor)  # box filter: antialiased, and it bounds the memory below
+    return to_grey(image), float(factor)
+
+
+def prepare(obj: ImageSource, *, max_pixels: int = MAX_PIXELS) -> Prepared:
+    """Bring one image to MNIST form, with the geometry that maps it back onto the source."""
+    grey, factor = _source_to_grey(obj, max_pixels)  # (H, W) float in [0, 1]
+    height, width = grey.shape
+    source_size = (int(round(height * factor)), int(round(width * factor)))
+    border = _border(grey)
+    inverted = bool(np.median(border) > 0.5)
+    if (height, width) == (SIZE, SIZE) and not inverted:
+        # Already MNIST form: keep it bit for bit (a uint8 array round-trips exactly).
+        pixels = np.round(grey * 255.0).astype(np.uint8)
+        return Prepared(pixels, source_size, (1.0, 1.0), (0.0, 0.0), False, True)
+    ink = 1.0 - grey if inverted else grey.copy()
+    background = float(np.median(_border(ink)))
+    ink = np.clip(ink - background, 0.0, None)
+    peak = float(ink.max())
+    if peak < MIN_CONTRAST:
+        raise DataError(f"{_name(obj)}: no digit found (the image is blank or has almost no contrast)")
+    ink /= peak
+    # Paper texture, JPEG noise and shadows at the border level are not ink. The 90th percentile
+    # ignores ink that touches the border; the cap keeps faint real ink from being wiped out.
+    floor = min(max(3.0 * float(np.percentile(_border(ink), 90)), 0.02), 0.5)
+    ink[ink <= floor] = 0.0
+    solid = ink > BBOX_LEVEL
+    rows, cols = np.flatnonzero(solid.any(axis=1)), np.flatnonzero(solid.any(axis=0))
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    crop = ink[top:bottom, left:right]  # (h, w)
+    h, w = crop.shape
+    fit = BOX / max(h, w)
+    new_h, new_w = max(1, round(h * fit)), max(1, round(w * fit))
+    patch = Image.fromarray(crop.astype(np.float32), "F").resize((new_w, new_h), RESAMPLE)
+    patch = np.clip(np.asarray(patch, dtype=np.float32), 0.0, 1.0)  # Lanczos rings slightly past [0, 1]
+    mass = float(patch.sum())
+    if mass <= 0:
+        raise DataError(f"{_name(obj)}: no digit found (the ink vanished when scaled down)")
+    cy = float((patch.sum(axis=1) * np.arange(new_h)).sum() / mass)
+    cx = float((patch.sum(axis=0) * np.arange(new_w)).sum() / mass)
+    # Whole-pixel placement, as MNIST did, kept inside the field.
+    py = int(min(max(round(CENTRE - cy), 0), SIZE - new_h))
+    px = int(min(max(round(CENTRE - cx), 0), SIZE - new_w))
+    field = np.zeros((SIZE, SIZE), dtype=np.float32)
+    field[py:py + new_h, px:px + new_w] = patch
+    pixels = np.round(field * 255.0).astype(np.uint8)
+    sy, sx = new_h / (h * factor), new_w / (w * factor)  # field pixels per source pixel
+    origin = (top * factor - py / sy, left * factor - px / sx)
+    return Prepared(pixels, source_size, (sy, sx), origin, inverted, False)
+
+
+def prepare_image(obj: ImageSource, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """One image (path, bytes, PIL image or array) -> uint8 ``(28, 28)`` in MNIST form."""
+    return prepare(obj, max_pixels=max_pixels).pixels
+
+
+def prepare_batch(objs: Sequence[ImageSource], *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Several images -> uint8 ``(N, 28, 28)``; the first bad one raises :class:`DataError`."""
+    if isinstance(objs, (str, os.PathLike, bytes, Image.Image)):
+        objs = [objs]
+    images = [prepare_image(obj, max_pixels=max_pixels) for obj in objs]
+    return np.stack(images) if images else np.zeros((0, SIZE, SIZE), dtype=np.uint8)
+
+
+def _is_single_source(obj: Any) -> bool:
+    return isinstance(obj, (str, os.PathLike, bytes, bytearray, Image.Image)) or hasattr(obj, "read")
+
+
+def as_image_batch(images: Any, image_shape: tuple[int, int] = (SIZE, SIZE)) -> Any:
+    """What :class:`rnnlab.TrainedModel` accepts, made into a batch of MNIST-form images.
+
+    Arrays (or nested lists) shaped ``(N, H, W)`` or ``(H, W)`` with the dataset's image shape
+    are returned as they are: they are taken to be in MNIST form already. Paths, bytes, PIL
+    images, arrays of other shapes, and lists of any of these are prepared (uint8 ``(N, 28, 28)``).
+    """
+    if _is_single_source(images):
+        return prepare_batch([images])
+    if isinstance(images, (list, tuple)) and images and any(
+            _is_single_source(item) or (hasattr(item, "shape") and tuple(item.shape) != tuple(image_shape))
+            for item in images):
+        return prepare_batch(list(images))
+    if hasattr(images, "shape"):
+        shape = tuple(images.shape)
+        if (len(shape) == 2 and shape != tuple(image_shape)) or (
+                len(shape) == 3 and shape[1:] != tuple(image_shape) and shape[2] in (1, 3, 4)):
+            return prepare_batch([images])  # one image of another size, or one colour image
+    return images

@@ -1,0 +1,245 @@
+"""The FastAPI app: a drawing page, ``POST /predict``, ``GET /health`` and ``GET /info``.
+
+Every request that can cost something is bounded: the body size (413), the image's pixel count
+(413), the predictions running at once (503 when all slots are busy) and the predictions per
+minute per client address (429). Bad input gets a 4xx with ``{"error": "..."}``; the server
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+import rnnlab
+from rnnlab.errors import RnnlabError
+from rnnlab.imaging import MAX_PIXELS, SIZE, prepare
+from rnnlab.serve.reading import reading_steps
+
+STATIC = Path(__file__).with_name("static")
+EXPENSIVE_POINTS = 28  # step points computed one pass each (bidirectional or readout all): row ends
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request, and all of them together, may cost."""
+
+    max_upload_bytes: int = 5 * 1024 * 1024
+    max_pixels: int = MAX_PIXELS
+    concurrency: int = 4  # predictions computed at once; one more gets 503
+    rate_per_minute: int = 120  # predictions per client address per minute; 0 disables
+
+
+class RateLimiter:
+    """A sliding one-minute window per client address."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.seen: dict[str, deque[float]] = {}
+
+    def allow(self, client: str, now: float | None = None) -> bool:
+        if self.per_minute <= 0:
+            return True
+        now = time.monotonic() if now is None else now
+        if len(self.seen) > 10_000:  # forget idle clients so the table stays small
+            self.seen = {k: v for k, v in self.seen.items() if v and now - v[-1] < 60}
+        window = self.seen.setdefault(client, deque())
+        while window and now - window[0] >= 60:
+            window.popleft()
+        if len(window) >= self.per_minute:
+            return False
+        window.append(now)
+        return True
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def error(status: int, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing to hold more than ``limit`` bytes (whatever Content-Length says)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _multipart_file(request: Request, body: bytes) -> bytes:
+    """The bytes of form field ``file``; ValueError with a message for anything else."""
+    async def stream():  # the parser wants an async stream; the (size-checked) body is already here
+        yield body
+        yield b""
+
+    try:
+        form = await MultiPartParser(request.headers, stream(), max_files=1, max_fields=8,
+                                     max_part_size=64 * 1024).parse()
+    except MultiPartException as exc:
+        raise ValueError(f"malformed multipart body: {exc.message}") from None
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise ValueError("send the image as a file in the multipart form field 'file'")
+    data = await upload.read()
+    await upload.close()
+    return data
+
+
+def pixels_from_json(body: bytes) -> np.ndarray:
+    """``{"pixels": 28 rows of 28 numbers}`` (0-1 or 0-255) -> float array ``(28, 28)``; ValueError if bad."""
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"the body is not valid JSON ({exc})") from None
+    if not isinstance(payload, dict) or "pixels" not in payload:
+        raise ValueError('send {"pixels": [[28 numbers] x 28 rows]} or a multipart upload in field "file"')
+    rows = payload["pixels"]
+    if not isinstance(rows, list) or len(rows) != SIZE or not all(isinstance(r, list) and len(r) == SIZE
+                                                                  for r in rows):
+        got = f"{len(rows)} rows" if isinstance(rows, list) else type(rows).__name__
+        raise ValueError(f"pixels must be {SIZE} rows of {SIZE} numbers (got {got})")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for r in rows for v in r):
+        raise ValueError("pixels must all be numbers")
+    values = np.asarray(rows, dtype=np.float64)  # (28, 28)
+    if not np.isfinite(values).all() or values.min() < 0 or values.max() > 255:
+        raise ValueError("pixel values must be in 0-1 or 0-255")
+    return values
+
+
+def _predict(trained: Any, source: Any, max_pixels: int) -> dict[str, Any]:
+    """Prepare one image, predict, and describe how the prediction evolved (runs in a worker thread)."""
+    prepared = prepare(source, max_pixels=max_pixels)
+    probs = trained.probabilities(prepared.pixels)[0]  # (C,)
+    points, steps = reading_steps(trained, prepared.pixels, max_points=EXPENSIVE_POINTS)  # (1, P, C)
+    return {
+        "class": int(probs.argmax()),
+        "probabilities": [float(p) for p in probs],
+        "steps": [[round(float(p), 5) for p in row] for row in steps[0]],
+        "steps_read": points,  # how many steps (rows or pixels) had been read for each entry of steps
+        "image": prepared.pixels.tolist(),  # what the model saw: uint8 (28, 28)
+        "geometry": {"source_size": list(prepared.source_size), "scale": list(prepared.scale),
+                     "origin": list(prepared.origin)},
+        "inverted": prepared.inverted,
+        "passthrough": prepared.passthrough,
+    }
+
+
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                "file": {"type": "string", "format": "binary",
+                         "description": "an image (PNG, JPEG, BMP, ...), prepared like MNIST"}}}},
+            "application/json": {"schema": {"type": "object", "required": ["pixels"], "properties": {
+                "pixels": {"type": "array", "minItems": SIZE, "maxItems": SIZE,
+                           "description": "28 rows of 28 numbers, 0-1 or 0-255 (max > 1), light ink on dark",
+                           "items": {"type": "array", "minItems": SIZE, "maxItems": SIZE,
+                                     "items": {"type": "number"}}}}}},
+        },
+    },
+}
+
+
+def _test_accuracy(run_dir: Path) -> float | None:
+    try:
+        return rnnlab.read_run(run_dir).test_accuracy
+    except RnnlabError:  # an unfinished run folder, or a TrainedModel built by hand
+        return None
+
+
+def create_app(run: str | Path | Any, *, limits: Limits | None = None) -> FastAPI:
+    """The app for a run folder (or an already loaded :class:`rnnlab.TrainedModel`)."""
+    limits = limits or Limits()
+    trained = rnnlab.load(run) if isinstance(run, (str, Path)) else run
+    trained.model.eval()
+    slots = asyncio.Semaphore(max(1, limits.concurrency))
+    limiter = RateLimiter(limits.rate_per_minute)
+    cfg = trained.config
+    info = {
+        "run": str(trained.run_dir), "name": cfg.label, "view": trained.view, "steps": trained.model.seq_len,
+        "features": trained.model.input_size, "classes": trained.num_classes, "cell": cfg.model.cell,
+        "hidden": cfg.model.hidden, "layers": cfg.model.layers, "bidirectional": cfg.model.bidirectional,
+        "readout": cfg.model.readout, "test_accuracy": _test_accuracy(trained.run_dir),
+        "permutation": None if trained.permutation is None else [int(i) for i in trained.permutation.tolist()],
+        "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels},
+    }
+
+    app = FastAPI(title="rnnlab", version=rnnlab.__version__,
+                  description="Draw a digit and watch a recurrent network read it. `POST /predict` takes an "
+                              "image upload (field `file`) or `{\"pixels\": 28x28}` and returns the class, "
+                              "the probabilities and the probabilities after each step read.")
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail))
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/health", summary="200 when the model is loaded")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": cfg.label}
+
+    @app.get("/info", summary="the model: view, steps, classes, architecture, permutation")
+    async def model_info() -> dict[str, Any]:
+        return info
+
+    @app.post("/predict", summary="classify one image", openapi_extra=PREDICT_BODY)
+    async def predict(request: Request) -> Any:
+        client = request.client.host if request.client else "unknown"
+        if not limiter.allow(client):
+            return error(429, f"too many requests: at most {limits.rate_per_minute} predictions a minute",
+                         **{"Retry-After": "60"})
+        try:
+            body = await _read_body(request, limits.max_upload_bytes)
+        except _TooLarge:
+            return error(413, f"request too large (limit {limits.max_upload_bytes / 1024 / 1024:g} MB)")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        try:
+            if kind == "multipart/form-data":
+                source: Any = await _multipart_file(request, body)
+            elif kind in ("application/json", ""):
+                source = pixels_from_json(body)
+            else:
+                return error(415, f"unsupported content type {kind!r}: send multipart/form-data "
+                                  "(field 'file') or application/json ({\"pixels\": ...})")
+        except ValueError as exc:
+            return error(400, str(exc))
+        if slots.locked():
+            return error(503, "busy: too many predictions at once, try again shortly", **{"Retry-After": "1"})
+        async with slots:
+            try:
+                result = await run_in_threadpool(_predict, trained, source, limits.max_pixels)
+            except RnnlabError as exc:
+                message = str(exc).removeprefix("image: ")
+                return error(413 if "too large" in message else 422, message)
+        if not all(math.isfinite(p) for p in result["probabilities"]):
+            return error(500, "the model produced non-finite probabilities")
+        return result
+
+    return app

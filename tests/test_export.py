@@ -1,0 +1,126 @@
+"""``rnnlab export``: ONNX and TorchScript exports that compute what eager PyTorch computes."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rnnlab.cli import main
+from rnnlab.export import ExportError, export_run, load_exported, reference_model
+
+pytest_plugins = ["_fixtures_runs"]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Every cell, stacked and bidirectional layers, every readout, and the pixel views (784 steps).
+CASES = {
+    "rnn-tanh": ["model.cell=rnn", "model.nonlinearity=tanh"],
+    "rnn-relu": ["model.cell=rnn", "model.nonlinearity=relu", "model.init=identity"],
+    "lstm": ["model.cell=lstm"],
+    "gru": ["model.cell=gru"],
+    "lstm-2x-bidirectional": ["model.cell=lstm", "model.layers=2", "model.bidirectional=true"],
+    "gru-mean": ["model.cell=gru", "model.readout=mean"],
+    "rnn-all": ["model.cell=rnn", "model.readout=all"],
+    "gru-bidirectional-all": ["model.cell=gru", "model.bidirectional=true", "model.readout=all"],
+    "lstm-pixels": ["model.cell=lstm", "data.view=pixels"],
+    "gru-permuted-pixels": ["model.cell=gru", "data.view=permuted-pixels"],
+}
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_export_parity_and_dynamic_shapes(untrained_run, case: str, fmt: str) -> None:
+    run = untrained_run(["model.hidden=12", *CASES[case]])
+    report = export_run(run, fmt, samples=64)  # the CLI default is 256; 64 real images suffice here
+    assert Path(report.path).exists() and report.path.startswith(str(run))
+    assert report.max_abs_diff <= 1e-4 and report.same_classes == 1.0
+    readout_all = "all" in case
+    assert report.dynamic_steps is not readout_all
+    # The export was traced with a batch of 2; other batch sizes (and lengths) must work too.
+    session, model = load_exported(report.path, fmt), reference_model(run)[1]
+    steps, features = (28, 28) if "pixels" not in case else (784, 1)
+    lengths = [steps] if readout_all else [steps, steps // 4]
+    for batch in (1, 5):
+        for length in lengths:
+            x = torch.rand(batch, length, features, generator=torch.Generator().manual_seed(batch + length))
+            got = session(x.numpy())
+            assert got.shape == (batch, 10)
+            with torch.no_grad():
+                np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4, rtol=0)
+
+
+def test_export_of_a_trained_run_via_cli(trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "nested" / "model.onnx"
+    assert main(["export", str(trained_run), "--format", "onnx", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"wrote {out}" in text and "sequences float32 (N, T, 28)" in text and "256 test images" in text
+    assert out.exists() and [p.name for p in out.parent.iterdir()] == ["model.onnx"]  # no temporary left
+    assert main(["export", str(trained_run), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
+                 "--json", "--samples", "100"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["samples"] == 100 and report["max_abs_diff"] <= 1e-4 and report["same_classes"] == 1.0
+
+
+def test_metadata_travels_with_the_model(untrained_run, tmp_path: Path) -> None:
+    import onnx
+
+    run = untrained_run(["model.hidden=8", "model.cell=gru", "data.view=permuted-pixels"])
+    onnx_report = export_run(run, "onnx", tmp_path / "m.onnx", samples=16)
+    proto = onnx.load(onnx_report.path)
+    meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    assert meta["view"] == "permuted-pixels" and meta["steps"] == 784 and meta["classes"] == 10
+    assert sorted(meta["permutation"]) == list(range(784))
+    assert [i.name for i in proto.graph.input] == ["sequences"] and [o.name for o in proto.graph.output] == ["logits"]
+    ts_report = export_run(run, "torchscript", tmp_path / "m.pt", samples=16)
+    with zipfile.ZipFile(ts_report.path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("extra/rnnlab.json"))
+        assert json.loads(archive.read(name))["permutation"] == meta["permutation"]
+
+
+def test_a_mismatch_is_an_error_and_writes_nothing(untrained_run, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import rnnlab.export as export
+
+    run = untrained_run(["model.hidden=8"])
+    out_dir = tmp_path / "out"
+    real_writer = export._write_torchscript
+
+    def broken_writer(model, example, path, dynamic_steps, metadata):  # exports different weights
+        with torch.no_grad():
+            model.head.bias.add_(0.01)
+        try:
+            real_writer(model, example, path, dynamic_steps, metadata)
+        finally:
+            with torch.no_grad():
+                model.head.bias.sub_(0.02)  # and leaves eager PyTorch different from what was written
+
+    monkeypatch.setattr(export, "_write_torchscript", broken_writer)
+    with pytest.raises(ExportError, match="disagrees with PyTorch"):
+        export_run(run, "torchscript", out_dir / "m.pt", samples=16)
+    assert list(out_dir.iterdir()) == []  # neither the file nor a temporary
+
+
+def test_missing_onnx_says_what_to_install(untrained_run, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture) -> None:
+    run = untrained_run(["model.hidden=8"])
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'", name="onnxruntime")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    assert main(["export", str(run)]) == 2
+    assert "pip install rnnlab[export]" in capsys.readouterr().err
+    assert not (run / "model.onnx").exists()
+
+
+def test_bad_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["export", str(tmp_path / "nope")]) == 2
+    assert "no such run folder" in capsys.readouterr().err

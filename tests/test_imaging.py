@@ -1,0 +1,168 @@
+"""rnnlab.imaging: any digit image -> MNIST form (grey, light on dark, 20x20 box, centred by mass)."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from rnnlab.data import load_split
+from rnnlab.errors import DataError
+from rnnlab.imaging import as_image_batch, open_image, prepare, prepare_batch, prepare_image
+
+
+@pytest.fixture(scope="module")
+def mnist_test() -> np.ndarray:
+    images, _ = load_split("mnist", "test")
+    return images[:50].numpy()  # (50, 28, 28) uint8
+
+
+def ink_box(pixels: np.ndarray) -> tuple[int, int]:
+    rows, cols = np.flatnonzero(pixels.any(1)), np.flatnonzero(pixels.any(0))
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+def centre_of_mass(pixels: np.ndarray) -> tuple[float, float]:
+    p = pixels.astype(float)
+    idx = np.arange(p.shape[0])
+    return (p.sum(1) * idx).sum() / p.sum(), (p.sum(0) * idx).sum() / p.sum()
+
+
+def digit_image(size=(400, 300), ink=(20, 30, 40), paper=(250, 248, 240), width=26) -> Image.Image:
+    """A dark "7" on light paper, off-centre and much larger than MNIST."""
+    image = Image.new("RGB", size, paper)
+    ImageDraw.Draw(image).line([(90, 60), (260, 60), (150, 260)], fill=ink, width=width, joint="curve")
+    return image
+
+
+def test_mnist_arrays_pass_through_unchanged(mnist_test: np.ndarray) -> None:
+    for image in mnist_test:
+        out = prepare_image(image)
+        assert out.dtype == np.uint8 and np.array_equal(out, image)
+        assert np.array_equal(prepare_image(image.astype(np.float32) / 255), image)  # float 0-1 too
+    assert np.array_equal(prepare_batch(list(mnist_test)), mnist_test)
+    assert prepare(mnist_test[0]).passthrough
+
+
+def test_batch_shaped_arrays_are_left_alone(mnist_test: np.ndarray) -> None:
+    assert as_image_batch(mnist_test) is mnist_test  # the TrainedModel fast path
+    tensor = torch.from_numpy(mnist_test)
+    assert as_image_batch(tensor) is tensor
+
+
+def test_inverted_render_is_restored(mnist_test: np.ndarray) -> None:
+    # Inverting, cropping, scaling and centring again lands where MNIST put the digit: the only
+    # differences are the contrast stretch (254 -> 255) and the faintest edge pixels (< 4%).
+    for image in mnist_test[:20]:
+        prepared = prepare(255 - image)
+        assert prepared.inverted and not prepared.passthrough
+        diff = np.abs(prepared.pixels.astype(int) - image.astype(int))
+        assert diff.max() <= 12 and diff.mean() < 0.5
+        cy, cx = centre_of_mass(prepared.pixels)
+        assert abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5
+
+
+def test_large_colour_dark_on_light_photo() -> None:
+    prepared = prepare(digit_image())
+    pixels = prepared.pixels
+    assert prepared.inverted
+    assert pixels.shape == (28, 28) and pixels.dtype == np.uint8
+    assert max(ink_box(pixels)) == 20  # fits the 20x20 box exactly
+    cy, cx = centre_of_mass(pixels)
+    assert abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5
+    assert pixels[0].max() == 0 and pixels[:, 0].max() == 0  # black background
+    assert pixels.max() >= 200  # ink stretched to (nearly) full brightness
+
+
+def test_light_on_dark_is_not_inverted_and_aspect_ratio_is_kept() -> None:
+    image = Image.new("L", (200, 500), 0)
+    ImageDraw.Draw(image).rectangle([80, 50, 119, 449], fill=255)  # a bar 40 wide, 400 tall
+    prepared = prepare(image)
+    assert not prepared.inverted
+    height, width = ink_box(prepared.pixels)
+    assert height == 20 and width in (2, 3)  # 40/400 * 20 = 2, plus antialiasing
+
+
+def test_transparent_drawing_black_strokes(tmp_path: Path) -> None:
+    image = Image.new("RGBA", (280, 280), (0, 0, 0, 0))  # canvas "nothing" is transparent black
+    ImageDraw.Draw(image).line([(140, 40), (140, 240)], fill=(0, 0, 0, 255), width=20)
+    path = tmp_path / "drawing.png"
+    image.save(path)
+    pixels = prepare_image(path)
+    assert max(ink_box(pixels)) == 20 and pixels.max() == 255  # the stroke is the ink, not the background
+
+
+def test_sixteen_bit_grey_and_jpeg_bmp(tmp_path: Path, mnist_test: np.ndarray) -> None:
+    wide = (mnist_test[0].astype(np.uint16) * 257)  # 16-bit, same picture
+    Image.fromarray(wide).save(tmp_path / "deep.png")
+    assert np.array_equal(prepare_image(tmp_path / "deep.png"), mnist_test[0])
+    for suffix in ("jpg", "bmp", "gif", "webp"):
+        digit_image().save(tmp_path / f"d.{suffix}")
+        assert max(ink_box(prepare_image(tmp_path / f"d.{suffix}"))) == 20
+
+
+def test_geometry_maps_rows_back_onto_the_source() -> None:
+    prepared = prepare(digit_image())  # the 7's ink spans y = 47..273 in the source
+    rows = prepared.source_rows()
+    ink_rows = np.flatnonzero(prepared.pixels.any(1))
+    top, bottom = rows[ink_rows[0]][0], rows[ink_rows[-1]][1]
+    assert 35 <= top <= 60 and 255 <= bottom <= 290
+    assert prepared.source_size == (300, 400)
+
+
+def test_huge_image_is_reduced_first() -> None:
+    big = digit_image().resize((4000, 3000))
+    prepared = prepare(big)
+    assert max(ink_box(prepared.pixels)) == 20 and prepared.source_size == (3000, 4000)
+    small = prepare(digit_image())
+    assert np.abs(prepared.pixels.astype(int) - small.pixels.astype(int)).mean() < 8
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid-looking PNG header claiming ``width x height`` pixels, with almost no data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty file"),
+    (b"hello, I am text", "not an image"),
+    (bomb_png(60_000, 60_000), "too large"),  # PIL's own DecompressionBombError territory
+    (bomb_png(6000, 5000), "too large"),  # under PIL's limit, over ours
+    (Image.new("L", (1, 1)).tobytes(), "not an image"),
+])
+def test_bad_files_raise_clear_errors(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        prepare_image(path)
+    with pytest.raises(DataError, match=message):
+        prepare_image(content)  # bytes, as the server passes them
+
+
+def test_truncated_missing_and_blank(tmp_path: Path) -> None:
+    digit_image().save(tmp_path / "ok.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "ok.png").read_bytes()[:400])
+    with pytest.raises(DataError, match="cannot decode"):
+        open_image(tmp_path / "cut.png")
+    with pytest.raises(DataError, match="no such file"):
+        prepare_image(tmp_path / "missing.png")
+    Image.new("RGB", (100, 80), (255, 255, 255)).save(tmp_path / "white.png")
+    with pytest.raises(DataError, match="no digit"):
+        prepare_image(tmp_path / "white.png")
+
+
+def test_bad_arrays() -> None:
+    with pytest.raises(DataError, match="must be"):
+        prepare_image(np.zeros((5, 5, 7)))
+    with pytest.raises(DataError, match=">= 0"):
+        prepare_image(np.full((28, 28), -1.0))

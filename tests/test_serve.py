@@ -1,0 +1,184 @@
+"""The web server over real HTTP: uvicorn in a thread on 127.0.0.1, httpx as the client."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import rnnlab
+from rnnlab.data import load_split
+
+pytest_plugins = ["_fixtures_runs"]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+from rnnlab.cli import main  # noqa: E402
+from rnnlab.serve.app import Limits, create_app  # noqa: E402
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def mnist() -> np.ndarray:
+    return load_split("mnist", "test")[0][:4].numpy()  # (4, 28, 28) uint8
+
+
+@pytest.fixture(scope="module")
+def server(trained_run: Path, serving):
+    with serving(create_app(trained_run, limits=Limits(max_upload_bytes=256 * 1024, max_pixels=4_000_000))) as url:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            yield client
+
+
+def test_health_info_page_and_docs(server) -> None:
+    assert server.get("/health").status_code == 200
+    info = server.get("/info").json()
+    assert info["view"] == "rows" and info["steps"] == 28 and info["classes"] == 10 and info["cell"] == "lstm"
+    page = server.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"] and '<canvas id="pad"' in page.text
+    assert "http" not in page.text.split("<body>")[1].replace('href="/docs"', "")  # self-contained: no CDN
+    assert server.get("/static/app.js").status_code == 200 and server.get("/static/style.css").status_code == 200
+    assert server.get("/docs").status_code == 200
+    body = server.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert set(body) == {"multipart/form-data", "application/json"}
+    missing = server.get("/nope")
+    assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_upload_matches_the_library(server, trained_run: Path, mnist: np.ndarray) -> None:
+    trained = rnnlab.load(trained_run)
+    expected = trained.predict(mnist)
+    for image, want in zip(mnist, expected):
+        response = server.post("/predict", files={"file": ("digit.png", png(image), "image/png")})
+        assert response.status_code == 200, response.text
+        got = response.json()
+        assert got["class"] == want["class"]
+        np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-6)
+        assert len(got["steps"]) == 28 and all(len(s) == 10 for s in got["steps"])
+        assert got["steps_read"] == list(range(1, 29))
+        assert np.array_equal(np.array(got["image"], dtype=np.uint8), image)  # passed through unchanged
+        assert got["passthrough"] and not got["inverted"]
+
+
+def test_upload_of_a_photo_like_image(server, mnist: np.ndarray) -> None:
+    big = Image.fromarray(255 - mnist[0]).resize((300, 300)).convert("RGB")
+    buffer = io.BytesIO()
+    big.save(buffer, "JPEG")
+    got = server.post("/predict", files={"file": ("photo.jpg", buffer.getvalue(), "image/jpeg")}).json()
+    assert got["inverted"] and got["geometry"]["source_size"] == [300, 300]
+    assert 0 < got["geometry"]["scale"][0] < 1  # 28x28 pixels per source pixel
+
+
+def test_json_pixels_in_both_scales(server, trained_run: Path, mnist: np.ndarray) -> None:
+    want = rnnlab.load(trained_run).predict(mnist[1])[0]
+    as_255 = server.post("/predict", json={"pixels": mnist[1].tolist()}).json()
+    as_01 = server.post("/predict", json={"pixels": (mnist[1] / 255.0).tolist()}).json()
+    assert as_255["class"] == as_01["class"] == want["class"]
+    np.testing.assert_allclose(as_255["probabilities"], want["probabilities"], atol=1e-6)
+    np.testing.assert_allclose(as_01["probabilities"], want["probabilities"], atol=1e-6)
+
+
+@pytest.mark.parametrize("payload, message", [
+    ({"pixels": [[0] * 28] * 27}, "28 rows of 28"),
+    ({"pixels": [[0] * 27] * 28}, "28 rows of 28"),
+    ({"pixels": [["a"] * 28] * 28}, "numbers"),
+    ({"pixels": [[300] * 28] * 28}, "0-255"),
+    ({"image": []}, "pixels"),
+])
+def test_bad_json_is_a_400(server, payload: dict, message: str) -> None:
+    response = server.post("/predict", json=payload)
+    assert response.status_code == 400 and message in response.json()["error"]
+
+
+def test_bad_requests_get_4xx_and_the_server_keeps_serving(server) -> None:
+    cases = [
+        (dict(content=b"{not json", headers={"content-type": "application/json"}), 400, "not valid JSON"),
+        (dict(files={"file": ("a.png", b"definitely not an image", "image/png")}), 422, "not an image"),
+        (dict(files={"file": ("a.png", b"", "image/png")}), 422, "empty"),
+        (dict(files={"other": ("a.png", b"x", "image/png")}), 400, "field 'file'"),
+        (dict(content=b"x", headers={"content-type": "text/plain"}), 415, "unsupported content type"),
+        (dict(files={"file": ("big.bin", b"\0" * (300 * 1024), "image/png")}), 413, "too large"),
+        (dict(files={"file": ("blank.png", png(np.zeros((60, 60), np.uint8) + 255), "image/png")}), 422, "no digit"),
+        (dict(files={"file": ("huge.png", png(np.zeros((2100, 2100), np.uint8)), "image/png")}), 413, "too large"),
+    ]
+    for kwargs, status, message in cases:
+        response = server.post("/predict", **kwargs)
+        assert response.status_code == status, (kwargs.keys(), response.text)
+        assert message in response.json()["error"]
+    assert server.get("/health").status_code == 200
+
+
+def test_oversized_body_without_content_length(server) -> None:
+    def chunks():
+        for _ in range(40):
+            yield b"\0" * 10_000  # 400 kB, streamed (chunked): no Content-Length to trust
+
+    response = server.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_rate_limit(trained_run: Path, serving, mnist: np.ndarray) -> None:
+    with serving(create_app(trained_run, limits=Limits(rate_per_minute=3))) as url:
+        codes = [httpx.post(url + "/predict", json={"pixels": mnist[0].tolist()}).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        assert httpx.get(url + "/health").status_code == 200
+
+
+def test_busy_server_says_503(trained_run: Path, serving, mnist: np.ndarray,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import rnnlab.serve.app as app_module
+
+    real = app_module._predict
+    entered = threading.Event()
+
+    def slow(*args):
+        entered.set()
+        time.sleep(1.0)
+        return real(*args)
+
+    monkeypatch.setattr(app_module, "_predict", slow)
+    with serving(create_app(trained_run, limits=Limits(concurrency=1))) as url:
+        results: list[int] = []
+        first = threading.Thread(target=lambda: results.append(
+            httpx.post(url + "/predict", json={"pixels": mnist[0].tolist()}, timeout=30).status_code))
+        first.start()
+        assert entered.wait(10)
+        second = httpx.post(url + "/predict", json={"pixels": mnist[0].tolist()}, timeout=30)
+        first.join()
+        assert second.status_code == 503 and "busy" in second.json()["error"]
+        assert results == [200]
+
+
+@pytest.mark.parametrize("overrides, points", [
+    (["data.view=pixels", "model.hidden=8"], list(range(1, 785))),  # exact, one pass: every pixel
+    (["data.view=pixels", "model.hidden=8", "model.bidirectional=true"], [28 * k for k in range(1, 29)]),
+])
+def test_pixel_views(untrained_run, serving, mnist: np.ndarray, overrides: list[str], points: list[int]) -> None:
+    run = untrained_run(overrides)
+    with serving(create_app(run)) as url:
+        got = httpx.post(url + "/predict", json={"pixels": mnist[0].tolist()}, timeout=60).json()
+    assert got["steps_read"] == points and len(got["steps"]) == len(points)
+    model = rnnlab.load(run)
+    final = model.probabilities(mnist[0])[0]
+    np.testing.assert_allclose(got["steps"][-1], final.tolist(), atol=1e-4)  # reading it all = the answer
+    assert torch.allclose(torch.tensor(got["probabilities"]), final, atol=1e-6)
+
+
+def test_serve_cli_rejects_bad_arguments(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["serve", str(trained_run), "--port", "70000"]) == 2
+    assert "--port" in capsys.readouterr().err
+    assert main(["serve", str(trained_run), "--concurrency", "0"]) == 2
+    assert main(["serve", "/nonexistent/run"]) == 2
+    assert "no such run folder" in capsys.readouterr().err
