@@ -13,7 +13,7 @@ import sys
 from rnnlab.errors import RnnlabError
 
 # Modules under rnnlab.cli, each with register(subparsers), in the order `--help` lists them.
-COMMANDS = ("train", "evaluate", "info", "predict", "export", "serve")
+COMMANDS = ("train", "evaluate", "compare", "info", "predict", "export", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", metavar="DIR", help="folder with the IDX files (default: the run's)")
     parser.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    parser.add_argument("--no-plot", action="store_true", help="do not write confusion.png into the run folder")
     parser.set_defaults(func=run)
 
 
@@ -58,5 +59,12 @@ def format_report(report: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     report = evaluate_run(args.run_dir, data_dir=args.data_dir, batch_size=args.batch_size, device=args.device)
+    if not args.no_plot:
+        from pathlib import Path
+
+        from rnnlab.plots import confusion_matrix_png
+
+        confusion_matrix_png(report["confusion_matrix"], Path(args.run_dir) / "confusion.png",
+                             f"{Path(args.run_dir).name}: test set")
     print(json.dumps(report) if args.json else format_report(report))
     return 0

@@ -1,0 +1,131 @@
+"""``rnnlab compare``: train presets/configs x seeds in parallel; ``rnnlab report``: tables from runs."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """Positionals may come before and after options: ``compare A B --seeds 3 model.hidden=64``.
+
+    A plain parser stops filling a ``nargs="*"`` positional at the first option, then rejects
+    the KEY=VALUE overrides that follow; ``parse_known_intermixed_args`` collects them all.
+    """
+
+    _inside = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._inside:  # parse_known_intermixed_args calls back into parse_known_args
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return super().parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compare", help="train presets or configs for several seeds and compare them",
+        description="Train each preset or config file for N seeds (seed 0..N-1) in parallel processes, then "
+                    "write results.md, results.csv, results.json and figures. Rerunning the same command skips "
+                    "finished seeds and resumes interrupted ones. Example: rnnlab compare --suite tutorials --seeds 3",
+    )
+    parser.add_argument("items", nargs="*", metavar="PRESET_OR_CONFIG|KEY=VALUE",
+                        help="preset names or config files (.toml); KEY=VALUE overrides apply to every entry")
+    parser.add_argument("--suite", help="add every preset of a suite (tutorials, plus)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per entry: 0..N-1 (default: 3)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="parallel worker processes (default: the number of CPU cores); each gets cores/jobs "
+                             "torch threads")
+    parser.add_argument("--out", metavar="DIR", help="compare folder (default: runs/compare-<suite-or-names>)")
+    parser.add_argument("--no-plot", action="store_true", help="skip the figures")
+    parser.add_argument("--dry-run", action="store_true", help="print what would run, train nothing")
+    parser.set_defaults(func=run_compare)
+    parser.__class__ = IntermixedParser  # the subparsers action made a plain ArgumentParser
+
+    report = subparsers.add_parser(
+        "report", help="build the comparison table and figures from existing runs",
+        description="Aggregate run folders and compare folders (grouped by preset or config label) into "
+                    "results.md, results.csv, results.json and figures.",
+    )
+    report.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_COMPARE_DIR")
+    report.add_argument("--out", metavar="DIR", help="where to write (default: the folder given, if one; else ./report)")
+    report.add_argument("--no-plot", action="store_true", help="skip the figures")
+    report.set_defaults(func=run_report)
+
+
+def split_items(items: list[str]) -> tuple[list[str], list[str]]:
+    """Entries (presets, config files) and KEY=VALUE overrides, in their given order."""
+    specs = [i for i in items if "=" not in i]
+    overrides = [i for i in items if "=" in i]
+    return specs, overrides
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from rnnlab import compare as cmp
+    from rnnlab.errors import ConfigError
+
+    specs, overrides = split_items(args.items)
+    entries = cmp.resolve_entries(specs, suite=args.suite, overrides=overrides)
+    jobs = args.jobs if args.jobs is not None else cmp.available_cores()
+    if jobs < 1:
+        raise ConfigError(f"--jobs={jobs} must be >= 1")
+    out = Path(args.out) if args.out else cmp.default_out_dir(entries, args.suite, overrides)
+    tasks = cmp.plan(entries, out, seeds=args.seeds, jobs=min(jobs, len(entries) * args.seeds))
+    states = {t.key: cmp.task_state(t) for t in tasks}
+    todo = sum(s != "skip" for s in states.values())
+    workers = f"{min(jobs, todo)} workers x {tasks[0].config.train.threads} threads" if todo else "nothing to train"
+    print(f"compare: {len(entries)} entries x {args.seeds} seeds = {len(tasks)} runs ({todo} to run, "
+          f"{len(tasks) - todo} finished) in {out}; {workers}", file=sys.stderr)
+    if args.dry_run:
+        for task in tasks:
+            print(f"  {states[task.key]:6}  {task.entry} seed {task.seed}  ->  {task.run_dir}")
+        return 0
+    started, done = time.time(), [0]
+
+    def progress(record: dict[str, Any]) -> None:
+        done[0] += 1
+        acc = record.get("test_accuracy")
+        what = f"{acc:.2f}%" if acc is not None else (record.get("error") or "")
+        secs = record.get("train_seconds")
+        took = f" ({secs:.0f} s)" if secs is not None else ""
+        print(f"[{done[0]}/{len(tasks)} {time.time() - started:5.0f}s] {record['entry']} seed {record['seed']}: "
+              f"{record['action']}, {record['status']} {what}{took}", file=sys.stderr, flush=True)
+
+    context = {"overrides": " ".join(overrides) or "none"}
+    if sys.argv[1:2] == ["compare"]:  # called from the shell (not from a test's main([...]))
+        context["command"] = shlex.join(["rnnlab", *sys.argv[1:]])
+    rows = cmp.compare(entries, out, seeds=args.seeds, jobs=jobs, plots=not args.no_plot, on_result=progress,
+                       context=context)
+    return _finish(rows, out, retry_hint=True)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from rnnlab.report import build_report
+
+    out = Path(args.out) if args.out else (Path(args.paths[0]) if len(args.paths) == 1 else Path("report"))
+    rows = build_report(args.paths, out, plots=not args.no_plot, title="rnnlab report",
+                        context={"runs from": ", ".join(args.paths)})
+    _finish(rows, out)
+    return 0
+
+
+def _finish(rows: list[dict[str, Any]], out: Path, *, retry_hint: bool = False) -> int:
+    """Print the table and where the files are; 1 if any seed failed or is unfinished."""
+    from rnnlab.report import RESULTS_CSV, RESULTS_JSON, RESULTS_MD, markdown_table
+
+    print(markdown_table(rows))
+    print(f"\nwrote {out / RESULTS_MD}, {out / RESULTS_CSV}, {out / RESULTS_JSON}", file=sys.stderr)
+    bad = [r["entry"] for r in rows if r["failed"] or r["unfinished"]]
+    if bad:
+        hint = "; rerun the same command to retry or resume them" if retry_hint else ""
+        print(f"rnnlab: some seeds failed or did not finish ({', '.join(bad)}); see {out / RESULTS_MD}{hint}",
+              file=sys.stderr)
+        return 1
+    return 0

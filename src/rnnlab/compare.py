@@ -1,0 +1,323 @@
+"""Train many configs x seeds in parallel processes, then aggregate them into one report.
+
+``compare(entries, out_dir, seeds=3, jobs=2)`` runs entry ``e`` with seed ``k`` in
+``out_dir/runs/<e>/seed<k>/``. Rerunning the same compare skips finished seeds (completed or
+diverged), resumes interrupted ones from their checkpoint, and retries failed ones. A worker
+that raises, or whose process dies, is recorded as ``failed`` with its error; the others go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import tempfile
+import traceback
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from rnnlab import checkpoint as ckpt
+from rnnlab.config import RunConfig, apply_overrides, load_toml, save_toml, to_dict
+from rnnlab.engine import CONFIG, METRICS, SUMMARY
+from rnnlab.errors import CheckpointError, ConfigError
+from rnnlab.presets import get_preset, list_presets, suite as suite_names
+
+FINISHED = ("completed", "diverged")  # a rerun keeps these as they are
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One thing to compare: a name and the config every seed starts from."""
+
+    name: str
+    config: RunConfig
+
+
+@dataclass(frozen=True)
+class Task:
+    """One seed of one entry, ready to run in a worker process."""
+
+    entry: str
+    seed: int
+    config: RunConfig
+    run_dir: str
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.entry, self.seed
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def resolve_entries(specs: list[str], *, suite: str | None = None, overrides: list[str] | None = None) -> list[Entry]:
+    """Presets (by name), config files (TOML) and a suite's presets, each with the overrides applied."""
+    names = list(suite_names(suite)) if suite else []
+    names += list(specs)
+    if not names:
+        raise ConfigError("nothing to compare: name presets or config files, or give --suite "
+                          f"(presets: {', '.join(list_presets())})")
+    entries: list[Entry] = []
+    for spec in names:
+        path = Path(spec)
+        if path.suffix == ".toml" or path.is_file() or (path.is_dir() and (path / CONFIG).exists()):
+            config = load_toml(path / CONFIG if path.is_dir() else path)
+            name = config.name or config.preset or (path.name if path.is_dir() else path.stem)
+            if not config.name and not config.preset:
+                config = replace(config, name=name)  # so that `rnnlab report` finds the same entry name
+        else:
+            config = get_preset(spec).config
+            name = spec
+        config = apply_overrides(config, list(overrides or []))
+        if any(e.name == name for e in entries):
+            raise ConfigError(f"{spec!r} is named {name!r} like an earlier entry; give each config a distinct "
+                              "`name` (or list each preset once)")
+        if "/" in name or name in (".", ".."):
+            raise ConfigError(f"entry name {name!r} cannot be a folder name; set `name` in the config")
+        entries.append(Entry(name, config))
+    return entries
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def plan(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: int = 1,
+         threads: int | None = None) -> list[Task]:
+    """One task per entry and seed 0..seeds-1. ``threads`` per worker defaults to cores // jobs,
+    so that ``jobs`` workers together use the machine without oversubscribing it."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds={seeds} must be >= 1")
+    if jobs < 1:
+        raise ConfigError(f"--jobs={jobs} must be >= 1")
+    per_worker = threads if threads is not None else max(1, available_cores() // jobs)
+    tasks = []
+    for entry in entries:
+        for seed in range(seeds):
+            config = replace(entry.config, seed=seed)
+            if config.train.threads == 0:  # an explicit train.threads override wins
+                config = replace(config, train=replace(config.train, threads=per_worker))
+            run_dir = Path(out_dir) / "runs" / entry.name / f"seed{seed}"
+            tasks.append(Task(entry.name, seed, config, str(run_dir)))
+    return tasks
+
+
+def _comparable(config: RunConfig) -> dict[str, Any]:
+    """A config as a dict, without settings that do not change results (threads, device)."""
+    raw = to_dict(config)
+    for key in ("threads", "device", "checkpoint_every"):
+        raw["train"].pop(key, None)
+    return raw
+
+
+def task_state(task: Task) -> str:
+    """What a (re)run does with this task's folder: ``skip``, ``resume`` or ``train``.
+
+    Raises ConfigError when the folder holds a run of a different config, which a rerun
+    must not mix into the same entry.
+    """
+    run_dir = Path(task.run_dir)
+    if (run_dir / CONFIG).exists():
+        existing = load_toml(run_dir / CONFIG)
+        if _comparable(existing) != _comparable(task.config):
+            raise ConfigError(f"{run_dir} holds a run of a different config (changed settings or overrides?); "
+                              "use another --out, or delete that folder to run it again")
+    summary = _read_summary(run_dir)
+    if summary.get("status") in FINISHED:
+        return "skip"
+    if (run_dir / ckpt.CHECKPOINT_JSON).exists() and (run_dir / ckpt.CHECKPOINT_PT).exists():
+        return "resume"
+    return "train"
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads((run_dir / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+def run_task(task: Task) -> dict[str, Any]:
+    """Run one task in this process; never raises (an error becomes status ``failed``)."""
+    import torch
+
+    run_dir = Path(task.run_dir)
+    try:
+        if task.config.train.threads > 0:
+            torch.set_num_threads(task.config.train.threads)
+        state = task_state(task)
+        if state == "skip":
+            return _record(task, _read_summary(run_dir), "skipped")
+        import rnnlab
+
+        if state == "resume":
+            try:
+                return _record(task, rnnlab.resume(run_dir, progress=False).summary, "resumed")
+            except CheckpointError:  # an unreadable checkpoint: start this seed again rather than fail forever
+                pass
+        _clear(run_dir)
+        save_toml(task.config, run_dir / CONFIG)  # now `rnnlab report` sees this seed even if it fails
+        return _record(task, rnnlab.train(task.config, run_dir, progress=False).summary, "trained")
+    except Exception as exc:  # noqa: BLE001 - any error of one seed must not end the compare
+        return record_failure(task, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
+
+def _clear(run_dir: Path) -> None:
+    """Remove what a previous attempt without a checkpoint left behind (its rows would repeat)."""
+    for name in (SUMMARY, METRICS, ckpt.CHECKPOINT_JSON, ckpt.CHECKPOINT_PT, "confusion.png"):
+        (run_dir / name).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _record(task: Task, summary: dict[str, Any], action: str) -> dict[str, Any]:
+    return {"entry": task.entry, "seed": task.seed, "run_dir": task.run_dir, "action": action,
+            "status": summary.get("status", "failed"), "test_accuracy": summary.get("test_accuracy"),
+            "train_seconds": summary.get("train_seconds"), "error": summary.get("error") or summary.get("message")}
+
+
+def record_failure(task: Task, error: str, details: str = "") -> dict[str, Any]:
+    """Write a ``failed`` summary into the task's folder (a rerun retries it) and return its record."""
+    run_dir = Path(task.run_dir)
+    summary = {"status": "failed", "name": task.entry, "preset": task.config.preset or None, "seed": task.seed,
+               "error": error, "traceback": details[-4000:]}
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / CONFIG).exists():
+            save_toml(task.config, run_dir / CONFIG)
+        ckpt.atomic_write_json(run_dir / SUMMARY, summary)
+    except OSError:
+        pass  # the failure is still reported in the returned record
+    return _record(task, summary, "failed")
+
+
+# --------------------------------------------------------------------------- the scheduler
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """spawn: safe with torch's threads (unlike fork), and each worker sees the current
+    environment (a forkserver keeps the one it started with, e.g. RNNLAB_DATA_DIR)."""
+    return multiprocessing.get_context("spawn")
+
+
+def _started(marker_dir: str, worker: Callable[[Task], dict[str, Any]], task: Task) -> dict[str, Any]:
+    """Run ``worker(task)`` after leaving a marker, so that after a pool breaks the parent knows
+    which tasks were running (suspects) and which had not started (innocent)."""
+    (Path(marker_dir) / f"{task.entry}.seed{task.seed}").touch()
+    return worker(task)
+
+
+def _round(batch: list[Task], workers: int, worker: Callable[[Task], dict[str, Any]], marker_dir: str,
+           done: Callable[[Task, dict[str, Any]], None]) -> None:
+    """Run a batch in one pool; tasks lost to a broken pool are simply left without a result."""
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
+        futures: dict[Future, Task] = {pool.submit(_started, marker_dir, worker, t): t for t in batch}
+        try:
+            for future in as_completed(futures):
+                try:
+                    done(futures[future], future.result())
+                except BrokenProcessPool:
+                    continue
+                except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled
+                    done(futures[future], record_failure(futures[future], f"{type(exc).__name__}: {exc}"))
+        except KeyboardInterrupt:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def execute(tasks: list[Task], jobs: int, *, worker: Callable[[Task], dict[str, Any]] = run_task,
+            on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run tasks in ``jobs`` processes; return one record per task, in task order.
+
+    If a worker process dies (a hard crash, the OOM killer), the pool breaks and loses every
+    task in it. The tasks that had started are then retried one at a time in a one-worker
+    pool, where a death can only be that task's: it is recorded as ``failed``. The tasks that
+    had not started go back to the parallel queue.
+    """
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def done(task: Task, record: dict[str, Any]) -> None:
+        results[task.key] = record
+        if on_result:
+            on_result(record)
+
+    queue, alone = list(tasks), []
+    with tempfile.TemporaryDirectory(prefix="rnnlab-compare-") as markers:
+        for attempt in range(10 * len(tasks) + 10):  # bounded, though each round settles at least one task
+            if not queue and not alone:
+                break
+            isolated = bool(alone)
+            batch = alone if isolated else queue
+            marker_dir = Path(markers) / str(attempt)
+            marker_dir.mkdir()
+            _round(batch, 1 if isolated else min(jobs, len(batch)), worker, str(marker_dir), done)
+            lost = [t for t in batch if t.key not in results]
+            started = [t for t in lost if (marker_dir / f"{t.entry}.seed{t.seed}").exists()]
+            if lost and (isolated or not started):
+                # Alone, the task that was running is the one that died; with nothing started,
+                # no worker could even start (e.g. a spawn problem): either way, retrying won't help.
+                for task in started or lost:
+                    done(task, record_failure(task, "the worker process died (crashed, or was killed, e.g. "
+                                                    "out of memory) while running this seed"))
+                lost = [t for t in lost if t.key not in results]
+            if isolated:
+                alone = lost
+            else:
+                alone, queue = started, [t for t in lost if t not in started]
+    for task in tasks:  # unreachable in practice: every round settles or isolates a task
+        if task.key not in results:
+            done(task, record_failure(task, "not run: the worker pool kept breaking"))
+    return [results[t.key] for t in tasks]
+
+
+# --------------------------------------------------------------------------- the front door
+
+
+def default_out_dir(entries: list[Entry], suite: str | None, overrides: list[str], root: str = "runs") -> Path:
+    """A stable folder per (entries, overrides), so that rerunning the same compare resumes it."""
+    names = [e.name for e in entries]
+    base = suite if suite and len(names) == len(suite_names(suite)) else "+".join(names)
+    if len(base) > 60:
+        base = f"{len(names)}-entries-" + hashlib.sha1("\n".join(names).encode()).hexdigest()[:8]
+    if overrides:
+        base += "-" + hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8]
+    return Path(root) / f"compare-{base}"
+
+
+def compare(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: int = 1,
+            plots: bool = True, on_result: Callable[[dict[str, Any]], None] | None = None,
+            context: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Train every entry for ``seeds`` seeds, then write results.md/csv/json (and figures) in ``out_dir``.
+
+    Finished seeds are skipped without starting a process. Returns the aggregated rows
+    (see :func:`rnnlab.report.aggregate`) of exactly the planned seeds. Workers are spawned,
+    so a script that calls this must do so under ``if __name__ == "__main__":``.
+    """
+    from rnnlab.report import read_record, report_groups
+
+    out = Path(out_dir)
+    tasks = plan(entries, out, seeds=seeds, jobs=min(jobs, len(entries) * seeds))
+    states = {t.key: task_state(t) for t in tasks}  # refuses a mismatching folder before anything runs
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"seeds": seeds, "jobs": jobs, "threads per worker": tasks[0].config.train.threads, **(context or {})}
+    ckpt.atomic_write_json(out / "compare.json", {
+        "entries": [{"name": e.name, "preset": e.config.preset or None} for e in entries], **info})
+    for task in tasks:
+        if states[task.key] == "skip" and on_result:
+            on_result(_record(task, _read_summary(Path(task.run_dir)), "skipped"))
+    execute([t for t in tasks if states[t.key] != "skip"], jobs, on_result=on_result)
+    groups: dict[str, list[Any]] = {}
+    for task in tasks:
+        groups.setdefault(task.entry, []).append(read_record(Path(task.run_dir), entry=task.entry))
+    return report_groups(groups, out, plots=plots, title="rnnlab compare", context=info)

@@ -1,0 +1,199 @@
+"""Figures as PNG files: learning curves, confusion matrices, accuracy bars.
+
+Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend state), so it
+works headless and in worker processes. Each function writes one file and returns its path,
+or None when there is nothing to draw.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 120
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def _series(runs: Sequence[list[dict[str, Any]]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Iterations and the mean, min and max of ``key`` over the runs that logged it there."""
+    by_iteration: dict[int, list[float]] = {}
+    for rows in runs:
+        for row in rows:
+            value = row.get(key)
+            if value is not None and np.isfinite(value):
+                by_iteration.setdefault(int(row["iteration"]), []).append(float(value))
+    its = np.array(sorted(by_iteration))
+    values = [by_iteration[i] for i in its]
+    return (its, np.array([np.mean(v) for v in values]), np.array([min(v) for v in values]),
+            np.array([max(v) for v in values]))
+
+
+def _accuracy_key(runs: Sequence[list[dict[str, Any]]]) -> str | None:
+    """``val_accuracy`` (standard protocol) or ``test_accuracy`` (tutorial protocol)."""
+    for key in ("val_accuracy", "test_accuracy"):
+        if any(key in row for rows in runs for row in rows):
+            return key
+    return None
+
+
+def learning_curves_png(curves: dict[str, Sequence[list[dict[str, Any]]]], path: str | Path,
+                        title: str = "Learning curves",
+                        partial: dict[str, Sequence[list[dict[str, Any]]]] | None = None) -> Path | None:
+    """Accuracy and train loss against iteration, one colour per entry: mean line, min–max seed band.
+
+    ``curves`` maps an entry to its completed seeds' metrics rows (``metrics.jsonl``);
+    ``partial`` to its other seeds (diverged, unfinished), drawn as thin dotted lines so that
+    they are seen but do not bend the mean.
+    """
+    partial = partial or {}
+    entries = [e for e in dict.fromkeys([*curves, *partial]) if any(curves.get(e, [])) or any(partial.get(e, []))]
+    if not entries:
+        return None
+    fig = Figure(figsize=(13, 5.6), layout="constrained")
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    splits = set()
+    for colour, entry in zip(_colours(len(entries)), entries):
+        runs = [rows for rows in curves.get(entry, []) if rows]
+        others = [rows for rows in partial.get(entry, []) if rows]
+        key = _accuracy_key(runs + others)
+        split = "" if key is None else (" [val]" if key.startswith("val") else " [test]")
+        label = f"{entry}{split} (n={len(runs)}" + (f", +{len(others)} dotted: not completed)" if others else ")")
+        for ax, metric in ((ax_acc, key), (ax_loss, "train_loss")):
+            if metric is None:
+                continue
+            if runs:
+                its, mean, low, high = _series(runs, metric)
+                ax.plot(its, mean, color=colour, lw=1.8, marker="o" if ax is ax_acc else None, ms=3, label=label)
+                if len(runs) > 1:
+                    ax.fill_between(its, low, high, color=colour, alpha=0.18, lw=0)
+            for i, rows in enumerate(others):
+                its, mean, _, _ = _series([rows], metric)
+                ax.plot(its, mean, color=colour, lw=1.0, ls=":", label=None if runs or i else label)
+        if key:
+            splits.add("val" if key.startswith("val") else "test")
+    which = " / ".join(sorted(splits)) or "eval"
+    ax_acc.set(title=f"Accuracy ({which} split) during training", xlabel="iteration", ylabel="accuracy (%)")
+    _zoom_accuracy(ax_acc)
+    ax_loss.set(title="Train loss (mean over each logging window)", xlabel="iteration",
+                ylabel="cross-entropy (log scale)", yscale="log")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(True, alpha=0.3)
+    legend_cols = 1 if len(entries) <= 8 else 2
+    ax_acc.legend(fontsize=8, loc="lower right", ncol=legend_cols)
+    ax_loss.legend(fontsize=8, loc="upper right", ncol=legend_cols)
+    fig.suptitle(f"{title} — line: mean over completed seeds; band: min–max over them", fontsize=12)
+    return _save(fig, path)
+
+
+def _zoom_accuracy(ax: Any) -> None:
+    """Show the interesting top part of the accuracy axis, but never hide a curve."""
+    low, _ = ax.get_ylim()
+    ys = [y for line in ax.get_lines() for y in line.get_ydata()]
+    if ys:
+        top_values = sorted(ys)[len(ys) // 4:]  # ignore the first, very low, evaluations
+        floor = min(top_values) - 2 if top_values else low
+        ax.set_ylim(max(0.0, min(floor, 90.0)), 100.5)
+
+
+def _colours(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def confusion_matrix_png(matrix: Sequence[Sequence[int]], path: str | Path, title: str = "Confusion matrix",
+                         labels: Sequence[str] | None = None) -> Path:
+    """A confusion matrix (rows true, columns predicted) with counts in the cells.
+
+    Colour is the row-normalised rate on a log scale, so the few errors stand out next to the
+    large diagonal; the diagonal is drawn in its own colour scale.
+    """
+    counts = np.asarray(matrix, dtype=np.int64)
+    n = counts.shape[0]
+    labels = list(labels) if labels is not None else [str(i) for i in range(n)]
+    totals = counts.sum(axis=1, keepdims=True)
+    rates = counts / np.maximum(totals, 1)
+    off = np.where(np.eye(n, dtype=bool), np.nan, rates)
+    fig = Figure(figsize=(0.62 * n + 2.6, 0.62 * n + 1.6), layout="constrained")
+    ax = fig.subplots()
+    from matplotlib.colors import LogNorm
+
+    positive = off[np.isfinite(off) & (off > 0)]
+    vmin = max(float(positive.min()) if positive.size else 1e-4, 1e-4)
+    image = ax.imshow(np.where(off > 0, off, np.nan), cmap="Reds", norm=LogNorm(vmin=vmin, vmax=max(vmin * 10, 1.0)))
+    ax.imshow(np.where(np.eye(n, dtype=bool), rates, np.nan), cmap="Greens", vmin=0.0, vmax=1.0)
+    for i in range(n):
+        for j in range(n):
+            if counts[i, j]:
+                dark = (i == j and rates[i, j] > 0.6) or (i != j and off[i, j] > 0.2)
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7 if n > 12 else 8,
+                        color="white" if dark else "black")
+    accuracy = 100.0 * np.trace(counts) / max(counts.sum(), 1)
+    ax.set(xticks=range(n), yticks=range(n), xticklabels=labels, yticklabels=labels,
+           xlabel="predicted class", ylabel="true class",
+           title=f"{title}\naccuracy {accuracy:.2f}% of {counts.sum():,} (rows: true, columns: predicted)")
+    ax.set_xticks(np.arange(-0.5, n), minor=True)
+    ax.set_yticks(np.arange(-0.5, n), minor=True)
+    ax.grid(which="minor", color="white", lw=1)
+    ax.tick_params(which="minor", length=0)
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
+    bar.set_label("error rate within the true class (log)")
+    return _save(fig, path)
+
+
+def accuracy_bars_png(rows: Sequence[dict[str, Any]], path: str | Path,
+                      title: str = "Final test accuracy") -> Path | None:
+    """Horizontal bars: mean test accuracy with a ±std error bar, each seed as a dot, and the
+    accuracy the source reported as a red diamond. ``rows`` are :func:`rnnlab.report.aggregate` rows.
+    """
+    rows = [r for r in rows if r.get("test_accuracy_mean") is not None or r.get("reported_test_accuracy") is not None]
+    if not rows:
+        return None
+    n = len(rows)
+    fig = Figure(figsize=(10, 0.6 * n + 2.2), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(n)[::-1]  # first entry at the top
+    means = np.array([r.get("test_accuracy_mean") or np.nan for r in rows], dtype=float)
+    stds = np.array([r.get("test_accuracy_std") or 0.0 for r in rows], dtype=float)
+    seeds = [[run["test_accuracy"] for run in r.get("runs", []) if run.get("status") == "completed"
+              and run.get("test_accuracy") is not None] for r in rows]
+    reported = np.array([np.nan if r.get("reported_test_accuracy") is None else r["reported_test_accuracy"]
+                         for r in rows], dtype=float)
+    every = np.concatenate([means[np.isfinite(means)], reported[np.isfinite(reported)],
+                            [v for s in seeds for v in s]])
+    left = max(0.0, np.floor(every.min() - 2.0)) if every.size else 0.0
+    ax.barh(y, np.nan_to_num(means - left), left=left, height=0.6, color="#4C72B0", alpha=0.85,
+            xerr=stds, error_kw={"ecolor": "black", "capsize": 4, "lw": 1.2}, label="mean ± std over seeds")
+    for yi, values in zip(y, seeds):
+        if values:
+            ax.scatter(values, np.full(len(values), yi), s=14, color="black", zorder=3)
+    ax.scatter([], [], s=14, color="black", label="individual seeds")
+    has_ref = np.isfinite(reported)
+    if has_ref.any():
+        ax.scatter(reported[has_ref], y[has_ref], marker="D", s=60, color="#D62728", zorder=4,
+                   edgecolor="white", label="reported by the source tutorial")
+    # Values to the right of the axes (x in axes fraction, y in data), so they never hide a bar.
+    transform = ax.get_yaxis_transform()
+    for yi, m, r in zip(y, means, rows):
+        text = f"{m:.2f}%" if np.isfinite(m) else "no completed seed"
+        text += f" ({r.get('completed', 0)}/{r.get('seeds', 0)} seeds)"
+        ax.text(1.01, yi, text, va="center", fontsize=8, transform=transform)
+    ax.set_yticks(y, [f"{r['entry']}\n{r.get('architecture') or ''}" for r in rows], fontsize=8)
+    ax.set_xlim(left, 100.0)
+    ax.set_xlabel(f"test accuracy (%) — axis starts at {left:g}%")
+    ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.legend(fontsize=8, loc="outside lower center", ncol=3, frameon=False)
+    return _save(fig, path)

@@ -1,0 +1,329 @@
+"""Aggregate run folders into one table per entry; write results.md, results.csv, results.json.
+
+An *entry* is what was compared: a preset or a config, trained for several seeds. Inside a
+compare folder its runs live in ``runs/<entry>/seed<k>/``; loose run folders are grouped by
+their config's label (name, else preset, else model). Every seed is accounted for: mean and
+standard deviation are over completed seeds only, and the status column says how many seeds
+completed, diverged, failed or are unfinished.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rnnlab import checkpoint as ckpt
+from rnnlab.config import RunConfig, describe_model, load_toml
+from rnnlab.engine import CONFIG, METRICS, SUMMARY
+from rnnlab.errors import CheckpointError, ConfigError
+
+RESULTS_MD, RESULTS_CSV, RESULTS_JSON = "results.md", "results.csv", "results.json"
+STATUS_ORDER = ("completed", "diverged", "failed", "interrupted", "stopped", "unfinished")
+
+# Columns of results.csv, in order (results.json's entries carry the same keys, plus "runs").
+COLUMNS = (
+    "entry", "architecture", "parameters", "seeds", "completed", "diverged", "failed", "unfinished", "status",
+    "test_accuracy_mean", "test_accuracy_std", "test_accuracy_min", "test_accuracy_max", "val_accuracy_mean",
+    "reported_test_accuracy", "delta_vs_reported", "train_seconds_mean", "samples_per_second_mean",
+    "iterations", "epochs", "batch_size", "optimizer", "protocol", "source",
+)
+
+
+@dataclass
+class RunRecord:
+    """One seed of one entry: where it is and what its summary says."""
+
+    entry: str
+    dir: Path
+    status: str
+    seed: int | None = None
+    config: RunConfig | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def error(self) -> str | None:
+        return self.summary.get("error") or self.summary.get("message")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        path = self.dir / METRICS
+        return ckpt.read_jsonl(path) if path.exists() else []
+
+
+def read_record(run_dir: Path, entry: str | None = None) -> RunRecord:
+    """A run folder as a record; one without a summary (still running, or killed) is ``unfinished``."""
+    run_dir = Path(run_dir)
+    config = None
+    if (run_dir / CONFIG).exists():
+        try:
+            config = load_toml(run_dir / CONFIG)
+        except ConfigError:
+            config = None  # still report the seed; its summary may say why
+    summary: dict[str, Any] = {}
+    if (run_dir / SUMMARY).exists():
+        try:
+            summary = json.loads((run_dir / SUMMARY).read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            summary = {"status": "failed", "error": f"{run_dir / SUMMARY} is not valid JSON"}
+    status = summary.get("status", "unfinished")
+    if entry is None:
+        entry = (config.label if config else None) or summary.get("name") or run_dir.name
+    seed = summary.get("seed", config.seed if config else None)
+    return RunRecord(entry, run_dir, status, seed, config, summary)
+
+
+def _is_run_dir(path: Path) -> bool:
+    return (path / CONFIG).exists() or (path / SUMMARY).exists()
+
+
+def collect(paths: list[str | Path]) -> dict[str, list[RunRecord]]:
+    """Group the runs under ``paths`` (run folders, compare folders, or folders of either) by entry."""
+    groups: dict[str, list[RunRecord]] = {}
+    seen: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: no such folder; give run folders or compare folders")
+        found = _records_under(path)
+        if not found:
+            raise CheckpointError(f"{path}: no run folders found (a run folder holds {CONFIG} or {SUMMARY})")
+        for record in found:
+            key = record.dir.resolve()
+            if key not in seen:
+                seen.add(key)
+                groups.setdefault(record.entry, []).append(record)
+    for records in groups.values():
+        records.sort(key=lambda r: (r.seed is None, r.seed or 0, str(r.dir)))
+    return groups
+
+
+def _records_under(path: Path) -> list[RunRecord]:
+    """Run folders at or below ``path``; a compare folder's layout names the entries."""
+    if _is_run_dir(path):
+        return [read_record(path)]
+    if (path / "runs").is_dir():  # a compare folder: runs/<entry>/seed<k>/
+        records = []
+        for entry_dir in sorted(p for p in (path / "runs").iterdir() if p.is_dir()):
+            for run_dir in sorted(p for p in entry_dir.iterdir() if p.is_dir() and _is_run_dir(p)):
+                records.append(read_record(run_dir, entry=entry_dir.name))
+        if records:
+            return records
+    records = []
+    for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        records.extend(_records_under(child))
+    return records
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def status_text(counts: Counter, total: int) -> str:
+    """e.g. ``3/3 completed`` or ``2/3 completed, 1 diverged``."""
+    parts = [f"{counts.get('completed', 0)}/{total} completed"]
+    parts += [f"{counts[s]} {s}" for s in STATUS_ORDER[1:] if counts.get(s)]
+    parts += [f"{n} {s}" for s, n in sorted(counts.items()) if s not in STATUS_ORDER and n]
+    return ", ".join(parts)
+
+
+def aggregate_entry(entry: str, records: list[RunRecord]) -> dict[str, Any]:
+    """One row of the table: accuracy over completed seeds, with every seed's status counted."""
+    counts = Counter(r.status for r in records)
+    done = [r for r in records if r.status == "completed" and r.summary.get("test_accuracy") is not None]
+    accs = [float(r.summary["test_accuracy"]) for r in done]
+    vals = [float(r.summary["val_accuracy"]) for r in done if r.summary.get("val_accuracy") is not None]
+    # Time and throughput of completed seeds (a diverged seed stopped early); else of any that ran.
+    timed = [r for r in done if r.summary.get("train_seconds") is not None] or \
+        [r for r in records if r.summary.get("train_seconds") is not None and r.status != "failed"]
+    config = next((r.config for r in records if r.config is not None), None)
+    reference = next((r.summary["reference"] for r in records if r.summary.get("reference")), None)
+    if reference is None and config is not None and config.preset:
+        from rnnlab.presets import reference_for
+
+        reference = reference_for(config.preset)
+    reported = (reference or {}).get("reported_test_accuracy")
+    mean = _mean(accs)
+    row: dict[str, Any] = {
+        "entry": entry,
+        "architecture": describe_model(config.model) if config else None,
+        "parameters": next((r.summary["parameters"] for r in records if r.summary.get("parameters")), None),
+        "seeds": len(records),
+        "completed": counts.get("completed", 0),
+        "diverged": counts.get("diverged", 0),
+        "failed": counts.get("failed", 0),
+        "unfinished": len(records) - sum(counts.get(s, 0) for s in ("completed", "diverged", "failed")),
+        "status": status_text(counts, len(records)),
+        "test_accuracy_mean": mean,
+        "test_accuracy_std": statistics.stdev(accs) if len(accs) >= 2 else None,
+        "test_accuracy_min": min(accs) if accs else None,
+        "test_accuracy_max": max(accs) if accs else None,
+        "val_accuracy_mean": _mean(vals),
+        "reported_test_accuracy": reported,
+        "delta_vs_reported": mean - reported if mean is not None and reported is not None else None,
+        "train_seconds_mean": _mean([float(r.summary["train_seconds"]) for r in timed]),
+        "samples_per_second_mean": _mean([float(r.summary["samples_per_second"]) for r in timed
+                                          if r.summary.get("samples_per_second") is not None]),
+        "iterations": max((int(r.summary.get("iterations", 0)) for r in records), default=None),
+        "epochs": max((float(r.summary.get("epochs", 0)) for r in records), default=None),
+        "batch_size": config.train.batch_size if config else None,
+        "optimizer": config.train.optimizer if config else None,
+        "protocol": config.train.protocol if config else None,
+        "source": (reference or {}).get("source"),
+        "reference_notes": (reference or {}).get("notes") or None,
+    }
+    row["runs"] = [{
+        "seed": r.seed, "status": r.status, "dir": str(r.dir),
+        "test_accuracy": r.summary.get("test_accuracy"), "val_accuracy": r.summary.get("val_accuracy"),
+        "train_seconds": r.summary.get("train_seconds"), "samples_per_second": r.summary.get("samples_per_second"),
+        "iterations": r.summary.get("iterations"), "error": r.error if r.status in ("failed", "diverged") else None,
+    } for r in records]
+    return row
+
+
+def aggregate(groups: dict[str, list[RunRecord]]) -> list[dict[str, Any]]:
+    """One row per entry, in the order the entries were first seen."""
+    return [aggregate_entry(entry, records) for entry, records in groups.items()]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The results table in Markdown (accuracy in percent, mean ± std over completed seeds)."""
+    header = ["entry", "architecture", "params", "test acc % (mean ± std)", "min–max", "val acc %",
+              "tutorial reported %", "Δ vs reported", "train time s", "samples/s", "seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for row in rows:
+        acc = "–"
+        if row["test_accuracy_mean"] is not None:
+            acc = f"{row['test_accuracy_mean']:.2f}"
+            if row["test_accuracy_std"] is not None:
+                acc += f" ± {row['test_accuracy_std']:.2f}"
+            acc += f" (n={row['completed']})"
+        spread = "–" if row["test_accuracy_min"] is None else \
+            f"{row['test_accuracy_min']:.2f}–{row['test_accuracy_max']:.2f}"
+        delta = "–" if row["delta_vs_reported"] is None else f"{row['delta_vs_reported']:+.2f}"
+        cells = [f"`{row['entry']}`", _fmt(row["architecture"]), _fmt(row["parameters"]), acc, spread,
+                 _fmt(row["val_accuracy_mean"]), _fmt(row["reported_test_accuracy"]), delta,
+                 _fmt(row["train_seconds_mean"], 1), _fmt(row["samples_per_second_mean"], 0), row["status"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _problems(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per seed that did not complete, with its error, so nothing is dropped silently."""
+    out = []
+    for row in rows:
+        for run in row["runs"]:
+            if run["status"] != "completed":
+                why = f": {run['error']}" if run.get("error") else ""
+                out.append(f"- `{row['entry']}` seed {run['seed']}: **{run['status']}**{why} (`{run['dir']}`)")
+    return out
+
+
+def render_markdown(rows: list[dict[str, Any]], *, title: str = "rnnlab results",
+                    context: dict[str, Any] | None = None, plots: list[str] | None = None) -> str:
+    lines = [f"# {title}", ""]
+    for key, value in (context or {}).items():
+        lines.append(f"- {key}: {value}")
+    lines += ["- test accuracy: mean ± sample standard deviation over the *completed* seeds (n); "
+              "diverged and failed seeds are counted in the last column, never averaged in", ""]
+    lines += [markdown_table(rows), ""]
+    problems = _problems(rows)
+    if problems:
+        lines += ["## Seeds that did not complete", "", *problems, ""]
+    sources = [(r["entry"], r["source"], r.get("reference_notes")) for r in rows if r.get("source")]
+    if sources:
+        lines += ["## Sources", "", *[f"- `{e}`: {s}" + (f" — {n}" if n else "") for e, s, n in sources], ""]
+    if plots:
+        lines += ["## Figures", "", *[f"![{Path(p).stem}]({p})" for p in plots], ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS})
+    return buffer.getvalue()
+
+
+def write_results(rows: list[dict[str, Any]], out_dir: str | Path, *, title: str = "rnnlab results",
+                  context: dict[str, Any] | None = None, plots: list[str] | None = None) -> dict[str, Path]:
+    """Write results.md, results.csv and results.json into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"md": out / RESULTS_MD, "csv": out / RESULTS_CSV, "json": out / RESULTS_JSON}
+    ckpt.atomic_write_text(paths["md"], render_markdown(rows, title=title, context=context, plots=plots))
+    ckpt.atomic_write_text(paths["csv"], to_csv(rows))
+    ckpt.atomic_write_json(paths["json"], {
+        "schema_version": 1,
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "context": context or {},
+        "columns": list(COLUMNS),
+        "entries": rows,
+    })
+    return paths
+
+
+def build_report(paths: list[str | Path], out_dir: str | Path, *, plots: bool = True,
+                 title: str = "rnnlab results", context: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Collect the runs under ``paths``, then :func:`report_groups`. Returns the rows."""
+    return report_groups(collect(paths), out_dir, plots=plots, title=title, context=context)
+
+
+def report_groups(groups: dict[str, list[RunRecord]], out_dir: str | Path, *, plots: bool = True,
+                  title: str = "rnnlab results", context: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Aggregate grouped runs, draw the figures and write the result files. Returns the rows."""
+    rows = aggregate(groups)
+    figures = write_figures(groups, rows, out_dir) if plots else []
+    write_results(rows, out_dir, title=title, context=context, plots=figures)
+    return rows
+
+
+def write_figures(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]], out_dir: str | Path) -> list[str]:
+    """Learning curves and accuracy bars in ``out_dir``; ``confusion.png`` in each run folder lacking one.
+
+    Returns the figure paths relative to ``out_dir`` (for results.md).
+    """
+    from rnnlab import plots  # late import: matplotlib is slow to import
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    curves = {entry: [r.metrics() for r in records if r.status == "completed"] for entry, records in groups.items()}
+    partial = {entry: [r.metrics() for r in records if r.status != "completed"] for entry, records in groups.items()}
+    written = []
+    if plots.learning_curves_png(curves, out / "learning_curves.png", title="Learning curves", partial=partial):
+        written.append("learning_curves.png")
+    if plots.accuracy_bars_png(rows, out / "accuracy.png", title="Final test accuracy (mean ± std over seeds)"):
+        written.append("accuracy.png")
+    for entry, records in groups.items():
+        for record in records:
+            matrix = record.summary.get("confusion_matrix")
+            target = record.dir / "confusion.png"
+            if matrix and not target.exists():
+                try:
+                    plots.confusion_matrix_png(matrix, target, f"{entry}, seed {record.seed}: test set")
+                except OSError:
+                    pass  # a read-only run folder: the table and other figures still matter more
+    return written

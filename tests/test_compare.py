@@ -1,0 +1,138 @@
+"""``rnnlab compare``: planning, parallel tiny runs, skip/resume on rerun, failed workers."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import rnnlab
+from rnnlab import compare as cmp
+from rnnlab.cli import main
+from rnnlab.config import save_toml
+from rnnlab.errors import ConfigError
+
+TINY = ["model.hidden=8", "train.iterations=20", "train.eval_every=10", "train.checkpoint_every=10",
+        "data.val_size=0"]
+
+
+def test_resolve_entries_suite_files_and_overrides(tmp_path: Path) -> None:
+    entries = cmp.resolve_entries([], suite="tutorials", overrides=["train.iterations=7"])
+    assert [e.name for e in entries] == ["dlw-rnn-a", "dlw-rnn-b", "dlw-rnn-c", "dlw-lstm-a", "dlw-lstm-b",
+                                         "dlw-lstm-c", "rnn-allsteps"]
+    assert all(e.config.train.iterations == 7 and e.config.train.epochs == 0 for e in entries)
+    save_toml(rnnlab.RunConfig(), tmp_path / "mine.toml")
+    (entry,) = cmp.resolve_entries([str(tmp_path / "mine.toml")])
+    assert entry.name == "mine" and entry.config.label == "mine"
+    with pytest.raises(ConfigError, match="like an earlier entry"):
+        cmp.resolve_entries(["dlw-rnn-a", "dlw-rnn-a"])
+    with pytest.raises(ConfigError, match="nothing to compare"):
+        cmp.resolve_entries([])
+    with pytest.raises(ConfigError, match="unknown preset"):
+        cmp.resolve_entries(["no-such-preset"])
+
+
+def test_plan_seeds_threads_and_folders(tmp_path: Path) -> None:
+    entries = cmp.resolve_entries(["dlw-rnn-a", "dlw-lstm-a"])
+    tasks = cmp.plan(entries, tmp_path, seeds=3, jobs=2, threads=None)
+    assert [(t.entry, t.seed) for t in tasks][:4] == [("dlw-rnn-a", 0), ("dlw-rnn-a", 1), ("dlw-rnn-a", 2),
+                                                      ("dlw-lstm-a", 0)]
+    assert all(t.config.seed == t.seed for t in tasks)
+    assert {t.config.train.threads for t in tasks} == {max(1, cmp.available_cores() // 2)}
+    assert tasks[4].run_dir == str(tmp_path / "runs" / "dlw-lstm-a" / "seed1")
+    pinned = cmp.resolve_entries(["dlw-rnn-a"], overrides=["train.threads=3"])
+    assert cmp.plan(pinned, tmp_path, seeds=1, jobs=2)[0].config.train.threads == 3
+    a = cmp.default_out_dir(entries, None, ["train.lr=0.1"])
+    assert a == cmp.default_out_dir(entries, None, ["train.lr=0.1"]) != cmp.default_out_dir(entries, None, [])
+
+
+def test_compare_runs_resumes_fails_and_skips(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    good = cmp.resolve_entries(["dlw-rnn-a"], overrides=TINY)
+    bad = [cmp.Entry("broken", replace(good[0].config, preset="", name="broken",
+                                       data=replace(good[0].config.data, data_dir=str(tmp_path / "missing"))))]
+    entries = good + bad
+    # seed 1 was interrupted earlier: it has a checkpoint at iteration 10 of 20, and must be resumed.
+    tasks = cmp.plan(entries, out, seeds=2, jobs=2)
+    stopped = rnnlab.train(tasks[1].config, tasks[1].run_dir, progress=False, stop_after=10)
+    assert stopped.status == "stopped"
+
+    records: list[dict[str, Any]] = []
+    rows = {r["entry"]: r for r in cmp.compare(entries, out, seeds=2, jobs=1, plots=False,
+                                               on_result=records.append)}
+    actions = {(r["entry"], r["seed"]): (r["action"], r["status"]) for r in records}
+    assert actions[("dlw-rnn-a", 0)] == ("trained", "completed")
+    assert actions[("dlw-rnn-a", 1)] == ("resumed", "completed")
+    assert actions[("broken", 0)][1] == actions[("broken", 1)][1] == "failed"
+    assert rows["dlw-rnn-a"]["status"] == "2/2 completed" and rows["dlw-rnn-a"]["test_accuracy_mean"] is not None
+    assert rows["broken"]["status"] == "0/2 completed, 2 failed"
+    failed = json.loads((out / "runs/broken/seed0/summary.json").read_text())
+    assert failed["status"] == "failed" and "DataError" in failed["error"]
+    summary = json.loads((out / "runs/dlw-rnn-a/seed1/summary.json").read_text())
+    assert summary["iterations"] == 20
+    for name in ("results.md", "results.csv", "results.json", "compare.json"):
+        assert (out / name).exists()
+    assert "2 failed" in (out / "results.md").read_text()
+
+    # A rerun skips the finished seeds (no process, no change) and would retry the failed ones.
+    assert [cmp.task_state(t) for t in tasks] == ["skip", "skip", "train", "train"]
+    before = (out / "runs/dlw-rnn-a/seed0/summary.json").stat().st_mtime_ns
+    records.clear()
+    rows = {r["entry"]: r for r in cmp.compare(good, out, seeds=2, jobs=2, plots=False, on_result=records.append)}
+    assert [r["action"] for r in records] == ["skipped", "skipped"]
+    assert (out / "runs/dlw-rnn-a/seed0/summary.json").stat().st_mtime_ns == before
+    assert rows["dlw-rnn-a"]["status"] == "2/2 completed" and "broken" not in rows
+
+    # The same folder with a different config is refused before anything runs.
+    changed = cmp.resolve_entries(["dlw-rnn-a"], overrides=TINY + ["train.lr=0.5"])
+    with pytest.raises(ConfigError, match="different config"):
+        cmp.compare(changed, out, seeds=2, jobs=1, plots=False)
+
+
+def crashing_worker(task: cmp.Task) -> dict[str, Any]:
+    """A worker whose process dies hard on seed 1 (as if killed), and succeeds otherwise."""
+    if task.seed == 1:
+        os._exit(3)
+    return {"entry": task.entry, "seed": task.seed, "run_dir": task.run_dir, "action": "trained",
+            "status": "completed", "test_accuracy": 50.0, "train_seconds": 0.0, "error": None}
+
+
+def test_a_dying_worker_fails_only_its_own_seed(tmp_path: Path) -> None:
+    entries = cmp.resolve_entries(["dlw-rnn-a"], overrides=TINY)
+    tasks = cmp.plan(entries, tmp_path, seeds=3, jobs=2)
+    records = cmp.execute(tasks, 2, worker=crashing_worker)
+    assert [r["status"] for r in records] == ["completed", "failed", "completed"]
+    assert "worker process died" in records[1]["error"]
+    assert json.loads((tmp_path / "runs/dlw-rnn-a/seed1/summary.json").read_text())["status"] == "failed"
+
+
+def test_compare_cli_dry_run_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", "--suite", "tutorials", "--seeds", "3", "--out", str(tmp_path / "c"), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("train ") == 21 and "7 entries x 3 seeds = 21 runs" in captured.err
+    assert not (tmp_path / "c").exists()
+    # Overrides may follow the options, as in `rnnlab compare A --seeds 3 --out D KEY=VALUE`.
+    assert main(["compare", "dlw-rnn-a", "--seeds", "2", "--dry-run", "model.hidden=8"]) == 0
+    assert "1 entries x 2 seeds" in capsys.readouterr().err
+    assert main(["compare", "dlw-rnn-a", "--dry-run", "model.hiddn=3"]) == 2
+    assert "unknown key 'model.hiddn'" in capsys.readouterr().err
+    assert main(["compare", "--seeds", "0", "dlw-rnn-a", "--dry-run"]) == 2
+
+
+def test_plus_presets_keep_architecture_and_budget() -> None:
+    from rnnlab.presets import get_preset, suite
+
+    for name in suite("tutorials"):
+        old, new = get_preset(name).config, get_preset(f"{name}-plus").config
+        for key in ("cell", "nonlinearity", "layers", "hidden", "readout", "bidirectional"):
+            assert getattr(new.model, key) == getattr(old.model, key), (name, key)
+        for key in ("batch_size", "iterations", "epochs"):
+            assert getattr(new.train, key) == getattr(old.train, key), (name, key)
+        assert new.train.protocol == "standard" and new.data.val_size == 5000 and new.data.standardize
+        assert new.train.optimizer in ("adam", "adamw") and new.train.schedule == "cosine" and new.train.clip > 0
+        assert new.preset == f"{name}-plus" and get_preset(f"{name}-plus").notes
+    assert "row-best" in suite("plus") and get_preset("row-best").config.train.protocol == "standard"

@@ -1,0 +1,50 @@
+"""Figures are written as real PNGs: learning curves, accuracy bars, confusion matrices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rnnlab import plots
+from rnnlab.report import aggregate, collect, write_figures
+
+from test_report import compare_dir  # noqa: F401  (a fixture, shared)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path: Path, min_bytes: int = 5000) -> bool:
+    return path.exists() and path.read_bytes()[:8] == PNG and path.stat().st_size > min_bytes
+
+
+def test_report_figures_and_per_run_confusion(compare_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    groups = collect([compare_dir])
+    written = write_figures(groups, aggregate(groups), tmp_path / "out")
+    assert written == ["learning_curves.png", "accuracy.png"]
+    assert _is_png(tmp_path / "out/learning_curves.png") and _is_png(tmp_path / "out/accuracy.png")
+    assert _is_png(compare_dir / "runs/dlw-rnn-a/seed0/confusion.png")
+    assert not (compare_dir / "runs/dlw-rnn-a/seed2/confusion.png").exists()  # diverged: no matrix
+
+
+def test_confusion_matrix_png(tmp_path: Path) -> None:
+    matrix = [[980 if i == j else (7 if (i, j) == (4, 9) else 0) for j in range(10)] for i in range(10)]
+    path = plots.confusion_matrix_png(matrix, tmp_path / "sub/confusion.png", "tiny")
+    assert _is_png(path)
+
+
+def test_nothing_to_draw_returns_none(tmp_path: Path) -> None:
+    assert plots.learning_curves_png({"a": [[]]}, tmp_path / "c.png") is None
+    assert plots.accuracy_bars_png([{"entry": "a", "test_accuracy_mean": None}], tmp_path / "b.png") is None
+    assert not list(tmp_path.iterdir())
+
+
+def test_eval_writes_confusion_png_unless_no_plot(tmp_path: Path, capsys) -> None:
+    import rnnlab
+    from rnnlab.cli import main
+
+    cfg = rnnlab.apply_overrides(rnnlab.RunConfig(), ["model.hidden=8", "train.iterations=5", "data.val_size=0",
+                                                      "train.threads=1"])
+    run = rnnlab.train(cfg, tmp_path / "run", progress=False)
+    assert main(["eval", str(run.dir), "--no-plot"]) == 0
+    assert not (run.dir / "confusion.png").exists()
+    assert main(["eval", str(run.dir)]) == 0
+    assert _is_png(run.dir / "confusion.png")

@@ -1,0 +1,151 @@
+"""Aggregation of run folders into results.md/csv/json: fabricated runs, plus one real tiny run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import rnnlab
+from rnnlab import checkpoint as ckpt
+from rnnlab.cli import main
+from rnnlab.config import RunConfig, apply_overrides, save_toml
+from rnnlab.errors import CheckpointError
+from rnnlab.presets import get_preset
+from rnnlab.report import COLUMNS, aggregate, build_report, collect, status_text
+
+TINY = ["model.hidden=8", "train.iterations=20", "train.eval_every=10", "train.threads=1", "data.val_size=0"]
+
+
+def fake_run(run_dir: Path, config: RunConfig, *, status: str = "completed", acc: float | None = 95.0,
+             seed: int = 0, iterations: int = 1000, diverge_at: int | None = None) -> Path:
+    """A run folder as the engine writes it, without training."""
+    config = apply_overrides(config, [f"seed={seed}"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_toml(config, run_dir / "config.toml")
+    key = "test_accuracy" if config.train.protocol == "tutorial" else "val_accuracy"
+    last = diverge_at or iterations
+    rows = [{"iteration": it, "epoch": it / 600, "train_loss": 2.0 / (1 + it / 100) + seed * 0.01,
+             "train_accuracy": 50.0, "lr": 0.01, "samples_per_second": 1000.0, "elapsed_seconds": it / 10,
+             key: (acc or 50.0) - 40.0 * math.exp(-it / 200) - seed * 0.1} for it in range(100, last + 1, 100)]
+    ckpt.write_jsonl(run_dir / "metrics.jsonl", rows)
+    summary: dict[str, Any] = {"status": status, "name": config.label, "preset": config.preset or None,
+                               "seed": seed, "parameters": 14010, "iterations": last, "epochs": last / 600,
+                               "train_seconds": 30.0 + seed, "samples_per_second": 3000.0 + seed}
+    reference = rnnlab.presets.reference_for(config.preset)
+    if reference:
+        summary["reference"] = reference
+    if status == "completed":
+        summary["test_accuracy"] = acc
+        summary["confusion_matrix"] = [[90 if i == j else 1 for j in range(10)] for i in range(10)]
+    if status == "diverged":
+        summary["message"] = f"loss became nan at iteration {last}"
+    ckpt.atomic_write_json(run_dir / "summary.json", summary)
+    return run_dir
+
+
+@pytest.fixture
+def compare_dir(tmp_path: Path) -> Path:
+    """A compare folder: dlw-rnn-a with 2 completed seeds and 1 diverged; dlw-lstm-a with 2 completed."""
+    out = tmp_path / "cmp"
+    rnn, lstm = get_preset("dlw-rnn-a").config, get_preset("dlw-lstm-a").config
+    fake_run(out / "runs/dlw-rnn-a/seed0", rnn, acc=92.0, seed=0)
+    fake_run(out / "runs/dlw-rnn-a/seed1", rnn, acc=94.0, seed=1)
+    fake_run(out / "runs/dlw-rnn-a/seed2", rnn, status="diverged", acc=None, seed=2, diverge_at=400)
+    fake_run(out / "runs/dlw-lstm-a/seed0", lstm, acc=97.0, seed=0)
+    fake_run(out / "runs/dlw-lstm-a/seed1", lstm, acc=97.5, seed=1)
+    return out
+
+
+def test_aggregate_mean_std_and_diverged_seed_counted(compare_dir: Path) -> None:
+    rows = {r["entry"]: r for r in aggregate(collect([compare_dir]))}
+    rnn = rows["dlw-rnn-a"]
+    assert rnn["seeds"] == 3 and rnn["completed"] == 2 and rnn["diverged"] == 1
+    assert rnn["test_accuracy_mean"] == pytest.approx(93.0)
+    assert rnn["test_accuracy_std"] == pytest.approx(math.sqrt(2.0))  # sample std of 92, 94
+    assert (rnn["test_accuracy_min"], rnn["test_accuracy_max"]) == (92.0, 94.0)
+    assert rnn["status"] == "2/3 completed, 1 diverged"
+    assert rnn["reported_test_accuracy"] == 92.48
+    assert rnn["delta_vs_reported"] == pytest.approx(93.0 - 92.48)
+    assert rnn["architecture"] == "rnn-relu-1x100" and rnn["parameters"] == 14010
+    assert [run["status"] for run in rnn["runs"]] == ["completed", "completed", "diverged"]
+    assert "nan" in rnn["runs"][2]["error"]
+    assert rows["dlw-lstm-a"]["status"] == "2/2 completed"
+
+
+def test_status_text_lists_every_kind() -> None:
+    from collections import Counter
+
+    assert status_text(Counter(completed=1, failed=1, unfinished=1), 3) == "1/3 completed, 1 failed, 1 unfinished"
+
+
+def test_single_seed_has_no_std(tmp_path: Path) -> None:
+    fake_run(tmp_path / "r", get_preset("dlw-lstm-b").config, acc=96.0)
+    (row,) = aggregate(collect([tmp_path / "r"]))
+    assert row["test_accuracy_mean"] == 96.0 and row["test_accuracy_std"] is None
+
+
+def test_failed_and_unfinished_seeds_are_shown(tmp_path: Path) -> None:
+    cfg = get_preset("dlw-rnn-b").config
+    fake_run(tmp_path / "runs/x/seed0", cfg, acc=95.0)
+    failed = tmp_path / "runs/x/seed1"
+    failed.mkdir(parents=True)
+    save_toml(cfg, failed / "config.toml")
+    ckpt.atomic_write_json(failed / "summary.json", {"status": "failed", "seed": 1, "error": "DataError: boom"})
+    running = tmp_path / "runs/x/seed2"
+    running.mkdir()
+    save_toml(cfg, running / "config.toml")  # no summary yet
+    (row,) = aggregate(collect([tmp_path]))
+    assert row["status"] == "1/3 completed, 1 failed, 1 unfinished"
+    assert row["failed"] == 1 and row["unfinished"] == 1 and row["test_accuracy_mean"] == 95.0
+    build_report([tmp_path], tmp_path / "out", plots=False)
+    md = (tmp_path / "out/results.md").read_text()
+    assert "DataError: boom" in md and "**failed**" in md and "**unfinished**" in md
+
+
+def test_csv_and_json_schema(compare_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    build_report([compare_dir], out, plots=False)
+    with open(out / "results.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames or ()) == COLUMNS
+        rows = {r["entry"]: r for r in reader}
+    assert float(rows["dlw-rnn-a"]["test_accuracy_mean"]) == pytest.approx(93.0)
+    assert rows["dlw-rnn-a"]["diverged"] == "1"
+    data = json.loads((out / "results.json").read_text())
+    assert data["columns"] == list(COLUMNS) and data["schema_version"] == 1
+    for entry in data["entries"]:
+        assert set(COLUMNS) <= set(entry)
+        assert {"seed", "status", "dir", "test_accuracy", "error"} <= set(entry["runs"][0])
+    md = (out / "results.md").read_text()
+    assert "93.00 ± 1.41 (n=2)" in md and "2/3 completed, 1 diverged" in md and "92.48" in md
+
+
+def test_loose_runs_group_by_label_and_real_run(tmp_path: Path) -> None:
+    cfg = get_preset("dlw-rnn-a").config
+    fake_run(tmp_path / "a1", cfg, acc=90.0, seed=0)
+    fake_run(tmp_path / "nested/a2", cfg, acc=91.0, seed=1)
+    real = rnnlab.train(apply_overrides(RunConfig(name="tiny-real"), TINY), tmp_path / "real", progress=False)
+    assert real.status == "completed"
+    rows = {r["entry"]: r for r in build_report([tmp_path], tmp_path / "out", plots=False)}
+    assert rows["dlw-rnn-a"]["seeds"] == 2 and rows["dlw-rnn-a"]["test_accuracy_mean"] == pytest.approx(90.5)
+    assert rows["tiny-real"]["architecture"] == "lstm-1x8"
+    assert rows["tiny-real"]["test_accuracy_mean"] == pytest.approx(real.test_accuracy)
+
+
+def test_report_cli(compare_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(compare_dir), "--no-plot"]) == 0
+    assert "2/3 completed, 1 diverged" in capsys.readouterr().out
+    assert (compare_dir / "results.md").exists()
+
+
+def test_report_of_missing_folder_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(CheckpointError):
+        collect([tmp_path / "nope"])
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "no run folders" in capsys.readouterr().err
