@@ -174,14 +174,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
-        """Train to the end of the budget (or until ``stop_after`` iterations, for tests)."""
-        cfg, t = self.cfg, self.cfg.train
+        """Train to the end of the budget (or until ``stop_after`` iterations), then test and summarise."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if dist.is_main_process():
-            save_toml(cfg, self.run_dir / CONFIG)
+            save_toml(self.cfg, self.run_dir / CONFIG)
+        status = self.train_until(self.total if stop_after is None else min(self.total, stop_after))
+        if status != "diverged" and dist.is_main_process():
+            self.save()
+        if status == "completed" and self.iteration < self.total:
+            status = "stopped"
+        return self._finish(status)
+
+    def train_until(self, end: int) -> str:
+        """The loop: train up to iteration ``end``; returns completed, diverged or interrupted."""
+        cfg, t = self.cfg, self.cfg.train
         self.model.train()
         train = self.data.train
-        end = self.total if stop_after is None else min(self.total, stop_after)
         bar = tqdm(total=self.total, initial=self.iteration, disable=not self.progress, unit="it",
                    desc=cfg.label, dynamic_ncols=True, leave=True)
         seconds_at_start, iteration_started = self.train_seconds, self.iteration
@@ -231,11 +239,7 @@ class Trainer:
             status = "interrupted"
         finally:
             bar.close()
-        if status != "diverged" and dist.is_main_process():
-            self.save()
-        if status == "completed" and self.iteration < self.total:
-            status = "stopped"
-        return self._finish(status)
+        return status
 
     def _log_evaluation(self, samples_per_second: float, lr: float) -> dict[str, Any]:
         """Evaluate on the validation split (or on test, under the tutorial protocol) and log it."""
