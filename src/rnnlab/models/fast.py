@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .fast_kernels import RecurrentLayerFn
+from .fast_function import RecurrentLayerFn
 
 MODES = ("rnn_relu", "rnn_tanh", "lstm", "gru")
 _TORCH_MODE = {"rnn_relu": "RNN_RELU", "rnn_tanh": "RNN_TANH", "lstm": "LSTM", "gru": "GRU"}
@@ -59,13 +59,27 @@ class FastRecurrent(nn.RNNBase):
                          batch_first=True, dropout=float(dropout), bidirectional=bidirectional,
                          device=device, dtype=dtype)
         self.cell = mode
+        self.cpu_only = False  # make_recurrent(impl="auto") sets True: on a GPU use cuDNN instead
         if mode.startswith("rnn_"):
             self.nonlinearity = mode[4:]  # what nn.RNN.forward/extra_repr expect
 
+    # The reference forward of nn.LSTM calls these LSTM-specific hooks on ``self``.
+    def get_expected_cell_size(self, *args: Any) -> tuple[int, int, int]:
+        return nn.LSTM.get_expected_cell_size(self, *args)  # type: ignore[arg-type]
+
+    def check_forward_args(self, *args: Any) -> None:  # type: ignore[override]
+        base = nn.LSTM if self.cell == "lstm" else nn.RNNBase
+        base.check_forward_args(self, *args)  # type: ignore[arg-type]
+
+    def permute_hidden(self, *args: Any) -> Any:  # type: ignore[override]
+        base = nn.LSTM if self.cell == "lstm" else nn.RNNBase
+        return base.permute_hidden(self, *args)  # type: ignore[arg-type]
+
     def _fast_ok(self, x: Any) -> bool:
-        return (isinstance(x, Tensor) and x.dim() == 3 and x.shape[1] > 0
-                and x.dtype in (torch.float32, torch.float64)
-                and not torch.is_autocast_enabled(x.device.type) and not _tracing())
+        return (not _tracing() and isinstance(x, Tensor) and x.dim() == 3
+                and x.shape[1] > 0 and x.dtype in (torch.float32, torch.float64)
+                and not torch.is_autocast_enabled(x.device.type)
+                and (x.device.type == "cpu" or not self.cpu_only))
 
     def forward(self, x: Any, hx: Any = None) -> Any:  # type: ignore[override]
         if not self._fast_ok(x):
@@ -115,18 +129,40 @@ class FastRecurrent(nn.RNNBase):
         return output, h_stack
 
 
-# Where the fast path wins (benchmarks/layer_speed.py, 2-core AMD EPYC, torch 2.13 CPU,
-# one training step fwd+bwd+SGD, interleaved medians): see fast_supported.
+# Where the fast path wins. benchmarks/layer_speed.py, one training step (fwd + bwd +
+# SGD, Linear readout), 2-core AMD EPYC VM, torch 2.13 CPU, float32, batch 100 x 28
+# steps unless noted; torch / fast ms, median (best-of) of interleaved repeats. The
+# VM was shared with other busy processes, so the numbers scatter by +-30 %:
+#   2 threads:  rnn_relu 1x100 7.41 / 5.19 = 1.43x (1.54x), another run 1.79x (2.28x)
+#               gru 1x128      23.8 / 18.2 = 1.31x (1.27x), another run 1.45x (1.41x)
+#               rnn_tanh 2x256 b64 25.7 / 26.0 = 0.99x (0.99x)
+#               lstm 2x100     28.8 / 34.7 = 0.83x (0.87x): nn.LSTM runs oneDNN's fused
+#                              RNN kernels (mkldnn_rnn_layer), which our loop cannot beat
+#   1 thread (CPU time): rnn_relu 1x100 1.23x, rnn_tanh 2x100 1.15x, gru 1x128 1.07-1.14x,
+#               gru 2x100 0.80x (one run), lstm 2x100 0.73x and lstm 1x128 on 784x1 0.73x
+#               (both with page faults taken out via MALLOC_MMAP_THRESHOLD_; with them
+#               the big fresh buffers cost both sides alike and hide the gap).
+# Hence: fast for small unidirectional RNNs and single-layer GRUs, torch elsewhere.
+_FAST_MAX_HIDDEN = 128
+
+
 def fast_supported(mode: str, input_size: int, hidden_size: int, num_layers: int,
                    bidirectional: bool, dropout: float, device: Any = "cpu",
                    dtype: Any = torch.float32) -> bool:
-    """Whether FastRecurrent is expected to be faster than torch.nn for this config."""
+    """Whether FastRecurrent is expected to be faster than torch.nn for this config
+    (measured: see the table above). Unmeasured corners answer False."""
     _check_mode(mode)
     if torch.device(device).type != "cpu":  # cuDNN is hard to beat
         return False
-    if dtype not in (torch.float32, torch.float64, None):
+    if dtype not in (torch.float32, torch.float64) or bidirectional:
         return False
-    return True
+    if hidden_size > _FAST_MAX_HIDDEN:
+        return False
+    if mode == "lstm":
+        return False
+    if mode == "gru":
+        return num_layers == 1
+    return True  # rnn_relu / rnn_tanh
 
 
 def make_recurrent(mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -140,14 +176,19 @@ def make_recurrent(mode: str, input_size: int, hidden_size: int, num_layers: int
     _check_mode(mode)
     if impl not in ("auto", "fast", "torch"):
         raise ValueError(f"impl must be 'auto', 'fast' or 'torch', got {impl!r}")
+    requested = impl
     if impl == "auto":
         dev = device if device is not None else "cpu"
         ok = fast_supported(mode, input_size, hidden_size, num_layers, bidirectional,
-                            dropout, dev, dtype or torch.get_default_dtype())
+                            dropout, dev, dtype if dtype is not None else torch.get_default_dtype())
         impl = "fast" if ok else "torch"
     if impl == "fast":
-        return FastRecurrent(mode, input_size, hidden_size, num_layers, bidirectional,
-                             dropout, device=device, dtype=dtype)
+        module = FastRecurrent(mode, input_size, hidden_size, num_layers, bidirectional,
+                               dropout, device=device, dtype=dtype)
+        # Chosen by "auto" for a CPU: if the model later moves to a GPU, cuDNN's kernels
+        # (the reference forward) are faster, so the hand-written path stays CPU-only.
+        module.cpu_only = requested == "auto"
+        return module
     kw: dict[str, Any] = dict(num_layers=num_layers, bias=True, batch_first=True,
                               dropout=float(dropout), bidirectional=bidirectional,
                               device=device, dtype=dtype)

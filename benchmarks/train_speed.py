@@ -1,0 +1,255 @@
+"""Training and inference throughput: the tutorial pipeline vs plain PyTorch vs rnnlab.
+
+    python benchmarks/train_speed.py            # a few minutes; writes docs/results/train_speed.md
+    python benchmarks/train_speed.py --quick    # fewer iterations, for a smoke test
+
+For each model, in one run and interleaved repeat by repeat (these machines are noisy, so
+only ratios measured side by side mean anything):
+1. tutorial: a DataLoader over a Dataset that turns one uint8 image at a time into a float
+   tensor (what ``transforms.ToTensor()`` does), ``torch.nn`` layers, the tutorial's loop;
+2. plain: the whole data set in memory, batches by index, ``torch.nn`` layers, same optimizer;
+3. rnnlab: rnnlab's own training loop (``Trainer.fit``) with its default layer choice;
+4. ceiling: the model's training FLOPs per sample (3x forward, counted analytically)
+   against the FLOP rate of a large float32 matrix multiply measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+import rnnlab
+from rnnlab.config import apply_overrides
+from rnnlab.data import load_split
+from rnnlab.engine import Trainer
+from rnnlab.models import flops_per_sample
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    overrides: tuple[str, ...]  # applied to the preset (or to the defaults when preset is "")
+    preset: str = ""
+    iterations: int = 60  # timed iterations per repeat
+
+
+def cases(quick: bool) -> list[Case]:
+    scale = 4 if quick else 1
+    sgd = ("train.optimizer=sgd", "train.lr=0.01", "train.batch_size=100", "train.schedule=none", "train.clip=0",
+           "model.init=default", "data.standardize=false")
+    return [
+        Case("dlw-rnn-a (RNN relu 1x100)", (), preset="dlw-rnn-a", iterations=200 // scale),
+        Case("dlw-lstm-b (LSTM 2x100)", (), preset="dlw-lstm-b", iterations=60 // scale),
+        Case("GRU 1x128", ("model.cell=gru", "model.hidden=128", *sgd), iterations=100 // scale),
+        Case("rnn-allsteps (RNN tanh 2x256, batch 64)", (), preset="rnn-allsteps", iterations=60 // scale),
+        Case("pixel MNIST, LSTM 1x128 (784 steps)", ("data.view=pixels", "model.cell=lstm", "model.hidden=128", *sgd),
+             iterations=6 // min(scale, 3)),
+    ]
+
+
+def config_for(case: Case) -> rnnlab.RunConfig:
+    base = rnnlab.get_preset(case.preset).config if case.preset else rnnlab.RunConfig()
+    # No evaluation or checkpoint inside the timed window; the tutorial protocol's test passes are not timed.
+    return apply_overrides(base, [*case.overrides, "data.val_size=0", "train.protocol=standard",
+                                  "train.eval_every=100000", "train.checkpoint_every=100000",
+                                  "train.iterations=100000"])
+
+
+class ToTensorDataset(Dataset):
+    """The tutorials' data path: one uint8 image at a time becomes a float tensor in [0, 1]."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images.numpy(), labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(self.images[i]).float().div(255).unsqueeze(0), self.labels[i]  # (1, 28, 28)
+
+
+class TutorialModel(nn.Module):
+    """The tutorials' model: a torch.nn recurrent stack read at the last step (or every step)."""
+
+    def __init__(self, cfg: rnnlab.RunConfig, steps: int, features: int) -> None:
+        super().__init__()
+        m = cfg.model
+        kind = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[m.cell]
+        extra = {"nonlinearity": m.nonlinearity} if m.cell == "rnn" else {}
+        self.rnn = kind(features, m.hidden, m.layers, batch_first=True, **extra)
+        self.all = m.readout == "all"
+        self.fc = nn.Linear(m.hidden * (steps if self.all else 1), 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)  # (B, T, H)
+        return self.fc(out.reshape(len(x), -1) if self.all else out[:, -1])
+
+
+def optimizer_for(cfg: rnnlab.RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.train.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    return torch.optim.SGD(model.parameters(), lr=cfg.train.lr)
+
+
+def time_tutorial(cfg, images, labels, steps, features, iterations) -> float:
+    model = TutorialModel(cfg, steps, features)
+    opt = optimizer_for(cfg, model)
+    loader = DataLoader(ToTensorDataset(images, labels), batch_size=cfg.train.batch_size, shuffle=True)
+    batches = iter(loader)
+    for i in range(iterations + 3):  # 3 warm-up iterations
+        if i == 3:
+            start = time.perf_counter()
+        x, y = next(batches)
+        x = x.view(-1, steps, features).requires_grad_()  # as the tutorials do
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return iterations * cfg.train.batch_size / (time.perf_counter() - start)
+
+
+def time_plain(cfg, seqs, labels, iterations) -> float:
+    steps, features = seqs.shape[1:]
+    model = TutorialModel(cfg, steps, features)
+    opt = optimizer_for(cfg, model)
+    batch = cfg.train.batch_size
+    order = torch.randperm(len(seqs))
+    for i in range(iterations + 3):
+        if i == 3:
+            start = time.perf_counter()
+        idx = order[i * batch:(i + 1) * batch]
+        x, y = seqs[idx].float().div_(255), labels[idx]  # (B, T, F)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return iterations * batch / (time.perf_counter() - start)
+
+
+def time_rnnlab(trainer: Trainer, iterations: int) -> float:
+    trainer.train_until(trainer.iteration + 3)  # warm-up
+    before_seconds, before_iteration = trainer.train_seconds, trainer.iteration
+    trainer.train_until(trainer.iteration + iterations)
+    done = trainer.iteration - before_iteration
+    return done * trainer.cfg.train.batch_size / (trainer.train_seconds - before_seconds)
+
+
+def matmul_flops(size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
+
+
+def inference(trainer: Trainer, cfg, seqs: torch.Tensor) -> tuple[float, float, float]:
+    """Test-set samples/s for rnnlab's evaluate and for a plain no_grad loop; single-image latency (ms)."""
+    from rnnlab.engine import evaluate
+
+    test = trainer.data.test
+    start = time.perf_counter()
+    evaluate(trainer.model, test, batch_size=1000)
+    rnnlab_rate = len(test) / (time.perf_counter() - start)
+    plain = TutorialModel(cfg, *seqs.shape[1:])
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(test), cfg.train.batch_size):
+            plain(test.x[i:i + cfg.train.batch_size].float() / 255)
+    plain_rate = len(test) / (time.perf_counter() - start)
+    one = test.x[:1].float() / 255
+    trainer.model.eval()
+    with torch.inference_mode():
+        for _ in range(5):
+            trainer.model(one)
+        latencies = []
+        for _ in range(50):
+            start = time.perf_counter()
+            trainer.model(one)
+            latencies.append(time.perf_counter() - start)
+    return rnnlab_rate, plain_rate, 1000 * statistics.median(latencies)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+            f"Python {platform.python_version()}, {platform.system()}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke test, noisy figures)")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "train_speed.md"), help="markdown output")
+    args = parser.parse_args()
+    images, labels = load_split("mnist", "train")
+    peak = matmul_flops()
+    rows, inference_rows = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in cases(args.quick):
+            cfg = config_for(case)
+            trainer = Trainer(cfg, Path(tmp) / case.name.split()[0], progress=False)
+            seqs = trainer.data.train.x  # (N, T, F) uint8, the same view rnnlab trains on
+            steps, features = seqs.shape[1:]
+            results: dict[str, list[float]] = {"tutorial": [], "plain": [], "rnnlab": []}
+            for _ in range(args.repeats):
+                results["tutorial"].append(time_tutorial(cfg, images, labels, steps, features, case.iterations))
+                results["plain"].append(time_plain(cfg, seqs, trainer.data.train.y, case.iterations))
+                results["rnnlab"].append(time_rnnlab(trainer, case.iterations))
+            med = {k: statistics.median(v) for k, v in results.items()}
+            train_flops = 3 * flops_per_sample(trainer.model, steps)
+            impl = type(trainer.model.rnn).__name__
+            rows.append((case.name, impl, med["tutorial"], med["plain"], med["rnnlab"], med["rnnlab"] / med["plain"],
+                         med["rnnlab"] / med["tutorial"], med["plain"] * train_flops / peak,
+                         med["rnnlab"] * train_flops / peak))
+            inference_rows.append((case.name, *inference(trainer, cfg, seqs)))
+            print(f"{case.name}: " + ", ".join(f"{k} {v:,.0f}" for k, v in med.items()) + " samples/s", flush=True)
+    lines = [
+        "# Training speed", "",
+        f"`python benchmarks/train_speed.py` on {date.today().isoformat()}; {machine()}.",
+        f"Float32 matrix-multiply rate measured in the same run: {peak / 1e9:,.1f} GFLOP/s. "
+        f"Median of {args.repeats} interleaved repeats; samples per second of training (forward, backward, update).",
+        "",
+        "| model | rnnlab layers | tutorial | plain torch.nn | rnnlab | rnnlab / plain | rnnlab / tutorial "
+        "| plain FLOP eff. | rnnlab FLOP eff. |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {n} | {i} | {t:,.0f} | {p:,.0f} | {r:,.0f} | {rp:.2f}x | {rt:.1f}x | {pe:.0%} | {re:.0%} |"
+              for n, i, t, p, r, rp, rt, pe, re in rows]
+    lines += ["", "## Inference", "",
+              "| model | rnnlab test-set samples/s | plain no_grad samples/s | single-image latency (ms) |",
+              "|---|---:|---:|---:|"]
+    lines += [f"| {n} | {r:,.0f} | {p:,.0f} | {lat:.2f} |" for n, r, p, lat in inference_rows]
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

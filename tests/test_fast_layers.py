@@ -1,0 +1,190 @@
+"""FastRecurrent must match torch.nn.RNN/LSTM/GRU: outputs, states and all gradients."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from rnnlab.models.fast import FastRecurrent, fast_supported, make_recurrent
+
+MODES = ["rnn_relu", "rnn_tanh", "lstm", "gru"]
+F, H, B = 7, 13, 5
+
+
+def _pair(mode: str, layers: int, bidir: bool, dtype: torch.dtype = torch.float64,
+          dropout: float = 0.0) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    ref = make_recurrent(mode, F, H, layers, bidir, dropout, impl="torch").to(dtype)
+    fast = make_recurrent(mode, F, H, layers, bidir, dropout, impl="fast").to(dtype)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def _run(m: nn.Module, x: torch.Tensor, hx, mode: str):
+    """Forward + a loss touching output and final states; returns all values and grads."""
+    x = x.clone().requires_grad_(True)
+    if hx is not None:
+        hx = tuple(h.clone().requires_grad_(True) for h in hx)
+    out, state = m(x, None if hx is None else (hx if mode == "lstm" else hx[0]))
+    states = state if mode == "lstm" else (state,)
+    g = torch.Generator().manual_seed(1)
+    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum()
+    for s in states:
+        loss = loss + (s * torch.randn(s.shape, generator=g, dtype=s.dtype)).sum()
+    loss.backward()
+    grads = {n: p.grad for n, p in m.named_parameters()}
+    grads["x"] = x.grad
+    if hx is not None:
+        for i, h in enumerate(hx):
+            grads[f"hx{i}"] = h.grad
+    return out, states, grads
+
+
+@pytest.mark.parametrize(
+    "mode,layers,bidir,T,with_hx",
+    list(itertools.product(MODES, [1, 2, 3], [False, True], [1, 28], [False, True])))
+def test_matches_torch(mode: str, layers: int, bidir: bool, T: int, with_hx: bool) -> None:
+    ref, fast = _pair(mode, layers, bidir)
+    torch.manual_seed(2)
+    x = torch.randn(B, T, F, dtype=torch.float64)
+    D = 2 if bidir else 1
+    hx = None
+    if with_hx:
+        n = 2 if mode == "lstm" else 1
+        hx = tuple(torch.randn(layers * D, B, H, dtype=torch.float64) for _ in range(n))
+    o1, s1, g1 = _run(ref, x, hx, mode)
+    o2, s2, g2 = _run(fast, x, hx, mode)
+    assert o2.shape == o1.shape == (B, T, D * H)
+    torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-8)
+    for a, b in zip(s2, s1):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    assert g1.keys() == g2.keys()
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-5, atol=1e-8, msg=k)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_float32_close(mode: str) -> None:
+    ref, fast = _pair(mode, 2, False, torch.float32)
+    x = torch.randn(B, 28, F)
+    o1, s1, g1 = _run(ref, x, None, mode)
+    o2, s2, g2 = _run(fast, x, None, mode)
+    torch.testing.assert_close(o2, o1, rtol=1e-4, atol=1e-5)
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradcheck(mode: str) -> None:
+    torch.manual_seed(0)
+    m = FastRecurrent(mode, 2, 3, num_layers=2, bidirectional=True).double()
+    x = torch.randn(2, 4, 2, dtype=torch.float64, requires_grad=True)
+    n = 2 if mode == "lstm" else 1
+    hx = [torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True) for _ in range(n)]
+    params = list(m.parameters())
+
+    def f(x, *rest):
+        hs, ws = rest[:n], rest[n:]
+        sd = dict(zip([k for k, _ in m.named_parameters()], ws))
+        out, st = torch.func.functional_call(m, sd, (x, tuple(hs) if n == 2 else hs[0]))
+        return (out, *(st if n == 2 else (st,)))
+
+    assert torch.autograd.gradcheck(f, (x, *hx, *[p.detach().requires_grad_() for p in params]))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_state_dict_interchangeable(mode: str) -> None:
+    ref = make_recurrent(mode, F, H, 2, True, impl="torch")
+    fast = make_recurrent(mode, F, H, 2, True, impl="fast")
+    assert [(k, v.shape) for k, v in ref.state_dict().items()] == \
+           [(k, v.shape) for k, v in fast.state_dict().items()]
+    ref.load_state_dict(fast.state_dict())
+    # Same seed -> same initial weights: init does not depend on the implementation.
+    torch.manual_seed(5)
+    a = make_recurrent(mode, F, H, 2, impl="torch").state_dict()
+    torch.manual_seed(5)
+    b = make_recurrent(mode, F, H, 2, impl="fast").state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dropout_between_layers(mode: str) -> None:
+    ref, fast = _pair(mode, 2, False, dropout=0.5)
+    x = torch.randn(B, 6, F, dtype=torch.float64)
+    ref.eval(), fast.eval()  # eval: dropout off, must match exactly
+    torch.testing.assert_close(fast(x)[0], ref(x)[0])
+    fast.train()
+    torch.manual_seed(3)
+    o1 = fast(x)[0]
+    torch.manual_seed(3)
+    o2 = fast(x)[0]
+    torch.testing.assert_close(o1, o2)  # reproducible under a seed
+    assert not torch.allclose(o1, ref(x)[0])  # and dropout really did something
+    o1.sum().backward()
+    assert all(p.grad is not None for p in fast.parameters())
+
+
+def test_fallbacks_match() -> None:
+    """Paths that go to the reference math still give the reference answer."""
+    ref, fast = _pair("lstm", 1, False, torch.float32)
+    x = torch.randn(B, 4, F)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(fast(x)[0], ref(x)[0])
+    unbatched = torch.randn(4, F)
+    torch.testing.assert_close(fast(unbatched)[0], ref(unbatched)[0])
+
+
+def test_no_grad_and_errors() -> None:
+    ref, fast = _pair("gru", 2, True)
+    x = torch.randn(B, 9, F, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x)[0], ref(x)[0])
+    with pytest.raises(RuntimeError):
+        fast(x, torch.zeros(1, B, H, dtype=torch.float64))
+    with pytest.raises(ValueError):
+        make_recurrent("elman", F, H)
+    with pytest.raises(ValueError):
+        make_recurrent("gru", F, H, impl="turbo")
+
+
+def test_auto_choice() -> None:
+    assert not fast_supported("rnn_relu", 28, 100, 1, False, 0.0, "cuda", torch.float32)
+    assert not fast_supported("rnn_relu", 28, 100, 1, False, 0.0, "cpu", torch.bfloat16)
+    assert fast_supported("rnn_relu", 28, 100, 1, False, 0.0, "cpu", torch.float32)
+    assert not fast_supported("lstm", 28, 100, 2, False, 0.0, "cpu", torch.float32)
+    assert isinstance(make_recurrent("rnn_relu", 28, 100, impl="auto"), FastRecurrent)
+    assert type(make_recurrent("lstm", 28, 100, 2, impl="auto")) is nn.LSTM
+    assert type(make_recurrent("gru", 28, 100, impl="torch")) is nn.GRU
+    assert type(make_recurrent("rnn_tanh", 28, 512, impl="auto")) is nn.RNN
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bidir", [False, True])
+def test_two_thread_batch_split(mode: str, bidir: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With SPLIT_BATCH, batches >= MIN_SPLIT_BATCH run as two halves on two threads."""
+    from rnnlab.models import fast_function
+
+    monkeypatch.setattr(fast_function, "SPLIT_BATCH", True)
+    ref, fast = _pair(mode, 2, bidir)
+    batch = fast_function.MIN_SPLIT_BATCH + 1  # odd: unequal halves
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(batch, 9, F, dtype=torch.float64)
+        n = 2 if mode == "lstm" else 1
+        hx = tuple(torch.randn(2 * (2 if bidir else 1), batch, H, dtype=torch.float64)
+                   for _ in range(n))
+        o1, s1, g1 = _run(ref, x, hx, mode)
+        o2, s2, g2 = _run(fast, x, hx, mode)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-8)
+    for a, b in zip(s2, s1):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-5, atol=1e-8, msg=k)
