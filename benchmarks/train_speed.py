@@ -8,7 +8,7 @@ only ratios measured side by side mean anything):
 1. tutorial: a DataLoader over a Dataset that turns one uint8 image at a time into a float
    tensor (what ``transforms.ToTensor()`` does), ``torch.nn`` layers, the tutorial's loop;
 2. plain: the whole data set in memory, batches by index, ``torch.nn`` layers, same optimizer;
-3. rnnlab: rnnlab's own training loop (``Trainer.fit``) with its default layer choice;
+3. rnnlab: rnnlab's own training loop (``Trainer.train_until``) with its default layers and settings;
 4. ceiling: the model's training FLOPs per sample (3x forward, counted analytically)
    against the FLOP rate of a large float32 matrix multiply measured in this run.
 """
@@ -16,8 +16,10 @@ only ratios measured side by side mean anything):
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -159,31 +161,52 @@ def matmul_flops(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / statistics.median(times)
 
 
-def inference(trainer: Trainer, cfg, seqs: torch.Tensor) -> tuple[float, float, float]:
-    """Test-set samples/s for rnnlab's evaluate and for a plain no_grad loop; single-image latency (ms)."""
-    from rnnlab.engine import evaluate
-
-    test = trainer.data.test
-    start = time.perf_counter()
-    evaluate(trainer.model, test, batch_size=1000)
-    rnnlab_rate = len(test) / (time.perf_counter() - start)
-    plain = TutorialModel(cfg, *seqs.shape[1:])
-    start = time.perf_counter()
-    with torch.no_grad():
-        for i in range(0, len(test), cfg.train.batch_size):
-            plain(test.x[i:i + cfg.train.batch_size].float() / 255)
-    plain_rate = len(test) / (time.perf_counter() - start)
-    one = test.x[:1].float() / 255
-    trainer.model.eval()
+def time_inference(model: nn.Module, seqs: torch.Tensor, batch: int = 1000) -> tuple[float, float]:
+    """Samples/s over test sequences without autograd, and single-image latency in ms."""
+    model.eval()
     with torch.inference_mode():
+        start = time.perf_counter()
+        for i in range(0, len(seqs), batch):
+            model(seqs[i:i + batch].float() / 255)
+        rate = len(seqs) / (time.perf_counter() - start)
+        one = seqs[:1].float() / 255  # (1, T, F)
         for _ in range(5):
-            trainer.model(one)
+            model(one)
         latencies = []
-        for _ in range(50):
+        for _ in range(30):
             start = time.perf_counter()
-            trainer.model(one)
+            model(one)
             latencies.append(time.perf_counter() - start)
-    return rnnlab_rate, plain_rate, 1000 * statistics.median(latencies)
+    return rate, 1000 * statistics.median(latencies)
+
+
+def worker(case_index: int, pipeline: str, quick: bool) -> dict:
+    """One measurement in a fresh process, so that each pipeline runs with only its own settings
+    (rnnlab tunes the allocator for itself; plain PyTorch and the tutorial get the defaults)."""
+    case = cases(quick)[case_index]
+    cfg = config_for(case)
+    with tempfile.TemporaryDirectory() as tmp:
+        if pipeline == "rnnlab":
+            trainer = Trainer(cfg, Path(tmp), progress=False)
+            steps = trainer.data.train.x.shape[1]
+            rate = time_rnnlab(trainer, case.iterations)
+            test = trainer.data.test.x[:2000]
+            inf_rate, latency = time_inference(trainer.model, test)
+            return {"train": rate, "inference": inf_rate, "latency_ms": latency,
+                    "impl": type(trainer.model.rnn).__name__,
+                    "train_flops": 3 * flops_per_sample(trainer.model, steps)}
+        from rnnlab.data import images_to_sequences
+
+        images, labels = load_split("mnist", "train")
+        seqs = images_to_sequences(images, cfg.data.view)  # (N, T, F) uint8
+        steps, features = seqs.shape[1:]
+        if pipeline == "tutorial":
+            return {"train": time_tutorial(cfg, images, labels, steps, features, case.iterations)}
+        rate = time_plain(cfg, seqs, labels, case.iterations)
+        test_images, _ = load_split("mnist", "test")
+        inf_rate, latency = time_inference(TutorialModel(cfg, steps, features),
+                                           images_to_sequences(test_images[:2000], cfg.data.view))
+        return {"train": rate, "inference": inf_rate, "latency_ms": latency}
 
 
 def machine() -> str:
@@ -205,34 +228,36 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke test, noisy figures)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "train_speed.md"), help="markdown output")
+    parser.add_argument("--worker", nargs=2, metavar=("CASE", "PIPELINE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    images, labels = load_split("mnist", "train")
+    if args.worker:
+        print(json.dumps(worker(int(args.worker[0]), args.worker[1], args.quick)))
+        return 0
     peak = matmul_flops()
+    pipelines = ("tutorial", "plain", "rnnlab")
     rows, inference_rows = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for case in cases(args.quick):
-            cfg = config_for(case)
-            trainer = Trainer(cfg, Path(tmp) / case.name.split()[0], progress=False)
-            seqs = trainer.data.train.x  # (N, T, F) uint8, the same view rnnlab trains on
-            steps, features = seqs.shape[1:]
-            results: dict[str, list[float]] = {"tutorial": [], "plain": [], "rnnlab": []}
-            for _ in range(args.repeats):
-                results["tutorial"].append(time_tutorial(cfg, images, labels, steps, features, case.iterations))
-                results["plain"].append(time_plain(cfg, seqs, trainer.data.train.y, case.iterations))
-                results["rnnlab"].append(time_rnnlab(trainer, case.iterations))
-            med = {k: statistics.median(v) for k, v in results.items()}
-            train_flops = 3 * flops_per_sample(trainer.model, steps)
-            impl = type(trainer.model.rnn).__name__
-            rows.append((case.name, impl, med["tutorial"], med["plain"], med["rnnlab"], med["rnnlab"] / med["plain"],
-                         med["rnnlab"] / med["tutorial"], med["plain"] * train_flops / peak,
-                         med["rnnlab"] * train_flops / peak))
-            inference_rows.append((case.name, *inference(trainer, cfg, seqs)))
-            print(f"{case.name}: " + ", ".join(f"{k} {v:,.0f}" for k, v in med.items()) + " samples/s", flush=True)
+    for index, case in enumerate(cases(args.quick)):
+        results: dict[str, list[dict]] = {p: [] for p in pipelines}
+        for _ in range(args.repeats):
+            for pipeline in pipelines:  # interleaved, so slow phases of a noisy machine hit all three
+                command = [sys.executable, __file__, "--worker", str(index), pipeline] + (["--quick"] * args.quick)
+                out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                results[pipeline].append(json.loads(out.strip().splitlines()[-1]))
+        med = {p: statistics.median(r["train"] for r in results[p]) for p in pipelines}
+        last = results["rnnlab"][-1]
+        flops = last["train_flops"]
+        rows.append((case.name, last["impl"], med["tutorial"], med["plain"], med["rnnlab"], med["rnnlab"] / med["plain"],
+                     med["rnnlab"] / med["tutorial"], med["plain"] * flops / peak, med["rnnlab"] * flops / peak))
+        inference_rows.append((case.name, *(statistics.median(r[k] for r in results[p])
+                                             for p in ("rnnlab", "plain") for k in ("inference", "latency_ms"))))
+        print(f"{case.name}: " + ", ".join(f"{k} {v:,.0f}" for k, v in med.items()) + " samples/s", flush=True)
     lines = [
         "# Training speed", "",
         f"`python benchmarks/train_speed.py` on {date.today().isoformat()}; {machine()}.",
         f"Float32 matrix-multiply rate measured in the same run: {peak / 1e9:,.1f} GFLOP/s. "
-        f"Median of {args.repeats} interleaved repeats; samples per second of training (forward, backward, update).",
+        f"Median of {args.repeats} interleaved repeats, each pipeline in a fresh process; "
+        "samples per second of training (forward, backward, update). FLOP efficiency: training FLOPs "
+        "(3x the analytic forward count) per second over the matrix-multiply rate.",
         "",
         "| model | rnnlab layers | tutorial | plain torch.nn | rnnlab | rnnlab / plain | rnnlab / tutorial "
         "| plain FLOP eff. | rnnlab FLOP eff. |",
@@ -240,10 +265,10 @@ def main() -> int:
     ]
     lines += [f"| {n} | {i} | {t:,.0f} | {p:,.0f} | {r:,.0f} | {rp:.2f}x | {rt:.1f}x | {pe:.0%} | {re:.0%} |"
               for n, i, t, p, r, rp, rt, pe, re in rows]
-    lines += ["", "## Inference", "",
-              "| model | rnnlab test-set samples/s | plain no_grad samples/s | single-image latency (ms) |",
-              "|---|---:|---:|---:|"]
-    lines += [f"| {n} | {r:,.0f} | {p:,.0f} | {lat:.2f} |" for n, r, p, lat in inference_rows]
+    lines += ["", "## Inference (2,000 test images, batch 1000, no autograd)", "",
+              "| model | rnnlab samples/s | plain samples/s | rnnlab latency, 1 image (ms) | plain latency (ms) |",
+              "|---|---:|---:|---:|---:|"]
+    lines += [f"| {n} | {r:,.0f} | {p:,.0f} | {rl:.2f} | {pl:.2f} |" for n, r, rl, p, pl in inference_rows]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

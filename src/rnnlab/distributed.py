@@ -8,8 +8,10 @@ launched with ``torchrun``).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import random
+import sys
 from typing import Iterator
 
 import numpy as np
@@ -38,6 +40,30 @@ def configure_threads(threads: int) -> None:
     """Set torch's intra-op threads (0 leaves torch's default)."""
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory for reuse instead of returning it to the OS (glibc only).
+
+    Every training step allocates and frees the same activation and gradient buffers. With
+    glibc's defaults, buffers over its mmap threshold are unmapped on free and mapped again
+    next step, so each step pays page faults on fresh memory: an LSTM 2x100 step took ~80 ms
+    instead of ~52 ms on a 2-core CPU here. Raising the thresholds keeps those pages (the
+    effect that PyTorch's CPU tuning guide gets from jemalloc or tcmalloc). Set
+    ``RNNLAB_MALLOC_TUNING=0`` to leave the allocator alone. Returns True if it was applied.
+    """
+    if os.environ.get("RNNLAB_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)  # keep up to 1 GiB of freed heap
+        mmap = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum: 32 MiB
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        return False
+    return bool(trim and mmap)
 
 
 def seed_everything(seed: int) -> None:
