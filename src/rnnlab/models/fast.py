@@ -76,7 +76,9 @@ class FastRecurrent(nn.RNNBase):
         return base.permute_hidden(self, *args)  # type: ignore[arg-type]
 
     def _fast_ok(self, x: Any) -> bool:
-        return (not _tracing() and isinstance(x, Tensor) and x.dim() == 3
+        # Without autograd (evaluation, predict, serve) there is no backward to save and
+        # torch.nn's fused forward is faster: the hand-written path is for training only.
+        return (torch.is_grad_enabled() and not _tracing() and isinstance(x, Tensor) and x.dim() == 3
                 and x.shape[1] > 0 and x.dtype in (torch.float32, torch.float64)
                 and not torch.is_autocast_enabled(x.device.type)
                 and (x.device.type == "cpu" or not self.cpu_only))
