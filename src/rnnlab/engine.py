@@ -8,6 +8,7 @@ iteration, so a run resumed from a checkpoint ends with the same weights as one 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -192,7 +193,8 @@ class Trainer:
         self.model.train()
         train = self.data.train
         bar = tqdm(total=self.total, initial=self.iteration, disable=not self.progress, unit="it",
-                   desc=cfg.label, dynamic_ncols=True, leave=True)
+                   desc=cfg.label, dynamic_ncols=True, leave=True,
+                   mininterval=0.2 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
         seconds_at_start, iteration_started = self.train_seconds, self.iteration
         order, order_epoch = None, -1
         status = "completed"
