@@ -96,3 +96,14 @@ def test_dry_run_keeps_no_folder(tmp_path: Path, capsys: pytest.CaptureFixture, 
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--dry-run", "--no-progress", *TINY]) == 0
     assert "dry run ok" in capsys.readouterr().out and not (tmp_path / "runs").exists()
+
+
+def test_overrides_may_come_before_and_after_options() -> None:
+    from rnnlab.cli import build_parser
+    from rnnlab.cli.common import config_from_args
+
+    args = build_parser().parse_args(["train", "model.hidden=32", "--preset", "dlw-rnn-a", "--out", "x",
+                                      "train.lr=0.5", "--seed", "3"])
+    config = config_from_args(args)
+    assert (config.model.hidden, config.train.lr, config.seed, args.out) == (32, 0.5, 3, "x")
+    assert config.model.cell == "rnn"  # still the preset underneath

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from rnnlab.cli.common import IntermixedParser
 from rnnlab.errors import RnnlabError
 
 # Modules under rnnlab.cli, each with register(subparsers), in the order `--help` lists them.
@@ -24,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     from rnnlab import __version__
 
     parser.add_argument("--version", action="version", version=f"rnnlab {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Every subcommand takes its positionals (e.g. KEY=VALUE overrides) before and after options.
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=IntermixedParser)
     for name in COMMANDS:
         importlib.import_module(f"rnnlab.cli.{name}").register(subparsers)
     return parser

@@ -3,9 +3,30 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from rnnlab.config import RunConfig, apply_overrides, load_toml
 from rnnlab.presets import get_preset
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """Positionals may come before and after options: ``train --preset X model.hidden=64 --out DIR train.lr=1e-3``.
+
+    A plain parser stops filling a ``nargs="*"`` positional at the first option, then rejects
+    the KEY=VALUE overrides that follow; ``parse_known_intermixed_args`` collects them all.
+    """
+
+    _inside = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._inside:  # parse_known_intermixed_args calls back into parse_known_args
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return super().parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
 
 # Short flags for the most common settings; each maps to a dotted key.
 SHORTCUTS = {

@@ -10,25 +10,6 @@ from pathlib import Path
 from typing import Any
 
 
-class IntermixedParser(argparse.ArgumentParser):
-    """Positionals may come before and after options: ``compare A B --seeds 3 model.hidden=64``.
-
-    A plain parser stops filling a ``nargs="*"`` positional at the first option, then rejects
-    the KEY=VALUE overrides that follow; ``parse_known_intermixed_args`` collects them all.
-    """
-
-    _inside = False
-
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-        if self._inside:  # parse_known_intermixed_args calls back into parse_known_args
-            return super().parse_known_args(args, namespace)
-        self._inside = True
-        try:
-            return super().parse_known_intermixed_args(args, namespace)
-        finally:
-            self._inside = False
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "compare", help="train presets or configs for several seeds and compare them",
@@ -47,7 +28,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-plot", action="store_true", help="skip the figures")
     parser.add_argument("--dry-run", action="store_true", help="print what would run, train nothing")
     parser.set_defaults(func=run_compare)
-    parser.__class__ = IntermixedParser  # the subparsers action made a plain ArgumentParser
 
     report = subparsers.add_parser(
         "report", help="build the comparison table and figures from existing runs",
