@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -83,3 +84,39 @@ def test_standardisation_lives_inside_the_model() -> None:
                          input_mean=0.5, input_std=0.25)
     state = model.state_dict()
     assert float(state["input_mean"]) == 0.5 and float(state["input_std"]) == 0.25
+
+
+class _NoBf16Recurrence(torch.nn.Module):
+    """Stands in for torch.nn.LSTM on a CPU whose oneDNN has no bf16 RNN primitive."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor):  # noqa: ANN201
+        if torch.is_autocast_enabled("cpu"):
+            raise RuntimeError("could not create a primitive descriptor for the LSTM forward "
+                               "propagation primitive.")
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_bf16_autocast_on_cpu_trains(cell: str) -> None:
+    """train.amp=bf16 on CPU works for every cell: natively, or (where the CPU cannot)
+    with the recurrence in fp32 and a warning, never the raw oneDNN error."""
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(cell=cell, hidden=16), input_size=28, seq_len=28, num_classes=10)
+    x = torch.rand(4, 28, 28)
+    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # this CPU may lack bf16 RNN kernels
+        model(x).float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+    model.recurrent_in_fp32 = False
+    model.rnn = _NoBf16Recurrence(model.rnn)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.warns(RuntimeWarning, match="cannot run the .* recurrence under bf16"):
+            logits = model(x)
+        again = model(x)  # falls back straight away, no second warning
+    assert logits.shape == again.shape == (4, 10) and torch.isfinite(logits.float()).all()
+    assert model.recurrent_in_fp32

@@ -7,6 +7,8 @@ an exported or served model takes the same raw input as training does.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -44,6 +46,7 @@ class SequenceClassifier(nn.Module):
         self.directions = 2 if config.bidirectional else 1
         self.register_buffer("input_mean", torch.tensor(float(input_mean)))
         self.register_buffer("input_std", torch.tensor(float(input_std)))
+        self.recurrent_in_fp32 = False  # set when this CPU cannot run the recurrence in bf16
         self.rnn = _make_recurrent(self.mode, input_size, config.hidden, config.layers,
                                    config.bidirectional, config.dropout, config.impl)
         features = self.directions * config.hidden
@@ -55,6 +58,22 @@ class SequenceClassifier(nn.Module):
     def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
         """Top-layer hidden states ``(B, T, D*H)`` for a raw input ``(B, T, F)``."""
         x = (x - self.input_mean) / self.input_std
+        cpu_autocast = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        if cpu_autocast and not self.recurrent_in_fp32:
+            try:
+                out, _ = self.rnn(x)
+                return out
+            except RuntimeError as error:
+                # oneDNN has bf16 RNN kernels only on CPUs with the right instructions;
+                # elsewhere it cannot even build the primitive. Keep training, in fp32.
+                warnings.warn(f"this CPU cannot run the {self.mode} recurrence under bf16 autocast "
+                              f"({str(error).splitlines()[0]}); running it in fp32 instead "
+                              "(train.amp=off avoids this warning)", RuntimeWarning, stacklevel=2)
+                self.recurrent_in_fp32 = True
+        if cpu_autocast:
+            with torch.autocast("cpu", enabled=False):
+                out, _ = self.rnn(x.float())
+            return out
         out, _ = self.rnn(x)
         return out
 
