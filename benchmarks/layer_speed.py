@@ -8,6 +8,11 @@ FLOP rate as a fraction of a large float32 matmul measured in the same run; the
 last column compares the best (minimum) repeats, the least disturbed by other load.
 
     .venv/bin/python benchmarks/layer_speed.py [--reps 7] [--only lstm] [--threads 2]
+    .venv/bin/python benchmarks/layer_speed.py --variants torch,fast,fast-python,fast-1thread
+
+Variants of the fast path (``--variants``, each against torch): ``fast`` (the defaults:
+TorchScript loops with the caller's threads), ``fast-python`` (the loops as plain Python),
+``fast-1thread`` (the loops with one intra-op thread; the GEMMs outside them keep all).
 """
 
 from __future__ import annotations
@@ -21,7 +26,28 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rnnlab.models import fast_kernels
 from rnnlab.models.fast import make_recurrent
+
+_script_loop = fast_kernels.loop
+
+
+def _one_thread_loop(name: str):
+    fn = _script_loop(name)
+
+    def run(*args):
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            fn(*args)
+        finally:
+            torch.set_num_threads(n)
+    return run
+
+
+# name -> (fast_kernels.SCRIPT, fast_kernels.loop)
+VARIANTS = {"fast": (True, _script_loop), "fast-python": (False, _script_loop),
+            "fast-1thread": (True, _one_thread_loop)}
 
 
 @dataclass
@@ -75,18 +101,21 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def bench(cfg: Config, reps: int, clock=time.perf_counter) -> dict[str, float]:
+def bench(cfg: Config, reps: int, clock=time.perf_counter,
+          variants: tuple[str, ...] = ("torch", "fast")) -> dict[str, float]:
     torch.manual_seed(0)
-    x = torch.randn(cfg.batch, cfg.steps, cfg.features)
+    x = torch.rand(cfg.batch, cfg.steps, cfg.features)
     y = torch.randint(0, 10, (cfg.batch,))
     models, opts = {}, {}
-    for impl in ("torch", "fast"):
+    for impl in variants:
         torch.manual_seed(0)
         m = Classifier(make_recurrent(cfg.mode, cfg.features, cfg.hidden, cfg.layers,
-                                      impl=impl), cfg.hidden)
+                                      impl="torch" if impl == "torch" else "fast"), cfg.hidden)
         models[impl], opts[impl] = m, torch.optim.SGD(m.parameters(), lr=0.01)
 
     def step(impl: str) -> None:
+        if impl != "torch":
+            fast_kernels.SCRIPT, fast_kernels.loop = VARIANTS[impl]
         loss = nn.functional.cross_entropy(models[impl](x), y)
         opts[impl].zero_grad(set_to_none=True)
         loss.backward()
@@ -111,28 +140,40 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--only", default="", help="substring of config names to run")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: keep)")
+    ap.add_argument("--variants", default="torch,fast",
+                    help="comma-separated: torch and any of " + ", ".join(VARIANTS))
+    ap.add_argument("--tune-allocator", action="store_true",
+                    help="glibc malloc tuning as rnnlab's Trainer applies it (both sides)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time process CPU instead of wall clock: robust to other load, "
                          "but only comparable with --threads 1 (2 threads count spin-waits)")
     args = ap.parse_args()
     clock = time.process_time if args.cpu_time else time.perf_counter
+    variants = tuple(args.variants.split(","))
+    if variants[0] != "torch" or any(v not in VARIANTS for v in variants[1:]):
+        ap.error(f"--variants: torch first, then any of {', '.join(VARIANTS)}")
+    if args.tune_allocator:
+        from rnnlab.distributed import tune_allocator
+
+        tune_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     peak = matmul_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"large fp32 matmul {peak:.0f} GFLOP/s, {'CPU' if args.cpu_time else 'wall'} time, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"{'config':30s} {'torch ms':>9s} {'fast ms':>9s} {'speed-up':>9s} "
-          f"{'torch eff':>9s} {'fast eff':>9s} {'best-of speed-up':>17s}")
+    print(f"{'config':30s} {'variant':12s} {'torch ms':>9s} {'ms':>9s} {'speed-up':>9s} "
+          f"{'torch eff':>9s} {'eff':>9s} {'best-of speed-up':>17s}")
     for cfg in CONFIGS:
         if args.only not in cfg.name:
             continue
-        r = bench(cfg, args.reps, clock)
-        eff = {k: cfg.flops() / (r[k] / 1e3) / 1e9 / peak for k in ("torch", "fast")}
-        print(f"{cfg.name:30s} {r['torch']:9.2f} {r['fast']:9.2f} "
-              f"{r['torch'] / r['fast']:8.2f}x {eff['torch']:8.0%} {eff['fast']:8.0%} "
-              f"{r['torch_min']:.2f}/{r['fast_min']:.2f} {r['torch_min'] / r['fast_min']:.2f}x",
-              flush=True)
+        r = bench(cfg, args.reps, clock, variants)
+        eff = {k: cfg.flops() / (r[k] / 1e3) / 1e9 / peak for k in variants}
+        for v in variants[1:]:
+            print(f"{cfg.name:30s} {v:12s} {r['torch']:9.2f} {r[v]:9.2f} "
+                  f"{r['torch'] / r[v]:8.2f}x {eff['torch']:8.0%} {eff[v]:8.0%} "
+                  f"{r['torch_min']:.2f}/{r[v + '_min']:.2f} {r['torch_min'] / r[v + '_min']:.2f}x",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/train_speed.py            # a few minutes; writes docs/results/train_speed.md
     python benchmarks/train_speed.py --quick    # fewer iterations, for a smoke test
+    python benchmarks/train_speed.py --only GRU --pipelines plain,rnnlab --variant torch=model.impl=torch
 
 For each model, in one run and interleaved repeat by repeat (these machines are noisy, so
 only ratios measured side by side mean anything):
@@ -189,7 +190,9 @@ def worker(case_index: int, pipeline: str, quick: bool) -> dict:
     case = cases(quick)[case_index]
     cfg = config_for(case)
     with tempfile.TemporaryDirectory() as tmp:
-        if pipeline == "rnnlab":
+        if pipeline.startswith("rnnlab"):  # "rnnlab" or "rnnlab:KEY=VALUE;KEY=VALUE" (a variant)
+            if ":" in pipeline:
+                cfg = apply_overrides(cfg, pipeline.split(":", 1)[1].split(";"))
             trainer = Trainer(cfg, Path(tmp), progress=False)
             steps = trainer.data.train.x.shape[1]
             rate = time_rnnlab(trainer, case.iterations)
@@ -231,15 +234,24 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke test, noisy figures)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "train_speed.md"), help="markdown output")
+    parser.add_argument("--only", default="", help="only the models whose name contains this")
+    parser.add_argument("--pipelines", default="tutorial,plain,rnnlab",
+                        help="which pipelines; the markdown table needs all three")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE[;KEY=VALUE]",
+                        help="also time rnnlab with these overrides (repeatable), reported against plain")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "PIPELINE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(int(args.worker[0]), args.worker[1], args.quick)))
         return 0
     peak = matmul_flops()
-    pipelines = ("tutorial", "plain", "rnnlab")
+    variants = dict(v.split("=", 1) for v in args.variant)
+    pipelines = tuple(args.pipelines.split(",")) + tuple(f"rnnlab:{o}" for o in variants.values())
+    full = pipelines[:3] == ("tutorial", "plain", "rnnlab") and not args.only
     rows, inference_rows = [], []
     for index, case in enumerate(cases(args.quick)):
+        if args.only not in case.name:
+            continue
         results: dict[str, list[dict]] = {p: [] for p in pipelines}
         for _ in range(args.repeats):
             for pipeline in pipelines:  # interleaved, so slow phases of a noisy machine hit all three
@@ -247,6 +259,16 @@ def main() -> int:
                 out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
                 results[pipeline].append(json.loads(out.strip().splitlines()[-1]))
         med = {p: statistics.median(r["train"] for r in results[p]) for p in pipelines}
+        if "plain" in med:
+            names = {f"rnnlab:{o}": n for n, o in variants.items()}
+            plain = [r["train"] for r in results["plain"]]
+            print(f"{case.name}: plain {med['plain']:,.0f} samples/s (repeats {min(plain):,.0f}-"
+                  f"{max(plain):,.0f}); " + ", ".join(
+                      f"{names.get(p, p)} {med[p] / med['plain']:.2f}x (median of the repeats' ratios "
+                      f"{statistics.median(r['train'] / q for r, q in zip(results[p], plain)):.2f}x)"
+                      for p in pipelines if p != "plain") + " of plain", flush=True)
+        if not full:
+            continue
         last = results["rnnlab"][-1]
         flops = last["train_flops"]
         rows.append((case.name, last["impl"], med["tutorial"], med["plain"], med["rnnlab"], med["rnnlab"] / med["plain"],
@@ -254,6 +276,8 @@ def main() -> int:
         inference_rows.append((case.name, *(statistics.median(r[k] for r in results[p])
                                              for p in ("rnnlab", "plain") for k in ("inference", "latency_ms"))))
         print(f"{case.name}: " + ", ".join(f"{k} {v:,.0f}" for k, v in med.items()) + " samples/s", flush=True)
+    if not full:
+        return 0  # a partial run: the ratios above, no markdown table
     lines = [
         "# Training speed", "",
         f"`python benchmarks/train_speed.py` on {date.today().isoformat()}; {machine()}.",

@@ -133,10 +133,14 @@ def test_fallbacks_match() -> None:
     """Paths that go to the reference math still give the reference answer."""
     ref, fast = _pair("lstm", 1, False, torch.float32)
     x = torch.randn(B, 4, F)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        torch.testing.assert_close(fast(x)[0], ref(x)[0])
     unbatched = torch.randn(4, F)
     torch.testing.assert_close(fast(unbatched)[0], ref(unbatched)[0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        try:
+            expected = ref(x)[0]
+        except RuntimeError as exc:  # oneDNN without a bf16 LSTM for this CPU
+            pytest.skip(f"torch.nn.LSTM itself fails under bf16 autocast here: {exc}")
+        torch.testing.assert_close(fast(x)[0], expected)
 
 
 def test_no_grad_and_errors() -> None:
@@ -160,18 +164,18 @@ def test_auto_choice() -> None:
     assert isinstance(make_recurrent("rnn_relu", 28, 100, impl="auto"), FastRecurrent)
     assert type(make_recurrent("lstm", 28, 100, 2, impl="auto")) is nn.LSTM
     assert type(make_recurrent("gru", 28, 100, impl="torch")) is nn.GRU
-    assert type(make_recurrent("rnn_tanh", 28, 512, impl="auto")) is nn.RNN
+    assert type(make_recurrent("rnn_tanh", 28, 1024, impl="auto")) is nn.RNN
+    assert isinstance(make_recurrent("rnn_tanh", 28, 256, 2, impl="auto"), FastRecurrent)
+    assert isinstance(make_recurrent("gru", 28, 100, 2, impl="auto"), FastRecurrent)
+    assert type(make_recurrent("gru", 28, 100, bidirectional=True, impl="auto")) is nn.GRU
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("bidir", [False, True])
-def test_two_thread_batch_split(mode: str, bidir: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With SPLIT_BATCH, batches >= MIN_SPLIT_BATCH run as two halves on two threads."""
-    from rnnlab.models import fast_function
-
-    monkeypatch.setattr(fast_function, "SPLIT_BATCH", True)
+def test_two_threads(mode: str, bidir: bool) -> None:
+    """The loops keep the caller's intra-op threads: same values and gradients with two."""
     ref, fast = _pair(mode, 2, bidir)
-    batch = fast_function.MIN_SPLIT_BATCH + 1  # odd: unequal halves
+    batch = 64
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -181,10 +185,57 @@ def test_two_thread_batch_split(mode: str, bidir: bool, monkeypatch: pytest.Monk
                    for _ in range(n))
         o1, s1, g1 = _run(ref, x, hx, mode)
         o2, s2, g2 = _run(fast, x, hx, mode)
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
     torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-8)
     for a, b in zip(s2, s1):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-5, atol=1e-8, msg=k)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_python_loops_match(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without TorchScript (fast_kernels.SCRIPT off, or compiling failed) the same loops
+    run as Python and give the same answer."""
+    from rnnlab.models import fast_kernels
+
+    monkeypatch.setattr(fast_kernels, "SCRIPT", False)
+    assert not fast_kernels.is_scripted(fast_kernels.loop("rnn_forward"))
+    ref, fast = _pair(mode, 2, True)
+    x = torch.randn(B, 6, F, dtype=torch.float64)
+    o1, s1, g1 = _run(ref, x, None, mode)
+    o2, s2, g2 = _run(fast, x, None, mode)
+    torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-8)
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-5, atol=1e-8, msg=k)
+
+
+def test_loops_are_scripted() -> None:
+    from rnnlab.models import fast_kernels
+
+    for name in fast_kernels.ENTRY_POINTS:
+        assert fast_kernels.is_scripted(fast_kernels.loop(name)), name
+
+
+def test_script_failure_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If TorchScript cannot compile a loop, a warning says so and Python runs it."""
+    from rnnlab.models import fast_kernels
+
+    def broken(fn):  # noqa: ANN001, ANN202
+        raise RuntimeError("no TorchScript here")
+
+    monkeypatch.setattr(fast_kernels, "_compiled", {})
+    monkeypatch.setattr(torch.jit, "script", broken)
+    with pytest.warns(RuntimeWarning, match="TorchScript unavailable"):
+        fn = fast_kernels.loop("gru_forward")
+    assert fn is fast_kernels.gru_forward
+    ref, fast = _pair("gru", 1, False)
+    x = torch.randn(B, 5, F, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning):
+        o2, _, g2 = _run(fast, x, None, "gru")
+    o1, _, g1 = _run(ref, x, None, "gru")
+    torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-8)
     for k in g1:
         torch.testing.assert_close(g2[k], g1[k], rtol=1e-5, atol=1e-8, msg=k)

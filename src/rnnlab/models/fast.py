@@ -132,20 +132,19 @@ class FastRecurrent(nn.RNNBase):
 
 
 # Where the fast path wins. benchmarks/layer_speed.py, one training step (fwd + bwd +
-# SGD, Linear readout), 2-core AMD EPYC VM, torch 2.13 CPU, float32, batch 100 x 28
-# steps unless noted; torch / fast ms, median (best-of) of interleaved repeats. The
-# VM was shared with other busy processes, so the numbers scatter by +-30 %:
-#   2 threads:  rnn_relu 1x100 7.41 / 5.19 = 1.43x (1.54x), another run 1.79x (2.28x)
-#               gru 1x128      23.8 / 18.2 = 1.31x (1.27x), another run 1.45x (1.41x)
-#               rnn_tanh 2x256 b64 25.7 / 26.0 = 0.99x (0.99x)
-#               lstm 2x100     28.8 / 34.7 = 0.83x (0.87x): nn.LSTM runs oneDNN's fused
-#                              RNN kernels (mkldnn_rnn_layer), which our loop cannot beat
-#   1 thread (CPU time): rnn_relu 1x100 1.23x, rnn_tanh 2x100 1.15x, gru 1x128 1.07-1.14x,
-#               gru 2x100 0.80x (one run), lstm 2x100 0.73x and lstm 1x128 on 784x1 0.73x
-#               (both with page faults taken out via MALLOC_MMAP_THRESHOLD_; with them
-#               the big fresh buffers cost both sides alike and hide the gap).
-# Hence: fast for small unidirectional RNNs and single-layer GRUs, torch elsewhere.
-_FAST_MAX_HIDDEN = 128
+# SGD, Linear readout), 2-core AMD EPYC VM (otherwise idle, but its step times scatter
+# by +-25 % even so), torch 2.13 CPU, 2 threads, float32, batch 100 x 28 steps unless
+# noted, glibc malloc tuned as the Trainer does; torch / fast ms, median of 7-9
+# interleaved repeats (and the ratio of the best repeats):
+#   rnn_relu 1x100   6.6 / 4.4 = 1.50x (1.41x), another run 7.9 / 4.0 = 1.95x (1.54x)
+#   rnn_relu 1x256  21.6 / 16.0 = 1.35x;  rnn_tanh 2x100 14.7 / 9.8 = 1.49x
+#   rnn_tanh 2x256 b64  39.2 / 28.6 = 1.37x (1.32x);  rnn_tanh 1x512 b64 1.23x
+#   gru 1x128  27.9 / 20.1 = 1.38x (1.28x);  gru 2x100 1.43x;  gru 1x256 1.17x (1.23x)
+#   lstm 2x100  35.2 / 42.8 = 0.82x, lstm 1x128 on 784x1 0.88x: nn.LSTM runs oneDNN's
+#               fused RNN kernels (mkldnn_rnn_layer), which our loop cannot beat
+# Hence: fast for unidirectional RNNs and GRUs up to the sizes measured, torch for
+# LSTMs and everything bidirectional (unmeasured).
+_FAST_MAX_HIDDEN = {"rnn_relu": 512, "rnn_tanh": 512, "gru": 256}
 
 
 def fast_supported(mode: str, input_size: int, hidden_size: int, num_layers: int,
@@ -158,13 +157,7 @@ def fast_supported(mode: str, input_size: int, hidden_size: int, num_layers: int
         return False
     if dtype not in (torch.float32, torch.float64) or bidirectional:
         return False
-    if hidden_size > _FAST_MAX_HIDDEN:
-        return False
-    if mode == "lstm":
-        return False
-    if mode == "gru":
-        return num_layers == 1
-    return True  # rnn_relu / rnn_tanh
+    return hidden_size <= _FAST_MAX_HIDDEN.get(mode, 0)  # no entry (lstm): never
 
 
 def make_recurrent(mode: str, input_size: int, hidden_size: int, num_layers: int = 1,

@@ -5,19 +5,14 @@ projection (one ``(T*B, F) x (F, G)`` GEMM), the activation derivatives, and the
 weight gradients (one GEMM over the stacked ``(T*B, G)`` gate gradients). Only the
 per-step loops of ``fast_kernels`` remain sequential.
 
-Threads: the loops' ops are tiny, so they run with one intra-op thread (an OpenMP
-fork/join per 10k-element op costs more than it saves, and stalls badly when another
-process holds the other core); the big GEMMs outside the loops keep the caller's
-threads. Optionally (SPLIT_BATCH) the two batch halves' loops run on two threads.
+The loops are TorchScript (``fast_kernels``): they run without the GIL and without
+Python's per-op overhead. They keep the caller's intra-op threads: the per-step GEMM
+gains from two (measured on the 2-core dev VM: a 28-step (100, 100) loop 0.74 vs 0.99
+ms), while elementwise ops on fewer than 32k elements stay on one thread anyway.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -28,64 +23,9 @@ from . import fast_kernels as K
 # torch order (i, f, g, o) <-> internal (o, i, f, g), as block indices.
 _LSTM_ORDER = (3, 0, 1, 2)
 _LSTM_INVERSE = (1, 2, 3, 0)
-# Splitting the batch over two Python threads is OFF by default: measured on the
-# 2-core dev VM it made LSTM 2x100 slower (min 37.0 vs 29.6 ms per step, torch 24.7),
-# and even 28 bare (50, 100) x (100, 400) GEMMs per thread gained nothing (2.88 vs
-# 2.52 ms): every op hands the GIL over, and each hand-off is a futex wake-up that
-# costs about as much as the op. Kept as an opt-in for machines where that differs.
-SPLIT_BATCH = False
-MIN_SPLIT_BATCH = 16  # below this a half-batch loop cannot pay for the hand-off
-
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = -1
-_pool_lock = threading.Lock()
-
-
-def _helper() -> ThreadPoolExecutor:
-    """The one helper thread (re-created after a fork, where threads do not survive)."""
-    global _pool, _pool_pid
-    with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid():
-            _pool = ThreadPoolExecutor(1, thread_name_prefix="rnnlab-fast")
-            _pool_pid = os.getpid()
-        return _pool
-
-
-@contextlib.contextmanager
-def _one_thread(n: int) -> Iterator[None]:
-    """One intra-op thread on the calling thread (a per-thread setting), restored."""
-    if n > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if n > 1:
-            torch.set_num_threads(n)
-
-
-def _helper_call(fn: Callable[[slice], None], rows: slice) -> None:
-    # Set on every call: the setting may reach beyond this thread (MKL keeps a
-    # process-wide count, which the caller restores after each loop).
-    torch.set_num_threads(1)
-    with torch.no_grad():  # grad mode is per thread; the helper's default is on
-        fn(rows)
-
-
-def run_rows(fn: Callable[[slice], None], batch: int, device: torch.device) -> None:
-    """Run ``fn(rows)`` over the batch: on two threads (two halves) when allowed."""
-    n = torch.get_num_threads() if device.type == "cpu" else 1
-    split = (SPLIT_BATCH and n >= 2 and batch >= MIN_SPLIT_BATCH
-             and not threading.current_thread().name.startswith("rnnlab-fast"))
-    with _one_thread(n):
-        if not split:
-            fn(slice(None))
-            return
-        half = batch // 2
-        fut = _helper().submit(_helper_call, fn, slice(0, half))
-        try:
-            fn(slice(half, batch))
-        finally:
-            fut.result()
+# Fused derivative ops with out= variants: grad * s * (1 - s) and grad * (1 - t^2).
+_sigmoid_bwd = torch.ops.aten.sigmoid_backward.grad_input
+_tanh_bwd = torch.ops.aten.tanh_backward.grad_input
 
 
 def _blocks(t: Tensor, order: tuple[int, ...]) -> Tensor:
@@ -150,20 +90,17 @@ class RecurrentLayerFn(torch.autograd.Function):
         if mode == "lstm":
             c_init = x.new_zeros(B, H) if c0 is None else c0
             out, cs, tcs = (x.new_empty(T, B, H) for _ in range(3))
-            run_rows(lambda r: K.lstm_forward(xp[:, r], h_init[r], c_init[r], w2_t, out[:, r],
-                                              cs[:, r], tcs[:, r], reverse), B, x.device)
+            K.loop("lstm_forward")(xp, h_init, c_init, w2_t, out, cs, tcs, reverse)
             c_n = cs[last].clone()
             saved = (xp, cs, tcs, c_init)
         elif mode == "gru":
             b2_hn = torch.cat([b_hh.new_zeros(2 * H), 2 * b_hh[2 * H :]])
             hp, out = x.new_empty(T, B, 3 * H), x.new_empty(T, B, H)
-            run_rows(lambda r: K.gru_forward(xp[:, r], h_init[r], w2_t, b2_hn, hp[:, r],
-                                             out[:, r], reverse), B, x.device)
+            K.loop("gru_forward")(xp, h_init, w2_t, b2_hn, hp, out, reverse)
             saved = (xp, hp)
         else:
             relu = mode == "rnn_relu"
-            run_rows(lambda r: K.rnn_forward(xp[:, r], h_init[r], w2_t, relu, reverse),
-                     B, x.device)
+            K.loop("rnn_forward")(xp, h_init, w2_t, relu, reverse)
             out = xp
         ctx.mode, ctx.reverse, ctx.h0_is_none = mode, reverse, h0 is None
         ctx.save_for_backward(x, h_init, w_ih, w_hh, out, *saved)
@@ -176,21 +113,22 @@ class RecurrentLayerFn(torch.autograd.Function):
         mode, reverse = ctx.mode, ctx.reverse
         T, B, F = x.shape
         H = w_hh.shape[1]
-        # (T, B, H) contiguous copy of the output gradients: the loops add the
-        # recurrent path into it in place (gout itself is autograd's, not ours).
-        dhs = torch.empty(T, B, H, dtype=gout.dtype, device=gout.device).copy_(gout)
-        dhs[0 if reverse else T - 1].add_(gh)
-        dh0, dc0 = torch.empty_like(gh), None
+        # gout (T, B, H), often a transposed view, is autograd's: the loops copy it into
+        # buffers of their own and add the recurrent path there.
+        dh0 = x.new_empty(B, H)
+        dc0 = None
         if mode == "lstm":
-            g_in, dc0 = _lstm_backward(dhs, gc, out, saved, w_hh, dh0, reverse)
+            g_in, dc0 = _lstm_backward(gout, gh, gc, out, saved, w_hh, dh0, reverse)
             g_hid = g_in
         elif mode == "gru":
-            g_in, g_hid = _gru_backward(dhs, out, h0, saved, w_hh, dh0, reverse)
+            g_in, g_hid = _gru_backward(gout, gh, out, h0, saved, w_hh, dh0, reverse)
         else:
-            relu = mode == "rnn_relu"
-            run_rows(lambda r: K.rnn_backward(dhs[:, r], out[:, r], relu, w_hh, dh0[r], reverse),
-                     B, x.device)
-            g_in = g_hid = dhs
+            g_in = g_hid = x.new_empty(T, B, H)
+            if mode == "rnn_relu":  # h >= 0, so sign(h) = (h > 0), 10x cheaper than gt().to()
+                dact = torch.sign(out)
+            else:  # 1 - h^2
+                dact = torch.addcmul(out.new_ones(()), out, out, value=-1.0)
+            K.loop("rnn_backward")(gout, gh, dact, w_hh, g_in, dh0, reverse)
         need = ctx.needs_input_grad
         G = g_in.shape[2]
         g_in2 = g_in.reshape(T * B, G)
@@ -208,7 +146,7 @@ class RecurrentLayerFn(torch.autograd.Function):
                 dw_ih, dw_hh, db_ih, db_hh)
 
 
-def _lstm_backward(dhs: Tensor, dc: Tensor, hs: Tensor, saved: list[Tensor],
+def _lstm_backward(gout: Tensor, gh: Tensor, dc: Tensor, hs: Tensor, saved: list[Tensor],
                    w_hh: Tensor, dh0: Tensor, reverse: bool) -> tuple[Tensor, Tensor]:
     """Returns the gate gradients (T, B, 4H) in (o, i, f, g) order and dc0; writes dh0."""
     acts, cs, tcs, c0 = saved
@@ -216,36 +154,35 @@ def _lstm_backward(dhs: Tensor, dc: Tensor, hs: Tensor, saved: list[Tensor],
     o_, i_, f_, g_ = acts[..., :H], acts[..., H : 2 * H], acts[..., 2 * H : 3 * H], acts[..., 3 * H :]
     # d pre-activation = (dh or dc) * k, for all steps at once, one fused op each.
     k = torch.empty_like(acts)
-    K.sigmoid_bwd(tcs, o_, grad_input=k[..., :H])
-    K.sigmoid_bwd(g_, i_, grad_input=k[..., H : 2 * H])
+    _sigmoid_bwd(tcs, o_, grad_input=k[..., :H])
+    _sigmoid_bwd(g_, i_, grad_input=k[..., H : 2 * H])
     kf = k[..., 2 * H : 3 * H]
     first, rest = (-1, slice(None, -1)) if reverse else (0, slice(1, None))
-    K.sigmoid_bwd(cs[1:] if reverse else cs[:-1], f_[rest], grad_input=kf[rest])
-    K.sigmoid_bwd(c0, f_[first], grad_input=kf[first])  # c_{-1} = c0
-    K.tanh_bwd(i_, g_, grad_input=k[..., 3 * H :])
-    dc_dh = K.tanh_bwd(o_, tcs, grad_input=torch.empty_like(tcs))  # (T, B, H)
-    g = torch.empty_like(acts)
+    _sigmoid_bwd(cs[1:] if reverse else cs[:-1], f_[rest], grad_input=kf[rest])
+    _sigmoid_bwd(c0, f_[first], grad_input=kf[first])  # c_{-1} = c0
+    _tanh_bwd(i_, g_, grad_input=k[..., 3 * H :])
+    dc_dh = _tanh_bwd(o_, tcs, grad_input=torch.empty_like(tcs))  # (T, B, H)
+    g, dhs = torch.empty_like(acts), torch.empty_like(tcs)
     dc0 = torch.empty_like(dh0)
-    run_rows(lambda r: K.lstm_backward(dhs[:, r], dc[r], k[:, r], dc_dh[:, r], f_[:, r], w_hh,
-                                       g[:, r], dh0[r], dc0[r], reverse), dh0.shape[0], dh0.device)
+    K.loop("lstm_backward")(gout, gh, dc, k, dc_dh, f_, w_hh, dhs, g, dh0, dc0, reverse)
     return g, dc0
 
 
-def _gru_backward(dhs: Tensor, hs: Tensor, h0: Tensor, saved: list[Tensor],
+def _gru_backward(gout: Tensor, gh: Tensor, hs: Tensor, h0: Tensor, saved: list[Tensor],
                   w_hh: Tensor, dh0: Tensor, reverse: bool) -> tuple[Tensor, Tensor]:
     """Input-side and hidden-side gate gradients, each (T, B, 3H); they differ only in
     the n block (the hidden one is multiplied by r). Writes dh0."""
     acts, hp = saved
     H = hs.shape[2]
     r_, z_, n_ = acts[..., :H], acts[..., H : 2 * H], acts[..., 2 * H :]
-    kn = K.tanh_bwd(1 - z_, n_, grad_input=torch.empty_like(n_))  # d a_n / d h_t, (T, B, H)
+    kn = _tanh_bwd(1 - z_, n_, grad_input=torch.empty_like(n_))  # d a_n / d h_t, (T, B, H)
     k = torch.empty_like(acts)
-    K.sigmoid_bwd(kn * hp[..., 2 * H :], r_, grad_input=k[..., :H]).mul_(0.5)  # hp_n doubled
-    K.sigmoid_bwd(_shifted(hs, h0, reverse) - n_, z_, grad_input=k[..., H : 2 * H])
+    _sigmoid_bwd(kn * hp[..., 2 * H :], r_, grad_input=k[..., :H]).mul_(0.5)  # hp_n doubled
+    _sigmoid_bwd(_shifted(hs, h0, reverse) - n_, z_, grad_input=k[..., H : 2 * H])
     torch.mul(kn, r_, out=k[..., 2 * H :])
-    g_hid = torch.empty_like(acts)
-    run_rows(lambda r: K.gru_backward(dhs[:, r], k[:, r], z_[:, r], w_hh, g_hid[:, r], dh0[r],
-                                      reverse), dh0.shape[0], dh0.device)
-    g_in = g_hid.clone()
+    g_hid, dhs = torch.empty_like(acts), torch.empty_like(n_)
+    K.loop("gru_backward")(gout, gh, k, z_, w_hh, dhs, g_hid, dh0, reverse)
+    g_in = torch.empty_like(acts)
+    g_in[..., : 2 * H].copy_(g_hid[..., : 2 * H])
     torch.mul(dhs, kn, out=g_in[..., 2 * H :])
     return g_in, g_hid
