@@ -174,10 +174,10 @@ def time_inference(model: nn.Module, seqs: torch.Tensor, batch: int = 1000) -> t
             model(seqs[i:i + batch].float() / 255)
         rate = len(seqs) / (time.perf_counter() - start)
         one = seqs[:1].float() / 255  # (1, T, F)
-        for _ in range(5):
+        for _ in range(20):
             model(one)
         latencies = []
-        for _ in range(30):
+        for _ in range(300):  # single calls take ~1 ms: many, for a stable median
             start = time.perf_counter()
             model(one)
             latencies.append(time.perf_counter() - start)
@@ -224,7 +224,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+    # The CPU capability oneDNN dispatches to (e.g. AVX2, AVX512_BF16) decides what is fast.
+    isa = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "?"
+    return (f"{cpu} ({isa}), {torch.get_num_threads()} threads, torch {torch.__version__}, "
             f"Python {platform.python_version()}, {platform.system()}")
 
 
