@@ -102,6 +102,20 @@ def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=(amp == "fp16"))
 
 
+def require_single_process() -> None:
+    """Refuse a multi-process launch rather than train N unsynchronised copies of one run.
+
+    Under ``torchrun --nproc_per_node=N`` each process would otherwise train the whole
+    model on its own and only rank 0 would write: N times the cost, no speed-up.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        raise ConfigError(
+            f"rnnlab was launched as {world} processes (WORLD_SIZE={world}, e.g. by torchrun), "
+            "but multi-process data-parallel training is not supported yet; run one process "
+            "(`rnnlab train ...`), or use `rnnlab compare --jobs N` to train several runs at once")
+
+
 def rank() -> int:
     """This process's rank under torchrun (0 when not distributed)."""
     return int(os.environ.get("RANK", "0"))

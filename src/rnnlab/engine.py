@@ -135,6 +135,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir: Path, *, progress: bool = True) -> None:
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        dist.require_single_process()
         dist.configure_threads(cfg.train.threads)
         dist.tune_allocator()
         self.device = dist.select_device(cfg.train.device)
