@@ -9,6 +9,17 @@ from rnnlab.config import RunConfig, apply_overrides, load_toml
 from rnnlab.presets import get_preset
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, except where there is none to show (None, False) or the
+    help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False) or "default:" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 class IntermixedParser(argparse.ArgumentParser):
     """Positionals may come before and after options: ``train --preset X model.hidden=64 --out DIR train.lr=1e-3``.
 

@@ -6,11 +6,12 @@ import argparse
 import json
 
 import torch
+from rnnlab.cli.common import DefaultsHelpFormatter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("eval", help="evaluate a run on the test set",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=DefaultsHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--data-dir", metavar="DIR", help="folder with the IDX files (default: the run's)")

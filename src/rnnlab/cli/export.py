@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from rnnlab.cli.common import DefaultsHelpFormatter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -12,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Export a run's model. Input `sequences` float32 (N, T, F) in [0, 1] as the run's view "
                     "reads an image; output `logits` (N, classes). The export is checked against PyTorch on "
                     "real test images before it is written.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="file format")
     parser.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/model.onnx or "

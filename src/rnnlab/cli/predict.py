@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from typing import Any
+from rnnlab.cli.common import DefaultsHelpFormatter
 
 SHADES = " .:-=+*#%@"  # dark to light, for a row of pixels in text
 BLOCKS = "▁▂▃▄▅▆▇█"  # probabilities as a sparkline
@@ -19,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Classify image files. Each image is brought to MNIST's form first: grey, light ink on "
                     "dark (inverted if the background is light), cropped to the ink, scaled to fit 20x20 and "
                     "centred by centre of mass in 28x28. 28x28 light-on-dark images are used as they are.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("--top", type=int, default=3, metavar="K", help="show the K most likely classes")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from rnnlab.cli.common import DefaultsHelpFormatter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -10,7 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve", help="serve a drawing page and a JSON prediction API for a run",
         description="Start a web server: open http://HOST:PORT/ to draw a digit and watch the prediction "
                     "evolve row by row; POST /predict for the JSON API; API docs at /docs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")

@@ -10,7 +10,7 @@ from typing import Any
 
 import tomli_w
 
-from rnnlab.cli.common import add_config_arguments, config_from_args
+from rnnlab.cli.common import DefaultsHelpFormatter, add_config_arguments, config_from_args
 from rnnlab.config import to_dict
 
 
@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train", help="train a model and write a run folder",
         description="Train a recurrent classifier. Without arguments: an LSTM on row MNIST (28 steps of 28 pixels).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_config_arguments(parser)
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<preset-or-model>-<timestamp>)")
