@@ -121,16 +121,6 @@ def test_asking_for_a_missing_gpu_is_a_clear_error() -> None:
             select_device("cuda")
 
 
-def test_a_multi_process_launch_is_refused_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under torchrun each process would train its own copy: refuse before any work."""
-    from rnnlab.errors import ConfigError
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="multi-process data-parallel training is not supported"):
-        rnnlab.train(tiny(), out=tmp_path / "run")
-    assert not (tmp_path / "run").exists()
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_run_matches_the_cpu_loop_closely(tmp_path: Path) -> None:
     gpu = rnnlab.train(tiny("train.device=cuda"), tmp_path / "gpu", progress=False)

@@ -1,8 +1,8 @@
 """Device, precision and process setup, in one place.
 
 Everything that depends on the hardware lives here: picking a device, thread counts, seeding,
-autocast, and the rank of this process (so that only one process writes files when a run is
-launched with ``torchrun``).
+autocast, and data-parallel training under ``torchrun`` (the process group, the DDP wrapper,
+and the rank, so that only one process writes files).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from rnnlab.errors import ConfigError
 def select_device(requested: str = "auto") -> torch.device:
     """``auto`` picks cuda, then mps, then cpu; an explicit device must be available."""
     kind = requested.split(":")[0]
+    if requested in ("auto", "cuda") and torch.cuda.is_available() and world_size() > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -102,23 +104,61 @@ def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=(amp == "fp16"))
 
 
-def require_single_process() -> None:
-    """Refuse a multi-process launch rather than train N unsynchronised copies of one run.
+def world_size() -> int:
+    """Processes training this run together (``WORLD_SIZE`` set by torchrun; 1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
-    Under ``torchrun --nproc_per_node=N`` each process would otherwise train the whole
-    model on its own and only rank 0 would write: N times the cost, no speed-up.
+
+def init_process_group(requested_device: str = "auto") -> None:
+    """Join the torchrun process group once (a no-op for a single process).
+
+    CUDA runs use NCCL with one GPU per process (``LOCAL_RANK``); CPU runs use Gloo.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        raise ConfigError(
-            f"rnnlab was launched as {world} processes (WORLD_SIZE={world}, e.g. by torchrun), "
-            "but multi-process data-parallel training is not supported yet; run one process "
-            "(`rnnlab train ...`), or use `rnnlab compare --jobs N` to train several runs at once")
+    if world_size() == 1 or torch.distributed.is_initialized():
+        return
+    if not torch.distributed.is_available():
+        raise ConfigError("this PyTorch build has no torch.distributed; run a single process")
+    cuda = requested_device.split(":")[0] in ("auto", "cuda") and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+
+
+def broadcast_object(value: object) -> object:
+    """Rank 0's ``value`` on every rank (e.g. a run folder name made from the clock)."""
+    if not torch.distributed.is_initialized():
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum over all processes (the tensor itself when there is one)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(values)
+    return values
+
+
+def shutdown() -> None:
+    """Leave the process group (end of a torchrun run)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def rank() -> int:
     """This process's rank under torchrun (0 when not distributed)."""
     return int(os.environ.get("RANK", "0"))
+
+
+def wrap_for_training(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The module the training loop calls: DistributedDataParallel (which averages gradients
+    over processes in backward) under torchrun, the model itself otherwise."""
+    if not torch.distributed.is_initialized():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
 def is_main_process() -> bool:

@@ -135,13 +135,15 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir: Path, *, progress: bool = True) -> None:
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
-        dist.require_single_process()
+        dist.init_process_group(cfg.train.device)  # a no-op unless launched by torchrun
+        self.rank, self.world = dist.rank(), dist.world_size()
         dist.configure_threads(cfg.train.threads)
         dist.tune_allocator()
         self.device = dist.select_device(cfg.train.device)
         dist.seed_everything(cfg.seed)
         self.data = load_datasets(cfg)
         self.model = build_model(cfg, self.data).to(self.device)
+        self.train_model = dist.wrap_for_training(self.model, self.device)  # DDP under torchrun
         self.optimizer = make_optimizer(cfg, self.model)
         self.scaler = dist.grad_scaler(self.device, cfg.train.amp)
         self.total = total_iterations(cfg, self.data.train)
@@ -172,8 +174,9 @@ class Trainer:
         self.iteration, self.train_seconds = meta["iteration"], meta["train_seconds"]
         self.running = meta["running"]
         # Metrics logged after the checkpoint will be logged again: drop them.
-        rows = [r for r in ckpt.read_jsonl(self.run_dir / METRICS) if r["iteration"] <= self.iteration]
-        ckpt.write_jsonl(self.run_dir / METRICS, rows)
+        if dist.is_main_process():
+            rows = [r for r in ckpt.read_jsonl(self.run_dir / METRICS) if r["iteration"] <= self.iteration]
+            ckpt.write_jsonl(self.run_dir / METRICS, rows)
 
     # ------------------------------------------------------------------ the loop
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
@@ -193,7 +196,8 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         self.model.train()
         train = self.data.train
-        bar = tqdm(total=self.total, initial=self.iteration, disable=not self.progress, unit="it",
+        bar = tqdm(total=self.total, initial=self.iteration, unit="it",
+                   disable=not (self.progress and dist.is_main_process()),
                    desc=cfg.label, dynamic_ncols=True, leave=True,
                    mininterval=0.2 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
         seconds_at_start, iteration_started = self.train_seconds, self.iteration
@@ -206,17 +210,21 @@ class Trainer:
                 if epoch != order_epoch:
                     order, order_epoch = train.epoch_order(epoch, cfg.seed), epoch
                 batch_idx = order[index * t.batch_size:(index + 1) * t.batch_size]
-                x, y = train.batch(batch_idx)  # (B, T, F) float in [0, 1], (B,)
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 lr = learning_rate(cfg, self.iteration, self.total)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                with dist.autocast(self.device, t.amp):
-                    logits = self.model(x)  # (B, C)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
-                if not torch.isfinite(loss):
+                if self.world > 1:
+                    loss, batch_loss, batch_correct = self._sharded_step(batch_idx)
+                else:
+                    x, y = train.batch(batch_idx)  # (B, T, F) float in [0, 1], (B,)
+                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                    with dist.autocast(self.device, t.amp):
+                        logits = self.model(x)  # (B, C)
+                        loss = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
+                    batch_loss, batch_correct = loss, (logits.argmax(1) == y).sum()
+                if not torch.isfinite(batch_loss):
                     status = "diverged"
-                    self.diverged_at = (self.iteration, float(loss.item()), lr)
+                    self.diverged_at = (self.iteration, float(batch_loss.item()), lr)
                     break
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
@@ -226,9 +234,9 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.iteration += 1
-                self.running["loss"] += loss.item() * len(y)
-                self.running["correct"] += int((logits.argmax(1) == y).sum())
-                self.running["count"] += len(y)
+                self.running["loss"] += batch_loss.item() * len(batch_idx)
+                self.running["correct"] += int(batch_correct)
+                self.running["count"] += len(batch_idx)
                 self.train_seconds += time.perf_counter() - step_started
                 bar.update(1)
                 if self.iteration % t.eval_every == 0 or self.iteration == self.total:
@@ -244,6 +252,31 @@ class Trainer:
         finally:
             bar.close()
         return status
+
+    def _sharded_step(self, batch_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward this process's share of a global batch (data parallel under torchrun).
+
+        Every process draws the same global batch and takes its slice; DDP averages the
+        gradients over processes, so the loss is scaled to make their sum the gradient of the
+        mean loss over the global batch, as one process training the whole batch would get.
+        Returns (loss to backpropagate, mean loss over the global batch, correct count).
+        """
+        t = self.cfg.train
+        shard = batch_idx.tensor_split(self.world)[self.rank]
+        weight = self.world / len(batch_idx)
+        if len(shard) == 0:  # a last partial batch smaller than the process count
+            shard, weight = batch_idx[:1], 0.0  # still take part in DDP's gradient all-reduce
+        x, y = self.data.train.batch(shard)  # (b, T, F), (b,)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with dist.autocast(self.device, t.amp):
+            logits = self.train_model(x)  # (b, C)
+            losses = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing, reduction="none")
+        loss = losses.sum() * weight
+        counted = float(weight > 0)
+        totals = torch.stack([losses.detach().sum() * counted,
+                              (logits.argmax(1) == y).sum().to(losses.dtype) * counted])  # (2,)
+        totals = dist.all_reduce_sum(totals).cpu()  # sums over processes: the same on every one
+        return loss, totals[0] / len(batch_idx), totals[1]
 
     def _log_evaluation(self, samples_per_second: float, lr: float) -> dict[str, Any]:
         """Evaluate on the validation split (or on test, under the tutorial protocol) and log it."""

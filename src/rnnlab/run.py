@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from rnnlab import checkpoint as ckpt
+from rnnlab import distributed as dist
 from rnnlab.config import RunConfig, from_dict, load_toml
 from rnnlab.data import images_to_sequences
 from rnnlab.data.sources import DATASETS
@@ -42,7 +43,8 @@ class Run:
 def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = True,
           stop_after: int | None = None) -> Run:
     """Train a model as ``config`` says, writing a run folder (default ``runs/<label>-<time>``)."""
-    run_dir = Path(out) if out is not None else default_run_dir(config)
+    dist.init_process_group(config.train.device)  # under torchrun: all processes share one folder
+    run_dir = Path(out) if out is not None else dist.broadcast_object(default_run_dir(config))
     if (run_dir / ckpt.CHECKPOINT_JSON).exists():
         raise CheckpointError(f"{run_dir} already holds a run; resume it with `rnnlab train --resume {run_dir}` "
                               "or choose another --out")

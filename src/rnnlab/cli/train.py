@@ -52,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
                   f"{result.summary.get('test_accuracy', float('nan')):.2f}%)")
             return 0
         result = rnnlab.train(config, args.out, progress=progress)
+    from rnnlab import distributed as dist
+
+    dist.shutdown()  # the end of a torchrun run; nothing to do for a single process
+    if not dist.is_main_process():
+        return 1 if result.status == "diverged" else 0
     print_summary(result.summary, str(result.dir))
     if result.status == "diverged":
         print(f"rnnlab: run diverged: {result.summary['message']}", file=sys.stderr)

@@ -1,0 +1,78 @@
+"""Data-parallel training under torchrun (2 CPU processes, Gloo) equals one process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import rnnlab
+from rnnlab.config import RunConfig, apply_overrides
+from rnnlab.data.idx import write_idx
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+
+
+def tiny_dataset(root: Path) -> Path:
+    """101 training images: batches of 50, 50 and 1, so one process gets an empty share."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 101), ("t10k", 20)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 28, 28), dtype=np.uint8)
+        images[np.arange(n), labels * 2 + 4, 4:24] = 255  # a class-dependent stroke to learn
+        write_idx(root / f"{split}-images-idx3-ubyte", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte", labels)
+    return root
+
+
+def overrides_for(data: Path) -> list[str]:
+    return [f"data.data_dir={data}", "data.dataset=fashion-mnist", "data.val_size=0",
+            "model.cell=gru", "model.hidden=8", "train.batch_size=50", "train.epochs=2",
+            "train.eval_every=3", "train.threads=1", "train.optimizer=adam", "train.lr=1e-2"]
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+              "-m", "rnnlab", "train", *args, "--no-progress"]
+    done = subprocess.run(launch, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+
+
+def test_two_processes_train_like_one(tmp_path: Path) -> None:
+    overrides = overrides_for(tiny_dataset(tmp_path / "data"))
+    single = rnnlab.train(apply_overrides(RunConfig(), overrides), tmp_path / "single", progress=False)
+    done = torchrun(*overrides, "--out", str(tmp_path / "ddp"))
+    assert done.stdout.count("test accuracy") == 1  # only rank 0 prints and writes
+
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["iterations"] == single.summary["iterations"] == 6
+    rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [3, 6]
+    one, two = weights(tmp_path / "single"), weights(tmp_path / "ddp")
+    for key in one:  # same global batches, gradients averaged: the same weights
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert summary["test_accuracy"] == pytest.approx(single.summary["test_accuracy"])
+
+
+def test_two_processes_resume_a_run_of_one(tmp_path: Path) -> None:
+    """A checkpoint is the same whoever wrote it: 2 processes finish a run 1 process began."""
+    config = apply_overrides(RunConfig(), overrides_for(tiny_dataset(tmp_path / "data")))
+    whole = rnnlab.train(config, tmp_path / "whole", progress=False)
+    part = rnnlab.train(config, tmp_path / "part", progress=False, stop_after=4)
+    assert part.status == "stopped"
+    torchrun("--resume", str(tmp_path / "part"))
+    summary = json.loads((tmp_path / "part" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["iterations"] == whole.summary["iterations"]
+    one, two = weights(tmp_path / "whole"), weights(tmp_path / "part")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
