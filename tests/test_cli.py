@@ -107,3 +107,13 @@ def test_overrides_may_come_before_and_after_options() -> None:
     config = config_from_args(args)
     assert (config.model.hidden, config.train.lr, config.seed, args.out) == (32, 0.5, 3, "x")
     assert config.model.cell == "rnn"  # still the preset underneath
+
+
+def test_rnnlab_warnings_are_one_line_for_users() -> None:
+    from rnnlab.cli import _one_line_warning
+    from rnnlab.models import recurrent
+
+    text = _one_line_warning(RuntimeWarning("running it in fp32"), RuntimeWarning, recurrent.__file__, 94)
+    assert text == "rnnlab: warning: running it in fp32\n"
+    other = _one_line_warning(UserWarning("elsewhere"), UserWarning, "/tmp/somewhere.py", 3)
+    assert "somewhere.py:3" in other and "UserWarning" in other

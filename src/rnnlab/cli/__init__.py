@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+from pathlib import Path
 
 from rnnlab.cli.common import IntermixedParser
 from rnnlab.errors import RnnlabError
@@ -32,7 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    """rnnlab's own warnings are for users: one line, no source excerpt. Others keep their
+    location, which is what a developer needs."""
+    if str(Path(filename).resolve()).startswith(_PACKAGE_DIR):
+        return f"rnnlab: warning: {message}\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
+
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])  # .../rnnlab
+_default_formatwarning = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
