@@ -56,6 +56,7 @@ def test_two_processes_train_like_one(tmp_path: Path) -> None:
 
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["iterations"] == single.summary["iterations"] == 6
+    assert (summary["processes"], single.summary["processes"]) == (2, 1)
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [3, 6]
     one, two = weights(tmp_path / "single"), weights(tmp_path / "ddp")

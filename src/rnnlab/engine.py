@@ -319,6 +319,7 @@ class Trainer:
             "train_seconds": round(self.train_seconds, 3),
             "samples_per_second": round(self.iteration * cfg.train.batch_size / max(self.train_seconds, 1e-9), 1),
             "device": str(self.device),
+            "processes": self.world,  # > 1 under torchrun: samples/s is over all of them
             "torch_version": torch.__version__,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
