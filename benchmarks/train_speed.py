@@ -6,8 +6,9 @@
 
 For each model, in one run and interleaved repeat by repeat (these machines are noisy, so
 only ratios measured side by side mean anything):
-1. tutorial: a DataLoader over a Dataset that turns one uint8 image at a time into a float
-   tensor (what ``transforms.ToTensor()`` does), ``torch.nn`` layers, the tutorial's loop;
+1. tutorial: a DataLoader over a Dataset that serves one image at a time as torchvision's
+   MNIST does (a PIL image, then ``transforms.ToTensor()``), ``torch.nn`` layers, the
+   tutorial's loop;
 2. plain: the whole data set in memory, batches by index, ``torch.nn`` layers, same optimizer;
 3. rnnlab: rnnlab's own training loop (``Trainer.train_until``) with its default layers and settings;
 4. ceiling: the model's training FLOPs per sample (3x forward, counted analytically)
@@ -28,8 +29,10 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -73,16 +76,22 @@ def config_for(case: Case) -> rnnlab.RunConfig:
 
 
 class ToTensorDataset(Dataset):
-    """The tutorials' data path: one uint8 image at a time becomes a float tensor in [0, 1]."""
+    """The tutorials' data path, as ``torchvision.datasets.MNIST(transform=ToTensor())`` runs it
+    (without needing torchvision): per image, a PIL image from the uint8 array, then
+    ToTensor's conversion to a float tensor (1, 28, 28) in [0, 1]; the label as a Python int."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images.numpy(), labels
+        self.images, self.labels = images, labels
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(self.images[i]).float().div(255).unsqueeze(0), self.labels[i]  # (1, 28, 28)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        picture = Image.fromarray(self.images[i].numpy())  # MNIST.__getitem__: a mode "L" image
+        array = np.array(picture, np.uint8, copy=True)  # ToTensor.__call__ from here on
+        tensor = torch.from_numpy(array).view(picture.size[1], picture.size[0], 1)  # (H, W, C)
+        tensor = tensor.permute(2, 0, 1).contiguous()  # (C, H, W)
+        return tensor.to(torch.get_default_dtype()).div(255), int(self.labels[i])
 
 
 class TutorialModel(nn.Module):
