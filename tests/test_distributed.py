@@ -77,3 +77,15 @@ def test_two_processes_resume_a_run_of_one(tmp_path: Path) -> None:
     one, two = weights(tmp_path / "whole"), weights(tmp_path / "part")
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_world_size_without_torchrun_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rnnlab.errors import ConfigError
+
+    for name in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match="launch with `torchrun"):
+        rnnlab.train(apply_overrides(RunConfig(), ["model.hidden=8"]), tmp_path / "run", progress=False)
+    assert not torch.distributed.is_initialized()

@@ -121,7 +121,14 @@ def init_process_group(requested_device: str = "auto") -> None:
     cuda = requested_device.split(":")[0] in ("auto", "cuda") and torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+    try:
+        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+    except (ValueError, RuntimeError) as error:  # e.g. WORLD_SIZE set by hand, no MASTER_ADDR
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"WORLD_SIZE={world_size()} asks for {world_size()} processes, but joining "
+                          f"their process group failed ({first_line}); launch with "
+                          "`torchrun --nproc_per_node=N -m rnnlab train ...`, or unset WORLD_SIZE "
+                          "to train in one process") from error
 
 
 def broadcast_object(value: object) -> object:
