@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,11 @@ def overrides_for(data: Path) -> list[str]:
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
               "-m", "rnnlab", "train", *args, "--no-progress"]
-    done = subprocess.run(launch, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ)
+    if sys.platform.startswith("linux"):
+        # Gloo picks its network interface from the host name, which a sandbox may not resolve.
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    done = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
