@@ -213,15 +213,7 @@ class Trainer:
                 lr = learning_rate(cfg, self.iteration, self.total)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                if self.world > 1:
-                    loss, batch_loss, batch_correct = self._sharded_step(batch_idx)
-                else:
-                    x, y = train.batch(batch_idx)  # (B, T, F) float in [0, 1], (B,)
-                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                    with dist.autocast(self.device, t.amp):
-                        logits = self.model(x)  # (B, C)
-                        loss = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
-                    batch_loss, batch_correct = loss, (logits.argmax(1) == y).sum()
+                loss, batch_loss, batch_correct = self._forward(batch_idx)
                 if not torch.isfinite(batch_loss):
                     status = "diverged"
                     self.diverged_at = (self.iteration, float(batch_loss.item()), lr)
@@ -253,29 +245,27 @@ class Trainer:
             bar.close()
         return status
 
-    def _sharded_step(self, batch_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Forward this process's share of a global batch (data parallel under torchrun).
+    def _forward(self, batch_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward one global batch, or under torchrun this process's share of it.
 
-        Every process draws the same global batch and takes its slice; DDP averages the
-        gradients over processes, so the loss is scaled to make their sum the gradient of the
-        mean loss over the global batch, as one process training the whole batch would get.
+        Every process draws the same global batch and takes its slice. DDP averages the
+        gradients over processes, so the loss is scaled by the process count: their average
+        is then the gradient of the mean loss over the global batch, as one process gets.
         Returns (loss to backpropagate, mean loss over the global batch, correct count).
         """
         t = self.cfg.train
-        shard = batch_idx.tensor_split(self.world)[self.rank]
-        weight = self.world / len(batch_idx)
-        if len(shard) == 0:  # a last partial batch smaller than the process count
-            shard, weight = batch_idx[:1], 0.0  # still take part in DDP's gradient all-reduce
-        x, y = self.data.train.batch(shard)  # (b, T, F), (b,)
+        shard, counted = batch_idx.tensor_split(self.world)[self.rank], 1.0
+        if len(shard) == 0:  # a last partial batch smaller than the process count:
+            shard, counted = batch_idx[:1], 0.0  # still take part in DDP's gradient all-reduce
+        x, y = self.data.train.batch(shard)  # (b, T, F) float in [0, 1], (b,)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with dist.autocast(self.device, t.amp):
             logits = self.train_model(x)  # (b, C)
-            losses = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing, reduction="none")
-        loss = losses.sum() * weight
-        counted = float(weight > 0)
-        totals = torch.stack([losses.detach().sum() * counted,
-                              (logits.argmax(1) == y).sum().to(losses.dtype) * counted])  # (2,)
-        totals = dist.all_reduce_sum(totals).cpu()  # sums over processes: the same on every one
+            losses = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing,
+                                     reduction="none")  # (b,)
+        loss = losses.sum() / len(batch_idx) * (self.world * counted)
+        totals = torch.stack([losses.detach().sum(), (logits.argmax(1) == y).sum().to(losses.dtype)])
+        totals = dist.all_reduce_sum(totals * counted).cpu()  # (2,), summed over processes
         return loss, totals[0] / len(batch_idx), totals[1]
 
     def _log_evaluation(self, samples_per_second: float, lr: float) -> dict[str, Any]:

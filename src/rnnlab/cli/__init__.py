@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])  # .../rnnlab
+_default_formatwarning = warnings.formatwarning
+
+
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                       line: str | None = None) -> str:
     """rnnlab's own warnings are for users: one line, no source excerpt. Others keep their
@@ -41,10 +45,6 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
     if str(Path(filename).resolve()).startswith(_PACKAGE_DIR):
         return f"rnnlab: warning: {message}\n"
     return _default_formatwarning(message, category, filename, lineno, line)
-
-
-_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])  # .../rnnlab
-_default_formatwarning = warnings.formatwarning
 
 
 def main(argv: list[str] | None = None) -> int:

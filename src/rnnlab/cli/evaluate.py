@@ -6,6 +6,7 @@ import argparse
 import json
 
 import torch
+
 from rnnlab.cli.common import DefaultsHelpFormatter
 
 

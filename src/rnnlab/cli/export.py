@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+
 from rnnlab.cli.common import DefaultsHelpFormatter
 
 

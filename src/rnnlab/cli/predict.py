@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from typing import Any
+
 from rnnlab.cli.common import DefaultsHelpFormatter
 
 SHADES = " .:-=+*#%@"  # dark to light, for a row of pixels in text

@@ -58,24 +58,23 @@ class SequenceClassifier(nn.Module):
     def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
         """Top-layer hidden states ``(B, T, D*H)`` for a raw input ``(B, T, F)``."""
         x = (x - self.input_mean) / self.input_std
-        cpu_autocast = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-        if cpu_autocast and not self.recurrent_in_fp32:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            return self._recurrence_under_cpu_autocast(x)
+        return self.rnn(x)[0]
+
+    def _recurrence_under_cpu_autocast(self, x: torch.Tensor) -> torch.Tensor:
+        # oneDNN has bf16 RNN kernels only on CPUs with the right instructions; elsewhere it
+        # cannot even build the primitive. Then keep training, with the recurrence in fp32.
+        if not self.recurrent_in_fp32:
             try:
-                out, _ = self.rnn(x)
-                return out
+                return self.rnn(x)[0]
             except RuntimeError as error:
-                # oneDNN has bf16 RNN kernels only on CPUs with the right instructions;
-                # elsewhere it cannot even build the primitive. Keep training, in fp32.
                 warnings.warn(f"this CPU cannot run the {self.mode} recurrence under bf16 autocast "
                               f"({str(error).splitlines()[0]}); running it in fp32 instead "
-                              "(train.amp=off avoids this warning)", RuntimeWarning, stacklevel=2)
+                              "(train.amp=off avoids this warning)", RuntimeWarning, stacklevel=3)
                 self.recurrent_in_fp32 = True
-        if cpu_autocast:
-            with torch.autocast("cpu", enabled=False):
-                out, _ = self.rnn(x.float())
-            return out
-        out, _ = self.rnn(x)
-        return out
+        with torch.autocast("cpu", enabled=False):
+            return self.rnn(x.float())[0]
 
     def features(self, out: torch.Tensor) -> torch.Tensor:
         """Readout features from hidden states ``(B, T, D*H)``."""
