@@ -20,9 +20,10 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no
 
 
 def tiny_dataset(root: Path) -> Path:
-    """101 training images: batches of 50, 50 and 1, so one process gets an empty share."""
+    """111 training images, 10 held out for validation: batches of 50, 50 and 1, so one process
+    gets an empty share; 21 test images, so the evaluation shards differ in size (10 and 11)."""
     rng = np.random.default_rng(0)
-    for split, n in (("train", 101), ("t10k", 20)):
+    for split, n in (("train", 111), ("t10k", 21)):
         labels = (np.arange(n) % 10).astype(np.uint8)
         images = rng.integers(0, 60, (n, 28, 28), dtype=np.uint8)
         images[np.arange(n), labels * 2 + 4, 4:24] = 255  # a class-dependent stroke to learn
@@ -32,7 +33,7 @@ def tiny_dataset(root: Path) -> Path:
 
 
 def overrides_for(data: Path) -> list[str]:
-    return [f"data.data_dir={data}", "data.dataset=fashion-mnist", "data.val_size=0",
+    return [f"data.data_dir={data}", "data.dataset=fashion-mnist", "data.val_size=10",
             "model.cell=gru", "model.hidden=8", "train.batch_size=50", "train.epochs=2",
             "train.eval_every=3", "train.threads=1", "train.optimizer=adam", "train.lr=1e-2"]
 
@@ -67,7 +68,14 @@ def test_two_processes_train_like_one(tmp_path: Path) -> None:
     one, two = weights(tmp_path / "single"), weights(tmp_path / "ddp")
     for key in one:  # same global batches, gradients averaged: the same weights
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+    # Each process evaluated half of the test split; combined, the figures are the whole split's.
+    single_rows = [json.loads(line) for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    for row, reference in zip(rows, single_rows, strict=True):
+        assert row["val_accuracy"] == pytest.approx(reference["val_accuracy"])
+        assert row["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-4)
     assert summary["test_accuracy"] == pytest.approx(single.summary["test_accuracy"])
+    assert summary["test_loss"] == pytest.approx(single.summary["test_loss"], rel=1e-4)
+    assert summary["confusion_matrix"] == single.summary["confusion_matrix"]
 
 
 def test_two_processes_resume_a_run_of_one(tmp_path: Path) -> None:

@@ -147,6 +147,29 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def shard(count: int) -> tuple[int, int]:
+    """This process's contiguous share ``[start, stop)`` of ``count`` items, in rank order
+    (all of them in a single process)."""
+    if not torch.distributed.is_initialized():
+        return 0, count
+    world, me = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return count * me // world, count * (me + 1) // world
+
+
+def all_gather_shards(part: torch.Tensor, count: int) -> torch.Tensor:
+    """Every process's 1-D ``part`` (its ``shard(count)`` of the items), concatenated in rank
+    order: the whole ``(count,)`` tensor on every process."""
+    if not torch.distributed.is_initialized():
+        return part
+    world = torch.distributed.get_world_size()
+    sizes = [count * (r + 1) // world - count * r // world for r in range(world)]
+    padded = part.new_zeros(max(sizes))  # all_gather needs equal sizes
+    padded[: len(part)] = part
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(gathered, padded)
+    return torch.cat([g[:size] for g, size in zip(gathered, sizes)])
+
+
 def shutdown() -> None:
     """Leave the process group (end of a torchrun run)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():

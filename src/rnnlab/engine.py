@@ -107,17 +107,26 @@ class Evaluation:
 
 
 def evaluate(model: SequenceClassifier, data: SequenceData, *, batch_size: int = 1000,
-             device: torch.device | str = "cpu", amp: str = "off") -> Evaluation:
-    """Loss and accuracy over a whole split, without autograd."""
+             device: torch.device | str = "cpu", amp: str = "off", sharded: bool = False) -> Evaluation:
+    """Loss and accuracy over a whole split, without autograd.
+
+    ``sharded`` (under torchrun): each process evaluates its own share of the split and the
+    results are combined, so every process gets the whole split's figures at 1/N the cost.
+    """
     device = torch.device(device)
-    total_loss, predictions = 0.0, []
+    start, stop = dist.shard(len(data)) if sharded else (0, len(data))
+    total_loss, predictions = 0.0, [torch.zeros(0, dtype=torch.long, device=device)]
     with dist.inference(model), dist.autocast(device, amp):
-        for x, y in data.iterate_once(batch_size):
+        for x, y in data.iterate_once(batch_size, start, stop):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = model(x).float()  # (B, C)
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-            predictions.append(logits.argmax(dim=1).cpu())
-    predictions_all = torch.cat(predictions)
+            predictions.append(logits.argmax(dim=1))
+    predictions_all = torch.cat(predictions)  # (stop - start,)
+    if sharded:  # collectives on the training device (NCCL needs CUDA tensors)
+        total_loss = dist.all_reduce_sum(torch.tensor(total_loss, dtype=torch.float64, device=device)).item()
+        predictions_all = dist.all_gather_shards(predictions_all, len(data))
+    predictions_all = predictions_all.cpu()  # (N,)
     correct = (predictions_all == data.y).sum().item()
     return Evaluation(total_loss / len(data), 100.0 * correct / len(data), predictions_all)
 
@@ -290,7 +299,7 @@ class Trainer:
             split, name = self.data.test, "test"
         if split is not None:
             result = evaluate(self.model, split, batch_size=self.cfg.train.eval_batch_size,
-                              device=self.device, amp=self.cfg.train.amp)
+                              device=self.device, amp=self.cfg.train.amp, sharded=True)
             row[f"{name}_loss"], row[f"{name}_accuracy"] = result.loss, result.accuracy
         if dist.is_main_process():
             ckpt.append_jsonl(self.run_dir / METRICS, row)
@@ -333,10 +342,12 @@ class Trainer:
             )
         else:
             t = cfg.train
-            test = evaluate(self.model, self.data.test, batch_size=t.eval_batch_size, device=self.device, amp=t.amp)
+            test = evaluate(self.model, self.data.test, batch_size=t.eval_batch_size, device=self.device, amp=t.amp,
+                            sharded=True)
             summary["test_accuracy"], summary["test_loss"] = round(test.accuracy, 4), round(test.loss, 6)
             if self.data.val is not None:
-                val = evaluate(self.model, self.data.val, batch_size=t.eval_batch_size, device=self.device, amp=t.amp)
+                val = evaluate(self.model, self.data.val, batch_size=t.eval_batch_size, device=self.device,
+                               amp=t.amp, sharded=True)
                 summary["val_accuracy"], summary["val_loss"] = round(val.accuracy, 4), round(val.loss, 6)
             summary["confusion_matrix"] = confusion_matrix(self.data.test.y, test.predictions, self.data.num_classes)
         if dist.is_main_process():

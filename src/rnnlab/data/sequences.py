@@ -177,13 +177,17 @@ class SequenceData:
             b0 = 0
             epoch += 1
 
-    def iterate_once(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One pass in order, no shuffling (for evaluation): yields ``(x, y)``."""
+    def iterate_once(self, batch_size: int, start: int = 0,
+                     stop: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass in order over rows ``[start, stop)``, no shuffling (for evaluation):
+        yields ``(x, y)``."""
         _check_batch_size(batch_size)
-        for start in range(0, len(self), batch_size):
+        stop = len(self) if stop is None else min(stop, len(self))
+        for first in range(start, stop, batch_size):
+            last = min(first + batch_size, stop)
             # Slices are views; the float conversion is the only copy.
-            x = self.x[start : start + batch_size].to(torch.float32).div_(255.0)  # (B, T, F)
-            yield x, self.y[start : start + batch_size]
+            x = self.x[first:last].to(torch.float32).div_(255.0)  # (B, T, F)
+            yield x, self.y[first:last]
 
     def pixel_stats(self) -> tuple[float, float]:
         """``(mean, std)`` of all values scaled to [0, 1] (population std)."""
