@@ -10,7 +10,7 @@ import torch
 
 import rnnlab
 from rnnlab.config import RunConfig, apply_overrides, load_toml
-from rnnlab.engine import confusion_matrix, learning_rate
+from rnnlab.engine import confusion_matrix, learning_rate, make_optimizer
 from rnnlab.errors import CheckpointError
 
 TINY = ["model.hidden=16", "train.batch_size=50", "train.iterations=40", "train.eval_every=20",
@@ -30,6 +30,27 @@ def test_learning_rate_schedules() -> None:
     step = tiny("train.schedule=step", "train.lr=1.0", "train.step_size=10", "train.gamma=0.5")
     assert [learning_rate(step, i, 100) for i in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
     assert learning_rate(tiny("train.schedule=none", "train.lr=0.3"), 50, 100) == 0.3
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_uses_the_fused_kernel_with_the_same_math(name: str) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    twin = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    twin.load_state_dict(model.state_dict())
+    cfg = tiny(f"train.optimizer={name}", "train.lr=0.01", "train.weight_decay=0.1")
+    fused = make_optimizer(cfg, model)
+    assert fused.defaults["fused"] is True
+    reference = (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(
+        twin.parameters(), lr=0.01, weight_decay=0.1, fused=False)
+    for _ in range(5):
+        x = torch.randn(11, 7)
+        for net, opt in ((model, fused), (twin, reference)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_confusion_matrix_counts() -> None:
