@@ -16,7 +16,7 @@ from rnnlab.cli.common import IntermixedParser
 from rnnlab.errors import RnnlabError
 
 # Modules under rnnlab.cli, each with register(subparsers), in the order `--help` lists them.
-COMMANDS = ("train", "evaluate", "compare", "info", "predict", "export", "serve")
+COMMANDS = ("train", "evaluate", "compare", "info", "gradients", "predict", "export", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

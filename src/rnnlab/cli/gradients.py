@@ -1,0 +1,73 @@
+"""``rnnlab gradients``: how far back through the steps the loss's gradient reaches."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from rnnlab.cli.common import DefaultsHelpFormatter, add_config_arguments, config_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "gradients", help="gradient norm at every step: see gradients vanish or explode",
+        formatter_class=DefaultsHelpFormatter,
+        description="Mean ||dL/dh_t|| over test images for every step, layer and direction, of a "
+                    "trained run (--run) or of a fresh model at its initialisation (--preset, --config, "
+                    "overrides), e.g. `rnnlab gradients --preset dlw-rnn-c` against "
+                    "`rnnlab gradients --preset dlw-lstm-b`.")
+    parser.add_argument("--run", metavar="RUN_DIR", help="a trained run (its final weights) instead of a fresh model")
+    parser.add_argument("--images", type=int, default=256, help="test images to average over")
+    parser.add_argument("--plot", metavar="PNG", help="also draw the norms against the step (log scale)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    add_config_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import rnnlab
+    from rnnlab.data import load_sequences
+    from rnnlab.distributed import seed_everything
+    from rnnlab.engine import build_model, load_datasets
+    from rnnlab.errors import ConfigError
+    from rnnlab.gradients import format_flow, gradient_flow
+    from rnnlab.plots import gradient_flow_png
+
+    if args.images < 1:
+        raise ConfigError(f"--images={args.images} must be >= 1")
+    if args.run:
+        if args.preset or args.config or args.overrides:
+            raise ConfigError("--run takes a trained run as it is; leave out --preset, --config and overrides")
+        trained = rnnlab.load(args.run)
+        model, config = trained.model, trained.config
+        data = config.data
+        test = load_sequences(data.dataset, "test", view=data.view, data_dir=data.data_dir or None,
+                              permutation=trained.permutation, download=data.download)
+        title = f"{args.run}: trained"
+    else:
+        config = config_from_args(args)
+        seed_everything(config.seed)
+        datasets = load_datasets(config)  # standardisation statistics come from the training split
+        model, test = build_model(config, datasets), datasets.test
+        title = f"{config.label}: at initialisation (seed {config.seed})"
+    count = min(args.images, len(test))
+    x, y = test.batch(torch.arange(count))  # (N, T, F), (N,)
+    flow = gradient_flow(model, x, y)
+    if flow.state_difference > 1e-3:  # the unrolled cells should be the model's own maths
+        raise ConfigError(f"the step-by-step rerun differs from the model's own run by {flow.state_difference:.3g}; "
+                          "this model's recurrence is not supported by `rnnlab gradients`")
+    layers, directions, _ = flow.norms.shape
+    if args.plot:
+        labels = {(layer, d): f"layer {layer + 1}" + ((" reverse" if d else " forward") if directions == 2 else "")
+                  for layer in range(layers) for d in range(directions)}
+        gradient_flow_png({labels[k]: flow.norms[k].numpy() for k in labels}, args.plot,
+                          title=f"Gradient flow through time: {title}")
+    if args.json:
+        print(json.dumps({"model": title, **flow.to_dict()}))
+    else:
+        print(format_flow(flow, title))
+        if args.plot:
+            print(f"\nplot: {args.plot}")
+    return 0

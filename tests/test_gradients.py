@@ -1,0 +1,102 @@
+"""Gradient flow through time: the unrolled rerun is the model, and its gradients are autograd's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnlab.cli import main
+from rnnlab.config import RunConfig, apply_overrides
+from rnnlab.gradients import format_flow, gradient_flow, unrolled_states
+from rnnlab.models import create_model
+
+
+def model_for(*overrides: str, impl: str = "auto"):
+    cfg = apply_overrides(RunConfig(), ["model.hidden=6", f"model.impl={impl}", *overrides])
+    torch.manual_seed(0)
+    return create_model(cfg.model, input_size=5, seq_len=7, num_classes=3, input_mean=0.2, input_std=0.5)
+
+
+CASES = [
+    ["model.cell=rnn", "model.nonlinearity=tanh"],
+    ["model.cell=rnn", "model.nonlinearity=relu", "model.layers=2", "model.readout=all"],
+    ["model.cell=lstm", "model.bidirectional=true"],
+    ["model.cell=gru", "model.layers=2", "model.readout=mean", "model.dropout=0.5"],
+]
+
+
+@pytest.mark.parametrize("overrides", CASES)
+def test_unrolled_states_are_the_models_own(overrides: list[str]) -> None:
+    model = model_for(*overrides)
+    x, y = torch.rand(4, 7, 5), torch.tensor([0, 1, 2, 1])
+    flow = gradient_flow(model, x, y)
+    layers = 2 if "model.layers=2" in overrides else 1
+    directions = 2 if "model.bidirectional=true" in overrides else 1
+    assert flow.norms.shape == (layers, directions, 7)
+    assert flow.state_difference < 1e-5  # the step-by-step rerun equals the model's fused run
+    assert torch.isfinite(flow.norms).all() and (flow.norms > 0).all()
+    assert all(p.grad is None for p in model.parameters())  # parameters untouched
+    assert model.training  # mode restored
+    with torch.no_grad():
+        assert flow.loss == pytest.approx(F.cross_entropy(model.eval()(x), y).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_norms_equal_the_gradient_of_a_restarted_torch_nn_run(cell: str) -> None:
+    """dL/dh_t is the gradient w.r.t. the initial state of torch.nn's own run of steps t+1..T
+    started from (h_t, c_t): an independent way to get the same numbers."""
+    model = model_for(f"model.cell={cell}", impl="torch").eval()
+    x, y = torch.rand(4, 7, 5), torch.tensor([2, 0, 1, 1])
+    flow = gradient_flow(model, x, y)
+    with torch.no_grad():
+        _, states = unrolled_states(model, x)
+    t = 2
+    h = states[0][0][t].detach().clone().requires_grad_()[None]  # (1, B, H)
+    rest = (x[:, t + 1:] - model.input_mean) / model.input_std  # (B, T - t - 1, F)
+    if cell == "lstm":  # c_t, from a second unrolled pass that also returns the cell state
+        c = torch.zeros(4, 6)
+        hh = torch.zeros(4, 6)
+        w = [getattr(model.rnn, f"{n}_l0") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        with torch.no_grad():
+            for s in range(t + 1):
+                hh, c = torch.lstm_cell((x[:, s] - model.input_mean) / model.input_std, (hh, c), *w)
+        out, _ = model.rnn(rest, (h, c[None]))
+    else:
+        out, _ = model.rnn(rest, h)
+    loss = F.cross_entropy(model.head(model.features(out)), y, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, h)
+    assert flow.norms[0, 0, t].item() == pytest.approx(grad[0].norm(dim=1).mean().item(), rel=1e-4)
+
+
+def test_a_relu_rnn_at_default_init_vanishes_and_the_table_says_so() -> None:
+    model = model_for("model.cell=rnn", "model.nonlinearity=relu")
+    flow = gradient_flow(model, torch.rand(8, 7, 5), torch.arange(8) % 3)
+    text = format_flow(flow, "relu rnn", rows=4)
+    assert text.splitlines()[0] == "relu rnn" and "step read first / step read last" in text
+    assert len([line for line in text.splitlines() if line.strip()[:1].isdigit()]) == 4  # 4 of 7 steps shown
+
+
+def test_cli_fresh_and_trained(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tiny = ["model.hidden=8", "train.iterations=5", "train.eval_every=5", "data.val_size=500", "train.threads=1"]
+    assert main(["gradients", "--preset", "dlw-rnn-c", "--images", "16", "--plot", str(tmp_path / "g.png")]) == 0
+    out = capsys.readouterr().out
+    assert "dlw-rnn-c: at initialisation" in out and "layer 2" in out and (tmp_path / "g.png").stat().st_size > 1000
+    run = tmp_path / "run"
+    assert main(["train", "--no-progress", "--out", str(run), "--model", "lstm", *tiny]) == 0
+    capsys.readouterr()
+    assert main(["gradients", "--run", str(run), "--images", "8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["samples"] == 8 and len(report["norms"][0][0]) == 28 and report["state_difference"] < 1e-5
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["gradients", "--images", "0"], "--images=0 must be >= 1"),
+    (["gradients", "--run", "x", "--preset", "dlw-rnn-a"], "leave out --preset"),
+    (["gradients", "--preset", "nope"], "unknown preset 'nope'"),
+])
+def test_cli_mistakes(args: list[str], fragment: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(args) == 2 and fragment in capsys.readouterr().err
