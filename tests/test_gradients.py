@@ -47,29 +47,35 @@ def test_unrolled_states_are_the_models_own(overrides: list[str]) -> None:
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_norms_equal_the_gradient_of_a_restarted_torch_nn_run(cell: str) -> None:
-    """dL/dh_t is the gradient w.r.t. the initial state of torch.nn's own run of steps t+1..T
-    started from (h_t, c_t): an independent way to get the same numbers."""
+    """dL/dh_t (and an LSTM's dL/dc_t) is the gradient w.r.t. the initial state of torch.nn's
+    own run of steps t+1..T started from (h_t, c_t): an independent way to get the same numbers."""
     model = model_for(f"model.cell={cell}", impl="torch").eval()
     x, y = torch.rand(4, 7, 5), torch.tensor([2, 0, 1, 1])
     flow = gradient_flow(model, x, y)
+    assert (flow.cell_norms is not None) == (cell == "lstm")
     with torch.no_grad():
-        _, states = unrolled_states(model, x)
+        _, states, cells = unrolled_states(model, x)
     t = 2
-    h = states[0][0][t].detach().clone().requires_grad_()[None]  # (1, B, H)
+    h = states[0][0][t].detach().clone()[None].requires_grad_()  # (1, B, H)
     rest = (x[:, t + 1:] - model.input_mean) / model.input_std  # (B, T - t - 1, F)
-    if cell == "lstm":  # c_t, from a second unrolled pass that also returns the cell state
-        c = torch.zeros(4, 6)
-        hh = torch.zeros(4, 6)
-        w = [getattr(model.rnn, f"{n}_l0") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-        with torch.no_grad():
-            for s in range(t + 1):
-                hh, c = torch.lstm_cell((x[:, s] - model.input_mean) / model.input_std, (hh, c), *w)
-        out, _ = model.rnn(rest, (h, c[None]))
+    if cell == "lstm":
+        c = cells[0][0][t].detach().clone()[None].requires_grad_()
+        out, _ = model.rnn(rest, (h, c))
     else:
         out, _ = model.rnn(rest, h)
     loss = F.cross_entropy(model.head(model.features(out)), y, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, h)
-    assert flow.norms[0, 0, t].item() == pytest.approx(grad[0].norm(dim=1).mean().item(), rel=1e-4)
+    grads = torch.autograd.grad(loss, [h, c] if cell == "lstm" else [h])
+    assert flow.norms[0, 0, t].item() == pytest.approx(grads[0][0].norm(dim=1).mean().item(), rel=1e-4)
+    if cell == "lstm":
+        # The total dL/dc_t also flows through h_t = o_t * tanh(c_t), which the restarted run
+        # takes as a separate input: add that path, with o_t from step t's gates (order i, f, g, o).
+        inputs = (x[:, t] - model.input_mean) / model.input_std
+        gates = inputs @ model.rnn.weight_ih_l0.T + model.rnn.bias_ih_l0 \
+            + states[0][0][t - 1] @ model.rnn.weight_hh_l0.T + model.rnn.bias_hh_l0  # (B, 4H)
+        o = torch.sigmoid(gates[:, 3 * model.config.hidden:])
+        total = grads[1][0] + grads[0][0] * o * (1 - torch.tanh(cells[0][0][t]) ** 2)
+        assert flow.cell_norms[0, 0, t].item() == pytest.approx(total.norm(dim=1).mean().item(), rel=1e-4)
+        assert "layer 1 c" in format_flow(flow, "lstm")
 
 
 def test_a_relu_rnn_at_default_init_vanishes_and_the_table_says_so() -> None:

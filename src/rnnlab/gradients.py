@@ -8,6 +8,9 @@ gradients vanish or explode. On row MNIST at initialisation, dlw-rnn-a (ReLU RNN
 default init) keeps about 4e-11 of it at step 1 relative to step 28. With identity
 recurrent weights (dlw-rnn-a-plus) it keeps 0.45 (64 test images).
 
+For an LSTM the cell state's ``||dL/dc_t||`` is reported too: the total derivative, through
+the next cell state and through ``h_t = o_t * tanh(c_t)``.
+
 Each sample's loss depends only on its own states, so summing the losses makes every norm
 that sample's own gradient, whatever the batch size.
 """
@@ -34,10 +37,12 @@ class GradientFlow:
     loss: float  # mean cross-entropy of the batch
     samples: int
     state_difference: float  # largest |h_t| difference between the unrolled and the model's own run
+    cell_norms: torch.Tensor | None = None  # (L, D, T): ||dL/dc_t|| of an LSTM's cell state
 
     def to_dict(self) -> dict[str, Any]:
         return {"norms": self.norms.tolist(), "loss": self.loss, "samples": self.samples,
-                "state_difference": self.state_difference}
+                "state_difference": self.state_difference,
+                "cell_norms": None if self.cell_norms is None else self.cell_norms.tolist()}
 
 
 def _cell_mode(model: SequenceClassifier) -> str:
@@ -45,33 +50,43 @@ def _cell_mode(model: SequenceClassifier) -> str:
     return f"rnn_{model.config.nonlinearity}" if cell == "rnn" else cell
 
 
-def unrolled_states(model: SequenceClassifier, x: torch.Tensor) -> tuple[torch.Tensor, list[list[list[torch.Tensor]]]]:
-    """Run the recurrence step by step: the last layer's outputs ``(B, T, D*H)`` and every
-    hidden state, ``states[layer][direction][t]`` of shape ``(B, H)``. No dropout (eval)."""
+States = list[list[list[torch.Tensor]]]  # [layer][direction][t] -> (B, H)
+
+
+def unrolled_states(model: SequenceClassifier, x: torch.Tensor) -> tuple[torch.Tensor, States, States]:
+    """Run the recurrence step by step: the last layer's outputs ``(B, T, D*H)``, every hidden
+    state ``h[layer][direction][t]`` of shape ``(B, H)``, and for an LSTM every cell state
+    likewise (an empty list for other cells). No dropout (eval)."""
     mode, rnn = _cell_mode(model), model.rnn
     hidden, directions = model.config.hidden, model.directions
     layer_input = (x - model.input_mean) / model.input_std  # (B, T, F)
     batch, steps = layer_input.shape[:2]
-    states: list[list[list[torch.Tensor]]] = []
+    states: States = []
+    cells: States = []
     for layer in range(model.config.layers):
-        outputs, layer_states = [], []
+        outputs, layer_states, layer_cells = [], [], []
         for direction in range(directions):
             suffix = f"_l{layer}" + ("_reverse" if direction else "")
             weights = [getattr(rnn, f"{name}{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
             h = layer_input.new_zeros(batch, hidden)
             c = layer_input.new_zeros(batch, hidden)
             per_step: list[torch.Tensor] = [h] * steps
+            cell_per_step: list[torch.Tensor] = [c] * steps
             for t in (reversed(range(steps)) if direction else range(steps)):
                 if mode == "lstm":
                     h, c = torch.lstm_cell(layer_input[:, t], (h, c), *weights)
+                    cell_per_step[t] = c
                 else:
                     h = _CELLS[mode](layer_input[:, t], h, *weights)
                 per_step[t] = h
             layer_states.append(per_step)
+            layer_cells.append(cell_per_step)
             outputs.append(torch.stack(per_step, dim=1))  # (B, T, H)
         states.append(layer_states)
+        if mode == "lstm":
+            cells.append(layer_cells)
         layer_input = torch.cat(outputs, dim=2)  # (B, T, D*H)
-    return layer_input, states
+    return layer_input, states, cells
 
 
 def gradient_flow(model: SequenceClassifier, x: torch.Tensor, y: torch.Tensor) -> GradientFlow:
@@ -81,10 +96,10 @@ def gradient_flow(model: SequenceClassifier, x: torch.Tensor, y: torch.Tensor) -
     model.eval()
     try:
         with torch.enable_grad():
-            out, states = unrolled_states(model, x)
+            out, states, cells = unrolled_states(model, x)
             logits = model.head(model.features(out)).float()  # (B, C)
             loss = F.cross_entropy(logits, y, reduction="sum")
-            flat = [h for layer in states for direction in layer for h in direction]
+            flat = [s for group in (states, cells) for layer in group for direction in layer for s in direction]
             grads = torch.autograd.grad(loss, flat, allow_unused=True)
         with torch.no_grad():
             reference = model.hidden_states(x)  # (B, T, D*H), the model's own (fused) run
@@ -93,8 +108,9 @@ def gradient_flow(model: SequenceClassifier, x: torch.Tensor, y: torch.Tensor) -
         model.train(was_training)
     layers, directions, steps = len(states), len(states[0]), x.shape[1]
     norms = torch.stack([torch.zeros(x.shape[0], device=x.device) if g is None else g.float().norm(dim=1)
-                         for g in grads]).mean(dim=1)  # (L*D*T,)
-    return GradientFlow(norms.view(layers, directions, steps).cpu(), loss.item() / len(x), len(x), difference)
+                         for g in grads]).mean(dim=1).view(-1, layers, directions, steps).cpu()  # (1 or 2, L, D, T)
+    return GradientFlow(norms[0], loss.item() / len(x), len(x), difference,
+                        cell_norms=norms[1] if len(norms) > 1 else None)
 
 
 def format_flow(flow: GradientFlow, title: str, rows: int = 28) -> str:
@@ -102,18 +118,23 @@ def format_flow(flow: GradientFlow, title: str, rows: int = 28) -> str:
     layer and direction, and per column how much of the gradient reaches the step read first
     (a ratio far below 1 is a vanishing gradient, far above 1 an exploding one)."""
     layers, directions, steps = flow.norms.shape
-    columns = [(layer, d) for layer in range(layers) for d in range(directions)]
-    names = [f"layer {layer + 1}" + ((" rev" if d else " fwd") if directions == 2 else "") for layer, d in columns]
+    series = [("h", flow.norms)] + ([("c", flow.cell_norms)] if flow.cell_norms is not None else [])
+    columns = [(kind, values, layer, d) for kind, values in series
+               for layer in range(layers) for d in range(directions)]
+    names = [f"layer {layer + 1}" + ((" rev" if d else " fwd") if directions == 2 else "")
+             + (f" {kind}" if len(series) > 1 else "") for kind, _, layer, d in columns]
     width = max(12, *(len(n) + 2 for n in names))
     shown = sorted({round(i * (steps - 1) / max(1, rows - 1)) for i in range(min(rows, steps))})
-    lines = [title, f"mean ||dL/dh_t|| over {flow.samples} images (loss {flow.loss:.4f})", "",
+    what = "||dL/dh_t|| (h) and ||dL/dc_t|| (c)" if len(series) > 1 else "||dL/dh_t||"
+    lines = [title, f"mean {what} over {flow.samples} images (loss {flow.loss:.4f})", "",
              f"{'step':>6}" + "".join(f"{n:>{width}}" for n in names)]
     for t in shown:
-        lines.append(f"{t + 1:>6}" + "".join(f"{flow.norms[layer, d, t].item():>{width}.3e}" for layer, d in columns))
+        lines.append(f"{t + 1:>6}" + "".join(f"{values[layer, d, t].item():>{width}.3e}"
+                                              for _, values, layer, d in columns))
     ratios = []
-    for layer, d in columns:
+    for _, values, layer, d in columns:
         first_read, last_read = (steps - 1, 0) if d else (0, steps - 1)  # the reverse direction reads backwards
-        first, last = flow.norms[layer, d, first_read].item(), flow.norms[layer, d, last_read].item()
+        first, last = values[layer, d, first_read].item(), values[layer, d, last_read].item()
         ratios.append(f"{first / last:.3g}" if last > 0 else "n/a")
     lines += ["", "step read first / step read last:" + "".join(f"{r:>{width}}" for r in ratios)]
     return "\n".join(lines)

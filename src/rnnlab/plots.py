@@ -202,8 +202,8 @@ def accuracy_bars_png(rows: Sequence[dict[str, Any]], path: str | Path,
 def gradient_flow_png(curves: dict[str, np.ndarray], path: str | Path,
                       title: str = "Gradient flow through time") -> Path | None:
     """``||dL/dh_t||`` against the step on a log axis, one line per layer and direction
-    (``curves`` maps a label to its ``(T,)`` norms): a falling line towards step 1 is a
-    vanishing gradient."""
+    (``curves`` maps a label to its ``(T,)`` norms; labels ending in ", c" are an LSTM's cell
+    state, dashed): a falling line towards step 1 is a vanishing gradient."""
     curves = {k: np.asarray(v, dtype=float) for k, v in curves.items() if np.any(np.asarray(v) > 0)}
     if not curves:
         return None
@@ -212,9 +212,9 @@ def gradient_flow_png(curves: dict[str, np.ndarray], path: str | Path,
     for label, norms in curves.items():
         steps = np.arange(1, len(norms) + 1)
         ax.semilogy(steps, np.where(norms > 0, norms, np.nan), marker="o" if len(norms) <= 60 else None,
-                    markersize=3, label=label)
+                    markersize=3, label=label, linestyle="--" if label.endswith(", c") else "-")
     ax.set_xlabel("step t (input read at that step)")
-    ax.set_ylabel("mean ||dL/dh_t||  (log)")
+    ax.set_ylabel("mean gradient norm (log)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)

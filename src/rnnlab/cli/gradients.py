@@ -62,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         labels = {(layer, d): f"layer {layer + 1}" + ((" reverse" if d else " forward") if directions == 2 else "")
                   for layer in range(layers) for d in range(directions)}
-        gradient_flow_png({labels[k]: flow.norms[k].numpy() for k in labels}, args.plot,
-                          title=f"Gradient flow through time: {title}")
+        curves = {f"{labels[k]}, h": flow.norms[k].numpy() for k in labels}
+        if flow.cell_norms is not None:  # an LSTM: the cell state's gradient too
+            curves |= {f"{labels[k]}, c": flow.cell_norms[k].numpy() for k in labels}
+        gradient_flow_png(curves, args.plot, title=f"Gradient flow through time: {title}")
     if args.json:
         print(json.dumps({"model": title, **flow.to_dict()}))
     else:
