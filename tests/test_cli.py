@@ -58,6 +58,13 @@ def test_missing_and_corrupt_data_files(tmp_path: Path, mnist_dir: Path) -> None
     assert_user_error(run_cli("train", "--data-dir", str(corrupt), *TINY), "t10k-images")
 
 
+def test_an_output_path_that_cannot_be_written(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    assert_user_error(run_cli("gradients", "--preset", "dlw-rnn-a", "--images", "4", "--plot",
+                              str(blocker / "g.png")), str(blocker))
+
+
 def test_resume_of_a_folder_without_checkpoint(tmp_path: Path) -> None:
     assert_user_error(run_cli("train", "--resume", str(tmp_path)), "no checkpoint here")
     assert_user_error(run_cli("eval", str(tmp_path / "nope")), "no such run folder")

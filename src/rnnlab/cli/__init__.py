@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     except RnnlabError as exc:
         print(f"rnnlab: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path that cannot be read or written, a full disk: the user's to fix
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"rnnlab: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("rnnlab: interrupted", file=sys.stderr)
         return 130
