@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Callable
 from datetime import date
 from pathlib import Path
 
@@ -118,47 +119,74 @@ def optimizer_for(cfg: rnnlab.RunConfig, model: nn.Module) -> torch.optim.Optimi
     return torch.optim.SGD(model.parameters(), lr=cfg.train.lr)
 
 
-def time_tutorial(cfg, images, labels, steps, features, iterations) -> float:
+Timer = Callable[[], float]  # trains the case's iterations, returns samples/s
+
+
+def _rate(step: Callable[[], None], iterations: int, batch: int) -> Timer:
+    def timed() -> float:
+        start = time.perf_counter()
+        for _ in range(iterations):
+            step()
+        return iterations * batch / (time.perf_counter() - start)
+
+    for _ in range(3):  # warm-up, once per session
+        step()
+    return timed
+
+
+def tutorial_session(cfg, images, labels, steps, features, iterations) -> tuple[Timer, nn.Module]:
     model = TutorialModel(cfg, steps, features)
     opt = optimizer_for(cfg, model)
     loader = DataLoader(ToTensorDataset(images, labels), batch_size=cfg.train.batch_size, shuffle=True)
     batches = iter(loader)
-    for i in range(iterations + 3):  # 3 warm-up iterations
-        if i == 3:
-            start = time.perf_counter()
-        x, y = next(batches)
+
+    def step() -> None:
+        nonlocal batches
+        try:
+            x, y = next(batches)
+        except StopIteration:  # a new epoch, as the tutorial's loop starts one
+            batches = iter(loader)
+            x, y = next(batches)
         x = x.view(-1, steps, features).requires_grad_()  # as the tutorials do
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return iterations * cfg.train.batch_size / (time.perf_counter() - start)
+
+    return _rate(step, iterations, cfg.train.batch_size), model
 
 
-def time_plain(cfg, seqs, labels, iterations) -> float:
+def plain_session(cfg, seqs, labels, iterations) -> tuple[Timer, nn.Module]:
     steps, features = seqs.shape[1:]
     model = TutorialModel(cfg, steps, features)
     opt = optimizer_for(cfg, model)
     batch = cfg.train.batch_size
-    order = torch.randperm(len(seqs))
-    for i in range(iterations + 3):
-        if i == 3:
-            start = time.perf_counter()
-        idx = order[i * batch:(i + 1) * batch]
+    order, count = torch.randperm(len(seqs)), 0
+
+    def step() -> None:
+        nonlocal count
+        start = (count % (len(seqs) // batch)) * batch
+        count += 1
+        idx = order[start:start + batch]
         x, y = seqs[idx].float().div_(255), labels[idx]  # (B, T, F)
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return iterations * batch / (time.perf_counter() - start)
+
+    return _rate(step, iterations, batch), model
 
 
-def time_rnnlab(trainer: Trainer, iterations: int) -> float:
+def rnnlab_session(trainer: Trainer, iterations: int) -> Timer:
     trainer.train_until(trainer.iteration + 3)  # warm-up
-    before_seconds, before_iteration = trainer.train_seconds, trainer.iteration
-    trainer.train_until(trainer.iteration + iterations)
-    done = trainer.iteration - before_iteration
-    return done * trainer.cfg.train.batch_size / (trainer.train_seconds - before_seconds)
+
+    def timed() -> float:
+        before_seconds, before_iteration = trainer.train_seconds, trainer.iteration
+        trainer.train_until(trainer.iteration + iterations)
+        done = trainer.iteration - before_iteration
+        return done * trainer.cfg.train.batch_size / (trainer.train_seconds - before_seconds)
+
+    return timed
 
 
 def matmul_flops(size: int = 2048, repeats: int = 10) -> float:
@@ -210,43 +238,81 @@ def time_inference(model: nn.Module, seqs: torch.Tensor, batch: int = 1000) -> t
     return rate, 1000 * statistics.median(latencies)
 
 
-def worker(case_index: int, pipeline: str, quick: bool) -> dict:
-    """One measurement in a fresh process, so that each pipeline runs with only its own settings
-    (rnnlab tunes the allocator for itself; plain PyTorch and the tutorial get the defaults)."""
+def session(case_index: int, pipeline: str, quick: bool, tmp: str) -> tuple[Timer, Callable[[], dict]]:
+    """Set up one pipeline of one case (warm-up included): a timer, and the closing figures."""
     case = cases(quick)[case_index]
     cfg = config_for(case)
-    with tempfile.TemporaryDirectory() as tmp:
-        if pipeline.startswith("rnnlab"):  # "rnnlab" or "rnnlab:KEY=VALUE;KEY=VALUE" (a variant)
-            if ":" in pipeline:
-                cfg = apply_overrides(cfg, pipeline.split(":", 1)[1].split(";"))
-            trainer = Trainer(cfg, Path(tmp), progress=False)
-            steps = trainer.data.train.x.shape[1]
-            rate = time_rnnlab(trainer, case.iterations)
-            test = trainer.data.test.x[:2000]
-            inf_rate, latency = time_inference(trainer.model, test)
+    if pipeline.startswith("rnnlab"):  # "rnnlab" or "rnnlab:KEY=VALUE;KEY=VALUE" (a variant)
+        if ":" in pipeline:
+            cfg = apply_overrides(cfg, pipeline.split(":", 1)[1].split(";"))
+        trainer = Trainer(cfg, Path(tmp), progress=False)
+        steps = trainer.data.train.x.shape[1]
+
+        def final() -> dict:
+            inf_rate, latency = time_inference(trainer.model, trainer.data.test.x[:2000])
             model_cfg = trainer.model.config
             gates = GATES[model_cfg.cell]
             # The GEMMs that must run one step after another: forward and backward through time,
             # per layer and direction (the weight gradients and input projections batch all steps).
             sequential = (2 * model_cfg.layers * trainer.model.directions * steps
                           * 2 * model_cfg.hidden * gates * model_cfg.hidden)
-            return {"train": rate, "inference": inf_rate, "latency_ms": latency,
-                    "impl": type(trainer.model.rnn).__name__,
-                    "train_flops": 3 * flops_per_sample(trainer.model, steps),
-                    "sequential_flops": sequential,
+            return {"inference": inf_rate, "latency_ms": latency, "impl": type(trainer.model.rnn).__name__,
+                    "train_flops": 3 * flops_per_sample(trainer.model, steps), "sequential_flops": sequential,
                     "step_gemm": step_gemm(cfg.train.batch_size, model_cfg.hidden, gates)}
-        from rnnlab.data import images_to_sequences
 
-        images, labels = load_split("mnist", "train")
-        seqs = images_to_sequences(images, cfg.data.view)  # (N, T, F) uint8
-        steps, features = seqs.shape[1:]
-        if pipeline == "tutorial":
-            return {"train": time_tutorial(cfg, images, labels, steps, features, case.iterations)}
-        rate = time_plain(cfg, seqs, labels, case.iterations)
+        return rnnlab_session(trainer, case.iterations), final
+    from rnnlab.data import images_to_sequences
+
+    images, labels = load_split("mnist", "train")
+    seqs = images_to_sequences(images, cfg.data.view)  # (N, T, F) uint8
+    steps, features = seqs.shape[1:]
+    if pipeline == "tutorial":
+        timer, _ = tutorial_session(cfg, images, labels, steps, features, case.iterations)
+        return timer, dict
+    timer, model = plain_session(cfg, seqs, labels, case.iterations)
+
+    def final_plain() -> dict:
         test_images, _ = load_split("mnist", "test")
-        inf_rate, latency = time_inference(TutorialModel(cfg, steps, features),
-                                           images_to_sequences(test_images[:2000], cfg.data.view))
-        return {"train": rate, "inference": inf_rate, "latency_ms": latency}
+        inf_rate, latency = time_inference(model, images_to_sequences(test_images[:2000], cfg.data.view))
+        return {"inference": inf_rate, "latency_ms": latency}
+
+    return timer, final_plain
+
+
+def serve_worker(case_index: int, pipeline: str, quick: bool) -> None:
+    """A worker process: set up once, then answer ``time`` (one timed repeat) and ``final`` on
+    stdin with one ``RESULT {json}`` line each. Each pipeline keeps its own process, so that it
+    runs with only its own settings (rnnlab tunes the allocator for itself; plain PyTorch and
+    the tutorial get the defaults), and pays its start-up (imports, data, warm-up) once."""
+    with tempfile.TemporaryDirectory() as tmp:
+        timed, final = session(case_index, pipeline, quick, tmp)
+        print("RESULT {}", flush=True)  # ready
+        for command in sys.stdin:
+            if command.strip() == "time":
+                print("RESULT " + json.dumps({"train": timed()}), flush=True)
+            elif command.strip() == "final":
+                print("RESULT " + json.dumps(final()), flush=True)
+                return
+
+
+class Worker:
+    """The main process's handle on one worker process."""
+
+    def __init__(self, case_index: int, pipeline: str, quick: bool) -> None:
+        command = [sys.executable, __file__, "--worker", str(case_index), pipeline] + (["--quick"] * quick)
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.read()  # set up and warmed up before the next one starts, so none disturbs a timing
+
+    def read(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith("RESULT "):
+                return json.loads(line[len("RESULT "):])
+        raise RuntimeError(f"benchmark worker {self.process.args[3:5]} exited with {self.process.wait()}")
+
+    def ask(self, command: str) -> dict:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.read()
 
 
 def machine() -> str:
@@ -278,7 +344,7 @@ def main() -> int:
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "PIPELINE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(int(args.worker[0]), args.worker[1], args.quick)))
+        serve_worker(int(args.worker[0]), args.worker[1], args.quick)
         return 0
     peak = matmul_flops()
     variants = dict(v.split("=", 1) for v in args.variant)
@@ -289,11 +355,13 @@ def main() -> int:
         if args.only not in case.name:
             continue
         results: dict[str, list[dict]] = {p: [] for p in pipelines}
+        workers = {p: Worker(index, p, args.quick) for p in pipelines}
         for _ in range(args.repeats):
             for pipeline in pipelines:  # interleaved, so slow phases of a noisy machine hit all three
-                command = [sys.executable, __file__, "--worker", str(index), pipeline] + (["--quick"] * args.quick)
-                out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-                results[pipeline].append(json.loads(out.strip().splitlines()[-1]))
+                results[pipeline].append(workers[pipeline].ask("time"))
+        for pipeline, handle in workers.items():  # inference and FLOP counts, into the last repeat's row
+            results[pipeline][-1].update(handle.ask("final"))
+            handle.process.wait()
         med = {p: statistics.median(r["train"] for r in results[p]) for p in pipelines}
         if "plain" in med:
             names = {f"rnnlab:{o}": n for n, o in variants.items()}
@@ -309,7 +377,7 @@ def main() -> int:
         flops = last["train_flops"]
         # The best any implementation could do here: the sequential step GEMMs at their own measured
         # rate, every other FLOP at the large-matrix rate, and no time for anything else.
-        step_rate = statistics.median(r["step_gemm"] for r in results["rnnlab"])
+        step_rate = last["step_gemm"]
         sequential = min(last["sequential_flops"], flops)
         bound = flops / (sequential / step_rate + (flops - sequential) / peak) / peak
         # Each repeat times the three pipelines back to back: its own ratio is the least disturbed
@@ -319,8 +387,8 @@ def main() -> int:
                      f"{med['rnnlab'] / med['plain']:.2f}x ({spread[0]:.2f}-{spread[-1]:.2f})",
                      med["rnnlab"] / med["tutorial"], med["plain"] * flops / peak, med["rnnlab"] * flops / peak,
                      step_rate / peak, bound))
-        inference_rows.append((case.name, *(statistics.median(r[k] for r in results[p])
-                                             for p in ("rnnlab", "plain") for k in ("inference", "latency_ms"))))
+        inference_rows.append((case.name, *(results[p][-1][k] for p in ("rnnlab", "plain")
+                                             for k in ("inference", "latency_ms"))))
         print(f"{case.name}: " + ", ".join(f"{k} {v:,.0f}" for k, v in med.items()) + " samples/s", flush=True)
     if not full:
         return 0  # a partial run: the ratios above, no markdown table
@@ -328,7 +396,7 @@ def main() -> int:
         "# Training speed", "",
         f"`python benchmarks/train_speed.py` on {date.today().isoformat()}; {machine()}.",
         f"Float32 matrix-multiply rate measured in the same run: {peak / 1e9:,.1f} GFLOP/s. "
-        f"Median of {args.repeats} interleaved repeats, each pipeline in a fresh process; "
+        f"Median of {args.repeats} interleaved repeats, each pipeline in its own process; "
         "samples per second of training (forward, backward, update). FLOP efficiency: training FLOPs "
         "(3x the analytic forward count) per second over the matrix-multiply rate.",
         "",
