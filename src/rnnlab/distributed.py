@@ -171,8 +171,10 @@ def all_gather_shards(part: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def shutdown() -> None:
-    """Leave the process group (end of a torchrun run)."""
+    """Leave the process group (end of a torchrun run), once every process has got here: a
+    process that tears down its Gloo connections while a peer is still finishing can abort."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
