@@ -181,12 +181,7 @@ def load_exported(path: str | Path, fmt: str | None = None) -> Callable[[np.ndar
 # ---------------------------------------------------------------------------- check and entry point
 def _check_sequences(trained: Any, samples: int, data_dir: str | None) -> torch.Tensor:
     """The first ``samples`` test images as float ``(N, T, F)`` in [0, 1], as the run reads them."""
-    from rnnlab.data import load_sequences
-
-    data = trained.config.data
-    test = load_sequences(data.dataset, "test", view=data.view, permutation=trained.permutation,
-                          data_dir=data_dir or data.data_dir or None, download=data.download)
-    return test.x[:samples].float() / 255.0  # (N, T, F)
+    return trained.test_split(data_dir).x[:samples].float() / 255.0  # (N, T, F)
 
 
 def _compare(run: Callable[[np.ndarray], np.ndarray], model: torch.nn.Module,

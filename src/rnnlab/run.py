@@ -13,7 +13,7 @@ import torch
 from rnnlab import checkpoint as ckpt
 from rnnlab import distributed as dist
 from rnnlab.config import RunConfig, from_dict, load_toml
-from rnnlab.data import images_to_sequences
+from rnnlab.data import SequenceData, images_to_sequences, load_sequences
 from rnnlab.data.sources import DATASETS
 from rnnlab.engine import CONFIG, METRICS, SUMMARY, Trainer, default_run_dir
 from rnnlab.errors import CheckpointError, DataError
@@ -88,6 +88,13 @@ class TrainedModel:
     @property
     def view(self) -> str:
         return self.config.data.view
+
+    def test_split(self, data_dir: str | None = None) -> SequenceData:
+        """The run's test set, read as the run read it (view, permutation); ``data_dir``
+        overrides the run's own data folder."""
+        data = self.config.data
+        return load_sequences(data.dataset, "test", view=data.view, permutation=self.permutation,
+                              data_dir=data_dir or data.data_dir or None, download=data.download)
 
     def to_sequences(self, images: Any) -> torch.Tensor:
         """Images in MNIST form, ``(N, H, W)`` or ``(H, W)``, uint8 0-255 or float 0-1 -> float ``(N, T, F)``.

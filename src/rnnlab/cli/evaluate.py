@@ -26,7 +26,6 @@ def evaluate_run(run_dir: str, *, data_dir: str | None = None, batch_size: int =
                  device: str = "cpu") -> dict:
     """Evaluate a saved run on its dataset's test split."""
     import rnnlab
-    from rnnlab.data import load_sequences
     from rnnlab.distributed import select_device
     from rnnlab.engine import confusion_matrix, evaluate
     from rnnlab.errors import ConfigError
@@ -35,9 +34,7 @@ def evaluate_run(run_dir: str, *, data_dir: str | None = None, batch_size: int =
         raise ConfigError(f"--batch-size={batch_size} must be >= 1")
     dev = select_device(device)
     trained = rnnlab.load(run_dir, device=dev)
-    data_cfg = trained.config.data
-    test = load_sequences(data_cfg.dataset, "test", view=data_cfg.view, data_dir=data_dir or data_cfg.data_dir or None,
-                          permutation=trained.permutation, download=data_cfg.download)
+    test = trained.test_split(data_dir)
     result = evaluate(trained.model, test, batch_size=batch_size, device=dev)
     matrix = confusion_matrix(test.y, result.predictions, trained.num_classes)
     counts = torch.bincount(test.y, minlength=trained.num_classes).tolist()

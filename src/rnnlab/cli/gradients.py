@@ -28,7 +28,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import rnnlab
-    from rnnlab.data import load_sequences
     from rnnlab.distributed import seed_everything
     from rnnlab.engine import build_model, load_datasets
     from rnnlab.errors import ConfigError
@@ -41,10 +40,7 @@ def run(args: argparse.Namespace) -> int:
         if args.preset or args.config or args.overrides:
             raise ConfigError("--run takes a trained run as it is; leave out --preset, --config and overrides")
         trained = rnnlab.load(args.run)
-        model, config = trained.model, trained.config
-        data = config.data
-        test = load_sequences(data.dataset, "test", view=data.view, data_dir=data.data_dir or None,
-                              permutation=trained.permutation, download=data.download)
+        model, test = trained.model, trained.test_split()
         title = f"{args.run}: trained"
     else:
         config = config_from_args(args)
