@@ -57,7 +57,7 @@ def test_norms_equal_the_gradient_of_a_restarted_torch_nn_run(cell: str) -> None
         _, states, cells = unrolled_states(model, x)
     t = 2
     h = states[0][0][t].detach().clone()[None].requires_grad_()  # (1, B, H)
-    rest = (x[:, t + 1:] - model.input_mean) / model.input_std  # (B, T - t - 1, F)
+    rest = model.standardize(x[:, t + 1:])  # (B, T - t - 1, F)
     if cell == "lstm":
         c = cells[0][0][t].detach().clone()[None].requires_grad_()
         out, _ = model.rnn(rest, (h, c))
@@ -69,7 +69,7 @@ def test_norms_equal_the_gradient_of_a_restarted_torch_nn_run(cell: str) -> None
     if cell == "lstm":
         # The total dL/dc_t also flows through h_t = o_t * tanh(c_t), which the restarted run
         # takes as a separate input: add that path, with o_t from step t's gates (order i, f, g, o).
-        inputs = (x[:, t] - model.input_mean) / model.input_std
+        inputs = model.standardize(x[:, t])
         gates = inputs @ model.rnn.weight_ih_l0.T + model.rnn.bias_ih_l0 \
             + states[0][0][t - 1] @ model.rnn.weight_hh_l0.T + model.rnn.bias_hh_l0  # (B, 4H)
         o = torch.sigmoid(gates[:, 3 * model.config.hidden:])

@@ -45,11 +45,6 @@ class GradientFlow:
                 "cell_norms": None if self.cell_norms is None else self.cell_norms.tolist()}
 
 
-def _cell_mode(model: SequenceClassifier) -> str:
-    cell = model.config.cell
-    return f"rnn_{model.config.nonlinearity}" if cell == "rnn" else cell
-
-
 States = list[list[list[torch.Tensor]]]  # [layer][direction][t] -> (B, H)
 
 
@@ -57,9 +52,9 @@ def unrolled_states(model: SequenceClassifier, x: torch.Tensor) -> tuple[torch.T
     """Run the recurrence step by step: the last layer's outputs ``(B, T, D*H)``, every hidden
     state ``h[layer][direction][t]`` of shape ``(B, H)``, and for an LSTM every cell state
     likewise (an empty list for other cells). No dropout (eval)."""
-    mode, rnn = _cell_mode(model), model.rnn
+    mode, rnn = model.mode, model.rnn
     hidden, directions = model.config.hidden, model.directions
-    layer_input = (x - model.input_mean) / model.input_std  # (B, T, F)
+    layer_input = model.standardize(x)  # (B, T, F)
     batch, steps = layer_input.shape[:2]
     states: States = []
     cells: States = []

@@ -55,9 +55,13 @@ class SequenceClassifier(nn.Module):
         self.head = nn.Linear(features, num_classes)
         initialise(self, config.init)
 
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """The recurrence's input: raw ``(B, T, F)`` in [0, 1], standardised as in training."""
+        return (x - self.input_mean) / self.input_std
+
     def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
         """Top-layer hidden states ``(B, T, D*H)`` for a raw input ``(B, T, F)``."""
-        x = (x - self.input_mean) / self.input_std
+        x = self.standardize(x)
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             return self._recurrence_under_cpu_autocast(x)
         return self.rnn(x)[0]
