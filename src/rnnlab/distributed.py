@@ -147,13 +147,16 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def _bounds(count: int, rank_: int, world: int) -> tuple[int, int]:
+    return count * rank_ // world, count * (rank_ + 1) // world
+
+
 def shard(count: int) -> tuple[int, int]:
     """This process's contiguous share ``[start, stop)`` of ``count`` items, in rank order
-    (all of them in a single process)."""
+    (all of them in a single process). Training batches and evaluation splits both use it."""
     if not torch.distributed.is_initialized():
         return 0, count
-    world, me = torch.distributed.get_world_size(), torch.distributed.get_rank()
-    return count * me // world, count * (me + 1) // world
+    return _bounds(count, torch.distributed.get_rank(), torch.distributed.get_world_size())
 
 
 def all_gather_shards(part: torch.Tensor, count: int) -> torch.Tensor:
@@ -162,7 +165,7 @@ def all_gather_shards(part: torch.Tensor, count: int) -> torch.Tensor:
     if not torch.distributed.is_initialized():
         return part
     world = torch.distributed.get_world_size()
-    sizes = [count * (r + 1) // world - count * r // world for r in range(world)]
+    sizes = [stop - start for start, stop in (_bounds(count, r, world) for r in range(world))]
     padded = part.new_zeros(max(sizes))  # all_gather needs equal sizes
     padded[: len(part)] = part
     gathered = [torch.empty_like(padded) for _ in range(world)]

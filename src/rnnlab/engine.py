@@ -148,7 +148,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, *, progress: bool = True) -> None:
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         dist.init_process_group(cfg.train.device)  # a no-op unless launched by torchrun
-        self.rank, self.world = dist.rank(), dist.world_size()
+        self.world = dist.world_size()
         dist.configure_threads(cfg.train.threads)
         dist.tune_allocator()
         self.device = dist.select_device(cfg.train.device)
@@ -266,7 +266,8 @@ class Trainer:
         Returns (loss to backpropagate, mean loss over the global batch, correct count).
         """
         t = self.cfg.train
-        shard, counted = batch_idx.tensor_split(self.world)[self.rank], 1.0
+        start, stop = dist.shard(len(batch_idx))
+        shard, counted = batch_idx[start:stop], 1.0
         if len(shard) == 0:  # a last partial batch smaller than the process count:
             shard, counted = batch_idx[:1], 0.0  # still take part in DDP's gradient all-reduce
         x, y = self.data.train.batch(shard)  # (b, T, F) float in [0, 1], (b,)
