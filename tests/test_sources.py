@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import re
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
