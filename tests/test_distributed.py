@@ -92,6 +92,44 @@ def test_two_processes_resume_a_run_of_one(tmp_path: Path) -> None:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
+JOB = """
+import sys
+
+import rnnlab
+from rnnlab import distributed
+from rnnlab.config import RunConfig, apply_overrides
+
+whole, part, *overrides = sys.argv[1:]
+config = apply_overrides(RunConfig(), overrides)
+rnnlab.train(config, whole, progress=False)
+rnnlab.train(config, part, progress=False, stop_after=4)
+rnnlab.resume(part, progress=False)
+distributed.shutdown()
+"""
+
+
+def test_each_process_has_its_own_dropout_stream_and_resumes_it(tmp_path: Path) -> None:
+    """Under torchrun each process draws its own dropout masks (rank 0 keeps a single process's
+    stream), the checkpoint keeps every process's stream, and a resumed 2-process run with
+    dropout ends with the weights of one that was never interrupted."""
+    overrides = [*overrides_for(tiny_dataset(tmp_path / "data")), "model.layers=2", "model.dropout=0.5"]
+    job = tmp_path / "job.py"
+    job.write_text(JOB)
+    env = dict(os.environ)
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(job),
+              str(tmp_path / "whole"), str(tmp_path / "part"), *overrides]
+    done = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    states = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["rng_processes"]
+    assert len(states) == 2 and not torch.equal(states[0]["cpu"], states[1]["cpu"])
+    whole, part = weights(tmp_path / "whole"), weights(tmp_path / "part")
+    for key in whole:
+        torch.testing.assert_close(part[key], whole[key], rtol=0, atol=0, msg=key)
+
+
 def test_world_size_without_torchrun_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from rnnlab.errors import ConfigError
 

@@ -75,8 +75,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def process_seed(seed: int, rank_: int, iteration: int = 0) -> int:
+    """The seed of process ``rank_``'s own random stream (rank > 0), derived from the run's
+    seed with NumPy's SeedSequence so that the streams of different processes are independent."""
+    return int(np.random.SeedSequence([seed, rank_, iteration]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def seed_process_stream(seed: int) -> None:
+    """Give each process after the first its own random stream (dropout masks), as in a
+    one-process run every sample gets its own mask. Rank 0 keeps the one-process stream, so a
+    single process is unchanged. Call after building the model: the initial weights come from
+    the shared stream and are the same in every process."""
+    if rank() > 0:
+        torch.manual_seed(process_seed(seed, rank()))
+
+
 def rng_state() -> dict[str, torch.Tensor | list[torch.Tensor]]:
-    """The torch RNG states (used by dropout), for resumable checkpoints."""
+    """This process's torch RNG states (used by dropout), for resumable checkpoints."""
     state: dict[str, torch.Tensor | list[torch.Tensor]] = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -87,6 +102,25 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng_states() -> list[dict]:
+    """Every process's ``rng_state()`` in rank order (a collective: all processes call it)."""
+    if not torch.distributed.is_initialized():
+        return [rng_state()]
+    states: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
+
+
+def restore_rng_state(states: list[dict], seed: int, iteration: int) -> None:
+    """Take this process's stream back from a checkpoint's ``gather_rng_states()``. A process
+    the checkpoint has no state for (it was written by fewer processes) starts a stream of its
+    own, derived from the seed and the iteration, so that such a resume is repeatable too."""
+    if rank() < len(states):
+        set_rng_state(states[rank()])
+    else:
+        torch.manual_seed(process_seed(seed, rank(), iteration))
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:

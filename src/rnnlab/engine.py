@@ -155,6 +155,7 @@ class Trainer:
         dist.seed_everything(cfg.seed)
         self.data = load_datasets(cfg)
         self.model = build_model(cfg, self.data).to(self.device)
+        dist.seed_process_stream(cfg.seed)  # after the model: same initial weights everywhere
         self.train_model = dist.wrap_for_training(self.model, self.device)  # DDP under torchrun
         self.optimizer = make_optimizer(cfg, self.model)
         self.scaler = dist.grad_scaler(self.device, cfg.train.amp)
@@ -166,8 +167,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
+        """Write a checkpoint (rank 0 writes; every process must call it, for the RNG states)."""
+        rng_states = dist.gather_rng_states()
+        if not dist.is_main_process():
+            return
         tensors = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                   "scaler": self.scaler.state_dict(), "rng": dist.rng_state()}
+                   "scaler": self.scaler.state_dict(), "rng": rng_states[0]}
+        if len(rng_states) > 1:  # each process's own dropout stream, in rank order
+            tensors["rng_processes"] = rng_states
         if self.data.permutation is not None:
             tensors["permutation"] = self.data.permutation
         meta = {"config": to_dict(self.cfg), "iteration": self.iteration, "total_iterations": self.total,
@@ -182,8 +189,8 @@ class Trainer:
         self.model.load_state_dict(tensors["model"])
         self.optimizer.load_state_dict(tensors["optimizer"])
         self.scaler.load_state_dict(tensors["scaler"])
-        dist.set_rng_state(tensors["rng"])
         self.iteration, self.train_seconds = meta["iteration"], meta["train_seconds"]
+        dist.restore_rng_state(tensors.get("rng_processes", [tensors["rng"]]), self.cfg.seed, self.iteration)
         self.running = meta["running"]
         # Metrics logged after the checkpoint will be logged again: drop them.
         if dist.is_main_process():
@@ -197,7 +204,7 @@ class Trainer:
         if dist.is_main_process():
             save_toml(self.cfg, self.run_dir / CONFIG)
         status = self.train_until(self.total if stop_after is None else min(self.total, stop_after))
-        if status != "diverged" and dist.is_main_process():
+        if status != "diverged":
             self.save()
         if status == "completed" and self.iteration < self.total:
             status = "stopped"
@@ -249,7 +256,7 @@ class Trainer:
                     row = self._log_evaluation(rate, lr)
                     shown = {k: f"{row[k]:.4g}" for k in ("train_loss", "val_accuracy", "test_accuracy") if k in row}
                     bar.set_postfix(shown | {"samples/s": f"{rate:.0f}"})
-                if self.iteration % t.checkpoint_every == 0 and dist.is_main_process():
+                if self.iteration % t.checkpoint_every == 0:
                     self.save()
         except KeyboardInterrupt:
             status = "interrupted"
