@@ -87,8 +87,9 @@ def test_train_val_split() -> None:
 
 
 def test_sequence_data_validates() -> None:
-    with pytest.raises(DataError, match="x must be uint8"):
-        SequenceData(torch.zeros(2, 3, 1), torch.zeros(2, dtype=torch.long))
+    for bad in (torch.zeros(2, 3, 1, dtype=torch.float64), torch.zeros(2, 3), torch.zeros(2, 3, 1, dtype=torch.int32)):
+        with pytest.raises(DataError, match="x must be uint8 or float32"):
+            SequenceData(bad, torch.zeros(2, dtype=torch.long))
     with pytest.raises(DataError, match="y must be int64"):
         SequenceData(torch.zeros(2, 3, 1, dtype=torch.uint8), torch.zeros(2, dtype=torch.int32))
     with pytest.raises(DataError, match="x has 2 sequences but y has 3 labels"):

@@ -30,7 +30,7 @@ READOUTS = ("last", "mean", "all")
 INITS = ("default", "orthogonal", "identity")
 IMPLS = ("auto", "fast", "torch")
 VIEWS = ("rows", "pixels", "permuted-pixels")
-DATASETS = ("mnist", "fashion-mnist", "kmnist")
+DATASETS = ("mnist", "fashion-mnist", "kmnist", "file")  # file: your own sequences (data.file)
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("none", "step", "cosine")
 PROTOCOLS = ("standard", "tutorial")
@@ -61,10 +61,23 @@ class DataConfig:
     permutation_seed: int = 0  # for the permuted-pixels view; the permutation is saved with the run
     data_dir: str = ""  # empty: RNNLAB_DATA_DIR, then the copy embedded in the package
     download: bool = False  # fetch missing files from the dataset's mirrors into the cache
+    file: str = ""  # with dataset=file: a .npz of your own sequences (x_train, y_train, x_test, y_test)
 
     def __post_init__(self) -> None:
         _choice("data", "dataset", self.dataset, DATASETS)
         _choice("data", "view", self.view, VIEWS)
+        if self.dataset == "file" and not self.file:
+            raise ConfigError("data.dataset=file needs data.file=PATH, a .npz of your sequences "
+                              "(x_train, y_train, x_test, y_test)")
+        if self.file and self.dataset != "file":
+            raise ConfigError(f"data.file={self.file!r} is only read with data.dataset=file (now "
+                              f"{self.dataset!r}); add data.dataset=file, or use --data-file PATH")
+        if self.file and not Path(self.file).expanduser().is_absolute():
+            # Saved with the run: an absolute path still finds the file from another directory.
+            object.__setattr__(self, "file", str(Path(self.file).expanduser().resolve()))
+        if self.file and (self.view != "rows" or self.download):
+            raise ConfigError("data.view and data.download apply to the image datasets; a sequence file "
+                              "is read as it is (leave them at their defaults)")
         _at_least("data", "val_size", self.val_size, 0)
         _at_least("data", "permutation_seed", self.permutation_seed, 0)
 

@@ -23,6 +23,7 @@ from rnnlab import checkpoint as ckpt
 from rnnlab import distributed as dist
 from rnnlab.config import RunConfig, save_toml, to_dict
 from rnnlab.data import SequenceData, load_sequences, make_permutation, train_val_split
+from rnnlab.data.files import load_sequence_file
 from rnnlab.data.sources import DATASETS
 from rnnlab.errors import CheckpointError
 from rnnlab.models import SequenceClassifier, create_model, parameter_count
@@ -44,24 +45,37 @@ class Datasets:
 def load_datasets(cfg: RunConfig) -> Datasets:
     """Train/val/test sequences for a config; the validation split never touches the test set."""
     data = cfg.data
-    spec = DATASETS[data.dataset]
     permutation = None
-    if data.view == "permuted-pixels":
-        permutation = make_permutation(data.permutation_seed, spec.image_shape[0] * spec.image_shape[1])
-    kwargs = dict(view=data.view, data_dir=data.data_dir or None, permutation=permutation, download=data.download)
-    full = load_sequences(data.dataset, "train", **kwargs)
-    test = load_sequences(data.dataset, "test", **kwargs)
+    if data.dataset == "file":  # the user's own sequences
+        full, test, num_classes = load_sequence_file(data.file)
+    else:
+        spec = DATASETS[data.dataset]
+        if data.view == "permuted-pixels":
+            permutation = make_permutation(data.permutation_seed, spec.image_shape[0] * spec.image_shape[1])
+        kwargs = dict(view=data.view, data_dir=data.data_dir or None, permutation=permutation,
+                      download=data.download)
+        full = load_sequences(data.dataset, "train", **kwargs)
+        test = load_sequences(data.dataset, "test", **kwargs)
+        num_classes = spec.num_classes
     val = None
     train = full
     if data.val_size > 0 and cfg.train.protocol == "standard":
         train_idx, val_idx = train_val_split(len(full), data.val_size, cfg.seed)
         train = SequenceData(full.x[train_idx], full.y[train_idx])
         val = SequenceData(full.x[val_idx], full.y[val_idx])
-    return Datasets(train, val, test, permutation, spec.num_classes)
+    return Datasets(train, val, test, permutation, num_classes)
+
+
+def input_shape(datasets: Datasets) -> dict[str, int]:
+    """What a model trained on these datasets reads and predicts (kept in checkpoints, so that
+    a run on a sequence file loads without the file)."""
+    steps, features = datasets.train.seq_shape
+    return {"steps": steps, "features": features, "classes": datasets.num_classes}
 
 
 def build_model(cfg: RunConfig, datasets: Datasets) -> SequenceClassifier:
     mean, std = datasets.train.pixel_stats() if cfg.data.standardize else (0.0, 1.0)
+    std = std if std > 0 else 1.0  # constant inputs: nothing to scale
     _, steps, features = datasets.train.x.shape
     return create_model(cfg.model, input_size=features, seq_len=steps, num_classes=datasets.num_classes,
                         input_mean=mean, input_std=std)
@@ -179,7 +193,8 @@ class Trainer:
             tensors["permutation"] = self.data.permutation
         meta = {"config": to_dict(self.cfg), "iteration": self.iteration, "total_iterations": self.total,
                 "epoch": self.iteration / self.batches_per_epoch, "train_seconds": self.train_seconds,
-                "running": self.running, "torch_version": torch.__version__}
+                "running": self.running, "torch_version": torch.__version__,
+                "input": input_shape(self.data)}
         ckpt.save_checkpoint(self.run_dir, tensors, meta)
 
     def restore(self) -> None:

@@ -53,6 +53,7 @@ class ExportReport:
     same_classes: float | None  # fraction of images where both predict the same class
     prefix_max_abs_diff: float | None  # on shorter sequences, when T is dynamic
     bytes: int
+    reads_sequences: bool = False  # trained on a sequence file: inputs are not pixels in [0, 1]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,7 +67,7 @@ def reference_model(run_dir: str | Path) -> tuple[Any, torch.nn.Module]:
 
     tensors, meta = ckpt.load_checkpoint(run_dir)
     config = from_dict(meta["config"], source=str(Path(run_dir) / ckpt.CHECKPOINT_JSON))
-    model = build_from_state(config, tensors["model"], impl="torch").eval()
+    model = build_from_state(config, tensors["model"], impl="torch", input_shape=meta.get("input")).eval()
     return TrainedModel(Path(run_dir), config, model, tensors.get("permutation"), meta), model
 
 
@@ -75,9 +76,11 @@ def _metadata(trained: Any, model: torch.nn.Module, dynamic_steps: bool) -> dict
     return {
         "rnnlab_version": __import__("rnnlab").__version__,
         "input": INPUT_NAME, "output": OUTPUT_NAME,
-        "view": trained.view, "steps": model.seq_len, "features": model.input_size,
+        "view": "sequence-file" if trained.reads_sequences else trained.view,
+        "steps": model.seq_len, "features": model.input_size,
         "classes": model.num_classes, "dynamic_steps": dynamic_steps,
-        "input_range": [0.0, 1.0], "cell": trained.config.model.cell, "readout": trained.config.model.readout,
+        "input_range": None if trained.reads_sequences else [0.0, 1.0],  # a sequence file's: any
+        "cell": trained.config.model.cell, "readout": trained.config.model.readout,
         "permutation": None if permutation is None else [int(i) for i in permutation.tolist()],
     }
 
@@ -180,8 +183,9 @@ def load_exported(path: str | Path, fmt: str | None = None) -> Callable[[np.ndar
 
 # ---------------------------------------------------------------------------- check and entry point
 def _check_sequences(trained: Any, samples: int, data_dir: str | None) -> torch.Tensor:
-    """The first ``samples`` test images as float ``(N, T, F)`` in [0, 1], as the run reads them."""
-    return trained.test_split(data_dir).x[:samples].float() / 255.0  # (N, T, F)
+    """The first ``samples`` test sequences as float ``(N, T, F)``, as the run reads them."""
+    test = trained.test_split(data_dir)
+    return test.batch(torch.arange(min(samples, len(test))))[0]  # (N, T, F)
 
 
 def _compare(run: Callable[[np.ndarray], np.ndarray], model: torch.nn.Module,
@@ -239,4 +243,4 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     _atomic(path, EXTENSIONS[fmt], lambda tmp: writer(model, example, tmp, dynamic_steps, metadata), verify)
     shape: list[Any] = ["N", "T" if dynamic_steps else model.seq_len, model.input_size]
     return ExportReport(path=str(path), format=fmt, input_shape=shape, dynamic_steps=dynamic_steps,
-                        bytes=path.stat().st_size, **checked)
+                        bytes=path.stat().st_size, reads_sequences=trained.reads_sequences, **checked)

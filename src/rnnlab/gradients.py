@@ -121,7 +121,7 @@ def format_flow(flow: GradientFlow, title: str, rows: int = 28) -> str:
     width = max(12, *(len(n) + 2 for n in names))
     shown = sorted({round(i * (steps - 1) / max(1, rows - 1)) for i in range(min(rows, steps))})
     what = "||dL/dh_t|| (h) and ||dL/dc_t|| (c)" if len(series) > 1 else "||dL/dh_t||"
-    lines = [title, f"mean {what} over {flow.samples} images (loss {flow.loss:.4f})", "",
+    lines = [title, f"mean {what} over {flow.samples} test sequences (loss {flow.loss:.4f})", "",
              f"{'step':>6}" + "".join(f"{n:>{width}}" for n in names)]
     for t in shown:
         lines.append(f"{t + 1:>6}" + "".join(f"{values[layer, d, t].item():>{width}.3e}"

@@ -14,6 +14,7 @@ from rnnlab import checkpoint as ckpt
 from rnnlab import distributed as dist
 from rnnlab.config import RunConfig, from_dict, load_toml
 from rnnlab.data import SequenceData, images_to_sequences, load_sequences
+from rnnlab.data.files import load_sequence_file
 from rnnlab.data.sources import DATASETS
 from rnnlab.engine import CONFIG, METRICS, SUMMARY, Trainer, default_run_dir
 from rnnlab.errors import CheckpointError, DataError
@@ -81,28 +82,63 @@ class TrainedModel:
     def __init__(self, run_dir: Path, config: RunConfig, model: SequenceClassifier,
                  permutation: torch.Tensor | None, meta: dict[str, Any]) -> None:
         self.run_dir, self.config, self.model, self.permutation, self.meta = run_dir, config, model, permutation, meta
-        spec = DATASETS[config.data.dataset]
-        self.image_shape = spec.image_shape
-        self.num_classes = spec.num_classes
+        self.num_classes = model.num_classes
+        # Image datasets: predictions start from images. A sequence file: from sequences.
+        self.image_shape = None if self.reads_sequences else DATASETS[config.data.dataset].image_shape
 
     @property
     def view(self) -> str:
         return self.config.data.view
 
+    @property
+    def reads_sequences(self) -> bool:
+        """True for a run trained on the user's own sequences (``data.dataset=file``), not images."""
+        return self.config.data.dataset == "file"
+
     def test_split(self, data_dir: str | None = None) -> SequenceData:
         """The run's test set, read as the run read it (view, permutation); ``data_dir``
-        overrides the run's own data folder."""
+        overrides the run's own data folder (or, for a sequence-file run, is the file to read)."""
         data = self.config.data
+        if self.reads_sequences:
+            return load_sequence_file(data_dir or data.file)[1]
         return load_sequences(data.dataset, "test", view=data.view, permutation=self.permutation,
                               data_dir=data_dir or data.data_dir or None, download=data.download)
+
+    def sequences_in(self, sequences: Any) -> torch.Tensor:
+        """Sequences as the run's model reads them: ``(N, T, F)`` or one ``(T, F)`` (``(N, T)`` or
+        ``(T,)`` for one feature), float, or uint8 if the training file held uint8 -> float ``(N, T, F)``."""
+        if not self.reads_sequences:
+            raise DataError(f"{self.run_dir} was trained on {self.config.data.dataset} images; "
+                            "pass images (predict), not sequences")
+        x = torch.as_tensor(np.asarray(sequences))
+        steps, features = self.model.seq_len, self.model.input_size
+        if features == 1 and x.dim() in (1, 2) and x.shape[-1] != 1:
+            x = x.unsqueeze(-1)  # (T,) or (N, T) -> one feature per step
+        if x.dim() == 2:
+            x = x[None]  # one sequence (T, F) -> (1, T, F)
+        if x.dim() != 3 or tuple(x.shape[1:]) != (steps, features):
+            raise DataError(f"sequences must have shape (N, {steps}, {features}) or ({steps}, {features}) "
+                            f"as in the run's training file, got {tuple(x.shape)}")
+        if x.dtype == torch.uint8:
+            return x.float() / 255.0
+        if not (x.is_floating_point() or x.dtype in (torch.int16, torch.int32, torch.int64)):
+            raise DataError(f"sequences must hold numbers, got {x.dtype}")
+        x = x.float()
+        if not torch.isfinite(x).all():
+            raise DataError("sequences hold NaN or infinite values; fill or drop them")
+        return x
 
     def to_sequences(self, images: Any) -> torch.Tensor:
         """Images in MNIST form, ``(N, H, W)`` or ``(H, W)``, uint8 0-255 or float 0-1 -> float ``(N, T, F)``.
 
         Image files, bytes, PIL images, arrays of other shapes, or a list of them are first
         brought to MNIST form by :mod:`rnnlab.imaging`; MNIST-shaped arrays are used as they are.
+        A run trained on a sequence file takes sequences instead (see ``sequences_in``).
         """
         from rnnlab.imaging import as_image_batch
+
+        if self.image_shape is None:
+            return self.sequences_in(images)
 
         array = torch.as_tensor(np.asarray(as_image_batch(images, self.image_shape)))
         if array.ndim == 2:
@@ -144,21 +180,29 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu") -> TrainedM
     run_dir = Path(run_dir)
     tensors, meta = ckpt.load_checkpoint(run_dir, map_location=device)
     config = from_dict(meta["config"], source=str(run_dir / ckpt.CHECKPOINT_JSON))
-    model = build_from_state(config, tensors["model"])
+    model = build_from_state(config, tensors["model"], input_shape=meta.get("input"))
     model.to(device).eval()
     return TrainedModel(run_dir, config, model, tensors.get("permutation"), meta)
 
 
-def build_from_state(config: RunConfig, state: dict[str, torch.Tensor], *, impl: str | None = None) -> SequenceClassifier:
-    """Rebuild a model from its config and state_dict (optionally forcing the layer implementation)."""
+def build_from_state(config: RunConfig, state: dict[str, torch.Tensor], *, impl: str | None = None,
+                     input_shape: dict[str, int] | None = None) -> SequenceClassifier:
+    """Rebuild a model from its config and state_dict (optionally forcing the layer implementation).
+    ``input_shape`` is a checkpoint's ``meta["input"]``; image runs can do without it."""
     from dataclasses import replace
 
     from rnnlab.data.sequences import view_shape
 
-    spec = DATASETS[config.data.dataset]
-    steps, features = view_shape(config.data.view, spec.image_shape)
+    if input_shape is not None:
+        steps, features, classes = input_shape["steps"], input_shape["features"], input_shape["classes"]
+    elif config.data.dataset == "file":
+        raise CheckpointError("this checkpoint of a sequence-file run does not say its input shape "
+                              "(meta 'input'); it was written by an older rnnlab: train it again")
+    else:
+        spec = DATASETS[config.data.dataset]
+        (steps, features), classes = view_shape(config.data.view, spec.image_shape), spec.num_classes
     model_cfg = config.model if impl is None else replace(config.model, impl=impl)
-    model = create_model(model_cfg, input_size=features, seq_len=steps, num_classes=spec.num_classes)
+    model = create_model(model_cfg, input_size=features, seq_len=steps, num_classes=classes)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

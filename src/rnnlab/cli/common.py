@@ -55,6 +55,8 @@ SHORTCUTS = {
     "seed": ("seed", int, "random seed"),
     "device": ("train.device", str, "auto, cpu, cuda, cuda:N or mps"),
     "data_dir": ("data.data_dir", str, "folder with the IDX files (default: RNNLAB_DATA_DIR, then the embedded MNIST)"),
+    "data_file": ("data.file", str, "a .npz of your own sequences (x_train, y_train, x_test, y_test); "
+                                    "sets data.dataset=file"),
 }
 
 
@@ -86,5 +88,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     for flag, (key, _, _) in SHORTCUTS.items():
         value = getattr(args, f"short_{flag}", None)
         if value is not None:
+            if flag == "data_file":
+                overrides.append("data.dataset=file")
             overrides.append(f"{key}={value}")
     return apply_overrides(config, overrides + list(args.overrides))

@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    formatter_class=DefaultsHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    parser.add_argument("--data-dir", metavar="DIR", help="folder with the IDX files (default: the run's)")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="folder with the IDX files, or for a run on a sequence file the .npz (default: the run's)")
     parser.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     parser.add_argument("--no-plot", action="store_true", help="do not write confusion.png into the run folder")
@@ -40,14 +41,15 @@ def evaluate_run(run_dir: str, *, data_dir: str | None = None, batch_size: int =
     counts = torch.bincount(test.y, minlength=trained.num_classes).tolist()
     per_class = [100.0 * matrix[c][c] / counts[c] if counts[c] else float("nan") for c in range(trained.num_classes)]
     return {"run_dir": str(run_dir), "test_accuracy": result.accuracy, "test_loss": result.loss,
-            "samples": len(test), "per_class_accuracy": per_class, "confusion_matrix": matrix}
+            "samples": len(test), "unit": "sequences" if trained.reads_sequences else "images",
+            "per_class_accuracy": per_class, "confusion_matrix": matrix}
 
 
 def format_report(report: dict) -> str:
     matrix = report["confusion_matrix"]
     n = len(matrix)
     width = max(5, max(len(str(v)) for row in matrix for v in row) + 1)
-    lines = [f"test accuracy {report['test_accuracy']:.2f}% on {report['samples']} images "
+    lines = [f"test accuracy {report['test_accuracy']:.2f}% on {report['samples']} {report.get('unit', 'images')} "
              f"(loss {report['test_loss']:.4f})", "", "per-class accuracy:"]
     lines += [f"  {c}: {acc:6.2f}%" for c, acc in enumerate(report["per_class_accuracy"])]
     lines += ["", "confusion matrix (rows: true class, columns: predicted):",

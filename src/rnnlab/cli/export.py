@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/model.onnx or "
                                                       "RUN_DIR/model.torchscript.pt)")
     parser.add_argument("--samples", type=int, default=256, help="test images used to check the export")
-    parser.add_argument("--data-dir", metavar="DIR", help="folder with the IDX files (default: the run's)")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="folder with the IDX files, or for a run on a sequence file the .npz (default: the run's)")
     parser.add_argument("--no-check", action="store_true", help="skip the check against PyTorch (not advised)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=run)
@@ -36,11 +37,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     shape = "(" + ", ".join(str(d) for d in report.input_shape) + ")"
     print(f"wrote {report.path} ({report.format}, {report.bytes / 1024:.1f} KiB)")
-    print(f"  input  sequences float32 {shape}, values in [0, 1]"
+    values = "" if report.reads_sequences else ", values in [0, 1]"
+    print(f"  input  sequences float32 {shape}{values}"
           + ("" if report.dynamic_steps else "  (T fixed: readout 'all')"))
     print("  output logits    float32 (N, classes)")
     if report.samples:
-        line = (f"  check  {report.samples} test images: max |logit diff| {report.max_abs_diff:.2e} "
+        unit = "sequences" if report.reads_sequences else "images"
+        line = (f"  check  {report.samples} test {unit}: max |logit diff| {report.max_abs_diff:.2e} "
                 f"(<= {TOLERANCE:g}), same class {100 * report.same_classes:.1f}%")
         if report.prefix_max_abs_diff is not None:
             line += f"; shorter sequences {report.prefix_max_abs_diff:.2e}"

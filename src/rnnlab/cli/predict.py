@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "centred by centre of mass in 28x28. 28x28 light-on-dark images are used as they are.",
         formatter_class=DefaultsHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR")
-    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files; for a run trained on a sequence file (data.dataset=file), .npy "
+                             "files of sequences, (N, T, F) or one (T, F)")
     parser.add_argument("--top", type=int, default=3, metavar="K", help="show the K most likely classes")
     parser.add_argument("--steps", action="store_true",
                         help="also show how the probabilities evolve as the model reads the image")
@@ -90,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise ConfigError(f"--top={args.top} must be >= 1")
     trained = rnnlab.load(args.run_dir)
+    if trained.reads_sequences:
+        return _run_sequences(args, trained)
     entries: list[dict[str, Any]] = []
     good: list[tuple[int, np.ndarray]] = []
     for path in args.images:
@@ -128,4 +132,40 @@ def run(args: argparse.Namespace) -> int:
             if args.steps:
                 print("\n".join(format_steps(entry["_pixels"], trained.view, entry["steps_read"], entry["steps"],
                                              total)))
+    return 2 if failed else 0
+
+
+def _run_sequences(args: argparse.Namespace, trained: Any) -> int:
+    """``predict`` for a run trained on a sequence file: each argument is a ``.npy`` of sequences."""
+    import numpy as np
+
+    from rnnlab.errors import ConfigError, DataError, RnnlabError
+
+    if args.steps:
+        raise ConfigError("--steps draws the image rows as they are read; this run reads sequences, "
+                          "leave out --steps")
+    entries: list[dict[str, Any]] = []
+    failed = 0
+    for path in args.images:
+        try:
+            try:
+                array = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise DataError(f"{path}: not a readable .npy array of sequences ({exc})") from None
+            if not isinstance(array, np.ndarray):
+                raise DataError(f"{path}: give a .npy array of sequences (np.save), not an archive")
+            probs = trained.probabilities(array)  # (N, C)
+        except RnnlabError as exc:  # one bad file must not stop the others
+            failed += 1
+            print(f"rnnlab: error: {exc}", file=sys.stderr)
+            continue
+        for i, row in enumerate(probs.tolist()):
+            entries.append({"file": path, "index": i, "class": int(np.argmax(row)), "probabilities": row,
+                            "top": [{"class": c, "probability": q} for c, q in _top(row, args.top)]})
+    if args.json:
+        print(json.dumps(entries))
+    else:
+        for entry in entries:
+            top = "  ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in entry["top"])
+            print(f"{entry['file']}[{entry['index']}]: {entry['class']}   ({top})")
     return 2 if failed else 0

@@ -105,16 +105,25 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(state[0])
 
 
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """Model input from stored sequences: uint8 pixels scaled to [0, 1]; float32 values as they are
+    (always a new tensor, never a view of the stored data)."""
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255.0)
+    return x.clone()
+
+
 @dataclass
 class SequenceData:
-    """A labelled set of uint8 sequences: ``x (N, T, F)`` and ``y (N,)`` int64."""
+    """A labelled set of sequences: ``x (N, T, F)`` uint8 (pixels, scaled to [0, 1] per batch)
+    or float32 (a user's own values, used as they are), and ``y (N,)`` int64."""
 
     x: torch.Tensor
     y: torch.Tensor
 
     def __post_init__(self) -> None:
-        if self.x.dim() != 3 or self.x.dtype != torch.uint8:
-            raise DataError(f"x must be uint8 of shape (N, T, F), got {self.x.dtype} {tuple(self.x.shape)}.")
+        if self.x.dim() != 3 or self.x.dtype not in (torch.uint8, torch.float32):
+            raise DataError(f"x must be uint8 or float32 of shape (N, T, F), got {self.x.dtype} {tuple(self.x.shape)}.")
         if self.y.dim() != 1 or self.y.dtype != torch.int64:
             raise DataError(f"y must be int64 of shape (N,), got {self.y.dtype} {tuple(self.y.shape)}.")
         if self.x.shape[0] != self.y.shape[0]:
@@ -139,9 +148,10 @@ class SequenceData:
         return -(-len(self) // batch_size)
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x float32 (B, T, F) in [0, 1], y int64 (B,))`` for the given row indices."""
+        """``(x float32 (B, T, F), y int64 (B,))`` for the given row indices (pixels in [0, 1])."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        x = self.x.index_select(0, idx).to(torch.float32).div_(255.0)  # (B, T, F)
+        x = self.x.index_select(0, idx)  # (B, T, F), a copy
+        x = x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x
         return x, self.y.index_select(0, idx)
 
     def epoch_order(self, epoch: int, seed: int) -> torch.Tensor:
@@ -186,13 +196,20 @@ class SequenceData:
         for first in range(start, stop, batch_size):
             last = min(first + batch_size, stop)
             # Slices are views; the float conversion is the only copy.
-            x = self.x[first:last].to(torch.float32).div_(255.0)  # (B, T, F)
-            yield x, self.y[first:last]
+            yield _as_float(self.x[first:last]), self.y[first:last]  # (B, T, F), (B,)
 
     def pixel_stats(self) -> tuple[float, float]:
-        """``(mean, std)`` of all values scaled to [0, 1] (population std)."""
+        """``(mean, std)`` of all input values, pixels scaled to [0, 1] (population std)."""
         if self.x.numel() == 0:
             raise DataError("cannot compute pixel statistics of an empty dataset.")
+        if self.x.dtype != torch.uint8:  # float64 sums over chunks of rows, no full-size copy
+            total = count = 0.0
+            for chunk in self.x.split(4096):
+                total += chunk.sum(dtype=torch.float64).item()
+                count += chunk.numel()
+            mean = total / count
+            squares = sum(((chunk.double() - mean) ** 2).sum().item() for chunk in self.x.split(4096))
+            return float(mean), float((squares / count) ** 0.5)
         # A 256-bin histogram is exact and avoids a float copy of the whole set.
         counts = torch.bincount(self.x.flatten(), minlength=256).to(torch.float64)
         values = torch.arange(256, dtype=torch.float64) / 255.0

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 import rnnlab
-from rnnlab.errors import RnnlabError
+from rnnlab.errors import DataError, RnnlabError
 from rnnlab.imaging import MAX_PIXELS, SIZE, prepare
 from rnnlab.serve.reading import reading_steps
 
@@ -174,6 +174,10 @@ def create_app(run: str | Path | Any, *, limits: Limits | None = None) -> FastAP
     """The app for a run folder (or an already loaded :class:`rnnlab.TrainedModel`)."""
     limits = limits or Limits()
     trained = rnnlab.load(run) if isinstance(run, (str, Path)) else run
+    if trained.reads_sequences:
+        raise DataError(f"{trained.run_dir} was trained on sequences from a file; `rnnlab serve` draws "
+                        "digit images. Classify sequences with `rnnlab predict RUN_DIR seqs.npy` or "
+                        "rnnlab.load(RUN_DIR).predict(sequences)")
     trained.model.eval()
     slots = asyncio.Semaphore(max(1, limits.concurrency))
     limiter = RateLimiter(limits.rate_per_minute)
