@@ -49,9 +49,10 @@ def test_reads_splits_classes_and_dtypes(tmp_path: Path, seq_file: Path) -> None
     assert (len(train), len(test), classes, train.seq_shape) == (600, 200, 3, (12, 2))
     x, y = train.batch(torch.tensor([3, 1]))  # float values are used as they are
     assert torch.equal(x, torch.from_numpy(synthetic(600, 0)[0][[3, 1]])) and y.dtype == torch.int64
-    mean, std = train.pixel_stats()
-    assert mean == pytest.approx(train.x.double().mean().item())
-    assert std == pytest.approx(train.x.double().std(unbiased=False).item())
+    mean, std = train.feature_stats()  # per feature, over sequences and steps
+    values = train.x.double().flatten(0, 1)  # (N*T, F)
+    torch.testing.assert_close(mean, values.mean(0).float())
+    torch.testing.assert_close(std, values.std(0, unbiased=False).float())
     assert sequence_file_shape(seq_file) == (12, 2, 3)
 
     # (N, T) is one feature per step; uint8 is scaled like pixels; num_classes may exceed the labels
@@ -114,6 +115,13 @@ def test_train_load_predict_eval_export_on_a_sequence_file(tmp_path: Path, seq_f
     # Chance is 1/3; the three shapes are easy to tell apart through the noise (100% seen here).
     assert summary["status"] == "completed" and summary["test_accuracy"] > 90
     assert len(summary["confusion_matrix"]) == 3
+
+    # Each feature is standardised on its own scale: the buffers are (F,), from the training split.
+    model = rnnlab.load(run_dir).model
+    assert model.input_mean.shape == model.input_std.shape == (2,)
+    everything = torch.from_numpy(synthetic(600, 0)[0]).flatten(0, 1)  # (N*T, F), validation rows too
+    torch.testing.assert_close(model.input_std, everything.std(0), rtol=0.05, atol=0)
+    torch.testing.assert_close(model.input_mean, everything.mean(0), rtol=0, atol=0.05)
 
     seq_file.rename(tmp_path / "moved.npz")  # loading the model does not need the data
     trained = rnnlab.load(run_dir)

@@ -74,8 +74,14 @@ def input_shape(datasets: Datasets) -> dict[str, int]:
 
 
 def build_model(cfg: RunConfig, datasets: Datasets) -> SequenceClassifier:
-    mean, std = datasets.train.pixel_stats() if cfg.data.standardize else (0.0, 1.0)
-    std = std if std > 0 else 1.0  # constant inputs: nothing to scale
+    mean: float | torch.Tensor = 0.0
+    std: float | torch.Tensor = 1.0
+    if cfg.data.standardize and cfg.data.dataset == "file":  # a user's features: each on its own scale
+        mean, std = datasets.train.feature_stats()  # (F,), (F,)
+        std = torch.where(std > 0, std, torch.ones_like(std))  # a constant feature: nothing to scale
+    elif cfg.data.standardize:  # images: one mean and std over all pixels
+        mean, std = datasets.train.pixel_stats()
+        std = std if std > 0 else 1.0
     _, steps, features = datasets.train.x.shape
     return create_model(cfg.model, input_size=features, seq_len=steps, num_classes=datasets.num_classes,
                         input_mean=mean, input_std=std)

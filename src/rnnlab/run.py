@@ -202,7 +202,9 @@ def build_from_state(config: RunConfig, state: dict[str, torch.Tensor], *, impl:
         spec = DATASETS[config.data.dataset]
         (steps, features), classes = view_shape(config.data.view, spec.image_shape), spec.num_classes
     model_cfg = config.model if impl is None else replace(config.model, impl=impl)
-    model = create_model(model_cfg, input_size=features, seq_len=steps, num_classes=classes)
+    # The standardisation buffers are scalars or (F,): build them in the checkpoint's shape.
+    model = create_model(model_cfg, input_size=features, seq_len=steps, num_classes=classes,
+                         input_mean=state.get("input_mean", 0.0), input_std=state.get("input_std", 1.0))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -199,17 +199,11 @@ class SequenceData:
             yield _as_float(self.x[first:last]), self.y[first:last]  # (B, T, F), (B,)
 
     def pixel_stats(self) -> tuple[float, float]:
-        """``(mean, std)`` of all input values, pixels scaled to [0, 1] (population std)."""
+        """``(mean, std)`` of all pixels scaled to [0, 1] (population std)."""
         if self.x.numel() == 0:
             raise DataError("cannot compute pixel statistics of an empty dataset.")
-        if self.x.dtype != torch.uint8:  # float64 sums over chunks of rows, no full-size copy
-            total = count = 0.0
-            for chunk in self.x.split(4096):
-                total += chunk.sum(dtype=torch.float64).item()
-                count += chunk.numel()
-            mean = total / count
-            squares = sum(((chunk.double() - mean) ** 2).sum().item() for chunk in self.x.split(4096))
-            return float(mean), float((squares / count) ** 0.5)
+        if self.x.dtype != torch.uint8:
+            raise DataError("pixel statistics need uint8 pixels; use feature_stats() for float sequences.")
         # A 256-bin histogram is exact and avoids a float copy of the whole set.
         counts = torch.bincount(self.x.flatten(), minlength=256).to(torch.float64)
         values = torch.arange(256, dtype=torch.float64) / 255.0
@@ -217,6 +211,19 @@ class SequenceData:
         mean = (counts * values).sum() / total
         var = (counts * (values - mean) ** 2).sum() / total
         return float(mean), float(var.sqrt())
+
+
+    def feature_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-feature ``(mean (F,), std (F,))`` over all sequences and steps (population std;
+        pixels scaled to [0, 1]), accumulated in float64 over chunks of rows."""
+        if self.x.numel() == 0:
+            raise DataError("cannot compute feature statistics of an empty dataset.")
+        scale = 1 / 255.0 if self.x.dtype == torch.uint8 else 1.0
+        count = self.x.shape[0] * self.x.shape[1]
+        total = sum(chunk.double().sum((0, 1)) for chunk in self.x.split(4096)) * scale  # (F,)
+        mean = total / count
+        squares = sum(((chunk.double() * scale - mean) ** 2).sum((0, 1)) for chunk in self.x.split(4096))
+        return mean.float(), (squares / count).sqrt().float()
 
 
 def _check_batch_size(batch_size: int) -> None:

@@ -38,14 +38,15 @@ class SequenceClassifier(nn.Module):
     """A stack of RNN/LSTM/GRU layers and a linear readout."""
 
     def __init__(self, config: ModelConfig, *, input_size: int, seq_len: int, num_classes: int,
-                 input_mean: float = 0.0, input_std: float = 1.0) -> None:
+                 input_mean: float | torch.Tensor = 0.0, input_std: float | torch.Tensor = 1.0) -> None:
         super().__init__()
         self.config = config
         self.input_size, self.seq_len, self.num_classes = input_size, seq_len, num_classes
         self.mode = f"rnn_{config.nonlinearity}" if config.cell == "rnn" else config.cell
         self.directions = 2 if config.bidirectional else 1
-        self.register_buffer("input_mean", torch.tensor(float(input_mean)))
-        self.register_buffer("input_std", torch.tensor(float(input_std)))
+        # Scalars for images (one mean and std over all pixels), (F,) per feature for a sequence file.
+        self.register_buffer("input_mean", torch.as_tensor(input_mean, dtype=torch.float32).clone())
+        self.register_buffer("input_std", torch.as_tensor(input_std, dtype=torch.float32).clone())
         self.recurrent_in_fp32 = False  # set when this CPU cannot run the recurrence in bf16
         self.rnn = _make_recurrent(self.mode, input_size, config.hidden, config.layers,
                                    config.bidirectional, config.dropout, config.impl)
@@ -56,7 +57,7 @@ class SequenceClassifier(nn.Module):
         initialise(self, config.init)
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
-        """The recurrence's input: raw ``(B, T, F)`` in [0, 1], standardised as in training."""
+        """The recurrence's input: raw ``(B, T, F)`` standardised as in training."""
         return (x - self.input_mean) / self.input_std
 
     def hidden_states(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
+import torch
+
 from rnnlab.config import ModelConfig
 from rnnlab.errors import ConfigError
 from rnnlab.models.recurrent import SequenceClassifier
@@ -46,7 +48,7 @@ def get_builder(name: str) -> Builder:
 
 
 def create_model(config: ModelConfig, *, input_size: int, seq_len: int, num_classes: int,
-                 input_mean: float = 0.0, input_std: float = 1.0) -> SequenceClassifier:
+                 input_mean: float | torch.Tensor = 0.0, input_std: float | torch.Tensor = 1.0) -> SequenceClassifier:
     """Build the model a :class:`ModelConfig` describes (its ``cell`` names the builder)."""
     builder = get_builder(config.cell)
     return builder(config=config, input_size=input_size, seq_len=seq_len, num_classes=num_classes,
@@ -55,7 +57,7 @@ def create_model(config: ModelConfig, *, input_size: int, seq_len: int, num_clas
 
 def _build(cell: str) -> Builder:
     def builder(*, config: ModelConfig, input_size: int, seq_len: int, num_classes: int,
-                input_mean: float = 0.0, input_std: float = 1.0) -> SequenceClassifier:
+                input_mean: float | torch.Tensor = 0.0, input_std: float | torch.Tensor = 1.0) -> SequenceClassifier:
         if config.cell != cell:
             config = replace(config, cell=cell)
         return SequenceClassifier(config, input_size=input_size, seq_len=seq_len,
