@@ -159,3 +159,11 @@ def test_a_relative_file_path_is_saved_absolute(tmp_path: Path, monkeypatch: pyt
     monkeypatch.chdir(tmp_path)
     config = apply_overrides(RunConfig(), ["data.dataset=file", "data.file=series.npz"])
     assert config.data.file == str(tmp_path.resolve() / "series.npz")
+
+
+def test_a_validation_split_larger_than_the_file_says_what_to_set(tmp_path: Path, seq_file: Path) -> None:
+    config = apply_overrides(RunConfig(), ["data.dataset=file", f"data.file={seq_file}"])  # val_size 5000
+    with pytest.raises(ConfigError, match=r"data.val_size=5000 would leave no training data: the training "
+                                          r"split has 600 sequences; set data.val_size=60"):
+        rnnlab.train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -25,7 +25,7 @@ from rnnlab.config import RunConfig, save_toml, to_dict
 from rnnlab.data import SequenceData, load_sequences, make_permutation, train_val_split
 from rnnlab.data.files import load_sequence_file
 from rnnlab.data.sources import DATASETS
-from rnnlab.errors import CheckpointError
+from rnnlab.errors import CheckpointError, ConfigError
 from rnnlab.models import SequenceClassifier, create_model, parameter_count
 
 METRICS = "metrics.jsonl"
@@ -60,6 +60,10 @@ def load_datasets(cfg: RunConfig) -> Datasets:
     val = None
     train = full
     if data.val_size > 0 and cfg.train.protocol == "standard":
+        if data.val_size >= len(full):
+            raise ConfigError(f"data.val_size={data.val_size} would leave no training data: the training split "
+                              f"has {len(full)} sequences; set data.val_size={max(1, len(full) // 10)} "
+                              "(a tenth) or 0 for no validation split")
         train_idx, val_idx = train_val_split(len(full), data.val_size, cfg.seed)
         train = SequenceData(full.x[train_idx], full.y[train_idx])
         val = SequenceData(full.x[val_idx], full.y[val_idx])
