@@ -130,7 +130,7 @@ def test_train_load_predict_eval_export_on_a_sequence_file(tmp_path: Path, seq_f
     predicted = np.array([p["class"] for p in trained.predict(x_test)])
     assert (predicted == y_test).mean() * 100 == pytest.approx(summary["test_accuracy"])
     assert trained.predict(x_test[0])[0]["class"] == predicted[0]  # one (T, F) sequence
-    with pytest.raises(DataError, match=r"must have shape \(N, 12, 2\) or \(12, 2\)"):
+    with pytest.raises(DataError, match=r"must have shape \(N, T, 2\) or \(T, 2\) with T = 12 steps"):
         trained.predict(np.zeros((3, 12, 5), np.float32))
     with pytest.raises(DataError, match="NaN"):
         trained.predict(np.full((12, 2), np.nan, np.float32))
@@ -167,3 +167,94 @@ def test_a_validation_split_larger_than_the_file_says_what_to_set(tmp_path: Path
                                           r"split has 600 sequences; set data.val_size=60"):
         rnnlab.train(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ sequences of varying length
+
+
+@pytest.mark.parametrize("cell, bidirectional, readout, impl", [
+    ("rnn", False, "last", "fast"), ("gru", False, "mean", "fast"), ("lstm", False, "last", "torch"),
+    ("lstm", True, "last", "torch"), ("gru", True, "mean", "torch"), ("rnn", True, "mean", "auto"),
+])
+def test_a_padded_batch_reads_each_sequence_to_its_own_end(cell: str, bidirectional: bool, readout: str,
+                                                          impl: str) -> None:
+    """Logits for a padded batch with lengths equal those of each sequence run alone, unpadded:
+    the padding is never read, whatever it holds."""
+    from rnnlab.config import ModelConfig
+    from rnnlab.models import create_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(cell=cell, hidden=6, layers=2, bidirectional=bidirectional, readout=readout, impl=impl)
+    model = create_model(config, input_size=3, seq_len=9, num_classes=4).double()
+    lengths = torch.tensor([9, 4, 1, 7])
+    x = torch.randn(4, 9, 3, dtype=torch.double)
+    padded = x.clone()
+    for i, n in enumerate(lengths):
+        padded[i, n:] = 1e3  # absurd padding: any effect would show
+    batch = model(padded, lengths)  # (4, C)
+    alone = torch.cat([model(x[i:i + 1, :n]) for i, n in enumerate(lengths)])
+    torch.testing.assert_close(batch, alone, rtol=1e-9, atol=1e-9)
+    batch.sum().backward()  # and gradients flow (the fast layers' backward included)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_lengths_in_the_file(tmp_path: Path) -> None:
+    x = np.full((4, 5, 2), np.nan, np.float32)  # padding may hold anything, NaN included
+    for i, n in enumerate([5, 2, 1, 3]):
+        x[i, :n] = i + 1
+    path = write(tmp_path, x_train=x, lengths_train=np.array([5, 2, 1, 3]), lengths_test=np.array([5, 5]))
+    train, test, _ = load_sequence_file(path)
+    assert train.lengths.tolist() == [5, 2, 1, 3] and test.lengths.tolist() == [5, 5]
+    assert torch.equal(train.x[1, :, 0], torch.tensor([2.0, 2, 0, 0, 0]))  # padding zeroed
+    assert train.subset(torch.tensor([3, 0])).lengths.tolist() == [3, 5]
+    assert train.batch_lengths(torch.tensor([2])).tolist() == [1]
+    with pytest.raises(DataError, match="NaN"):  # inside a sequence, still refused
+        load_sequence_file(write(tmp_path, x_train=x, lengths_train=np.array([5, 3, 1, 3]),
+                                 lengths_test=np.array([5, 5])))
+    for arrays, message in (({"lengths_train": np.array([5, 2, 1, 3])}, "not its partner"),
+                            ({"lengths_train": np.array([5, 6, 1, 3]), "lengths_test": np.array([1, 1])},
+                             "between 1 and 5"),
+                            ({"lengths_train": np.array([5, 0, 1, 3]), "lengths_test": np.array([1, 1])},
+                             "from 0 to 5"),
+                            ({"lengths_train": np.array([5, 2, 1]), "lengths_test": np.array([1, 1])},
+                             r"must be \(4,\) integers")):
+        with pytest.raises(DataError, match=message):
+            load_sequence_file(write(tmp_path, **arrays))
+
+
+def varying(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two classes of 1-feature series, 3 to 16 steps, padded to 16: rising or falling, with noise."""
+    rng = np.random.default_rng(seed)
+    y, lengths = rng.integers(0, 2, n), rng.integers(3, 17, n)
+    x = np.zeros((n, 16), np.float32)
+    for i in range(n):
+        ramp = np.linspace(0, 1, lengths[i]) * (1 if y[i] else -1)
+        x[i, : lengths[i]] = ramp + rng.normal(0, 0.2, lengths[i])
+    return x, y, lengths
+
+
+def test_train_and_predict_sequences_of_varying_length(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (x, y, lengths), (xt, yt, lt) = varying(500, 0), varying(200, 1)
+    path = tmp_path / "varying.npz"
+    np.savez(path, x_train=x, y_train=y, lengths_train=lengths, x_test=xt, y_test=yt, lengths_test=lt)
+    config = apply_overrides(RunConfig(), ["data.dataset=file", f"data.file={path}", "data.val_size=50",
+                                           "model.cell=gru", "model.hidden=16", "train.epochs=8",
+                                           "train.batch_size=25"])
+    with pytest.raises(ConfigError, match="readout=all .* needs sequences of one length"):
+        rnnlab.train(apply_overrides(config, ["model.readout=all"]), tmp_path / "all", progress=False)
+    run = rnnlab.train(config, tmp_path / "run", progress=False)
+    assert run.summary["test_accuracy"] > 90  # chance is 50% (100% seen here)
+
+    trained = rnnlab.load(run.dir)
+    assert trained.variable_lengths
+    ragged = [xt[i, : lt[i]] for i in range(20)]  # a list of sequences of their own lengths
+    predicted = [p["class"] for p in trained.predict(ragged)]
+    one_by_one = [trained.predict(s)[0]["class"] for s in ragged]
+    assert predicted == one_by_one
+    assert np.mean(np.array(predicted) == yt[:20]) >= 0.85
+    with pytest.raises(DataError, match="T = 1 to 16 steps"):
+        trained.predict(np.zeros((2, 17), np.float32))
+    # gradients read the test sequences of full length only
+    assert main(["gradients", "--run", str(run.dir), "--json"]) == 0
+    flow = json.loads(capsys.readouterr().out)
+    assert flow["samples"] == int((lt == 16).sum()) and len(flow["norms"][0][0]) == 16

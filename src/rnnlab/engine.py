@@ -65,8 +65,7 @@ def load_datasets(cfg: RunConfig) -> Datasets:
                               f"has {len(full)} sequences; set data.val_size={max(1, len(full) // 10)} "
                               "(a tenth) or 0 for no validation split")
         train_idx, val_idx = train_val_split(len(full), data.val_size, cfg.seed)
-        train = SequenceData(full.x[train_idx], full.y[train_idx])
-        val = SequenceData(full.x[val_idx], full.y[val_idx])
+        train, val = full.subset(train_idx), full.subset(val_idx)
     return Datasets(train, val, test, permutation, num_classes)
 
 
@@ -74,10 +73,14 @@ def input_shape(datasets: Datasets) -> dict[str, int]:
     """What a model trained on these datasets reads and predicts (kept in checkpoints, so that
     a run on a sequence file loads without the file)."""
     steps, features = datasets.train.seq_shape
-    return {"steps": steps, "features": features, "classes": datasets.num_classes}
+    return {"steps": steps, "features": features, "classes": datasets.num_classes,
+            "variable_lengths": datasets.train.lengths is not None}
 
 
 def build_model(cfg: RunConfig, datasets: Datasets) -> SequenceClassifier:
+    if datasets.train.lengths is not None and cfg.model.readout == "all":
+        raise ConfigError("model.readout=all reads every step, so it needs sequences of one length; "
+                          f"{cfg.data.file} has lengths_train: use model.readout=last or mean")
     mean: float | torch.Tensor = 0.0
     std: float | torch.Tensor = 1.0
     if cfg.data.standardize and cfg.data.dataset == "file":  # a user's features: each on its own scale
@@ -130,6 +133,10 @@ class Evaluation:
     predictions: torch.Tensor = field(repr=False)  # (N,) predicted classes
 
 
+def to_device(lengths: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if lengths is None else lengths.to(device, non_blocking=True)
+
+
 def evaluate(model: SequenceClassifier, data: SequenceData, *, batch_size: int = 1000,
              device: torch.device | str = "cpu", amp: str = "off", sharded: bool = False) -> Evaluation:
     """Loss and accuracy over a whole split, without autograd.
@@ -141,9 +148,12 @@ def evaluate(model: SequenceClassifier, data: SequenceData, *, batch_size: int =
     start, stop = dist.shard(len(data)) if sharded else (0, len(data))
     total_loss, predictions = 0.0, [torch.zeros(0, dtype=torch.long, device=device)]
     with dist.inference(model), dist.autocast(device, amp):
+        first = start
         for x, y in data.iterate_once(batch_size, start, stop):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = model(x).float()  # (B, C)
+            lengths = data.batch_lengths(torch.arange(first, first + len(y)))  # (B,) or None
+            first += len(y)
+            logits = model(x, to_device(lengths, device)).float()  # (B, C)
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
             predictions.append(logits.argmax(dim=1))
     predictions_all = torch.cat(predictions)  # (stop - start,)
@@ -302,10 +312,11 @@ class Trainer:
         shard, counted = batch_idx[start:stop], 1.0
         if len(shard) == 0:  # a last partial batch smaller than the process count:
             shard, counted = batch_idx[:1], 0.0  # still take part in DDP's gradient all-reduce
-        x, y = self.data.train.batch(shard)  # (b, T, F) float in [0, 1], (b,)
+        x, y = self.data.train.batch(shard)  # (b, T, F) float, (b,)
+        lengths = to_device(self.data.train.batch_lengths(shard), self.device)  # (b,) or None: full length
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with dist.autocast(self.device, t.amp):
-            logits = self.train_model(x)  # (b, C)
+            logits = self.train_model(x, lengths)  # (b, C)
             losses = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing,
                                      reduction="none")  # (b,)
         loss = losses.sum() / len(batch_idx) * (self.world * counted)

@@ -104,21 +104,46 @@ class TrainedModel:
         return load_sequences(data.dataset, "test", view=data.view, permutation=self.permutation,
                               data_dir=data_dir or data.data_dir or None, download=data.download)
 
-    def sequences_in(self, sequences: Any) -> torch.Tensor:
-        """Sequences as the run's model reads them: ``(N, T, F)`` or one ``(T, F)`` (``(N, T)`` or
-        ``(T,)`` for one feature), float, or uint8 if the training file held uint8 -> float ``(N, T, F)``."""
+    @property
+    def variable_lengths(self) -> bool:
+        """True if the run was trained on padded sequences of varying length (``lengths_*`` arrays)."""
+        return bool(self.meta.get("input", {}).get("variable_lengths", False))
+
+    def sequences_in(self, sequences: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sequences as the run's model reads them -> ``(x float (N, T, F), lengths (N,) or None)``.
+
+        ``(N, T, F)`` or one ``(T, F)`` (``(N, T)`` or ``(T,)`` for one feature), float, or uint8 if
+        the training file held uint8. A run trained on sequences of varying length also takes
+        shorter ones, and a list of sequences of different lengths (padded here).
+        """
         if not self.reads_sequences:
             raise DataError(f"{self.run_dir} was trained on {self.config.data.dataset} images; "
                             "pass images (predict), not sequences")
-        x = torch.as_tensor(np.asarray(sequences))
         steps, features = self.model.seq_len, self.model.input_size
+        if isinstance(sequences, (list, tuple)) and self.variable_lengths:
+            parts = [self._one_batch(np.asarray(s), steps, features, single=True) for s in sequences]
+            if not parts:
+                raise DataError("no sequences given")
+            lengths = torch.tensor([p.shape[1] for p in parts])
+            x = torch.zeros(len(parts), int(lengths.max()), features)  # (N, T_max, F), zero padding
+            for i, part in enumerate(parts):
+                x[i, : part.shape[1]] = part[0]
+            return x, lengths
+        x = self._one_batch(np.asarray(sequences), steps, features, single=False)
+        return x, None  # one length for the whole batch: no padding to skip
+
+    def _one_batch(self, array: np.ndarray, steps: int, features: int, *, single: bool) -> torch.Tensor:
+        x = torch.as_tensor(array)
         if features == 1 and x.dim() in (1, 2) and x.shape[-1] != 1:
             x = x.unsqueeze(-1)  # (T,) or (N, T) -> one feature per step
         if x.dim() == 2:
             x = x[None]  # one sequence (T, F) -> (1, T, F)
-        if x.dim() != 3 or tuple(x.shape[1:]) != (steps, features):
-            raise DataError(f"sequences must have shape (N, {steps}, {features}) or ({steps}, {features}) "
-                            f"as in the run's training file, got {tuple(x.shape)}")
+        length_ok = 1 <= x.shape[1] <= steps if (x.dim() == 3 and self.variable_lengths) else None
+        shape_ok = x.dim() == 3 and x.shape[2] == features and (length_ok or x.shape[1] == steps)
+        if not shape_ok or (single and x.shape[0] != 1):
+            length = f"1 to {steps} steps" if self.variable_lengths else f"{steps} steps"
+            raise DataError(f"sequences must have shape (N, T, {features}) or (T, {features}) with T = {length}, "
+                            f"as in the run's training file; got {tuple(x.shape)}")
         if x.dtype == torch.uint8:
             return x.float() / 255.0
         if not (x.is_floating_point() or x.dtype in (torch.int16, torch.int32, torch.int64)):
@@ -138,7 +163,7 @@ class TrainedModel:
         from rnnlab.imaging import as_image_batch
 
         if self.image_shape is None:
-            return self.sequences_in(images)
+            return self.sequences_in(images)[0]
 
         array = torch.as_tensor(np.asarray(as_image_batch(images, self.image_shape)))
         if array.ndim == 2:
@@ -158,10 +183,13 @@ class TrainedModel:
         return seqs.float() / 255.0
 
     @torch.no_grad()
-    def probabilities(self, images: Any) -> torch.Tensor:
-        """Class probabilities ``(N, C)``."""
+    def probabilities(self, inputs: Any) -> torch.Tensor:
+        """Class probabilities ``(N, C)`` for images, or for a sequence-file run its sequences."""
         self.model.eval()
-        return torch.softmax(self.model(self.to_sequences(images)), dim=-1)
+        if self.reads_sequences:
+            x, lengths = self.sequences_in(inputs)
+            return torch.softmax(self.model(x, lengths), dim=-1)
+        return torch.softmax(self.model(self.to_sequences(inputs)), dim=-1)
 
     @torch.no_grad()
     def step_probabilities(self, images: Any) -> torch.Tensor:

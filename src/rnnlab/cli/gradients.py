@@ -48,6 +48,12 @@ def run(args: argparse.Namespace) -> int:
         datasets = load_datasets(config)  # standardisation statistics come from the training split
         model, test = build_model(config, datasets), datasets.test
         title = f"{config.label}: at initialisation (seed {config.seed})"
+    if test.lengths is not None:  # varying lengths: the step axis means the same only at full length
+        full = (test.lengths == test.seq_shape[0]).nonzero().flatten()
+        if len(full) == 0:
+            raise ConfigError(f"no test sequence has the full {test.seq_shape[0]} steps; `rnnlab gradients` "
+                              "compares steps across sequences, so it needs some of full length")
+        test = test.subset(full)
     count = min(args.images, len(test))
     x, y = test.batch(torch.arange(count))  # (N, T, F), (N,)
     flow = gradient_flow(model, x, y)

@@ -7,8 +7,10 @@ y_test=...)``):
   float (used as they are) or uint8 (scaled to [0, 1] like image pixels);
 - ``y_train``, ``y_test``: ``(N,)`` integer class labels ``0 .. C-1``.
 
-An optional ``num_classes`` (a scalar) sets C when some classes never occur; otherwise C is
-the largest label plus one. The file is read with ``allow_pickle=False``, so an archive from
+Sequences of varying length are padded to a common T (with anything: padding is never read)
+and come with ``lengths_train`` and ``lengths_test``, ``(N,)`` integers from 1 to T. An optional
+``num_classes`` (a scalar) sets C when some classes never occur; otherwise C is the largest
+label plus one. The file is read with ``allow_pickle=False``, so an archive from
 someone else cannot run code, and every array is checked before training starts.
 """
 
@@ -24,9 +26,10 @@ import torch
 from rnnlab.data.sequences import SequenceData
 from rnnlab.errors import DataError
 
-__all__ = ["REQUIRED_ARRAYS", "load_sequence_file", "sequence_file_shape"]
+__all__ = ["OPTIONAL_ARRAYS", "REQUIRED_ARRAYS", "load_sequence_file", "sequence_file_shape"]
 
 REQUIRED_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+OPTIONAL_ARRAYS = ("lengths_train", "lengths_test", "num_classes")
 _HOW = ("write it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...): x as (N, T, F) "
         "or (N, T) numbers, y as (N,) integer labels from 0")
 
@@ -47,7 +50,7 @@ def _open(path: str | os.PathLike[str]) -> tuple[Path, dict[str, np.ndarray]]:
             missing = [name for name in REQUIRED_ARRAYS if name not in archive.files]
             if missing:
                 raise _fail(path, f"missing {', '.join(missing)} (found: {', '.join(archive.files) or 'nothing'})")
-            arrays = {name: archive[name] for name in archive.files if name in (*REQUIRED_ARRAYS, "num_classes")}
+            arrays = {name: archive[name] for name in archive.files if name in (*REQUIRED_ARRAYS, *OPTIONAL_ARRAYS)}
     except DataError:
         raise
     except ValueError as exc:  # pickled data or object arrays: refused, they could run code
@@ -65,16 +68,42 @@ def _sequences(path: Path, name: str, x: np.ndarray) -> torch.Tensor:
     if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
         raise _fail(path, f"{name} has shape {x.shape}; it needs at least one sequence, step and feature")
     if x.dtype == np.uint8:
-        return torch.from_numpy(np.ascontiguousarray(x))
+        return torch.from_numpy(np.array(x))
     if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise _fail(path, f"{name} has dtype {x.dtype}; it must hold numbers (float, or uint8 pixels)")
-    values = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    bad = ~torch.isfinite(values)
+    return torch.from_numpy(np.array(x, dtype=np.float32))  # a copy of our own: padding is zeroed later
+
+
+def _zero_padding_and_check(path: Path, name: str, x: torch.Tensor, lengths: torch.Tensor | None) -> None:
+    """Zero the steps past each sequence's length (a NaN there would still reach the weight
+    gradients through the states it makes), then refuse NaN or infinity in the steps that count."""
+    if lengths is not None:
+        x[torch.arange(x.shape[1])[None, :] >= lengths[:, None]] = 0  # (N, T) mask over steps
+    if x.dtype == torch.uint8:
+        return
+    bad = ~torch.isfinite(x)
     if bad.any():
         first = int(bad.flatten(1).any(1).nonzero()[0])
         raise _fail(path, f"{name} holds {int(bad.sum())} NaN or infinite values (first in sequence {first}); "
                           "fill or drop them")
-    return values
+
+
+def _lengths(path: Path, arrays: dict[str, np.ndarray], split: str, x: torch.Tensor) -> torch.Tensor | None:
+    given = [name for name in ("lengths_train", "lengths_test") if name in arrays]
+    if not given:
+        return None
+    if len(given) == 1:
+        raise _fail(path, f"{given[0]} is there but not its partner; give lengths_train and lengths_test "
+                          "(or neither, for sequences of one length)")
+    name, lengths = f"lengths_{split}", arrays[f"lengths_{split}"]
+    count, steps = x.shape[0], x.shape[1]
+    if lengths.shape != (count,) or not np.issubdtype(lengths.dtype, np.integer):
+        raise _fail(path, f"{name} has shape {lengths.shape} and dtype {lengths.dtype}; it must be ({count},) "
+                          "integers, one length per sequence")
+    if lengths.min() < 1 or lengths.max() > steps:
+        raise _fail(path, f"{name} holds lengths from {int(lengths.min())} to {int(lengths.max())}; each must be "
+                          f"between 1 and {steps}, the padded length of x_{split}")
+    return torch.from_numpy(lengths.astype(np.int64))
 
 
 def _labels(path: Path, name: str, y: np.ndarray, count: int) -> torch.Tensor:
@@ -107,7 +136,11 @@ def load_sequence_file(path: str | os.PathLike[str]) -> tuple[SequenceData, Sequ
         classes = int(given)
     if classes < 2:
         raise _fail(path, "every label is 0; a classifier needs at least two classes")
-    return SequenceData(x_train, y_train), SequenceData(x_test, y_test), classes
+    lengths_train, lengths_test = (_lengths(path, arrays, split, x) for split, x in (("train", x_train),
+                                                                                    ("test", x_test)))
+    _zero_padding_and_check(path, "x_train", x_train, lengths_train)
+    _zero_padding_and_check(path, "x_test", x_test, lengths_test)
+    return SequenceData(x_train, y_train, lengths_train), SequenceData(x_test, y_test, lengths_test), classes
 
 
 def sequence_file_shape(path: str | os.PathLike[str]) -> tuple[int, int, int]:

@@ -120,6 +120,7 @@ class SequenceData:
 
     x: torch.Tensor
     y: torch.Tensor
+    lengths: torch.Tensor | None = None  # (N,) int64 in 1..T for padded sequences of varying length
 
     def __post_init__(self) -> None:
         if self.x.dim() != 3 or self.x.dtype not in (torch.uint8, torch.float32):
@@ -128,6 +129,14 @@ class SequenceData:
             raise DataError(f"y must be int64 of shape (N,), got {self.y.dtype} {tuple(self.y.shape)}.")
         if self.x.shape[0] != self.y.shape[0]:
             raise DataError(f"x has {self.x.shape[0]} sequences but y has {self.y.shape[0]} labels.")
+        if self.lengths is not None:
+            lengths, steps = self.lengths, self.x.shape[1]
+            if lengths.shape != self.y.shape or lengths.dtype != torch.int64:
+                raise DataError(f"lengths must be int64 of shape ({len(self.y)},), got {lengths.dtype} "
+                                f"{tuple(lengths.shape)}.")
+            if len(lengths) and (lengths.min() < 1 or lengths.max() > steps):
+                raise DataError(f"lengths must be between 1 and {steps} (the padded length), got "
+                                f"{int(lengths.min())} to {int(lengths.max())}.")
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -140,7 +149,14 @@ class SequenceData:
     def subset(self, indices: torch.Tensor) -> SequenceData:
         """A new SequenceData with the rows at ``indices`` (copied)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return SequenceData(self.x.index_select(0, idx), self.y.index_select(0, idx))
+        lengths = None if self.lengths is None else self.lengths.index_select(0, idx)
+        return SequenceData(self.x.index_select(0, idx), self.y.index_select(0, idx), lengths)
+
+    def batch_lengths(self, indices: torch.Tensor) -> torch.Tensor | None:
+        """The lengths ``(B,)`` of the rows at ``indices``, or None if every sequence is full length."""
+        if self.lengths is None:
+            return None
+        return self.lengths.index_select(0, torch.as_tensor(indices, dtype=torch.long))
 
     def num_batches(self, batch_size: int) -> int:
         """Batches per epoch, keeping the last partial one: ``ceil(N / batch_size)``."""

@@ -11,8 +11,10 @@ import warnings
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from rnnlab.config import ModelConfig
+from rnnlab.errors import ConfigError
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
@@ -60,9 +62,15 @@ class SequenceClassifier(nn.Module):
         """The recurrence's input: raw ``(B, T, F)`` standardised as in training."""
         return (x - self.input_mean) / self.input_std
 
-    def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
-        """Top-layer hidden states ``(B, T, D*H)`` for a raw input ``(B, T, F)``."""
+    def hidden_states(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Top-layer hidden states ``(B, T, D*H)`` for a raw input ``(B, T, F)``; ``lengths`` (B,)
+        for padded sequences (states past a sequence's end are then meaningless)."""
         x = self.standardize(x)
+        if lengths is not None and self.directions == 2:
+            # The reverse direction must start at each sequence's own end, not in the padding.
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            return pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+        # One direction: the padding comes after the steps that matter and cannot change them.
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             return self._recurrence_under_cpu_autocast(x)
         return self.rnn(x)[0]
@@ -81,21 +89,32 @@ class SequenceClassifier(nn.Module):
         with torch.autocast("cpu", enabled=False):
             return self.rnn(x.float())[0]
 
-    def features(self, out: torch.Tensor) -> torch.Tensor:
-        """Readout features from hidden states ``(B, T, D*H)``."""
+    def features(self, out: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Readout features from hidden states ``(B, T, D*H)``, each sequence read up to its length."""
+        if lengths is not None and self.config.readout == "all":
+            raise ConfigError("model.readout=all reads every step, so it needs sequences of one length; "
+                              "use readout last or mean for sequences of varying length")
         if self.config.readout == "mean":
-            return out.mean(dim=1)  # (B, D*H)
+            if lengths is None:
+                return out.mean(dim=1)  # (B, D*H)
+            valid = torch.arange(out.shape[1], device=out.device)[None, :] < lengths[:, None]  # (B, T)
+            return (out * valid[..., None]).sum(dim=1) / lengths[:, None].to(out.dtype)  # (B, D*H)
         if self.config.readout == "all":
             return out.reshape(out.shape[0], -1)  # (B, T*D*H)
+        if lengths is None:
+            last = out[:, -1]  # (B, D*H)
+        else:
+            last = out[torch.arange(out.shape[0], device=out.device), lengths - 1]  # (B, D*H)
         if self.directions == 2:
             # The forward direction has read everything at the last step, the reverse one at step 0.
             hidden = self.config.hidden
-            return torch.cat([out[:, -1, :hidden], out[:, 0, hidden:]], dim=1)  # (B, 2H)
-        return out[:, -1]  # (B, H)
+            return torch.cat([last[:, :hidden], out[:, 0, hidden:]], dim=1)  # (B, 2H)
+        return last  # (B, H)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, C)`` for sequences ``(B, T, F)`` with values in [0, 1]."""
-        return self.head(self.features(self.hidden_states(x)))
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(B, C)`` for sequences ``(B, T, F)``; ``lengths`` (B,) if they are padded
+        sequences of varying length (None: all T steps count)."""
+        return self.head(self.features(self.hidden_states(x, lengths), lengths))
 
     @torch.no_grad()
     def step_logits(self, x: torch.Tensor) -> torch.Tensor:
