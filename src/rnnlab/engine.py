@@ -22,59 +22,14 @@ from tqdm.auto import tqdm
 from rnnlab import checkpoint as ckpt
 from rnnlab import distributed as dist
 from rnnlab.config import RunConfig, save_toml, to_dict
-from rnnlab.data import SequenceData, load_sequences, make_permutation, train_val_split
-from rnnlab.data.files import load_sequence_file
-from rnnlab.data.sources import DATASETS
+from rnnlab.data import SequenceData
+from rnnlab.data.splits import Datasets, input_shape, load_datasets
 from rnnlab.errors import CheckpointError, ConfigError
 from rnnlab.models import SequenceClassifier, create_model, parameter_count
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.toml"
-
-
-@dataclass
-class Datasets:
-    train: SequenceData
-    val: SequenceData | None
-    test: SequenceData
-    permutation: torch.Tensor | None
-    num_classes: int
-
-
-def load_datasets(cfg: RunConfig) -> Datasets:
-    """Train/val/test sequences for a config; the validation split never touches the test set."""
-    data = cfg.data
-    permutation = None
-    if data.dataset == "file":  # the user's own sequences
-        full, test, num_classes = load_sequence_file(data.file)
-    else:
-        spec = DATASETS[data.dataset]
-        if data.view == "permuted-pixels":
-            permutation = make_permutation(data.permutation_seed, spec.image_shape[0] * spec.image_shape[1])
-        kwargs = dict(view=data.view, data_dir=data.data_dir or None, permutation=permutation,
-                      download=data.download)
-        full = load_sequences(data.dataset, "train", **kwargs)
-        test = load_sequences(data.dataset, "test", **kwargs)
-        num_classes = spec.num_classes
-    val = None
-    train = full
-    if data.val_size > 0 and cfg.train.protocol == "standard":
-        if data.val_size >= len(full):
-            raise ConfigError(f"data.val_size={data.val_size} would leave no training data: the training split "
-                              f"has {len(full)} sequences; set data.val_size={max(1, len(full) // 10)} "
-                              "(a tenth) or 0 for no validation split")
-        train_idx, val_idx = train_val_split(len(full), data.val_size, cfg.seed)
-        train, val = full.subset(train_idx), full.subset(val_idx)
-    return Datasets(train, val, test, permutation, num_classes)
-
-
-def input_shape(datasets: Datasets) -> dict[str, int]:
-    """What a model trained on these datasets reads and predicts (kept in checkpoints, so that
-    a run on a sequence file loads without the file)."""
-    steps, features = datasets.train.seq_shape
-    return {"steps": steps, "features": features, "classes": datasets.num_classes,
-            "variable_lengths": datasets.train.lengths is not None}
 
 
 def build_model(cfg: RunConfig, datasets: Datasets) -> SequenceClassifier:
