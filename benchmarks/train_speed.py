@@ -53,6 +53,7 @@ class Case:
     overrides: tuple[str, ...]  # applied to the preset (or to the defaults when preset is "")
     preset: str = ""
     iterations: int = 60  # timed iterations per repeat
+    bf16: bool = False  # also time rnnlab under bf16 autocast (see --bf16)
 
 
 def cases(quick: bool) -> list[Case]:
@@ -60,8 +61,8 @@ def cases(quick: bool) -> list[Case]:
     sgd = ("train.optimizer=sgd", "train.lr=0.01", "train.batch_size=100", "train.schedule=none", "train.clip=0",
            "model.init=default", "data.standardize=false")
     return [
-        Case("dlw-rnn-a (RNN relu 1x100)", (), preset="dlw-rnn-a", iterations=200 // scale),
-        Case("dlw-lstm-b (LSTM 2x100)", (), preset="dlw-lstm-b", iterations=60 // scale),
+        Case("dlw-rnn-a (RNN relu 1x100)", (), preset="dlw-rnn-a", iterations=200 // scale, bf16=True),
+        Case("dlw-lstm-b (LSTM 2x100)", (), preset="dlw-lstm-b", iterations=60 // scale, bf16=True),
         Case("GRU 1x128", ("model.cell=gru", "model.hidden=128", *sgd), iterations=100 // scale),
         Case("rnn-allsteps (RNN tanh 2x256, batch 64)", (), preset="rnn-allsteps", iterations=60 // scale),
         Case("pixel MNIST, LSTM 1x128 (784 steps)", ("data.view=pixels", "model.cell=lstm", "model.hidden=128", *sgd),
@@ -258,7 +259,9 @@ def session(case_index: int, pipeline: str, quick: bool, tmp: str) -> tuple[Time
                           * 2 * model_cfg.hidden * gates * model_cfg.hidden)
             return {"inference": inf_rate, "latency_ms": latency, "impl": type(trainer.model.rnn).__name__,
                     "train_flops": 3 * flops_per_sample(trainer.model, steps), "sequential_flops": sequential,
-                    "step_gemm": step_gemm(cfg.train.batch_size, model_cfg.hidden, gates)}
+                    "step_gemm": step_gemm(cfg.train.batch_size, model_cfg.hidden, gates),
+                    # under bf16 autocast, a CPU without bf16 RNN kernels runs the recurrence in fp32
+                    "recurrence_fp32": bool(getattr(trainer.model, "recurrent_in_fp32", False))}
 
         return rnnlab_session(trainer, case.iterations), final
     from rnnlab.data import images_to_sequences
@@ -315,6 +318,18 @@ class Worker:
         return self.read()
 
 
+BF16 = "rnnlab:train.amp=bf16"
+
+
+def native_bf16() -> bool:
+    """Whether oneDNN has native bfloat16 kernels on this CPU (AVX-512 BF16 or AMX); elsewhere
+    bf16 is emulated, and slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -341,6 +356,9 @@ def main() -> int:
                         help="which pipelines; the markdown table needs all three")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE[;KEY=VALUE]",
                         help="also time rnnlab with these overrides (repeatable), reported against plain")
+    parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                        help="also time rnnlab under bf16 autocast on dlw-rnn-a and dlw-lstm-b; auto: only on "
+                             "a CPU with native bf16")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "PIPELINE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -350,19 +368,24 @@ def main() -> int:
     variants = dict(v.split("=", 1) for v in args.variant)
     pipelines = tuple(args.pipelines.split(",")) + tuple(f"rnnlab:{o}" for o in variants.values())
     full = pipelines[:3] == ("tutorial", "plain", "rnnlab") and not args.only
-    rows, inference_rows = [], []
+    with_bf16 = full and (args.bf16 == "on" or (args.bf16 == "auto" and native_bf16()))
+    rows, inference_rows, bf16_rows = [], [], []
     for index, case in enumerate(cases(args.quick)):
         if args.only not in case.name:
             continue
-        results: dict[str, list[dict]] = {p: [] for p in pipelines}
-        workers = {p: Worker(index, p, args.quick) for p in pipelines}
+        case_pipelines = pipelines + ((BF16,) if with_bf16 and case.bf16 else ())
+        results: dict[str, list[dict]] = {p: [] for p in case_pipelines}
+        workers = {p: Worker(index, p, args.quick) for p in case_pipelines}
         for _ in range(args.repeats):
-            for pipeline in pipelines:  # interleaved, so slow phases of a noisy machine hit all three
+            for pipeline in case_pipelines:  # interleaved, so slow phases of a noisy machine hit all alike
                 results[pipeline].append(workers[pipeline].ask("time"))
         for pipeline, handle in workers.items():  # inference and FLOP counts, into the last repeat's row
             results[pipeline][-1].update(handle.ask("final"))
             handle.process.wait()
-        med = {p: statistics.median(r["train"] for r in results[p]) for p in pipelines}
+        med = {p: statistics.median(r["train"] for r in results[p]) for p in case_pipelines}
+        if BF16 in med:
+            bf16_rows.append((case.name, med["rnnlab"], med[BF16], med[BF16] / med["rnnlab"], med[BF16] / med["plain"],
+                              "fp32 (no bf16 kernel here)" if results[BF16][-1]["recurrence_fp32"] else "bf16"))
         if "plain" in med:
             names = {f"rnnlab:{o}": n for n, o in variants.items()}
             plain = [r["train"] for r in results["plain"]]
@@ -413,6 +436,17 @@ def main() -> int:
     lines += [f"| {n} | {i} | {t:,.0f} | {p:,.0f} | {r:,.0f} | {rp} | {rt:.1f}x | {pe:.0%} | {re:.0%} "
               f"| {sg:.0%} | {cb:.0%} |"
               for n, i, t, p, r, rp, rt, pe, re, sg, cb in rows]
+    lines += ["", "## bfloat16 autocast (rnnlab, float32 weights and optimizer)", ""]
+    if bf16_rows:
+        lines += [("Native bf16 on this CPU." if native_bf16() else "**This CPU has no native bf16: the bf16 "
+                   "figures below are emulated.**") + " Accuracy under bf16 is a separate question: "
+                  "`python benchmarks/bf16_accuracy.py` trains the presets both ways.", "",
+                  "| model | rnnlab fp32 | rnnlab bf16 | bf16 / fp32 | bf16 / plain fp32 | recurrence ran in |",
+                  "|---|---:|---:|---:|---:|---|"]
+        lines += [f"| {n} | {a:,.0f} | {b:,.0f} | {r:.2f}x | {q:.2f}x | {how} |" for n, a, b, r, q, how in bf16_rows]
+    else:
+        lines += ["Not measured: this CPU has no native bf16 (oneDNN needs AVX-512 BF16 or AMX), so bf16 would be "
+                  "emulated and slower than float32. `--bf16 on` times it anyway."]
     lines += ["", "## Inference (2,000 test images, batch 1000, no autograd)", "",
               "| model | rnnlab samples/s | plain samples/s | rnnlab latency, 1 image (ms) | plain latency (ms) |",
               "|---|---:|---:|---:|---:|"]
