@@ -134,6 +134,8 @@ def test_train_load_predict_eval_export_on_a_sequence_file(tmp_path: Path, seq_f
         trained.predict(np.zeros((3, 12, 5), np.float32))
     with pytest.raises(DataError, match="NaN"):
         trained.predict(np.full((12, 2), np.nan, np.float32))
+    with pytest.raises(DataError, match="one array of numbers .this run was trained on one length"):
+        trained.predict([x_test[0], x_test[1, :5]])  # ragged, for a run of one length
     with pytest.raises(DataError, match="trained on sequences from a file"):
         create_app(trained)
 

@@ -121,7 +121,7 @@ class TrainedModel:
                             "pass images (predict), not sequences")
         steps, features = self.model.seq_len, self.model.input_size
         if isinstance(sequences, (list, tuple)) and self.variable_lengths:
-            parts = [self._one_batch(np.asarray(s), steps, features, single=True) for s in sequences]
+            parts = [self._one_batch(s, steps, features, single=True) for s in sequences]
             if not parts:
                 raise DataError("no sequences given")
             lengths = torch.tensor([p.shape[1] for p in parts])
@@ -129,11 +129,15 @@ class TrainedModel:
             for i, part in enumerate(parts):
                 x[i, : part.shape[1]] = part[0]
             return x, lengths
-        x = self._one_batch(np.asarray(sequences), steps, features, single=False)
+        x = self._one_batch(sequences, steps, features, single=False)
         return x, None  # one length for the whole batch: no padding to skip
 
-    def _one_batch(self, array: np.ndarray, steps: int, features: int, *, single: bool) -> torch.Tensor:
-        x = torch.as_tensor(array)
+    def _one_batch(self, sequences: Any, steps: int, features: int, *, single: bool) -> torch.Tensor:
+        try:
+            x = torch.as_tensor(np.asarray(sequences))
+        except (TypeError, ValueError, RuntimeError) as exc:  # ragged lists, objects, strings
+            more = "" if self.variable_lengths else " (this run was trained on one length)"
+            raise DataError(f"sequences must be one array of numbers{more}: {exc}") from None
         if features == 1 and x.dim() in (1, 2) and x.shape[-1] != 1:
             x = x.unsqueeze(-1)  # (T,) or (N, T) -> one feature per step
         if x.dim() == 2:
