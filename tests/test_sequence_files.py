@@ -31,7 +31,8 @@ def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def seq_file(tmp_path: Path) -> Path:
     (x_train, y_train), (x_test, y_test) = synthetic(600, 0), synthetic(200, 1)
     path = tmp_path / "series.npz"
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+             class_names=np.array(["rising", "falling", "bump"]))
     return path
 
 
@@ -45,8 +46,9 @@ def write(tmp_path: Path, **arrays: object) -> Path:
 
 
 def test_reads_splits_classes_and_dtypes(tmp_path: Path, seq_file: Path) -> None:
-    train, test, classes = load_sequence_file(seq_file)
+    train, test, classes, names = load_sequence_file(seq_file)
     assert (len(train), len(test), classes, train.seq_shape) == (600, 200, 3, (12, 2))
+    assert names == ["rising", "falling", "bump"]
     x, y = train.batch(torch.tensor([3, 1]))  # float values are used as they are
     assert torch.equal(x, torch.from_numpy(synthetic(600, 0)[0][[3, 1]])) and y.dtype == torch.int64
     mean, std = train.feature_stats()  # per feature, over sequences and steps
@@ -58,7 +60,7 @@ def test_reads_splits_classes_and_dtypes(tmp_path: Path, seq_file: Path) -> None
     # (N, T) is one feature per step; uint8 is scaled like pixels; num_classes may exceed the labels
     path = write(tmp_path, x_train=np.full((4, 5), 255, np.uint8), x_test=np.zeros((2, 5), np.uint8),
                  num_classes=np.array(4))
-    train, test, classes = load_sequence_file(path)
+    train, test, classes, _ = load_sequence_file(path)
     assert train.seq_shape == (5, 1) and classes == 4
     assert torch.equal(train.batch(torch.arange(4))[0], torch.ones(4, 5, 1))
 
@@ -76,6 +78,8 @@ def test_reads_splits_classes_and_dtypes(tmp_path: Path, seq_file: Path) -> None
     ({"y_train": np.array([0, 1, 1])}, "3 labels for 4 sequences"),
     ({"y_train": np.zeros(4, int), "y_test": np.zeros(2, int)}, "at least two classes"),
     ({"num_classes": np.array(1)}, "num_classes must be one integer >= 2"),
+    ({"class_names": np.array(["up", "down", "bump"])}, "class_names must be 2 strings"),
+    ({"class_names": np.array([1, 2])}, "class_names must be 2 strings"),
 ])
 def test_bad_files_are_refused_with_the_reason(tmp_path: Path, arrays: dict, message: str) -> None:
     with pytest.raises(DataError, match=message):
@@ -144,6 +148,8 @@ def test_train_load_predict_eval_export_on_a_sequence_file(tmp_path: Path, seq_f
     assert main(["predict", str(run_dir), str(tmp_path / "three.npy"), "--json"]) == 0
     entries = json.loads(capsys.readouterr().out)
     assert [e["class"] for e in entries] == predicted[:3].tolist() and entries[2]["index"] == 2
+    assert [e["name"] for e in entries] == [["rising", "falling", "bump"][c] for c in predicted[:3]]
+    assert trained.predict(x_test[:1])[0]["name"] == entries[0]["name"]
     assert main(["predict", str(run_dir), str(tmp_path / "moved.npz")]) == 2  # an archive: one clear line
     assert "give a .npy array of sequences" in capsys.readouterr().err
 
@@ -151,6 +157,7 @@ def test_train_load_predict_eval_export_on_a_sequence_file(tmp_path: Path, seq_f
     assert main(["eval", str(run_dir), "--data-dir", moved]) == 0
     out = capsys.readouterr().out
     assert f"test accuracy {summary['test_accuracy']:.2f}% on 200 sequences" in out
+    assert "  1 falling: " in out  # per-class accuracy, by name
     assert main(["export", str(run_dir), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
                  "--data-dir", moved, "--samples", "50"]) == 0
     out = capsys.readouterr().out
@@ -205,7 +212,7 @@ def test_lengths_in_the_file(tmp_path: Path) -> None:
     for i, n in enumerate([5, 2, 1, 3]):
         x[i, :n] = i + 1
     path = write(tmp_path, x_train=x, lengths_train=np.array([5, 2, 1, 3]), lengths_test=np.array([5, 5]))
-    train, test, _ = load_sequence_file(path)
+    train, test, _, _ = load_sequence_file(path)
     assert train.lengths.tolist() == [5, 2, 1, 3] and test.lengths.tolist() == [5, 5]
     assert torch.equal(train.x[1, :, 0], torch.tensor([2.0, 2, 0, 0, 0]))  # padding zeroed
     assert train.subset(torch.tensor([3, 0])).lengths.tolist() == [3, 5]

@@ -100,9 +100,19 @@ class TrainedModel:
         overrides the run's own data folder (or, for a sequence-file run, is the file to read)."""
         data = self.config.data
         if self.reads_sequences:
-            return load_sequence_file(data_dir or data.file)[1]
+            return load_sequence_file(data_dir or data.file).test
         return load_sequences(data.dataset, "test", view=data.view, permutation=self.permutation,
                               data_dir=data_dir or data.data_dir or None, download=data.download)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The classes' names, if the run's sequence file gave them (``class_names``)."""
+        return self.meta.get("input", {}).get("class_names")
+
+    def class_label(self, index: int) -> str:
+        """``"3"``, or ``"3 walking"`` where the classes have names."""
+        names = self.class_names
+        return f"{index} {names[index]}" if names else str(index)
 
     @property
     def variable_lengths(self) -> bool:
@@ -202,9 +212,12 @@ class TrainedModel:
         return torch.softmax(self.model.step_logits(self.to_sequences(images)), dim=-1)
 
     def predict(self, images: Any) -> list[dict[str, Any]]:
-        """``[{"class": int, "probabilities": [...]}, ...]`` for images: MNIST-form arrays, or files/PIL images."""
+        """``[{"class": int, "probabilities": [...]}, ...]`` for images (MNIST-form arrays, or files/PIL
+        images), or a sequence-file run's sequences; with ``"name"`` where the classes have names."""
         probs = self.probabilities(images)
-        return [{"class": int(p.argmax()), "probabilities": p.tolist()} for p in probs]
+        names = self.class_names
+        return [{"class": int(p.argmax()), "probabilities": p.tolist()}
+                | ({"name": names[int(p.argmax())]} if names else {}) for p in probs]
 
 
 def load(run_dir: str | Path, *, device: str | torch.device = "cpu") -> TrainedModel:

@@ -42,6 +42,7 @@ def evaluate_run(run_dir: str, *, data_dir: str | None = None, batch_size: int =
     per_class = [100.0 * matrix[c][c] / counts[c] if counts[c] else float("nan") for c in range(trained.num_classes)]
     return {"run_dir": str(run_dir), "test_accuracy": result.accuracy, "test_loss": result.loss,
             "samples": len(test), "unit": "sequences" if trained.reads_sequences else "images",
+            "class_names": trained.class_names,
             "per_class_accuracy": per_class, "confusion_matrix": matrix}
 
 
@@ -51,7 +52,9 @@ def format_report(report: dict) -> str:
     width = max(5, max(len(str(v)) for row in matrix for v in row) + 1)
     lines = [f"test accuracy {report['test_accuracy']:.2f}% on {report['samples']} {report.get('unit', 'images')} "
              f"(loss {report['test_loss']:.4f})", "", "per-class accuracy:"]
-    lines += [f"  {c}: {acc:6.2f}%" for c, acc in enumerate(report["per_class_accuracy"])]
+    names = report.get("class_names")
+    lines += [f"  {c}{' ' + names[c] if names else ''}: {acc:6.2f}%"
+              for c, acc in enumerate(report["per_class_accuracy"])]
     lines += ["", "confusion matrix (rows: true class, columns: predicted):",
               "true\\pred" + "".join(f"{c:>{width}}" for c in range(n))]
     lines += [f"{r:>9}" + "".join(f"{v:>{width}}" for v in row) for r, row in enumerate(matrix)]

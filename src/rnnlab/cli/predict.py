@@ -159,13 +159,16 @@ def _run_sequences(args: argparse.Namespace, trained: Any) -> int:
             failed += 1
             print(f"rnnlab: error: {exc}", file=sys.stderr)
             continue
+        names = trained.class_names
         for i, row in enumerate(probs.tolist()):
-            entries.append({"file": path, "index": i, "class": int(np.argmax(row)), "probabilities": row,
-                            "top": [{"class": c, "probability": q} for c, q in _top(row, args.top)]})
+            best = int(np.argmax(row))
+            entries.append({"file": path, "index": i, "class": best, "probabilities": row,
+                            "top": [{"class": c, "probability": q} for c, q in _top(row, args.top)]}
+                           | ({"name": names[best]} if names else {}))
     if args.json:
         print(json.dumps(entries))
     else:
         for entry in entries:
-            top = "  ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in entry["top"])
-            print(f"{entry['file']}[{entry['index']}]: {entry['class']}   ({top})")
+            top = "  ".join(f"{trained.class_label(t['class'])} {100 * t['probability']:.1f}%" for t in entry["top"])
+            print(f"{entry['file']}[{entry['index']}]: {trained.class_label(entry['class'])}   ({top})")
     return 2 if failed else 0

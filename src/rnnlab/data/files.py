@@ -10,7 +10,8 @@ y_test=...)``):
 Sequences of varying length are padded to a common T (with anything: padding is never read)
 and come with ``lengths_train`` and ``lengths_test``, ``(N,)`` integers from 1 to T. An optional
 ``num_classes`` (a scalar) sets C when some classes never occur; otherwise C is the largest
-label plus one. The file is read with ``allow_pickle=False``, so an archive from
+label plus one. An optional ``class_names`` (C strings) names the classes in ``eval`` and
+``predict``. The file is read with ``allow_pickle=False``, so an archive from
 someone else cannot run code, and every array is checked before training starts.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,10 +28,10 @@ import torch
 from rnnlab.data.sequences import SequenceData
 from rnnlab.errors import DataError
 
-__all__ = ["OPTIONAL_ARRAYS", "REQUIRED_ARRAYS", "load_sequence_file", "sequence_file_shape"]
+__all__ = ["OPTIONAL_ARRAYS", "REQUIRED_ARRAYS", "SequenceFile", "load_sequence_file", "sequence_file_shape"]
 
 REQUIRED_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
-OPTIONAL_ARRAYS = ("lengths_train", "lengths_test", "num_classes")
+OPTIONAL_ARRAYS = ("lengths_train", "lengths_test", "num_classes", "class_names")
 _HOW = ("write it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...): x as (N, T, F) "
         "or (N, T) numbers, y as (N,) integer labels from 0")
 
@@ -116,8 +118,15 @@ def _labels(path: Path, name: str, y: np.ndarray, count: int) -> torch.Tensor:
     return torch.from_numpy(y.astype(np.int64))
 
 
-def load_sequence_file(path: str | os.PathLike[str]) -> tuple[SequenceData, SequenceData, int]:
-    """``(train, test, num_classes)`` from a ``.npz`` sequence file, checked array by array."""
+class SequenceFile(NamedTuple):
+    train: SequenceData
+    test: SequenceData
+    num_classes: int
+    class_names: list[str] | None
+
+
+def load_sequence_file(path: str | os.PathLike[str]) -> SequenceFile:
+    """``(train, test, num_classes, class_names)`` from a ``.npz`` sequence file, checked array by array."""
     path, arrays = _open(path)
     x_train, x_test = (_sequences(path, name, arrays[name]) for name in ("x_train", "x_test"))
     if x_train.shape[1:] != x_test.shape[1:]:
@@ -140,11 +149,19 @@ def load_sequence_file(path: str | os.PathLike[str]) -> tuple[SequenceData, Sequ
                                                                                     ("test", x_test)))
     _zero_padding_and_check(path, "x_train", x_train, lengths_train)
     _zero_padding_and_check(path, "x_test", x_test, lengths_test)
-    return SequenceData(x_train, y_train, lengths_train), SequenceData(x_test, y_test, lengths_test), classes
+    names = None
+    if "class_names" in arrays:
+        given = arrays["class_names"]
+        if given.dtype.kind != "U" or given.shape != (classes,):
+            raise _fail(path, f"class_names must be {classes} strings, one per class, got {given.dtype} "
+                              f"{given.shape}")
+        names = [str(name) for name in given]
+    return SequenceFile(SequenceData(x_train, y_train, lengths_train), SequenceData(x_test, y_test, lengths_test),
+                        classes, names)
 
 
 def sequence_file_shape(path: str | os.PathLike[str]) -> tuple[int, int, int]:
     """``(steps, features, num_classes)`` of a sequence file (reads and checks it)."""
-    train, _, classes = load_sequence_file(path)
-    steps, features = train.seq_shape
-    return steps, features, classes
+    loaded = load_sequence_file(path)
+    steps, features = loaded.train.seq_shape
+    return steps, features, loaded.num_classes

@@ -4,6 +4,7 @@ view, or a user's sequence file; the validation split is carved from training, n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -23,14 +24,15 @@ class Datasets:
     test: SequenceData
     permutation: torch.Tensor | None
     num_classes: int
+    class_names: list[str] | None = None  # a sequence file's own names for its classes
 
 
 def load_datasets(cfg: RunConfig) -> Datasets:
     """Train/val/test sequences for a config; the validation split never touches the test set."""
     data = cfg.data
-    permutation = None
+    permutation, class_names = None, None
     if data.dataset == "file":  # the user's own sequences
-        full, test, num_classes = load_sequence_file(data.file)
+        full, test, num_classes, class_names = load_sequence_file(data.file)
     else:
         spec = DATASETS[data.dataset]
         if data.view == "permuted-pixels":
@@ -49,12 +51,12 @@ def load_datasets(cfg: RunConfig) -> Datasets:
                               "(a tenth) or 0 for no validation split")
         train_idx, val_idx = train_val_split(len(full), data.val_size, cfg.seed)
         train, val = full.subset(train_idx), full.subset(val_idx)
-    return Datasets(train, val, test, permutation, num_classes)
+    return Datasets(train, val, test, permutation, num_classes, class_names)
 
 
-def input_shape(datasets: Datasets) -> dict[str, int]:
+def input_shape(datasets: Datasets) -> dict[str, Any]:
     """What a model trained on these datasets reads and predicts (kept in checkpoints, so that
     a run on a sequence file loads without the file)."""
     steps, features = datasets.train.seq_shape
     return {"steps": steps, "features": features, "classes": datasets.num_classes,
-            "variable_lengths": datasets.train.lengths is not None}
+            "variable_lengths": datasets.train.lengths is not None, "class_names": datasets.class_names}
