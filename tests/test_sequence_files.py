@@ -79,6 +79,7 @@ def test_reads_splits_classes_and_dtypes(tmp_path: Path, seq_file: Path) -> None
     ({"y_train": np.zeros(4, int), "y_test": np.zeros(2, int)}, "at least two classes"),
     ({"num_classes": np.array(1)}, "num_classes must be one integer >= 2"),
     ({"class_names": np.array(["up", "down", "bump"])}, "class_names must be 2 strings"),
+    ({"lenghts_train": np.array([5, 5, 5, 5])}, "unknown arrays lenghts_train; the optional ones are lengths_train"),
     ({"class_names": np.array([1, 2])}, "class_names must be 2 strings"),
 ])
 def test_bad_files_are_refused_with_the_reason(tmp_path: Path, arrays: dict, message: str) -> None:

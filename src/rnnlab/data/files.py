@@ -52,7 +52,11 @@ def _open(path: str | os.PathLike[str]) -> tuple[Path, dict[str, np.ndarray]]:
             missing = [name for name in REQUIRED_ARRAYS if name not in archive.files]
             if missing:
                 raise _fail(path, f"missing {', '.join(missing)} (found: {', '.join(archive.files) or 'nothing'})")
-            arrays = {name: archive[name] for name in archive.files if name in (*REQUIRED_ARRAYS, *OPTIONAL_ARRAYS)}
+            unknown = [name for name in archive.files if name not in (*REQUIRED_ARRAYS, *OPTIONAL_ARRAYS)]
+            if unknown:  # a misspelt lengths_train must not silently train on the padding
+                raise _fail(path, f"unknown arrays {', '.join(unknown)}; the optional ones are "
+                                  f"{', '.join(OPTIONAL_ARRAYS)}")
+            arrays = {name: archive[name] for name in archive.files}
     except DataError:
         raise
     except ValueError as exc:  # pickled data or object arrays: refused, they could run code
