@@ -129,3 +129,29 @@ def test_steps_for_pixel_views(untrained_run, digits: dict, overrides: list[str]
     assert main(["predict", str(run), str(digits["files"]["plain"][0]), "--steps"]) == 0
     steps = [line for line in capsys.readouterr().out.splitlines() if "/784" in line]
     assert len(steps) == 28 and steps[0].split()[0] == "28/784" and steps[-1].split()[0] == "784/784"
+
+
+def test_named_classes_of_fashion_mnist(tmp_path: Path, trained_run: Path, digits: dict,
+                                        capsys: pytest.CaptureFixture) -> None:
+    """Fashion-MNIST's classes have names: eval and predict show them. MNIST's digits are their own."""
+    from test_distributed import overrides_for, tiny_dataset
+
+    run_dir = tmp_path / "fashion"
+    overrides = [o for o in overrides_for(tiny_dataset(tmp_path / "data")) if not o.startswith("train.epochs")]
+    assert main(["train", *overrides, "train.iterations=2", "--out", str(run_dir), "--no-progress"]) == 0
+    trained = rnnlab.load(run_dir)
+    assert trained.class_names[:2] == ["T-shirt/top", "Trouser"]
+    prediction = trained.predict(np.zeros((28, 28), np.uint8))[0]
+    assert prediction["name"] == trained.class_names[prediction["class"]]
+    capsys.readouterr()
+    assert main(["eval", str(run_dir)]) == 0
+    assert "  9 Ankle boot: " in capsys.readouterr().out
+    assert main(["predict", str(run_dir), str(digits["files"]["plain"][0])]) == 0
+    text = capsys.readouterr().out
+    assert any(f"{c} {name}" in text for c, name in enumerate(trained.class_names))  # e.g. "1 Trouser"
+    assert main(["predict", str(run_dir), str(digits["files"]["plain"][0]), "--json"]) == 0
+    entry = json.loads(capsys.readouterr().out)[0]
+    assert entry["name"] == trained.class_names[entry["class"]]
+
+    mnist = rnnlab.load(trained_run)
+    assert mnist.class_names is None and "name" not in mnist.predict(np.zeros((28, 28), np.uint8))[0]

@@ -106,8 +106,12 @@ class TrainedModel:
 
     @property
     def class_names(self) -> list[str] | None:
-        """The classes' names, if the run's sequence file gave them (``class_names``)."""
-        return self.meta.get("input", {}).get("class_names")
+        """The classes' names (fashion-mnist's, kmnist's, or a sequence file's ``class_names``);
+        None where the class numbers are the names (MNIST digits)."""
+        if "input" in self.meta:
+            return self.meta["input"].get("class_names")
+        names = DATASETS[self.config.data.dataset].class_names  # a checkpoint from before "input"
+        return list(names) if names else None
 
     def class_label(self, index: int) -> str:
         """``"3"``, or ``"3 walking"`` where the classes have names."""

@@ -110,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
         for i, (index, pixels) in enumerate(good):
             p = [float(v) for v in probs[i]]
             entry = entries[index]
-            entry.update({"class": int(np.argmax(p)), "probabilities": p,
-                          "top": [{"class": c, "probability": q} for c, q in _top(p, args.top)]})
+            best = int(np.argmax(p))
+            entry.update({"class": best, "probabilities": p,
+                          "top": [{"class": c, "probability": q} for c, q in _top(p, args.top)]}
+                         | ({"name": trained.class_names[best]} if trained.class_names else {}))
             if args.steps:
                 entry.update({"steps_read": points, "steps": [[float(v) for v in row] for row in steps[i]],
                               "_pixels": pixels})
@@ -127,8 +129,8 @@ def run(args: argparse.Namespace) -> int:
         for entry in entries:
             if "error" in entry:
                 continue
-            top = "  ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in entry["top"])
-            print(f"{entry['file']}: {entry['class']}   ({top})")
+            top = "  ".join(f"{trained.class_label(t['class'])} {100 * t['probability']:.1f}%" for t in entry["top"])
+            print(f"{entry['file']}: {trained.class_label(entry['class'])}   ({top})")
             if args.steps:
                 print("\n".join(format_steps(entry["_pixels"], trained.view, entry["steps_read"], entry["steps"],
                                              total)))

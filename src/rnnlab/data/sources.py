@@ -57,6 +57,7 @@ class DatasetSpec:
     mirrors: tuple[str, ...]
     num_classes: int = 10
     image_shape: tuple[int, int] = (28, 28)
+    class_names: tuple[str, ...] | None = None  # None: the digits are their own names
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -83,12 +84,16 @@ DATASETS: dict[str, DatasetSpec] = {
             "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
             "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
         ),
+        class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                     "Ankle boot"),
     ),
     "kmnist": DatasetSpec(
         name="kmnist",
         files=_STD_FILES,
         sha256={},
         mirrors=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+        # kmnist_classmap.csv: the ten hiragana, romanised
+        class_names=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
     ),
 }
 

@@ -24,7 +24,7 @@ class Datasets:
     test: SequenceData
     permutation: torch.Tensor | None
     num_classes: int
-    class_names: list[str] | None = None  # a sequence file's own names for its classes
+    class_names: list[str] | None = None  # e.g. fashion-mnist's, or a sequence file's own
 
 
 def load_datasets(cfg: RunConfig) -> Datasets:
@@ -42,6 +42,7 @@ def load_datasets(cfg: RunConfig) -> Datasets:
         full = load_sequences(data.dataset, "train", **kwargs)
         test = load_sequences(data.dataset, "test", **kwargs)
         num_classes = spec.num_classes
+        class_names = list(spec.class_names) if spec.class_names else None
     val = None
     train = full
     if data.val_size > 0 and cfg.train.protocol == "standard":
