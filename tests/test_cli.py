@@ -13,6 +13,8 @@ import pytest
 
 from rnnlab.cli import main
 
+pytestmark = pytest.mark.slow  # each test starts rnnlab in other processes
+
 TINY = ["model.hidden=8", "train.iterations=10", "train.eval_every=10", "data.val_size=500", "train.threads=1",
         "train.eval_batch_size=2000"]
 

@@ -16,6 +16,8 @@ from rnnlab.cli import main
 from rnnlab.config import save_toml
 from rnnlab.errors import ConfigError
 
+pytestmark = pytest.mark.slow  # each test starts rnnlab in other processes
+
 TINY = ["model.hidden=8", "train.iterations=20", "train.eval_every=10", "train.checkpoint_every=10",
         "data.val_size=0"]
 

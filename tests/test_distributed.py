@@ -16,7 +16,8 @@ import rnnlab
 from rnnlab.config import RunConfig, apply_overrides
 from rnnlab.data.idx import write_idx
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")]
 
 
 def tiny_dataset(root: Path) -> Path:
