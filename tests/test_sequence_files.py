@@ -268,3 +268,13 @@ def test_train_and_predict_sequences_of_varying_length(tmp_path: Path, capsys: p
     assert main(["gradients", "--run", str(run.dir), "--json"]) == 0
     flow = json.loads(capsys.readouterr().out)
     assert flow["samples"] == int((lt == 16).sum()) and len(flow["norms"][0][0]) == 16
+
+
+def test_the_summary_says_what_the_run_read(tmp_path: Path, seq_file: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--data-file", str(seq_file), "--hidden", "8", "--iterations", "2", "data.val_size=100",
+                 "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "data              500 train / 100 val / 200 test, 12 steps x 2 features, 3 classes" in out
+    data = json.loads((tmp_path / "run" / "summary.json").read_text())["data"]
+    assert (data["source"], data["lengths"], data["class_names"]) == (str(seq_file), None, ["rising", "falling", "bump"])

@@ -279,6 +279,14 @@ class Trainer:
         totals = dist.all_reduce_sum(totals * counted).cpu()  # (2,), summed over processes
         return loss, totals[0] / len(batch_idx), totals[1]
 
+    def _data_description(self) -> dict[str, Any]:
+        """What the run trained on: source, split sizes, shape, classes (and lengths, if they vary)."""
+        d = self.data
+        lengths = d.train.lengths
+        return {"source": self.cfg.data.file or self.cfg.data.dataset, "train": len(d.train),
+                "val": len(d.val) if d.val is not None else 0, "test": len(d.test),
+                **input_shape(d), "lengths": None if lengths is None else [int(lengths.min()), int(lengths.max())]}
+
     def _log_evaluation(self, samples_per_second: float, lr: float) -> dict[str, Any]:
         """Evaluate on the validation split (or on test, under the tutorial protocol) and log it."""
         count = max(1, self.running["count"])
@@ -321,6 +329,7 @@ class Trainer:
             "samples_per_second": round(self.iteration * cfg.train.batch_size / max(self.train_seconds, 1e-9), 1),
             "device": str(self.device),
             "processes": self.world,  # > 1 under torchrun: samples/s is over all of them
+            "data": self._data_description(),
             "torch_version": torch.__version__,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

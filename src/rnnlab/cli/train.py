@@ -83,6 +83,12 @@ def print_summary(summary: dict[str, Any], run_dir: str) -> None:
         f"samples/s         {summary['samples_per_second']:.0f}",
         f"parameters        {summary['parameters']:,}",
     ]
+    data = summary.get("data")
+    if data:
+        lengths = f" (lengths {data['lengths'][0]}-{data['lengths'][1]})" if data.get("lengths") else ""
+        features = f"{data['features']} feature" + ("s" if data["features"] != 1 else "")
+        lines.append(f"data              {data['train']:,} train / {data['val']:,} val / {data['test']:,} test, "
+                     f"{data['steps']} steps x {features}{lengths}, {data['classes']} classes")
     if summary.get("protocol_note"):
         lines.append(f"protocol          {summary['protocol_note']}")
     lines.append(f"run folder        {run_dir}")
