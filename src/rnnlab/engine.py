@@ -88,7 +88,7 @@ class Evaluation:
     predictions: torch.Tensor = field(repr=False)  # (N,) predicted classes
 
 
-def to_device(lengths: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+def _to_device(lengths: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if lengths is None else lengths.to(device, non_blocking=True)
 
 
@@ -108,7 +108,7 @@ def evaluate(model: SequenceClassifier, data: SequenceData, *, batch_size: int =
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             lengths = data.batch_lengths(torch.arange(first, first + len(y)))  # (B,) or None
             first += len(y)
-            logits = model(x, to_device(lengths, device)).float()  # (B, C)
+            logits = model(x, _to_device(lengths, device)).float()  # (B, C)
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
             predictions.append(logits.argmax(dim=1))
     predictions_all = torch.cat(predictions)  # (stop - start,)
@@ -268,7 +268,7 @@ class Trainer:
         if len(shard) == 0:  # a last partial batch smaller than the process count:
             shard, counted = batch_idx[:1], 0.0  # still take part in DDP's gradient all-reduce
         x, y = self.data.train.batch(shard)  # (b, T, F) float, (b,)
-        lengths = to_device(self.data.train.batch_lengths(shard), self.device)  # (b,) or None: full length
+        lengths = _to_device(self.data.train.batch_lengths(shard), self.device)  # (b,) or None: full length
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with dist.autocast(self.device, t.amp):
             logits = self.train_model(x, lengths)  # (b, C)
