@@ -148,3 +148,6 @@ def test_cuda_run_matches_the_cpu_loop_closely(tmp_path: Path) -> None:
     cpu = rnnlab.train(tiny("train.device=cpu"), tmp_path / "cpu", progress=False)
     assert gpu.status == "completed" and abs(gpu.summary["test_accuracy"] - cpu.summary["test_accuracy"]) < 5.0
     assert rnnlab.load(gpu.dir).predict(torch.zeros(1, 28, 28, dtype=torch.uint8))[0]["class"] in range(10)
+    on_gpu = rnnlab.load(gpu.dir, device="cuda")  # inputs follow the model to its device
+    assert on_gpu.probabilities(torch.zeros(2, 28, 28, dtype=torch.uint8)).device.type == "cpu"
+    assert on_gpu.step_probabilities(torch.zeros(1, 28, 28, dtype=torch.uint8)).shape == (1, 28, 10)

@@ -202,18 +202,22 @@ class TrainedModel:
 
     @torch.no_grad()
     def probabilities(self, inputs: Any) -> torch.Tensor:
-        """Class probabilities ``(N, C)`` for images, or for a sequence-file run its sequences."""
+        """Class probabilities ``(N, C)`` on the CPU, for images, or for a sequence-file run its sequences."""
         self.model.eval()
+        device = self.model.input_mean.device  # wherever load() put the model
         if self.reads_sequences:
             x, lengths = self.sequences_in(inputs)
-            return torch.softmax(self.model(x, lengths), dim=-1)
-        return torch.softmax(self.model(self.to_sequences(inputs)), dim=-1)
+            logits = self.model(x.to(device), None if lengths is None else lengths.to(device))
+        else:
+            logits = self.model(self.to_sequences(inputs).to(device))
+        return torch.softmax(logits, dim=-1).cpu()
 
     @torch.no_grad()
     def step_probabilities(self, images: Any) -> torch.Tensor:
         """Class probabilities after each step ``(N, T, C)``: how the prediction evolves as the model reads."""
         self.model.eval()
-        return torch.softmax(self.model.step_logits(self.to_sequences(images)), dim=-1)
+        x = self.to_sequences(images).to(self.model.input_mean.device)  # (N, T, F)
+        return torch.softmax(self.model.step_logits(x), dim=-1).cpu()
 
     def predict(self, images: Any) -> list[dict[str, Any]]:
         """``[{"class": int, "probabilities": [...]}, ...]`` for images (MNIST-form arrays, or files/PIL
