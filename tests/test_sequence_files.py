@@ -217,6 +217,10 @@ def test_lengths_in_the_file(tmp_path: Path) -> None:
     assert train.lengths.tolist() == [5, 2, 1, 3] and test.lengths.tolist() == [5, 5]
     assert torch.equal(train.x[1, :, 0], torch.tensor([2.0, 2, 0, 0, 0]))  # padding zeroed
     assert train.subset(torch.tensor([3, 0])).lengths.tolist() == [3, 5]
+    real = torch.cat([train.x[i, :n] for i, n in enumerate([5, 2, 1, 3])])  # (11, F): the padding left out
+    mean, std = train.feature_stats()
+    torch.testing.assert_close(mean, real.mean(0))
+    torch.testing.assert_close(std, real.std(0, unbiased=False))
     assert train.batch_lengths(torch.tensor([2])).tolist() == [1]
     with pytest.raises(DataError, match="NaN"):  # inside a sequence, still refused
         load_sequence_file(write(tmp_path, x_train=x, lengths_train=np.array([5, 3, 1, 3]),

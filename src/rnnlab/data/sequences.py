@@ -230,15 +230,26 @@ class SequenceData:
 
 
     def feature_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-feature ``(mean (F,), std (F,))`` over all sequences and steps (population std;
-        pixels scaled to [0, 1]), accumulated in float64 over chunks of rows."""
+        """Per-feature ``(mean (F,), std (F,))`` over all sequences and their steps, padding left out
+        (population std; pixels scaled to [0, 1]), accumulated in float64 over chunks of rows."""
         if self.x.numel() == 0:
             raise DataError("cannot compute feature statistics of an empty dataset.")
         scale = 1 / 255.0 if self.x.dtype == torch.uint8 else 1.0
-        count = self.x.shape[0] * self.x.shape[1]
-        total = sum(chunk.double().sum((0, 1)) for chunk in self.x.split(4096)) * scale  # (F,)
-        mean = total / count
-        squares = sum(((chunk.double() * scale - mean) ** 2).sum((0, 1)) for chunk in self.x.split(4096))
+        steps = torch.arange(self.x.shape[1])
+
+        def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            """(values (n, T, F) float64, weights (n, T, 1): 1 on real steps, 0 on padding)."""
+            for first in range(0, len(self), 4096):
+                x = self.x[first:first + 4096].double() * scale
+                if self.lengths is None:
+                    weight = torch.ones(x.shape[0], x.shape[1], 1, dtype=torch.float64)
+                else:
+                    weight = (steps[None, :] < self.lengths[first:first + 4096, None]).double()[..., None]
+                yield x, weight
+
+        count = sum(weight.sum() for _, weight in chunks())
+        mean = sum((x * weight).sum((0, 1)) for x, weight in chunks()) / count  # (F,)
+        squares = sum((((x - mean) ** 2) * weight).sum((0, 1)) for x, weight in chunks())
         return mean.float(), (squares / count).sqrt().float()
 
 
