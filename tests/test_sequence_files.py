@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,10 @@ def test_train_load_predict_eval_export_on_a_sequence_file(tmp_path: Path, seq_f
                  "--data-dir", moved, "--samples", "50"]) == 0
     out = capsys.readouterr().out
     assert "check  50 test sequences" in out and "values in [0, 1]" not in out
+    with zipfile.ZipFile(tmp_path / "m.pt") as archive:  # the metadata travels with the model
+        metadata = json.loads(archive.read(next(n for n in archive.namelist() if n.endswith("extra/rnnlab.json"))))
+    assert metadata["class_names"] == ["rising", "falling", "bump"] and metadata["view"] == "sequence-file"
+    assert metadata["input_range"] is None and (metadata["steps"], metadata["features"]) == (12, 2)
 
 
 def test_a_relative_file_path_is_saved_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -81,6 +81,7 @@ def _metadata(trained: Any, model: torch.nn.Module, dynamic_steps: bool) -> dict
         "classes": model.num_classes, "dynamic_steps": dynamic_steps,
         "input_range": None if trained.reads_sequences else [0.0, 1.0],  # a sequence file's: any
         "cell": trained.config.model.cell, "readout": trained.config.model.readout,
+        "class_names": trained.class_names,  # None: the class numbers are the names
         "permutation": None if permutation is None else [int(i) for i in permutation.tolist()],
     }
 
