@@ -239,21 +239,17 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu") -> TrainedM
 
 
 def build_from_state(config: RunConfig, state: dict[str, torch.Tensor], *, impl: str | None = None,
-                     input_shape: dict[str, int] | None = None) -> SequenceClassifier:
+                     input_shape: dict[str, Any] | None = None) -> SequenceClassifier:
     """Rebuild a model from its config and state_dict (optionally forcing the layer implementation).
-    ``input_shape`` is a checkpoint's ``meta["input"]``; image runs can do without it."""
+    ``input_shape`` is a checkpoint's ``meta["input"]``; without it the config decides."""
     from dataclasses import replace
 
-    from rnnlab.data.sequences import view_shape
+    from rnnlab.data.splits import config_input_shape
 
     if input_shape is not None:
         steps, features, classes = input_shape["steps"], input_shape["features"], input_shape["classes"]
-    elif config.data.dataset == "file":
-        raise CheckpointError("this checkpoint of a sequence-file run does not say its input shape "
-                              "(meta 'input'); it was written by an older rnnlab: train it again")
-    else:
-        spec = DATASETS[config.data.dataset]
-        (steps, features), classes = view_shape(config.data.view, spec.image_shape), spec.num_classes
+    else:  # a checkpoint from before meta "input": the config says it (a sequence file: the file does)
+        steps, features, classes = config_input_shape(config)
     model_cfg = config.model if impl is None else replace(config.model, impl=impl)
     # The standardisation buffers are scalars or (F,): build them in the checkpoint's shape.
     model = create_model(model_cfg, input_size=features, seq_len=steps, num_classes=classes,

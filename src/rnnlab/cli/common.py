@@ -58,6 +58,8 @@ SHORTCUTS = {
     "data_file": ("data.file", str, "a .npz of your own sequences (x_train, y_train, x_test, y_test); "
                                     "sets data.dataset=file"),
 }
+# Overrides a shortcut brings along with its own key.
+SHORTCUT_IMPLIES = {"data_file": ("data.dataset=file",)}
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, shortcuts: bool = True) -> None:
@@ -88,7 +90,5 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     for flag, (key, _, _) in SHORTCUTS.items():
         value = getattr(args, f"short_{flag}", None)
         if value is not None:
-            if flag == "data_file":
-                overrides.append("data.dataset=file")
-            overrides.append(f"{key}={value}")
+            overrides += [*SHORTCUT_IMPLIES.get(flag, ()), f"{key}={value}"]
     return apply_overrides(config, overrides + list(args.overrides))

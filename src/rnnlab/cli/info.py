@@ -47,19 +47,12 @@ def run_models(args: argparse.Namespace) -> int:
 
 def run_inspect(args: argparse.Namespace) -> int:
     from rnnlab.config import describe_model
-    from rnnlab.data.files import sequence_file_shape
-    from rnnlab.data.sequences import view_shape
-    from rnnlab.data.sources import DATASETS
+    from rnnlab.data.splits import config_input_shape
     from rnnlab.models import create_model, describe_parameters, flops_per_sample, parameter_count
 
     config = config_from_args(args)
-    if config.data.dataset == "file":
-        steps, features, classes = sequence_file_shape(config.data.file)
-        source = config.data.file
-    else:
-        spec = DATASETS[config.data.dataset]
-        (steps, features), classes = view_shape(config.data.view, spec.image_shape), spec.num_classes
-        source = config.data.view
+    steps, features, classes = config_input_shape(config)
+    source = config.data.file or config.data.view
     model = create_model(config.model, input_size=features, seq_len=steps, num_classes=classes)
     print(f"{config.label}: {describe_model(config.model)}, readout {config.model.readout}, "
           f"input {steps} steps x {features} features ({source}), {classes} classes")

@@ -62,6 +62,20 @@ def _row_text(pixels: Any, row: int) -> str:
     return "".join(SHADES[min(len(SHADES) - 1, int(v) * len(SHADES) // 256)] for v in pixels[row])
 
 
+def _classified(probs: list[float], trained: Any, k: int) -> dict[str, Any]:
+    """One prediction: the class, its name where the classes have names, all probabilities, the top k."""
+    best = max(range(len(probs)), key=probs.__getitem__)
+    names = trained.class_names
+    return ({"class": best} | ({"name": names[best]} if names else {})
+            | {"probabilities": probs, "top": [{"class": c, "probability": q} for c, q in _top(probs, k)]})
+
+
+def _line(label: str, entry: dict[str, Any], trained: Any) -> str:
+    """``label: class   (top-1 p  top-2 p ...)``, classes by name where they have names."""
+    top = "  ".join(f"{trained.class_label(t['class'])} {100 * t['probability']:.1f}%" for t in entry["top"])
+    return f"{label}: {trained.class_label(entry['class'])}   ({top})"
+
+
 def format_steps(pixels: Any, view: str, points: list[int], steps: list[list[float]], total: int) -> list[str]:
     """One line per point: what was just read (a row of the image, in text) and the probabilities."""
     unicode = _supports(BLOCKS + "█░")
@@ -108,12 +122,8 @@ def run(args: argparse.Namespace) -> int:
         if args.steps:
             points, steps = reading_steps(trained, batch, max_points=DISPLAY_POINTS, cheap_max_points=DISPLAY_POINTS)
         for i, (index, pixels) in enumerate(good):
-            p = [float(v) for v in probs[i]]
             entry = entries[index]
-            best = int(np.argmax(p))
-            entry.update({"class": best, "probabilities": p,
-                          "top": [{"class": c, "probability": q} for c, q in _top(p, args.top)]}
-                         | ({"name": trained.class_names[best]} if trained.class_names else {}))
+            entry.update(_classified([float(v) for v in probs[i]], trained, args.top))
             if args.steps:
                 entry.update({"steps_read": points, "steps": [[float(v) for v in row] for row in steps[i]],
                               "_pixels": pixels})
@@ -129,8 +139,7 @@ def run(args: argparse.Namespace) -> int:
         for entry in entries:
             if "error" in entry:
                 continue
-            top = "  ".join(f"{trained.class_label(t['class'])} {100 * t['probability']:.1f}%" for t in entry["top"])
-            print(f"{entry['file']}: {trained.class_label(entry['class'])}   ({top})")
+            print(_line(entry["file"], entry, trained))
             if args.steps:
                 print("\n".join(format_steps(entry["_pixels"], trained.view, entry["steps_read"], entry["steps"],
                                              total)))
@@ -161,16 +170,11 @@ def _run_sequences(args: argparse.Namespace, trained: Any) -> int:
             failed += 1
             print(f"rnnlab: error: {exc}", file=sys.stderr)
             continue
-        names = trained.class_names
-        for i, row in enumerate(probs.tolist()):
-            best = int(np.argmax(row))
-            entries.append({"file": path, "index": i, "class": best, "probabilities": row,
-                            "top": [{"class": c, "probability": q} for c, q in _top(row, args.top)]}
-                           | ({"name": names[best]} if names else {}))
+        entries += [{"file": path, "index": i} | _classified(row, trained, args.top)
+                    for i, row in enumerate(probs.tolist())]
     if args.json:
         print(json.dumps(entries))
     else:
         for entry in entries:
-            top = "  ".join(f"{trained.class_label(t['class'])} {100 * t['probability']:.1f}%" for t in entry["top"])
-            print(f"{entry['file']}[{entry['index']}]: {trained.class_label(entry['class'])}   ({top})")
+            print(_line(f"{entry['file']}[{entry['index']}]", entry, trained))
     return 2 if failed else 0

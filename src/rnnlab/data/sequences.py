@@ -105,12 +105,12 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(state[0])
 
 
-def _as_float(x: torch.Tensor) -> torch.Tensor:
+def _as_float(x: torch.Tensor, *, copy: bool = True) -> torch.Tensor:
     """Model input from stored sequences: uint8 pixels scaled to [0, 1]; float32 values as they are
-    (always a new tensor, never a view of the stored data)."""
+    (a new tensor, never a view of the stored data, unless ``copy=False`` says x is one already)."""
     if x.dtype == torch.uint8:
         return x.to(torch.float32).div_(255.0)
-    return x.clone()
+    return x.clone() if copy else x
 
 
 @dataclass
@@ -166,8 +166,7 @@ class SequenceData:
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x float32 (B, T, F), y int64 (B,))`` for the given row indices (pixels in [0, 1])."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        x = self.x.index_select(0, idx)  # (B, T, F), a copy
-        x = x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x
+        x = _as_float(self.x.index_select(0, idx), copy=False)  # (B, T, F): index_select copied
         return x, self.y.index_select(0, idx)
 
     def epoch_order(self, epoch: int, seed: int) -> torch.Tensor:
@@ -228,7 +227,6 @@ class SequenceData:
         var = (counts * (values - mean) ** 2).sum() / total
         return float(mean), float(var.sqrt())
 
-
     def feature_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-feature ``(mean (F,), std (F,))`` over all sequences and their steps, padding left out
         (population std; pixels scaled to [0, 1]), accumulated in float64 over chunks of rows."""
@@ -247,7 +245,7 @@ class SequenceData:
                     weight = (steps[None, :] < self.lengths[first:first + 4096, None]).double()[..., None]
                 yield x, weight
 
-        count = sum(weight.sum() for _, weight in chunks())
+        count = float(self.lengths.sum()) if self.lengths is not None else self.x.shape[0] * self.x.shape[1]
         mean = sum((x * weight).sum((0, 1)) for x, weight in chunks()) / count  # (F,)
         squares = sum((((x - mean) ** 2) * weight).sum((0, 1)) for x, weight in chunks())
         return mean.float(), (squares / count).sqrt().float()

@@ -9,12 +9,12 @@ from typing import Any
 import torch
 
 from rnnlab.config import RunConfig
-from rnnlab.data.files import load_sequence_file
-from rnnlab.data.sequences import SequenceData, load_sequences, make_permutation, train_val_split
+from rnnlab.data.files import load_sequence_file, sequence_file_shape
+from rnnlab.data.sequences import SequenceData, load_sequences, make_permutation, train_val_split, view_shape
 from rnnlab.data.sources import DATASETS
 from rnnlab.errors import ConfigError
 
-__all__ = ["Datasets", "input_shape", "load_datasets"]
+__all__ = ["Datasets", "config_input_shape", "input_shape", "load_datasets"]
 
 
 @dataclass
@@ -61,3 +61,13 @@ def input_shape(datasets: Datasets) -> dict[str, Any]:
     steps, features = datasets.train.seq_shape
     return {"steps": steps, "features": features, "classes": datasets.num_classes,
             "variable_lengths": datasets.train.lengths is not None, "class_names": datasets.class_names}
+
+
+def config_input_shape(cfg: RunConfig) -> tuple[int, int, int]:
+    """``(steps, features, classes)`` a config's model reads, without loading the splits: from the
+    dataset and view for images, from the file itself for a sequence file."""
+    if cfg.data.dataset == "file":
+        return sequence_file_shape(cfg.data.file)
+    spec = DATASETS[cfg.data.dataset]
+    steps, features = view_shape(cfg.data.view, spec.image_shape)
+    return steps, features, spec.num_classes
