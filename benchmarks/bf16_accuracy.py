@@ -57,7 +57,8 @@ def main() -> int:
                 bf16, bf16_rate, fallback = train_once(preset, seed, "bf16", extra, Path(tmp))
                 fell_back |= fallback
                 deltas.append(bf16 - fp32)
-                print(f"| {preset} | {seed} | {fp32:.2f} | {bf16:.2f} | {bf16 - fp32:+.2f} | {bf16_rate / fp32_rate:.2f}x "
+                print(f"| {preset} | {seed} | {fp32:.2f} | {bf16:.2f} | {bf16 - fp32:+.2f} "
+                      f"| {bf16_rate / fp32_rate:.2f}x "
                       f"| {'fp32 (no bf16 kernel)' if fallback else 'bf16'} |", flush=True)
             mean = statistics.mean(deltas)
             verdict = "within" if abs(mean) <= BAR else "outside"

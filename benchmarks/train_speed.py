@@ -220,31 +220,44 @@ def step_gemm(batch: int, hidden: int, gates: int, repeats: int = 400) -> float:
     return 2 * batch * hidden * gates * hidden / min(times)
 
 
-def time_inference(model: nn.Module, seqs: torch.Tensor, batch: int = 1000) -> tuple[float, float]:
-    """Samples/s over test sequences without autograd, and single-image latency in ms."""
-    model.eval()
-    with torch.inference_mode():
-        model(seqs[:batch].float() / 255)  # warm-up: the first call pays one-time set-up costs
-        passes = []
-        for _ in range(5):  # one pass takes tens of ms: the median of several
+class InferenceTimer:
+    """Inference on test sequences without autograd, one repeat per call: samples/s of one
+    pass over them in batches, and the median single-image latency in ms. The main process
+    calls each pipeline's in turn, repeat by repeat, as it does for training."""
+
+    def __init__(self, model: nn.Module, seqs: torch.Tensor, batch: int = 1000) -> None:
+        self.model, self.seqs, self.batch = model, seqs, batch
+        self.one = seqs[:1].float() / 255  # (1, T, F)
+        model.eval()
+        with torch.inference_mode():  # warm-up: the first calls pay one-time set-up costs
+            model(seqs[:batch].float() / 255)
+            for _ in range(20):
+                model(self.one)
+        model.train()
+
+    def __call__(self) -> dict:
+        model, seqs = self.model, self.seqs
+        model.eval()
+        with torch.inference_mode():
             start = time.perf_counter()
-            for i in range(0, len(seqs), batch):
-                model(seqs[i:i + batch].float() / 255)
-            passes.append(time.perf_counter() - start)
-        rate = len(seqs) / statistics.median(passes)
-        one = seqs[:1].float() / 255  # (1, T, F)
-        for _ in range(20):
-            model(one)
-        latencies = []
-        for _ in range(300):  # single calls take ~1 ms: many, for a stable median
-            start = time.perf_counter()
-            model(one)
-            latencies.append(time.perf_counter() - start)
-    return rate, 1000 * statistics.median(latencies)
+            for i in range(0, len(seqs), self.batch):
+                model(seqs[i:i + self.batch].float() / 255)
+            rate = len(seqs) / (time.perf_counter() - start)
+            latencies = []
+            for _ in range(100):  # single calls take ~1 ms: many, for a stable median
+                start = time.perf_counter()
+                model(self.one)
+                latencies.append(time.perf_counter() - start)
+        model.train()
+        return {"inference": rate, "latency_ms": 1000 * statistics.median(latencies)}
 
 
-def session(case_index: int, pipeline: str, quick: bool, tmp: str) -> tuple[Timer, Callable[[], dict]]:
-    """Set up one pipeline of one case (warm-up included): a timer, and the closing figures."""
+Session = tuple[Timer, Callable[[], dict], Callable[[], dict]]
+
+
+def session(case_index: int, pipeline: str, quick: bool, tmp: str) -> Session:
+    """Set up one pipeline of one case (warm-up included): a training timer, an inference
+    timer (or one that returns nothing), and the closing figures."""
     case = cases(quick)[case_index]
     cfg = config_for(case)
     if pipeline.startswith("rnnlab"):  # "rnnlab" or "rnnlab:KEY=VALUE;KEY=VALUE" (a variant)
@@ -252,22 +265,22 @@ def session(case_index: int, pipeline: str, quick: bool, tmp: str) -> tuple[Time
             cfg = apply_overrides(cfg, pipeline.split(":", 1)[1].split(";"))
         trainer = Trainer(cfg, Path(tmp), progress=False)
         steps = trainer.data.train.x.shape[1]
+        infer = InferenceTimer(trainer.model, trainer.data.test.x[:2000]) if pipeline == "rnnlab" else dict
 
         def final() -> dict:
-            inf_rate, latency = time_inference(trainer.model, trainer.data.test.x[:2000])
             model_cfg = trainer.model.config
             gates = GATES[model_cfg.cell]
             # The GEMMs that must run one step after another: forward and backward through time,
             # per layer and direction (the weight gradients and input projections batch all steps).
             sequential = (2 * model_cfg.layers * trainer.model.directions * steps
                           * 2 * model_cfg.hidden * gates * model_cfg.hidden)
-            return {"inference": inf_rate, "latency_ms": latency, "impl": type(trainer.model.rnn).__name__,
+            return {"impl": type(trainer.model.rnn).__name__,
                     "train_flops": 3 * flops_per_sample(trainer.model, steps), "sequential_flops": sequential,
                     "step_gemm": step_gemm(cfg.train.batch_size, model_cfg.hidden, gates),
                     # under bf16 autocast, a CPU without bf16 RNN kernels runs the recurrence in fp32
                     "recurrence_fp32": bool(getattr(trainer.model, "recurrent_in_fp32", False))}
 
-        return rnnlab_session(trainer, case.iterations), final
+        return rnnlab_session(trainer, case.iterations), infer, final
     from rnnlab.data import images_to_sequences
 
     images, labels = load_split("mnist", "train")
@@ -275,15 +288,10 @@ def session(case_index: int, pipeline: str, quick: bool, tmp: str) -> tuple[Time
     steps, features = seqs.shape[1:]
     if pipeline == "tutorial":
         timer, _ = tutorial_session(cfg, images, labels, steps, features, case.iterations)
-        return timer, dict
+        return timer, dict, dict
     timer, model = plain_session(cfg, seqs, labels, case.iterations)
-
-    def final_plain() -> dict:
-        test_images, _ = load_split("mnist", "test")
-        inf_rate, latency = time_inference(model, images_to_sequences(test_images[:2000], cfg.data.view))
-        return {"inference": inf_rate, "latency_ms": latency}
-
-    return timer, final_plain
+    test_images, _ = load_split("mnist", "test")
+    return timer, InferenceTimer(model, images_to_sequences(test_images[:2000], cfg.data.view)), dict
 
 
 def serve_worker(case_index: int, pipeline: str, quick: bool) -> None:
@@ -292,11 +300,13 @@ def serve_worker(case_index: int, pipeline: str, quick: bool) -> None:
     runs with only its own settings (rnnlab tunes the allocator for itself; plain PyTorch and
     the tutorial get the defaults), and pays its start-up (imports, data, warm-up) once."""
     with tempfile.TemporaryDirectory() as tmp:
-        timed, final = session(case_index, pipeline, quick, tmp)
+        timed, infer, final = session(case_index, pipeline, quick, tmp)
         print("RESULT {}", flush=True)  # ready
         for command in sys.stdin:
             if command.strip() == "time":
                 print("RESULT " + json.dumps({"train": timed()}), flush=True)
+            elif command.strip() == "infer":
+                print("RESULT " + json.dumps(infer()), flush=True)
             elif command.strip() == "final":
                 print("RESULT " + json.dumps(final()), flush=True)
                 return
@@ -383,7 +393,11 @@ def main() -> int:
         for _ in range(args.repeats):
             for pipeline in case_pipelines:  # interleaved, so slow phases of a noisy machine hit all alike
                 results[pipeline].append(workers[pipeline].ask("time"))
-        for pipeline, handle in workers.items():  # inference and FLOP counts, into the last repeat's row
+        inference: dict[str, list[dict]] = {p: [] for p in ("rnnlab", "plain") if p in workers}
+        for _ in range(args.repeats):  # inference too, interleaved repeat by repeat
+            for pipeline in inference:
+                inference[pipeline].append(workers[pipeline].ask("infer"))
+        for pipeline, handle in workers.items():  # FLOP counts, into the last repeat's row
             results[pipeline][-1].update(handle.ask("final"))
             handle.process.wait()
         med = {p: statistics.median(r["train"] for r in results[p]) for p in case_pipelines}
@@ -414,8 +428,8 @@ def main() -> int:
                      f"{med['rnnlab'] / med['plain']:.2f}x ({spread[0]:.2f}-{spread[-1]:.2f})",
                      med["rnnlab"] / med["tutorial"], med["plain"] * flops / peak, med["rnnlab"] * flops / peak,
                      step_rate / peak, bound))
-        inference_rows.append((case.name, *(results[p][-1][k] for p in ("rnnlab", "plain")
-                                             for k in ("inference", "latency_ms"))))
+        inference_rows.append((case.name, *(statistics.median(r[k] for r in inference[p])
+                                            for p in ("rnnlab", "plain") for k in ("inference", "latency_ms"))))
         print(f"{case.name}: " + ", ".join(f"{k} {v:,.0f}" for k, v in med.items()) + " samples/s", flush=True)
     if not full:
         return 0  # a partial run: the ratios above, no markdown table
@@ -452,6 +466,9 @@ def main() -> int:
         lines += ["Not measured: this CPU has no native bf16 (oneDNN needs AVX-512 BF16 or AMX), so bf16 would be "
                   "emulated and slower than float32. `--bf16 on` times it anyway."]
     lines += ["", "## Inference (2,000 test images, batch 1000, no autograd)", "",
+              f"Median of {args.repeats} interleaved repeats, each one pass over the images and 100 single-image "
+              "calls.",
+              "",
               "| model | rnnlab samples/s | plain samples/s | rnnlab latency, 1 image (ms) | plain latency (ms) |",
               "|---|---:|---:|---:|---:|"]
     lines += [f"| {n} | {r:,.0f} | {p:,.0f} | {rl:.2f} | {pl:.2f} |" for n, r, rl, p, pl in inference_rows]

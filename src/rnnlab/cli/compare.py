@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "results.md, results.csv, results.json and figures.",
     )
     report.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_COMPARE_DIR")
-    report.add_argument("--out", metavar="DIR", help="where to write (default: the folder given, if one; else ./report)")
+    report.add_argument("--out", metavar="DIR",
+                        help="where to write (default: the folder given, if one; else ./report)")
     report.add_argument("--no-plot", action="store_true", help="skip the figures")
     report.set_defaults(func=run_report)
 
