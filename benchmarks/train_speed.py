@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import rnnlab
 from rnnlab.config import apply_overrides
+from rnnlab.distributed import native_bf16_cpu
 from rnnlab.data import load_split
 from rnnlab.engine import Trainer
 from rnnlab.models import flops_per_sample
@@ -335,15 +336,6 @@ class Worker:
 BF16 = "rnnlab:train.amp=bf16"
 
 
-def native_bf16() -> bool:
-    """Whether oneDNN has native bfloat16 kernels on this CPU (AVX-512 BF16 or AMX); elsewhere
-    bf16 is emulated, and slower than float32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -382,7 +374,7 @@ def main() -> int:
     variants = dict(v.split("=", 1) for v in args.variant)
     pipelines = tuple(args.pipelines.split(",")) + tuple(f"rnnlab:{o}" for o in variants.values())
     full = pipelines[:3] == ("tutorial", "plain", "rnnlab") and not args.only
-    with_bf16 = full and (args.bf16 == "on" or (args.bf16 == "auto" and native_bf16()))
+    with_bf16 = full and (args.bf16 == "on" or (args.bf16 == "auto" and native_bf16_cpu()))
     rows, inference_rows, bf16_rows = [], [], []
     for index, case in enumerate(cases(args.quick)):
         if args.only not in case.name:
@@ -456,7 +448,7 @@ def main() -> int:
               for n, i, t, p, r, rp, rt, pe, re, sg, cb in rows]
     lines += ["", "## bfloat16 autocast (rnnlab, float32 weights and optimizer)", ""]
     if bf16_rows:
-        lines += [("Native bf16 on this CPU." if native_bf16() else "**This CPU has no native bf16: the bf16 "
+        lines += [("Native bf16 on this CPU." if native_bf16_cpu() else "**This CPU has no native bf16: the bf16 "
                    "figures below are emulated.**") + " Accuracy under bf16 is a separate question: "
                   "`python benchmarks/bf16_accuracy.py` trains the presets both ways.", "",
                   "| model | rnnlab fp32 | rnnlab bf16 | bf16 / fp32 | bf16 / plain fp32 | recurrence ran in |",

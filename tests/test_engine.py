@@ -151,3 +151,40 @@ def test_cuda_run_matches_the_cpu_loop_closely(tmp_path: Path) -> None:
     on_gpu = rnnlab.load(gpu.dir, device="cuda")  # inputs follow the model to its device
     assert on_gpu.probabilities(torch.zeros(2, 28, 28, dtype=torch.uint8)).device.type == "cpu"
     assert on_gpu.step_probabilities(torch.zeros(1, 28, 28, dtype=torch.uint8)).shape == (1, 28, 10)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_picks_bf16_only_where_it_was_measured_to_pay(monkeypatch: pytest.MonkeyPatch,
+                                                               native: bool) -> None:
+    from rnnlab import distributed as dist
+
+    monkeypatch.setattr(dist, "native_bf16_cpu", lambda: native)
+    cpu = torch.device("cpu")
+    assert dist.resolve_amp("auto", cpu, "lstm") == ("bf16" if native else "off")
+    assert dist.resolve_amp("auto", cpu, "rnn") == dist.resolve_amp("auto", cpu, "gru") == "off"
+    assert dist.resolve_amp("auto", torch.device("cuda"), "lstm") == "off"  # unmeasured there
+    for explicit in ("off", "bf16", "fp16"):
+        assert dist.resolve_amp(explicit, cpu, "lstm") == explicit
+    with pytest.raises(ValueError, match="resolve"):
+        dist.autocast(cpu, "auto")
+
+
+def test_amp_auto_trains_and_evaluates_in_the_resolved_precision(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    from rnnlab import distributed as dist
+
+    monkeypatch.setattr(dist, "native_bf16_cpu", lambda: True)
+    used: list[str] = []
+    real_autocast = dist.autocast
+    monkeypatch.setattr(dist, "autocast", lambda device, amp: used.append(amp) or real_autocast(device, amp))
+    config = tiny("model.cell=lstm", "train.amp=auto", "train.iterations=4", "train.eval_every=4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a CPU without a bf16 LSTM kernel runs it in fp32
+        run = rnnlab.train(config, tmp_path / "run", progress=False)
+    assert run.status == "completed" and run.summary["amp"] == "bf16"
+    assert used and set(used) == {"bf16"}  # training steps and every evaluation
+    assert load_toml(run.dir / "config.toml").train.amp == "auto"  # the request is what is saved
+    plain = rnnlab.train(tiny("train.iterations=2", "train.eval_every=2"), tmp_path / "plain", progress=False)
+    assert plain.summary["amp"] == "off"

@@ -35,7 +35,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("none", "step", "cosine")
 PROTOCOLS = ("standard", "tutorial")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-AMP_MODES = ("off", "bf16", "fp16")
+AMP_MODES = ("off", "bf16", "fp16", "auto")
 
 
 def _choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -129,7 +129,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     protocol: str = "standard"  # standard: validate on the split, test once; tutorial: test every eval
     device: str = "auto"
-    amp: str = "off"  # off, bf16 (cpu or cuda), fp16 (cuda)
+    amp: str = "off"  # off, bf16 (cpu or cuda), fp16 (cuda), auto (bf16 where measured to pay)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     checkpoint_every: int = 500  # iterations between resumable checkpoints
 

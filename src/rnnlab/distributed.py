@@ -123,8 +123,37 @@ def restore_rng_state(states: list[dict], seed: int, iteration: int) -> None:
         torch.manual_seed(process_seed(seed, rank(), iteration))
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU runs bfloat16 natively (AVX-512 BF16 or AMX). oneDNN then has bf16
+    kernels, the LSTM's included; elsewhere bf16 is emulated and slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# Where ``train.amp=auto`` turns bf16 on: where it was measured both faster than float32 and
+# within 0.3 points of its test accuracy (docs/results/train_speed.md, bf16_accuracy.md). On a
+# 2-core AVX-512 BF16 CPU, LSTMs trained 1.4x faster; RNNs and GRUs were slower in bf16 than on
+# rnnlab's float32 fast layers. Unmeasured on GPUs, so auto stays float32 there.
+_AUTO_BF16_CELLS = frozenset({"lstm"})
+
+
+def resolve_amp(amp: str, device: torch.device, cell: str) -> str:
+    """The precision a run trains in: ``amp`` itself, or for ``auto`` bf16 where it was measured
+    to pay (an LSTM on a CPU with native bf16) and ``off`` everywhere else."""
+    if amp != "auto":
+        return amp
+    if device.type == "cpu" and cell in _AUTO_BF16_CELLS and native_bf16_cpu():
+        return "bf16"
+    return "off"
+
+
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Mixed precision: bf16 on cpu or cuda, fp16 on cuda; ``off`` is a no-op."""
+    """Mixed precision: bf16 on cpu or cuda, fp16 on cuda; ``off`` is a no-op (``auto``: see
+    ``resolve_amp``)."""
+    if amp == "auto":
+        raise ValueError("resolve train.amp=auto with resolve_amp() first")
     if amp == "off":
         return contextlib.nullcontext()
     if amp == "fp16" and device.type != "cuda":

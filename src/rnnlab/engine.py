@@ -147,7 +147,9 @@ class Trainer:
         dist.seed_process_stream(cfg.seed)  # after the model: same initial weights everywhere
         self.train_model = dist.wrap_for_training(self.model, self.device)  # DDP under torchrun
         self.optimizer = make_optimizer(cfg, self.model)
-        self.scaler = dist.grad_scaler(self.device, cfg.train.amp)
+        # train.amp=auto becomes bf16 or off here, for this model on this machine
+        self.amp = dist.resolve_amp(cfg.train.amp, self.device, cfg.model.cell)
+        self.scaler = dist.grad_scaler(self.device, self.amp)
         self.total = total_iterations(cfg, self.data.train)
         self.batches_per_epoch = self.data.train.num_batches(cfg.train.batch_size)
         self.iteration = 0
@@ -270,7 +272,7 @@ class Trainer:
         x, y = self.data.train.batch(shard)  # (b, T, F) float, (b,)
         lengths = _to_device(self.data.train.batch_lengths(shard), self.device)  # (b,) or None: full length
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        with dist.autocast(self.device, t.amp):
+        with dist.autocast(self.device, self.amp):
             logits = self.train_model(x, lengths)  # (b, C)
             losses = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing,
                                      reduction="none")  # (b,)
@@ -306,7 +308,7 @@ class Trainer:
             split, name = self.data.test, "test"
         if split is not None:
             result = evaluate(self.model, split, batch_size=self.cfg.train.eval_batch_size,
-                              device=self.device, amp=self.cfg.train.amp, sharded=True)
+                              device=self.device, amp=self.amp, sharded=True)
             row[f"{name}_loss"], row[f"{name}_accuracy"] = result.loss, result.accuracy
         if dist.is_main_process():
             ckpt.append_jsonl(self.run_dir / METRICS, row)
@@ -328,6 +330,7 @@ class Trainer:
             "train_seconds": round(self.train_seconds, 3),
             "samples_per_second": round(self.iteration * cfg.train.batch_size / max(self.train_seconds, 1e-9), 1),
             "device": str(self.device),
+            "amp": self.amp,  # the precision trained in (train.amp=auto resolved)
             "processes": self.world,  # > 1 under torchrun: samples/s is over all of them
             "data": self._data_description(),
             "torch_version": torch.__version__,
@@ -350,12 +353,12 @@ class Trainer:
             )
         else:
             t = cfg.train
-            test = evaluate(self.model, self.data.test, batch_size=t.eval_batch_size, device=self.device, amp=t.amp,
-                            sharded=True)
+            test = evaluate(self.model, self.data.test, batch_size=t.eval_batch_size, device=self.device,
+                            amp=self.amp, sharded=True)
             summary["test_accuracy"], summary["test_loss"] = round(test.accuracy, 4), round(test.loss, 6)
             if self.data.val is not None:
                 val = evaluate(self.model, self.data.val, batch_size=t.eval_batch_size, device=self.device,
-                               amp=t.amp, sharded=True)
+                               amp=self.amp, sharded=True)
                 summary["val_accuracy"], summary["val_loss"] = round(val.accuracy, 4), round(val.loss, 6)
             summary["confusion_matrix"] = confusion_matrix(self.data.test.y, test.predictions, self.data.num_classes)
         if dist.is_main_process():

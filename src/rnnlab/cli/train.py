@@ -83,6 +83,8 @@ def print_summary(summary: dict[str, Any], run_dir: str) -> None:
         f"samples/s         {summary['samples_per_second']:.0f}",
         f"parameters        {summary['parameters']:,}",
     ]
+    if summary.get("amp", "off") != "off":
+        lines.append(f"precision         {summary['amp']} autocast (float32 weights)")
     data = summary.get("data")
     if data:
         lengths = f" (lengths {data['lengths'][0]}-{data['lengths'][1]})" if data.get("lengths") else ""
