@@ -160,11 +160,12 @@ def test_amp_auto_picks_bf16_only_where_it_was_measured_to_pay(monkeypatch: pyte
 
     monkeypatch.setattr(dist, "native_bf16_cpu", lambda: native)
     cpu = torch.device("cpu")
-    assert dist.resolve_amp("auto", cpu, "lstm") == ("bf16" if native else "off")
-    assert dist.resolve_amp("auto", cpu, "rnn") == dist.resolve_amp("auto", cpu, "gru") == "off"
-    assert dist.resolve_amp("auto", torch.device("cuda"), "lstm") == "off"  # unmeasured there
+    assert dist.resolve_amp("auto", cpu, "lstm", 28) == ("bf16" if native else "off")
+    assert dist.resolve_amp("auto", cpu, "rnn", 28) == dist.resolve_amp("auto", cpu, "gru", 28) == "off"
+    assert dist.resolve_amp("auto", cpu, "lstm", 784) == "off"  # faster, but its accuracy is unmeasured
+    assert dist.resolve_amp("auto", torch.device("cuda"), "lstm", 28) == "off"  # unmeasured there
     for explicit in ("off", "bf16", "fp16"):
-        assert dist.resolve_amp(explicit, cpu, "lstm") == explicit
+        assert dist.resolve_amp(explicit, cpu, "lstm", 784) == explicit
     with pytest.raises(ValueError, match="resolve"):
         dist.autocast(cpu, "auto")
 

@@ -134,17 +134,21 @@ def native_bf16_cpu() -> bool:
 
 # Where ``train.amp=auto`` turns bf16 on: where it was measured both faster than float32 and
 # within 0.3 points of its test accuracy (docs/results/train_speed.md, bf16_accuracy.md). On a
-# 2-core AVX-512 BF16 CPU, LSTMs trained 1.4x faster; RNNs and GRUs were slower in bf16 than on
-# rnnlab's float32 fast layers. Unmeasured on GPUs, so auto stays float32 there.
+# 2-core AVX-512 BF16 CPU, LSTMs on row MNIST (28 steps) trained 1.1-1.4x faster at the same
+# accuracy; RNNs and GRUs were no faster in bf16 than on rnnlab's float32 fast layers. A 784-step
+# LSTM trained 2x faster, but its accuracy in bf16 is unmeasured, as is everything on GPUs:
+# auto stays float32 there (train.amp=bf16 asks for it).
 _AUTO_BF16_CELLS = frozenset({"lstm"})
+_AUTO_BF16_MAX_STEPS = 28
 
 
-def resolve_amp(amp: str, device: torch.device, cell: str) -> str:
+def resolve_amp(amp: str, device: torch.device, cell: str, steps: int) -> str:
     """The precision a run trains in: ``amp`` itself, or for ``auto`` bf16 where it was measured
-    to pay (an LSTM on a CPU with native bf16) and ``off`` everywhere else."""
+    to pay (an LSTM over at most 28 steps on a CPU with native bf16) and ``off`` elsewhere."""
     if amp != "auto":
         return amp
-    if device.type == "cpu" and cell in _AUTO_BF16_CELLS and native_bf16_cpu():
+    if (device.type == "cpu" and cell in _AUTO_BF16_CELLS and steps <= _AUTO_BF16_MAX_STEPS
+            and native_bf16_cpu()):
         return "bf16"
     return "off"
 

@@ -148,7 +148,7 @@ class Trainer:
         self.train_model = dist.wrap_for_training(self.model, self.device)  # DDP under torchrun
         self.optimizer = make_optimizer(cfg, self.model)
         # train.amp=auto becomes bf16 or off here, for this model on this machine
-        self.amp = dist.resolve_amp(cfg.train.amp, self.device, cfg.model.cell)
+        self.amp = dist.resolve_amp(cfg.train.amp, self.device, cfg.model.cell, self.data.train.x.shape[1])
         self.scaler = dist.grad_scaler(self.device, self.amp)
         self.total = total_iterations(cfg, self.data.train)
         self.batches_per_epoch = self.data.train.num_batches(cfg.train.batch_size)
