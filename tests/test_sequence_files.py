@@ -288,3 +288,36 @@ def test_the_summary_says_what_the_run_read(tmp_path: Path, seq_file: Path,
     data = json.loads((tmp_path / "run" / "summary.json").read_text())["data"]
     assert (data["source"], data["lengths"]) == (str(seq_file), None)
     assert data["class_names"] == ["rising", "falling", "bump"]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_an_exported_model_of_varying_lengths_takes_them_as_a_second_input(tmp_path: Path, fmt: str,
+                                                                        bidirectional: bool) -> None:
+    from rnnlab.export import export_run, load_exported
+
+    (x, y, lengths), (xt, yt, lt) = varying(200, 0), varying(100, 1)
+    path = tmp_path / "varying.npz"
+    np.savez(path, x_train=x, y_train=y, lengths_train=lengths, x_test=xt, y_test=yt, lengths_test=lt)
+    config = apply_overrides(RunConfig(), ["data.dataset=file", f"data.file={path}", "data.val_size=0",
+                                           "model.cell=lstm", "model.hidden=8", "train.iterations=20",
+                                           "train.batch_size=20", "model.readout=mean",
+                                           f"model.bidirectional={str(bidirectional).lower()}"])
+    run = rnnlab.train(config, tmp_path / "run", progress=False)
+    report = export_run(run.dir, fmt, tmp_path / f"m.{fmt}", samples=60)
+    assert report.lengths_input and report.samples == 60 and report.max_abs_diff <= 1e-4
+    assert report.prefix_max_abs_diff is not None and report.prefix_max_abs_diff <= 1e-4
+
+    exported = load_exported(report.path, fmt)
+    trained = rnnlab.load(run.dir)
+    ragged = [xt[i, : lt[i]] for i in range(12)]
+    expected = np.array([p["probabilities"] for p in trained.predict(ragged)])  # (12, 2)
+    padded = np.zeros((12, 16, 1), np.float32)  # (N, T, F): padded with zeros, as in the file
+    for i, sequence in enumerate(ragged):
+        padded[i, : len(sequence), 0] = sequence
+    logits = exported(padded, lt[:12].astype(np.int64))  # (12, 2)
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(probabilities / probabilities.sum(1, keepdims=True), expected, atol=1e-5)
+    # the same sequence alone, unpadded, gives the same answer
+    alone = exported(padded[:1, : lt[0]], lt[:1].astype(np.int64))
+    np.testing.assert_allclose(alone, logits[:1], atol=1e-5)

@@ -5,7 +5,9 @@ The exported model takes one input, ``sequences``: float32 ``(N, T, F)`` with pi
 permuted-pixels: ``(N, 784, 1)``, permuted by the run's permutation, which is stored in the
 file's metadata). Any standardisation happens inside. It returns ``logits`` ``(N, classes)``.
 The batch dimension is dynamic, and so is ``T`` unless the readout is ``all`` (a Linear over
-every step fixes the length).
+every step fixes the length). A run trained on sequences of varying length (a sequence file
+with ``lengths_*``) takes a second input, ``lengths``: int64 ``(N,)``, each padded sequence's
+own length, read as in training (to each sequence's end, the reverse direction packed).
 
 Export always uses the reference ``torch.nn`` layers (same state_dict names as the fast ones),
 writes through a temporary file, and is checked on real test images before it replaces ``--out``.
@@ -30,7 +32,7 @@ __all__ = ["EXTENSIONS", "FORMATS", "ExportError", "ExportReport", "export_run",
 
 FORMATS = ("onnx", "torchscript")
 EXTENSIONS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
-INPUT_NAME, OUTPUT_NAME = "sequences", "logits"
+INPUT_NAME, LENGTHS_NAME, OUTPUT_NAME = "sequences", "lengths", "logits"
 TOLERANCE = 1e-4  # max abs difference of logits allowed between the export and eager PyTorch
 ONNX_OPSET = 17
 METADATA_FILE = "rnnlab.json"  # TorchScript extra file with the same metadata as ONNX's metadata_props
@@ -54,6 +56,7 @@ class ExportReport:
     prefix_max_abs_diff: float | None  # on shorter sequences, when T is dynamic
     bytes: int
     reads_sequences: bool = False  # trained on a sequence file: inputs are not pixels in [0, 1]
+    lengths_input: bool = False  # a second input, lengths (N,) int64, for padded sequences
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,11 +74,23 @@ def reference_model(run_dir: str | Path) -> tuple[Any, torch.nn.Module]:
     return TrainedModel(Path(run_dir), config, model, tensors.get("permutation"), meta), model
 
 
+class _WithLengths(torch.nn.Module):
+    """The classifier with ``lengths`` as a positional input, as exporters take inputs."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, sequences: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.model(sequences, lengths)  # (N, T, F), (N,) -> (N, C)
+
+
 def _metadata(trained: Any, model: torch.nn.Module, dynamic_steps: bool) -> dict[str, Any]:
     permutation = trained.permutation
     return {
         "rnnlab_version": __import__("rnnlab").__version__,
         "input": INPUT_NAME, "output": OUTPUT_NAME,
+        "lengths_input": LENGTHS_NAME if trained.variable_lengths else None,
         "view": "sequence-file" if trained.reads_sequences else trained.view,
         "steps": model.seq_len, "features": model.input_size,
         "classes": model.num_classes, "dynamic_steps": dynamic_steps,
@@ -110,92 +125,110 @@ def _require_onnx() -> tuple[Any, Any]:
     return onnx, onnxruntime
 
 
-def _write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, dynamic_steps: bool,
+def _write_onnx(model: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path, dynamic_steps: bool,
                 metadata: dict[str, Any]) -> None:
     onnx, _ = _require_onnx()
-    axes = {0: "N", 1: "T"} if dynamic_steps else {0: "N"}
+    names = [INPUT_NAME, LENGTHS_NAME][:len(example)]
+    axes: dict[str, dict[int, str]] = {INPUT_NAME: {0: "N", 1: "T"} if dynamic_steps else {0: "N"},
+                                       LENGTHS_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # deprecation and tracer chatter; correctness is checked after
         try:
             # The TorchScript-based exporter maps nn.LSTM/GRU/RNN to ONNX's own recurrent ops,
             # handles dynamic axes well and takes well under a second.
-            torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: {0: "N"}}, opset_version=ONNX_OPSET,
-                              dynamo=False)
+            torch.onnx.export(model, example, str(path), input_names=names, output_names=[OUTPUT_NAME],
+                              dynamic_axes={k: v for k, v in axes.items() if k in (*names, OUTPUT_NAME)},
+                              opset_version=ONNX_OPSET, dynamo=False)
         except Exception as legacy_error:  # noqa: BLE001 - a torch without it: try the dynamo exporter
-            dims = {0: torch.export.Dim("N", min=1)}
-            if dynamic_steps:
-                dims[1] = torch.export.Dim("T", min=2)
+            batch = torch.export.Dim("N", min=1)
+            dims = {0: batch, 1: torch.export.Dim("T", min=2)} if dynamic_steps else {0: batch}
+            shapes = ({**dims}, {0: batch})[:len(example)]
             try:
-                torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME],
-                                  output_names=[OUTPUT_NAME], dynamic_shapes=({**dims},), dynamo=True,
+                torch.onnx.export(model, example, str(path), input_names=names,
+                                  output_names=[OUTPUT_NAME], dynamic_shapes=shapes, dynamo=True,
                                   external_data=False, verbose=False)
             except Exception as exc:  # noqa: BLE001
                 raise ExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]} "
                                   f"(legacy exporter: {str(legacy_error).splitlines()[0][:200]})") from None
     proto = onnx.load(str(path))
-    proto.doc_string = "rnnlab recurrent classifier: sequences (N, T, F) in [0, 1] -> logits (N, classes)"
+    proto.doc_string = ("rnnlab recurrent classifier: sequences (N, T, F)"
+                        + (", lengths (N,)" if len(example) > 1 else "") + " -> logits (N, classes)")
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
     onnx.save(proto, str(path))
 
 
-def _onnx_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+Runner = Callable[..., np.ndarray]  # (sequences (N, T, F) float32[, lengths (N,) int64]) -> logits (N, C)
+
+
+def _onnx_runner(path: Path) -> Runner:
     _, ort = _require_onnx()
     options = ort.SessionOptions()
     # One thread, no spin-waiting: checks are small, and spinning threads starve a busy machine.
     options.intra_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+    def run(x: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+        feed = {INPUT_NAME: x} if lengths is None else {INPUT_NAME: x, LENGTHS_NAME: lengths}
+        return session.run([OUTPUT_NAME], feed)[0]
+
+    return run
 
 
 # ---------------------------------------------------------------------------- TorchScript
-def _write_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path, dynamic_steps: bool,
-                       metadata: dict[str, Any]) -> None:
+def _write_torchscript(model: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path,
+                       dynamic_steps: bool, metadata: dict[str, Any]) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         # Tracing records aten::lstm & co. with sizes read from the input, so N (and T) stay free;
         # our own check below replaces the tracer's check_trace.
-        traced = torch.jit.trace(model, (example,), check_trace=False)
+        traced = torch.jit.trace(model, example, check_trace=False)
         torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: json.dumps(metadata)})
 
 
-def _torchscript_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+def _torchscript_runner(path: Path) -> Runner:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         module = torch.jit.load(str(path), map_location="cpu")
     module.eval()
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+        inputs = (torch.from_numpy(x),) if lengths is None else (torch.from_numpy(x), torch.from_numpy(lengths))
         with torch.no_grad():
-            return module(torch.from_numpy(x)).numpy()
+            return module(*inputs).numpy()
 
     return run
 
 
-def load_exported(path: str | Path, fmt: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """A function ``float32 (N, T, F) -> logits (N, C)`` running an exported file (for checks and demos)."""
+def load_exported(path: str | Path, fmt: str | None = None) -> Runner:
+    """A function ``float32 (N, T, F)[, int64 lengths (N,)] -> logits (N, C)`` running an exported
+    file (for checks and demos); lengths only for a model exported with a lengths input."""
     path = Path(path)
     fmt = fmt or ("onnx" if path.suffix == ".onnx" else "torchscript")
     return _onnx_runner(path) if fmt == "onnx" else _torchscript_runner(path)
 
 
 # ---------------------------------------------------------------------------- check and entry point
-def _check_sequences(trained: Any, samples: int, data_dir: str | None) -> torch.Tensor:
-    """The first ``samples`` test sequences as float ``(N, T, F)``, as the run reads them."""
+def _check_sequences(trained: Any, samples: int, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first ``samples`` test sequences as the run reads them: float ``(N, T, F)``, and their
+    lengths ``(N,)`` if they vary (else None)."""
     test = trained.test_split(data_dir)
-    return test.batch(torch.arange(min(samples, len(test))))[0]  # (N, T, F)
+    rows = torch.arange(min(samples, len(test)))
+    return test.batch(rows)[0], test.batch_lengths(rows)  # (N, T, F), (N,) or None
 
 
-def _compare(run: Callable[[np.ndarray], np.ndarray], model: torch.nn.Module,
-             x: torch.Tensor) -> tuple[float, float]:
+def _compare(run: Runner, model: torch.nn.Module, x: torch.Tensor,
+             lengths: torch.Tensor | None = None) -> tuple[float, float]:
     """``(max abs diff of logits, fraction of equal predicted classes)`` on ``x`` ``(N, T, F)``."""
     with torch.no_grad():
-        expected = model(x).numpy()  # (N, C)
+        expected = (model(x) if lengths is None else model(x, lengths)).numpy()  # (N, C)
     try:
-        got = np.asarray(run(np.ascontiguousarray(x.numpy(), dtype=np.float32)))
+        inputs = [np.ascontiguousarray(x.numpy(), dtype=np.float32)]
+        if lengths is not None:
+            inputs.append(lengths.numpy().astype(np.int64))
+        got = np.asarray(run(*inputs))
     except Exception as exc:  # noqa: BLE001 - the runtime's own errors are not ours to type
         raise ExportError(f"the exported model failed to run on input {tuple(x.shape)}: "
                           f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
@@ -218,22 +251,33 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     trained, model = reference_model(run_dir)
     path = Path(out) if out is not None else Path(run_dir) / f"model{EXTENSIONS[fmt]}"
     dynamic_steps = trained.config.model.readout != "all"
+    with_lengths = trained.variable_lengths
     metadata = _metadata(trained, model, dynamic_steps)
     # A batch of 2 random sequences: a size the checks never use, so a batch size baked into the
-    # graph would show up as a failure.
-    example = torch.rand(2, model.seq_len, model.input_size, generator=torch.Generator().manual_seed(0))
+    # graph would show up as a failure. With lengths, two different ones, for the same reason.
+    steps = model.seq_len
+    example: tuple[torch.Tensor, ...] = (
+        torch.rand(2, steps, model.input_size, generator=torch.Generator().manual_seed(0)),)
+    exported: torch.nn.Module = model
+    if with_lengths:
+        example += (torch.tensor([steps, max(1, steps - 1)]),)
+        exported = _WithLengths(model).eval()
     checked: dict[str, Any] = {"samples": 0, "max_abs_diff": None, "same_classes": None, "prefix_max_abs_diff": None}
 
     def verify(tmp: Path) -> None:
         if not check:
             return
         run = load_exported(tmp, fmt)
-        x = _check_sequences(trained, samples, data_dir)  # (N, T, F)
-        diff, same = _compare(run, model, x)
+        x, lengths = _check_sequences(trained, samples, data_dir)  # (N, T, F), (N,) or None
+        if with_lengths and lengths is None:  # a test split of one length: all of it counts
+            lengths = torch.full((len(x),), x.shape[1], dtype=torch.long)
+        diff, same = _compare(run, model, x, lengths)
         checked.update(samples=len(x), max_abs_diff=diff, same_classes=same)
-        if dynamic_steps and model.seq_len > 1:
-            prefix = x[: min(len(x), 8), : max(1, model.seq_len // 2)]  # (n, T/2, F)
-            checked["prefix_max_abs_diff"] = _compare(run, model, prefix)[0]
+        if dynamic_steps and steps > 1:
+            half = max(1, steps // 2)
+            prefix = x[: min(len(x), 8), :half]  # (n, T/2, F)
+            prefix_lengths = None if lengths is None else lengths[: len(prefix)].clamp(max=half)
+            checked["prefix_max_abs_diff"] = _compare(run, model, prefix, prefix_lengths)[0]
         worst = max(diff, checked["prefix_max_abs_diff"] or 0.0)
         if worst > TOLERANCE or same < 1.0:
             raise ExportError(f"the {fmt} export disagrees with PyTorch: max abs logit difference {worst:.3g} "
@@ -241,7 +285,8 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
                               "images; the file was not written")
 
     writer = _write_onnx if fmt == "onnx" else _write_torchscript
-    _atomic(path, EXTENSIONS[fmt], lambda tmp: writer(model, example, tmp, dynamic_steps, metadata), verify)
-    shape: list[Any] = ["N", "T" if dynamic_steps else model.seq_len, model.input_size]
+    _atomic(path, EXTENSIONS[fmt], lambda tmp: writer(exported, example, tmp, dynamic_steps, metadata), verify)
+    shape: list[Any] = ["N", "T" if dynamic_steps else steps, model.input_size]
     return ExportReport(path=str(path), format=fmt, input_shape=shape, dynamic_steps=dynamic_steps,
-                        bytes=path.stat().st_size, reads_sequences=trained.reads_sequences, **checked)
+                        bytes=path.stat().st_size, reads_sequences=trained.reads_sequences,
+                        lengths_input=with_lengths, **checked)

@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     values = "" if report.reads_sequences else ", values in [0, 1]"
     print(f"  input  sequences float32 {shape}{values}"
           + ("" if report.dynamic_steps else "  (T fixed: readout 'all')"))
+    if report.lengths_input:
+        print("  input  lengths   int64 (N,)  each padded sequence's own length")
     print("  output logits    float32 (N, classes)")
     if report.samples:
         unit = "sequences" if report.reads_sequences else "images"
