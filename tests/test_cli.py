@@ -112,9 +112,10 @@ def test_overrides_may_come_before_and_after_options() -> None:
     from rnnlab.cli.common import config_from_args
 
     args = build_parser().parse_args(["train", "model.hidden=32", "--preset", "dlw-rnn-a", "--out", "x",
-                                      "train.lr=0.5", "--seed", "3"])
+                                      "train.lr=0.5", "--seed", "3", "--amp", "auto"])
     config = config_from_args(args)
     assert (config.model.hidden, config.train.lr, config.seed, args.out) == (32, 0.5, 3, "x")
+    assert config.train.amp == "auto"
     assert config.model.cell == "rnn"  # still the preset underneath
 
 

@@ -54,6 +54,7 @@ SHORTCUTS = {
     "iterations": ("train.iterations", int, "budget in iterations"),
     "seed": ("seed", int, "random seed"),
     "device": ("train.device", str, "auto, cpu, cuda, cuda:N or mps"),
+    "amp": ("train.amp", str, "mixed precision: off, bf16, fp16 (cuda) or auto (bf16 where measured to pay)"),
     "data_dir": ("data.data_dir", str, "folder with the IDX files (default: RNNLAB_DATA_DIR, then the embedded MNIST)"),
     "data_file": ("data.file", str, "a .npz of your own sequences (x_train, y_train, x_test, y_test); "
                                     "sets data.dataset=file"),
