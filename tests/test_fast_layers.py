@@ -239,3 +239,26 @@ def test_script_failure_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-8)
     for k in g1:
         torch.testing.assert_close(g2[k], g1[k], rtol=1e-5, atol=1e-8, msg=k)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bidir", [False, True])
+def test_time_major_matches_torch(mode: str, bidir: bool) -> None:
+    """batch_first=False: (T, B, F) in and (T, B, D*H) out, as torch.nn's time-major layers."""
+    torch.manual_seed(0)
+    kinds = {"rnn_relu": nn.RNN, "rnn_tanh": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+    extra = {"nonlinearity": mode[4:]} if mode.startswith("rnn_") else {}
+    ref = kinds[mode](F, H, 2, bidirectional=bidir, **extra).double()
+    fast = FastRecurrent(mode, F, H, num_layers=2, bidirectional=bidir, batch_first=False).double()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(9, B, F, dtype=torch.float64)  # (T, B, F)
+    n = 2 if mode == "lstm" else 1
+    hx = tuple(torch.randn(2 * (2 if bidir else 1), B, H, dtype=torch.float64) for _ in range(n))
+    o1, s1, g1 = _run(ref, x, hx, mode)
+    o2, s2, g2 = _run(fast, x, hx, mode)
+    assert o2.shape == o1.shape == (9, B, (2 if bidir else 1) * H)
+    torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-8)
+    for a, b in zip(s2, s1):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-5, atol=1e-8, msg=k)

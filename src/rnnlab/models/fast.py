@@ -1,4 +1,4 @@
-"""FastRecurrent: a drop-in, batch-first ``torch.nn.RNN/LSTM/GRU`` for small CPU models.
+"""FastRecurrent: a drop-in ``torch.nn.RNN/LSTM/GRU`` for small CPU models.
 
 It subclasses ``nn.RNNBase``, so parameter names, shapes, initialisation (and the
 RNG draws it makes) and state_dicts are exactly those of the reference module; only
@@ -44,18 +44,19 @@ def _tracing() -> bool:
 
 
 class FastRecurrent(nn.RNNBase):
-    """Batch-first RNN (relu/tanh), LSTM or GRU with a hand-written backward.
+    """RNN (relu/tanh), LSTM or GRU with a hand-written backward.
 
     forward(x (B, T, F), hx=None) -> (output (B, T, D*H), h_n (L*D, B, H)), and for
-    the LSTM (output, (h_n, c_n)), with torch.nn's semantics.
+    the LSTM (output, (h_n, c_n)), with torch.nn's semantics; ``batch_first=False`` takes and
+    returns ``(T, B, .)`` as torch.nn does.
     """
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0,
-                 device: Any = None, dtype: Any = None) -> None:
+                 device: Any = None, dtype: Any = None, *, batch_first: bool = True) -> None:
         _check_mode(mode)
         super().__init__(_TORCH_MODE[mode], input_size, hidden_size, num_layers, bias=True,
-                         batch_first=True, dropout=float(dropout), bidirectional=bidirectional,
+                         batch_first=batch_first, dropout=float(dropout), bidirectional=bidirectional,
                          device=device, dtype=dtype)
         self.cell = mode
         self.cpu_only = False  # make_recurrent(impl="auto") sets True: on a GPU use cuDNN instead
@@ -78,7 +79,7 @@ class FastRecurrent(nn.RNNBase):
         # Without autograd (evaluation, predict, serve) there is no backward to save and
         # torch.nn's fused forward is faster: the hand-written path is for training only.
         return (torch.is_grad_enabled() and not _tracing() and isinstance(x, Tensor) and x.dim() == 3
-                and x.shape[1] > 0 and x.dtype in (torch.float32, torch.float64)
+                and x.shape[0] > 0 and x.shape[1] > 0 and x.dtype in (torch.float32, torch.float64)
                 and not torch.is_autocast_enabled(x.device.type)
                 and (x.device.type == "cpu" or not self.cpu_only))
 
@@ -95,7 +96,7 @@ class FastRecurrent(nn.RNNBase):
             h0s, c0s = hx
         else:
             h0s, c0s = hx, None
-        B = x.shape[0]
+        B = x.shape[0 if self.batch_first else 1]
         for name, s in (("h0", h0s), ("c0", c0s)):
             want = (self.num_layers * D, B, self.hidden_size)
             if s is not None and tuple(s.shape) != want:
@@ -104,7 +105,8 @@ class FastRecurrent(nn.RNNBase):
             raise RuntimeError(
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
                 f"got {x.shape[2]}")
-        layer_in = x.transpose(0, 1).contiguous()  # (T, B, F): time-major inside
+        # (T, B, F): time-major inside
+        layer_in = (x.transpose(0, 1) if self.batch_first else x).contiguous()
         h_n: list[Tensor] = []
         c_n: list[Tensor] = []
         for layer in range(self.num_layers):
@@ -123,7 +125,7 @@ class FastRecurrent(nn.RNNBase):
             layer_in = outs[0] if D == 1 else torch.cat(outs, 2)  # (T, B, D*H)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_in = nn.functional.dropout(layer_in, self.dropout, training=True)
-        output = layer_in.transpose(0, 1)  # (B, T, D*H), a view like torch.nn's
+        output = layer_in.transpose(0, 1) if self.batch_first else layer_in  # (B, T, D*H), a view like torch.nn's
         h_stack = torch.stack(h_n)  # (L*D, B, H)
         if lstm:
             return output, (h_stack, torch.stack(c_n))
