@@ -152,6 +152,7 @@ def _write_onnx(model: torch.nn.Module, example: tuple[torch.Tensor, ...], path:
                                   f"(legacy exporter: {str(legacy_error).splitlines()[0][:200]})") from None
     proto = onnx.load(str(path))
     proto.doc_string = ("rnnlab recurrent classifier: sequences (N, T, F)"
+                        + (" in [0, 1]" if metadata.get("input_range") else "")
                         + (", lengths (N,)" if len(example) > 1 else "") + " -> logits (N, classes)")
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
