@@ -11,7 +11,7 @@ import torch
 import rnnlab
 from rnnlab.config import RunConfig, apply_overrides, load_toml
 from rnnlab.engine import confusion_matrix, learning_rate, make_optimizer
-from rnnlab.errors import CheckpointError
+from rnnlab.errors import CheckpointError, ConfigError
 
 TINY = ["model.hidden=16", "train.batch_size=50", "train.iterations=40", "train.eval_every=20",
         "train.eval_batch_size=2000", "data.val_size=1000", "train.threads=1"]
@@ -164,8 +164,11 @@ def test_amp_auto_picks_bf16_only_where_it_was_measured_to_pay(monkeypatch: pyte
     assert dist.resolve_amp("auto", cpu, "rnn", 28) == dist.resolve_amp("auto", cpu, "gru", 28) == "off"
     assert dist.resolve_amp("auto", cpu, "lstm", 784) == "off"  # faster, but its accuracy is unmeasured
     assert dist.resolve_amp("auto", torch.device("cuda"), "lstm", 28) == "off"  # unmeasured there
-    for explicit in ("off", "bf16", "fp16"):
+    for explicit in ("off", "bf16"):
         assert dist.resolve_amp(explicit, cpu, "lstm", 784) == explicit
+    assert dist.resolve_amp("fp16", torch.device("cuda"), "lstm", 28) == "fp16"
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        dist.resolve_amp("fp16", cpu, "lstm", 28)
     with pytest.raises(ValueError, match="resolve"):
         dist.autocast(cpu, "auto")
 
@@ -189,3 +192,9 @@ def test_amp_auto_trains_and_evaluates_in_the_resolved_precision(tmp_path: Path,
     assert load_toml(run.dir / "config.toml").train.amp == "auto"  # the request is what is saved
     plain = rnnlab.train(tiny("train.iterations=2", "train.eval_every=2"), tmp_path / "plain", progress=False)
     assert plain.summary["amp"] == "off"
+
+
+def test_fp16_on_a_cpu_is_refused_before_the_run_folder_is_made(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        rnnlab.train(tiny("train.amp=fp16", "train.device=cpu"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -145,6 +145,8 @@ _AUTO_BF16_MAX_STEPS = 28
 def resolve_amp(amp: str, device: torch.device, cell: str, steps: int) -> str:
     """The precision a run trains in: ``amp`` itself, or for ``auto`` bf16 where it was measured
     to pay (an LSTM over at most 28 steps on a CPU with native bf16) and ``off`` elsewhere."""
+    if amp == "fp16" and device.type != "cuda":  # before anything is written, not at the first step
+        raise ConfigError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on CPU or train.amp=off")
     if amp != "auto":
         return amp
     if (device.type == "cpu" and cell in _AUTO_BF16_CELLS and steps <= _AUTO_BF16_MAX_STEPS
