@@ -143,6 +143,9 @@ class FastRecurrent(nn.RNNBase):
 #   gru 1x128  27.9 / 20.1 = 1.38x (1.28x);  gru 2x100 1.43x;  gru 1x256 1.17x (1.23x)
 #   lstm 2x100  35.2 / 42.8 = 0.82x, lstm 1x128 on 784x1 0.88x: nn.LSTM runs oneDNN's
 #               fused RNN kernels (mkldnn_rnn_layer), which our loop cannot beat
+# Rechecked on a 2-core AVX-512 VM (2026-11-30, train_speed.py in the Trainer, 4-5 repeats,
+# rnnlab fast vs rnnlab model.impl=torch): dlw-rnn-a 1.41x, GRU 1x128 1.25x, rnn-allsteps 1.27x,
+# and dlw-lstm-b 0.75x (oneDNN still wins).
 # Hence: fast for unidirectional RNNs and GRUs up to the sizes measured, torch for
 # LSTMs and everything bidirectional (unmeasured).
 _FAST_MAX_HIDDEN = {"rnn_relu": 512, "rnn_tanh": 512, "gru": 256}
