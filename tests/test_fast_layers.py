@@ -262,3 +262,20 @@ def test_time_major_matches_torch(mode: str, bidir: bool) -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
     for k in g1:
         torch.testing.assert_close(g2[k], g1[k], rtol=1e-5, atol=1e-8, msg=k)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_constant_initial_state_gets_no_gradient_and_changes_nothing_else(mode: str) -> None:
+    """h0 (and c0) given but not requiring grad: the loops skip their gradient; the rest as torch.nn."""
+    ref, fast = _pair(mode, 2, False)
+    x = torch.randn(B, 9, F, dtype=torch.float64)
+    n = 2 if mode == "lstm" else 1
+    hx = tuple(torch.randn(2, B, H, dtype=torch.float64) for _ in range(n))  # no requires_grad
+    grads = []
+    for m in (ref, fast):
+        out, _ = m(x, hx if n == 2 else hx[0])
+        out.sum().backward()
+        grads.append({k: p.grad for k, p in m.named_parameters()})
+    assert all(h.grad is None for h in hx)
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-8, msg=k)

@@ -115,7 +115,8 @@ class RecurrentLayerFn(torch.autograd.Function):
         H = w_hh.shape[1]
         # gout (T, B, H), often a transposed view, is autograd's: the loops copy it into
         # buffers of their own and add the recurrent path there.
-        dh0 = x.new_empty(B, H)
+        need = ctx.needs_input_grad
+        dh0 = x.new_empty(B, H) if need[3] else x.new_empty(0)  # empty: the loops skip its GEMM
         dc0 = None
         if mode == "lstm":
             g_in, dc0 = _lstm_backward(gout, gh, gc, out, saved, w_hh, dh0, reverse)
@@ -129,7 +130,6 @@ class RecurrentLayerFn(torch.autograd.Function):
             else:  # 1 - h^2
                 dact = torch.addcmul(out.new_ones(()), out, out, value=-1.0)
             K.loop("rnn_backward")(gout, gh, dact, w_hh, g_in, dh0, reverse)
-        need = ctx.needs_input_grad
         G = g_in.shape[2]
         g_in2 = g_in.reshape(T * B, G)
         dx = (g_in2 @ w_ih).view(T, B, F) if need[2] else None
@@ -163,7 +163,7 @@ def _lstm_backward(gout: Tensor, gh: Tensor, dc: Tensor, hs: Tensor, saved: list
     _tanh_bwd(i_, g_, grad_input=k[..., 3 * H :])
     dc_dh = _tanh_bwd(o_, tcs, grad_input=torch.empty_like(tcs))  # (T, B, H)
     g, dhs = torch.empty_like(acts), torch.empty_like(tcs)
-    dc0 = torch.empty_like(dh0)
+    dc0 = hs.new_empty(hs.shape[1:])  # (B, H)
     K.loop("lstm_backward")(gout, gh, dc, k, dc_dh, f_, w_hh, dhs, g, dh0, dc0, reverse)
     return g, dc0
 

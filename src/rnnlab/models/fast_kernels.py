@@ -92,7 +92,8 @@ def gru_forward(xp: Tensor, h0: Tensor, w2_t: Tensor, b2_hn: Tensor, hp: Tensor,
 # ---------------------------------------------------------------------- backward
 # Each loop walks the steps backwards and writes the gradients w.r.t. the gate
 # pre-activations of every step into g, and the gradient w.r.t. the initial state into
-# dh0 (and dc0). gout: (T, B, H) gradient w.r.t. the outputs (any strides, read only);
+# dh0 (and dc0), unless dh0 is empty (no gradient wanted).
+# gout: (T, B, H) gradient w.r.t. the outputs (any strides, read only);
 # gh: (B, H) the gradient w.r.t. h_n (the last processed step's output).
 
 
@@ -109,7 +110,8 @@ def rnn_backward(gout: Tensor, gh: Tensor, dact: Tensor, w: Tensor, g: Tensor, d
     for k in range(1, T):
         t = k if reverse else T - 1 - k
         dh = gs[t].addmm_(dh, w).mul_(ds[t])  # (+ recurrent path) * activation derivative
-    torch.mm(dh, w, out=dh0)
+    if dh0.numel() > 0:  # empty: h0 needs no gradient (zeros, or a constant)
+        torch.mm(dh, w, out=dh0)
 
 
 def lstm_backward(gout: Tensor, gh: Tensor, dc: Tensor, k: Tensor, dc_dh: Tensor, f_: Tensor,
@@ -136,7 +138,8 @@ def lstm_backward(gout: Tensor, gh: Tensor, dc: Tensor, k: Tensor, dc_dh: Tensor
         torch.mul(dc.unsqueeze(1), k_cell[t], out=g_cell[t])
         prev = t
     torch.mul(dc, f_[prev], out=dc0)
-    torch.mm(g[prev], w, out=dh0)
+    if dh0.numel() > 0:
+        torch.mm(g[prev], w, out=dh0)
 
 
 def gru_backward(gout: Tensor, gh: Tensor, k: Tensor, z_: Tensor, w: Tensor, dhs: Tensor,
@@ -155,7 +158,8 @@ def gru_backward(gout: Tensor, gh: Tensor, k: Tensor, z_: Tensor, w: Tensor, dhs
             dh = torch.addcmul(gout[t], dhs[prev], z_[prev], out=dhs[t]).addmm_(g[prev], w)
         torch.mul(dh.unsqueeze(1), k3[t], out=g3[t])
         prev = t
-    torch.mul(dhs[prev], z_[prev], out=dh0).addmm_(g[prev], w)
+    if dh0.numel() > 0:
+        torch.mul(dhs[prev], z_[prev], out=dh0).addmm_(g[prev], w)
 
 
 ENTRY_POINTS = ("rnn_forward", "lstm_forward", "gru_forward", "rnn_backward", "lstm_backward",
