@@ -134,8 +134,8 @@ def native_bf16_cpu() -> bool:
 
 # Where ``train.amp=auto`` turns bf16 on: where it was measured both faster than float32 and
 # within 0.3 points of its test accuracy (docs/results/train_speed.md, bf16_accuracy.md). On a
-# 2-core AVX-512 BF16 CPU, LSTMs on row MNIST (28 steps) trained 1.1-1.4x faster at the same
-# accuracy; RNNs and GRUs were no faster in bf16 than on rnnlab's float32 fast layers. A 784-step
+# 2-core AVX-512 BF16 CPU, LSTMs on row MNIST (28 steps) trained 1.0-1.4x faster (median 1.14x)
+# at the same accuracy; RNNs and GRUs were no faster in bf16 than on rnnlab's float32 fast layers. A 784-step
 # LSTM trained 2x faster, but its accuracy in bf16 is unmeasured, as is everything on GPUs:
 # auto stays float32 there (train.amp=bf16 asks for it).
 _AUTO_BF16_CELLS = frozenset({"lstm"})
