@@ -43,6 +43,20 @@ def _run(m: nn.Module, x: torch.Tensor, hx, mode: str):
     return out, states, grads
 
 
+def _assert_same(fast_run: tuple, ref_run: tuple, rtol: float = 1e-5, atol: float = 1e-8) -> None:
+    """The (output, states, grads) of _run on the fast layer equal those of torch.nn."""
+    (o2, s2, g2), (o1, s1, g1) = fast_run, ref_run
+    assert o2.shape == o1.shape
+    torch.testing.assert_close(o2, o1, rtol=rtol, atol=atol)
+    assert len(s2) == len(s1)
+    for a, b in zip(s2, s1):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+    assert g1.keys() == g2.keys()
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=rtol, atol=atol, msg=k)
+
+
 @pytest.mark.parametrize(
     "mode,layers,bidir,T,with_hx",
     list(itertools.product(MODES, [1, 2, 3], [False, True], [1, 28], [False, True])))
@@ -55,16 +69,9 @@ def test_matches_torch(mode: str, layers: int, bidir: bool, T: int, with_hx: boo
     if with_hx:
         n = 2 if mode == "lstm" else 1
         hx = tuple(torch.randn(layers * D, B, H, dtype=torch.float64) for _ in range(n))
-    o1, s1, g1 = _run(ref, x, hx, mode)
-    o2, s2, g2 = _run(fast, x, hx, mode)
-    assert o2.shape == o1.shape == (B, T, D * H)
-    torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-8)
-    for a, b in zip(s2, s1):
-        assert a.shape == b.shape
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
-    assert g1.keys() == g2.keys()
-    for k in g1:
-        torch.testing.assert_close(g2[k], g1[k], rtol=1e-5, atol=1e-8, msg=k)
+    expected, got = _run(ref, x, hx, mode), _run(fast, x, hx, mode)
+    assert got[0].shape == (B, T, D * H)
+    _assert_same(got, expected)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -183,16 +190,11 @@ def test_two_threads(mode: str, bidir: bool) -> None:
         n = 2 if mode == "lstm" else 1
         hx = tuple(torch.randn(2 * (2 if bidir else 1), batch, H, dtype=torch.float64)
                    for _ in range(n))
-        o1, s1, g1 = _run(ref, x, hx, mode)
-        o2, s2, g2 = _run(fast, x, hx, mode)
+        expected, got = _run(ref, x, hx, mode), _run(fast, x, hx, mode)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
-    torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-8)
-    for a, b in zip(s2, s1):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
-    for k in g1:
-        torch.testing.assert_close(g2[k], g1[k], rtol=1e-5, atol=1e-8, msg=k)
+    _assert_same(got, expected)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -205,11 +207,7 @@ def test_python_loops_match(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not fast_kernels.is_scripted(fast_kernels.loop("rnn_forward"))
     ref, fast = _pair(mode, 2, True)
     x = torch.randn(B, 6, F, dtype=torch.float64)
-    o1, s1, g1 = _run(ref, x, None, mode)
-    o2, s2, g2 = _run(fast, x, None, mode)
-    torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-8)
-    for k in g1:
-        torch.testing.assert_close(g2[k], g1[k], rtol=1e-5, atol=1e-8, msg=k)
+    _assert_same(_run(fast, x, None, mode), _run(ref, x, None, mode))
 
 
 def test_loops_are_scripted() -> None:
@@ -234,11 +232,8 @@ def test_script_failure_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     ref, fast = _pair("gru", 1, False)
     x = torch.randn(B, 5, F, dtype=torch.float64)
     with pytest.warns(RuntimeWarning):
-        o2, _, g2 = _run(fast, x, None, "gru")
-    o1, _, g1 = _run(ref, x, None, "gru")
-    torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-8)
-    for k in g1:
-        torch.testing.assert_close(g2[k], g1[k], rtol=1e-5, atol=1e-8, msg=k)
+        got = _run(fast, x, None, "gru")
+    _assert_same(got, _run(ref, x, None, "gru"))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -254,14 +249,9 @@ def test_time_major_matches_torch(mode: str, bidir: bool) -> None:
     x = torch.randn(9, B, F, dtype=torch.float64)  # (T, B, F)
     n = 2 if mode == "lstm" else 1
     hx = tuple(torch.randn(2 * (2 if bidir else 1), B, H, dtype=torch.float64) for _ in range(n))
-    o1, s1, g1 = _run(ref, x, hx, mode)
-    o2, s2, g2 = _run(fast, x, hx, mode)
-    assert o2.shape == o1.shape == (9, B, (2 if bidir else 1) * H)
-    torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-8)
-    for a, b in zip(s2, s1):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
-    for k in g1:
-        torch.testing.assert_close(g2[k], g1[k], rtol=1e-5, atol=1e-8, msg=k)
+    expected, got = _run(ref, x, hx, mode), _run(fast, x, hx, mode)
+    assert got[0].shape == (9, B, (2 if bidir else 1) * H)
+    _assert_same(got, expected)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -135,18 +135,22 @@ def native_bf16_cpu() -> bool:
 # Where ``train.amp=auto`` turns bf16 on: where it was measured both faster than float32 and
 # within 0.3 points of its test accuracy (docs/results/train_speed.md, bf16_accuracy.md). On a
 # 2-core AVX-512 BF16 CPU, LSTMs on row MNIST (28 steps) trained 1.0-1.4x faster (median 1.14x)
-# at the same accuracy; RNNs and GRUs were no faster in bf16 than on rnnlab's float32 fast layers. A 784-step
-# LSTM trained 2x faster, but its accuracy in bf16 is unmeasured, as is everything on GPUs:
-# auto stays float32 there (train.amp=bf16 asks for it).
+# at the same accuracy; RNNs and GRUs were no faster in bf16 than on rnnlab's float32 fast
+# layers. A 784-step LSTM trained 2x faster, but its accuracy in bf16 is unmeasured, as is
+# everything on GPUs: auto stays float32 there (train.amp=bf16 asks for it).
 _AUTO_BF16_CELLS = frozenset({"lstm"})
 _AUTO_BF16_MAX_STEPS = 28
+
+
+def _check_amp_device(amp: str, device: torch.device) -> None:
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on CPU or train.amp=off")
 
 
 def resolve_amp(amp: str, device: torch.device, cell: str, steps: int) -> str:
     """The precision a run trains in: ``amp`` itself, or for ``auto`` bf16 where it was measured
     to pay (an LSTM over at most 28 steps on a CPU with native bf16) and ``off`` elsewhere."""
-    if amp == "fp16" and device.type != "cuda":  # before anything is written, not at the first step
-        raise ConfigError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on CPU or train.amp=off")
+    _check_amp_device(amp, device)  # when the Trainer is built, before anything is written
     if amp != "auto":
         return amp
     if (device.type == "cpu" and cell in _AUTO_BF16_CELLS and steps <= _AUTO_BF16_MAX_STEPS
@@ -162,8 +166,7 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
         raise ValueError("resolve train.amp=auto with resolve_amp() first")
     if amp == "off":
         return contextlib.nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise ConfigError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on CPU or train.amp=off")
+    _check_amp_device(amp, device)
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 

@@ -125,7 +125,8 @@ class FastRecurrent(nn.RNNBase):
             layer_in = outs[0] if D == 1 else torch.cat(outs, 2)  # (T, B, D*H)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_in = nn.functional.dropout(layer_in, self.dropout, training=True)
-        output = layer_in.transpose(0, 1) if self.batch_first else layer_in  # (B, T, D*H), a view like torch.nn's
+        # (B, T, D*H), a view like torch.nn's; or (T, B, D*H) as it is
+        output = layer_in.transpose(0, 1) if self.batch_first else layer_in
         h_stack = torch.stack(h_n)  # (L*D, B, H)
         if lstm:
             return output, (h_stack, torch.stack(c_n))
