@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ import torch
 
 import rnnlab
 from rnnlab.config import RunConfig, apply_overrides, load_toml
-from rnnlab.engine import confusion_matrix, learning_rate, make_optimizer
+from rnnlab import checkpoint as ckpt
+from rnnlab.engine import Trainer, learning_rate, make_optimizer
+from rnnlab.evaluation import RunningTotals, check_interval, confusion_matrix
 from rnnlab.errors import CheckpointError, ConfigError
 
 TINY = ["model.hidden=16", "train.batch_size=50", "train.iterations=40", "train.eval_every=20",
@@ -93,6 +96,64 @@ def test_nan_guard_marks_the_run_diverged(tmp_path: Path) -> None:
     assert json.loads((run.dir / "summary.json").read_text())["status"] == "diverged"
 
 
+def _fit(cfg: RunConfig, run_dir: Path, check_every: int) -> tuple[dict, Trainer]:
+    trainer = Trainer(cfg, run_dir, progress=False)
+    trainer.check_every = check_every  # what a GPU gets, so that a step does not wait for it
+    return trainer.fit(), trainer
+
+
+def test_nan_checks_every_few_steps_report_what_every_step_checks_report(tmp_path: Path) -> None:
+    # lr=10 diverges after a dozen steps, between two checkpoints.
+    diverging = tiny("model.cell=rnn", "model.nonlinearity=relu", "model.init=identity", "train.optimizer=sgd",
+                     "train.lr=10", "train.clip=0", "train.schedule=none", "train.checkpoint_every=6")
+    each, _ = _fit(diverging, tmp_path / "each", 1)
+    sparse, trainer = _fit(diverging, tmp_path / "sparse", 1000)
+    assert each["status"] == sparse["status"] == "diverged" and each["diverged_at"] > 6
+    assert sparse["diverged_at"] == each["diverged_at"] and sparse["message"] == each["message"]
+    assert trainer.iteration > sparse["diverged_at"]  # it ran on past the NaN before it looked
+    # Every checkpoint is looked at first: the last one holds finite weights from before the NaN.
+    saved = torch.load(tmp_path / "sparse" / "checkpoint.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())
+    assert json.loads((tmp_path / "sparse" / "checkpoint.json").read_text())["iteration"] <= each["diverged_at"]
+    # Ctrl-C after the NaN but before a look: the run is diverged, not "interrupted" and saved.
+    stopped = Trainer(diverging, tmp_path / "stopped", progress=False)
+    stopped.check_every = 1000
+    step = stopped.optimizer.step
+
+    def interrupt_after_the_nan(*args: object, **kwargs: object) -> object:
+        if stopped.iteration == each["diverged_at"] + 1:
+            raise KeyboardInterrupt
+        return step(*args, **kwargs)
+
+    stopped.optimizer.step = interrupt_after_the_nan  # type: ignore[method-assign]
+    summary = stopped.fit()
+    assert summary["status"] == "diverged" and summary["diverged_at"] == each["diverged_at"]
+    # A healthy run is the same run, metric for metric, however often it looks.
+    healthy = tiny("train.iterations=30", "train.eval_every=10")
+    a, _ = _fit(healthy, tmp_path / "a", 1)
+    b, _ = _fit(healthy, tmp_path / "b", 7)
+    rows = [ckpt.read_jsonl(tmp_path / d / "metrics.jsonl") for d in ("a", "b")]
+    drop = ("samples_per_second", "elapsed_seconds")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in rows[0]] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in rows[1]]
+    assert a["test_accuracy"] == b["test_accuracy"] and a["iterations"] == b["iterations"] == 30
+
+
+def test_running_totals_stay_on_the_device_and_find_the_first_bad_loss() -> None:
+    totals = RunningTotals(torch.device("cpu"))
+    totals.add(torch.tensor([6.0, 3.0]), 10, iteration=0)
+    assert totals.diverged() is None
+    totals.add(torch.tensor([float("nan"), 1.0]), 10, iteration=1)
+    totals.add(torch.tensor([float("inf"), 1.0]), 10, iteration=2)
+    iteration, loss = totals.diverged()
+    assert iteration == 1 and math.isnan(loss)  # the first bad step, not the last
+    assert totals.diverged() is None  # each step is looked at once
+    again = RunningTotals(torch.device("cpu"))
+    again.load({"loss": 6.0, "correct": 3, "count": 10})
+    assert again.as_dict() == {"loss": 6.0, "correct": 3, "count": 10} and again.diverged() is None
+    assert check_interval(torch.device("cpu")) == 1 and check_interval(torch.device("cuda")) > 1
+
+
 @pytest.mark.parametrize("extra", [
     [],
     ["model.cell=gru", "model.layers=2", "model.dropout=0.3", "data.standardize=true", "train.optimizer=sgd",
@@ -147,6 +208,9 @@ def test_cuda_run_matches_the_cpu_loop_closely(tmp_path: Path) -> None:
     gpu = rnnlab.train(tiny("train.device=cuda"), tmp_path / "gpu", progress=False)
     cpu = rnnlab.train(tiny("train.device=cpu"), tmp_path / "cpu", progress=False)
     assert gpu.status == "completed" and abs(gpu.summary["test_accuracy"] - cpu.summary["test_accuracy"]) < 5.0
+    trainer = Trainer(tiny("train.device=cuda"), tmp_path / "placed", progress=False)
+    assert trainer.train_data.x.device.type == "cuda"  # MNIST fits: batches are gathered on the GPU
+    assert trainer.check_every > 1
     assert rnnlab.load(gpu.dir).predict(torch.zeros(1, 28, 28, dtype=torch.uint8))[0]["class"] in range(10)
     on_gpu = rnnlab.load(gpu.dir, device="cuda")  # inputs follow the model to its device
     assert on_gpu.probabilities(torch.zeros(2, 28, 28, dtype=torch.uint8)).device.type == "cpu"

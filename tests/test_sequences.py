@@ -110,6 +110,17 @@ def test_batch_scales_to_unit_range() -> None:
     assert d.x[0, 1, 0] == 255  # the stored uint8 data is untouched
 
 
+def test_to_a_device_moves_everything_and_batches_follow() -> None:
+    x = torch.randint(0, 256, (6, 3, 2), dtype=torch.uint8)
+    data = SequenceData(x, torch.arange(6), torch.tensor([3, 1, 2, 3, 3, 1]))
+    assert data.to("cpu") is data  # already there: no copy
+    moved = data.to("meta")  # a device without storage: placement is all that is checked
+    assert {t.device.type for t in (moved.x, moved.y, moved.lengths)} == {"meta"}
+    xb, yb = moved.batch(torch.tensor([4, 0]))  # CPU indices are taken to the data's device
+    assert xb.device.type == yb.device.type == moved.batch_lengths(torch.tensor([1])).device.type == "meta"
+    assert xb.shape == (2, 3, 2) and xb.dtype == torch.float32
+
+
 def test_epoch_order_is_pure_function_of_seed_and_epoch() -> None:
     d = data(50)
     o = d.epoch_order(3, seed=7)

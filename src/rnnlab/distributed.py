@@ -68,6 +68,16 @@ def tune_allocator() -> bool:
     return bool(trim and mmap)
 
 
+def fits_on_device(nbytes: int, device: torch.device) -> bool:
+    """Whether a training set of ``nbytes`` should live on ``device``: on a GPU, if it takes at
+    most a quarter of the free memory, so that batches are gathered there instead of copied
+    from the host each step (a copy from pageable memory waits for the device)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return nbytes <= free // 4
+    return device.type == "mps" and nbytes <= 1 << 30  # unified memory: just keep it modest
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) so that a CPU run repeats bitwise."""
     random.seed(seed)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from rnnlab.config import RunConfig, save_toml, to_dict
 from rnnlab.data import SequenceData
 from rnnlab.data.splits import Datasets, input_shape, load_datasets
 from rnnlab.errors import CheckpointError, ConfigError
+from rnnlab.evaluation import RunningTotals, check_interval, confusion_matrix, evaluate, lengths_to
 from rnnlab.models import SequenceClassifier, create_model, parameter_count
 
 METRICS = "metrics.jsonl"
@@ -81,51 +81,6 @@ def total_iterations(cfg: RunConfig, train: SequenceData) -> int:
     return cfg.train.iterations or cfg.train.epochs * train.num_batches(cfg.train.batch_size)
 
 
-@dataclass
-class Evaluation:
-    loss: float
-    accuracy: float  # percent
-    predictions: torch.Tensor = field(repr=False)  # (N,) predicted classes
-
-
-def _to_device(lengths: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if lengths is None else lengths.to(device, non_blocking=True)
-
-
-def evaluate(model: SequenceClassifier, data: SequenceData, *, batch_size: int = 1000,
-             device: torch.device | str = "cpu", amp: str = "off", sharded: bool = False) -> Evaluation:
-    """Loss and accuracy over a whole split, without autograd.
-
-    ``sharded`` (under torchrun): each process evaluates its own share of the split and the
-    results are combined, so every process gets the whole split's figures at 1/N the cost.
-    """
-    device = torch.device(device)
-    start, stop = dist.shard(len(data)) if sharded else (0, len(data))
-    total_loss, predictions = 0.0, [torch.zeros(0, dtype=torch.long, device=device)]
-    with dist.inference(model), dist.autocast(device, amp):
-        first = start
-        for x, y in data.iterate_once(batch_size, start, stop):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            lengths = data.batch_lengths(torch.arange(first, first + len(y)))  # (B,) or None
-            first += len(y)
-            logits = model(x, _to_device(lengths, device)).float()  # (B, C)
-            total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-            predictions.append(logits.argmax(dim=1))
-    predictions_all = torch.cat(predictions)  # (stop - start,)
-    if sharded:  # collectives on the training device (NCCL needs CUDA tensors)
-        total_loss = dist.all_reduce_sum(torch.tensor(total_loss, dtype=torch.float64, device=device)).item()
-        predictions_all = dist.all_gather_shards(predictions_all, len(data))
-    predictions_all = predictions_all.cpu()  # (N,)
-    correct = (predictions_all == data.y).sum().item()
-    return Evaluation(total_loss / len(data), 100.0 * correct / len(data), predictions_all)
-
-
-def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> list[list[int]]:
-    """Rows are true classes, columns predicted classes."""
-    flat = labels.long() * num_classes + predictions.long()
-    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes).tolist()
-
-
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(root) / f"{cfg.label}-{stamp}"
@@ -144,6 +99,8 @@ class Trainer:
         dist.seed_everything(cfg.seed)
         self.data = load_datasets(cfg)
         self.model = build_model(cfg, self.data).to(self.device)
+        train = self.data.train
+        self.train_data = train.to(self.device) if dist.fits_on_device(train.x.nbytes, self.device) else train
         dist.seed_process_stream(cfg.seed)  # after the model: same initial weights everywhere
         self.train_model = dist.wrap_for_training(self.model, self.device)  # DDP under torchrun
         self.optimizer = make_optimizer(cfg, self.model)
@@ -154,7 +111,8 @@ class Trainer:
         self.batches_per_epoch = self.data.train.num_batches(cfg.train.batch_size)
         self.iteration = 0
         self.train_seconds = 0.0
-        self.running = {"loss": 0.0, "correct": 0, "count": 0}
+        self.running = RunningTotals(self.device)
+        self.check_every = check_interval(self.device)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
@@ -170,7 +128,7 @@ class Trainer:
             tensors["permutation"] = self.data.permutation
         meta = {"config": to_dict(self.cfg), "iteration": self.iteration, "total_iterations": self.total,
                 "epoch": self.iteration / self.batches_per_epoch, "train_seconds": self.train_seconds,
-                "running": self.running, "torch_version": torch.__version__,
+                "running": self.running.as_dict(), "torch_version": torch.__version__,
                 "input": input_shape(self.data)}
         ckpt.save_checkpoint(self.run_dir, tensors, meta)
 
@@ -183,7 +141,7 @@ class Trainer:
         self.scaler.load_state_dict(tensors["scaler"])
         self.iteration, self.train_seconds = meta["iteration"], meta["train_seconds"]
         dist.restore_rng_state(tensors.get("rng_processes", [tensors["rng"]]), self.cfg.seed, self.iteration)
-        self.running = meta["running"]
+        self.running.load(meta["running"])
         # Metrics logged after the checkpoint will be logged again: drop them.
         if dist.is_main_process():
             rows = [r for r in ckpt.read_jsonl(self.run_dir / METRICS) if r["iteration"] <= self.iteration]
@@ -218,16 +176,16 @@ class Trainer:
             while self.iteration < end:
                 step_started = time.perf_counter()  # only training steps count, not evaluation
                 epoch, index = divmod(self.iteration, self.batches_per_epoch)
-                if epoch != order_epoch:
-                    order, order_epoch = train.epoch_order(epoch, cfg.seed), epoch
+                if epoch != order_epoch:  # where the training set is: no copy of indices per step
+                    order, order_epoch = train.epoch_order(epoch, cfg.seed).to(self.train_data.x.device), epoch
                 batch_idx = order[index * t.batch_size:(index + 1) * t.batch_size]
                 lr = learning_rate(cfg, self.iteration, self.total)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                loss, batch_loss, batch_correct = self._forward(batch_idx)
-                if not torch.isfinite(batch_loss):
+                loss, totals = self._forward(batch_idx)  # totals (2,) stay on the device
+                self.running.add(totals, len(batch_idx), self.iteration)
+                if self._must_check(end) and self._diverged():
                     status = "diverged"
-                    self.diverged_at = (self.iteration, float(batch_loss.item()), lr)
                     break
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
@@ -237,9 +195,6 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.iteration += 1
-                self.running["loss"] += batch_loss.item() * len(batch_idx)
-                self.running["correct"] += int(batch_correct)
-                self.running["count"] += len(batch_idx)
                 self.train_seconds += time.perf_counter() - step_started
                 bar.update(1)
                 if self.iteration % t.eval_every == 0 or self.iteration == self.total:
@@ -254,23 +209,42 @@ class Trainer:
             status = "interrupted"
         finally:
             bar.close()
+        if status == "interrupted" and self._diverged():  # steps not looked at yet: no NaN checkpoint
+            status = "diverged"
         return status
 
-    def _forward(self, batch_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _diverged(self) -> bool:
+        """Look at the losses of the steps since the last look (waits for the device)."""
+        found = self.running.diverged()
+        if found is not None:
+            iteration, value = found
+            self.diverged_at = (iteration, value, learning_rate(self.cfg, iteration, self.total))
+        return found is not None
+
+    def _must_check(self, end: int) -> bool:
+        """Whether this step looks for a NaN loss: every ``check_every`` steps, and always
+        before a step after which the loop evaluates, saves or stops (so that no evaluation
+        or checkpoint is made of a diverged model)."""
+        t, after = self.cfg.train, self.iteration + 1
+        return (after % self.check_every == 0 or after % t.eval_every == 0
+                or after % t.checkpoint_every == 0 or after >= end or after >= self.total)
+
+    def _forward(self, batch_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward one global batch, or under torchrun this process's share of it.
 
         Every process draws the same global batch and takes its slice. DDP averages the
         gradients over processes, so the loss is scaled by the process count: their average
         is then the gradient of the mean loss over the global batch, as one process gets.
-        Returns (loss to backpropagate, mean loss over the global batch, correct count).
+        Returns the loss to backpropagate and, on the device, (2,) = (summed loss, correct
+        count) over the global batch.
         """
         t = self.cfg.train
         start, stop = dist.shard(len(batch_idx))
         shard, counted = batch_idx[start:stop], 1.0
         if len(shard) == 0:  # a last partial batch smaller than the process count:
             shard, counted = batch_idx[:1], 0.0  # still take part in DDP's gradient all-reduce
-        x, y = self.data.train.batch(shard)  # (b, T, F) float, (b,)
-        lengths = _to_device(self.data.train.batch_lengths(shard), self.device)  # (b,) or None: full length
+        x, y = self.train_data.batch(shard)  # (b, T, F) float, (b,)
+        lengths = lengths_to(self.train_data.batch_lengths(shard), self.device)  # (b,) or None: full length
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with dist.autocast(self.device, self.amp):
             logits = self.train_model(x, lengths)  # (b, C)
@@ -278,8 +252,7 @@ class Trainer:
                                      reduction="none")  # (b,)
         loss = losses.sum() / len(batch_idx) * (self.world * counted)
         totals = torch.stack([losses.detach().sum(), (logits.argmax(1) == y).sum().to(losses.dtype)])
-        totals = dist.all_reduce_sum(totals * counted).cpu()  # (2,), summed over processes
-        return loss, totals[0] / len(batch_idx), totals[1]
+        return loss, dist.all_reduce_sum(totals * counted)  # (2,), summed over processes
 
     def _data_description(self) -> dict[str, Any]:
         """What the run trained on: source, split sizes, shape, classes (and lengths, if they vary)."""
@@ -291,17 +264,18 @@ class Trainer:
 
     def _log_evaluation(self, samples_per_second: float, lr: float) -> dict[str, Any]:
         """Evaluate on the validation split (or on test, under the tutorial protocol) and log it."""
-        count = max(1, self.running["count"])
+        running = self.running.as_dict()
+        count = max(1, running["count"])
         row: dict[str, Any] = {
             "iteration": self.iteration,
             "epoch": round(self.iteration / self.batches_per_epoch, 4),
-            "train_loss": self.running["loss"] / count,
-            "train_accuracy": 100.0 * self.running["correct"] / count,
+            "train_loss": running["loss"] / count,
+            "train_accuracy": 100.0 * running["correct"] / count,
             "lr": lr,
             "samples_per_second": samples_per_second,
             "elapsed_seconds": self.train_seconds,
         }
-        self.running = {"loss": 0.0, "correct": 0, "count": 0}
+        self.running.reset()
         split = self.data.val if self.data.val is not None else None
         name = "val"
         if self.cfg.train.protocol == "tutorial":

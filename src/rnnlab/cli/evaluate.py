@@ -28,7 +28,7 @@ def evaluate_run(run_dir: str, *, data_dir: str | None = None, batch_size: int =
     """Evaluate a saved run on its dataset's test split."""
     import rnnlab
     from rnnlab.distributed import select_device
-    from rnnlab.engine import confusion_matrix, evaluate
+    from rnnlab.evaluation import confusion_matrix, evaluate
     from rnnlab.errors import ConfigError
 
     if batch_size < 1:

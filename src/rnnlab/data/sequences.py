@@ -7,6 +7,7 @@ sees exactly the batches it would have seen without the interruption.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -152,11 +153,24 @@ class SequenceData:
         lengths = None if self.lengths is None else self.lengths.index_select(0, idx)
         return SequenceData(self.x.index_select(0, idx), self.y.index_select(0, idx), lengths)
 
+    def to(self, device: torch.device | str) -> SequenceData:
+        """The same sequences on ``device`` (``self`` if they are there already)."""
+        device = torch.device(device)
+        if self.x.device == device:
+            return self
+        moved = copy.copy(self)  # validated already: no second pass over the data (a GPU sync)
+        moved.x, moved.y = self.x.to(device), self.y.to(device)
+        moved.lengths = None if self.lengths is None else self.lengths.to(device)
+        return moved
+
+    def _index(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(indices, dtype=torch.long, device=self.x.device)
+
     def batch_lengths(self, indices: torch.Tensor) -> torch.Tensor | None:
         """The lengths ``(B,)`` of the rows at ``indices``, or None if every sequence is full length."""
         if self.lengths is None:
             return None
-        return self.lengths.index_select(0, torch.as_tensor(indices, dtype=torch.long))
+        return self.lengths.index_select(0, self._index(indices))
 
     def num_batches(self, batch_size: int) -> int:
         """Batches per epoch, keeping the last partial one: ``ceil(N / batch_size)``."""
@@ -165,7 +179,7 @@ class SequenceData:
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x float32 (B, T, F), y int64 (B,))`` for the given row indices (pixels in [0, 1])."""
-        idx = torch.as_tensor(indices, dtype=torch.long)
+        idx = self._index(indices)
         x = _as_float(self.x.index_select(0, idx), copy=False)  # (B, T, F): index_select copied
         return x, self.y.index_select(0, idx)
 
