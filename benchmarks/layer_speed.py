@@ -78,6 +78,12 @@ CONFIGS = [
     Config("gru 1x128", "gru", 1, 128),
     Config("rnn_tanh 2x256 b64", "rnn_tanh", 2, 256, batch=64),
     Config("lstm 1x128 784x1", "lstm", 1, 128, steps=784, features=1, iters=2),
+    # The edges of fast.py's choice table: the largest sizes it picks the fast path for,
+    # and pixel MNIST (784 steps of 1 feature) with the cells that take it.
+    Config("rnn_tanh 1x512 b64", "rnn_tanh", 1, 512, batch=64),
+    Config("gru 1x256", "gru", 1, 256),
+    Config("rnn_relu 1x128 784x1", "rnn_relu", 1, 128, steps=784, features=1, iters=2),
+    Config("gru 1x128 784x1", "gru", 1, 128, steps=784, features=1, iters=2),
 ]
 
 

@@ -141,3 +141,26 @@ def test_world_size_without_torchrun_is_a_clear_error(tmp_path: Path, monkeypatc
     with pytest.raises(ConfigError, match="launch with `torchrun"):
         rnnlab.train(apply_overrides(RunConfig(), ["model.hidden=8"]), tmp_path / "run", progress=False)
     assert not torch.distributed.is_initialized()
+
+
+_FAULTS = """
+import resource, torch
+from rnnlab.distributed import tune_allocator
+applied = tune_allocator()
+torch.empty(16 << 20).fill_(1.0)  # 64 MB, over any mmap threshold glibc keeps by default
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.empty(16 << 20).fill_(1.0)  # the same size again: fresh pages, or the freed ones?
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+@pytest.mark.parametrize("tuning", ["1", "0"])
+def test_allocator_tuning_reuses_large_buffers_instead_of_faulting_in_fresh_pages(tuning: str) -> None:
+    env = {**os.environ, "RNNLAB_MALLOC_TUNING": tuning}
+    out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True, text=True, check=True)
+    applied, faults = out.stdout.split()
+    if tuning == "1":
+        assert applied == "True" and int(faults) < 1000  # 64 MB of 4 kB pages would be 16384 faults
+    else:
+        assert applied == "False" and int(faults) > 8000

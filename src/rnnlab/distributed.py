@@ -44,7 +44,7 @@ def configure_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameter numbers
 
 
 def tune_allocator() -> bool:
@@ -54,18 +54,23 @@ def tune_allocator() -> bool:
     glibc's defaults, buffers over its mmap threshold are unmapped on free and mapped again
     next step, so each step pays page faults on fresh memory: an LSTM 2x100 step took ~80 ms
     instead of ~52 ms on a 2-core CPU here. Raising the thresholds keeps those pages (the
-    effect that PyTorch's CPU tuning guide gets from jemalloc or tcmalloc). Set
-    ``RNNLAB_MALLOC_TUNING=0`` to leave the allocator alone. Returns True if it was applied.
+    effect that PyTorch's CPU tuning guide gets from jemalloc or tcmalloc); pixel MNIST's
+    buffers (hundreds of MB) need mmap off altogether. The price is a higher peak of memory
+    (a pixel MNIST GRU run: 3.9 instead of 2.5 GB). Set ``RNNLAB_MALLOC_TUNING=0`` to leave
+    the allocator alone. Returns True if it was applied.
     """
     if os.environ.get("RNNLAB_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
         trim = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)  # keep up to 1 GiB of freed heap
-        mmap = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum: 32 MiB
+        mmap = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # the most mallopt accepts: 32 MiB
+        # Larger buffers still got fresh pages every step: a GRU's 784-step workspaces (120 MB)
+        # made pixel MNIST 1.3x slower. No mmap at all puts them on the heap too.
+        no_mmap = libc.mallopt(_M_MMAP_MAX, 0)
     except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
         return False
-    return bool(trim and mmap)
+    return bool(trim and mmap and no_mmap)
 
 
 def fits_on_device(nbytes: int, device: torch.device) -> bool:

@@ -146,7 +146,10 @@ class FastRecurrent(nn.RNNBase):
 #               fused RNN kernels (mkldnn_rnn_layer), which our loop cannot beat
 # Rechecked on a 2-core AVX-512 VM (2026-11-30, train_speed.py in the Trainer, 4-5 repeats,
 # rnnlab fast vs rnnlab model.impl=torch): dlw-rnn-a 1.41x, GRU 1x128 1.25x, rnn-allsteps 1.27x,
-# and dlw-lstm-b 0.75x (oneDNN still wins).
+# and dlw-lstm-b 0.75x (oneDNN still wins). layer_speed.py there, malloc tuned (mmap off, as
+# the Trainer now does), 5-7 repeats: rnn_tanh 1x512 b64 1.24x, gru 1x256 1.14x, and pixel
+# MNIST (784x1, hidden 128): rnn_relu 1.78x, gru 1.40x (0.96x with mmap on: its 120 MB
+# buffers then fault in fresh pages every step), lstm 0.67x.
 # Hence: fast for unidirectional RNNs and GRUs up to the sizes measured, torch for
 # LSTMs and everything bidirectional (unmeasured).
 _FAST_MAX_HIDDEN = {"rnn_relu": 512, "rnn_tanh": 512, "gru": 256}
