@@ -93,6 +93,7 @@ def evaluate(model: SequenceClassifier, data: SequenceData, *, batch_size: int =
     results are combined, so every process gets the whole split's figures at 1/N the cost.
     """
     device = torch.device(device)
+    dist.release_free_memory()  # the training buffers kept for reuse: not under evaluation's
     start, stop = dist.shard(len(data)) if sharded else (0, len(data))
     # The loss sum stays on the device: one sync at the end, not one per batch.
     total_loss = torch.zeros((), dtype=_sum_dtype(device), device=device)
@@ -106,11 +107,13 @@ def evaluate(model: SequenceClassifier, data: SequenceData, *, batch_size: int =
             logits = model(x, lengths_to(lengths, device)).float()  # (B, C)
             total_loss += F.cross_entropy(logits, y, reduction="sum")
             predictions.append(logits.argmax(dim=1))
+            dist.release_free_memory()  # each batch's buffers, before the next one fragments the heap
     predictions_all = torch.cat(predictions)  # (stop - start,)
     if sharded:  # collectives on the training device (NCCL needs CUDA tensors)
         total_loss = dist.all_reduce_sum(total_loss)
         predictions_all = dist.all_gather_shards(predictions_all, len(data))
     predictions_all = predictions_all.cpu()  # (N,)
+    dist.release_free_memory()  # and evaluation's batches: not under the next training steps
     correct = (predictions_all == data.y).sum().item()
     return Evaluation(total_loss.item() / len(data), 100.0 * correct / len(data), predictions_all)
 
