@@ -150,6 +150,19 @@ def test_fallbacks_match() -> None:
         torch.testing.assert_close(fast(x)[0], expected)
 
 
+@pytest.mark.parametrize("mode,bidir", [(m, b) for m in MODES for b in (False, True)])
+def test_without_autograd_the_elman_layers_keep_their_fast_path_and_equal_torch(mode: str, bidir: bool) -> None:
+    ref, fast = _pair(mode, 2, bidir)
+    x = torch.randn(B, 9, F, dtype=torch.float64)
+    for no_autograd in (torch.no_grad, torch.inference_mode):
+        with no_autograd():
+            assert fast._fast_ok(x) == mode.startswith("rnn")  # GRU, LSTM: torch.nn's own forward
+            (out, state), (ref_out, ref_state) = fast(x), ref(x)
+        torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-8)
+        for a, b in zip(state if mode == "lstm" else (state,), ref_state if mode == "lstm" else (ref_state,)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+
+
 def test_no_grad_and_errors() -> None:
     ref, fast = _pair("gru", 2, True)
     x = torch.randn(B, 9, F, dtype=torch.float64)
