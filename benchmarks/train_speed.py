@@ -335,6 +335,31 @@ class Worker:
 BF16 = "rnnlab:train.amp=bf16"
 
 
+# The targets of issue 4, checked against the run's medians: (model, figure, at least).
+TARGETS = (("dlw-rnn-a", "rnnlab / plain", 2.0), ("dlw-rnn-a", "rnnlab / tutorial", 5.0),
+           ("dlw-rnn-a", "rnnlab FLOP efficiency", 0.5), ("dlw-lstm-b", "rnnlab / plain", 1.5),
+           ("dlw-lstm-b", "rnnlab FLOP efficiency", 0.5))
+
+
+def target_lines(rows: list[tuple]) -> list[str]:
+    """A markdown table: each target, the figure this run measured, and whether it holds."""
+    figures: dict[tuple[str, str], float] = {}
+    for name, _, tutorial, plain, rnnlab_rate, *_rest, flop_eff, _step, _ceiling in rows:
+        model = name.split(" ")[0]
+        figures[model, "rnnlab / plain"] = rnnlab_rate / plain
+        figures[model, "rnnlab / tutorial"] = rnnlab_rate / tutorial
+        figures[model, "rnnlab FLOP efficiency"] = flop_eff
+    lines = ["| target | this run | met |", "|---|---:|---|"]
+    for model, figure, least in TARGETS:
+        value = figures[model, figure]
+        shown = (lambda v: f"{v:.0%}") if "efficiency" in figure else (lambda v: f"{v:.2f}x")
+        lines.append(f"| {model}: {figure} >= {shown(least)} | {shown(value)} | {'yes' if value >= least else 'no'} |")
+    slowest = min(rows, key=lambda r: r[4] / r[3])
+    ratio = slowest[4] / slowest[3]
+    lines.append(f"| no model slower than plain (median) | {ratio:.2f}x ({slowest[0]}) | {'yes' if ratio >= 1 else 'no'} |")
+    return lines
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -445,6 +470,7 @@ def main() -> int:
     lines += [f"| {n} | {i} | {t:,.0f} | {p:,.0f} | {r:,.0f} | {rp} | {rt:.1f}x | {pe:.0%} | {re:.0%} "
               f"| {sg:.0%} | {cb:.0%} |"
               for n, i, t, p, r, rp, rt, pe, re, sg, cb in rows]
+    lines += ["", "## The targets (issue 4), as this run measured them", "", *target_lines(rows)]
     lines += ["", "## bfloat16 autocast (rnnlab, float32 weights and optimizer)", ""]
     if bf16_rows:
         lines += [("Native bf16 on this CPU." if native_bf16_cpu() else "**This CPU has no native bf16: the bf16 "
