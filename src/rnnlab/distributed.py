@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import random
 import sys
@@ -47,6 +48,18 @@ def configure_threads(threads: int) -> None:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameter numbers
 
 
+@functools.lru_cache(maxsize=1)
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, for its allocator settings; None elsewhere (macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None  # musl: neither
+
+
 def tune_allocator() -> bool:
     """Keep freed memory for reuse instead of returning it to the OS (glibc only).
 
@@ -59,17 +72,14 @@ def tune_allocator() -> bool:
     where it was. Set ``RNNLAB_MALLOC_TUNING=0`` to leave the allocator alone. Returns True if
     it was applied.
     """
-    if os.environ.get("RNNLAB_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if os.environ.get("RNNLAB_MALLOC_TUNING", "1") == "0" or libc is None:
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        trim = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)  # keep up to 1 GiB of freed heap
-        mmap = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # the most mallopt accepts: 32 MiB
-        # Larger buffers still got fresh pages every step: a GRU's 784-step workspaces (120 MB)
-        # made pixel MNIST 1.3x slower. No mmap at all puts them on the heap too.
-        no_mmap = libc.mallopt(_M_MMAP_MAX, 0)
-    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
-        return False
+    trim = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)  # keep up to 1 GiB of freed heap
+    mmap = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # the most mallopt accepts: 32 MiB
+    # Larger buffers still got fresh pages every step: a GRU's 784-step workspaces (120 MB)
+    # made pixel MNIST 1.3x slower. No mmap at all puts them on the heap too.
+    no_mmap = libc.mallopt(_M_MMAP_MAX, 0)
     return bool(trim and mmap and no_mmap)
 
 
@@ -81,12 +91,9 @@ def release_free_memory() -> None:
     2.5 GB untuned; with it, 2.5 GB). Training then faults its buffers back in once, about
     the cost of one untuned step; evaluation time does not change measurably (19.5 s for the
     10k pixel MNIST test images either way)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing kept, nothing to release
-        pass
+    libc = _glibc()
+    if libc is not None:  # elsewhere nothing was tuned, so nothing is kept
+        libc.malloc_trim(0)
 
 
 def fits_on_device(nbytes: int, device: torch.device) -> bool:
