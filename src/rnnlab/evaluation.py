@@ -93,7 +93,6 @@ def evaluate(model: SequenceClassifier, data: SequenceData, *, batch_size: int =
     results are combined, so every process gets the whole split's figures at 1/N the cost.
     """
     device = torch.device(device)
-    dist.release_free_memory()  # the training buffers kept for reuse: not under evaluation's
     start, stop = dist.shard(len(data)) if sharded else (0, len(data))
     # The loss sum stays on the device: one sync at the end, not one per batch.
     total_loss = torch.zeros((), dtype=_sum_dtype(device), device=device)
@@ -101,13 +100,15 @@ def evaluate(model: SequenceClassifier, data: SequenceData, *, batch_size: int =
     with dist.inference(model), dist.autocast(device, amp):
         first = start
         for x, y in data.iterate_once(batch_size, start, stop):
+            # Freed pages back to the OS before each batch (the training buffers kept for reuse,
+            # then the previous batch's), so that batches do not stack on them in a fragmented heap.
+            dist.release_free_memory()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             lengths = data.batch_lengths(torch.arange(first, first + len(y)))  # (B,) or None
             first += len(y)
             logits = model(x, lengths_to(lengths, device)).float()  # (B, C)
             total_loss += F.cross_entropy(logits, y, reduction="sum")
             predictions.append(logits.argmax(dim=1))
-            dist.release_free_memory()  # each batch's buffers, before the next one fragments the heap
     predictions_all = torch.cat(predictions)  # (stop - start,)
     if sharded:  # collectives on the training device (NCCL needs CUDA tensors)
         total_loss = dist.all_reduce_sum(total_loss)
