@@ -153,14 +153,25 @@ def test_fallbacks_match() -> None:
 @pytest.mark.parametrize("mode,bidir", [(m, b) for m in MODES for b in (False, True)])
 def test_without_autograd_the_elman_layers_keep_their_fast_path_and_equal_torch(mode: str, bidir: bool) -> None:
     ref, fast = _pair(mode, 2, bidir)
-    x = torch.randn(B, 9, F, dtype=torch.float64)
-    for no_autograd in (torch.no_grad, torch.inference_mode):
-        with no_autograd():
-            assert fast._fast_ok(x) == mode.startswith("rnn")  # GRU, LSTM: torch.nn's own forward
-            (out, state), (ref_out, ref_state) = fast(x), ref(x)
-        torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-8)
-        for a, b in zip(state if mode == "lstm" else (state,), ref_state if mode == "lstm" else (ref_state,)):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    for batch in (1, 5, 8):
+        x = torch.randn(batch, 9, F, dtype=torch.float64)
+        # GRU, LSTM: torch.nn's own forward; tanh too on fewer than 8 sequences, where it is faster
+        fast_path = mode == "rnn_relu" or (mode == "rnn_tanh" and batch >= 8)
+        for no_autograd in (torch.no_grad, torch.inference_mode):
+            with no_autograd():
+                assert fast._fast_ok(x) == fast_path
+                (out, state), (ref_out, ref_state) = fast(x), ref(x)
+            torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-8)
+            for a, b in zip(state if mode == "lstm" else (state,), ref_state if mode == "lstm" else (ref_state,)):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+        assert fast._fast_ok(x)  # with autograd: always the fast path
+
+
+def test_the_batch_size_that_picks_the_inference_path_is_read_from_the_right_dimension() -> None:
+    fast = FastRecurrent("rnn_tanh", F, H, batch_first=False)
+    with torch.no_grad():
+        assert fast._fast_ok(torch.randn(9, 8, F))  # (T, B, F): 8 sequences of 9 steps
+        assert not fast._fast_ok(torch.randn(9, 1, F))  # 1 sequence of 9 steps
 
 
 def test_no_grad_and_errors() -> None:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .fast_function import RecurrentLayerFn
 
 MODES = ("rnn_relu", "rnn_tanh", "lstm", "gru")
+_TANH_MIN_BATCH_WITHOUT_AUTOGRAD = 8  # see FastRecurrent._fast_without_autograd
 _TORCH_MODE = {"rnn_relu": "RNN_RELU", "rnn_tanh": "RNN_TANH", "lstm": "LSTM", "gru": "GRU"}
 _REFERENCE_FORWARD = {"rnn_relu": nn.RNN.forward, "rnn_tanh": nn.RNN.forward,
                       "lstm": nn.LSTM.forward, "gru": nn.GRU.forward}
@@ -76,17 +77,26 @@ class FastRecurrent(nn.RNNBase):
         return base.permute_hidden(self, *args)  # type: ignore[arg-type]
 
     def _fast_ok(self, x: Any) -> bool:
+        if not (not _tracing() and isinstance(x, Tensor) and x.dim() == 3
+                and x.shape[0] > 0 and x.shape[1] > 0 and x.dtype in (torch.float32, torch.float64)
+                and not torch.is_autocast_enabled(x.device.type)
+                and (x.device.type == "cpu" or not self.cpu_only)):
+            return False
+        return torch.is_grad_enabled() or self._fast_without_autograd(x.shape[0 if self.batch_first else 1])
+
+    def _fast_without_autograd(self, batch: int) -> bool:
         # Without autograd (evaluation, predict, serve) nothing is saved for a backward. The
         # Elman loops still beat torch.nn's forward there (one GEMM for every step's input
         # projection: 1.1-1.8x from one image to batches of 1000, 28 or 784 steps, 2-core
-        # AVX-512 VM). The GRU's set-up costs more than torch.nn's whole forward on one image
-        # (0.77x), and its buffers make 784-step batches of 1000 memory-bound (0.62x); the
-        # LSTM never takes the fast path by default. So those two keep torch.nn's forward.
-        inference_ok = self.cell in ("rnn_relu", "rnn_tanh")
-        return ((torch.is_grad_enabled() or inference_ok) and not _tracing() and isinstance(x, Tensor) and x.dim() == 3
-                and x.shape[0] > 0 and x.shape[1] > 0 and x.dtype in (torch.float32, torch.float64)
-                and not torch.is_autocast_enabled(x.device.type)
-                and (x.device.type == "cpu" or not self.cpu_only))
+        # AVX-512 VM), except tanh on a handful of sequences: its loop computes
+        # 2 sigmoid(2a) - 1, three ops a step where torch.nn calls one tanh, and per-op
+        # overhead is all there is at that size (0.82-0.96x for 1-4 sequences at hidden
+        # 64-512, 0.99-1.23x from 8). The GRU's set-up costs more than torch.nn's whole forward
+        # on one image (0.77x), and its buffers make 784-step batches of 1000 memory-bound
+        # (0.62x); the LSTM never takes the fast path by default. So those keep torch.nn's forward.
+        if self.cell == "rnn_relu":
+            return True
+        return self.cell == "rnn_tanh" and batch >= _TANH_MIN_BATCH_WITHOUT_AUTOGRAD
 
     def forward(self, x: Any, hx: Any = None) -> Any:  # type: ignore[override]
         if not self._fast_ok(x):
