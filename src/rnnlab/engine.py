@@ -24,7 +24,7 @@ from rnnlab.config import RunConfig, save_toml, to_dict
 from rnnlab.data import SequenceData
 from rnnlab.data.splits import Datasets, input_shape, load_datasets
 from rnnlab.errors import CheckpointError, ConfigError
-from rnnlab.evaluation import RunningTotals, check_interval, confusion_matrix, evaluate, lengths_to
+from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix, evaluate, lengths_to
 from rnnlab.models import SequenceClassifier, create_model, parameter_count
 
 METRICS = "metrics.jsonl"
@@ -112,7 +112,7 @@ class Trainer:
         self.iteration = 0
         self.train_seconds = 0.0
         self.running = RunningTotals(self.device)
-        self.check_every = check_interval(self.device)
+        self.check_every = NAN_CHECK_EVERY
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
@@ -250,9 +250,13 @@ class Trainer:
             logits = self.train_model(x, lengths)  # (b, C)
             losses = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing,
                                      reduction="none")  # (b,)
-        loss = losses.sum() / len(batch_idx) * (self.world * counted)
-        totals = torch.stack([losses.detach().sum(), (logits.argmax(1) == y).sum().to(losses.dtype)])
-        return loss, dist.all_reduce_sum(totals * counted)  # (2,), summed over processes
+        summed = losses.sum()
+        loss = summed * (self.world * counted / len(batch_idx))
+        correct = torch.eq(logits.argmax(1), y).sum(dtype=losses.dtype)
+        totals = torch.stack([summed.detach(), correct])  # (2,)
+        if counted != 1.0:
+            totals = totals * counted
+        return loss, dist.all_reduce_sum(totals)  # (2,), summed over processes
 
     def _data_description(self) -> dict[str, Any]:
         """What the run trained on: source, split sizes, shape, classes (and lengths, if they vary)."""
