@@ -77,12 +77,12 @@ class FastRecurrent(nn.RNNBase):
         return base.permute_hidden(self, *args)  # type: ignore[arg-type]
 
     def _fast_ok(self, x: Any) -> bool:
-        if not (not _tracing() and isinstance(x, Tensor) and x.dim() == 3
-                and x.shape[0] > 0 and x.shape[1] > 0 and x.dtype in (torch.float32, torch.float64)
-                and not torch.is_autocast_enabled(x.device.type)
-                and (x.device.type == "cpu" or not self.cpu_only)):
-            return False
-        return torch.is_grad_enabled() or self._fast_without_autograd(x.shape[0 if self.batch_first else 1])
+        eligible = (not _tracing() and isinstance(x, Tensor) and x.dim() == 3
+                    and x.shape[0] > 0 and x.shape[1] > 0 and x.dtype in (torch.float32, torch.float64)
+                    and not torch.is_autocast_enabled(x.device.type)
+                    and (x.device.type == "cpu" or not self.cpu_only))
+        return eligible and (torch.is_grad_enabled()
+                             or self._fast_without_autograd(x.shape[0 if self.batch_first else 1]))
 
     def _fast_without_autograd(self, batch: int) -> bool:
         # Without autograd (evaluation, predict, serve) nothing is saved for a backward. The
@@ -92,8 +92,10 @@ class FastRecurrent(nn.RNNBase):
         # 2 sigmoid(2a) - 1, three ops a step where torch.nn calls one tanh, and per-op
         # overhead is all there is at that size (0.82-0.96x for 1-4 sequences at hidden
         # 64-512, 0.99-1.23x from 8). The GRU's set-up costs more than torch.nn's whole forward
-        # on one image (0.77x), and its buffers make 784-step batches of 1000 memory-bound
-        # (0.62x); the LSTM never takes the fast path by default. So those keep torch.nn's forward.
+        # on one image (0.65-0.70x), and on batches of 1000 it wins only while freed buffers are
+        # kept (1.22-1.26x tuned, 0.90-0.94x with glibc's defaults), which evaluate() undoes
+        # before each batch; the LSTM never takes the fast path by default. So those keep
+        # torch.nn's forward.
         if self.cell == "rnn_relu":
             return True
         return self.cell == "rnn_tanh" and batch >= _TANH_MIN_BATCH_WITHOUT_AUTOGRAD
