@@ -35,13 +35,8 @@ def _check_mode(mode: str) -> None:
 def _tracing() -> bool:
     """True under torch.jit / torch.compile / ONNX export, where a Python
     autograd.Function with in-place loops is not wanted: use the reference path."""
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
-        return True
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and getattr(compiler, "is_compiling", lambda: False)():
-        return True
-    onnx = getattr(torch, "onnx", None)
-    return bool(onnx is not None and getattr(onnx, "is_in_onnx_export", lambda: False)())
+    return (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+            or torch.onnx.is_in_onnx_export())
 
 
 class FastRecurrent(nn.RNNBase):
@@ -77,12 +72,15 @@ class FastRecurrent(nn.RNNBase):
         return base.permute_hidden(self, *args)  # type: ignore[arg-type]
 
     def _fast_ok(self, x: Any) -> bool:
-        eligible = (not _tracing() and isinstance(x, Tensor) and x.dim() == 3
-                    and x.shape[0] > 0 and x.shape[1] > 0 and x.dtype in (torch.float32, torch.float64)
-                    and not torch.is_autocast_enabled(x.device.type)
-                    and (x.device.type == "cpu" or not self.cpu_only))
-        return eligible and (torch.is_grad_enabled()
-                             or self._fast_without_autograd(x.shape[0 if self.batch_first else 1]))
+        # Cheapest checks first: a one-image call without autograd, where torch.nn's forward
+        # is taken, should not pay the ~2 us of the tracing checks.
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            return False
+        if not (torch.is_grad_enabled() or self._fast_without_autograd(x.shape[0 if self.batch_first else 1])):
+            return False
+        return (x.shape[0] > 0 and x.shape[1] > 0 and x.dtype in (torch.float32, torch.float64)
+                and (x.device.type == "cpu" or not self.cpu_only)
+                and not torch.is_autocast_enabled(x.device.type) and not _tracing())
 
     def _fast_without_autograd(self, batch: int) -> bool:
         # Without autograd (evaluation, predict, serve) nothing is saved for a backward. The
