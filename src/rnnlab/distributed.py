@@ -97,7 +97,7 @@ def release_free_memory() -> None:
 
 
 def fits_on_device(nbytes: int, device: torch.device) -> bool:
-    """Whether a training set of ``nbytes`` should live on ``device``: on a GPU, if it takes at
+    """Whether a data set of ``nbytes`` should live on ``device``: on a GPU, if it takes at
     most a quarter of the free memory, so that batches are gathered there instead of copied
     from the host each step (a copy from pageable memory waits for the device)."""
     if device.type == "cuda":

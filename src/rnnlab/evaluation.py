@@ -94,6 +94,10 @@ def evaluate(model: SequenceClassifier, data: SequenceData, *, batch_size: int =
     results are combined, so every process gets the whole split's figures at 1/N the cost.
     """
     device = torch.device(device)
+    labels = data.y  # (N,) where the split is stored
+    # On a GPU, one copy of the split in its stored form (uint8 for images) if it fits: not a
+    # float copy of every batch from pageable memory, each of which may wait for the GPU.
+    data = data.to(device) if dist.fits_on_device(data.x.nbytes, device) else data
     start, stop = dist.shard(len(data)) if sharded else (0, len(data))
     # The loss sum stays on the device: one sync at the end, not one per batch.
     total_loss = torch.zeros((), dtype=_sum_dtype(device), device=device)
@@ -105,7 +109,8 @@ def evaluate(model: SequenceClassifier, data: SequenceData, *, batch_size: int =
             # then the previous batch's), so that batches do not stack on them in a fragmented heap.
             dist.release_free_memory()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            lengths = data.batch_lengths(torch.arange(first, first + len(y)))  # (B,) or None
+            rows = torch.arange(first, first + len(y), device=data.x.device)  # no copy of indices
+            lengths = data.batch_lengths(rows)  # (B,) or None
             first += len(y)
             logits = model(x, lengths_to(lengths, device)).float()  # (B, C)
             total_loss += F.cross_entropy(logits, y, reduction="sum")
@@ -116,7 +121,7 @@ def evaluate(model: SequenceClassifier, data: SequenceData, *, batch_size: int =
         predictions_all = dist.all_gather_shards(predictions_all, len(data))
     predictions_all = predictions_all.cpu()  # (N,)
     dist.release_free_memory()  # and evaluation's batches: not under the next training steps
-    correct = (predictions_all == data.y).sum().item()
+    correct = (predictions_all == labels.cpu()).sum().item()
     return Evaluation(total_loss.item() / len(data), 100.0 * correct / len(data), predictions_all)
 
 

@@ -64,10 +64,12 @@ class SequenceClassifier(nn.Module):
 
     def hidden_states(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Top-layer hidden states ``(B, T, D*H)`` for a raw input ``(B, T, F)``; ``lengths`` (B,)
-        for padded sequences (states past a sequence's end are then meaningless)."""
+        for padded sequences, on any device (states past a sequence's end are then meaningless)."""
         x = self.standardize(x)
         if lengths is not None and self.directions == 2:
             # The reverse direction must start at each sequence's own end, not in the padding.
+            # Packing wants the lengths on the CPU; on a GPU that copy, and packing's own copy of
+            # its sort order, wait for the GPU once per batch. Only this case pays it.
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
             return pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])[0]
         # One direction: the padding comes after the steps that matter and cannot change them.
@@ -94,6 +96,8 @@ class SequenceClassifier(nn.Module):
         if lengths is not None and self.config.readout == "all":
             raise ConfigError("model.readout=all reads every step, so it needs sequences of one length; "
                               "use readout last or mean for sequences of varying length")
+        if lengths is not None:
+            lengths = lengths.to(out.device)  # (B,): a caller may keep them on the CPU
         if self.config.readout == "mean":
             if lengths is None:
                 return out.mean(dim=1)  # (B, D*H)

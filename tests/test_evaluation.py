@@ -1,0 +1,65 @@
+"""evaluate(): the loss and accuracy of one plain pass over a split, in batches, on any device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnlab.config import ModelConfig
+from rnnlab.data import SequenceData
+from rnnlab.evaluation import confusion_matrix, evaluate
+from rnnlab.models import create_model
+
+
+def split(lengths: bool, count: int = 23, steps: int = 6, features: int = 3) -> SequenceData:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (count, steps, features), dtype=torch.uint8, generator=generator)
+    if not lengths:
+        return SequenceData(x, torch.randint(0, 4, (count,), generator=generator))
+    sizes = torch.randint(1, steps + 1, (count,), generator=generator)
+    x[torch.arange(steps)[None, :] >= sizes[:, None]] = 0  # zero padding past each end
+    return SequenceData(x, torch.randint(0, 4, (count,), generator=generator), sizes)
+
+
+def model_for(data: SequenceData, **options: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = ModelConfig(cell="gru", hidden=8, **options)  # type: ignore[arg-type]
+    return create_model(config, input_size=data.seq_shape[1], seq_len=data.seq_shape[0], num_classes=4)
+
+
+@pytest.mark.parametrize(("lengths", "options"), [(False, {}), (False, {"readout": "all"}),
+                                                   (True, {"readout": "mean"}),
+                                                   (True, {"bidirectional": True})])
+def test_evaluation_in_batches_equals_one_pass_over_the_split(lengths: bool, options: dict) -> None:
+    data = split(lengths)
+    model = model_for(data, **options)
+    with torch.no_grad():
+        logits = model(data.x.float() / 255, data.lengths)  # (N, C), the whole split at once
+    expected_loss = F.cross_entropy(logits, data.y).item()
+    expected_accuracy = 100.0 * (logits.argmax(1) == data.y).float().mean().item()
+    result = evaluate(model, data, batch_size=5)  # 23 = 4 x 5 + 3: a last partial batch
+    assert result.loss == pytest.approx(expected_loss, rel=1e-5)
+    assert result.accuracy == pytest.approx(expected_accuracy)
+    assert torch.equal(result.predictions, logits.argmax(1))
+    assert model.training  # evaluate() restores the mode it found
+
+
+def test_confusion_matrix_counts_true_classes_by_row() -> None:
+    matrix = confusion_matrix(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 1]), 3)
+    assert matrix == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("options", [{"readout": "mean"}, {"bidirectional": True}, {}])
+def test_a_gpu_evaluation_equals_the_cpu_one_and_takes_lengths_from_either_device(options: dict) -> None:
+    data = split(True)
+    model = model_for(data, **options)
+    on_cpu = evaluate(model, data, batch_size=5)
+    model.cuda()
+    on_gpu = evaluate(model, data, batch_size=5, device="cuda")  # the split goes over in one copy
+    assert on_gpu.loss == pytest.approx(on_cpu.loss, rel=1e-4)
+    assert torch.equal(on_gpu.predictions, on_cpu.predictions)
+    x = data.x.float().cuda() / 255
+    with torch.no_grad():  # lengths on the CPU or on the GPU, the same logits
+        assert torch.allclose(model(x, data.lengths), model(x, data.lengths.cuda()))
