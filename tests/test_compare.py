@@ -36,6 +36,9 @@ def test_resolve_entries_suite_files_and_overrides(tmp_path: Path) -> None:
         cmp.resolve_entries([])
     with pytest.raises(ConfigError, match="unknown preset"):
         cmp.resolve_entries(["no-such-preset"])
+    save_toml(rnnlab.RunConfig(), tmp_path / "my run.toml")  # the file name cannot name a folder
+    with pytest.raises(ConfigError, match=r"my run.toml: the entry is named after the file.*set `name`"):
+        cmp.resolve_entries([str(tmp_path / "my run.toml")])
 
 
 def test_plan_seeds_threads_and_folders(tmp_path: Path) -> None:

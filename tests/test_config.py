@@ -124,3 +124,53 @@ def test_tutorial_presets_keep_the_tutorials_plain_recipe() -> None:
         assert cfg.model.init == "default" and not cfg.data.standardize, name
         assert cfg.train.clip == 0 and cfg.train.schedule == "none" and cfg.train.warmup == 0, name
         assert cfg.train.momentum == 0 and cfg.train.weight_decay == 0, name
+
+
+@pytest.mark.parametrize("threads", [1025, 5000])
+def test_thread_counts_above_the_bound_are_refused(threads: int) -> None:
+    # torch segfaults on some large counts (5000) instead of raising; refuse them up front.
+    with pytest.raises(ConfigError, match=f"train.threads={threads} is out of range; it must be <= 1024"):
+        apply_overrides(RunConfig(), [f"train.threads={threads}"])
+    assert apply_overrides(RunConfig(), ["train.threads=1024"]).train.threads == 1024
+
+
+@pytest.mark.parametrize("key", ["train.lr", "train.momentum", "train.weight_decay", "train.gamma", "train.clip",
+                                 "train.label_smoothing", "model.dropout"])
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+def test_non_finite_floats_are_refused_in_overrides(key: str, text: str) -> None:
+    with pytest.raises(ConfigError, match=f"{key}={text} is not a finite number"):
+        apply_overrides(RunConfig(), [f"{key}={text}"])
+
+
+def test_non_finite_floats_are_refused_in_python_and_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="train.lr=inf is not a finite number"):
+        TrainConfig(lr=float("inf"))
+    with pytest.raises(ConfigError, match="model.dropout=nan is not a finite number"):
+        ModelConfig(dropout=float("nan"))
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nweight_decay = inf\n")
+    with pytest.raises(ConfigError, match="train.weight_decay=inf is not a finite number"):
+        load_toml(path)
+
+
+@pytest.mark.parametrize("key", ["seed", "data.permutation_seed"])
+def test_seeds_must_fit_in_64_bit_signed(key: str) -> None:
+    with pytest.raises(ConfigError, match=f"{key}=99999999999999999999 is out of range; it must be <= "):
+        apply_overrides(RunConfig(), [f"{key}=99999999999999999999"])
+    with pytest.raises(ConfigError, match=f"{key}=-1 is out of range; it must be >= 0"):
+        apply_overrides(RunConfig(), [f"{key}=-1"])
+    assert apply_overrides(RunConfig(), [f"{key}={2**63 - 1}"]) is not None
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "a\\b", "..", ".hidden", "-x", "a b", "x" * 101])
+def test_run_names_must_be_plain_folder_names(name: str) -> None:
+    with pytest.raises(ConfigError, match="cannot be a folder name; use up to 100 letters, digits"):
+        apply_overrides(RunConfig(), [f"name={name}"])
+    with pytest.raises(ConfigError, match="preset=.* cannot be a folder name"):
+        RunConfig(preset=name)
+
+
+def test_plain_run_names_are_kept() -> None:
+    for name in ("mine", "lstm-2x100_v1.5", "A+B", "x" * 100):
+        assert apply_overrides(RunConfig(), [f"name={name}"]).label == name
+    assert apply_overrides(RunConfig(name="mine"), ["name="]).name == ""

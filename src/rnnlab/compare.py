@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rnnlab import checkpoint as ckpt
-from rnnlab.config import RunConfig, apply_overrides, load_toml, save_toml, to_dict
+from rnnlab.config import RunConfig, apply_overrides, check_folder_name, load_toml, save_toml, to_dict
 from rnnlab.engine import CONFIG, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError
 from rnnlab.presets import get_preset, list_presets, suite as suite_names
@@ -67,6 +67,11 @@ def resolve_entries(specs: list[str], *, suite: str | None = None, overrides: li
             config = load_toml(path / CONFIG if path.is_dir() else path)
             name = config.name or config.preset or (path.name if path.is_dir() else path.stem)
             if not config.name and not config.preset:
+                try:  # a file name may hold anything
+                    check_folder_name("name", name)
+                except ConfigError as error:
+                    raise ConfigError(f"{path}: the entry is named after the file, but {error}; "
+                                      "or set `name` in the config") from None
                 config = replace(config, name=name)  # so that `rnnlab report` finds the same entry name
         else:
             config = get_preset(spec).config
@@ -75,8 +80,6 @@ def resolve_entries(specs: list[str], *, suite: str | None = None, overrides: li
         if any(e.name == name for e in entries):
             raise ConfigError(f"{spec!r} is named {name!r} like an earlier entry; give each config a distinct "
                               "`name` (or list each preset once)")
-        if "/" in name or name in (".", ".."):
-            raise ConfigError(f"entry name {name!r} cannot be a folder name; set `name` in the config")
         entries.append(Entry(name, config))
     return entries
 

@@ -8,6 +8,9 @@ TOML (``config.toml`` in every run folder) and takes dotted command-line overrid
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 import sys
 import types
 import typing
@@ -36,6 +39,10 @@ SCHEDULES = ("none", "step", "cosine")
 PROTOCOLS = ("standard", "tutorial")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 AMP_MODES = ("off", "bf16", "fp16", "auto")
+MAX_SEED = 2**63 - 1  # TOML integers and torch's int64 seeds stop here
+MAX_THREADS = 1024  # far above any CPU's use; torch segfaults on some counts (5000) instead of failing
+# A run folder is runs/<name>-<time>: one plain folder name, portable and safe to type in a shell.
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 
 def _choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -48,6 +55,30 @@ def _at_least(section: str, name: str, value: float, low: float, *, strict: bool
     if bad:
         relation = ">" if strict else ">="
         raise ConfigError(f"{section}.{name}={value!r} is out of range; it must be {relation} {low}")
+
+
+def _at_most(key: str, value: float, high: float, note: str = "") -> None:
+    if value > high:
+        raise ConfigError(f"{key}={value!r} is out of range; it must be <= {high}{note}")
+
+
+def _finite(section: str, cfg: Any) -> None:
+    # nan passes every range check (each comparison is False) and inf trains straight into nan.
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            key = f"{section}.{f.name}" if section else f.name
+            hint = f" such as the default, {f.default!r}" if isinstance(f.default, float) else ""
+            raise ConfigError(f"{key}={value!r} is not a finite number; give a finite value{hint}")
+
+
+def check_folder_name(key: str, value: str) -> None:
+    """Refuse a name that is not one plain folder name (no separators, '..', hidden or odd characters)."""
+    if not _FOLDER_NAME.fullmatch(value):
+        raise ConfigError(
+            f"{key}={value!r} cannot be a folder name; use up to 100 letters, digits, '.', '_', '-' or '+', "
+            "starting with a letter or digit (e.g. lstm-small_2)"
+        )
 
 
 @dataclass(frozen=True)
@@ -64,6 +95,7 @@ class DataConfig:
     file: str = ""  # with dataset=file: a .npz of your own sequences (x_train, y_train, x_test, y_test)
 
     def __post_init__(self) -> None:
+        _finite("data", self)
         _choice("data", "dataset", self.dataset, DATASETS)
         _choice("data", "view", self.view, VIEWS)
         if self.dataset == "file" and not self.file:
@@ -80,6 +112,7 @@ class DataConfig:
                               "is read as it is (leave them at their defaults)")
         _at_least("data", "val_size", self.val_size, 0)
         _at_least("data", "permutation_seed", self.permutation_seed, 0)
+        _at_most("data.permutation_seed", self.permutation_seed, MAX_SEED, " (2**63 - 1)")
 
 
 @dataclass(frozen=True)
@@ -97,6 +130,7 @@ class ModelConfig:
     impl: str = "auto"  # auto: fast layers where they win; fast; torch: reference torch.nn layers
 
     def __post_init__(self) -> None:
+        _finite("model", self)
         _choice("model", "cell", self.cell, CELLS)
         _choice("model", "nonlinearity", self.nonlinearity, NONLINEARITIES)
         _choice("model", "readout", self.readout, READOUTS)
@@ -134,6 +168,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # iterations between resumable checkpoints
 
     def __post_init__(self) -> None:
+        _finite("train", self)
         _choice("train", "optimizer", self.optimizer, OPTIMIZERS)
         _choice("train", "schedule", self.schedule, SCHEDULES)
         _choice("train", "protocol", self.protocol, PROTOCOLS)
@@ -146,6 +181,8 @@ class TrainConfig:
         for name in ("batch_size", "eval_every", "eval_batch_size", "step_size", "checkpoint_every"):
             _at_least("train", name, getattr(self, name), 1)
         _at_least("train", "gamma", self.gamma, 0.0, strict=True)
+        _at_most("train.threads", self.threads, MAX_THREADS,
+                 f" (this machine has {os.cpu_count() or 'an unknown number of'} CPUs; 0 keeps torch's default)")
         if self.label_smoothing >= 1.0:
             raise ConfigError("train.label_smoothing must be < 1")
         if (self.iterations > 0) == (self.epochs > 0):
@@ -167,8 +204,14 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        _finite("", self)
         if self.seed < 0:
             raise ConfigError(f"seed={self.seed!r} is out of range; it must be >= 0")
+        _at_most("seed", self.seed, MAX_SEED, " (2**63 - 1)")
+        # The run folder is runs/<label>-<time>, and the label is the name, else the preset.
+        for key in ("name", "preset"):
+            if getattr(self, key):
+                check_folder_name(key, getattr(self, key))
 
     @property
     def label(self) -> str:
