@@ -78,6 +78,22 @@ def test_run_folder_contents(tmp_path: Path) -> None:
     # The same folder cannot be trained into twice by accident.
     with pytest.raises(CheckpointError, match="already holds a run"):
         rnnlab.train(tiny(), run.dir, progress=False)
+    # Nor resumed once finished: that would evaluate again and rewrite its summary.
+    before = (run.dir / "summary.json").read_bytes()
+    with pytest.raises(CheckpointError, match=r"finished all 40 iterations.*nothing to resume.*--config"):
+        rnnlab.resume(run.dir, progress=False)
+    assert (run.dir / "summary.json").read_bytes() == before
+
+
+def test_resume_refuses_an_edited_config_and_keeps_the_edit(tmp_path: Path) -> None:
+    part = rnnlab.train(tiny("train.checkpoint_every=5"), tmp_path / "run", progress=False, stop_after=5)
+    path = part.dir / "config.toml"
+    edited = path.read_text().replace("lr = 0.002", "lr = 0.5")
+    assert edited != path.read_text()
+    path.write_text(edited)
+    with pytest.raises(CheckpointError, match=r"config.toml.*train.lr: 0.002 .* 0.5.*start a new run"):
+        rnnlab.resume(part.dir, progress=False)
+    assert path.read_text() == edited  # the user's edit is not lost
 
 
 def test_tutorial_protocol_evaluates_test_without_a_split(tmp_path: Path) -> None:
@@ -94,6 +110,9 @@ def test_nan_guard_marks_the_run_diverged(tmp_path: Path) -> None:
     assert "lower the learning rate" in run.summary["message"] and "train.clip" in run.summary["message"]
     assert run.summary["iterations"] < 40
     assert json.loads((run.dir / "summary.json").read_text())["status"] == "diverged"
+    assert not (run.dir / "checkpoint.json").exists()  # diverged before its first checkpoint
+    with pytest.raises(CheckpointError, match="already holds a run"):  # its record stays
+        rnnlab.train(tiny(), run.dir, progress=False)
 
 
 def _fit(cfg: RunConfig, run_dir: Path, check_every: int) -> tuple[dict, Trainer]:

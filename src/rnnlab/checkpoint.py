@@ -20,6 +20,8 @@ from rnnlab.errors import CheckpointError
 SCHEMA_VERSION = 1
 CHECKPOINT_PT = "checkpoint.pt"
 CHECKPOINT_JSON = "checkpoint.json"
+SUMMARY_JSON = "summary.json"  # engine.SUMMARY; read here only to explain a missing checkpoint
+_RESTORE = "restore it from a copy or train the run again"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -80,34 +82,122 @@ def save_checkpoint(run_dir: Path, tensors: dict[str, Any], meta: dict[str, Any]
     atomic_write_json(run_dir / CHECKPOINT_JSON, meta)
 
 
-def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
-    """Load ``(tensors, meta)`` from a run folder, with clear errors for every way it can be wrong."""
+def error_line(exc: BaseException, *, kind: bool = True, limit: int = 200) -> str:
+    """One line about ``exc``: ``"Type: first line"`` (or just the line), or the type's name alone
+    where the message is empty (``torch.load`` of an empty file raises a bare ``EOFError()``)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0][:limit]}" if kind else lines[0][:limit]
+
+
+def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu", *,
+                    training_state: bool = False) -> tuple[dict, dict]:
+    """Load ``(tensors, meta)`` from a run folder, with clear errors for every way it can be wrong.
+    ``training_state=True`` (resuming) also requires the optimizer, scaler, RNG and progress entries."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: no such run folder")
     pt, js = run_dir / CHECKPOINT_PT, run_dir / CHECKPOINT_JSON
     if not pt.exists() or not js.exists():
-        raise CheckpointError(
-            f"{run_dir}: no checkpoint here (expected {CHECKPOINT_PT} and {CHECKPOINT_JSON}); "
-            "is this a run folder written by `rnnlab train`?"
-        )
+        raise CheckpointError(_no_checkpoint(run_dir))
     try:
         meta = json.loads(js.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{js}: corrupt checkpoint metadata ({exc})") from None
-    version = meta.get("schema_version") if isinstance(meta, dict) else None
+        problem = error_line(exc, kind=False)
+        raise CheckpointError(f"{js}: corrupt checkpoint metadata ({problem}); {_RESTORE}") from None
+    _check_meta(js, meta, training_state)
+    if pt.stat().st_size == 0:  # torch.load would only say EOFError
+        raise CheckpointError(f"{pt}: cannot be loaded safely (the file is empty); the file is corrupt; {_RESTORE}")
+    try:
+        tensors = torch.load(pt, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is unusable
+        raise CheckpointError(
+            f"{pt}: cannot be loaded safely ({error_line(exc)}); the file is corrupt or was not written by "
+            f"rnnlab; {_RESTORE}"
+        ) from None
+    _check_tensors(pt, tensors, training_state)
+    return tensors, meta
+
+
+def _no_checkpoint(run_dir: Path) -> str:
+    """Why there is no checkpoint: a run that diverged before its first one says so in its summary."""
+    try:
+        summary = json.loads((run_dir / SUMMARY_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = None
+    if isinstance(summary, dict) and summary.get("status") == "diverged":
+        said = summary.get("message")
+        advice = (said if isinstance(said, str) and said else
+                  "train it again with a lower learning rate (train.lr) or clipped gradients (train.clip=1.0)")
+        return f"{run_dir}: no weights to load: the run diverged before its first checkpoint; {advice}"
+    return (f"{run_dir}: no checkpoint here (expected {CHECKPOINT_PT} and {CHECKPOINT_JSON}); "
+            "is this a run folder written by `rnnlab train`?")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_meta(js: Path, meta: Any, training_state: bool) -> None:
+    """Refuse damaged metadata here, in one place, rather than with a KeyError deep inside loading."""
+    def bad(problem: str) -> CheckpointError:
+        return CheckpointError(f"{js}: corrupt checkpoint metadata ({problem}); {_RESTORE}")
+
+    if not isinstance(meta, dict):
+        raise bad(f"a JSON object was expected, got {type(meta).__name__}")
+    if "schema_version" not in meta:
+        raise bad("missing 'schema_version'")
+    version = meta["schema_version"]
     if version != SCHEMA_VERSION:
         raise CheckpointError(
             f"{js}: checkpoint schema version {version!r} is not supported (this rnnlab reads version "
             f"{SCHEMA_VERSION}); retrain, or use the rnnlab release that wrote it"
         )
-    try:
-        tensors = torch.load(pt, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is unusable
-        raise CheckpointError(
-            f"{pt}: cannot be loaded safely ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "the file is corrupt or was not written by rnnlab"
-        ) from None
+    if not isinstance(meta.get("config"), dict):
+        raise bad("missing 'config'" if "config" not in meta else "'config' is not a table of settings")
+    if "input" in meta:  # absent from checkpoints written before it was added: the config decides
+        shape = meta["input"]
+        if not isinstance(shape, dict):
+            raise bad("'input' is not a table")
+        for key in ("steps", "features", "classes"):
+            if key not in shape:
+                raise bad(f"missing 'input.{key}'")
+            if not _is_int(shape[key]) or shape[key] < 1:
+                raise bad(f"'input.{key}' is {shape[key]!r}, a positive integer was expected")
+        if not isinstance(shape.get("variable_lengths", False), bool):
+            raise bad("'input.variable_lengths' is not true or false")
+        names = shape.get("class_names")
+        if names is not None and not (isinstance(names, list) and len(names) == shape["classes"]
+                                      and all(isinstance(name, str) for name in names)):
+            raise bad(f"'input.class_names' must be null or {shape['classes']} strings")
+    required = ("iteration", "train_seconds", "running") if training_state else ()
+    for key, kinds in (("iteration", int), ("total_iterations", int), ("train_seconds", (int, float)),
+                       ("epoch", (int, float)), ("running", dict)):
+        if key in required and key not in meta:
+            raise bad(f"missing '{key}', which resuming needs")
+        if key in meta and (not isinstance(meta[key], kinds) or isinstance(meta[key], bool)):
+            raise bad(f"'{key}' is {type(meta[key]).__name__}, {getattr(kinds, '__name__', 'a number')} expected")
+
+
+def _check_tensors(pt: Path, tensors: Any, training_state: bool) -> None:
+    """The checkpoint must hold a state_dict (names -> tensors), not just any weights-only pickle."""
     if not isinstance(tensors, dict) or "model" not in tensors:
-        raise CheckpointError(f"{pt}: not an rnnlab checkpoint (no model state_dict)")
-    return tensors, meta
+        raise CheckpointError(f"{pt}: not an rnnlab checkpoint (no model state_dict); "
+                              "point at a run folder written by `rnnlab train`")
+    state = tensors["model"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        held = "a dict holding other things" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise CheckpointError(f"{pt}: not an rnnlab checkpoint (its 'model' entry is {held}; a dict of tensors, "
+                              "a state_dict, was expected); point at a run folder written by `rnnlab train`")
+    perm = tensors.get("permutation")
+    if perm is not None and not (isinstance(perm, torch.Tensor) and perm.dim() == 1 and perm.dtype == torch.long
+                                 and torch.equal(perm.sort().values, torch.arange(len(perm), device=perm.device))):
+        raise CheckpointError(f"{pt}: corrupt checkpoint ('permutation' is not a permutation of pixel "
+                              f"positions); {_RESTORE}")
+    if training_state:
+        for key in ("optimizer", "scaler", "rng"):
+            if key not in tensors:
+                raise CheckpointError(f"{pt}: no '{key}' state, so training cannot resume from this checkpoint "
+                                      "(eval and predict can still use it); train the run again")

@@ -12,7 +12,7 @@ import torch
 
 from rnnlab import checkpoint as ckpt
 from rnnlab import distributed as dist
-from rnnlab.config import RunConfig, from_dict, load_toml
+from rnnlab.config import RunConfig, from_dict, load_toml, to_dict
 from rnnlab.data import SequenceData, images_to_sequences, load_sequences
 from rnnlab.data.files import load_sequence_file
 from rnnlab.data.sources import DATASETS
@@ -49,6 +49,9 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
     if (run_dir / ckpt.CHECKPOINT_JSON).exists():
         raise CheckpointError(f"{run_dir} already holds a run; resume it with `rnnlab train --resume {run_dir}` "
                               "or choose another --out")
+    if (run_dir / SUMMARY).exists():  # e.g. a run that diverged before its first checkpoint: keep its record
+        raise CheckpointError(f"{run_dir} already holds a run without a checkpoint (see its {SUMMARY}); "
+                              "choose another --out, or delete that folder to train into it again")
     trainer = Trainer(config, run_dir, progress=progress)
     summary = trainer.fit(stop_after=stop_after)
     return Run(run_dir, config, summary)
@@ -57,12 +60,52 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
 def resume(run_dir: str | Path, *, progress: bool = True, stop_after: int | None = None) -> Run:
     """Continue an interrupted run from its last checkpoint, to the end of its budget."""
     run_dir = Path(run_dir)
-    _, meta = ckpt.load_checkpoint(run_dir)
+    _, meta = ckpt.load_checkpoint(run_dir, training_state=True)  # refuse a damaged one before training
     config = from_dict(meta["config"], source=str(run_dir / ckpt.CHECKPOINT_JSON))
+    _check_resumable(run_dir, config)
     trainer = Trainer(config, run_dir, progress=progress)
     trainer.restore()
     summary = trainer.fit(stop_after=stop_after)
     return Run(run_dir, config, summary)
+
+
+def _check_resumable(run_dir: Path, config: RunConfig) -> None:
+    """Refuse to resume a run that has ended, or whose config.toml was edited since it started
+    (resuming would train with the old settings and write them over the edit)."""
+    summary = read_run(run_dir).summary if (run_dir / SUMMARY).exists() else {}
+    status = summary.get("status")
+    if status == "completed":
+        accuracy = summary.get("test_accuracy")
+        reached = f" (test accuracy {accuracy:.2f}%)" if isinstance(accuracy, (int, float)) else ""
+        raise CheckpointError(
+            f"{run_dir} finished all {summary.get('iterations', '')} iterations{reached}; there is nothing to "
+            f"resume. To train longer, start a new run from its config with a larger budget: "
+            f"rnnlab train --config {run_dir / CONFIG} train.iterations=N")
+    if status == "diverged":  # the same seed and settings would diverge again at the same step
+        raise CheckpointError(f"{run_dir} diverged ({summary.get('message', 'non-finite loss')}); resuming would "
+                              f"repeat it: start a new run with the change, rnnlab train --config {run_dir / CONFIG} ...")
+    if not (run_dir / CONFIG).exists():
+        return
+    on_disk = load_toml(run_dir / CONFIG)
+    if on_disk != config:
+        started, edited = _flatten(to_dict(config)), _flatten(to_dict(on_disk))
+        changes = [f"{key}: {started.get(key)!r} when it started, {edited.get(key)!r} now"
+                   for key in sorted(started.keys() | edited.keys()) if started.get(key) != edited.get(key)]
+        raise CheckpointError(
+            f"{run_dir / CONFIG} was edited after the run started ({'; '.join(changes[:3])}); --resume continues "
+            f"the run with the settings it started with. Undo the edit, or start a new run with the change: "
+            f"rnnlab train --config {run_dir / CONFIG}")
+
+
+def _flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def read_run(run_dir: str | Path) -> Run:
@@ -72,7 +115,16 @@ def read_run(run_dir: str | Path) -> Run:
         raise CheckpointError(f"{run_dir}: not a run folder (no {CONFIG})")
     config = load_toml(run_dir / CONFIG)
     summary_path = run_dir / SUMMARY
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"status": "running"}
+    summary: Any = {"status": "running"}
+    if summary_path.exists():
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{summary_path}: corrupt run summary ({ckpt.error_line(exc, kind=False)}); "
+                                  "restore it from a copy or train the run again") from None
+        if not isinstance(summary, dict) or not isinstance(summary.get("status"), str):
+            raise CheckpointError(f"{summary_path}: corrupt run summary (no 'status'); "
+                                  "restore it from a copy or train the run again")
     return Run(run_dir, config, summary)
 
 
@@ -151,21 +203,26 @@ class TrainedModel:
             x = torch.as_tensor(np.asarray(sequences))
         except (TypeError, ValueError, RuntimeError) as exc:  # ragged lists, objects, strings
             more = "" if self.variable_lengths else " (this run was trained on one length)"
-            raise DataError(f"sequences must be one array of numbers{more}: {exc}") from None
+            problem = ckpt.error_line(exc, kind=False)
+            raise DataError(f"sequences must be one array of numbers{more}: {problem}") from None
         if features == 1 and x.dim() in (1, 2) and x.shape[-1] != 1:
             x = x.unsqueeze(-1)  # (T,) or (N, T) -> one feature per step
         if x.dim() == 2:
             x = x[None]  # one sequence (T, F) -> (1, T, F)
+        if x.dim() == 3 and x.shape[0] == 0:  # an empty batch would print nothing and succeed
+            raise DataError(f"no sequences in the input (shape {tuple(x.shape)}); give at least one sequence")
         length_ok = 1 <= x.shape[1] <= steps if (x.dim() == 3 and self.variable_lengths) else None
         shape_ok = x.dim() == 3 and x.shape[2] == features and (length_ok or x.shape[1] == steps)
         if not shape_ok or (single and x.shape[0] != 1):
             length = f"1 to {steps} steps" if self.variable_lengths else f"{steps} steps"
             raise DataError(f"sequences must have shape (N, T, {features}) or (T, {features}) with T = {length}, "
                             f"as in the run's training file; got {tuple(x.shape)}")
+        # As training reads a sequence file (data/files.py): uint8 are pixels scaled to [0, 1],
+        # other integers and floats are used as they are.
         if x.dtype == torch.uint8:
             return x.float() / 255.0
-        if not (x.is_floating_point() or x.dtype in (torch.int16, torch.int32, torch.int64)):
-            raise DataError(f"sequences must hold numbers, got {x.dtype}")
+        if not (x.is_floating_point() or _is_integer(x.dtype)):  # bool, complex
+            raise DataError(f"sequences must hold numbers (float or integer, or uint8 pixels), got {x.dtype}")
         x = x.float()
         if not torch.isfinite(x).all():
             raise DataError("sequences hold NaN or infinite values; fill or drop them")
@@ -233,15 +290,18 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu") -> TrainedM
     run_dir = Path(run_dir)
     tensors, meta = ckpt.load_checkpoint(run_dir, map_location=device)
     config = from_dict(meta["config"], source=str(run_dir / ckpt.CHECKPOINT_JSON))
-    model = build_from_state(config, tensors["model"], input_shape=meta.get("input"))
+    model = build_from_state(config, tensors["model"], input_shape=meta.get("input"),
+                             source=run_dir / ckpt.CHECKPOINT_JSON)
     model.to(device).eval()
     return TrainedModel(run_dir, config, model, tensors.get("permutation"), meta)
 
 
 def build_from_state(config: RunConfig, state: dict[str, torch.Tensor], *, impl: str | None = None,
-                     input_shape: dict[str, Any] | None = None) -> SequenceClassifier:
+                     input_shape: dict[str, Any] | None = None,
+                     source: str | Path | None = None) -> SequenceClassifier:
     """Rebuild a model from its config and state_dict (optionally forcing the layer implementation).
-    ``input_shape`` is a checkpoint's ``meta["input"]``; without it the config decides."""
+    ``input_shape`` is a checkpoint's ``meta["input"]``; without it the config decides. ``source``
+    (the checkpoint.json the config came from) is named in errors."""
     from dataclasses import replace
 
     from rnnlab.data.splits import config_input_shape
@@ -254,9 +314,41 @@ def build_from_state(config: RunConfig, state: dict[str, torch.Tensor], *, impl:
     # The standardisation buffers are scalars or (F,): build them in the checkpoint's shape.
     model = create_model(model_cfg, input_size=features, seq_len=steps, num_classes=classes,
                          input_mean=state.get("input_mean", 0.0), input_std=state.get("input_std", 1.0))
+    where = f"{source}: " if source is not None else ""
+    mismatch = _state_mismatch(model, state)
     try:
-        model.load_state_dict(state)
+        if mismatch is None:
+            model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint does not match its config: {str(exc).splitlines()[0]}") from None
+        mismatch = ckpt.error_line(exc, kind=False)
+    if mismatch is not None:
+        # torch's own message starts with an empty "Error(s) in loading state_dict" line: name the tensors.
+        raise CheckpointError(f"{where}the config's model does not match the checkpoint's weights ({mismatch}); "
+                              "put the model settings (model.cell, model.hidden, model.layers, ...) back to those "
+                              "the run was trained with, or retrain") from None
     return model
 
+
+def _is_integer(dtype: torch.dtype) -> bool:
+    return not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
+
+
+def _state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """What keeps ``state`` from loading into ``model``, naming the first tensors at fault; None if it fits."""
+    expected = model.state_dict()
+    sizes = [f"{name} is {tuple(state[name].shape)} in the checkpoint but {tuple(tensor.shape)} for this config"
+             for name, tensor in expected.items() if name in state and state[name].shape != tensor.shape]
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+
+    def first(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+
+    problems = []
+    if sizes:
+        problems.append(sizes[0] + (f" (and {len(sizes) - 1} more sizes differ)" if len(sizes) > 1 else ""))
+    if missing:
+        problems.append(f"missing from the checkpoint: {first(missing)}")
+    if unexpected:
+        problems.append(f"not in this config's model: {first(unexpected)}")
+    return "; ".join(problems) or None

@@ -1,0 +1,193 @@
+"""Damaged run folders and odd sequences give one clear error line, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+
+import rnnlab
+from rnnlab import checkpoint as ckpt
+from rnnlab.cli import main
+from rnnlab.config import RunConfig, apply_overrides
+from rnnlab.errors import CheckpointError, DataError
+
+pytest_plugins = ["_fixtures_runs"]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def run_dir(untrained_run: Callable[..., Path]) -> Path:
+    """A run folder (untrained LSTM, hidden 8) whose checkpoint.json also has the "input" entry training writes."""
+    path = untrained_run(["model.hidden=8"])
+    edit_meta(path, lambda meta: meta.update(input={"steps": 28, "features": 28, "classes": 10,
+                                                    "variable_lengths": False, "class_names": None}))
+    return path
+
+
+def edit_meta(path: Path, change: Callable[[dict[str, Any]], Any]) -> None:
+    meta = json.loads((path / ckpt.CHECKPOINT_JSON).read_text())
+    change(meta)
+    (path / ckpt.CHECKPOINT_JSON).write_text(json.dumps(meta))
+
+
+def cli_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """Run the CLI in this process; it must fail with exit status 2 and one ``rnnlab: error:`` line."""
+    assert main(list(args)) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rnnlab: error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [["eval", "RUN"], ["predict", "RUN", "RUN/config.toml"],
+                                     ["export", "--format", "torchscript", "RUN"], ["gradients", "--run", "RUN"],
+                                     ["serve", "RUN"]])
+def test_an_empty_checkpoint_is_a_corrupt_checkpoint(run_dir: Path, command: list[str],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    (run_dir / ckpt.CHECKPOINT_PT).write_bytes(b"")
+    line = cli_error(capsys, *(arg.replace("RUN", str(run_dir)) for arg in command))  # loading fails first
+    assert f"{run_dir / ckpt.CHECKPOINT_PT}: cannot be loaded safely (the file is empty)" in line
+    assert "the file is corrupt" in line and "train the run again" in line
+
+
+def test_an_empty_checkpoint_cannot_be_resumed_so_compare_retrains(run_dir: Path) -> None:
+    edit_meta(run_dir, lambda meta: meta.update(train_seconds=1.0, running={}))  # as training writes it
+    (run_dir / ckpt.CHECKPOINT_PT).write_bytes(b"")
+    with pytest.raises(CheckpointError, match="the file is empty"):  # compare catches this and retrains
+        rnnlab.resume(run_dir, progress=False)
+
+
+def test_a_truncated_checkpoint_names_the_error_even_without_a_message(run_dir: Path) -> None:
+    pt = run_dir / ckpt.CHECKPOINT_PT
+    pt.write_bytes(pt.read_bytes()[:10])
+    with pytest.raises(CheckpointError, match=r"cannot be loaded safely \(\w+.*\); the file is corrupt"):
+        rnnlab.load(run_dir)
+    assert ckpt.error_line(EOFError()) == "EOFError"
+    assert ckpt.error_line(RuntimeError("\n  \nsecond line")) == "RuntimeError: second line"
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (lambda meta: meta.pop("config"), "missing 'config'"),
+    (lambda meta: meta.update(config=[1, 2]), "'config' is not a table of settings"),
+    (lambda meta: meta.update(input={"steps": 28}), "missing 'input.features'"),
+    (lambda meta: meta.update(input={"steps": 28, "features": "28", "classes": 10}),
+     "'input.features' is '28', a positive integer was expected"),
+    (lambda meta: meta["input"].update(class_names=["a"]), "'input.class_names' must be null or 10 strings"),
+    (lambda meta: meta.update(iteration="3"), "'iteration' is str"),
+    (lambda meta: meta.pop("schema_version"), "missing 'schema_version'"),
+])
+def test_damaged_metadata_names_the_key(run_dir: Path, change: Callable, problem: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    edit_meta(run_dir, change)
+    line = cli_error(capsys, "eval", str(run_dir))
+    assert f"{run_dir / ckpt.CHECKPOINT_JSON}: corrupt checkpoint metadata ({problem}" in line, line
+    assert "restore it from a copy or train the run again" in line
+
+
+def test_metadata_that_is_not_an_object(run_dir: Path) -> None:
+    (run_dir / ckpt.CHECKPOINT_JSON).write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"corrupt checkpoint metadata \(a JSON object was expected, got list"):
+        rnnlab.load(run_dir)
+
+
+def test_resume_needs_the_training_state(run_dir: Path) -> None:
+    with pytest.raises(CheckpointError, match="missing 'train_seconds', which resuming needs"):
+        rnnlab.resume(run_dir, progress=False)
+
+
+@pytest.mark.parametrize(("model", "held"), [("x", "a str"), ({"rnn.weight_ih_l0": [1.0]}, "a dict holding other")])
+def test_a_model_entry_that_is_not_a_state_dict(run_dir: Path, model: Any, held: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    torch.save({"model": model}, run_dir / ckpt.CHECKPOINT_PT)
+    line = cli_error(capsys, "eval", str(run_dir))
+    assert f"{run_dir / ckpt.CHECKPOINT_PT}: not an rnnlab checkpoint (its 'model' entry is {held}" in line
+    assert "a dict of tensors, a state_dict, was expected" in line
+
+
+def test_a_permutation_that_is_not_one(run_dir: Path) -> None:
+    tensors = torch.load(run_dir / ckpt.CHECKPOINT_PT, weights_only=True)
+    torch.save({**tensors, "permutation": torch.zeros(784, dtype=torch.long)}, run_dir / ckpt.CHECKPOINT_PT)
+    with pytest.raises(CheckpointError, match="'permutation' is not a permutation"):
+        rnnlab.load(run_dir)
+
+
+@pytest.mark.parametrize(("setting", "value", "named"), [
+    ("hidden", 32, "rnn.weight_ih_l0 is (32, 28) in the checkpoint but (128, 28) for this config (and 4 more"),
+    ("cell", "gru", "rnn.weight_ih_l0 is (32, 28) in the checkpoint but (24, 28) for this config (and 3 more"),
+    ("layers", 2, "missing from the checkpoint: rnn.weight_ih_l1, rnn.weight_hh_l1, rnn.bias_ih_l1 ..."),
+])
+def test_a_config_that_does_not_fit_the_weights_names_the_tensors(run_dir: Path, setting: str, value: Any,
+                                                                  named: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    edit_meta(run_dir, lambda meta: meta["config"]["model"].update({setting: value}))
+    line = cli_error(capsys, "eval", str(run_dir))
+    assert f"{run_dir / ckpt.CHECKPOINT_JSON}: the config's model does not match the checkpoint's weights" in line
+    assert named in line and "back to those the run was trained with" in line, line
+
+
+def test_weights_from_a_different_model_are_unexpected(run_dir: Path) -> None:
+    tensors = torch.load(run_dir / ckpt.CHECKPOINT_PT, weights_only=True)
+    tensors["model"]["extra.weight"] = torch.zeros(2)
+    torch.save(tensors, run_dir / ckpt.CHECKPOINT_PT)
+    with pytest.raises(CheckpointError, match=r"not in this config's model: extra\.weight\)"):
+        rnnlab.load(run_dir)
+
+
+@pytest.mark.parametrize("message", ["loss became nan at iteration 1 (lr=1e+08); lower the learning rate", None])
+def test_a_run_that_diverged_before_its_first_checkpoint(run_dir: Path, message: str | None,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    for name in (ckpt.CHECKPOINT_PT, ckpt.CHECKPOINT_JSON):
+        (run_dir / name).unlink()
+    summary = {"status": "diverged"} | ({"message": message} if message else {})
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    line = cli_error(capsys, "eval", str(run_dir))
+    assert f"{run_dir}: no weights to load: the run diverged before its first checkpoint; " in line
+    assert (message or "train it again with a lower learning rate (train.lr) or clipped gradients") in line
+    assert "is this a run folder" not in line
+
+
+def test_a_corrupt_summary_is_a_user_error(run_dir: Path) -> None:
+    (run_dir / "summary.json").write_text("{")
+    with pytest.raises(CheckpointError, match="summary.json: corrupt run summary"):
+        rnnlab.read_run(run_dir)
+
+
+# ------------------------------------------------------------------ a run trained on a sequence file
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run trained on an int8 sequence file: 6 steps of 3 features, 3 classes."""
+    root = tmp_path_factory.mktemp("int8-run")
+    rng = np.random.default_rng(0)
+    x = rng.integers(-5, 5, (50, 6, 3)).astype(np.int8)
+    y = rng.integers(0, 3, 50)
+    np.savez(root / "data.npz", x_train=x[:40], y_train=y[:40], x_test=x[40:], y_test=y[40:])
+    config = apply_overrides(RunConfig(), ["data.dataset=file", f"data.file={root / 'data.npz'}",
+                                           "data.val_size=0", "model.hidden=8", "train.iterations=2",
+                                           "train.threads=1"])
+    return rnnlab.train(config, root / "run", progress=False).dir
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint16, np.uint32])
+def test_integer_sequences_are_read_as_training_reads_them(int8_run: Path, dtype: type) -> None:
+    trained = rnnlab.load(int8_run)
+    x = np.arange(-9, 9).reshape(1, 6, 3)
+    x = x - x.min() if np.issubdtype(dtype, np.unsignedinteger) else x
+    got, lengths = trained.sequences_in(x.astype(dtype))
+    assert lengths is None and got.dtype == torch.float32 and torch.equal(got, torch.tensor(x, dtype=torch.float32))
+
+
+def test_predict_takes_int8_sequences_and_refuses_no_sequences(int8_run: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    np.save(tmp_path / "int8.npy", np.ones((2, 6, 3), np.int8))
+    assert main(["predict", str(int8_run), str(tmp_path / "int8.npy")]) == 0
+    assert capsys.readouterr().out.count("int8.npy[") == 2
+    np.save(tmp_path / "empty.npy", np.zeros((0, 6, 3), np.float32))
+    line = cli_error(capsys, "predict", str(int8_run), str(tmp_path / "empty.npy"))
+    assert "no sequences in the input (shape (0, 6, 3)); give at least one sequence" in line
+    with pytest.raises(DataError, match=r"must hold numbers .* got torch.bool"):
+        rnnlab.load(int8_run).sequences_in(np.zeros((1, 6, 3), bool))
+
