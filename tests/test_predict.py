@@ -155,3 +155,31 @@ def test_named_classes_of_fashion_mnist(tmp_path: Path, trained_run: Path, digit
 
     mnist = rnnlab.load(trained_run)
     assert mnist.class_names is None and "name" not in mnist.predict(np.zeros((28, 28), np.uint8))[0]
+
+
+def test_sequence_run_says_what_a_file_is_instead_of_a_npy(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """np.load takes any file that is not NumPy's for a pickle ("load it unsafely"), or fails on an
+    empty one with EOFError: predict names what the file is, and how to make a .npy, and goes on."""
+    from test_sequence_files import synthetic
+
+    (x, y), (xt, yt) = synthetic(60, 0), synthetic(20, 1)
+    np.savez(tmp_path / "series.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data-file", str(tmp_path / "series.npz"), "--hidden", "8", "--iterations", "2",
+                 "data.val_size=0", "--out", str(run_dir), "--no-progress"]) == 0
+    (tmp_path / "empty.npy").write_bytes(b"")
+    Image.fromarray(np.zeros((12, 2), np.uint8)).save(tmp_path / "picture.png")
+    (tmp_path / "text.npy").write_text("0.5,0.1\n0.2,0.3\n")
+    np.save(tmp_path / "good.npy", xt[:2])
+    files = [str(tmp_path / name) for name in ("empty.npy", "picture.png", "text.npy", "good.npy", "series.npz")]
+    capsys.readouterr()
+    assert main(["predict", str(run_dir), *files]) == 2
+    captured = capsys.readouterr()
+    how = "save sequences with np.save(path, x), x of shape (N, 12, 2) or one (12, 2)"
+    assert captured.err.splitlines() == [
+        f"rnnlab: error: {files[0]}: not a .npy array of sequences: it is empty (0 bytes); {how}",
+        f"rnnlab: error: {files[1]}: not a .npy array of sequences: it is a PNG image; {how}",
+        f"rnnlab: error: {files[2]}: not a .npy array of sequences: it is text, starting '0.5,0.1' "
+        f"(read it with np.loadtxt, then save the arrays); {how}",
+        f"rnnlab: error: {files[4]}: give a .npy array of sequences, not a .npz archive; {how}"]
+    assert [line.split(":")[0] for line in captured.out.splitlines()] == [f"{files[3]}[0]", f"{files[3]}[1]"]

@@ -82,6 +82,16 @@ def test_reads_splits_classes_and_dtypes(tmp_path: Path, seq_file: Path) -> None
     ({"class_names": np.array(["up", "down", "bump"])}, "class_names must be 2 strings"),
     ({"lenghts_train": np.array([5, 5, 5, 5])}, "unknown arrays lenghts_train; the optional ones are lengths_train"),
     ({"class_names": np.array([1, 2])}, "class_names must be 2 strings"),
+    # One stray label or num_classes must not size a 32 GB output layer (MAX_CLASSES = 1000).
+    ({"y_train": np.array([0, 1, 10**9, 1])}, r"y_train holds label 1000000000; labels must be 0 \.\. C-1 with "
+                                               r"at most 1000 classes \(C is the largest label \+ 1, or num_classes\)"),
+    ({"y_test": np.array([1, 200000])}, "y_test holds label 200000; .* at most 1000 classes"),
+    ({"num_classes": np.array(10**9)}, r"num_classes is 1000000000; at most 1000 classes are supported "
+                                       r"\(the labels need only 2"),
+    ({"num_classes": np.array(2), "y_test": np.array([1, 4])}, "num_classes is 2 but y_test holds label 4; "
+                                                               "num_classes must be one integer >= 5"),
+    # above 2**63 a uint64 label would turn negative as int64: checked on the file's own dtype
+    ({"y_train": np.array([0, 1, 2**63 + 5, 1], np.uint64)}, "y_train holds label 9223372036854775813; "),
 ])
 def test_bad_files_are_refused_with_the_reason(tmp_path: Path, arrays: dict, message: str) -> None:
     with pytest.raises(DataError, match=message):
@@ -91,15 +101,40 @@ def test_bad_files_are_refused_with_the_reason(tmp_path: Path, arrays: dict, mes
 def test_unreadable_or_unsafe_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such sequence file"):
         load_sequence_file(tmp_path / "missing.npz")
-    (tmp_path / "text.npz").write_text("not an archive")
-    with pytest.raises(DataError, match="cannot read it safely|not a readable"):
+    # np.load takes any file that is not NumPy's for a pickle ("load it unsafely"): say what it is instead
+    (tmp_path / "text.npz").write_text("x_train,y_train\n1,2\n")
+    with pytest.raises(DataError, match="text.npz: not a NumPy .npz archive: it is text, starting 'x_train,y_train' "
+                                        r"\(read it with np.loadtxt, then save the arrays\); write it with np.savez"):
         load_sequence_file(tmp_path / "text.npz")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(DataError, match=r"not a NumPy .npz archive: it is empty \(0 bytes\); write it with"):
+        load_sequence_file(tmp_path / "empty.npz")
+    (tmp_path / "image.npz").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    with pytest.raises(DataError, match="not a NumPy .npz archive: it is a PNG image; write it with"):
+        load_sequence_file(tmp_path / "image.npz")
     np.save(tmp_path / "one.npy", np.zeros((2, 3, 1)))
     with pytest.raises(DataError, match="single .npy array"):
         load_sequence_file(tmp_path / "one.npy")
     objects = np.empty(4, dtype=object)  # stored with pickle, which the reader refuses
-    with pytest.raises(DataError, match="cannot read it safely"):
+    with pytest.raises(DataError, match="y_train holds Python objects .* cannot be read safely"):
         load_sequence_file(write(tmp_path, y_train=objects))
+
+
+def test_an_archive_member_that_is_not_npy_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """np.load hands over a member without .npy's header as bytes: refused by name, in every command."""
+    path = write(tmp_path)
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["x_train.npy"] = b"hello, not an array"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    message = ("x_train is not a NumPy array (the archive's x_train.npy holds 19 bytes of text, starting "
+               "'hello, not an array', not .npy data); write it with np.savez")
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_sequence_file(path)
+    assert main(["inspect", "--data-file", str(path)]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_config_needs_the_file_and_only_with_dataset_file() -> None:
@@ -321,3 +356,65 @@ def test_an_exported_model_of_varying_lengths_takes_them_as_a_second_input(tmp_p
     # the same sequence alone, unpadded, gives the same answer
     alone = exported(padded[:1, : lt[0]], lt[:1].astype(np.int64))
     np.testing.assert_allclose(alone, logits[:1], atol=1e-5)
+
+
+# ------------------------------------------------------------------ eval on another file than the run's
+
+
+@pytest.fixture
+def small_run(tmp_path: Path, seq_file: Path) -> Path:
+    """A run of 2 iterations on ``seq_file``: 3 classes, 12 steps x 2 features, one length."""
+    run_dir = tmp_path / "small-run"
+    assert main(["train", "--data-file", str(seq_file), "--hidden", "8", "--iterations", "2", "data.val_size=0",
+                 "--out", str(run_dir), "--no-progress"]) == 0
+    return run_dir
+
+
+def test_eval_refuses_a_file_that_does_not_fit_the_run(tmp_path: Path, small_run: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    (x_train, y_train), (x_test, y_test) = synthetic(40, 0), synthetic(30, 1)
+    cases = [  # (changed test split, what eval says)
+        ({"y_test": np.where(np.arange(30) == 5, 4, y_test)},
+         "y_test holds label 4, but the run was trained on 3 classes (0 .. 2); evaluate it on a file with the "
+         "run's classes"),
+        ({"x_test": np.pad(x_test, ((0, 0), (0, 2), (0, 0))), "x_train": np.pad(x_train, ((0, 0), (0, 2), (0, 0)))},
+         "x_test has 14 steps but the run was trained on sequences of 12 steps (one length); give it "
+         "(N, 12, 2) sequences like its training file"),
+        ({"x_test": x_test[:, :, :1], "x_train": x_train[:, :, :1]},
+         "x_test has 1 feature per step but the run was trained on 2; evaluate it on a file of (N, T, 2) sequences "
+         "like its training file"),
+        ({"lengths_train": np.full(40, 12), "lengths_test": np.where(np.arange(30) == 3, 7, 12)},
+         "lengths_test holds lengths from 7, but the run was trained on sequences of one length (12 steps); "
+         "give it full-length sequences"),
+    ]
+    for i, (changed, message) in enumerate(cases):
+        path = tmp_path / f"other{i}.npz"
+        np.savez(path, **({"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test} | changed))
+        capsys.readouterr()
+        assert main(["eval", str(small_run), "--data-dir", str(path), "--no-plot"]) == 2, message
+        assert capsys.readouterr().err == f"rnnlab: error: {path}: {message}\n"
+    path = tmp_path / "fits.npz"  # another file of the same shapes and classes is evaluated
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    assert main(["eval", str(small_run), "--data-dir", str(path), "--no-plot"]) == 0
+    assert "on 30 sequences" in capsys.readouterr().out
+
+
+def test_eval_of_a_run_of_varying_lengths_takes_at_most_its_steps(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    (x, y, lengths), (xt, yt, lt) = varying(60, 0), varying(30, 1)  # padded to 16 steps
+    path = tmp_path / "varying.npz"
+    np.savez(path, x_train=x, y_train=y, lengths_train=lengths, x_test=xt, y_test=yt, lengths_test=lt)
+    assert main(["train", "--data-file", str(path), "--hidden", "8", "--iterations", "2", "data.val_size=0",
+                 "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    shorter = tmp_path / "shorter.npz"  # as predict: 1 to 16 steps
+    np.savez(shorter, x_train=x[:, :10], y_train=y, lengths_train=np.minimum(lengths, 10), x_test=xt[:, :10],
+             y_test=yt, lengths_test=np.minimum(lt, 10))
+    assert main(["eval", str(tmp_path / "run"), "--data-dir", str(shorter), "--no-plot"]) == 0
+    longer = tmp_path / "longer.npz"
+    np.savez(longer, x_train=np.pad(x, ((0, 0), (0, 4))), y_train=y, lengths_train=lengths,
+             x_test=np.pad(xt, ((0, 0), (0, 4))), y_test=yt, lengths_test=lt)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--data-dir", str(longer), "--no-plot"]) == 2
+    assert capsys.readouterr().err == (f"rnnlab: error: {longer}: x_test is padded to 20 steps but the run was "
+                                       "trained on sequences of 1 to 16 steps; give it sequences of at most 16 "
+                                       "steps (padded to at most 16)\n")

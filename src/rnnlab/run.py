@@ -14,7 +14,7 @@ from rnnlab import checkpoint as ckpt
 from rnnlab import distributed as dist
 from rnnlab.config import RunConfig, from_dict, load_toml, to_dict
 from rnnlab.data import SequenceData, images_to_sequences, load_sequences
-from rnnlab.data.files import load_sequence_file
+from rnnlab.data.files import check_against_run, load_sequence_file
 from rnnlab.data.sources import DATASETS
 from rnnlab.engine import CONFIG, METRICS, SUMMARY, Trainer, default_run_dir
 from rnnlab.errors import CheckpointError, DataError
@@ -152,7 +152,12 @@ class TrainedModel:
         overrides the run's own data folder (or, for a sequence-file run, is the file to read)."""
         data = self.config.data
         if self.reads_sequences:
-            return load_sequence_file(data_dir or data.file).test
+            path = data_dir or data.file
+            test = load_sequence_file(path).test
+            # Another file than the run's own may not fit the model: say how it differs, not crash.
+            check_against_run(path, test, steps=self.model.seq_len, features=self.model.input_size,
+                              classes=self.num_classes, variable_lengths=self.variable_lengths)
+            return test
         return load_sequences(data.dataset, "test", view=data.view, permutation=self.permutation,
                               data_dir=data_dir or data.data_dir or None, download=data.download)
 

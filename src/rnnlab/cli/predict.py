@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -150,25 +151,37 @@ def _run_sequences(args: argparse.Namespace, trained: Any) -> int:
     """``predict`` for a run trained on a sequence file: each argument is a ``.npy`` of sequences."""
     import numpy as np
 
+    from rnnlab.data.files import not_numpy
     from rnnlab.errors import ConfigError, DataError, RnnlabError
 
     if args.steps:
         raise ConfigError("--steps draws the image rows as they are read; this run reads sequences, "
                           "leave out --steps")
+    how = f"save sequences with np.save(path, x), x of shape {_sequence_shape(trained)}"
     entries: list[dict[str, Any]] = []
     failed = 0
     for path in args.images:
         try:
             try:
+                # Looked at first: np.load takes any other file for a pickle, and its message
+                # ("contains pickled data ... load it unsafely") is wrong for an image or text.
+                if not os.path.isfile(path):
+                    raise DataError(f"{path}: no such file")
+                looks = not_numpy(path)
+                if looks is not None:
+                    raise DataError(f"{path}: not a .npy array of sequences: {looks}; {how}")
                 array = np.load(path, allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise DataError(f"{path}: not a readable .npy array of sequences ({exc})") from None
+            except (OSError, ValueError, EOFError) as exc:
+                raise DataError(f"{path}: not a readable .npy array of sequences ({exc}); {how}") from None
             if not isinstance(array, np.ndarray):
-                raise DataError(f"{path}: give a .npy array of sequences (np.save), not an archive")
+                array.close()
+                raise DataError(f"{path}: give a .npy array of sequences, not a .npz archive; {how}")
             probs = trained.probabilities(array)  # (N, C)
         except RnnlabError as exc:  # one bad file must not stop the others
             failed += 1
-            print(f"rnnlab: error: {exc}", file=sys.stderr)
+            message = str(exc)
+            where = "" if message.startswith(f"{path}:") else f"{path}: "  # which of the files it was
+            print(f"rnnlab: error: {where}{message}", file=sys.stderr)
             continue
         entries += [{"file": path, "index": i} | _classified(row, trained, args.top)
                     for i, row in enumerate(probs.tolist())]
@@ -178,3 +191,11 @@ def _run_sequences(args: argparse.Namespace, trained: Any) -> int:
         for entry in entries:
             print(_line(f"{entry['file']}[{entry['index']}]", entry, trained))
     return 2 if failed else 0
+
+
+def _sequence_shape(trained: Any) -> str:
+    """The shapes a run's sequences take, for a message: ``(N, 12, 2) or one (12, 2)``."""
+    steps, features = trained.model.seq_len, trained.model.input_size
+    if trained.variable_lengths:
+        return f"(N, T, {features}) or one (T, {features}), T from 1 to {steps} steps"
+    return f"(N, {steps}, {features}) or one ({steps}, {features})"

@@ -12,7 +12,8 @@ and come with ``lengths_train`` and ``lengths_test``, ``(N,)`` integers from 1 t
 ``num_classes`` (a scalar) sets C when some classes never occur; otherwise C is the largest
 label plus one. An optional ``class_names`` (C strings) names the classes in ``eval`` and
 ``predict``. The file is read with ``allow_pickle=False``, so an archive from
-someone else cannot run code, and every array is checked before training starts.
+someone else cannot run code, and every array is checked before training starts. At most
+``MAX_CLASSES`` classes: see there why.
 """
 
 from __future__ import annotations
@@ -28,16 +29,79 @@ import torch
 from rnnlab.data.sequences import SequenceData
 from rnnlab.errors import DataError
 
-__all__ = ["OPTIONAL_ARRAYS", "REQUIRED_ARRAYS", "SequenceFile", "load_sequence_file", "sequence_file_shape"]
+__all__ = ["MAX_CLASSES", "OPTIONAL_ARRAYS", "REQUIRED_ARRAYS", "SequenceFile", "check_against_run",
+           "load_sequence_file", "not_numpy", "sequence_file_shape"]
 
 REQUIRED_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL_ARRAYS = ("lengths_train", "lengths_test", "num_classes", "class_names")
 _HOW = ("write it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...): x as (N, T, F) "
         "or (N, T) numbers, y as (N,) integer labels from 0")
+# The number of classes C sizes the output layer (hidden x C) and the C x C confusion matrix that
+# every evaluation keeps and summary.json stores: 1,000 classes cost 3 s and a 9 MB summary.json
+# for a 2-iteration run, 10,000 cost 65 s, 9.8 GB of memory and a 900 MB summary.json, and one
+# stray label of 10**9 would ask for 32 GB before the first step. So a larger C is refused.
+MAX_CLASSES = 1000
+
+# The first bytes of files that are often given instead of NumPy's: named in the error message.
+_NPY_MAGIC, _ZIP_MAGIC = b"\x93NUMPY", (b"PK\x03\x04", b"PK\x05\x06")  # an empty zip starts PK\x05\x06
+_KNOWN_KINDS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+                (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"%PDF", "a PDF document"),
+                (b"\x89HDF", "an HDF5 file (read it with h5py)"), (b"\x1f\x8b", "gzip-compressed data"))
 
 
 def _fail(path: Path, problem: str) -> DataError:
     return DataError(f"{path}: {problem}; {_HOW}")
+
+
+def _describe(head: bytes) -> str:
+    """What a file (or an archive member) that is not NumPy's looks like, from its first bytes:
+    "empty (0 bytes)", "a PNG image", "text, starting '...'"."""
+    if not head:
+        return "empty (0 bytes)"
+    for magic, kind in _KNOWN_KINDS:
+        if head.startswith(magic):
+            return kind
+    if head.startswith(b"\x80") and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle, refused because loading one can run code"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a multi-byte character cut off at the end of head is still text
+        text = head[: exc.start].decode("utf-8") if exc.start >= len(head) - 3 else ""
+    if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        if not text.strip():
+            return "blank text (only spaces and line breaks)"
+        return f"text, starting {text.strip().splitlines()[0][:40]!r}"
+    if head.startswith(b"BM"):  # after the text test: a text file may well start with "BM"
+        return "a BMP image"
+    return f"data in no format known here (starting {head[:8].hex(' ')})"
+
+
+def not_numpy(path: str | os.PathLike[str]) -> str | None:
+    """None for a file in NumPy's format (a .npy array or a .npz archive); else what it looks like
+    instead: "it is empty (0 bytes)", "it is a PNG image", "it is text, starting ... (read it ...)".
+
+    np.load would take any other file for a pickle and, with allow_pickle=False, say it "contains
+    pickled data" that could be loaded "unsafely": wrong for an image or text, and bad advice."""
+    with open(path, "rb") as file:
+        head = file.read(64)
+    if head.startswith((_NPY_MAGIC, *_ZIP_MAGIC)):
+        return None
+    kind = _describe(head)
+    return f"it is {kind}" + (" (read it with np.loadtxt, then save the arrays)" if kind.startswith("text") else "")
+
+
+def _member(path: Path, archive: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
+    try:
+        array = archive[name]
+    except ValueError as exc:  # an object array: stored with pickle, which could run code
+        if "allow_pickle" not in str(exc):
+            raise _fail(path, f"{name} is not a readable array ({exc})") from None
+        raise _fail(path, f"{name} holds Python objects (dtype=object, stored with pickle), so it cannot be "
+                          "read safely; store numbers, and class_names as np.array(names, dtype=str)") from None
+    if not isinstance(array, np.ndarray):  # NpzFile hands over a member without .npy's header as bytes
+        raise _fail(path, f"{name} is not a NumPy array (the archive's {name}.npy holds {len(array)} bytes of "
+                          f"{_describe(array[:64])}, not .npy data)")
+    return array
 
 
 def _open(path: str | os.PathLike[str]) -> tuple[Path, dict[str, np.ndarray]]:
@@ -45,6 +109,9 @@ def _open(path: str | os.PathLike[str]) -> tuple[Path, dict[str, np.ndarray]]:
     if not path.is_file():
         raise DataError(f"{path}: no such sequence file; check data.file (a .npz written with np.savez)")
     try:
+        looks = not_numpy(path)
+        if looks is not None:
+            raise _fail(path, f"not a NumPy .npz archive: {looks}")
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
             raise _fail(path, "this is a single .npy array, not a .npz archive of four arrays")
@@ -56,12 +123,10 @@ def _open(path: str | os.PathLike[str]) -> tuple[Path, dict[str, np.ndarray]]:
             if unknown:  # a misspelt lengths_train must not silently train on the padding
                 raise _fail(path, f"unknown arrays {', '.join(unknown)}; the optional ones are "
                                   f"{', '.join(OPTIONAL_ARRAYS)}")
-            arrays = {name: archive[name] for name in archive.files}
+            arrays = {name: _member(path, archive, name) for name in archive.files}
     except DataError:
         raise
-    except ValueError as exc:  # pickled data or object arrays: refused, they could run code
-        raise _fail(path, f"cannot read it safely ({exc})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise _fail(path, f"not a readable .npz archive ({exc})") from None
     return path, arrays
 
@@ -119,6 +184,10 @@ def _labels(path: Path, name: str, y: np.ndarray, count: int) -> torch.Tensor:
         raise _fail(path, f"{name} has {len(y)} labels for {count} sequences")
     if len(y) and y.min() < 0:
         raise _fail(path, f"{name} holds a negative label ({int(y.min())}); labels are 0 .. C-1")
+    # Checked here, on the file's own dtype: a uint64 label of 2**63 or more would turn negative in int64.
+    if len(y) and y.max() >= MAX_CLASSES:
+        raise _fail(path, f"{name} holds label {int(y.max())}; labels must be 0 .. C-1 with at most "
+                          f"{MAX_CLASSES} classes (C is the largest label + 1, or num_classes)")
     return torch.from_numpy(y.astype(np.int64))
 
 
@@ -144,8 +213,15 @@ def load_sequence_file(path: str | os.PathLike[str]) -> SequenceFile:
     classes = seen
     if "num_classes" in arrays:
         given = arrays["num_classes"]
-        if given.shape != () or not np.issubdtype(given.dtype, np.integer) or int(given) < seen:
+        if given.shape != () or not np.issubdtype(given.dtype, np.integer) or given.dtype == np.bool_:
             raise _fail(path, f"num_classes must be one integer >= {seen} (the largest label + 1), got {given!r}")
+        if int(given) < seen:
+            where = "y_train" if int(y_train.max()) + 1 == seen else "y_test"
+            raise _fail(path, f"num_classes is {int(given)} but {where} holds label {seen - 1}; num_classes must "
+                              f"be one integer >= {seen} (the largest label + 1)")
+        if int(given) > MAX_CLASSES:
+            raise _fail(path, f"num_classes is {int(given)}; at most {MAX_CLASSES} classes are supported (the "
+                              f"labels need only {seen}: leave num_classes out, or set it to the classes there are)")
         classes = int(given)
     if classes < 2:
         raise _fail(path, "every label is 0; a classifier needs at least two classes")
@@ -162,6 +238,29 @@ def load_sequence_file(path: str | os.PathLike[str]) -> SequenceFile:
         names = [str(name) for name in given]
     return SequenceFile(SequenceData(x_train, y_train, lengths_train), SequenceData(x_test, y_test, lengths_test),
                         classes, names)
+
+
+def check_against_run(path: str | os.PathLike[str], test: SequenceData, *, steps: int, features: int,
+                      classes: int, variable_lengths: bool) -> None:
+    """Refuse a file's test split that a run cannot be evaluated on, saying what differs: other
+    features, other steps (as ``predict`` decides: the run's T, or up to it for a run trained on
+    varying lengths), varying lengths for a run of one length, or labels past the run's classes."""
+    length, count = test.seq_shape  # (T, F) of the file
+    if count != features:
+        raise DataError(f"{path}: x_test has {count} feature{'s' * (count != 1)} per step but the run was trained "
+                        f"on {features}; evaluate it on a file of (N, T, {features}) sequences like its training file")
+    if variable_lengths and length > steps:
+        raise DataError(f"{path}: x_test is padded to {length} steps but the run was trained on sequences of 1 to "
+                        f"{steps} steps; give it sequences of at most {steps} steps (padded to at most {steps})")
+    if not variable_lengths and length != steps:
+        raise DataError(f"{path}: x_test has {length} steps but the run was trained on sequences of {steps} steps "
+                        f"(one length); give it (N, {steps}, {features}) sequences like its training file")
+    if not variable_lengths and test.lengths is not None and int(test.lengths.min()) < steps:
+        raise DataError(f"{path}: lengths_test holds lengths from {int(test.lengths.min())}, but the run was "
+                        f"trained on sequences of one length ({steps} steps); give it full-length sequences")
+    if len(test.y) and int(test.y.max()) >= classes:
+        raise DataError(f"{path}: y_test holds label {int(test.y.max())}, but the run was trained on {classes} "
+                        f"classes (0 .. {classes - 1}); evaluate it on a file with the run's classes")
 
 
 def sequence_file_shape(path: str | os.PathLike[str]) -> tuple[int, int, int]:
