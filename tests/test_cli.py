@@ -69,6 +69,9 @@ def test_an_output_path_that_cannot_be_written(tmp_path: Path) -> None:
 
 def test_resume_of_a_folder_without_checkpoint(tmp_path: Path) -> None:
     assert_user_error(run_cli("train", "--resume", str(tmp_path)), "no checkpoint here")
+    # Settings of any kind next to --resume are refused, not silently ignored.
+    assert_user_error(run_cli("train", "--resume", str(tmp_path), "--hidden", "32", "train.lr=0.1"),
+                      "drop the other settings (--hidden train.lr=0.1)")
     assert_user_error(run_cli("eval", str(tmp_path / "nope")), "no such run folder")
 
 
@@ -127,3 +130,34 @@ def test_rnnlab_warnings_are_one_line_for_users() -> None:
     assert text == "rnnlab: warning: running it in fp32\n"
     other = _one_line_warning(UserWarning("elsewhere"), UserWarning, "/tmp/somewhere.py", 3)
     assert "somewhere.py:3" in other and "UserWarning" in other
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "CPU", "cuda:"])
+def test_an_unknown_device_lists_the_valid_ones(device: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # The device is checked before the run folder is read, so any folder will do.
+    assert main(["eval", str(tmp_path), "--device", device]) == 2
+    assert capsys.readouterr().err == (f"rnnlab: error: device {device!r} is not valid; choose one of: auto, cpu, "
+                                       "cuda, cuda:N (N a GPU number, e.g. cuda:0) or mps\n")
+
+
+def test_settings_given_names_every_kind_of_setting() -> None:
+    from rnnlab.cli import build_parser
+    from rnnlab.cli.common import settings_given
+
+    args = build_parser().parse_args(["gradients", "--run", "r", "--hidden", "32", "train.lr=0.1", "--preset", "x"])
+    assert settings_given(args) == ["--preset", "--hidden", "train.lr=0.1"]
+    assert settings_given(build_parser().parse_args(["gradients", "--run", "r"])) == []
+
+
+def test_a_gpu_number_beyond_the_machines_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from rnnlab.distributed import select_device
+    from rnnlab.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"'cuda:2' asked for, but this machine has 2 CUDA GPU\(s\), "
+                                          r"cuda:0 to cuda:1"):
+        select_device("cuda:2")
+    assert select_device("cuda:1") == torch.device("cuda", 1)

@@ -124,3 +124,38 @@ def test_missing_onnx_says_what_to_install(untrained_run, monkeypatch: pytest.Mo
 def test_bad_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["export", str(tmp_path / "nope")]) == 2
     assert "no such run folder" in capsys.readouterr().err
+
+
+def test_a_run_folders_own_files_are_never_overwritten(untrained_run, capsys: pytest.CaptureFixture) -> None:
+    from rnnlab.checkpoint import CHECKPOINT_JSON, CHECKPOINT_PT
+    from rnnlab.engine import CONFIG, METRICS, SUMMARY
+
+    run, other = untrained_run(["model.hidden=8"]), untrained_run(["model.hidden=8"])
+    (run / SUMMARY).write_text("{}\n")
+    (run / METRICS).write_text("{}\n")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    outs = [run / name for name in (CHECKPOINT_PT, CHECKPOINT_JSON, CONFIG, SUMMARY, METRICS)]
+    outs += [run / "." / CHECKPOINT_PT, other / CHECKPOINT_PT]  # the same file by another path; another run's
+    for out in outs:
+        assert main(["export", str(run), "--format", "torchscript", "--no-check", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"rnnlab: error: --out {out} is ") and err.count("\n") == 1
+        assert "would destroy the run: give another file name, such as" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing changed, nothing added
+
+
+def test_an_out_folder_is_named_as_given(untrained_run, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import rnnlab.export as export
+
+    run, folder = untrained_run(["model.hidden=8"]), tmp_path / "folder"
+    folder.mkdir()
+    assert main(["export", str(run), "--no-check", "--out", str(folder)]) == 2
+    assert capsys.readouterr().err == (f"rnnlab: error: --out {folder} is a directory; "
+                                       f"give a file name such as {folder}/model.onnx\n")
+    # A failure at the rename (a folder made meanwhile) names the user's path, not the temporary file.
+    monkeypatch.setattr(export, "_check_out", lambda *args, **kwargs: None)
+    assert main(["export", str(run), "--no-check", "--out", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"rnnlab: error: Is a directory: {folder}\n"
+    assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["folder", run.name]

@@ -101,8 +101,30 @@ def test_cli_fresh_and_trained(tmp_path: Path, capsys: pytest.CaptureFixture) ->
 
 @pytest.mark.parametrize(("args", "fragment"), [
     (["gradients", "--images", "0"], "--images=0 must be >= 1"),
-    (["gradients", "--run", "x", "--preset", "dlw-rnn-a"], "leave out --preset"),
+    (["gradients", "--run", "x", "--preset", "dlw-rnn-a"], "drop the other settings (--preset)"),
+    # Flags and overrides too: the run's saved config decides the model, so they would be ignored.
+    (["gradients", "--run", "x", "--hidden", "32"],
+     "--run uses a trained run with its own saved config; drop the other settings (--hidden)"),
+    (["gradients", "--run", "x", "model.hidden=32", "--seed", "3"], "drop the other settings (--seed model.hidden=32)"),
+    (["gradients", "--plot", "g.txt"], "--plot g.txt has an unsupported extension .txt; use one of: "),
+    (["gradients", "--plot", "g"], "--plot g has no extension; use one of: "),
     (["gradients", "--preset", "nope"], "unknown preset 'nope'"),
 ])
-def test_cli_mistakes(args: list[str], fragment: str, capsys: pytest.CaptureFixture) -> None:
+def test_cli_mistakes(args: list[str], fragment: str, capsys: pytest.CaptureFixture, tmp_path: Path,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a mistake that slipped through would write its plot here
     assert main(args) == 2 and fragment in capsys.readouterr().err
+
+
+def test_cli_plot_formats_and_folders(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["gradients", "--plot", "g.txt"]) == 2
+    err = capsys.readouterr().err
+    assert "png, ps" in err and "svg" in err and "pdf" in err and "(e.g. g.png)" in err and err.count("\n") == 1
+    folder = tmp_path / "d"
+    folder.mkdir()
+    assert main(["gradients", "--images", "4", "--plot", str(folder)]) == 2  # savefig would write d.png
+    assert capsys.readouterr().err == (f"rnnlab: error: --plot {folder} is a directory; "
+                                       f"give a file name such as {folder}/plot.png\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["d"] and list(folder.iterdir()) == []
+    assert main(["gradients", "--preset", "dlw-rnn-a", "--images", "4", "--plot", str(tmp_path / "g.SVG")]) == 0
+    assert f"plot: {tmp_path / 'g.SVG'}" in capsys.readouterr().out and (tmp_path / "g.SVG").read_text().count("<svg")

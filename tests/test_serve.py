@@ -182,3 +182,66 @@ def test_serve_cli_rejects_bad_arguments(trained_run: Path, capsys: pytest.Captu
     assert main(["serve", str(trained_run), "--concurrency", "0"]) == 2
     assert main(["serve", "/nonexistent/run"]) == 2
     assert "no such run folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("value", "fragment"), [("nan", "--max-upload-mb=nan must be a finite number >= 0.001"),
+                                                 ("inf", "--max-upload-mb=inf must be a finite number >= 0.001"),
+                                                 ("-inf", "--max-upload-mb=-inf must be a finite number"),
+                                                 ("0", "--max-upload-mb=0 must be >= 0.001")])
+def test_serve_cli_refuses_a_non_finite_upload_limit(untrained_run, value: str, fragment: str,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    run = untrained_run(["model.hidden=8"])
+    assert main(["serve", str(run), f"--max-upload-mb={value}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnlab: error: ") and fragment in err and err.count("\n") == 1
+
+
+def test_serve_cli_says_when_it_cannot_listen(untrained_run, capsys: pytest.CaptureFixture) -> None:
+    import socket
+
+    run = untrained_run(["model.hidden=8"])
+    with socket.socket() as taken:  # a port another program listens on
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(run), "--port", str(port)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no "serving ..." before the failure
+    assert captured.err.startswith(f"rnnlab: error: cannot listen on 127.0.0.1:{port}: ")
+    assert "pick another --port" in captured.err and captured.err.count("\n") == 1
+    assert main(["serve", str(run), "--host", "999.1.1.1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("rnnlab: error: cannot listen on 999.1.1.1:8000: ")
+    assert "give --host an address of this machine" in captured.err and captured.err.count("\n") == 1
+
+
+def test_serve_cli_serves_where_it_says_and_stops_on_ctrl_c(untrained_run) -> None:
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    run = untrained_run(["model.hidden=8"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rnnlab", "serve", str(run), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()  # printed (and flushed) once the port is bound
+        url = re.search(r"on (http://127\.0\.0\.1:(\d+))/ ", line)
+        assert url and url.group(2) != "0", line + proc.stderr.read() if proc.poll() is not None else line
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert httpx.get(url.group(1) + "/health", timeout=10).json()["status"] == "ok"
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -22,8 +22,14 @@ from rnnlab.errors import ConfigError
 
 
 def select_device(requested: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; an explicit device must be available."""
-    kind = requested.split(":")[0]
+    """``auto`` picks cuda, then mps, then cpu; an explicit device must be valid and available."""
+    kind, _, index = requested.partition(":")
+    # torch.device would take many more kinds (xla, meta, ...) or fail with a RuntimeError listing
+    # them all; rnnlab runs on these.
+    if requested not in ("auto", "cpu", "cuda", "mps") and not (kind == "cuda" and index.isascii()
+                                                                and index.isdigit()):
+        raise ConfigError(f"device {requested!r} is not valid; choose one of: auto, cpu, cuda, cuda:N "
+                          "(N a GPU number, e.g. cuda:0) or mps")
     if requested in ("auto", "cuda") and torch.cuda.is_available() and world_size() > 1:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process
     if requested == "auto":
@@ -34,6 +40,9 @@ def select_device(requested: str = "auto") -> torch.device:
         return torch.device("cpu")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {requested!r} asked for, but no CUDA GPU is available; use --device cpu or auto")
+    if index and int(index) >= torch.cuda.device_count():  # torch.device would accept it, the first use fail
+        raise ConfigError(f"device {requested!r} asked for, but this machine has {torch.cuda.device_count()} "
+                          f"CUDA GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError(f"device {requested!r} asked for, but MPS is not available; use --device cpu or auto")
     return torch.device(requested)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from rnnlab import checkpoint as ckpt
 from rnnlab.errors import RnnlabError
 
 __all__ = ["EXTENSIONS", "FORMATS", "ExportError", "ExportReport", "export_run", "load_exported", "reference_model"]
@@ -64,7 +65,6 @@ class ExportReport:
 
 def reference_model(run_dir: str | Path) -> tuple[Any, torch.nn.Module]:
     """``(TrainedModel, eval-mode model rebuilt on the reference torch.nn layers)``."""
-    from rnnlab import checkpoint as ckpt
     from rnnlab.config import from_dict
     from rnnlab.run import TrainedModel, build_from_state
 
@@ -101,6 +101,33 @@ def _metadata(trained: Any, model: torch.nn.Module, dynamic_steps: bool) -> dict
     }
 
 
+def _run_files() -> tuple[str, ...]:
+    """The names of the files ``rnnlab train`` keeps in a run folder."""
+    from rnnlab.engine import CONFIG, METRICS, SUMMARY
+
+    return ckpt.CHECKPOINT_PT, ckpt.CHECKPOINT_JSON, CONFIG, SUMMARY, METRICS
+
+
+def _check_out(path: Path, run_dir: str | Path, fmt: str, *, given: bool = True) -> None:
+    """Refuse an output path that is a folder or a run folder's own file, before any work.
+
+    ``os.replace`` would put the export over a run's checkpoint or config without a word, and a
+    folder would fail only at the rename, naming the temporary file.
+    """
+    what = f"--out {path}" if given else f"the default output {path}"
+    if path.is_dir():
+        raise ExportError(f"{what} is a directory; give a file name such as {path / 'model'}{EXTENSIONS[fmt]}")
+    target = path.resolve()  # RUN/./checkpoint.pt, a symlink to it: the same file
+    names = _run_files()
+    in_this_run = target.parent == Path(run_dir).resolve()
+    # Another run's file counts too: its folder holds other run files next to it.
+    others = any((target.parent / name).is_file() for name in names if name != target.name)
+    if target.name in names and (in_this_run or others):
+        whose = "the exported run's" if in_this_run else "a run folder's"
+        raise ExportError(f"{what} is {whose} {target.name}; writing the export there would destroy the run: "
+                          f"give another file name, such as {Path(run_dir) / 'model'}{EXTENSIONS[fmt]}")
+
+
 def _atomic(path: Path, suffix: str, write: Callable[[Path], None], check: Callable[[Path], None]) -> None:
     """Write to a temporary file next to ``path``, check it, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +137,11 @@ def _atomic(path: Path, suffix: str, write: Callable[[Path], None], check: Calla
         write(tmp)
         check(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename != str(tmp):
+            raise
+        # The user knows the path they gave, not our temporary name next to it.
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -251,6 +283,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         _require_onnx()  # fail before any work
     trained, model = reference_model(run_dir)
     path = Path(out) if out is not None else Path(run_dir) / f"model{EXTENSIONS[fmt]}"
+    _check_out(path, run_dir, fmt, given=out is not None)
     dynamic_steps = trained.config.model.readout != "all"
     with_lengths = trained.variable_lengths
     metadata = _metadata(trained, model, dynamic_steps)

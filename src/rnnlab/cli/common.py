@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
+import shutil
+from pathlib import Path
 from typing import Any
 
 from rnnlab.config import RunConfig, apply_overrides, load_toml
+from rnnlab.errors import ConfigError
 from rnnlab.presets import get_preset
 
 
@@ -78,8 +82,6 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, shortcuts: bool = T
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Preset or config file (or the defaults), then shortcut flags, then KEY=VALUE overrides."""
     if args.preset and args.config:
-        from rnnlab.errors import ConfigError
-
         raise ConfigError("give --preset or --config, not both")
     if args.preset:
         config = get_preset(args.preset).config
@@ -93,3 +95,45 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if value is not None:
             overrides += [*SHORTCUT_IMPLIES.get(flag, ()), f"{key}={value}"]
     return apply_overrides(config, overrides + list(args.overrides))
+
+
+def settings_given(args: argparse.Namespace) -> list[str]:
+    """The config settings on the command line (--preset, --config, shortcut flags, KEY=VALUE), as
+    typed: a command that works on a saved run refuses them rather than silently ignore them."""
+    given = [f"--{name}" for name in ("preset", "config") if getattr(args, name, None)]
+    given += [f"--{flag.replace('_', '-')}" for flag in SHORTCUTS if getattr(args, f"short_{flag}", None) is not None]
+    return given + list(getattr(args, "overrides", None) or [])
+
+
+def check_at_least(flag: str, value: float, low: float) -> None:
+    """Refuse an option value below ``low``; for a float also nan and inf (nan passes every comparison)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{flag}={value} must be a finite number >= {low:g}")
+    if value < low:
+        raise ConfigError(f"{flag}={value:g} must be >= {low:g}" if isinstance(value, float)
+                          else f"{flag}={value} must be >= {low:g}")
+
+
+def plot_formats() -> list[str]:
+    """File extensions matplotlib can write a figure to here."""
+    import matplotlib
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = set(FigureCanvasBase.get_supported_filetypes())
+    if not shutil.which(matplotlib.rcParams["pgf.texsystem"]):  # pgf runs LaTeX
+        formats.discard("pgf")
+    return sorted(formats)
+
+
+def check_plot_path(flag: str, path: str) -> None:
+    """Refuse a figure path matplotlib would reject or change, before any work: a folder (savefig
+    writes FOLDER.png next to it) or an extension it does not write (none at all: NAME.png)."""
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory; give a file name such as {target / 'plot.png'}")
+    formats = plot_formats()
+    extension = target.suffix[1:].lower()
+    if extension not in formats:
+        what = f"has an unsupported extension .{extension}" if extension else "has no extension"
+        raise ConfigError(f"{flag} {path} {what}; use one of: {', '.join(formats)} "
+                          f"(e.g. {target.with_suffix('.png')})")

@@ -7,7 +7,8 @@ import json
 
 import torch
 
-from rnnlab.cli.common import DefaultsHelpFormatter, add_config_arguments, config_from_args
+from rnnlab.cli.common import (DefaultsHelpFormatter, add_config_arguments, check_at_least, check_plot_path,
+                               config_from_args, settings_given)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "`rnnlab gradients --preset dlw-lstm-b`.")
     parser.add_argument("--run", metavar="RUN_DIR", help="a trained run (its final weights) instead of a fresh model")
     parser.add_argument("--images", type=int, default=256, help="test images to average over")
-    parser.add_argument("--plot", metavar="PNG", help="also draw the norms against the step (log scale)")
+    parser.add_argument("--plot", metavar="FILE", help="also draw the norms against the step (log scale) into "
+                                                       "FILE (.png, .svg, .pdf, ...)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_config_arguments(parser)
     parser.set_defaults(func=run)
@@ -34,11 +36,14 @@ def run(args: argparse.Namespace) -> int:
     from rnnlab.gradients import format_flow, gradient_flow
     from rnnlab.plots import gradient_flow_png
 
-    if args.images < 1:
-        raise ConfigError(f"--images={args.images} must be >= 1")
+    check_at_least("--images", args.images, 1)
+    if args.plot:
+        check_plot_path("--plot", args.plot)  # before the work, not after it
     if args.run:
-        if args.preset or args.config or args.overrides:
-            raise ConfigError("--run takes a trained run as it is; leave out --preset, --config and overrides")
+        given = settings_given(args)
+        if given:  # the run's own saved config decides the model; these would be ignored
+            raise ConfigError(f"--run uses a trained run with its own saved config; drop the other settings "
+                              f"({' '.join(given)})")
         trained = rnnlab.load(args.run)
         model, test = trained.model, trained.test_split()
         title = f"{args.run}: trained"
@@ -61,17 +66,18 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"the step-by-step rerun differs from the model's own run by {flow.state_difference:.3g}; "
                           "this model's recurrence is not supported by `rnnlab gradients`")
     layers, directions, _ = flow.norms.shape
+    plotted = None
     if args.plot:
         labels = {(layer, d): f"layer {layer + 1}" + ((" reverse" if d else " forward") if directions == 2 else "")
                   for layer in range(layers) for d in range(directions)}
         curves = {f"{labels[k]}, h": flow.norms[k].numpy() for k in labels}
         if flow.cell_norms is not None:  # an LSTM: the cell state's gradient too
             curves |= {f"{labels[k]}, c": flow.cell_norms[k].numpy() for k in labels}
-        gradient_flow_png(curves, args.plot, title=f"Gradient flow through time: {title}")
+        plotted = gradient_flow_png(curves, args.plot, title=f"Gradient flow through time: {title}")
     if args.json:
         print(json.dumps({"model": title, **flow.to_dict()}))
     else:
         print(format_flow(flow, title))
-        if args.plot:
-            print(f"\nplot: {args.plot}")
+        if args.plot:  # nothing is drawn when every norm is 0 (a log axis has no place for them)
+            print(f"\nplot: {args.plot}" if plotted else "\nplot: not written, every gradient norm is 0")
     return 0

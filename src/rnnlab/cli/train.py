@@ -10,7 +10,7 @@ from typing import Any
 
 import tomli_w
 
-from rnnlab.cli.common import DefaultsHelpFormatter, add_config_arguments, config_from_args
+from rnnlab.cli.common import DefaultsHelpFormatter, add_config_arguments, config_from_args, settings_given
 from rnnlab.config import to_dict
 
 
@@ -34,10 +34,12 @@ def run(args: argparse.Namespace) -> int:
 
     progress = not args.no_progress
     if args.resume:
-        if args.preset or args.config or args.overrides:
+        given = settings_given(args)
+        if given:  # the run's saved config decides; these would be silently ignored
             from rnnlab.errors import ConfigError
 
-            raise ConfigError("--resume continues a run with its own saved config; drop the other settings")
+            raise ConfigError(f"--resume continues a run with its own saved config; drop the other settings "
+                              f"({' '.join(given)})")
         result = rnnlab.resume(args.resume, progress=progress)
     else:
         config = config_from_args(args)
