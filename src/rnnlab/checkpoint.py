@@ -26,7 +26,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """Write through a temporary file in the same folder, fsync, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -43,7 +43,7 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
+    atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -78,7 +78,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def save_checkpoint(run_dir: Path, tensors: dict[str, Any], meta: dict[str, Any]) -> None:
     """Write ``checkpoint.pt`` then ``checkpoint.json`` (the JSON names the iteration it matches)."""
     meta = {"schema_version": SCHEMA_VERSION, **meta}
-    _atomic_write(run_dir / CHECKPOINT_PT, lambda handle: torch.save(tensors, handle))
+    atomic_write(run_dir / CHECKPOINT_PT, lambda handle: torch.save(tensors, handle))
     atomic_write_json(run_dir / CHECKPOINT_JSON, meta)
 
 

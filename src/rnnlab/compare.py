@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from rnnlab import checkpoint as ckpt
 from rnnlab.config import RunConfig, apply_overrides, check_folder_name, load_toml, save_toml, to_dict
-from rnnlab.engine import CONFIG, METRICS, SUMMARY
+from rnnlab.engine import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError
 from rnnlab.presets import get_preset, list_presets, suite as suite_names
 
@@ -178,7 +178,7 @@ def run_task(task: Task) -> dict[str, Any]:
 
 def _clear(run_dir: Path) -> None:
     """Remove what a previous attempt without a checkpoint left behind (its rows would repeat)."""
-    for name in (SUMMARY, METRICS, ckpt.CHECKPOINT_JSON, ckpt.CHECKPOINT_PT, "confusion.png"):
+    for name in (SUMMARY, METRICS, ckpt.CHECKPOINT_JSON, ckpt.CHECKPOINT_PT, CONFUSION):
         (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
 

@@ -30,6 +30,7 @@ from rnnlab.models import SequenceClassifier, create_model, parameter_count
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.toml"
+CONFUSION = "confusion.png"  # written by `rnnlab eval` and `rnnlab report`
 
 
 def build_model(cfg: RunConfig, datasets: Datasets) -> SequenceClassifier:

@@ -70,7 +70,8 @@ def reference_model(run_dir: str | Path) -> tuple[Any, torch.nn.Module]:
 
     tensors, meta = ckpt.load_checkpoint(run_dir)
     config = from_dict(meta["config"], source=str(Path(run_dir) / ckpt.CHECKPOINT_JSON))
-    model = build_from_state(config, tensors["model"], impl="torch", input_shape=meta.get("input")).eval()
+    model = build_from_state(config, tensors["model"], impl="torch", input_shape=meta.get("input"),
+                             source=Path(run_dir) / ckpt.CHECKPOINT_JSON).eval()
     return TrainedModel(Path(run_dir), config, model, tensors.get("permutation"), meta), model
 
 
@@ -103,9 +104,9 @@ def _metadata(trained: Any, model: torch.nn.Module, dynamic_steps: bool) -> dict
 
 def _run_files() -> tuple[str, ...]:
     """The names of the files ``rnnlab train`` keeps in a run folder."""
-    from rnnlab.engine import CONFIG, METRICS, SUMMARY
+    from rnnlab.engine import CONFIG, CONFUSION, METRICS, SUMMARY
 
-    return ckpt.CHECKPOINT_PT, ckpt.CHECKPOINT_JSON, CONFIG, SUMMARY, METRICS
+    return ckpt.CHECKPOINT_PT, ckpt.CHECKPOINT_JSON, CONFIG, SUMMARY, METRICS, CONFUSION
 
 
 def _check_out(path: Path, run_dir: str | Path, fmt: str, *, given: bool = True) -> None:

@@ -14,14 +14,17 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from rnnlab.checkpoint import atomic_write
+
 DPI = 120
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
+    """Write the figure atomically: a crash never leaves a torn image where the last one was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    file_format = path.suffix[1:].lower() or "png"  # a file object has no name to infer it from
+    atomic_write(path, lambda handle: fig.savefig(handle, format=file_format, dpi=DPI, bbox_inches="tight"))
     return path
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from rnnlab import checkpoint as ckpt
 from rnnlab.config import RunConfig, describe_model, load_toml
-from rnnlab.engine import CONFIG, METRICS, SUMMARY
+from rnnlab.engine import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError
 
 RESULTS_MD, RESULTS_CSV, RESULTS_JSON = "results.md", "results.csv", "results.json"
@@ -320,7 +320,7 @@ def write_figures(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]]
     for entry, records in groups.items():
         for record in records:
             matrix = record.summary.get("confusion_matrix")
-            target = record.dir / "confusion.png"
+            target = record.dir / CONFUSION
             if matrix and not target.exists():
                 try:
                     plots.confusion_matrix_png(matrix, target, f"{entry}, seed {record.seed}: test set")

@@ -66,9 +66,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plot:
         from pathlib import Path
 
+        from rnnlab.engine import CONFUSION
         from rnnlab.plots import confusion_matrix_png
 
-        confusion_matrix_png(report["confusion_matrix"], Path(args.run_dir) / "confusion.png",
+        confusion_matrix_png(report["confusion_matrix"], Path(args.run_dir) / CONFUSION,
                              f"{Path(args.run_dir).name}: test set")
     print(json.dumps(report) if args.json else format_report(report))
     return 0
