@@ -166,3 +166,27 @@ def test_bad_arrays() -> None:
         prepare_image(np.zeros((5, 5, 7)))
     with pytest.raises(DataError, match=">= 0"):
         prepare_image(np.full((28, 28), -1.0))
+
+
+def test_flattened_complex_and_object_arrays_are_refused(mnist_test: np.ndarray) -> None:
+    with pytest.raises(DataError, match=r"images of shape \(5, 784\) look flattened; reshape them to \(N, 28, 28\)"):
+        as_image_batch(mnist_test[:5].reshape(5, 784))
+    with pytest.raises(DataError, match=r"shape \(784,\) looks flattened; reshape it: x.reshape\(28, 28\)"):
+        prepare_batch(list(mnist_test[:2].reshape(2, 784)))
+    with pytest.raises(DataError, match="must hold real numbers .* got complex64"):
+        prepare_image(np.ones((30, 20), np.complex64))
+    with pytest.raises(DataError, match="must hold real numbers .* got object"):
+        prepare_image(np.array([[None, 1]], dtype=object))
+    assert prepare_image(np.array(digit_image().convert("L"))).shape == (28, 28)  # a (300, 400) photo still works
+
+
+def test_pixel_batch_reads_integers_as_pixels(mnist_test: np.ndarray) -> None:
+    from rnnlab.imaging import pixel_batch
+
+    images = mnist_test[:3]
+    assert np.array_equal(pixel_batch(images.astype(np.int32)), images)
+    assert np.array_equal(pixel_batch(images.tolist()), images)
+    assert np.array_equal(pixel_batch(images[0]), images[:1])
+    assert np.array_equal(pixel_batch(images / 255.0), images)
+    with pytest.raises(DataError, match="got -1 to 255"):
+        pixel_batch(images.astype(np.int16) - (images == 0))

@@ -183,3 +183,98 @@ def test_sequence_run_says_what_a_file_is_instead_of_a_npy(tmp_path: Path, capsy
         f"(read it with np.loadtxt, then save the arrays); {how}",
         f"rnnlab: error: {files[4]}: give a .npy array of sequences, not a .npz archive; {how}"]
     assert [line.split(":")[0] for line in captured.out.splitlines()] == [f"{files[3]}[0]", f"{files[3]}[1]"]
+
+
+def test_flattened_images_are_refused_and_other_sizes_prepared(trained_run: Path, digits: dict) -> None:
+    trained, images = rnnlab.load(trained_run), digits["images"][:5]
+    flat = r"images of shape \(5, 784\) look flattened; reshape them to \(N, 28, 28\): x.reshape\(-1, 28, 28\)"
+    for given in (images.reshape(5, 784), images.reshape(5, 784).tolist(), torch.from_numpy(images).reshape(5, 784)):
+        with pytest.raises(rnnlab.RnnlabError, match=flat):
+            trained.predict(given)
+    with pytest.raises(rnnlab.RnnlabError, match=r"\(784,\) looks flattened; reshape it: x.reshape\(28, 28\)"):
+        trained.predict(images[0].reshape(784))
+    # A picture of a digit as an array of another size is one image, brought to MNIST form.
+    photo = np.asarray(Image.fromarray(255 - images[0]).resize((200, 300)))  # (300, 200), dark on light
+    assert classes(trained.predict(photo)) == classes(trained.predict(images[0]))
+
+
+def test_integer_and_bool_images_are_pixels(trained_run: Path, digits: dict) -> None:
+    trained, images = rnnlab.load(trained_run), digits["images"][:5]
+    expected = trained.predict(images)
+    for given in (images.tolist(), images.astype(np.int64), images.astype(np.uint16), torch.from_numpy(images).long()):
+        assert trained.predict(given) == expected
+    with pytest.raises(rnnlab.RnnlabError, match=r"integer images must have values 0-255 .*got -5 to 250"):
+        trained.predict(images.astype(np.int64) - 5)
+    with pytest.raises(rnnlab.RnnlabError, match=r"got 0 to 510"):
+        trained.predict(images.astype(np.int64) * 2)
+    with pytest.raises(rnnlab.RnnlabError, match="images must hold real pixel values, not complex64"):
+        trained.predict(images.astype(np.complex64))
+    mask = images > 127  # True is ink, as prepare_image reads a bool image
+    assert trained.predict(mask) == trained.predict(mask.astype(np.uint8) * 255)
+
+
+def test_what_is_not_images_is_refused(trained_run: Path, digits: dict) -> None:
+    trained, image = rnnlab.load(trained_run), digits["images"][0]
+    accepted = r"give an array or tensor \(N, 28, 28\) or \(28, 28\) of pixels .* PIL images, image files"
+    for given, said in [(None, "not None"), ({"a": 1}, "not a dict"), (5, "not an int"),
+                        (np.array([image, None], dtype=object), "not an array of Python objects"),
+                        ([image, None], r"images\[1\] is None, not an image")]:
+        with pytest.raises(rnnlab.RnnlabError, match=f"{said}.*; {accepted}"):
+            trained.predict(given)
+
+
+def test_an_empty_batch_is_refused(trained_run: Path) -> None:
+    trained = rnnlab.load(trained_run)
+    for empty in ([], np.zeros((0, 28, 28), np.uint8), torch.zeros(0, 28, 28)):
+        with pytest.raises(rnnlab.RnnlabError, match="no images given"):
+            trained.predict(empty)
+
+
+def test_nan_and_infinite_pixels_are_refused(trained_run: Path, digits: dict) -> None:
+    trained, images = rnnlab.load(trained_run), digits["images"][:2] / 255.0
+    one = images.copy()
+    one[1, 5, 5] = np.nan
+    for given in (one, np.full((28, 28), np.nan, np.float32), np.where(images > 0.5, np.inf, images)):
+        with pytest.raises(rnnlab.RnnlabError, match="images hold NaN or infinite values"):
+            trained.predict(given)
+
+
+def test_arguments_of_the_wrong_type(trained_run: Path, tmp_path: Path) -> None:
+    from rnnlab.errors import ConfigError
+
+    preset = rnnlab.get_preset("dlw-rnn-a")
+    fix = r"use rnnlab.get_preset\(name\).config, rnnlab.RunConfig\(\), or rnnlab.apply_overrides"
+    for given, said in [({"model": {"hidden": 8}}, "not a dict"), ("dlw-rnn-a", "not a str"), (None, "not None")]:
+        with pytest.raises(ConfigError, match=f"train needs a RunConfig, {said}; {fix}"):
+            rnnlab.train(given, out=tmp_path / "never", progress=False)
+    with pytest.raises(ConfigError, match=r"not a Preset; pass the preset's .config: rnnlab.get_preset\('dlw-rnn-a'\)"):
+        rnnlab.train(preset, out=tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()
+    for call in (rnnlab.load, rnnlab.resume):
+        with pytest.raises(ConfigError, match="run_dir must be a folder path"):
+            call(None)
+    assert rnnlab.load(rnnlab.read_run(trained_run)).run_dir == trained_run  # a Run stands for its folder
+
+
+def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    from rnnlab.errors import ConfigError
+
+    config = rnnlab.get_preset("dlw-rnn-a").config
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ConfigError, match=f"--out {tmp_path / 'a_file'} is a file; give a folder for the run"):
+        rnnlab.train(config, out=tmp_path / "a_file", progress=False)
+    with pytest.raises(ConfigError, match=f"inside {tmp_path / 'a_file'}, which is a file"):
+        rnnlab.train(config, out=tmp_path / "a_file" / "run", progress=False)
+
+
+def test_load_checks_the_device_before_the_checkpoint(trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rnnlab.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for device, said in [("cuda", "no CUDA GPU is available"), ("cuda:0", "no CUDA GPU"),
+                         ("mps", "MPS is not available"), ("cpu:0", "is not valid"), ("meta", "is not valid")]:
+        with pytest.raises(ConfigError, match=said):
+            rnnlab.load(trained_run, device=device)
+    for device in ("auto", torch.device("cpu")):  # auto: cuda, then mps, then cpu (as for training)
+        assert rnnlab.load(trained_run, device=device).model.input_mean.device.type == "cpu"

@@ -30,8 +30,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rnnlab.errors import DataError
 
-__all__ = ["FORMATS", "MAX_PIXELS", "Prepared", "as_image_batch", "open_image", "prepare", "prepare_batch",
-           "prepare_image", "to_grey"]
+__all__ = ["FORMATS", "MAX_PIXELS", "Prepared", "as_image_batch", "open_image", "pixel_batch", "prepare",
+           "prepare_batch", "prepare_image", "to_grey"]
 
 SIZE = 28  # MNIST's field
 BOX = 20  # MNIST's digits are scaled to fit this box
@@ -147,6 +147,10 @@ def _array_to_grey(array: np.ndarray) -> np.ndarray:
     """An array ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3|4)`` (uint8, or float 0-1 / 0-255) -> float grey."""
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
+    if array.shape == (SIZE * SIZE,):
+        raise DataError(f"an image array of shape {array.shape} looks flattened; reshape it: x.reshape({SIZE}, {SIZE})")
+    if array.dtype.kind not in "biuf":  # complex, strings, Python objects
+        raise DataError(f"an image array must hold real numbers (uint8, or float 0-1 / 0-255), got {array.dtype}")
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise DataError(f"an image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {array.shape}")
     if array.size == 0:
@@ -275,7 +279,86 @@ def as_image_batch(images: Any, image_shape: tuple[int, int] = (SIZE, SIZE)) -> 
         return prepare_batch(list(images))
     if hasattr(images, "shape"):
         shape = tuple(images.shape)
+        height, width = image_shape
+        if len(shape) == 2 and shape[1] == height * width:  # more likely N flattened images than one picture
+            raise DataError(f"images of shape {shape} look flattened; reshape them to (N, {height}, {width}): "
+                            f"x.reshape(-1, {height}, {width}) (one picture {shape[1]} pixels wide: pass "
+                            "Image.fromarray(x))")
         if (len(shape) == 2 and shape != tuple(image_shape)) or (
                 len(shape) == 3 and shape[1:] != tuple(image_shape) and shape[2] in (1, 3, 4)):
             return prepare_batch([images])  # one image of another size, or one colour image
     return images
+
+
+def _what(obj: Any) -> str:
+    if obj is None:
+        return "None"
+    if isinstance(obj, np.ndarray):
+        return f"an array of {({'O': 'Python objects', 'U': 'strings', 'S': 'bytes'}).get(obj.dtype.kind, obj.dtype)}"
+    name = type(obj).__name__
+    return f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"
+
+
+def _as_array(images: Any, accepted: str) -> np.ndarray:
+    try:
+        if hasattr(images, "detach"):  # a torch tensor: on a GPU, or needing grad, numpy cannot read it
+            images = images.detach().cpu()
+        return np.asarray(images)
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:  # ragged lists, meta tensors
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DataError(f"images cannot be read as one array ({line}); {accepted}") from None
+
+
+def pixel_batch(images: Any, image_shape: tuple[int, int] = (SIZE, SIZE)) -> np.ndarray:
+    """What :meth:`rnnlab.TrainedModel.predict` accepts -> uint8 pixels ``(N, H, W)``.
+
+    Brought to MNIST form by :func:`as_image_batch`, then checked, so that no input becomes a
+    silently wrong prediction: uint8 and integers 0-255 are pixels, floats must lie in [0, 1],
+    bool is ink (True) on black; anything else raises :class:`DataError` saying what to pass.
+    """
+    height, width = image_shape
+    accepted = (f"give an array or tensor (N, {height}, {width}) or ({height}, {width}) of pixels (uint8 or "
+                "integers 0-255, or floats in [0, 1]), PIL images, image files (paths or bytes), or a list of these")
+    if hasattr(images, "detach"):
+        images = _as_array(images, accepted)
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise DataError("no images given (an empty list); pass at least one image")
+        for index, item in enumerate(images):
+            if not (_is_single_source(item) or hasattr(item, "shape") or
+                    isinstance(item, (list, tuple, int, float, np.number))):
+                raise DataError(f"images[{index}] is {_what(item)}, not an image; {accepted}")
+        if not any(_is_single_source(item) or hasattr(item, "shape") for item in images):
+            images = _as_array(images, accepted)  # nested lists of numbers: checked as the array they make
+    array = _as_array(as_image_batch(images, image_shape), accepted)
+    if array.dtype.kind not in "biufc" or array.ndim == 0:
+        raise DataError(f"images must be pixel arrays or image files, not {_what(images)}; {accepted}")
+    if array.shape[0] == 0:  # an empty batch would predict nothing and succeed
+        raise DataError(f"no images given (shape {array.shape}); pass at least one image")
+    if array.shape == (height * width,):
+        raise DataError(f"an image of shape {array.shape} looks flattened; reshape it: x.reshape({height}, {width})")
+    if array.ndim == 2:
+        array = array[None]  # one image (H, W) -> (1, H, W)
+    if array.ndim != 3 or array.shape[1:] != (height, width):
+        raise DataError(f"images must have shape (N, {height}, {width}) or ({height}, {width}), got {array.shape}; "
+                        "prepare them with rnnlab.imaging or pass image files")
+    kind = array.dtype.kind
+    if kind == "c":
+        raise DataError(f"images must hold real pixel values, not {array.dtype}; pass uint8 or integers 0-255, "
+                        "or floats in [0, 1]")
+    if kind == "b":
+        return array.astype(np.uint8) * np.uint8(255)  # ink on black, as prepare_image reads a bool image
+    if kind in "iu":  # pixel values like uint8's, in a wider type (e.g. from .tolist() or int64 arithmetic)
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 255:
+            raise DataError(f"integer images must have values 0-255 (pixels, as uint8), got {low} to {high}; "
+                            "scale them to 0-255, or pass floats in [0, 1]")
+        return array.astype(np.uint8)
+    values = array.astype(np.float32)
+    if not np.isfinite(values).all():  # NaN passes a min/max check and would read as black
+        raise DataError("images hold NaN or infinite values; fill or drop them")
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > 1:
+        raise DataError(f"float images must have values in [0, 1], got {low:g} to {high:g}; divide 0-255 values "
+                        "by 255, or pass uint8 for 0-255")
+    return np.round(values * 255).astype(np.uint8)

@@ -17,7 +17,7 @@ from rnnlab.data import SequenceData, images_to_sequences, load_sequences
 from rnnlab.data.files import check_against_run, load_sequence_file
 from rnnlab.data.sources import DATASETS
 from rnnlab.engine import CONFIG, METRICS, SUMMARY, Trainer, default_run_dir
-from rnnlab.errors import CheckpointError, DataError
+from rnnlab.errors import CheckpointError, ConfigError, DataError
 from rnnlab.models import SequenceClassifier, create_model
 
 
@@ -44,8 +44,16 @@ class Run:
 def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = True,
           stop_after: int | None = None) -> Run:
     """Train a model as ``config`` says, writing a run folder (default ``runs/<label>-<time>``)."""
+    if not isinstance(config, RunConfig):
+        hint = "use rnnlab.get_preset(name).config, rnnlab.RunConfig(), or rnnlab.apply_overrides(config, [...])"
+        if isinstance(getattr(config, "config", None), RunConfig):  # a Preset
+            hint = f"pass the preset's .config: rnnlab.get_preset({getattr(config, 'name', 'name')!r}).config"
+        elif isinstance(config, dict):
+            hint += "; for a dict of settings, rnnlab.config.from_dict(settings)"
+        raise ConfigError(f"train needs a RunConfig, not {_what(config)}; {hint}")
+    out = None if out is None else _check_out(_path_arg(out, "out", "rnnlab.train(config, out='runs/my-run')"))
     dist.init_process_group(config.train.device)  # under torchrun: all processes share one folder
-    run_dir = Path(out) if out is not None else dist.broadcast_object(default_run_dir(config))
+    run_dir = out if out is not None else dist.broadcast_object(default_run_dir(config))
     if (run_dir / ckpt.CHECKPOINT_JSON).exists():
         raise CheckpointError(f"{run_dir} already holds a run; resume it with `rnnlab train --resume {run_dir}` "
                               "or choose another --out")
@@ -57,9 +65,9 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
     return Run(run_dir, config, summary)
 
 
-def resume(run_dir: str | Path, *, progress: bool = True, stop_after: int | None = None) -> Run:
+def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int | None = None) -> Run:
     """Continue an interrupted run from its last checkpoint, to the end of its budget."""
-    run_dir = Path(run_dir)
+    run_dir = _path_arg(run_dir, "run_dir", "rnnlab.resume('runs/my-run')")
     _, meta = ckpt.load_checkpoint(run_dir, training_state=True)  # refuse a damaged one before training
     config = from_dict(meta["config"], source=str(run_dir / ckpt.CHECKPOINT_JSON))
     _check_resumable(run_dir, config)
@@ -67,6 +75,29 @@ def resume(run_dir: str | Path, *, progress: bool = True, stop_after: int | None
     trainer.restore()
     summary = trainer.fit(stop_after=stop_after)
     return Run(run_dir, config, summary)
+
+
+def _what(value: Any) -> str:
+    name = type(value).__name__
+    return "None" if value is None else f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"
+
+
+def _path_arg(value: Any, name: str, example: str) -> Path:
+    """A folder argument as a Path (a Run stands for its folder); ConfigError for anything else."""
+    if isinstance(value, Run):
+        return value.dir
+    if not isinstance(value, (str, Path)) and not hasattr(value, "__fspath__"):
+        raise ConfigError(f"{name} must be a folder path (str or Path), not {_what(value)}; e.g. {example}")
+    return Path(value)
+
+
+def _check_out(run_dir: Path) -> Path:
+    """``run_dir``, unless it is or lies inside a file (mkdir would raise FileExistsError)."""
+    for path in (run_dir, *run_dir.parents):
+        if path.exists() and not path.is_dir():
+            where = "" if path == run_dir else f" inside {path}, which"
+            raise ConfigError(f"--out {run_dir}{where} is a file; give a folder for the run")
+    return run_dir
 
 
 def _check_resumable(run_dir: Path, config: RunConfig) -> None:
@@ -234,32 +265,19 @@ class TrainedModel:
         return x
 
     def to_sequences(self, images: Any) -> torch.Tensor:
-        """Images in MNIST form, ``(N, H, W)`` or ``(H, W)``, uint8 0-255 or float 0-1 -> float ``(N, T, F)``.
+        """Images in MNIST form, ``(N, H, W)`` or ``(H, W)``, integers 0-255 or float 0-1 -> float ``(N, T, F)``.
 
         Image files, bytes, PIL images, arrays of other shapes, or a list of them are first
         brought to MNIST form by :mod:`rnnlab.imaging`; MNIST-shaped arrays are used as they are.
         A run trained on a sequence file takes sequences instead (see ``sequences_in``).
         """
-        from rnnlab.imaging import as_image_batch
+        from rnnlab.imaging import pixel_batch
 
         if self.image_shape is None:
             return self.sequences_in(images)[0]
-
-        array = torch.as_tensor(np.asarray(as_image_batch(images, self.image_shape)))
-        if array.ndim == 2:
-            array = array[None]  # (1, H, W)
-        if array.ndim != 3 or tuple(array.shape[1:]) != tuple(self.image_shape):
-            raise DataError(f"images must have shape (N, {self.image_shape[0]}, {self.image_shape[1]}) or "
-                            f"{tuple(self.image_shape)}, got {tuple(array.shape)}; prepare them with "
-                            "rnnlab.imaging or pass image files")
-        if array.dtype == torch.uint8:
-            scaled = array
-        else:
-            values = array.float()
-            if values.numel() and (values.min() < 0 or values.max() > 1):
-                raise DataError("float images must have values in [0, 1]; pass uint8 for 0-255")
-            scaled = (values * 255).round().to(torch.uint8)
-        seqs = images_to_sequences(scaled, self.view, self.permutation)  # (N, T, F) uint8
+        # Shapes, types and values are checked there: integers 0-255 are pixels, floats 0-1.
+        pixels = torch.from_numpy(np.require(pixel_batch(images, tuple(self.image_shape)), requirements="W"))
+        seqs = images_to_sequences(pixels, self.view, self.permutation)  # (N, T, F) uint8
         return seqs.float() / 255.0
 
     @torch.no_grad()
@@ -290,9 +308,11 @@ class TrainedModel:
                 | ({"name": names[int(p.argmax())]} if names else {}) for p in probs]
 
 
-def load(run_dir: str | Path, *, device: str | torch.device = "cpu") -> TrainedModel:
-    """Load a run's final weights for inference (safely: ``weights_only=True``)."""
-    run_dir = Path(run_dir)
+def load(run_dir: str | Path | Run, *, device: str | torch.device = "cpu") -> TrainedModel:
+    """Load a run's final weights for inference (safely: ``weights_only=True``) onto ``device``
+    (``auto``: cuda, then mps, then cpu)."""
+    run_dir = _path_arg(run_dir, "run_dir", "rnnlab.load('runs/my-run')")
+    device = dist.select_device(str(device))  # an unknown or absent device is not a corrupt checkpoint
     tensors, meta = ckpt.load_checkpoint(run_dir, map_location=device)
     config = from_dict(meta["config"], source=str(run_dir / ckpt.CHECKPOINT_JSON))
     model = build_from_state(config, tensors["model"], input_shape=meta.get("input"),
