@@ -83,19 +83,21 @@ def test_compare_runs_resumes_fails_and_skips(tmp_path: Path) -> None:
         assert (out / name).exists()
     assert "2 failed" in (out / "results.md").read_text()
 
-    # A rerun skips the finished seeds (no process, no change) and would retry the failed ones.
+    # A rerun skips the finished seeds (no process, no change) and retries the failed ones.
     assert [cmp.task_state(t) for t in tasks] == ["skip", "skip", "train", "train"]
     before = (out / "runs/dlw-rnn-a/seed0/summary.json").stat().st_mtime_ns
     records.clear()
-    rows = {r["entry"]: r for r in cmp.compare(good, out, seeds=2, jobs=2, plots=False, on_result=records.append)}
-    assert [r["action"] for r in records] == ["skipped", "skipped"]
+    rows = {r["entry"]: r for r in cmp.compare(entries, out, seeds=2, jobs=2, plots=False,
+                                               on_result=records.append)}
+    assert [(r["entry"], r["action"]) for r in records][:2] == [("dlw-rnn-a", "skipped")] * 2
+    assert sorted(r["action"] for r in records[2:]) == ["failed", "failed"]
     assert (out / "runs/dlw-rnn-a/seed0/summary.json").stat().st_mtime_ns == before
-    assert rows["dlw-rnn-a"]["status"] == "2/2 completed" and "broken" not in rows
+    assert rows["dlw-rnn-a"]["status"] == "2/2 completed" and rows["broken"]["status"] == "0/2 completed, 2 failed"
 
     # The same folder with a different config is refused before anything runs.
     changed = cmp.resolve_entries(["dlw-rnn-a"], overrides=TINY + ["train.lr=0.5"])
     with pytest.raises(ConfigError, match="different config"):
-        cmp.compare(changed, out, seeds=2, jobs=1, plots=False)
+        cmp.compare(changed + bad, out, seeds=2, jobs=1, plots=False)
 
 
 def crashing_worker(task: cmp.Task) -> dict[str, Any]:
@@ -141,3 +143,55 @@ def test_plus_presets_keep_architecture_and_budget() -> None:
         assert new.train.optimizer in ("adam", "adamw") and new.train.schedule == "cosine" and new.train.clip > 0
         assert new.preset == f"{name}-plus" and get_preset(f"{name}-plus").notes
     assert "row-best" in suite("plus") and get_preset("row-best").config.train.protocol == "standard"
+
+
+def test_a_summary_that_is_not_an_object_is_retrained(tmp_path: Path) -> None:
+    (task,) = cmp.plan(cmp.resolve_entries(["dlw-rnn-a"], overrides=TINY), tmp_path, seeds=1)
+    Path(task.run_dir).mkdir(parents=True)
+    save_toml(task.config, Path(task.run_dir) / "config.toml")
+    for text in ("[1]", '{"status": "completed", "test_accuracy": "abc"}', "\udcff"):
+        (Path(task.run_dir) / "summary.json").write_text(text, errors="surrogateescape")
+        assert cmp.task_state(task) == "train"
+
+
+def fake_compare(out: Path, names: list[str], seeds: int = 1) -> None:
+    """A compare folder of these entries, as compare() leaves it (config files only, no training)."""
+    entries = cmp.resolve_entries(names, overrides=TINY)
+    for task in cmp.plan(entries, out, seeds=seeds):
+        Path(task.run_dir).mkdir(parents=True)
+        save_toml(task.config, Path(task.run_dir) / "config.toml")
+    (out / "compare.json").write_text(json.dumps({"entries": [{"name": n} for n in names], "seeds": seeds}))
+
+
+def test_compare_cli_refuses_a_bad_out_and_too_many_seeds(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(["compare", "dlw-rnn-a", "--out", str(afile), "--dry-run"]) == 2
+    assert capsys.readouterr().err == f"rnnlab: error: --out {afile} is a file; give a folder\n"
+    with pytest.raises(ConfigError, match="is a file; give a folder"):
+        cmp.compare(cmp.resolve_entries(["dlw-rnn-a"]), afile)
+    assert main(["compare", "dlw-rnn-a", "--seeds", "1000000", "--dry-run"]) == 2
+    assert capsys.readouterr().err == "rnnlab: error: --seeds=1000000 is too many: at most 1000 per entry\n"
+    assert main(["compare", "dlw-rnn-a", "--seeds", "1000", "--dry-run", "--out", str(tmp_path / "c")]) == 0
+
+
+def test_a_compare_folder_is_not_mixed_with_other_entries(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cmp1"
+    fake_compare(out, ["dlw-rnn-a", "dlw-lstm-a"])
+    for names, which in ((["dlw-rnn-b"], ""), (["dlw-rnn-a"], " (this command leaves out dlw-lstm-a)")):
+        assert main(["compare", *names, *TINY, "--out", str(out), "--dry-run"]) == 2  # would drop entries
+        assert capsys.readouterr().err == (f"rnnlab: error: {out} holds a compare of dlw-lstm-a, dlw-rnn-a{which}: "
+                                           "list all of its entries to rerun or extend it, or use another --out\n")
+        with pytest.raises(ConfigError, match="holds a compare of"):
+            cmp.compare(cmp.resolve_entries(names, overrides=TINY), out, plots=False)
+    assert not (out / "runs/dlw-rnn-b").exists() and not (out / "results.md").exists()
+    # All of its entries, in any order, plus new ones or new seeds: skips what is there, adds the rest.
+    assert main(["compare", "dlw-lstm-a", "dlw-rnn-b", "dlw-rnn-a", *TINY, "--seeds", "2", "--out", str(out),
+                 "--dry-run"]) == 0
+    assert "3 entries x 2 seeds = 6 runs (6 to run, 0 finished)" in capsys.readouterr().err
+    # An entry folder that compare.json does not list (an older or damaged compare.json) counts too.
+    (out / "compare.json").write_bytes(b"\xff[")
+    assert main(["compare", "dlw-rnn-a", *TINY, "--out", str(out), "--dry-run"]) == 2
+    assert "holds a compare of dlw-lstm-a, dlw-rnn-a" in capsys.readouterr().err

@@ -48,3 +48,14 @@ def test_eval_writes_confusion_png_unless_no_plot(tmp_path: Path, capsys) -> Non
     assert not (run.dir / "confusion.png").exists()
     assert main(["eval", str(run.dir)]) == 0
     assert _is_png(run.dir / "confusion.png")
+
+
+def test_learning_curves_skip_rows_that_are_not_numbers(tmp_path: Path) -> None:
+    rows = [{"iteration": "x", "test_accuracy": "abc"}, [1, 2], {"test_accuracy": 5.0}, {"iteration": None},
+            {"iteration": 100, "test_accuracy": float("nan"), "train_loss": True},
+            {"iteration": 100, "test_accuracy": 50.0, "train_loss": 1.0},
+            {"iteration": 200, "test_accuracy": 60.0, "train_loss": 0.5}]
+    its, mean, _, _ = plots._series([rows], "test_accuracy")
+    assert its.tolist() == [100, 200] and mean.tolist() == [50.0, 60.0]
+    assert plots._series([rows], "train_loss")[1].tolist() == [1.0, 0.5]
+    assert _is_png(plots.learning_curves_png({"a": [rows]}, tmp_path / "c.png"))

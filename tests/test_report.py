@@ -149,3 +149,44 @@ def test_report_of_missing_folder_is_a_user_error(tmp_path: Path, capsys: pytest
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "no run folders" in capsys.readouterr().err
+
+
+def test_read_jsonl_skips_lines_that_are_not_json_objects(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"iteration": 1}\n\xff\xfe{"iteration": 2}\n[1, 2]\n"text"\n{"iteration": 3}\n{"iter')
+    assert ckpt.read_jsonl(path) == [{"iteration": 1}, {"iteration": 3}]
+
+
+def test_damaged_summaries_and_metrics_fail_only_their_seed(compare_dir: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    rnn, lstm = compare_dir / "runs/dlw-rnn-a", compare_dir / "runs/dlw-lstm-a"
+    (rnn / "seed0/summary.json").write_text("[]")
+    (rnn / "seed1/summary.json").write_bytes(b"\xff\xfe{}")
+    (lstm / "seed1/summary.json").write_text('{"status": "completed", "test_accuracy": "abc"}')
+    with open(lstm / "seed0/metrics.jsonl", "ab") as handle:  # still completed: its bad rows are skipped
+        handle.write(b'\xff\xfe\n[1, 2]\n{"iteration": "x", "test_accuracy": "abc"}\n{"test_accuracy": 5}\n')
+    assert main(["report", str(compare_dir)]) == 0  # with figures: the curves read those rows
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    md = (compare_dir / "results.md").read_text()
+    assert "summary.json is corrupt: it holds an array, not an object" in md
+    assert "summary.json is corrupt: it is not UTF-8 text" in md
+    assert "summary.json is corrupt: its test_accuracy is \"abc\", not a number" in md
+    rows = {r["entry"]: r for r in json.loads((compare_dir / "results.json").read_text())["entries"]}
+    assert rows["dlw-rnn-a"]["status"] == "0/3 completed, 1 diverged, 2 failed"
+    assert rows["dlw-lstm-a"]["status"] == "1/2 completed, 1 failed"
+    assert rows["dlw-lstm-a"]["test_accuracy_mean"] == 97.0
+
+
+def test_report_out_or_path_that_is_a_file(compare_dir: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(["report", str(compare_dir), "--out", str(afile)]) == 2
+    assert capsys.readouterr().err == f"rnnlab: error: --out {afile} is a file; give a folder\n"
+    assert main(["report", str(compare_dir), "--out", str(afile / "sub")]) == 2
+    assert f"--out {afile / 'sub'} is inside a file ({afile}); give a folder" in capsys.readouterr().err
+    assert main(["report", str(afile)]) == 2
+    assert capsys.readouterr().err == (f"rnnlab: error: {afile} is a file, not a run folder or compare folder; "
+                                       "give run folders or compare folders\n")
+    assert afile.read_text() == "" and not (compare_dir / "results.md").exists()

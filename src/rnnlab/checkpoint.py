@@ -63,15 +63,18 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSON-lines file, skipping a torn last line left by a crash."""
+    """Read a JSON-lines file of objects, skipping a torn last line left by a crash and any line
+    that is not a JSON object (damaged bytes, a stray list): callers index rows by key."""
     if not Path(path).exists():
         return []
     rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in Path(path).read_bytes().splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line.decode("utf-8"))
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
             continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 

@@ -2,7 +2,8 @@
 
 ``compare(entries, out_dir, seeds=3, jobs=2)`` runs entry ``e`` with seed ``k`` in
 ``out_dir/runs/<e>/seed<k>/``. Rerunning the same compare skips finished seeds (completed or
-diverged), resumes interrupted ones from their checkpoint, and retries failed ones. A worker
+diverged), resumes interrupted ones from their checkpoint, and retries failed ones; it may add
+seeds and entries, but must name every entry the folder holds (see :func:`prepare`). A worker
 that raises, or whose process dies, is recorded as ``failed`` with its error; the others go on.
 """
 
@@ -24,8 +25,10 @@ from rnnlab.config import RunConfig, apply_overrides, check_folder_name, load_to
 from rnnlab.engine import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError
 from rnnlab.presets import get_preset, list_presets, suite as suite_names
+from rnnlab.report import check_out_dir, read_record, read_summary, report_groups
 
 FINISHED = ("completed", "diverged")  # a rerun keeps these as they are
+MAX_SEEDS = 1000  # more is a typo, and would plan (and print) for minutes
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,8 @@ def plan(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: int
     so that ``jobs`` workers together use the machine without oversubscribing it."""
     if seeds < 1:
         raise ConfigError(f"--seeds={seeds} must be >= 1")
+    if seeds > MAX_SEEDS:
+        raise ConfigError(f"--seeds={seeds} is too many: at most {MAX_SEEDS} per entry")
     if jobs < 1:
         raise ConfigError(f"--jobs={jobs} must be >= 1")
     per_worker = threads if threads is not None else max(1, available_cores() // jobs)
@@ -131,21 +136,33 @@ def task_state(task: Task) -> str:
         if _comparable(existing) != _comparable(task.config):
             raise ConfigError(f"{run_dir} holds a run of a different config (changed settings or overrides?); "
                               "use another --out, or delete that folder to run it again")
-    summary = _read_summary(run_dir)
-    if summary.get("status") in FINISHED:
+    if read_summary(run_dir).get("status") in FINISHED:  # a corrupt summary reads as failed: retrained
         return "skip"
     if (run_dir / ckpt.CHECKPOINT_JSON).exists() and (run_dir / ckpt.CHECKPOINT_PT).exists():
         return "resume"
     return "train"
 
 
-def _read_summary(run_dir: Path) -> dict[str, Any]:
-    import json
+def prepare(entries: list[Entry], out_dir: str | Path, *, seeds: int,
+            jobs: int) -> tuple[list[Task], dict[tuple[str, int], str]]:
+    """Check ``out_dir`` and plan: the tasks, and what a run does with each (:func:`task_state`).
 
-    try:
-        return json.loads((run_dir / SUMMARY).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    Raises ConfigError, before anything is written, when ``out_dir`` is a file, holds runs of a
+    different config, or holds entries this compare leaves out: its results.md would silently
+    drop them while their runs stay in the folder (``rnnlab report`` would show them again).
+    """
+    out = Path(out_dir)
+    check_out_dir(out)
+    tasks = plan(entries, out, seeds=seeds, jobs=min(jobs, len(entries) * seeds))
+    states = {t.key: task_state(t) for t in tasks}
+    held = sorted({run.parent.name for run in (out / "runs").glob("*/*")
+                   if (run / CONFIG).exists() or (run / SUMMARY).exists()})
+    left_out = [name for name in held if name not in {e.name for e in entries}]
+    if left_out:
+        which = "" if left_out == held else f" (this command leaves out {', '.join(left_out)})"
+        raise ConfigError(f"{out} holds a compare of {', '.join(held)}{which}: list all of its entries to rerun "
+                          "or extend it, or use another --out")
+    return tasks, states
 
 
 # --------------------------------------------------------------------------- the worker
@@ -161,7 +178,7 @@ def run_task(task: Task) -> dict[str, Any]:
             torch.set_num_threads(task.config.train.threads)
         state = task_state(task)
         if state == "skip":
-            return _record(task, _read_summary(run_dir), "skipped")
+            return _record(task, read_summary(run_dir), "skipped")
         import rnnlab
 
         if state == "resume":
@@ -307,18 +324,15 @@ def compare(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: 
     (see :func:`rnnlab.report.aggregate`) of exactly the planned seeds. Workers are spawned,
     so a script that calls this must do so under ``if __name__ == "__main__":``.
     """
-    from rnnlab.report import read_record, report_groups
-
     out = Path(out_dir)
-    tasks = plan(entries, out, seeds=seeds, jobs=min(jobs, len(entries) * seeds))
-    states = {t.key: task_state(t) for t in tasks}  # refuses a mismatching folder before anything runs
+    tasks, states = prepare(entries, out, seeds=seeds, jobs=jobs)  # refuses a mismatching folder up front
     out.mkdir(parents=True, exist_ok=True)
     info = {"seeds": seeds, "jobs": jobs, "threads per worker": tasks[0].config.train.threads, **(context or {})}
     ckpt.atomic_write_json(out / "compare.json", {
         "entries": [{"name": e.name, "preset": e.config.preset or None} for e in entries], **info})
     for task in tasks:
         if states[task.key] == "skip" and on_result:
-            on_result(_record(task, _read_summary(Path(task.run_dir)), "skipped"))
+            on_result(_record(task, read_summary(Path(task.run_dir)), "skipped"))
     execute([t for t in tasks if states[t.key] != "skip"], jobs, on_result=on_result)
     groups: dict[str, list[Any]] = {}
     for task in tasks:

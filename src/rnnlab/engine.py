@@ -145,7 +145,8 @@ class Trainer:
         self.running.load(meta["running"])
         # Metrics logged after the checkpoint will be logged again: drop them.
         if dist.is_main_process():
-            rows = [r for r in ckpt.read_jsonl(self.run_dir / METRICS) if r["iteration"] <= self.iteration]
+            rows = [r for r in ckpt.read_jsonl(self.run_dir / METRICS)
+                    if isinstance(r.get("iteration"), int) and r["iteration"] <= self.iteration]
             ckpt.write_jsonl(self.run_dir / METRICS, rows)
 
     # ------------------------------------------------------------------ the loop

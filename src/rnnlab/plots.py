@@ -7,6 +7,7 @@ or None when there is nothing to draw.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,14 +33,23 @@ def _series(runs: Sequence[list[dict[str, Any]]], key: str) -> tuple[np.ndarray,
     """Iterations and the mean, min and max of ``key`` over the runs that logged it there."""
     by_iteration: dict[int, list[float]] = {}
     for rows in runs:
-        for row in rows:
-            value = row.get(key)
-            if value is not None and np.isfinite(value):
-                by_iteration.setdefault(int(row["iteration"]), []).append(float(value))
+        for row in rows:  # a damaged metrics.jsonl may hold anything: draw only the rows that are numbers
+            if isinstance(row, dict) and _number(row.get("iteration")) and _number(row.get(key)):
+                by_iteration.setdefault(int(row["iteration"]), []).append(float(row[key]))
     its = np.array(sorted(by_iteration))
     values = [by_iteration[i] for i in its]
     return (its, np.array([np.mean(v) for v in values]), np.array([min(v) for v in values]),
             np.array([max(v) for v in values]))
+
+
+def _number(value: Any) -> bool:
+    """A finite int or float (not a bool, a string or None)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range
+        return False
 
 
 def _accuracy_key(runs: Sequence[list[dict[str, Any]]]) -> str | None:

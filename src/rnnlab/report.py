@@ -52,8 +52,45 @@ class RunRecord:
         return self.summary.get("error") or self.summary.get("message")
 
     def metrics(self) -> list[dict[str, Any]]:
-        path = self.dir / METRICS
-        return ckpt.read_jsonl(path) if path.exists() else []
+        try:
+            return ckpt.read_jsonl(self.dir / METRICS)
+        except OSError:  # e.g. a folder in its place: the seed just has no curve
+            return []
+
+
+# Summary keys the report reads, with the JSON type each must have (a damaged file may hold anything).
+_NUMBER = (int, float)
+_SUMMARY_TYPES = {"status": str, "name": str, "seed": int, "reference": dict, "confusion_matrix": list,
+                  **dict.fromkeys(("test_accuracy", "val_accuracy", "train_seconds", "samples_per_second",
+                                   "iterations", "epochs", "parameters"), _NUMBER)}
+_KINDS = {dict: "an object", list: "an array", str: "a string", int: "an integer", _NUMBER: "a number"}
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """A run folder's summary.json: ``{}`` if there is none, and a ``failed`` summary saying why
+    if it is unusable, so that one damaged seed is reported (and retrained) instead of ending it all."""
+    try:
+        summary = json.loads((Path(run_dir) / SUMMARY).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except UnicodeDecodeError:
+        return _corrupt("it is not UTF-8 text")
+    except json.JSONDecodeError as exc:
+        return _corrupt(f"it is not valid JSON ({exc})")
+    except OSError as exc:
+        return _corrupt(f"it cannot be read ({exc.strerror or exc})")
+    if not isinstance(summary, dict):
+        return _corrupt(f"it holds {next((n for t, n in _KINDS.items() if isinstance(summary, t)), 'null')}, "
+                        "not an object")
+    for key, kind in _SUMMARY_TYPES.items():
+        value = summary.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            return _corrupt(f"its {key} is {json.dumps(value)[:40]}, not {_KINDS[kind]}")
+    return summary
+
+
+def _corrupt(why: str) -> dict[str, Any]:
+    return {"status": "failed", "error": f"{SUMMARY} is corrupt: {why}"}
 
 
 def read_record(run_dir: Path, entry: str | None = None) -> RunRecord:
@@ -65,12 +102,7 @@ def read_record(run_dir: Path, entry: str | None = None) -> RunRecord:
             config = load_toml(run_dir / CONFIG)
         except ConfigError:
             config = None  # still report the seed; its summary may say why
-    summary: dict[str, Any] = {}
-    if (run_dir / SUMMARY).exists():
-        try:
-            summary = json.loads((run_dir / SUMMARY).read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            summary = {"status": "failed", "error": f"{run_dir / SUMMARY} is not valid JSON"}
+    summary = read_summary(run_dir)
     status = summary.get("status", "unfinished")
     if entry is None:
         entry = (config.label if config else None) or summary.get("name") or run_dir.name
@@ -88,6 +120,9 @@ def collect(paths: list[str | Path]) -> dict[str, list[RunRecord]]:
     seen: set[Path] = set()
     for raw in paths:
         path = Path(raw)
+        if path.exists() and not path.is_dir():
+            raise CheckpointError(f"{path} is a file, not a run folder or compare folder; "
+                                  "give run folders or compare folders")
         if not path.is_dir():
             raise CheckpointError(f"{path}: no such folder; give run folders or compare folders")
         found = _records_under(path)
@@ -289,7 +324,19 @@ def write_results(rows: list[dict[str, Any]], out_dir: str | Path, *, title: str
 def build_report(paths: list[str | Path], out_dir: str | Path, *, plots: bool = True,
                  title: str = "rnnlab results", context: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Collect the runs under ``paths``, then :func:`report_groups`. Returns the rows."""
-    return report_groups(collect(paths), out_dir, plots=plots, title=title, context=context)
+    groups = collect(paths)
+    check_out_dir(Path(out_dir))
+    return report_groups(groups, out_dir, plots=plots, title=title, context=context)
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an ``--out`` that is, or lies inside, a file before any work, rather than fail after it."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == out else f"is inside a file ({path})"
+                raise ConfigError(f"--out {out} {where}; give a folder")
+            return
 
 
 def report_groups(groups: dict[str, list[RunRecord]], out_dir: str | Path, *, plots: bool = True,
@@ -324,6 +371,6 @@ def write_figures(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]]
             if matrix and not target.exists():
                 try:
                     plots.confusion_matrix_png(matrix, target, f"{entry}, seed {record.seed}: test set")
-                except OSError:
-                    pass  # a read-only run folder: the table and other figures still matter more
+                except (OSError, ValueError, TypeError):
+                    pass  # a read-only folder or a damaged matrix: the table and other figures matter more
     return written

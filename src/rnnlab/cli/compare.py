@@ -58,8 +58,7 @@ def run_compare(args: argparse.Namespace) -> int:
     if jobs < 1:
         raise ConfigError(f"--jobs={jobs} must be >= 1")
     out = Path(args.out) if args.out else cmp.default_out_dir(entries, args.suite, overrides)
-    tasks = cmp.plan(entries, out, seeds=args.seeds, jobs=min(jobs, len(entries) * args.seeds))
-    states = {t.key: cmp.task_state(t) for t in tasks}
+    tasks, states = cmp.prepare(entries, out, seeds=args.seeds, jobs=jobs)  # refuses a bad --out before the header
     todo = sum(s != "skip" for s in states.values())
     workers = f"{min(jobs, todo)} workers x {tasks[0].config.train.threads} threads" if todo else "nothing to train"
     print(f"compare: {len(entries)} entries x {args.seeds} seeds = {len(tasks)} runs ({todo} to run, "
