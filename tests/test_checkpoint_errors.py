@@ -191,3 +191,10 @@ def test_predict_takes_int8_sequences_and_refuses_no_sequences(int8_run: Path, t
     with pytest.raises(DataError, match=r"must hold numbers .* got torch.bool"):
         rnnlab.load(int8_run).sequences_in(np.zeros((1, 6, 3), bool))
 
+
+
+def test_a_file_given_as_the_run_folder_is_named_a_file(tmp_path: Path) -> None:
+    not_a_run = tmp_path / "model.pt"
+    not_a_run.write_bytes(b"weights")
+    with pytest.raises(CheckpointError, match=r"model.pt is a file, not a run folder.*checkpoint.pt"):
+        ckpt.load_checkpoint(not_a_run)

@@ -99,6 +99,9 @@ def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu
     """Load ``(tensors, meta)`` from a run folder, with clear errors for every way it can be wrong.
     ``training_state=True`` (resuming) also requires the optimizer, scaler, RNG and progress entries."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is a file, not a run folder; give the folder `rnnlab train` wrote "
+                              f"(it holds {CHECKPOINT_PT})")
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: no such run folder")
     pt, js = run_dir / CHECKPOINT_PT, run_dir / CHECKPOINT_JSON
