@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import re
 import struct
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +168,55 @@ def test_real_mnist_parses(mnist_dir: Path) -> None:
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
     assert labels[:5].tolist() == [7, 2, 1, 0, 4]
     assert labels.max() == 9 and images.max() == 255
+
+
+# ---------------------------------------------------------------------------- bounded decompression
+
+
+def test_decompression_stops_at_the_declared_size(tmp_path: Path) -> None:
+    # A valid header for 100 bytes, then 8 MB of zeros: a few kB on disk. Decompression must stop
+    # just past the declared size instead of inflating (and holding) everything.
+    path = tmp_path / "bomb-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(header(0x08, 100) + bytes(8 << 20), compresslevel=1))
+    tracemalloc.start()
+    try:
+        with pytest.raises(IdxError) as exc:
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"peak {peak} bytes: the stream was inflated past the declared size"
+    assert str(exc.value) == (
+        f"{path}: trailing bytes: header says 100 = 100 bytes of data, the gzip stream decompresses to more "
+        "(stopped reading there). Re-download it or point --data-dir at a good copy."
+    )
+
+
+def test_header_declaring_a_huge_size_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "huge-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(header(0x08, 0xFFFFFFFF, 0xFFFFFFFF, 2) + bytes(1000)))
+    with pytest.raises(IdxError, match=r"header says 4294967295x4294967295x2 = \d+ bytes of data, more than the "
+                                       r"1073741824 bytes an IDX file may have here\. Re-download it"):
+        read_idx(path)
+
+
+def test_gzip_members_and_zero_padding_still_read(tmp_path: Path) -> None:
+    # What gzip.decompress accepts, the bounded reader accepts too: several members, zero padding.
+    data = header(0x08, 6) + bytes(range(6))
+    path = tmp_path / "multi.gz"
+    path.write_bytes(gzip.compress(data[:5]) + gzip.compress(data[5:9]) + gzip.compress(data[9:]) + bytes(7))
+    assert read_idx(path).tolist() == list(range(6))
+    # ... and bombs in a later member are bounded all the same.
+    path.write_bytes(gzip.compress(data) + gzip.compress(bytes(8 << 20), compresslevel=1))
+    with pytest.raises(IdxError, match="trailing bytes: .* the gzip stream decompresses to more"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("payload, problem", [
+    (b"", "empty file"), (b"hello, world", "not an IDX file"), (header(0x08, 5, 5)[:9], "truncated header"),
+])
+def test_gzip_of_a_bad_header(tmp_path: Path, payload: bytes, problem: str) -> None:
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(payload))
+    with pytest.raises(IdxError, match=rf"^{re.escape(str(path))}: {problem}"):
+        read_idx(path)

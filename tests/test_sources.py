@@ -41,7 +41,8 @@ def write_split(d: Path, n: int = 6, *, labels: np.ndarray | None = None, n_labe
 
 @dataclass
 class Mirror:
-    """Serves ``/<mode>/<file>`` from the real MNIST folder; modes: good, missing, corrupt, flaky."""
+    """Serves ``/<mode>/<file>`` from the real MNIST folder; modes: good, missing, corrupt, flaky,
+    swapped (the labels under the images' name) and bomb (a valid header, then megabytes of zeros)."""
 
     base: str
     requests: list[str] = field(default_factory=list)
@@ -64,7 +65,7 @@ def mirror(mnist_dir: Path) -> Iterator[Mirror]:
             with lock:
                 state.requests.append(self.path)
             _, mode, name = self.path.split("/", 2)
-            src = mnist_dir / name
+            src = mnist_dir / (name.replace("-images-idx3", "-labels-idx1") if mode == "swapped" else name)
             if mode == "missing" or not src.is_file():
                 self.send_error(404)
                 return
@@ -73,6 +74,8 @@ def mirror(mnist_dir: Path) -> Iterator[Mirror]:
                 raw = bytearray(gzip.decompress(body))
                 raw[-1] ^= 0xFF
                 body = gzip.compress(bytes(raw), compresslevel=1)
+            if mode == "bomb":  # 8 MB of output for a file of 8 kB
+                body = gzip.compress(gzip.decompress(body)[:16] + bytes(8 << 20), compresslevel=1)
             if mode == "flaky":
                 with lock:
                     first = name not in seen_flaky
@@ -168,8 +171,10 @@ def test_load_split_downloads_into_cache_only_when_asked(
 ) -> None:
     monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path))
     spec = DatasetSpec("remote", files=MNIST.files, sha256=MNIST.sha256, mirrors=(mirror.url("good"),))
-    with pytest.raises(DataError, match=r"remote test split not found locally.*Pass --download.*--data-dir"):
+    with pytest.raises(DataError, match=r"remote test split not found locally.*Use the setting data\.download=true "
+                       r"\(e\.g\. `rnnlab train data\.download=true`\) to fetch it.*--data-dir") as exc:
         load_split(spec, "test")
+    assert "--download" not in str(exc.value)  # no such option: it is the setting data.download
     x, y = load_split(spec, "test", download=True)
     assert x.shape == (10000, 28, 28) and (tmp_path / "remote" / "t10k-images-idx3-ubyte.gz").is_file()
     assert not (tmp_path / "remote" / "train-images-idx3-ubyte.gz").exists()  # only the split asked for
@@ -237,7 +242,8 @@ def test_wrong_checksum_message(tmp_path: Path) -> None:
     path = tmp_path / "t10k-images-idx3-ubyte"
     assert msg.startswith(f"{path}: checksum mismatch for mnist t10k-images-idx3-ubyte")
     assert f"expected sha256 {MNIST.sha256['t10k-images-idx3-ubyte']}, got {sha(path)}" in msg
-    assert "--download" in msg and "--data-dir" in msg
+    assert "fetch a fresh copy with the setting data.download=true" in msg and "--data-dir" in msg
+    assert "--download" not in msg  # no such option: it is the setting data.download
     # verify=False trusts the files (only structural checks remain).
     assert load_split("mnist", "test", tmp_path, verify=False)[0].shape == (6, 28, 28)
 
@@ -282,3 +288,84 @@ def test_dataset_table() -> None:
     assert set(DATASETS) == {"mnist", "fashion-mnist", "kmnist"}
     assert "https://ossci-datasets.s3.amazonaws.com/mnist/" in MNIST.mirrors
     assert all(spec.mirrors and spec.num_classes == 10 for spec in DATASETS.values())
+
+
+# ---------------------------------------------------------------------------- user-facing defects
+
+
+def test_a_known_file_in_the_wrong_place_is_named(mnist_dir: Path, tmp_path: Path) -> None:
+    # The test labels saved under the test images' name: say which file it is, not just "checksum".
+    labels = (mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(labels)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(labels)
+    with pytest.raises(DataError) as exc:
+        load_split("mnist", "test", tmp_path)
+    assert str(exc.value) == (
+        f"{tmp_path / 't10k-images-idx3-ubyte.gz'}: the file holds the mnist test labels (t10k-labels-idx1-ubyte), "
+        "not the test images (t10k-images-idx3-ubyte). Put the right file there, or point --data-dir at a "
+        "folder holding a good copy of the IDX files."
+    )
+
+
+def test_mirror_serving_another_known_file_is_named(mirror: Mirror, tmp_path: Path) -> None:
+    with pytest.raises(DataError) as exc:
+        download("mnist", tmp_path, mirrors=[mirror.url("swapped")], splits=["test"], **FAST)
+    assert (f"{mirror.url('swapped')}t10k-images-idx3-ubyte.gz: the file holds the mnist test labels "
+            "(t10k-labels-idx1-ubyte), not the test images (t10k-images-idx3-ubyte)") in str(exc.value)
+
+
+def test_mirror_serving_a_decompression_bomb_is_rejected(mirror: Mirror, tmp_path: Path) -> None:
+    with pytest.raises(DataError) as exc:
+        download("mnist", tmp_path, mirrors=[mirror.url("bomb")], splits=["test"], **FAST)
+    assert (f"{mirror.url('bomb')}t10k-images-idx3-ubyte.gz: trailing bytes: header says 10000x28x28 = "
+            "7840000 bytes of data, the gzip stream decompresses to more") in str(exc.value)
+
+
+def test_oversized_download_is_cut_off(mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An endless response must not fill the disk: the download stops at the size limit.
+    monkeypatch.setattr(sources, "MAX_IDX_BYTES", 1000, raising=False)
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz: response is larger than 1000 bytes"):
+        download("mnist", tmp_path, mirrors=[mirror.url("good")], splits=["test"], **FAST)
+    assert not list(tmp_path.iterdir()), "partial download left behind"
+
+
+def test_data_dir_that_is_a_file(mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "notes.txt"
+    f.write_text("x")
+    with pytest.raises(DataError) as exc:
+        load_split("kmnist", "test", f)
+    msg = f"--data-dir {f} is a file; give a folder that holds the IDX files"
+    assert str(exc.value) == msg
+    # One of the data files itself: say which folder to give instead.
+    images = tmp_path / "t10k-images-idx3-ubyte.gz"
+    images.write_bytes((mnist_dir / images.name).read_bytes())
+    with pytest.raises(DataError, match=re.escape(f"(t10k-images-idx3-ubyte.gz is one of them: give its folder, "
+                                                  f"{tmp_path})")):
+        load_split("mnist", "test", images, download=True)
+    monkeypatch.setenv("RNNLAB_DATA_DIR", str(f))
+    with pytest.raises(DataError, match=rf"^RNNLAB_DATA_DIR={re.escape(str(f))} is a file; set it to a folder that "
+                                        r"holds the IDX files, or unset it$"):
+        load_split("kmnist", "test")
+    with pytest.raises(DataError, match=r"data folder .*notes\.txt is a file; point --data-dir at the folder"):
+        find_file(f, "t10k-images-idx3-ubyte")
+
+
+@pytest.mark.parametrize("download_", [False, True])
+def test_cache_dir_that_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, download_: bool) -> None:
+    f = tmp_path / "cache"
+    f.write_text("x")
+    monkeypatch.setenv("RNNLAB_CACHE_DIR", str(f))
+    with pytest.raises(DataError) as exc:
+        load_split("kmnist", "test", download=download_)
+    assert str(exc.value) == (
+        f"cannot use the download cache {f / 'kmnist'} (from RNNLAB_CACHE_DIR={f}): {f} is a file, not a folder. "
+        "Set RNNLAB_CACHE_DIR to a folder you can write (or unset it to use ~/.cache/rnnlab), or point --data-dir "
+        "at a folder with the IDX files."
+    )
+
+
+def test_download_into_a_data_dir_below_a_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DataError, match=r"cannot create download folder .*f/sub: .*f is a file, not a folder\. "
+                                        r"Give --data-dir a folder you can write\."):
+        load_split("kmnist", "test", tmp_path / "f" / "sub", download=True)

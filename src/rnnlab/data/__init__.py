@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rnnlab.data.idx import IdxError, parse_idx, read_idx, read_idx_bytes, write_idx
+from rnnlab.data.idx import MAX_IDX_BYTES, IdxError, decompress_idx, parse_idx, read_idx, read_idx_bytes, write_idx
 from rnnlab.data.sequences import (
     VIEWS,
     SequenceData,
@@ -25,11 +25,13 @@ from rnnlab.data.sources import (
 
 __all__ = [
     "DATASETS",
+    "MAX_IDX_BYTES",
     "VIEWS",
     "DatasetSpec",
     "IdxError",
     "SequenceData",
     "cache_dir",
+    "decompress_idx",
     "download",
     "embedded_dir",
     "find_file",

@@ -19,7 +19,10 @@ import numpy as np
 
 from rnnlab.errors import ConfigError, DataError
 
-__all__ = ["IdxError", "IDX_TYPES", "parse_idx", "read_idx", "read_idx_bytes", "write_idx"]
+__all__ = [
+    "IDX_TYPES", "MAX_IDX_BYTES", "IdxError", "decompress_idx", "parse_idx", "read_idx", "read_idx_bytes",
+    "write_idx",
+]
 
 # Type code -> big-endian numpy dtype, as in the IDX specification.
 IDX_TYPES: dict[int, np.dtype] = {
@@ -32,6 +35,9 @@ IDX_TYPES: dict[int, np.dtype] = {
 }
 _GZIP_MAGIC = b"\x1f\x8b"
 _FIX = "Re-download it or point --data-dir at a good copy."
+# The largest IDX file read by default: 20 times MNIST's largest (47 MB) and room for EMNIST's
+# (0.55 GB). A header may declare up to (2**32)**255 bytes; we do not take its word for that.
+MAX_IDX_BYTES = 1 << 30
 
 
 class IdxError(DataError):
@@ -42,10 +48,10 @@ def _fail(name: str, problem: str) -> IdxError:
     return IdxError(f"{name}: {problem}. {_FIX}")
 
 
-def parse_idx(data: bytes, *, name: str) -> np.ndarray:
-    """Decode the (already decompressed) bytes of an IDX file into a native-endian array.
+def _parse_header(data: bytes, *, name: str) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """Check the header at the start of ``data``; return ``(dtype, shape, header bytes, data bytes)``.
 
-    ``name`` is only used in error messages, so pass the file name or path.
+    Only the header is looked at, so this also works on the first bytes of a stream.
     """
     if len(data) == 0:
         raise _fail(name, "empty file (0 bytes), expected an IDX file")
@@ -76,25 +82,104 @@ def parse_idx(data: bytes, *, name: str) -> np.ndarray:
     count = 1
     for size in shape:
         count *= size
-    expected = count * dtype.itemsize
+    return dtype, shape, header_len, count * dtype.itemsize
+
+
+def _declared(dtype: np.dtype, shape: tuple[int, ...], nbytes: int) -> str:
+    """``"10000x28x28 = 7840000 bytes of data"``: what a header promises, for messages."""
+    dims = "x".join(str(s) for s in shape)
+    if dtype.itemsize > 1:
+        return f"{dims} values of {dtype.itemsize} bytes = {nbytes} bytes of data"
+    return f"{dims} = {nbytes} bytes of data"
+
+
+def parse_idx(data: bytes, *, name: str) -> np.ndarray:
+    """Decode the (already decompressed) bytes of an IDX file into a native-endian array.
+
+    ``name`` is only used in error messages, so pass the file name or path.
+    """
+    dtype, shape, header_len, expected = _parse_header(data, name=name)
     actual = len(data) - header_len
     if actual != expected:
-        dims = "x".join(str(s) for s in shape)
-        what = f"{dims} = {expected} bytes of data"
-        if dtype.itemsize > 1:
-            what = f"{dims} values of {dtype.itemsize} bytes = {expected} bytes of data"
         problem = "truncated" if actual < expected else "trailing bytes"
-        raise _fail(name, f"{problem}: header says {what}, file has {actual}")
-    arr = np.frombuffer(data, dtype=dtype, count=count, offset=header_len).reshape(shape)
+        raise _fail(name, f"{problem}: header says {_declared(dtype, shape, expected)}, file has {actual}")
+    arr = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header_len)
     # astype always copies: that gives a writable array (torch.from_numpy warns on read-only
     # buffers) and swaps big-endian values into native order in the same pass.
-    return arr.astype(dtype.newbyteorder("="))
+    return arr.reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def read_idx_bytes(path: str | os.PathLike[str]) -> bytes:
-    """Return the decompressed bytes of an IDX file; gzip is detected by its magic, not the name."""
+class _Gunzip:
+    """Decompress gzip data (one or more members, as ``gzip.decompress`` accepts) in bounded steps."""
+
+    _WBITS = 16 + zlib.MAX_WBITS  # gzip wrapper: zlib itself checks each member's CRC and length
+
+    def __init__(self, data: bytes) -> None:
+        self._inflater: zlib._Decompress | None = zlib.decompressobj(wbits=self._WBITS)
+        self._pending = data
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` more decompressed bytes; fewer only at the end of the data."""
+        chunks: list[bytes] = []
+        while n > 0 and self._inflater is not None:
+            chunk = self._inflater.decompress(self._pending, n)
+            self._pending = self._inflater.unconsumed_tail
+            if self._inflater.eof:
+                # Like gzip.decompress: another member may follow; zero padding after the last is ignored.
+                rest = self._inflater.unused_data.lstrip(b"\x00")
+                self._inflater = zlib.decompressobj(wbits=self._WBITS) if rest else None
+                self._pending = rest
+            elif not chunk and not self._pending:
+                raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+            chunks.append(chunk)
+            n -= len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _gunzip_bounded(data: bytes, name: str, max_bytes: int | None) -> bytes:
+    # Enough for any header (255 dimensions at most), so one read settles how much may follow.
+    head = _Gunzip(data).read(4 + 4 * 255)
+    dtype, shape, header_len, nbytes = _parse_header(head, name=name)
+    total = header_len + nbytes
+    if max_bytes is not None and total > max_bytes:
+        raise _fail(name, f"header says {_declared(dtype, shape, nbytes)}, more than the "
+                          f"{max_bytes} bytes an IDX file may have here")
+    # One byte more than declared is enough to know there is too much: a small file holding
+    # gigabytes of zeros behind a valid header stops here, not after filling memory. Starting
+    # over (re-inflating the header costs nothing) saves copying the output onto the header.
+    out = _Gunzip(data).read(total + 1) if len(head) <= total else head
+    if len(out) > total:
+        raise _fail(name, f"trailing bytes: header says {_declared(dtype, shape, nbytes)}, the gzip "
+                          "stream decompresses to more (stopped reading there)")
+    return out
+
+
+def decompress_idx(data: bytes, *, name: str, max_bytes: int | None = MAX_IDX_BYTES) -> bytes:
+    """Return the IDX bytes in ``data``: gunzipped if it starts with the gzip magic, else as is.
+
+    Decompression stops as soon as the output exceeds the size the IDX header declares, and a
+    header declaring more than ``max_bytes`` (None: no limit) is refused before decompressing, so
+    hostile input costs neither unbounded memory nor time. The caller still runs ``parse_idx``.
+    """
+    if data[:2] != _GZIP_MAGIC:
+        return data
+    try:
+        return _gunzip_bounded(data, name, max_bytes)
+    except (OSError, EOFError, zlib.error) as exc:
+        # EOFError: a cut-off stream; zlib.error: bad data, a bad CRC or length, or a bad next member.
+        raise _fail(name, f"corrupt gzip stream ({exc or type(exc).__name__})") from None
+
+
+def read_idx_bytes(path: str | os.PathLike[str], *, max_bytes: int | None = MAX_IDX_BYTES) -> bytes:
+    """Return the decompressed bytes of an IDX file; gzip is detected by its magic, not the name.
+
+    Files (plain or decompressed) larger than ``max_bytes`` are refused; None: no limit.
+    """
     p = Path(path)
     try:
+        size = p.stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            raise _fail(str(p), f"file is {size} bytes, more than the {max_bytes} an IDX file may have here")
         raw = p.read_bytes()
     except FileNotFoundError:
         raise DataError(
@@ -104,13 +189,7 @@ def read_idx_bytes(path: str | os.PathLike[str]) -> bytes:
         raise DataError(
             f"{p}: cannot read it ({exc.strerror or exc}). Check the path and its permissions."
         ) from None
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        # gzip raises BadGzipFile (an OSError), EOFError for a cut-off stream, zlib.error for bad data.
-        raise _fail(str(p), f"corrupt gzip stream ({exc or type(exc).__name__})") from None
+    return decompress_idx(raw, name=str(p), max_bytes=max_bytes)
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:

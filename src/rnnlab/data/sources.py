@@ -1,4 +1,6 @@
-"""Where the IDX datasets come from: known datasets, locating files, verifying and downloading.
+"""Where the IDX datasets come from: locating, verifying and downloading their files.
+
+The table of known datasets lives in ``rnnlab.data.datasets``; its public names are re-exported here.
 
 ``load_split`` looks for a split in this order: an explicit ``data_dir``, ``$RNNLAB_DATA_DIR``,
 the MNIST copy shipped inside the package, then the cache folder
@@ -9,26 +11,25 @@ a download when asked for.
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
 import http.client
 import importlib.resources
 import os
-import shutil
 import tempfile
 import time
 import urllib.error
 import urllib.request
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from rnnlab.data.idx import IdxError, parse_idx, read_idx_bytes
-from rnnlab.errors import ConfigError, DataError
+from rnnlab.data.datasets import (
+    DATASETS, DatasetSpec, candidates, find_in, get_dataset, known_file, split_files,
+)
+from rnnlab.data.idx import MAX_IDX_BYTES, IdxError, decompress_idx, parse_idx, read_idx_bytes
+from rnnlab.errors import DataError
 
 __all__ = [
     "DATASETS",
@@ -41,114 +42,26 @@ __all__ = [
     "load_split",
 ]
 
-_STD_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """Static description of an IDX image-classification dataset."""
-
-    name: str
-    files: dict[str, tuple[str, str]]  # split -> (images base name, labels base name)
-    sha256: dict[str, str]  # base name -> sha256 of the *decompressed* bytes; may be empty
-    mirrors: tuple[str, ...]
-    num_classes: int = 10
-    image_shape: tuple[int, int] = (28, 28)
-    class_names: tuple[str, ...] | None = None  # None: the digits are their own names
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec(
-        name="mnist",
-        files=_STD_FILES,
-        sha256={
-            "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-            "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-            "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-            "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-        },
-        mirrors=(
-            "https://ossci-datasets.s3.amazonaws.com/mnist/",
-            "http://yann.lecun.com/exdb/mnist/",
-        ),
-    ),
-    # We do not ship sums for these two: they are checked structurally (valid IDX, sizes, labels).
-    "fashion-mnist": DatasetSpec(
-        name="fashion-mnist",
-        files=_STD_FILES,
-        sha256={},
-        mirrors=(
-            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-            "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
-        ),
-        class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                     "Ankle boot"),
-    ),
-    "kmnist": DatasetSpec(
-        name="kmnist",
-        files=_STD_FILES,
-        sha256={},
-        mirrors=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
-        # kmnist_classmap.csv: the ten hiragana, romanised
-        class_names=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
-    ),
-}
-
 _USER_AGENT = "rnnlab/0.1 (+python urllib)"
 _FIX_DIR = "point --data-dir at a folder holding a good copy of the IDX files"
 _FIX_SENTENCE = "Point --data-dir at a folder holding a good copy of the IDX files."
-
-
-def get_dataset(dataset: str | DatasetSpec) -> DatasetSpec:
-    """Look a dataset up by name (a ``DatasetSpec`` is passed through)."""
-    if isinstance(dataset, DatasetSpec):
-        return dataset
-    try:
-        return DATASETS[dataset]
-    except KeyError:
-        valid = ", ".join(DATASETS)
-        raise ConfigError(f"unknown dataset {dataset!r}; valid names are: {valid}.") from None
-
-
-def _split_files(spec: DatasetSpec, split: str) -> tuple[str, str]:
-    try:
-        return spec.files[split]
-    except KeyError:
-        valid = ", ".join(spec.files)
-        raise ConfigError(f"unknown split {split!r} for {spec.name}; valid splits are: {valid}.") from None
-
-
-def _candidates(base: str) -> list[str]:
-    # Both spellings are in the wild: "train-images-idx3-ubyte" and "train-images.idx3-ubyte".
-    names = [base]
-    alt = base.replace("-idx", ".idx", 1)
-    if alt != base:
-        names.append(alt)
-    return [n + ext for n in names for ext in ("", ".gz")]
-
-
-def _find(directory: Path, base: str) -> Path | None:
-    for name in _candidates(base):
-        p = directory / name
-        if p.is_file():
-            return p
-    return None
+# There is no --download flag: downloading is the config setting, given as a KEY=VALUE override.
+_DOWNLOAD = "the setting data.download=true (e.g. `rnnlab train data.download=true`)"
 
 
 def find_file(directory: str | os.PathLike[str], base: str) -> Path:
     """Find ``base`` in ``directory`` under either name style, plain or ``.gz``."""
     d = Path(directory)
+    if d.exists() and not d.is_dir():
+        raise DataError(f"data folder {d} is a file; point --data-dir at the folder with the IDX files.")
     if not d.is_dir():
         raise DataError(
             f"data folder {d} does not exist. Create it or point --data-dir at the folder with "
             "the IDX files."
         )
-    found = _find(d, base)
+    found = find_in(d, base)
     if found is None:
-        looked = ", ".join(_candidates(base))
+        looked = ", ".join(candidates(base))
         raise DataError(
             f"{base} not found in {d} (looked for {looked}). "
             "Put the file there, or point --data-dir at a folder that has it."
@@ -188,12 +101,23 @@ def _load_checked(spec: DatasetSpec, base: str, path: Path, verify: bool) -> np.
     arr, digest = _decode(str(path), st.st_mtime_ns, st.st_size)
     expected = spec.sha256.get(base)
     if verify and expected and digest != expected:
+        if known_file(spec, digest) is not None:
+            # Another file of the dataset in the wrong place: a fresh download would not help.
+            raise DataError(f"{path}: {_mismatch(spec, base, digest)}. Put the right file there, or {_FIX_DIR}.")
         raise DataError(
-            f"{path}: checksum mismatch for {spec.name} {base}: expected sha256 {expected}, "
-            f"got {digest}. The file is corrupt or a different version; delete it and re-download "
-            f"(--download), or {_FIX_DIR}."
+            f"{path}: {_mismatch(spec, base, digest)}. The file is corrupt or a different version; delete it "
+            f"and fetch a fresh copy with {_DOWNLOAD}, or {_FIX_DIR}."
         )
     return arr
+
+
+def _mismatch(spec: DatasetSpec, base: str, digest: str) -> str:
+    """Why a file whose decompressed bytes have sha256 ``digest`` is not a good copy of ``base``."""
+    other = known_file(spec, digest)
+    if other is not None:
+        want = (known_file(spec, spec.sha256[base]) or (base, base))[1]
+        return f"the file holds the {spec.name} {other[1]} ({other[0]}), not the {want} ({base})"
+    return f"checksum mismatch for {spec.name} {base}: expected sha256 {spec.sha256[base]}, got {digest}"
 
 
 def _check_pair(spec: DatasetSpec, images: np.ndarray, labels: np.ndarray, ipath: Path, lpath: Path) -> None:
@@ -232,26 +156,63 @@ def _resolve_dir(
     spec: DatasetSpec, split: str, data_dir: str | os.PathLike[str] | None, download_: bool
 ) -> Path:
     """Pick the folder to read ``split`` from, downloading into it if allowed and needed."""
-    bases = _split_files(spec, split)
-    explicit = data_dir if data_dir is not None else os.environ.get("RNNLAB_DATA_DIR") or None
-    if explicit is not None:
-        d = Path(explicit).expanduser()
-        if download_ and any(_find(d, b) is None for b in bases):
+    bases = split_files(spec, split)
+    env_data = os.environ.get("RNNLAB_DATA_DIR") or None
+    if data_dir is not None or env_data is not None:
+        # Messages name the setting the folder came from: that is what the user has to change.
+        d = Path(data_dir if data_dir is not None else str(env_data)).expanduser()
+        what = f"--data-dir {d}" if data_dir is not None else f"RNNLAB_DATA_DIR={d}"
+        if d.exists() and not d.is_dir():
+            fix = ("give a folder that holds the IDX files" if data_dir is not None
+                   else "set it to a folder that holds the IDX files, or unset it")
+            if any(d.name in candidates(b) for names in spec.files.values() for b in names):
+                fix += f" ({d.name} is one of them: give its folder, {d.absolute().parent})"
+            raise DataError(f"{what} is a file; {fix}")
+        if download_ and any(find_in(d, b) is None for b in bases):
+            _make_folder(d, "Give --data-dir a folder you can write." if data_dir is not None
+                         else "Set RNNLAB_DATA_DIR to a folder you can write, or unset it.")
             download(spec, d, splits=[split])
         return d
     emb = embedded_dir()
-    if spec.name == "mnist" and emb is not None and all(_find(emb, b) for b in bases):
+    if spec.name == "mnist" and emb is not None and all(find_in(emb, b) for b in bases):
         return emb
     d = cache_dir(spec)
-    if all(d.is_dir() and _find(d, b) for b in bases):
+    env_cache = os.environ.get("RNNLAB_CACHE_DIR")
+    origin = f" (from RNNLAB_CACHE_DIR={env_cache})" if env_cache else ""
+    unset = " (or unset it to use ~/.cache/rnnlab)" if env_cache else ""
+    fix = f"Set RNNLAB_CACHE_DIR to a folder you can write{unset}, or point --data-dir at a folder with the IDX files."
+    blocker = _file_in_the_way(d)
+    if blocker is not None:
+        # Checked before "not found": suggesting a download into a path that cannot be a folder
+        # would only lead to a second, vaguer error.
+        raise DataError(f"cannot use the download cache {d}{origin}: {blocker} is a file, not a folder. {fix}")
+    if all(d.is_dir() and find_in(d, b) for b in bases):
         return d
     if download_:
+        _make_folder(d, fix)
         download(spec, d, splits=[split])
         return d
     raise DataError(
-        f"{spec.name} {split} split not found locally (looked in {d}). Pass --download to fetch it "
-        f"into {d}, or --data-dir (or $RNNLAB_DATA_DIR) pointing at a folder with the IDX files."
+        f"{spec.name} {split} split not found locally (looked in {d}). Use {_DOWNLOAD} to fetch it "
+        f"into {d}, or point --data-dir (or $RNNLAB_DATA_DIR) at a folder with the IDX files."
     )
+
+
+def _file_in_the_way(d: Path) -> Path | None:
+    """The first of ``d`` and its parents that exists but is not a folder, or None."""
+    # os.path, unlike Path.exists, never raises (e.g. on a folder we may not list).
+    return next((p for p in (d, *d.parents) if os.path.exists(p) and not os.path.isdir(p)), None)
+
+
+def _make_folder(d: Path, fix: str) -> None:
+    """Create ``d`` to download into; ``fix`` says which setting to change if that fails."""
+    blocker = _file_in_the_way(d)
+    if blocker is not None:
+        raise DataError(f"cannot create download folder {d}: {blocker} is a file, not a folder. {fix}")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create download folder {d} ({exc.strerror or exc}). {fix}") from None
 
 
 def load_split(
@@ -268,7 +229,7 @@ def load_split(
     """
     spec = get_dataset(dataset)
     d = _resolve_dir(spec, split, data_dir, download)
-    ibase, lbase = _split_files(spec, split)
+    ibase, lbase = split_files(spec, split)
     ipath, lpath = find_file(d, ibase), find_file(d, lbase)
     images = _load_checked(spec, ibase, ipath, verify)
     labels = _load_checked(spec, lbase, lpath, verify)
@@ -283,24 +244,28 @@ def load_split(
 def _verify_bytes(spec: DatasetSpec, base: str, raw: bytes, name: str) -> str | None:
     """Return why ``raw`` (a file as stored, maybe gzip) is not a good copy of ``base``, or None."""
     try:
-        data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    except (OSError, EOFError, zlib.error) as exc:
-        return f"corrupt gzip stream ({exc or type(exc).__name__})"
-    expected = spec.sha256.get(base)
-    if expected:
-        digest = hashlib.sha256(data).hexdigest()
-        return None if digest == expected else f"checksum mismatch: expected sha256 {expected}, got {digest}"
-    try:  # no known sum: at least insist on a well-formed IDX file
-        parse_idx(data, name=name)
+        data = decompress_idx(raw, name=name)  # bounded: a mirror may serve a decompression bomb
+        expected = spec.sha256.get(base)
+        if expected:
+            digest = hashlib.sha256(data).hexdigest()
+            return None if digest == expected else _mismatch(spec, base, digest)
+        parse_idx(data, name=name)  # no known sum: at least insist on a well-formed IDX file
     except IdxError as exc:
         return str(exc)
     return None
 
 
-def _fetch(url: str, tmp: Path, timeout: float) -> None:
+def _fetch(url: str, tmp: Path, timeout: float) -> str | None:
+    """Stream ``url`` into ``tmp``; return what is wrong with the payload (too large), or None."""
     req = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     with urllib.request.urlopen(req, timeout=timeout) as resp, open(tmp, "wb") as out:
-        shutil.copyfileobj(resp, out, 1 << 20)
+        size = 0
+        while chunk := resp.read(1 << 20):
+            size += len(chunk)
+            if size > MAX_IDX_BYTES:  # an endless response must not fill the disk
+                return f"response is larger than {MAX_IDX_BYTES} bytes, too large for an IDX file"
+            out.write(chunk)
+    return None
 
 
 def _describe(exc: BaseException) -> str:
@@ -333,14 +298,15 @@ def _download_one(
             tmp = Path(tmp_name)
             try:
                 try:
-                    _fetch(url, tmp, timeout)
+                    problem = _fetch(url, tmp, timeout)
                 except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
                     tried.append(f"{url} (attempt {attempt}): {_describe(exc)}")
                     if not _retryable(exc) or attempt == attempts:
                         break
                     time.sleep(backoff * 2 ** (attempt - 1))
                     continue
-                problem = _verify_bytes(spec, base, tmp.read_bytes(), url)
+                if problem is None:
+                    problem = _verify_bytes(spec, base, tmp.read_bytes(), url)
                 if problem is not None:
                     # A bad payload is a bad mirror, not a transient error: move on.
                     tried.append(f"{url}: {problem}")
@@ -372,18 +338,13 @@ def download(
     """
     spec = get_dataset(dataset)
     dest = Path(dest_dir).expanduser()
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(
-            f"cannot create download folder {dest} ({exc.strerror or exc}). Pick a writable --data-dir."
-        ) from None
+    _make_folder(dest, "Pick a writable --data-dir.")
     mirror_list = tuple(mirrors) if mirrors is not None else spec.mirrors
     wanted = list(splits) if splits is not None else list(spec.files)
-    bases = [b for s in wanted for b in _split_files(spec, s)]
+    bases = [b for s in wanted for b in split_files(spec, s)]
     paths: list[Path] = []
     for base in bases:
-        existing = _find(dest, base)
+        existing = find_in(dest, base)
         if existing is not None and _verify_bytes(spec, base, existing.read_bytes(), str(existing)) is None:
             paths.append(existing)
             continue
