@@ -40,6 +40,9 @@ def assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> Non
         (["train", "train.lr=abc"], "train.lr='abc': expected a number"),
         (["train", "nonsense.key=1"], "unknown key 'nonsense.key'"),
         (["inspect", "--preset", "nope"], "unknown preset 'nope'"),
+        # Refused before torch tries to allocate (its raw RuntimeError before).
+        (["inspect", "--hidden", "100000", "--layers", "50"], "the model would have 4.0e12 parameters (14,752 GiB"),
+        (["train", "--dry-run", "--hidden", "2000000"], "lower model.hidden or model.layers"),
     ],
 )
 def test_config_mistakes(args: list[str], fragment: str, capsys: pytest.CaptureFixture) -> None:
@@ -161,3 +164,35 @@ def test_a_gpu_number_beyond_the_machines_is_refused(monkeypatch: pytest.MonkeyP
                                           r"cuda:0 to cuda:1"):
         select_device("cuda:2")
     assert select_device("cuda:1") == torch.device("cuda", 1)
+
+
+def test_a_config_folder_points_to_the_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from rnnlab.config import RunConfig, save_toml
+
+    save_toml(RunConfig(), tmp_path / "config.toml")  # a run folder
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.toml").write_text("x = [\n")
+    for folder, example in [(tmp_path, f"e.g. {tmp_path / 'config.toml'}"),
+                            (tmp_path / "empty", "e.g. a run folder's config.toml")]:
+        assert main(["train", "--dry-run", "--config", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"rnnlab: error: --config {folder} is a folder; give a config file, {example}\n"
+    assert main(["compare", "--dry-run", str(tmp_path / "bad.toml")]) == 2  # compare has no --config option
+    err = capsys.readouterr().err
+    assert "not valid TOML" in err and err.endswith("; fix the file\n") and "--config" not in err
+
+
+@pytest.mark.parametrize(("sequences", "fix"), [
+    (1, "has 1 sequence; set data.val_size=0 (no validation split; too few sequences to carve one from)"),
+    (12, "has 12 sequences; set data.val_size=1 (a tenth) or 0 for no validation split"),
+])
+def test_val_size_advice_for_a_tiny_training_split(sequences: int, fix: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    import numpy as np
+
+    np.savez(tmp_path / "s.npz", x_train=np.zeros((sequences, 5, 2), np.float32), y_train=np.arange(sequences) % 2,
+             x_test=np.zeros((2, 5, 2), np.float32), y_test=np.array([1, 0]))
+    assert main(["train", "--no-progress", "--out", str(tmp_path / "run"), "--data-file", str(tmp_path / "s.npz"),
+                 f"data.val_size={sequences}"]) == 2
+    assert capsys.readouterr().err == (f"rnnlab: error: data.val_size={sequences} would leave no training data: "
+                                       f"the training split {fix}\n")

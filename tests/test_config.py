@@ -174,3 +174,33 @@ def test_plain_run_names_are_kept() -> None:
     for name in ("mine", "lstm-2x100_v1.5", "A+B", "x" * 100):
         assert apply_overrides(RunConfig(), [f"name={name}"]).label == name
     assert apply_overrides(RunConfig(name="mine"), ["name="]).name == ""
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "message"),
+    [
+        (RunConfig(), "model.hidden=3", r"overrides must be a list of 'key=value' strings, got a str: wrap it "
+                                        r"in a list, \['model.hidden=3'\]"),
+        (RunConfig(), None, "overrides must be a list of 'key=value' strings, got None"),
+        (RunConfig(), [3], "override 3 is an int, not a 'key=value' string"),
+        ({"model": {}}, ["model.hidden=3"], r"apply_overrides needs a RunConfig, not a dict; pass "
+                                            r"rnnlab.RunConfig\(\), rnnlab.get_preset\(name\).config .*"
+                                            r"rnnlab.config.from_dict\(settings\)"),
+        (get_preset("dlw-lstm-a"), [], r"pass the preset's .config: rnnlab.get_preset\(name\).config"),
+    ],
+)
+def test_apply_overrides_refuses_wrong_argument_types(config, overrides, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(config, overrides)
+    assert apply_overrides(RunConfig(), ("model.hidden=3",)).model.hidden == 3  # a tuple is fine
+
+
+def test_toml_errors_do_not_assume_a_config_option(tmp_path: Path) -> None:
+    # load_toml also serves `rnnlab compare` and reports, which have no --config option.
+    (tmp_path / "bad.toml").write_text("x = [\n")
+    with pytest.raises(ConfigError, match=r"bad.toml: not valid TOML \(.*\); fix the file$"):
+        load_toml(tmp_path / "bad.toml")
+    save_toml(RunConfig(), tmp_path / "config.toml")
+    with pytest.raises(ConfigError, match=f"is a folder, not a config file; give a .toml file, e.g. "
+                                          f"{tmp_path / 'config.toml'}"):
+        load_toml(tmp_path)

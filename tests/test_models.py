@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
 
-from rnnlab.config import ModelConfig
+from rnnlab.config import ModelConfig, TrainConfig
 from rnnlab.errors import ConfigError
 from rnnlab.models import create_model, describe_parameters, flops_per_sample, list_models, parameter_count
-from rnnlab.models.registry import get_builder
+from rnnlab.models import registry
+from rnnlab.models.registry import check_model_size, get_builder, parameter_estimate
 
 
 def build(**kw):
@@ -120,3 +122,57 @@ def test_bf16_autocast_on_cpu_trains(cell: str) -> None:
         again = model(x)  # falls back straight away, no second warning
     assert logits.shape == again.shape == (4, 10) and torch.isfinite(logits.float()).all()
     assert model.recurrent_in_fp32
+
+
+@pytest.mark.parametrize(
+    ("cell", "readout", "bidirectional", "layers", "impl"),
+    list(itertools.product(["rnn", "lstm", "gru"], ["last", "all"], [False, True], [1, 3], ["auto", "fast"])),
+)
+def test_parameter_estimate_counts_what_create_model_builds(cell: str, readout: str, bidirectional: bool,
+                                                            layers: int, impl: str) -> None:
+    config = ModelConfig(cell=cell, hidden=6, layers=layers, readout=readout, bidirectional=bidirectional, impl=impl)
+    shape = dict(input_size=5, seq_len=7, num_classes=3)
+    assert parameter_estimate(config, **shape) == parameter_count(create_model(config, **shape))
+
+
+def test_a_model_too_big_for_memory_is_refused_before_allocating() -> None:
+    # 50 layers of 100,000 LSTM units: 4.0e12 parameters, 14,752 GiB of weights (torch's raw error before).
+    with pytest.raises(ConfigError, match=r"the model would have 4.0e12 parameters \(14,752 GiB of float32 "
+                                          r"weights\); this machine has .* GiB of memory; lower model.hidden "
+                                          r"or model.layers$"):
+        build(hidden=100_000, layers=50)
+
+
+def test_model_size_limits_count_initialisation_and_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    config, shape = ModelConfig(cell="rnn", hidden=1000), dict(input_size=28, seq_len=28, num_classes=10)
+    count = parameter_estimate(config, **shape)
+    weights, building = 4 * count, 4 * count + 4 * 4 * 1000**2  # orthogonal_: about four H x H blocks more
+    monkeypatch.setattr(registry, "_memory_bytes", lambda: building)  # just enough: large but feasible
+    assert check_model_size(config, **shape) == count
+    monkeypatch.setattr(registry, "_memory_bytes", lambda: building - 1)
+    with pytest.raises(ConfigError, match=r"model.init=orthogonal needs .* while building it.*\(or set model.init"):
+        check_model_size(config, **shape)
+    assert check_model_size(replace(config, init="default"), **shape) == count
+    # Training adds gradients and the optimizer's state: Adam's two moments; plain SGD none.
+    monkeypatch.setattr(registry, "_memory_bytes", lambda: 3 * weights)
+    with pytest.raises(ConfigError, match="training with adam adds gradients and optimizer state: 4 copies"):
+        check_model_size(replace(config, init="default"), **shape, train=TrainConfig())
+    assert check_model_size(replace(config, init="default"), **shape, train=TrainConfig(optimizer="sgd")) == count
+
+
+@pytest.mark.parametrize("error", [
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+    "allocate 4000000 bytes. Error code 12 (Cannot allocate memory)", "a bug"])
+def test_an_allocation_failure_at_creation_says_what_to_lower(error: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under the limit, yet more than the memory free now: torch's allocator fails while building.
+    def fail(*args, **kwargs):
+        raise RuntimeError(error)
+
+    monkeypatch.setattr(registry, "SequenceClassifier", fail)
+    if error == "a bug":  # other errors stay what they are
+        with pytest.raises(RuntimeError, match="^a bug$"):
+            build(hidden=8)
+        return
+    with pytest.raises(ConfigError, match=r"the model's 1,306 parameters \(.* of float32 weights\) do not fit "
+                                          r"in the memory free now: torch could not allocate them; lower model.hidden"):
+        build(hidden=8)

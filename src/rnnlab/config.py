@@ -278,8 +278,11 @@ def load_toml(path: str | Path) -> RunConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file or pass another --config") from None
+    except IsADirectoryError:
+        inside = f", e.g. {path / 'config.toml'}" if (path / "config.toml").is_file() else ""
+        raise ConfigError(f"{path} is a folder, not a config file; give a .toml file{inside}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # callers differ (--config, compare, reports)
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file") from None
     return from_dict(raw, source=str(path))
 
 
@@ -292,6 +295,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     Setting one of ``train.iterations`` / ``train.epochs`` clears the other, so that a
     preset's budget can be switched from epochs to iterations in one override.
     """
+    _check_override_arguments(cfg, overrides)
     raw = to_dict(cfg)
     budget_keys: set[str] = set()
     for item in overrides:
@@ -320,6 +324,27 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     elif budget_keys == {"train.epochs"}:
         raw["train"]["iterations"] = 0
     return from_dict(raw, source="overrides")
+
+
+def _check_override_arguments(cfg: Any, overrides: Any) -> None:
+    # Library callers: a bare string would be read character by character, a dict or a Preset fail in asdict.
+    if not isinstance(cfg, RunConfig):
+        hint = ("the preset's .config: rnnlab.get_preset(name).config" if hasattr(cfg, "config") else
+                "rnnlab.RunConfig(), rnnlab.get_preset(name).config or rnnlab.config.load_toml(path)")
+        extra = "; for a dict of settings, rnnlab.config.from_dict(settings)" if isinstance(cfg, dict) else ""
+        raise ConfigError(f"apply_overrides needs a RunConfig, not {_what(cfg)}; pass {hint}{extra}")
+    if not isinstance(overrides, (list, tuple)):
+        hint = f": wrap it in a list, [{overrides!r}]" if isinstance(overrides, str) else ", e.g. ['model.hidden=256']"
+        raise ConfigError(f"overrides must be a list of 'key=value' strings, got {_what(overrides)}{hint}")
+    for item in overrides:
+        if not isinstance(item, str):
+            raise ConfigError(f"override {item!r} is {_what(item)}, not a 'key=value' string "
+                              "(e.g. 'model.hidden=256')")
+
+
+def _what(value: Any) -> str:
+    name = type(value).__name__
+    return "None" if value is None else f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"
 
 
 def _field_type(cls: type, name: str) -> Any:

@@ -26,6 +26,7 @@ from rnnlab.data.splits import Datasets, input_shape, load_datasets
 from rnnlab.errors import CheckpointError, ConfigError
 from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix, evaluate, lengths_to
 from rnnlab.models import SequenceClassifier, create_model, parameter_count
+from rnnlab.models.registry import check_model_size
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -99,6 +100,9 @@ class Trainer:
         self.device = dist.select_device(cfg.train.device)
         dist.seed_everything(cfg.seed)
         self.data = load_datasets(cfg)
+        _, steps, features = self.data.train.x.shape  # refuse a model too big to train before building it
+        check_model_size(cfg.model, input_size=features, seq_len=steps, num_classes=self.data.num_classes,
+                         train=cfg.train)
         self.model = build_model(cfg, self.data).to(self.device)
         train = self.data.train
         self.train_data = train.to(self.device) if dist.fits_on_device(train.x.nbytes, self.device) else train

@@ -86,6 +86,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.preset:
         config = get_preset(args.preset).config
     elif args.config:
+        if Path(args.config).is_dir():  # often a run folder, whose config.toml was meant
+            inside = Path(args.config) / "config.toml"
+            example = f"e.g. {inside}" if inside.is_file() else "e.g. a run folder's config.toml"
+            raise ConfigError(f"--config {args.config} is a folder; give a config file, {example}")
         config = load_toml(args.config)
     else:
         config = RunConfig()

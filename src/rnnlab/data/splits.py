@@ -47,9 +47,12 @@ def load_datasets(cfg: RunConfig) -> Datasets:
     train = full
     if data.val_size > 0 and cfg.train.protocol == "standard":
         if data.val_size >= len(full):
+            # A tenth of fewer than 10 sequences is 0: then only "no validation split" is left to suggest.
+            tenth, count = len(full) // 10, f"{len(full)} sequence{'s' if len(full) != 1 else ''}"
+            fix = (f"set data.val_size={tenth} (a tenth) or 0 for no validation split" if tenth else
+                   "set data.val_size=0 (no validation split; too few sequences to carve one from)")
             raise ConfigError(f"data.val_size={data.val_size} would leave no training data: the training split "
-                              f"has {len(full)} sequences; set data.val_size={max(1, len(full) // 10)} "
-                              "(a tenth) or 0 for no validation split")
+                              f"has {count}; {fix}")
         train_idx, val_idx = train_val_split(len(full), data.val_size, cfg.seed)
         train, val = full.subset(train_idx), full.subset(val_idx)
     return Datasets(train, val, test, permutation, num_classes, class_names)

@@ -6,14 +6,17 @@ is the one place that maps a name (``rnn``, ``lstm``, ``gru``, ...) to a model.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
 from typing import Callable
 
 import torch
 
-from rnnlab.config import ModelConfig
+from rnnlab.config import ModelConfig, TrainConfig
 from rnnlab.errors import ConfigError
-from rnnlab.models.recurrent import SequenceClassifier
+from rnnlab.models.recurrent import GATES, SequenceClassifier
 
 Builder = Callable[..., SequenceClassifier]
 _REGISTRY: dict[str, tuple[Builder, str]] = {}
@@ -51,8 +54,84 @@ def create_model(config: ModelConfig, *, input_size: int, seq_len: int, num_clas
                  input_mean: float | torch.Tensor = 0.0, input_std: float | torch.Tensor = 1.0) -> SequenceClassifier:
     """Build the model a :class:`ModelConfig` describes (its ``cell`` names the builder)."""
     builder = get_builder(config.cell)
-    return builder(config=config, input_size=input_size, seq_len=seq_len, num_classes=num_classes,
-                   input_mean=input_mean, input_std=input_std)
+    count = check_model_size(config, input_size=input_size, seq_len=seq_len, num_classes=num_classes)
+    try:
+        return builder(config=config, input_size=input_size, seq_len=seq_len, num_classes=num_classes,
+                       input_mean=input_mean, input_std=input_std)
+    except (RuntimeError, MemoryError) as exc:  # under the check, yet still more than the memory free now
+        if not isinstance(exc, MemoryError) and "allocate" not in str(exc).lower():
+            raise
+        raise ConfigError(f"the model's {_count(count)} parameters ({_size(4 * count)} of float32 weights) do not "
+                          f"fit in the memory free now: torch could not allocate them; {_ADVICE}") from None
+
+
+_ADVICE = "lower model.hidden or model.layers"
+
+
+def parameter_estimate(config: ModelConfig, *, input_size: int, seq_len: int, num_classes: int) -> int:
+    """The parameter count of the model ``create_model`` would build, without building it: per
+    layer and direction ``G*H*(I+H) + 2*G*H`` (two bias vectors), as ``flops_per_sample`` counts."""
+    gates, hidden, directions = GATES[config.cell], config.hidden, 2 if config.bidirectional else 1
+    per_layer = directions * gates * hidden * (directions * hidden + hidden + 2)  # layers after the first
+    recurrent = directions * gates * hidden * (input_size + hidden + 2) + (config.layers - 1) * per_layer
+    features = directions * hidden * (seq_len if config.readout == "all" else 1)
+    return recurrent + (features + 1) * num_classes
+
+
+# Initialisation works on H x H blocks: orthogonal_ keeps a random matrix and its QR factors
+# (measured peak: ~3-4 extra blocks), identity one torch.eye; default works in place.
+_INIT_BLOCKS = {"orthogonal": 4, "identity": 1}
+
+
+def check_model_size(config: ModelConfig, *, input_size: int, seq_len: int, num_classes: int,
+                     train: TrainConfig | None = None) -> int:
+    """Refuse a model whose float32 weights would not fit in this machine's memory while it is built
+    (with ``train``: nor its gradients and optimizer state), before torch tries; return the parameter count."""
+    count = parameter_estimate(config, input_size=input_size, seq_len=seq_len, num_classes=num_classes)
+    weights, memory = 4 * count, _memory_bytes()
+    building = weights + _INIT_BLOCKS.get(config.init, 0) * 4 * config.hidden**2
+    copies = 1
+    if train is not None:  # weights, gradients, and Adam's two moments or one momentum/RMSprop buffer
+        copies = 2 + (2 if train.optimizer in ("adam", "adamw")
+                      else (train.optimizer == "rmsprop") + (train.momentum > 0))
+    if max(building, weights * copies) <= memory:
+        return count
+    notes, advice = "", _ADVICE  # the weights alone too big: that says it all; else say what else is
+    if weights <= memory < building:
+        notes += f"; model.init={config.init} needs {_size(building)} while building it"
+        advice += " (or set model.init=default)" if weights * copies <= memory else ""
+    if train is not None and weights <= memory < weights * copies:
+        notes += (f"; training with {train.optimizer} adds gradients and optimizer state: "
+                  f"{copies} copies, {_size(weights * copies)}")
+    raise ConfigError(f"the model would have {_count(count)} parameters ({_size(weights)} of float32 "
+                      f"weights{notes}); this machine has {_size(memory)} of memory; {advice}")
+
+
+def _memory_bytes() -> int:
+    """This machine's memory, or a container's limit if lower; 1 TiB where neither can be read."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+        memory = 2**40
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()  # cgroup v2; "max": no limit
+    except OSError:
+        limit = ""
+    return min(memory, int(limit)) if limit.isdigit() else memory
+
+
+# Decimal, not float: an absurd model.hidden (hundreds of digits) overflows a float.
+def _count(count: int) -> str:
+    return f"{count:,}" if count < 10**7 else f"{Decimal(count):.1e}".replace("+", "")  # e.g. 1.6e9
+
+
+def _size(nbytes: int) -> str:
+    gib = Decimal(nbytes) / 2**30
+    if gib < 1:  # e.g. a container's limit
+        return f"{gib * 1024:.1f} MiB"
+    if gib < 1000:
+        return f"{gib:.1f} GiB"
+    return f"{gib:,.0f} GiB" if gib < 10**6 else f"{gib:.1e} GiB".replace("+", "")
 
 
 def _build(cell: str) -> Builder:
