@@ -204,3 +204,13 @@ def test_toml_errors_do_not_assume_a_config_option(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f"is a folder, not a config file; give a .toml file, e.g. "
                                           f"{tmp_path / 'config.toml'}"):
         load_toml(tmp_path)
+
+
+def test_configs_built_in_python_check_their_types() -> None:
+    from rnnlab.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"seed='abc': expected int"):
+        RunConfig(seed="abc")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"train.lr='0.1': expected float"):
+        TrainConfig(lr="0.1")  # type: ignore[arg-type]
+    assert TrainConfig(lr=1).lr == 1  # an int is a fine float

@@ -8,6 +8,7 @@ TOML (``config.toml`` in every run folder) and takes dotted command-line overrid
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -62,10 +63,12 @@ def _at_most(key: str, value: float, high: float, note: str = "") -> None:
         raise ConfigError(f"{key}={value!r} is out of range; it must be <= {high}{note}")
 
 
-def _finite(section: str, cfg: Any) -> None:
-    # nan passes every range check (each comparison is False) and inf trains straight into nan.
+def _check_values(section: str, cfg: Any) -> None:
+    """Types (a config built in Python skips from_dict's checks) and finite floats: nan passes
+    every range check (each comparison is False) and inf trains straight into nan."""
     for f in fields(cfg):
         value = getattr(cfg, f.name)
+        _coerce(f"{section}.{f.name}" if section else f.name, _field_type(type(cfg), f.name), value)
         if isinstance(value, float) and not math.isfinite(value):
             key = f"{section}.{f.name}" if section else f.name
             hint = f" such as the default, {f.default!r}" if isinstance(f.default, float) else ""
@@ -95,7 +98,7 @@ class DataConfig:
     file: str = ""  # with dataset=file: a .npz of your own sequences (x_train, y_train, x_test, y_test)
 
     def __post_init__(self) -> None:
-        _finite("data", self)
+        _check_values("data", self)
         _choice("data", "dataset", self.dataset, DATASETS)
         _choice("data", "view", self.view, VIEWS)
         if self.dataset == "file" and not self.file:
@@ -130,7 +133,7 @@ class ModelConfig:
     impl: str = "auto"  # auto: fast layers where they win; fast; torch: reference torch.nn layers
 
     def __post_init__(self) -> None:
-        _finite("model", self)
+        _check_values("model", self)
         _choice("model", "cell", self.cell, CELLS)
         _choice("model", "nonlinearity", self.nonlinearity, NONLINEARITIES)
         _choice("model", "readout", self.readout, READOUTS)
@@ -168,7 +171,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # iterations between resumable checkpoints
 
     def __post_init__(self) -> None:
-        _finite("train", self)
+        _check_values("train", self)
         _choice("train", "optimizer", self.optimizer, OPTIMIZERS)
         _choice("train", "schedule", self.schedule, SCHEDULES)
         _choice("train", "protocol", self.protocol, PROTOCOLS)
@@ -204,7 +207,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        _finite("", self)
+        _check_values("", self)
         if self.seed < 0:
             raise ConfigError(f"seed={self.seed!r} is out of range; it must be >= 0")
         _at_most("seed", self.seed, MAX_SEED, " (2**63 - 1)")
@@ -348,7 +351,12 @@ def _what(value: Any) -> str:
 
 
 def _field_type(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
+    return _type_hints(cls)[name]
+
+
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # resolving the annotations is slow: once per class
 
 
 def _parse_value(key: str, typ: Any, text: str) -> Any:
