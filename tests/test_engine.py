@@ -282,3 +282,38 @@ def test_fp16_on_a_cpu_is_refused_before_the_run_folder_is_made(tmp_path: Path) 
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         rnnlab.train(tiny("train.amp=fp16", "train.device=cpu"), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("second_ctrl_c", [False, True])
+def test_ctrl_c_mid_step_keeps_the_checkpoint_whole(tmp_path: Path, second_ctrl_c: bool) -> None:
+    """Ctrl-C that lands after the optimizer's update but before the step is counted: the step is
+    finished first, so the run resumes exactly; a second Ctrl-C stops at once and keeps the last
+    periodic checkpoint instead of a torn one."""
+    import signal
+
+    cfg = tiny("train.checkpoint_every=10")
+    whole = rnnlab.train(cfg, tmp_path / "whole", progress=False)
+    trainer = Trainer(cfg, tmp_path / "part", progress=False)
+    update, calls = trainer.optimizer.step, []
+
+    def update_then_ctrl_c(*args: object, **kwargs: object) -> object:
+        result = update(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 13:
+            signal.raise_signal(signal.SIGINT)
+            if second_ctrl_c:
+                signal.raise_signal(signal.SIGINT)
+        return result
+
+    trainer.optimizer.step = update_then_ctrl_c  # type: ignore[method-assign]
+    summary = trainer.fit()
+    assert summary["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+    saved = json.loads((tmp_path / "part" / "checkpoint.json").read_text())["iteration"]
+    assert saved == (10 if second_ctrl_c else 13)
+    resumed = rnnlab.resume(tmp_path / "part", progress=False)
+    assert resumed.status == "completed"
+    a = torch.load(whole.dir / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(resumed.dir / "checkpoint.pt", weights_only=True)["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

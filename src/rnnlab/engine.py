@@ -8,7 +8,9 @@ iteration, so a run resumed from a checkpoint ends with the same weights as one 
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -88,6 +90,31 @@ def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
     return Path(root) / f"{cfg.label}-{stamp}"
 
 
+class StopBetweenSteps:
+    """Ctrl-C during training lets the step under way finish, then the loop stops: the checkpoint
+    written on the way out then holds whole steps, and a resumed run matches one never stopped.
+    A second Ctrl-C stops at once. Only for one process, in the main thread: under torchrun each
+    process would see the signal at its own step (there the KeyboardInterrupt stops mid-step, and
+    the last periodic checkpoint is kept)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: Any = None
+        if dist.world_size() == 1 and threading.current_thread() is threading.main_thread():
+            self.previous = signal.getsignal(signal.SIGINT)  # None: set outside Python, leave it be
+            if self.previous is not None:
+                signal.signal(signal.SIGINT, self._request)
+
+    def _request(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        self.restore()  # the next Ctrl-C interrupts at once
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+
 class Trainer:
     """Holds the state of one run; ``fit()`` runs the loop to the end of the budget."""
 
@@ -113,6 +140,7 @@ class Trainer:
         self.amp = dist.resolve_amp(cfg.train.amp, self.device, cfg.model.cell, self.data.train.x.shape[1])
         self.scaler = dist.grad_scaler(self.device, self.amp)
         self.total = total_iterations(cfg, self.data.train)
+        self.mid_step = False  # True while a step is under way (its update may be half done)
         self.batches_per_epoch = self.data.train.num_batches(cfg.train.batch_size)
         self.iteration = 0
         self.train_seconds = 0.0
@@ -160,7 +188,7 @@ class Trainer:
         if dist.is_main_process():
             save_toml(self.cfg, self.run_dir / CONFIG)
         status = self.train_until(self.total if stop_after is None else min(self.total, stop_after))
-        if status != "diverged":
+        if status != "diverged" and not self.mid_step:  # a torn step: the last checkpoint stands
             self.save()
         if status == "completed" and self.iteration < self.total:
             status = "stopped"
@@ -178,8 +206,13 @@ class Trainer:
         seconds_at_start, iteration_started = self.train_seconds, self.iteration
         order, order_epoch = None, -1
         status = "completed"
+        stop = StopBetweenSteps()
         try:
             while self.iteration < end:
+                if stop.requested:  # Ctrl-C came during the last step, which has now finished
+                    status = "interrupted"
+                    break
+                self.mid_step = True  # until the step is whole: a checkpoint now would be torn
                 step_started = time.perf_counter()  # only training steps count, not evaluation
                 epoch, index = divmod(self.iteration, self.batches_per_epoch)
                 if epoch != order_epoch:  # where the training set is: no copy of indices per step
@@ -201,6 +234,7 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.iteration += 1
+                self.mid_step = False
                 self.train_seconds += time.perf_counter() - step_started
                 bar.update(1)
                 if self.iteration % t.eval_every == 0 or self.iteration == self.total:
@@ -211,9 +245,10 @@ class Trainer:
                     bar.set_postfix(shown | {"samples/s": f"{rate:.0f}"})
                 if self.iteration % t.checkpoint_every == 0:
                     self.save()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a second Ctrl-C, or one under torchrun: where it landed
             status = "interrupted"
         finally:
+            stop.restore()
             bar.close()
         if status == "interrupted" and self._diverged():  # steps not looked at yet: no NaN checkpoint
             status = "diverged"
