@@ -418,3 +418,12 @@ def test_eval_of_a_run_of_varying_lengths_takes_at_most_its_steps(tmp_path: Path
     assert capsys.readouterr().err == (f"rnnlab: error: {longer}: x_test is padded to 20 steps but the run was "
                                        "trained on sequences of 1 to 16 steps; give it sequences of at most 16 "
                                        "steps (padded to at most 16)\n")
+
+
+def test_inspect_refuses_the_all_readout_for_varying_lengths_as_training_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    x = np.ones((4, 5, 2), np.float32)
+    path = write(tmp_path, x_train=x, lengths_train=np.array([5, 2, 1, 3]), lengths_test=np.array([5, 5]))
+    assert main(["inspect", "--data-file", str(path), "model.readout=all"]) == 2
+    assert "model.readout=all reads every step" in capsys.readouterr().err
+    assert main(["inspect", "--data-file", str(path), "model.readout=mean"]) == 0

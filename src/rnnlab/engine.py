@@ -36,10 +36,15 @@ CONFIG = "config.toml"
 CONFUSION = "confusion.png"  # written by `rnnlab eval` and `rnnlab report`
 
 
-def build_model(cfg: RunConfig, datasets: Datasets) -> SequenceClassifier:
-    if datasets.train.lengths is not None and cfg.model.readout == "all":
+def check_readout(cfg: RunConfig, varying_lengths: bool) -> None:
+    """Refuse the ``all`` readout for sequences of varying length (it reads every padded step)."""
+    if varying_lengths and cfg.model.readout == "all":
         raise ConfigError("model.readout=all reads every step, so it needs sequences of one length; "
                           f"{cfg.data.file} has lengths_train: use model.readout=last or mean")
+
+
+def build_model(cfg: RunConfig, datasets: Datasets) -> SequenceClassifier:
+    check_readout(cfg, datasets.train.lengths is not None)
     mean: float | torch.Tensor = 0.0
     std: float | torch.Tensor = 1.0
     if cfg.data.standardize and cfg.data.dataset == "file":  # a user's features: each on its own scale

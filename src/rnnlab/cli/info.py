@@ -52,6 +52,11 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     steps, features, classes = config_input_shape(config)
+    if config.data.dataset == "file" and config.model.readout == "all":  # as training would refuse it
+        from rnnlab.data.files import load_sequence_file
+        from rnnlab.engine import check_readout
+
+        check_readout(config, load_sequence_file(config.data.file).train.lengths is not None)
     source = config.data.file or config.data.view
     model = create_model(config.model, input_size=features, seq_len=steps, num_classes=classes)
     print(f"{config.label}: {describe_model(config.model)}, readout {config.model.readout}, "
