@@ -7,7 +7,8 @@ file's metadata). Any standardisation happens inside. It returns ``logits`` ``(N
 The batch dimension is dynamic, and so is ``T`` unless the readout is ``all`` (a Linear over
 every step fixes the length). A run trained on sequences of varying length (a sequence file
 with ``lengths_*``) takes a second input, ``lengths``: int64 ``(N,)``, each padded sequence's
-own length, read as in training (to each sequence's end, the reverse direction packed).
+own length, read as in training (to each sequence's end, the reverse direction packed). Each
+must be in 1..T: the graph does not check them (ONNX has no assertion op that would stop a run).
 
 Export always uses the reference ``torch.nn`` layers (same state_dict names as the fast ones),
 writes through a temporary file, and is checked on real test images before it replaces ``--out``.
