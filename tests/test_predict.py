@@ -263,7 +263,7 @@ def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "a_file").write_text("")
     with pytest.raises(ConfigError, match=f"--out {tmp_path / 'a_file'} is a file; give a folder for the run"):
         rnnlab.train(config, out=tmp_path / "a_file", progress=False)
-    with pytest.raises(ConfigError, match=f"inside {tmp_path / 'a_file'}, which is a file"):
+    with pytest.raises(ConfigError, match=rf"is inside a file \({tmp_path / 'a_file'}\); give a folder for the run"):
         rnnlab.train(config, out=tmp_path / "a_file" / "run", progress=False)
 
 

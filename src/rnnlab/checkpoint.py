@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from rnnlab.errors import CheckpointError
+from rnnlab.errors import CheckpointError, ConfigError
 
 SCHEMA_VERSION = 1
 CHECKPOINT_PT = "checkpoint.pt"
@@ -24,6 +24,18 @@ SUMMARY_JSON = "summary.json"  # engine.SUMMARY; read here only to explain a mis
 _RESTORE = "restore it from a copy or train the run again"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def check_out_dir(out: Path, purpose: str = "") -> Path:
+    """Refuse an ``--out`` folder that is, or lies inside, a file before any work, rather than fail
+    after it (mkdir would raise FileExistsError); ``purpose`` ends the message (" for the run")."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == out else f"is inside a file ({path})"
+                raise ConfigError(f"--out {out} {where}; give a folder{purpose}")
+            break
+    return out
 
 
 def atomic_write(path: Path, write: Any) -> None:

@@ -25,7 +25,7 @@ from rnnlab.config import RunConfig, apply_overrides, check_folder_name, load_to
 from rnnlab.engine import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError
 from rnnlab.presets import get_preset, list_presets, suite as suite_names
-from rnnlab.report import check_out_dir, read_record, read_summary, report_groups
+from rnnlab.report import read_record, read_summary, report_groups
 
 FINISHED = ("completed", "diverged")  # a rerun keeps these as they are
 MAX_SEEDS = 1000  # more is a typo, and would plan (and print) for minutes
@@ -152,7 +152,7 @@ def prepare(entries: list[Entry], out_dir: str | Path, *, seeds: int,
     drop them while their runs stay in the folder (``rnnlab report`` would show them again).
     """
     out = Path(out_dir)
-    check_out_dir(out)
+    ckpt.check_out_dir(out)
     tasks = plan(entries, out, seeds=seeds, jobs=min(jobs, len(entries) * seeds))
     states = {t.key: task_state(t) for t in tasks}
     held = sorted({run.parent.name for run in (out / "runs").glob("*/*")

@@ -325,18 +325,8 @@ def build_report(paths: list[str | Path], out_dir: str | Path, *, plots: bool = 
                  title: str = "rnnlab results", context: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Collect the runs under ``paths``, then :func:`report_groups`. Returns the rows."""
     groups = collect(paths)
-    check_out_dir(Path(out_dir))
+    ckpt.check_out_dir(Path(out_dir))
     return report_groups(groups, out_dir, plots=plots, title=title, context=context)
-
-
-def check_out_dir(out: Path) -> None:
-    """Refuse an ``--out`` that is, or lies inside, a file before any work, rather than fail after it."""
-    for path in (out, *out.parents):
-        if path.exists():
-            if not path.is_dir():
-                where = "is a file" if path == out else f"is inside a file ({path})"
-                raise ConfigError(f"--out {out} {where}; give a folder")
-            return
 
 
 def report_groups(groups: dict[str, list[RunRecord]], out_dir: str | Path, *, plots: bool = True,

@@ -51,7 +51,8 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
         elif isinstance(config, dict):
             hint += "; for a dict of settings, rnnlab.config.from_dict(settings)"
         raise ConfigError(f"train needs a RunConfig, not {_what(config)}; {hint}")
-    out = None if out is None else _check_out(_path_arg(out, "out", "rnnlab.train(config, out='runs/my-run')"))
+    if out is not None:
+        out = ckpt.check_out_dir(_path_arg(out, "out", "rnnlab.train(config, out='runs/my-run')"), " for the run")
     dist.init_process_group(config.train.device)  # under torchrun: all processes share one folder
     run_dir = out if out is not None else dist.broadcast_object(default_run_dir(config))
     if (run_dir / ckpt.CHECKPOINT_JSON).exists():
@@ -89,15 +90,6 @@ def _path_arg(value: Any, name: str, example: str) -> Path:
     if not isinstance(value, (str, Path)) and not hasattr(value, "__fspath__"):
         raise ConfigError(f"{name} must be a folder path (str or Path), not {_what(value)}; e.g. {example}")
     return Path(value)
-
-
-def _check_out(run_dir: Path) -> Path:
-    """``run_dir``, unless it is or lies inside a file (mkdir would raise FileExistsError)."""
-    for path in (run_dir, *run_dir.parents):
-        if path.exists() and not path.is_dir():
-            where = "" if path == run_dir else f" inside {path}, which"
-            raise ConfigError(f"--out {run_dir}{where} is a file; give a folder for the run")
-    return run_dir
 
 
 def _check_resumable(run_dir: Path, config: RunConfig) -> None:
