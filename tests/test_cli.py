@@ -110,7 +110,10 @@ def test_presets_and_models_listing(capsys: pytest.CaptureFixture) -> None:
 def test_dry_run_keeps_no_folder(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--dry-run", "--no-progress", *TINY]) == 0
-    assert "dry run ok" in capsys.readouterr().out and not (tmp_path / "runs").exists()
+    out = capsys.readouterr().out
+    assert "dry run ok" in out and "[model]" in out and not (tmp_path / "runs").exists()
+    assert main(["train", "--dry-run", "--hidden", "2000000"]) == 2  # refused: the error alone, no config
+    assert capsys.readouterr().out == ""
 
 
 def test_overrides_may_come_before_and_after_options() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from rnnlab.config import RunConfig, apply_overrides, load_toml
 from rnnlab import checkpoint as ckpt
 from rnnlab.engine import Trainer, learning_rate, make_optimizer
 from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix
-from rnnlab.errors import CheckpointError, ConfigError
+from rnnlab.errors import CheckpointError, ConfigError, ResourceError
 
 TINY = ["model.hidden=16", "train.batch_size=50", "train.iterations=40", "train.eval_every=20",
         "train.eval_batch_size=2000", "data.val_size=1000", "train.threads=1"]
@@ -113,6 +114,44 @@ def test_nan_guard_marks_the_run_diverged(tmp_path: Path) -> None:
     assert not (run.dir / "checkpoint.json").exists()  # diverged before its first checkpoint
     with pytest.raises(CheckpointError, match="already holds a run"):  # its record stays
         rnnlab.train(tiny(), run.dir, progress=False)
+
+
+@pytest.mark.parametrize("where", ["step", "evaluation", "final-evaluation"])
+def test_out_of_memory_says_what_to_lower_and_keeps_the_last_checkpoint(tmp_path: Path, where: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny("train.checkpoint_every=10", "train.eval_every=20")
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    forward, log = trainer._forward, trainer._log_evaluation
+
+    def allocation_fails(*args: Any) -> None:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 9000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    if where == "step":  # in step 15, between the checkpoints of 10 and 20
+        monkeypatch.setattr(trainer, "_forward", lambda idx: allocation_fails() if trainer.iteration == 14
+                            else forward(idx))
+    elif where == "evaluation":
+        monkeypatch.setattr(trainer, "_log_evaluation", lambda *a: allocation_fails() if trainer.iteration == 20
+                            else log(*a))
+    else:
+        monkeypatch.setattr(rnnlab.engine, "evaluate", lambda *a, **k: allocation_fails())
+        monkeypatch.setattr(trainer, "_log_evaluation", lambda *a: {})
+    with pytest.raises(ResourceError) as caught:
+        trainer.fit()
+    message = str(caught.value)
+    assert message.startswith("out of memory on cpu ") and "(DefaultCPUAllocator: can't allocate memory: " in message
+    assert caught.value.__context__ is None  # the failed step's tensors are not kept alive by the error
+    saved = json.loads((tmp_path / "run/checkpoint.json").read_text())["iteration"]
+    assert not (tmp_path / "run/summary.json").exists()
+    if where == "step":
+        assert "in training step 15" in message and "lower train.batch_size (now 50)" in message
+        assert f"{tmp_path / 'run'} keeps its checkpoint of iteration 10" in message and saved == 10
+    elif where == "evaluation":
+        assert "evaluating after iteration 20" in message and "lower train.eval_batch_size (now 2000)" in message
+        assert "keeps its checkpoint of iteration 10" in message and saved == 10
+    else:  # the whole budget is saved: only the test is left to do
+        assert f"the trained weights are saved; `rnnlab eval {tmp_path / 'run'} --batch-size 500`" in message
+        assert saved == 40
 
 
 def _fit(cfg: RunConfig, run_dir: Path, check_every: int) -> tuple[dict, Trainer]:

@@ -160,6 +160,31 @@ def test_model_size_limits_count_initialisation_and_training(monkeypatch: pytest
     assert check_model_size(replace(config, init="default"), **shape, train=TrainConfig(optimizer="sgd")) == count
 
 
+def test_model_size_on_a_gpu_counts_its_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training on a GPU: the host builds the model, the GPU holds it with gradients and state."""
+    config, shape = ModelConfig(cell="rnn", hidden=1000, init="default"), dict(input_size=28, seq_len=28,
+                                                                               num_classes=10)
+    weights = 4 * parameter_estimate(config, **shape)
+    monkeypatch.setattr(registry, "_memory_bytes", lambda: 2 * weights)  # the host could not train it with adam
+    gpu = (4 * weights, "cuda:0 (Test GPU)")
+    assert check_model_size(config, **shape, train=TrainConfig(), gpu=gpu) == weights // 4
+    with pytest.raises(ConfigError, match=r"training with adam adds gradients and optimizer state: 4 copies, .*\); "
+                                          r"the GPU cuda:0 \(Test GPU\) has .* of memory free; lower model.hidden"):
+        check_model_size(config, **shape, train=TrainConfig(), gpu=(4 * weights - 1, "cuda:0 (Test GPU)"))
+    monkeypatch.setattr(registry, "_memory_bytes", lambda: weights - 1)  # the host cannot even build it
+    with pytest.raises(ConfigError, match="this machine has"):
+        check_model_size(config, **shape, train=TrainConfig(), gpu=gpu)
+
+
+def test_out_of_memory_is_recognised() -> None:
+    from rnnlab.distributed import is_out_of_memory
+
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried")
+    assert is_out_of_memory(cpu) and is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried"))
+    assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"))
+    assert not is_out_of_memory(RuntimeError("a bug")) and not is_out_of_memory(ValueError("out of memory"))
+
+
 @pytest.mark.parametrize("error", [
     "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
     "allocate 4000000 bytes. Error code 12 (Cannot allocate memory)", "a bug"])

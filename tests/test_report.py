@@ -165,9 +165,10 @@ def test_damaged_summaries_and_metrics_fail_only_their_seed(compare_dir: Path,
     (lstm / "seed1/summary.json").write_text('{"status": "completed", "test_accuracy": "abc"}')
     with open(lstm / "seed0/metrics.jsonl", "ab") as handle:  # still completed: its bad rows are skipped
         handle.write(b'\xff\xfe\n[1, 2]\n{"iteration": "x", "test_accuracy": "abc"}\n{"test_accuracy": 5}\n')
-    assert main(["report", str(compare_dir)]) == 0  # with figures: the curves read those rows
+    assert main(["report", str(compare_dir)]) == 1  # with figures: the curves read those rows
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
+    assert "rnnlab: some seeds failed or did not finish (dlw-lstm-a, dlw-rnn-a)" in captured.err
     md = (compare_dir / "results.md").read_text()
     assert "summary.json is corrupt: it holds an array, not an object" in md
     assert "summary.json is corrupt: it is not UTF-8 text" in md

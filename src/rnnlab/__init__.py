@@ -4,31 +4,58 @@
     run = rnnlab.train(rnnlab.get_preset("dlw-lstm-a").config)
     model = rnnlab.load(run.dir)
     model.predict(images)            # images (N, 28, 28), MNIST form
+
+The names below are imported on first use (PEP 562): ``import rnnlab`` alone does not
+import torch (~1.5 s), so ``rnnlab --help`` answers at once, and a Ctrl-C while torch
+loads reaches the command line's handler instead of ending in a traceback.
 """
 
-from rnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides
-from rnnlab.errors import RnnlabError
-from rnnlab.models import create_model, list_models
-from rnnlab.presets import get_preset, list_presets
-from rnnlab.run import Run, TrainedModel, load, read_run, resume, train
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DataConfig",
-    "ModelConfig",
-    "Run",
-    "RnnlabError",
-    "RunConfig",
-    "TrainConfig",
-    "TrainedModel",
-    "apply_overrides",
-    "create_model",
-    "get_preset",
-    "list_models",
-    "list_presets",
-    "load",
-    "read_run",
-    "resume",
-    "train",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "DataConfig": "rnnlab.config",
+    "ModelConfig": "rnnlab.config",
+    "RunConfig": "rnnlab.config",
+    "TrainConfig": "rnnlab.config",
+    "apply_overrides": "rnnlab.config",
+    "RnnlabError": "rnnlab.errors",
+    "create_model": "rnnlab.models",
+    "list_models": "rnnlab.models",
+    "get_preset": "rnnlab.presets",
+    "list_presets": "rnnlab.presets",
+    "Run": "rnnlab.run",
+    "TrainedModel": "rnnlab.run",
+    "load": "rnnlab.run",
+    "read_run": "rnnlab.run",
+    "resume": "rnnlab.run",
+    "train": "rnnlab.run",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rnnlab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from rnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides
+    from rnnlab.errors import RnnlabError
+    from rnnlab.models import create_model, list_models
+    from rnnlab.presets import get_preset, list_presets
+    from rnnlab.run import Run, TrainedModel, load, read_run, resume, train

@@ -115,6 +115,25 @@ def fits_on_device(nbytes: int, device: torch.device) -> bool:
     return device.type == "mps" and nbytes <= 1 << 30  # unified memory: just keep it modest
 
 
+def device_memory(device: torch.device) -> tuple[int, str] | None:
+    """Free memory on a GPU, and how to name it in a message ("cuda:0 (NVIDIA ...)");
+    None for the CPU and MPS, whose memory is the host's."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    free, _ = torch.cuda.mem_get_info(index)
+    return free, f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether torch failed to allocate: a GPU's OutOfMemoryError, or the CPU or MPS
+    allocator's RuntimeError (torch raises no dedicated type for those)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) so that a CPU run repeats bitwise."""
     random.seed(seed)

@@ -7,7 +7,7 @@ iteration, so a run resumed from a checkpoint ends with the same weights as one 
 
 from __future__ import annotations
 
-import math
+import re
 import signal
 import sys
 import threading
@@ -25,10 +25,11 @@ from rnnlab import distributed as dist
 from rnnlab.config import RunConfig, save_toml, to_dict
 from rnnlab.data import SequenceData
 from rnnlab.data.splits import Datasets, input_shape, load_datasets
-from rnnlab.errors import CheckpointError, ConfigError
+from rnnlab.errors import CheckpointError, ConfigError, ResourceError
 from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix, evaluate, lengths_to
 from rnnlab.models import SequenceClassifier, create_model, parameter_count
 from rnnlab.models.registry import check_model_size
+from rnnlab.optim import learning_rate, make_optimizer
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -56,34 +57,6 @@ def build_model(cfg: RunConfig, datasets: Datasets) -> SequenceClassifier:
     _, steps, features = datasets.train.x.shape
     return create_model(cfg.model, input_size=features, seq_len=steps, num_classes=datasets.num_classes,
                         input_mean=mean, input_std=std)
-
-
-def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    t = cfg.train
-    params = list(model.parameters())
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    # Adam's fused kernel does the whole update in one pass per tensor: 3.4x faster than the
-    # per-tensor loop on the dlw-rnn-a parameters here (101 vs 339 us per step), same math.
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
-    return torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-
-
-def learning_rate(cfg: RunConfig, iteration: int, total: int) -> float:
-    """The learning rate at an iteration: linear warm-up, then the schedule."""
-    t = cfg.train
-    if t.warmup and iteration < t.warmup:
-        return t.lr * (iteration + 1) / t.warmup
-    if t.schedule == "cosine":
-        progress = (iteration - t.warmup) / max(1, total - t.warmup)
-        return t.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    if t.schedule == "step":
-        return t.lr * t.gamma ** (iteration // t.step_size)
-    return t.lr
 
 
 def total_iterations(cfg: RunConfig, train: SequenceData) -> int:
@@ -134,7 +107,7 @@ class Trainer:
         self.data = load_datasets(cfg)
         _, steps, features = self.data.train.x.shape  # refuse a model too big to train before building it
         check_model_size(cfg.model, input_size=features, seq_len=steps, num_classes=self.data.num_classes,
-                         train=cfg.train)
+                         train=cfg.train, gpu=dist.device_memory(self.device))
         self.model = build_model(cfg, self.data).to(self.device)
         train = self.data.train
         self.train_data = train.to(self.device) if dist.fits_on_device(train.x.nbytes, self.device) else train
@@ -148,6 +121,7 @@ class Trainer:
         self.mid_step = False  # True while a step is under way (its update may be half done)
         self.batches_per_epoch = self.data.train.num_batches(cfg.train.batch_size)
         self.iteration = 0
+        self.saved_at: int | None = None  # the iteration of the last checkpoint written or restored
         self.train_seconds = 0.0
         self.running = RunningTotals(self.device)
         self.check_every = NAN_CHECK_EVERY
@@ -157,6 +131,7 @@ class Trainer:
         """Write a checkpoint (rank 0 writes; every process must call it, for the RNG states)."""
         rng_states = dist.gather_rng_states()
         if not dist.is_main_process():
+            self.saved_at = self.iteration
             return
         tensors = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "scaler": self.scaler.state_dict(), "rng": rng_states[0]}
@@ -169,6 +144,7 @@ class Trainer:
                 "running": self.running.as_dict(), "torch_version": torch.__version__,
                 "input": input_shape(self.data)}
         ckpt.save_checkpoint(self.run_dir, tensors, meta)
+        self.saved_at = self.iteration
 
     def restore(self) -> None:
         tensors, meta = ckpt.load_checkpoint(self.run_dir, map_location=self.device)
@@ -178,6 +154,7 @@ class Trainer:
         self.optimizer.load_state_dict(tensors["optimizer"])
         self.scaler.load_state_dict(tensors["scaler"])
         self.iteration, self.train_seconds = meta["iteration"], meta["train_seconds"]
+        self.saved_at = self.iteration
         dist.restore_rng_state(tensors.get("rng_processes", [tensors["rng"]]), self.cfg.seed, self.iteration)
         self.running.load(meta["running"])
         # Metrics logged after the checkpoint will be logged again: drop them.
@@ -192,12 +169,39 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if dist.is_main_process():
             save_toml(self.cfg, self.run_dir / CONFIG)
-        status = self.train_until(self.total if stop_after is None else min(self.total, stop_after))
-        if status != "diverged" and not self.mid_step:  # a torn step: the last checkpoint stands
-            self.save()
-        if status == "completed" and self.iteration < self.total:
-            status = "stopped"
-        return self._finish(status)
+        try:
+            status = self.train_until(self.total if stop_after is None else min(self.total, stop_after))
+            if status != "diverged" and not self.mid_step:  # a torn step: the last checkpoint stands
+                self.save()
+            if status == "completed" and self.iteration < self.total:
+                status = "stopped"
+            return self._finish(status)
+        except Exception as exc:  # noqa: BLE001 - only running out of memory is handled here
+            if not dist.is_out_of_memory(exc):
+                raise
+            error = self._out_of_memory_error(exc)
+        raise error  # outside the handler: the failed step's tensors are freed, not kept as its context
+
+    def _out_of_memory_error(self, exc: BaseException) -> ResourceError:
+        """What ran out, what the run folder still holds, and which setting to lower."""
+        t = self.cfg.train
+        if self.mid_step:
+            where, lower = f"in training step {self.iteration + 1}", f"train.batch_size (now {t.batch_size})"
+        else:
+            where, lower = (f"evaluating after iteration {self.iteration}",
+                            f"train.eval_batch_size (now {t.eval_batch_size})")
+        if self.saved_at is None:
+            kept = "no checkpoint had been written"
+        elif self.saved_at == self.total:
+            kept = (f"the trained weights are saved; `rnnlab eval {self.run_dir} --batch-size "
+                    f"{max(1, t.eval_batch_size // 4)}` tests them")
+        else:
+            kept = f"{self.run_dir} keeps its checkpoint of iteration {self.saved_at}"
+        # torch's first line, less the C++ assertion prefix ("[enforce fail at alloc_cpu.cpp:127] err == 0.")
+        detail = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", (str(exc) or type(exc).__name__)
+                        .splitlines()[0])[:160]
+        return ResourceError(f"out of memory on {self.device} {where} ({detail}); {kept}; lower {lower} or "
+                             "model.hidden and start the run again")
 
     def train_until(self, end: int) -> str:
         """The loop: train up to iteration ``end``; returns completed, diverged or interrupted."""

@@ -26,3 +26,7 @@ class CheckpointError(RnnlabError):
 
 class DivergedError(RnnlabError):
     """Training produced a non-finite loss."""
+
+
+class ResourceError(RnnlabError):
+    """The machine ran out of something the run needs (memory); smaller settings fix it."""

@@ -92,8 +92,7 @@ def run_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (Path(args.paths[0]) if len(args.paths) == 1 else Path("report"))
     rows = build_report(args.paths, out, plots=not args.no_plot, title="rnnlab report",
                         context={"runs from": ", ".join(args.paths)})
-    _finish(rows, out)
-    return 0
+    return _finish(rows, out)  # 1 if a seed failed or is unfinished, as compare: scripts can tell
 
 
 def _finish(rows: list[dict[str, Any]], out: Path, *, retry_hint: bool = False) -> int:

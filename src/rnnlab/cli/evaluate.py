@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from rnnlab.cli.common import DefaultsHelpFormatter
 
 
@@ -26,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def evaluate_run(run_dir: str, *, data_dir: str | None = None, batch_size: int = 1000,
                  device: str = "cpu") -> dict:
     """Evaluate a saved run on its dataset's test split."""
+    import torch
+
     import rnnlab
     from rnnlab.distributed import select_device
     from rnnlab.evaluation import confusion_matrix, evaluate

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from rnnlab.cli.common import (DefaultsHelpFormatter, add_config_arguments, check_at_least, check_plot_path,
                                config_from_args, settings_given)
 
@@ -29,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     import rnnlab
     from rnnlab.distributed import seed_everything
     from rnnlab.engine import build_model, load_datasets
@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         full = (test.lengths == test.seq_shape[0]).nonzero().flatten()
         if len(full) == 0:
             raise ConfigError(f"no test sequence has the full {test.seq_shape[0]} steps; `rnnlab gradients` "
-                              "compares steps across sequences, so it needs some of full length")
+                              "compares steps across sequences, so it needs some of full length; add test "
+                                  f"sequences of all {test.seq_shape[0]} steps to the file")
         test = test.subset(full)
     count = min(args.images, len(test))
     x, y = test.batch(torch.arange(count))  # (N, T, F), (N,)

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the config, train 2 iterations in a temporary folder, and exit")
+                        help="train 2 iterations in a temporary folder, print the config, and exit")
     parser.set_defaults(func=run)
 
 
@@ -43,13 +43,13 @@ def run(args: argparse.Namespace) -> int:
         result = rnnlab.resume(args.resume, progress=progress)
     else:
         config = config_from_args(args)
-        if args.dry_run:
-            print(tomli_w.dumps(to_dict(config)))
+        if args.dry_run:  # the config is printed once it has run: a refused one prints only its error
             folder = tempfile.mkdtemp(prefix="rnnlab-dry-run-")
             try:
                 result = rnnlab.train(config, folder, progress=progress, stop_after=2)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
+            print(tomli_w.dumps(to_dict(config)))
             print(f"dry run ok: 2 iterations, loss and evaluation ran (test accuracy "
                   f"{result.summary.get('test_accuracy', float('nan')):.2f}%)")
             return 0

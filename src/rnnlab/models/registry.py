@@ -84,27 +84,42 @@ _INIT_BLOCKS = {"orthogonal": 4, "identity": 1}
 
 
 def check_model_size(config: ModelConfig, *, input_size: int, seq_len: int, num_classes: int,
-                     train: TrainConfig | None = None) -> int:
-    """Refuse a model whose float32 weights would not fit in this machine's memory while it is built
-    (with ``train``: nor its gradients and optimizer state), before torch tries; return the parameter count."""
+                     train: TrainConfig | None = None, gpu: tuple[int, str] | None = None) -> int:
+    """Refuse a model whose float32 weights would not fit in memory while it is built (with
+    ``train``: nor its gradients and optimizer state), before torch tries; return the parameter count.
+    ``gpu``: (free bytes, name) of the GPU that will hold the model (``distributed.device_memory``).
+    The model is built on the host either way, so the host must hold the build, and whichever
+    device trains must hold the training copies."""
     count = parameter_estimate(config, input_size=input_size, seq_len=seq_len, num_classes=num_classes)
-    weights, memory = 4 * count, _memory_bytes()
+    weights = 4 * count
     building = weights + _INIT_BLOCKS.get(config.init, 0) * 4 * config.hidden**2
-    copies = 1
-    if train is not None:  # weights, gradients, and Adam's two moments or one momentum/RMSprop buffer
-        copies = 2 + (2 if train.optimizer in ("adam", "adamw")
-                      else (train.optimizer == "rmsprop") + (train.momentum > 0))
-    if max(building, weights * copies) <= memory:
-        return count
+    copies = 1 if train is None else _training_copies(train)
+    host, host_copies = _memory_bytes(), 1 if gpu is not None else copies
+    if max(building, weights * host_copies) > host:
+        _refuse(count, config, train if gpu is None else None, host, "this machine has", building, copies)
+    if gpu is not None and weights * copies > gpu[0]:
+        _refuse(count, config, train, gpu[0], f"the GPU {gpu[1]} has", weights, copies, free=True)
+    return count
+
+
+def _refuse(count: int, config: ModelConfig, train: TrainConfig | None, memory: int, where: str,
+            building: int, copies: int, *, free: bool = False) -> None:
+    """The model-size error: what does not fit where, and what to change."""
+    weights = 4 * count
     notes, advice = "", _ADVICE  # the weights alone too big: that says it all; else say what else is
     if weights <= memory < building:
         notes += f"; model.init={config.init} needs {_size(building)} while building it"
-        advice += " (or set model.init=default)" if weights * copies <= memory else ""
+        advice += " (or set model.init=default)" if train is None or weights * copies <= memory else ""
     if train is not None and weights <= memory < weights * copies:
         notes += (f"; training with {train.optimizer} adds gradients and optimizer state: "
                   f"{copies} copies, {_size(weights * copies)}")
     raise ConfigError(f"the model would have {_count(count)} parameters ({_size(weights)} of float32 "
-                      f"weights{notes}); this machine has {_size(memory)} of memory; {advice}")
+                      f"weights{notes}); {where} {_size(memory)} of memory{' free' if free else ''}; {advice}")
+
+
+def _training_copies(train: TrainConfig) -> int:
+    """Weights, gradients, and Adam's two moments or one momentum/RMSprop buffer."""
+    return 2 + (2 if train.optimizer in ("adam", "adamw") else (train.optimizer == "rmsprop") + (train.momentum > 0))
 
 
 def _memory_bytes() -> int:

@@ -1,0 +1,37 @@
+"""The top-level package: its public names load on first use, so the command line starts fast."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import rnnlab
+
+
+def test_public_names_resolve_to_their_modules() -> None:
+    from rnnlab import config, presets, run
+
+    assert rnnlab.train is run.train and rnnlab.load is run.load and rnnlab.RunConfig is config.RunConfig
+    assert rnnlab.get_preset is presets.get_preset
+    assert set(rnnlab.__all__) <= set(dir(rnnlab))
+    for name in rnnlab.__all__:
+        assert getattr(rnnlab, name) is not None
+
+
+def test_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="module 'rnnlab' has no attribute 'trian'"):
+        rnnlab.trian  # noqa: B018
+    assert not hasattr(rnnlab, "trian")
+
+
+def test_command_line_help_does_not_import_torch() -> None:
+    """`rnnlab --help` and `rnnlab presets` answer without loading torch (~1.5 s), and a Ctrl-C
+    while a command loads torch reaches the command line's handler (one line, exit 130)."""
+    code = ("import sys\nfrom rnnlab.cli import build_parser, main\nbuild_parser()\n"
+            "assert main(['presets']) == 0\nimport rnnlab\nrnnlab.get_preset('dlw-rnn-a')\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
