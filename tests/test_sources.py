@@ -269,10 +269,23 @@ def test_images_must_be_3d_uint8(tmp_path: Path) -> None:
         load_split("kmnist", "test", tmp_path)
 
 
-def test_missing_split_file_in_data_dir(tmp_path: Path) -> None:
+def test_missing_split_file_in_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_split(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
-    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte not found in"):
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte not found in .*point --data-dir at a folder"):
+        load_split("kmnist", "test", tmp_path)
+    # The folder came from RNNLAB_DATA_DIR: the message names that setting, not --data-dir.
+    monkeypatch.setenv("RNNLAB_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataError, match=r"not found in .*set RNNLAB_DATA_DIR to a folder that has it \(or unset it\)\.$"):
+        load_split("kmnist", "test")
+    monkeypatch.setenv("RNNLAB_DATA_DIR", str(tmp_path / "gone"))
+    with pytest.raises(DataError, match=r"gone does not exist. Create it, or set RNNLAB_DATA_DIR to a folder"):
+        load_split("kmnist", "test")
+    monkeypatch.delenv("RNNLAB_DATA_DIR")
+    # A folder named like the file (an archive unpacked in place) is named as such, not "not found".
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").mkdir()
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz is a folder, not the IDX file "
+                                        r"t10k-labels-idx1-ubyte; put the file itself in "):
         load_split("kmnist", "test", tmp_path)
 
 
@@ -346,7 +359,7 @@ def test_data_dir_that_is_a_file(mnist_dir: Path, tmp_path: Path, monkeypatch: p
     with pytest.raises(DataError, match=rf"^RNNLAB_DATA_DIR={re.escape(str(f))} is a file; set it to a folder that "
                                         r"holds the IDX files, or unset it$"):
         load_split("kmnist", "test")
-    with pytest.raises(DataError, match=r"data folder .*notes\.txt is a file; point --data-dir at the folder"):
+    with pytest.raises(DataError, match=r"data folder .*notes\.txt is a file; point --data-dir at a folder"):
         find_file(f, "t10k-images-idx3-ubyte")
 
 

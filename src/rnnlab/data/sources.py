@@ -49,23 +49,23 @@ _FIX_SENTENCE = "Point --data-dir at a folder holding a good copy of the IDX fil
 _DOWNLOAD = "the setting data.download=true (e.g. `rnnlab train data.download=true`)"
 
 
-def find_file(directory: str | os.PathLike[str], base: str) -> Path:
-    """Find ``base`` in ``directory`` under either name style, plain or ``.gz``."""
+def find_file(directory: str | os.PathLike[str], base: str, *,
+              fix: str = "point --data-dir at a folder that has it") -> Path:
+    """Find ``base`` in ``directory`` under either name style, plain or ``.gz``. ``fix`` ends
+    the error messages: it names the setting the folder came from (--data-dir, RNNLAB_DATA_DIR)."""
     d = Path(directory)
     if d.exists() and not d.is_dir():
-        raise DataError(f"data folder {d} is a file; point --data-dir at the folder with the IDX files.")
+        raise DataError(f"data folder {d} is a file; {fix}.")
     if not d.is_dir():
-        raise DataError(
-            f"data folder {d} does not exist. Create it or point --data-dir at the folder with "
-            "the IDX files."
-        )
+        raise DataError(f"data folder {d} does not exist. Create it, or {fix}.")
     found = find_in(d, base)
     if found is None:
+        folders = [name for name in candidates(base) if (d / name).is_dir()]
+        if folders:  # e.g. an archive unpacked into a folder of the file's name
+            raise DataError(f"{d / folders[0]} is a folder, not the IDX file {base}; put the file itself "
+                            f"in {d}, or {fix}.")
         looked = ", ".join(candidates(base))
-        raise DataError(
-            f"{base} not found in {d} (looked for {looked}). "
-            "Put the file there, or point --data-dir at a folder that has it."
-        )
+        raise DataError(f"{base} not found in {d} (looked for {looked}). Put the file there, or {fix}.")
     return found
 
 
@@ -152,6 +152,13 @@ def _check_pair(spec: DatasetSpec, images: np.ndarray, labels: np.ndarray, ipath
         )
 
 
+def _folder_fix(data_dir: str | os.PathLike[str] | None) -> str:
+    """How to point rnnlab at another data folder, naming the setting in use."""
+    if data_dir is None and os.environ.get("RNNLAB_DATA_DIR"):
+        return "set RNNLAB_DATA_DIR to a folder that has it (or unset it)"
+    return "point --data-dir at a folder that has it"
+
+
 def _resolve_dir(
     spec: DatasetSpec, split: str, data_dir: str | os.PathLike[str] | None, download_: bool
 ) -> Path:
@@ -230,7 +237,8 @@ def load_split(
     spec = get_dataset(dataset)
     d = _resolve_dir(spec, split, data_dir, download)
     ibase, lbase = split_files(spec, split)
-    ipath, lpath = find_file(d, ibase), find_file(d, lbase)
+    fix = _folder_fix(data_dir)
+    ipath, lpath = find_file(d, ibase, fix=fix), find_file(d, lbase, fix=fix)
     images = _load_checked(spec, ibase, ipath, verify)
     labels = _load_checked(spec, lbase, lpath, verify)
     _check_pair(spec, images, labels, ipath, lpath)
