@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -159,3 +160,12 @@ def test_an_out_folder_is_named_as_given(untrained_run, tmp_path: Path, capsys: 
     err = capsys.readouterr().err
     assert err == f"rnnlab: error: Is a directory: {folder}\n"
     assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["folder", run.name]
+
+
+def test_only_the_known_cpp_notes_are_held_back(capfd: pytest.CaptureFixture[str]) -> None:
+    from rnnlab.export import _BENIGN_CPP_WARNINGS, _without_cpp_lines
+
+    with _without_cpp_lines(_BENIGN_CPP_WARNINGS):
+        os.write(2, b"[W shape_type_inference.cpp:1994] Warning: The shape inference of prim::PackPadded type is "
+                    b"missing, so ...\nsomething else went wrong\n")
+    assert capfd.readouterr().err == "something else went wrong\n"
