@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -359,6 +360,11 @@ def test_an_exported_model_of_varying_lengths_takes_them_as_a_second_input(tmp_p
     # the same sequence alone, unpadded, gives the same answer
     alone = exported(padded[:1, : lt[0]], lt[:1].astype(np.int64))
     np.testing.assert_allclose(alone, logits[:1], atol=1e-5)
+    if fmt == "torchscript":  # a length outside 1..T, or not one per sequence, is refused
+        for bad, message in (([0, 3], "from 1 to the padded length T = 16; got lengths from 0 to 3"),
+                             ([17, 3], "got lengths from 3 to 17"), ([3], "lengths must have shape (N,) = (2,)")):
+            with pytest.raises(Exception, match=re.escape(message)):
+                exported(padded[:2], np.array(bad, np.int64))
 
 
 # ------------------------------------------------------------------ eval on another file than the run's

@@ -8,7 +8,8 @@ The batch dimension is dynamic, and so is ``T`` unless the readout is ``all`` (a
 every step fixes the length). A run trained on sequences of varying length (a sequence file
 with ``lengths_*``) takes a second input, ``lengths``: int64 ``(N,)``, each padded sequence's
 own length, read as in training (to each sequence's end, the reverse direction packed). Each
-must be in 1..T: the graph does not check them (ONNX has no assertion op that would stop a run).
+must be in 1..T. TorchScript refuses others with a clear error; the ONNX graph does not check
+them (ONNX has no assertion op that would stop a run), so its caller must.
 
 Export always uses the reference ``torch.nn`` layers (same state_dict names as the fast ones),
 writes through a temporary file, and is checked on real test images before it replaces ``--out``.
@@ -252,7 +253,28 @@ def _write_torchscript(model: torch.nn.Module, example: tuple[torch.Tensor, ...]
         # Tracing records aten::lstm & co. with sizes read from the input, so N (and T) stay free;
         # our own check below replaces the tracer's check_trace.
         traced = torch.jit.trace(model, example, check_trace=False)
+        if len(example) > 1:  # a traced graph keeps no Python checks: wrap it in a scripted one
+            traced = torch.jit.script(_LengthsChecked(traced))
         torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: json.dumps(metadata)})
+
+
+class _LengthsChecked(torch.nn.Module):
+    """Refuses lengths outside 1..T, or not one per sequence, before the traced model reads them
+    (past T it would fail with a bare index error; 0 or less would give meaningless logits)."""
+
+    def __init__(self, traced: torch.nn.Module) -> None:
+        super().__init__()
+        self.traced = traced
+
+    def forward(self, sequences: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        steps = sequences.shape[1]
+        if lengths.dim() != 1 or lengths.shape[0] != sequences.shape[0]:
+            raise ValueError(f"lengths must have shape (N,) = ({sequences.shape[0]},), one per sequence; "
+                             f"got {lengths.shape}")
+        if lengths.numel() > 0 and (bool((lengths < 1).any()) or bool((lengths > steps).any())):
+            raise ValueError(f"each length must be from 1 to the padded length T = {steps}; got lengths from "
+                             f"{int(lengths.min())} to {int(lengths.max())}")
+        return self.traced(sequences, lengths)
 
 
 def _torchscript_runner(path: Path) -> Runner:
