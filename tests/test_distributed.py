@@ -147,7 +147,11 @@ _FAULTS = """
 import resource, torch
 from rnnlab.distributed import tune_allocator
 applied = tune_allocator()
-for _ in range(3):  # 64 MB, over any mmap threshold glibc keeps by default; a few times to settle
+# 64 MB, over any mmap threshold glibc keeps by default. With tuning, the first few still extend
+# the heap: torch's 64-byte-aligned allocation needs a little more than the chunk the last one
+# freed, until freed chunks next to each other merge (after 2-8 here, depending on what else the
+# process has allocated). Training runs in that steady state.
+for _ in range(12):
     torch.empty(16 << 20).fill_(1.0)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(4):  # the same size again, as training steps do: fresh pages, or the freed ones?
