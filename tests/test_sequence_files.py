@@ -436,3 +436,23 @@ def test_inspect_refuses_the_all_readout_for_varying_lengths_as_training_does(
     assert main(["inspect", "--data-file", str(path), "model.readout=all"]) == 2
     assert "model.readout=all reads every step" in capsys.readouterr().err
     assert main(["inspect", "--data-file", str(path), "model.readout=mean"]) == 0
+
+
+def test_eval_json_is_strict_json_when_a_class_has_no_test_samples(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (x_train, y_train), (x_test, y_test) = synthetic(200, 0), synthetic(60, 1)
+    path = tmp_path / "four.npz"  # a fourth class that no sequence has
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, num_classes=np.array(4))
+    assert main(["train", "--data-file", str(path), "--hidden", "8", "--iterations", "2", "data.val_size=0",
+                 "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--json", "--no-plot"]) == 0
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    report = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert len(report["per_class_accuracy"]) == 4 and report["per_class_accuracy"][3] is None
+    assert all(isinstance(a, float) for a in report["per_class_accuracy"][:3])
+    assert main(["eval", str(tmp_path / "run"), "--no-plot"]) == 0
+    assert "  3:    n/a (no test samples)" in capsys.readouterr().out

@@ -39,7 +39,8 @@ def evaluate_run(run_dir: str, *, data_dir: str | None = None, batch_size: int =
     result = evaluate(trained.model, test, batch_size=batch_size, device=dev)
     matrix = confusion_matrix(test.y, result.predictions, trained.num_classes)
     counts = torch.bincount(test.y, minlength=trained.num_classes).tolist()
-    per_class = [100.0 * matrix[c][c] / counts[c] if counts[c] else float("nan") for c in range(trained.num_classes)]
+    # None (JSON null) for a class with no test samples: NaN is not valid JSON
+    per_class = [100.0 * matrix[c][c] / counts[c] if counts[c] else None for c in range(trained.num_classes)]
     return {"run_dir": str(run_dir), "test_accuracy": result.accuracy, "test_loss": result.loss,
             "samples": len(test), "unit": "sequences" if trained.reads_sequences else "images",
             "class_names": trained.class_names,
@@ -53,7 +54,7 @@ def format_report(report: dict) -> str:
     lines = [f"test accuracy {report['test_accuracy']:.2f}% on {report['samples']} {report.get('unit', 'images')} "
              f"(loss {report['test_loss']:.4f})", "", "per-class accuracy:"]
     names = report.get("class_names")
-    lines += [f"  {c}{' ' + names[c] if names else ''}: {acc:6.2f}%"
+    lines += [f"  {c}{' ' + names[c] if names else ''}: " + (f"{acc:6.2f}%" if acc is not None else "   n/a (no test samples)")
               for c, acc in enumerate(report["per_class_accuracy"])]
     lines += ["", "confusion matrix (rows: true class, columns: predicted):",
               "true\\pred" + "".join(f"{c:>{width}}" for c in range(n))]
@@ -71,5 +72,5 @@ def run(args: argparse.Namespace) -> int:
 
         confusion_matrix_png(report["confusion_matrix"], Path(args.run_dir) / CONFUSION,
                              f"{Path(args.run_dir).name}: test set")
-    print(json.dumps(report) if args.json else format_report(report))
+    print(json.dumps(report, allow_nan=False) if args.json else format_report(report))
     return 0
