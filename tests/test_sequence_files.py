@@ -456,3 +456,18 @@ def test_eval_json_is_strict_json_when_a_class_has_no_test_samples(tmp_path: Pat
     assert all(isinstance(a, float) for a in report["per_class_accuracy"][:3])
     assert main(["eval", str(tmp_path / "run"), "--no-plot"]) == 0
     assert "  3:    n/a (no test samples)" in capsys.readouterr().out
+
+
+def test_samples_per_second_counts_the_partial_last_batch_of_each_epoch(tmp_path: Path) -> None:
+    (x_train, y_train), (x_test, y_test) = synthetic(100, 0), synthetic(20, 1)
+    path = tmp_path / "small.npz"
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    config = apply_overrides(RunConfig(), ["data.dataset=file", f"data.file={path}", "data.val_size=0",
+                                           "model.hidden=8", "train.batch_size=32", "train.epochs=2",
+                                           "train.eval_every=3", "train.checkpoint_every=3"])
+    run = rnnlab.train(config, tmp_path / "run", progress=False)  # 4 batches an epoch: 32, 32, 32, 4
+    assert run.summary["iterations"] == 8 and run.summary["samples"] == 200  # not 8 x 32 = 256
+    assert run.summary["samples_per_second"] == pytest.approx(200 / run.summary["train_seconds"], rel=1e-3)
+    part = rnnlab.train(config, tmp_path / "part", progress=False, stop_after=5)  # after 3 + 1 + 1 batches
+    assert part.summary["samples"] == 132
+    assert rnnlab.resume(part.dir, progress=False).summary["samples"] == 200

@@ -122,6 +122,7 @@ class Trainer:
         self.batches_per_epoch = self.data.train.num_batches(cfg.train.batch_size)
         self.iteration = 0
         self.saved_at: int | None = None  # the iteration of the last checkpoint written or restored
+        self.samples = 0  # training samples processed: an epoch's last batch may be partial
         self.train_seconds = 0.0
         self.running = RunningTotals(self.device)
         self.check_every = NAN_CHECK_EVERY
@@ -141,6 +142,7 @@ class Trainer:
             tensors["permutation"] = self.data.permutation
         meta = {"config": to_dict(self.cfg), "iteration": self.iteration, "total_iterations": self.total,
                 "epoch": self.iteration / self.batches_per_epoch, "train_seconds": self.train_seconds,
+                "samples": self.samples,
                 "running": self.running.as_dict(), "torch_version": torch.__version__,
                 "input": input_shape(self.data)}
         ckpt.save_checkpoint(self.run_dir, tensors, meta)
@@ -154,6 +156,8 @@ class Trainer:
         self.optimizer.load_state_dict(tensors["optimizer"])
         self.scaler.load_state_dict(tensors["scaler"])
         self.iteration, self.train_seconds = meta["iteration"], meta["train_seconds"]
+        # Checkpoints before this count was kept: every batch full, as the count then assumed.
+        self.samples = int(meta.get("samples", self.iteration * self.cfg.train.batch_size))
         self.saved_at = self.iteration
         dist.restore_rng_state(tensors.get("rng_processes", [tensors["rng"]]), self.cfg.seed, self.iteration)
         self.running.load(meta["running"])
@@ -212,7 +216,7 @@ class Trainer:
                    disable=not (self.progress and dist.is_main_process()),
                    desc=cfg.label, dynamic_ncols=True, leave=True,
                    mininterval=0.2 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
-        seconds_at_start, iteration_started = self.train_seconds, self.iteration
+        seconds_at_start, samples_at_start = self.train_seconds, self.samples
         order, order_epoch = None, -1
         status = "completed"
         stop = StopBetweenSteps()
@@ -243,12 +247,13 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.iteration += 1
+                self.samples += len(batch_idx)
                 self.mid_step = False
                 self.train_seconds += time.perf_counter() - step_started
                 bar.update(1)
                 if self.iteration % t.eval_every == 0 or self.iteration == self.total:
                     seconds = max(self.train_seconds - seconds_at_start, 1e-9)
-                    rate = (self.iteration - iteration_started) * t.batch_size / seconds
+                    rate = (self.samples - samples_at_start) / seconds
                     row = self._log_evaluation(rate, lr)
                     shown = {k: f"{row[k]:.4g}" for k in ("train_loss", "val_accuracy", "test_accuracy") if k in row}
                     bar.set_postfix(shown | {"samples/s": f"{rate:.0f}"})
@@ -356,7 +361,8 @@ class Trainer:
             "iterations": self.iteration,
             "epochs": round(self.iteration / self.batches_per_epoch, 4),
             "train_seconds": round(self.train_seconds, 3),
-            "samples_per_second": round(self.iteration * cfg.train.batch_size / max(self.train_seconds, 1e-9), 1),
+            "samples": self.samples,
+            "samples_per_second": round(self.samples / max(self.train_seconds, 1e-9), 1),
             "device": str(self.device),
             "amp": self.amp,  # the precision trained in (train.amp=auto resolved)
             "processes": self.world,  # > 1 under torchrun: samples/s is over all of them
