@@ -14,7 +14,7 @@ import rnnlab
 from rnnlab.config import RunConfig, apply_overrides, load_toml
 from rnnlab import checkpoint as ckpt
 from rnnlab.engine import Trainer, learning_rate, make_optimizer
-from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix
+from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix, evaluate
 from rnnlab.errors import CheckpointError, ConfigError, ResourceError
 
 TINY = ["model.hidden=16", "train.batch_size=50", "train.iterations=40", "train.eval_every=20",
@@ -311,7 +311,12 @@ def test_amp_auto_trains_and_evaluates_in_the_resolved_precision(tmp_path: Path,
         warnings.simplefilter("ignore", RuntimeWarning)  # a CPU without a bf16 LSTM kernel runs it in fp32
         run = rnnlab.train(config, tmp_path / "run", progress=False)
     assert run.status == "completed" and run.summary["amp"] == "bf16"
-    assert used and set(used) == {"bf16"}  # training steps and every evaluation
+    # Training steps and the evaluation during training in bf16; the final test and val in float32,
+    # so that summary.json holds what `rnnlab eval` reproduces.
+    assert used[:5] == ["bf16"] * 5 and used[5:] == ["off", "off"]
+    trained = rnnlab.load(run.dir)
+    result = evaluate(trained.model, trained.test_split(), batch_size=1000, device=torch.device("cpu"))
+    assert run.summary["test_accuracy"] == round(result.accuracy, 4)
     assert load_toml(run.dir / "config.toml").train.amp == "auto"  # the request is what is saved
     plain = rnnlab.train(tiny("train.iterations=2", "train.eval_every=2"), tmp_path / "plain", progress=False)
     assert plain.summary["amp"] == "off"
