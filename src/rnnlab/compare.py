@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rnnlab import checkpoint as ckpt
-from rnnlab.config import RunConfig, apply_overrides, check_folder_name, load_toml, save_toml, to_dict
+from rnnlab.config import RunConfig, apply_overrides, check_folder_name, load_toml, save_toml
 from rnnlab.engine import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError
 from rnnlab.presets import get_preset, list_presets, suite as suite_names
-from rnnlab.report import read_record, read_summary, report_groups
+from rnnlab.report import read_record, read_summary, report_groups, result_settings
 
 FINISHED = ("completed", "diverged")  # a rerun keeps these as they are
 MAX_SEEDS = 1000  # more is a typo, and would plan (and print) for minutes
@@ -116,14 +116,6 @@ def plan(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: int
     return tasks
 
 
-def _comparable(config: RunConfig) -> dict[str, Any]:
-    """A config as a dict, without settings that do not change results (threads, device)."""
-    raw = to_dict(config)
-    for key in ("threads", "device", "checkpoint_every"):
-        raw["train"].pop(key, None)
-    return raw
-
-
 def task_state(task: Task) -> str:
     """What a (re)run does with this task's folder: ``skip``, ``resume`` or ``train``.
 
@@ -133,7 +125,7 @@ def task_state(task: Task) -> str:
     run_dir = Path(task.run_dir)
     if (run_dir / CONFIG).exists():
         existing = load_toml(run_dir / CONFIG)
-        if _comparable(existing) != _comparable(task.config):
+        if result_settings(existing) != result_settings(task.config):
             raise ConfigError(f"{run_dir} holds a run of a different config (changed settings or overrides?); "
                               "use another --out, or delete that folder to run it again")
     if read_summary(run_dir).get("status") in FINISHED:  # a corrupt summary reads as failed: retrained

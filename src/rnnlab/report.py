@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnlab import checkpoint as ckpt
-from rnnlab.config import RunConfig, describe_model, load_toml
+from rnnlab.config import RunConfig, describe_model, load_toml, to_dict
 from rnnlab.engine import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError
 
@@ -133,8 +133,50 @@ def collect(paths: list[str | Path]) -> dict[str, list[RunRecord]]:
             if key not in seen:
                 seen.add(key)
                 groups.setdefault(record.entry, []).append(record)
-    for records in groups.values():
+    split: dict[str, list[RunRecord]] = {}
+    for entry, records in groups.items():
+        split.update(_split_by_config(entry, records))
+    for records in split.values():
         records.sort(key=lambda r: (r.seed is None, r.seed or 0, str(r.dir)))
+    return split
+
+
+def result_settings(config: RunConfig) -> dict[str, Any]:
+    """A config as a flat dict of dotted keys, without the settings that do not change results
+    (threads, device, checkpoint_every): two runs with equal ones differ only by chance."""
+    flat = {f"{section}.{key}" if isinstance(values, dict) else section: value
+            for section, values in to_dict(config).items()
+            for key, value in (values.items() if isinstance(values, dict) else [(None, values)])}
+    for key in ("train.threads", "train.device", "train.checkpoint_every"):
+        flat.pop(key, None)
+    return flat
+
+
+def _split_by_config(entry: str, records: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    """Loose runs are grouped by label (the model's shape, or the run's name), which does not say
+    what they trained on or how: runs of the same label but different settings (other than the
+    seed) become separate rows, each named by the settings that set it apart. A run whose config
+    could not be read stays with the others of its label."""
+    by_settings: dict[str, tuple[dict[str, Any], list[RunRecord]]] = {}
+    unread = []
+    for record in records:
+        if record.config is None:
+            unread.append(record)
+            continue
+        settings = {k: v for k, v in result_settings(record.config).items() if k not in ("seed", "name")}
+        key = json.dumps(settings, sort_keys=True, default=str)
+        by_settings.setdefault(key, (settings, []))[1].append(record)
+    if len(by_settings) <= 1:
+        return {entry: records}
+    differ = [k for k in next(iter(by_settings.values()))[0]
+              if len({json.dumps(s.get(k), default=str) for s, _ in by_settings.values()}) > 1]
+    groups = {}
+    for settings, members in by_settings.values():
+        shown = [f"{k}={Path(v).name if k == 'data.file' and v else v}" for k, v in
+                 ((k, settings.get(k)) for k in differ[:3])]
+        groups[f"{entry} [{', '.join(shown)}{', ...' if len(differ) > 3 else ''}]"] = members
+    if unread:  # runs without a readable config: their own row, under the plain label
+        groups[entry] = unread
     return groups
 
 
