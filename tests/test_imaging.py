@@ -187,6 +187,7 @@ def test_pixel_batch_reads_integers_as_pixels(mnist_test: np.ndarray) -> None:
     assert np.array_equal(pixel_batch(images.astype(np.int32)), images)
     assert np.array_equal(pixel_batch(images.tolist()), images)
     assert np.array_equal(pixel_batch(images[0]), images[:1])
-    assert np.array_equal(pixel_batch(images / 255.0), images)
+    floats = pixel_batch(images / 255.0 + 0.001 * (images < 255))  # floats are kept as given, not rounded
+    assert floats.dtype == np.float32 and np.allclose(floats, images / 255.0 + 0.001 * (images < 255), atol=1e-7)
     with pytest.raises(DataError, match="got -1 to 255"):
         pixel_batch(images.astype(np.int16) - (images == 0))

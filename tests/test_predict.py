@@ -213,6 +213,14 @@ def test_integer_and_bool_images_are_pixels(trained_run: Path, digits: dict) -> 
     assert trained.predict(mask) == trained.predict(mask.astype(np.uint8) * 255)
 
 
+def test_float_images_are_read_as_given_not_rounded_to_8_bits(trained_run: Path, digits: dict) -> None:
+    trained, images = rnnlab.load(trained_run), digits["images"][:20]
+    noisy = np.clip(images / 255.0 + np.random.default_rng(0).uniform(-0.002, 0.002, images.shape), 0, 1)
+    with torch.no_grad():  # what an exported model computes on the same floats: (N, 28, 28) rows
+        direct = torch.softmax(trained.model(torch.from_numpy(noisy).float()), dim=1)
+    torch.testing.assert_close(trained.probabilities(noisy), direct, rtol=0, atol=1e-6)
+
+
 def test_what_is_not_images_is_refused(trained_run: Path, digits: dict) -> None:
     trained, image = rnnlab.load(trained_run), digits["images"][0]
     accepted = r"give an array or tensor \(N, 28, 28\) or \(28, 28\) of pixels .* PIL images, image files"

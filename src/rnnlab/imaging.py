@@ -310,7 +310,9 @@ def _as_array(images: Any, accepted: str) -> np.ndarray:
 
 
 def pixel_batch(images: Any, image_shape: tuple[int, int] = (SIZE, SIZE)) -> np.ndarray:
-    """What :meth:`rnnlab.TrainedModel.predict` accepts -> uint8 pixels ``(N, H, W)``.
+    """What :meth:`rnnlab.TrainedModel.predict` accepts -> pixels ``(N, H, W)``: uint8, or float32
+    in [0, 1] for float input, kept as given (rounding them to 8 bits would move predictions away
+    from what an exported model computes on the same floats).
 
     Brought to MNIST form by :func:`as_image_batch`, then checked, so that no input becomes a
     silently wrong prediction: uint8 and integers 0-255 are pixels, floats must lie in [0, 1],
@@ -361,4 +363,4 @@ def pixel_batch(images: Any, image_shape: tuple[int, int] = (SIZE, SIZE)) -> np.
     if low < 0 or high > 1:
         raise DataError(f"float images must have values in [0, 1], got {low:g} to {high:g}; divide 0-255 values "
                         "by 255, or pass uint8 for 0-255")
-    return np.round(values * 255).astype(np.uint8)
+    return values

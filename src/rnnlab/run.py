@@ -269,8 +269,8 @@ class TrainedModel:
             return self.sequences_in(images)[0]
         # Shapes, types and values are checked there: integers 0-255 are pixels, floats 0-1.
         pixels = torch.from_numpy(np.require(pixel_batch(images, tuple(self.image_shape)), requirements="W"))
-        seqs = images_to_sequences(pixels, self.view, self.permutation)  # (N, T, F) uint8
-        return seqs.float() / 255.0
+        seqs = images_to_sequences(pixels, self.view, self.permutation)  # (N, T, F) uint8, or float32 in [0, 1]
+        return seqs.float() / 255.0 if seqs.dtype == torch.uint8 else seqs
 
     @torch.no_grad()
     def probabilities(self, inputs: Any) -> torch.Tensor:
