@@ -276,7 +276,8 @@ def test_missing_split_file_in_data_dir(tmp_path: Path, monkeypatch: pytest.Monk
         load_split("kmnist", "test", tmp_path)
     # The folder came from RNNLAB_DATA_DIR: the message names that setting, not --data-dir.
     monkeypatch.setenv("RNNLAB_DATA_DIR", str(tmp_path))
-    with pytest.raises(DataError, match=r"not found in .*set RNNLAB_DATA_DIR to a folder that has it \(or unset it\)\.$"):
+    with pytest.raises(DataError, match=r"not found in .*set RNNLAB_DATA_DIR to a folder that has it "
+                                        r"\(or unset it\)\.$"):
         load_split("kmnist", "test")
     monkeypatch.setenv("RNNLAB_DATA_DIR", str(tmp_path / "gone"))
     with pytest.raises(DataError, match=r"gone does not exist. Create it, or set RNNLAB_DATA_DIR to a folder"):

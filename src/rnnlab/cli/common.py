@@ -59,7 +59,8 @@ SHORTCUTS = {
     "seed": ("seed", int, "random seed"),
     "device": ("train.device", str, "auto, cpu, cuda, cuda:N or mps"),
     "amp": ("train.amp", str, "mixed precision: off, bf16, fp16 (cuda) or auto (bf16 where measured to pay)"),
-    "data_dir": ("data.data_dir", str, "folder with the IDX files (default: RNNLAB_DATA_DIR, then the embedded MNIST)"),
+    "data_dir": ("data.data_dir", str, "folder with the IDX files (default: RNNLAB_DATA_DIR, then the embedded "
+                                       "MNIST or the download cache)"),
     "data_file": ("data.file", str, "a .npz of your own sequences (x_train, y_train, x_test, y_test); "
                                     "sets data.dataset=file"),
 }

@@ -54,8 +54,8 @@ def format_report(report: dict) -> str:
     lines = [f"test accuracy {report['test_accuracy']:.2f}% on {report['samples']} {report.get('unit', 'images')} "
              f"(loss {report['test_loss']:.4f})", "", "per-class accuracy:"]
     names = report.get("class_names")
-    lines += [f"  {c}{' ' + names[c] if names else ''}: " + (f"{acc:6.2f}%" if acc is not None else "   n/a (no test samples)")
-              for c, acc in enumerate(report["per_class_accuracy"])]
+    shown = [f"{acc:6.2f}%" if acc is not None else "   n/a (no test samples)" for acc in report["per_class_accuracy"]]
+    lines += [f"  {c}{' ' + names[c] if names else ''}: {text}" for c, text in enumerate(shown)]
     lines += ["", "confusion matrix (rows: true class, columns: predicted):",
               "true\\pred" + "".join(f"{c:>{width}}" for c in range(n))]
     lines += [f"{r:>9}" + "".join(f"{v:>{width}}" for v in row) for r, row in enumerate(matrix)]

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=DefaultsHelpFormatter,
     )
     add_config_arguments(parser)
-    parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<preset-or-model>-<timestamp>)")
+    parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<name-or-preset-or-model>-<timestamp>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--dry-run", action="store_true",
