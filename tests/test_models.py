@@ -40,6 +40,8 @@ def test_output_shapes(cell: str, readout: str, bidirectional: bool, layers: int
     assert steps.shape == (4, 7, 3)
     # Having read everything, the per-step prediction is the model's prediction.
     torch.testing.assert_close(steps[:, -1], model.eval()(x))
+    # Chosen points, cheap path or one pass per point alike, are those steps of the full answer.
+    torch.testing.assert_close(model.step_logits(x, [2, 7, 3]), steps[:, [1, 6, 2]])
 
 
 def shapes(model) -> list[list[int]]:

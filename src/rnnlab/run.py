@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,11 @@ import torch
 
 from rnnlab import checkpoint as ckpt
 from rnnlab import distributed as dist
-from rnnlab.config import RunConfig, from_dict, load_toml, to_dict
+from rnnlab.config import RunConfig, from_dict, load_toml, to_flat_dict
 from rnnlab.data import SequenceData, images_to_sequences, load_sequences
 from rnnlab.data.files import check_against_run, load_sequence_file
 from rnnlab.data.sources import DATASETS
-from rnnlab.engine import CONFIG, METRICS, SUMMARY, Trainer, default_run_dir
+from rnnlab.engine import CONFIG, METRICS, SUMMARY, Trainer
 from rnnlab.errors import CheckpointError, ConfigError, DataError
 from rnnlab.models import SequenceClassifier, create_model
 
@@ -92,6 +93,12 @@ def _path_arg(value: Any, name: str, example: str) -> Path:
     return Path(value)
 
 
+def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
+    """``runs/<name, preset or model>-<local time>``."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{cfg.label}-{stamp}"
+
+
 def _check_resumable(run_dir: Path, config: RunConfig) -> None:
     """Refuse to resume a run that has ended, or whose config.toml was edited since it started
     (resuming would train with the old settings and write them over the edit)."""
@@ -111,24 +118,13 @@ def _check_resumable(run_dir: Path, config: RunConfig) -> None:
         return
     on_disk = load_toml(run_dir / CONFIG)
     if on_disk != config:
-        started, edited = _flatten(to_dict(config)), _flatten(to_dict(on_disk))
+        started, edited = to_flat_dict(config), to_flat_dict(on_disk)
         changes = [f"{key}: {started.get(key)!r} when it started, {edited.get(key)!r} now"
                    for key in sorted(started.keys() | edited.keys()) if started.get(key) != edited.get(key)]
         raise CheckpointError(
             f"{run_dir / CONFIG} was edited after the run started ({'; '.join(changes[:3])}); --resume continues "
             f"the run with the settings it started with. Undo the edit, or start a new run with the change: "
             f"rnnlab train --config {run_dir / CONFIG}")
-
-
-def _flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
-    flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def read_run(run_dir: str | Path) -> Run:
@@ -285,11 +281,20 @@ class TrainedModel:
         return torch.softmax(logits, dim=-1).cpu()
 
     @torch.no_grad()
-    def step_probabilities(self, images: Any) -> torch.Tensor:
-        """Class probabilities after each step ``(N, T, C)``: how the prediction evolves as the model reads."""
+    def step_probabilities(self, images: Any, points: list[int] | None = None) -> torch.Tensor:
+        """Class probabilities ``(N, P, C)`` after reading ``points[i]`` steps (default: after each
+        step, ``P = T``): how the prediction evolves as the model reads."""
         self.model.eval()
         x = self.to_sequences(images).to(self.model.input_mean.device)  # (N, T, F)
-        return torch.softmax(self.model.step_logits(x), dim=-1).cpu()
+        return torch.softmax(self.model.step_logits(x, points), dim=-1).cpu()
+
+    def reading(self, images: Any, *, max_points: int | None = None,
+                cheap_max_points: int | None = None) -> tuple[list[int], torch.Tensor]:
+        """``(points, probabilities (N, P, C))`` for ``rnnlab predict --steps`` and the web page: at
+        most ``max_points`` points where each costs a pass, ``cheap_max_points`` where one pass
+        gives them all (``None``: every step), evenly spaced and ending at the last step."""
+        points = sample_points(self.model.seq_len, cheap_max_points if self.model.steps_in_one_pass else max_points)
+        return points, self.step_probabilities(images, points)
 
     def predict(self, images: Any) -> list[dict[str, Any]]:
         """``[{"class": int, "probabilities": [...]}, ...]`` for images (MNIST-form arrays, or files/PIL
@@ -298,6 +303,13 @@ class TrainedModel:
         names = self.class_names
         return [{"class": int(p.argmax()), "probabilities": p.tolist()}
                 | ({"name": names[int(p.argmax())]} if names else {}) for p in probs]
+
+
+def sample_points(steps: int, max_points: int | None) -> list[int]:
+    """Step counts ``1..steps`` to report: all of them, or ``max_points`` evenly spaced, ending at ``steps``."""
+    if max_points is None or steps <= max_points:
+        return list(range(1, steps + 1))
+    return [round(steps * k / max_points) for k in range(1, max_points + 1)]
 
 
 def load(run_dir: str | Path | Run, *, device: str | torch.device = "cpu") -> TrainedModel:

@@ -102,7 +102,6 @@ def run(args: argparse.Namespace) -> int:
     import rnnlab
     from rnnlab.errors import ConfigError, RnnlabError
     from rnnlab.imaging import prepare_image
-    from rnnlab.serve.reading import reading_steps
 
     if args.top < 1:
         raise ConfigError(f"--top={args.top} must be >= 1")
@@ -121,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         batch = np.stack([pixels for _, pixels in good])  # (N, 28, 28) uint8
         probs = trained.probabilities(batch)  # (N, C)
         if args.steps:
-            points, steps = reading_steps(trained, batch, max_points=DISPLAY_POINTS, cheap_max_points=DISPLAY_POINTS)
+            points, steps = trained.reading(batch, max_points=DISPLAY_POINTS, cheap_max_points=DISPLAY_POINTS)
         for i, (index, pixels) in enumerate(good):
             entry = entries[index]
             entry.update(_classified([float(v) for v in probs[i]], trained, args.top))

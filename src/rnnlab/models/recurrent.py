@@ -1,7 +1,7 @@
 """The recurrent sequence classifier shared by every model in the registry.
 
-Input is a float batch ``(B, T, F)`` with values in [0, 1], laid out as the data view reads
-an image (rows: ``(B, 28, 28)``). Optional standardisation is a buffer inside the model, so
+Input is a float batch ``(B, T, F)``: pixels in [0, 1] laid out as the data view reads an
+image (rows: ``(B, 28, 28)``), or a sequence file's features as they are. Optional standardisation is a buffer inside the model, so
 an exported or served model takes the same raw input as training does.
 """
 
@@ -15,25 +15,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from rnnlab.config import ModelConfig
 from rnnlab.errors import ConfigError
+from rnnlab.models.fast import make_recurrent
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-
-
-def _make_recurrent(mode: str, input_size: int, hidden: int, layers: int, bidirectional: bool,
-                    dropout: float, impl: str) -> nn.Module:
-    """The recurrent stack: fast layers where they win, else torch.nn (always batch_first)."""
-    try:
-        from rnnlab.models.fast import make_recurrent
-    except ImportError:  # fast layers not available: the reference implementation is always correct
-        make_recurrent = None
-    if make_recurrent is not None and impl != "torch":
-        return make_recurrent(mode, input_size, hidden, layers, bidirectional, dropout, impl=impl)
-    common = dict(num_layers=layers, bidirectional=bidirectional, dropout=dropout, batch_first=True)
-    if mode == "lstm":
-        return nn.LSTM(input_size, hidden, **common)
-    if mode == "gru":
-        return nn.GRU(input_size, hidden, **common)
-    return nn.RNN(input_size, hidden, nonlinearity=mode.removeprefix("rnn_"), **common)
 
 
 class SequenceClassifier(nn.Module):
@@ -50,8 +34,9 @@ class SequenceClassifier(nn.Module):
         self.register_buffer("input_mean", torch.as_tensor(input_mean, dtype=torch.float32).clone())
         self.register_buffer("input_std", torch.as_tensor(input_std, dtype=torch.float32).clone())
         self.recurrent_in_fp32 = False  # set when this CPU cannot run the recurrence in bf16
-        self.rnn = _make_recurrent(self.mode, input_size, config.hidden, config.layers,
-                                   config.bidirectional, config.dropout, config.impl)
+        # FastRecurrent where it was measured to win (impl=auto), else torch.nn; always batch_first
+        self.rnn = make_recurrent(self.mode, input_size, config.hidden, config.layers, config.bidirectional,
+                                  config.dropout, impl=config.impl)
         features = self.directions * config.hidden
         if config.readout == "all":
             features *= seq_len  # a Linear over every step's hidden state
@@ -120,28 +105,35 @@ class SequenceClassifier(nn.Module):
         sequences of varying length (None: all T steps count)."""
         return self.head(self.features(self.hidden_states(x, lengths), lengths))
 
+    @property
+    def steps_in_one_pass(self) -> bool:
+        """Whether :meth:`step_logits` gets every step from one pass (else one pass per step asked)."""
+        return self.directions == 1 and self.config.readout in ("last", "mean")
+
     @torch.no_grad()
-    def step_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, T, C)`` after reading each prefix ``x[:, :t+1]``.
+    def step_logits(self, x: torch.Tensor, points: list[int] | None = None) -> torch.Tensor:
+        """Logits ``(B, P, C)`` after reading the first ``t`` steps, for each ``t`` in ``points``
+        (default: every step, ``1..T``).
 
         Exact and cheap for a one-directional model with readout ``last`` or ``mean``
         (the state after step t is what the model knows then). Otherwise each prefix is
         run on its own, padded with zeros (blank pixels) to the trained length for ``all``.
         """
         batch, steps, _ = x.shape
-        if self.directions == 1 and self.config.readout in ("last", "mean"):
+        points = list(range(1, steps + 1)) if points is None else points
+        if self.steps_in_one_pass:
             out = self.hidden_states(x)  # (B, T, H)
             if self.config.readout == "mean":
                 counts = torch.arange(1, steps + 1, device=x.device, dtype=out.dtype)
                 out = out.cumsum(dim=1) / counts[None, :, None]  # running mean, (B, T, H)
-            return self.head(out)  # (B, T, C)
+            return self.head(out[:, [t - 1 for t in points]])  # (B, P, H) -> (B, P, C)
         logits = []
-        for t in range(1, steps + 1):
-            prefix = x[:, :t]
+        for t in points:
+            prefix = x[:, :t]  # (B, t, F)
             if self.config.readout == "all":
-                prefix = torch.cat([prefix, x.new_zeros(batch, steps - t, x.shape[2])], dim=1)
-            logits.append(self(prefix))
-        return torch.stack(logits, dim=1)  # (B, T, C)
+                prefix = torch.cat([prefix, x.new_zeros(batch, steps - t, x.shape[2])], dim=1)  # (B, T, F)
+            logits.append(self(prefix))  # (B, C)
+        return torch.stack(logits, dim=1)  # (B, P, C)
 
 
 def initialise(model: SequenceClassifier, scheme: str) -> None:

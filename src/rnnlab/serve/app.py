@@ -28,7 +28,6 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 import rnnlab
 from rnnlab.errors import DataError, RnnlabError
 from rnnlab.imaging import MAX_PIXELS, SIZE, prepare
-from rnnlab.serve.reading import reading_steps
 
 STATIC = Path(__file__).with_name("static")
 EXPENSIVE_POINTS = 28  # step points computed one pass each (bidirectional or readout all): row ends
@@ -132,7 +131,7 @@ def _predict(trained: Any, source: Any, max_pixels: int) -> dict[str, Any]:
     """Prepare one image, predict, and describe how the prediction evolved (runs in a worker thread)."""
     prepared = prepare(source, max_pixels=max_pixels)
     probs = trained.probabilities(prepared.pixels)[0]  # (C,)
-    points, steps = reading_steps(trained, prepared.pixels, max_points=EXPENSIVE_POINTS)  # (1, P, C)
+    points, steps = trained.reading(prepared.pixels, max_points=EXPENSIVE_POINTS)  # (1, P, C)
     return {
         "class": int(probs.argmax()),
         "probabilities": [float(p) for p in probs],
