@@ -188,10 +188,10 @@ def test_no_grad_and_errors() -> None:
 
 
 def test_auto_choice() -> None:
-    assert not fast_supported("rnn_relu", 28, 100, 1, False, 0.0, "cuda", torch.float32)
-    assert not fast_supported("rnn_relu", 28, 100, 1, False, 0.0, "cpu", torch.bfloat16)
-    assert fast_supported("rnn_relu", 28, 100, 1, False, 0.0, "cpu", torch.float32)
-    assert not fast_supported("lstm", 28, 100, 2, False, 0.0, "cpu", torch.float32)
+    assert not fast_supported("rnn_relu", 100, "cuda", torch.float32)
+    assert not fast_supported("rnn_relu", 100, "cpu", torch.bfloat16)
+    assert fast_supported("rnn_relu", 100, "cpu", torch.float32) and not fast_supported("rnn_relu", 513)
+    assert not fast_supported("lstm", 100, "cpu", torch.float32)
     assert isinstance(make_recurrent("rnn_relu", 28, 100, impl="auto"), FastRecurrent)
     assert type(make_recurrent("lstm", 28, 100, 2, impl="auto")) is nn.LSTM
     assert type(make_recurrent("gru", 28, 100, impl="torch")) is nn.GRU

@@ -173,14 +173,15 @@ def run_task(task: Task) -> dict[str, Any]:
             return _record(task, read_summary(run_dir), "skipped")
         import rnnlab
 
+        action = "trained"
         if state == "resume":
             try:
                 return _record(task, rnnlab.resume(run_dir, progress=False).summary, "resumed")
-            except CheckpointError:  # an unreadable checkpoint: start this seed again rather than fail forever
-                pass
+            except CheckpointError as exc:  # unreadable: start this seed again rather than fail forever
+                action = f"trained again (its checkpoint could not be resumed: {exc})"
         _clear(run_dir)
         save_toml(task.config, run_dir / CONFIG)  # now `rnnlab report` sees this seed even if it fails
-        return _record(task, rnnlab.train(task.config, run_dir, progress=False).summary, "trained")
+        return _record(task, rnnlab.train(task.config, run_dir, progress=False).summary, action)
     except Exception as exc:  # noqa: BLE001 - any error of one seed must not end the compare
         return record_failure(task, f"{type(exc).__name__}: {exc}", traceback.format_exc())
 

@@ -15,7 +15,7 @@ import re
 import sys
 import types
 import typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,7 @@ class DataConfig:
     dataset: str = "mnist"
     view: str = "rows"  # rows: 28 steps of 28 pixels; pixels: 784 steps of 1; permuted-pixels
     val_size: int = 5000  # carved from the training set; 0 disables validation
-    standardize: bool = True  # subtract the training-pixel mean, divide by the std (inside the model)
+    standardize: bool = True  # subtract the training split's mean, divide by its std (per feature for a file)
     permutation_seed: int = 0  # for the permuted-pixels view; the permutation is saved with the run
     data_dir: str = ""  # empty: RNNLAB_DATA_DIR, then the copy embedded in the package
     download: bool = False  # fetch missing files from the dataset's mirrors into the cache
@@ -236,6 +236,13 @@ _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
     """A plain nested dict (TOML- and JSON-serialisable)."""
     return dataclasses.asdict(cfg)
+
+
+def to_flat_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Every setting under its dotted key, as overrides name it: ``{"train.lr": 0.1, "seed": 0, ...}``."""
+    return {f"{top}.{key}" if isinstance(value, dict) else top: inner
+            for top, value in to_dict(cfg).items()
+            for key, inner in (value.items() if isinstance(value, dict) else [("", value)])}
 
 
 def from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
@@ -394,13 +401,3 @@ def _coerce(key: str, typ: Any, value: Any) -> Any:
         raise ConfigError(f"{key}={value!r}: expected {typ.__name__}")
     return float(value) if typ is float else value
 
-
-def with_updates(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
-    """Return a copy with some fields of some sections changed, e.g. ``train={"lr": 0.1}``."""
-    changes: dict[str, Any] = {}
-    for section, values in sections.items():
-        if section in _SECTIONS:
-            changes[section] = replace(getattr(cfg, section), **values)
-        else:
-            changes[section] = values
-    return replace(cfg, **changes)

@@ -1,4 +1,4 @@
-"""The one training loop, shared by every model; and evaluation.
+"""The one training loop, shared by every model.
 
 Plain PyTorch, no framework: build data and model from a ``RunConfig``, then iterate. The
 batch order is a pure function of (seed, epoch) and the learning rate a pure function of the
@@ -63,11 +63,6 @@ def total_iterations(cfg: RunConfig, train: SequenceData) -> int:
     return cfg.train.iterations or cfg.train.epochs * train.num_batches(cfg.train.batch_size)
 
 
-def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(root) / f"{cfg.label}-{stamp}"
-
-
 class StopBetweenSteps:
     """Ctrl-C during training lets the step under way finish, then the loop stops: the checkpoint
     written on the way out then holds whole steps, and a resumed run matches one never stopped.
@@ -122,6 +117,7 @@ class Trainer:
         self.batches_per_epoch = self.data.train.num_batches(cfg.train.batch_size)
         self.iteration = 0
         self.saved_at: int | None = None  # the iteration of the last checkpoint written or restored
+        self.diverged_at: tuple[int, float, float] | None = None  # (iteration, loss, lr), set by _diverged
         self.samples = 0  # training samples processed: an epoch's last batch may be partial
         self.train_seconds = 0.0
         self.running = RunningTotals(self.device)
@@ -335,8 +331,7 @@ class Trainer:
             "elapsed_seconds": self.train_seconds,
         }
         self.running.reset()
-        split = self.data.val if self.data.val is not None else None
-        name = "val"
+        split, name = self.data.val, "val"
         if self.cfg.train.protocol == "tutorial":
             split, name = self.data.test, "test"
         if split is not None:
@@ -379,6 +374,7 @@ class Trainer:
         if reference:
             summary["reference"] = reference
         if status == "diverged":
+            assert self.diverged_at is not None  # status "diverged" comes only from _diverged
             iteration, value, lr = self.diverged_at
             summary["diverged_at"] = iteration
             summary["message"] = (

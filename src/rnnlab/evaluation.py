@@ -127,5 +127,6 @@ def evaluate(model: SequenceClassifier, data: SequenceData, *, batch_size: int =
 
 def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> list[list[int]]:
     """Rows are true classes, columns predicted classes."""
-    flat = labels.long() * num_classes + predictions.long()
-    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes).tolist()
+    flat = labels.long() * num_classes + predictions.long()  # (N,): each sample's (true, predicted) cell
+    counts = torch.bincount(flat, minlength=num_classes * num_classes)  # (C*C,)
+    return counts.view(num_classes, num_classes).tolist()  # (C, C)

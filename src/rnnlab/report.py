@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import statistics
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnlab import checkpoint as ckpt
-from rnnlab.config import RunConfig, describe_model, load_toml, to_dict
+from rnnlab.config import RunConfig, describe_model, load_toml, to_flat_dict
 from rnnlab.engine import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError
 
@@ -144,12 +145,8 @@ def collect(paths: list[str | Path]) -> dict[str, list[RunRecord]]:
 def result_settings(config: RunConfig) -> dict[str, Any]:
     """A config as a flat dict of dotted keys, without the settings that do not change results
     (threads, device, checkpoint_every): two runs with equal ones differ only by chance."""
-    flat = {f"{section}.{key}" if isinstance(values, dict) else section: value
-            for section, values in to_dict(config).items()
-            for key, value in (values.items() if isinstance(values, dict) else [(None, values)])}
-    for key in ("train.threads", "train.device", "train.checkpoint_every"):
-        flat.pop(key, None)
-    return flat
+    return {key: value for key, value in to_flat_dict(config).items()
+            if key not in ("train.threads", "train.device", "train.checkpoint_every")}
 
 
 def _split_by_config(entry: str, records: list[RunRecord]) -> dict[str, list[RunRecord]]:
@@ -403,6 +400,7 @@ def write_figures(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]]
             if matrix and not target.exists():
                 try:
                     plots.confusion_matrix_png(matrix, target, f"{entry}, seed {record.seed}: test set")
-                except (OSError, ValueError, TypeError):
-                    pass  # a read-only folder or a damaged matrix: the table and other figures matter more
+                except (OSError, ValueError, TypeError) as exc:  # a read-only folder or a damaged matrix:
+                    # the table and the other figures matter more; say what was skipped
+                    warnings.warn(f"{target} not drawn: {exc}", RuntimeWarning, stacklevel=2)
     return written

@@ -3,7 +3,7 @@
 It subclasses ``nn.RNNBase``, so parameter names, shapes, initialisation (and the
 RNG draws it makes) and state_dicts are exactly those of the reference module; only
 ``forward`` differs: each layer and direction runs through the hand-written
-``RecurrentLayerFn`` (see ``fast_kernels.py``). Where that path does not apply
+``RecurrentLayerFn`` (``fast_function.py``, with its loops in ``fast_kernels.py``). Where that path does not apply
 (packed or unbatched input, autocast, tracing/scripting/compiling/export, other
 dtypes) it falls back to the reference ``forward`` of torch.nn.
 
@@ -172,11 +172,10 @@ class FastRecurrent(nn.RNNBase):
 _FAST_MAX_HIDDEN = {"rnn_relu": 512, "rnn_tanh": 512, "gru": 256}
 
 
-def fast_supported(mode: str, input_size: int, hidden_size: int, num_layers: int,
-                   bidirectional: bool, dropout: float, device: Any = "cpu",
-                   dtype: Any = torch.float32) -> bool:
-    """Whether FastRecurrent is expected to be faster than torch.nn for this config
-    (measured: see the table above). Unmeasured corners answer False."""
+def fast_supported(mode: str, hidden_size: int, device: Any = "cpu", dtype: Any = torch.float32) -> bool:
+    """Whether FastRecurrent is expected to be faster than torch.nn for this mode and size
+    (measured: see the table above; layers, directions and dropout did not change the answer).
+    Unmeasured corners answer False."""
     _check_mode(mode)
     if torch.device(device).type != "cpu":  # cuDNN is hard to beat
         return False
@@ -199,8 +198,7 @@ def make_recurrent(mode: str, input_size: int, hidden_size: int, num_layers: int
     requested = impl
     if impl == "auto":
         dev = device if device is not None else "cpu"
-        ok = fast_supported(mode, input_size, hidden_size, num_layers, bidirectional,
-                            dropout, dev, dtype if dtype is not None else torch.get_default_dtype())
+        ok = fast_supported(mode, hidden_size, dev, dtype if dtype is not None else torch.get_default_dtype())
         impl = "fast" if ok else "torch"
     if impl == "fast":
         module = FastRecurrent(mode, input_size, hidden_size, num_layers, bidirectional,

@@ -131,12 +131,12 @@ class RecurrentLayerFn(torch.autograd.Function):
                 dact = torch.addcmul(out.new_ones(()), out, out, value=-1.0)
             K.loop("rnn_backward")(gout, gh, dact, w_hh, g_in, dh0, reverse)
         G = g_in.shape[2]
-        g_in2 = g_in.reshape(T * B, G)
-        dx = (g_in2 @ w_ih).view(T, B, F) if need[2] else None
-        dw_ih = g_in2.t() @ x.reshape(T * B, F) if need[5] else None
+        g_in2 = g_in.reshape(T * B, G)  # (T*B, G): every step's gate gradients, one GEMM each below
+        dx = (g_in2 @ w_ih).view(T, B, F) if need[2] else None  # (T*B, G) @ (G, F) -> (T, B, F)
+        dw_ih = g_in2.t() @ x.reshape(T * B, F) if need[5] else None  # (G, T*B) @ (T*B, F) -> (G, F)
         dw_hh = _prev_hidden_grad(g_hid, out, None if ctx.h0_is_none else h0, reverse)
         db_ih = g_in2.sum(0)
-        db_hh = db_ih.clone() if g_hid is g_in else g_hid.reshape(T * B, G).sum(0)
+        db_hh = db_ih.clone() if g_hid is g_in else g_hid.reshape(T * B, G).sum(0)  # (G,)
         if mode == "lstm":  # back to torch's gate order
             dw_ih = _blocks(dw_ih, _LSTM_INVERSE) if dw_ih is not None else None
             dw_hh = _blocks(dw_hh, _LSTM_INVERSE)

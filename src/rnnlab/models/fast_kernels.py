@@ -123,8 +123,8 @@ def lstm_backward(gout: Tensor, gh: Tensor, dc: Tensor, k: Tensor, dc_dh: Tensor
     scratch for the hidden-state gradients; g: (T, B, 4H)."""
     T, H = gout.shape[0], dc.shape[1]
     dhs.copy_(gout)  # one pass, then the recurrent path is added in place
-    k_cell = k[:, :, H:].unflatten(-1, (3, H))  # (T, B, 3, H)
-    g_cell = g[:, :, H:].unflatten(-1, (3, H))
+    k_cell = k[:, :, H:].unflatten(-1, (3, H))  # (T, B, 3H) -> (T, B, 3, H): the i, f, g blocks
+    g_cell = g[:, :, H:].unflatten(-1, (3, H))  # (T, B, 3, H)
     prev = -1
     for n in range(T):
         t = n if reverse else T - 1 - n
@@ -148,7 +148,7 @@ def gru_backward(gout: Tensor, gh: Tensor, k: Tensor, z_: Tensor, w: Tensor, dhs
     update gates; w: (3H, H); fills dhs (T, B, H) hidden-state gradients and g (T, B, 3H)
     hidden-side gradients."""
     T, H = gout.shape[0], gout.shape[2]
-    k3, g3 = k.unflatten(-1, (3, H)), g.unflatten(-1, (3, H))
+    k3, g3 = k.unflatten(-1, (3, H)), g.unflatten(-1, (3, H))  # (T, B, 3H) -> (T, B, 3, H): r, z, n
     prev = -1
     for n in range(T):
         t = n if reverse else T - 1 - n
