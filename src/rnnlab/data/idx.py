@@ -9,6 +9,7 @@ reshape error or, worse, as a model trained on fewer images than intended.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import struct
 import tempfile
@@ -109,36 +110,16 @@ def parse_idx(data: bytes, *, name: str) -> np.ndarray:
     return arr.reshape(shape).astype(dtype.newbyteorder("="))
 
 
-class _Gunzip:
-    """Decompress gzip data (one or more members, as ``gzip.decompress`` accepts) in bounded steps."""
-
-    _WBITS = 16 + zlib.MAX_WBITS  # gzip wrapper: zlib itself checks each member's CRC and length
-
-    def __init__(self, data: bytes) -> None:
-        self._inflater: zlib._Decompress | None = zlib.decompressobj(wbits=self._WBITS)
-        self._pending = data
-
-    def read(self, n: int) -> bytes:
-        """Up to ``n`` more decompressed bytes; fewer only at the end of the data."""
-        chunks: list[bytes] = []
-        while n > 0 and self._inflater is not None:
-            chunk = self._inflater.decompress(self._pending, n)
-            self._pending = self._inflater.unconsumed_tail
-            if self._inflater.eof:
-                # Like gzip.decompress: another member may follow; zero padding after the last is ignored.
-                rest = self._inflater.unused_data.lstrip(b"\x00")
-                self._inflater = zlib.decompressobj(wbits=self._WBITS) if rest else None
-                self._pending = rest
-            elif not chunk and not self._pending:
-                raise EOFError("Compressed file ended before the end-of-stream marker was reached")
-            chunks.append(chunk)
-            n -= len(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+def _gunzip(data: bytes, n: int) -> bytes:
+    """Up to ``n`` decompressed bytes of gzip ``data`` (one or more members, zero padding after the
+    last ignored, as ``gzip.decompress`` reads them); inflates no more than it returns."""
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+        return stream.read(n)
 
 
 def _gunzip_bounded(data: bytes, name: str, max_bytes: int | None) -> bytes:
     # Enough for any header (255 dimensions at most), so one read settles how much may follow.
-    head = _Gunzip(data).read(4 + 4 * 255)
+    head = _gunzip(data, 4 + 4 * 255)
     dtype, shape, header_len, nbytes = _parse_header(head, name=name)
     total = header_len + nbytes
     if max_bytes is not None and total > max_bytes:
@@ -147,7 +128,7 @@ def _gunzip_bounded(data: bytes, name: str, max_bytes: int | None) -> bytes:
     # One byte more than declared is enough to know there is too much: a small file holding
     # gigabytes of zeros behind a valid header stops here, not after filling memory. Starting
     # over (re-inflating the header costs nothing) saves copying the output onto the header.
-    out = _Gunzip(data).read(total + 1) if len(head) <= total else head
+    out = _gunzip(data, total + 1) if len(head) <= total else head
     if len(out) > total:
         raise _fail(name, f"trailing bytes: header says {_declared(dtype, shape, nbytes)}, the gzip "
                           "stream decompresses to more (stopped reading there)")
