@@ -317,6 +317,9 @@ def test_amp_auto_trains_and_evaluates_in_the_resolved_precision(tmp_path: Path,
     trained = rnnlab.load(run.dir)
     result = evaluate(trained.model, trained.test_split(), batch_size=1000, device=torch.device("cpu"))
     assert run.summary["test_accuracy"] == round(result.accuracy, 4)
+    report = trained.evaluate(batch_size=3000)  # the library's `rnnlab eval`
+    assert round(report["test_accuracy"], 4) == run.summary["test_accuracy"]
+    assert report["confusion_matrix"] == run.summary["confusion_matrix"] and len(report["per_class_accuracy"]) == 10
     assert load_toml(run.dir / "config.toml").train.amp == "auto"  # the request is what is saved
     plain = rnnlab.train(tiny("train.iterations=2", "train.eval_every=2"), tmp_path / "plain", progress=False)
     assert plain.summary["amp"] == "off"

@@ -180,6 +180,22 @@ class TrainedModel:
         return load_sequences(data.dataset, "test", view=data.view, permutation=self.permutation,
                               data_dir=data_dir or data.data_dir or None, download=data.download)
 
+    def evaluate(self, data_dir: str | None = None, *, batch_size: int = 1000) -> dict[str, Any]:
+        """Test accuracy and loss, per-class accuracy (None for a class without test samples) and
+        the confusion matrix (rows: true class) on the run's test split, on the model's device."""
+        from rnnlab.evaluation import confusion_matrix, evaluate
+
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        test = self.test_split(data_dir)
+        result = evaluate(self.model, test, batch_size=batch_size, device=self.model.input_mean.device)
+        matrix = confusion_matrix(test.y, result.predictions, self.num_classes)
+        counts = torch.bincount(test.y, minlength=self.num_classes).tolist()  # (C,) test samples per class
+        per_class = [100.0 * matrix[c][c] / counts[c] if counts[c] else None for c in range(self.num_classes)]
+        return {"test_accuracy": result.accuracy, "test_loss": result.loss, "samples": len(test),
+                "unit": "sequences" if self.reads_sequences else "images", "class_names": self.class_names,
+                "per_class_accuracy": per_class, "confusion_matrix": matrix}
+
     @property
     def class_names(self) -> list[str] | None:
         """The classes' names (fashion-mnist's, kmnist's, or a sequence file's ``class_names``);
