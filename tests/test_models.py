@@ -12,8 +12,9 @@ import torch
 from rnnlab.config import ModelConfig, TrainConfig
 from rnnlab.errors import ConfigError
 from rnnlab.models import create_model, describe_parameters, flops_per_sample, list_models, parameter_count
-from rnnlab.models import registry
-from rnnlab.models.registry import check_model_size, get_builder, parameter_estimate
+from rnnlab.models import registry, size
+from rnnlab.models.registry import get_builder
+from rnnlab.models.size import check_model_size, parameter_estimate
 
 
 def build(**kw):
@@ -149,14 +150,14 @@ def test_model_size_limits_count_initialisation_and_training(monkeypatch: pytest
     config, shape = ModelConfig(cell="rnn", hidden=1000), dict(input_size=28, seq_len=28, num_classes=10)
     count = parameter_estimate(config, **shape)
     weights, building = 4 * count, 4 * count + 4 * 4 * 1000**2  # orthogonal_: about four H x H blocks more
-    monkeypatch.setattr(registry, "_memory_bytes", lambda: building)  # just enough: large but feasible
+    monkeypatch.setattr(size, "_memory_bytes", lambda: building)  # just enough: large but feasible
     assert check_model_size(config, **shape) == count
-    monkeypatch.setattr(registry, "_memory_bytes", lambda: building - 1)
+    monkeypatch.setattr(size, "_memory_bytes", lambda: building - 1)
     with pytest.raises(ConfigError, match=r"model.init=orthogonal needs .* while building it.*\(or set model.init"):
         check_model_size(config, **shape)
     assert check_model_size(replace(config, init="default"), **shape) == count
     # Training adds gradients and the optimizer's state: Adam's two moments; plain SGD none.
-    monkeypatch.setattr(registry, "_memory_bytes", lambda: 3 * weights)
+    monkeypatch.setattr(size, "_memory_bytes", lambda: 3 * weights)
     with pytest.raises(ConfigError, match="training with adam adds gradients and optimizer state: 4 copies"):
         check_model_size(replace(config, init="default"), **shape, train=TrainConfig())
     assert check_model_size(replace(config, init="default"), **shape, train=TrainConfig(optimizer="sgd")) == count
@@ -167,13 +168,13 @@ def test_model_size_on_a_gpu_counts_its_free_memory(monkeypatch: pytest.MonkeyPa
     config, shape = ModelConfig(cell="rnn", hidden=1000, init="default"), dict(input_size=28, seq_len=28,
                                                                                num_classes=10)
     weights = 4 * parameter_estimate(config, **shape)
-    monkeypatch.setattr(registry, "_memory_bytes", lambda: 2 * weights)  # the host could not train it with adam
+    monkeypatch.setattr(size, "_memory_bytes", lambda: 2 * weights)  # the host could not train it with adam
     gpu = (4 * weights, "cuda:0 (Test GPU)")
     assert check_model_size(config, **shape, train=TrainConfig(), gpu=gpu) == weights // 4
     with pytest.raises(ConfigError, match=r"training with adam adds gradients and optimizer state: 4 copies, .*\); "
                                           r"the GPU cuda:0 \(Test GPU\) has .* of memory free; lower model.hidden"):
         check_model_size(config, **shape, train=TrainConfig(), gpu=(4 * weights - 1, "cuda:0 (Test GPU)"))
-    monkeypatch.setattr(registry, "_memory_bytes", lambda: weights - 1)  # the host cannot even build it
+    monkeypatch.setattr(size, "_memory_bytes", lambda: weights - 1)  # the host cannot even build it
     with pytest.raises(ConfigError, match="this machine has"):
         check_model_size(config, **shape, train=TrainConfig(), gpu=gpu)
 

@@ -28,7 +28,7 @@ from rnnlab.data.splits import Datasets, input_shape, load_datasets
 from rnnlab.errors import CheckpointError, ConfigError, ResourceError
 from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix, evaluate, lengths_to
 from rnnlab.models import SequenceClassifier, create_model, parameter_count
-from rnnlab.models.registry import check_model_size
+from rnnlab.models.size import check_model_size
 from rnnlab.optim import learning_rate, make_optimizer
 
 METRICS = "metrics.jsonl"
