@@ -129,7 +129,7 @@ def test_bad_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 def test_a_run_folders_own_files_are_never_overwritten(untrained_run, capsys: pytest.CaptureFixture) -> None:
     from rnnlab.checkpoint import CHECKPOINT_JSON, CHECKPOINT_PT
-    from rnnlab.engine import CONFIG, METRICS, SUMMARY
+    from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 
     run, other = untrained_run(["model.hidden=8"]), untrained_run(["model.hidden=8"])
     (run / SUMMARY).write_text("{}\n")

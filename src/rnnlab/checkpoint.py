@@ -18,9 +18,13 @@ import torch
 from rnnlab.errors import CheckpointError, ConfigError
 
 SCHEMA_VERSION = 1
+# The files of a run folder.
+CONFIG = "config.toml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CONFUSION = "confusion.png"  # written by `rnnlab eval` and `rnnlab report`
 CHECKPOINT_PT = "checkpoint.pt"
 CHECKPOINT_JSON = "checkpoint.json"
-SUMMARY_JSON = "summary.json"  # engine.SUMMARY; read here only to explain a missing checkpoint
 _RESTORE = "restore it from a copy or train the run again"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -141,7 +145,7 @@ def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu
 def _no_checkpoint(run_dir: Path) -> str:
     """Why there is no checkpoint: a run that diverged before its first one says so in its summary."""
     try:
-        summary = json.loads((run_dir / SUMMARY_JSON).read_text(encoding="utf-8"))
+        summary = json.loads((run_dir / SUMMARY).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         summary = None
     if isinstance(summary, dict) and summary.get("status") == "diverged":

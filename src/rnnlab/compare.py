@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from rnnlab import checkpoint as ckpt
 from rnnlab.config import RunConfig, apply_overrides, check_folder_name, load_toml, save_toml
-from rnnlab.engine import CONFIG, CONFUSION, METRICS, SUMMARY
+from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError
 from rnnlab.presets import get_preset, list_presets, suite as suite_names
 from rnnlab.report import read_record, read_summary, report_groups, result_settings

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rnnlab import checkpoint as ckpt
+from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab import distributed as dist
 from rnnlab.config import RunConfig, save_toml, to_dict
 from rnnlab.data import SequenceData
@@ -31,10 +32,6 @@ from rnnlab.models import SequenceClassifier, create_model, parameter_count
 from rnnlab.models.size import check_model_size
 from rnnlab.optim import learning_rate, make_optimizer
 
-METRICS = "metrics.jsonl"
-SUMMARY = "summary.json"
-CONFIG = "config.toml"
-CONFUSION = "confusion.png"  # written by `rnnlab eval` and `rnnlab report`
 
 
 def check_readout(cfg: RunConfig, varying_lengths: bool) -> None:

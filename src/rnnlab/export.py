@@ -109,7 +109,7 @@ def _metadata(trained: Any, model: torch.nn.Module, dynamic_steps: bool) -> dict
 
 def _run_files() -> tuple[str, ...]:
     """The names of the files ``rnnlab train`` keeps in a run folder."""
-    from rnnlab.engine import CONFIG, CONFUSION, METRICS, SUMMARY
+    from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
 
     return ckpt.CHECKPOINT_PT, ckpt.CHECKPOINT_JSON, CONFIG, SUMMARY, METRICS, CONFUSION
 

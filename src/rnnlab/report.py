@@ -22,7 +22,7 @@ from typing import Any
 
 from rnnlab import checkpoint as ckpt
 from rnnlab.config import RunConfig, describe_model, load_toml, to_flat_dict
-from rnnlab.engine import CONFIG, CONFUSION, METRICS, SUMMARY
+from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError
 
 RESULTS_MD, RESULTS_CSV, RESULTS_JSON = "results.md", "results.csv", "results.json"

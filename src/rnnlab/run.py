@@ -17,7 +17,8 @@ from rnnlab.config import RunConfig, from_dict, load_toml, to_flat_dict
 from rnnlab.data import SequenceData, images_to_sequences, load_sequences
 from rnnlab.data.files import check_against_run, load_sequence_file
 from rnnlab.data.sources import DATASETS
-from rnnlab.engine import CONFIG, METRICS, SUMMARY, Trainer
+from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
+from rnnlab.engine import Trainer
 from rnnlab.errors import CheckpointError, ConfigError, DataError
 from rnnlab.models import SequenceClassifier, create_model
 

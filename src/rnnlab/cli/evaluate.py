@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plot:
         from pathlib import Path
 
-        from rnnlab.engine import CONFUSION
+        from rnnlab.checkpoint import CONFUSION
         from rnnlab.plots import confusion_matrix_png
 
         confusion_matrix_png(report["confusion_matrix"], Path(args.run_dir) / CONFUSION,
