@@ -21,7 +21,7 @@ from typing import Any
 
 import tomli_w
 
-from rnnlab.errors import ConfigError
+from rnnlab.errors import ConfigError, describe
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -342,19 +342,14 @@ def _check_override_arguments(cfg: Any, overrides: Any) -> None:
         hint = ("the preset's .config: rnnlab.get_preset(name).config" if hasattr(cfg, "config") else
                 "rnnlab.RunConfig(), rnnlab.get_preset(name).config or rnnlab.config.load_toml(path)")
         extra = "; for a dict of settings, rnnlab.config.from_dict(settings)" if isinstance(cfg, dict) else ""
-        raise ConfigError(f"apply_overrides needs a RunConfig, not {_what(cfg)}; pass {hint}{extra}")
+        raise ConfigError(f"apply_overrides needs a RunConfig, not {describe(cfg)}; pass {hint}{extra}")
     if not isinstance(overrides, (list, tuple)):
         hint = f": wrap it in a list, [{overrides!r}]" if isinstance(overrides, str) else ", e.g. ['model.hidden=256']"
-        raise ConfigError(f"overrides must be a list of 'key=value' strings, got {_what(overrides)}{hint}")
+        raise ConfigError(f"overrides must be a list of 'key=value' strings, got {describe(overrides)}{hint}")
     for item in overrides:
         if not isinstance(item, str):
-            raise ConfigError(f"override {item!r} is {_what(item)}, not a 'key=value' string "
+            raise ConfigError(f"override {item!r} is {describe(item)}, not a 'key=value' string "
                               "(e.g. 'model.hidden=256')")
-
-
-def _what(value: Any) -> str:
-    name = type(value).__name__
-    return "None" if value is None else f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"
 
 
 def _field_type(cls: type, name: str) -> Any:

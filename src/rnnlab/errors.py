@@ -7,6 +7,19 @@ user catches them like any other exception. Bugs stay ordinary exceptions with t
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def describe(value: Any) -> str:
+    """What a wrong argument is, for an error message: "None", "a dict", "an int", "an array of strings"."""
+    if value is None:
+        return "None"
+    kind = getattr(getattr(value, "dtype", None), "kind", None)
+    if isinstance(kind, str) and hasattr(value, "shape"):  # a numpy array: say what it holds
+        return f"an array of {({'O': 'Python objects', 'U': 'strings', 'S': 'bytes'}).get(kind, value.dtype)}"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"
+
 
 class RnnlabError(Exception):
     """A problem the user can fix; the message says what is wrong and how to fix it."""

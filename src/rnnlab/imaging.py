@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from rnnlab.errors import DataError
+from rnnlab.errors import DataError, describe
 
 __all__ = ["FORMATS", "MAX_PIXELS", "Prepared", "as_image_batch", "open_image", "pixel_batch", "prepare",
            "prepare_batch", "prepare_image", "to_grey"]
@@ -290,15 +290,6 @@ def as_image_batch(images: Any, image_shape: tuple[int, int] = (SIZE, SIZE)) -> 
     return images
 
 
-def _what(obj: Any) -> str:
-    if obj is None:
-        return "None"
-    if isinstance(obj, np.ndarray):
-        return f"an array of {({'O': 'Python objects', 'U': 'strings', 'S': 'bytes'}).get(obj.dtype.kind, obj.dtype)}"
-    name = type(obj).__name__
-    return f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"
-
-
 def _as_array(images: Any, accepted: str) -> np.ndarray:
     try:
         if hasattr(images, "detach"):  # a torch tensor: on a GPU, or needing grad, numpy cannot read it
@@ -329,12 +320,12 @@ def pixel_batch(images: Any, image_shape: tuple[int, int] = (SIZE, SIZE)) -> np.
         for index, item in enumerate(images):
             if not (_is_single_source(item) or hasattr(item, "shape") or
                     isinstance(item, (list, tuple, int, float, np.number))):
-                raise DataError(f"images[{index}] is {_what(item)}, not an image; {accepted}")
+                raise DataError(f"images[{index}] is {describe(item)}, not an image; {accepted}")
         if not any(_is_single_source(item) or hasattr(item, "shape") for item in images):
             images = _as_array(images, accepted)  # nested lists of numbers: checked as the array they make
     array = _as_array(as_image_batch(images, image_shape), accepted)
     if array.dtype.kind not in "biufc" or array.ndim == 0:
-        raise DataError(f"images must be pixel arrays or image files, not {_what(images)}; {accepted}")
+        raise DataError(f"images must be pixel arrays or image files, not {describe(images)}; {accepted}")
     if array.shape[0] == 0:  # an empty batch would predict nothing and succeed
         raise DataError(f"no images given (shape {array.shape}); pass at least one image")
     if array.shape == (height * width,):

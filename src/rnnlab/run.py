@@ -19,7 +19,7 @@ from rnnlab.data.files import check_against_run, load_sequence_file
 from rnnlab.data.sources import DATASETS
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab.engine import Trainer
-from rnnlab.errors import CheckpointError, ConfigError, DataError
+from rnnlab.errors import CheckpointError, ConfigError, DataError, describe
 from rnnlab.models import SequenceClassifier, create_model
 
 
@@ -52,7 +52,7 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
             hint = f"pass the preset's .config: rnnlab.get_preset({getattr(config, 'name', 'name')!r}).config"
         elif isinstance(config, dict):
             hint += "; for a dict of settings, rnnlab.config.from_dict(settings)"
-        raise ConfigError(f"train needs a RunConfig, not {_what(config)}; {hint}")
+        raise ConfigError(f"train needs a RunConfig, not {describe(config)}; {hint}")
     if out is not None:
         out = ckpt.check_out_dir(_path_arg(out, "out", "rnnlab.train(config, out='runs/my-run')"), " for the run")
     dist.init_process_group(config.train.device)  # under torchrun: all processes share one folder
@@ -80,17 +80,12 @@ def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int 
     return Run(run_dir, config, summary)
 
 
-def _what(value: Any) -> str:
-    name = type(value).__name__
-    return "None" if value is None else f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"
-
-
 def _path_arg(value: Any, name: str, example: str) -> Path:
     """A folder argument as a Path (a Run stands for its folder); ConfigError for anything else."""
     if isinstance(value, Run):
         return value.dir
     if not isinstance(value, (str, Path)) and not hasattr(value, "__fspath__"):
-        raise ConfigError(f"{name} must be a folder path (str or Path), not {_what(value)}; e.g. {example}")
+        raise ConfigError(f"{name} must be a folder path (str or Path), not {describe(value)}; e.g. {example}")
     return Path(value)
 
 
