@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,7 +43,9 @@ def write_split(d: Path, n: int = 6, *, labels: np.ndarray | None = None, n_labe
 @dataclass
 class Mirror:
     """Serves ``/<mode>/<file>`` from the real MNIST folder; modes: good, missing, corrupt, flaky,
-    swapped (the labels under the images' name) and bomb (a valid header, then megabytes of zeros)."""
+    swapped (the labels under the images' name), bomb (a valid header, then megabytes of zeros),
+    short (the first request of each file announces its length but closes after half of it) and
+    slow (1 kB, then 100 bytes a second)."""
 
     base: str
     requests: list[str] = field(default_factory=list)
@@ -53,7 +56,7 @@ class Mirror:
 
 @pytest.fixture
 def mirror(mnist_dir: Path) -> Iterator[Mirror]:
-    seen_flaky: set[str] = set()
+    seen_flaky: set[tuple[str, str]] = set()
     lock = threading.Lock()
     state = Mirror(base="")
 
@@ -76,16 +79,33 @@ def mirror(mnist_dir: Path) -> Iterator[Mirror]:
                 body = gzip.compress(bytes(raw), compresslevel=1)
             if mode == "bomb":  # 8 MB of output for a file of 8 kB
                 body = gzip.compress(gzip.decompress(body)[:16] + bytes(8 << 20), compresslevel=1)
-            if mode == "flaky":
+            if mode in ("flaky", "short"):
                 with lock:
-                    first = name not in seen_flaky
-                    seen_flaky.add(name)
-                if first:
+                    first = (mode, name) not in seen_flaky
+                    seen_flaky.add((mode, name))
+                if first and mode == "flaky":
                     self.send_error(503)
+                    return
+                if first:  # the whole length announced, half sent, connection closed
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body[: len(body) // 2])
+                    self.close_connection = True
                     return
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            if mode == "slow":
+                self.wfile.write(body[:1000])
+                for start in range(1000, len(body), 100):
+                    time.sleep(1.0)
+                    try:
+                        self.wfile.write(body[start:start + 100])
+                        self.wfile.flush()
+                    except OSError:  # the client gave up
+                        return
+                return
             self.wfile.write(body)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -138,6 +158,25 @@ def test_transient_failure_is_retried(mirror: Mirror, tmp_path: Path) -> None:
     assert sorted(mirror.requests) == sorted(f"/flaky/{b}.gz" for b in TEST_FILES for _ in range(2))
 
 
+def test_a_connection_closed_mid_file_is_retried(mirror: Mirror, tmp_path: Path) -> None:
+    download("mnist", tmp_path, mirrors=[mirror.url("short")], splits=["test"], **FAST)
+    assert sha(tmp_path / "t10k-images-idx3-ubyte.gz") == MNIST.sha256["t10k-images-idx3-ubyte"]
+    assert sorted(mirror.requests) == sorted(f"/short/{b}.gz" for b in TEST_FILES for _ in range(2))
+    # Downloaded files are readable by everyone, as any data file (mkstemp would leave them 0600).
+    assert (tmp_path / "t10k-images-idx3-ubyte.gz").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_mirror_that_trickles_data_is_given_up(mirror: Mirror, tmp_path: Path) -> None:
+    # Each wait for data is short, yet the whole file would take hours: 20 timeouts in all, then the next mirror.
+    started = time.monotonic()
+    download("mnist", tmp_path, mirrors=[mirror.url("slow"), mirror.url("good")], splits=["test"],
+             retries=1, backoff=0.001, timeout=0.1)
+    assert time.monotonic() - started < 15
+    assert sha(tmp_path / "t10k-labels-idx1-ubyte.gz") == MNIST.sha256["t10k-labels-idx1-ubyte"]
+    assert sum(r.startswith("/slow/") for r in mirror.requests) == 2  # one attempt each: a slow mirror stays slow
+    assert not list(tmp_path.glob(".*")), "temp files left behind"
+
+
 def test_all_mirrors_bad_names_every_url(mirror: Mirror, tmp_path: Path) -> None:
     dead = "http://127.0.0.1:9/"  # nothing listens on the discard port
     urls = [mirror.url("missing"), mirror.url("corrupt"), dead]
@@ -156,6 +195,15 @@ def test_structural_check_without_sums(mirror: Mirror, tmp_path: Path) -> None:
     spec = DatasetSpec("nosums", files=MNIST.files, sha256={}, mirrors=(mirror.url("good"),))
     download(spec, tmp_path / "ok", splits=["test"], **FAST)
     assert sha(tmp_path / "ok" / "t10k-labels-idx1-ubyte.gz") == MNIST.sha256["t10k-labels-idx1-ubyte"]
+    # Without sums, a well-formed file of the wrong kind (labels under the images' name) is passed over.
+    spec = DatasetSpec("nosums", files=MNIST.files, sha256={}, mirrors=(mirror.url("swapped"), mirror.url("good")))
+    download(spec, tmp_path / "swap", splits=["test"], **FAST)
+    assert sha(tmp_path / "swap" / "t10k-images-idx3-ubyte.gz") == MNIST.sha256["t10k-images-idx3-ubyte"]
+    spec = DatasetSpec("nosums", files=MNIST.files, sha256={}, mirrors=(mirror.url("swapped"),))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz: not nosums images: expected uint8 "
+                                        r"\(N, 28, 28\), got uint8 \(10000,\)"):
+        download(spec, tmp_path / "bad", splits=["test"], **FAST)
+    assert not (tmp_path / "bad" / "t10k-images-idx3-ubyte.gz").exists()
 
 
 def test_invalid_existing_file_is_replaced(mirror: Mirror, tmp_path: Path) -> None:

@@ -257,22 +257,50 @@ def _verify_bytes(spec: DatasetSpec, base: str, raw: bytes, name: str) -> str | 
         if expected:
             digest = hashlib.sha256(data).hexdigest()
             return None if digest == expected else _mismatch(spec, base, digest)
-        parse_idx(data, name=name)  # no known sum: at least insist on a well-formed IDX file
+        # No known sum: insist on a well-formed IDX file of the right kind and shape, so that a
+        # mirror serving another file under this name is passed over, not cached.
+        return _wrong_kind(spec, base, parse_idx(data, name=name))
     except IdxError as exc:
         return str(exc)
+
+
+def _wrong_kind(spec: DatasetSpec, base: str, array: np.ndarray) -> str | None:
+    """Why ``array`` cannot be the file ``base`` of ``spec`` (images or labels), or None."""
+    if base in {images for images, _ in spec.files.values()}:
+        if array.dtype != np.uint8 or array.shape[1:] != tuple(spec.image_shape):
+            return (f"not {spec.name} images: expected uint8 (N, {spec.image_shape[0]}, {spec.image_shape[1]}), "
+                    f"got {array.dtype} {array.shape}")
+        return None
+    if array.ndim != 1 or array.dtype.kind not in "iu" or (array.size and int(array.max()) >= spec.num_classes):
+        return f"not {spec.name} labels: expected integers 0..{spec.num_classes - 1} of shape (N,), got " \
+               f"{array.dtype} {array.shape}"
     return None
 
 
+# ``timeout`` bounds each wait for data; a mirror that trickles data gets this many times it in all.
+_TOTAL_TIMEOUTS = 20
+
+
 def _fetch(url: str, tmp: Path, timeout: float) -> str | None:
-    """Stream ``url`` into ``tmp``; return what is wrong with the payload (too large), or None."""
+    """Stream ``url`` into ``tmp``; return what is wrong with the mirror (a response too large or
+    too slow), or None. A connection closed before the announced length raises IncompleteRead,
+    which is retried like any network error."""
     req = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+    started = time.monotonic()
     with urllib.request.urlopen(req, timeout=timeout) as resp, open(tmp, "wb") as out:
+        announced = resp.headers.get("Content-Length")
         size = 0
-        while chunk := resp.read(1 << 20):
+        while chunk := resp.read1(1 << 20):  # what has arrived, up to 1 MiB: never waits for a full MiB
             size += len(chunk)
             if size > MAX_IDX_BYTES:  # an endless response must not fill the disk
                 return f"response is larger than {MAX_IDX_BYTES} bytes, too large for an IDX file"
+            if time.monotonic() - started > _TOTAL_TIMEOUTS * timeout:
+                return f"too slow: {size} bytes in {_TOTAL_TIMEOUTS * timeout:g} s"
             out.write(chunk)
+    if announced is not None and announced.isdigit() and size < int(announced):
+        # Python's HTTP client ends a cut-off body quietly; without this the truncated file
+        # would be judged a bad payload, and the mirror skipped instead of retried.
+        raise http.client.IncompleteRead(b"", int(announced) - size)
     return None
 
 
@@ -319,6 +347,7 @@ def _download_one(
                     # A bad payload is a bad mirror, not a transient error: move on.
                     tried.append(f"{url}: {problem}")
                     break
+                os.chmod(tmp, 0o644)  # mkstemp makes 0600; a data file is for everyone to read
                 os.replace(tmp, dest)
                 return True
             finally:
