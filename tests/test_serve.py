@@ -103,8 +103,13 @@ def test_bad_json_is_a_400(server, payload: dict, message: str) -> None:
 
 
 def test_bad_requests_get_4xx_and_the_server_keeps_serving(server) -> None:
+    rows = [["9" * 4000] + ["0"] * 27] + [["0"] * 28] * 27  # one pixel of 4000 digits: too large for a float
+    huge_pixel = ('{"pixels": [' + ",".join("[" + ",".join(row) + "]" for row in rows) + "]}").encode()
     cases = [
         (dict(content=b"{not json", headers={"content-type": "application/json"}), 400, "not valid JSON"),
+        (dict(content=b"[" * 100_000 + b"]" * 100_000, headers={"content-type": "application/json"}), 400,
+         "nested too deeply"),
+        (dict(content=huge_pixel, headers={"content-type": "application/json"}), 400, "0-1 or 0-255"),
         (dict(files={"file": ("a.png", b"definitely not an image", "image/png")}), 422, "not an image"),
         (dict(files={"file": ("a.png", b"", "image/png")}), 422, "empty"),
         (dict(files={"other": ("a.png", b"x", "image/png")}), 400, "field 'file'"),

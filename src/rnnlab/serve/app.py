@@ -112,6 +112,8 @@ def pixels_from_json(body: bytes) -> np.ndarray:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"the body is not valid JSON ({exc})") from None
+    except RecursionError:  # valid JSON nested thousands deep: nothing a drawing needs
+        raise ValueError("the body is nested too deeply to be a drawing") from None
     if not isinstance(payload, dict) or "pixels" not in payload:
         raise ValueError('send {"pixels": [[28 numbers] x 28 rows]} or a multipart upload in field "file"')
     rows = payload["pixels"]
@@ -121,7 +123,10 @@ def pixels_from_json(body: bytes) -> np.ndarray:
         raise ValueError(f"pixels must be {SIZE} rows of {SIZE} numbers (got {got})")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for r in rows for v in r):
         raise ValueError("pixels must all be numbers")
-    values = np.asarray(rows, dtype=np.float64)  # (28, 28)
+    try:
+        values = np.asarray(rows, dtype=np.float64)  # (28, 28)
+    except OverflowError:  # an integer of thousands of digits
+        raise ValueError("pixel values must be in 0-1 or 0-255") from None
     if not np.isfinite(values).all() or values.min() < 0 or values.max() > 255:
         raise ValueError("pixel values must be in 0-1 or 0-255")
     return values
