@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -195,3 +199,77 @@ def test_a_compare_folder_is_not_mixed_with_other_entries(tmp_path: Path,
     (out / "compare.json").write_bytes(b"\xff[")
     assert main(["compare", "dlw-rnn-a", *TINY, "--out", str(out), "--dry-run"]) == 2
     assert "holds a compare of dlw-lstm-a, dlw-rnn-a" in capsys.readouterr().err
+
+
+def sleeping_worker(task: cmp.Task) -> dict[str, Any]:
+    """A worker that says it started (its pid in ``<run_dir>.started``), then works for a minute."""
+    Path(task.run_dir + ".started").parent.mkdir(parents=True, exist_ok=True)
+    Path(task.run_dir + ".started").write_text(str(os.getpid()))
+    time.sleep(60)
+    return {"entry": task.entry, "seed": task.seed, "run_dir": task.run_dir, "action": "trained",
+            "status": "completed", "test_accuracy": 50.0, "train_seconds": 60.0, "error": None}
+
+
+def _start_sleeping_compare(out: Path) -> subprocess.Popen:
+    """``execute`` of 5 seeds on 2 workers running ``sleeping_worker``, in a process of its own."""
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "from rnnlab import compare as cmp\nimport test_compare as tc\n"
+              "tasks = cmp.plan(cmp.resolve_entries(['dlw-rnn-a'], overrides=tc.TINY), sys.argv[1], seeds=5, jobs=2)\n"
+              "cmp.execute(tasks, 2, worker=tc.sleeping_worker)\n")
+    return subprocess.Popen([sys.executable, "-c", script, str(out)], stderr=subprocess.DEVNULL)
+
+
+def _started_pids(out: Path, count: int) -> list[int]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        files = sorted(out.glob("runs/dlw-rnn-a/*.started"))
+        if len(files) >= count and all(f.read_text() for f in files):
+            return [int(f.read_text()) for f in files]
+        time.sleep(0.2)
+    raise AssertionError(f"the workers did not start: {list(out.rglob('*'))}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent (here, maybe none) has not reaped it
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_exit_when_the_compare_is_killed(tmp_path: Path) -> None:
+    parent = _start_sleeping_compare(tmp_path)
+    try:
+        pids = _started_pids(tmp_path, 2)
+        parent.kill()  # SIGKILL: no chance to clean up; the workers must notice by themselves
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in pids), "workers outlived their compare"
+    finally:
+        parent.kill()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_to_the_compare_starts_no_queued_seed(tmp_path: Path) -> None:
+    parent = _start_sleeping_compare(tmp_path)
+    try:
+        _started_pids(tmp_path, 2)
+        parent.send_signal(signal.SIGINT)  # the compare process alone, not its workers
+        assert parent.wait(30) != 0  # the workers are told too, and the queued seeds never start
+        assert len(list(tmp_path.glob("runs/dlw-rnn-a/*.started"))) == 2
+    finally:
+        parent.kill()
+
+
+def test_a_second_compare_into_the_same_folder_is_refused(tmp_path: Path) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    entries = cmp.resolve_entries(["dlw-rnn-a"], overrides=TINY)
+    tmp_path.mkdir(exist_ok=True)
+    with open(tmp_path / ".compare.lock", "w") as held:  # as a compare running into it holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ConfigError, match=f"another rnnlab compare is running into {tmp_path}"):
+            cmp.compare(entries, tmp_path, seeds=1, jobs=1, plots=False)
+    assert not (tmp_path / "runs").exists()

@@ -9,16 +9,20 @@ that raises, or whose process dies, is recorded as ``failed`` with its error; th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
 import os
+import signal
 import tempfile
+import threading
+import time
 import traceback
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from rnnlab import checkpoint as ckpt
 from rnnlab.config import RunConfig, apply_overrides, check_folder_name, load_toml, save_toml
@@ -223,9 +227,31 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+_STOP = "STOP"  # in a round's marker folder: the compare was interrupted, start nothing more
+
+
+def _worker_setup(parent: int, marker_dir: str) -> None:
+    """Pool initializer. Leaves the worker's pid for the parent (which passes a Ctrl-C on to its
+    workers), and ties the worker's life to the parent's: if the compare process is killed, its
+    workers exit within half a second instead of training on for no one, into folders that a
+    rerun then trains into as well, and then waiting for work forever."""
+    (Path(marker_dir) / f"{os.getpid()}.pid").touch()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="rnnlab-parent-watch", daemon=True).start()
+
+
 def _started(marker_dir: str, worker: Callable[[Task], dict[str, Any]], task: Task) -> dict[str, Any]:
     """Run ``worker(task)`` after leaving a marker, so that after a pool breaks the parent knows
-    which tasks were running (suspects) and which had not started (innocent)."""
+    which tasks were running (suspects) and which had not started (innocent). After a Ctrl-C
+    the pool may still hand out tasks it had queued: those return at once, unstarted."""
+    if (Path(marker_dir) / _STOP).exists():
+        return {"entry": task.entry, "seed": task.seed, "run_dir": task.run_dir, "action": "not started",
+                "status": "interrupted", "test_accuracy": None, "train_seconds": None, "error": None}
     (Path(marker_dir) / f"{task.entry}.seed{task.seed}").touch()
     return worker(task)
 
@@ -233,7 +259,8 @@ def _started(marker_dir: str, worker: Callable[[Task], dict[str, Any]], task: Ta
 def _round(batch: list[Task], workers: int, worker: Callable[[Task], dict[str, Any]], marker_dir: str,
            done: Callable[[Task, dict[str, Any]], None]) -> None:
     """Run a batch in one pool; tasks lost to a broken pool are simply left without a result."""
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_worker_setup,
+                             initargs=(os.getpid(), marker_dir)) as pool:
         futures: dict[Future, Task] = {pool.submit(_started, marker_dir, worker, t): t for t in batch}
         try:
             for future in as_completed(futures):
@@ -244,8 +271,14 @@ def _round(batch: list[Task], workers: int, worker: Callable[[Task], dict[str, A
                 except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled
                     done(futures[future], record_failure(futures[future], f"{type(exc).__name__}: {exc}"))
         except KeyboardInterrupt:
+            # Queued tasks must not start, and running ones stop between two steps, resumable (a
+            # Ctrl-C in a terminal reached them already; a signal to this process alone did not).
+            (Path(marker_dir) / _STOP).touch()
             for future in futures:
                 future.cancel()
+            for pid_file in Path(marker_dir).glob("*.pid"):
+                with contextlib.suppress(OSError, ValueError):
+                    os.kill(int(pid_file.stem), signal.SIGINT)
             raise
 
 
@@ -320,6 +353,33 @@ def compare(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: 
     out = Path(out_dir)
     tasks, states = prepare(entries, out, seeds=seeds, jobs=jobs)  # refuses a mismatching folder up front
     out.mkdir(parents=True, exist_ok=True)
+    with _only_compare_in(out):
+        return _compare(entries, out, tasks, states, seeds=seeds, jobs=jobs, plots=plots, on_result=on_result,
+                        context=context)
+
+
+@contextlib.contextmanager
+def _only_compare_in(out: Path) -> Iterator[None]:
+    """Hold ``out/.compare.lock`` while comparing: a second compare into the same folder would
+    train the same seeds into the same run folders at once. Released when the process ends,
+    however it ends."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory lock; run one compare per folder
+        yield
+        return
+    with open(out / ".compare.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another rnnlab compare is running into {out}; wait for it to finish, "
+                              "or use another --out") from None
+        yield
+
+
+def _compare(entries: list[Entry], out: Path, tasks: list[Task], states: dict[tuple[str, int], str], *,
+             seeds: int, jobs: int, plots: bool, on_result: Callable[[dict[str, Any]], None] | None,
+             context: dict[str, Any] | None) -> list[dict[str, Any]]:
     info = {"seeds": seeds, "jobs": jobs, "threads per worker": tasks[0].config.train.threads, **(context or {})}
     ckpt.atomic_write_json(out / "compare.json", {
         "entries": [{"name": e.name, "preset": e.config.preset or None} for e in entries], **info})
