@@ -311,10 +311,13 @@ def all_gather_shards(part: torch.Tensor, count: int) -> torch.Tensor:
     return torch.cat([g[:size] for g, size in zip(gathered, sizes)])
 
 
-def shutdown() -> None:
+def shutdown(*, together: bool = True) -> None:
     """Leave the process group (end of a torchrun run), once every process has got here: a
-    process that tears down its Gloo connections while a peer is still finishing can abort."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    process that tears down its Gloo connections while a peer is still finishing can abort.
+    ``together=False`` after a Ctrl-C, when the processes stopped apart: a barrier would wait for
+    peers that are gone until the launcher kills them, and tearing the group down under a peer's
+    pending work aborts the process; so the group is left as it is, and ends with the process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and together:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 

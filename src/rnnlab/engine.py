@@ -168,7 +168,10 @@ class Trainer:
             save_toml(self.cfg, self.run_dir / CONFIG)
         try:
             status = self.train_until(self.total if stop_after is None else min(self.total, stop_after))
-            if status != "diverged" and not self.mid_step:  # a torn step: the last checkpoint stands
+            # Under torchrun a Ctrl-C stops each process at its own step: a checkpoint or an
+            # evaluation now, both collective, would pair calls from different points and fail.
+            apart = status == "interrupted" and self.world > 1
+            if status != "diverged" and not self.mid_step and not apart:  # a torn step: the last checkpoint stands
                 self.save()
             if status == "completed" and self.iteration < self.total:
                 status = "stopped"
@@ -370,7 +373,11 @@ class Trainer:
         reference = reference_for(cfg.preset)
         if reference:
             summary["reference"] = reference
-        if status == "diverged":
+        if status == "interrupted" and self.world > 1:  # the processes stopped apart: nothing collective
+            kept = f"the checkpoint of iteration {self.saved_at}" if self.saved_at is not None else "no checkpoint"
+            summary["message"] = (f"interrupted under torchrun, each process at its own step: the run folder keeps "
+                                  f"{kept}; continue with torchrun ... rnnlab train --resume {self.run_dir}")
+        elif status == "diverged":
             assert self.diverged_at is not None  # status "diverged" comes only from _diverged
             iteration, value, lr = self.diverged_at
             summary["diverged_at"] = iteration

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         result = rnnlab.train(config, args.out, progress=progress)
     from rnnlab import distributed as dist
 
-    dist.shutdown()  # the end of a torchrun run; nothing to do for a single process
+    dist.shutdown(together=result.status != "interrupted")  # the end of a torchrun run; nothing for one process
     if not dist.is_main_process():
         return 1 if result.status == "diverged" else 0
     print_summary(result.summary, str(result.dir))
