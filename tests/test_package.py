@@ -15,7 +15,7 @@ def test_public_names_resolve_to_their_modules() -> None:
 
     assert rnnlab.train is run.train and rnnlab.load is run.load and rnnlab.RunConfig is config.RunConfig
     assert rnnlab.get_preset is presets.get_preset
-    assert set(rnnlab.__all__) <= set(dir(rnnlab))
+    assert sorted(rnnlab.__all__) == sorted(rnnlab._EXPORTS) and set(rnnlab.__all__) <= set(dir(rnnlab))
     for name in rnnlab.__all__:
         assert getattr(rnnlab, name) is not None
 
