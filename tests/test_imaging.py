@@ -189,5 +189,9 @@ def test_pixel_batch_reads_integers_as_pixels(mnist_test: np.ndarray) -> None:
     assert np.array_equal(pixel_batch(images[0]), images[:1])
     floats = pixel_batch(images / 255.0 + 0.001 * (images < 255))  # floats are kept as given, not rounded
     assert floats.dtype == np.float32 and np.allclose(floats, images / 255.0 + 0.001 * (images < 255), atol=1e-7)
+    # 0-255 floats read as a larger image or the web API reads them: the same rule at every size
+    assert np.allclose(pixel_batch(images.astype(np.float64)), images / 255.0, atol=1e-7)
+    with pytest.raises(DataError, match=r"float images must have values 0-1 \(or 0-255\), got 0 to 256"):
+        pixel_batch(images.astype(np.float32) + (images == 255))
     with pytest.raises(DataError, match="got -1 to 255"):
         pixel_batch(images.astype(np.int16) - (images == 0))

@@ -302,16 +302,17 @@ def _as_array(images: Any, accepted: str) -> np.ndarray:
 
 def pixel_batch(images: Any, image_shape: tuple[int, int] = (SIZE, SIZE)) -> np.ndarray:
     """What :meth:`rnnlab.TrainedModel.predict` accepts -> pixels ``(N, H, W)``: uint8, or float32
-    in [0, 1] for float input, kept as given (rounding them to 8 bits would move predictions away
+    in [0, 1] for float input, not rounded (rounding them to 8 bits would move predictions away
     from what an exported model computes on the same floats).
 
     Brought to MNIST form by :func:`as_image_batch`, then checked, so that no input becomes a
-    silently wrong prediction: uint8 and integers 0-255 are pixels, floats must lie in [0, 1],
-    bool is ink (True) on black; anything else raises :class:`DataError` saying what to pass.
+    silently wrong prediction: uint8 and integers 0-255 are pixels; floats are 0-1, or 0-255 if
+    any is above 1, the rule of every image path (``prepare``, the web API); bool is ink (True) on
+    black; anything else raises :class:`DataError` saying what to pass.
     """
     height, width = image_shape
     accepted = (f"give an array or tensor (N, {height}, {width}) or ({height}, {width}) of pixels (uint8 or "
-                "integers 0-255, or floats in [0, 1]), PIL images, image files (paths or bytes), or a list of these")
+                "integers 0-255, or floats 0-1 or 0-255), PIL images, image files (paths or bytes), or a list of these")
     if hasattr(images, "detach"):
         images = _as_array(images, accepted)
     if isinstance(images, (list, tuple)):
@@ -351,7 +352,7 @@ def pixel_batch(images: Any, image_shape: tuple[int, int] = (SIZE, SIZE)) -> np.
     if not np.isfinite(values).all():  # NaN passes a min/max check and would read as black
         raise DataError("images hold NaN or infinite values; fill or drop them")
     low, high = float(values.min()), float(values.max())
-    if low < 0 or high > 1:
-        raise DataError(f"float images must have values in [0, 1], got {low:g} to {high:g}; divide 0-255 values "
-                        "by 255, or pass uint8 for 0-255")
-    return values
+    if low < 0 or high > 255:
+        raise DataError(f"float images must have values 0-1 (or 0-255), got {low:g} to {high:g}; scale them "
+                        "to [0, 1], or pass uint8 for 0-255")
+    return values / np.float32(255.0) if high > 1 else values  # 0-255 floats, as prepare() reads them
