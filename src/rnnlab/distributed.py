@@ -125,10 +125,15 @@ def device_memory(device: torch.device) -> tuple[int, str] | None:
     return free, f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
+# torch.OutOfMemoryError since torch 2.5; torch.cuda's name for it before (we support torch>=2.4)
+_OUT_OF_MEMORY_TYPES = tuple({getattr(torch, "OutOfMemoryError", MemoryError),
+                              getattr(torch.cuda, "OutOfMemoryError", MemoryError), MemoryError})
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether torch failed to allocate: a GPU's OutOfMemoryError, or the CPU or MPS
     allocator's RuntimeError (torch raises no dedicated type for those)."""
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+    if isinstance(exc, _OUT_OF_MEMORY_TYPES):
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
