@@ -18,6 +18,7 @@ writes through a temporary file, and is checked on real test images before it re
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import sys
@@ -203,9 +204,11 @@ def _write_onnx(model: torch.nn.Module, example: tuple[torch.Tensor, ...], path:
         try:
             # The TorchScript-based exporter maps nn.LSTM/GRU/RNN to ONNX's own recurrent ops,
             # handles dynamic axes well and takes well under a second.
+            # Before torch 2.5 it is the only one, and export() has no ``dynamo`` argument.
+            legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
             torch.onnx.export(model, example, str(path), input_names=names, output_names=[OUTPUT_NAME],
                               dynamic_axes={k: v for k, v in axes.items() if k in (*names, OUTPUT_NAME)},
-                              opset_version=ONNX_OPSET, dynamo=False)
+                              opset_version=ONNX_OPSET, **legacy)
         except Exception as legacy_error:  # noqa: BLE001 - a torch without it: try the dynamo exporter
             batch = torch.export.Dim("N", min=1)
             dims = {0: batch, 1: torch.export.Dim("T", min=2)} if dynamic_steps else {0: batch}
