@@ -20,6 +20,12 @@ def test_public_names_resolve_to_their_modules() -> None:
         assert getattr(rnnlab, name) is not None
 
 
+def test_subpackages_load_on_first_use_as_attributes() -> None:
+    code = "import rnnlab\nprint(rnnlab.data.load_split.__module__, rnnlab.checkpoint.SUMMARY)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["rnnlab.data.sources", "summary.json"], result.stderr
+
+
 def test_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="module 'rnnlab' has no attribute 'trian'"):
         rnnlab.trian  # noqa: B018

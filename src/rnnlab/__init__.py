@@ -13,6 +13,7 @@ loads reaches the command line's handler instead of ending in a traceback.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -44,9 +45,12 @@ __all__ = ["DataConfig", "ModelConfig", "RnnlabError", "Run", "RunConfig", "Trai
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
-    if module is None:
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"rnnlab.{name}") is not None:
+        value = importlib.import_module(f"rnnlab.{name}")  # a subpackage, as `rnnlab.data.load_split`
+    else:
         raise AttributeError(f"module 'rnnlab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 
