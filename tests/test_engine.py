@@ -331,13 +331,20 @@ def test_fp16_on_a_cpu_is_refused_before_the_run_folder_is_made(tmp_path: Path) 
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("second_ctrl_c", [False, True])
-def test_ctrl_c_mid_step_keeps_the_checkpoint_whole(tmp_path: Path, second_ctrl_c: bool) -> None:
+@pytest.mark.parametrize("ctrl_c", ["once", "twice-at-once", "again-later"])
+def test_ctrl_c_mid_step_keeps_the_checkpoint_whole(tmp_path: Path, ctrl_c: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C that lands after the optimizer's update but before the step is counted: the step is
-    finished first, so the run resumes exactly; a second Ctrl-C stops at once and keeps the last
-    periodic checkpoint instead of a torn one."""
+    finished first, so the run resumes exactly. The same Ctrl-C delivered twice (by the terminal and
+    by a launcher) counts once; a second Ctrl-C later stops at once and keeps the last periodic
+    checkpoint instead of a torn one."""
     import signal
 
+    from rnnlab.engine import StopBetweenSteps
+
+    second_ctrl_c = ctrl_c != "once"
+    if ctrl_c == "again-later":  # as if a second had passed between the two
+        monkeypatch.setattr(StopBetweenSteps, "SAME_CTRL_C", -1.0)
     cfg = tiny("train.checkpoint_every=10")
     whole = rnnlab.train(cfg, tmp_path / "whole", progress=False)
     trainer = Trainer(cfg, tmp_path / "part", progress=False)
@@ -357,7 +364,7 @@ def test_ctrl_c_mid_step_keeps_the_checkpoint_whole(tmp_path: Path, second_ctrl_
     assert summary["status"] == "interrupted"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
     saved = json.loads((tmp_path / "part" / "checkpoint.json").read_text())["iteration"]
-    assert saved == (10 if second_ctrl_c else 13)
+    assert saved == (10 if ctrl_c == "again-later" else 13)
     resumed = rnnlab.resume(tmp_path / "part", progress=False)
     assert resumed.status == "completed"
     a = torch.load(whole.dir / "checkpoint.pt", weights_only=True)["model"]

@@ -163,7 +163,34 @@ def test_an_out_folder_is_named_as_given(untrained_run, tmp_path: Path, capsys: 
 
 
 def test_only_the_known_cpp_notes_are_held_back(capfd: pytest.CaptureFixture[str]) -> None:
+    import threading
+
     from rnnlab.export import _BENIGN_CPP_WARNINGS, _without_cpp_lines
+
+    # Two exports at once in two threads: the second waits, so neither restores the other's file.
+    inside, release = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with _without_cpp_lines(_BENIGN_CPP_WARNINGS):
+            inside.set()
+            release.wait(5)
+
+    def second() -> None:
+        with _without_cpp_lines(_BENIGN_CPP_WARNINGS):
+            entered.set()
+
+    entered = threading.Event()
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    inside.wait(5)
+    threads[1].start()
+    assert not entered.wait(0.2)  # the second waits for the first
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert entered.is_set()
+    os.write(2, b"fd 2 is back\n")
+    assert capfd.readouterr().err == "fd 2 is back\n"
 
     with _without_cpp_lines(_BENIGN_CPP_WARNINGS):
         os.write(2, b"[W shape_type_inference.cpp:1994] Warning: The shape inference of prim::PackPadded type is "

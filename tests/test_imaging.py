@@ -191,6 +191,9 @@ def test_pixel_batch_reads_integers_as_pixels(mnist_test: np.ndarray) -> None:
     assert floats.dtype == np.float32 and np.allclose(floats, images / 255.0 + 0.001 * (images < 255), atol=1e-7)
     # 0-255 floats read as a larger image or the web API reads them: the same rule at every size
     assert np.allclose(pixel_batch(images.astype(np.float64)), images / 255.0, atol=1e-7)
+    # ... image by image: a 0-255 image beside a 0-1 one changes neither
+    mixed = pixel_batch([images[0] / 255.0, images[1].astype(np.float32)])
+    assert np.allclose(mixed, images[:2] / 255.0, atol=1e-7)
     with pytest.raises(DataError, match=r"float images must have values 0-1 \(or 0-255\), got 0 to 256"):
         pixel_batch(images.astype(np.float32) + (images == 255))
     with pytest.raises(DataError, match="got -1 to 255"):

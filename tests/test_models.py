@@ -43,6 +43,9 @@ def test_output_shapes(cell: str, readout: str, bidirectional: bool, layers: int
     torch.testing.assert_close(steps[:, -1], model.eval()(x))
     # Chosen points, cheap path or one pass per point alike, are those steps of the full answer.
     torch.testing.assert_close(model.step_logits(x, [2, 7, 3]), steps[:, [1, 6, 2]])
+    for bad in ([0], [-1], [8]):  # not a step count: refused, not wrapped around to another step
+        with pytest.raises(ConfigError, match="points must be step counts from 1 to 7"):
+            model.step_logits(x, bad)
 
 
 def shapes(model) -> list[list[int]]:

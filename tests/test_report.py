@@ -146,6 +146,12 @@ def test_loose_runs_of_one_label_but_other_settings_are_separate_rows(tmp_path: 
     assert sorted(rows) == ["dlw-rnn-a [data.view=pixels, train.lr=0.05]", "dlw-rnn-a [data.view=rows, train.lr=0.01]"]
     assert rows["dlw-rnn-a [data.view=rows, train.lr=0.01]"]["test_accuracy_mean"] == pytest.approx(91.0)
     assert rows["dlw-rnn-a [data.view=pixels, train.lr=0.05]"]["seeds"] == 1
+    # Where shortened names would clash (two files of one name in two folders), the full ones are shown.
+    for i, folder in enumerate(("exp1", "exp2")):
+        on_file = apply_overrides(cfg, ["data.dataset=file", f"data.file={tmp_path / folder / 'data.npz'}"])
+        fake_run(tmp_path / "files" / folder, on_file, acc=80.0 + i, seed=0)
+    rows = {r["entry"]: r for r in aggregate(collect([tmp_path / "files"]))}
+    assert sorted(rows) == [f"dlw-rnn-a [data.file={tmp_path / f / 'data.npz'}]" for f in ("exp1", "exp2")]
 
 
 def test_report_cli(compare_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -166,6 +166,12 @@ def test_a_connection_closed_mid_file_is_retried(mirror: Mirror, tmp_path: Path)
     assert (tmp_path / "t10k-images-idx3-ubyte.gz").stat().st_mode & 0o777 == 0o644
 
 
+def test_no_timeout_at_all_is_allowed(mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "_UMASK", 0o077)  # a private umask: the files stay private
+    download("mnist", tmp_path, mirrors=[mirror.url("good")], splits=["test"], retries=1, timeout=None)
+    assert (tmp_path / "t10k-labels-idx1-ubyte.gz").stat().st_mode & 0o777 == 0o600
+
+
 def test_a_mirror_that_trickles_data_is_given_up(mirror: Mirror, tmp_path: Path) -> None:
     # Each wait for data is short, yet the whole file would take hours: 20 timeouts in all, then the next mirror.
     started = time.monotonic()

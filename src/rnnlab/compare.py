@@ -230,12 +230,13 @@ def _context() -> multiprocessing.context.BaseContext:
 _STOP = "STOP"  # in a round's marker folder: the compare was interrupted, start nothing more
 
 
-def _worker_setup(parent: int, marker_dir: str) -> None:
-    """Pool initializer. Leaves the worker's pid for the parent (which passes a Ctrl-C on to its
-    workers), and ties the worker's life to the parent's: if the compare process is killed, its
-    workers exit within half a second instead of training on for no one, into folders that a
-    rerun then trains into as well, and then waiting for work forever."""
-    (Path(marker_dir) / f"{os.getpid()}.pid").touch()
+def _worker_setup(parent: int) -> None:
+    """Pool initializer. An idle worker ignores Ctrl-C (one dying in the pool's queue would break
+    the pool, and the pool would then kill the others mid-stop), and the worker's life is tied to
+    the parent's: if the compare process is killed, its workers exit within half a second instead
+    of training on for no one, into folders that a rerun then trains into as well, and then waiting
+    for work forever."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -253,14 +254,21 @@ def _started(marker_dir: str, worker: Callable[[Task], dict[str, Any]], task: Ta
         return {"entry": task.entry, "seed": task.seed, "run_dir": task.run_dir, "action": "not started",
                 "status": "interrupted", "test_accuracy": None, "train_seconds": None, "error": None}
     (Path(marker_dir) / f"{task.entry}.seed{task.seed}").touch()
-    return worker(task)
+    busy = Path(marker_dir) / f"{os.getpid()}.pid"  # while it exists, the parent passes a Ctrl-C on
+    busy.touch()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a run stops between two steps
+    try:
+        return worker(task)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        busy.unlink(missing_ok=True)
 
 
 def _round(batch: list[Task], workers: int, worker: Callable[[Task], dict[str, Any]], marker_dir: str,
            done: Callable[[Task, dict[str, Any]], None]) -> None:
     """Run a batch in one pool; tasks lost to a broken pool are simply left without a result."""
     with ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_worker_setup,
-                             initargs=(os.getpid(), marker_dir)) as pool:
+                             initargs=(os.getpid(),)) as pool:
         futures: dict[Future, Task] = {pool.submit(_started, marker_dir, worker, t): t for t in batch}
         try:
             for future in as_completed(futures):
@@ -276,7 +284,9 @@ def _round(batch: list[Task], workers: int, worker: Callable[[Task], dict[str, A
             (Path(marker_dir) / _STOP).touch()
             for future in futures:
                 future.cancel()
-            for pid_file in Path(marker_dir).glob("*.pid"):
+            # A second delivery of the same Ctrl-C is ignored by the run (engine.StopBetweenSteps).
+            # On Windows os.kill would terminate the process outright, not interrupt it.
+            for pid_file in Path(marker_dir).glob("*.pid") if os.name != "nt" else []:
                 with contextlib.suppress(OSError, ValueError):
                     os.kill(int(pid_file.stem), signal.SIGINT)
             raise

@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import uuid
 import warnings
 from dataclasses import asdict, dataclass
@@ -171,10 +172,21 @@ _BENIGN_CPP_WARNINGS = ("The shape inference of prim::PackPadded type is missing
                         "The shape inference of prim::PadPacked type is missing")
 
 
+_FD2_LOCK = threading.Lock()  # one redirection of fd 2 at a time: nested ones would restore each other's file
+
+
 @contextlib.contextmanager
 def _without_cpp_lines(patterns: tuple[str, ...]) -> Iterator[None]:
     """Hold back the lines written to file descriptor 2 that contain one of ``patterns``; every
-    other line is written to stderr afterwards, in order."""
+    other line is written to stderr afterwards, in order. Exports in other threads wait."""
+    with _FD2_LOCK:
+        yield from _held_back(patterns)
+
+
+def _held_back(patterns: tuple[str, ...]) -> Iterator[None]:
+    if sys.stderr is None:  # no stderr at all (pythonw): nothing to keep clean
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:  # a file, not a pipe: no size limit, no reader thread

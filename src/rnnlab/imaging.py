@@ -355,4 +355,7 @@ def pixel_batch(images: Any, image_shape: tuple[int, int] = (SIZE, SIZE)) -> np.
     if low < 0 or high > 255:
         raise DataError(f"float images must have values 0-1 (or 0-255), got {low:g} to {high:g}; scale them "
                         "to [0, 1], or pass uint8 for 0-255")
-    return values / np.float32(255.0) if high > 1 else values  # 0-255 floats, as prepare() reads them
+    # Image by image, as prepare() reads one: a 0-255 image beside a 0-1 one changes neither.
+    per_image_max = values.reshape(len(values), -1).max(axis=1)  # (N,)
+    scale = np.where(per_image_max > 1, np.float32(255.0), np.float32(1.0))[:, None, None]  # (N, 1, 1)
+    return values / scale

@@ -144,9 +144,11 @@ def collect(paths: list[str | Path]) -> dict[str, list[RunRecord]]:
 
 def result_settings(config: RunConfig) -> dict[str, Any]:
     """A config as a flat dict of dotted keys, without the settings that do not change results
-    (threads, device, checkpoint_every): two runs with equal ones differ only by chance."""
+    (threads, device, checkpoint_every, where the data was read from): two runs with equal ones
+    differ only by chance."""
     return {key: value for key, value in to_flat_dict(config).items()
-            if key not in ("train.threads", "train.device", "train.checkpoint_every")}
+            if key not in ("train.threads", "train.device", "train.checkpoint_every", "data.data_dir",
+                           "data.download")}
 
 
 def _split_by_config(entry: str, records: list[RunRecord]) -> dict[str, list[RunRecord]]:
@@ -167,11 +169,16 @@ def _split_by_config(entry: str, records: list[RunRecord]) -> dict[str, list[Run
         return {entry: records}
     differ = [k for k in next(iter(by_settings.values()))[0]
               if len({json.dumps(s.get(k), default=str) for s, _ in by_settings.values()}) > 1]
-    groups = {}
-    for settings, members in by_settings.values():
-        shown = [f"{k}={Path(v).name if k == 'data.file' and v else v}" for k, v in
-                 ((k, settings.get(k)) for k in differ[:3])]
-        groups[f"{entry} [{', '.join(shown)}{', ...' if len(differ) > 3 else ''}]"] = members
+    def name(settings: dict[str, Any], keys: list[str], short: bool) -> str:
+        shown = [f"{k}={Path(v).name if short and k == 'data.file' and v else v}" for k, v in
+                 ((k, settings.get(k)) for k in keys)]
+        return f"{entry} [{', '.join(shown)}{', ...' if len(keys) < len(differ) else ''}]"
+
+    # Short names first (three keys, a file's name without its folder); all of it where they clash.
+    names = [name(settings, differ[:3], True) for settings, _ in by_settings.values()]
+    names = [short if names.count(short) == 1 else name(settings, differ, False)
+             for short, (settings, _) in zip(names, by_settings.values())]
+    groups = {label: members for label, (_, members) in zip(names, by_settings.values())}
     if unread:  # runs without a readable config: their own row, under the plain label
         groups[entry] = unread
     return groups

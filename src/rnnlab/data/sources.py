@@ -42,6 +42,8 @@ __all__ = [
     "load_split",
 ]
 
+_UMASK = os.umask(0)  # read once, at import: os.umask can only be read by setting it
+os.umask(_UMASK)
 _USER_AGENT = "rnnlab/0.1 (+python urllib)"
 _FIX_DIR = "point --data-dir at a folder holding a good copy of the IDX files"
 _FIX_SENTENCE = "Point --data-dir at a folder holding a good copy of the IDX files."
@@ -281,7 +283,7 @@ def _wrong_kind(spec: DatasetSpec, base: str, array: np.ndarray) -> str | None:
 _TOTAL_TIMEOUTS = 20
 
 
-def _fetch(url: str, tmp: Path, timeout: float) -> str | None:
+def _fetch(url: str, tmp: Path, timeout: float | None) -> str | None:
     """Stream ``url`` into ``tmp``; return what is wrong with the mirror (a response too large or
     too slow), or None. A connection closed before the announced length raises IncompleteRead,
     which is retried like any network error."""
@@ -294,7 +296,7 @@ def _fetch(url: str, tmp: Path, timeout: float) -> str | None:
             size += len(chunk)
             if size > MAX_IDX_BYTES:  # an endless response must not fill the disk
                 return f"response is larger than {MAX_IDX_BYTES} bytes, too large for an IDX file"
-            if time.monotonic() - started > _TOTAL_TIMEOUTS * timeout:
+            if timeout is not None and time.monotonic() - started > _TOTAL_TIMEOUTS * timeout:
                 return f"too slow: {size} bytes in {_TOTAL_TIMEOUTS * timeout:g} s"
             out.write(chunk)
     if announced is not None and announced.isdigit() and size < int(announced):
@@ -347,7 +349,7 @@ def _download_one(
                     # A bad payload is a bad mirror, not a transient error: move on.
                     tried.append(f"{url}: {problem}")
                     break
-                os.chmod(tmp, 0o644)  # mkstemp makes 0600; a data file is for everyone to read
+                os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
                 os.replace(tmp, dest)
                 return True
             finally:

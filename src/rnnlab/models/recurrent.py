@@ -1,8 +1,9 @@
 """The recurrent sequence classifier shared by every model in the registry.
 
 Input is a float batch ``(B, T, F)``: pixels in [0, 1] laid out as the data view reads an
-image (rows: ``(B, 28, 28)``), or a sequence file's features as they are. Optional standardisation is a buffer inside the model, so
-an exported or served model takes the same raw input as training does.
+image (rows: ``(B, 28, 28)``), or a sequence file's features as they are. Optional
+standardisation is a buffer inside the model, so an exported or served model takes the same
+raw input as training does.
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ class SequenceClassifier(nn.Module):
         """
         batch, steps, _ = x.shape
         points = list(range(1, steps + 1)) if points is None else points
+        if not all(isinstance(t, int) and 1 <= t <= steps for t in points):
+            raise ConfigError(f"points must be step counts from 1 to {steps}, got {points}")
         if self.steps_in_one_pass:
             out = self.hidden_states(x)  # (B, T, H)
             if self.config.readout == "mean":

@@ -60,7 +60,8 @@ def create_model(config: ModelConfig, *, input_size: int, seq_len: int, num_clas
         if not isinstance(exc, MemoryError) and "allocate" not in str(exc).lower():
             raise
         raise ConfigError(f"the model's {format_count(count)} parameters ({format_size(4 * count)} of float32 "
-                          f"weights) do not fit in the memory free now: torch could not allocate them; {ADVICE}") from None
+                          "weights) do not fit in the memory free now: torch could not allocate them; "
+                          f"{ADVICE}") from None
 
 
 def _build(cell: str) -> Builder:
