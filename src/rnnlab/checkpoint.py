@@ -142,13 +142,30 @@ def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu
     return tensors, meta
 
 
+def read_summary_file(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A run folder's summary.json: ``(summary, None)``; ``(None, None)`` if there is none;
+    ``(None, why)`` if it cannot be used (unreadable, not UTF-8, not JSON, not an object). Each
+    caller decides what a damaged summary means to it (an error, a failed seed, no hint)."""
+    try:
+        summary = json.loads((Path(run_dir) / SUMMARY).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except UnicodeDecodeError:
+        return None, "it is not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        return None, f"it is not valid JSON ({exc})"
+    except OSError as exc:
+        return None, f"it cannot be read ({exc.strerror or exc})"
+    if not isinstance(summary, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+        return None, f"it holds {kind.get(type(summary), 'null')}, not an object"
+    return summary, None
+
+
 def _no_checkpoint(run_dir: Path) -> str:
     """Why there is no checkpoint: a run that diverged before its first one says so in its summary."""
-    try:
-        summary = json.loads((run_dir / SUMMARY).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        summary = None
-    if isinstance(summary, dict) and summary.get("status") == "diverged":
+    summary, _ = read_summary_file(run_dir)
+    if summary is not None and summary.get("status") == "diverged":
         said = summary.get("message")
         advice = (said if isinstance(said, str) and said else
                   "train it again with a lower learning rate (train.lr) or clipped gradients (train.clip=1.0)")

@@ -70,19 +70,11 @@ _KINDS = {dict: "an object", list: "an array", str: "a string", int: "an integer
 def read_summary(run_dir: Path) -> dict[str, Any]:
     """A run folder's summary.json: ``{}`` if there is none, and a ``failed`` summary saying why
     if it is unusable, so that one damaged seed is reported (and retrained) instead of ending it all."""
-    try:
-        summary = json.loads((Path(run_dir) / SUMMARY).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    summary, problem = ckpt.read_summary_file(Path(run_dir))
+    if problem is not None:
+        return _corrupt(problem)
+    if summary is None:
         return {}
-    except UnicodeDecodeError:
-        return _corrupt("it is not UTF-8 text")
-    except json.JSONDecodeError as exc:
-        return _corrupt(f"it is not valid JSON ({exc})")
-    except OSError as exc:
-        return _corrupt(f"it cannot be read ({exc.strerror or exc})")
-    if not isinstance(summary, dict):
-        return _corrupt(f"it holds {next((n for t, n in _KINDS.items() if isinstance(summary, t)), 'null')}, "
-                        "not an object")
     for key, kind in _SUMMARY_TYPES.items():
         value = summary.get(key)
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -129,18 +128,13 @@ def read_run(run_dir: str | Path) -> Run:
     if not (run_dir / CONFIG).exists():
         raise CheckpointError(f"{run_dir}: not a run folder (no {CONFIG})")
     config = load_toml(run_dir / CONFIG)
-    summary_path = run_dir / SUMMARY
-    summary: Any = {"status": "running"}
-    if summary_path.exists():
-        try:
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{summary_path}: corrupt run summary ({ckpt.error_line(exc, kind=False)}); "
-                                  "restore it from a copy or train the run again") from None
-        if not isinstance(summary, dict) or not isinstance(summary.get("status"), str):
-            raise CheckpointError(f"{summary_path}: corrupt run summary (no 'status'); "
-                                  "restore it from a copy or train the run again")
-    return Run(run_dir, config, summary)
+    summary, problem = ckpt.read_summary_file(run_dir)
+    if problem is None and summary is not None and not isinstance(summary.get("status"), str):
+        problem = "no 'status'"
+    if problem is not None:
+        raise CheckpointError(f"{run_dir / SUMMARY}: corrupt run summary ({problem}); "
+                              "restore it from a copy or train the run again")
+    return Run(run_dir, config, summary if summary is not None else {"status": "running"})
 
 
 class TrainedModel:
