@@ -340,7 +340,7 @@ def test_ctrl_c_mid_step_keeps_the_checkpoint_whole(tmp_path: Path, ctrl_c: str,
     checkpoint instead of a torn one."""
     import signal
 
-    from rnnlab.engine import StopBetweenSteps
+    from rnnlab.stopping import StopBetweenSteps
 
     second_ctrl_c = ctrl_c != "once"
     if ctrl_c == "again-later":  # as if a second had passed between the two

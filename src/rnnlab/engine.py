@@ -8,9 +8,7 @@ iteration, so a run resumed from a checkpoint ends with the same weights as one 
 from __future__ import annotations
 
 import re
-import signal
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +29,7 @@ from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix, 
 from rnnlab.models import SequenceClassifier, create_model, parameter_count
 from rnnlab.models.size import check_model_size
 from rnnlab.optim import learning_rate, make_optimizer
+from rnnlab.stopping import StopBetweenSteps
 
 
 
@@ -58,39 +57,6 @@ def build_model(cfg: RunConfig, datasets: Datasets) -> SequenceClassifier:
 
 def total_iterations(cfg: RunConfig, train: SequenceData) -> int:
     return cfg.train.iterations or cfg.train.epochs * train.num_batches(cfg.train.batch_size)
-
-
-class StopBetweenSteps:
-    """Ctrl-C during training lets the step under way finish, then the loop stops: the checkpoint
-    written on the way out then holds whole steps, and a resumed run matches one never stopped.
-    A second Ctrl-C stops at once, unless it comes within a second of the first: that is the same
-    Ctrl-C delivered twice (by the terminal and by a launcher passing it on: compare, torchrun).
-    Only for one process, in the main thread: under torchrun each process would see the signal at
-    its own step (there the KeyboardInterrupt stops mid-step, and the last periodic checkpoint is
-    kept)."""
-
-    SAME_CTRL_C = 1.0  # seconds
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.requested_at = 0.0
-        self.previous: Any = None
-        if dist.world_size() == 1 and threading.current_thread() is threading.main_thread():
-            self.previous = signal.getsignal(signal.SIGINT)  # None: set outside Python, leave it be
-            if self.previous is not None:
-                signal.signal(signal.SIGINT, self._request)
-
-    def _request(self, signum: int, frame: Any) -> None:
-        if not self.requested:
-            self.requested, self.requested_at = True, time.monotonic()
-        elif time.monotonic() - self.requested_at > self.SAME_CTRL_C:  # a second Ctrl-C: stop at once
-            self.restore()
-            raise KeyboardInterrupt
-
-    def restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
 
 
 class Trainer:
