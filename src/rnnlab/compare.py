@@ -251,8 +251,7 @@ def _started(marker_dir: str, worker: Callable[[Task], dict[str, Any]], task: Ta
     which tasks were running (suspects) and which had not started (innocent). After a Ctrl-C
     the pool may still hand out tasks it had queued: those return at once, unstarted."""
     if (Path(marker_dir) / _STOP).exists():
-        return {"entry": task.entry, "seed": task.seed, "run_dir": task.run_dir, "action": "not started",
-                "status": "interrupted", "test_accuracy": None, "train_seconds": None, "error": None}
+        return _record(task, {"status": "interrupted"}, "not started")
     (Path(marker_dir) / f"{task.entry}.seed{task.seed}").touch()
     busy = Path(marker_dir) / f"{os.getpid()}.pid"  # while it exists, the parent passes a Ctrl-C on
     busy.touch()

@@ -179,17 +179,12 @@ _FD2_LOCK = threading.Lock()  # one redirection of fd 2 at a time: nested ones w
 def _without_cpp_lines(patterns: tuple[str, ...]) -> Iterator[None]:
     """Hold back the lines written to file descriptor 2 that contain one of ``patterns``; every
     other line is written to stderr afterwards, in order. Exports in other threads wait."""
-    with _FD2_LOCK:
-        yield from _held_back(patterns)
-
-
-def _held_back(patterns: tuple[str, ...]) -> Iterator[None]:
     if sys.stderr is None:  # no stderr at all (pythonw): nothing to keep clean
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:  # a file, not a pipe: no size limit, no reader thread
+    with _FD2_LOCK, tempfile.TemporaryFile() as held:  # a file, not a pipe: no size limit, no reader thread
+        sys.stderr.flush()  # what Python has buffered belongs before the redirection
+        saved = os.dup(2)
         os.dup2(held.fileno(), 2)
         try:
             yield

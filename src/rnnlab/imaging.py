@@ -160,13 +160,7 @@ def _array_to_grey(array: np.ndarray) -> np.ndarray:
     elif array.dtype == np.bool_:
         values = array.astype(np.float32)
     else:
-        values = array.astype(np.float32)
-        if not np.isfinite(values).all() or values.min() < 0:
-            raise DataError("image array values must be finite and >= 0 (0-1, or 0-255)")
-        if values.max() > 1.0:  # 0-255 floats
-            if values.max() > 255.0:
-                raise DataError("image array values must be in 0-1 or 0-255")
-            values = values / 255.0
+        values = unit_floats(array.astype(np.float32)[None])[0]  # one image as a batch of one
     if values.ndim == 2:
         return values
     if values.shape[2] == 4:  # go through PIL so transparency is handled in one place
@@ -348,14 +342,19 @@ def pixel_batch(images: Any, image_shape: tuple[int, int] = (SIZE, SIZE)) -> np.
             raise DataError(f"integer images must have values 0-255 (pixels, as uint8), got {low} to {high}; "
                             "scale them to 0-255, or pass floats in [0, 1]")
         return array.astype(np.uint8)
-    values = array.astype(np.float32)
+    return unit_floats(array.astype(np.float32))
+
+
+def unit_floats(values: np.ndarray) -> np.ndarray:
+    """Float pixels ``(N, ...)`` -> [0, 1], image by image: 0-1 as given, 0-255 (an image with a
+    value above 1) divided by 255, so a 0-255 image beside a 0-1 one changes neither. The one rule
+    of every image path (arrays, files, the web API)."""
     if not np.isfinite(values).all():  # NaN passes a min/max check and would read as black
         raise DataError("images hold NaN or infinite values; fill or drop them")
     low, high = float(values.min()), float(values.max())
     if low < 0 or high > 255:
-        raise DataError(f"float images must have values 0-1 (or 0-255), got {low:g} to {high:g}; scale them "
-                        "to [0, 1], or pass uint8 for 0-255")
-    # Image by image, as prepare() reads one: a 0-255 image beside a 0-1 one changes neither.
-    per_image_max = values.reshape(len(values), -1).max(axis=1)  # (N,)
-    scale = np.where(per_image_max > 1, np.float32(255.0), np.float32(1.0))[:, None, None]  # (N, 1, 1)
-    return values / scale
+        raise DataError(f"float images must have values 0-1 (or 0-255), got {low:g} to {high:g}: each must be "
+                        ">= 0 and at most 255; scale them to [0, 1], or pass uint8 for 0-255")
+    peaks = values.reshape(len(values), -1).max(axis=1)  # (N,)
+    scale = np.where(peaks > 1, np.float32(255.0), np.float32(1.0))  # (N,)
+    return values / scale.reshape(-1, *([1] * (values.ndim - 1)))  # (N, 1, ...) broadcast over each image

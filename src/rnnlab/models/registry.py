@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from rnnlab.config import ModelConfig
+from rnnlab.distributed import is_out_of_memory
 from rnnlab.errors import ConfigError
 from rnnlab.models.recurrent import SequenceClassifier
 from rnnlab.models.size import ADVICE, check_model_size, format_count, format_size
@@ -57,7 +58,7 @@ def create_model(config: ModelConfig, *, input_size: int, seq_len: int, num_clas
         return builder(config=config, input_size=input_size, seq_len=seq_len, num_classes=num_classes,
                        input_mean=input_mean, input_std=input_std)
     except (RuntimeError, MemoryError) as exc:  # under the check, yet still more than the memory free now
-        if not isinstance(exc, MemoryError) and "allocate" not in str(exc).lower():
+        if not is_out_of_memory(exc):
             raise
         raise ConfigError(f"the model's {format_count(count)} parameters ({format_size(4 * count)} of float32 "
                           "weights) do not fit in the memory free now: torch could not allocate them; "
