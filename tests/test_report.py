@@ -180,6 +180,8 @@ def test_damaged_summaries_and_metrics_fail_only_their_seed(compare_dir: Path,
     (rnn / "seed0/summary.json").write_text("[]")
     (rnn / "seed1/summary.json").write_bytes(b"\xff\xfe{}")
     (lstm / "seed1/summary.json").write_text('{"status": "completed", "test_accuracy": "abc"}')
+    nan_seed = fake_run(compare_dir / "runs/dlw-lstm-a/seed2", get_preset("dlw-lstm-a").config, acc=97.0, seed=2)
+    (nan_seed / "summary.json").write_text('{"status": "completed", "seed": 2, "test_accuracy": NaN}')
     with open(lstm / "seed0/metrics.jsonl", "ab") as handle:  # still completed: its bad rows are skipped
         handle.write(b'\xff\xfe\n[1, 2]\n{"iteration": "x", "test_accuracy": "abc"}\n{"test_accuracy": 5}\n')
     assert main(["report", str(compare_dir)]) == 1  # with figures: the curves read those rows
@@ -192,7 +194,8 @@ def test_damaged_summaries_and_metrics_fail_only_their_seed(compare_dir: Path,
     assert "summary.json is corrupt: its test_accuracy is \"abc\", not a number" in md
     rows = {r["entry"]: r for r in json.loads((compare_dir / "results.json").read_text())["entries"]}
     assert rows["dlw-rnn-a"]["status"] == "0/3 completed, 1 diverged, 2 failed"
-    assert rows["dlw-lstm-a"]["status"] == "1/2 completed, 1 failed"
+    assert rows["dlw-lstm-a"]["status"] == "1/3 completed, 2 failed"
+    assert "summary.json is corrupt: its test_accuracy is nan, not a finite number" in md
     assert rows["dlw-lstm-a"]["test_accuracy_mean"] == 97.0
 
 

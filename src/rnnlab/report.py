@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 import warnings
 from collections import Counter
@@ -79,6 +80,8 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
         value = summary.get(key)
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
             return _corrupt(f"its {key} is {json.dumps(value)[:40]}, not {_KINDS[kind]}")
+        if isinstance(value, float) and not math.isfinite(value):  # JSON's NaN: the statistics would fail
+            return _corrupt(f"its {key} is {value}, not a finite number")
     return summary
 
 
