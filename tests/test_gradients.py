@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_sequence_files import synthetic
 
 from rnnlab.cli import main
 from rnnlab.config import RunConfig, apply_overrides
+from rnnlab.data.splits import load_datasets
+from rnnlab.errors import ConfigError
 from rnnlab.gradients import format_flow, gradient_flow, unrolled_states
 from rnnlab.models import create_model
 
@@ -97,6 +101,36 @@ def test_cli_fresh_and_trained(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     assert main(["gradients", "--run", str(run), "--images", "8", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["samples"] == 8 and len(report["norms"][0][0]) == 28 and report["state_difference"] < 1e-5
+
+
+def small_file(tmp_path: Path, n: int = 300) -> Path:
+    """A sequence file of ``n`` training sequences (12 steps, 2 features): fewer than data.val_size's 5000."""
+    (x_train, y_train), (x_test, y_test) = synthetic(n, 0), synthetic(40, 1)
+    path = tmp_path / "small.npz"
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+def test_cli_fresh_model_on_a_file_smaller_than_the_validation_split(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    # Training refuses this file with the default data.val_size=5000; gradients never validates.
+    assert main(["gradients", "--data-file", str(small_file(tmp_path)), "--hidden", "8", "--images", "16",
+                 "--json"]) == 0
+    flow = json.loads(capsys.readouterr().out)
+    assert flow["samples"] == 16 and len(flow["norms"][0][0]) == 12
+
+
+def test_a_split_that_fits_is_carved_as_training_carves_it(tmp_path: Path) -> None:
+    """Without a validation split to read, the training split (where standardisation statistics
+    come from) is still training's own whenever training could run."""
+    config = apply_overrides(RunConfig(), ["data.dataset=file", f"data.file={small_file(tmp_path)}"])
+    with pytest.raises(ConfigError, match="would leave no training data"):
+        load_datasets(config)
+    whole = load_datasets(config, needs_validation=False)
+    assert len(whole.train) == 300 and whole.val is None
+    fits = apply_overrides(config, ["data.val_size=100"])
+    carved, trained = load_datasets(fits, needs_validation=False), load_datasets(fits)
+    assert torch.equal(carved.train.x, trained.train.x) and torch.equal(carved.val.x, trained.val.x)
 
 
 @pytest.mark.parametrize(("args", "fragment"), [

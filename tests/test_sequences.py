@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Iterator
-from typing import TypeVar
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from test_sequence_files import synthetic
 
+import rnnlab
+from rnnlab.config import RunConfig, apply_overrides
 from rnnlab.data import (
     VIEWS,
     SequenceData,
@@ -19,9 +21,8 @@ from rnnlab.data import (
     train_val_split,
     view_shape,
 )
+from rnnlab.engine import Trainer
 from rnnlab.errors import ConfigError, DataError
-
-T = TypeVar("T")
 
 
 def images(n: int = 5, h: int = 4, w: int = 3) -> torch.Tensor:
@@ -130,31 +131,33 @@ def test_epoch_order_is_pure_function_of_seed_and_epoch() -> None:
     assert not torch.equal(o, d.epoch_order(3, seed=8))
 
 
-def take(it: Iterator[T], k: int) -> list[T]:
-    return list(itertools.islice(it, k))
+def test_training_cuts_each_epochs_order_into_batches_and_resumes_exactly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training loop's batches: epoch e is ``epoch_order(e, seed)`` in batch_size slices, the
+    partial one kept; a run stopped and resumed draws the batches of one never stopped."""
+    (x, y), (x_test, y_test) = synthetic(10, 0), synthetic(4, 1)
+    path = tmp_path / "ten.npz"
+    np.savez(path, x_train=x, y_train=y, x_test=x_test, y_test=y_test)
+    config = apply_overrides(RunConfig(), ["data.dataset=file", f"data.file={path}", "data.val_size=0", "seed=3",
+                                           "model.hidden=4", "train.batch_size=4", "train.epochs=3",
+                                           "train.threads=1"])
+    drawn: list[list[int]] = []
+    forward = Trainer._forward
 
+    def recording(self: Trainer, batch_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        drawn.append(batch_idx.tolist())
+        return forward(self, batch_idx)
 
-def test_iterate_covers_each_epoch_once_and_keeps_partial_batch() -> None:
-    d = data(10)
-    got = take(d.iterate(4, shuffle=True, seed=0), 6)
-    assert [(e, b) for e, b, _, _ in got] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
-    assert [len(y) for _, _, _, y in got[:3]] == [4, 4, 2]
-    epoch0 = torch.cat([y for e, _, _, y in got if e == 0])
-    assert sorted(epoch0.tolist()) == sorted(d.y.tolist())
-    ordered = take(d.iterate(4, shuffle=False, seed=0), 3)
-    assert torch.cat([y for *_, y in ordered]).tolist() == d.y.tolist()
-
-
-def test_resume_mid_run_is_exact() -> None:
-    d = data(10)
-    full = take(d.iterate(3, shuffle=True, seed=5), 11)
-    resumed = take(d.iterate(3, shuffle=True, seed=5, start_epoch=1, start_batch=2), 5)
-    tail = full[6:]  # 4 batches per epoch: epoch 1, batch 2 is global step 6
-    for (e1, b1, x1, y1), (e2, b2, x2, y2) in zip(tail, resumed):
-        assert (e1, b1) == (e2, b2) and torch.equal(x1, x2) and torch.equal(y1, y2)
-    # A global step given as start_batch carries over epochs.
-    carried = take(d.iterate(3, shuffle=True, seed=5, start_batch=6), 1)[0]
-    assert carried[:2] == (1, 2) and torch.equal(carried[3], tail[0][3])
+    monkeypatch.setattr(Trainer, "_forward", recording)
+    rnnlab.train(config, tmp_path / "whole", progress=False)
+    whole = list(drawn)
+    assert [len(b) for b in whole] == [4, 4, 2] * 3
+    for epoch in range(3):  # the order depends on the number of rows only, not on their values
+        assert sum(whole[3 * epoch:3 * epoch + 3], []) == data(10).epoch_order(epoch, seed=3).tolist()
+    drawn.clear()
+    rnnlab.train(config, tmp_path / "part", progress=False, stop_after=5)  # stopped inside epoch 1
+    rnnlab.resume(tmp_path / "part", progress=False)
+    assert drawn == whole
 
 
 def test_iterate_once_in_order() -> None:
@@ -162,14 +165,16 @@ def test_iterate_once_in_order() -> None:
     batches = list(d.iterate_once(3))
     assert [len(y) for _, y in batches] == [3, 3, 1]
     assert torch.equal(torch.cat([x for x, _ in batches]), d.x.float() / 255)
+    # One process's share under torchrun: rows [start, stop), stop capped at the end.
+    assert [y.tolist() for _, y in d.iterate_once(2, start=2, stop=6)] == [[2, 3], [4, 5]]
+    assert [y.tolist() for _, y in d.iterate_once(3, start=5, stop=100)] == [[5, 6]]
 
 
-def test_bad_batch_size_and_empty() -> None:
+def test_bad_batch_size() -> None:
     with pytest.raises(ConfigError, match="batch_size must be a positive integer, got 0"):
         data().num_batches(0)
-    empty = SequenceData(torch.zeros(0, 3, 1, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))
-    with pytest.raises(DataError, match="empty dataset"):
-        next(empty.iterate(2, shuffle=True, seed=0))
+    with pytest.raises(ConfigError, match="batch_size must be a positive integer, got 0"):
+        next(data().iterate_once(0))
 
 
 def test_pixel_stats_exact() -> None:

@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     import rnnlab
     from rnnlab.distributed import seed_everything
-    from rnnlab.engine import build_model, load_datasets
+    from rnnlab.data.splits import load_datasets
+    from rnnlab.engine import build_model
     from rnnlab.errors import ConfigError
     from rnnlab.gradients import format_flow, gradient_flow
     from rnnlab.plots import gradient_flow_png
@@ -50,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = config_from_args(args)
         seed_everything(config.seed)
-        datasets = load_datasets(config)  # standardisation statistics come from the training split
+        # Standardisation statistics come from the training split, carved as training carves it;
+        # nothing here validates, so one too small to give up data.val_size is kept whole.
+        datasets = load_datasets(config, needs_validation=False)
         model, test = build_model(config, datasets), datasets.test
         title = f"{config.label}: at initialisation (seed {config.seed})"
     if test.lengths is not None:  # varying lengths: the step axis means the same only at full length

@@ -184,37 +184,9 @@ class SequenceData:
         return x, self.y.index_select(0, idx)
 
     def epoch_order(self, epoch: int, seed: int) -> torch.Tensor:
-        """Shuffled row order for ``epoch``: a pure function of ``(seed, epoch)``."""
+        """Shuffled row order for ``epoch``, which training cuts into batches: a pure function of
+        ``(seed, epoch)``, so a resumed run draws the batches an uninterrupted one would."""
         return torch.randperm(len(self), generator=_generator(_epoch_seed(seed, epoch)))
-
-    def iterate(
-        self,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int,
-        start_epoch: int = 0,
-        start_batch: int = 0,
-    ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
-        """Yield ``(epoch, batch_index, x, y)`` forever, starting at ``(start_epoch, start_batch)``.
-
-        A ``start_batch`` past the end of an epoch carries into the next epochs, so resuming from
-        a global step ``k`` works as ``start_epoch=0, start_batch=k``.
-        """
-        nb = self.num_batches(batch_size)
-        if nb == 0:
-            raise DataError("cannot iterate over an empty dataset; check the split and val_size.")
-        if start_epoch < 0 or start_batch < 0:
-            raise ConfigError(f"start_epoch and start_batch must be >= 0, got {start_epoch}, {start_batch}.")
-        extra, b0 = divmod(start_batch, nb)
-        epoch = start_epoch + extra
-        while True:
-            order = self.epoch_order(epoch, seed) if shuffle else torch.arange(len(self))
-            for b in range(b0, nb):
-                x, y = self.batch(order[b * batch_size : (b + 1) * batch_size])
-                yield epoch, b, x, y
-            b0 = 0
-            epoch += 1
 
     def iterate_once(self, batch_size: int, start: int = 0,
                      stop: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -27,8 +27,14 @@ class Datasets:
     class_names: list[str] | None = None  # e.g. fashion-mnist's, or a sequence file's own
 
 
-def load_datasets(cfg: RunConfig) -> Datasets:
-    """Train/val/test sequences for a config; the validation split never touches the test set."""
+def load_datasets(cfg: RunConfig, *, needs_validation: bool = True) -> Datasets:
+    """Train/val/test sequences for a config; the validation split never touches the test set.
+
+    ``needs_validation=False`` is for a caller that never reads the validation split (``rnnlab
+    gradients``): a training split too small to give up ``data.val_size`` sequences is then kept
+    whole instead of refused. One large enough is carved as for training, so the training split,
+    and the standardisation statistics a model takes from it, are those training would use.
+    """
     data = cfg.data
     permutation, class_names = None, None
     if data.dataset == "file":  # the user's own sequences
@@ -46,15 +52,16 @@ def load_datasets(cfg: RunConfig) -> Datasets:
     val = None
     train = full
     if data.val_size > 0 and cfg.train.protocol == "standard":
-        if data.val_size >= len(full):
+        if data.val_size < len(full):
+            train_idx, val_idx = train_val_split(len(full), data.val_size, cfg.seed)
+            train, val = full.subset(train_idx), full.subset(val_idx)
+        elif needs_validation:
             # A tenth of fewer than 10 sequences is 0: then only "no validation split" is left to suggest.
             tenth, count = len(full) // 10, f"{len(full)} sequence{'s' if len(full) != 1 else ''}"
             fix = (f"set data.val_size={tenth} (a tenth) or 0 for no validation split" if tenth else
                    "set data.val_size=0 (no validation split; too few sequences to carve one from)")
             raise ConfigError(f"data.val_size={data.val_size} would leave no training data: the training split "
                               f"has {count}; {fix}")
-        train_idx, val_idx = train_val_split(len(full), data.val_size, cfg.seed)
-        train, val = full.subset(train_idx), full.subset(val_idx)
     return Datasets(train, val, test, permutation, num_classes, class_names)
 
 
