@@ -1,4 +1,4 @@
-"""Run folders: atomic writes, checkpoints (state_dicts + JSON metadata) and safe loading.
+"""Run folders: checkpoints (state_dicts + JSON metadata), JSON-lines logs and safe loading.
 
 ``checkpoint.pt`` holds only tensors and plain containers and is always read with
 ``torch.load(..., weights_only=True)``, so a checkpoint from someone else cannot run code.
@@ -8,13 +8,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rnnlab.atomic import atomic_write, atomic_write_json, atomic_write_text
 from rnnlab.errors import CheckpointError, ConfigError
 
 SCHEMA_VERSION = 1
@@ -26,8 +25,6 @@ CONFUSION = "confusion.png"  # written by `rnnlab eval` and `rnnlab report`
 CHECKPOINT_PT = "checkpoint.pt"
 CHECKPOINT_JSON = "checkpoint.json"
 _RESTORE = "restore it from a copy or train the run again"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def check_out_dir(out: Path, purpose: str = "") -> Path:
@@ -42,30 +39,6 @@ def check_out_dir(out: Path, purpose: str = "") -> Path:
     return out
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
 def append_jsonl(path: Path, obj: dict[str, Any]) -> None:
     """Append one line; a crash can at worst leave a partial last line, which readers skip."""
     with open(path, "a", encoding="utf-8") as handle:
@@ -75,7 +48,7 @@ def append_jsonl(path: Path, obj: dict[str, Any]) -> None:
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite a JSON-lines file atomically."""
-    atomic_write_text(Path(path), "".join(json.dumps(row) + "\n" for row in rows))
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rnnlab import checkpoint as ckpt
+from rnnlab.atomic import atomic_write_json
 from rnnlab.config import RunConfig, apply_overrides, check_folder_name, load_toml, save_toml
 from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError
@@ -212,7 +213,7 @@ def record_failure(task: Task, error: str, details: str = "") -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / CONFIG).exists():
             save_toml(task.config, run_dir / CONFIG)
-        ckpt.atomic_write_json(run_dir / SUMMARY, summary)
+        atomic_write_json(run_dir / SUMMARY, summary)
     except OSError:
         pass  # the failure is still reported in the returned record
     return _record(task, summary, "failed")
@@ -390,7 +391,7 @@ def _compare(entries: list[Entry], out: Path, tasks: list[Task], states: dict[tu
              seeds: int, jobs: int, plots: bool, on_result: Callable[[dict[str, Any]], None] | None,
              context: dict[str, Any] | None) -> list[dict[str, Any]]:
     info = {"seeds": seeds, "jobs": jobs, "threads per worker": tasks[0].config.train.threads, **(context or {})}
-    ckpt.atomic_write_json(out / "compare.json", {
+    atomic_write_json(out / "compare.json", {
         "entries": [{"name": e.name, "preset": e.config.preset or None} for e in entries], **info})
     for task in tasks:
         if states[task.key] == "skip" and on_result:

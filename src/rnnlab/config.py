@@ -21,6 +21,7 @@ from typing import Any
 
 import tomli_w
 
+from rnnlab.atomic import atomic_write_text
 from rnnlab.errors import ConfigError, describe
 
 if sys.version_info >= (3, 11):
@@ -276,8 +277,6 @@ def _build_section(section: str, cls: type, values: dict[str, Any], source: str)
 
 def save_toml(cfg: RunConfig, path: str | Path) -> None:
     """Write the config as TOML, atomically."""
-    from rnnlab.checkpoint import atomic_write_text  # late import: checkpoint imports config
-
     atomic_write_text(Path(path), tomli_w.dumps(to_dict(cfg)))
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rnnlab import checkpoint as ckpt
+from rnnlab.atomic import atomic_write_json
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab import distributed as dist
 from rnnlab.config import RunConfig, save_toml, to_dict
@@ -372,5 +373,5 @@ class Trainer:
                 summary["val_accuracy"], summary["val_loss"] = round(val.accuracy, 4), round(val.loss, 6)
             summary["confusion_matrix"] = confusion_matrix(self.data.test.y, test.predictions, self.data.num_classes)
         if dist.is_main_process():
-            ckpt.atomic_write_json(self.run_dir / SUMMARY, summary)
+            atomic_write_json(self.run_dir / SUMMARY, summary)
         return summary

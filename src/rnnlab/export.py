@@ -24,7 +24,6 @@ import os
 import sys
 import tempfile
 import threading
-import uuid
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from rnnlab import checkpoint as ckpt
+from rnnlab.atomic import replacing
 from rnnlab.errors import RnnlabError
 
 __all__ = ["EXTENSIONS", "FORMATS", "ExportError", "ExportReport", "export_run", "load_exported", "reference_model"]
@@ -134,24 +134,6 @@ def _check_out(path: Path, run_dir: str | Path, fmt: str, *, given: bool = True)
         whose = "the exported run's" if in_this_run else "a run folder's"
         raise ExportError(f"{what} is {whose} {target.name}; writing the export there would destroy the run: "
                           f"give another file name, such as {Path(run_dir) / 'model'}{EXTENSIONS[fmt]}")
-
-
-def _atomic(path: Path, suffix: str, write: Callable[[Path], None], check: Callable[[Path], None]) -> None:
-    """Write to a temporary file next to ``path``, check it, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh name rather than mkstemp: the exporter creates the file, with the usual permissions.
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}"
-    try:
-        write(tmp)
-        check(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if exc.filename != str(tmp):
-            raise
-        # The user knows the path they gave, not our temporary name next to it.
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------- ONNX
@@ -385,7 +367,11 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
                               "images; the file was not written")
 
     writer = _write_onnx if fmt == "onnx" else _write_torchscript
-    _atomic(path, EXTENSIONS[fmt], lambda tmp: writer(exported, example, tmp, dynamic_steps, metadata), verify)
+    # The exporter creates the temporary file itself (so it gets the usual permissions), and the
+    # file replaces ``path`` only if it passes the check.
+    with replacing(path, suffix=EXTENSIONS[fmt]) as tmp:
+        writer(exported, example, tmp, dynamic_steps, metadata)
+        verify(tmp)
     shape: list[Any] = ["N", "T" if dynamic_steps else steps, model.input_size]
     return ExportReport(path=str(path), format=fmt, input_shape=shape, dynamic_steps=dynamic_steps,
                         bytes=path.stat().st_size, reads_sequences=trained.reads_sequences,

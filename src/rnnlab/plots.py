@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from rnnlab.checkpoint import atomic_write
+from rnnlab.atomic import atomic_write
 
 DPI = 120
 

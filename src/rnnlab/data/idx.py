@@ -12,12 +12,12 @@ import gzip
 import io
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from rnnlab.atomic import atomic_write
 from rnnlab.errors import ConfigError, DataError
 
 __all__ = [
@@ -195,21 +195,12 @@ def _encode(array: np.ndarray) -> bytes:
 def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> Path:
     """Write ``array`` as an IDX file, gzip-compressed if the name ends in ``.gz``.
 
-    The write is atomic (temp file in the same folder, then ``os.replace``) so a reader never sees
-    a half-written file.
+    The write is atomic (see :mod:`rnnlab.atomic`) so a reader never sees a half-written file.
     """
     p = Path(path)
     payload = _encode(array)
     if p.name.endswith(".gz"):
         # mtime=0 keeps the output byte-identical across runs.
         payload = gzip.compress(payload, compresslevel=6, mtime=0)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(p, lambda handle: handle.write(payload))
     return p

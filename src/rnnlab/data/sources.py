@@ -15,7 +15,6 @@ import hashlib
 import http.client
 import importlib.resources
 import os
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +24,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from rnnlab.atomic import replacing
 from rnnlab.data.datasets import (
     DATASETS, DatasetSpec, candidates, find_in, get_dataset, known_file, split_files,
 )
@@ -42,8 +42,6 @@ __all__ = [
     "load_split",
 ]
 
-_UMASK = os.umask(0)  # read once, at import: os.umask can only be read by setting it
-os.umask(_UMASK)
 _USER_AGENT = "rnnlab/0.1 (+python urllib)"
 _FIX_DIR = "point --data-dir at a folder holding a good copy of the IDX files"
 _FIX_SENTENCE = "Point --data-dir at a folder holding a good copy of the IDX files."
@@ -122,35 +120,35 @@ def _mismatch(spec: DatasetSpec, base: str, digest: str) -> str:
     return f"checksum mismatch for {spec.name} {base}: expected sha256 {spec.sha256[base]}, got {digest}"
 
 
+def _wrong_kind(spec: DatasetSpec, array: np.ndarray, *, images: bool) -> str | None:
+    """Why ``array`` cannot be ``spec``'s images (or labels) file, or None. Checked on every
+    loaded file, and on downloads from a mirror when there is no checksum to compare."""
+    if images:
+        if array.ndim != 3 or array.dtype != np.uint8 or array.shape[1:] != tuple(spec.image_shape):
+            height, width = spec.image_shape
+            return f"not {spec.name} images: expected uint8 (N, {height}, {width}), got {array.dtype} {array.shape}"
+        return None
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        return f"not {spec.name} labels: expected integers of shape (N,), got {array.dtype} {array.shape}"
+    out_of_range = array[(array < 0) | (array >= spec.num_classes)]
+    if out_of_range.size:
+        return (f"label {int(out_of_range[0])} is out of range for {spec.name}, which has classes "
+                f"0..{spec.num_classes - 1}")
+    return None
+
+
 def _check_pair(spec: DatasetSpec, images: np.ndarray, labels: np.ndarray, ipath: Path, lpath: Path) -> None:
-    if images.ndim != 3 or images.dtype != np.uint8:
-        raise DataError(
-            f"{ipath}: expected uint8 images of shape (N, H, W), got {images.dtype} with shape "
-            f"{images.shape}. Check that this is the images file, or {_FIX_DIR}."
-        )
-    if tuple(images.shape[1:]) != tuple(spec.image_shape):
-        raise DataError(
-            f"{ipath}: images are {images.shape[1]}x{images.shape[2]}, {spec.name} images are "
-            f"{spec.image_shape[0]}x{spec.image_shape[1]}. Check the file, or {_FIX_DIR}."
-        )
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise DataError(
-            f"{lpath}: expected a 1-D integer label file, got {labels.dtype} with shape "
-            f"{labels.shape}. Check that this is the labels file, or {_FIX_DIR}."
-        )
+    for path, array, kind in ((ipath, images, "images"), (lpath, labels, "labels")):
+        problem = _wrong_kind(spec, array, images=kind == "images")
+        if problem is not None:
+            raise DataError(f"{path}: {problem}. Check the dataset name and that this is the {kind} file, "
+                            f"or {_FIX_DIR}.")
     if images.shape[0] == 0:
         raise DataError(f"{ipath}: the file holds no images. {_FIX_SENTENCE}")
     if labels.shape[0] != images.shape[0]:
         raise DataError(
             f"{lpath}: {labels.shape[0]} labels but {ipath.name} has {images.shape[0]} images; "
             f"the two files must come from the same split. {_FIX_SENTENCE}"
-        )
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= spec.num_classes:
-        bad = hi if hi >= spec.num_classes else lo
-        raise DataError(
-            f"{lpath}: label {bad} is out of range for {spec.name}, which has classes "
-            f"0..{spec.num_classes - 1}. Check the dataset name, or {_FIX_DIR}."
         )
 
 
@@ -261,22 +259,10 @@ def _verify_bytes(spec: DatasetSpec, base: str, raw: bytes, name: str) -> str | 
             return None if digest == expected else _mismatch(spec, base, digest)
         # No known sum: insist on a well-formed IDX file of the right kind and shape, so that a
         # mirror serving another file under this name is passed over, not cached.
-        return _wrong_kind(spec, base, parse_idx(data, name=name))
+        is_images = any(base == images for images, _ in spec.files.values())
+        return _wrong_kind(spec, parse_idx(data, name=name), images=is_images)
     except IdxError as exc:
         return str(exc)
-
-
-def _wrong_kind(spec: DatasetSpec, base: str, array: np.ndarray) -> str | None:
-    """Why ``array`` cannot be the file ``base`` of ``spec`` (images or labels), or None."""
-    if base in {images for images, _ in spec.files.values()}:
-        if array.dtype != np.uint8 or array.shape[1:] != tuple(spec.image_shape):
-            return (f"not {spec.name} images: expected uint8 (N, {spec.image_shape[0]}, {spec.image_shape[1]}), "
-                    f"got {array.dtype} {array.shape}")
-        return None
-    if array.ndim != 1 or array.dtype.kind not in "iu" or (array.size and int(array.max()) >= spec.num_classes):
-        return f"not {spec.name} labels: expected integers 0..{spec.num_classes - 1} of shape (N,), got " \
-               f"{array.dtype} {array.shape}"
-    return None
 
 
 # ``timeout`` bounds each wait for data; a mirror that trickles data gets this many times it in all.
@@ -322,39 +308,48 @@ def _retryable(exc: BaseException) -> bool:
     return True
 
 
+def _try_mirror(
+    spec: DatasetSpec, base: str, url: str, tmp: Path, retries: int, timeout: float | None, backoff: float,
+    tried: list[str],
+) -> bool:
+    """Fetch ``url`` into ``tmp`` in up to ``retries`` attempts; return whether ``tmp`` then holds
+    a good copy of ``base``. Each failure is noted in ``tried``."""
+    attempts = max(1, retries)
+    for attempt in range(1, attempts + 1):
+        try:
+            problem = _fetch(url, tmp, timeout)
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            tried.append(f"{url} (attempt {attempt}): {_describe(exc)}")
+            if not _retryable(exc) or attempt == attempts:
+                return False
+            time.sleep(backoff * 2 ** (attempt - 1))
+            continue
+        if problem is None:
+            problem = _verify_bytes(spec, base, tmp.read_bytes(), url)
+        if problem is not None:
+            tried.append(f"{url}: {problem}")  # a bad payload is a bad mirror, not a transient error: move on
+        return problem is None
+    return False  # not reached (the last attempt returns); for the type checker
+
+
 def _download_one(
     spec: DatasetSpec, base: str, dest: Path, mirrors: Sequence[str], retries: int,
-    timeout: float, backoff: float, tried: list[str],
-) -> bool:
-    """Try every mirror for one file; on success atomically place it at ``dest``."""
-    for mirror in mirrors:
-        url = mirror.rstrip("/") + "/" + base + ".gz"
-        attempts = max(1, retries)
-        for attempt in range(1, attempts + 1):
-            fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{base}.", suffix=".part")
-            os.close(fd)
-            tmp = Path(tmp_name)
-            try:
-                try:
-                    problem = _fetch(url, tmp, timeout)
-                except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-                    tried.append(f"{url} (attempt {attempt}): {_describe(exc)}")
-                    if not _retryable(exc) or attempt == attempts:
-                        break
-                    time.sleep(backoff * 2 ** (attempt - 1))
-                    continue
-                if problem is None:
-                    problem = _verify_bytes(spec, base, tmp.read_bytes(), url)
-                if problem is not None:
-                    # A bad payload is a bad mirror, not a transient error: move on.
-                    tried.append(f"{url}: {problem}")
-                    break
-                os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-                os.replace(tmp, dest)
-                return True
-            finally:
-                tmp.unlink(missing_ok=True)
-    return False
+    timeout: float | None, backoff: float,
+) -> None:
+    """Try every mirror for one file; atomically place the first good copy at ``dest``."""
+    tried: list[str] = []
+    with replacing(dest, suffix=".part") as tmp:
+        tmp.touch(exist_ok=False)  # here, not in _fetch: failing to create it is no mirror's fault
+        for mirror in mirrors:
+            if _try_mirror(spec, base, mirror.rstrip("/") + "/" + base + ".gz", tmp, retries, timeout, backoff,
+                           tried):
+                return  # leaving the block normally puts the file in place
+        attempts = "; ".join(tried) or "no mirrors configured"
+        # Raised inside the block, so that the temporary file is discarded.
+        raise DataError(
+            f"could not download {spec.name} {base}: every mirror failed ({attempts}). "
+            f"Download the file by hand and {_FIX_DIR}, or retry later."
+        )
 
 
 def download(
@@ -363,7 +358,7 @@ def download(
     *,
     mirrors: Sequence[str] | None = None,
     retries: int = 3,
-    timeout: float = 30.0,
+    timeout: float | None = 30.0,
     backoff: float = 0.5,
     splits: Iterable[str] | None = None,
 ) -> list[Path]:
@@ -389,12 +384,6 @@ def download(
             continue
         # Replace an invalid copy in place so it cannot shadow the new file under another name.
         target = existing if existing is not None else dest / f"{base}.gz"
-        tried: list[str] = []
-        if not _download_one(spec, base, target, mirror_list, retries, timeout, backoff, tried):
-            attempts = "; ".join(tried) or "no mirrors configured"
-            raise DataError(
-                f"could not download {spec.name} {base}: every mirror failed ({attempts}). "
-                f"Download the file by hand and {_FIX_DIR}, or retry later."
-            )
+        _download_one(spec, base, target, mirror_list, retries, timeout, backoff)
         paths.append(target)
     return paths
