@@ -12,6 +12,7 @@ import pytest
 
 import rnnlab
 from rnnlab import checkpoint as ckpt
+from rnnlab.atomic import atomic_write_json
 from rnnlab.cli import main
 from rnnlab.config import RunConfig, apply_overrides, save_toml
 from rnnlab.errors import CheckpointError
@@ -44,7 +45,7 @@ def fake_run(run_dir: Path, config: RunConfig, *, status: str = "completed", acc
         summary["confusion_matrix"] = [[90 if i == j else 1 for j in range(10)] for i in range(10)]
     if status == "diverged":
         summary["message"] = f"loss became nan at iteration {last}"
-    ckpt.atomic_write_json(run_dir / "summary.json", summary)
+    atomic_write_json(run_dir / "summary.json", summary)
     return run_dir
 
 
@@ -95,7 +96,7 @@ def test_failed_and_unfinished_seeds_are_shown(tmp_path: Path) -> None:
     failed = tmp_path / "runs/x/seed1"
     failed.mkdir(parents=True)
     save_toml(cfg, failed / "config.toml")
-    ckpt.atomic_write_json(failed / "summary.json", {"status": "failed", "seed": 1, "error": "DataError: boom"})
+    atomic_write_json(failed / "summary.json", {"status": "failed", "seed": 1, "error": "DataError: boom"})
     running = tmp_path / "runs/x/seed2"
     running.mkdir()
     save_toml(cfg, running / "config.toml")  # no summary yet
