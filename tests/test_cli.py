@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -199,3 +201,28 @@ def test_val_size_advice_for_a_tiny_training_split(sequences: int, fix: str, tmp
                  f"data.val_size={sequences}"]) == 2
     assert capsys.readouterr().err == (f"rnnlab: error: data.val_size={sequences} would leave no training data: "
                                        f"the training split {fix}\n")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_stops_training_between_steps_and_the_run_resumes(tmp_path: Path) -> None:
+    """What a scheduler's time limit, `kill` or `docker stop` sends: the run keeps a checkpoint of
+    its last whole step, the command says how to continue and exits 143, with no traceback."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, "train.iterations=100000", "train.eval_every=100000", "train.checkpoint_every=25",
+            "train.batch_size=20", "--out", str(run_dir), "--no-progress"]
+    job = subprocess.Popen([sys.executable, "-m", "rnnlab", "train", *args], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "checkpoint.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        job.send_signal(signal.SIGTERM)
+        _, err = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    assert job.returncode == 143, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"rnnlab: terminated (SIGTERM); continue with: rnnlab train --resume {run_dir}"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    saved = json.loads((run_dir / "checkpoint.json").read_text())["iteration"]
+    assert summary["status"] == "interrupted" and summary["iterations"] == saved > 0

@@ -205,7 +205,11 @@ def sleeping_worker(task: cmp.Task) -> dict[str, Any]:
     """A worker that says it started (its pid in ``<run_dir>.started``), then works for a minute."""
     Path(task.run_dir + ".started").parent.mkdir(parents=True, exist_ok=True)
     Path(task.run_dir + ".started").write_text(str(os.getpid()))
-    time.sleep(60)
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:  # passed on by the compare process: a run would stop between two steps
+        Path(task.run_dir + ".stopped").touch()
+        raise
     return {"entry": task.entry, "seed": task.seed, "run_dir": task.run_dir, "action": "trained",
             "status": "completed", "test_accuracy": 50.0, "train_seconds": 60.0, "error": None}
 
@@ -215,7 +219,9 @@ def _start_sleeping_compare(out: Path) -> subprocess.Popen:
     script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
               "from rnnlab import compare as cmp\nimport test_compare as tc\n"
               "tasks = cmp.plan(cmp.resolve_entries(['dlw-rnn-a'], overrides=tc.TINY), sys.argv[1], seeds=5, jobs=2)\n"
-              "cmp.execute(tasks, 2, worker=tc.sleeping_worker)\n")
+              "from rnnlab.stopping import sigterm_raises\n"
+              "with sigterm_raises():  # as under the command line\n"
+              "    cmp.execute(tasks, 2, worker=tc.sleeping_worker)\n")
     return subprocess.Popen([sys.executable, "-c", script, str(out)], stderr=subprocess.DEVNULL)
 
 
@@ -253,13 +259,15 @@ def test_workers_exit_when_the_compare_is_killed(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_ctrl_c_to_the_compare_starts_no_queued_seed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_to_the_compare_starts_no_queued_seed(tmp_path: Path, signum: int) -> None:
     parent = _start_sleeping_compare(tmp_path)
     try:
         _started_pids(tmp_path, 2)
-        parent.send_signal(signal.SIGINT)  # the compare process alone, not its workers
+        parent.send_signal(signum)  # the compare process alone, not its workers
         assert parent.wait(30) != 0  # the workers are told too, and the queued seeds never start
         assert len(list(tmp_path.glob("runs/dlw-rnn-a/*.started"))) == 2
+        assert len(list(tmp_path.glob("runs/dlw-rnn-a/*.stopped"))) == 2  # told, not orphaned
     finally:
         parent.kill()
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -338,8 +341,6 @@ def test_ctrl_c_mid_step_keeps_the_checkpoint_whole(tmp_path: Path, ctrl_c: str,
     finished first, so the run resumes exactly. The same Ctrl-C delivered twice (by the terminal and
     by a launcher) counts once; a second Ctrl-C later stops at once and keeps the last periodic
     checkpoint instead of a torn one."""
-    import signal
-
     from rnnlab.stopping import StopBetweenSteps
 
     second_ctrl_c = ctrl_c != "once"
@@ -371,3 +372,91 @@ def test_ctrl_c_mid_step_keeps_the_checkpoint_whole(tmp_path: Path, ctrl_c: str,
     b = torch.load(resumed.dir / "checkpoint.pt", weights_only=True)["model"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_sigterm_mid_step_saves_the_step_then_ends_the_process(tmp_path: Path) -> None:
+    """SIGTERM (kill, a scheduler's time limit) under the command line's handler: the step under way
+    finishes, the checkpoint holds it, no test evaluation is run, and then Terminated names the run
+    folder; the resumed run ends with the weights of one never stopped."""
+    from rnnlab.stopping import Terminated, raise_terminated, sigterm_raises
+
+    cfg = tiny("train.checkpoint_every=10")
+    whole = rnnlab.train(cfg, tmp_path / "whole", progress=False)
+    trainer = Trainer(cfg, tmp_path / "part", progress=False)
+    update, calls = trainer.optimizer.step, []
+
+    def update_then_sigterm(*args: object, **kwargs: object) -> object:
+        result = update(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 13:
+            signal.raise_signal(signal.SIGTERM)
+        return result
+
+    trainer.optimizer.step = update_then_sigterm  # type: ignore[method-assign]
+    with sigterm_raises(), pytest.raises(Terminated) as stopped:
+        try:
+            trainer.fit()
+        finally:
+            assert signal.getsignal(signal.SIGTERM) is raise_terminated  # the handler is given back
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert stopped.value.run_dir == tmp_path / "part"
+    summary = json.loads((tmp_path / "part" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "test_accuracy" not in summary
+    assert "stopped by SIGTERM" in summary["message"] and "--resume" in summary["message"]
+    assert json.loads((tmp_path / "part" / "checkpoint.json").read_text())["iteration"] == 13
+    resumed = rnnlab.resume(tmp_path / "part", progress=False)
+    assert resumed.status == "completed"
+    a = torch.load(whole.dir / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(resumed.dir / "checkpoint.pt", weights_only=True)["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_a_programs_own_sigterm_handler_is_left_alone() -> None:
+    from rnnlab.stopping import StopBetweenSteps
+
+    def own(signum: int, frame: object) -> None:
+        pass
+
+    for handler in (own, signal.SIG_IGN):
+        previous = signal.signal(signal.SIGTERM, handler)
+        try:
+            stop = StopBetweenSteps()
+            assert signal.getsignal(signal.SIGTERM) is handler
+            assert signal.getsignal(signal.SIGINT) == stop._request  # Ctrl-C is still taken over
+            stop.restore()
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+_SIGTERM_IN_A_SCRIPT = """
+import signal, sys
+from pathlib import Path
+import rnnlab
+from rnnlab.engine import Trainer
+cfg = rnnlab.apply_overrides(rnnlab.RunConfig(), sys.argv[2:])
+trainer = Trainer(cfg, Path(sys.argv[1]), progress=False)
+update, calls = trainer.optimizer.step, []
+def update_then_sigterm(*args, **kwargs):
+    result = update(*args, **kwargs)
+    calls.append(1)
+    if len(calls) == 7:
+        signal.raise_signal(signal.SIGTERM)
+    return result
+trainer.optimizer.step = update_then_sigterm
+trainer.fit()
+print("the script carried on")
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_in_a_python_program_saves_the_run_then_ends_it(tmp_path: Path) -> None:
+    """Without the command line, SIGTERM keeps its meaning: the process ends, killed by the signal,
+    but only after the step under way and a checkpoint of it."""
+    run = subprocess.run([sys.executable, "-c", _SIGTERM_IN_A_SCRIPT, str(tmp_path / "run"), *TINY],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == -signal.SIGTERM, run.stderr[-2000:]
+    assert "carried on" not in run.stdout
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["iteration"] == 7
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "interrupted"

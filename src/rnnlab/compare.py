@@ -30,7 +30,8 @@ from rnnlab.config import RunConfig, apply_overrides, check_folder_name, load_to
 from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError
 from rnnlab.presets import get_preset, list_presets, suite as suite_names
-from rnnlab.report import read_record, read_summary, report_groups, result_settings
+from rnnlab.report import report_groups
+from rnnlab.run_records import read_record, read_summary, result_settings
 
 FINISHED = ("completed", "diverged")  # a rerun keeps these as they are
 MAX_SEEDS = 1000  # more is a typo, and would plan (and print) for minutes
@@ -236,7 +237,8 @@ def _worker_setup(parent: int) -> None:
     the pool, and the pool would then kill the others mid-stop), and the worker's life is tied to
     the parent's: if the compare process is killed, its workers exit within half a second instead
     of training on for no one, into folders that a rerun then trains into as well, and then waiting
-    for work forever."""
+    for work forever. SIGTERM keeps its default action: a broken pool ends its workers with it, and
+    a busy worker's run stops between two steps first (stopping.StopBetweenSteps)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
@@ -278,7 +280,7 @@ def _round(batch: list[Task], workers: int, worker: Callable[[Task], dict[str, A
                     continue
                 except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled
                     done(futures[future], record_failure(futures[future], f"{type(exc).__name__}: {exc}"))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the command line (stopping.Terminated)
             # Queued tasks must not start, and running ones stop between two steps, resumable (a
             # Ctrl-C in a terminal reached them already; a signal to this process alone did not).
             (Path(marker_dir) / _STOP).touch()

@@ -30,7 +30,7 @@ from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix, 
 from rnnlab.models import SequenceClassifier, create_model, parameter_count
 from rnnlab.models.size import check_model_size
 from rnnlab.optim import learning_rate, make_optimizer
-from rnnlab.stopping import StopBetweenSteps
+from rnnlab.stopping import StopBetweenSteps, Terminated, pass_on_sigterm
 
 
 
@@ -86,6 +86,7 @@ class Trainer:
         self.scaler = dist.grad_scaler(self.device, self.amp)
         self.total = total_iterations(cfg, self.data.train)
         self.mid_step = False  # True while a step is under way (its update may be half done)
+        self.terminated = False  # SIGTERM stopped training: the process ends once the run folder is saved
         self.batches_per_epoch = self.data.train.num_batches(cfg.train.batch_size)
         self.iteration = 0
         self.saved_at: int | None = None  # the iteration of the last checkpoint written or restored
@@ -150,11 +151,15 @@ class Trainer:
                 self.save()
             if status == "completed" and self.iteration < self.total:
                 status = "stopped"
-            return self._finish(status)
+            summary = self._finish(status)
         except Exception as exc:  # noqa: BLE001 - only running out of memory is handled here
             if not dist.is_out_of_memory(exc):
                 raise
             error = self._out_of_memory_error(exc)
+        else:
+            if self.terminated:  # the checkpoint and summary are written: now end, as SIGTERM asked
+                pass_on_sigterm(self.run_dir)
+            return summary
         raise error  # outside the handler: the failed step's tensors are freed, not kept as its context
 
     def _out_of_memory_error(self, exc: BaseException) -> ResourceError:
@@ -193,7 +198,7 @@ class Trainer:
         stop = StopBetweenSteps()
         try:
             while self.iteration < end:
-                if stop.requested:  # Ctrl-C came during the last step, which has now finished
+                if stop.requested:  # Ctrl-C or SIGTERM came during the last step, which has now finished
                     status = "interrupted"
                     break
                 self.mid_step = True  # until the step is whole: a checkpoint now would be torn
@@ -230,10 +235,12 @@ class Trainer:
                     bar.set_postfix(shown | {"samples/s": f"{rate:.0f}"})
                 if self.iteration % t.checkpoint_every == 0:
                     self.save()
-        except KeyboardInterrupt:  # a second Ctrl-C, or one under torchrun: where it landed
+        except KeyboardInterrupt as interrupt:  # a second signal, or one under torchrun: where it landed
             status = "interrupted"
+            self.terminated = isinstance(interrupt, Terminated)
         finally:
             stop.restore()
+            self.terminated = self.terminated or stop.terminated
             bar.close()
         if status == "interrupted" and self._diverged():  # steps not looked at yet: no NaN checkpoint
             status = "diverged"
@@ -348,10 +355,15 @@ class Trainer:
         reference = reference_for(cfg.preset)
         if reference:
             summary["reference"] = reference
+        kept = f"the checkpoint of iteration {self.saved_at}" if self.saved_at is not None else "no checkpoint"
         if status == "interrupted" and self.world > 1:  # the processes stopped apart: nothing collective
-            kept = f"the checkpoint of iteration {self.saved_at}" if self.saved_at is not None else "no checkpoint"
             summary["message"] = (f"interrupted under torchrun, each process at its own step: the run folder keeps "
                                   f"{kept}; continue with torchrun ... rnnlab train --resume {self.run_dir}")
+        elif status == "interrupted" and self.terminated:
+            # No test evaluation: SIGTERM means the process is to end soon (a scheduler kills it some
+            # seconds later), and the kept checkpoint is what matters.
+            summary["message"] = (f"stopped by SIGTERM: the run folder keeps {kept}; continue with "
+                                  f"rnnlab train --resume {self.run_dir}")
         elif status == "diverged":
             assert self.diverged_at is not None  # status "diverged" comes only from _diverged
             iteration, value, lr = self.diverged_at

@@ -21,13 +21,11 @@ from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json, atomic_write_text
 from rnnlab.checkpoint import CONFUSION
 from rnnlab.config import describe_model
-# read_record, read_summary and result_settings only pass through: compare imports them from here.
-from rnnlab.run_records import RunRecord, collect, read_record, read_summary, result_settings
+from rnnlab.run_records import RunRecord, collect
 
 __all__ = ["COLUMNS", "RESULTS_CSV", "RESULTS_JSON", "RESULTS_MD", "STATUS_ORDER", "RunRecord", "aggregate",
-           "aggregate_entry", "build_report", "collect", "markdown_table", "read_record", "read_summary",
-           "render_markdown", "report_groups", "result_settings", "status_text", "to_csv", "write_figures",
-           "write_results"]
+           "aggregate_entry", "build_report", "collect", "markdown_table", "render_markdown", "report_groups",
+           "status_text", "to_csv", "write_figures", "write_results"]
 
 RESULTS_MD, RESULTS_CSV, RESULTS_JSON = "results.md", "results.csv", "results.json"
 STATUS_ORDER = ("completed", "diverged", "failed", "interrupted", "stopped", "unfinished")

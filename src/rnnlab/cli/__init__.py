@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import warnings
 from pathlib import Path
 
 from rnnlab.cli.common import IntermixedParser
 from rnnlab.errors import RnnlabError
+from rnnlab.stopping import Terminated, sigterm_raises
 
 # Modules under rnnlab.cli, each with register(subparsers), in the order `--help` lists them.
 COMMANDS = ("train", "evaluate", "compare", "info", "gradients", "predict", "export", "serve")
@@ -48,6 +50,13 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM (kill, a scheduler's time limit) stops a run between two steps, resumable, and the
+    # command then ends as Ctrl-C ends it, with a message and no traceback.
+    with sigterm_raises():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -63,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"rnnlab: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
+    except Terminated as stop:
+        hint = f"; continue with: rnnlab train --resume {stop.run_dir}" if stop.run_dir else ""
+        print(f"rnnlab: terminated (SIGTERM){hint}", file=sys.stderr)
+        return 128 + signal.SIGTERM  # 143, as the shell reports a process the signal ended
     except KeyboardInterrupt:
         print("rnnlab: interrupted", file=sys.stderr)
         return 130
