@@ -170,6 +170,8 @@ class TrainConfig:
     amp: str = "off"  # off, bf16 (cpu or cuda), fp16 (cuda), auto (bf16 where measured to pay)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     checkpoint_every: int = 500  # iterations between resumable checkpoints
+    keep_best: bool = False  # end with the weights of the best validation accuracy, not the last ones
+    patience: int = 0  # stop after this many evaluations without a better validation accuracy; 0: never
 
     def __post_init__(self) -> None:
         _check_values("train", self)
@@ -180,7 +182,7 @@ class TrainConfig:
         _choice("train", "amp", self.amp, AMP_MODES)
         _at_least("train", "lr", self.lr, 0.0, strict=True)
         for name in ("momentum", "weight_decay", "clip", "label_smoothing", "iterations", "epochs",
-                     "warmup", "threads"):
+                     "warmup", "threads", "patience"):
             _at_least("train", name, getattr(self, name), 0)
         for name in ("batch_size", "eval_every", "eval_batch_size", "step_size", "checkpoint_every"):
             _at_least("train", name, getattr(self, name), 1)
@@ -216,6 +218,13 @@ class RunConfig:
         for key in ("name", "preset"):
             if getattr(self, key):
                 check_folder_name(key, getattr(self, key))
+        t = self.train
+        if (t.keep_best or t.patience) and (self.data.val_size == 0 or t.protocol == "tutorial"):
+            given = " and ".join(k for k, on in (("train.keep_best", t.keep_best), ("train.patience", t.patience)) if on)
+            why = "train.protocol=tutorial" if t.protocol == "tutorial" else "data.val_size=0"
+            verb = "need" if t.keep_best and t.patience else "needs"
+            raise ConfigError(f"{given} {verb} a validation split to measure progress on, and this run has none "
+                              f"({why}); set data.val_size > 0 (e.g. 5000) and train.protocol=standard")
 
     @property
     def label(self) -> str:

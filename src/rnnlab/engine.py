@@ -22,7 +22,7 @@ from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab import distributed as dist
-from rnnlab.config import RunConfig, save_toml, to_dict
+from rnnlab.config import RunConfig, from_dict, save_toml, to_dict
 from rnnlab.data import SequenceData
 from rnnlab.data.splits import Datasets, input_shape, load_datasets
 from rnnlab.errors import CheckpointError, ConfigError, ResourceError
@@ -30,6 +30,7 @@ from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix, 
 from rnnlab.models import SequenceClassifier, create_model, parameter_count
 from rnnlab.models.size import check_model_size
 from rnnlab.optim import learning_rate, make_optimizer
+from rnnlab.selection import BestByValidation
 from rnnlab.stopping import StopBetweenSteps, Terminated, pass_on_sigterm
 
 
@@ -95,6 +96,8 @@ class Trainer:
         self.train_seconds = 0.0
         self.running = RunningTotals(self.device)
         self.check_every = NAN_CHECK_EVERY
+        self.best = BestByValidation(keep_weights=cfg.train.keep_best, patience=cfg.train.patience)
+        self.stopped_early = False  # train.patience evaluations went by without a better val accuracy
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
@@ -114,12 +117,16 @@ class Trainer:
                 "samples": self.samples,
                 "running": self.running.as_dict(), "torch_version": torch.__version__,
                 "input": input_shape(self.data)}
+        if self.best.active:
+            meta["best"] = self.best.state()
+            if self.best.weights is not None:
+                tensors["best_model"] = self.best.weights
         ckpt.save_checkpoint(self.run_dir, tensors, meta)
         self.saved_at = self.iteration
 
     def restore(self) -> None:
         tensors, meta = ckpt.load_checkpoint(self.run_dir, map_location=self.device)
-        if meta["config"] != to_dict(self.cfg):
+        if to_dict(from_dict(meta["config"])) != to_dict(self.cfg):  # from_dict: keys added since take defaults
             raise CheckpointError(f"{self.run_dir}: the checkpoint was written by a different config")
         self.model.load_state_dict(tensors["model"])
         self.optimizer.load_state_dict(tensors["optimizer"])
@@ -130,6 +137,7 @@ class Trainer:
         self.saved_at = self.iteration
         dist.restore_rng_state(tensors.get("rng_processes", [tensors["rng"]]), self.cfg.seed, self.iteration)
         self.running.load(meta["running"])
+        self.best.load_state(meta.get("best"), tensors.get("best_model"))
         # Metrics logged after the checkpoint will be logged again: drop them.
         if dist.is_main_process():
             rows = [r for r in ckpt.read_jsonl(self.run_dir / METRICS)
@@ -144,13 +152,15 @@ class Trainer:
             save_toml(self.cfg, self.run_dir / CONFIG)
         try:
             status = self.train_until(self.total if stop_after is None else min(self.total, stop_after))
+            if status == "completed" and self.iteration < self.total and not self.stopped_early:
+                status = "stopped"
+            if status == "completed" and self.best.weights is not None:  # train.keep_best
+                self.model.load_state_dict(self.best.weights)  # what is saved, tested and served from now on
             # Under torchrun a Ctrl-C stops each process at its own step: a checkpoint or an
             # evaluation now, both collective, would pair calls from different points and fail.
             apart = status == "interrupted" and self.world > 1
             if status != "diverged" and not self.mid_step and not apart:  # a torn step: the last checkpoint stands
                 self.save()
-            if status == "completed" and self.iteration < self.total:
-                status = "stopped"
             summary = self._finish(status)
         except Exception as exc:  # noqa: BLE001 - only running out of memory is handled here
             if not dist.is_out_of_memory(exc):
@@ -233,6 +243,10 @@ class Trainer:
                     row = self._log_evaluation(rate, lr)
                     shown = {k: f"{row[k]:.4g}" for k in ("train_loss", "val_accuracy", "test_accuracy") if k in row}
                     bar.set_postfix(shown | {"samples/s": f"{rate:.0f}"})
+                    if self.best.active and "val_accuracy" in row:
+                        if self.best.update(row["val_accuracy"], self.iteration, self.model) and self.iteration < self.total:
+                            self.stopped_early = True
+                            break
                 if self.iteration % t.checkpoint_every == 0:
                     self.save()
         except KeyboardInterrupt as interrupt:  # a second signal, or one under torchrun: where it landed
@@ -356,6 +370,11 @@ class Trainer:
         if reference:
             summary["reference"] = reference
         kept = f"the checkpoint of iteration {self.saved_at}" if self.saved_at is not None else "no checkpoint"
+        if self.best.iteration is not None:
+            summary["best_val"] = {"iteration": self.best.iteration, "val_accuracy": round(self.best.accuracy, 4),
+                                   "weights": "best" if status == "completed" and cfg.train.keep_best else "last"}
+        if self.stopped_early:
+            summary["stopped_early"] = {"iteration": self.iteration, "patience": cfg.train.patience}
         if status == "interrupted" and self.world > 1:  # the processes stopped apart: nothing collective
             summary["message"] = (f"interrupted under torchrun, each process at its own step: the run folder keeps "
                                   f"{kept}; continue with torchrun ... rnnlab train --resume {self.run_dir}")

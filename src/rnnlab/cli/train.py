@@ -79,6 +79,15 @@ def print_summary(summary: dict[str, Any], run_dir: str) -> None:
     reference = summary.get("reference")
     if reference and reference.get("reported_test_accuracy") is not None:
         lines.append(f"tutorial reported {reference['reported_test_accuracy']:.2f}%")
+    best = summary.get("best_val")
+    if best and best["weights"] == "best":
+        lines.append(f"weights           of iteration {best['iteration']}, the best val accuracy "
+                     f"({best['val_accuracy']:.2f}%; train.keep_best)")
+    elif best:
+        lines.append(f"best val          {best['val_accuracy']:.2f}% at iteration {best['iteration']}")
+    if summary.get("stopped_early"):
+        lines.append(f"stopped early     no better val accuracy in {summary['stopped_early']['patience']} "
+                     "evaluations (train.patience)")
     lines += [
         f"iterations        {summary['iterations']} ({summary['epochs']:.2f} epochs)",
         f"train time        {summary['train_seconds']:.1f} s",
