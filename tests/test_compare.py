@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 import rnnlab
 from rnnlab import compare as cmp
+from rnnlab.entries import Entry, default_out_dir, resolve_entries
 from rnnlab.cli import main
 from rnnlab.config import save_toml
 from rnnlab.errors import ConfigError
@@ -27,42 +29,90 @@ TINY = ["model.hidden=8", "train.iterations=20", "train.eval_every=10", "train.c
 
 
 def test_resolve_entries_suite_files_and_overrides(tmp_path: Path) -> None:
-    entries = cmp.resolve_entries([], suite="tutorials", overrides=["train.iterations=7"])
+    entries = resolve_entries([], suite="tutorials", overrides=["train.iterations=7"])
     assert [e.name for e in entries] == ["dlw-rnn-a", "dlw-rnn-b", "dlw-rnn-c", "dlw-lstm-a", "dlw-lstm-b",
                                          "dlw-lstm-c", "rnn-allsteps"]
     assert all(e.config.train.iterations == 7 and e.config.train.epochs == 0 for e in entries)
     save_toml(rnnlab.RunConfig(), tmp_path / "mine.toml")
-    (entry,) = cmp.resolve_entries([str(tmp_path / "mine.toml")])
+    (entry,) = resolve_entries([str(tmp_path / "mine.toml")])
     assert entry.name == "mine" and entry.config.label == "mine"
     with pytest.raises(ConfigError, match="like an earlier entry"):
-        cmp.resolve_entries(["dlw-rnn-a", "dlw-rnn-a"])
+        resolve_entries(["dlw-rnn-a", "dlw-rnn-a"])
     with pytest.raises(ConfigError, match="nothing to compare"):
-        cmp.resolve_entries([])
+        resolve_entries([])
     with pytest.raises(ConfigError, match="unknown preset"):
-        cmp.resolve_entries(["no-such-preset"])
+        resolve_entries(["no-such-preset"])
     save_toml(rnnlab.RunConfig(), tmp_path / "my run.toml")  # the file name cannot name a folder
     with pytest.raises(ConfigError, match=r"my run.toml: the entry is named after the file.*set `name`"):
-        cmp.resolve_entries([str(tmp_path / "my run.toml")])
+        resolve_entries([str(tmp_path / "my run.toml")])
+
+
+def test_sweeps_expand_each_entry_over_a_grid() -> None:
+    entries = resolve_entries(["dlw-rnn-a", "dlw-lstm-a"], overrides=["train.iterations=7"],
+                              sweeps=["train.lr=0.001,0.01", "model.hidden=32,64"])
+    assert [e.name for e in entries][:4] == ["dlw-rnn-a+lr0.001+hidden32", "dlw-rnn-a+lr0.001+hidden64",
+                                             "dlw-rnn-a+lr0.01+hidden32", "dlw-rnn-a+lr0.01+hidden64"]
+    assert len(entries) == 8 and entries[5].name == "dlw-lstm-a+lr0.001+hidden64"
+    rnn = entries[2].config
+    assert (rnn.train.lr, rnn.model.hidden, rnn.train.iterations, rnn.name) == (0.01, 32, 7, entries[2].name)
+    assert rnn.preset == "dlw-rnn-a" and rnn.model.cell == "rnn"  # the rest of the entry is as it was
+    both = resolve_entries(["dlw-rnn-a"], sweeps=["model.dropout=0,0.1", "train.weight_decay=0,0.1"])
+    assert both[1].name == "dlw-rnn-a+dropout0+weight_decay0.1"
+    a, b = (default_out_dir(entries, None, [], sweeps=s) for s in (["model.hidden=32,64"], ["model.hidden=32"]))
+    assert a != b and default_out_dir(resolve_entries([], suite="tutorials", sweeps=["train.lr=0.1,0.2"]), "tutorials",
+                                      [], sweeps=["train.lr=0.1,0.2"]).name.startswith("compare-tutorials-")
+
+
+@pytest.mark.parametrize(("sweeps", "overrides", "fragment"), [
+    (["train.lr"], [], "is not KEY=V1,V2"),
+    (["train.lr=0.1,,0.2"], [], "is not KEY=V1,V2"),
+    (["train.lr=0.1,0.1"], [], "lists a value twice"),
+    (["train.lr=0.01,1e-2"], [], "the same config twice"),
+    (["train.lr=0.1", "train.lr=0.2"], [], "is given twice"),
+    (["train.lr=0.1,0.2"], ["train.lr=0.3"], "both an override and a --sweep"),
+    (["seed=1,2"], [], "is what --seeds does"),
+    (["model.cell=lstm,transformer"], [], "choose one of"),
+    (["nonsense.key=1,2"], [], "unknown key"),
+    (["model.hidden=8,16,32,64,128,256,512,1024,2048,4096,8192", "train.lr=" + ",".join(f"0.{i}" for i in range(1, 100))],
+     [], "at most 1000"),
+])
+def test_sweep_mistakes_are_refused(sweeps: list[str], overrides: list[str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        resolve_entries(["dlw-rnn-a"], overrides=overrides, sweeps=sweeps)
+
+
+def test_a_sweep_compare_trains_and_reports_each_value(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "sweep"
+    args = ["compare", "dlw-rnn-a", *TINY, "--sweep", "train.lr=0.001,0.05", "--seeds", "1", "--jobs", "1",
+            "--out", str(out), "--no-plot"]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "dlw-rnn-a+lr0.001" in table and "dlw-rnn-a+lr0.05" in table
+    results = json.loads((out / "results.json").read_text())
+    assert [r["entry"] for r in results["entries"]] == ["dlw-rnn-a+lr0.001", "dlw-rnn-a+lr0.05"]
+    assert results["context"]["sweeps"] == "train.lr=0.001,0.05"
+    assert main(args) == 0  # rerun: both finished, nothing trained again
+    assert "0 to run, 2 finished" in capsys.readouterr().err
 
 
 def test_plan_seeds_threads_and_folders(tmp_path: Path) -> None:
-    entries = cmp.resolve_entries(["dlw-rnn-a", "dlw-lstm-a"])
+    entries = resolve_entries(["dlw-rnn-a", "dlw-lstm-a"])
     tasks = cmp.plan(entries, tmp_path, seeds=3, jobs=2, threads=None)
     assert [(t.entry, t.seed) for t in tasks][:4] == [("dlw-rnn-a", 0), ("dlw-rnn-a", 1), ("dlw-rnn-a", 2),
                                                       ("dlw-lstm-a", 0)]
     assert all(t.config.seed == t.seed for t in tasks)
     assert {t.config.train.threads for t in tasks} == {max(1, cmp.available_cores() // 2)}
     assert tasks[4].run_dir == str(tmp_path / "runs" / "dlw-lstm-a" / "seed1")
-    pinned = cmp.resolve_entries(["dlw-rnn-a"], overrides=["train.threads=3"])
+    pinned = resolve_entries(["dlw-rnn-a"], overrides=["train.threads=3"])
     assert cmp.plan(pinned, tmp_path, seeds=1, jobs=2)[0].config.train.threads == 3
-    a = cmp.default_out_dir(entries, None, ["train.lr=0.1"])
-    assert a == cmp.default_out_dir(entries, None, ["train.lr=0.1"]) != cmp.default_out_dir(entries, None, [])
+    a = default_out_dir(entries, None, ["train.lr=0.1"])
+    assert a == default_out_dir(entries, None, ["train.lr=0.1"]) != default_out_dir(entries, None, [])
 
 
 def test_compare_runs_resumes_fails_and_skips(tmp_path: Path) -> None:
     out = tmp_path / "cmp"
-    good = cmp.resolve_entries(["dlw-rnn-a"], overrides=TINY)
-    bad = [cmp.Entry("broken", replace(good[0].config, preset="", name="broken",
+    good = resolve_entries(["dlw-rnn-a"], overrides=TINY)
+    bad = [Entry("broken", replace(good[0].config, preset="", name="broken",
                                        data=replace(good[0].config.data, data_dir=str(tmp_path / "missing"))))]
     entries = good + bad
     # seed 1 was interrupted earlier: it has a checkpoint at iteration 10 of 20, and must be resumed.
@@ -99,7 +149,7 @@ def test_compare_runs_resumes_fails_and_skips(tmp_path: Path) -> None:
     assert rows["dlw-rnn-a"]["status"] == "2/2 completed" and rows["broken"]["status"] == "0/2 completed, 2 failed"
 
     # The same folder with a different config is refused before anything runs.
-    changed = cmp.resolve_entries(["dlw-rnn-a"], overrides=TINY + ["train.lr=0.5"])
+    changed = resolve_entries(["dlw-rnn-a"], overrides=TINY + ["train.lr=0.5"])
     with pytest.raises(ConfigError, match="different config"):
         cmp.compare(changed + bad, out, seeds=2, jobs=1, plots=False)
 
@@ -113,7 +163,7 @@ def crashing_worker(task: cmp.Task) -> dict[str, Any]:
 
 
 def test_a_dying_worker_fails_only_its_own_seed(tmp_path: Path) -> None:
-    entries = cmp.resolve_entries(["dlw-rnn-a"], overrides=TINY)
+    entries = resolve_entries(["dlw-rnn-a"], overrides=TINY)
     tasks = cmp.plan(entries, tmp_path, seeds=3, jobs=2)
     records = cmp.execute(tasks, 2, worker=crashing_worker)
     assert [r["status"] for r in records] == ["completed", "failed", "completed"]
@@ -150,7 +200,7 @@ def test_plus_presets_keep_architecture_and_budget() -> None:
 
 
 def test_a_summary_that_is_not_an_object_is_retrained(tmp_path: Path) -> None:
-    (task,) = cmp.plan(cmp.resolve_entries(["dlw-rnn-a"], overrides=TINY), tmp_path, seeds=1)
+    (task,) = cmp.plan(resolve_entries(["dlw-rnn-a"], overrides=TINY), tmp_path, seeds=1)
     Path(task.run_dir).mkdir(parents=True)
     save_toml(task.config, Path(task.run_dir) / "config.toml")
     for text in ("[1]", '{"status": "completed", "test_accuracy": "abc"}', "\udcff"):
@@ -160,7 +210,7 @@ def test_a_summary_that_is_not_an_object_is_retrained(tmp_path: Path) -> None:
 
 def fake_compare(out: Path, names: list[str], seeds: int = 1) -> None:
     """A compare folder of these entries, as compare() leaves it (config files only, no training)."""
-    entries = cmp.resolve_entries(names, overrides=TINY)
+    entries = resolve_entries(names, overrides=TINY)
     for task in cmp.plan(entries, out, seeds=seeds):
         Path(task.run_dir).mkdir(parents=True)
         save_toml(task.config, Path(task.run_dir) / "config.toml")
@@ -174,7 +224,7 @@ def test_compare_cli_refuses_a_bad_out_and_too_many_seeds(tmp_path: Path,
     assert main(["compare", "dlw-rnn-a", "--out", str(afile), "--dry-run"]) == 2
     assert capsys.readouterr().err == f"rnnlab: error: --out {afile} is a file; give a folder\n"
     with pytest.raises(ConfigError, match="is a file; give a folder"):
-        cmp.compare(cmp.resolve_entries(["dlw-rnn-a"]), afile)
+        cmp.compare(resolve_entries(["dlw-rnn-a"]), afile)
     assert main(["compare", "dlw-rnn-a", "--seeds", "1000000", "--dry-run"]) == 2
     assert capsys.readouterr().err == "rnnlab: error: --seeds=1000000 is too many: at most 1000 per entry\n"
     assert main(["compare", "dlw-rnn-a", "--seeds", "1000", "--dry-run", "--out", str(tmp_path / "c")]) == 0
@@ -189,7 +239,7 @@ def test_a_compare_folder_is_not_mixed_with_other_entries(tmp_path: Path,
         assert capsys.readouterr().err == (f"rnnlab: error: {out} holds a compare of dlw-lstm-a, dlw-rnn-a{which}: "
                                            "list all of its entries to rerun or extend it, or use another --out\n")
         with pytest.raises(ConfigError, match="holds a compare of"):
-            cmp.compare(cmp.resolve_entries(names, overrides=TINY), out, plots=False)
+            cmp.compare(resolve_entries(names, overrides=TINY), out, plots=False)
     assert not (out / "runs/dlw-rnn-b").exists() and not (out / "results.md").exists()
     # All of its entries, in any order, plus new ones or new seeds: skips what is there, adds the rest.
     assert main(["compare", "dlw-lstm-a", "dlw-rnn-b", "dlw-rnn-a", *TINY, "--seeds", "2", "--out", str(out),
@@ -218,7 +268,7 @@ def _start_sleeping_compare(out: Path) -> subprocess.Popen:
     """``execute`` of 5 seeds on 2 workers running ``sleeping_worker``, in a process of its own."""
     script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
               "from rnnlab import compare as cmp\nimport test_compare as tc\n"
-              "tasks = cmp.plan(cmp.resolve_entries(['dlw-rnn-a'], overrides=tc.TINY), sys.argv[1], seeds=5, jobs=2)\n"
+              "tasks = cmp.plan(tc.resolve_entries(['dlw-rnn-a'], overrides=tc.TINY), sys.argv[1], seeds=5, jobs=2)\n"
               "from rnnlab.stopping import sigterm_raises\n"
               "with sigterm_raises():  # as under the command line\n"
               "    cmp.execute(tasks, 2, worker=tc.sleeping_worker)\n")
@@ -274,7 +324,7 @@ def test_ctrl_c_or_sigterm_to_the_compare_starts_no_queued_seed(tmp_path: Path, 
 
 def test_a_second_compare_into_the_same_folder_is_refused(tmp_path: Path) -> None:
     fcntl = pytest.importorskip("fcntl")
-    entries = cmp.resolve_entries(["dlw-rnn-a"], overrides=TINY)
+    entries = resolve_entries(["dlw-rnn-a"], overrides=TINY)
     tmp_path.mkdir(exist_ok=True)
     with open(tmp_path / ".compare.lock", "w") as held:  # as a compare running into it holds it
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -10,7 +10,6 @@ that raises, or whose process dies, is recorded as ``failed`` with its error; th
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import multiprocessing
 import os
 import signal
@@ -26,23 +25,15 @@ from typing import Any, Callable, Iterator
 
 from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json
-from rnnlab.config import RunConfig, apply_overrides, check_folder_name, load_toml, save_toml
+from rnnlab.config import RunConfig, load_toml, save_toml
 from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError
-from rnnlab.presets import get_preset, list_presets, suite as suite_names
+from rnnlab.entries import Entry
 from rnnlab.report import report_groups
 from rnnlab.run_records import read_record, read_summary, result_settings
 
 FINISHED = ("completed", "diverged")  # a rerun keeps these as they are
 MAX_SEEDS = 1000  # more is a typo, and would plan (and print) for minutes
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One thing to compare: a name and the config every seed starts from."""
-
-    name: str
-    config: RunConfig
 
 
 @dataclass(frozen=True)
@@ -60,37 +51,6 @@ class Task:
 
 
 # --------------------------------------------------------------------------- planning
-
-
-def resolve_entries(specs: list[str], *, suite: str | None = None, overrides: list[str] | None = None) -> list[Entry]:
-    """Presets (by name), config files (TOML) and a suite's presets, each with the overrides applied."""
-    names = list(suite_names(suite)) if suite else []
-    names += list(specs)
-    if not names:
-        raise ConfigError("nothing to compare: name presets or config files, or give --suite "
-                          f"(presets: {', '.join(list_presets())})")
-    entries: list[Entry] = []
-    for spec in names:
-        path = Path(spec)
-        if path.suffix == ".toml" or path.is_file() or (path.is_dir() and (path / CONFIG).exists()):
-            config = load_toml(path / CONFIG if path.is_dir() else path)
-            name = config.name or config.preset or (path.name if path.is_dir() else path.stem)
-            if not config.name and not config.preset:
-                try:  # a file name may hold anything
-                    check_folder_name("name", name)
-                except ConfigError as error:
-                    raise ConfigError(f"{path}: the entry is named after the file, but {error}; "
-                                      "or set `name` in the config") from None
-                config = replace(config, name=name)  # so that `rnnlab report` finds the same entry name
-        else:
-            config = get_preset(spec).config
-            name = spec
-        config = apply_overrides(config, list(overrides or []))
-        if any(e.name == name for e in entries):
-            raise ConfigError(f"{spec!r} is named {name!r} like an earlier entry; give each config a distinct "
-                              "`name` (or list each preset once)")
-        entries.append(Entry(name, config))
-    return entries
 
 
 def available_cores() -> int:
@@ -340,17 +300,6 @@ def execute(tasks: list[Task], jobs: int, *, worker: Callable[[Task], dict[str, 
 
 
 # --------------------------------------------------------------------------- the front door
-
-
-def default_out_dir(entries: list[Entry], suite: str | None, overrides: list[str], root: str = "runs") -> Path:
-    """A stable folder per (entries, overrides), so that rerunning the same compare resumes it."""
-    names = [e.name for e in entries]
-    base = suite if suite and len(names) == len(suite_names(suite)) else "+".join(names)
-    if len(base) > 60:
-        base = f"{len(names)}-entries-" + hashlib.sha1("\n".join(names).encode()).hexdigest()[:8]
-    if overrides:
-        base += "-" + hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8]
-    return Path(root) / f"compare-{base}"
 
 
 def compare(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: int = 1,

@@ -20,6 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("items", nargs="*", metavar="PRESET_OR_CONFIG|KEY=VALUE",
                         help="preset names or config files (.toml); KEY=VALUE overrides apply to every entry")
     parser.add_argument("--suite", help="add every preset of a suite (tutorials, plus)")
+    parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="train every entry once per value (entry+lr0.001, ...); several --sweep make a grid")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per entry: 0..N-1 (default: 3)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="parallel worker processes (default: the number of CPU cores); each gets cores/jobs "
@@ -50,14 +52,15 @@ def split_items(items: list[str]) -> tuple[list[str], list[str]]:
 
 def run_compare(args: argparse.Namespace) -> int:
     from rnnlab import compare as cmp
+    from rnnlab.entries import default_out_dir, resolve_entries
     from rnnlab.errors import ConfigError
 
     specs, overrides = split_items(args.items)
-    entries = cmp.resolve_entries(specs, suite=args.suite, overrides=overrides)
+    entries = resolve_entries(specs, suite=args.suite, overrides=overrides, sweeps=args.sweep)
     jobs = args.jobs if args.jobs is not None else cmp.available_cores()
     if jobs < 1:
         raise ConfigError(f"--jobs={jobs} must be >= 1")
-    out = Path(args.out) if args.out else cmp.default_out_dir(entries, args.suite, overrides)
+    out = Path(args.out) if args.out else default_out_dir(entries, args.suite, overrides, sweeps=args.sweep)
     tasks, states = cmp.prepare(entries, out, seeds=args.seeds, jobs=jobs)  # refuses a bad --out before the header
     todo = sum(s != "skip" for s in states.values())
     workers = f"{min(jobs, todo)} workers x {tasks[0].config.train.threads} threads" if todo else "nothing to train"
@@ -79,6 +82,8 @@ def run_compare(args: argparse.Namespace) -> int:
               f"{record['action']}, {record['status']} {what}{took}", file=sys.stderr, flush=True)
 
     context = {"overrides": " ".join(overrides) or "none"}
+    if args.sweep:
+        context["sweeps"] = " ".join(args.sweep)
     if sys.argv[1:2] == ["compare"]:  # called from the shell (not from a test's main([...]))
         context["command"] = shlex.join(["rnnlab", *sys.argv[1:]])
     rows = cmp.compare(entries, out, seeds=args.seeds, jobs=jobs, plots=not args.no_plot, on_result=progress,

@@ -1,0 +1,124 @@
+"""What a compare trains: entries from presets, config files and suites, with overrides, and
+sweeps that expand each entry over a grid of settings.
+
+An entry is a name (its folder under ``runs/``) and the config every seed starts from. A sweep
+``train.lr=0.001,0.01`` turns entry ``dlw-rnn-a`` into ``dlw-rnn-a+lr0.001`` and ``dlw-rnn-a+lr0.01``;
+two sweeps make their product.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from rnnlab.checkpoint import CONFIG
+from rnnlab.config import RunConfig, apply_overrides, check_folder_name, load_toml
+from rnnlab.errors import ConfigError
+from rnnlab.presets import get_preset, list_presets, suite as suite_names
+
+MAX_SWEEP_ENTRIES = 1000  # more is a typo, and would plan (and print) for minutes
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One thing to compare: a name and the config every seed starts from."""
+
+    name: str
+    config: RunConfig
+
+
+def resolve_entries(specs: list[str], *, suite: str | None = None, overrides: list[str] | None = None,
+                    sweeps: list[str] | None = None) -> list[Entry]:
+    """Presets (by name), config files (TOML) and a suite's presets, each with the overrides
+    applied, then expanded over the ``KEY=V1,V2,...`` sweeps."""
+    names = list(suite_names(suite)) if suite else []
+    names += list(specs)
+    if not names:
+        raise ConfigError("nothing to compare: name presets or config files, or give --suite "
+                          f"(presets: {', '.join(list_presets())})")
+    entries: list[Entry] = []
+    for spec in names:
+        path = Path(spec)
+        if path.suffix == ".toml" or path.is_file() or (path.is_dir() and (path / CONFIG).exists()):
+            config = load_toml(path / CONFIG if path.is_dir() else path)
+            name = config.name or config.preset or (path.name if path.is_dir() else path.stem)
+            if not config.name and not config.preset:
+                try:  # a file name may hold anything
+                    check_folder_name("name", name)
+                except ConfigError as error:
+                    raise ConfigError(f"{path}: the entry is named after the file, but {error}; "
+                                      "or set `name` in the config") from None
+                config = replace(config, name=name)  # so that `rnnlab report` finds the same entry name
+        else:
+            config = get_preset(spec).config
+            name = spec
+        config = apply_overrides(config, list(overrides or []))
+        if any(e.name == name for e in entries):
+            raise ConfigError(f"{spec!r} is named {name!r} like an earlier entry; give each config a distinct "
+                              "`name` (or list each preset once)")
+        entries.append(Entry(name, config))
+    return expand_sweeps(entries, [parse_sweep(item) for item in sweeps or []], overrides or [])
+
+
+def parse_sweep(item: str) -> tuple[str, list[str]]:
+    """``"train.lr=0.001,0.01"`` -> ``("train.lr", ["0.001", "0.01"])``."""
+    key, sep, text = item.partition("=")
+    key, values = key.strip(), [v.strip() for v in text.split(",")]
+    if not sep or not key or not all(values):
+        raise ConfigError(f"--sweep {item!r} is not KEY=V1,V2,... (e.g. --sweep train.lr=0.001,0.01)")
+    if key == "seed":
+        raise ConfigError("--sweep seed=... is what --seeds does: every entry runs seeds 0..N-1")
+    if len(set(values)) < len(values):
+        raise ConfigError(f"--sweep {item!r} lists a value twice")
+    return key, values
+
+
+def expand_sweeps(entries: list[Entry], sweeps: list[tuple[str, list[str]]], overrides: list[str]) -> list[Entry]:
+    """Each entry once per combination of the sweeps' values, named ``<entry>+<key><value>...``
+    after the last part of each key (the whole key where two sweeps share that last part)."""
+    if not sweeps:
+        return entries
+    keys = [key for key, _ in sweeps]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise ConfigError(f"--sweep {key} is given twice; list all of its values in one --sweep")
+        if any(o.partition("=")[0].strip() == key for o in overrides):
+            raise ConfigError(f"{key} is both an override and a --sweep; give it once")
+    short = [key.rpartition(".")[2] for key in keys]
+    tags = [s if short.count(s) == 1 else key for s, key in zip(short, keys)]
+    grid = list(itertools.product(*(values for _, values in sweeps)))
+    if len(entries) * len(grid) > MAX_SWEEP_ENTRIES:
+        raise ConfigError(f"the sweeps make {len(entries) * len(grid):,} entries; at most {MAX_SWEEP_ENTRIES} "
+                          "(each is trained for every seed)")
+    expanded: list[Entry] = []
+    for entry in entries:
+        seen: dict[RunConfig, str] = {}
+        for combo in grid:
+            name = entry.name + "".join(f"+{tag}{value}" for tag, value in zip(tags, combo))
+            try:
+                check_folder_name("the entry name", name)
+            except ConfigError as error:
+                raise ConfigError(f"--sweep value {', '.join(combo)}: {error}; use plainer values") from None
+            config = apply_overrides(entry.config, [f"{k}={v}" for k, v in zip(keys, combo)])
+            if config in seen:  # e.g. 0.01 and 1e-2
+                raise ConfigError(f"--sweep gives {entry.name} the same config twice ({seen[config]} and {name}); "
+                                  "list each value once")
+            seen[config] = name
+            expanded.append(Entry(name, replace(config, name=name)))  # `rnnlab report` names it so too
+    return expanded
+
+
+def default_out_dir(entries: list[Entry], suite: str | None, overrides: list[str], root: str = "runs",
+                    sweeps: list[str] | None = None) -> Path:
+    """A stable folder per (entries, overrides, sweeps), so that rerunning the same compare resumes it."""
+    names = [e.name for e in entries]
+    combinations = math.prod(len(parse_sweep(item)[1]) for item in sweeps or [])  # entries per base entry
+    base = suite if suite and len(names) == len(suite_names(suite)) * combinations else "+".join(names)
+    if len(base) > 60:
+        base = f"{len(names)}-entries-" + hashlib.sha1("\n".join(names).encode()).hexdigest()[:8]
+    if overrides or sweeps:
+        base += "-" + hashlib.sha1("\n".join([*overrides, *(f"sweep {s}" for s in sweeps or [])]).encode()).hexdigest()[:8]
+    return Path(root) / f"compare-{base}"
