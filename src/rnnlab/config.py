@@ -41,6 +41,7 @@ SCHEDULES = ("none", "step", "cosine")
 PROTOCOLS = ("standard", "tutorial")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 AMP_MODES = ("off", "bf16", "fp16", "auto")
+BACKWARDS = ("auto", "autograd")
 MAX_SEED = 2**63 - 1  # TOML integers and torch's int64 seeds stop here
 MAX_THREADS = 1024  # far above any CPU's use; torch segfaults on some counts (5000) instead of failing
 # A run folder is runs/<name>-<time>: one plain folder name, portable and safe to type in a shell.
@@ -168,6 +169,7 @@ class TrainConfig:
     protocol: str = "standard"  # standard: validate on the split, test once; tutorial: test every eval
     device: str = "auto"
     amp: str = "off"  # off, bf16 (cpu or cuda), fp16 (cuda), auto (bf16 where measured to pay)
+    backward: str = "auto"  # auto: the whole step by hand where the model allows (models/fast_step.py); autograd
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     checkpoint_every: int = 500  # iterations between resumable checkpoints
     keep_best: bool = False  # end with the weights of the best validation accuracy, not the last ones
@@ -180,6 +182,7 @@ class TrainConfig:
         _choice("train", "protocol", self.protocol, PROTOCOLS)
         _choice("train", "device", self.device.split(":")[0], DEVICES)
         _choice("train", "amp", self.amp, AMP_MODES)
+        _choice("train", "backward", self.backward, BACKWARDS)
         _at_least("train", "lr", self.lr, 0.0, strict=True)
         for name in ("momentum", "weight_decay", "clip", "label_smoothing", "iterations", "epochs",
                      "warmup", "threads", "patience"):

@@ -28,6 +28,7 @@ from rnnlab.data.splits import Datasets, input_shape, load_datasets
 from rnnlab.errors import CheckpointError, ConfigError, ResourceError
 from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix, evaluate, lengths_to
 from rnnlab.models import SequenceClassifier, create_model, parameter_count
+from rnnlab.models.fast_step import hand_step_supported, loss_and_grads
 from rnnlab.models.size import check_model_size
 from rnnlab.optim import learning_rate, make_optimizer
 from rnnlab.selection import BestByValidation
@@ -85,6 +86,9 @@ class Trainer:
         # train.amp=auto becomes bf16 or off here, for this model on this machine
         self.amp = dist.resolve_amp(cfg.train.amp, self.device, cfg.model.cell, self.data.train.x.shape[1])
         self.scaler = dist.grad_scaler(self.device, self.amp)
+        # The whole step by hand where the model allows it, else autograd (train.backward, the summary says which)
+        self.hand_step = cfg.train.backward == "auto" and hand_step_supported(
+            self.model, amp=self.amp, processes=self.world, varying_lengths=self.data.train.lengths is not None) is None
         self.total = total_iterations(cfg, self.data.train)
         self.mid_step = False  # True while a step is under way (its update may be half done)
         self.terminated = False  # SIGTERM stopped training: the process ends once the run folder is saved
@@ -225,8 +229,9 @@ class Trainer:
                 if self._must_check(end) and self._diverged():
                     status = "diverged"
                     break
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
+                if not self.hand_step:  # the hand-written step wrote the gradients already
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(loss).backward()
                 if t.clip > 0:
                     self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip)
@@ -293,12 +298,17 @@ class Trainer:
         x, y = self.train_data.batch(shard)  # (b, T, F) float, (b,)
         lengths = lengths_to(self.train_data.batch_lengths(shard), self.device)  # (b,) or None: full length
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        with dist.autocast(self.device, self.amp):
-            logits = self.train_model(x, lengths)  # (b, C)
-            losses = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing,
-                                     reduction="none")  # (b,)
+        scale = self.world * counted / len(batch_idx)
+        if self.hand_step:  # forward, loss and backward in one: the gradients of scale * summed
+            self.optimizer.zero_grad(set_to_none=True)
+            losses, logits = loss_and_grads(self.model, x, y, label_smoothing=t.label_smoothing, scale=scale)
+        else:
+            with dist.autocast(self.device, self.amp):
+                logits = self.train_model(x, lengths)  # (b, C)
+                losses = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing,
+                                         reduction="none")  # (b,)
         summed = losses.sum()
-        loss = summed * (self.world * counted / len(batch_idx))
+        loss = summed * scale
         correct = torch.eq(logits.argmax(1), y).sum(dtype=losses.dtype)
         totals = torch.stack([summed.detach(), correct])  # (2,)
         if counted != 1.0:
@@ -356,6 +366,7 @@ class Trainer:
             "samples_per_second": round(self.samples / max(self.train_seconds, 1e-9), 1),
             "device": str(self.device),
             "amp": self.amp,  # the precision trained in (train.amp=auto resolved)
+            "backward": "by hand" if self.hand_step else "autograd",  # train.backward=auto resolved
             "processes": self.world,  # > 1 under torchrun: samples/s is over all of them
             "data": self._data_description(),
             "torch_version": torch.__version__,
