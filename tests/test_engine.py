@@ -39,6 +39,31 @@ def test_learning_rate_schedules() -> None:
     assert learning_rate(tiny("train.schedule=none", "train.lr=0.3"), 50, 100) == 0.3
 
 
+@pytest.mark.parametrize("overrides", [[], ["train.momentum=0.9"], ["train.weight_decay=0.1"]])
+def test_sgd_steps_bitwise_as_torch_does(overrides: list[str]) -> None:
+    """rnnlab's SGD takes a shortcut only for plain SGD; either way the weights and the optimizer
+    state equal torch.optim.SGD's exactly, also when a parameter has no gradient in a step."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    twin = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    twin.load_state_dict(model.state_dict())
+    cfg = tiny("train.optimizer=sgd", "train.lr=0.1", *overrides)
+    ours = make_optimizer(cfg, model)
+    reference = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=cfg.train.momentum,
+                                weight_decay=cfg.train.weight_decay)
+    for step in range(5):
+        x = torch.randn(11, 7)
+        for net, opt in ((model, ours), (twin, reference)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            if step == 2:
+                net[2].bias.grad = None
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert str(ours.state_dict()) == str(reference.state_dict())
+
+
 @pytest.mark.parametrize("name", ["adam", "adamw"])
 def test_adam_uses_the_fused_kernel_with_the_same_math(name: str) -> None:
     torch.manual_seed(0)

@@ -7,17 +7,39 @@ schedule as one never stopped.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from rnnlab.config import RunConfig
 
 
+class SGD(torch.optim.SGD):
+    """torch's SGD, with its plainest case (no momentum, weight decay or maximize: the tutorials'
+    recipe) as one ``_foreach_add_``, the arithmetic torch does (``param += -lr * grad``). Inside a
+    training loop torch's ``step`` spent 80-150 us of Python per call here, against ~50 for this,
+    on dlw-rnn-a steps of 2.5 ms. Every other case, and state_dicts, are torch's own."""
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        if closure is not None or any(g["momentum"] or g["weight_decay"] or g["maximize"] or g["differentiable"]
+                                      or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                                      for g in self.param_groups):
+            return super().step(closure)
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                return super().step()
+            if params:
+                torch._foreach_add_(params, [p.grad for p in params], alpha=-group["lr"])
+        return None
+
+
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     t = cfg.train
     params = list(model.parameters())
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     # Adam's fused kernel does the whole update in one pass per tensor: 3.4x faster than the
     # per-tensor loop on the dlw-rnn-a parameters here (101 vs 339 us per step), same math.
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
