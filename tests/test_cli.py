@@ -226,3 +226,56 @@ def test_sigterm_stops_training_between_steps_and_the_run_resumes(tmp_path: Path
     summary = json.loads((run_dir / "summary.json").read_text())
     saved = json.loads((run_dir / "checkpoint.json").read_text())["iteration"]
     assert summary["status"] == "interrupted" and summary["iterations"] == saved > 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_is_taken_over_only_once_the_arguments_are_parsed(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """argparse cannot be stopped midway (a Terminated inside parse_intermixed_args ends in an
+    AttributeError of argparse's own, with a traceback): while it parses, SIGTERM keeps its default
+    action and simply ends the process, as it does while Python starts."""
+    import argparse
+
+    from rnnlab import cli
+    from rnnlab.stopping import Terminated, raise_terminated
+
+    seen: dict[str, object] = {}
+
+    def command(args: argparse.Namespace) -> int:
+        seen["running"] = signal.getsignal(signal.SIGTERM)
+        raise Terminated(Path("runs/x"))
+
+    class Parser(argparse.ArgumentParser):
+        def parse_args(self, *args: object, **kwargs: object) -> argparse.Namespace:  # type: ignore[override]
+            seen["parsing"] = signal.getsignal(signal.SIGTERM)
+            return argparse.Namespace(func=command)
+
+    monkeypatch.setattr(cli, "build_parser", Parser)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(["train"]) == 143
+    assert seen == {"parsing": signal.SIG_DFL, "running": raise_terminated}
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert capsys.readouterr().err == "rnnlab: terminated (SIGTERM); continue with: rnnlab train --resume runs/x\n"
+    # Under torchrun every process is told: rank 0 says it once, with the launcher to use.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("1", ""), ("0", "rnnlab: terminated (SIGTERM); continue with: torchrun ... rnnlab train "
+                                         "--resume runs/x\n")):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["train"]) == 143
+        assert capsys.readouterr().err == said
+
+
+def test_sigterm_in_a_dry_run_names_no_folder_to_resume(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """The dry run's folder is deleted on the way out: there is nothing to continue."""
+    import rnnlab
+    from rnnlab.stopping import Terminated
+
+    def terminated(config: object, folder: str, **kwargs: object) -> None:
+        raise Terminated(Path(folder))
+
+    monkeypatch.setattr(rnnlab, "train", terminated)
+    monkeypatch.delenv("RANK", raising=False)
+    assert main(["train", "--dry-run", "--no-progress", *TINY]) == 143
+    assert capsys.readouterr().err == "rnnlab: terminated (SIGTERM)\n"

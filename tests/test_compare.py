@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import os
@@ -257,8 +258,8 @@ def sleeping_worker(task: cmp.Task) -> dict[str, Any]:
     Path(task.run_dir + ".started").write_text(str(os.getpid()))
     try:
         time.sleep(60)
-    except KeyboardInterrupt:  # passed on by the compare process: a run would stop between two steps
-        Path(task.run_dir + ".stopped").touch()
+    except KeyboardInterrupt as stop:  # passed on by the compare process: a run would stop between two steps
+        Path(task.run_dir + ".stopped").write_text(type(stop).__name__)  # Terminated for SIGTERM
         raise
     return {"entry": task.entry, "seed": task.seed, "run_dir": task.run_dir, "action": "trained",
             "status": "completed", "test_accuracy": 50.0, "train_seconds": 60.0, "error": None}
@@ -317,7 +318,10 @@ def test_ctrl_c_or_sigterm_to_the_compare_starts_no_queued_seed(tmp_path: Path, 
         parent.send_signal(signum)  # the compare process alone, not its workers
         assert parent.wait(30) != 0  # the workers are told too, and the queued seeds never start
         assert len(list(tmp_path.glob("runs/dlw-rnn-a/*.started"))) == 2
-        assert len(list(tmp_path.glob("runs/dlw-rnn-a/*.stopped"))) == 2  # told, not orphaned
+        stopped = list(tmp_path.glob("runs/dlw-rnn-a/*.stopped"))
+        assert len(stopped) == 2  # told, not orphaned
+        # by the same signal: a run that SIGTERM stops skips its test evaluation, the process is to end
+        assert {f.read_text() for f in stopped} == {"Terminated" if signum == signal.SIGTERM else "KeyboardInterrupt"}
     finally:
         parent.kill()
 
@@ -331,3 +335,51 @@ def test_a_second_compare_into_the_same_folder_is_refused(tmp_path: Path) -> Non
         with pytest.raises(ConfigError, match=f"another rnnlab compare is running into {tmp_path}"):
             cmp.compare(entries, tmp_path, seeds=1, jobs=1, plots=False)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and signals")
+@pytest.mark.parametrize(("signum", "whole_group"), [(signal.SIGTERM, False), (signal.SIGTERM, True),
+                                                     (signal.SIGINT, True)],
+                         ids=["sigterm-to-the-compare", "sigterm-to-the-group", "ctrl-c-in-a-terminal"])
+def test_a_signal_stops_the_running_seeds_as_it_stops_a_run(tmp_path: Path, signum: int, whole_group: bool) -> None:
+    """SIGTERM to the compare alone (kill), or to its whole process group (a scheduler's time limit,
+    as Slurm sends it), or Ctrl-C in a terminal (SIGINT to the group): each running seed stops
+    between two steps with a checkpoint of that step and its summary, as `rnnlab train` does (no
+    test evaluation after SIGTERM); the queued seed never starts; the command exits 143 (130) with
+    one line. In the group the workers are signalled by the terminal or scheduler, again by the
+    compare, and after SIGTERM by the pool (which sends SIGTERM to every worker once one ends): none
+    of that may stop a seed while it saves."""
+    out = tmp_path / "cmp"
+    settings = ["model.hidden=16", "train.batch_size=20", "train.threads=1", "data.val_size=0",
+                "train.iterations=100000", "train.eval_every=100000", "train.checkpoint_every=50"]
+    job = subprocess.Popen([sys.executable, "-m", "rnnlab", "compare", "dlw-rnn-a", "--seeds", "3", "--jobs", "2",
+                            *settings, "--out", str(out), "--no-plot"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not all((out / f"runs/dlw-rnn-a/seed{s}/checkpoint.json").exists() for s in (0, 1)):
+            assert time.monotonic() < deadline and job.poll() is None, "the seeds did not start"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        if whole_group:
+            os.killpg(job.pid, signum)
+        else:
+            job.send_signal(signum)
+        _, err = job.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)
+    sigterm = signum == signal.SIGTERM
+    assert job.returncode == (143 if sigterm else 130), err
+    last = "rnnlab: terminated (SIGTERM)" if sigterm else "rnnlab: interrupted"
+    assert err.strip().splitlines()[-1] == last, err  # nothing after it: no warning from multiprocessing
+    assert "Traceback" not in err and "leaked" not in err, err
+    for seed in (0, 1):
+        run = out / f"runs/dlw-rnn-a/seed{seed}"
+        summary = json.loads((run / "summary.json").read_text())
+        saved = json.loads((run / "checkpoint.json").read_text())["iteration"]
+        assert summary["status"] == "interrupted" and summary["iterations"] == saved > 0, summary
+        assert ("test_accuracy" in summary) != sigterm
+        assert ("stopped by SIGTERM" in summary.get("message", "")) == sigterm
+        assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temporary file left
+    assert not (out / "runs/dlw-rnn-a/seed2").exists()  # queued: never started

@@ -220,7 +220,9 @@ def test_serve_cli_says_when_it_cannot_listen(untrained_run, capsys: pytest.Capt
     assert "give --host an address of this machine" in captured.err and captured.err.count("\n") == 1
 
 
-def test_serve_cli_serves_where_it_says_and_stops_on_ctrl_c(untrained_run) -> None:
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_serve_cli_serves_where_it_says_and_stops_on_ctrl_c(untrained_run, stop: str) -> None:
+    """Ctrl-C, or SIGTERM (kill, docker stop, systemd), is how a server is meant to stop: exit 0."""
     import os
     import re
     import signal
@@ -243,7 +245,7 @@ def test_serve_cli_serves_where_it_says_and_stops_on_ctrl_c(untrained_run) -> No
             except httpx.TransportError:
                 assert time.monotonic() < deadline and proc.poll() is None
                 time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, stop))
         assert proc.wait(timeout=30) == 0
         assert "Traceback" not in proc.stderr.read()
     finally:

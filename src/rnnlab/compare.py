@@ -10,6 +10,7 @@ that raises, or whose process dies, is recorded as ``failed`` with its error; th
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import os
 import signal
@@ -31,6 +32,7 @@ from rnnlab.errors import CheckpointError, ConfigError
 from rnnlab.entries import Entry
 from rnnlab.report import report_groups
 from rnnlab.run_records import read_record, read_summary, result_settings
+from rnnlab.stopping import Terminated, heed_once
 
 FINISHED = ("completed", "diverged")  # a rerun keeps these as they are
 MAX_SEEDS = 1000  # more is a typo, and would plan (and print) for minutes
@@ -192,14 +194,14 @@ def _context() -> multiprocessing.context.BaseContext:
 _STOP = "STOP"  # in a round's marker folder: the compare was interrupted, start nothing more
 
 
-def _worker_setup(parent: int) -> None:
+def _worker_setup(parent: int, marker_dir: str) -> None:
     """Pool initializer. An idle worker ignores Ctrl-C (one dying in the pool's queue would break
     the pool, and the pool would then kill the others mid-stop), and the worker's life is tied to
     the parent's: if the compare process is killed, its workers exit within half a second instead
     of training on for no one, into folders that a rerun then trains into as well, and then waiting
-    for work forever. SIGTERM keeps its default action: a broken pool ends its workers with it, and
-    a busy worker's run stops between two steps first (stopping.StopBetweenSteps)."""
+    for work forever. For SIGTERM see :func:`_idle_sigterm` and :func:`_started`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, functools.partial(_idle_sigterm, marker_dir))
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -209,28 +211,69 @@ def _worker_setup(parent: int) -> None:
     threading.Thread(target=watch, name="rnnlab-parent-watch", daemon=True).start()
 
 
+_STOPPING_WAIT = 2.0  # seconds a worker that SIGTERM reached waits for the compare to say it is stopping
+
+
+def _compare_stopping(marker_dir: str) -> bool:
+    """Whether the compare is stopping (its STOP marker appears within :data:`_STOPPING_WAIT`):
+    then it ends its pool itself, once every busy worker has saved its run. A SIGTERM to the
+    whole process group (a scheduler's) reaches the compare at the same moment as its workers."""
+    deadline = time.monotonic() + _STOPPING_WAIT
+    while not (Path(marker_dir) / _STOP).exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _idle_sigterm(marker_dir: str, signum: int, frame: Any) -> None:
+    """SIGTERM to an idle worker: nothing to do if the compare is stopping, for a worker that died
+    now would break the pool, and a broken pool sends SIGTERM to every worker, busy ones included.
+    Otherwise the pool is broken and ends its workers, or this worker alone was told to go: it
+    ends, by SystemExit, which (unlike a death by the signal) lets go of the pool's queue on the
+    way out, so that no other worker waits on it forever."""
+    if not _compare_stopping(marker_dir):
+        raise SystemExit(128 + signum)
+
+
 def _started(marker_dir: str, worker: Callable[[Task], dict[str, Any]], task: Task) -> dict[str, Any]:
     """Run ``worker(task)`` after leaving a marker, so that after a pool breaks the parent knows
     which tasks were running (suspects) and which had not started (innocent). After a Ctrl-C
-    the pool may still hand out tasks it had queued: those return at once, unstarted."""
+    the pool may still hand out tasks it had queued: those return at once, unstarted.
+
+    While it runs, Ctrl-C or SIGTERM stops the run between two steps. Each is heeded once
+    (:func:`stopping.heed_once`): a later one (the compare passing on the Ctrl-C that the terminal
+    sent to every process already; the SIGTERM a broken pool sends to every worker) must not stop
+    the run while it saves its checkpoint and summary, nor stop it at once in its step. Once a run
+    that SIGTERM stopped is saved, the worker stays for the compare to end the pool if the compare
+    is stopping; otherwise (the pool is broken, or this worker alone was told to go) it ends, by
+    that signal: a worker that waited for more work in a broken pool would wait forever."""
     if (Path(marker_dir) / _STOP).exists():
         return _record(task, {"status": "interrupted"}, "not started")
     (Path(marker_dir) / f"{task.entry}.seed{task.seed}").touch()
-    busy = Path(marker_dir) / f"{os.getpid()}.pid"  # while it exists, the parent passes a Ctrl-C on
+    busy = Path(marker_dir) / f"{os.getpid()}.pid"  # while it exists, the parent passes a signal on
     busy.touch()
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # a run stops between two steps
+    idle = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, heed_once)  # which stopping.StopBetweenSteps takes over
+    signal.signal(signal.SIGTERM, heed_once)
     try:
         return worker(task)
+    except Terminated:  # SIGTERM outside the training loop; what the run folder holds stands
+        return _record(task, read_summary(Path(task.run_dir)) or {"status": "interrupted"}, "interrupted")
     finally:
+        terminated = signal.signal(signal.SIGTERM, signal.SIG_DFL) == signal.SIG_IGN  # one came
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         busy.unlink(missing_ok=True)
+        if terminated and not _compare_stopping(marker_dir):
+            signal.raise_signal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, idle)
 
 
 def _round(batch: list[Task], workers: int, worker: Callable[[Task], dict[str, Any]], marker_dir: str,
            done: Callable[[Task, dict[str, Any]], None]) -> None:
     """Run a batch in one pool; tasks lost to a broken pool are simply left without a result."""
     with ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_worker_setup,
-                             initargs=(os.getpid(),)) as pool:
+                             initargs=(os.getpid(), marker_dir)) as pool:
         futures: dict[Future, Task] = {pool.submit(_started, marker_dir, worker, t): t for t in batch}
         try:
             for future in as_completed(futures):
@@ -240,17 +283,20 @@ def _round(batch: list[Task], workers: int, worker: Callable[[Task], dict[str, A
                     continue
                 except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled
                     done(futures[future], record_failure(futures[future], f"{type(exc).__name__}: {exc}"))
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the command line (stopping.Terminated)
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM under the command line (stopping.Terminated)
             # Queued tasks must not start, and running ones stop between two steps, resumable (a
             # Ctrl-C in a terminal reached them already; a signal to this process alone did not).
             (Path(marker_dir) / _STOP).touch()
             for future in futures:
                 future.cancel()
-            # A second delivery of the same Ctrl-C is ignored by the run (engine.StopBetweenSteps).
-            # On Windows os.kill would terminate the process outright, not interrupt it.
+            # The signal that came, so that a run stopped by SIGTERM skips its test evaluation (the
+            # process is to end soon). A second delivery of the same signal is ignored by the run
+            # (_started): SIGINT from a terminal, SIGTERM from a scheduler that signals the whole
+            # process group. On Windows os.kill would end the process outright.
+            passed_on = signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT
             for pid_file in Path(marker_dir).glob("*.pid") if os.name != "nt" else []:
                 with contextlib.suppress(OSError, ValueError):
-                    os.kill(int(pid_file.stem), signal.SIGINT)
+                    os.kill(int(pid_file.stem), passed_on)
             raise
 
 

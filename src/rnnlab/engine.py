@@ -154,8 +154,11 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if dist.is_main_process():
             save_toml(self.cfg, self.run_dir / CONFIG)
+        # Ctrl-C and SIGTERM are held from here until the run folder is saved: the same signal delivered
+        # twice (a scheduler and a launcher) must not cut the last save or the summary.
+        stop = StopBetweenSteps()
         try:
-            status = self.train_until(self.total if stop_after is None else min(self.total, stop_after))
+            status = self.train_until(self.total if stop_after is None else min(self.total, stop_after), stop)
             if status == "completed" and self.iteration < self.total and not self.stopped_early:
                 status = "stopped"
             if status == "completed" and self.best.weights is not None:  # train.keep_best
@@ -165,15 +168,23 @@ class Trainer:
             apart = status == "interrupted" and self.world > 1
             if status != "diverged" and not self.mid_step and not apart:  # a torn step: the last checkpoint stands
                 self.save()
-            summary = self._finish(status)
+            try:
+                summary = self._finish(status)
+            except Terminated:  # a second SIGTERM cut the test evaluation: the checkpoint stands, say so
+                self.terminated = True
+                summary = self._finish("interrupted")
         except Exception as exc:  # noqa: BLE001 - only running out of memory is handled here
             if not dist.is_out_of_memory(exc):
                 raise
             error = self._out_of_memory_error(exc)
         else:
+            self.terminated = self.terminated or stop.terminated  # also one that came after the loop
+            stop.restore()
             if self.terminated:  # the checkpoint and summary are written: now end, as SIGTERM asked
                 pass_on_sigterm(self.run_dir)
             return summary
+        finally:
+            stop.restore()
         raise error  # outside the handler: the failed step's tensors are freed, not kept as its context
 
     def _out_of_memory_error(self, exc: BaseException) -> ResourceError:
@@ -197,7 +208,7 @@ class Trainer:
         return ResourceError(f"out of memory on {self.device} {where} ({detail}); {kept}; lower {lower} or "
                              "model.hidden and start the run again")
 
-    def train_until(self, end: int) -> str:
+    def train_until(self, end: int, stop: StopBetweenSteps | None = None) -> str:
         """The loop: train up to iteration ``end``; returns completed, diverged or interrupted."""
         cfg, t = self.cfg, self.cfg.train
         self.model.train()
@@ -209,7 +220,8 @@ class Trainer:
         seconds_at_start, samples_at_start = self.train_seconds, self.samples
         order, order_epoch = None, -1
         status = "completed"
-        stop = StopBetweenSteps()
+        own_stop = stop is None  # fit() passes its own, held until the run folder is saved
+        stop = StopBetweenSteps() if stop is None else stop
         try:
             while self.iteration < end:
                 if stop.requested:  # Ctrl-C or SIGTERM came during the last step, which has now finished
@@ -258,7 +270,8 @@ class Trainer:
             status = "interrupted"
             self.terminated = isinstance(interrupt, Terminated)
         finally:
-            stop.restore()
+            if own_stop:
+                stop.restore()
             self.terminated = self.terminated or stop.terminated
             bar.close()
         if status == "interrupted" and self._diverged():  # steps not looked at yet: no NaN checkpoint

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +22,7 @@ from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab.engine import Trainer
 from rnnlab.errors import CheckpointError, ConfigError, DataError, describe
 from rnnlab.models import SequenceClassifier, create_model
+from rnnlab.stopping import Terminated
 
 
 @dataclass
@@ -62,8 +65,8 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
     if (run_dir / SUMMARY).exists():  # e.g. a run that diverged before its first checkpoint: keep its record
         raise CheckpointError(f"{run_dir} already holds a run without a checkpoint (see its {SUMMARY}); "
                               "choose another --out, or delete that folder to train into it again")
-    trainer = Trainer(config, run_dir, progress=progress)
-    summary = trainer.fit(stop_after=stop_after)
+    with _naming_the_checkpoint(run_dir):
+        summary = Trainer(config, run_dir, progress=progress).fit(stop_after=stop_after)
     return Run(run_dir, config, summary)
 
 
@@ -73,10 +76,25 @@ def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int 
     _, meta = ckpt.load_checkpoint(run_dir, training_state=True)  # refuse a damaged one before training
     config = from_dict(meta["config"], source=str(run_dir / ckpt.CHECKPOINT_JSON))
     _check_resumable(run_dir, config)
-    trainer = Trainer(config, run_dir, progress=progress)
-    trainer.restore()
-    summary = trainer.fit(stop_after=stop_after)
+    with _naming_the_checkpoint(run_dir):
+        trainer = Trainer(config, run_dir, progress=progress)
+        trainer.restore()
+        summary = trainer.fit(stop_after=stop_after)
     return Run(run_dir, config, summary)
+
+
+@contextmanager
+def _naming_the_checkpoint(run_dir: Path) -> Iterator[None]:
+    """A SIGTERM that stops the command outside the training loop (loading the data, the last save,
+    the test evaluation of a finished run) leaves the run folder's checkpoint as it was: the
+    :class:`~rnnlab.stopping.Terminated` then names the folder, so that the command line says how
+    to continue, as it does when the loop stopped."""
+    try:
+        yield
+    except Terminated as stop:
+        if stop.run_dir is None and (run_dir / ckpt.CHECKPOINT_JSON).is_file():
+            raise Terminated(run_dir) from None
+        raise
 
 
 def _path_arg(value: Any, name: str, example: str) -> Path:

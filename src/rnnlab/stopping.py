@@ -29,9 +29,37 @@ class Terminated(KeyboardInterrupt):
         self.run_dir = run_dir
 
 
+SAME_SIGNAL = 1.0  # seconds: a signal again within this is the same one delivered twice
+
+_heeded: dict[int, float] = {}  # signal number -> when (time.monotonic()) a run, or raise_terminated, heeded it
+
+
+def _again(signum: int) -> bool:
+    """Whether ``signum`` is a second delivery of one heeded within :data:`SAME_SIGNAL` seconds."""
+    return time.monotonic() - _heeded.get(signum, -float("inf")) <= SAME_SIGNAL
+
+
 def raise_terminated(signum: int, frame: Any) -> None:
-    """A SIGTERM handler that ends the process the Python way, with ``finally`` blocks run."""
+    """A SIGTERM handler that ends the process the Python way, with ``finally`` blocks run. The
+    same SIGTERM delivered twice (a scheduler signals every process of a job, and a launcher or a
+    wrapper passes it on as well) is heeded once, also after the training loop, while the run
+    saves its checkpoint and summary; one more than a second later stops at once."""
+    if _again(signal.SIGTERM):
+        return
+    _heeded[signal.SIGTERM] = time.monotonic()
     raise Terminated
+
+
+def heed_once(signum: int, frame: Any) -> None:
+    """A handler for SIGINT or SIGTERM in a process that must finish saving whatever signals come
+    next: a compare's worker, to which the terminal, the compare and a scheduler may each pass the
+    same Ctrl-C or SIGTERM, and whose pool sends SIGTERM to every worker when one ends. It raises
+    (:class:`Terminated` for SIGTERM, KeyboardInterrupt for SIGINT) once, and leaves the signal
+    ignored. A training run takes it over (:class:`StopBetweenSteps`): the first signal stops the
+    run between two steps, and later ones are ignored, while it saves too. SIGTERM's handler left
+    at SIG_IGN says that one came: the process is then to end once its run is saved."""
+    signal.signal(signum, signal.SIG_IGN)
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
 @contextmanager
@@ -42,6 +70,7 @@ def sigterm_raises() -> Iterator[None]:
     ours = (threading.current_thread() is threading.main_thread()
             and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
     if ours:
+        _heeded.pop(signal.SIGTERM, None)  # a new command: no SIGTERM heeded yet
         signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
@@ -53,10 +82,13 @@ def sigterm_raises() -> Iterator[None]:
 def pass_on_sigterm(run_dir: Path) -> None:
     """After a run that SIGTERM stopped has saved its checkpoint: end the process, as the signal
     asked. With the default action that is the signal itself, so the parent sees the process
-    killed by SIGTERM; under the command line it is :class:`Terminated`, naming the run folder."""
-    if signal.getsignal(signal.SIGTERM) is raise_terminated:
+    killed by SIGTERM; under the command line it is :class:`Terminated`, naming the run folder.
+    Ignored (:func:`heed_once`): nothing here, the caller ends the process."""
+    handler = signal.getsignal(signal.SIGTERM)
+    if handler is raise_terminated:
         raise Terminated(run_dir)
-    signal.raise_signal(signal.SIGTERM)
+    if handler != signal.SIG_IGN:
+        signal.raise_signal(signal.SIGTERM)
 
 
 class StopBetweenSteps:
@@ -67,24 +99,28 @@ class StopBetweenSteps:
     (by the terminal and by a launcher passing it on: compare, torchrun; or by a scheduler that
     signals every process of a job). Only for one process, in the main thread: under torchrun each
     process would see the signal at its own step (there the KeyboardInterrupt stops mid-step, and
-    the last periodic checkpoint is kept). SIGTERM is taken over only from its default action or
-    from :func:`sigterm_raises`; a program's own SIGTERM handler is left in place."""
+    the last periodic checkpoint is kept). SIGTERM is taken over only from its default action, from
+    :func:`sigterm_raises` or from :func:`heed_once` (a signal whose handler that is, is heeded once
+    and later ignored); a program's own SIGTERM handler is left in place."""
 
-    SAME_CTRL_C = 1.0  # seconds
+    SAME_CTRL_C = SAME_SIGNAL  # seconds
 
     def __init__(self) -> None:
         from rnnlab import distributed as dist  # late: the command line imports this module before torch
 
+        self.once: set[int] = set()  # signals whose handler was heed_once: heeded once, then ignored
         self.received: int | None = None
         self.received_at = 0.0
         self.previous: dict[int, Any] = {}
         if dist.world_size() > 1 or threading.current_thread() is not threading.main_thread():
             return
-        for signum, ours in ((signal.SIGINT, None), (signal.SIGTERM, (signal.SIG_DFL, raise_terminated))):
+        sigterm = (signal.SIG_DFL, raise_terminated, heed_once)
+        for signum, ours in ((signal.SIGINT, None), (signal.SIGTERM, sigterm)):
             handler = signal.getsignal(signum)  # None: set outside Python, leave it be
             if handler is not None and handler != signal.SIG_IGN and (ours is None or handler in ours):
                 self.previous[signum] = handler
                 signal.signal(signum, self._request)
+        self.once = {signum for signum, handler in self.previous.items() if handler is heed_once}
 
     @property
     def requested(self) -> bool:
@@ -96,11 +132,20 @@ class StopBetweenSteps:
         return self.received == signal.SIGTERM
 
     def _request(self, signum: int, frame: Any) -> None:
+        if signum in self.once:  # heeded once, then ignored, after training too
+            self.previous[signum] = signal.SIG_IGN
+            if self.received is None or (signum == signal.SIGTERM and self.received != signum):
+                self.received, self.received_at = signum, time.monotonic()  # after a Ctrl-C, SIGTERM still skips the test
+            return
         if self.received is None:
             self.received, self.received_at = signum, time.monotonic()
+            _heeded[signum] = self.received_at  # a second delivery after the loop is ignored too
         elif time.monotonic() - self.received_at > self.SAME_CTRL_C:  # a second signal: stop at once
             self.restore()
             raise Terminated if signal.SIGTERM in (signum, self.received) else KeyboardInterrupt
+        elif signum == signal.SIGTERM and self.received != signum:  # SIGTERM just after a Ctrl-C:
+            self.received = signum  # the process is still to end soon, without the test evaluation
+            _heeded[signum] = time.monotonic()
 
     def restore(self) -> None:
         for signum, handler in self.previous.items():

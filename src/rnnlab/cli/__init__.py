@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import warnings
@@ -50,21 +51,21 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # SIGTERM (kill, a scheduler's time limit) stops a run between two steps, resumable, and the
-    # command then ends as Ctrl-C ends it, with a message and no traceback.
-    with sigterm_raises():
-        return _main(argv)
-
-
-def _main(argv: list[str] | None) -> int:
     warnings.formatwarning = _one_line_warning
     parser = build_parser()
+    # Parsed before SIGTERM is taken over: nothing has started that a SIGTERM would need to stop
+    # (it ends the process at once, as it does while Python starts), and argparse cannot be stopped
+    # midway: an exception inside parse_intermixed_args leaves it half restored, and it then raises
+    # an AttributeError of its own, with a traceback.
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        # SIGTERM (kill, a scheduler's time limit) stops a run between two steps, resumable, and the
+        # command then ends as Ctrl-C ends it, with a message and no traceback.
+        with sigterm_raises():
+            return int(args.func(args) or 0)
     except RnnlabError as exc:
         print(f"rnnlab: error: {exc}", file=sys.stderr)
         return 2
@@ -73,9 +74,19 @@ def _main(argv: list[str] | None) -> int:
         print(f"rnnlab: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except Terminated as stop:
-        hint = f"; continue with: rnnlab train --resume {stop.run_dir}" if stop.run_dir else ""
-        print(f"rnnlab: terminated (SIGTERM){hint}", file=sys.stderr)
+        _say_terminated(stop)
         return 128 + signal.SIGTERM  # 143, as the shell reports a process the signal ended
     except KeyboardInterrupt:
         print("rnnlab: interrupted", file=sys.stderr)
         return 130
+
+
+def _say_terminated(stop: Terminated) -> None:
+    """One line, from one process: under torchrun every process is told, and rank 0 speaks for them."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    hint = ""
+    if stop.run_dir:
+        launcher = "torchrun ... " if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1") else ""
+        hint = f"; continue with: {launcher}rnnlab train --resume {stop.run_dir}"
+    print(f"rnnlab: terminated (SIGTERM){hint}", file=sys.stderr)

@@ -12,6 +12,7 @@ import tomli_w
 
 from rnnlab.cli.common import DefaultsHelpFormatter, add_config_arguments, config_from_args, settings_given
 from rnnlab.config import to_dict
+from rnnlab.stopping import Terminated
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
             folder = tempfile.mkdtemp(prefix="rnnlab-dry-run-")
             try:
                 result = rnnlab.train(config, folder, progress=progress, stop_after=2)
+            except Terminated:  # its folder is about to go: there is nothing to resume
+                raise Terminated from None
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
             print(tomli_w.dumps(to_dict(config)))

@@ -1,0 +1,198 @@
+"""Stopping a run by signal, in one process: stopping.heed_once (a compare's workers), and a
+SIGTERM outside the training loop (the test evaluation of a finished run)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import rnnlab
+from rnnlab import engine
+from rnnlab.config import RunConfig, apply_overrides
+from rnnlab.engine import Trainer
+from rnnlab.stopping import StopBetweenSteps, Terminated, heed_once, pass_on_sigterm
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+TINY = ["model.hidden=16", "train.batch_size=50", "train.iterations=40", "train.eval_every=20",
+        "train.eval_batch_size=2000", "data.val_size=1000", "train.threads=1", "train.checkpoint_every=10"]
+
+
+def tiny(*extra: str) -> RunConfig:
+    return apply_overrides(RunConfig(), TINY + list(extra))
+
+
+@pytest.fixture
+def handlers() -> Any:
+    """Give SIGINT and SIGTERM back as they were, whatever a test leaves."""
+    from rnnlab import stopping
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+    stopping._heeded.clear()  # the signals these tests sent count as no one's
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_heed_once_outside_training_raises_once_then_ignores(signum: int, handlers: None) -> None:
+    signal.signal(signum, heed_once)
+    with pytest.raises(Terminated if signum == signal.SIGTERM else KeyboardInterrupt):
+        signal.raise_signal(signum)
+    assert signal.getsignal(signum) == signal.SIG_IGN
+    signal.raise_signal(signum)  # ignored: a second delivery, or the pool ending its workers
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_run_heeds_the_first_signal_and_ignores_later_ones(signum: int, handlers: None,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under heed_once a second signal, however late, does not stop the run at once, and after the
+    loop the signal stays ignored, while the run saves; pass_on_sigterm then leaves the process be."""
+    monkeypatch.setattr(StopBetweenSteps, "SAME_CTRL_C", -1.0)  # every signal counts as a new one
+    signal.signal(signal.SIGINT, heed_once)
+    signal.signal(signal.SIGTERM, heed_once)
+    stop = StopBetweenSteps()
+    signal.raise_signal(signum)
+    signal.raise_signal(signum)  # no KeyboardInterrupt, no Terminated
+    assert stop.requested and stop.terminated == (signum == signal.SIGTERM)
+    stop.restore()
+    assert signal.getsignal(signum) == signal.SIG_IGN
+    other = signal.SIGINT if signum == signal.SIGTERM else signal.SIGTERM
+    assert signal.getsignal(other) is heed_once  # not received: still heeded once
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    pass_on_sigterm(Path("run"))  # returns: the caller ends the process
+
+
+@pytest.mark.parametrize("handler", ["heed_once", "command line"])
+def test_a_sigterm_just_after_a_ctrl_c_still_skips_the_test_evaluation(handler: str, handlers: None) -> None:
+    """Within a second of a Ctrl-C a SIGTERM does not stop the step at once, but it still says that
+    the process is to end soon (no test evaluation, the process ends by it)."""
+    from rnnlab.stopping import raise_terminated
+
+    signal.signal(signal.SIGINT, heed_once if handler == "heed_once" else signal.default_int_handler)
+    signal.signal(signal.SIGTERM, heed_once if handler == "heed_once" else raise_terminated)
+    stop = StopBetweenSteps()
+    signal.raise_signal(signal.SIGINT)
+    assert stop.requested and not stop.terminated
+    signal.raise_signal(signal.SIGTERM)
+    assert stop.terminated
+    stop.restore()
+
+
+def test_a_sigterm_while_a_heed_once_run_saves_is_ignored(tmp_path: Path, handlers: None) -> None:
+    """A compare's worker: the pool sends SIGTERM to every worker when one ends. One that lands
+    while this run writes its last checkpoint must not stop it: the checkpoint of the step under
+    way and the summary are written, and fit returns (the worker then ends the process)."""
+    signal.signal(signal.SIGTERM, heed_once)
+    trainer = Trainer(tiny(), tmp_path / "run", progress=False)
+    update, save, calls = trainer.optimizer.step, trainer.save, []
+
+    def update_then_sigterm(*args: object, **kwargs: object) -> object:
+        result = update(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 13:
+            signal.raise_signal(signal.SIGTERM)
+        return result
+
+    def sigterm_then_save() -> None:
+        if trainer.iteration == 13:  # the save on the way out
+            signal.raise_signal(signal.SIGTERM)
+        save()
+
+    trainer.optimizer.step = update_then_sigterm  # type: ignore[method-assign]
+    trainer.save = sigterm_then_save  # type: ignore[method-assign]
+    summary = trainer.fit()
+    assert summary["status"] == "interrupted" and "test_accuracy" not in summary
+    assert "stopped by SIGTERM" in summary["message"]
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["iteration"] == 13
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["iterations"] == 13
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # says that one came
+
+
+def test_sigterm_in_the_test_evaluation_names_the_run_folder_to_resume(tmp_path: Path, handlers: None,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGTERM that cuts a finished run's test evaluation (as a second one a while after the first,
+    or one under torchrun, does): the final checkpoint is saved, the summary says interrupted, the
+    command says how to continue, and `--resume` then measures the test set and completes the run."""
+    from rnnlab.stopping import sigterm_raises
+
+    real_evaluate, calls = engine.evaluate, []
+
+    def terminated_in_the_test_evaluation(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:  # validation at 20 and at 40, then the test set
+            raise Terminated
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", terminated_in_the_test_evaluation)
+    with sigterm_raises(), pytest.raises(Terminated) as stopped:
+        rnnlab.train(tiny(), tmp_path / "run", progress=False)
+    assert stopped.value.run_dir == tmp_path / "run"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "stopped by SIGTERM" in summary["message"]
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["iteration"] == 40
+    monkeypatch.setattr(engine, "evaluate", real_evaluate)
+    resumed = rnnlab.resume(tmp_path / "run", progress=False)
+    whole = rnnlab.train(tiny(), tmp_path / "whole", progress=False)
+    assert resumed.status == "completed" and resumed.test_accuracy == whole.test_accuracy
+    a = torch.load(whole.dir / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(resumed.dir / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_before_the_run_folder_exists_names_no_folder(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def terminated(*args: Any, **kwargs: Any) -> Any:
+        raise Terminated
+
+    monkeypatch.setattr(engine, "load_datasets", terminated)  # SIGTERM while the data loads
+    with pytest.raises(Terminated) as stopped:
+        rnnlab.train(tiny(), tmp_path / "run", progress=False)
+    assert stopped.value.run_dir is None
+
+
+@pytest.mark.parametrize("again", ["at-once", "a-second-later"])
+def test_the_same_sigterm_twice_is_heeded_once_even_after_the_loop(tmp_path: Path, again: str, handlers: None,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scheduler that signals every process of a job, and a wrapper that passes the signal on:
+    the same SIGTERM twice, the second landing once the loop has ended, while the run saves. It
+    is ignored: the checkpoint of the step and the summary are written. A second SIGTERM more
+    than a second later stops at once (the last periodic checkpoint stands)."""
+    from rnnlab import stopping
+    from rnnlab.stopping import sigterm_raises
+
+    if again == "a-second-later":
+        monkeypatch.setattr(stopping, "SAME_SIGNAL", -1.0)
+        monkeypatch.setattr(StopBetweenSteps, "SAME_CTRL_C", -1.0)
+    trainer = Trainer(tiny(), tmp_path / "run", progress=False)
+    update, save, calls = trainer.optimizer.step, trainer.save, []
+
+    def update_then_sigterm(*args: object, **kwargs: object) -> object:
+        result = update(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 13:
+            signal.raise_signal(signal.SIGTERM)
+        return result
+
+    def sigterm_then_save() -> None:
+        if trainer.iteration == 13:  # the save on the way out
+            signal.raise_signal(signal.SIGTERM)
+        save()
+
+    trainer.optimizer.step = update_then_sigterm  # type: ignore[method-assign]
+    trainer.save = sigterm_then_save  # type: ignore[method-assign]
+    with sigterm_raises(), pytest.raises(Terminated) as stopped:
+        trainer.fit()
+    saved = json.loads((tmp_path / "run" / "checkpoint.json").read_text())["iteration"]
+    if again == "at-once":
+        assert stopped.value.run_dir == tmp_path / "run" and saved == 13
+        assert json.loads((tmp_path / "run" / "summary.json").read_text())["iterations"] == 13
+    else:
+        assert saved == 10 and not (tmp_path / "run" / "summary.json").exists()
+    assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
