@@ -72,6 +72,8 @@ def test_sweeps_expand_each_entry_over_a_grid() -> None:
     (["train.lr=0.1", "train.lr=0.2"], [], "is given twice"),
     (["train.lr=0.1,0.2"], ["train.lr=0.3"], "both an override and a --sweep"),
     (["seed=1,2"], [], "is what --seeds does"),
+    (["preset=dlw-rnn-a,dlw-lstm-a"], [], "name the presets as entries"),  # would train one config twice
+    (["name=a,b"], [], "only labels a run"),
     (["model.cell=lstm,transformer"], [], "choose one of"),
     (["nonsense.key=1,2"], [], "unknown key"),
     (["model.hidden=8,16,32,64,128,256,512,1024,2048,4096,8192", "train.lr=" + ",".join(f"0.{i}" for i in range(1, 100))],

@@ -64,6 +64,40 @@ def test_sgd_steps_bitwise_as_torch_does(overrides: list[str]) -> None:
     assert str(ours.state_dict()) == str(reference.state_dict())
 
 
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks")  # torch's note on building a sparse tensor
+def test_sgd_with_a_sparse_gradient_in_a_later_group_steps_each_group_once() -> None:
+    from rnnlab.optim import SGD
+
+    def step(cls: type) -> list[torch.Tensor]:
+        dense, table = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(4, 2))
+        optimizer = cls([{"params": [dense]}, {"params": [table]}], lr=0.5)
+        dense.grad = torch.ones(3)
+        table.grad = torch.sparse_coo_tensor([[1]], torch.ones(1, 2), (4, 2))
+        optimizer.step()
+        return [dense.detach(), table.detach()]
+
+    for ours, torchs in zip(step(SGD), step(torch.optim.SGD), strict=True):
+        assert torch.equal(ours, torchs)
+
+
+@pytest.mark.parametrize("overrides", [[], ["train.momentum=0.9"]])
+def test_sgd_runs_step_hooks_once(overrides: list[str]) -> None:
+    """Optimizer step hooks (a profiler's, a logger's) run once per step, whichever path the step
+    takes, also once torch's own SGD.step has been wrapped for its hooks (any torch SGD made)."""
+    torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1)
+    model = torch.nn.Linear(3, 1, bias=False)
+    optimizer = make_optimizer(tiny("train.optimizer=sgd", "train.lr=0.1", *overrides), model)
+    param = model.weight
+    torch.nn.init.ones_(param)
+    calls: list[str] = []
+    optimizer.register_step_pre_hook(lambda *args: calls.append("pre"))
+    optimizer.register_step_post_hook(lambda *args: calls.append("post"))
+    param.grad = torch.ones(1, 3)
+    optimizer.step()
+    assert calls == ["pre", "post"]
+    assert torch.equal(param.detach(), torch.full((1, 3), 0.9))
+
+
 @pytest.mark.parametrize("name", ["adam", "adamw"])
 def test_adam_uses_the_fused_kernel_with_the_same_math(name: str) -> None:
     torch.manual_seed(0)

@@ -50,6 +50,20 @@ def test_hand_step_equals_autograd(case: dict, steps: int, smoothing: float) -> 
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-8, atol=1e-10, msg=name)
 
 
+@pytest.mark.filterwarnings("ignore:dropout option adds dropout after all but last recurrent layer")
+def test_one_layer_with_dropout_one_sequence_and_more_classes_than_features() -> None:
+    """torch.nn applies model.dropout only between layers: a one-layer model with it is trained by hand."""
+    model = _model(dict(cell="gru", dropout=0.5, readout="all"), steps=3, features=2, classes=9).train()
+    assert hand_step_supported(model, amp="off", processes=1, varying_lengths=False) is None
+    x, y = torch.rand(1, 3, 2, dtype=torch.float64), torch.tensor([8])
+    F.cross_entropy(model(x), y, label_smoothing=0.2).backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    loss_and_grads(model, x, y, label_smoothing=0.2)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-8, atol=1e-10, msg=name)
+
+
 def test_gradients_accumulate_like_backward() -> None:
     model = _model(dict(cell="rnn", nonlinearity="relu"), steps=4, features=3, classes=3)
     x, y = torch.rand(5, 4, 3, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
@@ -96,3 +110,21 @@ def test_training_by_hand_follows_autograd_and_resumes_exactly(tmp_path) -> None
     assert all(torch.equal(a[key], c[key]) for key in a)
     lstm = rnnlab.train(rnnlab.apply_overrides(cfg, ["model.cell=lstm"]), tmp_path / "lstm", progress=False)
     assert lstm.summary["backward"] == "autograd"  # impl=auto gives LSTMs torch.nn's layers (oneDNN)
+
+
+def test_frozen_parameters_get_no_gradient() -> None:
+    """As with backward(): a parameter with requires_grad=False keeps .grad None, the others are autograd's."""
+    model = _model(dict(cell="gru", layers=2), steps=4, features=3, classes=5)
+    frozen = {"rnn.weight_ih_l0", "rnn.bias_hh_l1", "head.weight"}
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in frozen)
+    x, y = torch.rand(2, 4, 3, dtype=torch.float64), torch.tensor([4, 1])
+    F.cross_entropy(model(x), y, reduction="sum").backward()
+    expected = {name: p.grad for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    loss_and_grads(model, x, y)
+    for name, p in model.named_parameters():
+        if name in frozen:
+            assert p.grad is None and expected[name] is None, name
+        else:
+            torch.testing.assert_close(p.grad, expected[name], rtol=1e-8, atol=1e-10, msg=name)

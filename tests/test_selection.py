@@ -103,3 +103,29 @@ def test_a_resumed_run_chooses_as_an_uninterrupted_one(tmp_path: Path, monkeypat
     assert "stopped_early" not in whole.summary
     a, b = _weights(whole.dir), _weights(resumed.dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_stopped_early_and_cut_in_its_test_evaluation_resumes_without_training(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Patience ran out at 25, then a signal cut the final test evaluation: the checkpoint is of 25,
+    and resuming must only finish the run, not train on past the early stop."""
+    _scripted(monkeypatch)
+    cfg = tiny("train.keep_best=true", "train.patience=3")
+    whole = rnnlab.train(cfg, tmp_path / "whole", progress=False)
+    real = Trainer._finish
+
+    def cut_in_the_test(self: Trainer, status: str) -> dict[str, Any]:
+        if status == "completed":  # after the checkpoint is saved, in the test evaluation
+            raise KeyboardInterrupt
+        return real(self, status)
+
+    monkeypatch.setattr(Trainer, "_finish", cut_in_the_test)
+    with pytest.raises(KeyboardInterrupt):
+        rnnlab.train(cfg, tmp_path / "cut", progress=False)
+    assert json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["iteration"] == 25
+    monkeypatch.setattr(Trainer, "_finish", real)
+    resumed = rnnlab.resume(tmp_path / "cut", progress=False)
+    for key in ("iterations", "stopped_early", "best_val", "test_accuracy"):
+        assert resumed.summary[key] == whole.summary[key], key
+    a, b = _weights(whole.dir), _weights(resumed.dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)

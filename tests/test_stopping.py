@@ -146,6 +146,44 @@ def test_sigterm_in_the_test_evaluation_names_the_run_folder_to_resume(tmp_path:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("ending", ["completed", "diverged"])
+def test_a_sigterm_that_lets_the_run_end_names_no_folder_to_resume(ending: str, tmp_path: Path, handlers: None,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first SIGTERM lands after the last step (in the test evaluation) or in a step whose loss
+    turns NaN: the run still ends completed or diverged, the process then ends as the signal asked,
+    but `--resume` would refuse that folder, so the command must not tell the user to run it."""
+    from rnnlab.stopping import sigterm_raises
+
+    if ending == "completed":
+        real_evaluate, calls = engine.evaluate, []
+
+        def sigterm_in_the_test_evaluation(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 3:  # validation at 20 and at 40, then the test set
+                signal.raise_signal(signal.SIGTERM)
+            return real_evaluate(*args, **kwargs)
+
+        monkeypatch.setattr(engine, "evaluate", sigterm_in_the_test_evaluation)
+        cfg = tiny()
+    else:
+        real_step, calls = Trainer._forward, []
+
+        def sigterm_at_the_nan(self: Trainer, batch: torch.Tensor) -> Any:
+            loss, totals = real_step(self, batch)
+            if not torch.isfinite(loss) and not calls:  # the first non-finite loss
+                calls.append(1)
+                signal.raise_signal(signal.SIGTERM)
+            return loss, totals
+
+        monkeypatch.setattr(Trainer, "_forward", sigterm_at_the_nan)
+        cfg = tiny("model.cell=rnn", "model.nonlinearity=relu", "model.init=identity", "train.optimizer=sgd",
+                   "train.lr=1e6", "train.clip=0", "train.schedule=none")
+    with sigterm_raises(), pytest.raises(Terminated) as stopped:
+        rnnlab.train(cfg, tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == ending
+    assert stopped.value.run_dir is None
+
+
 def test_sigterm_before_the_run_folder_exists_names_no_folder(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     def terminated(*args: Any, **kwargs: Any) -> Any:

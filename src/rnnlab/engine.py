@@ -158,7 +158,10 @@ class Trainer:
         # twice (a scheduler and a launcher) must not cut the last save or the summary.
         stop = StopBetweenSteps()
         try:
-            status = self.train_until(self.total if stop_after is None else min(self.total, stop_after), stop)
+            if self.best.patience_spent:  # resumed after an early stop whose test evaluation was cut: only finish
+                status, self.stopped_early = "completed", self.iteration < self.total
+            else:
+                status = self.train_until(self.total if stop_after is None else min(self.total, stop_after), stop)
             if status == "completed" and self.iteration < self.total and not self.stopped_early:
                 status = "stopped"
             if status == "completed" and self.best.weights is not None:  # train.keep_best

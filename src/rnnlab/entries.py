@@ -71,6 +71,9 @@ def parse_sweep(item: str) -> tuple[str, list[str]]:
         raise ConfigError(f"--sweep {item!r} is not KEY=V1,V2,... (e.g. --sweep train.lr=0.001,0.01)")
     if key == "seed":
         raise ConfigError("--sweep seed=... is what --seeds does: every entry runs seeds 0..N-1")
+    if key in ("name", "preset"):  # labels: each value would train the same config again
+        raise ConfigError(f"--sweep {key}=... only labels a run, every value would train the same config; "
+                          "to compare presets, name the presets as entries (rnnlab compare dlw-rnn-a dlw-lstm-a)")
     if len(set(values)) < len(values):
         raise ConfigError(f"--sweep {item!r} lists a value twice")
     return key, values

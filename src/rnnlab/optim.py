@@ -22,17 +22,27 @@ class SGD(torch.optim.SGD):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        # torch wraps this method to run the step hooks: the other cases call torch's step unwrapped
+        # (torch wraps SGD.step too once any torch SGD exists), so that they run once.
         if closure is not None or any(g["momentum"] or g["weight_decay"] or g["maximize"] or g["differentiable"]
-                                      or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
                                       for g in self.param_groups):
-            return super().step(closure)
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if any(p.grad.is_sparse for p in params):
-                return super().step()
+            return _torch_sgd_step(self, closure)
+        updates = [(group["lr"], [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
+        if any(p.grad.is_sparse for _, params in updates for p in params):  # before any group is updated
+            return _torch_sgd_step(self)
+        for lr, params in updates:
             if params:
-                torch._foreach_add_(params, [p.grad for p in params], alpha=-group["lr"])
+                torch._foreach_add_(params, [p.grad for p in params], alpha=-lr)
         return None
+
+
+def _torch_sgd_step(optimizer: SGD, closure: Any = None) -> Any:
+    """``torch.optim.SGD.step`` without the hook-running wrapper torch may have put around it
+    (marked ``hooked``; under it, torch's own grad-mode decorator stays)."""
+    step = torch.optim.SGD.step
+    if getattr(step, "hooked", False):
+        step = step.__wrapped__
+    return step(optimizer, closure)
 
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -88,12 +88,15 @@ def _naming_the_checkpoint(run_dir: Path) -> Iterator[None]:
     """A SIGTERM that stops the command outside the training loop (loading the data, the last save,
     the test evaluation of a finished run) leaves the run folder's checkpoint as it was: the
     :class:`~rnnlab.stopping.Terminated` then names the folder, so that the command line says how
-    to continue, as it does when the loop stopped."""
+    to continue, as it does when the loop stopped. It names it only if ``--resume`` would take it:
+    a run that the signal let end completed or diverged has nothing to continue."""
     try:
         yield
     except Terminated as stop:
-        if stop.run_dir is None and (run_dir / ckpt.CHECKPOINT_JSON).is_file():
-            raise Terminated(run_dir) from None
+        status = (ckpt.read_summary_file(run_dir)[0] or {}).get("status")
+        resumable = (run_dir / ckpt.CHECKPOINT_JSON).is_file() and status not in ("completed", "diverged")
+        if stop.run_dir != (run_dir if resumable else None):
+            raise Terminated(run_dir if resumable else None) from None
         raise
 
 

@@ -124,11 +124,11 @@ def collect(paths: list[str | Path]) -> dict[str, list[RunRecord]]:
 
 def result_settings(config: RunConfig) -> dict[str, Any]:
     """A config as a flat dict of dotted keys, without the settings that do not change results
-    (threads, device, checkpoint_every, where the data was read from): two runs with equal ones
-    differ only by chance."""
+    (threads, device, backward, checkpoint_every, where the data was read from): two runs with
+    equal ones differ only by chance, or by floating-point rounding."""
     return {key: value for key, value in to_flat_dict(config).items()
-            if key not in ("train.threads", "train.device", "train.checkpoint_every", "data.data_dir",
-                           "data.download")}
+            if key not in ("train.threads", "train.device", "train.backward", "train.checkpoint_every",
+                           "data.data_dir", "data.download")}
 
 
 def _split_by_config(entry: str, records: list[RunRecord]) -> dict[str, list[RunRecord]]:

@@ -29,6 +29,11 @@ class BestByValidation:
     def active(self) -> bool:
         return self.keep_weights or self.patience > 0
 
+    @property
+    def patience_spent(self) -> bool:
+        """Whether ``patience`` evaluations in a row have not beaten the best: training is over."""
+        return self.patience > 0 and self.evaluations_since >= self.patience
+
     def update(self, accuracy: float, iteration: int, model: torch.nn.Module) -> bool:
         """Take one evaluation's validation accuracy; True once ``patience`` evaluations in a row
         have not beaten the best (ties do not count as better: the earlier weights are kept)."""
@@ -38,7 +43,7 @@ class BestByValidation:
                 self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             self.evaluations_since += 1
-        return self.patience > 0 and self.evaluations_since >= self.patience
+        return self.patience_spent
 
     def state(self) -> dict[str, Any]:
         """For the checkpoint's JSON metadata (the weights go with its tensors)."""

@@ -3,10 +3,11 @@ without autograd, writing each parameter's ``.grad`` for the optimizer.
 
 Autograd costs a fixed amount per step at these sizes: building and walking the graph, the
 zero-filled gradient of every step's output when only the last is read, Python around each node.
-On dlw-rnn-a (one RNN layer of 100, batch 100) that was a fifth of a training step. Here the
-recurrent layers are the same ``RecurrentLayerFn`` forward and backward that autograd would
-call, run in order by hand, and the readout, head and loss gradients are written out. Tests
-check the loss, logits and every gradient against autograd over the model options.
+On dlw-rnn-a (one RNN layer of 100, batch 100) that was a seventh to a tenth of a training
+step (README, Speed). Here the recurrent layers are the same ``RecurrentLayerFn`` forward and
+backward that autograd would call, run in order by hand, and the readout, head and loss
+gradients are written out. Tests check the loss, logits and every gradient against autograd
+over the model options.
 
 It applies where the model runs its fast layers in float32 or float64 on fixed-length
 sequences, in one process, with no dropout between layers (``hand_step_supported``); the
@@ -120,6 +121,8 @@ def loss_and_grads(model: Any, x: Tensor, y: Tensor, *, label_smoothing: float =
             if dinput is not None:
                 per_direction = [(dinput[..., d * H:(d + 1) * H], zero_state) for d in range(D)]
         for name, param in model.named_parameters():
+            if not param.requires_grad:  # frozen: backward() leaves its .grad alone, and so does this
+                continue
             grad = grads[name]
             if param.grad is None:
                 param.grad = grad
