@@ -24,38 +24,17 @@ from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab import distributed as dist
 from rnnlab.config import RunConfig, from_dict, save_toml, to_dict
 from rnnlab.data import SequenceData
-from rnnlab.data.splits import Datasets, input_shape, load_datasets
-from rnnlab.errors import CheckpointError, ConfigError, ResourceError
+from rnnlab.data.splits import describe_datasets, input_shape, load_datasets
+from rnnlab.errors import CheckpointError, ResourceError
 from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix, evaluate, lengths_to
-from rnnlab.models import SequenceClassifier, create_model, parameter_count
+from rnnlab.models import parameter_count
+from rnnlab.models.build import build_model
 from rnnlab.models.fast_step import hand_step_supported, loss_and_grads
 from rnnlab.models.size import check_model_size
 from rnnlab.optim import learning_rate, make_optimizer
 from rnnlab.selection import BestByValidation
 from rnnlab.stopping import StopBetweenSteps, Terminated, pass_on_sigterm
 
-
-
-def check_readout(cfg: RunConfig, varying_lengths: bool) -> None:
-    """Refuse the ``all`` readout for sequences of varying length (it reads every padded step)."""
-    if varying_lengths and cfg.model.readout == "all":
-        raise ConfigError("model.readout=all reads every step, so it needs sequences of one length; "
-                          f"{cfg.data.file} has lengths_train: use model.readout=last or mean")
-
-
-def build_model(cfg: RunConfig, datasets: Datasets) -> SequenceClassifier:
-    check_readout(cfg, datasets.train.lengths is not None)
-    mean: float | torch.Tensor = 0.0
-    std: float | torch.Tensor = 1.0
-    if cfg.data.standardize and cfg.data.dataset == "file":  # a user's features: each on its own scale
-        mean, std = datasets.train.feature_stats()  # (F,), (F,)
-        std = torch.where(std > 0, std, torch.ones_like(std))  # a constant feature: nothing to scale
-    elif cfg.data.standardize:  # images: one mean and std over all pixels
-        mean, std = datasets.train.pixel_stats()
-        std = std if std > 0 else 1.0
-    _, steps, features = datasets.train.x.shape
-    return create_model(cfg.model, input_size=features, seq_len=steps, num_classes=datasets.num_classes,
-                        input_mean=mean, input_std=std)
 
 
 def total_iterations(cfg: RunConfig, train: SequenceData) -> int:
@@ -331,14 +310,6 @@ class Trainer:
             totals = totals * counted
         return loss, dist.all_reduce_sum(totals)  # (2,), summed over processes
 
-    def _data_description(self) -> dict[str, Any]:
-        """What the run trained on: source, split sizes, shape, classes (and lengths, if they vary)."""
-        d = self.data
-        lengths = d.train.lengths
-        return {"source": self.cfg.data.file or self.cfg.data.dataset, "train": len(d.train),
-                "val": len(d.val) if d.val is not None else 0, "test": len(d.test),
-                **input_shape(d), "lengths": None if lengths is None else [int(lengths.min()), int(lengths.max())]}
-
     def _log_evaluation(self, samples_per_second: float, lr: float) -> dict[str, Any]:
         """Evaluate on the validation split (or on test, under the tutorial protocol) and log it."""
         running = self.running.as_dict()
@@ -384,7 +355,7 @@ class Trainer:
             "amp": self.amp,  # the precision trained in (train.amp=auto resolved)
             "backward": "by hand" if self.hand_step else "autograd",  # train.backward=auto resolved
             "processes": self.world,  # > 1 under torchrun: samples/s is over all of them
-            "data": self._data_description(),
+            "data": describe_datasets(self.data, self.cfg.data.file or self.cfg.data.dataset),
             "torch_version": torch.__version__,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import rnnlab
     from rnnlab.distributed import seed_everything
     from rnnlab.data.splits import load_datasets
-    from rnnlab.engine import build_model
+    from rnnlab.models.build import build_model
     from rnnlab.errors import ConfigError
     from rnnlab.gradients import format_flow, gradient_flow
     from rnnlab.plots import gradient_flow_png

@@ -54,7 +54,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     steps, features, classes = config_input_shape(config)
     if config.data.dataset == "file" and config.model.readout == "all":  # as training would refuse it
         from rnnlab.data.files import load_sequence_file
-        from rnnlab.engine import check_readout
+        from rnnlab.models.build import check_readout
 
         check_readout(config, load_sequence_file(config.data.file).train.lengths is not None)
     source = config.data.file or config.data.view

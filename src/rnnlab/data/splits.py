@@ -14,7 +14,7 @@ from rnnlab.data.sequences import SequenceData, load_sequences, make_permutation
 from rnnlab.data.sources import DATASETS
 from rnnlab.errors import ConfigError
 
-__all__ = ["Datasets", "config_input_shape", "input_shape", "load_datasets"]
+__all__ = ["Datasets", "config_input_shape", "describe_datasets", "input_shape", "load_datasets"]
 
 
 @dataclass
@@ -81,3 +81,12 @@ def config_input_shape(cfg: RunConfig) -> tuple[int, int, int]:
     spec = DATASETS[cfg.data.dataset]
     steps, features = view_shape(cfg.data.view, spec.image_shape)
     return steps, features, spec.num_classes
+
+
+def describe_datasets(datasets: Datasets, source: str) -> dict[str, Any]:
+    """What a run trained on, for its summary: source, split sizes, shape, classes (and lengths, if they vary)."""
+    lengths = datasets.train.lengths
+    return {"source": source, "train": len(datasets.train),
+            "val": len(datasets.val) if datasets.val is not None else 0, "test": len(datasets.test),
+            **input_shape(datasets),
+            "lengths": None if lengths is None else [int(lengths.min()), int(lengths.max())]}
