@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import rnnlab
+from _signals import assert_resume_matches, signal_after_update
 from rnnlab.config import RunConfig, apply_overrides, load_toml
 from rnnlab import checkpoint as ckpt
 from rnnlab.engine import Trainer, learning_rate, make_optimizer
@@ -408,29 +409,13 @@ def test_ctrl_c_mid_step_keeps_the_checkpoint_whole(tmp_path: Path, ctrl_c: str,
     cfg = tiny("train.checkpoint_every=10")
     whole = rnnlab.train(cfg, tmp_path / "whole", progress=False)
     trainer = Trainer(cfg, tmp_path / "part", progress=False)
-    update, calls = trainer.optimizer.step, []
-
-    def update_then_ctrl_c(*args: object, **kwargs: object) -> object:
-        result = update(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 13:
-            signal.raise_signal(signal.SIGINT)
-            if second_ctrl_c:
-                signal.raise_signal(signal.SIGINT)
-        return result
-
-    trainer.optimizer.step = update_then_ctrl_c  # type: ignore[method-assign]
+    signal_after_update(trainer, 13, *[signal.SIGINT] * (2 if second_ctrl_c else 1))
     summary = trainer.fit()
     assert summary["status"] == "interrupted"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
     saved = json.loads((tmp_path / "part" / "checkpoint.json").read_text())["iteration"]
     assert saved == (10 if ctrl_c == "again-later" else 13)
-    resumed = rnnlab.resume(tmp_path / "part", progress=False)
-    assert resumed.status == "completed"
-    a = torch.load(whole.dir / "checkpoint.pt", weights_only=True)["model"]
-    b = torch.load(resumed.dir / "checkpoint.pt", weights_only=True)["model"]
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_resume_matches(whole.dir, tmp_path / "part")
 
 
 def test_sigterm_mid_step_saves_the_step_then_ends_the_process(tmp_path: Path) -> None:
@@ -442,16 +427,7 @@ def test_sigterm_mid_step_saves_the_step_then_ends_the_process(tmp_path: Path) -
     cfg = tiny("train.checkpoint_every=10")
     whole = rnnlab.train(cfg, tmp_path / "whole", progress=False)
     trainer = Trainer(cfg, tmp_path / "part", progress=False)
-    update, calls = trainer.optimizer.step, []
-
-    def update_then_sigterm(*args: object, **kwargs: object) -> object:
-        result = update(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 13:
-            signal.raise_signal(signal.SIGTERM)
-        return result
-
-    trainer.optimizer.step = update_then_sigterm  # type: ignore[method-assign]
+    signal_after_update(trainer, 13, signal.SIGTERM)
     with sigterm_raises(), pytest.raises(Terminated) as stopped:
         try:
             trainer.fit()
@@ -463,12 +439,7 @@ def test_sigterm_mid_step_saves_the_step_then_ends_the_process(tmp_path: Path) -
     assert summary["status"] == "interrupted" and "test_accuracy" not in summary
     assert "stopped by SIGTERM" in summary["message"] and "--resume" in summary["message"]
     assert json.loads((tmp_path / "part" / "checkpoint.json").read_text())["iteration"] == 13
-    resumed = rnnlab.resume(tmp_path / "part", progress=False)
-    assert resumed.status == "completed"
-    a = torch.load(whole.dir / "checkpoint.pt", weights_only=True)["model"]
-    b = torch.load(resumed.dir / "checkpoint.pt", weights_only=True)["model"]
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_resume_matches(whole.dir, tmp_path / "part")
 
 
 def test_a_programs_own_sigterm_handler_is_left_alone() -> None:

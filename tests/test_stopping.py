@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import rnnlab
+from _signals import signal_after_update, signal_before_save
 from rnnlab import engine
 from rnnlab.config import RunConfig, apply_overrides
 from rnnlab.engine import Trainer
@@ -91,22 +92,8 @@ def test_a_sigterm_while_a_heed_once_run_saves_is_ignored(tmp_path: Path, handle
     way and the summary are written, and fit returns (the worker then ends the process)."""
     signal.signal(signal.SIGTERM, heed_once)
     trainer = Trainer(tiny(), tmp_path / "run", progress=False)
-    update, save, calls = trainer.optimizer.step, trainer.save, []
-
-    def update_then_sigterm(*args: object, **kwargs: object) -> object:
-        result = update(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 13:
-            signal.raise_signal(signal.SIGTERM)
-        return result
-
-    def sigterm_then_save() -> None:
-        if trainer.iteration == 13:  # the save on the way out
-            signal.raise_signal(signal.SIGTERM)
-        save()
-
-    trainer.optimizer.step = update_then_sigterm  # type: ignore[method-assign]
-    trainer.save = sigterm_then_save  # type: ignore[method-assign]
+    signal_after_update(trainer, 13, signal.SIGTERM)
+    signal_before_save(trainer, 13, signal.SIGTERM)  # the same SIGTERM again, in the save on the way out
     summary = trainer.fit()
     assert summary["status"] == "interrupted" and "test_accuracy" not in summary
     assert "stopped by SIGTERM" in summary["message"]
@@ -209,22 +196,8 @@ def test_the_same_sigterm_twice_is_heeded_once_even_after_the_loop(tmp_path: Pat
         monkeypatch.setattr(stopping, "SAME_SIGNAL", -1.0)
         monkeypatch.setattr(StopBetweenSteps, "SAME_CTRL_C", -1.0)
     trainer = Trainer(tiny(), tmp_path / "run", progress=False)
-    update, save, calls = trainer.optimizer.step, trainer.save, []
-
-    def update_then_sigterm(*args: object, **kwargs: object) -> object:
-        result = update(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 13:
-            signal.raise_signal(signal.SIGTERM)
-        return result
-
-    def sigterm_then_save() -> None:
-        if trainer.iteration == 13:  # the save on the way out
-            signal.raise_signal(signal.SIGTERM)
-        save()
-
-    trainer.optimizer.step = update_then_sigterm  # type: ignore[method-assign]
-    trainer.save = sigterm_then_save  # type: ignore[method-assign]
+    signal_after_update(trainer, 13, signal.SIGTERM)
+    signal_before_save(trainer, 13, signal.SIGTERM)  # the same SIGTERM again, in the save on the way out
     with sigterm_raises(), pytest.raises(Terminated) as stopped:
         trainer.fit()
     saved = json.loads((tmp_path / "run" / "checkpoint.json").read_text())["iteration"]
