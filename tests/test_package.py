@@ -11,9 +11,9 @@ import rnnlab
 
 
 def test_public_names_resolve_to_their_modules() -> None:
-    from rnnlab import config, presets, run
+    from rnnlab import config, presets, run, trained
 
-    assert rnnlab.train is run.train and rnnlab.load is run.load and rnnlab.RunConfig is config.RunConfig
+    assert rnnlab.train is run.train and rnnlab.load is trained.load and rnnlab.RunConfig is config.RunConfig
     assert rnnlab.get_preset is presets.get_preset
     assert sorted(rnnlab.__all__) == sorted(rnnlab._EXPORTS) and set(rnnlab.__all__) <= set(dir(rnnlab))
     for name in rnnlab.__all__:

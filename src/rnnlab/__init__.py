@@ -31,8 +31,8 @@ _EXPORTS = {
     "get_preset": "rnnlab.presets",
     "list_presets": "rnnlab.presets",
     "Run": "rnnlab.run",
-    "TrainedModel": "rnnlab.run",
-    "load": "rnnlab.run",
+    "TrainedModel": "rnnlab.trained",
+    "load": "rnnlab.trained",
     "read_run": "rnnlab.run",
     "resume": "rnnlab.run",
     "train": "rnnlab.run",
@@ -64,4 +64,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from rnnlab.errors import RnnlabError
     from rnnlab.models import create_model, list_models
     from rnnlab.presets import get_preset, list_presets
-    from rnnlab.run import Run, TrainedModel, load, read_run, resume, train
+    from rnnlab.run import Run, read_run, resume, train
+    from rnnlab.trained import TrainedModel, load

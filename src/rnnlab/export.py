@@ -73,7 +73,7 @@ class ExportReport:
 def reference_model(run_dir: str | Path) -> tuple[Any, torch.nn.Module]:
     """``(TrainedModel, eval-mode model rebuilt on the reference torch.nn layers)``."""
     from rnnlab.config import from_dict
-    from rnnlab.run import TrainedModel, build_from_state
+    from rnnlab.trained import TrainedModel, build_from_state
 
     tensors, meta = ckpt.load_checkpoint(run_dir)
     config = from_dict(meta["config"], source=str(Path(run_dir) / ckpt.CHECKPOINT_JSON))

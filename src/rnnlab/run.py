@@ -1,4 +1,5 @@
-"""The library's front door: ``train(config) -> Run`` and ``load(run_dir) -> TrainedModel``."""
+"""The library's front door for training: ``train(config) -> Run``, ``resume(run_dir)``, ``read_run``
+(loading a trained model for inference is :mod:`rnnlab.trained`)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 
 from rnnlab import checkpoint as ckpt
 from rnnlab import distributed as dist
 from rnnlab.config import RunConfig, from_dict, load_toml, to_flat_dict
-from rnnlab.data import SequenceData, images_to_sequences, load_sequences
-from rnnlab.data.files import check_against_run, load_sequence_file
-from rnnlab.data.sources import DATASETS
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab.engine import Trainer
-from rnnlab.errors import CheckpointError, ConfigError, DataError, describe
-from rnnlab.models import SequenceClassifier, create_model
+from rnnlab.errors import CheckpointError, ConfigError, describe
 from rnnlab.stopping import Terminated
 
 
@@ -56,7 +51,7 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
             hint += "; for a dict of settings, rnnlab.config.from_dict(settings)"
         raise ConfigError(f"train needs a RunConfig, not {describe(config)}; {hint}")
     if out is not None:
-        out = ckpt.check_out_dir(_path_arg(out, "out", "rnnlab.train(config, out='runs/my-run')"), " for the run")
+        out = ckpt.check_out_dir(path_arg(out, "out", "rnnlab.train(config, out='runs/my-run')"), " for the run")
     dist.init_process_group(config.train.device)  # under torchrun: all processes share one folder
     run_dir = out if out is not None else dist.broadcast_object(default_run_dir(config))
     if (run_dir / ckpt.CHECKPOINT_JSON).exists():
@@ -72,7 +67,7 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
 
 def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int | None = None) -> Run:
     """Continue an interrupted run from its last checkpoint, to the end of its budget."""
-    run_dir = _path_arg(run_dir, "run_dir", "rnnlab.resume('runs/my-run')")
+    run_dir = path_arg(run_dir, "run_dir", "rnnlab.resume('runs/my-run')")
     _, meta = ckpt.load_checkpoint(run_dir, training_state=True)  # refuse a damaged one before training
     config = from_dict(meta["config"], source=str(run_dir / ckpt.CHECKPOINT_JSON))
     _check_resumable(run_dir, config)
@@ -100,7 +95,7 @@ def _naming_the_checkpoint(run_dir: Path) -> Iterator[None]:
         raise
 
 
-def _path_arg(value: Any, name: str, example: str) -> Path:
+def path_arg(value: Any, name: str, example: str) -> Path:
     """A folder argument as a Path (a Run stands for its folder); ConfigError for anything else."""
     if isinstance(value, Run):
         return value.dir
@@ -156,255 +151,3 @@ def read_run(run_dir: str | Path) -> Run:
         raise CheckpointError(f"{run_dir / SUMMARY}: corrupt run summary ({problem}); "
                               "restore it from a copy or train the run again")
     return Run(run_dir, config, summary if summary is not None else {"status": "running"})
-
-
-class TrainedModel:
-    """A model loaded from a run folder, ready to predict."""
-
-    def __init__(self, run_dir: Path, config: RunConfig, model: SequenceClassifier,
-                 permutation: torch.Tensor | None, meta: dict[str, Any]) -> None:
-        self.run_dir, self.config, self.model, self.permutation, self.meta = run_dir, config, model, permutation, meta
-        self.num_classes = model.num_classes
-        # Image datasets: predictions start from images. A sequence file: from sequences.
-        self.image_shape = None if self.reads_sequences else DATASETS[config.data.dataset].image_shape
-
-    @property
-    def view(self) -> str:
-        return self.config.data.view
-
-    @property
-    def reads_sequences(self) -> bool:
-        """True for a run trained on the user's own sequences (``data.dataset=file``), not images."""
-        return self.config.data.dataset == "file"
-
-    def test_split(self, data_dir: str | None = None) -> SequenceData:
-        """The run's test set, read as the run read it (view, permutation); ``data_dir``
-        overrides the run's own data folder (or, for a sequence-file run, is the file to read)."""
-        data = self.config.data
-        if self.reads_sequences:
-            path = data_dir or data.file
-            test = load_sequence_file(path).test
-            # Another file than the run's own may not fit the model: say how it differs, not crash.
-            check_against_run(path, test, steps=self.model.seq_len, features=self.model.input_size,
-                              classes=self.num_classes, variable_lengths=self.variable_lengths)
-            return test
-        return load_sequences(data.dataset, "test", view=data.view, permutation=self.permutation,
-                              data_dir=data_dir or data.data_dir or None, download=data.download)
-
-    def evaluate(self, data_dir: str | None = None, *, batch_size: int = 1000) -> dict[str, Any]:
-        """Test accuracy and loss, per-class accuracy (None for a class without test samples) and
-        the confusion matrix (rows: true class) on the run's test split, on the model's device."""
-        from rnnlab.evaluation import confusion_matrix, evaluate
-
-        if batch_size < 1:
-            raise ConfigError(f"batch_size={batch_size} must be >= 1")
-        test = self.test_split(data_dir)
-        result = evaluate(self.model, test, batch_size=batch_size, device=self.model.input_mean.device)
-        matrix = confusion_matrix(test.y, result.predictions, self.num_classes)
-        counts = torch.bincount(test.y, minlength=self.num_classes).tolist()  # (C,) test samples per class
-        per_class = [100.0 * matrix[c][c] / counts[c] if counts[c] else None for c in range(self.num_classes)]
-        return {"test_accuracy": result.accuracy, "test_loss": result.loss, "samples": len(test),
-                "unit": "sequences" if self.reads_sequences else "images", "class_names": self.class_names,
-                "per_class_accuracy": per_class, "confusion_matrix": matrix}
-
-    @property
-    def class_names(self) -> list[str] | None:
-        """The classes' names (fashion-mnist's, kmnist's, or a sequence file's ``class_names``);
-        None where the class numbers are the names (MNIST digits)."""
-        if "input" in self.meta:
-            return self.meta["input"].get("class_names")
-        names = DATASETS[self.config.data.dataset].class_names  # a checkpoint from before "input"
-        return list(names) if names else None
-
-    def class_label(self, index: int) -> str:
-        """``"3"``, or ``"3 walking"`` where the classes have names."""
-        names = self.class_names
-        return f"{index} {names[index]}" if names else str(index)
-
-    @property
-    def variable_lengths(self) -> bool:
-        """True if the run was trained on padded sequences of varying length (``lengths_*`` arrays)."""
-        return bool(self.meta.get("input", {}).get("variable_lengths", False))
-
-    def sequences_in(self, sequences: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Sequences as the run's model reads them -> ``(x float (N, T, F), lengths (N,) or None)``.
-
-        ``(N, T, F)`` or one ``(T, F)`` (``(N, T)`` or ``(T,)`` for one feature), float, or uint8 if
-        the training file held uint8. A run trained on sequences of varying length also takes
-        shorter ones, and a list of sequences of different lengths (padded here).
-        """
-        if not self.reads_sequences:
-            raise DataError(f"{self.run_dir} was trained on {self.config.data.dataset} images; "
-                            "pass images (predict), not sequences")
-        steps, features = self.model.seq_len, self.model.input_size
-        if isinstance(sequences, (list, tuple)) and self.variable_lengths:
-            parts = [self._one_batch(s, steps, features, single=True) for s in sequences]
-            if not parts:
-                raise DataError("no sequences given")
-            lengths = torch.tensor([p.shape[1] for p in parts])
-            x = torch.zeros(len(parts), int(lengths.max()), features)  # (N, T_max, F), zero padding
-            for i, part in enumerate(parts):
-                x[i, : part.shape[1]] = part[0]
-            return x, lengths
-        x = self._one_batch(sequences, steps, features, single=False)
-        return x, None  # one length for the whole batch: no padding to skip
-
-    def _one_batch(self, sequences: Any, steps: int, features: int, *, single: bool) -> torch.Tensor:
-        try:
-            x = torch.as_tensor(np.asarray(sequences))
-        except (TypeError, ValueError, RuntimeError) as exc:  # ragged lists, objects, strings
-            more = "" if self.variable_lengths else " (this run was trained on one length)"
-            problem = ckpt.error_line(exc, kind=False)
-            raise DataError(f"sequences must be one array of numbers{more}: {problem}") from None
-        if features == 1 and x.dim() in (1, 2) and x.shape[-1] != 1:
-            x = x.unsqueeze(-1)  # (T,) or (N, T) -> one feature per step
-        if x.dim() == 2:
-            x = x[None]  # one sequence (T, F) -> (1, T, F)
-        if x.dim() == 3 and x.shape[0] == 0:  # an empty batch would print nothing and succeed
-            raise DataError(f"no sequences in the input (shape {tuple(x.shape)}); give at least one sequence")
-        length_ok = 1 <= x.shape[1] <= steps if (x.dim() == 3 and self.variable_lengths) else None
-        shape_ok = x.dim() == 3 and x.shape[2] == features and (length_ok or x.shape[1] == steps)
-        if not shape_ok or (single and x.shape[0] != 1):
-            length = f"1 to {steps} steps" if self.variable_lengths else f"{steps} steps"
-            raise DataError(f"sequences must have shape (N, T, {features}) or (T, {features}) with T = {length}, "
-                            f"as in the run's training file; got {tuple(x.shape)}")
-        # As training reads a sequence file (data/files.py): uint8 are pixels scaled to [0, 1],
-        # other integers and floats are used as they are.
-        if x.dtype == torch.uint8:
-            return x.float() / 255.0
-        if not (x.is_floating_point() or _is_integer(x.dtype)):  # bool, complex
-            raise DataError(f"sequences must hold numbers (float or integer, or uint8 pixels), got {x.dtype}")
-        x = x.float()
-        if not torch.isfinite(x).all():
-            raise DataError("sequences hold NaN or infinite values; fill or drop them")
-        return x
-
-    def to_sequences(self, images: Any) -> torch.Tensor:
-        """Images in MNIST form, ``(N, H, W)`` or ``(H, W)``, integers 0-255 or float 0-1 -> float ``(N, T, F)``.
-
-        Image files, bytes, PIL images, arrays of other shapes, or a list of them are first
-        brought to MNIST form by :mod:`rnnlab.imaging`; MNIST-shaped arrays are used as they are.
-        A run trained on a sequence file takes sequences instead (see ``sequences_in``).
-        """
-        from rnnlab.imaging import pixel_batch
-
-        if self.image_shape is None:
-            return self.sequences_in(images)[0]
-        # Shapes, types and values are checked there: integers 0-255 are pixels, floats 0-1.
-        pixels = torch.from_numpy(np.require(pixel_batch(images, tuple(self.image_shape)), requirements="W"))
-        seqs = images_to_sequences(pixels, self.view, self.permutation)  # (N, T, F) uint8, or float32 in [0, 1]
-        return seqs.float() / 255.0 if seqs.dtype == torch.uint8 else seqs
-
-    @torch.no_grad()
-    def probabilities(self, inputs: Any) -> torch.Tensor:
-        """Class probabilities ``(N, C)`` on the CPU, for images, or for a sequence-file run its sequences."""
-        self.model.eval()
-        device = self.model.input_mean.device  # wherever load() put the model
-        if self.reads_sequences:
-            x, lengths = self.sequences_in(inputs)
-            logits = self.model(x.to(device), None if lengths is None else lengths.to(device))
-        else:
-            logits = self.model(self.to_sequences(inputs).to(device))
-        return torch.softmax(logits, dim=-1).cpu()
-
-    @torch.no_grad()
-    def step_probabilities(self, images: Any, points: list[int] | None = None) -> torch.Tensor:
-        """Class probabilities ``(N, P, C)`` after reading ``points[i]`` steps (default: after each
-        step, ``P = T``): how the prediction evolves as the model reads."""
-        self.model.eval()
-        x = self.to_sequences(images).to(self.model.input_mean.device)  # (N, T, F)
-        return torch.softmax(self.model.step_logits(x, points), dim=-1).cpu()
-
-    def reading(self, images: Any, *, max_points: int | None = None,
-                cheap_max_points: int | None = None) -> tuple[list[int], torch.Tensor]:
-        """``(points, probabilities (N, P, C))`` for ``rnnlab predict --steps`` and the web page: at
-        most ``max_points`` points where each costs a pass, ``cheap_max_points`` where one pass
-        gives them all (``None``: every step), evenly spaced and ending at the last step."""
-        points = sample_points(self.model.seq_len, cheap_max_points if self.model.steps_in_one_pass else max_points)
-        return points, self.step_probabilities(images, points)
-
-    def predict(self, images: Any) -> list[dict[str, Any]]:
-        """``[{"class": int, "probabilities": [...]}, ...]`` for images (MNIST-form arrays, or files/PIL
-        images), or a sequence-file run's sequences; with ``"name"`` where the classes have names."""
-        probs = self.probabilities(images)
-        names = self.class_names
-        return [{"class": int(p.argmax()), "probabilities": p.tolist()}
-                | ({"name": names[int(p.argmax())]} if names else {}) for p in probs]
-
-
-def sample_points(steps: int, max_points: int | None) -> list[int]:
-    """Step counts ``1..steps`` to report: all of them, or ``max_points`` evenly spaced, ending at ``steps``."""
-    if max_points is None or steps <= max_points:
-        return list(range(1, steps + 1))
-    return [round(steps * k / max_points) for k in range(1, max_points + 1)]
-
-
-def load(run_dir: str | Path | Run, *, device: str | torch.device = "cpu") -> TrainedModel:
-    """Load a run's final weights for inference (safely: ``weights_only=True``) onto ``device``
-    (``auto``: cuda, then mps, then cpu)."""
-    run_dir = _path_arg(run_dir, "run_dir", "rnnlab.load('runs/my-run')")
-    device = dist.select_device(str(device))  # an unknown or absent device is not a corrupt checkpoint
-    tensors, meta = ckpt.load_checkpoint(run_dir, map_location=device)
-    config = from_dict(meta["config"], source=str(run_dir / ckpt.CHECKPOINT_JSON))
-    model = build_from_state(config, tensors["model"], input_shape=meta.get("input"),
-                             source=run_dir / ckpt.CHECKPOINT_JSON)
-    model.to(device).eval()
-    return TrainedModel(run_dir, config, model, tensors.get("permutation"), meta)
-
-
-def build_from_state(config: RunConfig, state: dict[str, torch.Tensor], *, impl: str | None = None,
-                     input_shape: dict[str, Any] | None = None,
-                     source: str | Path | None = None) -> SequenceClassifier:
-    """Rebuild a model from its config and state_dict (optionally forcing the layer implementation).
-    ``input_shape`` is a checkpoint's ``meta["input"]``; without it the config decides. ``source``
-    (the checkpoint.json the config came from) is named in errors."""
-    from dataclasses import replace
-
-    from rnnlab.data.splits import config_input_shape
-
-    if input_shape is not None:
-        steps, features, classes = input_shape["steps"], input_shape["features"], input_shape["classes"]
-    else:  # a checkpoint from before meta "input": the config says it (a sequence file: the file does)
-        steps, features, classes = config_input_shape(config)
-    model_cfg = config.model if impl is None else replace(config.model, impl=impl)
-    # The standardisation buffers are scalars or (F,): build them in the checkpoint's shape.
-    model = create_model(model_cfg, input_size=features, seq_len=steps, num_classes=classes,
-                         input_mean=state.get("input_mean", 0.0), input_std=state.get("input_std", 1.0))
-    where = f"{source}: " if source is not None else ""
-    mismatch = _state_mismatch(model, state)
-    try:
-        if mismatch is None:
-            model.load_state_dict(state)
-    except RuntimeError as exc:
-        mismatch = ckpt.error_line(exc, kind=False)
-    if mismatch is not None:
-        # torch's own message starts with an empty "Error(s) in loading state_dict" line: name the tensors.
-        raise CheckpointError(f"{where}the config's model does not match the checkpoint's weights ({mismatch}); "
-                              "put the model settings (model.cell, model.hidden, model.layers, ...) back to those "
-                              "the run was trained with, or retrain") from None
-    return model
-
-
-def _is_integer(dtype: torch.dtype) -> bool:
-    return not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
-
-
-def _state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> str | None:
-    """What keeps ``state`` from loading into ``model``, naming the first tensors at fault; None if it fits."""
-    expected = model.state_dict()
-    sizes = [f"{name} is {tuple(state[name].shape)} in the checkpoint but {tuple(tensor.shape)} for this config"
-             for name, tensor in expected.items() if name in state and state[name].shape != tensor.shape]
-    missing = [name for name in expected if name not in state]
-    unexpected = [name for name in state if name not in expected]
-
-    def first(names: list[str]) -> str:
-        return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
-
-    problems = []
-    if sizes:
-        problems.append(sizes[0] + (f" (and {len(sizes) - 1} more sizes differ)" if len(sizes) > 1 else ""))
-    if missing:
-        problems.append(f"missing from the checkpoint: {first(missing)}")
-    if unexpected:
-        problems.append(f"not in this config's model: {first(unexpected)}")
-    return "; ".join(problems) or None
