@@ -62,6 +62,9 @@ def test_sweeps_expand_each_entry_over_a_grid() -> None:
     a, b = (default_out_dir(entries, None, [], sweeps=s) for s in (["model.hidden=32,64"], ["model.hidden=32"]))
     assert a != b and default_out_dir(resolve_entries([], suite="tutorials", sweeps=["train.lr=0.1,0.2"]), "tutorials",
                                       [], sweeps=["train.lr=0.1,0.2"]).name.startswith("compare-tutorials-")
+    grid = ["train.lr=0.001,0.003,0.01", "model.hidden=64,128"]  # named after the entry swept, not its 6 variants
+    assert default_out_dir(resolve_entries(["dlw-rnn-a-plus"], sweeps=grid), None, [], sweeps=grid).name.startswith(
+        "compare-dlw-rnn-a-plus-")
 
 
 @pytest.mark.parametrize(("sweeps", "overrides", "fragment"), [

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,6 +27,7 @@ class Entry:
 
     name: str
     config: RunConfig
+    swept_from: str = ""  # the entry a --sweep made this one from
 
 
 def resolve_entries(specs: list[str], *, suite: str | None = None, overrides: list[str] | None = None,
@@ -110,16 +110,15 @@ def expand_sweeps(entries: list[Entry], sweeps: list[tuple[str, list[str]]], ove
                 raise ConfigError(f"--sweep gives {entry.name} the same config twice ({seen[config]} and {name}); "
                                   "list each value once")
             seen[config] = name
-            expanded.append(Entry(name, replace(config, name=name)))  # `rnnlab report` names it so too
+            expanded.append(Entry(name, replace(config, name=name), swept_from=entry.name))  # report names it so too
     return expanded
 
 
 def default_out_dir(entries: list[Entry], suite: str | None, overrides: list[str], root: str = "runs",
                     sweeps: list[str] | None = None) -> Path:
     """A stable folder per (entries, overrides, sweeps), so that rerunning the same compare resumes it."""
-    names = [e.name for e in entries]
-    combinations = math.prod(len(parse_sweep(item)[1]) for item in sweeps or [])  # entries per base entry
-    base = suite if suite and len(names) == len(suite_names(suite)) * combinations else "+".join(names)
+    names = list(dict.fromkeys(e.swept_from or e.name for e in entries))  # as named before any sweep
+    base = suite if suite and len(names) == len(suite_names(suite)) else "+".join(names)
     if len(base) > 60:
         base = f"{len(names)}-entries-" + hashlib.sha1("\n".join(names).encode()).hexdigest()[:8]
     if overrides or sweeps:
