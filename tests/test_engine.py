@@ -401,11 +401,11 @@ def test_ctrl_c_mid_step_keeps_the_checkpoint_whole(tmp_path: Path, ctrl_c: str,
     finished first, so the run resumes exactly. The same Ctrl-C delivered twice (by the terminal and
     by a launcher) counts once; a second Ctrl-C later stops at once and keeps the last periodic
     checkpoint instead of a torn one."""
-    from rnnlab.stopping import StopBetweenSteps
+    from rnnlab import stopping
 
     second_ctrl_c = ctrl_c != "once"
     if ctrl_c == "again-later":  # as if a second had passed between the two
-        monkeypatch.setattr(StopBetweenSteps, "SAME_CTRL_C", -1.0)
+        monkeypatch.setattr(stopping, "SAME_SIGNAL", -1.0)
     cfg = tiny("train.checkpoint_every=10")
     whole = rnnlab.train(cfg, tmp_path / "whole", progress=False)
     trainer = Trainer(cfg, tmp_path / "part", progress=False)

@@ -14,7 +14,7 @@ import torch
 
 import rnnlab
 from _signals import signal_after_update, signal_before_save
-from rnnlab import engine
+from rnnlab import engine, stopping
 from rnnlab.config import RunConfig, apply_overrides
 from rnnlab.engine import Trainer
 from rnnlab.stopping import StopBetweenSteps, Terminated, heed_once, pass_on_sigterm
@@ -55,7 +55,7 @@ def test_a_run_heeds_the_first_signal_and_ignores_later_ones(signum: int, handle
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Under heed_once a second signal, however late, does not stop the run at once, and after the
     loop the signal stays ignored, while the run saves; pass_on_sigterm then leaves the process be."""
-    monkeypatch.setattr(StopBetweenSteps, "SAME_CTRL_C", -1.0)  # every signal counts as a new one
+    monkeypatch.setattr(stopping, "SAME_SIGNAL", -1.0)  # every signal counts as a new one
     signal.signal(signal.SIGINT, heed_once)
     signal.signal(signal.SIGTERM, heed_once)
     stop = StopBetweenSteps()
@@ -194,7 +194,6 @@ def test_the_same_sigterm_twice_is_heeded_once_even_after_the_loop(tmp_path: Pat
 
     if again == "a-second-later":
         monkeypatch.setattr(stopping, "SAME_SIGNAL", -1.0)
-        monkeypatch.setattr(StopBetweenSteps, "SAME_CTRL_C", -1.0)
     trainer = Trainer(tiny(), tmp_path / "run", progress=False)
     signal_after_update(trainer, 13, signal.SIGTERM)
     signal_before_save(trainer, 13, signal.SIGTERM)  # the same SIGTERM again, in the save on the way out

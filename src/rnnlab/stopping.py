@@ -103,8 +103,6 @@ class StopBetweenSteps:
     :func:`sigterm_raises` or from :func:`heed_once` (a signal whose handler that is, is heeded once
     and later ignored); a program's own SIGTERM handler is left in place."""
 
-    SAME_CTRL_C = SAME_SIGNAL  # seconds
-
     def __init__(self) -> None:
         from rnnlab import distributed as dist  # late: the command line imports this module before torch
 
@@ -140,7 +138,7 @@ class StopBetweenSteps:
         if self.received is None:
             self.received, self.received_at = signum, time.monotonic()
             _heeded[signum] = self.received_at  # a second delivery after the loop is ignored too
-        elif time.monotonic() - self.received_at > self.SAME_CTRL_C:  # a second signal: stop at once
+        elif time.monotonic() - self.received_at > SAME_SIGNAL:  # a second signal: stop at once
             self.restore()
             raise Terminated if signal.SIGTERM in (signum, self.received) else KeyboardInterrupt
         elif signum == signal.SIGTERM and self.received != signum:  # SIGTERM just after a Ctrl-C:

@@ -87,11 +87,14 @@ def loss_and_grads(model: Any, x: Tensor, y: Tensor, *, label_smoothing: float =
         else:  # all
             features = top.transpose(0, 1).reshape(B, -1)  # (T, B, D*H) -> (B, T*D*H)
         logits = torch.addmm(head.bias, features, head.weight.t())  # (B, C)
-        losses = F.cross_entropy(logits, y, label_smoothing=label_smoothing, reduction="none")  # (B,)
+        log_probs = torch.log_softmax(logits, 1)  # (B, C): the loss and its gradient from one pass
+        losses = F.nll_loss(log_probs, y, reduction="none")  # (B,), what cross_entropy computes
+        if label_smoothing:
+            losses = (1.0 - label_smoothing) * losses - label_smoothing * log_probs.mean(1)
 
         # ---- backward: d(scale * sum of losses) / d logits = scale * (softmax - smoothed one-hot)
         C = logits.shape[1]
-        dlogits = torch.softmax(logits, 1)  # (B, C)
+        dlogits = log_probs.exp_()  # (B, C) softmax, in place: log_probs is not needed after this
         dlogits.sub_(label_smoothing / C)
         dlogits[torch.arange(B, device=y.device), y] -= 1.0 - label_smoothing
         dlogits.mul_(scale)
