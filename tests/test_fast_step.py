@@ -86,6 +86,25 @@ def test_where_the_hand_step_applies() -> None:
     assert "dropout" in hand_step_supported(dropout, amp="off", processes=1, varying_lengths=False)
 
 
+def test_the_hand_step_leaves_subclasses_and_hooks_to_autograd() -> None:
+    """It writes out SequenceClassifier's own forward: another forward, or a hook it would skip,
+    sends the step to autograd."""
+    from rnnlab.models.recurrent import SequenceClassifier
+
+    class Scaled(SequenceClassifier):
+        def forward(self, x, lengths=None):
+            return 2 * super().forward(x, lengths)
+
+    model = _model(dict(cell="rnn"), steps=3, features=2, classes=2)
+    subclass = Scaled(model.config, input_size=2, seq_len=3, num_classes=2)
+    assert "Scaled" in hand_step_supported(subclass, amp="off", processes=1, varying_lengths=False)
+    handle = model.head.register_forward_hook(lambda module, args, out: out * 2)
+    assert "hooks" in hand_step_supported(model, amp="off", processes=1, varying_lengths=False)
+    handle.remove()
+    model.rnn.weight_hh_l0.register_post_accumulate_grad_hook(lambda p: None)
+    assert "hooks" in hand_step_supported(model, amp="off", processes=1, varying_lengths=False)
+
+
 def test_training_by_hand_follows_autograd_and_resumes_exactly(tmp_path) -> None:
     """In the Trainer: the same run by hand and by autograd ends with the same weights up to
     float32 rounding, and a run stopped and resumed by hand ends bitwise where an unstopped one does."""

@@ -40,8 +40,8 @@ def _torch_sgd_step(optimizer: SGD, closure: Any = None) -> Any:
     """``torch.optim.SGD.step`` without the hook-running wrapper torch may have put around it
     (marked ``hooked``; under it, torch's own grad-mode decorator stays)."""
     step = torch.optim.SGD.step
-    if getattr(step, "hooked", False):
-        step = step.__wrapped__
+    if getattr(step, "hooked", False):  # functools.wraps keeps the wrapped function; a torch that
+        step = getattr(step, "__wrapped__", step)  # did not would run the hooks twice, not fail
     return step(optimizer, closure)
 
 

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .fast import FastRecurrent
 from .fast_function import RecurrentLayerFn
+from .recurrent import SequenceClassifier
 
 
 class _Context:
@@ -39,7 +40,13 @@ class _Context:
 
 def hand_step_supported(model: torch.nn.Module, *, amp: str, processes: int, varying_lengths: bool) -> str | None:
     """None if :func:`loss_and_grads` can train ``model`` here, else why not (for the record)."""
-    rnn = getattr(model, "rnn", None)
+    # loss_and_grads writes out SequenceClassifier.forward: a subclass may compute something else,
+    # and hooks (on modules, or on parameters' gradients) would be skipped without a word.
+    if type(model) is not SequenceClassifier:
+        return f"a model class of its own ({type(model).__name__}), whose forward may differ"
+    if _has_hooks(model):
+        return "hooks on the model's modules or parameters"
+    rnn = model.rnn
     if not isinstance(rnn, FastRecurrent):
         return "the recurrent layers are torch.nn's (model.impl)"
     param = rnn.weight_hh_l0
@@ -54,6 +61,14 @@ def hand_step_supported(model: torch.nn.Module, *, amp: str, processes: int, var
     if varying_lengths:
         return "sequences of varying length"
     return None
+
+
+def _has_hooks(model: torch.nn.Module) -> bool:
+    modules = any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                  for m in model.modules())
+    params = any(getattr(p, "_backward_hooks", None) or getattr(p, "_post_accumulate_grad_hooks", None)
+                 for p in model.parameters())
+    return modules or params
 
 
 def loss_and_grads(model: Any, x: Tensor, y: Tensor, *, label_smoothing: float = 0.0,
