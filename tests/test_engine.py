@@ -339,6 +339,18 @@ def test_cuda_run_matches_the_cpu_loop_closely(tmp_path: Path) -> None:
     assert on_gpu.step_probabilities(torch.zeros(1, 28, 28, dtype=torch.uint8)).shape == (1, 28, 10)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_run_resumes_and_a_permuted_run_predicts_on_the_gpu(tmp_path: Path) -> None:
+    cfg = tiny("train.device=cuda", "train.checkpoint_every=10", "data.view=permuted-pixels", "model.hidden=8",
+               "train.iterations=20")
+    part = rnnlab.train(cfg, tmp_path / "part", progress=False, stop_after=10)
+    resumed = rnnlab.resume(part.dir, progress=False)  # RNG states are read back on the CPU
+    assert resumed.status == "completed" and resumed.summary["iterations"] == 20
+    on_gpu = rnnlab.load(resumed.dir, device="cuda")  # the permutation stays with the images, on the CPU
+    assert on_gpu.permutation.device.type == "cpu"
+    assert on_gpu.probabilities(torch.zeros(2, 28, 28, dtype=torch.uint8)).shape == (2, 10)
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_amp_auto_picks_bf16_only_where_it_was_measured_to_pay(monkeypatch: pytest.MonkeyPatch,
                                                                native: bool) -> None:
@@ -497,3 +509,63 @@ def test_sigterm_in_a_python_program_saves_the_run_then_ends_it(tmp_path: Path) 
     assert "carried on" not in run.stdout
     assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["iteration"] == 7
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_a_resume_reads_the_checkpoint_on_the_cpu_and_warns_when_auto_resolves_differently(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU, torch takes RNG states only as CPU byte tensors: the checkpoint is read on the CPU
+    and the state_dicts copy into the model and optimizer where they are. A run resumed on a
+    machine where train.*=auto resolves otherwise (bf16 there, not here) says so."""
+    import json
+    import warnings
+
+    part = rnnlab.train(tiny("train.checkpoint_every=10"), tmp_path / "part", progress=False, stop_after=20)
+    meta_path = part.dir / ckpt.CHECKPOINT_JSON
+    meta = json.loads(meta_path.read_text())
+    assert meta["resolved"] == {"device": "cpu", "amp": "off", "backward": "autograd"}  # an LSTM
+    locations = []
+    real_load = ckpt.load_checkpoint
+    monkeypatch.setattr(ckpt, "load_checkpoint",
+                        lambda run_dir, map_location: locations.append(map_location) or real_load(run_dir, map_location))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the same footing: no warning
+        Trainer(part.config, part.dir, progress=False).restore()
+    assert locations == ["cpu"]
+    meta["resolved"] = {"device": "cuda:0", "amp": "bf16", "backward": "by hand"}
+    meta_path.write_text(json.dumps(meta))
+    with pytest.warns(RuntimeWarning, match=r"device cuda:0 -> cpu, amp bf16 -> off, backward by hand -> autograd"):
+        Trainer(part.config, part.dir, progress=False).restore()
+
+
+def test_rng_states_keep_the_one_gpu_a_process_trains_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU run never touches CUDA's generators; a GPU run saves and restores its own GPU's only,
+    also from a checkpoint of the older kind that kept every visible GPU's."""
+    from rnnlab import distributed as dist
+
+    def untouched(*args, **kwargs):
+        raise AssertionError("a CPU run must not initialise CUDA")
+
+    monkeypatch.setattr(torch.cuda, "get_rng_state", untouched)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", untouched)
+    state = dist.rng_state(torch.device("cpu"))
+    assert set(state) == {"cpu"}
+    dist.set_rng_state({**state, "cuda": [torch.zeros(4, dtype=torch.uint8)]}, torch.device("cpu"))
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.full((4,), device.index, dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda new, device: calls.append((new.tolist(), device)))
+    gpu1 = torch.device("cuda", 1)
+    assert dist.rng_state(gpu1)["cuda"].tolist() == [1, 1, 1, 1]
+    older = [torch.full((4,), i, dtype=torch.uint8) for i in range(2)]  # cuda:0's and cuda:1's
+    dist.set_rng_state({**state, "cuda": older}, gpu1)
+    dist.set_rng_state({**state, "cuda": older[:1]}, gpu1)  # written where one GPU was visible: nothing to take
+    dist.set_rng_state({**state, "cuda": older[0]}, gpu1)
+    assert calls == [([1, 1, 1, 1], gpu1), ([0, 0, 0, 0], gpu1)]
+
+
+def test_a_gpu_number_under_torchrun_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rnnlab.distributed import select_device
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"'cuda:0' under torchrun: each process takes the GPU of its LOCAL_RANK"):
+        select_device("cuda:0")

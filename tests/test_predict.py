@@ -286,3 +286,20 @@ def test_load_checks_the_device_before_the_checkpoint(trained_run: Path, monkeyp
             rnnlab.load(trained_run, device=device)
     for device in ("auto", torch.device("cpu")):  # auto: cuda, then mps, then cpu (as for training)
         assert rnnlab.load(trained_run, device=device).model.input_mean.device.type == "cpu"
+
+
+def test_load_reads_the_checkpoint_on_the_cpu_whatever_the_device(trained_run: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the model goes to the device: a permutation on a GPU would not reorder the CPU images it
+    is applied to, and a checkpoint's optimizer state and best weights have no business there."""
+    from rnnlab import checkpoint as ckpt
+
+    locations = []
+    real_load = ckpt.load_checkpoint
+    monkeypatch.setattr(ckpt, "load_checkpoint",
+                        lambda run_dir, map_location: locations.append(map_location) or real_load(run_dir, map_location))
+    from rnnlab import distributed as dist
+
+    monkeypatch.setattr(dist, "select_device", lambda requested: torch.device("meta"))  # a device not the CPU
+    loaded = rnnlab.load(trained_run, device="cuda")
+    assert locations == ["cpu"] and loaded.model.input_mean.device.type == "meta"

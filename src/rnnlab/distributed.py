@@ -30,6 +30,9 @@ def select_device(requested: str = "auto") -> torch.device:
                                                                 and index.isdigit()):
         raise ConfigError(f"device {requested!r} is not valid; choose one of: auto, cpu, cuda, cuda:N "
                           "(N a GPU number, e.g. cuda:0) or mps")
+    if kind == "cuda" and index and world_size() > 1:  # every process would share GPU N
+        raise ConfigError(f"device {requested!r} under torchrun: each process takes the GPU of its "
+                          "LOCAL_RANK; use --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose GPUs")
     if requested in ("auto", "cuda") and torch.cuda.is_available() and world_size() > 1:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process
     if requested == "auto":
@@ -161,37 +164,49 @@ def seed_process_stream(seed: int) -> None:
         torch.manual_seed(process_seed(seed, rank()))
 
 
-def rng_state() -> dict[str, torch.Tensor | list[torch.Tensor]]:
-    """This process's torch RNG states (used by dropout), for resumable checkpoints."""
-    state: dict[str, torch.Tensor | list[torch.Tensor]] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's torch RNG states (used by dropout), for resumable checkpoints: the CPU's,
+    and the one GPU's it trains on (not every visible GPU's: a checkpoint must resume where
+    fewer GPUs are visible, and a CPU run must not initialise CUDA)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore :func:`rng_state`. The states may have been loaded onto a GPU, and torch takes
+    them only as CPU byte tensors. A checkpoint written before one GPU's state was kept holds a
+    list, one per visible GPU: the one of the device's index is taken, if it has one."""
+    torch.set_rng_state(state["cpu"].cpu())
+    cuda = state.get("cuda")
+    if cuda is None or device.type != "cuda":  # a GPU run resumed on a CPU: only the CPU's stream matters
+        return
+    if isinstance(cuda, (list, tuple)):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= len(cuda):
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda.cpu(), device)
 
 
-def gather_rng_states() -> list[dict]:
+def gather_rng_states(device: torch.device) -> list[dict]:
     """Every process's ``rng_state()`` in rank order (a collective: all processes call it)."""
     if not torch.distributed.is_initialized():
-        return [rng_state()]
+        return [rng_state(device)]
     states: list = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(states, rng_state())
+    torch.distributed.all_gather_object(states, rng_state(device))
     return states
 
 
-def restore_rng_state(states: list[dict], seed: int, iteration: int) -> None:
+def restore_rng_state(states: list[dict], seed: int, iteration: int, device: torch.device) -> None:
     """Take this process's stream back from a checkpoint's ``gather_rng_states()``. A process
     the checkpoint has no state for (it was written by fewer processes) starts a stream of its
     own, derived from the seed and the iteration, so that such a resume is repeatable too."""
     if rank() < len(states):
-        set_rng_state(states[rank()])
+        set_rng_state(states[rank()], device)
     else:
-        torch.manual_seed(process_seed(seed, rank(), iteration))
+        torch.manual_seed(process_seed(seed, rank(), iteration))  # every GPU's stream too
 
 
 def native_bf16_cpu() -> bool:

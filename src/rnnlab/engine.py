@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,19 @@ def total_iterations(cfg: RunConfig, train: SequenceData) -> int:
     return cfg.train.iterations or cfg.train.epochs * train.num_batches(cfg.train.batch_size)
 
 
+def _warn_if_resolved_differently(before: dict[str, str] | None, now: dict[str, str]) -> None:
+    """``auto`` settings resolve by machine: a run moved to another one may go on differently."""
+    def kind(key: str, value: str) -> str:  # cuda:0 and cuda:1 are the same footing (torchrun's ranks)
+        return value.partition(":")[0] if key == "device" else value
+
+    changed = [f"{key} {before[key]} -> {value}" for key, value in now.items()
+               if before and key in before and kind(key, before[key]) != kind(key, value)]
+    if changed:
+        warnings.warn(f"this run resumes on another footing than it began ({', '.join(changed)}): the train.*=auto "
+                      "settings resolve by machine, so the rest of it trains differently from an uninterrupted run",
+                      RuntimeWarning, stacklevel=3)
+
+
 class Trainer:
     """Holds the state of one run; ``fit()`` runs the loop to the end of the budget."""
 
@@ -59,8 +73,8 @@ class Trainer:
         check_model_size(cfg.model, input_size=features, seq_len=steps, num_classes=self.data.num_classes,
                          train=cfg.train, gpu=dist.device_memory(self.device))
         self.model = build_model(cfg, self.data).to(self.device)
-        train = self.data.train
-        self.train_data = train.to(self.device) if dist.fits_on_device(train.x.nbytes, self.device) else train
+        self.placed: dict[str, SequenceData] = {}  # the splits copied to a GPU, once each
+        self.train_data = self._placed("train")
         dist.seed_process_stream(cfg.seed)  # after the model: same initial weights everywhere
         self.train_model = dist.wrap_for_training(self.model, self.device)  # DDP under torchrun
         self.optimizer = make_optimizer(cfg, self.model)
@@ -84,10 +98,23 @@ class Trainer:
         self.best = BestByValidation(keep_weights=cfg.train.keep_best, patience=cfg.train.patience)
         self.stopped_early = False  # train.patience evaluations went by without a better val accuracy
 
+    def resolved(self) -> dict[str, str]:
+        """What the ``auto`` settings became on this machine, which a resumed run may not repeat."""
+        return {"device": str(self.device), "amp": self.amp, "backward": "by hand" if self.hand_step else "autograd"}
+
+    def _placed(self, name: str) -> SequenceData:
+        """Split ``name`` on a GPU if it fits there (in its stored form: uint8 for images), copied
+        once: not again at every evaluation. On the CPU, the split itself."""
+        if name not in self.placed:
+            split = getattr(self.data, name)
+            fits = dist.fits_on_device(split.x.nbytes, self.device)
+            self.placed[name] = split.to(self.device) if fits else split
+        return self.placed[name]
+
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
         """Write a checkpoint (rank 0 writes; every process must call it, for the RNG states)."""
-        rng_states = dist.gather_rng_states()
+        rng_states = dist.gather_rng_states(self.device)
         if not dist.is_main_process():
             self.saved_at = self.iteration
             return
@@ -101,7 +128,7 @@ class Trainer:
                 "epoch": self.iteration / self.batches_per_epoch, "train_seconds": self.train_seconds,
                 "samples": self.samples,
                 "running": self.running.as_dict(), "torch_version": torch.__version__,
-                "input": input_shape(self.data)}
+                "input": input_shape(self.data), "resolved": self.resolved()}
         if self.best.active:
             meta["best"] = self.best.state()
             if self.best.weights is not None:
@@ -110,9 +137,12 @@ class Trainer:
         self.saved_at = self.iteration
 
     def restore(self) -> None:
-        tensors, meta = ckpt.load_checkpoint(self.run_dir, map_location=self.device)
+        # Loaded on the CPU: load_state_dict copies into the parameters where they are, the
+        # optimizer moves its state to them, and torch takes RNG states only as CPU tensors.
+        tensors, meta = ckpt.load_checkpoint(self.run_dir, map_location="cpu")
         if to_dict(from_dict(meta["config"])) != to_dict(self.cfg):  # from_dict: keys added since take defaults
             raise CheckpointError(f"{self.run_dir}: the checkpoint was written by a different config")
+        _warn_if_resolved_differently(meta.get("resolved"), self.resolved())
         self.model.load_state_dict(tensors["model"])
         self.optimizer.load_state_dict(tensors["optimizer"])
         self.scaler.load_state_dict(tensors["scaler"])
@@ -120,7 +150,8 @@ class Trainer:
         # Checkpoints before this count was kept: every batch full, as the count then assumed.
         self.samples = int(meta.get("samples", self.iteration * self.cfg.train.batch_size))
         self.saved_at = self.iteration
-        dist.restore_rng_state(tensors.get("rng_processes", [tensors["rng"]]), self.cfg.seed, self.iteration)
+        dist.restore_rng_state(tensors.get("rng_processes", [tensors["rng"]]), self.cfg.seed, self.iteration,
+                               self.device)
         self.running.load(meta["running"])
         self.best.load_state(meta.get("best"), tensors.get("best_model"))
         # Metrics logged after the checkpoint will be logged again: drop them.
@@ -331,11 +362,9 @@ class Trainer:
             "elapsed_seconds": self.train_seconds,
         }
         self.running.reset()
-        split, name = self.data.val, "val"
-        if self.cfg.train.protocol == "tutorial":
-            split, name = self.data.test, "test"
-        if split is not None:
-            result = evaluate(self.model, split, batch_size=self.cfg.train.eval_batch_size,
+        name = "test" if self.cfg.train.protocol == "tutorial" else "val"
+        if getattr(self.data, name) is not None:
+            result = evaluate(self.model, self._placed(name), batch_size=self.cfg.train.eval_batch_size,
                               device=self.device, amp=self.amp, sharded=True)
             row[f"{name}_loss"], row[f"{name}_accuracy"] = result.loss, result.accuracy
         if dist.is_main_process():
@@ -358,9 +387,7 @@ class Trainer:
             "train_seconds": round(self.train_seconds, 3),
             "samples": self.samples,
             "samples_per_second": round(self.samples / max(self.train_seconds, 1e-9), 1),
-            "device": str(self.device),
-            "amp": self.amp,  # the precision trained in (train.amp=auto resolved)
-            "backward": "by hand" if self.hand_step else "autograd",  # train.backward=auto resolved
+            **self.resolved(),  # device, amp and backward as train.*=auto resolved them here
             "processes": self.world,  # > 1 under torchrun: samples/s is over all of them
             "data": describe_datasets(self.data, self.cfg.data.file or self.cfg.data.dataset),
             "torch_version": torch.__version__,
@@ -400,11 +427,11 @@ class Trainer:
             # float32, whatever the training precision: the figures `rnnlab eval`, predict, export and
             # serve reproduce (bf16 autocast moved a test accuracy by 0.15 points on 10k images).
             t = cfg.train
-            test = evaluate(self.model, self.data.test, batch_size=t.eval_batch_size, device=self.device,
+            test = evaluate(self.model, self._placed("test"), batch_size=t.eval_batch_size, device=self.device,
                             amp="off", sharded=True)
             summary["test_accuracy"], summary["test_loss"] = round(test.accuracy, 4), round(test.loss, 6)
             if self.data.val is not None:
-                val = evaluate(self.model, self.data.val, batch_size=t.eval_batch_size, device=self.device,
+                val = evaluate(self.model, self._placed("val"), batch_size=t.eval_batch_size, device=self.device,
                                amp="off", sharded=True)
                 summary["val_accuracy"], summary["val_loss"] = round(val.accuracy, 4), round(val.loss, 6)
             summary["confusion_matrix"] = confusion_matrix(self.data.test.y, test.predictions, self.data.num_classes)

@@ -206,7 +206,9 @@ def load(run_dir: str | Path | Run, *, device: str | torch.device = "cpu") -> Tr
     (``auto``: cuda, then mps, then cpu)."""
     run_dir = path_arg(run_dir, "run_dir", "rnnlab.load('runs/my-run')")
     device = dist.select_device(str(device))  # an unknown or absent device is not a corrupt checkpoint
-    tensors, meta = ckpt.load_checkpoint(run_dir, map_location=device)
+    # On the CPU first: only the model goes to the device (the permutation stays with the images
+    # it reorders, and the optimizer state and best weights a checkpoint holds stay off the GPU).
+    tensors, meta = ckpt.load_checkpoint(run_dir, map_location="cpu")
     config = from_dict(meta["config"], source=str(run_dir / ckpt.CHECKPOINT_JSON))
     model = build_from_state(config, tensors["model"], input_shape=meta.get("input"),
                              source=run_dir / ckpt.CHECKPOINT_JSON)
