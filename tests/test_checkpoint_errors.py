@@ -77,6 +77,7 @@ def test_a_truncated_checkpoint_names_the_error_even_without_a_message(run_dir: 
     (lambda meta: meta.update(input={"steps": 28, "features": "28", "classes": 10}),
      "'input.features' is '28', a positive integer was expected"),
     (lambda meta: meta["input"].update(class_names=["a"]), "'input.class_names' must be null or 10 strings"),
+    (lambda meta: meta["input"].update(dtype="int8"), "'input.dtype' is not uint8 or float32"),
     (lambda meta: meta.update(iteration="3"), "'iteration' is str"),
     (lambda meta: meta.pop("schema_version"), "missing 'schema_version'"),
 ])

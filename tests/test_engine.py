@@ -569,3 +569,28 @@ def test_a_gpu_number_under_torchrun_is_refused(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match=r"'cuda:0' under torchrun: each process takes the GPU of its LOCAL_RANK"):
         select_device("cuda:0")
+
+
+def test_train_gives_the_caller_its_threads_and_random_streams_back(tmp_path: Path) -> None:
+    """A run sets torch's threads and seeds the global generators; what the program does after it
+    must not depend on that, and training works inside the caller's torch.no_grad()."""
+    import random
+
+    import numpy as np
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        torch.manual_seed(5), random.seed(5), np.random.seed(5)
+        expected = (torch.rand(3), random.random(), np.random.rand())
+        torch.manual_seed(5), random.seed(5), np.random.seed(5)
+        with torch.no_grad():  # an LSTM: trained by autograd
+            run = rnnlab.train(tiny("train.iterations=4", "train.eval_every=4", "train.threads=1"), tmp_path / "r",
+                               progress=False)
+        assert run.status == "completed"
+        assert torch.get_num_threads() == threads + 1
+        after = (torch.rand(3), random.random(), np.random.rand())
+        assert torch.equal(after[0], expected[0]) and after[1:] == expected[1:]
+        assert rnnlab.read_run(run).dir == run.dir  # a Run stands for its folder, as in load and resume
+    finally:
+        torch.set_num_threads(threads)

@@ -171,6 +171,8 @@ def test_bad_arrays() -> None:
 def test_flattened_complex_and_object_arrays_are_refused(mnist_test: np.ndarray) -> None:
     with pytest.raises(DataError, match=r"images of shape \(5, 784\) look flattened; reshape them to \(N, 28, 28\)"):
         as_image_batch(mnist_test[:5].reshape(5, 784))
+    with pytest.raises(DataError, match=r"\(16, 784, 1\) look like pixel-view sequences .* x.reshape\(-1, 28, 28\)"):
+        as_image_batch(mnist_test[:16].reshape(16, 784, 1) / 255.0)  # not one 16 x 784 grey picture
     with pytest.raises(DataError, match=r"shape \(784,\) looks flattened; reshape it: x.reshape\(28, 28\)"):
         prepare_batch(list(mnist_test[:2].reshape(2, 784)))
     with pytest.raises(DataError, match="must hold real numbers .* got complex64"):

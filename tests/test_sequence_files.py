@@ -178,6 +178,8 @@ def test_train_load_predict_eval_export_on_a_sequence_file(tmp_path: Path, seq_f
         trained.predict(np.full((12, 2), np.nan, np.float32))
     with pytest.raises(DataError, match="one array of numbers .this run was trained on one length"):
         trained.predict([x_test[0], x_test[1, :5]])  # ragged, for a run of one length
+    with pytest.raises(DataError, match=r"trained on a file of float values.*pass x.astype\(np.float32\)"):
+        trained.predict(np.zeros((1, 12, 2), np.uint8))  # would be read as pixels, divided by 255
     with pytest.raises(DataError, match="trained on sequences from a file"):
         create_app(trained)
 
@@ -245,6 +247,11 @@ def test_a_padded_batch_reads_each_sequence_to_its_own_end(cell: str, bidirectio
     batch = model(padded, lengths)  # (4, C)
     alone = torch.cat([model(x[i:i + 1, :n]) for i, n in enumerate(lengths)])
     torch.testing.assert_close(batch, alone, rtol=1e-9, atol=1e-9)
+    # Step by step too: after step t, each sequence's logits are those of its first min(t, length) steps.
+    steps = model.step_logits(padded, [1, 4, 9], lengths)  # (4, 3, C)
+    for i, n in enumerate(lengths.tolist()):
+        for p, t in enumerate([1, 4, 9]):
+            torch.testing.assert_close(steps[i, p], model(x[i:i + 1, :min(t, n)])[0], rtol=1e-9, atol=1e-9)
     batch.sum().backward()  # and gradients flow (the fast layers' backward included)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
@@ -309,6 +316,15 @@ def test_train_and_predict_sequences_of_varying_length(tmp_path: Path, capsys: p
     assert np.mean(np.array(predicted) == yt[:20]) >= 0.85
     with pytest.raises(DataError, match="T = 1 to 16 steps"):
         trained.predict(np.zeros((2, 17), np.float32))
+    # Step by step, each sequence read to its own end: after it, its probabilities stay those of predict.
+    points, steps = trained.reading(ragged[:6])
+    assert points == list(range(1, max(len(s) for s in ragged[:6]) + 1))
+    torch.testing.assert_close(steps[:, -1], trained.probabilities(ragged[:6]))
+    for i, sequence in enumerate(ragged[:6]):
+        torch.testing.assert_close(steps[i, len(sequence) - 1], trained.probabilities(sequence)[0])
+    torch.testing.assert_close(trained.step_probabilities(ragged[:6]), steps)
+    assert trained.predict([np.array([0.5])])[0]["class"] in (0, 1)  # one step, one feature: shape (1,)
+    torch.testing.assert_close(trained.probabilities(np.array([0.5])), trained.probabilities(np.array([[[0.5]]])))
     # gradients read the test sequences of full length only
     assert main(["gradients", "--run", str(run.dir), "--json"]) == 0
     flow = json.loads(capsys.readouterr().out)

@@ -179,6 +179,8 @@ def _check_meta(js: Path, meta: Any, training_state: bool) -> None:
                 raise bad(f"'input.{key}' is {shape[key]!r}, a positive integer was expected")
         if not isinstance(shape.get("variable_lengths", False), bool):
             raise bad("'input.variable_lengths' is not true or false")
+        if shape.get("dtype", "float32") not in ("uint8", "float32"):  # absent: a checkpoint from before it
+            raise bad("'input.dtype' is not uint8 or float32")
         names = shape.get("class_names")
         if names is not None and not (isinstance(names, list) and len(names) == shape["classes"]
                                       and all(isinstance(name, str) for name in names)):

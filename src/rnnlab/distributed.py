@@ -149,6 +149,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def callers_state_kept() -> Iterator[None]:
+    """A run sets torch's thread count and seeds the global random generators (Python's, NumPy's,
+    torch's): give the caller its own back afterwards, so that what a program does after
+    ``rnnlab.train`` does not depend on the run before it (a later run's weights did)."""
+    threads = torch.get_num_threads()
+    python, numpy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        random.setstate(python)
+        np.random.set_state(numpy)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
 def process_seed(seed: int, rank_: int, iteration: int = 0) -> int:
     """The seed of process ``rank_``'s own random stream (rank > 0), derived from the run's
     seed with NumPy's SeedSequence so that the streams of different processes are independent."""

@@ -223,6 +223,7 @@ class Trainer:
         return ResourceError(f"out of memory on {self.device} {where} ({detail}); {kept}; lower {lower} or "
                              "model.hidden and start the run again")
 
+    @torch.enable_grad()  # also when the caller trains inside torch.no_grad()
     def train_until(self, end: int, stop: StopBetweenSteps | None = None) -> str:
         """The loop: train up to iteration ``end``; returns completed, diverged or interrupted."""
         cfg, t = self.cfg, self.cfg.train

@@ -102,11 +102,16 @@ def _metadata(trained: Any, model: torch.nn.Module, dynamic_steps: bool) -> dict
         "view": "sequence-file" if trained.reads_sequences else trained.view,
         "steps": model.seq_len, "features": model.input_size,
         "classes": model.num_classes, "dynamic_steps": dynamic_steps,
-        "input_range": None if trained.reads_sequences else [0.0, 1.0],  # a sequence file's: any
+        # pixels in [0, 1]; a sequence file's values as they are (uint8 ones were divided by 255)
+        "input_range": [0.0, 1.0] if _pixels_in(trained) else None,
         "cell": trained.config.model.cell, "readout": trained.config.model.readout,
         "class_names": trained.class_names,  # None: the class numbers are the names
         "permutation": None if permutation is None else [int(i) for i in permutation.tolist()],
     }
+
+
+def _pixels_in(trained: Any) -> bool:
+    return not trained.reads_sequences or trained.meta.get("input", {}).get("dtype") == "uint8"
 
 
 def _run_files() -> tuple[str, ...]:

@@ -278,6 +278,9 @@ def as_image_batch(images: Any, image_shape: tuple[int, int] = (SIZE, SIZE)) -> 
             raise DataError(f"images of shape {shape} look flattened; reshape them to (N, {height}, {width}): "
                             f"x.reshape(-1, {height}, {width}) (one picture {shape[1]} pixels wide: pass "
                             "Image.fromarray(x))")
+        if len(shape) == 3 and shape[1:] == (height * width, 1):  # the pixel view's (N, T, F) sequences
+            raise DataError(f"images of shape {shape} look like pixel-view sequences (N, {height * width}, 1); "
+                            f"give images (N, {height}, {width}): x.reshape(-1, {height}, {width})")
         if (len(shape) == 2 and shape != tuple(image_shape)) or (
                 len(shape) == 3 and shape[1:] != tuple(image_shape) and shape[2] in (1, 3, 4)):
             return prepare_batch([images])  # one image of another size, or one colour image

@@ -60,7 +60,7 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
     if (run_dir / SUMMARY).exists():  # e.g. a run that diverged before its first checkpoint: keep its record
         raise CheckpointError(f"{run_dir} already holds a run without a checkpoint (see its {SUMMARY}); "
                               "choose another --out, or delete that folder to train into it again")
-    with _naming_the_checkpoint(run_dir):
+    with dist.callers_state_kept(), _naming_the_checkpoint(run_dir):
         summary = Trainer(config, run_dir, progress=progress).fit(stop_after=stop_after)
     return Run(run_dir, config, summary)
 
@@ -71,7 +71,7 @@ def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int 
     _, meta = ckpt.load_checkpoint(run_dir, training_state=True)  # refuse a damaged one before training
     config = from_dict(meta["config"], source=str(run_dir / ckpt.CHECKPOINT_JSON))
     _check_resumable(run_dir, config)
-    with _naming_the_checkpoint(run_dir):
+    with dist.callers_state_kept(), _naming_the_checkpoint(run_dir):
         trainer = Trainer(config, run_dir, progress=progress)
         trainer.restore()
         summary = trainer.fit(stop_after=stop_after)
@@ -138,9 +138,9 @@ def _check_resumable(run_dir: Path, config: RunConfig) -> None:
             f"rnnlab train --config {run_dir / CONFIG}")
 
 
-def read_run(run_dir: str | Path) -> Run:
+def read_run(run_dir: str | Path | Run) -> Run:
     """A run folder's config and summary, without loading the model."""
-    run_dir = Path(run_dir)
+    run_dir = path_arg(run_dir, "run_dir", "rnnlab.read_run('runs/my-run')")
     if not (run_dir / CONFIG).exists():
         raise CheckpointError(f"{run_dir}: not a run folder (no {CONFIG})")
     config = load_toml(run_dir / CONFIG)

@@ -118,8 +118,8 @@ class TrainedModel:
             more = "" if self.variable_lengths else " (this run was trained on one length)"
             problem = ckpt.error_line(exc, kind=False)
             raise DataError(f"sequences must be one array of numbers{more}: {problem}") from None
-        if features == 1 and x.dim() in (1, 2) and x.shape[-1] != 1:
-            x = x.unsqueeze(-1)  # (T,) or (N, T) -> one feature per step
+        if features == 1 and (x.dim() == 1 or (x.dim() == 2 and x.shape[-1] != 1)):
+            x = x.unsqueeze(-1)  # (T,) or (N, T) -> one feature per step; (T, 1) is one sequence
         if x.dim() == 2:
             x = x[None]  # one sequence (T, F) -> (1, T, F)
         if x.dim() == 3 and x.shape[0] == 0:  # an empty batch would print nothing and succeed
@@ -133,6 +133,9 @@ class TrainedModel:
         # As training reads a sequence file (data/files.py): uint8 are pixels scaled to [0, 1],
         # other integers and floats are used as they are.
         if x.dtype == torch.uint8:
+            if self.meta.get("input", {}).get("dtype") == "float32":
+                raise DataError("this run was trained on a file of float values, and uint8 sequences are read as "
+                                "pixels, scaled to [0, 1]; to give these values as they are, pass x.astype(np.float32)")
             return x.float() / 255.0
         if not (x.is_floating_point() or _is_integer(x.dtype)):  # bool, complex
             raise DataError(f"sequences must hold numbers (float or integer, or uint8 pixels), got {x.dtype}")
@@ -157,33 +160,36 @@ class TrainedModel:
         seqs = images_to_sequences(pixels, self.view, self.permutation)  # (N, T, F) uint8, or float32 in [0, 1]
         return seqs.float() / 255.0 if seqs.dtype == torch.uint8 else seqs
 
+    def _model_inputs(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images or sequences -> ``(x (N, T, F), lengths (N,) or None)`` on the model's device."""
+        device = self.model.input_mean.device  # wherever load() put the model
+        x, lengths = self.sequences_in(inputs) if self.reads_sequences else (self.to_sequences(inputs), None)
+        return x.to(device), None if lengths is None else lengths.to(device)
+
     @torch.no_grad()
     def probabilities(self, inputs: Any) -> torch.Tensor:
         """Class probabilities ``(N, C)`` on the CPU, for images, or for a sequence-file run its sequences."""
         self.model.eval()
-        device = self.model.input_mean.device  # wherever load() put the model
-        if self.reads_sequences:
-            x, lengths = self.sequences_in(inputs)
-            logits = self.model(x.to(device), None if lengths is None else lengths.to(device))
-        else:
-            logits = self.model(self.to_sequences(inputs).to(device))
-        return torch.softmax(logits, dim=-1).cpu()
+        logits = self.model(*self._model_inputs(inputs))
+        return torch.softmax(logits.float(), dim=-1).cpu()
 
-    @torch.no_grad()
-    def step_probabilities(self, images: Any, points: list[int] | None = None) -> torch.Tensor:
+    def step_probabilities(self, inputs: Any, points: list[int] | None = None) -> torch.Tensor:
         """Class probabilities ``(N, P, C)`` after reading ``points[i]`` steps (default: after each
-        step, ``P = T``): how the prediction evolves as the model reads."""
+        step, ``P = T``): how the prediction evolves as the model reads. Sequences of different
+        lengths keep the probabilities of their last step after it."""
         self.model.eval()
-        x = self.to_sequences(images).to(self.model.input_mean.device)  # (N, T, F)
-        return torch.softmax(self.model.step_logits(x, points), dim=-1).cpu()
+        x, lengths = self._model_inputs(inputs)
+        return torch.softmax(self.model.step_logits(x, points, lengths), dim=-1).cpu()
 
-    def reading(self, images: Any, *, max_points: int | None = None,
+    def reading(self, inputs: Any, *, max_points: int | None = None,
                 cheap_max_points: int | None = None) -> tuple[list[int], torch.Tensor]:
         """``(points, probabilities (N, P, C))`` for ``rnnlab predict --steps`` and the web page: at
         most ``max_points`` points where each costs a pass, ``cheap_max_points`` where one pass
         gives them all (``None``: every step), evenly spaced and ending at the last step."""
-        points = sample_points(self.model.seq_len, cheap_max_points if self.model.steps_in_one_pass else max_points)
-        return points, self.step_probabilities(images, points)
+        self.model.eval()
+        x, lengths = self._model_inputs(inputs)
+        points = sample_points(x.shape[1], cheap_max_points if self.model.steps_in_one_pass else max_points)
+        return points, torch.softmax(self.model.step_logits(x, points, lengths), dim=-1).cpu()
 
     def predict(self, images: Any) -> list[dict[str, Any]]:
         """``[{"class": int, "probabilities": [...]}, ...]`` for images (MNIST-form arrays, or files/PIL

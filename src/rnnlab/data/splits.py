@@ -70,7 +70,9 @@ def input_shape(datasets: Datasets) -> dict[str, Any]:
     a run on a sequence file loads without the file)."""
     steps, features = datasets.train.seq_shape
     return {"steps": steps, "features": features, "classes": datasets.num_classes,
-            "variable_lengths": datasets.train.lengths is not None, "class_names": datasets.class_names}
+            "variable_lengths": datasets.train.lengths is not None, "class_names": datasets.class_names,
+            # uint8 (pixels, read as value / 255) or float32 (values as they are)
+            "dtype": str(datasets.train.x.dtype).removeprefix("torch.")}
 
 
 def config_input_shape(cfg: RunConfig) -> tuple[int, int, int]:

@@ -112,9 +112,11 @@ class SequenceClassifier(nn.Module):
         return self.directions == 1 and self.config.readout in ("last", "mean")
 
     @torch.no_grad()
-    def step_logits(self, x: torch.Tensor, points: list[int] | None = None) -> torch.Tensor:
+    def step_logits(self, x: torch.Tensor, points: list[int] | None = None,
+                    lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``(B, P, C)`` after reading the first ``t`` steps, for each ``t`` in ``points``
-        (default: every step, ``1..T``).
+        (default: every step, ``1..T``); with ``lengths`` (B,), a sequence that ends before step
+        ``t`` gives its logits at its end (its padding is never read).
 
         Exact and cheap for a one-directional model with readout ``last`` or ``mean``
         (the state after step t is what the model knows then). Otherwise each prefix is
@@ -125,17 +127,22 @@ class SequenceClassifier(nn.Module):
         if not all(isinstance(t, int) and 1 <= t <= steps for t in points):
             raise ConfigError(f"points must be step counts from 1 to {steps}, got {points}")
         if self.steps_in_one_pass:
+            # One direction: the padding after a sequence's end cannot change its earlier states.
             out = self.hidden_states(x)  # (B, T, H)
             if self.config.readout == "mean":
                 counts = torch.arange(1, steps + 1, device=x.device, dtype=out.dtype)
                 out = out.cumsum(dim=1) / counts[None, :, None]  # running mean, (B, T, H)
-            return self.head(out[:, [t - 1 for t in points]])  # (B, P, H) -> (B, P, C)
+            read = torch.tensor(points, device=x.device).expand(batch, -1)  # (B, P) steps read
+            if lengths is not None:
+                read = torch.minimum(read, lengths.to(x.device)[:, None])
+            index = (read - 1)[..., None].expand(-1, -1, out.shape[2])  # (B, P) -> (B, P, H)
+            return self.head(out.gather(1, index))  # (B, P, H) -> (B, P, C)
         logits = []
         for t in points:
             prefix = x[:, :t]  # (B, t, F)
             if self.config.readout == "all":
                 prefix = torch.cat([prefix, x.new_zeros(batch, steps - t, x.shape[2])], dim=1)  # (B, T, F)
-            logits.append(self(prefix))  # (B, C)
+            logits.append(self(prefix, None if lengths is None else lengths.clamp(max=t)))  # (B, C)
         return torch.stack(logits, dim=1)  # (B, P, C)
 
 
