@@ -335,10 +335,13 @@ def test_a_second_compare_into_the_same_folder_is_refused(tmp_path: Path) -> Non
     fcntl = pytest.importorskip("fcntl")
     entries = resolve_entries(["dlw-rnn-a"], overrides=TINY)
     tmp_path.mkdir(exist_ok=True)
-    with open(tmp_path / ".compare.lock", "w") as held:  # as a compare running into it holds it
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    held = os.open(tmp_path, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a compare running into it holds it
         with pytest.raises(ConfigError, match=f"another rnnlab compare is running into {tmp_path}"):
             cmp.compare(entries, tmp_path, seeds=1, jobs=1, plots=False)
+    finally:
+        os.close(held)
     assert not (tmp_path / "runs").exists()
 
 

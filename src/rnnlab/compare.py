@@ -22,7 +22,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json
@@ -30,6 +30,7 @@ from rnnlab.config import RunConfig, load_toml, save_toml
 from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError
 from rnnlab.entries import Entry
+from rnnlab.locks import exclusive
 from rnnlab.report import report_groups
 from rnnlab.run_records import read_record, read_summary, result_settings
 from rnnlab.stopping import Terminated, heed_once
@@ -113,6 +114,9 @@ def prepare(entries: list[Entry], out_dir: str | Path, *, seeds: int,
     """
     out = Path(out_dir)
     ckpt.check_out_dir(out)
+    if any((out / name).is_file() for name in (CONFIG, SUMMARY, ckpt.CHECKPOINT_JSON)):
+        raise ConfigError(f"--out {out} is a run folder (it holds {CONFIG}); a compare writes a folder of its own "
+                          "runs and results: give another --out")
     tasks = plan(entries, out, seeds=seeds, jobs=min(jobs, len(entries) * seeds))
     states = {t.key: task_state(t) for t in tasks}
     held = sorted({run.parent.name for run in (out / "runs").glob("*/*")
@@ -360,28 +364,11 @@ def compare(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: 
     out = Path(out_dir)
     tasks, states = prepare(entries, out, seeds=seeds, jobs=jobs)  # refuses a mismatching folder up front
     out.mkdir(parents=True, exist_ok=True)
-    with _only_compare_in(out):
+    # A second compare into the same folder would train the same seeds into the same run folders at once.
+    busy = f"another rnnlab compare is running into {out}; wait for it to finish, or use another --out"
+    with exclusive(out, busy):
         return _compare(entries, out, tasks, states, seeds=seeds, jobs=jobs, plots=plots, on_result=on_result,
                         context=context)
-
-
-@contextlib.contextmanager
-def _only_compare_in(out: Path) -> Iterator[None]:
-    """Hold ``out/.compare.lock`` while comparing: a second compare into the same folder would
-    train the same seeds into the same run folders at once. Released when the process ends,
-    however it ends."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory lock; run one compare per folder
-        yield
-        return
-    with open(out / ".compare.lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"another rnnlab compare is running into {out}; wait for it to finish, "
-                              "or use another --out") from None
-        yield
 
 
 def _compare(entries: list[Entry], out: Path, tasks: list[Task], states: dict[tuple[str, int], str], *,

@@ -109,12 +109,12 @@ class DataConfig:
         if self.file and self.dataset != "file":
             raise ConfigError(f"data.file={self.file!r} is only read with data.dataset=file (now "
                               f"{self.dataset!r}); add data.dataset=file, or use --data-file PATH")
-        if self.file and not Path(self.file).expanduser().is_absolute():
-            # Saved with the run: an absolute path still finds the file from another directory.
-            object.__setattr__(self, "file", str(Path(self.file).expanduser().resolve()))
-        if self.file and (self.view != "rows" or self.download):
-            raise ConfigError("data.view and data.download apply to the image datasets; a sequence file "
-                              "is read as it is (leave them at their defaults)")
+        for key in ("file", "data_dir"):  # saved with the run: an absolute path finds the data from elsewhere
+            if getattr(self, key) and not Path(getattr(self, key)).expanduser().is_absolute():
+                object.__setattr__(self, key, str(Path(getattr(self, key)).expanduser().resolve()))
+        if self.file and (self.view != "rows" or self.download or self.data_dir):
+            raise ConfigError("data.view, data.download and data.data_dir apply to the image datasets; a sequence "
+                              "file is read as it is, from data.file (leave them at their defaults)")
         _at_least("data", "val_size", self.val_size, 0)
         _at_least("data", "permutation_seed", self.permutation_seed, 0)
         _at_most("data.permutation_seed", self.permutation_seed, MAX_SEED, " (2**63 - 1)")
@@ -256,6 +256,14 @@ def to_flat_dict(cfg: RunConfig) -> dict[str, Any]:
     return {f"{top}.{key}" if isinstance(value, dict) else top: inner
             for top, value in to_dict(cfg).items()
             for key, inner in (value.items() if isinstance(value, dict) else [("", value)])}
+
+
+DATA_LOCATION = ("data.data_dir", "data.file")  # where the data is, not what it is: a moved copy is the same run
+
+
+def settings_of_the_run(cfg: RunConfig) -> dict[str, Any]:
+    """``to_flat_dict`` less where the data lives: what a resumed run must share with its start."""
+    return {key: value for key, value in to_flat_dict(cfg).items() if key not in DATA_LOCATION}
 
 
 def from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfig:

@@ -25,7 +25,7 @@ from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab import distributed as dist
-from rnnlab.config import RunConfig, from_dict, save_toml, to_dict
+from rnnlab.config import RunConfig, from_dict, save_toml, settings_of_the_run, to_dict
 from rnnlab.data import SequenceData
 from rnnlab.data.splits import describe_datasets, input_shape, load_datasets
 from rnnlab.errors import CheckpointError, ResourceError
@@ -140,18 +140,24 @@ class Trainer:
         # Loaded on the CPU: load_state_dict copies into the parameters where they are, the
         # optimizer moves its state to them, and torch takes RNG states only as CPU tensors.
         tensors, meta = ckpt.load_checkpoint(self.run_dir, map_location="cpu")
-        if to_dict(from_dict(meta["config"])) != to_dict(self.cfg):  # from_dict: keys added since take defaults
+        # from_dict: keys added since take defaults; the data may have moved (rnnlab train --resume --data-dir)
+        if settings_of_the_run(from_dict(meta["config"])) != settings_of_the_run(self.cfg):
             raise CheckpointError(f"{self.run_dir}: the checkpoint was written by a different config")
         _warn_if_resolved_differently(meta.get("resolved"), self.resolved())
-        self.model.load_state_dict(tensors["model"])
-        self.optimizer.load_state_dict(tensors["optimizer"])
-        self.scaler.load_state_dict(tensors["scaler"])
         self.iteration, self.train_seconds = meta["iteration"], meta["train_seconds"]
+        try:  # a checkpoint.pt from another run beside this checkpoint.json, or a damaged entry
+            self.model.load_state_dict(tensors["model"])
+            self.optimizer.load_state_dict(tensors["optimizer"])
+            self.scaler.load_state_dict(tensors["scaler"])
+            dist.restore_rng_state(tensors.get("rng_processes", [tensors["rng"]]), self.cfg.seed, self.iteration,
+                                   self.device)
+        except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as exc:
+            raise CheckpointError(f"{self.run_dir / ckpt.CHECKPOINT_PT} does not fit the run its "
+                                  f"{ckpt.CHECKPOINT_JSON} describes ({' '.join(str(exc).split())[:240]}); put back this run's "
+                                  "own checkpoint.pt, or start the run again") from None
         # Checkpoints before this count was kept: every batch full, as the count then assumed.
         self.samples = int(meta.get("samples", self.iteration * self.cfg.train.batch_size))
         self.saved_at = self.iteration
-        dist.restore_rng_state(tensors.get("rng_processes", [tensors["rng"]]), self.cfg.seed, self.iteration,
-                               self.device)
         self.running.load(meta["running"])
         self.best.load_state(meta.get("best"), tensors.get("best_model"))
         # Metrics logged after the checkpoint will be logged again: drop them.

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,11 @@ from typing import Any
 
 from rnnlab import checkpoint as ckpt
 from rnnlab import distributed as dist
-from rnnlab.config import RunConfig, from_dict, load_toml, to_flat_dict
+from rnnlab.config import RunConfig, from_dict, load_toml, settings_of_the_run
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab.engine import Trainer
 from rnnlab.errors import CheckpointError, ConfigError, describe
+from rnnlab.locks import exclusive
 from rnnlab.stopping import Terminated
 
 
@@ -54,28 +57,64 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
         out = ckpt.check_out_dir(path_arg(out, "out", "rnnlab.train(config, out='runs/my-run')"), " for the run")
     dist.init_process_group(config.train.device)  # under torchrun: all processes share one folder
     run_dir = out if out is not None else dist.broadcast_object(default_run_dir(config))
-    if (run_dir / ckpt.CHECKPOINT_JSON).exists():
-        raise CheckpointError(f"{run_dir} already holds a run; resume it with `rnnlab train --resume {run_dir}` "
-                              "or choose another --out")
-    if (run_dir / SUMMARY).exists():  # e.g. a run that diverged before its first checkpoint: keep its record
-        raise CheckpointError(f"{run_dir} already holds a run without a checkpoint (see its {SUMMARY}); "
-                              "choose another --out, or delete that folder to train into it again")
-    with dist.callers_state_kept(), _naming_the_checkpoint(run_dir):
-        summary = Trainer(config, run_dir, progress=progress).fit(stop_after=stop_after)
+    if (run_dir / "compare.json").exists():
+        raise ConfigError(f"{run_dir} holds a compare (compare.json); a run writes a folder of its own: "
+                          "choose another --out")
+    with _training_into(run_dir):
+        if (run_dir / ckpt.CHECKPOINT_JSON).exists():
+            raise CheckpointError(f"{run_dir} already holds a run; resume it with `rnnlab train --resume {run_dir}` "
+                                  "or choose another --out")
+        if (run_dir / SUMMARY).exists():  # e.g. a run that diverged before its first checkpoint: keep its record
+            raise CheckpointError(f"{run_dir} already holds a run without a checkpoint (see its {SUMMARY}); "
+                                  "choose another --out, or delete that folder to train into it again")
+        with dist.callers_state_kept(), _naming_the_checkpoint(run_dir):
+            summary = Trainer(config, run_dir, progress=progress).fit(stop_after=stop_after)
     return Run(run_dir, config, summary)
 
 
-def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int | None = None) -> Run:
-    """Continue an interrupted run from its last checkpoint, to the end of its budget."""
+def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int | None = None,
+           data_dir: str | Path | None = None) -> Run:
+    """Continue an interrupted run from its last checkpoint, to the end of its budget. ``data_dir``
+    points it at its data moved elsewhere: the IDX folder, or for a sequence-file run the file."""
     run_dir = path_arg(run_dir, "run_dir", "rnnlab.resume('runs/my-run')")
     _, meta = ckpt.load_checkpoint(run_dir, training_state=True)  # refuse a damaged one before training
     config = from_dict(meta["config"], source=str(run_dir / ckpt.CHECKPOINT_JSON))
-    _check_resumable(run_dir, config)
-    with dist.callers_state_kept(), _naming_the_checkpoint(run_dir):
-        trainer = Trainer(config, run_dir, progress=progress)
-        trainer.restore()
-        summary = trainer.fit(stop_after=stop_after)
+    with _training_into(run_dir):
+        config = _check_resumable(run_dir, config, meta)
+        if data_dir is not None:
+            config = relocated(config, path_arg(data_dir, "data_dir", "rnnlab.resume(run, data_dir='data/mnist')"))
+        with dist.callers_state_kept(), _naming_the_checkpoint(run_dir):
+            trainer = Trainer(config, run_dir, progress=progress)
+            trainer.restore()
+            summary = trainer.fit(stop_after=stop_after)
     return Run(run_dir, config, summary)
+
+
+def relocated(config: RunConfig, data_path: Path) -> RunConfig:
+    """``config`` reading its data from ``data_path``: the IDX folder, or a sequence file itself."""
+    key = "file" if config.data.dataset == "file" else "data_dir"
+    return replace(config, data=replace(config.data, **{key: str(data_path)}))
+
+
+@contextmanager
+def _training_into(run_dir: Path) -> Iterator[None]:
+    """Hold a lock on ``run_dir`` while training: a second process training the same folder (a
+    resume of a run still running) would interleave its metrics and overwrite its checkpoint.
+    Under torchrun rank 0 holds it for all. A folder made here for a run that then fails to
+    start (a bad data file) is removed again."""
+    if not dist.is_main_process():
+        yield
+        return
+    made = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with exclusive(run_dir, f"another rnnlab process is training {run_dir}; wait for it to finish "
+                                "(or stop it), or choose another --out"):
+            yield
+    finally:
+        if made:
+            with contextlib.suppress(OSError):  # only if still empty
+                run_dir.rmdir()
 
 
 @contextmanager
@@ -101,6 +140,8 @@ def path_arg(value: Any, name: str, example: str) -> Path:
         return value.dir
     if not isinstance(value, (str, Path)) and not hasattr(value, "__fspath__"):
         raise ConfigError(f"{name} must be a folder path (str or Path), not {describe(value)}; e.g. {example}")
+    if not str(value).strip():  # Path("") is ".": an unset $OUTDIR would train into the current folder
+        raise ConfigError(f"{name} is empty; give a folder path, e.g. {example}")
     return Path(value)
 
 
@@ -110,11 +151,15 @@ def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
     return Path(root) / f"{cfg.label}-{stamp}"
 
 
-def _check_resumable(run_dir: Path, config: RunConfig) -> None:
+def _check_resumable(run_dir: Path, config: RunConfig, meta: dict[str, Any]) -> RunConfig:
     """Refuse to resume a run that has ended, or whose config.toml was edited since it started
-    (resuming would train with the old settings and write them over the edit)."""
-    summary = read_run(run_dir).summary if (run_dir / SUMMARY).exists() else {}
-    status = summary.get("status")
+    (resuming would train with the old settings and write them over the edit). Returns the config
+    to resume with: the checkpoint's, reading its data where config.toml now says it is."""
+    summary, problem = ckpt.read_summary_file(run_dir)
+    if problem is not None:  # the checkpoint is whole: resuming rebuilds the summary, so go on by it
+        warnings.warn(f"{run_dir / SUMMARY} is unreadable ({problem}); resuming by the checkpoint, at iteration "
+                      f"{meta['iteration']} of {meta.get('total_iterations', '?')}", RuntimeWarning, stacklevel=3)
+    status = (summary or {}).get("status")
     if status == "completed":
         accuracy = summary.get("test_accuracy")
         reached = f" (test accuracy {accuracy:.2f}%)" if isinstance(accuracy, (int, float)) else ""
@@ -126,16 +171,17 @@ def _check_resumable(run_dir: Path, config: RunConfig) -> None:
         raise CheckpointError(f"{run_dir} diverged ({summary.get('message', 'non-finite loss')}); resuming would "
                               f"repeat it: start a new run with the change, rnnlab train --config {run_dir / CONFIG} ...")
     if not (run_dir / CONFIG).exists():
-        return
+        return config
     on_disk = load_toml(run_dir / CONFIG)
-    if on_disk != config:
-        started, edited = to_flat_dict(config), to_flat_dict(on_disk)
+    started, edited = settings_of_the_run(config), settings_of_the_run(on_disk)
+    if started != edited:
         changes = [f"{key}: {started.get(key)!r} when it started, {edited.get(key)!r} now"
                    for key in sorted(started.keys() | edited.keys()) if started.get(key) != edited.get(key)]
         raise CheckpointError(
             f"{run_dir / CONFIG} was edited after the run started ({'; '.join(changes[:3])}); --resume continues "
             f"the run with the settings it started with. Undo the edit, or start a new run with the change: "
             f"rnnlab train --config {run_dir / CONFIG}")
+    return replace(config, data=on_disk.data)  # the same but for where the data is: config.toml says where
 
 
 def read_run(run_dir: str | Path | Run) -> Run:

@@ -35,13 +35,17 @@ def run(args: argparse.Namespace) -> int:
 
     progress = not args.no_progress
     if args.resume:
-        given = settings_given(args)
-        if given:  # the run's saved config decides; these would be silently ignored
-            from rnnlab.errors import ConfigError
+        from rnnlab.errors import ConfigError
 
+        # --data-dir is where the data is now, not a setting: it points the run at its moved data.
+        given = [flag for flag in settings_given(args) if flag != "--data-dir"]
+        if given:  # the run's saved config decides; these would be silently ignored
             raise ConfigError(f"--resume continues a run with its own saved config; drop the other settings "
-                              f"({' '.join(given)})")
-        result = rnnlab.resume(args.resume, progress=progress)
+                              f"({' '.join(given)}); --data-dir DIR (or FILE.npz) points it at its moved data")
+        for flag, value in (("--out", args.out), ("--dry-run", args.dry_run)):
+            if value:  # the run folder is the one resumed, and trained in for good
+                raise ConfigError(f"--resume continues the run in its own folder, for good; drop {flag}")
+        result = rnnlab.resume(args.resume, progress=progress, data_dir=args.short_data_dir)
     else:
         config = config_from_args(args)
         if args.dry_run:  # the config is printed once it has run: a refused one prints only its error

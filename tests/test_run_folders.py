@@ -1,0 +1,135 @@
+"""Run folders as users handle them: resumed after the data moved, trained by one process at a time,
+kept apart from compare folders, and resumed through a damaged summary or a mismatched checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import rnnlab
+from rnnlab import checkpoint as ckpt
+from rnnlab.cli import main
+from rnnlab.config import DataConfig, RunConfig, apply_overrides, load_toml
+from rnnlab.errors import CheckpointError, ConfigError
+
+TINY = ["model.cell=gru", "model.hidden=8", "train.batch_size=50", "train.iterations=20", "train.eval_every=10",
+        "train.checkpoint_every=5", "train.threads=1"]
+
+
+def sequence_file(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    x = (rng.normal(0, 1, (300, 6, 2)) + y[:, None, None]).astype(np.float32)  # (N, T, F): class shifts the mean
+    np.savez(path, x_train=x[:240], y_train=y[:240], x_test=x[240:], y_test=y[240:])
+    return path
+
+
+def interrupted(tmp_path: Path, *extra: str) -> rnnlab.Run:
+    config = apply_overrides(RunConfig(), TINY + ["data.val_size=40", *extra])
+    return rnnlab.train(config, tmp_path / "run", progress=False, stop_after=10)
+
+
+def cli_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    assert main(list(args)) == 2
+    return capsys.readouterr().err
+
+
+def test_a_run_resumes_from_its_moved_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--data-dir is where the data is now, not a setting: --resume takes it (a sequence file's new
+    path), and config.toml records the new place; an edit of config.toml's data location is honoured too."""
+    data = sequence_file(tmp_path / "series.npz")
+    part = interrupted(tmp_path, "data.dataset=file", f"data.file={data}")
+    moved = data.rename(tmp_path / "moved.npz")
+    assert main(["train", "--resume", str(part.dir)]) == 2
+    assert "series.npz" in capsys.readouterr().err  # names the file it looked for
+    assert main(["train", "--resume", str(part.dir), "--data-dir", str(moved), "--no-progress"]) == 0
+    assert load_toml(part.dir / "config.toml").data.file == str(moved)
+    summary = json.loads((part.dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["iterations"] == 20
+
+    again = interrupted(tmp_path / "2", "data.dataset=file", f"data.file={moved}")
+    moved.rename(data)
+    config_toml = again.dir / "config.toml"
+    config_toml.write_text(config_toml.read_text().replace(str(moved), str(data)))  # moved by hand
+    assert rnnlab.resume(again.dir, progress=False).status == "completed"
+
+
+def test_resume_refuses_flags_it_would_ignore(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    part = interrupted(tmp_path)
+    before = (part.dir / ckpt.CHECKPOINT_JSON).read_bytes()
+    assert "drop --dry-run" in cli_error(capsys, "train", "--resume", str(part.dir), "--dry-run")
+    assert "drop --out" in cli_error(capsys, "train", "--resume", str(part.dir), "--out", str(tmp_path / "x"))
+    assert "drop the other settings (--hidden" in cli_error(capsys, "train", "--resume", str(part.dir), "--hidden", "9")
+    assert (part.dir / ckpt.CHECKPOINT_JSON).read_bytes() == before and not (tmp_path / "x").exists()
+
+
+def test_data_locations_are_saved_absolute_and_only_where_they_apply(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert DataConfig(data_dir="idx").data_dir == str(tmp_path / "idx")  # found again from another folder
+    with pytest.raises(ConfigError, match="data.data_dir apply to the image datasets"):
+        DataConfig(dataset="file", file="x.npz", data_dir="idx")
+    with pytest.raises(ConfigError, match="out is empty; give a folder path"):
+        rnnlab.train(RunConfig(), out="", progress=False)  # an unset $OUTDIR: not the current folder
+
+
+def test_one_process_at_a_time_trains_a_run_folder(tmp_path: Path) -> None:
+    """A resume of a run that is still training would interleave its metrics and overwrite its
+    checkpoint: the second process is refused while the first holds the folder's lock."""
+    fcntl = pytest.importorskip("fcntl")
+    part = interrupted(tmp_path)
+    fd = os.open(part.dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the training process holds it
+        with pytest.raises(ConfigError, match=f"another rnnlab process is training {part.dir}"):
+            rnnlab.resume(part.dir, progress=False)
+    finally:
+        os.close(fd)
+    assert not [p.name for p in part.dir.iterdir() if p.name.startswith(".")]  # no lock file left behind
+    assert rnnlab.resume(part.dir, progress=False).status == "completed"  # released: it goes on
+
+
+def test_a_run_that_fails_to_start_leaves_no_folder(tmp_path: Path) -> None:
+    config = apply_overrides(RunConfig(), TINY + ["data.dataset=file", f"data.file={tmp_path / 'missing.npz'}"])
+    with pytest.raises(Exception, match="missing.npz"):
+        rnnlab.train(config, tmp_path / "new", progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_run_and_compare_folders_are_kept_apart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    part = interrupted(tmp_path)
+    assert "is a run folder" in cli_error(capsys, "compare", "dlw-rnn-a", "--seeds", "1", "--out", str(part.dir))
+    compare_dir = tmp_path / "cmp"
+    compare_dir.mkdir()
+    (compare_dir / "compare.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds a compare"):
+        rnnlab.train(RunConfig(), out=compare_dir, progress=False)
+
+
+def test_a_damaged_summary_does_not_block_a_resume(tmp_path: Path) -> None:
+    """The checkpoint is whole: the resume goes on by it, says so, and writes a new summary."""
+    part = interrupted(tmp_path)
+    (part.dir / "summary.json").write_text("{bad")
+    with pytest.warns(RuntimeWarning, match=r"summary.json is unreadable .*resuming by the checkpoint, at iteration 10 of 20"):
+        resumed = rnnlab.resume(part.dir, progress=False)
+    assert resumed.status == "completed" and json.loads((part.dir / "summary.json").read_text())["iterations"] == 20
+
+
+def test_a_checkpoint_of_another_run_is_refused_in_words(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    part = interrupted(tmp_path / "a")
+    other = interrupted(tmp_path / "b", "model.hidden=12")
+    shutil.copy(other.dir / ckpt.CHECKPOINT_PT, part.dir / ckpt.CHECKPOINT_PT)
+    err = cli_error(capsys, "train", "--resume", str(part.dir))
+    assert "checkpoint.pt does not fit the run its checkpoint.json describes" in err and "size mismatch" in err
+    assert "Traceback" not in err
+    tensors = torch.load(other.dir / ckpt.CHECKPOINT_PT, weights_only=True)
+    tensors["rng"] = {"cpu": torch.zeros(3, 3)}  # damaged in place, same model
+    torch.save(tensors, other.dir / ckpt.CHECKPOINT_PT)
+    with pytest.raises(CheckpointError, match="does not fit the run"):
+        rnnlab.resume(other.dir, progress=False)
