@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from _fixtures_runs import save_untrained_run
 
+from rnnlab.cli import main
 from rnnlab.config import ModelConfig
 from rnnlab.data import SequenceData
 from rnnlab.evaluation import confusion_matrix, evaluate
@@ -63,3 +68,42 @@ def test_a_gpu_evaluation_equals_the_cpu_one_and_takes_lengths_from_either_devic
     x = data.x.float().cuda() / 255
     with torch.no_grad():  # lengths on the CPU or on the GPU, the same logits
         assert torch.allclose(model(x, data.lengths), model(x, data.lengths.cuda()))
+
+
+@pytest.fixture
+def small_run(tmp_path: Path) -> Path:
+    """A run folder with fresh weights of a tiny LSTM on MNIST rows (no training)."""
+    return save_untrained_run(tmp_path / "run", ["model.hidden=8"])
+
+
+def test_cli_eval_draws_the_confusion_matrix_into_the_run(small_run: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["eval", str(small_run)]) == 0
+    captured = capsys.readouterr()
+    assert "test accuracy" in captured.out and captured.err == ""
+    assert (small_run / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_cli_eval_prints_its_figures_when_the_plot_cannot_be_written(
+        small_run: Path, as_json: bool, capsys: pytest.CaptureFixture) -> None:
+    """A folder where confusion.png goes: the evaluation is printed all the same, exit 0, and one
+    warning line on stderr names the path, the reason and --no-plot."""
+    assert main(["eval", str(small_run), "--no-plot", *(["--json"] if as_json else [])]) == 0
+    expected = capsys.readouterr()
+    assert expected.err == ""
+    blocker = small_run / "confusion.png"
+    blocker.mkdir()
+    assert main(["eval", str(small_run), *(["--json"] if as_json else [])]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == expected.out  # the figures, unchanged: the same text or the same JSON
+    if as_json:
+        report = json.loads(captured.out)
+        assert report["samples"] == 10_000 and sum(map(sum, report["confusion_matrix"])) == 10_000
+    else:
+        assert "test accuracy" in captured.out and "confusion matrix" in captured.out
+    assert captured.err == (f"rnnlab: warning: could not write the confusion-matrix plot {blocker}: Is a directory "
+                            "(the evaluation above is complete; --no-plot skips the plot)\n")
+    # Nothing written into the folder in the way, and no temporary file left beside it.
+    assert list(blocker.iterdir()) == []
+    assert sorted(p.name for p in small_run.iterdir()) == ["checkpoint.json", "checkpoint.pt", "config.toml",
+                                                           "confusion.png"]

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _fixtures_runs import save_untrained_run
 from test_sequence_files import synthetic
 
+import rnnlab
+from rnnlab import distributed
 from rnnlab.cli import main
-from rnnlab.config import RunConfig, apply_overrides
+from rnnlab.config import RunConfig, apply_overrides, save_toml
 from rnnlab.data.splits import load_datasets
 from rnnlab.errors import ConfigError
 from rnnlab.gradients import format_flow, gradient_flow, unrolled_states
@@ -162,3 +166,139 @@ def test_cli_plot_formats_and_folders(tmp_path: Path, capsys: pytest.CaptureFixt
     assert [p.name for p in tmp_path.iterdir()] == ["d"] and list(folder.iterdir()) == []
     assert main(["gradients", "--preset", "dlw-rnn-a", "--images", "4", "--plot", str(tmp_path / "g.SVG")]) == 0
     assert f"plot: {tmp_path / 'g.SVG'}" in capsys.readouterr().out and (tmp_path / "g.SVG").read_text().count("<svg")
+
+
+def test_the_flow_is_float32_even_under_a_callers_autocast() -> None:
+    model = model_for("model.cell=lstm")
+    x, y = torch.rand(4, 7, 5), torch.tensor([0, 1, 2, 1])
+    plain = gradient_flow(model, x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = gradient_flow(model, x, y)
+    assert torch.equal(under.norms, plain.norms) and torch.equal(under.cell_norms, plain.cell_norms)
+    assert under.state_difference < 1e-5
+
+
+@pytest.mark.parametrize("args", [["--preset", "dlw-rnn-a"], ["--run", "no-such-run"]])
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cli_refuses_a_gpu_the_machine_lacks(args: list[str], device: str, capsys: pytest.CaptureFixture,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """As train and eval do (select_device), for a fresh model and for a run: not silently the CPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["gradients", *args, "--images", "4", "--device", device]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        f"rnnlab: error: device '{device}' asked for, but no CUDA GPU is available; use --device cpu or auto\n")
+
+
+def test_cli_runs_on_the_device_asked_for(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[str] = []
+
+    def select(requested: str = "auto") -> torch.device:
+        asked.append(requested)
+        return torch.device("cpu")
+
+    seen: list[torch.device] = []
+    real_flow = gradient_flow
+
+    def flow(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+        seen.append(x.device)
+        assert y.device == x.device == next(model.parameters()).device
+        return real_flow(model, x, y)
+
+    monkeypatch.setattr(distributed, "select_device", select)
+    monkeypatch.setattr("rnnlab.gradients.gradient_flow", flow)
+    run = save_untrained_run(tmp_path / "run", ["model.hidden=8"])
+    fresh = ["--hidden", "8"]
+    for args, device in [(fresh, "auto"), ([*fresh, "--device", "cpu"], "cpu"), ([*fresh, "train.device=cpu"], "cpu"),
+                         (["--run", str(run)], "auto"), (["--run", str(run), "--device", "cpu"], "cpu")]:
+        asked.clear()
+        assert main(["gradients", "--images", "4", *args]) == 0, capsys.readouterr().err
+        assert asked[0] == device  # what the command checked first is what was asked for
+    assert seen == [torch.device("cpu")] * 5
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--amp", "fp16"], "rnnlab: error: --amp fp16: `rnnlab gradients` computes in float32, never in mixed precision"),
+    (["train.amp=bf16"], "rnnlab: error: train.amp=bf16: `rnnlab gradients` computes in float32"),
+    (["--amp", "auto"], "rnnlab: error: --amp auto: `rnnlab gradients` computes in float32"),
+    # Nothing is trained: the recipe and budget would be ignored, so they are refused too.
+    (["--lr", "0.1", "train.epochs=3", "--optimizer", "sgd"],
+     "rnnlab: error: `rnnlab gradients` trains nothing, so training settings do not apply; "
+     "drop --optimizer sgd --lr 0.1 train.epochs=3"),
+])
+def test_cli_refuses_mixed_precision_and_training_settings(args: list[str], fragment: str,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    assert main(["gradients", "--preset", "dlw-rnn-a", "--images", "4", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(fragment) and captured.err.count("\n") == 1
+
+
+def test_cli_takes_the_settings_it_uses_and_says_which_of_a_config_it_does_not(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # float32 is what it computes in; the device, threads and protocol are honoured.
+    threads = torch.get_num_threads()
+    try:
+        assert main(["gradients", "--preset", "dlw-rnn-a", "--images", "4", "--amp", "off", "--device", "cpu",
+                     "train.threads=1", "train.protocol=tutorial", "--json"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)  # the command sets this process's threads, as training does
+    plain = json.loads(capsys.readouterr().out)
+    # A config file's train.amp (a bf16 run's config.toml) is its training recipe: one warning line.
+    config = tmp_path / "bf16.toml"
+    save_toml(apply_overrides(rnnlab.get_preset("dlw-rnn-a").config, ["train.amp=bf16"]), config)
+    assert main(["gradients", "--config", str(config), "--images", "4", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ("rnnlab: warning: train.amp=bf16 of the config is not used: "
+                            "`rnnlab gradients` computes in float32\n")
+    assert json.loads(captured.out)["norms"] == plain["norms"]
+
+
+def test_cli_run_reads_a_moved_copy_of_its_mnist_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = save_untrained_run(tmp_path / "run", ["model.hidden=8"])
+    assert main(["gradients", "--run", str(run), "--images", "8", "--json"]) == 0
+    own = json.loads(capsys.readouterr().out)
+    moved = tmp_path / "idx"  # the test split's IDX files, elsewhere
+    moved.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(Path(rnnlab.__file__).parent / "data" / "mnist" / name, moved / name)
+    assert main(["gradients", "--run", str(run), "--images", "8", "--json", "--data-dir", str(moved)]) == 0
+    assert json.loads(capsys.readouterr().out)["norms"] == own["norms"]
+    empty = tmp_path / "empty"
+    empty.mkdir()  # read from there indeed: a folder without the files is an error naming them
+    assert main(["gradients", "--run", str(run), "--images", "8", "--data-dir", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnlab: error: ") and "t10k-images" in err and err.count("\n") == 1
+
+
+def test_cli_run_reads_a_moved_sequence_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = small_file(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "--no-progress", "--out", str(run), "--data-file", str(data), "--hidden", "8",
+                 "train.iterations=2", "train.eval_every=2", "data.val_size=50", "train.threads=1"]) == 0
+    capsys.readouterr()
+    assert main(["gradients", "--run", str(run), "--images", "8", "--json"]) == 0
+    own = json.loads(capsys.readouterr().out)
+    moved = tmp_path / "elsewhere" / "series.npz"
+    moved.parent.mkdir()
+    data.rename(moved)
+    assert main(["gradients", "--run", str(run), "--images", "8"]) == 2  # the run's own path is gone
+    assert str(data) in capsys.readouterr().err
+    assert main(["gradients", "--run", str(run), "--images", "8", "--json", "--data-dir", str(moved)]) == 0
+    assert json.loads(capsys.readouterr().out)["norms"] == own["norms"]
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    # --data-dir is where the data is, not a setting; a setting beside it is still refused.
+    (["--data-dir", "d", "--hidden", "32"], "drop the other settings (--hidden)"),
+    (["--data-dir", "d", "data.data_dir=d"], "drop the other settings (data.data_dir=d)"),
+    (["--device", "cpu", "--amp", "bf16"], "drop the other settings (--amp)"),
+    (["--data-file", "s.npz"], "drop the other settings (--data-file) (to read the run's data from a moved copy, "
+                               "give --data-dir: an IDX folder, or the moved .npz of a run on a sequence file)"),
+])
+def test_cli_run_still_refuses_settings(args: list[str], fragment: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(["gradients", "--run", "x", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnlab: error: --run uses a trained run with its own saved config; ") and fragment in err

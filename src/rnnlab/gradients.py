@@ -17,6 +17,8 @@ that sample's own gradient, whatever the batch size.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,26 +88,46 @@ def unrolled_states(model: SequenceClassifier, x: torch.Tensor) -> tuple[torch.T
 
 def gradient_flow(model: SequenceClassifier, x: torch.Tensor, y: torch.Tensor) -> GradientFlow:
     """``||dL/dh_t||`` for every layer, direction and step, averaged over the batch ``x (B, T, F)``
-    with labels ``y (B,)``. The model's parameters and their ``.grad`` are left untouched."""
+    with labels ``y (B,)``, on the device ``x`` and the model are on, in float32 (autocast is
+    turned off). The model's parameters and their ``.grad`` are left untouched."""
     was_training = model.training
     model.eval()
-    try:
-        with torch.enable_grad():
-            out, states, cells = unrolled_states(model, x)
-            logits = model.head(model.features(out)).float()  # (B, C)
-            loss = F.cross_entropy(logits, y, reduction="sum")
-            flat = [s for group in (states, cells) for layer in group for direction in layer for s in direction]
-            grads = torch.autograd.grad(loss, flat, allow_unused=True)
-        with torch.no_grad():
-            reference = model.hidden_states(x)  # (B, T, D*H), the model's own (fused) run
-            difference = (reference.float() - out.detach().float()).abs().max().item()
-    finally:
-        model.train(was_training)
+    # Always float32, even inside a caller's autocast: the norms reach 1e-11 and below, under
+    # fp16's range, and bf16's 3 significant digits would blur them and fail the check below.
+    with torch.autocast(x.device.type, enabled=False):
+        try:
+            with torch.enable_grad():
+                out, states, cells = unrolled_states(model, x)
+                logits = model.head(model.features(out)).float()  # (B, C)
+                loss = F.cross_entropy(logits, y, reduction="sum")
+                flat = [s for group in (states, cells) for layer in group for direction in layer for s in direction]
+                grads = torch.autograd.grad(loss, flat, allow_unused=True)
+            with torch.no_grad(), _full_float32_rnns(x.device):
+                reference = model.hidden_states(x)  # (B, T, D*H), the model's own (fused) run
+                difference = (reference.float() - out.detach().float()).abs().max().item()
+        finally:
+            model.train(was_training)
     layers, directions, steps = len(states), len(states[0]), x.shape[1]
     norms = torch.stack([torch.zeros(x.shape[0], device=x.device) if g is None else g.float().norm(dim=1)
                          for g in grads]).mean(dim=1).view(-1, layers, directions, steps).cpu()  # (1 or 2, L, D, T)
     return GradientFlow(norms[0], loss.item() / len(x), len(x), difference,
                         cell_norms=norms[1] if len(norms) > 1 else None)
+
+
+@contextlib.contextmanager
+def _full_float32_rnns(device: torch.device) -> Iterator[None]:
+    """On a GPU, torch.nn's RNNs without cuDNN for the block: cuDNN may compute them in TF32
+    (``torch.backends.cudnn.allow_tf32``, on by default), whose ~3 digits are the tolerance of the
+    state check itself, while the unrolled cells' matrix products stay float32."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled = before
 
 
 def format_flow(flow: GradientFlow, title: str, rows: int = 28) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from rnnlab.cli.common import DefaultsHelpFormatter
 
@@ -51,13 +53,25 @@ def format_report(report: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     report = evaluate_run(args.run_dir, data_dir=args.data_dir, batch_size=args.batch_size, device=args.device)
+    # The figures first: they are the evaluation, and a plot that cannot be written must not lose them.
+    print(json.dumps(report, allow_nan=False) if args.json else format_report(report), flush=True)
     if not args.no_plot:
-        from pathlib import Path
-
-        from rnnlab.checkpoint import CONFUSION
-        from rnnlab.plots import confusion_matrix_png
-
-        confusion_matrix_png(report["confusion_matrix"], Path(args.run_dir) / CONFUSION,
-                             f"{Path(args.run_dir).name}: test set")
-    print(json.dumps(report, allow_nan=False) if args.json else format_report(report))
+        write_confusion_plot(report, args.run_dir)
     return 0
+
+
+def write_confusion_plot(report: dict, run_dir: str) -> bool:
+    """Draw the confusion matrix into ``run_dir/confusion.png``; a path that cannot be written (a
+    folder in the way, a read-only run folder, a full disk) is one warning on stderr, not an error:
+    the evaluation itself has succeeded and been printed. Returns whether the plot was written."""
+    from rnnlab.checkpoint import CONFUSION
+    from rnnlab.plots import confusion_matrix_png
+
+    path = Path(run_dir) / CONFUSION
+    try:
+        confusion_matrix_png(report["confusion_matrix"], path, f"{Path(run_dir).name}: test set")
+    except OSError as exc:
+        print(f"rnnlab: warning: could not write the confusion-matrix plot {path}: {exc.strerror or exc} "
+              "(the evaluation above is complete; --no-plot skips the plot)", file=sys.stderr)
+        return False
+    return True

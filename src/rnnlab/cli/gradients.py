@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from rnnlab.cli.common import (DefaultsHelpFormatter, add_config_arguments, check_at_least, check_plot_path,
-                               config_from_args, settings_given)
+from rnnlab.cli.common import (SHORTCUTS, DefaultsHelpFormatter, add_config_arguments, check_at_least,
+                               check_plot_path, config_from_args, settings_given)
+from rnnlab.config import RunConfig
+from rnnlab.errors import ConfigError
+
+# Where a trained run's model runs and whence it reads its test data, not what model it is:
+# --run takes these, as `rnnlab eval RUN` does (--data-dir: the run's data moved elsewhere).
+RUN_OPTIONS = ("--device", "--data-dir")
+# The train.* settings a fresh model's gradients depend on: the device they are computed on,
+# torch's threads, and the protocol, which decides whether a validation split is carved from the
+# training data the standardisation statistics come from. The others only shape training.
+TRAIN_KEYS_USED = ("train.device", "train.threads", "train.protocol")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,8 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Mean ||dL/dh_t|| over test images for every step, layer and direction, of a "
                     "trained run (--run) or of a fresh model at its initialisation (--preset, --config, "
                     "overrides), e.g. `rnnlab gradients --preset dlw-rnn-c` against "
-                    "`rnnlab gradients --preset dlw-lstm-b`.")
-    parser.add_argument("--run", metavar="RUN_DIR", help="a trained run (its final weights) instead of a fresh model")
+                    "`rnnlab gradients --preset dlw-lstm-b`. It runs on --device (default auto, as training "
+                    "does), in float32: train.amp is refused, as are the optimiser, rate and budget (nothing is trained). "
+                    "With --run the model is the run's own; --device and --data-dir (a moved copy of the "
+                    "run's data, as for `rnnlab eval`) still apply.")
+    parser.add_argument("--run", metavar="RUN_DIR", help="a trained run (its final weights) instead of a fresh "
+                                                         "model; takes --device and --data-dir, no model settings")
     parser.add_argument("--images", type=int, default=256, help="test images to average over")
     parser.add_argument("--plot", metavar="FILE", help="also draw the norms against the step (log scale) into "
                                                        "FILE (.png, .svg, .pdf, ...)")
@@ -26,14 +41,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def typed_settings(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``(dotted key, as typed)`` for every setting on the command line: shortcut flags, then overrides."""
+    typed = [(key, f"--{flag.replace('_', '-')} {getattr(args, f'short_{flag}')}")
+             for flag, (key, _, _) in SHORTCUTS.items() if getattr(args, f"short_{flag}", None) is not None]
+    return typed + [(item.partition("=")[0].strip(), item) for item in args.overrides]
+
+
+def check_training_settings(config: RunConfig, typed: list[tuple[str, str]]) -> None:
+    """Refuse training settings given for a fresh model, which gradients would otherwise ignore:
+    mixed precision (computed in float32, by design) and the optimisation recipe and budget."""
+    if config.train.amp != "off":
+        asked = [text for key, text in typed if key == "train.amp"]
+        if asked:
+            raise ConfigError(f"{' '.join(asked)}: `rnnlab gradients` computes in float32, never in mixed "
+                              "precision: the norms it measures fall to 1e-11 and below, far under fp16's "
+                              "range, and bf16 keeps 3 significant digits; drop it (train.amp is for training)")
+        # From a preset or a config file (a bf16 run's config.toml): part of its training recipe.
+        print(f"rnnlab: warning: train.amp={config.train.amp} of the config is not used: "
+              "`rnnlab gradients` computes in float32", file=sys.stderr)
+    # train.amp=off (left here) says what gradients does anyway.
+    unused = [text for key, text in typed
+              if key.startswith("train.") and key not in TRAIN_KEYS_USED and key != "train.amp"]
+    if unused:
+        raise ConfigError(f"`rnnlab gradients` trains nothing, so training settings do not apply; drop "
+                          f"{' '.join(unused)} (--images sets how many test sequences it averages over)")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     import rnnlab
-    from rnnlab.distributed import seed_everything
+    from rnnlab.distributed import configure_threads, seed_everything, select_device
     from rnnlab.data.splits import load_datasets
     from rnnlab.models.build import build_model
-    from rnnlab.errors import ConfigError
     from rnnlab.gradients import format_flow, gradient_flow
     from rnnlab.plots import gradient_flow_png
 
@@ -41,20 +82,28 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         check_plot_path("--plot", args.plot)  # before the work, not after it
     if args.run:
-        given = settings_given(args)
+        given = [name for name in settings_given(args) if name not in RUN_OPTIONS]
         if given:  # the run's own saved config decides the model; these would be ignored
+            moved = (" (to read the run's data from a moved copy, give --data-dir: an IDX folder, or the "
+                     "moved .npz of a run on a sequence file)" if "--data-file" in given else "")
             raise ConfigError(f"--run uses a trained run with its own saved config; drop the other settings "
-                              f"({' '.join(given)})")
-        trained = rnnlab.load(args.run)
-        model, test = trained.model, trained.test_split()
+                              f"({' '.join(given)}){moved}")
+        device = select_device(args.short_device or "auto")  # an absent GPU is refused, not replaced
+        trained = rnnlab.load(args.run, device=device)
+        # As `rnnlab eval RUN --data-dir`: an IDX folder, or for a sequence-file run the moved .npz.
+        model, test = trained.model, trained.test_split(args.short_data_dir)
         title = f"{args.run}: trained"
     else:
         config = config_from_args(args)
+        check_training_settings(config, typed_settings(args))
+        device = select_device(config.train.device)  # as training picks and checks it
+        configure_threads(config.train.threads)
         seed_everything(config.seed)
         # Standardisation statistics come from the training split, carved as training carves it;
         # nothing here validates, so one too small to give up data.val_size is kept whole.
         datasets = load_datasets(config, needs_validation=False)
-        model, test = build_model(config, datasets), datasets.test
+        # Built on the CPU, as training builds it, so a seed gives the same weights on every device.
+        model, test = build_model(config, datasets).to(device), datasets.test
         title = f"{config.label}: at initialisation (seed {config.seed})"
     if test.lengths is not None:  # varying lengths: the step axis means the same only at full length
         full = (test.lengths == test.seq_shape[0]).nonzero().flatten()
@@ -65,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         test = test.subset(full)
     count = min(args.images, len(test))
     x, y = test.batch(torch.arange(count))  # (N, T, F), (N,)
-    flow = gradient_flow(model, x, y)
+    flow = gradient_flow(model, x.to(device), y.to(device))
     if flow.state_difference > 1e-3:  # the unrolled cells should be the model's own maths
         raise ConfigError(f"the step-by-step rerun differs from the model's own run by {flow.state_difference:.3g}; "
                           "this model's recurrence is not supported by `rnnlab gradients`")
