@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -138,10 +139,11 @@ def test_a_run_folders_own_files_are_never_overwritten(untrained_run, capsys: py
     outs = [run / name for name in (CHECKPOINT_PT, CHECKPOINT_JSON, CONFIG, SUMMARY, METRICS)]
     outs += [run / "." / CHECKPOINT_PT, other / CHECKPOINT_PT]  # the same file by another path; another run's
     for out in outs:
-        assert main(["export", str(run), "--format", "torchscript", "--no-check", "--out", str(out)]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith(f"rnnlab: error: --out {out} is ") and err.count("\n") == 1
-        assert "would destroy the run: give another file name, such as" in err
+        for force in ([], ["--force"]):  # --force replaces a stranger's file, never the run's own
+            assert main(["export", str(run), "--format", "torchscript", "--no-check", "--out", str(out), *force]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"rnnlab: error: --out {out} is ") and err.count("\n") == 1
+            assert "would destroy the run: give another file name, such as" in err
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing changed, nothing added
 
 
@@ -155,11 +157,134 @@ def test_an_out_folder_is_named_as_given(untrained_run, tmp_path: Path, capsys: 
     assert capsys.readouterr().err == (f"rnnlab: error: --out {folder} is a directory; "
                                        f"give a file name such as {folder}/model.onnx\n")
     # A failure at the rename (a folder made meanwhile) names the user's path, not the temporary file.
-    monkeypatch.setattr(export, "_check_out", lambda *args, **kwargs: None)
+    monkeypatch.setattr(export, "out_refusal", lambda *args, **kwargs: None)
     assert main(["export", str(run), "--no-check", "--out", str(folder)]) == 2
     err = capsys.readouterr().err
-    assert err == f"rnnlab: error: Is a directory: {folder}\n"
+    assert err == f"rnnlab: error: cannot write {folder}: Is a directory; choose another --out\n"
     assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["folder", run.name]
+
+
+def _victims(folder: Path) -> dict[str, Path]:
+    """Files an export must not replace unasked: a run's training data (a zip, as TorchScript
+    files are), a photo, and ONNX and TorchScript files that some other tool wrote."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder.mkdir(parents=True)
+    files = {name: folder / name for name in ("good.npz", "photo.png", "other.onnx", "other.pt")}
+    np.savez(files["good.npz"], x_train=np.zeros((3, 28, 28), np.uint8), y_train=np.arange(3))
+    files["photo.png"].write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [value],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    proto = helper.make_model(graph)
+    helper.set_model_props(proto, {"author": "someone", "rnnlab": "not our key"})
+    onnx.save(proto, str(files["other.onnx"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit's own "deprecated" notes
+        torch.jit.save(torch.jit.script(torch.nn.Identity()), str(files["other.pt"]),
+                       _extra_files={"notes.json": json.dumps({"rnnlab_version": "but not our file name"})})
+    return files
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_existing_file_that_is_no_export_is_replaced_only_with_force(
+        untrained_run, tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture) -> None:
+    from rnnlab.export_paths import is_rnnlab_export
+
+    run = untrained_run(["model.hidden=8"])
+    victims = _victims(tmp_path / "victims")
+    before = {name: path.read_bytes() for name, path in victims.items()}
+    for name, path in victims.items():
+        assert not is_rnnlab_export(path), name
+        assert main(["export", str(run), "--format", fmt, "--no-check", "--out", str(path)]) == 2
+        assert capsys.readouterr().err == (
+            f"rnnlab: error: --out {path} exists and is not an rnnlab export: writing the export there would "
+            "destroy it; choose another --out, or add --force to replace it\n")
+    # Bytes unchanged, and no temporary file left beside them: refused before any work.
+    assert {p.name: p.read_bytes() for p in victims["photo.png"].parent.iterdir()} == before
+    assert main(["export", str(run), "--format", fmt, "--no-check", "--force", "--out", str(victims["photo.png"])]) == 0
+    assert is_rnnlab_export(victims["photo.png"]) and f"wrote {victims['photo.png']}" in capsys.readouterr().out
+
+
+def test_a_previous_export_is_replaced_without_force(untrained_run, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    from rnnlab.export_paths import is_rnnlab_export
+
+    run = untrained_run(["model.hidden=8"])
+    for fmt, default in (("onnx", run / "model.onnx"), ("torchscript", run / "model.torchscript.pt")):
+        for _ in range(2):  # the default output, over its own previous export
+            assert main(["export", str(run), "--format", fmt, "--no-check"]) == 0
+        assert is_rnnlab_export(default)
+    out = tmp_path / "m.bin"
+    for fmt in ("onnx", "torchscript", "onnx"):  # either format over the other's export
+        assert main(["export", str(run), "--format", fmt, "--no-check", "--out", str(out)]) == 0
+        assert is_rnnlab_export(out)
+    assert capsys.readouterr().err == ""
+    # A damaged export is not recognised (its metadata comes after the graph): --force is needed.
+    out.write_bytes(out.read_bytes()[:200])
+    assert not is_rnnlab_export(out)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_out_inside_a_file_is_named(untrained_run, tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture) -> None:
+    run, file = untrained_run(["model.hidden=8"]), tmp_path / "notrun" / "file.txt"
+    file.parent.mkdir()
+    file.write_text("keep me\n")
+    for out in (file / "m.onnx", file / "deeper" / "m.onnx"):
+        assert main(["export", str(run), "--format", fmt, "--no-check", "--force", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"rnnlab: error: --out {out} is inside a file ({file}); give a folder")
+        assert err.count("\n") == 1
+    assert file.read_text() == "keep me\n" and [p.name for p in file.parent.iterdir()] == ["file.txt"]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_read_only_folder_is_one_line(untrained_run, tmp_path: Path, fmt: str,
+                                        capsys: pytest.CaptureFixture) -> None:
+    if not hasattr(os, "geteuid") or os.geteuid() == 0:  # root writes into a read-only folder all the same
+        pytest.skip("needs POSIX folder permissions, which root ignores")
+    run, folder = untrained_run(["model.hidden=8"]), tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        cases = ((folder / "m.x", "Permission denied"), (folder / "sub" / "m.x", f"{folder} is not writable"))
+        for out, reason in cases:
+            assert main(["export", str(run), "--format", fmt, "--no-check", "--out", str(out)]) == 2
+            assert capsys.readouterr().err == f"rnnlab: error: cannot write {out}: {reason}; choose another --out\n"
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o755)  # so that pytest can remove it
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be made")
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("checked_first", [True, False])
+def test_an_unwritable_destination_is_one_line(untrained_run, fmt: str, checked_first: bool,
+                                               monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
+    import rnnlab.export as export
+
+    run, out = untrained_run(["model.hidden=8"]), Path("/proc") / f"m{export.EXTENSIONS[fmt]}"
+    if not checked_first:  # the failure at save time (the folder changed after the check) reads the same
+        monkeypatch.setattr(export, "out_refusal", lambda *args, **kwargs: None)
+    assert main(["export", str(run), "--format", fmt, "--out", str(out)]) == 2
+    err = capfd.readouterr().err  # fd 2 too: no traceback, no torch logging, no temporary file named
+    assert err == f"rnnlab: error: cannot write {out}: No such file or directory; choose another --out\n"
+
+
+def test_torchscripts_file_errors_name_the_users_path(untrained_run, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    def failing_save(module, path, _extra_files=None):  # what the C++ writer raises, for a full disk say
+        raise RuntimeError(f"[enforce fail at inline_container.cc:747] . open file failed with strerror: "
+                           f"No space left on device, file path: {path}")
+
+    run, out = untrained_run(["model.hidden=8"]), tmp_path / "m.pt"
+    monkeypatch.setattr(torch.jit, "save", failing_save)
+    assert main(["export", str(run), "--format", "torchscript", "--no-check", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"rnnlab: error: cannot write {out}: No space left on device; choose another --out\n"
+    assert [p.name for p in tmp_path.iterdir()] == [run.name]  # no temporary file left
 
 
 def test_only_the_known_cpp_notes_are_held_back(capfd: pytest.CaptureFixture[str]) -> None:

@@ -13,14 +13,18 @@ them (ONNX has no assertion op that would stop a run), so its caller must.
 
 Export always uses the reference ``torch.nn`` layers (same state_dict names as the fast ones),
 writes through a temporary file, and is checked on real test images before it replaces ``--out``.
+An existing ``--out`` is replaced only if it is a previous export (or ``force``); see
+:mod:`rnnlab.export_paths`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -35,6 +39,7 @@ import torch
 from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import replacing
 from rnnlab.errors import RnnlabError
+from rnnlab.export_paths import METADATA_FILE, cannot_write, out_refusal
 
 __all__ = ["EXTENSIONS", "FORMATS", "ExportError", "ExportReport", "export_run", "load_exported", "reference_model"]
 
@@ -43,7 +48,6 @@ EXTENSIONS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 INPUT_NAME, LENGTHS_NAME, OUTPUT_NAME = "sequences", "lengths", "logits"
 TOLERANCE = 1e-4  # max abs difference of logits allowed between the export and eager PyTorch
 ONNX_OPSET = 17
-METADATA_FILE = "rnnlab.json"  # TorchScript extra file with the same metadata as ONNX's metadata_props
 
 
 class ExportError(RnnlabError):
@@ -114,33 +118,6 @@ def _pixels_in(trained: Any) -> bool:
     return not trained.reads_sequences or trained.meta.get("input", {}).get("dtype") == "uint8"
 
 
-def _run_files() -> tuple[str, ...]:
-    """The names of the files ``rnnlab train`` keeps in a run folder."""
-    from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
-
-    return ckpt.CHECKPOINT_PT, ckpt.CHECKPOINT_JSON, CONFIG, SUMMARY, METRICS, CONFUSION
-
-
-def _check_out(path: Path, run_dir: str | Path, fmt: str, *, given: bool = True) -> None:
-    """Refuse an output path that is a folder or a run folder's own file, before any work.
-
-    ``os.replace`` would put the export over a run's checkpoint or config without a word, and a
-    folder would fail only at the rename, naming the temporary file.
-    """
-    what = f"--out {path}" if given else f"the default output {path}"
-    if path.is_dir():
-        raise ExportError(f"{what} is a directory; give a file name such as {path / 'model'}{EXTENSIONS[fmt]}")
-    target = path.resolve()  # RUN/./checkpoint.pt, a symlink to it: the same file
-    names = _run_files()
-    in_this_run = target.parent == Path(run_dir).resolve()
-    # Another run's file counts too: its folder holds other run files next to it.
-    others = any((target.parent / name).is_file() for name in names if name != target.name)
-    if target.name in names and (in_this_run or others):
-        whose = "the exported run's" if in_this_run else "a run folder's"
-        raise ExportError(f"{what} is {whose} {target.name}; writing the export there would destroy the run: "
-                          f"give another file name, such as {Path(run_dir) / 'model'}{EXTENSIONS[fmt]}")
-
-
 # ---------------------------------------------------------------------------- ONNX
 def _require_onnx() -> tuple[Any, Any]:
     try:
@@ -203,6 +180,8 @@ def _write_onnx(model: torch.nn.Module, example: tuple[torch.Tensor, ...], path:
             torch.onnx.export(model, example, str(path), input_names=names, output_names=[OUTPUT_NAME],
                               dynamic_axes={k: v for k, v in axes.items() if k in (*names, OUTPUT_NAME)},
                               opset_version=ONNX_OPSET, **legacy)
+        except OSError:
+            raise  # the file could not be written: the other exporter would fail the same way, noisily
         except Exception as legacy_error:  # noqa: BLE001 - a torch without it: try the dynamo exporter
             batch = torch.export.Dim("N", min=1)
             dims = {0: batch, 1: torch.export.Dim("T", min=2)} if dynamic_steps else {0: batch}
@@ -211,6 +190,8 @@ def _write_onnx(model: torch.nn.Module, example: tuple[torch.Tensor, ...], path:
                 torch.onnx.export(model, example, str(path), input_names=names,
                                   output_names=[OUTPUT_NAME], dynamic_shapes=shapes, dynamo=True,
                                   external_data=False, verbose=False)
+            except OSError:
+                raise  # the file, not the exporter: reported as such, naming --out
             except Exception as exc:  # noqa: BLE001
                 raise ExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]} "
                                   f"(legacy exporter: {str(legacy_error).splitlines()[0][:200]})") from None
@@ -252,7 +233,22 @@ def _write_torchscript(model: torch.nn.Module, example: tuple[torch.Tensor, ...]
         traced = torch.jit.trace(model, example, check_trace=False)
         if len(example) > 1:  # a traced graph keeps no Python checks: wrap it in a scripted one
             traced = torch.jit.script(_LengthsChecked(traced))
-        torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: json.dumps(metadata)})
+        try:
+            torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: json.dumps(metadata)})
+        except RuntimeError as exc:  # the C++ writer's "open file failed with strerror: ..." and such
+            raise _save_error(exc, path) from None
+
+
+def _save_error(exc: RuntimeError, path: Path) -> BaseException:
+    """torch.jit.save's RuntimeError about the file as an OSError naming it (``replacing`` then
+    names the user's path instead of the temporary file); any other RuntimeError as it is."""
+    message = str(exc)
+    if "file" not in message.lower():
+        return exc
+    found = re.search(r"strerror: ([^,\n]+)", message)
+    reason = found.group(1).strip() if found else message.splitlines()[-1][:200].replace(str(path), "the file")
+    code = next((n for n in errno.errorcode if os.strerror(n) == reason), errno.EIO)
+    return OSError(code, reason, str(path))
 
 
 class _LengthsChecked(torch.nn.Module):
@@ -297,6 +293,11 @@ def load_exported(path: str | Path, fmt: str | None = None) -> Runner:
 
 
 # ---------------------------------------------------------------------------- check and entry point
+def _names_output(filename: Any, path: Path) -> bool:
+    """Whether an OSError's file is the output or a folder on its way (``replacing`` makes them)."""
+    return Path(filename) == path or Path(filename) in path.parents
+
+
 def _check_sequences(trained: Any, samples: int, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The first ``samples`` test sequences as the run reads them: float ``(N, T, F)``, and their
     lengths ``(N,)`` if they vary (else None)."""
@@ -326,8 +327,9 @@ def _compare(run: Runner, model: torch.nn.Module, x: torch.Tensor,
 
 
 def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None, *, check: bool = True,
-               samples: int = 256, data_dir: str | None = None) -> ExportReport:
-    """Export a run's model to ``out`` (default ``RUN_DIR/model.onnx`` / ``model.torchscript.pt``)."""
+               samples: int = 256, data_dir: str | None = None, force: bool = False) -> ExportReport:
+    """Export a run's model to ``out`` (default ``RUN_DIR/model.onnx`` / ``model.torchscript.pt``).
+    An existing file there is replaced only if it is a previous export, or with ``force``."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if samples < 1:
@@ -336,7 +338,9 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         _require_onnx()  # fail before any work
     trained, model = reference_model(run_dir)
     path = Path(out) if out is not None else Path(run_dir) / f"model{EXTENSIONS[fmt]}"
-    _check_out(path, run_dir, fmt, given=out is not None)
+    refusal = out_refusal(path, run_dir, EXTENSIONS[fmt], given=out is not None, force=force)
+    if refusal:
+        raise ExportError(refusal)
     dynamic_steps = trained.config.model.readout != "all"
     with_lengths = trained.variable_lengths
     metadata = _metadata(trained, model, dynamic_steps)
@@ -374,9 +378,14 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     writer = _write_onnx if fmt == "onnx" else _write_torchscript
     # The exporter creates the temporary file itself (so it gets the usual permissions), and the
     # file replaces ``path`` only if it passes the check.
-    with replacing(path, suffix=EXTENSIONS[fmt]) as tmp:
-        writer(exported, example, tmp, dynamic_steps, metadata)
-        verify(tmp)
+    try:
+        with replacing(path, suffix=EXTENSIONS[fmt]) as tmp:
+            writer(exported, example, tmp, dynamic_steps, metadata)
+            verify(tmp)
+    except OSError as exc:  # the folder changed since the check, a full disk: one line naming --out
+        if exc.filename is not None and not _names_output(exc.filename, path):
+            raise
+        raise ExportError(cannot_write(path, exc.strerror or os.strerror(exc.errno or errno.EIO))) from None
     shape: list[Any] = ["N", "T" if dynamic_steps else steps, model.input_size]
     return ExportReport(path=str(path), format=fmt, input_shape=shape, dynamic_steps=dynamic_steps,
                         bytes=path.stat().st_size, reads_sequences=trained.reads_sequences,

@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", metavar="DIR",
                         help="folder with the IDX files, or for a run on a sequence file the .npz (default: the run's)")
     parser.add_argument("--no-check", action="store_true", help="skip the check against PyTorch (not advised)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing --out file that is not a previous rnnlab export (default: "
+                             "refuse, naming it; a run folder's own files are refused even with --force)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=run)
 
@@ -31,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from rnnlab.export import TOLERANCE, export_run
 
     report = export_run(args.run_dir, args.format, args.out, check=not args.no_check, samples=args.samples,
-                        data_dir=args.data_dir)
+                        data_dir=args.data_dir, force=args.force)
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
