@@ -189,7 +189,7 @@ def test_predict_takes_int8_sequences_and_refuses_no_sequences(int8_run: Path, t
     np.save(tmp_path / "empty.npy", np.zeros((0, 6, 3), np.float32))
     line = cli_error(capsys, "predict", str(int8_run), str(tmp_path / "empty.npy"))
     assert "no sequences in the input (shape (0, 6, 3)); give at least one sequence" in line
-    with pytest.raises(DataError, match=r"must hold numbers .* got torch.bool"):
+    with pytest.raises(DataError, match=r"must hold numbers .* got bool"):
         rnnlab.load(int8_run).sequences_in(np.zeros((1, 6, 3), bool))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,36 @@ def test_sequence_run_says_what_a_file_is_instead_of_a_npy(tmp_path: Path, capsy
         f"(read it with np.loadtxt, then save the arrays); {how}",
         f"rnnlab: error: {files[4]}: give a .npy array of sequences, not a .npz archive; {how}"]
     assert [line.split(":")[0] for line in captured.out.splitlines()] == [f"{files[3]}[0]", f"{files[3]}[1]"]
+
+
+def test_sequence_run_errors_name_the_shape_and_dtype_given(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The shape in an error is the file's, not the (1, T, F) it was reshaped to; a .npy of strings
+    is refused in rnnlab's words, not torch's list of the types it converts (complex, bool...)."""
+    from test_sequence_files import synthetic
+
+    (x, y), (xt, yt) = synthetic(60, 0), synthetic(20, 1)
+    np.savez(tmp_path / "series.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data-file", str(tmp_path / "series.npz"), "--hidden", "8", "--iterations", "2",
+                 "data.val_size=0", "--out", str(run_dir), "--no-progress"]) == 0
+    shape = r"sequences must have shape \(N, T, 2\) or \(T, 2\) with T = 12 steps, as in the run's training file; "
+    numbers = r"sequences must hold numbers \(float or integer, or uint8 pixels\), got "
+    cases = [(np.zeros((12, 5), np.float32), shape + r"got \(12, 5\)"),
+             (np.zeros((5, 12), np.float32), shape + r"got \(5, 12\)"),
+             (np.zeros((3, 12, 5), np.float32), shape + r"got \(3, 12, 5\)"),
+             (np.full((12, 2), "0.5"), numbers + r"strings \(<U3\)"),
+             (np.zeros((12, 2), bool), numbers + "bool"),
+             (np.zeros((12, 2), np.complex64), numbers + "complex64")]
+    trained = rnnlab.load(run_dir)
+    for i, (array, message) in enumerate(cases):
+        with pytest.raises(rnnlab.RnnlabError, match=message):
+            trained.predict(array)
+        np.save(tmp_path / f"bad{i}.npy", array)
+        capsys.readouterr()
+        assert main(["predict", str(run_dir), str(tmp_path / f"bad{i}.npy")]) == 2
+        err = capsys.readouterr().err
+        assert re.fullmatch(f"rnnlab: error: {re.escape(str(tmp_path / f'bad{i}.npy'))}: {message}\n", err), err
+        assert "supported types" not in err
 
 
 def test_flattened_images_are_refused_and_other_sizes_prepared(trained_run: Path, digits: dict) -> None:

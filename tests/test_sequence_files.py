@@ -143,7 +143,7 @@ def test_config_needs_the_file_and_only_with_dataset_file() -> None:
         apply_overrides(RunConfig(), ["data.dataset=file"])
     with pytest.raises(ConfigError, match="add data.dataset=file"):
         apply_overrides(RunConfig(), ["data.file=x.npz"])
-    with pytest.raises(ConfigError, match="data.view and data.download apply to the image datasets"):
+    with pytest.raises(ConfigError, match="data.view, data.download and data.data_dir apply to the image datasets"):
         apply_overrides(RunConfig(), ["data.dataset=file", "data.file=x.npz", "data.view=pixels"])
 
 
@@ -393,6 +393,88 @@ def small_run(tmp_path: Path, seq_file: Path) -> Path:
     assert main(["train", "--data-file", str(seq_file), "--hidden", "8", "--iterations", "2", "data.val_size=0",
                  "--out", str(run_dir), "--no-progress"]) == 0
     return run_dir
+
+
+# ------------------------------------------------------------------ predict reads values as training read the file
+
+
+def pixels_of(x: np.ndarray) -> np.ndarray:
+    """``synthetic`` series as uint8 pixels, 0 and 255 both present (clipped)."""
+    return np.clip(x * 120 + 128, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def uint8_run(tmp_path: Path) -> Path:
+    """A run of 2 iterations on a uint8 file: 3 classes, 12 steps x 2 features."""
+    (x_train, y_train), (x_test, y_test) = synthetic(60, 0), synthetic(20, 1)
+    path = tmp_path / "pixels.npz"
+    np.savez(path, x_train=pixels_of(x_train), y_train=y_train, x_test=pixels_of(x_test), y_test=y_test)
+    run_dir = tmp_path / "uint8-run"
+    assert main(["train", "--data-file", str(path), "--hidden", "8", "--iterations", "2", "data.val_size=0",
+                 "--out", str(run_dir), "--no-progress"]) == 0
+    return run_dir
+
+
+def test_a_uint8_run_reads_integers_0_255_as_pixels_and_floats_in_0_1(tmp_path: Path, uint8_run: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    trained = rnnlab.load(uint8_run)
+    assert trained.meta["input"]["dtype"] == "uint8"
+    pixels = pixels_of(synthetic(5, 2)[0])  # (5, 12, 2)
+    assert pixels.min() == 0 and pixels.max() == 255
+    expected = trained.predict(pixels)
+    # The same pixels in any integer type, or as floats in [0, 1], give the same predictions.
+    for given in (pixels.astype(np.int64), pixels.tolist(), pixels.astype(np.uint16), pixels.astype(np.uint64),
+                  torch.from_numpy(pixels).long(), pixels / 255, pixels.astype(np.float32) / 255):
+        assert trained.predict(given) == expected
+    assert trained.predict(pixels[0].astype(np.int32)) == expected[:1]  # one (T, F) sequence
+    with pytest.raises(DataError, match=r"trained on uint8 pixels \(0-255, read as value / 255\); integer sequences "
+                                        r"must hold values 0-255, got 0 to 510; give pixels 0-255, or floats"):
+        trained.predict(pixels.astype(np.int64) * 2)
+    with pytest.raises(DataError, match="got -5 to 250"):
+        trained.predict(pixels.astype(np.int16) - 5)
+    float_pixels = (r"this run was trained on uint8 pixels, which it reads as value / 255 in \[0, 1\]; float "
+                    r"sequences must be in \[0, 1\], got 0 to 255; pass the pixels as uint8 \(x.astype\(np.uint8\)\) "
+                    r"or divide them by 255 \(x / 255\)")
+    for given in (pixels.astype(np.float32), pixels.astype(np.float64)):
+        with pytest.raises(DataError, match=float_pixels):
+            trained.predict(given)
+    with pytest.raises(DataError, match=r"got -0.5 to 0.5"):
+        trained.predict(pixels / 255 - 0.5)
+    with pytest.raises(DataError, match="NaN"):  # NaN is said as NaN, not as out of range
+        trained.predict(np.full((12, 2), np.nan))
+
+    # The command line reads a .npy the same way.
+    files = {name: tmp_path / f"{name}.npy" for name in ("uint8", "int64", "unit", "floats255")}
+    for name, array in zip(files, (pixels, pixels.astype(np.int64), pixels / 255, pixels.astype(np.float32))):
+        np.save(files[name], array)
+    capsys.readouterr()
+    assert main(["predict", str(uint8_run), *(str(files[n]) for n in ("uint8", "int64", "unit")), "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    for name in ("uint8", "int64", "unit"):
+        got = [e["probabilities"] for e in entries if e["file"] == str(files[name])]
+        assert got == [e["probabilities"] for e in expected], name
+    assert main(["predict", str(uint8_run), str(files["floats255"])]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and re.fullmatch(f"rnnlab: error: {re.escape(str(files['floats255']))}: "
+                                               f"{float_pixels}\n", captured.err)
+
+    # A checkpoint from before meta["input"]["dtype"]: as before, uint8 are pixels, the rest values as they are.
+    del trained.meta["input"]["dtype"]
+    assert trained.predict(pixels) == expected
+    as_values = trained.probabilities(pixels.astype(np.float32))  # 0-255, not refused
+    torch.testing.assert_close(trained.probabilities(pixels.astype(np.int64)), as_values, rtol=0, atol=0)
+    assert not torch.equal(as_values, trained.probabilities(pixels))
+
+
+def test_a_float_run_reads_integers_as_values_and_refuses_uint8(small_run: Path) -> None:
+    trained = rnnlab.load(small_run)
+    assert trained.meta["input"]["dtype"] == "float32"
+    counts = np.random.default_rng(0).integers(-3, 300, (4, 12, 2))  # integers: values as they are, not pixels
+    assert trained.predict(counts) == trained.predict(counts.astype(np.float32))
+    floats = synthetic(4, 2)[0] * 100  # far outside [0, 1], as the file's were: not refused
+    assert len(trained.predict(floats)) == 4
+    with pytest.raises(DataError, match=r"trained on a file of float values.*pass x.astype\(np.float32\)"):
+        trained.predict(pixels_of(floats))
 
 
 def test_eval_refuses_a_file_that_does_not_fit_the_run(tmp_path: Path, small_run: Path,

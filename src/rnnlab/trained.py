@@ -91,9 +91,10 @@ class TrainedModel:
     def sequences_in(self, sequences: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sequences as the run's model reads them -> ``(x float (N, T, F), lengths (N,) or None)``.
 
-        ``(N, T, F)`` or one ``(T, F)`` (``(N, T)`` or ``(T,)`` for one feature), float, or uint8 if
-        the training file held uint8. A run trained on sequences of varying length also takes
-        shorter ones, and a list of sequences of different lengths (padded here).
+        ``(N, T, F)`` or one ``(T, F)`` (``(N, T)`` or ``(T,)`` for one feature). For a run trained on
+        uint8 pixels: integers 0-255 (any integer dtype, read as value / 255) or floats in [0, 1];
+        otherwise floats or integers, used as they are. A run trained on sequences of varying length
+        also takes shorter ones, and a list of sequences of different lengths (padded here).
         """
         if not self.reads_sequences:
             raise DataError(f"{self.run_dir} was trained on {self.config.data.dataset} images; "
@@ -112,37 +113,35 @@ class TrainedModel:
         return x, None  # one length for the whole batch: no padding to skip
 
     def _one_batch(self, sequences: Any, steps: int, features: int, *, single: bool) -> torch.Tensor:
+        """One array of sequences -> float ``(N, T, F)``, read as the run read its training file."""
+        if isinstance(sequences, torch.Tensor):  # numpy takes no GPU, grad-tracking or bfloat16 tensor
+            sequences = sequences.detach().cpu()
+            sequences = sequences.float() if sequences.dtype == torch.bfloat16 else sequences
         try:
-            x = torch.as_tensor(np.asarray(sequences))
-        except (TypeError, ValueError, RuntimeError) as exc:  # ragged lists, objects, strings
+            x = np.asarray(sequences)
+        except (TypeError, ValueError, RuntimeError) as exc:  # ragged lists
             more = "" if self.variable_lengths else " (this run was trained on one length)"
             problem = ckpt.error_line(exc, kind=False)
             raise DataError(f"sequences must be one array of numbers{more}: {problem}") from None
-        if features == 1 and (x.dim() == 1 or (x.dim() == 2 and x.shape[-1] != 1)):
-            x = x.unsqueeze(-1)  # (T,) or (N, T) -> one feature per step; (T, 1) is one sequence
-        if x.dim() == 2:
+        # Before torch sees them: its refusal of strings lists types (complex, bool) refused here too.
+        if x.dtype.kind not in "iuf":
+            what = {"U": "strings", "S": "bytes", "O": "Python objects"}.get(x.dtype.kind)
+            raise DataError("sequences must hold numbers (float or integer, or uint8 pixels), "
+                            f"got {f'{what} ({x.dtype})' if what else x.dtype}")
+        given = x.shape  # errors name the shape the caller gave, not ours after reshaping
+        if features == 1 and (x.ndim == 1 or (x.ndim == 2 and x.shape[-1] != 1)):
+            x = x[..., None]  # (T,) or (N, T) -> one feature per step; (T, 1) is one sequence
+        if x.ndim == 2:
             x = x[None]  # one sequence (T, F) -> (1, T, F)
-        if x.dim() == 3 and x.shape[0] == 0:  # an empty batch would print nothing and succeed
-            raise DataError(f"no sequences in the input (shape {tuple(x.shape)}); give at least one sequence")
-        length_ok = 1 <= x.shape[1] <= steps if (x.dim() == 3 and self.variable_lengths) else None
-        shape_ok = x.dim() == 3 and x.shape[2] == features and (length_ok or x.shape[1] == steps)
+        if x.ndim == 3 and x.shape[0] == 0:  # an empty batch would print nothing and succeed
+            raise DataError(f"no sequences in the input (shape {given}); give at least one sequence")
+        length_ok = 1 <= x.shape[1] <= steps if (x.ndim == 3 and self.variable_lengths) else None
+        shape_ok = x.ndim == 3 and x.shape[2] == features and (length_ok or x.shape[1] == steps)
         if not shape_ok or (single and x.shape[0] != 1):
             length = f"1 to {steps} steps" if self.variable_lengths else f"{steps} steps"
             raise DataError(f"sequences must have shape (N, T, {features}) or (T, {features}) with T = {length}, "
-                            f"as in the run's training file; got {tuple(x.shape)}")
-        # As training reads a sequence file (data/files.py): uint8 are pixels scaled to [0, 1],
-        # other integers and floats are used as they are.
-        if x.dtype == torch.uint8:
-            if self.meta.get("input", {}).get("dtype") == "float32":
-                raise DataError("this run was trained on a file of float values, and uint8 sequences are read as "
-                                "pixels, scaled to [0, 1]; to give these values as they are, pass x.astype(np.float32)")
-            return x.float() / 255.0
-        if not (x.is_floating_point() or _is_integer(x.dtype)):  # bool, complex
-            raise DataError(f"sequences must hold numbers (float or integer, or uint8 pixels), got {x.dtype}")
-        x = x.float()
-        if not torch.isfinite(x).all():
-            raise DataError("sequences hold NaN or infinite values; fill or drop them")
-        return x
+                            f"as in the run's training file; got {given}")
+        return _as_trained(x, self.meta.get("input", {}).get("dtype"))
 
     def to_sequences(self, images: Any) -> torch.Tensor:
         """Images in MNIST form, ``(N, H, W)`` or ``(H, W)``, integers 0-255 or float 0-1 -> float ``(N, T, F)``.
@@ -255,8 +254,31 @@ def build_from_state(config: RunConfig, state: dict[str, torch.Tensor], *, impl:
     return model
 
 
-def _is_integer(dtype: torch.dtype) -> bool:
-    return not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
+def _as_trained(x: np.ndarray, trained: str | None) -> torch.Tensor:
+    """Numbers ``(N, T, F)`` -> float32, read as training read the run's file (``trained``: its
+    ``meta["input"]["dtype"]``, None in checkpoints from before it): uint8 are pixels, value / 255."""
+    pixels = x.dtype == np.uint8
+    if trained == "uint8" and x.dtype.kind in "iu" and not pixels:
+        low, high = int(x.min()), int(x.max())
+        if low < 0 or high > 255:
+            raise DataError(f"this run was trained on uint8 pixels (0-255, read as value / 255); integer sequences "
+                            f"must hold values 0-255, got {low} to {high}; give pixels 0-255, or floats in [0, 1]")
+        pixels = True  # the same pixels in a wider integer type: np.array([...]) of ints is int64
+    elif pixels and trained == "float32":
+        raise DataError("this run was trained on a file of float values, and uint8 sequences are read as "
+                        "pixels, scaled to [0, 1]; to give these values as they are, pass x.astype(np.float32)")
+    values = torch.from_numpy(np.array(x, dtype=np.float32))  # a copy: the caller's array is left alone
+    if pixels:
+        return values.div_(255.0)  # as training divides (data/sequences.py): bit for bit the same inputs
+    if not torch.isfinite(values).all():
+        raise DataError("sequences hold NaN or infinite values; fill or drop them")
+    low, high = float(values.min()), float(values.max())
+    if trained == "uint8" and (low < 0 or high > 1):  # only floats get here: integers were pixels
+        # The model saw value / 255: floats 0-255 would reach it 255 times too large.
+        raise DataError(f"this run was trained on uint8 pixels, which it reads as value / 255 in [0, 1]; float "
+                        f"sequences must be in [0, 1], got {low:g} to {high:g}; "
+                        "pass the pixels as uint8 (x.astype(np.uint8)) or divide them by 255 (x / 255)")
+    return values
 
 
 def _state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> str | None:

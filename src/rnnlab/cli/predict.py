@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("images", nargs="+", metavar="IMAGE",
                         help="image files; for a run trained on a sequence file (data.dataset=file), .npy "
-                             "files of sequences, (N, T, F) or one (T, F)")
+                             "files of sequences, (N, T, F) or one (T, F), valued as its training file (a uint8 "
+                             "file: integers 0-255 or floats in [0, 1])")
     parser.add_argument("--top", type=int, default=3, metavar="K", help="show the K most likely classes")
     parser.add_argument("--steps", action="store_true",
                         help="also show how the probabilities evolve as the model reads the image")

@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_config_arguments(parser)
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<name-or-preset-or-model>-<timestamp>)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint (with --data-dir: reading "
+                             "its data from where it moved)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--dry-run", action="store_true",
                         help="train 2 iterations in a temporary folder, print the config, and exit")
