@@ -107,3 +107,14 @@ def test_cli_eval_prints_its_figures_when_the_plot_cannot_be_written(
     assert list(blocker.iterdir()) == []
     assert sorted(p.name for p in small_run.iterdir()) == ["checkpoint.json", "checkpoint.pt", "config.toml",
                                                            "confusion.png"]
+
+
+def test_the_confusion_plot_names_the_classes_where_they_have_names(tmp_path, monkeypatch) -> None:
+    from rnnlab import plots
+    from rnnlab.cli.evaluate import write_confusion_plot
+
+    drawn = []
+    monkeypatch.setattr(plots, "confusion_matrix_png", lambda matrix, path, title, labels=None: drawn.append(labels))
+    assert write_confusion_plot({"confusion_matrix": [[1, 0], [0, 1]], "class_names": ["up", "down"]}, str(tmp_path))
+    assert write_confusion_plot({"confusion_matrix": [[1, 0], [0, 1]], "class_names": None}, str(tmp_path))
+    assert drawn == [["0 up", "1 down"], None]  # MNIST's digits are their own names

@@ -157,6 +157,10 @@ def confusion_matrix_png(matrix: Sequence[Sequence[int]], path: str | Path, titl
     ax.set(xticks=range(n), yticks=range(n), xticklabels=labels, yticklabels=labels,
            xlabel="predicted class", ylabel="true class",
            title=f"{title}\naccuracy {accuracy:.2f}% of {counts.sum():,} (rows: true, columns: predicted)")
+    if max(len(label) for label in labels) > 3:  # class names: slanted, so that they do not overlap
+        ax.tick_params(axis="x", labelrotation=40)
+        for tick in ax.get_xticklabels():
+            tick.set_horizontalalignment("right")
     ax.set_xticks(np.arange(-0.5, n), minor=True)
     ax.set_yticks(np.arange(-0.5, n), minor=True)
     ax.grid(which="minor", color="white", lw=1)

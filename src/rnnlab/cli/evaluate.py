@@ -69,7 +69,9 @@ def write_confusion_plot(report: dict, run_dir: str) -> bool:
 
     path = Path(run_dir) / CONFUSION
     try:
-        confusion_matrix_png(report["confusion_matrix"], path, f"{Path(run_dir).name}: test set")
+        names = report.get("class_names")  # fashion-mnist's, kmnist's, a sequence file's: "0 T-shirt/top"
+        labels = [f"{i} {name}" for i, name in enumerate(names)] if names else None
+        confusion_matrix_png(report["confusion_matrix"], path, f"{Path(run_dir).name}: test set", labels=labels)
     except OSError as exc:
         print(f"rnnlab: warning: could not write the confusion-matrix plot {path}: {exc.strerror or exc} "
               "(the evaluation above is complete; --no-plot skips the plot)", file=sys.stderr)
