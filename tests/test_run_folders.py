@@ -73,8 +73,10 @@ def test_data_locations_are_saved_absolute_and_only_where_they_apply(tmp_path: P
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert DataConfig(data_dir="idx").data_dir == str(tmp_path / "idx")  # found again from another folder
-    with pytest.raises(ConfigError, match="data.data_dir apply to the image datasets"):
-        DataConfig(dataset="file", file="x.npz", data_dir="idx")
+    with pytest.raises(ConfigError, match=r"a sequence file is read from data.file alone: drop data.data_dir"):
+        apply_overrides(RunConfig(), ["data.dataset=file", "data.file=x.npz", "data.data_dir=idx"])
+    # A run folder that an earlier version saved with both still loads: the folder meant nothing to it.
+    assert DataConfig(dataset="file", file="x.npz", data_dir="idx").data_dir == ""
     with pytest.raises(ConfigError, match="out is empty; give a folder path"):
         rnnlab.train(RunConfig(), out="", progress=False)  # an unset $OUTDIR: not the current folder
 
@@ -133,3 +135,62 @@ def test_a_checkpoint_of_another_run_is_refused_in_words(tmp_path: Path, capsys:
     torch.save(tensors, other.dir / ckpt.CHECKPOINT_PT)
     with pytest.raises(CheckpointError, match="does not fit the run"):
         rnnlab.resume(other.dir, progress=False)
+
+
+def test_the_lock_falls_back_to_a_file_on_nfs_and_goes_without_where_there_are_no_locks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On NFS flock needs a file open for writing (a folder gives EBADF); on a file system without
+    locks (ENOSYS) training goes on unlocked rather than stop."""
+    import errno
+    import stat
+
+    fcntl = pytest.importorskip("fcntl")
+    from rnnlab.locks import LOCK_FILE, exclusive
+
+    real_flock = fcntl.flock
+
+    def nfs_flock(fd: int, operation: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    with exclusive(tmp_path, "busy"):
+        assert (tmp_path / LOCK_FILE).exists()
+        with exclusive(tmp_path, "busy"):  # the same process may take it again
+            pass
+        held = os.open(tmp_path / LOCK_FILE, os.O_WRONLY)
+        try:
+            with pytest.raises(BlockingIOError):  # another open file: as another process would see it
+                real_flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(held)
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    (tmp_path / "lustre").mkdir()
+    with exclusive(tmp_path / "lustre", "busy"), exclusive(tmp_path / "lustre", "busy"):
+        pass  # no lock to be had: it goes on
+
+
+def test_a_resume_refuses_data_that_is_not_the_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = sequence_file(tmp_path / "series.npz")
+    part = interrupted(tmp_path, "data.dataset=file", f"data.file={data}")
+    rng = np.random.default_rng(1)
+    other = tmp_path / "other.npz"
+    np.savez(other, x_train=rng.normal(0, 1, (240, 6, 3)).astype(np.float32), y_train=rng.integers(0, 2, 240),
+             x_test=rng.normal(0, 1, (60, 6, 3)).astype(np.float32), y_test=rng.integers(0, 2, 60))
+    err = cli_error(capsys, "train", "--resume", str(part.dir), "--data-dir", str(other))
+    assert f"the data at {other} is not the data this run began with (features 2 then, 3 now)" in err
+    assert load_toml(part.dir / "config.toml").data.file == str(data)  # nothing was written
+
+
+def test_an_empty_run_folder_argument_is_refused_not_replaced(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unset $RUN: not a new default run, nor a fresh model measured instead."""
+    monkeypatch.chdir(tmp_path)
+    assert "run_dir is empty" in cli_error(capsys, "train", "--resume", "")
+    assert "run_dir is empty" in cli_error(capsys, "gradients", "--run", "")
+    assert list(tmp_path.iterdir()) == []

@@ -143,7 +143,7 @@ def test_config_needs_the_file_and_only_with_dataset_file() -> None:
         apply_overrides(RunConfig(), ["data.dataset=file"])
     with pytest.raises(ConfigError, match="add data.dataset=file"):
         apply_overrides(RunConfig(), ["data.file=x.npz"])
-    with pytest.raises(ConfigError, match="data.view, data.download and data.data_dir apply to the image datasets"):
+    with pytest.raises(ConfigError, match="data.view and data.download apply to the image datasets"):
         apply_overrides(RunConfig(), ["data.dataset=file", "data.file=x.npz", "data.view=pixels"])
 
 

@@ -30,7 +30,7 @@ from rnnlab.config import RunConfig, load_toml, save_toml
 from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError
 from rnnlab.entries import Entry
-from rnnlab.locks import exclusive
+from rnnlab.locks import Busy, exclusive
 from rnnlab.report import report_groups
 from rnnlab.run_records import read_record, read_summary, result_settings
 from rnnlab.stopping import Terminated, heed_once
@@ -134,9 +134,22 @@ def prepare(entries: list[Entry], out_dir: str | Path, *, seeds: int,
 
 def run_task(task: Task) -> dict[str, Any]:
     """Run one task in this process; never raises (an error becomes status ``failed``)."""
+    run_dir = Path(task.run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # Held from before the folder is looked at or cleared: a worker of a compare killed a moment
+        # ago may still be training it (rnnlab.train takes the same lock again, as its holder).
+        with exclusive(run_dir, f"another rnnlab process is training {run_dir}; rerun once it has stopped"):
+            return _run_task(task, run_dir)
+    except Busy as exc:  # not ours to write into: no failed summary over a live run
+        return _record(task, {"status": "failed", "error": str(exc)}, "not run")
+    except OSError as exc:  # the folder cannot be made: nothing to record into
+        return _record(task, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}, "not run")
+
+
+def _run_task(task: Task, run_dir: Path) -> dict[str, Any]:
     import torch
 
-    run_dir = Path(task.run_dir)
     try:
         if task.config.train.threads > 0:
             torch.set_num_threads(task.config.train.threads)

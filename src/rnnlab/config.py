@@ -112,9 +112,11 @@ class DataConfig:
         for key in ("file", "data_dir"):  # saved with the run: an absolute path finds the data from elsewhere
             if getattr(self, key) and not Path(getattr(self, key)).expanduser().is_absolute():
                 object.__setattr__(self, key, str(Path(getattr(self, key)).expanduser().resolve()))
-        if self.file and (self.view != "rows" or self.download or self.data_dir):
-            raise ConfigError("data.view, data.download and data.data_dir apply to the image datasets; a sequence "
-                              "file is read as it is, from data.file (leave them at their defaults)")
+        if self.file and (self.view != "rows" or self.download):
+            raise ConfigError("data.view and data.download apply to the image datasets; a sequence file "
+                              "is read as it is (leave them at their defaults)")
+        if self.file:  # an IDX folder means nothing to a sequence file (given with it: apply_overrides refuses)
+            object.__setattr__(self, "data_dir", "")
         _at_least("data", "val_size", self.val_size, 0)
         _at_least("data", "permutation_seed", self.permutation_seed, 0)
         _at_most("data.permutation_seed", self.permutation_seed, MAX_SEED, " (2**63 - 1)")
@@ -348,6 +350,10 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         target[name] = value
         if key in ("train.iterations", "train.epochs"):
             budget_keys.add(key)
+    if raw["data"]["file"] and any(item.partition("=")[0].strip() == "data.data_dir" and item.partition("=")[2].strip()
+                                   for item in overrides):  # --data-file F --data-dir D: D would be dropped
+        raise ConfigError("data.data_dir is the folder of an image dataset's IDX files; a sequence file is read "
+                          "from data.file alone: drop data.data_dir (--data-dir)")
     if budget_keys == {"train.iterations"}:
         raw["train"]["epochs"] = 0
     elif budget_keys == {"train.epochs"}:

@@ -12,7 +12,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,11 @@ from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab import distributed as dist
-from rnnlab.config import RunConfig, from_dict, save_toml, settings_of_the_run, to_dict
+from rnnlab import trainer_state
+from rnnlab.config import RunConfig, save_toml
 from rnnlab.data import SequenceData
-from rnnlab.data.splits import describe_datasets, input_shape, load_datasets
-from rnnlab.errors import CheckpointError, ResourceError
+from rnnlab.data.splits import describe_datasets, load_datasets
+from rnnlab.errors import ResourceError
 from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix, evaluate, lengths_to
 from rnnlab.models import parameter_count
 from rnnlab.models.build import build_model
@@ -42,19 +42,6 @@ from rnnlab.stopping import StopBetweenSteps, Terminated, pass_on_sigterm
 
 def total_iterations(cfg: RunConfig, train: SequenceData) -> int:
     return cfg.train.iterations or cfg.train.epochs * train.num_batches(cfg.train.batch_size)
-
-
-def _warn_if_resolved_differently(before: dict[str, str] | None, now: dict[str, str]) -> None:
-    """``auto`` settings resolve by machine: a run moved to another one may go on differently."""
-    def kind(key: str, value: str) -> str:  # cuda:0 and cuda:1 are the same footing (torchrun's ranks)
-        return value.partition(":")[0] if key == "device" else value
-
-    changed = [f"{key} {before[key]} -> {value}" for key, value in now.items()
-               if before and key in before and kind(key, before[key]) != kind(key, value)]
-    if changed:
-        warnings.warn(f"this run resumes on another footing than it began ({', '.join(changed)}): the train.*=auto "
-                      "settings resolve by machine, so the rest of it trains differently from an uninterrupted run",
-                      RuntimeWarning, stacklevel=3)
 
 
 class Trainer:
@@ -114,57 +101,11 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
         """Write a checkpoint (rank 0 writes; every process must call it, for the RNG states)."""
-        rng_states = dist.gather_rng_states(self.device)
-        if not dist.is_main_process():
-            self.saved_at = self.iteration
-            return
-        tensors = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                   "scaler": self.scaler.state_dict(), "rng": rng_states[0]}
-        if len(rng_states) > 1:  # each process's own dropout stream, in rank order
-            tensors["rng_processes"] = rng_states
-        if self.data.permutation is not None:
-            tensors["permutation"] = self.data.permutation
-        meta = {"config": to_dict(self.cfg), "iteration": self.iteration, "total_iterations": self.total,
-                "epoch": self.iteration / self.batches_per_epoch, "train_seconds": self.train_seconds,
-                "samples": self.samples,
-                "running": self.running.as_dict(), "torch_version": torch.__version__,
-                "input": input_shape(self.data), "resolved": self.resolved()}
-        if self.best.active:
-            meta["best"] = self.best.state()
-            if self.best.weights is not None:
-                tensors["best_model"] = self.best.weights
-        ckpt.save_checkpoint(self.run_dir, tensors, meta)
-        self.saved_at = self.iteration
+        trainer_state.save(self)
 
     def restore(self) -> None:
-        # Loaded on the CPU: load_state_dict copies into the parameters where they are, the
-        # optimizer moves its state to them, and torch takes RNG states only as CPU tensors.
-        tensors, meta = ckpt.load_checkpoint(self.run_dir, map_location="cpu")
-        # from_dict: keys added since take defaults; the data may have moved (rnnlab train --resume --data-dir)
-        if settings_of_the_run(from_dict(meta["config"])) != settings_of_the_run(self.cfg):
-            raise CheckpointError(f"{self.run_dir}: the checkpoint was written by a different config")
-        _warn_if_resolved_differently(meta.get("resolved"), self.resolved())
-        self.iteration, self.train_seconds = meta["iteration"], meta["train_seconds"]
-        try:  # a checkpoint.pt from another run beside this checkpoint.json, or a damaged entry
-            self.model.load_state_dict(tensors["model"])
-            self.optimizer.load_state_dict(tensors["optimizer"])
-            self.scaler.load_state_dict(tensors["scaler"])
-            dist.restore_rng_state(tensors.get("rng_processes", [tensors["rng"]]), self.cfg.seed, self.iteration,
-                                   self.device)
-        except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as exc:
-            raise CheckpointError(f"{self.run_dir / ckpt.CHECKPOINT_PT} does not fit the run its "
-                                  f"{ckpt.CHECKPOINT_JSON} describes ({' '.join(str(exc).split())[:240]}); put back this run's "
-                                  "own checkpoint.pt, or start the run again") from None
-        # Checkpoints before this count was kept: every batch full, as the count then assumed.
-        self.samples = int(meta.get("samples", self.iteration * self.cfg.train.batch_size))
-        self.saved_at = self.iteration
-        self.running.load(meta["running"])
-        self.best.load_state(meta.get("best"), tensors.get("best_model"))
-        # Metrics logged after the checkpoint will be logged again: drop them.
-        if dist.is_main_process():
-            rows = [r for r in ckpt.read_jsonl(self.run_dir / METRICS)
-                    if isinstance(r.get("iteration"), int) and r["iteration"] <= self.iteration]
-            ckpt.write_jsonl(self.run_dir / METRICS, rows)
+        """Take the run back from its last checkpoint (``rnnlab train --resume``)."""
+        trainer_state.restore(self)
 
     # ------------------------------------------------------------------ the loop
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:

@@ -100,21 +100,21 @@ def relocated(config: RunConfig, data_path: Path) -> RunConfig:
 def _training_into(run_dir: Path) -> Iterator[None]:
     """Hold a lock on ``run_dir`` while training: a second process training the same folder (a
     resume of a run still running) would interleave its metrics and overwrite its checkpoint.
-    Under torchrun rank 0 holds it for all. A folder made here for a run that then fails to
-    start (a bad data file) is removed again."""
+    Under torchrun rank 0 holds it for all. Folders made here for a run that then fails to
+    start (a bad data file) are removed again, while the lock still keeps others out."""
     if not dist.is_main_process():
         yield
         return
-    made = not run_dir.exists()
+    made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
     run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with exclusive(run_dir, f"another rnnlab process is training {run_dir}; wait for it to finish "
-                                "(or stop it), or choose another --out"):
+    with exclusive(run_dir, f"another rnnlab process is training {run_dir}; wait for it to finish "
+                            "(or stop it), or choose another --out"):
+        try:
             yield
-    finally:
-        if made:
-            with contextlib.suppress(OSError):  # only if still empty
-                run_dir.rmdir()
+        finally:
+            for folder in made:
+                with contextlib.suppress(OSError):  # only if still empty
+                    folder.rmdir()
 
 
 @contextmanager
@@ -156,7 +156,7 @@ def _check_resumable(run_dir: Path, config: RunConfig, meta: dict[str, Any]) -> 
     (resuming would train with the old settings and write them over the edit). Returns the config
     to resume with: the checkpoint's, reading its data where config.toml now says it is."""
     summary, problem = ckpt.read_summary_file(run_dir)
-    if problem is not None:  # the checkpoint is whole: resuming rebuilds the summary, so go on by it
+    if problem is not None and dist.is_main_process():  # the checkpoint is whole: resuming rebuilds the summary
         warnings.warn(f"{run_dir / SUMMARY} is unreadable ({problem}); resuming by the checkpoint, at iteration "
                       f"{meta['iteration']} of {meta.get('total_iterations', '?')}", RuntimeWarning, stacklevel=3)
     status = (summary or {}).get("status")

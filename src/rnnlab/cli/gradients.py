@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     check_at_least("--images", args.images, 1)
     if args.plot:
         check_plot_path("--plot", args.plot)  # before the work, not after it
-    if args.run:
+    if args.run is not None:  # "" too: an unset $RUN must not measure a fresh model instead
         given = [name for name in settings_given(args) if name not in RUN_OPTIONS]
         if given:  # the run's own saved config decides the model; these would be ignored
             moved = (" (to read the run's data from a moved copy, give --data-dir: an IDX folder, or the "

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import rnnlab
 
     progress = not args.no_progress
-    if args.resume:
+    if args.resume is not None:  # "" too: an unset $RUN must not start a new default run
         from rnnlab.errors import ConfigError
 
         # --data-dir is where the data is now, not a setting: it points the run at its moved data.
