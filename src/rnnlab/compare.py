@@ -161,7 +161,9 @@ def _run_task(task: Task, run_dir: Path) -> dict[str, Any]:
         action = "trained"
         if state == "resume":
             try:
-                return _record(task, rnnlab.resume(run_dir, progress=False).summary, "resumed")
+                data = task.config.data  # where this compare reads the data now: it may have moved
+                moved_to = (data.file or data.data_dir) or None
+                return _record(task, rnnlab.resume(run_dir, progress=False, data_dir=moved_to).summary, "resumed")
             except CheckpointError as exc:  # unreadable: start this seed again rather than fail forever
                 action = f"trained again (its checkpoint could not be resumed: {exc})"
         _clear(run_dir)
