@@ -155,7 +155,8 @@ def seed_everything(seed: int) -> None:
 def callers_state_kept() -> Iterator[None]:
     """A run sets torch's thread count and seeds the global random generators (Python's, NumPy's,
     torch's): give the caller its own back afterwards, so that what a program does after
-    ``rnnlab.train`` does not depend on the run before it (a later run's weights did)."""
+    ``rnnlab.train`` does not depend on the run before it (a later run's weights did). CUDA's
+    generators are given back if CUDA was in use before the run (else they start from the run's seed)."""
     threads = torch.get_num_threads()
     python, numpy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
