@@ -279,3 +279,18 @@ def test_sigterm_in_a_dry_run_names_no_folder_to_resume(monkeypatch: pytest.Monk
     monkeypatch.delenv("RANK", raising=False)
     assert main(["train", "--dry-run", "--no-progress", *TINY]) == 143
     assert capsys.readouterr().err == "rnnlab: terminated (SIGTERM)\n"
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    """`rnnlab models | head -1`: no "Broken pipe" error, the status a shell gives a tool the pipe closed."""
+    import subprocess
+
+    reader = subprocess.Popen(["head", "-c", "1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    # The list is written again and again until a write finds the pipe closed (head has gone).
+    code = ("import sys, time\nfrom rnnlab.cli import main\ntime.sleep(0.5)\n"
+            "for _ in range(200):\n    status = main(['presets'])\n    if status:\n        sys.exit(status)\n")
+    job = subprocess.run([sys.executable, "-c", code],
+                         stdout=reader.stdin, stderr=subprocess.PIPE, text=True, timeout=120)
+    reader.stdin.close()
+    reader.wait()
+    assert job.returncode == 141 and "Broken pipe" not in job.stderr and "Traceback" not in job.stderr, job.stderr

@@ -214,3 +214,15 @@ def test_configs_built_in_python_check_their_types() -> None:
     with pytest.raises(ConfigError, match=r"train.lr='0.1': expected float"):
         TrainConfig(lr="0.1")  # type: ignore[arg-type]
     assert TrainConfig(lr=1).lr == 1  # an int is a fine float
+
+
+def test_overrides_that_the_rest_of_the_config_would_ignore_are_refused() -> None:
+    """preset= only labels a run; a tutorial-protocol run holds out no validation split."""
+    from rnnlab import get_preset
+
+    with pytest.raises(ConfigError, match=r"to start from one, use --preset NAME"):
+        apply_overrides(RunConfig(), ["preset=dlw-rnn-a"])
+    tutorial = get_preset("dlw-lstm-a").config
+    with pytest.raises(ConfigError, match=r"holds out no validation split .* add train.protocol=standard"):
+        apply_overrides(tutorial, ["data.val_size=500"])
+    assert apply_overrides(tutorial, ["data.val_size=500", "train.protocol=standard"]).data.val_size == 500

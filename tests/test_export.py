@@ -119,7 +119,7 @@ def test_missing_onnx_says_what_to_install(untrained_run, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
     assert main(["export", str(run)]) == 2
-    assert "pip install rnnlab[export]" in capsys.readouterr().err
+    assert "pip install 'rnnlab[export]'" in capsys.readouterr().err
     assert not (run / "model.onnx").exists()
 
 

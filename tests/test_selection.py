@@ -77,7 +77,8 @@ def test_keep_best_and_patience_end_with_the_best_weights(tmp_path: Path, monkey
     assert all(torch.equal(saved[k], expected[k]) for k in expected)
     # The summary's test accuracy is that of the saved weights, as `rnnlab eval` measures it.
     assert rnnlab.load(run.dir).evaluate()["test_accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-4)
-    with pytest.raises(CheckpointError, match="nothing to resume"):
+    with pytest.raises(CheckpointError, match=r"stopped early at iteration 25 \(no better val accuracy in 3 "
+                                              r"evaluations, train.patience\).*nothing to resume"):
         rnnlab.resume(run.dir, progress=False)
 
 

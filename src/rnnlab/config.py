@@ -350,15 +350,26 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         target[name] = value
         if key in ("train.iterations", "train.epochs"):
             budget_keys.add(key)
-    if raw["data"]["file"] and any(item.partition("=")[0].strip() == "data.data_dir" and item.partition("=")[2].strip()
-                                   for item in overrides):  # --data-file F --data-dir D: D would be dropped
-        raise ConfigError("data.data_dir is the folder of an image dataset's IDX files; a sequence file is read "
-                          "from data.file alone: drop data.data_dir (--data-dir)")
     if budget_keys == {"train.iterations"}:
         raw["train"]["epochs"] = 0
     elif budget_keys == {"train.epochs"}:
         raw["train"]["iterations"] = 0
-    return from_dict(raw, source="overrides")
+    result = from_dict(raw, source="overrides")  # its own checks first: they say more
+    _refuse_what_would_be_ignored(raw, {item.partition("=")[0].strip() for item in overrides})
+    return result
+
+
+def _refuse_what_would_be_ignored(raw: dict[str, Any], given: set[str]) -> None:
+    """Settings given that the rest of the config would leave unused (a saved config may hold them)."""
+    if "preset" in given:  # the label of where a config came from: it would relabel the run, not load the preset
+        raise ConfigError("preset names the preset a config came from; to start from one, use --preset NAME "
+                          "(from Python: rnnlab.get_preset(NAME).config)")
+    if raw["data"]["file"] and raw["data"]["data_dir"] and "data.data_dir" in given:
+        raise ConfigError("data.data_dir is the folder of an image dataset's IDX files; a sequence file is read "
+                          "from data.file alone: drop data.data_dir (--data-dir)")
+    if raw["train"]["protocol"] == "tutorial" and raw["data"]["val_size"] and "data.val_size" in given:
+        raise ConfigError("train.protocol=tutorial (the tutorial presets') holds out no validation split and "
+                          "evaluates on the test set; drop data.val_size, or add train.protocol=standard")
 
 
 def _check_override_arguments(cfg: Any, overrides: Any) -> None:

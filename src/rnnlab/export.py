@@ -125,7 +125,7 @@ def _require_onnx() -> tuple[Any, Any]:
         import onnxruntime
     except ImportError as exc:
         raise ExportError(f"ONNX export needs onnx and onnxruntime ({exc.name} is missing): "
-                          "pip install rnnlab[export]") from None
+                          "pip install 'rnnlab[export]' (from a checkout: pip install -e '.[export]')") from None
     return onnx, onnxruntime
 
 

@@ -163,10 +163,13 @@ def _check_resumable(run_dir: Path, config: RunConfig, meta: dict[str, Any]) -> 
     if status == "completed":
         accuracy = summary.get("test_accuracy")
         reached = f" (test accuracy {accuracy:.2f}%)" if isinstance(accuracy, (int, float)) else ""
+        early = summary.get("stopped_early")
+        ended = (f"stopped early at iteration {summary.get('iterations', '')} (no better val accuracy in "
+                 f"{early.get('patience', '')} evaluations, train.patience)" if isinstance(early, dict)
+                 else f"finished all {summary.get('iterations', '')} iterations")
         raise CheckpointError(
-            f"{run_dir} finished all {summary.get('iterations', '')} iterations{reached}; there is nothing to "
-            f"resume. To train longer, start a new run from its config with a larger budget: "
-            f"rnnlab train --config {run_dir / CONFIG} train.iterations=N")
+            f"{run_dir} {ended}{reached}; there is nothing to resume. To train longer, start a new run from its "
+            f"config with a larger budget: rnnlab train --config {run_dir / CONFIG} train.iterations=N")
     if status == "diverged":  # the same seed and settings would diverge again at the same step
         raise CheckpointError(f"{run_dir} diverged ({summary.get('message', 'non-finite loss')}); resuming would "
                               f"repeat it: start a new run with the change, rnnlab train --config {run_dir / CONFIG} ...")

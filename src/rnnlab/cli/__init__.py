@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import contextlib
 import os
 import signal
 import sys
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     except RnnlabError as exc:
         print(f"rnnlab: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`rnnlab eval RUN | head -1`): stop quietly, as Unix tools do
+        with contextlib.suppress(OSError, ValueError):  # and no second complaint when Python flushes at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool that pipe closed
     except OSError as exc:  # a path that cannot be read or written, a full disk: the user's to fix
         where = f": {exc.filename}" if exc.filename else ""
         print(f"rnnlab: error: {exc.strerror or exc}{where}", file=sys.stderr)

@@ -26,7 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--jobs", type=int, default=None,
                         help="parallel worker processes (default: the number of CPU cores); each gets cores/jobs "
                              "torch threads")
-    parser.add_argument("--out", metavar="DIR", help="compare folder (default: runs/compare-<suite-or-names>)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="compare folder (default: runs/compare-<suite-or-names>, with a hash of the "
+                             "overrides and sweeps appended when there are any, e.g. runs/compare-tutorials-9a5c8d6b "
+                             "for --suite tutorials train.lr=0.05)")
     parser.add_argument("--no-plot", action="store_true", help="skip the figures")
     parser.add_argument("--dry-run", action="store_true", help="print what would run, train nothing")
     parser.set_defaults(func=run_compare)

@@ -11,15 +11,18 @@ from rnnlab.cli.common import DefaultsHelpFormatter
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export", help="export a run's model to ONNX or TorchScript",
-        description="Export a run's model. Input `sequences` float32 (N, T, F) in [0, 1] as the run's view "
-                    "reads an image; output `logits` (N, classes). The export is checked against PyTorch on "
-                    "real test images before it is written.",
+        description="Export a run's model. Input `sequences` float32 (N, T, F): for a run on images, pixels "
+                    "in [0, 1] laid out as the run's view reads an image; for a run on a sequence file, values "
+                    "as the file held them (a uint8 file's read as value/255). A run whose sequences vary in "
+                    "length also takes `lengths` int64 (N,), each sequence's own length (1 to T). Output "
+                    "`logits` (N, classes). The export is checked against PyTorch on real test images or "
+                    "sequences before it is written.",
         formatter_class=DefaultsHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="file format")
     parser.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/model.onnx or "
                                                       "RUN_DIR/model.torchscript.pt)")
-    parser.add_argument("--samples", type=int, default=256, help="test images used to check the export")
+    parser.add_argument("--samples", type=int, default=256, help="test images (or sequences) used to check the export")
     parser.add_argument("--data-dir", metavar="DIR",
                         help="folder with the IDX files, or for a run on a sequence file the .npz (default: the run's)")
     parser.add_argument("--no-check", action="store_true", help="skip the check against PyTorch (not advised)")

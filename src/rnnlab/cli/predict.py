@@ -18,10 +18,12 @@ DISPLAY_POINTS = 28  # --steps shows at most this many lines per image (row ends
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "predict", help="classify digit images (PNG, JPEG, BMP, ...) with a trained run",
+        "predict", help="classify digit images (PNG, JPEG, BMP, ...), or a .npy of sequences for a run "
+                        "trained on a sequence file",
         description="Classify image files. Each image is brought to MNIST's form first: grey, light ink on "
                     "dark (inverted if the background is light), cropped to the ink, scaled to fit 20x20 and "
-                    "centred by centre of mass in 28x28. 28x28 light-on-dark images are used as they are.",
+                    "centred by centre of mass in 28x28. 28x28 light-on-dark images are used as they are. For a run "
+                    "trained on a sequence file, give .npy files of sequences instead.",
         formatter_class=DefaultsHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("images", nargs="+", metavar="IMAGE",

@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
     except ImportError:
-        raise ConfigError("rnnlab serve needs FastAPI and uvicorn: pip install rnnlab[serve]") from None
+        raise ConfigError("rnnlab serve needs FastAPI and uvicorn: pip install 'rnnlab[serve]' (from a checkout: "
+                          "pip install -e '.[serve]')") from None
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port={args.port} must be between 0 and 65535")
     for flag, value, low in (("--max-upload-mb", args.max_upload_mb, 0.001), ("--max-pixels", args.max_pixels, 1),

@@ -107,7 +107,9 @@ def _member(path: Path, archive: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
 def _open(path: str | os.PathLike[str]) -> tuple[Path, dict[str, np.ndarray]]:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"{path}: no such sequence file; check data.file (a .npz written with np.savez)")
+        what = "a folder, not a sequence file" if path.is_dir() else "no such sequence file"
+        raise DataError(f"{path}: {what}; check data.file (a .npz written with np.savez); if a run's file moved, "
+                        "--data-dir NEW.npz points eval, export, gradients --run and train --resume at it")
     try:
         looks = not_numpy(path)
         if looks is not None:
