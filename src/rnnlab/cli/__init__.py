@@ -7,8 +7,8 @@ Each subcommand lives in its own module with ``register(subparsers)``; a user mi
 from __future__ import annotations
 
 import argparse
-import importlib
 import contextlib
+import importlib
 import os
 import signal
 import sys
