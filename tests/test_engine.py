@@ -161,7 +161,7 @@ def test_resume_refuses_an_edited_config_and_keeps_the_edit(tmp_path: Path) -> N
 
 
 def test_tutorial_protocol_evaluates_test_without_a_split(tmp_path: Path) -> None:
-    run = rnnlab.train(tiny("train.protocol=tutorial"), tmp_path / "run", progress=False)
+    run = rnnlab.train(tiny("train.protocol=tutorial", "data.val_size=0"), tmp_path / "run", progress=False)
     assert "val_accuracy" not in run.summary and "protocol_note" in run.summary
     assert all("test_accuracy" in row for row in run.metrics())
 
