@@ -21,6 +21,7 @@ from rnnlab import compare as cmp
 from rnnlab.entries import Entry, default_out_dir, resolve_entries
 from rnnlab.cli import main
 from rnnlab.config import save_toml
+from rnnlab.locks import LOCK_FILE
 from rnnlab.errors import ConfigError
 
 pytestmark = pytest.mark.slow  # each test starts rnnlab in other processes
@@ -335,7 +336,7 @@ def test_a_second_compare_into_the_same_folder_is_refused(tmp_path: Path) -> Non
     fcntl = pytest.importorskip("fcntl")
     entries = resolve_entries(["dlw-rnn-a"], overrides=TINY)
     tmp_path.mkdir(exist_ok=True)
-    held = os.open(tmp_path, os.O_RDONLY)
+    held = os.open(tmp_path / ".rnnlab.lock", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a compare running into it holds it
         with pytest.raises(ConfigError, match=f"another rnnlab compare is running into {tmp_path}"):
@@ -389,5 +390,12 @@ def test_a_signal_stops_the_running_seeds_as_it_stops_a_run(tmp_path: Path, sign
         assert summary["status"] == "interrupted" and summary["iterations"] == saved > 0, summary
         assert ("test_accuracy" in summary) != sigterm
         assert ("stopped by SIGTERM" in summary.get("message", "")) == sigterm
-        assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temporary file left
+        assert not [p.name for p in run.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE]  # no temp file
     assert not (out / "runs/dlw-rnn-a/seed2").exists()  # queued: never started
+
+
+def test_overrides_some_entries_use_are_not_refused_for_the_others() -> None:
+    """A compare gives its overrides to every entry: a tutorial preset ignores data.val_size, row-best uses it."""
+    entries = resolve_entries(["dlw-lstm-a", "row-best"], overrides=["data.val_size=2000"])
+    assert [e.config.data.val_size for e in entries] == [2000, 2000]
+    assert entries[0].config.train.protocol == "tutorial"

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json
-from rnnlab.config import RunConfig, load_toml, save_toml
+from rnnlab.config import DATA_LOCATION, RunConfig, load_toml, save_toml
 from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError
 from rnnlab.entries import Entry
@@ -94,7 +94,11 @@ def task_state(task: Task) -> str:
     run_dir = Path(task.run_dir)
     if (run_dir / CONFIG).exists():
         existing = load_toml(run_dir / CONFIG)
-        if result_settings(existing) != result_settings(task.config):
+
+        def same_run(config: RunConfig) -> dict[str, Any]:  # a sequence file may have moved: the same run
+            return {k: v for k, v in result_settings(config).items() if k not in DATA_LOCATION}
+
+        if same_run(existing) != same_run(task.config):
             raise ConfigError(f"{run_dir} holds a run of a different config (changed settings or overrides?); "
                               "use another --out, or delete that folder to run it again")
     if read_summary(run_dir).get("status") in FINISHED:  # a corrupt summary reads as failed: retrained

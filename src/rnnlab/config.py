@@ -111,7 +111,8 @@ class DataConfig:
                               f"{self.dataset!r}); add data.dataset=file, or use --data-file PATH")
         for key in ("file", "data_dir"):  # saved with the run: an absolute path finds the data from elsewhere
             if getattr(self, key) and not Path(getattr(self, key)).expanduser().is_absolute():
-                object.__setattr__(self, key, str(Path(getattr(self, key)).expanduser().resolve()))
+                # abspath, not resolve: a symlink the user points the run at stays the way to the data
+                object.__setattr__(self, key, os.path.abspath(Path(getattr(self, key)).expanduser()))
         if self.file and (self.view != "rows" or self.download):
             raise ConfigError("data.view and data.download apply to the image datasets; a sequence file "
                               "is read as it is (leave them at their defaults)")
@@ -320,11 +321,13 @@ def load_toml(path: str | Path) -> RunConfig:
 # --------------------------------------------------------------------------- overrides
 
 
-def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+def apply_overrides(cfg: RunConfig, overrides: list[str], *, refuse_unused: bool = True) -> RunConfig:
     """Apply ``KEY=VALUE`` overrides such as ``model.hidden=256`` or ``seed=3``.
 
     Setting one of ``train.iterations`` / ``train.epochs`` clears the other, so that a
-    preset's budget can be switched from epochs to iterations in one override.
+    preset's budget can be switched from epochs to iterations in one override. A setting the
+    rest of the config would leave unused is refused, unless ``refuse_unused`` is off: a
+    compare gives the same overrides to every entry, and some entries use them.
     """
     _check_override_arguments(cfg, overrides)
     raw = to_dict(cfg)
@@ -355,7 +358,8 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     elif budget_keys == {"train.epochs"}:
         raw["train"]["iterations"] = 0
     result = from_dict(raw, source="overrides")  # its own checks first: they say more
-    _refuse_what_would_be_ignored(raw, {item.partition("=")[0].strip() for item in overrides})
+    if refuse_unused:
+        _refuse_what_would_be_ignored(raw, {item.partition("=")[0].strip() for item in overrides})
     return result
 
 

@@ -32,8 +32,9 @@ def select_device(requested: str = "auto") -> torch.device:
         raise ConfigError(f"device {requested!r} is not valid; choose one of: auto, cpu, cuda, cuda:N "
                           "(N a GPU number, e.g. cuda:0) or mps")
     if kind == "cuda" and index and world_size() > 1:  # every process would share GPU N
-        warnings.warn(f"device {requested!r} under torchrun is read as 'cuda': each process takes the GPU of "
-                      "its LOCAL_RANK (CUDA_VISIBLE_DEVICES chooses which GPUs)", RuntimeWarning, stacklevel=2)
+        if os.environ.get("RANK", "0") == "0":  # said once, not by every process
+            warnings.warn(f"device {requested!r} under torchrun is read as 'cuda': each process takes the GPU of "
+                          "its LOCAL_RANK (CUDA_VISIBLE_DEVICES chooses which GPUs)", RuntimeWarning, stacklevel=2)
         requested = kind
     if requested in ("auto", "cuda") and torch.cuda.is_available() and world_size() > 1:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process

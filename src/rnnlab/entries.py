@@ -55,7 +55,7 @@ def resolve_entries(specs: list[str], *, suite: str | None = None, overrides: li
         else:
             config = get_preset(spec).config
             name = spec
-        config = apply_overrides(config, list(overrides or []))
+        config = apply_overrides(config, list(overrides or []), refuse_unused=False)  # used by some entries
         if any(e.name == name for e in entries):
             raise ConfigError(f"{spec!r} is named {name!r} like an earlier entry; give each config a distinct "
                               "`name` (or list each preset once)")
@@ -105,7 +105,7 @@ def expand_sweeps(entries: list[Entry], sweeps: list[tuple[str, list[str]]], ove
                 check_folder_name("the entry name", name)
             except ConfigError as error:
                 raise ConfigError(f"--sweep value {', '.join(combo)}: {error}; use plainer values") from None
-            config = apply_overrides(entry.config, [f"{k}={v}" for k, v in zip(keys, combo)])
+            config = apply_overrides(entry.config, [f"{k}={v}" for k, v in zip(keys, combo)], refuse_unused=False)
             if config in seen:  # e.g. 0.01 and 1e-2
                 raise ConfigError(f"--sweep gives {entry.name} the same config twice ({seen[config]} and {name}); "
                                   "list each value once")

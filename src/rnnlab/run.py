@@ -19,7 +19,7 @@ from rnnlab.config import RunConfig, from_dict, load_toml, settings_of_the_run
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab.engine import Trainer
 from rnnlab.errors import CheckpointError, ConfigError, describe
-from rnnlab.locks import exclusive
+from rnnlab.locks import LOCK_FILE, exclusive
 from rnnlab.stopping import Terminated
 
 
@@ -112,9 +112,11 @@ def _training_into(run_dir: Path) -> Iterator[None]:
         try:
             yield
         finally:
-            for folder in made:
-                with contextlib.suppress(OSError):  # only if still empty
-                    folder.rmdir()
+            if made and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:  # nothing of a run was written
+                (run_dir / LOCK_FILE).unlink(missing_ok=True)
+                for folder in made:
+                    with contextlib.suppress(OSError):  # only if still empty
+                        folder.rmdir()
 
 
 @contextmanager

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import select
 import signal
 import sys
 import warnings
@@ -70,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     except RnnlabError as exc:
         print(f"rnnlab: error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # the reader went away (`rnnlab eval RUN | head -1`): stop quietly, as Unix tools do
-        with contextlib.suppress(OSError, ValueError):  # and no second complaint when Python flushes at exit
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # 128 + SIGPIPE, what a shell reports for a tool that pipe closed
+    except BrokenPipeError as exc:
+        if exc.filename is None and _stdout_gone():  # the reader went away (`rnnlab eval RUN | head -1`)
+            return 141  # quietly, with 128 + SIGPIPE, what a shell reports for a tool that pipe closed
+        print(f"rnnlab: error: {exc.strerror or exc}", file=sys.stderr)  # a pipe or socket of the command's own
+        return 2
     except OSError as exc:  # a path that cannot be read or written, a full disk: the user's to fix
         where = f": {exc.filename}" if exc.filename else ""
         print(f"rnnlab: error: {exc.strerror or exc}{where}", file=sys.stderr)
@@ -84,6 +86,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rnnlab: interrupted", file=sys.stderr)
         return 130
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has gone; if so, it is pointed at /dev/null,
+    so that Python's flush at exit does not complain a second time."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()  # a pipe's write end polls POLLERR once its last reader has closed
+        poller.register(fd, select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no stdout (pythonw), closed, or no poll (Windows)
+        return False
+    if gone:
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+    return gone
 
 
 def _say_terminated(stop: Terminated) -> None:

@@ -110,6 +110,13 @@ def settings_given(args: argparse.Namespace) -> list[str]:
     return given + list(getattr(args, "overrides", None) or [])
 
 
+def typed_settings(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``(dotted key, as typed)`` for every setting on the command line: shortcut flags, then overrides."""
+    typed = [(key, f"--{flag.replace('_', '-')} {getattr(args, f'short_{flag}')}")
+             for flag, (key, _, _) in SHORTCUTS.items() if getattr(args, f"short_{flag}", None) is not None]
+    return typed + [(item.partition("=")[0].strip(), item) for item in args.overrides]
+
+
 def check_at_least(flag: str, value: float, low: float) -> None:
     """Refuse an option value below ``low``; for a float also nan and inf (nan passes every comparison)."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from rnnlab.cli.common import (SHORTCUTS, DefaultsHelpFormatter, add_config_arguments, check_at_least,
-                               check_plot_path, config_from_args, settings_given)
+from rnnlab.cli.common import (DefaultsHelpFormatter, add_config_arguments, check_at_least, check_plot_path,
+                               config_from_args, settings_given, typed_settings)
 from rnnlab.config import RunConfig
 from rnnlab.errors import ConfigError
 
@@ -39,13 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_config_arguments(parser)
     parser.set_defaults(func=run)
-
-
-def typed_settings(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """``(dotted key, as typed)`` for every setting on the command line: shortcut flags, then overrides."""
-    typed = [(key, f"--{flag.replace('_', '-')} {getattr(args, f'short_{flag}')}")
-             for flag, (key, _, _) in SHORTCUTS.items() if getattr(args, f"short_{flag}", None) is not None]
-    return typed + [(item.partition("=")[0].strip(), item) for item in args.overrides]
 
 
 def check_training_settings(config: RunConfig, typed: list[tuple[str, str]]) -> None:

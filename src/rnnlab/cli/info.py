@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from rnnlab.cli.common import add_config_arguments, config_from_args
+from rnnlab.cli.common import add_config_arguments, config_from_args, typed_settings
+from rnnlab.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +52,10 @@ def run_inspect(args: argparse.Namespace) -> int:
     from rnnlab.models import create_model, describe_parameters, flops_per_sample, parameter_count
 
     config = config_from_args(args)
+    training = [text for key, text in typed_settings(args) if key.startswith("train.")]
+    if training:  # nothing is trained: they would change nothing shown, and be dropped without a word
+        raise ConfigError(f"`rnnlab inspect` shows a model and its input, which training settings do not "
+                          f"change; drop {' '.join(training)}")
     steps, features, classes = config_input_shape(config)
     if config.data.dataset == "file" and config.model.readout == "all":  # as training would refuse it
         from rnnlab.data.files import load_sequence_file
