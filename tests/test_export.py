@@ -64,8 +64,14 @@ def test_export_of_a_trained_run_via_cli(trained_run: Path, tmp_path: Path, caps
     assert out.exists() and [p.name for p in out.parent.iterdir()] == ["model.onnx"]  # no temporary left
     assert main(["export", str(trained_run), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
                  "--json", "--samples", "100"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
     assert report["samples"] == 100 and report["max_abs_diff"] <= 1e-4 and report["same_classes"] == 1.0
+    assert "warning" not in captured.err
+    # Named like the other format: written as asked, with a warning that it will mislead.
+    assert main(["export", str(trained_run), "--format", "torchscript", "--out", str(tmp_path / "m.onnx"),
+                 "--no-check"]) == 0
+    assert "is named like an ONNX file, but --format is torchscript" in capsys.readouterr().err
 
 
 def test_metadata_travels_with_the_model(untrained_run, tmp_path: Path) -> None:

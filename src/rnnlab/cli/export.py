@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from rnnlab.cli.common import DefaultsHelpFormatter
 
@@ -34,8 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rnnlab.export import TOLERANCE, export_run
+    from rnnlab.export import EXTENSIONS, TOLERANCE, export_run
 
+    named = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript"}.get(Path(args.out or "").suffix.lower())
+    if named and named != args.format:  # a model.onnx that holds TorchScript would mislead whoever opens it
+        kind = {"onnx": "an ONNX", "torchscript": "a TorchScript"}[named]
+        print(f"rnnlab: warning: --out {args.out} is named like {kind} file, but --format is {args.format}; "
+              f"{args.format} files usually end in {EXTENSIONS[args.format]}", file=sys.stderr)
     report = export_run(args.run_dir, args.format, args.out, check=not args.no_check, samples=args.samples,
                         data_dir=args.data_dir, force=args.force)
     if args.json:
