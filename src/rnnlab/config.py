@@ -8,13 +8,10 @@ TOML (``config.toml`` in every run folder) and takes dotted command-line overrid
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import re
 import sys
-import types
-import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from typing import Any
 import tomli_w
 
 from rnnlab.atomic import atomic_write_text
+from rnnlab.config_values import coerce, field_type, parse_value
 from rnnlab.errors import ConfigError, describe
 
 if sys.version_info >= (3, 11):
@@ -70,7 +68,7 @@ def _check_values(section: str, cfg: Any) -> None:
     every range check (each comparison is False) and inf trains straight into nan."""
     for f in fields(cfg):
         value = getattr(cfg, f.name)
-        _coerce(f"{section}.{f.name}" if section else f.name, _field_type(type(cfg), f.name), value)
+        coerce(f"{section}.{f.name}" if section else f.name, field_type(type(cfg), f.name), value)
         if isinstance(value, float) and not math.isfinite(value):
             key = f"{section}.{f.name}" if section else f.name
             hint = f" such as the default, {f.default!r}" if isinstance(f.default, float) else ""
@@ -282,7 +280,7 @@ def from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
                 raise ConfigError(f"{source}: [{key}] must be a table of settings")
             kwargs[key] = _build_section(key, _SECTIONS[key], value, source)
         else:
-            kwargs[key] = _coerce(f"{key}", _field_type(RunConfig, key), value)
+            kwargs[key] = coerce(f"{key}", field_type(RunConfig, key), value)
     return RunConfig(**kwargs)
 
 
@@ -294,7 +292,7 @@ def _build_section(section: str, cls: type, values: dict[str, Any], source: str)
             f"{source}: unknown key(s) {', '.join(f'{section}.{k}' for k in sorted(unknown))}; "
             f"valid keys in [{section}]: {', '.join(sorted(names))}"
         )
-    coerced = {k: _coerce(f"{section}.{k}", _field_type(cls, k), v) for k, v in values.items()}
+    coerced = {k: coerce(f"{section}.{k}", field_type(cls, k), v) for k, v in values.items()}
     return cls(**coerced)
 
 
@@ -348,7 +346,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str], *, refuse_unused: bool
             where = f"[{section}]" if section else "top level"
             prefix = f"{section}." if section else ""
             raise ConfigError(f"unknown key {key!r}; valid keys at {where}: {', '.join(prefix + n for n in names)}")
-        value = _parse_value(key, _field_type(cls, name), text.strip())
+        value = parse_value(key, field_type(cls, name), text.strip())
         target = raw[section] if section else raw
         target[name] = value
         if key in ("train.iterations", "train.epochs"):
@@ -390,49 +388,3 @@ def _check_override_arguments(cfg: Any, overrides: Any) -> None:
         if not isinstance(item, str):
             raise ConfigError(f"override {item!r} is {describe(item)}, not a 'key=value' string "
                               "(e.g. 'model.hidden=256')")
-
-
-def _field_type(cls: type, name: str) -> Any:
-    return _type_hints(cls)[name]
-
-
-@functools.lru_cache(maxsize=None)
-def _type_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)  # resolving the annotations is slow: once per class
-
-
-def _parse_value(key: str, typ: Any, text: str) -> Any:
-    if typ is bool:
-        lowered = text.lower()
-        if lowered in ("true", "1", "yes", "on"):
-            return True
-        if lowered in ("false", "0", "no", "off"):
-            return False
-        raise ConfigError(f"{key}={text!r}: expected a boolean (true or false)")
-    if typ is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ConfigError(f"{key}={text!r}: expected a whole number") from None
-    if typ is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ConfigError(f"{key}={text!r}: expected a number such as 0.01 or 1e-3") from None
-    return text
-
-
-def _coerce(key: str, typ: Any, value: Any) -> Any:
-    """Check a value read from TOML/dict against the field's type (ints are fine for floats)."""
-    if isinstance(typ, types.UnionType):  # pragma: no cover - no optional fields today
-        return value
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }.get(typ, True)
-    if not ok:
-        raise ConfigError(f"{key}={value!r}: expected {typ.__name__}")
-    return float(value) if typ is float else value
-

@@ -38,13 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rnnlab.export import EXTENSIONS, TOLERANCE, export_run
 
+    report = export_run(args.run_dir, args.format, args.out, check=not args.no_check, samples=args.samples,
+                        data_dir=args.data_dir, force=args.force)
     named = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript"}.get(Path(args.out or "").suffix.lower())
-    if named and named != args.format:  # a model.onnx that holds TorchScript would mislead whoever opens it
+    if named and named != args.format:  # written as asked: a model.onnx holding TorchScript misleads
         kind = {"onnx": "an ONNX", "torchscript": "a TorchScript"}[named]
         print(f"rnnlab: warning: --out {args.out} is named like {kind} file, but --format is {args.format}; "
               f"{args.format} files usually end in {EXTENSIONS[args.format]}", file=sys.stderr)
-    report = export_run(args.run_dir, args.format, args.out, check=not args.no_check, samples=args.samples,
-                        data_dir=args.data_dir, force=args.force)
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
