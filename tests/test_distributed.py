@@ -39,7 +39,7 @@ def overrides_for(data: Path) -> list[str]:
             "train.eval_every=3", "train.threads=1", "train.optimizer=adam", "train.lr=1e-2"]
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
+def torchrun(*args: str, succeed: bool = True) -> subprocess.CompletedProcess:
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
               "-m", "rnnlab", "train", *args, "--no-progress"]
     env = dict(os.environ)
@@ -47,7 +47,7 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
         # Gloo picks its network interface from the host name, which a sandbox may not resolve.
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     done = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.returncode == 0) == succeed, done.stderr[-3000:]
     return done
 
 
@@ -85,6 +85,17 @@ def test_two_processes_resume_a_run_of_one(tmp_path: Path) -> None:
     whole = rnnlab.train(config, tmp_path / "whole", progress=False)
     part = rnnlab.train(config, tmp_path / "part", progress=False, stop_after=4)
     assert part.status == "stopped"
+    # While another process trains the folder, the launch stops at once with rank 0's reason. (Rank 0
+    # also tells the others, which matters where no torchrun agent would stop them: srun, mpirun.)
+    import fcntl
+
+    held = os.open(tmp_path / "part" / ".rnnlab.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        busy = torchrun("--resume", str(tmp_path / "part"), succeed=False)
+    finally:
+        os.close(held)
+    assert f"another rnnlab process is training {tmp_path / 'part'}" in busy.stderr
     torchrun("--resume", str(tmp_path / "part"))
     summary = json.loads((tmp_path / "part" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["iterations"] == whole.summary["iterations"]

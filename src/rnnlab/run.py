@@ -19,7 +19,7 @@ from rnnlab.config import RunConfig, from_dict, load_toml, settings_of_the_run
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab.engine import Trainer
 from rnnlab.errors import CheckpointError, ConfigError, describe
-from rnnlab.locks import LOCK_FILE, exclusive
+from rnnlab.locks import LOCK_FILE, Busy, exclusive
 from rnnlab.stopping import Terminated
 
 
@@ -79,6 +79,7 @@ def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int 
     run_dir = path_arg(run_dir, "run_dir", "rnnlab.resume('runs/my-run')")
     _, meta = ckpt.load_checkpoint(run_dir, training_state=True)  # refuse a damaged one before training
     config = from_dict(meta["config"], source=str(run_dir / ckpt.CHECKPOINT_JSON))
+    dist.init_process_group(config.train.device)  # under torchrun: rank 0 holds the folder for all
     with _training_into(run_dir):
         config = _check_resumable(run_dir, config, meta)
         if data_dir is not None:
@@ -100,15 +101,25 @@ def relocated(config: RunConfig, data_path: Path) -> RunConfig:
 def _training_into(run_dir: Path) -> Iterator[None]:
     """Hold a lock on ``run_dir`` while training: a second process training the same folder (a
     resume of a run still running) would interleave its metrics and overwrite its checkpoint.
-    Under torchrun rank 0 holds it for all. Folders made here for a run that then fails to
+    Under torchrun rank 0 holds it for all, and tells the others whether it got it (so that they
+    do not wait for it at the first collective). Folders made here for a run that then fails to
     start (a bad data file) are removed again, while the lock still keeps others out."""
     if not dist.is_main_process():
+        refusal = dist.broadcast_object(None)
+        if refusal:
+            raise Busy(str(refusal))
         yield
         return
     made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
     run_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive(run_dir, f"another rnnlab process is training {run_dir}; wait for it to finish "
-                            "(or stop it), or choose another --out"):
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(exclusive(run_dir, f"another rnnlab process is training {run_dir}; wait for it "
+                                                  "to finish (or stop it), or choose another --out"))
+        except Busy as busy:
+            dist.broadcast_object(str(busy))
+            raise
+        dist.broadcast_object(None)
         try:
             yield
         finally:
