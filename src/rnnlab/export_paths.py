@@ -5,22 +5,18 @@ a word. So an existing file is replaced only if it is a previous rnnlab export (
 forces it), never if it is one of a run folder's own files, and a destination that cannot be
 written is reported up front, naming the user's path rather than the hidden temporary file.
 
-Recognising a previous export reads only a few bytes and runs nothing: a TorchScript export is a
+Recognising a previous export runs nothing: a TorchScript export is a
 zip holding our metadata as the extra file ``rnnlab.json`` (read with :mod:`zipfile`, never
 ``torch.jit.load``, which would run the file's code); an ONNX export is a protobuf ``ModelProto``
-whose ``metadata_props`` hold our key ``rnnlab_version``. For ONNX the top-level fields are walked
-by hand rather than with ``onnx.load``: that works without onnx installed, and it seeks past the
-graph instead of reading and parsing a file that may be large and may not be ONNX at all.
+(parsed by ``onnx.load``, data only) whose ``metadata_props`` hold our key ``rnnlab_version``.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import zipfile
 from pathlib import Path
-from typing import BinaryIO
 
 from rnnlab import checkpoint as ckpt
 
@@ -29,8 +25,7 @@ __all__ = ["METADATA_FILE", "VERSION_KEY", "cannot_write", "is_rnnlab_export", "
 METADATA_FILE = "rnnlab.json"  # TorchScript extra file with the same metadata as ONNX's metadata_props
 VERSION_KEY = "rnnlab_version"  # the metadata entry every export carries, in both formats
 _MAX_METADATA_BYTES = 16 << 20  # far above any real metadata (a permutation of 784 is ~4 KB)
-_ONNX_METADATA_FIELD = 14  # ModelProto.metadata_props, repeated StringStringEntryProto {key = 1, value = 2}
-_MAX_FIELDS = 10_000  # an export has ~20 top-level fields; a stray file must not keep us walking
+_MAX_ONNX_BYTES = 2 << 30  # protobuf's limit for one serialized message
 
 
 def run_files() -> tuple[str, ...]:
@@ -123,71 +118,15 @@ def _is_torchscript_export(path: Path) -> bool:
 
 
 def _is_onnx_export(path: Path) -> bool:
-    """A protobuf whose top-level field 14 (``metadata_props``) has an entry keyed ``rnnlab_version``."""
+    """An ONNX model whose ``metadata_props`` hold our version key. Parsing runs nothing; a file
+    over protobuf's 2 GB limit is no ONNX file, and without onnx installed none is recognised
+    (``--force`` replaces it)."""
     try:
-        with open(path, "rb") as handle:
-            return _has_onnx_metadata_key(handle, path.stat().st_size, VERSION_KEY.encode())
-    except OSError:
+        if path.stat().st_size >= _MAX_ONNX_BYTES:
+            return False
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - no onnx, not protobuf, not a model: in every case not ours
         return False
-
-
-def _has_onnx_metadata_key(handle: BinaryIO, size: int, key: bytes) -> bool:
-    """Walk the top-level protobuf fields, seeking past every value but metadata entries.
-
-    Any byte that is not valid protobuf (a bad wire type, a length past the end) ends the walk:
-    the file is not an ONNX model at all.
-    """
-    for _ in range(_MAX_FIELDS):
-        if handle.tell() >= size:
-            return False
-        tag = _varint(handle)
-        if tag is None or tag >> 3 == 0:
-            return False
-        field, wire = tag >> 3, tag & 7
-        if wire == 0:
-            if _varint(handle) is None:
-                return False
-        elif wire in (1, 5):  # fixed 64 / 32 bits
-            handle.seek(8 if wire == 1 else 4, os.SEEK_CUR)
-        elif wire == 2:  # length-delimited: a string, bytes or a message
-            length = _varint(handle)
-            if length is None or handle.tell() + length > size:
-                return False
-            if field == _ONNX_METADATA_FIELD and length <= _MAX_METADATA_BYTES:
-                if _entry_key(io.BytesIO(handle.read(length))) == key:
-                    return True
-            else:
-                handle.seek(length, os.SEEK_CUR)
-        else:  # groups (3, 4) are not in ONNX; 6 and 7 do not exist
-            return False
-    return False
-
-
-def _varint(handle: BinaryIO) -> int | None:
-    """A protobuf varint (at most 10 bytes), or None at the end of the file or if too long."""
-    value = 0
-    for shift in range(0, 70, 7):
-        byte = handle.read(1)
-        if not byte:
-            return None
-        value |= (byte[0] & 0x7F) << shift
-        if byte[0] < 0x80:
-            return value
-    return None
-
-
-def _entry_key(entry: BinaryIO) -> bytes | None:
-    """The key (field 1, a string) of a serialized StringStringEntryProto, or None."""
-    end = entry.seek(0, os.SEEK_END)
-    entry.seek(0)
-    while entry.tell() < end:
-        tag = _varint(entry)
-        if tag is None or tag & 7 != 2:  # both fields of the entry are strings
-            return None
-        length = _varint(entry)
-        if length is None or entry.tell() + length > end:
-            return None
-        if tag >> 3 == 1:
-            return entry.read(length)
-        entry.seek(length, os.SEEK_CUR)
-    return None
+    return any(entry.key == VERSION_KEY for entry in model.metadata_props)
