@@ -189,6 +189,14 @@ def test_compare_cli_dry_run_and_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["compare", "dlw-rnn-a", "--dry-run", "model.hiddn=3"]) == 2
     assert "unknown key 'model.hiddn'" in capsys.readouterr().err
     assert main(["compare", "--seeds", "0", "dlw-rnn-a", "--dry-run"]) == 2
+    # A baseline that is not an entry is refused before anything trains, and through the API too.
+    assert main(["compare", "dlw-rnn-a", "dlw-lstm-a", "--dry-run", "--baseline", "dlw-lstm-a"]) == 0
+    capsys.readouterr()
+    assert main(["compare", "dlw-rnn-a", "dlw-lstm-a", "--dry-run", "--baseline", "dlw-lstm-b"]) == 2
+    assert "entries are: dlw-rnn-a, dlw-lstm-a" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--baseline 'nope'"):
+        cmp.compare(resolve_entries(["dlw-rnn-a"]), tmp_path / "d", seeds=1, baseline="nope")
+    assert not (tmp_path / "d").exists()
 
 
 def test_plus_presets_keep_architecture_and_budget() -> None:

@@ -213,3 +213,59 @@ def test_report_out_or_path_that_is_a_file(compare_dir: Path, tmp_path: Path,
     assert capsys.readouterr().err == (f"rnnlab: error: {afile} is a file, not a run folder or compare folder; "
                                        "give run folders or compare folders\n")
     assert afile.read_text() == "" and not (compare_dir / "results.md").exists()
+
+
+def test_differences_from_the_best_entry_paired_by_seed(compare_dir: Path, tmp_path: Path) -> None:
+    rows = {r["entry"]: r for r in aggregate(collect([compare_dir]))}
+    best, rnn = rows["dlw-lstm-a"], rows["dlw-rnn-a"]
+    assert best["baseline"] is None and best["delta_vs_baseline"] is None  # the baseline: best mean, 97.25
+    # dlw-rnn-a's completed seeds 0 and 1 against dlw-lstm-a's: 92 - 97 and 94 - 97.5 (seed 2 diverged).
+    # Mean -4.25, sd 1.5/sqrt(2), standard error 0.75; t(0.975, 1) = 12.706.
+    assert rnn["baseline"] == "dlw-lstm-a" and (rnn["delta_method"], rnn["delta_seeds"]) == ("paired", 2)
+    assert rnn["delta_vs_baseline"] == pytest.approx(-4.25)
+    assert rnn["delta_ci95_low"] == pytest.approx(-4.25 - 12.706 * 0.75, abs=1e-3)
+    assert rnn["delta_ci95_high"] == pytest.approx(-4.25 + 12.706 * 0.75, abs=1e-3)
+    assert rnn["delta_verdict"] == "within noise"
+    build_report([compare_dir], tmp_path / "out", plots=False)
+    md = (tmp_path / "out/results.md").read_text()
+    assert "## Differences from `dlw-lstm-a`" in md
+    assert "| `dlw-rnn-a` | -4.25 | -13.78 to +5.28 | paired, n=2 | within noise |" in md
+    with open(tmp_path / "out/results.csv", newline="") as handle:
+        csv_rows = {r["entry"]: r for r in csv.DictReader(handle)}
+    assert csv_rows["dlw-rnn-a"]["delta_verdict"] == "within noise" and csv_rows["dlw-lstm-a"]["baseline"] == ""
+
+
+def test_differences_from_a_chosen_baseline_and_an_unknown_one(compare_dir: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(compare_dir), "--no-plot", "--out", str(tmp_path / "out"),
+                 "--baseline", "dlw-rnn-a"]) == 0
+    printed = capsys.readouterr().out
+    assert "| `dlw-lstm-a` | +4.25 | -5.28 to +13.78 | paired, n=2 | within noise |" in printed
+    assert main(["report", str(compare_dir), "--no-plot", "--out", str(tmp_path / "other"),
+                 "--baseline", "dlw-gru"]) == 2
+    err = capsys.readouterr().err
+    assert "--baseline 'dlw-gru' is not an entry here" in err and "dlw-rnn-a" in err and "dlw-lstm-a" in err
+    assert not (tmp_path / "other").exists()
+
+
+def test_differences_unpaired_seeds_and_single_seeds(tmp_path: Path) -> None:
+    rnn, lstm = get_preset("dlw-rnn-a").config, get_preset("dlw-lstm-a").config
+    # Loose runs: two of one label share seed 0, so nothing pairs and Welch's interval is used.
+    fake_run(tmp_path / "a/r0", rnn, acc=92.0, seed=0)
+    fake_run(tmp_path / "a/r0-again", rnn, acc=93.0, seed=0)
+    fake_run(tmp_path / "a/l0", lstm, acc=97.0, seed=0)
+    fake_run(tmp_path / "a/l1", lstm, acc=98.0, seed=1)
+    rows = {r["entry"]: r for r in aggregate(collect([tmp_path / "a"]))}
+    assert rows["dlw-rnn-a"]["delta_method"] == "welch" and rows["dlw-rnn-a"]["delta_vs_baseline"] == -5.0
+    # One seed each: the difference of the means, but no interval and no verdict.
+    fake_run(tmp_path / "b/r0", rnn, acc=92.0, seed=0)
+    fake_run(tmp_path / "b/l0", lstm, acc=97.0, seed=0)
+    rows = {r["entry"]: r for r in aggregate(collect([tmp_path / "b"]))}
+    assert rows["dlw-rnn-a"]["delta_vs_baseline"] == -5.0
+    assert rows["dlw-rnn-a"]["delta_ci95_low"] is None and rows["dlw-rnn-a"]["delta_verdict"] is None
+    build_report([tmp_path / "b"], tmp_path / "out", plots=False)
+    assert "| `dlw-rnn-a` | -5.00 | – | one seed: no interval |  |" in (tmp_path / "out/results.md").read_text()
+    # A single entry: nothing to compare with, no section.
+    fake_run(tmp_path / "c/r0", rnn, acc=92.0, seed=0)
+    build_report([tmp_path / "c"], tmp_path / "out-c", plots=False)
+    assert "Differences" not in (tmp_path / "out-c/results.md").read_text()

@@ -31,7 +31,7 @@ from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError
 from rnnlab.entries import Entry
 from rnnlab.locks import Busy, exclusive
-from rnnlab.report import report_groups
+from rnnlab.report import check_baseline, report_groups
 from rnnlab.run_records import read_record, read_summary, result_settings
 from rnnlab.stopping import Terminated, heed_once
 
@@ -373,26 +373,28 @@ def execute(tasks: list[Task], jobs: int, *, worker: Callable[[Task], dict[str, 
 
 def compare(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: int = 1,
             plots: bool = True, on_result: Callable[[dict[str, Any]], None] | None = None,
-            context: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Train every entry for ``seeds`` seeds, then write results.md/csv/json (and figures) in ``out_dir``.
+            context: dict[str, Any] | None = None, baseline: str | None = None) -> list[dict[str, Any]]:
+    """Train every entry for ``seeds`` seeds, then write results.md/csv/json (and figures) in ``out_dir``,
+    with each entry's difference from ``baseline`` (default: the best mean test accuracy).
 
     Finished seeds are skipped without starting a process. Returns the aggregated rows
     (see :func:`rnnlab.report.aggregate`) of exactly the planned seeds. Workers are spawned,
     so a script that calls this must do so under ``if __name__ == "__main__":``.
     """
     out = Path(out_dir)
+    check_baseline(baseline, [e.name for e in entries])  # before hours of training, not after
     tasks, states = prepare(entries, out, seeds=seeds, jobs=jobs)  # refuses a mismatching folder up front
     out.mkdir(parents=True, exist_ok=True)
     # A second compare into the same folder would train the same seeds into the same run folders at once.
     busy = f"another rnnlab compare is running into {out}; wait for it to finish, or use another --out"
     with exclusive(out, busy):
         return _compare(entries, out, tasks, states, seeds=seeds, jobs=jobs, plots=plots, on_result=on_result,
-                        context=context)
+                        context=context, baseline=baseline)
 
 
 def _compare(entries: list[Entry], out: Path, tasks: list[Task], states: dict[tuple[str, int], str], *,
              seeds: int, jobs: int, plots: bool, on_result: Callable[[dict[str, Any]], None] | None,
-             context: dict[str, Any] | None) -> list[dict[str, Any]]:
+             context: dict[str, Any] | None, baseline: str | None) -> list[dict[str, Any]]:
     info = {"seeds": seeds, "jobs": jobs, "threads per worker": tasks[0].config.train.threads, **(context or {})}
     atomic_write_json(out / "compare.json", {
         "entries": [{"name": e.name, "preset": e.config.preset or None} for e in entries], **info})
@@ -403,4 +405,4 @@ def _compare(entries: list[Entry], out: Path, tasks: list[Task], states: dict[tu
     groups: dict[str, list[Any]] = {}
     for task in tasks:
         groups.setdefault(task.entry, []).append(read_record(Path(task.run_dir), entry=task.entry))
-    return report_groups(groups, out, plots=plots, title="rnnlab compare", context=info)
+    return report_groups(groups, out, plots=plots, title="rnnlab compare", context=info, baseline=baseline)

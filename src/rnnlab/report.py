@@ -21,10 +21,12 @@ from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json, atomic_write_text
 from rnnlab.checkpoint import CONFUSION
 from rnnlab.config import describe_model
+from rnnlab.errors import ConfigError
 from rnnlab.run_records import RunRecord, collect
+from rnnlab.stats import difference
 
 __all__ = ["COLUMNS", "RESULTS_CSV", "RESULTS_JSON", "RESULTS_MD", "STATUS_ORDER", "RunRecord", "aggregate",
-           "aggregate_entry", "build_report", "collect", "markdown_table", "render_markdown", "report_groups",
+           "aggregate_entry", "build_report", "check_baseline", "collect", "compare_with", "differences_table", "markdown_table", "render_markdown", "report_groups",
            "status_text", "to_csv", "write_figures", "write_results"]
 
 RESULTS_MD, RESULTS_CSV, RESULTS_JSON = "results.md", "results.csv", "results.json"
@@ -36,6 +38,8 @@ COLUMNS = (
     "test_accuracy_mean", "test_accuracy_std", "test_accuracy_min", "test_accuracy_max", "val_accuracy_mean",
     "reported_test_accuracy", "delta_vs_reported", "train_seconds_mean", "samples_per_second_mean",
     "iterations", "epochs", "batch_size", "optimizer", "protocol", "source",
+    "baseline", "delta_vs_baseline", "delta_ci95_low", "delta_ci95_high", "delta_method", "delta_seeds",
+    "delta_verdict",
 )
 
 
@@ -108,9 +112,60 @@ def aggregate_entry(entry: str, records: list[RunRecord]) -> dict[str, Any]:
     return row
 
 
-def aggregate(groups: dict[str, list[RunRecord]]) -> list[dict[str, Any]]:
-    """One row per entry, in the order the entries were first seen."""
-    return [aggregate_entry(entry, records) for entry, records in groups.items()]
+def aggregate(groups: dict[str, list[RunRecord]], *, baseline: str | None = None) -> list[dict[str, Any]]:
+    """One row per entry, in the order the entries were first seen, each with its difference from
+    ``baseline`` (default: the entry with the best mean test accuracy; see :func:`compare_with`)."""
+    check_baseline(baseline, list(groups))
+    rows = [aggregate_entry(entry, records) for entry, records in groups.items()]
+    compare_with(rows, baseline)
+    return rows
+
+
+def check_baseline(baseline: str | None, entries: list[str]) -> None:
+    """Refuse a baseline that is not one of ``entries``, naming them."""
+    if baseline is not None and baseline not in entries:
+        raise ConfigError(f"--baseline {baseline!r} is not an entry here; the entries are: {', '.join(entries)}")
+
+
+def _completed_accuracies(row: dict[str, Any]) -> dict[int, float]:
+    """Test accuracy by seed over the completed seeds; {} where a seed appears twice (no pairing then)."""
+    runs = [r for r in row["runs"] if r["status"] == "completed" and r["test_accuracy"] is not None]
+    by_seed = {r["seed"]: float(r["test_accuracy"]) for r in runs}
+    if len(by_seed) < len(runs):  # loose runs with the same seed: key them apart, so nothing pairs
+        return {i - len(runs): float(r["test_accuracy"]) for i, r in enumerate(runs)}
+    return by_seed
+
+
+def _mean_difference(row: dict[str, Any], base: dict[str, Any] | None) -> float | None:
+    if base is None or row is base or row["test_accuracy_mean"] is None or base["test_accuracy_mean"] is None:
+        return None
+    return row["test_accuracy_mean"] - base["test_accuracy_mean"]
+
+
+def compare_with(rows: list[dict[str, Any]], baseline: str | None = None) -> str | None:
+    """Give every row its test-accuracy difference from the baseline row, with a 95% interval.
+
+    The baseline is ``baseline`` or else the row with the best mean test accuracy. Returns its name
+    (None with fewer than two rows that have results).
+    """
+    scored = [r for r in rows if r["test_accuracy_mean"] is not None]
+    if baseline is None and len(scored) >= 2:
+        baseline = max(scored, key=lambda r: r["test_accuracy_mean"])["entry"]
+    base = next((r for r in rows if r["entry"] == baseline), None)
+    for row in rows:
+        diff = None
+        if base is not None and row is not base:
+            diff = difference(_completed_accuracies(row), _completed_accuracies(base))
+        row.update({
+            "baseline": baseline if base is not None and row is not base else None,
+            "delta_vs_baseline": diff.mean if diff else _mean_difference(row, base),
+            "delta_ci95_low": diff.low if diff else None,
+            "delta_ci95_high": diff.high if diff else None,
+            "delta_method": diff.method if diff else None,
+            "delta_seeds": diff.n if diff else None,
+            "delta_verdict": diff.verdict if diff else None,
+        })
+    return baseline if base is not None else None
 
 
 # --------------------------------------------------------------------------- writing
@@ -148,6 +203,28 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def differences_table(rows: list[dict[str, Any]]) -> str | None:
+    """Each entry's difference from the baseline in Markdown, or None without a baseline."""
+    baseline = next((r["baseline"] for r in rows if r.get("baseline")), None)
+    if baseline is None:
+        return None
+    lines = [f"Test accuracy minus `{baseline}`'s, in points: the mean over the seeds both completed, and its "
+             "95% interval (Student's t over the seed-by-seed differences; Welch's where seeds do not pair). "
+             "It covers the variation between seeds, not the draw of the test set. *within noise*: the "
+             "interval holds 0, so these seeds cannot tell the two apart.", "",
+             "| entry | Δ test acc (points) | 95% interval | seeds | verdict |", "|---|---:|---:|---|---|"]
+    for row in rows:
+        if row["entry"] == baseline or row["delta_vs_baseline"] is None:
+            continue
+        seeds = "one seed: no interval" if row["delta_method"] is None else \
+            f"{row['delta_method']}, n={row['delta_seeds']}"
+        interval = "–" if row["delta_ci95_low"] is None else \
+            f"{row['delta_ci95_low']:+.2f} to {row['delta_ci95_high']:+.2f}"
+        lines.append(f"| `{row['entry']}` | {row['delta_vs_baseline']:+.2f} | {interval} | "
+                     f"{seeds} | {row['delta_verdict'] or ''} |")
+    return "\n".join(lines) if len(lines) > 4 else None
+
+
 def _problems(rows: list[dict[str, Any]]) -> list[str]:
     """One line per seed that did not complete, with its error, so nothing is dropped silently."""
     out = []
@@ -167,6 +244,10 @@ def render_markdown(rows: list[dict[str, Any]], *, title: str = "rnnlab results"
     lines += ["- test accuracy: mean ± sample standard deviation over the *completed* seeds (n); "
               "diverged and failed seeds are counted in the last column, never averaged in", ""]
     lines += [markdown_table(rows), ""]
+    differences = differences_table(rows)
+    if differences:
+        baseline = next(r["baseline"] for r in rows if r.get("baseline"))
+        lines += [f"## Differences from `{baseline}`", "", differences, ""]
     problems = _problems(rows)
     if problems:
         lines += ["## Seeds that did not complete", "", *problems, ""]
@@ -206,17 +287,19 @@ def write_results(rows: list[dict[str, Any]], out_dir: str | Path, *, title: str
 
 
 def build_report(paths: list[str | Path], out_dir: str | Path, *, plots: bool = True,
-                 title: str = "rnnlab results", context: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                 title: str = "rnnlab results", context: dict[str, Any] | None = None,
+                 baseline: str | None = None) -> list[dict[str, Any]]:
     """Collect the runs under ``paths``, then :func:`report_groups`. Returns the rows."""
     groups = collect(paths)
     ckpt.check_out_dir(Path(out_dir))
-    return report_groups(groups, out_dir, plots=plots, title=title, context=context)
+    return report_groups(groups, out_dir, plots=plots, title=title, context=context, baseline=baseline)
 
 
 def report_groups(groups: dict[str, list[RunRecord]], out_dir: str | Path, *, plots: bool = True,
-                  title: str = "rnnlab results", context: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                  title: str = "rnnlab results", context: dict[str, Any] | None = None,
+                  baseline: str | None = None) -> list[dict[str, Any]]:
     """Aggregate grouped runs, draw the figures and write the result files. Returns the rows."""
-    rows = aggregate(groups)
+    rows = aggregate(groups, baseline=baseline)
     figures = write_figures(groups, rows, out_dir) if plots else []
     write_results(rows, out_dir, title=title, context=context, plots=figures)
     return rows

@@ -9,6 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+BASELINE_HELP = ("the entry every other is compared with, seed by seed, with a 95%% interval "
+                 "(default: the one with the best mean test accuracy)")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -30,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="compare folder (default: runs/compare-<suite-or-names>, with a hash of the "
                              "overrides and sweeps appended when there are any, e.g. runs/compare-tutorials-9a5c8d6b "
                              "for --suite tutorials train.lr=0.05)")
+    parser.add_argument("--baseline", metavar="ENTRY", help=BASELINE_HELP)
     parser.add_argument("--no-plot", action="store_true", help="skip the figures")
     parser.add_argument("--dry-run", action="store_true", help="print what would run, train nothing")
     parser.set_defaults(func=run_compare)
@@ -42,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_COMPARE_DIR")
     report.add_argument("--out", metavar="DIR",
                         help="where to write (default: the folder given, if one; else ./report)")
+    report.add_argument("--baseline", metavar="ENTRY", help=BASELINE_HELP)
     report.add_argument("--no-plot", action="store_true", help="skip the figures")
     report.set_defaults(func=run_report)
 
@@ -57,9 +62,11 @@ def run_compare(args: argparse.Namespace) -> int:
     from rnnlab import compare as cmp
     from rnnlab.entries import default_out_dir, resolve_entries
     from rnnlab.errors import ConfigError
+    from rnnlab.report import check_baseline
 
     specs, overrides = split_items(args.items)
     entries = resolve_entries(specs, suite=args.suite, overrides=overrides, sweeps=args.sweep)
+    check_baseline(args.baseline, [e.name for e in entries])
     jobs = args.jobs if args.jobs is not None else cmp.available_cores()
     if jobs < 1:
         raise ConfigError(f"--jobs={jobs} must be >= 1")
@@ -90,7 +97,7 @@ def run_compare(args: argparse.Namespace) -> int:
     if sys.argv[1:2] == ["compare"]:  # called from the shell (not from a test's main([...]))
         context["command"] = shlex.join(["rnnlab", *sys.argv[1:]])
     rows = cmp.compare(entries, out, seeds=args.seeds, jobs=jobs, plots=not args.no_plot, on_result=progress,
-                       context=context)
+                       context=context, baseline=args.baseline)
     return _finish(rows, out, retry_hint=True)
 
 
@@ -99,15 +106,18 @@ def run_report(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else (Path(args.paths[0]) if len(args.paths) == 1 else Path("report"))
     rows = build_report(args.paths, out, plots=not args.no_plot, title="rnnlab report",
-                        context={"runs from": ", ".join(args.paths)})
+                        context={"runs from": ", ".join(args.paths)}, baseline=args.baseline)
     return _finish(rows, out)  # 1 if a seed failed or is unfinished, as compare: scripts can tell
 
 
 def _finish(rows: list[dict[str, Any]], out: Path, *, retry_hint: bool = False) -> int:
     """Print the table and where the files are; 1 if any seed failed or is unfinished."""
-    from rnnlab.report import RESULTS_CSV, RESULTS_JSON, RESULTS_MD, markdown_table
+    from rnnlab.report import RESULTS_CSV, RESULTS_JSON, RESULTS_MD, differences_table, markdown_table
 
     print(markdown_table(rows))
+    differences = differences_table(rows)
+    if differences:
+        print(f"\n{differences}")
     print(f"\nwrote {out / RESULTS_MD}, {out / RESULTS_CSV}, {out / RESULTS_JSON}", file=sys.stderr)
     bad = [r["entry"] for r in rows if r["failed"] or r["unfinished"]]
     if bad:
