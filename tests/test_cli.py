@@ -116,6 +116,9 @@ def test_dry_run_keeps_no_folder(tmp_path: Path, capsys: pytest.CaptureFixture, 
     assert "dry run ok" in out and "[model]" in out and not (tmp_path / "runs").exists()
     assert main(["train", "--dry-run", "--hidden", "2000000"]) == 2  # refused: the error alone, no config
     assert capsys.readouterr().out == ""
+    assert main(["train", "--dry-run", *TINY]) == 0  # its bar counts the 2 steps it trains, not the budget
+    err = capsys.readouterr().err
+    assert "2/2 [" in err and "/10 [" not in err  # TINY: 10 iterations
 
 
 def test_overrides_may_come_before_and_after_options() -> None:

@@ -407,3 +407,23 @@ def test_overrides_some_entries_use_are_not_refused_for_the_others() -> None:
     entries = resolve_entries(["dlw-lstm-a", "row-best"], overrides=["data.val_size=2000"])
     assert [e.config.data.val_size for e in entries] == [2000, 2000]
     assert entries[0].config.train.protocol == "tutorial"
+
+
+def test_a_seed_whose_folder_is_busy_is_reported_with_its_reason(tmp_path: Path) -> None:
+    """Another process training a seed's folder: the compare leaves it alone, and results.md says why."""
+    fcntl = pytest.importorskip("fcntl")
+    entries = resolve_entries(["dlw-rnn-a"], overrides=TINY)
+    busy_task = cmp.plan(entries, tmp_path, seeds=2)[0]
+    Path(busy_task.run_dir).mkdir(parents=True)
+    fd = os.open(Path(busy_task.run_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a training process holds it
+        rows = cmp.compare(entries, tmp_path, seeds=2, jobs=1, plots=False)
+    finally:
+        os.close(fd)
+    runs = {run["seed"]: run for run in rows[0]["runs"]}
+    assert runs[1]["status"] == "completed" and runs[0]["status"] == "unfinished"
+    assert "another rnnlab process is training" in runs[0]["error"]
+    md = (tmp_path / "results.md").read_text()
+    assert f"seed 0: **unfinished**: another rnnlab process is training {busy_task.run_dir}" in md
+    assert not (Path(busy_task.run_dir) / "summary.json").exists()  # nothing written over the live run

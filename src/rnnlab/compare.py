@@ -401,8 +401,13 @@ def _compare(entries: list[Entry], out: Path, tasks: list[Task], states: dict[tu
     for task in tasks:
         if states[task.key] == "skip" and on_result:
             on_result(_record(task, read_summary(Path(task.run_dir)), "skipped"))
-    execute([t for t in tasks if states[t.key] != "skip"], jobs, on_result=on_result)
+    records = execute([t for t in tasks if states[t.key] != "skip"], jobs, on_result=on_result)
+    # A seed not run (its folder busy, or not makeable) wrote nothing there: its reason goes in the table.
+    not_run = {(r["entry"], r["seed"]): r["error"] for r in records if r["action"] == "not run"}
     groups: dict[str, list[Any]] = {}
     for task in tasks:
-        groups.setdefault(task.entry, []).append(read_record(Path(task.run_dir), entry=task.entry))
+        record = read_record(Path(task.run_dir), entry=task.entry)
+        if task.key in not_run and record.status != "completed":
+            record = replace(record, seed=task.seed, summary={**record.summary, "error": not_run[task.key]})
+        groups.setdefault(task.entry, []).append(record)
     return report_groups(groups, out, plots=plots, title="rnnlab compare", context=info, baseline=baseline)

@@ -176,7 +176,7 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         self.model.train()
         train = self.data.train
-        bar = tqdm(total=self.total, initial=self.iteration, unit="it",
+        bar = tqdm(total=end, initial=self.iteration, unit="it",  # end: 2 for --dry-run, not the budget
                    disable=not (self.progress and dist.is_main_process()),
                    desc=cfg.label, dynamic_ncols=True, leave=True,
                    mininterval=0.2 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s

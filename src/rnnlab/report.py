@@ -107,7 +107,7 @@ def aggregate_entry(entry: str, records: list[RunRecord]) -> dict[str, Any]:
         "seed": r.seed, "status": r.status, "dir": str(r.dir),
         "test_accuracy": r.summary.get("test_accuracy"), "val_accuracy": r.summary.get("val_accuracy"),
         "train_seconds": r.summary.get("train_seconds"), "samples_per_second": r.summary.get("samples_per_second"),
-        "iterations": r.summary.get("iterations"), "error": r.error if r.status in ("failed", "diverged") else None,
+        "iterations": r.summary.get("iterations"), "error": r.error if r.status != "completed" else None,
     } for r in records]
     return row
 
