@@ -443,3 +443,19 @@ def test_download_into_a_data_dir_below_a_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"cannot create download folder .*f/sub: .*f is a file, not a folder\. "
                                         r"Give --data-dir a folder you can write\."):
         load_split("kmnist", "test", tmp_path / "f" / "sub", download=True)
+
+
+def test_a_download_killed_outright_leaves_no_lasting_part_file(mirror: Mirror, tmp_path: Path) -> None:
+    """SIGKILL skips every cleanup: the next download removes the hidden .part it left, once it is an hour
+    old, and keeps a fresh one, which may be another process's download in progress."""
+    stale = tmp_path / ".t10k-labels-idx1-ubyte.gz.0a1b2c3d4e5f.part"
+    fresh = tmp_path / ".t10k-labels-idx1-ubyte.gz.5f4e3d2c1b0a.part"
+    other = tmp_path / ".notes.txt.0a1b2c3d4e5f.part"  # not a download of this file: not ours to judge
+    for path in (stale, fresh, other):
+        path.write_bytes(b"half a file")
+    two_hours_ago = time.time() - 7200
+    for path in (stale, other):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    download("mnist", tmp_path, mirrors=[mirror.url("good")], splits=["test"], **FAST)
+    assert not stale.exists() and fresh.exists() and other.exists()
+    assert sha(tmp_path / "t10k-labels-idx1-ubyte.gz") == MNIST.sha256["t10k-labels-idx1-ubyte"]

@@ -10,7 +10,9 @@ a download when asked for.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import glob
 import hashlib
 import http.client
 import importlib.resources
@@ -332,11 +334,26 @@ def _try_mirror(
     return False  # not reached (the last attempt returns); for the type checker
 
 
+STALE_PART_SECONDS = 3600.0
+
+
+def _remove_stale_parts(dest: Path) -> None:
+    """Delete what a download killed outright (SIGKILL, power loss) left: ``.<name>.<random>.part``
+    files next to ``dest`` untouched for an hour. A live download writes to its own every few
+    seconds, so a concurrent one is left alone."""
+    now = time.time()
+    for part in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
+        with contextlib.suppress(OSError):  # gone already, or not ours to delete: not worth failing for
+            if now - part.stat().st_mtime > STALE_PART_SECONDS:
+                part.unlink()
+
+
 def _download_one(
     spec: DatasetSpec, base: str, dest: Path, mirrors: Sequence[str], retries: int,
     timeout: float | None, backoff: float,
 ) -> None:
     """Try every mirror for one file; atomically place the first good copy at ``dest``."""
+    _remove_stale_parts(dest)
     tried: list[str] = []
     with replacing(dest, suffix=".part") as tmp:
         tmp.touch(exist_ok=False)  # here, not in _fetch: failing to create it is no mirror's fault
