@@ -102,6 +102,45 @@ def test_a_sweep_compare_trains_and_reports_each_value(tmp_path: Path, capsys: p
     assert "0 to run, 2 finished" in capsys.readouterr().err
 
 
+def _two_sequence_files(folder: Path) -> list[Path]:
+    """Two small sequence files of 6 steps x 3 features, 2 classes: the mean's sign, or a step's."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for name, label_of in (("signs", lambda x: x.mean((1, 2)) > 0), ("third", lambda x: x[:, 2, 0] > 0)):
+        x = rng.normal(0, 1, (240, 6, 3)).astype(np.float32)
+        y = label_of(x).astype(np.int64)
+        paths.append(folder / name / "data.npz" if name == "third" else folder / f"{name}.npz")
+        paths[-1].parent.mkdir(parents=True, exist_ok=True)
+        np.savez(paths[-1], x_train=x[:200], y_train=y[:200], x_test=x[200:], y_test=y[200:])
+    return paths
+
+
+def test_a_sweep_over_sequence_files_names_entries_by_file(tmp_path: Path) -> None:
+    signs, third = _two_sequence_files(tmp_path)
+    entries = resolve_entries(["dlw-rnn-a"], overrides=["data.val_size=0"], sweeps=[f"data.file={signs},{third}"])
+    assert [e.name for e in entries] == ["dlw-rnn-a+filesigns", "dlw-rnn-a+filedata"]  # data.dataset=file implied
+    assert [(e.config.data.dataset, e.config.data.file) for e in entries] == [("file", str(signs)), ("file", str(third))]
+    twin = tmp_path / "other" / "signs.npz"
+    with pytest.raises(ConfigError, match="would both name their entries 'signs'; give the files distinct names"):
+        resolve_entries(["dlw-rnn-a"], sweeps=[f"data.file={signs},{twin}"])
+    with pytest.raises(ConfigError, match="unknown key 'model.hiddn'"):  # overrides are still checked
+        resolve_entries(["dlw-rnn-a"], overrides=["model.hiddn=3"], sweeps=[f"data.file={signs},{third}"])
+
+
+def test_a_compare_over_two_sequence_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    files = _two_sequence_files(tmp_path)
+    out = tmp_path / "cmp"
+    assert main(["compare", "dlw-lstm-a", *TINY, "--sweep", f"data.file={files[0]},{files[1]}", "--seeds", "1",
+                 "--jobs", "1", "--out", str(out), "--no-plot"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["entry"], r["completed"]) for r in results["entries"]] == [("dlw-lstm-a+filesigns", 1),
+                                                                        ("dlw-lstm-a+filedata", 1)]
+    summary = json.loads((out / "runs/dlw-lstm-a+filesigns/seed0/summary.json").read_text())
+    assert summary["status"] == "completed" and summary["test_accuracy"] is not None
+
+
 def test_plan_seeds_threads_and_folders(tmp_path: Path) -> None:
     entries = resolve_entries(["dlw-rnn-a", "dlw-lstm-a"])
     tasks = cmp.plan(entries, tmp_path, seeds=3, jobs=2, threads=None)

@@ -3,7 +3,8 @@ sweeps that expand each entry over a grid of settings.
 
 An entry is a name (its folder under ``runs/``) and the config every seed starts from. A sweep
 ``train.lr=0.001,0.01`` turns entry ``dlw-rnn-a`` into ``dlw-rnn-a+lr0.001`` and ``dlw-rnn-a+lr0.01``;
-two sweeps make their product.
+two sweeps make their product. A swept ``data.file`` names entries by file (``gru+filedigits``)
+and implies ``data.dataset=file``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rnnlab.checkpoint import CONFIG
-from rnnlab.config import RunConfig, apply_overrides, check_folder_name, load_toml
+from rnnlab.config import DATA_LOCATION, RunConfig, apply_overrides, check_folder_name, load_toml
 from rnnlab.errors import ConfigError
 from rnnlab.presets import get_preset, list_presets, suite as suite_names
 
@@ -39,6 +40,7 @@ def resolve_entries(specs: list[str], *, suite: str | None = None, overrides: li
     if not names:
         raise ConfigError("nothing to compare: name presets or config files, or give --suite "
                           f"(presets: {', '.join(list_presets())})")
+    swept = [parse_sweep(item) for item in sweeps or []]
     entries: list[Entry] = []
     for spec in names:
         path = Path(spec)
@@ -55,12 +57,13 @@ def resolve_entries(specs: list[str], *, suite: str | None = None, overrides: li
         else:
             config = get_preset(spec).config
             name = spec
-        config = apply_overrides(config, list(overrides or []), refuse_unused=False)  # used by some entries
+        if not swept:  # else with each sweep value, which may be what makes them valid (data.file)
+            config = apply_overrides(config, list(overrides or []), refuse_unused=False)  # used by some entries
         if any(e.name == name for e in entries):
             raise ConfigError(f"{spec!r} is named {name!r} like an earlier entry; give each config a distinct "
                               "`name` (or list each preset once)")
         entries.append(Entry(name, config))
-    return expand_sweeps(entries, [parse_sweep(item) for item in sweeps or []], overrides or [])
+    return expand_sweeps(entries, swept, overrides or [])
 
 
 def parse_sweep(item: str) -> tuple[str, list[str]]:
@@ -92,6 +95,10 @@ def expand_sweeps(entries: list[Entry], sweeps: list[tuple[str, list[str]]], ove
             raise ConfigError(f"{key} is both an override and a --sweep; give it once")
     short = [key.rpartition(".")[2] for key in keys]
     tags = [s if short.count(s) == 1 else key for s, key in zip(short, keys)]
+    labels = {key: _value_labels(key, values) for key, values in sweeps}
+    # A swept sequence file implies reading one, as --data-file does.
+    implied = ["data.dataset=file"] if "data.file" in keys and not any(
+        o.partition("=")[0].strip() == "data.dataset" for o in overrides) else []
     grid = list(itertools.product(*(values for _, values in sweeps)))
     if len(entries) * len(grid) > MAX_SWEEP_ENTRIES:
         raise ConfigError(f"the sweeps make {len(entries) * len(grid):,} entries; at most {MAX_SWEEP_ENTRIES} "
@@ -100,18 +107,33 @@ def expand_sweeps(entries: list[Entry], sweeps: list[tuple[str, list[str]]], ove
     for entry in entries:
         seen: dict[RunConfig, str] = {}
         for combo in grid:
-            name = entry.name + "".join(f"+{tag}{value}" for tag, value in zip(tags, combo))
+            name = entry.name + "".join(f"+{tag}{labels[k][v]}" for tag, k, v in zip(tags, keys, combo))
             try:
                 check_folder_name("the entry name", name)
             except ConfigError as error:
                 raise ConfigError(f"--sweep value {', '.join(combo)}: {error}; use plainer values") from None
-            config = apply_overrides(entry.config, [f"{k}={v}" for k, v in zip(keys, combo)], refuse_unused=False)
+            # The overrides together with the swept values: a swept data.file is what makes data.dataset=file valid.
+            settings = [*overrides, *implied, *(f"{k}={v}" for k, v in zip(keys, combo))]
+            config = apply_overrides(entry.config, settings, refuse_unused=False)
             if config in seen:  # e.g. 0.01 and 1e-2
                 raise ConfigError(f"--sweep gives {entry.name} the same config twice ({seen[config]} and {name}); "
                                   "list each value once")
             seen[config] = name
             expanded.append(Entry(name, replace(config, name=name), swept_from=entry.name))  # report names it so too
     return expanded
+
+
+def _value_labels(key: str, values: list[str]) -> dict[str, str]:
+    """How each value shows in entry names: as written, but a data path by its file or folder name."""
+    if key not in DATA_LOCATION:
+        return {value: value for value in values}
+    labels = {value: Path(value).stem if key == "data.file" else Path(value).name for value in values}
+    for value, label in labels.items():
+        twins = [v for v, other in labels.items() if other == label]
+        if len(twins) > 1:
+            raise ConfigError(f"--sweep {key}: {' and '.join(twins)} would both name their entries {label!r}; "
+                              "give the files distinct names")
+    return labels
 
 
 def default_out_dir(entries: list[Entry], suite: str | None, overrides: list[str], root: str = "runs",
@@ -122,5 +144,6 @@ def default_out_dir(entries: list[Entry], suite: str | None, overrides: list[str
     if len(base) > 60:
         base = f"{len(names)}-entries-" + hashlib.sha1("\n".join(names).encode()).hexdigest()[:8]
     if overrides or sweeps:
-        base += "-" + hashlib.sha1("\n".join([*overrides, *(f"sweep {s}" for s in sweeps or [])]).encode()).hexdigest()[:8]
+        settings = [*overrides, *(f"sweep {s}" for s in sweeps or [])]
+        base += "-" + hashlib.sha1("\n".join(settings).encode()).hexdigest()[:8]
     return Path(root) / f"compare-{base}"

@@ -26,8 +26,9 @@ from rnnlab.run_records import RunRecord, collect
 from rnnlab.stats import difference
 
 __all__ = ["COLUMNS", "RESULTS_CSV", "RESULTS_JSON", "RESULTS_MD", "STATUS_ORDER", "RunRecord", "aggregate",
-           "aggregate_entry", "build_report", "check_baseline", "collect", "compare_with", "differences_table", "markdown_table", "render_markdown", "report_groups",
-           "status_text", "to_csv", "write_figures", "write_results"]
+           "aggregate_entry", "build_report", "check_baseline", "collect", "compare_with", "differences_table",
+           "markdown_table", "render_markdown", "report_groups", "status_text", "to_csv", "write_figures",
+           "write_results"]
 
 RESULTS_MD, RESULTS_CSV, RESULTS_JSON = "results.md", "results.csv", "results.json"
 STATUS_ORDER = ("completed", "diverged", "failed", "interrupted", "stopped", "unfinished")
