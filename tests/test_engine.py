@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import math
 import signal
 import subprocess
@@ -17,9 +18,12 @@ import rnnlab
 from _signals import assert_resume_matches, signal_after_update
 from rnnlab.config import RunConfig, apply_overrides, load_toml
 from rnnlab import checkpoint as ckpt
+from rnnlab.data import SequenceData
 from rnnlab.engine import Trainer, learning_rate, make_optimizer
-from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix, evaluate
+from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, evaluate
 from rnnlab.errors import CheckpointError, ConfigError, ResourceError
+
+pytest_plugins = ["_fixtures_runs"]
 
 TINY = ["model.hidden=16", "train.batch_size=50", "train.iterations=40", "train.eval_every=20",
         "train.eval_batch_size=2000", "data.val_size=1000", "train.threads=1"]
@@ -120,9 +124,28 @@ def test_adam_uses_the_fused_kernel_with_the_same_math(name: str) -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_confusion_matrix_counts() -> None:
-    labels, preds = torch.tensor([0, 0, 1, 2, 2]), torch.tensor([0, 1, 1, 2, 0])
-    assert confusion_matrix(labels, preds, 3) == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
+@pytest.mark.parametrize("overrides", [[], ["train.momentum=0.9"], ["train.weight_decay=0.1"]])
+def test_rmsprop_steps_as_torch_rmsprop_with_the_same_settings(overrides: list[str]) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    twin = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    twin.load_state_dict(model.state_dict())
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = tiny("train.optimizer=rmsprop", "train.lr=0.01", *overrides)
+    ours = make_optimizer(cfg, model)
+    reference = torch.optim.RMSprop(twin.parameters(), lr=0.01, momentum=cfg.train.momentum,
+                                    weight_decay=cfg.train.weight_decay)
+    for step in range(3):
+        x = torch.randn(11, 7)
+        for net, opt in ((model, ours), (twin, reference)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+        if step == 0:  # the first step moves every weight
+            assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert str(ours.state_dict()) == str(reference.state_dict())
 
 
 def test_run_folder_contents(tmp_path: Path) -> None:
@@ -136,6 +159,9 @@ def test_run_folder_contents(tmp_path: Path) -> None:
                 "samples_per_second"):
         assert key in summary, key
     assert summary["iterations"] == 40 and 0.0 <= summary["test_accuracy"] <= 100.0
+    # What the figures depend on, for whoever compares runs later: versions and threads.
+    assert summary["rnnlab_version"] == rnnlab.__version__ and summary["torch_version"] == torch.__version__
+    assert summary["python_version"] == platform.python_version() and summary["threads"] == 1  # tiny(): 1 thread
     rows = run.metrics()
     assert [r["iteration"] for r in rows] == [20, 40] and "val_accuracy" in rows[0] and "test_accuracy" not in rows[0]
     assert sum(map(sum, summary["confusion_matrix"])) == 10_000
@@ -299,30 +325,34 @@ def test_resume_equals_uninterrupted_bitwise(tmp_path: Path, extra: list[str]) -
     assert strip(resumed.metrics()) == strip(whole.metrics())
 
 
-def test_loaded_model_predicts_like_evaluation(tmp_path: Path) -> None:
-    run = rnnlab.train(tiny("data.view=permuted-pixels", "model.cell=gru", "train.iterations=10",
-                            "train.eval_every=10"), tmp_path / "run", progress=False)
-    model = rnnlab.load(run.dir)
+def test_loaded_model_predicts_like_evaluation(untrained_run) -> None:
+    """rnnlab.load(run).predict on MNIST images answers as evaluate() does on the run's own test
+    split: the same permutation, standardisation and weights, class for class."""
+    # Fresh weights suffice to compare two paths. readout=mean: an untrained model's classes then
+    # vary between images (readout=last puts nearly all in one), so a lost permutation would show.
+    run_dir = untrained_run(["data.view=permuted-pixels", "model.cell=gru", "model.hidden=8", "model.readout=mean"])
+    model = rnnlab.load(run_dir)
+    assert model.permutation is not None and sorted(model.permutation.tolist()) == list(range(784))
     images, labels = rnnlab.data.load_split("mnist", "test")
-    predictions = model.predict(images[:200])
-    predicted = torch.tensor([p["class"] for p in predictions])
-    assert model.permutation is not None and len(model.permutation) == 784
-    # Same permutation, same weights: the loaded model agrees with the run's own confusion matrix counts.
-    matrix = confusion_matrix(labels[:200], predicted, 10)
-    assert sum(map(sum, matrix)) == 200
+    predicted = torch.tensor([p["class"] for p in model.predict(images[:200])])
+    test = model.test_split()  # (10000, 784, 1), permuted as the run read it
+    assert torch.equal(test.y[:200], labels[:200])  # the same images, in the same order
+    expected = evaluate(model.model, SequenceData(test.x[:200], test.y[:200]), batch_size=64).predictions
+    assert len(set(expected.tolist())) > 1
+    assert torch.equal(predicted, expected)
     probs = model.step_probabilities(images[:3])
     assert probs.shape == (3, 784, 10)
     torch.testing.assert_close(probs[:, -1], model.probabilities(images[:3]))
 
 
-def test_asking_for_a_missing_gpu_is_a_clear_error() -> None:
+def test_asking_for_a_missing_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from rnnlab.distributed import select_device
     from rnnlab.errors import ConfigError
 
     assert select_device("cpu").type == "cpu"
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="no CUDA GPU is available; use --device cpu or auto"):
-            select_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without one, also on a GPU box
+    with pytest.raises(ConfigError, match="no CUDA GPU is available; use --device cpu or auto"):
+        select_device("cuda")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -498,6 +528,7 @@ print("the script carried on")
 """
 
 
+@pytest.mark.slow  # a Python process of its own
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sigterm_in_a_python_program_saves_the_run_then_ends_it(tmp_path: Path) -> None:
     """Without the command line, SIGTERM keeps its meaning: the process ends, killed by the signal,

@@ -37,19 +37,6 @@ def test_nothing_to_draw_returns_none(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
-def test_eval_writes_confusion_png_unless_no_plot(tmp_path: Path, capsys) -> None:
-    import rnnlab
-    from rnnlab.cli import main
-
-    cfg = rnnlab.apply_overrides(rnnlab.RunConfig(), ["model.hidden=8", "train.iterations=5", "data.val_size=0",
-                                                      "train.threads=1"])
-    run = rnnlab.train(cfg, tmp_path / "run", progress=False)
-    assert main(["eval", str(run.dir), "--no-plot"]) == 0
-    assert not (run.dir / "confusion.png").exists()
-    assert main(["eval", str(run.dir)]) == 0
-    assert _is_png(run.dir / "confusion.png")
-
-
 def test_learning_curves_skip_rows_that_are_not_numbers(tmp_path: Path) -> None:
     rows = [{"iteration": "x", "test_accuracy": "abc"}, [1, 2], {"test_accuracy": 5.0}, {"iteration": None},
             {"iteration": 100, "test_accuracy": float("nan"), "train_loss": True},
@@ -59,3 +46,19 @@ def test_learning_curves_skip_rows_that_are_not_numbers(tmp_path: Path) -> None:
     assert its.tolist() == [100, 200] and mean.tolist() == [50.0, 60.0]
     assert plots._series([rows], "train_loss")[1].tolist() == [1.0, 0.5]
     assert _is_png(plots.learning_curves_png({"a": [rows]}, tmp_path / "c.png"))
+
+
+def test_accuracy_bars_say_each_entrys_difference_from_the_baseline(compare_dir: Path, tmp_path: Path,  # noqa: F811
+                                                                    monkeypatch) -> None:
+    drawn: list[str] = []
+    real_save = plots._save
+
+    def save(fig, path):  # the texts as drawn, then the real file
+        drawn.extend(text.get_text() for ax in fig.axes for text in ax.texts)
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", save)
+    assert _is_png(plots.accuracy_bars_png(aggregate(collect([compare_dir])), tmp_path / "bars.png"))
+    # dlw-lstm-a has the best mean (97.25): the baseline; dlw-rnn-a is 4.25 points lower, within noise (2 seeds).
+    assert "97.25% (2/2 seeds)\nbaseline" in drawn
+    assert "93.00% (2/3 seeds)\n-4.25 vs baseline: within noise" in drawn

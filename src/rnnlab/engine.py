@@ -7,6 +7,7 @@ iteration, so a run resumed from a checkpoint ends with the same weights as one 
 
 from __future__ import annotations
 
+import platform
 import re
 import signal
 import sys
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from rnnlab import __version__ as rnnlab_version
 from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
@@ -337,8 +339,10 @@ class Trainer:
             "samples_per_second": round(self.samples / max(self.train_seconds, 1e-9), 1),
             **self.resolved(),  # device, amp and backward as train.*=auto resolved them here
             "processes": self.world,  # > 1 under torchrun: samples/s is over all of them
+            "threads": torch.get_num_threads(),  # per process: samples/s depends on it
             "data": describe_datasets(self.data, self.cfg.data.file or self.cfg.data.dataset),
-            "torch_version": torch.__version__,
+            "torch_version": torch.__version__, "rnnlab_version": rnnlab_version,
+            "python_version": platform.python_version(),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if cfg.train.protocol == "tutorial":

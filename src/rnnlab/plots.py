@@ -172,8 +172,9 @@ def confusion_matrix_png(matrix: Sequence[Sequence[int]], path: str | Path, titl
 
 def accuracy_bars_png(rows: Sequence[dict[str, Any]], path: str | Path,
                       title: str = "Final test accuracy") -> Path | None:
-    """Horizontal bars: mean test accuracy with a ±std error bar, each seed as a dot, and the
-    accuracy the source reported as a red diamond. ``rows`` are :func:`rnnlab.report.aggregate` rows.
+    """Horizontal bars: mean test accuracy with a ±std error bar, each seed as a dot, the
+    accuracy the source reported as a red diamond, and beside each bar its difference from the
+    baseline. ``rows`` are :func:`rnnlab.report.aggregate` rows.
     """
     rows = [r for r in rows if r.get("test_accuracy_mean") is not None or r.get("reported_test_accuracy") is not None]
     if not rows:
@@ -203,9 +204,14 @@ def accuracy_bars_png(rows: Sequence[dict[str, Any]], path: str | Path,
                    edgecolor="white", label="reported by the source tutorial")
     # Values to the right of the axes (x in axes fraction, y in data), so they never hide a bar.
     transform = ax.get_yaxis_transform()
+    baseline = next((r["baseline"] for r in rows if r.get("baseline")), None)
     for yi, m, r in zip(y, means, rows):
         text = f"{m:.2f}%" if np.isfinite(m) else "no completed seed"
         text += f" ({r.get('completed', 0)}/{r.get('seeds', 0)} seeds)"
+        if r["entry"] == baseline:
+            text += "\nbaseline"
+        elif r.get("delta_verdict"):  # against the baseline, 95% over seeds (rnnlab.report.compare_with)
+            text += f"\n{r['delta_vs_baseline']:+.2f} vs baseline: {r['delta_verdict']}"
         ax.text(1.01, yi, text, va="center", fontsize=8, transform=transform)
     ax.set_yticks(y, [f"{r['entry']}\n{r.get('architecture') or ''}" for r in rows], fontsize=8)
     ax.set_xlim(left, 100.0)
