@@ -8,14 +8,25 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
+MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+               "t10k-labels-idx1-ubyte.gz")
+
+
+def find_mnist_dir(shared: Path) -> Path:
+    """``shared`` if it holds the four real MNIST .gz files, else the copy the package ships
+    (``rnnlab.data.embedded_dir()``); fails, never skips, if neither does."""
+    from rnnlab.data import embedded_dir
+
+    for folder in (shared, embedded_dir()):
+        if folder is not None and all((folder / name).is_file() for name in MNIST_FILES):
+            return folder
+    pytest.fail(f"real MNIST not found at {shared}, nor in the package (rnnlab/data/mnist)")
 
 
 @pytest.fixture
 def mnist_dir() -> Path:
-    """Folder with the four real MNIST .gz files (``../shared/data/mnist``); skips if absent."""
-    if not (MNIST_DIR / "t10k-labels-idx1-ubyte.gz").is_file():
-        pytest.skip(f"real MNIST not found at {MNIST_DIR}")
-    return MNIST_DIR
+    """Folder with the four real MNIST .gz files (``../shared/data/mnist``, else the package's own copy)."""
+    return find_mnist_dir(MNIST_DIR)
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,6 @@ import pytest
 
 from rnnlab.cli import main
 
-pytestmark = pytest.mark.slow  # each test starts rnnlab in other processes
-
 TINY = ["model.hidden=8", "train.iterations=10", "train.eval_every=10", "data.val_size=500", "train.threads=1",
         "train.eval_batch_size=2000"]
 
@@ -54,6 +52,7 @@ def test_config_mistakes(args: list[str], fragment: str, capsys: pytest.CaptureF
     assert code == 2 and err.startswith("rnnlab: error: ") and fragment in err and err.count("\n") == 1
 
 
+@pytest.mark.slow  # rnnlab in other processes
 def test_missing_and_corrupt_data_files(tmp_path: Path, mnist_dir: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -65,6 +64,7 @@ def test_missing_and_corrupt_data_files(tmp_path: Path, mnist_dir: Path) -> None
     assert_user_error(run_cli("train", "--data-dir", str(corrupt), *TINY), "t10k-images")
 
 
+@pytest.mark.slow  # rnnlab in another process
 def test_an_output_path_that_cannot_be_written(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a folder")
@@ -72,6 +72,7 @@ def test_an_output_path_that_cannot_be_written(tmp_path: Path) -> None:
                               str(blocker / "g.png")), str(blocker))
 
 
+@pytest.mark.slow  # rnnlab in other processes
 def test_resume_of_a_folder_without_checkpoint(tmp_path: Path) -> None:
     assert_user_error(run_cli("train", "--resume", str(tmp_path)), "no checkpoint here")
     # Settings of any kind next to --resume are refused, not silently ignored.
@@ -85,12 +86,12 @@ def test_train_then_eval_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert main(["train", "--no-progress", "--out", str(out), "--model", "gru", *TINY]) == 0
     printed = capsys.readouterr().out
     assert "test accuracy" in printed and str(out) in printed and "samples/s" in printed
-    assert main(["eval", str(out), "--json"]) == 0
+    assert main(["eval", str(out), "--json", "--no-plot"]) == 0  # the plot: tests/test_evaluation.py
     report = json.loads(capsys.readouterr().out)
     summary = json.loads((out / "summary.json").read_text())
     assert report["test_accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-3)
     assert len(report["per_class_accuracy"]) == 10 and sum(map(sum, report["confusion_matrix"])) == 10_000
-    assert main(["eval", str(out)]) == 0
+    assert main(["eval", str(out), "--no-plot"]) == 0
     text = capsys.readouterr().out
     assert "per-class accuracy" in text and "confusion matrix" in text
 
@@ -206,6 +207,7 @@ def test_val_size_advice_for_a_tiny_training_split(sequences: int, fix: str, tmp
                                        f"the training split {fix}\n")
 
 
+@pytest.mark.slow  # rnnlab in another process
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sigterm_stops_training_between_steps_and_the_run_resumes(tmp_path: Path) -> None:
     """What a scheduler's time limit, `kill` or `docker stop` sends: the run keeps a checkpoint of
@@ -284,6 +286,7 @@ def test_sigterm_in_a_dry_run_names_no_folder_to_resume(monkeypatch: pytest.Monk
     assert capsys.readouterr().err == "rnnlab: terminated (SIGTERM)\n"
 
 
+@pytest.mark.slow  # a Python process and head
 def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
     """`rnnlab models | head -1`: no "Broken pipe" error, the status a shell gives a tool the pipe closed."""
     import subprocess

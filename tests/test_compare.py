@@ -24,8 +24,6 @@ from rnnlab.config import save_toml
 from rnnlab.locks import LOCK_FILE
 from rnnlab.errors import ConfigError
 
-pytestmark = pytest.mark.slow  # each test starts rnnlab in other processes
-
 TINY = ["model.hidden=8", "train.iterations=20", "train.eval_every=10", "train.checkpoint_every=10",
         "data.val_size=0"]
 
@@ -88,6 +86,7 @@ def test_sweep_mistakes_are_refused(sweeps: list[str], overrides: list[str], fra
         resolve_entries(["dlw-rnn-a"], overrides=overrides, sweeps=sweeps)
 
 
+@pytest.mark.slow  # compare workers
 def test_a_sweep_compare_trains_and_reports_each_value(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "sweep"
     args = ["compare", "dlw-rnn-a", *TINY, "--sweep", "train.lr=0.001,0.05", "--seeds", "1", "--jobs", "1",
@@ -129,6 +128,7 @@ def test_a_sweep_over_sequence_files_names_entries_by_file(tmp_path: Path) -> No
         resolve_entries(["dlw-rnn-a"], overrides=["model.hiddn=3"], sweeps=[f"data.file={signs},{third}"])
 
 
+@pytest.mark.slow  # compare workers
 def test_a_compare_over_two_sequence_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     files = _two_sequence_files(tmp_path)
     out = tmp_path / "cmp"
@@ -141,13 +141,18 @@ def test_a_compare_over_two_sequence_files(tmp_path: Path, capsys: pytest.Captur
     assert summary["status"] == "completed" and summary["test_accuracy"] is not None
 
 
-def test_plan_seeds_threads_and_folders(tmp_path: Path) -> None:
+def test_plan_seeds_threads_and_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cmp, "available_cores", lambda: 8)
     entries = resolve_entries(["dlw-rnn-a", "dlw-lstm-a"])
     tasks = cmp.plan(entries, tmp_path, seeds=3, jobs=2, threads=None)
     assert [(t.entry, t.seed) for t in tasks][:4] == [("dlw-rnn-a", 0), ("dlw-rnn-a", 1), ("dlw-rnn-a", 2),
                                                       ("dlw-lstm-a", 0)]
     assert all(t.config.seed == t.seed for t in tasks)
-    assert {t.config.train.threads for t in tasks} == {max(1, cmp.available_cores() // 2)}
+    assert {t.config.train.threads for t in tasks} == {4}  # 8 cores shared by 2 workers
+    assert cmp.plan(entries, tmp_path, seeds=1, jobs=3)[0].config.train.threads == 2  # 8 // 3
+    assert cmp.plan(entries, tmp_path, seeds=1, jobs=2, threads=3)[0].config.train.threads == 3
+    monkeypatch.setattr(cmp, "available_cores", lambda: 1)
+    assert cmp.plan(entries, tmp_path, seeds=1, jobs=2)[0].config.train.threads == 1  # never 0
     assert tasks[4].run_dir == str(tmp_path / "runs" / "dlw-lstm-a" / "seed1")
     pinned = resolve_entries(["dlw-rnn-a"], overrides=["train.threads=3"])
     assert cmp.plan(pinned, tmp_path, seeds=1, jobs=2)[0].config.train.threads == 3
@@ -155,6 +160,7 @@ def test_plan_seeds_threads_and_folders(tmp_path: Path) -> None:
     assert a == default_out_dir(entries, None, ["train.lr=0.1"]) != default_out_dir(entries, None, [])
 
 
+@pytest.mark.slow  # compare workers
 def test_compare_runs_resumes_fails_and_skips(tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     good = resolve_entries(["dlw-rnn-a"], overrides=TINY)
@@ -173,7 +179,9 @@ def test_compare_runs_resumes_fails_and_skips(tmp_path: Path) -> None:
     assert actions[("dlw-rnn-a", 0)] == ("trained", "completed")
     assert actions[("dlw-rnn-a", 1)] == ("resumed", "completed")
     assert actions[("broken", 0)][1] == actions[("broken", 1)][1] == "failed"
-    assert rows["dlw-rnn-a"]["status"] == "2/2 completed" and rows["dlw-rnn-a"]["test_accuracy_mean"] is not None
+    assert rows["dlw-rnn-a"]["status"] == "2/2 completed"
+    seeds = [json.loads((out / f"runs/dlw-rnn-a/seed{s}/summary.json").read_text())["test_accuracy"] for s in (0, 1)]
+    assert rows["dlw-rnn-a"]["test_accuracy_mean"] == pytest.approx((seeds[0] + seeds[1]) / 2)
     assert rows["broken"]["status"] == "0/2 completed, 2 failed"
     failed = json.loads((out / "runs/broken/seed0/summary.json").read_text())
     assert failed["status"] == "failed" and "DataError" in failed["error"]
@@ -208,6 +216,7 @@ def crashing_worker(task: cmp.Task) -> dict[str, Any]:
             "status": "completed", "test_accuracy": 50.0, "train_seconds": 0.0, "error": None}
 
 
+@pytest.mark.slow  # compare workers
 def test_a_dying_worker_fails_only_its_own_seed(tmp_path: Path) -> None:
     entries = resolve_entries(["dlw-rnn-a"], overrides=TINY)
     tasks = cmp.plan(entries, tmp_path, seeds=3, jobs=2)
@@ -228,6 +237,7 @@ def test_compare_cli_dry_run_and_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["compare", "dlw-rnn-a", "--dry-run", "model.hiddn=3"]) == 2
     assert "unknown key 'model.hiddn'" in capsys.readouterr().err
     assert main(["compare", "--seeds", "0", "dlw-rnn-a", "--dry-run"]) == 2
+    assert capsys.readouterr().err == "rnnlab: error: --seeds=0 must be >= 1\n"
     # A baseline that is not an entry is refused before anything trains, and through the API too.
     assert main(["compare", "dlw-rnn-a", "dlw-lstm-a", "--dry-run", "--baseline", "dlw-lstm-a"]) == 0
     capsys.readouterr()
@@ -347,6 +357,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; only its parent (here, maybe none) has not reaped it
 
 
+@pytest.mark.slow  # a compare process and its workers
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_exit_when_the_compare_is_killed(tmp_path: Path) -> None:
     parent = _start_sleeping_compare(tmp_path)
@@ -362,6 +373,7 @@ def test_workers_exit_when_the_compare_is_killed(tmp_path: Path) -> None:
         parent.kill()
 
 
+@pytest.mark.slow  # a compare process and its workers
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_to_the_compare_starts_no_queued_seed(tmp_path: Path, signum: int) -> None:
@@ -397,6 +409,7 @@ def test_a_second_compare_into_the_same_folder_is_refused(tmp_path: Path) -> Non
 @pytest.mark.parametrize(("signum", "whole_group"), [(signal.SIGTERM, False), (signal.SIGTERM, True),
                                                      (signal.SIGINT, True)],
                          ids=["sigterm-to-the-compare", "sigterm-to-the-group", "ctrl-c-in-a-terminal"])
+@pytest.mark.slow  # rnnlab compare and its workers
 def test_a_signal_stops_the_running_seeds_as_it_stops_a_run(tmp_path: Path, signum: int, whole_group: bool) -> None:
     """SIGTERM to the compare alone (kill), or to its whole process group (a scheduler's time limit,
     as Slurm sends it), or Ctrl-C in a terminal (SIGINT to the group): each running seed stops
@@ -448,6 +461,7 @@ def test_overrides_some_entries_use_are_not_refused_for_the_others() -> None:
     assert entries[0].config.train.protocol == "tutorial"
 
 
+@pytest.mark.slow  # compare workers
 def test_a_seed_whose_folder_is_busy_is_reported_with_its_reason(tmp_path: Path) -> None:
     """Another process training a seed's folder: the compare leaves it alone, and results.md says why."""
     fcntl = pytest.importorskip("fcntl")

@@ -159,7 +159,8 @@ def test_seeds_must_fit_in_64_bit_signed(key: str) -> None:
         apply_overrides(RunConfig(), [f"{key}=99999999999999999999"])
     with pytest.raises(ConfigError, match=f"{key}=-1 is out of range; it must be >= 0"):
         apply_overrides(RunConfig(), [f"{key}=-1"])
-    assert apply_overrides(RunConfig(), [f"{key}={2**63 - 1}"]) is not None
+    config = apply_overrides(RunConfig(), [f"{key}={2**63 - 1}"])
+    assert (config.seed if key == "seed" else config.data.permutation_seed) == 2**63 - 1
 
 
 @pytest.mark.parametrize("name", ["../../escaped", "a/b", "a\\b", "..", ".hidden", "-x", "a b", "x" * 101])

@@ -53,6 +53,9 @@ def test_evaluation_in_batches_equals_one_pass_over_the_split(lengths: bool, opt
 def test_confusion_matrix_counts_true_classes_by_row() -> None:
     matrix = confusion_matrix(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 1]), 3)
     assert matrix == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+    # Mistakes on both sides of the diagonal, and the last class right.
+    assert confusion_matrix(torch.tensor([0, 0, 1, 2, 2]), torch.tensor([0, 1, 1, 2, 0]), 3) == \
+        [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -80,7 +83,31 @@ def test_cli_eval_draws_the_confusion_matrix_into_the_run(small_run: Path, capsy
     assert main(["eval", str(small_run)]) == 0
     captured = capsys.readouterr()
     assert "test accuracy" in captured.out and captured.err == ""
-    assert (small_run / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = (small_run / "confusion.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000  # a drawn figure, not an empty image
+
+
+def test_cli_eval_batch_size_changes_the_batches_not_the_figures(small_run: Path, capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import rnnlab.evaluation
+
+    sizes: list[int] = []
+    real_evaluate = rnnlab.evaluation.evaluate
+    monkeypatch.setattr(rnnlab.evaluation, "evaluate",
+                        lambda *args, **kwargs: sizes.append(kwargs["batch_size"]) or real_evaluate(*args, **kwargs))
+    reports = []
+    for extra in ([], ["--batch-size", "3000"]):  # 10,000 = 3 x 3000 + a last batch of 1000
+        assert main(["eval", str(small_run), "--json", "--no-plot", *extra]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    default, batched = reports
+    assert sizes == [1000, 3000]
+    assert batched["samples"] == default["samples"] == 10_000
+    assert batched["test_accuracy"] == default["test_accuracy"]
+    assert batched["confusion_matrix"] == default["confusion_matrix"]
+    assert batched["test_loss"] == pytest.approx(default["test_loss"], rel=1e-5)
+    assert main(["eval", str(small_run), "--batch-size", "0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "rnnlab: error: --batch-size=0 must be >= 1\n"
 
 
 @pytest.mark.parametrize("as_json", [False, True])
@@ -92,6 +119,7 @@ def test_cli_eval_prints_its_figures_when_the_plot_cannot_be_written(
     expected = capsys.readouterr()
     assert expected.err == ""
     blocker = small_run / "confusion.png"
+    assert not blocker.exists()  # --no-plot draws nothing
     blocker.mkdir()
     assert main(["eval", str(small_run), *(["--json"] if as_json else [])]) == 0
     captured = capsys.readouterr()

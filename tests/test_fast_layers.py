@@ -179,11 +179,11 @@ def test_no_grad_and_errors() -> None:
     x = torch.randn(B, 9, F, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(fast(x)[0], ref(x)[0])
-    with pytest.raises(RuntimeError):
-        fast(x, torch.zeros(1, B, H, dtype=torch.float64))
-    with pytest.raises(ValueError):
+    with pytest.raises(RuntimeError, match=rf"Expected h0 size \(4, {B}, {H}\), got \(1, {B}, {H}\)"):
+        fast(x, torch.zeros(1, B, H, dtype=torch.float64))  # 2 layers x 2 directions need 4 initial states
+    with pytest.raises(ValueError, match="unknown recurrent mode 'elman'; expected one of"):
         make_recurrent("elman", F, H)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="impl must be 'auto', 'fast' or 'torch', got 'turbo'"):
         make_recurrent("gru", F, H, impl="turbo")
 
 

@@ -87,9 +87,25 @@ def test_norms_equal_the_gradient_of_a_restarted_torch_nn_run(cell: str) -> None
 
 
 def test_a_relu_rnn_at_default_init_vanishes_and_the_table_says_so() -> None:
-    model = model_for("model.cell=rnn", "model.nonlinearity=relu")
-    flow = gradient_flow(model, torch.rand(8, 7, 5), torch.arange(8) % 3)
-    text = format_flow(flow, "relu rnn", rows=4)
+    """PyTorch's default init (model.init=default): the gradient reaching the step read first is a
+    small fraction of the last step's (measured 0.0025 to 0.0074 over input seeds with these
+    weights); the identity init (IRNN) carries it through the 7 steps (measured 0.55 to 0.66).
+    rnnlab's own default, orthogonal, lies between (0.22 here)."""
+    x, y = torch.rand(8, 7, 5, generator=torch.Generator().manual_seed(1)), torch.arange(8) % 3
+
+    def first_over_last(init: str) -> tuple[float, str]:
+        flow = gradient_flow(model_for("model.cell=rnn", "model.nonlinearity=relu", f"model.init={init}"), x, y)
+        text = format_flow(flow, "relu rnn", rows=4)
+        norms = flow.norms[0, 0]  # (T,): ||dL/dh_t|| of the one layer and direction
+        assert (norms > 0).all()
+        ratio = (norms[0] / norms[-1]).item()
+        # The table's last line gives the same ratio.
+        assert text.splitlines()[-1].split(":")[-1].split() == [f"{ratio:.3g}"]
+        return ratio, text
+
+    vanishing, text = first_over_last("default")
+    assert vanishing < 0.05
+    assert first_over_last("identity")[0] > 0.2
     assert text.splitlines()[0] == "relu rnn" and "step read first / step read last" in text
     assert len([line for line in text.splitlines() if line.strip()[:1].isdigit()]) == 4  # 4 of 7 steps shown
 

@@ -76,6 +76,30 @@ def test_flops_follow_the_formula() -> None:
     assert flops_per_sample(build(cell="lstm", hidden=100)) == 4 * 2 * 100 * 128 * 28 + 2 * 100 * 10
 
 
+def test_flops_of_gru_stacked_and_bidirectional_models() -> None:
+    """Counted by hand. The convention: 2 FLOPs per multiply-add of the weight matrices only
+    (W_ih x_t and W_hh h_{t-1} for each gate, and the head's W x); biases, the gates' sigmoid
+    and tanh, the elementwise products and a mean readout are not counted. Inputs 28 x 28
+    (T = 28 steps of I = 28 features), 10 classes."""
+    # GRU, H = 100: 3 gates (r, z, n), each W_ih (H x I) and W_hh (H x H) per step.
+    gru = 28 * 3 * 2 * 100 * (28 + 100)  # = 2,150,400
+    assert flops_per_sample(build(cell="gru", hidden=100)) == gru + 2 * 100 * 10
+    # 2-layer tanh RNN, H = 64: layer 2 reads layer 1's 64 outputs instead of the 28 pixels.
+    layer1, layer2 = 28 * 2 * 64 * (28 + 64), 28 * 2 * 64 * (64 + 64)
+    assert flops_per_sample(build(cell="rnn", hidden=64, layers=2)) == layer1 + layer2 + 2 * 64 * 10
+    # Bidirectional 2-layer LSTM, H = 32: each layer runs both directions over all 28 steps; layer 2
+    # reads both directions' outputs (2H = 64 features); the head reads 2H features.
+    layer1, layer2 = 2 * 28 * 4 * 2 * 32 * (28 + 32), 2 * 28 * 4 * 2 * 32 * (64 + 32)
+    assert flops_per_sample(build(cell="lstm", hidden=32, layers=2, bidirectional=True)) == \
+        layer1 + layer2 + 2 * 64 * 10
+    # readout=all: the head reads every step's (bidirectional) state, T * 2H = 28 * 16 features.
+    one_layer = 2 * 28 * 3 * 2 * 8 * (28 + 8)
+    assert flops_per_sample(build(cell="gru", hidden=8, bidirectional=True, readout="all")) == \
+        one_layer + 2 * (28 * 16) * 10
+    # Another sequence length: the recurrence scales with the steps, the head does not.
+    assert flops_per_sample(build(cell="gru", hidden=100), seq_len=14) == gru // 2 + 2 * 100 * 10
+
+
 def test_init_schemes() -> None:
     irnn = build(cell="rnn", nonlinearity="relu", hidden=20, init="identity")
     torch.testing.assert_close(irnn.rnn.weight_hh_l0.detach(), torch.eye(20))

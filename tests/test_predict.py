@@ -119,6 +119,7 @@ def test_bad_arguments(trained_run: Path, digits: dict, capsys: pytest.CaptureFi
     assert main(["predict", str(trained_run), str(digits["files"]["plain"][0]), "--top", "0"]) == 2
     assert "--top" in capsys.readouterr().err
     assert main(["predict", "/nonexistent/run", str(digits["files"]["plain"][0])]) == 2
+    assert capsys.readouterr().err == "rnnlab: error: /nonexistent/run: no such run folder\n"
 
 
 @pytest.mark.parametrize("overrides", [["data.view=pixels", "model.hidden=8"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +164,8 @@ def test_report_cli(compare_dir: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_report_of_missing_folder_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(tmp_path / 'nope'))}: no such folder; give run "
+                                              "folders or compare folders$"):
         collect([tmp_path / "nope"])
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import rnnlab
 from rnnlab import checkpoint as ckpt
 from rnnlab.cli import main
 from rnnlab.config import DataConfig, RunConfig, apply_overrides, load_toml
-from rnnlab.errors import CheckpointError, ConfigError
+from rnnlab.errors import CheckpointError, ConfigError, DataError
 
 TINY = ["model.cell=gru", "model.hidden=8", "train.batch_size=50", "train.iterations=20", "train.eval_every=10",
         "train.checkpoint_every=5", "train.threads=1"]
@@ -98,7 +99,8 @@ def test_one_process_at_a_time_trains_a_run_folder(tmp_path: Path) -> None:
 
 def test_a_run_that_fails_to_start_leaves_no_folder(tmp_path: Path) -> None:
     config = apply_overrides(RunConfig(), TINY + ["data.dataset=file", f"data.file={tmp_path / 'missing.npz'}"])
-    with pytest.raises(Exception, match="missing.npz"):
+    with pytest.raises(DataError, match=f"^{re.escape(str(tmp_path / 'missing.npz'))}: no such sequence file; "
+                                        "check data.file"):
         rnnlab.train(config, tmp_path / "new", progress=False)
     assert not (tmp_path / "new").exists()
 

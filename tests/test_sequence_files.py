@@ -379,7 +379,7 @@ def test_an_exported_model_of_varying_lengths_takes_them_as_a_second_input(tmp_p
     if fmt == "torchscript":  # a length outside 1..T, or not one per sequence, is refused
         for bad, message in (([0, 3], "from 1 to the padded length T = 16; got lengths from 0 to 3"),
                              ([17, 3], "got lengths from 3 to 17"), ([3], "lengths must have shape (N,) = (2,)")):
-            with pytest.raises(Exception, match=re.escape(message)):
+            with pytest.raises(torch.jit.Error, match=r"ValueError: .*" + re.escape(message)):  # raised in the script
                 exported(padded[:2], np.array(bad, np.int64))
 
 
@@ -525,6 +525,21 @@ def test_eval_of_a_run_of_varying_lengths_takes_at_most_its_steps(tmp_path: Path
     assert capsys.readouterr().err == (f"rnnlab: error: {longer}: x_test is padded to 20 steps but the run was "
                                        "trained on sequences of 1 to 16 steps; give it sequences of at most 16 "
                                        "steps (padded to at most 16)\n")
+
+
+def test_serve_refuses_a_sequence_file_run_before_it_listens(small_run: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from rnnlab.cli import serve
+
+    def no_server(*args: object) -> None:
+        raise AssertionError("the refusal must come before a server is started")
+
+    monkeypatch.setattr(serve, "listen_socket", no_server)
+    assert main(["serve", str(small_run), "--port", "0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        f"rnnlab: error: {small_run} was trained on sequences from a file; `rnnlab serve` draws digit images. "
+        "Classify sequences with `rnnlab predict RUN_DIR seqs.npy` or rnnlab.load(RUN_DIR).predict(sequences)\n")
 
 
 def test_inspect_refuses_the_all_readout_for_varying_lengths_as_training_does(

@@ -185,6 +185,7 @@ def test_serve_cli_rejects_bad_arguments(trained_run: Path, capsys: pytest.Captu
     assert main(["serve", str(trained_run), "--port", "70000"]) == 2
     assert "--port" in capsys.readouterr().err
     assert main(["serve", str(trained_run), "--concurrency", "0"]) == 2
+    assert capsys.readouterr().err == "rnnlab: error: --concurrency=0 must be >= 1\n"
     assert main(["serve", "/nonexistent/run"]) == 2
     assert "no such run folder" in capsys.readouterr().err
 
@@ -220,6 +221,7 @@ def test_serve_cli_says_when_it_cannot_listen(untrained_run, capsys: pytest.Capt
     assert "give --host an address of this machine" in captured.err and captured.err.count("\n") == 1
 
 
+@pytest.mark.slow  # rnnlab serve in another process
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
 def test_serve_cli_serves_where_it_says_and_stops_on_ctrl_c(untrained_run, stop: str) -> None:
     """Ctrl-C, or SIGTERM (kill, docker stop, systemd), is how a server is meant to stop: exit 0."""
