@@ -18,7 +18,7 @@ from rnnlab.cli import main
 from rnnlab.config import RunConfig, apply_overrides, save_toml
 from rnnlab.errors import CheckpointError
 from rnnlab.presets import get_preset
-from rnnlab.report import COLUMNS, aggregate, build_report, collect, status_text
+from rnnlab.report import COLUMNS, aggregate, build_report, collect, status_text, sweep_series, write_figures
 
 TINY = ["model.hidden=8", "train.iterations=20", "train.eval_every=10", "train.threads=1", "data.val_size=0"]
 
@@ -271,3 +271,42 @@ def test_differences_unpaired_seeds_and_single_seeds(tmp_path: Path) -> None:
     fake_run(tmp_path / "c/r0", rnn, acc=92.0, seed=0)
     build_report([tmp_path / "c"], tmp_path / "out-c", plots=False)
     assert "Differences" not in (tmp_path / "out-c/results.md").read_text()
+
+
+def _sweep_groups(root: Path, accuracies: dict[float, list[float]]) -> dict[str, list]:
+    """A compare's --sweep train.lr over dlw-rnn-a: one entry per rate, a run per seed."""
+    from rnnlab.run_records import read_record
+
+    groups = {}
+    for lr, accs in accuracies.items():
+        entry = f"dlw-rnn-a+lr{lr:g}"
+        config = apply_overrides(get_preset("dlw-rnn-a").config, [f"train.lr={lr}", f"name={entry}"])
+        groups[entry] = [read_record(fake_run(root / entry / f"seed{seed}", config, acc=acc, seed=seed), entry=entry)
+                         for seed, acc in enumerate(accs)]
+    return groups
+
+
+def test_a_sweep_is_drawn_against_its_setting(tmp_path: Path) -> None:
+    groups = _sweep_groups(tmp_path, {0.1: [90.0, 92.0], 0.001: [80.0, 84.0], 0.01: [95.0, 95.0]})
+    key, lines = sweep_series(groups, aggregate(groups))
+    assert key == "train.lr" and list(lines) == ["dlw-rnn-a"]  # one line, named by what the entries share
+    points = lines["dlw-rnn-a"]
+    assert [(p["x"], p["mean"], p["seeds"]) for p in points] == [
+        (0.001, 82.0, [80.0, 84.0]), (0.01, 95.0, [95.0, 95.0]), (0.1, 91.0, [90.0, 92.0])]  # sorted by x
+    assert points[0]["std"] == pytest.approx(math.sqrt(8.0))
+    written = write_figures(groups, aggregate(groups), tmp_path / "out")
+    assert "sweep.png" in written and (tmp_path / "out/sweep.png").stat().st_size > 5000
+
+
+def test_no_sweep_figure_where_nothing_numeric_varies_along_a_line(tmp_path: Path, compare_dir: Path) -> None:
+    # Two presets, one row each: they differ in many settings, and no line would have two points.
+    groups = collect([compare_dir])
+    assert sweep_series(groups, aggregate(groups)) is None
+    assert "sweep.png" not in write_figures(groups, aggregate(groups), tmp_path / "out")
+    # Loose runs that differ in the learning rate alone: one line, labelled as all entries.
+    cfg = get_preset("dlw-rnn-a").config
+    for i, lr in enumerate((0.01, 0.05)):
+        fake_run(tmp_path / "loose" / f"r{i}", apply_overrides(cfg, [f"train.lr={lr}"]), acc=90.0 + i, seed=0)
+    groups = collect([tmp_path / "loose"])
+    key, lines = sweep_series(groups, aggregate(groups))
+    assert key == "train.lr" and list(lines) == ["all entries"] and [p["x"] for p in lines["all entries"]] == [0.01, 0.05]

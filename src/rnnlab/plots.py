@@ -1,4 +1,4 @@
-"""Figures as PNG files: learning curves, confusion matrices, accuracy bars.
+"""Figures as PNG files: learning curves, confusion matrices, accuracy bars, accuracy against a swept setting.
 
 Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend state), so it
 works headless and in worker processes. Each function writes one file and returns its path,
@@ -241,4 +241,34 @@ def gradient_flow_png(curves: dict[str, np.ndarray], path: str | Path,
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def sweep_png(key: str, lines: dict[str, list[dict[str, Any]]], path: str | Path) -> Path | None:
+    """Test accuracy against the setting ``key``, a line per combination of the other settings:
+    mean ± std over seeds, each seed a dot. ``lines`` as :func:`rnnlab.report.sweep_series` gives
+    them. The x axis is logarithmic where the values are positive and span 10x or more (a
+    learning rate)."""
+    if not any(lines.values()):
+        return None
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    xs = [p["x"] for points in lines.values() for p in points]
+    if min(xs) > 0 and max(xs) / min(xs) >= 10:
+        ax.set_xscale("log")
+    for label, points in lines.items():
+        x = np.array([p["x"] for p in points], dtype=float)
+        line = ax.errorbar(x, [p["mean"] for p in points], yerr=[p["std"] for p in points], marker="o",
+                           capsize=4, label=label)
+        for p in points:
+            ax.scatter(np.full(len(p["seeds"]), p["x"], dtype=float), p["seeds"], s=10, alpha=0.5,
+                       color=line[0].get_color(), zorder=3)
+    ax.set_xticks(sorted(set(xs)), [f"{v:g}" for v in sorted(set(xs))])
+    ax.minorticks_off()
+    ax.set_xlabel(key)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Test accuracy against {key} (mean ± std over seeds; dots: seeds)")
+    ax.grid(True, alpha=0.3)
+    if len(lines) > 1 or next(iter(lines)) != "all entries":
+        ax.legend(fontsize=8)
     return _save(fig, path)

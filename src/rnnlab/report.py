@@ -22,13 +22,13 @@ from rnnlab.atomic import atomic_write_json, atomic_write_text
 from rnnlab.checkpoint import CONFUSION
 from rnnlab.config import describe_model
 from rnnlab.errors import ConfigError
-from rnnlab.run_records import RunRecord, collect
+from rnnlab.run_records import RunRecord, collect, result_settings
 from rnnlab.stats import difference
 
 __all__ = ["COLUMNS", "RESULTS_CSV", "RESULTS_JSON", "RESULTS_MD", "STATUS_ORDER", "RunRecord", "aggregate",
            "aggregate_entry", "build_report", "check_baseline", "collect", "compare_with", "differences_table",
-           "markdown_table", "render_markdown", "report_groups", "status_text", "to_csv", "write_figures",
-           "write_results"]
+           "markdown_table", "render_markdown", "report_groups", "status_text", "sweep_series", "to_csv",
+           "write_figures", "write_results"]
 
 RESULTS_MD, RESULTS_CSV, RESULTS_JSON = "results.md", "results.csv", "results.json"
 STATUS_ORDER = ("completed", "diverged", "failed", "interrupted", "stopped", "unfinished")
@@ -306,6 +306,60 @@ def report_groups(groups: dict[str, list[RunRecord]], out_dir: str | Path, *, pl
     return rows
 
 
+MAX_SWEEP_LINES = 8  # more lines than this on one plot cannot be told apart
+
+
+def sweep_series(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]]
+                 ) -> tuple[str, dict[str, list[dict[str, Any]]]] | None:
+    """Test accuracy against the one numeric setting the entries vary most (a --sweep, or runs
+    trained by hand at several learning rates): ``(key, {line label: [points]})``, a line per
+    combination of the other settings that vary (named by the entries' shared name where a
+    --sweep made them), each point ``{"entry", "x", "mean", "std", "seeds"}``.
+
+    None where no numeric setting varies, no line has two points, or the lines are too many.
+    """
+    settings = {}
+    for row in rows:
+        config = next((r.config for r in groups.get(row["entry"], []) if r.config is not None), None)
+        if config is not None and row["test_accuracy_mean"] is not None:
+            flat = result_settings(config)
+            settings[row["entry"]] = {k: v for k, v in flat.items() if k not in ("seed", "name", "preset")}
+    if len(settings) < 2:
+        return None
+    keys = list(next(iter(settings.values())))
+    varying = [k for k in keys if len({repr(s.get(k)) for s in settings.values()}) > 1]
+    numeric = [k for k in varying if all(isinstance(s.get(k), (int, float)) and not isinstance(s.get(k), bool)
+                                         for s in settings.values())]
+    if not numeric:
+        return None
+    x_key = max(numeric, key=lambda k: len({s[k] for s in settings.values()}))  # the first of the most values
+    others = [k for k in varying if k != x_key]
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["entry"] not in settings:
+            continue
+        own = settings[row["entry"]]
+        label = ", ".join(f"{k}={own.get(k)}" for k in others) or "all entries"
+        seeds = [run["test_accuracy"] for run in row["runs"]
+                 if run["status"] == "completed" and run["test_accuracy"] is not None]
+        lines.setdefault(label, []).append({"entry": row["entry"], "x": own[x_key], "mean": row["test_accuracy_mean"],
+                                            "std": row["test_accuracy_std"] or 0.0, "seeds": seeds})
+    if len(lines) > MAX_SWEEP_LINES or max(len(points) for points in lines.values()) < 2:
+        return None
+    named = {_common_name([p["entry"] for p in points]): points for points in lines.values()}
+    if len(named) == len(lines) and all(named):  # a compare's sweep: "lstm+lr0.1", "lstm+lr1" -> "lstm"
+        lines = named
+    return x_key, {label: sorted(points, key=lambda p: p["x"]) for label, points in lines.items()}
+
+
+def _common_name(entries: list[str]) -> str:
+    """The ``+``-separated parts that a --sweep's entry names share, in order ("" if they share none)."""
+    parts = [entry.split("+") for entry in entries]
+    if len({len(p) for p in parts}) != 1:
+        return ""
+    return "+".join(part for i, part in enumerate(parts[0]) if all(p[i] == part for p in parts))
+
+
 def write_figures(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]], out_dir: str | Path) -> list[str]:
     """Learning curves and accuracy bars in ``out_dir``; ``confusion.png`` in each run folder lacking one.
 
@@ -322,6 +376,9 @@ def write_figures(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]]
         written.append("learning_curves.png")
     if plots.accuracy_bars_png(rows, out / "accuracy.png", title="Final test accuracy (mean ± std over seeds)"):
         written.append("accuracy.png")
+    swept = sweep_series(groups, rows)
+    if swept and plots.sweep_png(*swept, out / "sweep.png"):
+        written.append("sweep.png")
     for entry, records in groups.items():
         for record in records:
             matrix = record.summary.get("confusion_matrix")
