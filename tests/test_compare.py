@@ -126,6 +126,11 @@ def test_a_sweep_over_sequence_files_names_entries_by_file(tmp_path: Path) -> No
         resolve_entries(["dlw-rnn-a"], sweeps=[f"data.file={signs},{twin}"])
     with pytest.raises(ConfigError, match="unknown key 'model.hiddn'"):  # overrides are still checked
         resolve_entries(["dlw-rnn-a"], overrides=["model.hiddn=3"], sweeps=[f"data.file={signs},{third}"])
+    # Refused before any seed trains: a missing file, and an IDX folder that no swept entry would read.
+    with pytest.raises(ConfigError, match=r"--sweep data.file: .*missing.npz is not a file"):
+        resolve_entries(["dlw-rnn-a"], sweeps=[f"data.file={signs},{tmp_path / 'missing.npz'}"])
+    with pytest.raises(ConfigError, match="a swept data.file is read alone: drop data.data_dir"):
+        resolve_entries(["dlw-rnn-a"], overrides=[f"data.data_dir={tmp_path}"], sweeps=[f"data.file={signs},{third}"])
 
 
 @pytest.mark.slow  # compare workers

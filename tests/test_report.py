@@ -220,7 +220,7 @@ def test_report_out_or_path_that_is_a_file(compare_dir: Path, tmp_path: Path,
 def test_differences_from_the_best_entry_paired_by_seed(compare_dir: Path, tmp_path: Path) -> None:
     rows = {r["entry"]: r for r in aggregate(collect([compare_dir]))}
     best, rnn = rows["dlw-lstm-a"], rows["dlw-rnn-a"]
-    assert best["baseline"] is None and best["delta_vs_baseline"] is None  # the baseline: best mean, 97.25
+    assert best["baseline"] == "dlw-lstm-a" and best["delta_vs_baseline"] is None  # the baseline: best mean, 97.25
     # dlw-rnn-a's completed seeds 0 and 1 against dlw-lstm-a's: 92 - 97 and 94 - 97.5 (seed 2 diverged).
     # Mean -4.25, sd 1.5/sqrt(2), standard error 0.75; t(0.975, 1) = 12.706.
     assert rnn["baseline"] == "dlw-lstm-a" and (rnn["delta_method"], rnn["delta_seeds"]) == ("paired", 2)
@@ -234,7 +234,8 @@ def test_differences_from_the_best_entry_paired_by_seed(compare_dir: Path, tmp_p
     assert "| `dlw-rnn-a` | -4.25 | -13.78 to +5.28 | paired, n=2 | within noise |" in md
     with open(tmp_path / "out/results.csv", newline="") as handle:
         csv_rows = {r["entry"]: r for r in csv.DictReader(handle)}
-    assert csv_rows["dlw-rnn-a"]["delta_verdict"] == "within noise" and csv_rows["dlw-lstm-a"]["baseline"] == ""
+    assert csv_rows["dlw-rnn-a"]["delta_verdict"] == "within noise" and csv_rows["dlw-lstm-a"]["baseline"] == "dlw-lstm-a"
+    assert csv_rows["dlw-rnn-a"]["delta_seeds"] == csv_rows["dlw-rnn-a"]["baseline_seeds"] == "2"
 
 
 def test_differences_from_a_chosen_baseline_and_an_unknown_one(compare_dir: Path, tmp_path: Path,
@@ -266,7 +267,7 @@ def test_differences_unpaired_seeds_and_single_seeds(tmp_path: Path) -> None:
     assert rows["dlw-rnn-a"]["delta_vs_baseline"] == -5.0
     assert rows["dlw-rnn-a"]["delta_ci95_low"] is None and rows["dlw-rnn-a"]["delta_verdict"] is None
     build_report([tmp_path / "b"], tmp_path / "out", plots=False)
-    assert "| `dlw-rnn-a` | -5.00 | – | one seed: no interval |  |" in (tmp_path / "out/results.md").read_text()
+    assert "| `dlw-rnn-a` | -5.00 | – | a side has one seed: no interval |  |" in (tmp_path / "out/results.md").read_text()
     # A single entry: nothing to compare with, no section.
     fake_run(tmp_path / "c/r0", rnn, acc=92.0, seed=0)
     build_report([tmp_path / "c"], tmp_path / "out-c", plots=False)
@@ -310,3 +311,67 @@ def test_no_sweep_figure_where_nothing_numeric_varies_along_a_line(tmp_path: Pat
     groups = collect([tmp_path / "loose"])
     key, lines = sweep_series(groups, aggregate(groups))
     assert key == "train.lr" and list(lines) == ["all entries"] and [p["x"] for p in lines["all entries"]] == [0.01, 0.05]
+
+
+def test_repeated_seeds_are_never_paired_and_the_default_baseline_has_seeds_to_compare(tmp_path: Path) -> None:
+    rnn, lstm = get_preset("dlw-rnn-a").config, get_preset("dlw-lstm-a").config
+    # Loose runs whose seeds repeat on both sides, (0, 0, 1) and (0, 1, 1): pairing them by position
+    # would invent pairs, so Welch's interval compares the two samples.
+    for i, (seed, acc) in enumerate([(0, 90.0), (0, 91.0), (1, 92.0)]):
+        fake_run(tmp_path / "dup" / f"r{i}", rnn, acc=acc, seed=seed)
+    for i, (seed, acc) in enumerate([(0, 97.0), (1, 97.5), (1, 98.0)]):
+        fake_run(tmp_path / "dup" / f"l{i}", lstm, acc=acc, seed=seed)
+    rows = {r["entry"]: r for r in aggregate(collect([tmp_path / "dup"]))}
+    assert (rows["dlw-rnn-a"]["delta_method"], rows["dlw-rnn-a"]["delta_seeds"]) == ("welch", 3)
+    # One lucky seed of an entry whose other seeds diverged is not the default baseline: the best
+    # mean among entries with two completed seeds is.
+    gru = apply_overrides(rnn, ["model.cell=gru", "name=lucky"])
+    fake_run(tmp_path / "lucky/s0", gru, acc=99.5, seed=0)
+    for seed in (1, 2):
+        fake_run(tmp_path / "lucky" / f"s{seed}", gru, status="diverged", acc=None, seed=seed, diverge_at=300)
+    for seed in (0, 1):
+        fake_run(tmp_path / "lucky" / f"r{seed}", rnn, acc=90.0 + seed, seed=seed)
+        fake_run(tmp_path / "lucky" / f"l{seed}", lstm, acc=97.0 + seed, seed=seed)
+    rows = {r["entry"]: r for r in aggregate(collect([tmp_path / "lucky"]))}
+    assert rows["lucky"]["baseline"] == "dlw-lstm-a" and rows["dlw-rnn-a"]["delta_method"] == "paired"
+
+
+def test_a_baseline_without_a_completed_seed_says_so(compare_dir: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    lstm = get_preset("dlw-lstm-a").config
+    for seed in (0, 1):  # dlw-lstm-a's seeds both diverged
+        fake_run(compare_dir / f"runs/dlw-lstm-a/seed{seed}", lstm, status="diverged", acc=None, seed=seed,
+                 diverge_at=300)
+    assert main(["report", str(compare_dir), "--no-plot", "--out", str(tmp_path / "out"),
+                 "--baseline", "dlw-lstm-a"]) == 0
+    message = "`dlw-lstm-a` has no completed seed: there is nothing to compare the other entries with."
+    assert message in capsys.readouterr().out and message in (tmp_path / "out/results.md").read_text()
+
+
+def test_sweep_lines_have_short_names_and_never_join_two_entries_at_one_x(tmp_path: Path) -> None:
+    cfg = get_preset("dlw-rnn-a").config
+    # Two settings vary besides the learning rate: lines named by them, shortly.
+    combos = [(lr, hidden, cell) for lr in (0.01, 0.03, 0.1) for hidden, cell in ((32, "rnn"), (64, "gru"))]
+    for i, (lr, hidden, cell) in enumerate(combos):
+        fake_run(tmp_path / "grid" / f"r{i}", apply_overrides(cfg, [f"train.lr={lr}", f"model.hidden={hidden}",
+                                                                     f"model.cell={cell}"]), acc=90.0 + i, seed=0)
+    groups = collect([tmp_path / "grid"])
+    key, lines = sweep_series(groups, aggregate(groups))
+    assert key == "train.lr" and sorted(lines) == ["cell=gru, hidden=64", "cell=rnn, hidden=32"]
+    # Runs that differ only in a setting results ignore (threads) share an x: no line through both.
+    fake_run(tmp_path / "same-x/a", cfg, acc=90.0, seed=0)
+    fake_run(tmp_path / "same-x/b", apply_overrides(cfg, ["name=again", "train.threads=2"]), acc=95.0, seed=1)
+    fake_run(tmp_path / "same-x/c", apply_overrides(cfg, ["train.lr=0.1"]), acc=91.0, seed=0)
+    groups = collect([tmp_path / "same-x"])
+    assert sweep_series(groups, aggregate(groups)) is None
+
+
+def test_the_tutorial_suite_sweep_figure_names_its_lines_by_entry(tmp_path: Path) -> None:
+    from rnnlab.presets import suite
+
+    for name in suite("tutorials"):  # they differ in many settings: a label of them all would fill the figure
+        fake_run(tmp_path / name, get_preset(name).config, acc=95.0, seed=0)
+    groups = collect([tmp_path])
+    key, lines = sweep_series(groups, aggregate(groups))
+    assert key == "model.layers" and "dlw-lstm-a, dlw-lstm-b, dlw-lstm-c" in lines
+    assert all(len(label) <= 60 for label in lines)

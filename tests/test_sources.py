@@ -451,11 +451,12 @@ def test_a_download_killed_outright_leaves_no_lasting_part_file(mirror: Mirror, 
     stale = tmp_path / ".t10k-labels-idx1-ubyte.gz.0a1b2c3d4e5f.part"
     fresh = tmp_path / ".t10k-labels-idx1-ubyte.gz.5f4e3d2c1b0a.part"
     other = tmp_path / ".notes.txt.0a1b2c3d4e5f.part"  # not a download of this file: not ours to judge
-    for path in (stale, fresh, other):
+    backup = tmp_path / ".t10k-labels-idx1-ubyte.gz.mybackup.part"  # not a name rnnlab makes
+    for path in (stale, fresh, other, backup):
         path.write_bytes(b"half a file")
     two_hours_ago = time.time() - 7200
-    for path in (stale, other):
+    for path in (stale, other, backup):
         os.utime(path, (two_hours_ago, two_hours_ago))
     download("mnist", tmp_path, mirrors=[mirror.url("good")], splits=["test"], **FAST)
-    assert not stale.exists() and fresh.exists() and other.exists()
+    assert not stale.exists() and fresh.exists() and other.exists() and backup.exists()
     assert sha(tmp_path / "t10k-labels-idx1-ubyte.gz") == MNIST.sha256["t10k-labels-idx1-ubyte"]

@@ -96,6 +96,8 @@ def expand_sweeps(entries: list[Entry], sweeps: list[tuple[str, list[str]]], ove
     short = [key.rpartition(".")[2] for key in keys]
     tags = [s if short.count(s) == 1 else key for s, key in zip(short, keys)]
     labels = {key: _value_labels(key, values) for key, values in sweeps}
+    if "data.file" in keys:
+        _check_swept_files(dict(sweeps)["data.file"], overrides)
     # A swept sequence file implies reading one, as --data-file does.
     implied = ["data.dataset=file"] if "data.file" in keys and not any(
         o.partition("=")[0].strip() == "data.dataset" for o in overrides) else []
@@ -123,6 +125,17 @@ def expand_sweeps(entries: list[Entry], sweeps: list[tuple[str, list[str]]], ove
     return expanded
 
 
+def _check_swept_files(values: list[str], overrides: list[str]) -> None:
+    """Before any seed trains: every swept sequence file is there, and no IDX folder is given beside them."""
+    if any(o.partition("=")[0].strip() == "data.data_dir" for o in overrides):
+        raise ConfigError("data.data_dir is the folder of an image dataset's IDX files; a swept data.file is read "
+                          "alone: drop data.data_dir")
+    for value in values:
+        if not Path(value).expanduser().is_file():
+            raise ConfigError(f"--sweep data.file: {value} is not a file; give .npz files of your sequences "
+                              "(x_train, y_train, x_test, y_test)")
+
+
 def _value_labels(key: str, values: list[str]) -> dict[str, str]:
     """How each value shows in entry names: as written, but a data path by its file or folder name."""
     if key not in DATA_LOCATION:
@@ -131,8 +144,9 @@ def _value_labels(key: str, values: list[str]) -> dict[str, str]:
     for value, label in labels.items():
         twins = [v for v, other in labels.items() if other == label]
         if len(twins) > 1:
+            what = "files" if key == "data.file" else "folders"
             raise ConfigError(f"--sweep {key}: {' and '.join(twins)} would both name their entries {label!r}; "
-                              "give the files distinct names")
+                              f"give the {what} distinct names")
     return labels
 
 

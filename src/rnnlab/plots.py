@@ -270,5 +270,5 @@ def sweep_png(key: str, lines: dict[str, list[dict[str, Any]]], path: str | Path
     ax.set_title(f"Test accuracy against {key} (mean ± std over seeds; dots: seeds)")
     ax.grid(True, alpha=0.3)
     if len(lines) > 1 or next(iter(lines)) != "all entries":
-        ax.legend(fontsize=8)
+        fig.legend(fontsize=8, loc="outside lower center", ncol=min(len(lines), 2), frameon=False)
     return _save(fig, path)

@@ -20,10 +20,9 @@ from typing import Any
 from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json, atomic_write_text
 from rnnlab.checkpoint import CONFUSION
-from rnnlab.config import describe_model
-from rnnlab.errors import ConfigError
+from rnnlab.config import DATA_LOCATION, describe_model
 from rnnlab.run_records import RunRecord, collect, result_settings
-from rnnlab.stats import difference
+from rnnlab.stats import check_baseline, compare_with, differences_table
 
 __all__ = ["COLUMNS", "RESULTS_CSV", "RESULTS_JSON", "RESULTS_MD", "STATUS_ORDER", "RunRecord", "aggregate",
            "aggregate_entry", "build_report", "check_baseline", "collect", "compare_with", "differences_table",
@@ -40,7 +39,7 @@ COLUMNS = (
     "reported_test_accuracy", "delta_vs_reported", "train_seconds_mean", "samples_per_second_mean",
     "iterations", "epochs", "batch_size", "optimizer", "protocol", "source",
     "baseline", "delta_vs_baseline", "delta_ci95_low", "delta_ci95_high", "delta_method", "delta_seeds",
-    "delta_verdict",
+    "baseline_seeds", "delta_verdict",
 )
 
 
@@ -122,53 +121,6 @@ def aggregate(groups: dict[str, list[RunRecord]], *, baseline: str | None = None
     return rows
 
 
-def check_baseline(baseline: str | None, entries: list[str]) -> None:
-    """Refuse a baseline that is not one of ``entries``, naming them."""
-    if baseline is not None and baseline not in entries:
-        raise ConfigError(f"--baseline {baseline!r} is not an entry here; the entries are: {', '.join(entries)}")
-
-
-def _completed_accuracies(row: dict[str, Any]) -> dict[int, float]:
-    """Test accuracy by seed over the completed seeds; {} where a seed appears twice (no pairing then)."""
-    runs = [r for r in row["runs"] if r["status"] == "completed" and r["test_accuracy"] is not None]
-    by_seed = {r["seed"]: float(r["test_accuracy"]) for r in runs}
-    if len(by_seed) < len(runs):  # loose runs with the same seed: key them apart, so nothing pairs
-        return {i - len(runs): float(r["test_accuracy"]) for i, r in enumerate(runs)}
-    return by_seed
-
-
-def _mean_difference(row: dict[str, Any], base: dict[str, Any] | None) -> float | None:
-    if base is None or row is base or row["test_accuracy_mean"] is None or base["test_accuracy_mean"] is None:
-        return None
-    return row["test_accuracy_mean"] - base["test_accuracy_mean"]
-
-
-def compare_with(rows: list[dict[str, Any]], baseline: str | None = None) -> str | None:
-    """Give every row its test-accuracy difference from the baseline row, with a 95% interval.
-
-    The baseline is ``baseline`` or else the row with the best mean test accuracy. Returns its name
-    (None with fewer than two rows that have results).
-    """
-    scored = [r for r in rows if r["test_accuracy_mean"] is not None]
-    if baseline is None and len(scored) >= 2:
-        baseline = max(scored, key=lambda r: r["test_accuracy_mean"])["entry"]
-    base = next((r for r in rows if r["entry"] == baseline), None)
-    for row in rows:
-        diff = None
-        if base is not None and row is not base:
-            diff = difference(_completed_accuracies(row), _completed_accuracies(base))
-        row.update({
-            "baseline": baseline if base is not None and row is not base else None,
-            "delta_vs_baseline": diff.mean if diff else _mean_difference(row, base),
-            "delta_ci95_low": diff.low if diff else None,
-            "delta_ci95_high": diff.high if diff else None,
-            "delta_method": diff.method if diff else None,
-            "delta_seeds": diff.n if diff else None,
-            "delta_verdict": diff.verdict if diff else None,
-        })
-    return baseline if base is not None else None
-
-
 # --------------------------------------------------------------------------- writing
 
 
@@ -202,28 +154,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                  _fmt(row["train_seconds_mean"], 1), _fmt(row["samples_per_second_mean"], 0), row["status"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def differences_table(rows: list[dict[str, Any]]) -> str | None:
-    """Each entry's difference from the baseline in Markdown, or None without a baseline."""
-    baseline = next((r["baseline"] for r in rows if r.get("baseline")), None)
-    if baseline is None:
-        return None
-    lines = [f"Test accuracy minus `{baseline}`'s, in points: the mean over the seeds both completed, and its "
-             "95% interval (Student's t over the seed-by-seed differences; Welch's where seeds do not pair). "
-             "It covers the variation between seeds, not the draw of the test set. *within noise*: the "
-             "interval holds 0, so these seeds cannot tell the two apart.", "",
-             "| entry | Δ test acc (points) | 95% interval | seeds | verdict |", "|---|---:|---:|---|---|"]
-    for row in rows:
-        if row["entry"] == baseline or row["delta_vs_baseline"] is None:
-            continue
-        seeds = "one seed: no interval" if row["delta_method"] is None else \
-            f"{row['delta_method']}, n={row['delta_seeds']}"
-        interval = "–" if row["delta_ci95_low"] is None else \
-            f"{row['delta_ci95_low']:+.2f} to {row['delta_ci95_high']:+.2f}"
-        lines.append(f"| `{row['entry']}` | {row['delta_vs_baseline']:+.2f} | {interval} | "
-                     f"{seeds} | {row['delta_verdict'] or ''} |")
-    return "\n".join(lines) if len(lines) > 4 else None
 
 
 def _problems(rows: list[dict[str, Any]]) -> list[str]:
@@ -334,22 +264,40 @@ def sweep_series(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]]
         return None
     x_key = max(numeric, key=lambda k: len({s[k] for s in settings.values()}))  # the first of the most values
     others = [k for k in varying if k != x_key]
-    lines: dict[str, list[dict[str, Any]]] = {}
+    by_rest: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row["entry"] not in settings:
             continue
         own = settings[row["entry"]]
-        label = ", ".join(f"{k}={own.get(k)}" for k in others) or "all entries"
         seeds = [run["test_accuracy"] for run in row["runs"]
                  if run["status"] == "completed" and run["test_accuracy"] is not None]
-        lines.setdefault(label, []).append({"entry": row["entry"], "x": own[x_key], "mean": row["test_accuracy_mean"],
-                                            "std": row["test_accuracy_std"] or 0.0, "seeds": seeds})
-    if len(lines) > MAX_SWEEP_LINES or max(len(points) for points in lines.values()) < 2:
+        by_rest.setdefault(repr([own.get(k) for k in others]), []).append(
+            {"entry": row["entry"], "x": own[x_key], "mean": row["test_accuracy_mean"],
+             "std": row["test_accuracy_std"] or 0.0, "seeds": seeds})
+    groups_of_points = list(by_rest.values())
+    if len(groups_of_points) > MAX_SWEEP_LINES or max(map(len, groups_of_points)) < 2:
         return None
-    named = {_common_name([p["entry"] for p in points]): points for points in lines.values()}
-    if len(named) == len(lines) and all(named):  # a compare's sweep: "lstm+lr0.1", "lstm+lr1" -> "lstm"
-        lines = named
-    return x_key, {label: sorted(points, key=lambda p: p["x"]) for label, points in lines.items()}
+    if any(len({p["x"] for p in points}) < len(points) for points in groups_of_points):
+        return None  # entries that differ only in settings results ignore (threads, ...): no line to draw
+    return x_key, {label: sorted(points, key=lambda p: p["x"])
+                   for label, points in zip(_line_labels(groups_of_points, others, settings), groups_of_points)}
+
+
+def _line_labels(lines: list[list[dict[str, Any]]], others: list[str], settings: dict[str, dict[str, Any]]
+                 ) -> list[str]:
+    """Short names for the lines: what a --sweep's entry names share ("lstm" for "lstm+lr0.1" and
+    "lstm+lr1"), else the one or two other settings that vary, else the entries' own names."""
+    shared = [_common_name([p["entry"] for p in points]) for points in lines]
+    if all(shared) and len(set(shared)) == len(shared):
+        return shared
+    if len(others) <= 2:
+        def shown(key: str, value: Any) -> str:
+            return Path(value).name if key in DATA_LOCATION and value else str(value)
+
+        return [", ".join(f"{k.rpartition('.')[2]}={shown(k, settings[points[0]['entry']].get(k))}" for k in others)
+                or "all entries" for points in lines]
+    names = [", ".join(p["entry"] for p in points) for points in lines]
+    return [name if len(name) <= 60 else name[:59] + "…" for name in names]
 
 
 def _common_name(entries: list[str]) -> str:

@@ -1,4 +1,5 @@
-"""Confidence intervals for the difference in test accuracy between two entries of a comparison.
+"""How entries of a comparison differ: the difference in test accuracy from a baseline entry,
+with a confidence interval, for every row of a report (``compare_with``, ``differences_table``).
 
 Two entries of a compare train the same seeds, so their accuracies pair up seed by seed, and the
 paired differences give a Student-t interval. Where the seeds do not pair (loose runs gathered by
@@ -15,9 +16,13 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Difference", "difference", "t_quantile"]
+from rnnlab.errors import ConfigError
+
+__all__ = ["Difference", "check_baseline", "compare_with", "difference", "differences_table", "t_quantile"]
 
 
 def _t_central_mass(t: float, df: int) -> float:
@@ -61,18 +66,28 @@ def t_quantile(p: float, df: int) -> float:
 
 @dataclass(frozen=True)
 class Difference:
-    """``mean`` of A minus B with its interval [``low``, ``high``]; ``method`` says how it was paired."""
+    """``mean`` of A minus B with its interval [``low``, ``high``] (None where the seeds show no
+    spread at all); ``method`` says how the samples were compared, ``n_a`` and ``n_b`` their sizes."""
 
     mean: float
-    low: float
-    high: float
-    method: str  # "paired" or "welch"
-    n: int  # seeds paired, or the smaller of the two samples for Welch
+    low: float | None
+    high: float | None
+    method: str  # "paired" (n_a == n_b seeds in both) or "welch"
+    n_a: int
+    n_b: int
     level: float = 0.95
 
     @property
+    def samples(self) -> str:
+        """e.g. ``paired, n=3`` or ``welch, n=3 vs 2``."""
+        return f"paired, n={self.n_a}" if self.method == "paired" else f"welch, n={self.n_a} vs {self.n_b}"
+
+    @property
     def verdict(self) -> str:
-        """``higher``, ``lower``, or ``within noise`` when the interval holds 0."""
+        """``higher``, ``lower``, ``within noise`` when the interval holds 0, or, with no spread
+        between seeds (every seed gave the same difference), a call for more seeds."""
+        if self.low is None or self.high is None:
+            return "no spread between seeds: add seeds"
         if self.low > 0:
             return "higher"
         if self.high < 0:
@@ -80,27 +95,131 @@ class Difference:
         return "within noise"
 
 
-def difference(a: dict[int, float], b: dict[int, float], *, level: float = 0.95) -> Difference | None:
-    """The difference of sample ``a`` minus sample ``b`` (values keyed by seed), with a ``level`` interval.
+Sample = Mapping[int, float] | Sequence[float]  # keyed by seed, or unpaired
 
-    Paired by seed when at least two seeds are in both; else Welch's interval when each sample
-    has at least two values (its degrees of freedom rounded down, which widens the interval a
-    little); else None: one seed says nothing about seed-to-seed variation.
+
+def difference(a: Sample, b: Sample, *, level: float = 0.95,
+               limits: tuple[float, float] | None = None) -> Difference | None:
+    """The difference of sample ``a`` minus sample ``b`` with a ``level`` interval.
+
+    Samples keyed by seed are paired by seed when at least two seeds are in both; otherwise (or
+    given as plain sequences, e.g. where a seed repeats) Welch's interval is used when each sample
+    has at least two values, its degrees of freedom rounded down (which widens it a little).
+    None with fewer values: one seed says nothing about seed-to-seed variation. ``limits`` clips
+    the interval to what is possible (accuracy differences lie within ±100 points). Where every
+    seed gave the same difference, the t interval has width zero, which would claim certainty:
+    no interval is given then.
     """
     quantile = 0.5 + level / 2.0
-    shared = sorted(set(a) & set(b))
+    shared = sorted(set(a) & set(b)) if isinstance(a, Mapping) and isinstance(b, Mapping) else []
     if len(shared) >= 2:
-        diffs = [a[s] - b[s] for s in shared]
+        diffs = [a[s] - b[s] for s in shared]  # type: ignore[index]
         mean, spread = statistics.fmean(diffs), statistics.stdev(diffs)
         half = t_quantile(quantile, len(diffs) - 1) * spread / math.sqrt(len(diffs))
-        return Difference(mean, mean - half, mean + half, "paired", len(diffs), level)
-    xs, ys = list(a.values()), list(b.values())
+        return _difference(mean, half, "paired", len(diffs), len(diffs), level, limits)
+    xs = list(a.values()) if isinstance(a, Mapping) else list(a)
+    ys = list(b.values()) if isinstance(b, Mapping) else list(b)
     if len(xs) < 2 or len(ys) < 2:
         return None
     va, vb = statistics.variance(xs) / len(xs), statistics.variance(ys) / len(ys)
     mean = statistics.fmean(xs) - statistics.fmean(ys)
-    if va + vb == 0.0:
-        return Difference(mean, mean, mean, "welch", min(len(xs), len(ys)), level)
-    df = (va + vb) ** 2 / (va**2 / (len(xs) - 1) + vb**2 / (len(ys) - 1))
-    half = t_quantile(quantile, max(1, math.floor(df))) * math.sqrt(va + vb)
-    return Difference(mean, mean - half, mean + half, "welch", min(len(xs), len(ys)), level)
+    half = 0.0
+    if va + vb > 0.0:
+        df = (va + vb) ** 2 / (va**2 / (len(xs) - 1) + vb**2 / (len(ys) - 1))
+        half = t_quantile(quantile, max(1, math.floor(df))) * math.sqrt(va + vb)
+    return _difference(mean, half, "welch", len(xs), len(ys), level, limits)
+
+
+def _difference(mean: float, half: float, method: str, n_a: int, n_b: int, level: float,
+                limits: tuple[float, float] | None) -> Difference:
+    if half == 0.0:
+        return Difference(mean, None, None, method, n_a, n_b, level)
+    low, high = mean - half, mean + half
+    if limits is not None:
+        low, high = max(low, limits[0]), min(high, limits[1])
+    return Difference(mean, low, high, method, n_a, n_b, level)
+
+
+# --------------------------------------------------------------------------- rows of a report
+
+
+def check_baseline(baseline: str | None, entries: list[str]) -> None:
+    """Refuse a baseline that is not one of ``entries``, naming them."""
+    if baseline is not None and baseline not in entries:
+        raise ConfigError(f"--baseline {baseline!r} is not an entry here; the entries are: {', '.join(entries)}")
+
+
+def _completed_accuracies(row: dict[str, Any]) -> dict[int, float] | list[float]:
+    """Test accuracy by seed over the completed seeds; a plain list where a seed repeats or is
+    unknown (loose runs), so that nothing is paired by accident."""
+    runs = [r for r in row["runs"] if r["status"] == "completed" and r["test_accuracy"] is not None]
+    by_seed = {r["seed"]: float(r["test_accuracy"]) for r in runs if isinstance(r["seed"], int)}
+    return by_seed if len(by_seed) == len(runs) else [float(r["test_accuracy"]) for r in runs]
+
+
+def _mean_difference(row: dict[str, Any], base: dict[str, Any] | None) -> float | None:
+    if base is None or row is base or row["test_accuracy_mean"] is None or base["test_accuracy_mean"] is None:
+        return None
+    return row["test_accuracy_mean"] - base["test_accuracy_mean"]
+
+
+def compare_with(rows: list[dict[str, Any]], baseline: str | None = None) -> str | None:
+    """Give every row its test-accuracy difference from the baseline row, with a 95% interval.
+
+    The baseline is ``baseline``, or else the best mean test accuracy among the entries with at
+    least two completed seeds (among all, if none has two): one lucky seed of an entry whose
+    others diverged would leave nothing to compare against. Returns its name (None with fewer
+    than two rows that have results).
+    """
+    scored = [r for r in rows if r["test_accuracy_mean"] is not None]
+    if baseline is None and len(scored) >= 2:
+        candidates = [r for r in scored if r["completed"] >= 2] or scored
+        baseline = max(candidates, key=lambda r: r["test_accuracy_mean"])["entry"]
+    base = next((r for r in rows if r["entry"] == baseline), None)
+    for row in rows:
+        diff = None
+        if base is not None and row is not base:
+            diff = difference(_completed_accuracies(row), _completed_accuracies(base), limits=(-100.0, 100.0))
+        row.update({
+            "baseline": baseline if base is not None else None,  # the baseline's own row names it too
+            "delta_vs_baseline": diff.mean if diff else _mean_difference(row, base),
+            "delta_ci95_low": diff.low if diff else None,
+            "delta_ci95_high": diff.high if diff else None,
+            "delta_method": diff.method if diff else None,
+            "delta_seeds": diff.n_a if diff else None,
+            "baseline_seeds": diff.n_b if diff else None,
+            "delta_verdict": diff.verdict if diff else None,
+        })
+    return baseline if base is not None else None
+
+
+def differences_table(rows: list[dict[str, Any]]) -> str | None:
+    """Each entry's difference from the baseline in Markdown, or None without a baseline."""
+    baseline = next((r["baseline"] for r in rows if r.get("baseline")), None)
+    if baseline is None:
+        return None
+    base = next(r for r in rows if r["entry"] == baseline)
+    if base["test_accuracy_mean"] is None:
+        return f"`{baseline}` has no completed seed: there is nothing to compare the other entries with."
+    lines = [f"Test accuracy minus `{baseline}`'s, in points, with a 95% interval. *paired*: the mean of the "
+             "seed-by-seed differences over the seeds both completed (Student's t); *welch*: the difference of "
+             "the two means where seeds do not pair (Welch's t); where a side has one seed, the difference of "
+             "the means and no interval. The interval covers the variation between seeds, not the draw of "
+             "the test set, and is not adjusted for comparing many entries at once; the default baseline is "
+             "the best mean on this same test set, which flatters it a little. *within noise*: the interval "
+             "holds 0, so these seeds cannot tell the two apart.", "",
+             "| entry | Δ test acc (points) | 95% interval | seeds | verdict |", "|---|---:|---:|---|---|"]
+    for row in rows:
+        if row["entry"] == baseline or row["delta_vs_baseline"] is None:
+            continue
+        if row["delta_method"] is None:
+            seeds = "a side has one seed: no interval"
+        elif row["delta_method"] == "paired":
+            seeds = f"paired, n={row['delta_seeds']}"
+        else:
+            seeds = f"welch, n={row['delta_seeds']} vs {row['baseline_seeds']}"
+        interval = "–" if row["delta_ci95_low"] is None else \
+            f"{row['delta_ci95_low']:+.2f} to {row['delta_ci95_high']:+.2f}"
+        lines.append(f"| `{row['entry']}` | {row['delta_vs_baseline']:+.2f} | {interval} | "
+                     f"{seeds} | {row['delta_verdict'] or ''} |")
+    return "\n".join(lines) if len(lines) > 4 else None

@@ -17,6 +17,7 @@ import hashlib
 import http.client
 import importlib.resources
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -338,13 +339,15 @@ STALE_PART_SECONDS = 3600.0
 
 
 def _remove_stale_parts(dest: Path) -> None:
-    """Delete what a download killed outright (SIGKILL, power loss) left: ``.<name>.<random>.part``
-    files next to ``dest`` untouched for an hour. A live download writes to its own every few
-    seconds, so a concurrent one is left alone."""
+    """Delete what a download killed outright (SIGKILL, power loss) left: the hidden temporary
+    files ``atomic.replacing`` names ``.<name>.<12 hex digits>.part`` next to ``dest``, once
+    untouched for an hour. A download in progress writes to its own as data arrives (an hour
+    without a byte is a dead connection); other files are never touched."""
+    ours = re.compile(rf"\.{re.escape(dest.name)}\.[0-9a-f]{{12}}\.part")
     now = time.time()
     for part in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
         with contextlib.suppress(OSError):  # gone already, or not ours to delete: not worth failing for
-            if now - part.stat().st_mtime > STALE_PART_SECONDS:
+            if ours.fullmatch(part.name) and part.is_file() and now - part.stat().st_mtime > STALE_PART_SECONDS:
                 part.unlink()
 
 
