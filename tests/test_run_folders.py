@@ -200,3 +200,24 @@ def test_an_empty_run_folder_argument_is_refused_not_replaced(tmp_path: Path, ca
     assert "run_dir is empty" in cli_error(capsys, "train", "--resume", "")
     assert "run_dir is empty" in cli_error(capsys, "gradients", "--run", "")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_forked_child_does_not_take_its_parents_folder_as_its_own(tmp_path: Path) -> None:
+    """The child inherits the parent's record of held locks (and its main thread has the forking
+    thread's id): without clearing it at fork, the child would train into the parent's folder."""
+    pytest.importorskip("fcntl")
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork here")
+    from rnnlab.locks import Busy, exclusive
+
+    with exclusive(tmp_path, "busy"):
+        pid = os.fork()
+        if pid == 0:  # the child: exit status 3 if refused, as it must be; 4 if it took the folder
+            try:
+                with exclusive(tmp_path, "busy"):
+                    os._exit(4)
+            except Busy:
+                os._exit(3)
+            os._exit(5)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 3

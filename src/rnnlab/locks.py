@@ -6,7 +6,8 @@ the empty file), and on NFS Linux turns it into a POSIX lock that every machine 
 the folder itself would be seen by one machine only). Where a file system has no locks (Lustre
 mounted without ``flock``), the folder cannot be written, or ``fcntl`` is missing (Windows), there
 is no lock, and one process per folder is up to the user. The thread that holds a folder's lock
-may take it again (a compare worker holds its run folder while ``rnnlab.train`` takes it too).
+may take it again (a compare worker holds its run folder while ``rnnlab.train`` takes it too); a
+forked child may not.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from rnnlab.errors import ConfigError
 
 LOCK_FILE = ".rnnlab.lock"
 _held: set[tuple[int, str]] = set()  # (thread, folder) of the locks this process holds
+if hasattr(os, "register_at_fork"):
+    # A forked child inherits the set, and its main thread has the forking thread's id: it would
+    # take a folder its parent holds as its own. Cleared, it asks for the lock and is refused.
+    os.register_at_fork(after_in_child=_held.clear)
 
 
 class Busy(ConfigError):
