@@ -360,3 +360,17 @@ def test_only_the_known_cpp_notes_are_held_back(capfd: pytest.CaptureFixture[str
         os.write(2, b"[W shape_type_inference.cpp:1994] Warning: The shape inference of prim::PackPadded type is "
                     b"missing, so ...\nsomething else went wrong\n")
     assert capfd.readouterr().err == "something else went wrong\n"
+
+
+def test_torchscripts_bare_cannot_be_opened_gets_the_reason_from_the_os(tmp_path: Path) -> None:
+    """torch 2.4's jit.save says only "File X cannot be opened." (2.13 adds strerror): the reason
+    is asked of the OS with the same open, and a probe file it had to make is removed again."""
+    from rnnlab.export import _save_error
+
+    missing = tmp_path / "no-such-folder" / "m.pt"
+    error = _save_error(RuntimeError(f"File {missing} cannot be opened."), missing)
+    assert isinstance(error, FileNotFoundError) and error.filename == str(missing)
+    # The OS can open it after all (a transient failure): the generic reason, and no file left behind.
+    openable = tmp_path / "m.pt"
+    error = _save_error(RuntimeError(f"File {openable} cannot be opened."), openable)
+    assert isinstance(error, OSError) and "cannot be opened" in error.strerror and not openable.exists()

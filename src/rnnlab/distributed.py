@@ -13,6 +13,7 @@ import functools
 import os
 import random
 import sys
+import time
 import warnings
 from typing import Iterator
 
@@ -354,6 +355,9 @@ def all_gather_shards(part: torch.Tensor, count: int) -> torch.Tensor:
     return torch.cat([g[:size] for g, size in zip(gathered, sizes)])
 
 
+_GLOO_DESTRUCTOR_HOLDS_GIL = torch.torch_version.TorchVersion(torch.__version__) < (2, 8)
+
+
 def shutdown(*, together: bool = True) -> None:
     """Leave the process group (end of a torchrun run), once every process has got here: a
     process that tears down its Gloo connections while a peer is still finishing can abort.
@@ -362,6 +366,11 @@ def shutdown(*, together: bool = True) -> None:
     pending work aborts the process; so the group is left as it is, and ends with the process."""
     if torch.distributed.is_available() and torch.distributed.is_initialized() and together:
         torch.distributed.barrier()
+        if torch.distributed.get_backend() == "gloo" and _GLOO_DESTRUCTOR_HOLDS_GIL:
+            # The group's destructor joins its worker threads holding the GIL, while a worker may still
+            # need it to free the last collective's tensors: a deadlock (pytorch/pytorch#154976, fixed
+            # in 2.8; hung 1 torchrun test run in 2 on torch 2.4). Let the workers finish first.
+            time.sleep(0.05)
         torch.distributed.destroy_process_group()
 
 

@@ -246,6 +246,14 @@ def _save_error(exc: RuntimeError, path: Path) -> BaseException:
     if "file" not in message.lower():
         return exc
     found = re.search(r"strerror: ([^,\n]+)", message)
+    if found is None and "cannot be opened" in message:  # older torch (2.4) says no more than that:
+        existed = os.path.lexists(path)  # so ask the OS why, with the same open
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
+        except OSError as probe:
+            return OSError(probe.errno, probe.strerror, str(path))
+        if not existed:
+            os.unlink(path)
     reason = found.group(1).strip() if found else message.splitlines()[-1][:200].replace(str(path), "the file")
     code = next((n for n in errno.errorcode if os.strerror(n) == reason), errno.EIO)
     return OSError(code, reason, str(path))
