@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import platform
 import math
+import platform
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,26 +45,41 @@ def test_learning_rate_schedules() -> None:
     assert learning_rate(tiny("train.schedule=none", "train.lr=0.3"), 50, 100) == 0.3
 
 
-@pytest.mark.parametrize("overrides", [[], ["train.momentum=0.9"], ["train.weight_decay=0.1"]])
-def test_sgd_steps_bitwise_as_torch_does(overrides: list[str]) -> None:
-    """rnnlab's SGD takes a shortcut only for plain SGD; either way the weights and the optimizer
-    state equal torch.optim.SGD's exactly, also when a parameter has no gradient in a step."""
+def _twin_models() -> tuple[torch.nn.Sequential, torch.nn.Sequential]:
+    """Two small equal networks: one for rnnlab's optimizer, one for torch's."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
     twin = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
     twin.load_state_dict(model.state_dict())
+    return model, twin
+
+
+def _step_both(pairs: tuple, steps: int, *, drop_bias_grad_at: int | None = None,
+               after_step: Callable[[int], None] | None = None) -> None:
+    """Train each (network, optimizer) pair on the same batches; the last layer's bias gets no
+    gradient in step ``drop_bias_grad_at``."""
+    for step in range(steps):
+        x = torch.randn(11, 7)
+        for net, opt in pairs:
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            if step == drop_bias_grad_at:
+                net[2].bias.grad = None
+            opt.step()
+        if after_step is not None:
+            after_step(step)
+
+
+@pytest.mark.parametrize("overrides", [[], ["train.momentum=0.9"], ["train.weight_decay=0.1"]])
+def test_sgd_steps_bitwise_as_torch_does(overrides: list[str]) -> None:
+    """rnnlab's SGD takes a shortcut only for plain SGD; either way the weights and the optimizer
+    state equal torch.optim.SGD's exactly, also when a parameter has no gradient in a step."""
+    model, twin = _twin_models()
     cfg = tiny("train.optimizer=sgd", "train.lr=0.1", *overrides)
     ours = make_optimizer(cfg, model)
     reference = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=cfg.train.momentum,
                                 weight_decay=cfg.train.weight_decay)
-    for step in range(5):
-        x = torch.randn(11, 7)
-        for net, opt in ((model, ours), (twin, reference)):
-            opt.zero_grad()
-            net(x).square().mean().backward()
-            if step == 2:
-                net[2].bias.grad = None
-            opt.step()
+    _step_both(((model, ours), (twin, reference)), 5, drop_bias_grad_at=2)
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(a, b)
     assert str(ours.state_dict()) == str(reference.state_dict())
@@ -105,44 +121,31 @@ def test_sgd_runs_step_hooks_once(overrides: list[str]) -> None:
 
 @pytest.mark.parametrize("name", ["adam", "adamw"])
 def test_adam_uses_the_fused_kernel_with_the_same_math(name: str) -> None:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
-    twin = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
-    twin.load_state_dict(model.state_dict())
+    model, twin = _twin_models()
     cfg = tiny(f"train.optimizer={name}", "train.lr=0.01", "train.weight_decay=0.1")
     fused = make_optimizer(cfg, model)
     assert fused.defaults["fused"] is True
     reference = (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(
         twin.parameters(), lr=0.01, weight_decay=0.1, fused=False)
-    for _ in range(5):
-        x = torch.randn(11, 7)
-        for net, opt in ((model, fused), (twin, reference)):
-            opt.zero_grad()
-            net(x).square().mean().backward()
-            opt.step()
+    _step_both(((model, fused), (twin, reference)), 5)
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("overrides", [[], ["train.momentum=0.9"], ["train.weight_decay=0.1"]])
 def test_rmsprop_steps_as_torch_rmsprop_with_the_same_settings(overrides: list[str]) -> None:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
-    twin = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
-    twin.load_state_dict(model.state_dict())
+    model, twin = _twin_models()
     before = [p.detach().clone() for p in model.parameters()]
     cfg = tiny("train.optimizer=rmsprop", "train.lr=0.01", *overrides)
     ours = make_optimizer(cfg, model)
     reference = torch.optim.RMSprop(twin.parameters(), lr=0.01, momentum=cfg.train.momentum,
                                     weight_decay=cfg.train.weight_decay)
-    for step in range(3):
-        x = torch.randn(11, 7)
-        for net, opt in ((model, ours), (twin, reference)):
-            opt.zero_grad()
-            net(x).square().mean().backward()
-            opt.step()
-        if step == 0:  # the first step moves every weight
+
+    def first_step_moves_every_weight(step: int) -> None:
+        if step == 0:
             assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+    _step_both(((model, ours), (twin, reference)), 3, after_step=first_step_moves_every_weight)
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(a, b)
     assert str(ours.state_dict()) == str(reference.state_dict())
