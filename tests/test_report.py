@@ -375,3 +375,19 @@ def test_the_tutorial_suite_sweep_figure_names_its_lines_by_entry(tmp_path: Path
     key, lines = sweep_series(groups, aggregate(groups))
     assert key == "model.layers" and "dlw-lstm-a, dlw-lstm-b, dlw-lstm-c" in lines
     assert all(len(label) <= 60 for label in lines)
+
+
+def test_a_sweep_over_two_presets_is_drawn_against_the_swept_setting(tmp_path: Path) -> None:
+    """dlw-rnn-a and dlw-rnn-a-plus also differ in data.val_size (0 and 5000), which has as many
+    values as the swept train.lr: the figure takes the setting that puts entries on lines."""
+    from rnnlab.run_records import read_record
+
+    groups = {}
+    for preset in ("dlw-rnn-a-plus", "dlw-rnn-a"):
+        for lr in (0.001, 0.01):
+            entry = f"{preset}+lr{lr:g}"
+            config = apply_overrides(get_preset(preset).config, [f"train.lr={lr}", f"name={entry}"])
+            groups[entry] = [read_record(fake_run(tmp_path / entry, config, acc=90.0 + 100 * lr), entry=entry)]
+    key, lines = sweep_series(groups, aggregate(groups))
+    assert key == "train.lr" and sorted(lines) == ["dlw-rnn-a", "dlw-rnn-a-plus"]
+    assert [p["x"] for p in lines["dlw-rnn-a"]] == [0.001, 0.01]

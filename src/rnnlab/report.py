@@ -241,12 +241,17 @@ MAX_SWEEP_LINES = 8  # more lines than this on one plot cannot be told apart
 
 def sweep_series(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]]
                  ) -> tuple[str, dict[str, list[dict[str, Any]]]] | None:
-    """Test accuracy against the one numeric setting the entries vary most (a --sweep, or runs
-    trained by hand at several learning rates): ``(key, {line label: [points]})``, a line per
-    combination of the other settings that vary (named by the entries' shared name where a
-    --sweep made them), each point ``{"entry", "x", "mean", "std", "seeds"}``.
+    """Test accuracy against a numeric setting the entries vary (a --sweep, or runs trained by
+    hand at several learning rates): ``(key, {line label: [points]})``, a line per combination of
+    the other settings that vary (named by the entries' shared name where a --sweep made them),
+    each point ``{"entry", "x", "mean", "std", "seeds"}``.
 
-    None where no numeric setting varies, no line has two points, or the lines are too many.
+    Of the numeric settings that vary, the one that puts the most entries on lines of two points
+    or more (ties: the most distinct values, then config order): two presets swept over
+    ``train.lr`` also differ in ``data.val_size``, which would give each line a single point.
+    None where no setting gives such a line, where two entries of a line share an x (they differ
+    only in settings results ignore, such as threads), or where the lines would be more than
+    ``MAX_SWEEP_LINES``.
     """
     settings = {}
     for row in rows:
@@ -260,10 +265,26 @@ def sweep_series(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]]
     varying = [k for k in keys if len({repr(s.get(k)) for s in settings.values()}) > 1]
     numeric = [k for k in varying if all(isinstance(s.get(k), (int, float)) and not isinstance(s.get(k), bool)
                                          for s in settings.values())]
-    if not numeric:
+    best: tuple[tuple[int, int], str, list[list[dict[str, Any]]]] | None = None
+    for x_key in numeric:
+        lines = _lines_along(x_key, [k for k in varying if k != x_key], rows, settings)
+        if lines is None:
+            continue
+        score = (sum(len(points) for points in lines if len(points) >= 2), len({s[x_key] for s in settings.values()}))
+        if score[0] > 0 and (best is None or score > best[0]):
+            best = (score, x_key, lines)
+    if best is None:
         return None
-    x_key = max(numeric, key=lambda k: len({s[k] for s in settings.values()}))  # the first of the most values
+    _, x_key, lines = best
     others = [k for k in varying if k != x_key]
+    return x_key, {label: sorted(points, key=lambda p: p["x"])
+                   for label, points in zip(_line_labels(lines, others, settings), lines)}
+
+
+def _lines_along(x_key: str, others: list[str], rows: list[dict[str, Any]], settings: dict[str, dict[str, Any]]
+                 ) -> list[list[dict[str, Any]]] | None:
+    """The rows' points grouped by the values of ``others``; None if too many lines, or a line
+    would hold two points at one x."""
     by_rest: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row["entry"] not in settings:
@@ -274,13 +295,10 @@ def sweep_series(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]]
         by_rest.setdefault(repr([own.get(k) for k in others]), []).append(
             {"entry": row["entry"], "x": own[x_key], "mean": row["test_accuracy_mean"],
              "std": row["test_accuracy_std"] or 0.0, "seeds": seeds})
-    groups_of_points = list(by_rest.values())
-    if len(groups_of_points) > MAX_SWEEP_LINES or max(map(len, groups_of_points)) < 2:
+    lines = list(by_rest.values())
+    if len(lines) > MAX_SWEEP_LINES or any(len({p["x"] for p in points}) < len(points) for points in lines):
         return None
-    if any(len({p["x"] for p in points}) < len(points) for points in groups_of_points):
-        return None  # entries that differ only in settings results ignore (threads, ...): no line to draw
-    return x_key, {label: sorted(points, key=lambda p: p["x"])
-                   for label, points in zip(_line_labels(groups_of_points, others, settings), groups_of_points)}
+    return lines
 
 
 def _line_labels(lines: list[list[dict[str, Any]]], others: list[str], settings: dict[str, dict[str, Any]]
