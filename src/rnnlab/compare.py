@@ -31,8 +31,9 @@ from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError
 from rnnlab.entries import Entry
 from rnnlab.locks import Busy, exclusive
-from rnnlab.report import check_baseline, report_groups
+from rnnlab.report import report_groups
 from rnnlab.run_records import read_record, read_summary, result_settings
+from rnnlab.stats import check_baseline
 from rnnlab.stopping import Terminated, heed_once
 
 FINISHED = ("completed", "diverged")  # a rerun keeps these as they are
@@ -375,7 +376,7 @@ def compare(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: 
             plots: bool = True, on_result: Callable[[dict[str, Any]], None] | None = None,
             context: dict[str, Any] | None = None, baseline: str | None = None) -> list[dict[str, Any]]:
     """Train every entry for ``seeds`` seeds, then write results.md/csv/json (and figures) in ``out_dir``,
-    with each entry's difference from ``baseline`` (default: the best mean test accuracy).
+    with each entry's difference from ``baseline`` (default: see :func:`rnnlab.stats.compare_with`).
 
     Finished seeds are skipped without starting a process. Returns the aggregated rows
     (see :func:`rnnlab.report.aggregate`) of exactly the planned seeds. Workers are spawned,

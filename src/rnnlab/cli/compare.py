@@ -62,7 +62,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from rnnlab import compare as cmp
     from rnnlab.entries import default_out_dir, resolve_entries
     from rnnlab.errors import ConfigError
-    from rnnlab.report import check_baseline
+    from rnnlab.stats import check_baseline
 
     specs, overrides = split_items(args.items)
     entries = resolve_entries(specs, suite=args.suite, overrides=overrides, sweeps=args.sweep)
@@ -112,7 +112,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 def _finish(rows: list[dict[str, Any]], out: Path, *, retry_hint: bool = False) -> int:
     """Print the table and where the files are; 1 if any seed failed or is unfinished."""
-    from rnnlab.report import RESULTS_CSV, RESULTS_JSON, RESULTS_MD, differences_table, markdown_table
+    from rnnlab.report import RESULTS_CSV, RESULTS_JSON, RESULTS_MD, markdown_table
+    from rnnlab.stats import differences_table
 
     print(markdown_table(rows))
     differences = differences_table(rows)
