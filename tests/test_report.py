@@ -391,3 +391,18 @@ def test_a_sweep_over_two_presets_is_drawn_against_the_swept_setting(tmp_path: P
     key, lines = sweep_series(groups, aggregate(groups))
     assert key == "train.lr" and sorted(lines) == ["dlw-rnn-a", "dlw-rnn-a-plus"]
     assert [p["x"] for p in lines["dlw-rnn-a"]] == [0.001, 0.01]
+
+
+def test_the_default_baseline_is_chosen_by_validation_accuracy_where_there_is_one(tmp_path: Path) -> None:
+    """Choosing the baseline by test accuracy would let the test set pick the entry it then scores."""
+    val_of = {("dlw-rnn-a-plus", 0): 99.0, ("dlw-rnn-a-plus", 1): 98.8, ("dlw-lstm-a-plus", 0): 98.0,
+              ("dlw-lstm-a-plus", 1): 98.2}
+    for preset, accs in (("dlw-rnn-a-plus", (97.0, 97.2)), ("dlw-lstm-a-plus", (98.5, 98.9))):
+        for seed, acc in enumerate(accs):
+            run = fake_run(tmp_path / preset / f"s{seed}", get_preset(preset).config, acc=acc, seed=seed)
+            summary = json.loads((run / "summary.json").read_text())
+            atomic_write_json(run / "summary.json", summary | {"val_accuracy": val_of[preset, seed]})
+    rows = {r["entry"]: r for r in aggregate(collect([tmp_path]))}
+    # dlw-lstm-a-plus has the better test mean, dlw-rnn-a-plus the better validation mean: the baseline.
+    assert rows["dlw-lstm-a-plus"]["baseline"] == "dlw-rnn-a-plus"
+    assert rows["dlw-lstm-a-plus"]["delta_vs_baseline"] == pytest.approx(1.6)

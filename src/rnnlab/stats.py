@@ -166,15 +166,18 @@ def _mean_difference(row: dict[str, Any], base: dict[str, Any] | None) -> float 
 def compare_with(rows: list[dict[str, Any]], baseline: str | None = None) -> str | None:
     """Give every row its test-accuracy difference from the baseline row, with a 95% interval.
 
-    The baseline is ``baseline``, or else the best mean test accuracy among the entries with at
-    least two completed seeds (among all, if none has two): one lucky seed of an entry whose
-    others diverged would leave nothing to compare against. Returns its name (None with fewer
+    The baseline is ``baseline``, or else the best entry among those with at least two completed
+    seeds (among all, if none has two: one lucky seed of an entry whose others diverged would leave
+    nothing to compare against), by mean validation accuracy where every candidate has one, so
+    that the test set is not also what picks the entry it then scores; by mean test accuracy
+    otherwise (the tutorial protocol has no validation split). Returns its name (None with fewer
     than two rows that have results).
     """
     scored = [r for r in rows if r["test_accuracy_mean"] is not None]
     if baseline is None and len(scored) >= 2:
         candidates = [r for r in scored if r["completed"] >= 2] or scored
-        baseline = max(candidates, key=lambda r: r["test_accuracy_mean"])["entry"]
+        has_val = all(r["val_accuracy_mean"] is not None for r in candidates)
+        baseline = max(candidates, key=lambda r: r["val_accuracy_mean" if has_val else "test_accuracy_mean"])["entry"]
     base = next((r for r in rows if r["entry"] == baseline), None)
     for row in rows:
         diff = None
@@ -205,9 +208,10 @@ def differences_table(rows: list[dict[str, Any]]) -> str | None:
              "seed-by-seed differences over the seeds both completed (Student's t); *welch*: the difference of "
              "the two means where seeds do not pair (Welch's t); where a side has one seed, the difference of "
              "the means and no interval. The interval covers the variation between seeds, not the draw of "
-             "the test set, and is not adjusted for comparing many entries at once; the default baseline is "
-             "the best mean on this same test set, which flatters it a little. *within noise*: the interval "
-             "holds 0, so these seeds cannot tell the two apart.", "",
+             "the test set, and is not adjusted for comparing many entries at once. The default baseline is "
+             "the best mean validation accuracy (test accuracy where an entry has no validation split, "
+             "which flatters the baseline a little). *within noise*: the interval holds 0, so these seeds "
+             "cannot tell the two apart.", "",
              "| entry | Δ test acc (points) | 95% interval | seeds | verdict |", "|---|---:|---:|---|---|"]
     for row in rows:
         if row["entry"] == baseline or row["delta_vs_baseline"] is None:

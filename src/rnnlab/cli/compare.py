@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 BASELINE_HELP = ("the entry every other is compared with, seed by seed, with a 95%% interval "
-                 "(default: the best mean test accuracy among entries with two completed seeds)")
+                 "(default: the best mean validation accuracy, else test accuracy, among entries with two "
+                 "completed seeds)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
