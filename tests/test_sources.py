@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnnlab.data import sources
+from rnnlab.data import downloads, sources
 from rnnlab.data.idx import write_idx
 from rnnlab.data.sources import DATASETS, DatasetSpec, download, find_file, get_dataset, load_split
 from rnnlab.errors import ConfigError, DataError
@@ -397,7 +397,7 @@ def test_mirror_serving_a_decompression_bomb_is_rejected(mirror: Mirror, tmp_pat
 
 def test_oversized_download_is_cut_off(mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # An endless response must not fill the disk: the download stops at the size limit.
-    monkeypatch.setattr(sources, "MAX_IDX_BYTES", 1000, raising=False)
+    monkeypatch.setattr(downloads, "MAX_IDX_BYTES", 1000)
     with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz: response is larger than 1000 bytes"):
         download("mnist", tmp_path, mirrors=[mirror.url("good")], splits=["test"], **FAST)
     assert not list(tmp_path.iterdir()), "partial download left behind"
