@@ -381,6 +381,14 @@ def test_an_exported_model_of_varying_lengths_takes_them_as_a_second_input(tmp_p
                              ([17, 3], "got lengths from 3 to 17"), ([3], "lengths must have shape (N,) = (2,)")):
             with pytest.raises(torch.jit.Error, match=r"ValueError: .*" + re.escape(message)):  # raised in the script
                 exported(padded[:2], np.array(bad, np.int64))
+    else:  # an ONNX graph cannot raise: such a sequence's logits are NaN, and the others are as they were
+        for bad in (0, -2, 17):
+            out = exported(padded[:2], np.array([bad, lt[1]], np.int64))  # (2, C)
+            assert np.isnan(out[0]).all() and np.allclose(out[1], logits[1], atol=1e-5), bad
+        wider = np.zeros((2, 20, 1), np.float32)  # T is not fixed in the graph: 17 is valid at T = 20
+        wider[:, :16] = padded[:2]
+        out = exported(wider, np.array([17, lt[1]], np.int64))
+        assert np.isfinite(out[0]).all() and np.allclose(out[1], logits[1], atol=1e-5)
 
 
 # ------------------------------------------------------------------ eval on another file than the run's

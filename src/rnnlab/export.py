@@ -94,7 +94,11 @@ class _WithLengths(torch.nn.Module):
         self.model = model
 
     def forward(self, sequences: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.model(sequences, lengths)  # (N, T, F), (N,) -> (N, C)
+        # An ONNX graph cannot raise (TorchScript refuses, _LengthsChecked): a length outside 1..T
+        # would give meaningless logits, or stop ONNX Runtime's LSTM. Its row reads length 1, then NaN.
+        valid = (lengths >= 1) & (lengths <= sequences.shape[1])  # (N,); T stays dynamic in the graph
+        logits = self.model(sequences, torch.where(valid, lengths, torch.ones_like(lengths)))  # (N, T, F) -> (N, C)
+        return logits.masked_fill(~valid.unsqueeze(1), float("nan"))
 
 
 def _metadata(trained: Any, model: torch.nn.Module, dynamic_steps: bool) -> dict[str, Any]:
