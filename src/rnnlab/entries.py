@@ -91,7 +91,7 @@ def expand_sweeps(entries: list[Entry], sweeps: list[tuple[str, list[str]]], ove
     for key in keys:
         if keys.count(key) > 1:
             raise ConfigError(f"--sweep {key} is given twice; list all of its values in one --sweep")
-        if any(o.partition("=")[0].strip() == key for o in overrides):
+        if _given(key, overrides):
             raise ConfigError(f"{key} is both an override and a --sweep; give it once")
     short = [key.rpartition(".")[2] for key in keys]
     tags = [s if short.count(s) == 1 else key for s, key in zip(short, keys)]
@@ -99,8 +99,7 @@ def expand_sweeps(entries: list[Entry], sweeps: list[tuple[str, list[str]]], ove
     if "data.file" in keys:
         _check_swept_files(dict(sweeps)["data.file"], overrides)
     # A swept sequence file implies reading one, as --data-file does.
-    implied = ["data.dataset=file"] if "data.file" in keys and not any(
-        o.partition("=")[0].strip() == "data.dataset" for o in overrides) else []
+    implied = ["data.dataset=file"] if "data.file" in keys and not _given("data.dataset", overrides) else []
     grid = list(itertools.product(*(values for _, values in sweeps)))
     if len(entries) * len(grid) > MAX_SWEEP_ENTRIES:
         raise ConfigError(f"the sweeps make {len(entries) * len(grid):,} entries; at most {MAX_SWEEP_ENTRIES} "
@@ -125,9 +124,14 @@ def expand_sweeps(entries: list[Entry], sweeps: list[tuple[str, list[str]]], ove
     return expanded
 
 
+def _given(key: str, overrides: list[str]) -> bool:
+    """Whether ``KEY=VALUE`` overrides set ``key``."""
+    return any(item.partition("=")[0].strip() == key for item in overrides)
+
+
 def _check_swept_files(values: list[str], overrides: list[str]) -> None:
     """Before any seed trains: every swept sequence file is there, and no IDX folder is given beside them."""
-    if any(o.partition("=")[0].strip() == "data.data_dir" for o in overrides):
+    if _given("data.data_dir", overrides):
         raise ConfigError("data.data_dir is the folder of an image dataset's IDX files; a swept data.file is read "
                           "alone: drop data.data_dir")
     for value in values:

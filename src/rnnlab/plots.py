@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from rnnlab.atomic import atomic_write
+from rnnlab.stats import baseline_of, seed_accuracies
 
 DPI = 120
 
@@ -185,8 +186,7 @@ def accuracy_bars_png(rows: Sequence[dict[str, Any]], path: str | Path,
     y = np.arange(n)[::-1]  # first entry at the top
     means = np.array([r.get("test_accuracy_mean") or np.nan for r in rows], dtype=float)
     stds = np.array([r.get("test_accuracy_std") or 0.0 for r in rows], dtype=float)
-    seeds = [[run["test_accuracy"] for run in r.get("runs", []) if run.get("status") == "completed"
-              and run.get("test_accuracy") is not None] for r in rows]
+    seeds = [seed_accuracies(r) for r in rows]
     reported = np.array([np.nan if r.get("reported_test_accuracy") is None else r["reported_test_accuracy"]
                          for r in rows], dtype=float)
     every = np.concatenate([means[np.isfinite(means)], reported[np.isfinite(reported)],
@@ -204,7 +204,7 @@ def accuracy_bars_png(rows: Sequence[dict[str, Any]], path: str | Path,
                    edgecolor="white", label="reported by the source tutorial")
     # Values to the right of the axes (x in axes fraction, y in data), so they never hide a bar.
     transform = ax.get_yaxis_transform()
-    baseline = next((r["baseline"] for r in rows if r.get("baseline")), None)
+    baseline = baseline_of(rows)
     for yi, m, r in zip(y, means, rows):
         text = f"{m:.2f}%" if np.isfinite(m) else "no completed seed"
         text += f" ({r.get('completed', 0)}/{r.get('seeds', 0)} seeds)"

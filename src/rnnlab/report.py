@@ -22,7 +22,7 @@ from rnnlab.atomic import atomic_write_json, atomic_write_text
 from rnnlab.checkpoint import CONFUSION
 from rnnlab.config import DATA_LOCATION, describe_model
 from rnnlab.run_records import RunRecord, collect, result_settings
-from rnnlab.stats import check_baseline, compare_with, differences_table
+from rnnlab.stats import baseline_of, check_baseline, compare_with, differences_table, seed_accuracies
 
 __all__ = ["COLUMNS", "RESULTS_CSV", "RESULTS_JSON", "RESULTS_MD", "STATUS_ORDER", "RunRecord", "aggregate",
            "aggregate_entry", "build_report", "check_baseline", "collect", "compare_with", "differences_table",
@@ -114,7 +114,7 @@ def aggregate_entry(entry: str, records: list[RunRecord]) -> dict[str, Any]:
 
 def aggregate(groups: dict[str, list[RunRecord]], *, baseline: str | None = None) -> list[dict[str, Any]]:
     """One row per entry, in the order the entries were first seen, each with its difference from
-    ``baseline`` (default: the entry with the best mean test accuracy; see :func:`compare_with`)."""
+    ``baseline`` (default: see :func:`rnnlab.stats.compare_with`)."""
     check_baseline(baseline, list(groups))
     rows = [aggregate_entry(entry, records) for entry, records in groups.items()]
     compare_with(rows, baseline)
@@ -177,8 +177,7 @@ def render_markdown(rows: list[dict[str, Any]], *, title: str = "rnnlab results"
     lines += [markdown_table(rows), ""]
     differences = differences_table(rows)
     if differences:
-        baseline = next(r["baseline"] for r in rows if r.get("baseline"))
-        lines += [f"## Differences from `{baseline}`", "", differences, ""]
+        lines += [f"## Differences from `{baseline_of(rows)}`", "", differences, ""]
     problems = _problems(rows)
     if problems:
         lines += ["## Seeds that did not complete", "", *problems, ""]
@@ -290,11 +289,9 @@ def _lines_along(x_key: str, others: list[str], rows: list[dict[str, Any]], sett
         if row["entry"] not in settings:
             continue
         own = settings[row["entry"]]
-        seeds = [run["test_accuracy"] for run in row["runs"]
-                 if run["status"] == "completed" and run["test_accuracy"] is not None]
         by_rest.setdefault(repr([own.get(k) for k in others]), []).append(
             {"entry": row["entry"], "x": own[x_key], "mean": row["test_accuracy_mean"],
-             "std": row["test_accuracy_std"] or 0.0, "seeds": seeds})
+             "std": row["test_accuracy_std"] or 0.0, "seeds": seed_accuracies(row)})
     lines = list(by_rest.values())
     if len(lines) > MAX_SWEEP_LINES or any(len({p["x"] for p in points}) < len(points) for points in lines):
         return None

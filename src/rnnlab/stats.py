@@ -22,7 +22,8 @@ from typing import Any
 
 from rnnlab.errors import ConfigError
 
-__all__ = ["Difference", "check_baseline", "compare_with", "difference", "differences_table", "t_quantile"]
+__all__ = ["Difference", "baseline_of", "check_baseline", "compare_with", "difference", "differences_table",
+           "seed_accuracies", "t_quantile"]
 
 
 def _t_central_mass(t: float, df: int) -> float:
@@ -149,10 +150,24 @@ def check_baseline(baseline: str | None, entries: list[str]) -> None:
         raise ConfigError(f"--baseline {baseline!r} is not an entry here; the entries are: {', '.join(entries)}")
 
 
+def baseline_of(rows: list[dict[str, Any]]) -> str | None:
+    """The baseline :func:`compare_with` chose for these rows, if any."""
+    return next((r["baseline"] for r in rows if r.get("baseline")), None)
+
+
+def _completed_runs(row: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in row.get("runs", []) if r.get("status") == "completed" and r.get("test_accuracy") is not None]
+
+
+def seed_accuracies(row: dict[str, Any]) -> list[float]:
+    """The test accuracies of a report row's completed seeds, in run order."""
+    return [float(r["test_accuracy"]) for r in _completed_runs(row)]
+
+
 def _completed_accuracies(row: dict[str, Any]) -> dict[int, float] | list[float]:
     """Test accuracy by seed over the completed seeds; a plain list where a seed repeats or is
     unknown (loose runs), so that nothing is paired by accident."""
-    runs = [r for r in row["runs"] if r["status"] == "completed" and r["test_accuracy"] is not None]
+    runs = _completed_runs(row)
     by_seed = {r["seed"]: float(r["test_accuracy"]) for r in runs if isinstance(r["seed"], int)}
     return by_seed if len(by_seed) == len(runs) else [float(r["test_accuracy"]) for r in runs]
 
@@ -198,7 +213,7 @@ def compare_with(rows: list[dict[str, Any]], baseline: str | None = None) -> str
 
 def differences_table(rows: list[dict[str, Any]]) -> str | None:
     """Each entry's difference from the baseline in Markdown, or None without a baseline."""
-    baseline = next((r["baseline"] for r in rows if r.get("baseline")), None)
+    baseline = baseline_of(rows)
     if baseline is None:
         return None
     base = next(r for r in rows if r["entry"] == baseline)
