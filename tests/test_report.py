@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +214,7 @@ def test_report_out_or_path_that_is_a_file(compare_dir: Path, tmp_path: Path,
     assert f"--out {afile / 'sub'} is inside a file ({afile}); give a folder" in capsys.readouterr().err
     assert main(["report", str(afile)]) == 2
     assert capsys.readouterr().err == (f"rnnlab: error: {afile} is a file, not a run folder or compare folder; "
-                                       "give run folders or compare folders\n")
+                                       "give run folders, compare folders or a results.json\n")
     assert afile.read_text() == "" and not (compare_dir / "results.md").exists()
 
 
@@ -406,3 +407,98 @@ def test_the_default_baseline_is_chosen_by_validation_accuracy_where_there_is_on
     # dlw-lstm-a-plus has the better test mean, dlw-rnn-a-plus the better validation mean: the baseline.
     assert rows["dlw-lstm-a-plus"]["baseline"] == "dlw-rnn-a-plus"
     assert rows["dlw-lstm-a-plus"]["delta_vs_baseline"] == pytest.approx(1.6)
+
+
+# --------------------------------------------------------------------------- a report rebuilt from results.json
+
+_ROW_KEYS = ("entry", "architecture", "parameters", "seeds", "completed", "diverged", "status", "test_accuracy_mean",
+             "test_accuracy_std", "reported_test_accuracy", "delta_vs_reported", "batch_size", "optimizer", "protocol",
+             "baseline", "delta_vs_baseline", "delta_ci95_low", "delta_ci95_high", "delta_verdict")
+
+
+def test_a_report_rebuilt_from_results_json_equals_one_from_the_runs(compare_dir: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    build_report([compare_dir], compare_dir)
+    (compare_dir / "results.md").write_text("stale")
+    shutil.rmtree(compare_dir / "runs")  # another machine: only the report's files
+    assert main(["report", str(compare_dir / "results.json"), "--baseline", "dlw-rnn-a"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    rebuilt = {r["entry"]: r for r in json.loads((compare_dir / "results.json").read_text())["entries"]}
+    # the same numbers as a report made from the same run folders with that baseline
+    again = tmp_path / "again"
+    rnn, lstm = get_preset("dlw-rnn-a").config, get_preset("dlw-lstm-a").config
+    fake_run(again / "runs/dlw-rnn-a/seed0", rnn, acc=92.0, seed=0)
+    fake_run(again / "runs/dlw-rnn-a/seed1", rnn, acc=94.0, seed=1)
+    fake_run(again / "runs/dlw-rnn-a/seed2", rnn, status="diverged", acc=None, seed=2, diverge_at=400)
+    fake_run(again / "runs/dlw-lstm-a/seed0", lstm, acc=97.0, seed=0)
+    fake_run(again / "runs/dlw-lstm-a/seed1", lstm, acc=97.5, seed=1)
+    direct = {r["entry"]: r for r in aggregate(collect([again]), baseline="dlw-rnn-a")}
+    for entry, row in direct.items():
+        assert {k: rebuilt[entry][k] for k in _ROW_KEYS} == {k: row[k] for k in _ROW_KEYS}
+        assert [(r["seed"], r["status"], r["test_accuracy"]) for r in rebuilt[entry]["runs"]] == \
+            [(r["seed"], r["status"], r["test_accuracy"]) for r in row["runs"]]
+    assert rebuilt["dlw-lstm-a"]["delta_vs_baseline"] == pytest.approx(4.25)
+    assert rebuilt["dlw-rnn-a"]["config"]["model"]["hidden"] == 100
+    md = (compare_dir / "results.md").read_text()
+    assert "## Differences from `dlw-rnn-a`" in md and "- rebuilt from: " in md
+    # the learning curves cannot be redrawn without the runs: the one already there is kept and listed
+    assert "![learning_curves](learning_curves.png)" in md and "![accuracy](accuracy.png)" in md
+    assert "**diverged**: loss became nan at iteration 400" in md
+
+
+def test_a_results_json_without_configs_still_names_the_architecture(compare_dir: Path, tmp_path: Path) -> None:
+    build_report([compare_dir], compare_dir, plots=False)
+    data = json.loads((compare_dir / "results.json").read_text())
+    for row in data["entries"]:  # as reports written before results.json carried each entry's config
+        del row["config"]
+    old = tmp_path / "old/results.json"
+    old.parent.mkdir()
+    old.write_text(json.dumps(data))
+    rows = {r["entry"]: r for r in aggregate(collect([old]))}
+    assert rows["dlw-rnn-a"]["architecture"] == "rnn-relu-1x100" and rows["dlw-rnn-a"]["optimizer"] == "sgd"
+    assert rows["dlw-rnn-a"]["status"] == "2/3 completed, 1 diverged" and rows["dlw-rnn-a"]["epochs"] > 0
+    assert rows["dlw-rnn-a"]["reported_test_accuracy"] == 92.48 and rows["dlw-rnn-a"]["config"] is None
+    assert sweep_series(collect([old]), list(rows.values())) is None and write_figures(collect([old]), list(
+        rows.values()), tmp_path / "figs") == ["accuracy.png"]
+
+
+def test_entries_of_two_reports_and_of_runs_with_one_name_are_told_apart(compare_dir: Path, tmp_path: Path) -> None:
+    build_report([compare_dir], tmp_path / "torch", plots=False)
+    build_report([compare_dir], tmp_path / "fast", plots=False)
+    groups = collect([tmp_path / "torch/results.json", tmp_path / "fast/results.json", compare_dir])
+    assert list(groups) == ["dlw-lstm-a [torch]", "dlw-rnn-a [torch]", "dlw-lstm-a [fast]", "dlw-rnn-a [fast]",
+                            "dlw-lstm-a", "dlw-rnn-a"]  # in the order given
+    assert [r.summary["test_accuracy"] for r in groups["dlw-lstm-a [fast]"]] == [97.0, 97.5]
+    assert collect([tmp_path / "torch/results.json"]).keys() == {"dlw-rnn-a", "dlw-lstm-a"}
+    with pytest.raises(CheckpointError, match="given twice"):
+        collect([tmp_path / "torch/results.json", tmp_path / "torch/results.json"])
+    (tmp_path / "other/torch").mkdir(parents=True)
+    shutil.copy(tmp_path / "torch/results.json", tmp_path / "other/torch/results.json")
+    same_folder_name = collect([tmp_path / "torch/results.json", tmp_path / "other/torch/results.json"])
+    assert f"dlw-rnn-a [{tmp_path / 'other/torch/results.json'}]" in same_folder_name
+    with pytest.raises(CheckpointError, match=r"no run folders found .*give its .*results\.json"):
+        collect([tmp_path / "torch"])
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"\xff\xfe{", "cannot be read as JSON"),
+    (b"{\"entries\": [", "cannot be read as JSON"),
+    (b"[1, 2]", "is not a results.json of rnnlab"),
+    (b'{"schema_version": 2, "entries": []}', "has results schema 2; this rnnlab reads schema 1 (a newer rnnlab"),
+    (b'{"schema_version": 1, "entries": [{"entry": "a"}]}', "entry 1 (a) has no runs; it is not a results.json"),
+    (b'{"schema_version": 1, "entries": [{"entry": "a", "runs": [{"status": "completed", "test_accuracy": "97"}]}]}',
+     'entry 1 (a) has a run whose test_accuracy "97", not a number'),
+    (b'{"schema_version": 1, "entries": [{"entry": "a", "runs": [{"status": "completed", "test_accuracy": NaN}]}]}',
+     "entry 1 (a) has a run whose test_accuracy NaN, not a number"),
+    (b'{"schema_version": 1, "entries": [{"entry": "a", "runs": [{"seed": 0}]}]}', "has a run whose no status"),
+    (b'{"schema_version": 1, "entries": [{"entry": "a", "runs": []}, {"entry": "a", "runs": []}]}',
+     "lists the entry \'a\' twice"),
+])
+def test_a_damaged_results_json_is_refused_with_the_reason(tmp_path: Path, content: bytes, message: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "results.json"
+    path.write_bytes(content)
+    assert main(["report", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rnnlab: error: {path}") and message in err and "Traceback" not in err
+    assert path.read_bytes() == content and not (tmp_path / "out").exists()

@@ -20,8 +20,8 @@ from typing import Any
 from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json, atomic_write_text
 from rnnlab.checkpoint import CONFUSION
-from rnnlab.config import DATA_LOCATION, describe_model
-from rnnlab.run_records import RunRecord, collect, result_settings
+from rnnlab.config import DATA_LOCATION, describe_model, to_dict
+from rnnlab.run_records import RESULTS_SCHEMA, RunRecord, collect, result_settings
 from rnnlab.stats import baseline_of, check_baseline, compare_with, differences_table, seed_accuracies
 
 __all__ = ["COLUMNS", "RESULTS_CSV", "RESULTS_JSON", "RESULTS_MD", "STATUS_ORDER", "RunRecord", "aggregate",
@@ -102,7 +102,11 @@ def aggregate_entry(entry: str, records: list[RunRecord]) -> dict[str, Any]:
         "protocol": config.train.protocol if config else None,
         "source": (reference or {}).get("source"),
         "reference_notes": (reference or {}).get("notes") or None,
+        "config": to_dict(config) if config else None,  # results.json only: a report rebuilt from it has it
     }
+    for key, value in (records[0].carried if records else {}).items():  # from a results.json without config
+        if row.get(key) is None:
+            row[key] = value
     row["runs"] = [{
         "seed": r.seed, "status": r.status, "dir": str(r.dir),
         "test_accuracy": r.summary.get("test_accuracy"), "val_accuracy": r.summary.get("val_accuracy"),
@@ -207,7 +211,7 @@ def write_results(rows: list[dict[str, Any]], out_dir: str | Path, *, title: str
     atomic_write_text(paths["md"], render_markdown(rows, title=title, context=context, plots=plots))
     atomic_write_text(paths["csv"], to_csv(rows))
     atomic_write_json(paths["json"], {
-        "schema_version": 1,
+        "schema_version": RESULTS_SCHEMA,
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "context": context or {},
         "columns": list(COLUMNS),
@@ -219,18 +223,29 @@ def write_results(rows: list[dict[str, Any]], out_dir: str | Path, *, title: str
 def build_report(paths: list[str | Path], out_dir: str | Path, *, plots: bool = True,
                  title: str = "rnnlab results", context: dict[str, Any] | None = None,
                  baseline: str | None = None) -> list[dict[str, Any]]:
-    """Collect the runs under ``paths``, then :func:`report_groups`. Returns the rows."""
+    """Collect the runs under ``paths`` (or in a results.json), then :func:`report_groups`. Returns the rows.
+
+    A report rebuilt from the results.json in ``out_dir`` keeps the figures there that it cannot
+    redraw without the run folders (the learning curves) and lists them again."""
     groups = collect(paths)
-    ckpt.check_out_dir(Path(out_dir))
-    return report_groups(groups, out_dir, plots=plots, title=title, context=context, baseline=baseline)
+    out = ckpt.check_out_dir(Path(out_dir))
+    in_place = any(Path(p).is_file() and Path(p).resolve().parent == out.resolve() for p in paths)
+    return report_groups(groups, out, plots=plots, title=title, context=context, baseline=baseline,
+                         keep_figures=in_place)
+
+
+FIGURES = ("learning_curves.png", "accuracy.png", "sweep.png")
 
 
 def report_groups(groups: dict[str, list[RunRecord]], out_dir: str | Path, *, plots: bool = True,
                   title: str = "rnnlab results", context: dict[str, Any] | None = None,
-                  baseline: str | None = None) -> list[dict[str, Any]]:
-    """Aggregate grouped runs, draw the figures and write the result files. Returns the rows."""
+                  baseline: str | None = None, keep_figures: bool = False) -> list[dict[str, Any]]:
+    """Aggregate grouped runs, draw the figures and write the result files. Returns the rows.
+    With ``keep_figures``, figures already in ``out_dir`` that were not redrawn are listed too."""
     rows = aggregate(groups, baseline=baseline)
     figures = write_figures(groups, rows, out_dir) if plots else []
+    if keep_figures:
+        figures = [name for name in FIGURES if name in figures or (Path(out_dir) / name).is_file()]
     write_results(rows, out_dir, title=title, context=context, plots=figures)
     return rows
 

@@ -4,7 +4,9 @@ An *entry* is what was compared: a preset or a config, trained for several seeds
 compare folder its runs live in ``runs/<entry>/seed<k>/``; loose run folders are grouped by
 their config's label (name, else preset, else model), and split further where their settings
 differ. A damaged or missing summary still gives a record (``failed`` or ``unfinished``), so
-every seed is accounted for.
+every seed is accounted for. An earlier report's ``results.json`` gives records too, without
+the run folders: each seed's accuracy, times and status, so that a report can be rebuilt (another
+baseline, a newer layout) on a machine that does not have the runs.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from typing import Any
 
 from rnnlab import checkpoint as ckpt
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
-from rnnlab.config import RunConfig, load_toml, to_flat_dict
+from rnnlab.config import RunConfig, from_dict, load_toml, to_flat_dict
 from rnnlab.errors import CheckpointError, ConfigError
 
-__all__ = ["RunRecord", "collect", "read_record", "read_summary", "result_settings"]
+__all__ = ["RESULTS_SCHEMA", "RunRecord", "collect", "read_record", "read_results", "read_summary",
+           "result_settings"]
+
+RESULTS_SCHEMA = 1  # the results.json schema_version this rnnlab writes and reads
 
 
 @dataclass
@@ -33,12 +38,18 @@ class RunRecord:
     seed: int | None = None
     config: RunConfig | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    # From an earlier report's results.json: that file, and what its row says of the entry where
+    # there is no config to read it from (architecture, batch size, optimizer, protocol).
+    results_file: Path | None = None
+    carried: dict[str, Any] = field(default_factory=dict)
 
     @property
     def error(self) -> str | None:
         return self.summary.get("error") or self.summary.get("message")
 
     def metrics(self) -> list[dict[str, Any]]:
+        if self.results_file is not None:  # its dir names a folder on the machine that made the report
+            return []
         try:
             return ckpt.read_jsonl(self.dir / METRICS)
         except OSError:  # e.g. a folder in its place: the seed just has no curve
@@ -96,30 +107,130 @@ def _is_run_dir(path: Path) -> bool:
 
 
 def collect(paths: list[str | Path]) -> dict[str, list[RunRecord]]:
-    """Group the runs under ``paths`` (run folders, compare folders, or folders of either) by entry."""
-    groups: dict[str, list[RunRecord]] = {}
-    seen: set[Path] = set()
+    """Group the runs under ``paths`` (run folders, compare folders, folders of either, or an
+    earlier report's results.json) by entry. An entry of a results.json whose name another path
+    also has is named after the file's folder: ``dlw-rnn-a [tutorials]``."""
+    parts: list[tuple[Path, dict[str, list[RunRecord]]]] = []  # per path; a folder's records under ""
     for raw in paths:
         path = Path(raw)
+        if path.is_file() and path.suffix.lower() == ".json":
+            if any(p.resolve() == path.resolve() for p, _ in parts):
+                raise CheckpointError(f"{path} is given twice; give each results.json once")
+            parts.append((path, _records_from_results(path)))
+            continue
         if path.exists() and not path.is_dir():
             raise CheckpointError(f"{path} is a file, not a run folder or compare folder; "
-                                  "give run folders or compare folders")
+                                  "give run folders, compare folders or a results.json")
         if not path.is_dir():
             raise CheckpointError(f"{path}: no such folder; give run folders or compare folders")
         found = _records_under(path)
         if not found:
-            raise CheckpointError(f"{path}: no run folders found (a run folder holds {CONFIG} or {SUMMARY})")
-        for record in found:
+            hint = (f"; to rebuild the report it holds, give its {path / 'results.json'}"
+                    if (path / "results.json").is_file() else "")
+            raise CheckpointError(f"{path}: no run folders found (a run folder holds {CONFIG} or {SUMMARY}){hint}")
+        parts.append((path, {"": found}))
+    groups: dict[str, list[RunRecord]] = {}
+    seen: set[Path] = set()
+    for _, part in parts:
+        for record in part.get("", []):  # run folders: merged by entry, each folder once
             key = record.dir.resolve()
             if key not in seen:
                 seen.add(key)
                 groups.setdefault(record.entry, []).append(record)
-    split: dict[str, list[RunRecord]] = {}
+    from_runs: dict[str, list[RunRecord]] = {}
     for entry, records in groups.items():
-        split.update(_split_by_config(entry, records))
+        from_runs.update(_split_by_config(entry, records))
+    reports = [(path, part) for path, part in parts if "" not in part]
+    split: dict[str, list[RunRecord]] = {}
+    for path, part in parts:  # in the order given; the run folders' entries where the first folder is
+        if "" in part:
+            split.update(from_runs)
+            continue
+        for entry, records in part.items():
+            others = [p for p, q in reports if p != path and entry in q]
+            clash = entry in from_runs or bool(others)
+            label = path.resolve().parent.name
+            if clash and any(p.resolve().parent.name == label for p in others):
+                label = str(path)
+            split[f"{entry} [{label}]" if clash else entry] = records
     for records in split.values():
         records.sort(key=lambda r: (r.seed is None, r.seed or 0, str(r.dir)))
     return split
+
+
+# What a results.json entry and each of its runs must hold, with the JSON type of each (None allowed
+# except for the names and statuses): a file from elsewhere is checked before it is believed.
+_ROW_TYPES = {"entry": str, "runs": list, "architecture": str, "parameters": int, "epochs": _NUMBER,
+              "batch_size": int, "optimizer": str, "protocol": str, "reported_test_accuracy": _NUMBER,
+              "source": str, "reference_notes": str, "config": dict}
+_RUN_TYPES = {"status": str, "seed": int, "dir": str, "error": str,
+              **dict.fromkeys(("test_accuracy", "val_accuracy", "train_seconds", "samples_per_second",
+                               "iterations"), _NUMBER)}
+_CARRIED = ("architecture", "batch_size", "optimizer", "protocol")  # a row's fields a config would give
+
+
+def read_results(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The context and the entries of a results.json that ``rnnlab compare`` or ``report`` wrote,
+    checked: a file that is not one, or that a newer rnnlab wrote, is refused with the reason."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path} cannot be read as JSON ({exc}); give a results.json that rnnlab wrote") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), list) or "schema_version" not in data:
+        raise CheckpointError(f"{path} is not a results.json of rnnlab (it has no schema_version and entries)")
+    version = data["schema_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version > RESULTS_SCHEMA or version < 1:
+        raise CheckpointError(f"{path} has results schema {version!r}; this rnnlab reads schema "
+                              f"{RESULTS_SCHEMA} (a newer rnnlab wrote it: upgrade rnnlab)")
+    context = data.get("context") if isinstance(data.get("context"), dict) else {}
+    for index, row in enumerate(data["entries"]):
+        problem = _type_problem(row, _ROW_TYPES, required=("entry", "runs"))
+        for run in (row.get("runs") or []) if problem is None else []:
+            problem = problem or _type_problem(run, _RUN_TYPES, required=("status",), within="a run whose ")
+        if problem is not None:
+            name = row.get("entry") if isinstance(row, dict) else None
+            raise CheckpointError(f"{path}: entry {index + 1}{f' ({name})' if isinstance(name, str) else ''} "
+                                  f"{problem}; it is not a results.json rnnlab wrote, or it was edited")
+    return context, data["entries"]
+
+
+def _type_problem(item: Any, types: dict[str, Any], *, required: tuple[str, ...], within: str = "") -> str | None:
+    if not isinstance(item, dict):
+        return f"has {within or 'itself as '}{json.dumps(item)[:40]}, not an object"
+    for key in required:
+        if item.get(key) is None:
+            return f"has {within}no {key}"
+    for key, kind in types.items():
+        value = item.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
+                                  or (isinstance(value, float) and not math.isfinite(value))):
+            return f"has {within}{key} {json.dumps(value)[:40]}, not {_KINDS[kind]}"
+    return None
+
+
+def _records_from_results(path: Path) -> dict[str, list[RunRecord]]:
+    """A results.json's entries as records: what aggregation reads of a run's summary, rebuilt from
+    the row (reference accuracy, parameters, epochs) and its runs (seed, status, accuracy, times)."""
+    _, rows = read_results(path)
+    groups: dict[str, list[RunRecord]] = {}
+    for row in rows:
+        if row["entry"] in groups:
+            raise CheckpointError(f"{path} lists the entry {row['entry']!r} twice; it was edited")
+        try:  # newer reports carry each entry's config: its architecture, the sweep's axis
+            config = from_dict(row["config"], source=f"{path}, entry {row['entry']}") if row.get("config") else None
+        except ConfigError:  # another version's keys: the row's own fields stand in for it
+            config = None
+        reference = {"reported_test_accuracy": row.get("reported_test_accuracy"), "source": row.get("source"),
+                     "notes": row.get("reference_notes")}
+        shared = {"parameters": row.get("parameters"), "epochs": row.get("epochs"),
+                  "reference": reference if any(v is not None for v in reference.values()) else None}
+        groups[row["entry"]] = [RunRecord(
+            row["entry"], Path(run.get("dir") or f"{row['entry']}/seed{run.get('seed')}"), run["status"],
+            run.get("seed"), config,
+            {k: v for k, v in {**shared, **run}.items() if v is not None and k != "dir"},
+            results_file=path, carried={k: row.get(k) for k in _CARRIED}) for run in row["runs"]]
+    return groups
 
 
 def result_settings(config: RunConfig) -> dict[str, Any]:

@@ -42,11 +42,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report = subparsers.add_parser(
         "report", help="build the comparison table and figures from existing runs",
         description="Aggregate run folders and compare folders (grouped by preset or config label) into "
-                    "results.md, results.csv, results.json and figures.",
+                    "results.md, results.csv, results.json and figures. A results.json that compare or "
+                    "report wrote can stand in for its runs: the tables are rebuilt from the accuracy of "
+                    "each seed it lists (with another --baseline, say, or beside new runs), without the "
+                    "learning curves, which need the run folders.",
     )
-    report.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_COMPARE_DIR")
+    report.add_argument("paths", nargs="+", metavar="PATH", help="run folders, compare folders, or results.json files")
     report.add_argument("--out", metavar="DIR",
-                        help="where to write (default: the folder given, if one; else ./report)")
+                        help="where to write (default: the folder given, or the one holding the results.json "
+                             "given, if one; else ./report)")
     report.add_argument("--baseline", metavar="ENTRY", help=BASELINE_HELP)
     report.add_argument("--no-plot", action="store_true", help="skip the figures")
     report.set_defaults(func=run_report)
@@ -104,10 +108,17 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     from rnnlab.report import build_report
+    from rnnlab.run_records import read_results
 
-    out = Path(args.out) if args.out else (Path(args.paths[0]) if len(args.paths) == 1 else Path("report"))
-    rows = build_report(args.paths, out, plots=not args.no_plot, title="rnnlab report",
-                        context={"runs from": ", ".join(args.paths)}, baseline=args.baseline)
+    paths = [Path(p) for p in args.paths]
+    single = paths[0] if len(paths) == 1 else None
+    out = Path(args.out) if args.out else (single.parent if single and single.is_file() else single or Path("report"))
+    context: dict[str, Any] = {"runs from": ", ".join(args.paths)}
+    if single is not None and single.is_file() and single.suffix.lower() == ".json":
+        # One report rebuilt: how its runs were made (seeds, command) still describes them.
+        context = {**read_results(single)[0], "rebuilt from": str(single)}
+    rows = build_report(paths, out, plots=not args.no_plot, title="rnnlab report", context=context,
+                        baseline=args.baseline)
     return _finish(rows, out)  # 1 if a seed failed or is unfinished, as compare: scripts can tell
 
 
