@@ -19,7 +19,8 @@ from rnnlab.cli import main
 from rnnlab.config import RunConfig, apply_overrides, save_toml
 from rnnlab.errors import CheckpointError
 from rnnlab.presets import get_preset
-from rnnlab.report import COLUMNS, aggregate, build_report, collect, status_text, sweep_series, write_figures
+from rnnlab.report import (COLUMNS, aggregate, build_report, collect, report_groups, status_text, sweep_series,
+                          write_figures)
 
 TINY = ["model.hidden=8", "train.iterations=20", "train.eval_every=10", "train.threads=1", "data.val_size=0"]
 
@@ -502,3 +503,12 @@ def test_a_damaged_results_json_is_refused_with_the_reason(tmp_path: Path, conte
     err = capsys.readouterr().err
     assert err.startswith(f"rnnlab: error: {path}") and message in err and "Traceback" not in err
     assert path.read_bytes() == content and not (tmp_path / "out").exists()
+
+
+def test_a_sweep_is_drawn_again_from_its_results_json(tmp_path: Path) -> None:
+    groups = _sweep_groups(tmp_path / "runs", {0.1: [90.0, 92.0], 0.001: [80.0, 84.0], 0.01: [95.0, 95.0]})
+    report_groups(groups, tmp_path / "first", plots=False)
+    again = collect([tmp_path / "first/results.json"])  # each entry's config came along in the file
+    key, lines = sweep_series(again, aggregate(again))
+    assert key == "train.lr" and [(p["x"], p["seeds"]) for p in lines["dlw-rnn-a"]] == [
+        (0.001, [80.0, 84.0]), (0.01, [95.0, 95.0]), (0.1, [90.0, 92.0])]
