@@ -231,3 +231,70 @@ def test_an_allocation_failure_at_creation_says_what_to_lower(error: str, monkey
     with pytest.raises(ConfigError, match=r"the model's 1,306 parameters \(.* of float32 weights\) do not fit "
                                           r"in the memory free now: torch could not allocate them; lower model.hidden"):
         build(hidden=8)
+
+
+class _OnCuda:
+    """A CPU batch that says it is on CUDA, to follow the CUDA branch of the recurrence here."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.inner, self.device = x, torch.device("cuda")
+
+    def float(self) -> torch.Tensor:
+        return self.inner.float()
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for the recurrent layers: notes what it was given and whether autocast was on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[object, bool]] = []
+
+    def forward(self, x: object) -> tuple[torch.Tensor, None]:
+        self.calls.append((x, torch.is_autocast_enabled("cuda")))
+        return torch.zeros(2, 3, 8), None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_under_cuda_bf16_autocast_the_recurrence_runs_in_fp32(dtype: torch.dtype,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # CUDA autocast casts cuDNN's RNNs to float16 even when bf16 was asked for; under bf16 the
+    # recurrence must leave autocast and run in float32. Under fp16 it stays with autocast (and
+    # its GradScaler).
+    model = create_model(ModelConfig(cell="rnn", hidden=8), input_size=5, seq_len=3, num_classes=2)
+    model.rnn = recorder = _Recorder()
+    autocast_on = [True]  # what torch.autocast("cuda", enabled=False) inside the model turns off
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device=None: device == "cuda" and autocast_on[-1])
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda device: dtype)
+    monkeypatch.setattr(torch, "autocast", lambda device, enabled: _Toggle(autocast_on, enabled))
+    batch = _OnCuda(torch.rand(2, 3, 5))
+    model._recurrence(batch)
+    (given, autocast_was_on), = recorder.calls
+    if dtype == torch.bfloat16:
+        assert given is not batch and given.dtype == torch.float32 and not autocast_was_on and model.recurrent_in_fp32
+    else:
+        assert given is batch and autocast_was_on and not model.recurrent_in_fp32
+
+
+class _Toggle:
+    def __init__(self, state: list[bool], enabled: bool) -> None:
+        self.state, self.enabled = state, enabled
+
+    def __enter__(self) -> None:
+        self.state.append(self.enabled)
+
+    def __exit__(self, *exc: object) -> None:
+        self.state.pop()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_bf16_autocast_on_cuda_keeps_the_recurrence_in_fp32(cell: str) -> None:
+    model = create_model(ModelConfig(cell=cell, hidden=16), input_size=28, seq_len=28, num_classes=10).cuda()
+    x = torch.rand(4, 28, 28, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        states = model.hidden_states(x)
+        logits = model(x)
+    assert states.dtype == torch.float32 and logits.dtype == torch.bfloat16 and model.recurrent_in_fp32
+    logits.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

@@ -169,7 +169,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     protocol: str = "standard"  # standard: validate on the split, test once; tutorial: test every eval
     device: str = "auto"
-    amp: str = "off"  # off, bf16 (cpu or cuda), fp16 (cuda), auto (bf16 where measured to pay)
+    amp: str = "off"  # off, bf16 (cpu; on cuda the recurrence stays fp32), fp16 (cuda), auto (bf16 where it pays)
     backward: str = "auto"  # auto: the whole step by hand where the model allows (models/fast_step.py); autograd
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     checkpoint_every: int = 500  # iterations between resumable checkpoints

@@ -9,10 +9,11 @@ raw input as training does.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnlab.config import ModelConfig
 from rnnlab.errors import ConfigError
@@ -34,7 +35,9 @@ class SequenceClassifier(nn.Module):
         # Scalars for images (one mean and std over all pixels), (F,) per feature for a sequence file.
         self.register_buffer("input_mean", torch.as_tensor(input_mean, dtype=torch.float32).clone())
         self.register_buffer("input_std", torch.as_tensor(input_std, dtype=torch.float32).clone())
-        self.recurrent_in_fp32 = False  # set when this CPU cannot run the recurrence in bf16
+        # Set when the recurrence runs in fp32 under bf16 autocast: on a CPU without bf16 RNN
+        # kernels, and always on CUDA (see _recurrence).
+        self.recurrent_in_fp32 = False
         # FastRecurrent where it was measured to win (impl=auto), else torch.nn; always batch_first
         self.rnn = make_recurrent(self.mode, input_size, config.hidden, config.layers, config.bidirectional,
                                   config.dropout, impl=config.impl)
@@ -57,13 +60,27 @@ class SequenceClassifier(nn.Module):
             # Packing wants the lengths on the CPU; on a GPU that copy, and packing's own copy of
             # its sort order, wait for the GPU once per batch. Only this case pays it.
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            return pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+            return pad_packed_sequence(self._recurrence(packed), batch_first=True, total_length=x.shape[1])[0]
         # One direction: the padding comes after the steps that matter and cannot change them.
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        return self._recurrence(x)
+
+    def _recurrence(self, x: Any) -> Any:
+        """The recurrent layers' outputs for ``x`` (B, T, F) or a PackedSequence, under whatever
+        autocast the caller set, where the layers can honour it."""
+        device = x.data.device if isinstance(x, PackedSequence) else x.device
+        if device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             return self._recurrence_under_cpu_autocast(x)
+        if (device.type == "cuda" and torch.is_autocast_enabled("cuda")
+                and torch.get_autocast_dtype("cuda") == torch.bfloat16):
+            # CUDA autocast runs cuDNN's RNNs in float16 whatever dtype it was given
+            # (aten/src/ATen/cudnn/AutocastRNN.cpp), and bf16 runs no loss scaling, which float16
+            # needs; a ReLU RNN can also overflow float16. So under bf16 the recurrence is float32.
+            self.recurrent_in_fp32 = True
+            with torch.autocast("cuda", enabled=False):
+                return self.rnn(x.float())[0]
         return self.rnn(x)[0]
 
-    def _recurrence_under_cpu_autocast(self, x: torch.Tensor) -> torch.Tensor:
+    def _recurrence_under_cpu_autocast(self, x: Any) -> Any:
         # oneDNN has bf16 RNN kernels only on CPUs with the right instructions; elsewhere it
         # cannot even build the primitive. Then keep training, with the recurrence in fp32.
         if not self.recurrent_in_fp32:
@@ -72,7 +89,7 @@ class SequenceClassifier(nn.Module):
             except RuntimeError as error:
                 warnings.warn(f"this CPU cannot run the {self.mode} recurrence under bf16 autocast "
                               f"({str(error).splitlines()[0]}); running it in fp32 instead "
-                              "(train.amp=off avoids this warning)", RuntimeWarning, stacklevel=3)
+                              "(train.amp=off avoids this warning)", RuntimeWarning, stacklevel=4)
                 self.recurrent_in_fp32 = True
         with torch.autocast("cpu", enabled=False):
             return self.rnn(x.float())[0]
