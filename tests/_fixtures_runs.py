@@ -26,7 +26,9 @@ from rnnlab.models import create_model
 
 # About 95% test accuracy in ~7 s on one thread: good enough that small changes to an image
 # rarely flip its class, which the agreement tests rely on.
-TINY = ["model.hidden=48", "train.iterations=400", "train.eval_every=400", "train.lr=0.005",
+# On the CPU even where there is a GPU: these check CPU behaviour (the fast layers, bitwise
+# resumes); a GPU test adds train.device=cuda, and the last value given wins.
+TINY = ["train.device=cpu", "model.hidden=48", "train.iterations=400", "train.eval_every=400", "train.lr=0.005",
         "data.val_size=0", "train.batch_size=100", "train.threads=1", "train.checkpoint_every=1000"]
 
 

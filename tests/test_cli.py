@@ -15,7 +15,9 @@ import pytest
 
 from rnnlab.cli import main
 
-TINY = ["model.hidden=8", "train.iterations=10", "train.eval_every=10", "data.val_size=500", "train.threads=1",
+# On the CPU even where there is a GPU: these check CPU behaviour (the fast layers, bitwise
+# resumes); a GPU test adds train.device=cuda, and the last value given wins.
+TINY = ["train.device=cpu", "model.hidden=8", "train.iterations=10", "train.eval_every=10", "data.val_size=500", "train.threads=1",
         "train.eval_batch_size=2000"]
 
 

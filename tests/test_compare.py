@@ -24,7 +24,9 @@ from rnnlab.config import save_toml
 from rnnlab.locks import LOCK_FILE
 from rnnlab.errors import ConfigError
 
-TINY = ["model.hidden=8", "train.iterations=20", "train.eval_every=10", "train.checkpoint_every=10",
+# On the CPU even where there is a GPU: these check CPU behaviour (the fast layers, bitwise
+# resumes); a GPU test adds train.device=cuda, and the last value given wins.
+TINY = ["train.device=cpu", "model.hidden=8", "train.iterations=20", "train.eval_every=10", "train.checkpoint_every=10",
         "data.val_size=0"]
 
 

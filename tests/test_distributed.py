@@ -34,7 +34,8 @@ def tiny_dataset(root: Path) -> Path:
 
 
 def overrides_for(data: Path) -> list[str]:
-    return [f"data.data_dir={data}", "data.dataset=fashion-mnist", "data.val_size=10",
+    # train.device=cpu: two processes with Gloo even on a GPU machine (which may have only one GPU)
+    return ["train.device=cpu", f"data.data_dir={data}", "data.dataset=fashion-mnist", "data.val_size=10",
             "model.cell=gru", "model.hidden=8", "train.batch_size=50", "train.epochs=2",
             "train.eval_every=3", "train.threads=1", "train.optimizer=adam", "train.lr=1e-2"]
 

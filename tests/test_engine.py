@@ -26,7 +26,9 @@ from rnnlab.errors import CheckpointError, ConfigError, ResourceError
 
 pytest_plugins = ["_fixtures_runs"]
 
-TINY = ["model.hidden=16", "train.batch_size=50", "train.iterations=40", "train.eval_every=20",
+# On the CPU even where there is a GPU: these check CPU behaviour (the fast layers, bitwise
+# resumes); a GPU test adds train.device=cuda, and the last value given wins.
+TINY = ["train.device=cpu", "model.hidden=16", "train.batch_size=50", "train.iterations=40", "train.eval_every=20",
         "train.eval_batch_size=2000", "data.val_size=1000", "train.threads=1"]
 
 

@@ -110,7 +110,7 @@ def test_training_by_hand_follows_autograd_and_resumes_exactly(tmp_path) -> None
     float32 rounding, and a run stopped and resumed by hand ends bitwise where an unstopped one does."""
     import rnnlab
 
-    base = ["model.cell=rnn", "model.nonlinearity=relu", "model.hidden=16", "train.batch_size=50",
+    base = ["train.device=cpu", "model.cell=rnn", "model.nonlinearity=relu", "model.hidden=16", "train.batch_size=50",
             "train.iterations=30", "train.eval_every=10", "data.val_size=1000", "train.threads=1",
             "train.optimizer=sgd", "train.lr=0.05", "train.momentum=0.9", "train.clip=1.0",
             "train.label_smoothing=0.1"]

@@ -22,7 +22,9 @@ from rnnlab.presets import get_preset
 from rnnlab.report import (COLUMNS, aggregate, build_report, collect, report_groups, status_text, sweep_series,
                           write_figures)
 
-TINY = ["model.hidden=8", "train.iterations=20", "train.eval_every=10", "train.threads=1", "data.val_size=0"]
+# On the CPU even where there is a GPU: these check CPU behaviour (the fast layers, bitwise
+# resumes); a GPU test adds train.device=cuda, and the last value given wins.
+TINY = ["train.device=cpu", "model.hidden=8", "train.iterations=20", "train.eval_every=10", "train.threads=1", "data.val_size=0"]
 
 
 def fake_run(run_dir: Path, config: RunConfig, *, status: str = "completed", acc: float | None = 95.0,

@@ -21,7 +21,9 @@ from rnnlab.stopping import StopBetweenSteps, Terminated, heed_once, pass_on_sig
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
-TINY = ["model.hidden=16", "train.batch_size=50", "train.iterations=40", "train.eval_every=20",
+# On the CPU even where there is a GPU: these check CPU behaviour (the fast layers, bitwise
+# resumes); a GPU test adds train.device=cuda, and the last value given wins.
+TINY = ["train.device=cpu", "model.hidden=16", "train.batch_size=50", "train.iterations=40", "train.eval_every=20",
         "train.eval_batch_size=2000", "data.val_size=1000", "train.threads=1", "train.checkpoint_every=10"]
 
 
