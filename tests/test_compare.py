@@ -88,6 +88,52 @@ def test_sweep_mistakes_are_refused(sweeps: list[str], overrides: list[str], fra
         resolve_entries(["dlw-rnn-a"], overrides=overrides, sweeps=sweeps)
 
 
+
+def test_on_gpus_compare_runs_one_worker_per_gpu_each_on_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import multiprocessing
+
+    import torch
+
+    from rnnlab import pool
+
+    monkeypatch.setattr(cmp, "available_cores", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    auto = [e.config for e in resolve_entries(["dlw-rnn-a", "dlw-lstm-a"])]
+    assert cmp.gpus_for(auto) == cmp.default_jobs(auto) == 2  # not 8 workers on one GPU
+    on_cpu = [replace(c, train=replace(c.train, device="cpu")) for c in auto]
+    named = [replace(c, train=replace(c.train, device="cuda:1")) for c in auto]
+    assert cmp.gpus_for(on_cpu) == cmp.gpus_for(named) == 0 and cmp.default_jobs(on_cpu) == 8
+    assert main(["compare", "dlw-rnn-a", "--seeds", "3", "--out", str(tmp_path / "c"), "--dry-run"]) == 0
+    assert "2 workers x 4 threads, one GPU each" in capsys.readouterr().err
+    assert main(["compare", "dlw-rnn-a", "--seeds", "3", "--jobs", "3", "--out", str(tmp_path / "c"), "--dry-run"]) == 0
+    assert "3 workers x 2 threads, sharing 2 GPU(s)" in capsys.readouterr().err
+    # Each starting worker takes the next GPU as its current device.
+    taken: list[int] = []
+    monkeypatch.setattr(torch.cuda, "set_device", taken.append)
+    counter = multiprocessing.get_context("spawn").Value("i", 0)
+    for _ in range(3):
+        pool._take_gpu(counter, 2)
+    assert taken == [0, 1, 0]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert cmp.default_jobs(auto) == 1  # one Apple GPU
+
+
+
+@pytest.mark.slow  # compare workers
+@pytest.mark.skipif(not __import__("torch").cuda.is_available() or __import__("torch").cuda.device_count() < 2,
+                    reason="needs two CUDA GPUs")
+def test_compare_workers_train_on_different_gpus(tmp_path: Path) -> None:
+    # long enough that the second worker is up before the first is done (both start at once)
+    entries = resolve_entries(["dlw-rnn-a"], overrides=[*TINY, "train.device=auto", "train.iterations=1500"])
+    rows = cmp.compare(entries, tmp_path / "c", seeds=2, jobs=2, plots=False)
+    assert rows[0]["completed"] == 2
+    devices = {json.loads((tmp_path / f"c/runs/dlw-rnn-a/seed{k}/summary.json").read_text())["device"] for k in (0, 1)}
+    assert devices == {"cuda:0", "cuda:1"}
+
+
 @pytest.mark.slow  # compare workers
 def test_a_sweep_compare_trains_and_reports_each_value(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "sweep"

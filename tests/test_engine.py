@@ -576,26 +576,26 @@ def test_a_resume_reads_the_checkpoint_on_the_cpu_and_warns_when_auto_resolves_d
 def test_rng_states_keep_the_one_gpu_a_process_trains_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """A CPU run never touches CUDA's generators; a GPU run saves and restores its own GPU's only,
     also from a checkpoint of the older kind that kept every visible GPU's."""
-    from rnnlab import distributed as dist
+    from rnnlab import seeding
 
     def untouched(*args, **kwargs):
         raise AssertionError("a CPU run must not initialise CUDA")
 
     monkeypatch.setattr(torch.cuda, "get_rng_state", untouched)
     monkeypatch.setattr(torch.cuda, "set_rng_state", untouched)
-    state = dist.rng_state(torch.device("cpu"))
+    state = seeding.rng_state(torch.device("cpu"))
     assert set(state) == {"cpu"}
-    dist.set_rng_state({**state, "cuda": [torch.zeros(4, dtype=torch.uint8)]}, torch.device("cpu"))
+    seeding.set_rng_state({**state, "cuda": [torch.zeros(4, dtype=torch.uint8)]}, torch.device("cpu"))
 
     calls = []
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.full((4,), device.index, dtype=torch.uint8))
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda new, device: calls.append((new.tolist(), device)))
     gpu1 = torch.device("cuda", 1)
-    assert dist.rng_state(gpu1)["cuda"].tolist() == [1, 1, 1, 1]
+    assert seeding.rng_state(gpu1)["cuda"].tolist() == [1, 1, 1, 1]
     older = [torch.full((4,), i, dtype=torch.uint8) for i in range(2)]  # cuda:0's and cuda:1's
-    dist.set_rng_state({**state, "cuda": older}, gpu1)
-    dist.set_rng_state({**state, "cuda": older[:1]}, gpu1)  # written where one GPU was visible: nothing to take
-    dist.set_rng_state({**state, "cuda": older[0]}, gpu1)
+    seeding.set_rng_state({**state, "cuda": older}, gpu1)
+    seeding.set_rng_state({**state, "cuda": older[:1]}, gpu1)  # written where one GPU was visible: nothing to take
+    seeding.set_rng_state({**state, "cuda": older[0]}, gpu1)
     assert calls == [([1, 1, 1, 1], gpu1), ([0, 0, 0, 0], gpu1)]
 
 
@@ -606,8 +606,54 @@ def test_a_gpu_number_under_torchrun_means_each_process_its_own(monkeypatch: pyt
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.warns(RuntimeWarning, match=r"'cuda:0' under torchrun is read as 'cuda': each process takes the GPU"):
         assert select_device("cuda:0") == torch.device("cuda", 1)
+
+
+def test_torchrun_with_fewer_gpus_than_processes_or_on_mps_is_told_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rnnlab.distributed import select_device
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for device in ("auto", "cuda"):  # before: torch.cuda.set_device(1) failing with "invalid device ordinal"
+        with pytest.raises(ConfigError, match=r"^torchrun started more processes on this machine than it has CUDA "
+                                              r"GPUs \(1\); use --nproc_per_node=1, or --device cpu$"):
+            select_device(device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert select_device("auto") == torch.device("cpu")  # Gloo cannot reduce tensors on an Apple GPU
+    with pytest.raises(ConfigError, match="^torchrun trains on CUDA GPUs or on the CPU, not on MPS; use --device cpu$"):
+        select_device("mps")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: the Apple GPU is fine
+    assert select_device("auto") == torch.device("mps")
+
+
+def test_one_process_on_a_gpu_names_the_current_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compare worker made GPU 1 its current device: its runs train there, and their summary says so."""
+    from rnnlab.distributed import select_device
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert select_device("auto") == select_device("cuda") == torch.device("cuda", 1)
+
+
+def test_an_mps_run_keeps_its_random_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rnnlab import seeding
+
+    mps_state = [torch.full((4,), 7, dtype=torch.uint8)]
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: mps_state[0].clone())
+    monkeypatch.setattr(torch.mps, "set_rng_state", lambda new: mps_state.__setitem__(0, new))
+    saved = seeding.rng_state(torch.device("mps"))
+    assert saved["mps"].tolist() == [7] * 4 and "cuda" not in saved
+    mps_state[0] = torch.zeros(4, dtype=torch.uint8)
+    seeding.set_rng_state(saved, torch.device("mps"))
+    assert mps_state[0].tolist() == [7] * 4
+    seeding.set_rng_state({"cpu": saved["cpu"]}, torch.device("mps"))  # a checkpoint from before: no MPS state
+    assert mps_state[0].tolist() == [7] * 4
 
 
 def test_train_gives_the_caller_its_threads_and_random_streams_back(tmp_path: Path) -> None:

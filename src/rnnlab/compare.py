@@ -42,6 +42,31 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def gpus_for(configs: list[RunConfig]) -> int:
+    """How many CUDA GPUs compare's workers take in turn: all that are visible where a run trains
+    on "the" GPU (``train.device`` auto or cuda), else none (cpu; mps; or ``cuda:N``, one GPU named)."""
+    import torch
+
+    if not any(c.train.device in ("auto", "cuda") for c in configs) or not torch.cuda.is_available():
+        return 0
+    return torch.cuda.device_count()
+
+
+def default_jobs(configs: list[RunConfig]) -> int:
+    """Workers when --jobs is not given: one per GPU where the runs train on GPUs (runs sharing a
+    GPU wait for each other, and every worker's CUDA context takes GPU memory), one on an Apple GPU
+    (there is one), else one per core."""
+    import torch
+
+    gpus = gpus_for(configs)
+    if gpus:
+        return gpus
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if any(c.train.device == "mps" or (c.train.device == "auto" and mps) for c in configs):
+        return 1
+    return available_cores()
+
+
 def plan(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: int = 1,
          threads: int | None = None) -> list[Task]:
     """One task per entry and seed 0..seeds-1. ``threads`` per worker defaults to cores // jobs,
@@ -165,9 +190,10 @@ def _clear(run_dir: Path) -> None:
 
 def execute(tasks: list[Task], jobs: int, *, worker: Callable[[Task], dict[str, Any]] = run_task,
             on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Run tasks in ``jobs`` worker processes (by default each trains its seed); one record per
-    task, in task order. See :func:`rnnlab.pool.run_tasks`."""
-    return run_tasks(tasks, jobs, worker=worker, on_result=on_result)
+    """Run tasks in ``jobs`` worker processes (by default each trains its seed), the workers
+    taking the GPUs in turn where the runs train on GPUs; one record per task, in task order. See
+    :func:`rnnlab.pool.run_tasks`."""
+    return run_tasks(tasks, jobs, worker=worker, on_result=on_result, gpus=gpus_for([t.config for t in tasks]))
 
 
 # --------------------------------------------------------------------------- the front door

@@ -1,8 +1,9 @@
 """Device, precision and process setup, in one place.
 
-Everything that depends on the hardware lives here: picking a device, thread counts, seeding,
-autocast, and data-parallel training under ``torchrun`` (the process group, the DDP wrapper,
-and the rank, so that only one process writes files).
+Everything that depends on the hardware lives here: picking a device, thread counts, the memory
+allocator, autocast, and data-parallel training under ``torchrun`` (the process group, the DDP
+wrapper, and the rank, so that only one process writes files). Seeding and the random states that
+checkpoints keep are :mod:`rnnlab.seeding`'s.
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ import contextlib
 import ctypes
 import functools
 import os
-import random
 import sys
 import time
 import warnings
 from typing import Iterator
 
-import numpy as np
 import torch
 
 from rnnlab.errors import ConfigError
@@ -37,11 +36,19 @@ def select_device(requested: str = "auto") -> torch.device:
             warnings.warn(f"device {requested!r} under torchrun is read as 'cuda': each process takes the GPU of "
                           "its LOCAL_RANK (CUDA_VISIBLE_DEVICES chooses which GPUs)", RuntimeWarning, stacklevel=2)
         requested = kind
-    if requested in ("auto", "cuda") and torch.cuda.is_available() and world_size() > 1:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process
+    if requested in ("auto", "cuda") and torch.cuda.is_available() and world_size() > 1:  # one GPU per process
+        local, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local >= gpus:
+            raise ConfigError(f"torchrun started more processes on this machine than it has CUDA GPUs ({gpus}); "
+                              f"use --nproc_per_node={gpus}, or --device cpu")
+        return torch.device("cuda", local)
+    if requested in ("auto", "mps") and world_size() > 1:  # without CUDA, torchrun's processes talk by Gloo,
+        if requested == "mps":  # which cannot reduce tensors on an Apple GPU
+            raise ConfigError("torchrun trains on CUDA GPUs or on the CPU, not on MPS; use --device cpu")
+        return torch.device("cpu")
+    if requested in ("auto", "cuda") and torch.cuda.is_available():  # the current GPU, by its number
+        return torch.device("cuda", torch.cuda.current_device())  # (a compare worker's own: pool._take_gpu)
     if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -144,93 +151,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) so that a CPU run repeats bitwise."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def callers_state_kept() -> Iterator[None]:
-    """A run sets torch's thread count and seeds the global random generators (Python's, NumPy's,
-    torch's): give the caller its own back afterwards, so that what a program does after
-    ``rnnlab.train`` does not depend on the run before it (a later run's weights did). CUDA's
-    generators are given back if CUDA was in use before the run (else they start from the run's seed)."""
-    threads = torch.get_num_threads()
-    python, numpy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        random.setstate(python)
-        np.random.set_state(numpy)
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-
-
-def process_seed(seed: int, rank_: int, iteration: int = 0) -> int:
-    """The seed of process ``rank_``'s own random stream (rank > 0), derived from the run's
-    seed with NumPy's SeedSequence so that the streams of different processes are independent."""
-    return int(np.random.SeedSequence([seed, rank_, iteration]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def seed_process_stream(seed: int) -> None:
-    """Give each process after the first its own random stream (dropout masks), as in a
-    one-process run every sample gets its own mask. Rank 0 keeps the one-process stream, so a
-    single process is unchanged. Call after building the model: the initial weights come from
-    the shared stream and are the same in every process."""
-    if rank() > 0:
-        torch.manual_seed(process_seed(seed, rank()))
-
-
-def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    """This process's torch RNG states (used by dropout), for resumable checkpoints: the CPU's,
-    and the one GPU's it trains on (not every visible GPU's: a checkpoint must resume where
-    fewer GPUs are visible, and a CPU run must not initialise CUDA)."""
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    """Restore :func:`rng_state`. The states may have been loaded onto a GPU, and torch takes
-    them only as CPU byte tensors. A checkpoint written before one GPU's state was kept holds a
-    list, one per visible GPU: the one of the device's index is taken, if it has one."""
-    torch.set_rng_state(state["cpu"].cpu())
-    cuda = state.get("cuda")
-    if cuda is None or device.type != "cuda":  # a GPU run resumed on a CPU: only the CPU's stream matters
-        return
-    if isinstance(cuda, (list, tuple)):
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        if index >= len(cuda):
-            return
-        cuda = cuda[index]
-    torch.cuda.set_rng_state(cuda.cpu(), device)
-
-
-def gather_rng_states(device: torch.device) -> list[dict]:
-    """Every process's ``rng_state()`` in rank order (a collective: all processes call it)."""
-    if not torch.distributed.is_initialized():
-        return [rng_state(device)]
-    states: list = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(states, rng_state(device))
-    return states
-
-
-def restore_rng_state(states: list[dict], seed: int, iteration: int, device: torch.device) -> None:
-    """Take this process's stream back from a checkpoint's ``gather_rng_states()``. A process
-    the checkpoint has no state for (it was written by fewer processes) starts a stream of its
-    own, derived from the seed and the iteration, so that such a resume is repeatable too."""
-    if rank() < len(states):
-        set_rng_state(states[rank()], device)
-    else:
-        torch.manual_seed(process_seed(seed, rank(), iteration))  # every GPU's stream too
 
 
 def native_bf16_cpu() -> bool:

@@ -26,6 +26,7 @@ from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab import distributed as dist
+from rnnlab import seeding
 from rnnlab import trainer_state
 from rnnlab.config import RunConfig, save_toml
 from rnnlab.data import SequenceData
@@ -56,7 +57,7 @@ class Trainer:
         dist.configure_threads(cfg.train.threads)
         dist.tune_allocator()
         self.device = dist.select_device(cfg.train.device)
-        dist.seed_everything(cfg.seed)
+        seeding.seed_everything(cfg.seed)
         self.data = load_datasets(cfg)
         _, steps, features = self.data.train.x.shape  # refuse a model too big to train before building it
         check_model_size(cfg.model, input_size=features, seq_len=steps, num_classes=self.data.num_classes,
@@ -64,7 +65,7 @@ class Trainer:
         self.model = build_model(cfg, self.data).to(self.device)
         self.placed: dict[str, SequenceData] = {}  # the splits copied to a GPU, once each
         self.train_data = self._placed("train")
-        dist.seed_process_stream(cfg.seed)  # after the model: same initial weights everywhere
+        seeding.seed_process_stream(cfg.seed)  # after the model: same initial weights everywhere
         self.train_model = dist.wrap_for_training(self.model, self.device)  # DDP under torchrun
         self.optimizer = make_optimizer(cfg, self.model)
         # train.amp=auto becomes bf16 or off here, for this model on this machine

@@ -77,12 +77,15 @@ def _context() -> multiprocessing.context.BaseContext:
 _STOP = "STOP"  # in a round's marker folder: the compare was interrupted, start nothing more
 
 
-def _worker_setup(parent: int, marker_dir: str) -> None:
+def _worker_setup(parent: int, marker_dir: str, gpu_counter: Any, gpus: int) -> None:
     """Pool initializer. An idle worker ignores Ctrl-C (one dying in the pool's queue would break
     the pool, and the pool would then kill the others mid-stop), and the worker's life is tied to
     the parent's: if the compare process is killed, its workers exit within half a second instead
     of training on for no one, into folders that a rerun then trains into as well, and then waiting
-    for work forever. For SIGTERM see :func:`_idle_sigterm` and :func:`_started`."""
+    for work forever. For SIGTERM see :func:`_idle_sigterm` and :func:`_started`. With ``gpus``,
+    the worker takes the next GPU as its own (:func:`_take_gpu`)."""
+    if gpus:
+        _take_gpu(gpu_counter, gpus)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, functools.partial(_idle_sigterm, marker_dir))
 
@@ -92,6 +95,18 @@ def _worker_setup(parent: int, marker_dir: str) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="rnnlab-parent-watch", daemon=True).start()
+
+
+def _take_gpu(counter: Any, gpus: int) -> None:
+    """Make GPU ``counter % gpus`` this worker's current device, and count on: a run on ``cuda``
+    (or ``auto``) then trains there, so that as many workers as GPUs train one on each, instead
+    of all on the first."""
+    import torch
+
+    with counter.get_lock():
+        index = counter.value % gpus
+        counter.value += 1
+    torch.cuda.set_device(index)
 
 
 _STOPPING_WAIT = 2.0  # seconds a worker that SIGTERM reached waits for the compare to say it is stopping
@@ -153,10 +168,11 @@ def _started(marker_dir: str, worker: Callable[[Task], dict[str, Any]], task: Ta
 
 
 def _round(batch: list[Task], workers: int, worker: Callable[[Task], dict[str, Any]], marker_dir: str,
-           done: Callable[[Task, dict[str, Any]], None]) -> None:
+           done: Callable[[Task, dict[str, Any]], None], gpus: int = 0) -> None:
     """Run a batch in one pool; tasks lost to a broken pool are simply left without a result."""
+    gpu_counter = _context().Value("i", 0)  # the next GPU a starting worker takes
     with ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_worker_setup,
-                             initargs=(os.getpid(), marker_dir)) as pool:
+                             initargs=(os.getpid(), marker_dir, gpu_counter, gpus)) as pool:
         futures: dict[Future, Task] = {pool.submit(_started, marker_dir, worker, t): t for t in batch}
         try:
             for future in as_completed(futures):
@@ -184,8 +200,9 @@ def _round(batch: list[Task], workers: int, worker: Callable[[Task], dict[str, A
 
 
 def run_tasks(tasks: list[Task], jobs: int, *, worker: Callable[[Task], dict[str, Any]],
-              on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Run tasks in ``jobs`` processes; return one record per task, in task order.
+              on_result: Callable[[dict[str, Any]], None] | None = None, gpus: int = 0) -> list[dict[str, Any]]:
+    """Run tasks in ``jobs`` processes; return one record per task, in task order. With ``gpus``,
+    the workers take GPUs 0..gpus-1 in turn as their current device.
 
     If a worker process dies (a hard crash, the OOM killer), the pool breaks and loses every
     task in it. The tasks that had started are then retried one at a time in a one-worker
@@ -208,7 +225,7 @@ def run_tasks(tasks: list[Task], jobs: int, *, worker: Callable[[Task], dict[str
             batch = alone if isolated else queue
             marker_dir = Path(markers) / str(attempt)
             marker_dir.mkdir()
-            _round(batch, 1 if isolated else min(jobs, len(batch)), worker, str(marker_dir), done)
+            _round(batch, 1 if isolated else min(jobs, len(batch)), worker, str(marker_dir), done, gpus)
             lost = [t for t in batch if t.key not in results]
             started = [t for t in lost if (marker_dir / f"{t.entry}.seed{t.seed}").exists()]
             if lost and (isolated or not started):

@@ -15,6 +15,7 @@ from typing import Any
 
 from rnnlab import checkpoint as ckpt
 from rnnlab import distributed as dist
+from rnnlab import seeding
 from rnnlab.config import RunConfig, from_dict, load_toml, settings_of_the_run
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab.engine import Trainer
@@ -67,7 +68,7 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
         if (run_dir / SUMMARY).exists():  # e.g. a run that diverged before its first checkpoint: keep its record
             raise CheckpointError(f"{run_dir} already holds a run without a checkpoint (see its {SUMMARY}); "
                                   "choose another --out, or delete that folder to train into it again")
-        with dist.callers_state_kept(), _naming_the_checkpoint(run_dir):
+        with seeding.callers_state_kept(), _naming_the_checkpoint(run_dir):
             summary = Trainer(config, run_dir, progress=progress).fit(stop_after=stop_after)
     return Run(run_dir, config, summary)
 
@@ -84,7 +85,7 @@ def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int 
         config = _check_resumable(run_dir, config, meta)
         if data_dir is not None:
             config = relocated(config, path_arg(data_dir, "data_dir", "rnnlab.resume(run, data_dir='data/mnist')"))
-        with dist.callers_state_kept(), _naming_the_checkpoint(run_dir):
+        with seeding.callers_state_kept(), _naming_the_checkpoint(run_dir):
             trainer = Trainer(config, run_dir, progress=progress)
             trainer.restore()
             summary = trainer.fit(stop_after=stop_after)

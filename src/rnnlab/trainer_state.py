@@ -15,6 +15,7 @@ import torch
 
 from rnnlab import checkpoint as ckpt
 from rnnlab import distributed as dist
+from rnnlab import seeding
 from rnnlab.checkpoint import METRICS
 from rnnlab.config import from_dict, settings_of_the_run, to_dict
 from rnnlab.data.splits import input_shape
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 def save(trainer: Trainer) -> None:
     """Write a checkpoint (rank 0 writes; every process must call it, for the RNG states)."""
-    rng_states = dist.gather_rng_states(trainer.device)
+    rng_states = seeding.gather_rng_states(trainer.device)
     if not dist.is_main_process():
         trainer.saved_at = trainer.iteration
         return
@@ -64,7 +65,7 @@ def restore(trainer: Trainer) -> None:
         trainer.model.load_state_dict(tensors["model"])
         trainer.optimizer.load_state_dict(tensors["optimizer"])
         trainer.scaler.load_state_dict(tensors["scaler"])
-        dist.restore_rng_state(tensors.get("rng_processes", [tensors["rng"]]), trainer.cfg.seed, trainer.iteration,
+        seeding.restore_rng_state(tensors.get("rng_processes", [tensors["rng"]]), trainer.cfg.seed, trainer.iteration,
                                trainer.device)
     except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as exc:
         if dist.is_out_of_memory(exc):  # the optimizer's state moving to a full GPU: not a wrong file

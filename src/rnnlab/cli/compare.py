@@ -28,8 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="train every entry once per value (entry+lr0.001, ...); several --sweep make a grid")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per entry: 0..N-1 (default: 3)")
     parser.add_argument("--jobs", type=int, default=None,
-                        help="parallel worker processes (default: the number of CPU cores); each gets cores/jobs "
-                             "torch threads")
+                        help="parallel worker processes (default: the number of CPU cores; where the runs train on "
+                             "CUDA GPUs, one per GPU, each worker on its own); each gets cores/jobs torch threads")
     parser.add_argument("--out", metavar="DIR",
                         help="compare folder (default: runs/compare-<suite-or-names>, with a hash of the "
                              "overrides and sweeps appended when there are any, e.g. runs/compare-tutorials-9a5c8d6b "
@@ -72,13 +72,16 @@ def run_compare(args: argparse.Namespace) -> int:
     specs, overrides = split_items(args.items)
     entries = resolve_entries(specs, suite=args.suite, overrides=overrides, sweeps=args.sweep)
     check_baseline(args.baseline, [e.name for e in entries])
-    jobs = args.jobs if args.jobs is not None else cmp.available_cores()
+    jobs = args.jobs if args.jobs is not None else cmp.default_jobs([e.config for e in entries])
     if jobs < 1:
         raise ConfigError(f"--jobs={jobs} must be >= 1")
     out = Path(args.out) if args.out else default_out_dir(entries, args.suite, overrides, sweeps=args.sweep)
     tasks, states = cmp.prepare(entries, out, seeds=args.seeds, jobs=jobs)  # refuses a bad --out before the header
     todo = sum(s != "skip" for s in states.values())
     workers = f"{min(jobs, todo)} workers x {tasks[0].config.train.threads} threads" if todo else "nothing to train"
+    gpus = cmp.gpus_for([t.config for t in tasks]) if todo else 0
+    if gpus:
+        workers += ", one GPU each" if min(jobs, todo) <= gpus else f", sharing {gpus} GPU(s)"
     print(f"compare: {len(entries)} entries x {args.seeds} seeds = {len(tasks)} runs ({todo} to run, "
           f"{len(tasks) - todo} finished) in {out}; {workers}", file=sys.stderr)
     if args.dry_run:

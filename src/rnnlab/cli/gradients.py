@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import rnnlab
-    from rnnlab.distributed import configure_threads, seed_everything, select_device
+    from rnnlab.distributed import configure_threads, select_device
+    from rnnlab.seeding import seed_everything
     from rnnlab.data.splits import load_datasets
     from rnnlab.models.build import build_model
     from rnnlab.gradients import format_flow, gradient_flow
