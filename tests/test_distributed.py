@@ -238,3 +238,22 @@ def test_ctrl_c_under_torchrun_stops_cleanly_and_keeps_the_last_checkpoint(tmp_p
     saved = json.loads((tmp_path / "run/checkpoint.json").read_text())["iteration"]
     assert summary["status"] == "interrupted" and f"keeps the checkpoint of iteration {saved}" in summary["message"]
     assert saved % 20 == 0 and saved > 0
+
+
+def test_ddp_does_not_broadcast_the_constant_standardisation_buffers(tmp_path: Path) -> None:
+    """Only other buffers (a registered model's running statistics) are synced before each forward."""
+    import torch.distributed
+
+    from rnnlab.config import ModelConfig
+    from rnnlab.distributed import wrap_for_training
+    from rnnlab.models import create_model
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = create_model(ModelConfig(cell="gru", hidden=8), input_size=4, seq_len=3, num_classes=2)
+        syncs = lambda ddp: getattr(ddp, "forward_sync_buffers", getattr(ddp, "broadcast_buffers", None))  # noqa: E731
+        assert syncs(wrap_for_training(model, torch.device("cpu"))) is False
+        model.register_buffer("running_mean", torch.zeros(8))
+        assert syncs(wrap_for_training(model, torch.device("cpu"))) is True
+    finally:
+        torch.distributed.destroy_process_group()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import inspect
 import os
 import sys
 import time
@@ -306,7 +307,13 @@ def wrap_for_training(model: torch.nn.Module, device: torch.device) -> torch.nn.
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    # The input standardisation, measured on the same training split in every process, never
+    # changes: DDP need not broadcast it before every forward. Other buffers (a registered model's
+    # running statistics, say) are, as DDP does by default. torch 2.13 renamed the argument.
+    sync = any(name not in ("input_mean", "input_std") for name, _ in model.named_buffers())
+    renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                   **{"forward_sync_buffers" if renamed else "broadcast_buffers": sync})
 
 
 def is_main_process() -> bool:

@@ -107,7 +107,8 @@ def evaluate(model: SequenceClassifier, data: SequenceData, *, batch_size: int =
         for x, y in data.iterate_once(batch_size, start, stop):
             # Freed pages back to the OS before each batch (the training buffers kept for reuse,
             # then the previous batch's), so that batches do not stack on them in a fragmented heap.
-            dist.release_free_memory()
+            if device.type == "cpu":  # on a GPU the batches live in the GPU's memory, not the heap
+                dist.release_free_memory()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             rows = torch.arange(first, first + len(y), device=data.x.device)  # no copy of indices
             lengths = data.batch_lengths(rows)  # (B,) or None
