@@ -257,3 +257,33 @@ def test_ddp_does_not_broadcast_the_constant_standardisation_buffers(tmp_path: P
         assert syncs(wrap_for_training(model, torch.device("cpu"))) is True
     finally:
         torch.distributed.destroy_process_group()
+
+
+def test_a_rank_without_torchrun_is_rank_0_and_bad_counts_are_clear_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster's environment may hold RANK for a single process: it must still write its run
+    (before, it trained as a rank > 0 and wrote nothing, with exit status 0)."""
+    from rnnlab import distributed as dist
+    from rnnlab.errors import ConfigError
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("RANK", "3")
+    assert dist.rank() == 0 and dist.is_main_process()
+    monkeypatch.setenv("WORLD_SIZE", "")  # empty, as a script may export it: unset
+    assert dist.world_size() == 1 and dist.rank() == 0
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert dist.rank() == 3
+    for name, value in (("WORLD_SIZE", "abc"), ("WORLD_SIZE", "-2"), ("RANK", "x")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ConfigError, match=rf"^{name}='{value}' in the environment is not a whole number; "
+                                              rf"torchrun sets it .*: unset {name} to train in one process$"):
+            dist.rank()
+        monkeypatch.setenv(name, "4" if name == "WORLD_SIZE" else "0")
+
+
+def test_a_run_with_a_stray_rank_writes_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    cfg = apply_overrides(RunConfig(), ["train.device=cpu", "model.hidden=8", "train.iterations=4",
+                                        "train.eval_every=4", "data.val_size=100", "train.threads=1"])
+    run = rnnlab.train(cfg, tmp_path / "run", progress=False)
+    assert run.status == "completed" and (tmp_path / "run/summary.json").exists()

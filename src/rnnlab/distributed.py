@@ -33,12 +33,12 @@ def select_device(requested: str = "auto") -> torch.device:
         raise ConfigError(f"device {requested!r} is not valid; choose one of: auto, cpu, cuda, cuda:N "
                           "(N a GPU number, e.g. cuda:0) or mps")
     if kind == "cuda" and index and world_size() > 1:  # every process would share GPU N
-        if os.environ.get("RANK", "0") == "0":  # said once, not by every process
+        if rank() == 0:  # said once, not by every process
             warnings.warn(f"device {requested!r} under torchrun is read as 'cuda': each process takes the GPU of "
                           "its LOCAL_RANK (CUDA_VISIBLE_DEVICES chooses which GPUs)", RuntimeWarning, stacklevel=2)
         requested = kind
     if requested in ("auto", "cuda") and torch.cuda.is_available() and world_size() > 1:  # one GPU per process
-        local, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        local, gpus = _env_number("LOCAL_RANK", 0), torch.cuda.device_count()
         if local >= gpus:
             raise ConfigError(f"torchrun started more processes on this machine than it has CUDA GPUs ({gpus}); "
                               f"use --nproc_per_node={gpus}, or --device cpu")
@@ -207,9 +207,21 @@ def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=(amp == "fp16"))
 
 
+def _env_number(name: str, default: int) -> int:
+    """A count torchrun sets for each process it starts (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``);
+    unset or empty is ``default``, anything else but a whole number >= 0 is a clear error."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigError(f"{name}={text!r} in the environment is not a whole number; torchrun sets it for each "
+                          f"process it starts: unset {name} to train in one process")
+    return int(text)
+
+
 def world_size() -> int:
     """Processes training this run together (``WORLD_SIZE`` set by torchrun; 1 otherwise)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return max(_env_number("WORLD_SIZE", 1), 1)
 
 
 def init_process_group(requested_device: str = "auto") -> None:
@@ -223,7 +235,7 @@ def init_process_group(requested_device: str = "auto") -> None:
         raise ConfigError("this PyTorch build has no torch.distributed; run a single process")
     cuda = requested_device.split(":")[0] in ("auto", "cuda") and torch.cuda.is_available()
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(_env_number("LOCAL_RANK", 0))
     try:
         torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
     except (ValueError, RuntimeError) as error:  # e.g. WORLD_SIZE set by hand, no MASTER_ADDR
@@ -296,8 +308,9 @@ def shutdown(*, together: bool = True) -> None:
 
 
 def rank() -> int:
-    """This process's rank under torchrun (0 when not distributed)."""
-    return int(os.environ.get("RANK", "0"))
+    """This process's rank under torchrun; 0 in a single process, whatever ``RANK`` a cluster's
+    environment may hold (a rank > 0 writes no files: a run would leave nothing behind)."""
+    return _env_number("RANK", 0) if world_size() > 1 else 0
 
 
 def wrap_for_training(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -108,10 +108,12 @@ def _stdout_gone() -> bool:
 
 def _say_terminated(stop: Terminated) -> None:
     """One line, from one process: under torchrun every process is told, and rank 0 speaks for them."""
-    if os.environ.get("RANK", "0") != "0":
+    # (RANK alone is not torchrun's: a cluster's environment may hold it for a single process.)
+    under_torchrun = os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1")
+    if under_torchrun and os.environ.get("RANK", "0").strip() != "0":
         return
     hint = ""
     if stop.run_dir:
-        launcher = "torchrun ... " if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1") else ""
+        launcher = "torchrun ... " if under_torchrun else ""
         hint = f"; continue with: {launcher}rnnlab train --resume {stop.run_dir}"
     print(f"rnnlab: terminated (SIGTERM){hint}", file=sys.stderr)
