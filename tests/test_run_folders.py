@@ -193,6 +193,22 @@ def test_a_resume_refuses_data_that_is_not_the_runs(tmp_path: Path, capsys: pyte
     err = cli_error(capsys, "train", "--resume", str(part.dir), "--data-dir", str(other))
     assert f"the data at {other} is not the data this run began with (features 2 then, 3 now)" in err
     assert load_toml(part.dir / "config.toml").data.file == str(data)  # nothing was written
+    # Of the same shape, but other sequences: more of them, or as many with other labels.
+    with np.load(data) as arrays:
+        mine = dict(arrays)
+    more = tmp_path / "more.npz"
+    np.savez(more, **{**mine, "x_train": np.concatenate([mine["x_train"]] * 2),
+                      "y_train": np.concatenate([mine["y_train"]] * 2)})
+    err = cli_error(capsys, "train", "--resume", str(part.dir), "--data-dir", str(more))
+    train_now = 2 * len(mine["y_train"]) - load_toml(part.dir / "config.toml").data.val_size
+    assert f"is not the data this run began with ({train_now} train sequences now, " in err
+    relabelled = tmp_path / "relabelled.npz"
+    np.savez(relabelled, **{**mine, "y_test": 1 - mine["y_test"]})
+    err = cli_error(capsys, "train", "--resume", str(part.dir), "--data-dir", str(relabelled))
+    assert "is not the data this run began with (other labels or sequences, of the same sizes)" in err
+    moved = tmp_path / "moved.npz"  # the same file elsewhere resumes
+    moved.write_bytes(data.read_bytes())
+    assert rnnlab.resume(part.dir, progress=False, data_dir=str(moved)).status == "completed"
 
 
 def test_an_empty_run_folder_argument_is_refused_not_replaced(tmp_path: Path, capsys: pytest.CaptureFixture[str],

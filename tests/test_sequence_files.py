@@ -501,6 +501,9 @@ def test_eval_refuses_a_file_that_does_not_fit_the_run(tmp_path: Path, small_run
         ({"lengths_train": np.full(40, 12), "lengths_test": np.where(np.arange(30) == 3, 7, 12)},
          "lengths_test holds lengths from 7, but the run was trained on sequences of one length (12 steps); "
          "give it full-length sequences"),
+        ({"x_test": pixels_of(x_test), "x_train": pixels_of(x_train)},  # before: scored, on the wrong scale
+         "x_test holds uint8 values, but the run was trained on float32 ones (read as they are); evaluate it on "
+         "a file of float32 sequences like its training file"),
     ]
     for i, (changed, message) in enumerate(cases):
         path = tmp_path / f"other{i}.npz"

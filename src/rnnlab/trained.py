@@ -48,7 +48,8 @@ class TrainedModel:
             test = load_sequence_file(path).test
             # Another file than the run's own may not fit the model: say how it differs, not crash.
             check_against_run(path, test, steps=self.model.seq_len, features=self.model.input_size,
-                              classes=self.num_classes, variable_lengths=self.variable_lengths)
+                              classes=self.num_classes, variable_lengths=self.variable_lengths,
+                              dtype=self.meta.get("input", {}).get("dtype"))
             return test
         return load_sequences(data.dataset, "test", view=data.view, permutation=self.permutation,
                               data_dir=data_dir or data.data_dir or None, download=data.download)

@@ -18,7 +18,7 @@ from rnnlab import distributed as dist
 from rnnlab import seeding
 from rnnlab.checkpoint import METRICS
 from rnnlab.config import from_dict, settings_of_the_run, to_dict
-from rnnlab.data.splits import input_shape
+from rnnlab.data.splits import data_identity, input_shape
 from rnnlab.errors import CheckpointError, DataError
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def save(trainer: Trainer) -> None:
             "epoch": trainer.iteration / trainer.batches_per_epoch, "train_seconds": trainer.train_seconds,
             "samples": trainer.samples,
             "running": trainer.running.as_dict(), "torch_version": torch.__version__,
-            "input": input_shape(trainer.data), "resolved": trainer.resolved()}
+            "input": input_shape(trainer.data), "data": data_identity(trainer.data), "resolved": trainer.resolved()}
     if trainer.best.active:
         meta["best"] = trainer.best.state()
         if trainer.best.weights is not None:
@@ -59,7 +59,7 @@ def restore(trainer: Trainer) -> None:
     if settings_of_the_run(from_dict(meta["config"])) != settings_of_the_run(trainer.cfg):
         raise CheckpointError(f"{trainer.run_dir}: the checkpoint was written by a different config")
     _warn_if_resolved_differently(meta.get("resolved"), trainer.resolved())
-    _check_same_data(trainer, meta.get("input"))
+    _check_same_data(trainer, meta.get("input"), meta.get("data"))
     trainer.iteration, trainer.train_seconds = meta["iteration"], meta["train_seconds"]
     try:  # a checkpoint.pt from another run beside this checkpoint.json, or a damaged entry
         trainer.model.load_state_dict(tensors["model"])
@@ -85,12 +85,19 @@ def restore(trainer: Trainer) -> None:
         ckpt.write_jsonl(trainer.run_dir / METRICS, rows)
 
 
-def _check_same_data(trainer: Trainer, began: dict[str, Any] | None) -> None:
-    """The data a resumed run reads now (perhaps from where it moved) must be of the kind it began with."""
+def _check_same_data(trainer: Trainer, began: dict[str, Any] | None, identity: dict[str, Any] | None) -> None:
+    """The data a resumed run reads now (perhaps from where it moved) must be the data it began with:
+    of the same kind, and (checkpoints since this was kept) the same sequences."""
     now = input_shape(trainer.data)
     differs = [f"{key} {began[key]} then, {now[key]} now" for key in ("steps", "features", "classes",
                                                                       "variable_lengths", "dtype")
                if began and key in began and began[key] != now[key]]
+    if not differs and identity:
+        current = data_identity(trainer.data)
+        differs = [f"{current[key]} {key} sequences now, {identity[key]} then" for key in ("train", "val", "test")
+                   if key in identity and identity[key] != current[key]]
+        if not differs and identity.get("digest") not in (None, current["digest"]):
+            differs = ["other labels or sequences, of the same sizes"]
     if differs:
         where = trainer.cfg.data.file or trainer.cfg.data.data_dir or trainer.cfg.data.dataset
         raise DataError(f"the data at {where} is not the data this run began with ({'; '.join(differs)}); "

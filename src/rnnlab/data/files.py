@@ -243,11 +243,17 @@ def load_sequence_file(path: str | os.PathLike[str]) -> SequenceFile:
 
 
 def check_against_run(path: str | os.PathLike[str], test: SequenceData, *, steps: int, features: int,
-                      classes: int, variable_lengths: bool) -> None:
+                      classes: int, variable_lengths: bool, dtype: str | None = None) -> None:
     """Refuse a file's test split that a run cannot be evaluated on, saying what differs: other
     features, other steps (as ``predict`` decides: the run's T, or up to it for a run trained on
-    varying lengths), varying lengths for a run of one length, or labels past the run's classes."""
+    varying lengths), varying lengths for a run of one length, labels past the run's classes, or
+    values of the other kind (``dtype``: uint8 pixels read as value / 255, or float32 as they are)."""
     length, count = test.seq_shape  # (T, F) of the file
+    now = str(test.x.dtype).removeprefix("torch.")
+    if dtype is not None and now != dtype:  # the model would read every value on another scale
+        raise DataError(f"{path}: x_test holds {now} values, but the run was trained on {dtype} ones "
+                        f"({_KIND_OF_VALUES.get(dtype, dtype)}); evaluate it on a file of {dtype} sequences like its "
+                        "training file")
     if count != features:
         raise DataError(f"{path}: x_test has {count} feature{'s' * (count != 1)} per step but the run was trained "
                         f"on {features}; evaluate it on a file of (N, T, {features}) sequences like its training file")
@@ -263,6 +269,9 @@ def check_against_run(path: str | os.PathLike[str], test: SequenceData, *, steps
     if len(test.y) and int(test.y.max()) >= classes:
         raise DataError(f"{path}: y_test holds label {int(test.y.max())}, but the run was trained on {classes} "
                         f"classes (0 .. {classes - 1}); evaluate it on a file with the run's classes")
+
+
+_KIND_OF_VALUES = {"uint8": "0-255, read as value / 255", "float32": "read as they are"}
 
 
 def sequence_file_shape(path: str | os.PathLike[str]) -> tuple[int, int, int]:

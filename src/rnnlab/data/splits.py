@@ -3,6 +3,8 @@ view, or a user's sequence file; the validation split is carved from training, n
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +75,20 @@ def input_shape(datasets: Datasets) -> dict[str, Any]:
             "variable_lengths": datasets.train.lengths is not None, "class_names": datasets.class_names,
             # uint8 (pixels, read as value / 255) or float32 (values as they are)
             "dtype": str(datasets.train.x.dtype).removeprefix("torch.")}
+
+
+def data_identity(datasets: Datasets) -> dict[str, Any]:
+    """What tells one data set from another of the same shape: the size of each split and a
+    digest of all labels and of the first sequences (kept in checkpoints: a run resumed on other
+    data is refused)."""
+    digest = hashlib.blake2b(digest_size=12)
+    splits = {"train": datasets.train, "val": datasets.val, "test": datasets.test}
+    for split in splits.values():
+        if split is not None:
+            digest.update(split.y.cpu().numpy().tobytes())
+            digest.update(split.x[:8].cpu().numpy().tobytes())  # (8, T, F): cheap, and differs between files
+    return {**{name: len(split) if split is not None else 0 for name, split in splits.items()},
+            "digest": digest.hexdigest()}
 
 
 def config_input_shape(cfg: RunConfig) -> tuple[int, int, int]:
