@@ -80,12 +80,23 @@ def test_sweeps_expand_each_entry_over_a_grid() -> None:
     (["name=a,b"], [], "only labels a run"),
     (["model.cell=lstm,transformer"], [], "choose one of"),
     (["nonsense.key=1,2"], [], "unknown key"),
+    # The tutorial protocol has no validation split: both entries would train the same config.
+    (["data.val_size=100,5000"], [], "every entry would ignore a setting given: train.protocol=tutorial"),
+    ([], ["data.val_size=100"], "every entry would ignore a setting given: train.protocol=tutorial"),
     (["model.hidden=8,16,32,64,128,256,512,1024,2048,4096,8192", "train.lr=" + ",".join(f"0.{i}" for i in range(1, 100))],
      [], "at most 1000"),
 ])
 def test_sweep_mistakes_are_refused(sweeps: list[str], overrides: list[str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         resolve_entries(["dlw-rnn-a"], overrides=overrides, sweeps=sweeps)
+
+
+def test_a_setting_some_entries_use_is_given_to_all() -> None:
+    for sweeps, overrides in (([], ["data.val_size=100"]), (["data.val_size=100,200"], [])):
+        entries = {e.name: e.config for e in resolve_entries(["dlw-rnn-a", "dlw-rnn-a-plus"], overrides=overrides,
+                                                               sweeps=sweeps)}
+        plus = [c for name, c in entries.items() if name.startswith("dlw-rnn-a-plus")]
+        assert plus[0].data.val_size == 100 and len(entries) == 2 * max(1, len(sweeps) * 2)
 
 
 

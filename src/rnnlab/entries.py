@@ -42,6 +42,7 @@ def resolve_entries(specs: list[str], *, suite: str | None = None, overrides: li
                           f"(presets: {', '.join(list_presets())})")
     swept = [parse_sweep(item) for item in sweeps or []]
     entries: list[Entry] = []
+    applied: list[tuple[RunConfig, list[str]]] = []
     for spec in names:
         path = Path(spec)
         if path.suffix == ".toml" or path.is_file() or (path.is_dir() and (path / CONFIG).exists()):
@@ -58,12 +59,30 @@ def resolve_entries(specs: list[str], *, suite: str | None = None, overrides: li
             config = get_preset(spec).config
             name = spec
         if not swept:  # else with each sweep value, which may be what makes them valid (data.file)
+            applied.append((config, list(overrides or [])))
             config = apply_overrides(config, list(overrides or []), refuse_unused=False)  # used by some entries
         if any(e.name == name for e in entries):
             raise ConfigError(f"{spec!r} is named {name!r} like an earlier entry; give each config a distinct "
                               "`name` (or list each preset once)")
         entries.append(Entry(name, config))
+    _refuse_if_every_entry_ignores(applied)
     return expand_sweeps(entries, swept, overrides or [])
+
+
+def _refuse_if_every_entry_ignores(applied: list[tuple[RunConfig, list[str]]]) -> None:
+    """Overrides and sweeps go to every entry, and one entry may use what another ignores (a
+    validation split, say, where some entries follow the tutorial protocol). What every entry
+    would ignore is refused, as ``rnnlab train`` refuses it: else each trains the same config
+    under another name (a sweep over it, seeds that agree to the bit)."""
+    errors = []
+    for config, settings in applied:
+        try:
+            apply_overrides(config, settings)
+            return
+        except ConfigError as error:  # the other checks passed already, without refuse_unused
+            errors.append(error)
+    if errors:
+        raise ConfigError(f"every entry would ignore a setting given: {errors[0]}")
 
 
 def parse_sweep(item: str) -> tuple[str, list[str]]:
@@ -105,6 +124,7 @@ def expand_sweeps(entries: list[Entry], sweeps: list[tuple[str, list[str]]], ove
         raise ConfigError(f"the sweeps make {len(entries) * len(grid):,} entries; at most {MAX_SWEEP_ENTRIES} "
                           "(each is trained for every seed)")
     expanded: list[Entry] = []
+    applied: list[tuple[RunConfig, list[str]]] = []
     for entry in entries:
         seen: dict[RunConfig, str] = {}
         for combo in grid:
@@ -116,11 +136,13 @@ def expand_sweeps(entries: list[Entry], sweeps: list[tuple[str, list[str]]], ove
             # The overrides together with the swept values: a swept data.file is what makes data.dataset=file valid.
             settings = [*overrides, *implied, *(f"{k}={v}" for k, v in zip(keys, combo))]
             config = apply_overrides(entry.config, settings, refuse_unused=False)
+            applied.append((entry.config, settings))
             if config in seen:  # e.g. 0.01 and 1e-2
                 raise ConfigError(f"--sweep gives {entry.name} the same config twice ({seen[config]} and {name}); "
                                   "list each value once")
             seen[config] = name
             expanded.append(Entry(name, replace(config, name=name), swept_from=entry.name))  # report names it so too
+    _refuse_if_every_entry_ignores(applied)
     return expanded
 
 
