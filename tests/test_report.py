@@ -514,3 +514,25 @@ def test_a_sweep_is_drawn_again_from_its_results_json(tmp_path: Path) -> None:
     key, lines = sweep_series(again, aggregate(again))
     assert key == "train.lr" and [(p["x"], p["seeds"]) for p in lines["dlw-rnn-a"]] == [
         (0.001, [80.0, 84.0]), (0.01, [95.0, 95.0]), (0.1, [90.0, 92.0])]
+
+
+def test_a_report_of_a_compare_folder_keeps_how_the_compare_ran(compare_dir: Path) -> None:
+    (compare_dir / "compare.json").write_text(json.dumps({
+        "entries": [{"name": "dlw-rnn-a"}], "seeds": 3, "jobs": 2, "command": "rnnlab compare dlw-rnn-a --seeds 3"}))
+    assert main(["report", str(compare_dir), "--no-plot"]) == 0
+    md = (compare_dir / "results.md").read_text()
+    assert "- seeds: 3\n- jobs: 2\n- command: rnnlab compare dlw-rnn-a --seeds 3\n- runs from: " in md
+    (compare_dir / "compare.json").write_text("[broken")  # unreadable: the report still comes
+    assert main(["report", str(compare_dir), "--no-plot"]) == 0
+
+
+def test_a_run_whose_config_cannot_be_read_says_so(compare_dir: Path) -> None:
+    seed = compare_dir / "runs/dlw-rnn-a/seed2"
+    (seed / "config.toml").write_text("[model\\n")
+    rows = {r["entry"]: r for r in aggregate(collect([compare_dir]))}
+    run = next(r for r in rows["dlw-rnn-a"]["runs"] if r["seed"] == 2)
+    assert run["status"] == "diverged" and "loss became nan" in run["error"]  # its own reason stays
+    atomic_write_json(seed / "summary.json", {"status": "stopped", "seed": 2})
+    rows = {r["entry"]: r for r in aggregate(collect([compare_dir]))}
+    run = next(r for r in rows["dlw-rnn-a"]["runs"] if r["seed"] == 2)
+    assert run["status"] == "stopped" and "its config.toml cannot be read" in run["error"]

@@ -88,13 +88,15 @@ def _corrupt(why: str) -> dict[str, Any]:
 def read_record(run_dir: Path, entry: str | None = None) -> RunRecord:
     """A run folder as a record; one without a summary (still running, or killed) is ``unfinished``."""
     run_dir = Path(run_dir)
-    config = None
+    config, unreadable = None, None
     if (run_dir / CONFIG).exists():
         try:
             config = load_toml(run_dir / CONFIG)
-        except ConfigError:
-            config = None  # still report the seed; its summary may say why
+        except ConfigError as error:  # still report the seed, and say why it stands apart
+            unreadable = f"its {CONFIG} cannot be read ({error}), so it cannot be resumed"
     summary = read_summary(run_dir)
+    if unreadable and not (summary.get("error") or summary.get("message")):  # a reason of its own comes first
+        summary = {**summary, "error": unreadable}
     status = summary.get("status", "unfinished")
     if entry is None:
         entry = (config.label if config else None) or summary.get("name") or run_dir.name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -120,9 +121,22 @@ def run_report(args: argparse.Namespace) -> int:
     if single is not None and single.is_file() and single.suffix.lower() == ".json":
         # One report rebuilt: how its runs were made (seeds, command) still describes them.
         context = {**read_results(single)[0], "rebuilt from": str(single)}
+    elif single is not None and (single / "compare.json").is_file():  # a compare folder: its own record
+        context = {**_compare_context(single / "compare.json"), **context}
     rows = build_report(paths, out, plots=not args.no_plot, title="rnnlab report", context=context,
                         baseline=args.baseline)
     return _finish(rows, out)  # 1 if a seed failed or is unfinished, as compare: scripts can tell
+
+
+def _compare_context(path: Path) -> dict[str, Any]:
+    """What compare.json says of how a compare ran (seeds, overrides, command), {} if unreadable."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    return {k: v for k, v in record.items() if k != "entries" and isinstance(v, (str, int, float))}
 
 
 def _finish(rows: list[dict[str, Any]], out: Path, *, retry_hint: bool = False) -> int:
