@@ -74,6 +74,9 @@ def test_reads_splits_classes_and_dtypes(tmp_path: Path, seq_file: Path) -> None
     ({"x_test": np.zeros((2, 6, 2))}, r"both splits need the same steps"),
     ({"x_test": np.zeros((2, 5, 2), np.uint8)}, "use one dtype for both"),
     ({"x_train": np.array([[[np.nan, 0]] * 5] * 4)}, r"20 NaN or infinite values \(first in sequence 0\)"),
+    # finite in float64 but not in float32: not called NaN or infinite (the file has none)
+    ({"x_train": np.where(np.arange(40).reshape(4, 5, 2) == 13, 1e300, 0.5)},
+     r"x_train holds 1 values beyond float32's range \(±3\.4e\+38; first in sequence 1\), which rnnlab computes in"),
     ({"x_train": np.array([[["a", "b"]] * 5] * 4)}, "must hold numbers"),
     ({"y_train": np.array([0.0, 1.0, 0.0, 1.0])}, r"must be \(N,\) integers"),
     ({"y_train": np.array([0, 1, -1, 1])}, "negative label"),

@@ -144,6 +144,15 @@ def _sequences(path: Path, name: str, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.array(x))
     if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise _fail(path, f"{name} has dtype {x.dtype}; it must hold numbers (float, or uint8 pixels)")
+    if x.dtype.itemsize > 4:  # float64 or int64: values past float32's range would become infinite
+        limit = float(np.finfo(np.float32).max)
+        with np.errstate(invalid="ignore"):
+            beyond = np.abs(x.astype(np.float64, copy=False)) > limit  # (N, T, F); NaN and inf are caught later
+        beyond &= np.isfinite(x)
+        if beyond.any():
+            first = int(beyond.reshape(len(x), -1).any(1).nonzero()[0][0])
+            raise _fail(path, f"{name} holds {int(beyond.sum())} values beyond float32's range (±{limit:.1e}; first "
+                              f"in sequence {first}), which rnnlab computes in; scale the features down")
     return torch.from_numpy(np.array(x, dtype=np.float32))  # a copy of our own: padding is zeroed later
 
 
