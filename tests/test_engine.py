@@ -178,6 +178,10 @@ def test_run_folder_contents(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"finished all 40 iterations.*nothing to resume.*--config"):
         rnnlab.resume(run.dir, progress=False)
     assert (run.dir / "summary.json").read_bytes() == before
+    damaged = {**json.loads(before), "iterations": "forty"}  # the count then comes from the checkpoint
+    (run.dir / "summary.json").write_text(json.dumps(damaged))
+    with pytest.raises(CheckpointError, match=r"finished all 40 iterations"):
+        rnnlab.resume(run.dir, progress=False)
 
 
 def test_resume_refuses_an_edited_config_and_keeps_the_edit(tmp_path: Path) -> None:

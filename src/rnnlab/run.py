@@ -178,9 +178,11 @@ def _check_resumable(run_dir: Path, config: RunConfig, meta: dict[str, Any]) -> 
         accuracy = summary.get("test_accuracy")
         reached = f" (test accuracy {accuracy:.2f}%)" if isinstance(accuracy, (int, float)) else ""
         early = summary.get("stopped_early")
-        ended = (f"stopped early at iteration {summary.get('iterations', '')} (no better val accuracy in "
+        iterations = summary.get("iterations")
+        iterations = iterations if isinstance(iterations, int) else meta["iteration"]  # a damaged summary: the checkpoint's
+        ended = (f"stopped early at iteration {iterations} (no better val accuracy in "
                  f"{early.get('patience', '')} evaluations, train.patience)" if isinstance(early, dict)
-                 else f"finished all {summary.get('iterations', '')} iterations")
+                 else f"finished all {iterations} iterations")
         raise CheckpointError(
             f"{run_dir} {ended}{reached}; there is nothing to resume. To train longer, start a new run from its "
             f"config with a larger budget: rnnlab train --config {run_dir / CONFIG} train.iterations=N")
