@@ -87,7 +87,7 @@ def test_toml_with_unknown_key_or_bad_type(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown key\\(s\\) model.size"):
         load_toml(path)
     path.write_text('[model]\nhidden = "big"\n')
-    with pytest.raises(ConfigError, match="model.hidden='big': expected int"):
+    with pytest.raises(ConfigError, match="c.toml: model.hidden='big' is a string; expected a whole number$"):
         load_toml(path)
     path.write_text("[model\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
@@ -210,9 +210,9 @@ def test_toml_errors_do_not_assume_a_config_option(tmp_path: Path) -> None:
 def test_configs_built_in_python_check_their_types() -> None:
     from rnnlab.config import TrainConfig
 
-    with pytest.raises(ConfigError, match=r"seed='abc': expected int"):
+    with pytest.raises(ConfigError, match=r"^seed='abc' is a string; expected a whole number$"):
         RunConfig(seed="abc")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=r"train.lr='0.1': expected float"):
+    with pytest.raises(ConfigError, match=r"^train.lr='0.1' is a string; expected a number, e.g. lr = 0.1$"):
         TrainConfig(lr="0.1")  # type: ignore[arg-type]
     assert TrainConfig(lr=1).lr == 1  # an int is a fine float
 
@@ -227,3 +227,32 @@ def test_overrides_that_the_rest_of_the_config_would_ignore_are_refused() -> Non
     with pytest.raises(ConfigError, match=r"holds out no validation split .* add train.protocol=standard"):
         apply_overrides(tutorial, ["data.val_size=500"])
     assert apply_overrides(tutorial, ["data.val_size=500", "train.protocol=standard"]).data.val_size == 500
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ('[model]\nhidden = "64"\n', "model.hidden='64' is a string; expected a whole number, e.g. hidden = 64"),
+    ("[model]\nhidden = 64.0\n", "model.hidden=64.0 is a decimal number; expected a whole number, e.g. hidden = 64"),
+    ("[model]\nhidden = 1.5\n", "model.hidden=1.5 is a decimal number; expected a whole number"),
+    ('[model]\nbidirectional = "yes"\n', "model.bidirectional='yes' is a string; expected true or false, "
+                                          "e.g. bidirectional = true"),
+    ('[train]\nlr = "1e-3"\n', "train.lr='1e-3' is a string; expected a number, e.g. lr = 0.001"),
+    ("[model]\ncell = 3\n", "model.cell=3 is an integer; expected a string in quotes"),
+    ('seed = "3"\n', "seed='3' is a string; expected a whole number, e.g. seed = 3"),
+])
+def test_a_wrong_type_in_a_config_file_names_the_file_and_the_fix(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_toml(path)
+    assert str(caught.value) == f"{path}: {message}"
+
+
+def test_compare_names_the_config_file_with_a_wrong_type(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from rnnlab.cli import main
+
+    good, bad = tmp_path / "my.toml", tmp_path / "bad.toml"
+    good.write_text("[model]\nhidden = 64\n")
+    bad.write_text('[model]\nhidden = "64"\n')
+    assert main(["compare", str(good), str(bad), "--dry-run"]) == 2
+    assert capsys.readouterr().err == (f"rnnlab: error: {bad}: model.hidden='64' is a string; expected a whole "
+                                       "number, e.g. hidden = 64\n")

@@ -70,10 +70,10 @@ def test_export_of_a_trained_run_via_cli(trained_run: Path, tmp_path: Path, caps
     report = json.loads(captured.out)
     assert report["samples"] == 100 and report["max_abs_diff"] <= 1e-4 and report["same_classes"] == 1.0
     assert "warning" not in captured.err
-    # Named like the other format: written as asked, with a warning that it will mislead.
+    # Named like the other format: refused (test_an_out_named_for_the_other_format_is_refused).
     assert main(["export", str(trained_run), "--format", "torchscript", "--out", str(tmp_path / "m.onnx"),
-                 "--no-check"]) == 0
-    assert "is named like an ONNX file, but --format is torchscript" in capsys.readouterr().err
+                 "--no-check"]) == 2
+    assert "ends in .onnx, but --format torchscript writes TorchScript" in capsys.readouterr().err
 
 
 def test_metadata_travels_with_the_model(untrained_run, tmp_path: Path) -> None:
@@ -374,3 +374,50 @@ def test_torchscripts_bare_cannot_be_opened_gets_the_reason_from_the_os(tmp_path
     openable = tmp_path / "m.pt"
     error = _save_error(RuntimeError(f"File {openable} cannot be opened."), openable)
     assert isinstance(error, OSError) and "cannot be opened" in error.strerror and not openable.exists()
+
+
+@pytest.mark.parametrize(("fmt", "name", "instead", "other"), [
+    ("torchscript", "model.onnx", "model.torchscript.pt", "onnx"),
+    ("onnx", "model.pt", "model.onnx", "torchscript"),
+    ("onnx", "model.torchscript.pt", "model.onnx", "torchscript"),
+    ("onnx", "M.PTH", "M.onnx", "torchscript"),
+])
+def test_an_out_named_for_the_other_format_is_refused(untrained_run, tmp_path: Path, fmt: str, name: str,
+                                                      instead: str, other: str, capsys: pytest.CaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import rnnlab.export as export
+
+    def no_work(*args: object) -> None:
+        raise AssertionError("the name must be refused before the export is written")
+
+    run, out = untrained_run(["model.hidden=8"]), tmp_path / name
+    monkeypatch.setattr(export, "_write_onnx", no_work)
+    monkeypatch.setattr(export, "_write_torchscript", no_work)
+    assert main(["export", str(run), "--format", fmt, "--out", str(out)]) == 2
+    suffix = Path(name).suffix
+    assert capsys.readouterr().err == (f"rnnlab: error: --out {out} ends in {suffix}, but --format {fmt} writes "
+                                       f"{'ONNX' if fmt == 'onnx' else 'TorchScript'}: use {tmp_path / instead}, "
+                                       f"or --format {other}\n")
+    assert list(tmp_path.iterdir()) == [run]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_out_named_for_its_own_format_or_neither_is_written(untrained_run, tmp_path: Path, fmt: str) -> None:
+    run = untrained_run(["model.hidden=8"])
+    own = ["m.onnx"] if fmt == "onnx" else ["m.pt", "m.pth", "m.torchscript.pt"]
+    for name in (*own, "m.bin", "m"):
+        report = export_run(run, fmt, tmp_path / name, check=False)
+        assert report.path == str(tmp_path / name) and load_exported(report.path, fmt)(
+            np.zeros((1, 28, 28), np.float32)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_runner_refuses_an_empty_batch(untrained_run, fmt: str) -> None:
+    """onnxruntime aborts the process on N = 0 (no exception: this test would crash), so the runner
+    refuses it before the runtime sees it; TorchScript gets the same one line."""
+    run = untrained_run(["model.hidden=8", "model.cell=gru"])
+    runner = load_exported(export_run(run, fmt, check=False).path, fmt)
+    with pytest.raises(ExportError, match=r"^an exported model cannot run an empty batch: sequences has shape "
+                                          r"\(0, 28, 28\); give at least one sequence \(N >= 1\)$"):
+        runner(np.zeros((0, 28, 28), np.float32))
+    assert runner(np.zeros((2, 28, 28), np.float32)).shape == (2, 10)

@@ -318,3 +318,43 @@ def test_cli_run_still_refuses_settings(args: list[str], fragment: str, capsys: 
     assert main(["gradients", "--run", "x", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("rnnlab: error: --run uses a trained run with its own saved config; ") and fragment in err
+
+
+@pytest.mark.parametrize(("steps", "rows"), [(12, 28), (28, 28), (100, 28), (7, 4), (1, 28)])
+def test_the_table_spreads_its_rows_over_every_step(steps: int, rows: int) -> None:
+    from rnnlab.gradients import GradientFlow
+
+    norms = torch.arange(1, steps + 1, dtype=torch.float32).view(1, 1, steps)  # step t's norm is t
+    text = format_flow(GradientFlow(norms, loss=0.5, samples=3, state_difference=0.0), "t", rows=rows)
+    table = [line.split() for line in text.splitlines() if line.strip()[:1].isdigit()]
+    assert all(float(value) == int(step) for step, value in table)  # each row is its own step's
+    shown = [int(step) for step, _ in table]
+    assert len(shown) == min(rows, steps) and shown[0] == 1 and shown[-1] == steps
+    assert shown == sorted(set(shown))
+    if steps <= rows:
+        assert shown == list(range(1, steps + 1))
+
+
+def test_cli_lists_every_step_of_a_short_sequence_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["gradients", "--data-file", str(small_file(tmp_path)), "--model", "rnn", "--hidden", "8",
+            "--images", "16", "data.val_size=0"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert [int(line.split()[0]) for line in text.splitlines() if line.strip()[:1].isdigit()] == list(range(1, 13))
+
+
+def test_cli_refuses_a_plot_inside_a_file_before_the_work(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import rnnlab.gradients
+
+    def no_work(*args: object) -> None:
+        raise AssertionError("the plot path must be checked before the gradients are computed")
+
+    monkeypatch.setattr(rnnlab.gradients, "gradient_flow", no_work)
+    afile = tmp_path / "afile"
+    afile.write_text("keep me\n")
+    for plot in (afile / "x.png", afile / "deeper" / "x.png"):
+        assert main(["gradients", "--images", "4", "--plot", str(plot)]) == 2
+        assert capsys.readouterr().err == (f"rnnlab: error: --plot {plot} is inside a file ({afile}); give a "
+                                           f"folder for the plot, such as --plot {tmp_path / 'x.png'}\n")
+    assert afile.read_text() == "keep me\n" and [p.name for p in tmp_path.iterdir()] == ["afile"]

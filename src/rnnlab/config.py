@@ -280,7 +280,7 @@ def from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
                 raise ConfigError(f"{source}: [{key}] must be a table of settings")
             kwargs[key] = _build_section(key, _SECTIONS[key], value, source)
         else:
-            kwargs[key] = coerce(f"{key}", field_type(RunConfig, key), value)
+            kwargs[key] = coerce(key, field_type(RunConfig, key), value, source)
     return RunConfig(**kwargs)
 
 
@@ -292,7 +292,7 @@ def _build_section(section: str, cls: type, values: dict[str, Any], source: str)
             f"{source}: unknown key(s) {', '.join(f'{section}.{k}' for k in sorted(unknown))}; "
             f"valid keys in [{section}]: {', '.join(sorted(names))}"
         )
-    coerced = {k: coerce(f"{section}.{k}", field_type(cls, k), v) for k, v in values.items()}
+    coerced = {k: coerce(f"{section}.{k}", field_type(cls, k), v, source) for k, v in values.items()}
     return cls(**coerced)
 
 

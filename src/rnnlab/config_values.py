@@ -8,7 +8,7 @@ import types
 import typing
 from typing import Any
 
-from rnnlab.errors import ConfigError
+from rnnlab.errors import ConfigError, describe
 
 
 def field_type(cls: type, name: str) -> Any:
@@ -41,8 +41,15 @@ def parse_value(key: str, typ: Any, text: str) -> Any:
     return text
 
 
-def coerce(key: str, typ: Any, value: Any) -> Any:
-    """Check a value read from TOML/dict against the field's type (ints are fine for floats)."""
+# What a value read from a file is, and what a field takes, in a TOML writer's words.
+_KINDS = {str: "a string", bool: "a boolean", int: "an integer", float: "a decimal number", list: "a list",
+          dict: "a table"}
+_EXPECTED = {bool: "true or false", int: "a whole number", float: "a number", str: "a string in quotes"}
+
+
+def coerce(key: str, typ: Any, value: Any, source: str = "") -> Any:
+    """Check a value read from TOML/dict against the field's type (ints are fine for floats);
+    ``source`` names the file it came from in the error (none for a config built in Python)."""
     if isinstance(typ, types.UnionType):  # pragma: no cover - no optional fields today
         return value
     ok = {
@@ -52,6 +59,22 @@ def coerce(key: str, typ: Any, value: Any) -> Any:
         str: isinstance(value, str),
     }.get(typ, True)
     if not ok:
-        raise ConfigError(f"{key}={value!r}: expected {typ.__name__}")
+        where = f"{source}: " if source else ""
+        kind = _KINDS.get(type(value)) or describe(value)
+        example = _example(typ, value)
+        fix = f", e.g. {key.rpartition('.')[2]} = {example}" if example is not None else ""
+        raise ConfigError(f"{where}{key}={value!r} is {kind}; expected {_EXPECTED[typ]}{fix}")
     return float(value) if typ is float else value
 
+
+def _example(typ: Any, value: Any) -> str | None:
+    """``value`` written as the field's type, in TOML, when it plainly means one ('64' for an int: 64)."""
+    if isinstance(value, str) and typ in (bool, int, float):  # quoted by mistake
+        try:
+            parsed = parse_value("", typ, value.strip())
+        except ConfigError:
+            return None
+        return str(parsed).lower() if typ is bool else repr(parsed)
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return None

@@ -45,6 +45,8 @@ __all__ = ["EXTENSIONS", "FORMATS", "ExportError", "ExportReport", "export_run",
 
 FORMATS = ("onnx", "torchscript")
 EXTENSIONS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+_FORMAT_OF_SUFFIX = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript"}  # --out names each claims
+_FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
 INPUT_NAME, LENGTHS_NAME, OUTPUT_NAME = "sequences", "lengths", "logits"
 TOLERANCE = 1e-4  # max abs difference of logits allowed between the export and eager PyTorch
 ONNX_OPSET = 17
@@ -298,10 +300,21 @@ def _torchscript_runner(path: Path) -> Runner:
 
 def load_exported(path: str | Path, fmt: str | None = None) -> Runner:
     """A function ``float32 (N, T, F)[, int64 lengths (N,)] -> logits (N, C)`` running an exported
-    file (for checks and demos); lengths only for a model exported with a lengths input."""
+    file (for checks and demos); lengths only for a model exported with a lengths input. An empty
+    batch (N = 0) is refused."""
     path = Path(path)
     fmt = fmt or ("onnx" if path.suffix == ".onnx" else "torchscript")
-    return _onnx_runner(path) if fmt == "onnx" else _torchscript_runner(path)
+    run = _onnx_runner(path) if fmt == "onnx" else _torchscript_runner(path)
+
+    def run_nonempty(x: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+        # ONNX Runtime's recurrent ops abort the whole process on N = 0 (no exception to catch), and
+        # TorchScript's packing of varying lengths raises "Cannot pack empty tensors".
+        if np.shape(x)[:1] == (0,):
+            raise ExportError(f"an exported model cannot run an empty batch: sequences has shape "
+                              f"{tuple(np.shape(x))}; give at least one sequence (N >= 1)")
+        return run(x, lengths)
+
+    return run_nonempty
 
 
 # ---------------------------------------------------------------------------- check and entry point
@@ -338,10 +351,23 @@ def _compare(run: Runner, model: torch.nn.Module, x: torch.Tensor,
     return diff, same
 
 
+def _misnamed(path: Path, fmt: str) -> str | None:
+    """Why ``path``'s extension is the other format's, or None: a model.onnx holding TorchScript
+    would reach onnxruntime and fail there, far from the cause. Other extensions are the user's."""
+    named = _FORMAT_OF_SUFFIX.get(path.suffix.lower())
+    if named is None or named == fmt:
+        return None
+    theirs = EXTENSIONS[named]  # model.torchscript.pt becomes model.onnx, not model.torchscript.onnx
+    stem = path.name[:-len(theirs)] if path.name.lower().endswith(theirs) else path.stem
+    return (f"--out {path} ends in {path.suffix}, but --format {fmt} writes {_FORMAT_NAMES[fmt]}: "
+            f"use {path.with_name(stem + EXTENSIONS[fmt])}, or --format {named}")
+
+
 def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None, *, check: bool = True,
                samples: int = 256, data_dir: str | None = None, force: bool = False) -> ExportReport:
     """Export a run's model to ``out`` (default ``RUN_DIR/model.onnx`` / ``model.torchscript.pt``).
-    An existing file there is replaced only if it is a previous export, or with ``force``."""
+    An existing file there is replaced only if it is a previous export, or with ``force``; an ``out``
+    ending in the other format's extension (model.onnx for TorchScript) is refused."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if samples < 1:
@@ -350,7 +376,9 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         _require_onnx()  # fail before any work
     trained, model = reference_model(run_dir)
     path = Path(out) if out is not None else Path(run_dir) / f"model{EXTENSIONS[fmt]}"
-    refusal = out_refusal(path, run_dir, EXTENSIONS[fmt], given=out is not None, force=force)
+    # Where first: a name's fix is no help for a path inside a file or over someone's file.
+    refusal = (out_refusal(path, run_dir, EXTENSIONS[fmt], given=out is not None, force=force)
+               or _misnamed(path, fmt))
     if refusal:
         raise ExportError(refusal)
     dynamic_steps = trained.config.model.readout != "all"

@@ -141,7 +141,8 @@ def format_flow(flow: GradientFlow, title: str, rows: int = 28) -> str:
     names = [f"layer {layer + 1}" + ((" rev" if d else " fwd") if directions == 2 else "")
              + (f" {kind}" if len(series) > 1 else "") for kind, _, layer, d in columns]
     width = max(12, *(len(n) + 2 for n in names))
-    shown = sorted({round(i * (steps - 1) / max(1, rows - 1)) for i in range(min(rows, steps))})
+    count = min(rows, steps)  # spread over the steps from first to last, T included
+    shown = sorted({round(i * (steps - 1) / max(1, count - 1)) for i in range(count)})
     what = "||dL/dh_t|| (h) and ||dL/dc_t|| (c)" if len(series) > 1 else "||dL/dh_t||"
     lines = [title, f"mean {what} over {flow.samples} test sequences (loss {flow.loss:.4f})", "",
              f"{'step':>6}" + "".join(f"{n:>{width}}" for n in names)]

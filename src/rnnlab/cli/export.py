@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 from rnnlab.cli.common import DefaultsHelpFormatter
 
@@ -23,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="file format")
     parser.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/model.onnx or "
-                                                      "RUN_DIR/model.torchscript.pt)")
+                                                      "RUN_DIR/model.torchscript.pt); a name ending in the other "
+                                                      "format's extension (.onnx, .pt, .pth) is refused")
     parser.add_argument("--samples", type=int, default=256, help="test images (or sequences) used to check the export")
     parser.add_argument("--data-dir", metavar="DIR",
                         help="folder with the IDX files, or for a run on a sequence file the .npz (default: the run's)")
@@ -36,15 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rnnlab.export import EXTENSIONS, TOLERANCE, export_run
+    from rnnlab.export import TOLERANCE, export_run
 
     report = export_run(args.run_dir, args.format, args.out, check=not args.no_check, samples=args.samples,
                         data_dir=args.data_dir, force=args.force)
-    named = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript"}.get(Path(args.out or "").suffix.lower())
-    if named and named != args.format:  # written as asked: a model.onnx holding TorchScript misleads
-        kind = {"onnx": "an ONNX", "torchscript": "a TorchScript"}[named]
-        print(f"rnnlab: warning: --out {args.out} is named like {kind} file, but --format is {args.format}; "
-              f"{args.format} files usually end in {EXTENSIONS[args.format]}", file=sys.stderr)
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from rnnlab.cli.common import (DefaultsHelpFormatter, add_config_arguments, check_at_least, check_plot_path,
                                config_from_args, settings_given, typed_settings)
@@ -61,6 +62,17 @@ def check_training_settings(config: RunConfig, typed: list[tuple[str, str]]) -> 
                           f"{' '.join(unused)} (--images sets how many test sequences it averages over)")
 
 
+def check_plot_folder(plot: str) -> None:
+    """Refuse a --plot inside a file: the plot's folders are made when it is written, after the work."""
+    target = Path(plot)
+    for parent in target.parents:  # wording as ``train --out`` (checkpoint.check_out_dir)
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--plot {plot} is inside a file ({parent}); give a folder for the plot, "
+                                  f"such as --plot {parent.parent / target.name}")
+            break
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -73,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
     from rnnlab.plots import gradient_flow_png
 
     check_at_least("--images", args.images, 1)
-    if args.plot:
-        check_plot_path("--plot", args.plot)  # before the work, not after it
+    if args.plot:  # before the work, not after it
+        check_plot_path("--plot", args.plot)
+        check_plot_folder(args.plot)
     if args.run is not None:  # "" too: an unset $RUN must not measure a fresh model instead
         given = [name for name in settings_given(args) if name not in RUN_OPTIONS]
         if given:  # the run's own saved config decides the model; these would be ignored
