@@ -106,7 +106,8 @@ class DataConfig:
                               "(x_train, y_train, x_test, y_test)")
         if self.file and self.dataset != "file":
             raise ConfigError(f"data.file={self.file!r} is only read with data.dataset=file (now "
-                              f"{self.dataset!r}); add data.dataset=file, or use --data-file PATH")
+                              f"{self.dataset!r}); add data.dataset=file, or use --data-file PATH "
+                              f"(or, to train on {self.dataset} instead, clear it: data.file=)")
         for key in ("file", "data_dir"):  # saved with the run: an absolute path finds the data from elsewhere
             if getattr(self, key) and not Path(getattr(self, key)).expanduser().is_absolute():
                 # abspath, not resolve: a symlink the user points the run at stays the way to the data
