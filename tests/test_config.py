@@ -256,3 +256,13 @@ def test_compare_names_the_config_file_with_a_wrong_type(tmp_path: Path, capsys:
     assert main(["compare", str(good), str(bad), "--dry-run"]) == 2
     assert capsys.readouterr().err == (f"rnnlab: error: {bad}: model.hidden='64' is a string; expected a whole "
                                        "number, e.g. hidden = 64\n")
+
+
+def test_a_sequence_file_config_switched_to_images_is_told_how(tmp_path: Path) -> None:
+    from rnnlab.config import RunConfig, apply_overrides
+
+    path = tmp_path / "f.npz"
+    cfg = apply_overrides(RunConfig(), ["data.dataset=file", f"data.file={path}"])
+    with pytest.raises(ConfigError, match=r"only read with data.dataset=file \(now 'mnist'\); .*clear it: data\.file=\)$"):
+        apply_overrides(cfg, ["data.dataset=mnist"])
+    assert apply_overrides(cfg, ["data.dataset=mnist", "data.file="]).data.file == ""
