@@ -146,3 +146,48 @@ def test_the_confusion_plot_names_the_classes_where_they_have_names(tmp_path, mo
     assert write_confusion_plot({"confusion_matrix": [[1, 0], [0, 1]], "class_names": ["up", "down"]}, str(tmp_path))
     assert write_confusion_plot({"confusion_matrix": [[1, 0], [0, 1]], "class_names": None}, str(tmp_path))
     assert drawn == [["0 up", "1 down"], None]  # MNIST's digits are their own names
+
+
+def test_cli_eval_of_many_classes_lists_the_lowest_and_draws_no_plot(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """1000 classes (a sequence file may declare that many): the text gives the 10 lowest classes and
+    no matrix (a 5 MB one), the plot (36 GiB to render) is skipped with one note, and --json has all."""
+    import numpy as np
+
+    generator = np.random.default_rng(0)
+    x, y = generator.normal(size=(40, 4, 2)).astype(np.float32), generator.integers(0, 1000, 40)
+    np.savez(tmp_path / "many.npz", x_train=x, y_train=y, x_test=x[:20], y_test=y[:20], num_classes=np.array(1000))
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data-file", str(tmp_path / "many.npz"), "--hidden", "8", "--iterations", "2",
+                 "data.val_size=0", "--out", str(run_dir), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--json", "--no-plot"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["confusion_matrix"]) == len(report["per_class_accuracy"]) == 1000
+    tested = sorted((a, c) for c, a in enumerate(report["per_class_accuracy"]) if a is not None)
+    assert main(["eval", str(run_dir)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[2] == (f"per-class accuracy, the 10 lowest of 1000 classes; {1000 - len(tested)} have no test "
+                        "samples (--json lists all):")
+    assert [int(line.split(":")[0]) for line in lines[3:13]] == [c for _, c in tested[:10]]
+    assert lines[13:] == ["", "confusion matrix: 1000 x 1000, too large to print (--json gives it)"]
+    assert captured.err == (f"rnnlab: note: {run_dir / 'confusion.png'} not drawn: 1000 classes are more than a "
+                            "plot can show (at most 40); --json gives the confusion matrix\n")
+    assert not (run_dir / "confusion.png").exists()
+
+
+def test_a_report_at_the_limit_of_classes_is_printed_in_full() -> None:
+    from rnnlab.cli.evaluate import format_report
+
+    def report(n: int) -> dict:
+        return {"test_accuracy": 50.0, "samples": 2 * n, "test_loss": 1.0, "class_names": None,
+                "per_class_accuracy": [100.0 * (c % 2) for c in range(n)],
+                "confusion_matrix": [[2 * (c % 2) if c == j else 0 for j in range(n)] for c in range(n)]}
+
+    text = format_report(report(40)).splitlines()
+    assert text[2] == "per-class accuracy:" and len(text) == 3 + 40 + 3 + 40  # every class; the matrix's rows
+    text = format_report(report(41)).splitlines()
+    assert text[2] == "per-class accuracy, the 10 lowest of 41 classes (--json lists all):"
+    assert [line.split(":")[0].strip() for line in text[3:13]] == [str(c) for c in range(0, 20, 2)]  # 0%, by class
+    assert text[13:] == ["", "confusion matrix: 41 x 41, too large to print (--json gives it)"]

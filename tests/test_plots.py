@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from rnnlab import plots
 from rnnlab.report import aggregate, collect, write_figures
 
@@ -62,3 +65,33 @@ def test_accuracy_bars_say_each_entrys_difference_from_the_baseline(compare_dir:
     # dlw-lstm-a has the best mean (97.25): the baseline; dlw-rnn-a is 4.25 points lower, within noise (2 seeds).
     assert "97.25% (2/2 seeds)\nbaseline" in drawn
     assert "93.00% (2/3 seeds)\n-4.25 vs baseline: within noise" in drawn
+
+
+def test_a_confusion_matrix_of_too_many_classes_is_not_drawn(tmp_path: Path, monkeypatch) -> None:
+    """A sequence file may have 1000 classes: its figure would be 74,000 pixels wide (36 GiB). Above
+    MAX_CONFUSION_CLASSES nothing is drawn, not even a Figure made; at the limit it still is."""
+    many = np.eye(1000, dtype=np.int64) * 5
+    many[3, 7] = 2
+    drawn: list[int] = []
+    real_figure = plots.Figure
+
+    def figure(*args, **kwargs):
+        drawn.append(1)
+        return real_figure(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "Figure", figure)
+    assert plots.confusion_matrix_png(many.tolist(), tmp_path / "many.png") is None
+    assert plots.confusion_matrix_png(many[:41, :41], tmp_path / "41.png") is None
+    assert drawn == [] and not list(tmp_path.iterdir())
+    # At the limit it is drawn (the rendering, seconds for 40 x 40, left out here; the small one above renders).
+    monkeypatch.setattr(plots, "_save", lambda fig, path: Path(path))
+    limit = plots.MAX_CONFUSION_CLASSES
+    assert plots.confusion_matrix_png(many[:limit, :limit], tmp_path / "40.png") == tmp_path / "40.png"
+    assert drawn == [1]
+
+
+@pytest.mark.parametrize("matrix", [5, [1, 2, 3], [[1, 2, 3], [4, 5, 6]]])
+def test_a_confusion_matrix_that_is_not_square_is_a_value_error(tmp_path: Path, matrix) -> None:
+    with pytest.raises(ValueError, match=r"a confusion matrix must be square \(C x C\), got shape"):
+        plots.confusion_matrix_png(matrix, tmp_path / "c.png")
+    assert not list(tmp_path.iterdir())

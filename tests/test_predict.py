@@ -335,3 +335,59 @@ def test_load_reads_the_checkpoint_on_the_cpu_whatever_the_device(trained_run: P
     monkeypatch.setattr(dist, "select_device", lambda requested: torch.device("meta"))  # a device not the CPU
     loaded = rnnlab.load(trained_run, device="cuda")
     assert locations == ["cpu"] and loaded.model.input_mean.device.type == "meta"
+
+
+def _strict_json(text: str) -> object:
+    """json.loads refusing NaN and Infinity, which Python writes by default but JSON does not have."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_sequences_that_overflow_the_model_are_refused_and_the_others_predicted(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """3e38 is a finite float32, but a ReLU RNN multiplies it past float32's range: the probabilities
+    are NaN. predict names the sequence and says why, exits 2, and prints (and writes as JSON) the rest."""
+    from test_sequence_files import synthetic
+
+    (x, y), (xt, yt) = synthetic(60, 0), synthetic(20, 1)
+    np.savez(tmp_path / "series.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data-file", str(tmp_path / "series.npz"), "--model", "rnn", "--nonlinearity", "relu",
+                 "--hidden", "8", "--iterations", "2", "data.val_size=0", "--out", str(run_dir), "--no-progress"]) == 0
+    sequences = xt[:3].copy()
+    sequences[1] = 3e38
+    path = str(tmp_path / "far.npy")
+    np.save(path, sequences)
+    error = (f"rnnlab: error: {path}: the model produced non-finite probabilities for sequence 1 (of 3): values far "
+             "outside those it was trained on (here up to 3e+38) overflow its arithmetic; give values on the scale "
+             "of its training file\n")
+    capsys.readouterr()
+    assert main(["predict", str(run_dir), path]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == error and "nan" not in captured.out
+    assert [line.split(":")[0] for line in captured.out.splitlines()] == [f"{path}[0]", f"{path}[2]"]
+    assert main(["predict", str(run_dir), path, "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == error
+    assert [e["index"] for e in _strict_json(captured.out)] == [0, 2]
+    np.save(path, np.full((7, 12, 2), 3e38, np.float32))  # many: the first five are named
+    assert main(["predict", str(run_dir), path]) == 2
+    assert "for sequences 0, 1, 2, 3, 4 and 2 more (of 7): " in capsys.readouterr().err
+
+
+def test_an_image_the_model_overflows_on_is_an_error_not_nan(trained_run: Path, digits: dict,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    from rnnlab.trained import TrainedModel
+
+    real = TrainedModel.probabilities
+    monkeypatch.setattr(TrainedModel, "probabilities",  # as a model with diverged weights gives them
+                        lambda self, inputs: real(self, inputs).index_fill_(0, torch.tensor([1]), float("nan")))
+    paths = [str(p) for p in digits["files"]["plain"][:3]]
+    assert main(["predict", str(trained_run), *paths, "--json"]) == 2
+    captured = capsys.readouterr()
+    assert ["error" in e for e in _strict_json(captured.out)] == [False, True, False]
+    assert captured.err == (f"rnnlab: error: {paths[1]}: the model produced non-finite probabilities for this image: "
+                            "pixels are bounded, so its weights overflow (a diverged run); retrain it\n")

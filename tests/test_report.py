@@ -536,3 +536,46 @@ def test_a_run_whose_config_cannot_be_read_says_so(compare_dir: Path) -> None:
     rows = {r["entry"]: r for r in aggregate(collect([compare_dir]))}
     run = next(r for r in rows["dlw-rnn-a"]["runs"] if r["seed"] == 2)
     assert run["status"] == "stopped" and "its config.toml cannot be read" in run["error"]
+
+
+def test_a_run_of_too_many_classes_for_a_plot_still_gets_its_results(compare_dir: Path, tmp_path: Path) -> None:
+    """A sequence file may have 1000 classes: its confusion matrix is not drawn (it would take 36 GiB),
+    one warning says where and where the matrix is, and the other runs' plots and the results are written."""
+    many = compare_dir / "runs/dlw-lstm-a/seed0"
+    summary = json.loads((many / "summary.json").read_text())
+    summary["confusion_matrix"] = [[5 if i == j else 0 for j in range(1000)] for i in range(1000)]
+    atomic_write_json(many / "summary.json", summary)
+    with pytest.warns(RuntimeWarning) as caught:
+        build_report([compare_dir], tmp_path / "out")
+    assert [str(w.message) for w in caught] == [
+        f"confusion.png not drawn in {many}: more than 40 classes are too many to read in a plot; "
+        "`rnnlab eval RUN --json` gives the confusion matrix"]
+    assert not (many / "confusion.png").exists()
+    assert (compare_dir / "runs/dlw-lstm-a/seed1/confusion.png").stat().st_size > 5000
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"results.md", "results.csv", "results.json",
+                                                              "learning_curves.png", "accuracy.png"}
+
+
+def test_figures_that_fail_are_warnings_and_the_results_are_still_written(compare_dir: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from rnnlab import plots
+
+    def fail(error: Exception):
+        def draw(*args: Any, **kwargs: Any) -> None:
+            raise error
+        return draw
+
+    monkeypatch.setattr(plots, "learning_curves_png", fail(MemoryError("Unable to allocate 36.0 GiB")))
+    monkeypatch.setattr(plots, "accuracy_bars_png", fail(MemoryError()))  # numpy's may say nothing
+    monkeypatch.setattr(plots, "confusion_matrix_png", fail(PermissionError(13, "Permission denied")))
+    out = tmp_path / "out"
+    with pytest.warns(RuntimeWarning) as caught:
+        rows = build_report([compare_dir], out)
+    assert {str(w.message) for w in caught} == {
+        f"{out / 'learning_curves.png'} not drawn: Unable to allocate 36.0 GiB",
+        f"{out / 'accuracy.png'} not drawn: MemoryError",
+        *(f"{compare_dir}/runs/{run}/confusion.png not drawn: [Errno 13] Permission denied"
+          for run in ("dlw-lstm-a/seed0", "dlw-lstm-a/seed1", "dlw-rnn-a/seed0", "dlw-rnn-a/seed1"))}
+    assert len(caught) == 6
+    assert {p.name for p in out.iterdir()} == {"results.md", "results.csv", "results.json"}
+    assert len(rows) == 2 and "## Figures" not in (out / "results.md").read_text()  # no link to a missing figure

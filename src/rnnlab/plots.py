@@ -19,6 +19,10 @@ from rnnlab.atomic import atomic_write
 from rnnlab.stats import baseline_of, seed_accuracies
 
 DPI = 120
+# A confusion matrix of more classes is not drawn: its cells (0.62 in each, with their counts) cannot
+# be read, and it grows as n^2 (1000 classes would be a 74,000-pixel-wide image: 36 GiB to render).
+# 40 classes is a 3,300-pixel figure drawn in seconds. The numbers stay in summary.json and `eval --json`.
+MAX_CONFUSION_CLASSES = 40
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -128,14 +132,19 @@ def _colours(n: int) -> list[Any]:
 
 
 def confusion_matrix_png(matrix: Sequence[Sequence[int]], path: str | Path, title: str = "Confusion matrix",
-                         labels: Sequence[str] | None = None) -> Path:
-    """A confusion matrix (rows true, columns predicted) with counts in the cells.
+                         labels: Sequence[str] | None = None) -> Path | None:
+    """A confusion matrix (rows true, columns predicted) with counts in the cells; None, and no
+    file, for more than ``MAX_CONFUSION_CLASSES`` classes.
 
     Colour is the row-normalised rate on a log scale, so the few errors stand out next to the
     large diagonal; the diagonal is drawn in its own colour scale.
     """
     counts = np.asarray(matrix, dtype=np.int64)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:  # a damaged summary.json: a ValueError callers catch
+        raise ValueError(f"a confusion matrix must be square (C x C), got shape {counts.shape}")
     n = counts.shape[0]
+    if n > MAX_CONFUSION_CLASSES:
+        return None
     labels = list(labels) if labels is not None else [str(i) for i in range(n)]
     totals = counts.sum(axis=1, keepdims=True)
     rates = counts / np.maximum(totals, 1)

@@ -338,10 +338,16 @@ def _common_name(entries: list[str]) -> str:
     return "+".join(part for i, part in enumerate(parts[0]) if all(p[i] == part for p in parts))
 
 
+# What drawing a figure can raise from its inputs or the machine: a read-only folder (OSError), a
+# damaged value in a run's files (ValueError, TypeError), a figure too large for memory (MemoryError).
+FIGURE_FAILURES = (OSError, ValueError, TypeError, MemoryError)
+
+
 def write_figures(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]], out_dir: str | Path) -> list[str]:
     """Learning curves and accuracy bars in ``out_dir``; ``confusion.png`` in each run folder lacking one.
 
-    Returns the figure paths relative to ``out_dir`` (for results.md).
+    A figure that cannot be drawn is a warning naming it, never an error: the results files, written
+    after the figures, matter more. Returns the figure paths relative to ``out_dir`` (for results.md).
     """
     from rnnlab import plots  # late import: matplotlib is slow to import
 
@@ -349,22 +355,40 @@ def write_figures(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]]
     out.mkdir(parents=True, exist_ok=True)
     curves = {entry: [r.metrics() for r in records if r.status == "completed"] for entry, records in groups.items()}
     partial = {entry: [r.metrics() for r in records if r.status != "completed"] for entry, records in groups.items()}
-    written = []
-    if plots.learning_curves_png(curves, out / "learning_curves.png", title="Learning curves", partial=partial):
-        written.append("learning_curves.png")
-    if plots.accuracy_bars_png(rows, out / "accuracy.png", title="Final test accuracy (mean ± std over seeds)"):
-        written.append("accuracy.png")
     swept = sweep_series(groups, rows)
-    if swept and plots.sweep_png(*swept, out / "sweep.png"):
-        written.append("sweep.png")
+    figures = {  # each draws into the path it is given, or returns None where there is nothing to draw
+        "learning_curves.png": lambda path: plots.learning_curves_png(curves, path, title="Learning curves",
+                                                                      partial=partial),
+        "accuracy.png": lambda path: plots.accuracy_bars_png(rows, path,
+                                                             title="Final test accuracy (mean ± std over seeds)"),
+        "sweep.png": lambda path: plots.sweep_png(*swept, path) if swept else None}
+    written = []
+    for name, draw in figures.items():
+        try:
+            if draw(out / name):
+                written.append(name)
+        except FIGURE_FAILURES as exc:
+            _not_drawn(out / name, exc)
+    too_many = []
     for entry, records in groups.items():
         for record in records:
             matrix = record.summary.get("confusion_matrix")
             target = record.dir / CONFUSION
-            if matrix and not target.exists():
-                try:
-                    plots.confusion_matrix_png(matrix, target, f"{entry}, seed {record.seed}: test set")
-                except (OSError, ValueError, TypeError) as exc:  # a read-only folder or a damaged matrix:
-                    # the table and the other figures matter more; say what was skipped
-                    warnings.warn(f"{target} not drawn: {exc}", RuntimeWarning, stacklevel=2)
+            if not matrix or target.exists():
+                continue
+            try:
+                if plots.confusion_matrix_png(matrix, target, f"{entry}, seed {record.seed}: test set") is None:
+                    too_many.append(record.dir)  # unreadable as a plot; its counts stay in summary.json
+            except FIGURE_FAILURES as exc:
+                _not_drawn(target, exc)
+    if too_many:
+        more = f" and {len(too_many) - 1} more" if len(too_many) > 1 else ""
+        warnings.warn(f"{CONFUSION} not drawn in {too_many[0]}{more}: more than {plots.MAX_CONFUSION_CLASSES} "
+                      "classes are too many to read in a plot; `rnnlab eval RUN --json` gives the confusion matrix",
+                      RuntimeWarning, stacklevel=2)
     return written
+
+
+def _not_drawn(path: Path, exc: BaseException) -> None:
+    # stacklevel 3: the warning points at write_figures' caller, as its own warnings do
+    warnings.warn(f"{path} not drawn: {str(exc) or type(exc).__name__}", RuntimeWarning, stacklevel=3)

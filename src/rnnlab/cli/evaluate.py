@@ -9,6 +9,8 @@ from pathlib import Path
 
 from rnnlab.cli.common import DefaultsHelpFormatter
 
+LOWEST_SHOWN = 10  # of more classes than a confusion plot draws, the text lists only the worst
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("eval", help="evaluate a run on the test set",
@@ -37,14 +39,29 @@ def evaluate_run(run_dir: str, *, data_dir: str | None = None, batch_size: int =
 
 
 def format_report(report: dict) -> str:
+    """The evaluation as text; of more classes than a plot draws, the worst classes and no matrix
+    (1000 classes would be a 5 MB matrix): ``--json`` has them all."""
+    from rnnlab.plots import MAX_CONFUSION_CLASSES
+
     matrix = report["confusion_matrix"]
     n = len(matrix)
-    width = max(5, max(len(str(v)) for row in matrix for v in row) + 1)
     lines = [f"test accuracy {report['test_accuracy']:.2f}% on {report['samples']} {report.get('unit', 'images')} "
-             f"(loss {report['test_loss']:.4f})", "", "per-class accuracy:"]
+             f"(loss {report['test_loss']:.4f})", ""]
     names = report.get("class_names")
-    shown = [f"{acc:6.2f}%" if acc is not None else "   n/a (no test samples)" for acc in report["per_class_accuracy"]]
-    lines += [f"  {c}{' ' + names[c] if names else ''}: {text}" for c, text in enumerate(shown)]
+    accuracies = report["per_class_accuracy"]
+    if n <= MAX_CONFUSION_CLASSES:
+        listed, heading = list(range(n)), "per-class accuracy:"
+    else:  # the classes that need a look; all of them would be pages
+        tested = [c for c in range(n) if accuracies[c] is not None]
+        listed = sorted(tested, key=accuracies.__getitem__)[:LOWEST_SHOWN]
+        untested = f"; {n - len(tested)} have no test samples" if len(tested) < n else ""
+        heading = f"per-class accuracy, the {len(listed)} lowest of {n} classes{untested} (--json lists all):"
+    lines.append(heading)
+    lines += [f"  {c}{' ' + names[c] if names else ''}: "
+              + (f"{accuracies[c]:6.2f}%" if accuracies[c] is not None else "   n/a (no test samples)") for c in listed]
+    if n > MAX_CONFUSION_CLASSES:
+        return "\n".join([*lines, "", f"confusion matrix: {n} x {n}, too large to print (--json gives it)"])
+    width = max(5, max(len(str(v)) for row in matrix for v in row) + 1)
     lines += ["", "confusion matrix (rows: true class, columns: predicted):",
               "true\\pred" + "".join(f"{c:>{width}}" for c in range(n))]
     lines += [f"{r:>9}" + "".join(f"{v:>{width}}" for v in row) for r, row in enumerate(matrix)]
@@ -63,11 +80,17 @@ def run(args: argparse.Namespace) -> int:
 def write_confusion_plot(report: dict, run_dir: str) -> bool:
     """Draw the confusion matrix into ``run_dir/confusion.png``; a path that cannot be written (a
     folder in the way, a read-only run folder, a full disk) is one warning on stderr, not an error:
-    the evaluation itself has succeeded and been printed. Returns whether the plot was written."""
+    the evaluation itself has succeeded and been printed; more classes than a plot can show is one
+    note. Returns whether the plot was written."""
     from rnnlab.checkpoint import CONFUSION
-    from rnnlab.plots import confusion_matrix_png
+    from rnnlab.plots import MAX_CONFUSION_CLASSES, confusion_matrix_png
 
     path = Path(run_dir) / CONFUSION
+    classes = len(report["confusion_matrix"])
+    if classes > MAX_CONFUSION_CLASSES:
+        print(f"rnnlab: note: {path} not drawn: {classes} classes are more than a plot can show "
+              f"(at most {MAX_CONFUSION_CLASSES}); --json gives the confusion matrix", file=sys.stderr)
+        return False
     try:
         names = report.get("class_names")  # fashion-mnist's, kmnist's, a sequence file's: "0 T-shirt/top"
         labels = [f"{i} {name}" for i, name in enumerate(names)] if names else None

@@ -74,6 +74,12 @@ def _classified(probs: list[float], trained: Any, k: int) -> dict[str, Any]:
             | {"probabilities": probs, "top": [{"class": c, "probability": q} for c, q in _top(probs, k)]})
 
 
+def _finite(probs: Any) -> list[bool]:
+    """Per input, whether its probabilities ``(N, ...)`` are all finite: an input far beyond those the
+    model was trained on (3e38 into a ReLU RNN) overflows its arithmetic to inf, then NaN."""
+    return probs.isfinite().flatten(1).all(1).tolist()
+
+
 def _line(label: str, entry: dict[str, Any], trained: Any) -> str:
     """``label: class   (top-1 p  top-2 p ...)``, classes by name where they have names."""
     top = "  ".join(f"{trained.class_label(t['class'])} {100 * t['probability']:.1f}%" for t in entry["top"])
@@ -124,8 +130,15 @@ def run(args: argparse.Namespace) -> int:
         probs = trained.probabilities(batch)  # (N, C)
         if args.steps:
             points, steps = trained.reading(batch, max_points=DISPLAY_POINTS, cheap_max_points=DISPLAY_POINTS)
+        finite = _finite(probs)
+        if args.steps:  # an overflow part-way need not reach the end: an LSTM's gates saturate
+            finite = [a and b for a, b in zip(finite, _finite(steps))]
         for i, (index, pixels) in enumerate(good):
             entry = entries[index]
+            if not finite[i]:  # refused, not shown as "nan%" (nor written as NaN, which is not JSON)
+                entry["error"] = (f"{entry['file']}: the model produced non-finite probabilities for this image: "
+                                  "pixels are bounded, so its weights overflow (a diverged run); retrain it")
+                continue
             entry.update(_classified([float(v) for v in probs[i]], trained, args.top))
             if args.steps:
                 entry.update({"steps_read": points, "steps": [[float(v) for v in row] for row in steps[i]],
@@ -136,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             print(f"rnnlab: error: {entry['error']}", file=sys.stderr)
     if args.json:
-        print(json.dumps([{k: v for k, v in e.items() if not k.startswith("_")} for e in entries]))
+        print(json.dumps([{k: v for k, v in e.items() if not k.startswith("_")} for e in entries], allow_nan=False))
     else:
         total = trained.model.seq_len
         for entry in entries:
@@ -185,10 +198,19 @@ def _run_sequences(args: argparse.Namespace, trained: Any) -> int:
             where = "" if message.startswith(f"{path}:") else f"{path}: "  # which of the files it was
             print(f"rnnlab: error: {where}{message}", file=sys.stderr)
             continue
+        finite = _finite(probs)
+        bad = [i for i, ok in enumerate(finite) if not ok]
+        if bad:  # refused, not shown as "nan%" (nor written as NaN, which is not JSON); the others still are
+            failed += 1
+            which = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            print(f"rnnlab: error: {path}: the model produced non-finite probabilities for sequence"
+                  f"{'s' * (len(bad) > 1)} {which} (of {len(finite)}): values far outside those it was trained on "
+                  f"(here up to {float(np.abs(array).max()):.3g}) overflow its arithmetic; give values on the scale "
+                  "of its training file", file=sys.stderr)
         entries += [{"file": path, "index": i} | _classified(row, trained, args.top)
-                    for i, row in enumerate(probs.tolist())]
+                    for i, row in enumerate(probs.tolist()) if finite[i]]
     if args.json:
-        print(json.dumps(entries))
+        print(json.dumps(entries, allow_nan=False))
     else:
         for entry in entries:
             print(_line(f"{entry['file']}[{entry['index']}]", entry, trained))
