@@ -98,7 +98,7 @@ def test_a_mismatch_is_an_error_and_writes_nothing(untrained_run, tmp_path: Path
 
     run = untrained_run(["model.hidden=8"])
     out_dir = tmp_path / "out"
-    real_writer = export._write_torchscript
+    real_writer = export.write_torchscript
 
     def broken_writer(model, example, path, dynamic_steps, metadata):  # exports different weights
         with torch.no_grad():
@@ -109,7 +109,7 @@ def test_a_mismatch_is_an_error_and_writes_nothing(untrained_run, tmp_path: Path
             with torch.no_grad():
                 model.head.bias.sub_(0.02)  # and leaves eager PyTorch different from what was written
 
-    monkeypatch.setattr(export, "_write_torchscript", broken_writer)
+    monkeypatch.setattr(export, "write_torchscript", broken_writer)
     with pytest.raises(ExportError, match="disagrees with PyTorch"):
         export_run(run, "torchscript", out_dir / "m.pt", samples=16)
     assert list(out_dir.iterdir()) == []  # neither the file nor a temporary
@@ -329,7 +329,7 @@ def test_torchscripts_file_errors_name_the_users_path(untrained_run, tmp_path: P
 def test_only_the_known_cpp_notes_are_held_back(capfd: pytest.CaptureFixture[str]) -> None:
     import threading
 
-    from rnnlab.export import _BENIGN_CPP_WARNINGS, _without_cpp_lines
+    from rnnlab.export_formats import _BENIGN_CPP_WARNINGS, _without_cpp_lines
 
     # Two exports at once in two threads: the second waits, so neither restores the other's file.
     inside, release = threading.Event(), threading.Event()
@@ -365,7 +365,7 @@ def test_only_the_known_cpp_notes_are_held_back(capfd: pytest.CaptureFixture[str
 def test_torchscripts_bare_cannot_be_opened_gets_the_reason_from_the_os(tmp_path: Path) -> None:
     """torch 2.4's jit.save says only "File X cannot be opened." (2.13 adds strerror): the reason
     is asked of the OS with the same open, and a probe file it had to make is removed again."""
-    from rnnlab.export import _save_error
+    from rnnlab.export_formats import _save_error
 
     missing = tmp_path / "no-such-folder" / "m.pt"
     error = _save_error(RuntimeError(f"File {missing} cannot be opened."), missing)
@@ -391,8 +391,8 @@ def test_an_out_named_for_the_other_format_is_refused(untrained_run, tmp_path: P
         raise AssertionError("the name must be refused before the export is written")
 
     run, out = untrained_run(["model.hidden=8"]), tmp_path / name
-    monkeypatch.setattr(export, "_write_onnx", no_work)
-    monkeypatch.setattr(export, "_write_torchscript", no_work)
+    monkeypatch.setattr(export, "write_onnx", no_work)
+    monkeypatch.setattr(export, "write_torchscript", no_work)
     assert main(["export", str(run), "--format", fmt, "--out", str(out)]) == 2
     suffix = Path(name).suffix
     assert capsys.readouterr().err == (f"rnnlab: error: --out {out} ends in {suffix}, but --format {fmt} writes "
