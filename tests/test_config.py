@@ -266,3 +266,18 @@ def test_a_sequence_file_config_switched_to_images_is_told_how(tmp_path: Path) -
     with pytest.raises(ConfigError, match=r"only read with data.dataset=file \(now 'mnist'\); .*clear it: data\.file=\)$"):
         apply_overrides(cfg, ["data.dataset=mnist"])
     assert apply_overrides(cfg, ["data.dataset=mnist", "data.file="]).data.file == ""
+
+
+def test_dropout_on_one_layer_is_refused_where_given_and_silent_where_saved() -> None:
+    import warnings
+
+    from rnnlab.config import RunConfig, apply_overrides
+    from rnnlab.models.fast import make_recurrent
+
+    with pytest.raises(ConfigError, match=r"^model.dropout drops out between stacked layers.*add model.layers=2$"):
+        apply_overrides(RunConfig(), ["model.dropout=0.3"])
+    assert apply_overrides(RunConfig(), ["model.dropout=0.3", "model.layers=2"]).model.dropout == 0.3
+    with warnings.catch_warnings():  # a saved config may hold it: torch.nn's own warning is not shown
+        warnings.simplefilter("error")
+        for impl in ("torch", "fast"):
+            assert make_recurrent("lstm", 3, 4, num_layers=1, dropout=0.3, impl=impl).dropout == 0.0

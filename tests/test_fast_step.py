@@ -50,7 +50,6 @@ def test_hand_step_equals_autograd(case: dict, steps: int, smoothing: float) -> 
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-8, atol=1e-10, msg=name)
 
 
-@pytest.mark.filterwarnings("ignore:dropout option adds dropout after all but last recurrent layer")
 def test_one_layer_with_dropout_one_sequence_and_more_classes_than_features() -> None:
     """torch.nn applies model.dropout only between layers: a one-layer model with it is trained by hand."""
     model = _model(dict(cell="gru", dropout=0.5, readout="all"), steps=3, features=2, classes=9).train()

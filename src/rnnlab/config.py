@@ -370,6 +370,9 @@ def _refuse_what_would_be_ignored(raw: dict[str, Any], given: set[str]) -> None:
     if raw["data"]["file"] and raw["data"]["data_dir"] and "data.data_dir" in given:
         raise ConfigError("data.data_dir is the folder of an image dataset's IDX files; a sequence file is read "
                           "from data.file alone: drop data.data_dir (--data-dir)")
+    if raw["model"]["dropout"] and raw["model"]["layers"] == 1 and "model.dropout" in given:
+        raise ConfigError("model.dropout drops out between stacked layers, as torch.nn's does; with model.layers=1 "
+                          "there are none: drop it, or add model.layers=2")
     if raw["train"]["protocol"] == "tutorial" and raw["data"]["val_size"] and "data.val_size" in given:
         raise ConfigError("train.protocol=tutorial (the tutorial presets') holds out no validation split and "
                           "evaluates on the test set; drop data.val_size, or add train.protocol=standard")

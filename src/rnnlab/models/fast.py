@@ -195,6 +195,8 @@ def make_recurrent(mode: str, input_size: int, hidden_size: int, num_layers: int
     _check_mode(mode)
     if impl not in ("auto", "fast", "torch"):
         raise ValueError(f"impl must be 'auto', 'fast' or 'torch', got {impl!r}")
+    # torch.nn drops out between stacked layers only; on one layer it would only warn (in its own words).
+    dropout = dropout if num_layers > 1 else 0.0
     requested = impl
     if impl == "auto":
         dev = device if device is not None else "cpu"
