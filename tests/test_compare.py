@@ -58,8 +58,8 @@ def test_sweeps_expand_each_entry_over_a_grid() -> None:
     rnn = entries[2].config
     assert (rnn.train.lr, rnn.model.hidden, rnn.train.iterations, rnn.name) == (0.01, 32, 7, entries[2].name)
     assert rnn.preset == "dlw-rnn-a" and rnn.model.cell == "rnn"  # the rest of the entry is as it was
-    both = resolve_entries(["dlw-rnn-a"], sweeps=["model.dropout=0,0.1", "train.weight_decay=0,0.1"])
-    assert both[1].name == "dlw-rnn-a+dropout0+weight_decay0.1"
+    both = resolve_entries(["dlw-rnn-b"], sweeps=["model.dropout=0,0.1", "train.weight_decay=0,0.1"])
+    assert both[1].name == "dlw-rnn-b+dropout0+weight_decay0.1"
     a, b = (default_out_dir(entries, None, [], sweeps=s) for s in (["model.hidden=32,64"], ["model.hidden=32"]))
     assert a != b and default_out_dir(resolve_entries([], suite="tutorials", sweeps=["train.lr=0.1,0.2"]), "tutorials",
                                       [], sweeps=["train.lr=0.1,0.2"]).name.startswith("compare-tutorials-")
@@ -81,7 +81,9 @@ def test_sweeps_expand_each_entry_over_a_grid() -> None:
     (["model.cell=lstm,transformer"], [], "choose one of"),
     (["nonsense.key=1,2"], [], "unknown key"),
     # The tutorial protocol has no validation split: both entries would train the same config.
-    (["data.val_size=100,5000"], [], "every entry would ignore a setting given: train.protocol=tutorial"),
+    (["data.val_size=100,5000"], [], "--sweep gives dlw-rnn-a+val_size100 a setting it would ignore: train.protocol"),
+    (["data.val_size=0,5000"], [], "--sweep gives dlw-rnn-a+val_size5000 a setting it would ignore"),
+    (["model.dropout=0,0.3"], [], "--sweep gives dlw-rnn-a+dropout0.3 a setting it would ignore: model.dropout"),
     ([], ["data.val_size=100"], "every entry would ignore a setting given: train.protocol=tutorial"),
     (["model.hidden=8,16,32,64,128,256,512,1024,2048,4096,8192", "train.lr=" + ",".join(f"0.{i}" for i in range(1, 100))],
      [], "at most 1000"),
@@ -91,12 +93,14 @@ def test_sweep_mistakes_are_refused(sweeps: list[str], overrides: list[str], fra
         resolve_entries(["dlw-rnn-a"], overrides=overrides, sweeps=sweeps)
 
 
-def test_a_setting_some_entries_use_is_given_to_all() -> None:
-    for sweeps, overrides in (([], ["data.val_size=100"]), (["data.val_size=100,200"], [])):
-        entries = {e.name: e.config for e in resolve_entries(["dlw-rnn-a", "dlw-rnn-a-plus"], overrides=overrides,
-                                                               sweeps=sweeps)}
-        plus = [c for name, c in entries.items() if name.startswith("dlw-rnn-a-plus")]
-        assert plus[0].data.val_size == 100 and len(entries) == 2 * max(1, len(sweeps) * 2)
+def test_an_override_some_entries_use_is_given_to_all_but_a_sweep_must_be_used_by_each() -> None:
+    entries = {e.name: e.config for e in resolve_entries(["dlw-rnn-a", "dlw-rnn-a-plus"],
+                                                           overrides=["data.val_size=100"])}
+    assert entries["dlw-rnn-a-plus"].data.val_size == 100 and entries["dlw-rnn-a"].train.protocol == "tutorial"
+    # Swept, dlw-rnn-a+val_size100 and dlw-rnn-a+val_size200 would train one config twice.
+    with pytest.raises(ConfigError, match=r"--sweep gives dlw-rnn-a\+val_size100 a setting it would ignore"):
+        resolve_entries(["dlw-rnn-a", "dlw-rnn-a-plus"], sweeps=["data.val_size=100,200"])
+    assert len(resolve_entries(["dlw-rnn-a-plus"], sweeps=["data.val_size=100,200"])) == 2
 
 
 
@@ -116,6 +120,7 @@ def test_on_gpus_compare_runs_one_worker_per_gpu_each_on_its_own(tmp_path: Path,
     on_cpu = [replace(c, train=replace(c.train, device="cpu")) for c in auto]
     named = [replace(c, train=replace(c.train, device="cuda:1")) for c in auto]
     assert cmp.gpus_for(on_cpu) == cmp.gpus_for(named) == 0 and cmp.default_jobs(on_cpu) == 8
+    assert cmp.default_jobs(named) == 1  # every run on cuda:1: one at a time, not 8 CUDA contexts there
     assert main(["compare", "dlw-rnn-a", "--seeds", "3", "--out", str(tmp_path / "c"), "--dry-run"]) == 0
     assert "2 workers x 4 threads, one GPU each" in capsys.readouterr().err
     assert main(["compare", "dlw-rnn-a", "--seeds", "3", "--jobs", "3", "--out", str(tmp_path / "c"), "--dry-run"]) == 0

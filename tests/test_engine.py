@@ -622,13 +622,21 @@ def test_torchrun_with_fewer_gpus_than_processes_or_on_mps_is_told_what_to_do(mo
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    from rnnlab.distributed import init_process_group
+
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: pytest.fail(f"set_device({index}) was called"))
+    refusal = r"^torchrun started more processes on this machine than it has CUDA GPUs \(1\); " \
+              r"use --nproc_per_node=1, or --device cpu$"
     for device in ("auto", "cuda"):  # before: torch.cuda.set_device(1) failing with "invalid device ordinal"
-        with pytest.raises(ConfigError, match=r"^torchrun started more processes on this machine than it has CUDA "
-                                              r"GPUs \(1\); use --nproc_per_node=1, or --device cpu$"):
+        with pytest.raises(ConfigError, match=refusal):
             select_device(device)
+        with pytest.raises(ConfigError, match=refusal):  # which comes first, before the process group
+            init_process_group(device)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    assert select_device("auto") == torch.device("cpu")  # Gloo cannot reduce tensors on an Apple GPU
+    monkeypatch.setenv("RANK", "0")
+    with pytest.warns(RuntimeWarning, match="under torchrun the processes train on the CPU: Gloo cannot"):
+        assert select_device("auto") == torch.device("cpu")  # Gloo cannot reduce tensors on an Apple GPU
     with pytest.raises(ConfigError, match="^torchrun trains on CUDA GPUs or on the CPU, not on MPS; use --device cpu$"):
         select_device("mps")
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process: the Apple GPU is fine

@@ -579,3 +579,37 @@ def test_figures_that_fail_are_warnings_and_the_results_are_still_written(compar
     assert len(caught) == 6
     assert {p.name for p in out.iterdir()} == {"results.md", "results.csv", "results.json"}
     assert len(rows) == 2 and "## Figures" not in (out / "results.md").read_text()  # no link to a missing figure
+
+
+def test_a_rebuild_in_place_beside_new_runs_keeps_the_learning_curves(compare_dir: Path, tmp_path: Path) -> None:
+    build_report([compare_dir], compare_dir)
+    curves = (compare_dir / "learning_curves.png").read_bytes()
+    shutil.rmtree(compare_dir / "runs")
+    new_runs = tmp_path / "new"
+    fake_run(new_runs / "r0", get_preset("dlw-lstm-b").config, acc=96.0, seed=0)
+    with pytest.warns(RuntimeWarning, match="learning_curves.png kept as it was: the entries of a results.json"):
+        build_report([compare_dir / "results.json", new_runs], compare_dir)
+    assert (compare_dir / "learning_curves.png").read_bytes() == curves  # not redrawn from the new run alone
+    assert "![learning_curves](learning_curves.png)" in (compare_dir / "results.md").read_text()
+    build_report([compare_dir / "results.json"], compare_dir, plots=False)  # --no-plot: no figures listed
+    assert "## Figures" not in (compare_dir / "results.md").read_text()
+
+
+def test_a_config_this_rnnlab_cannot_read_is_kept_as_it_was(compare_dir: Path) -> None:
+    build_report([compare_dir], compare_dir, plots=False)
+    data = json.loads((compare_dir / "results.json").read_text())
+    data["entries"][0]["config"]["model"]["attention"] = "yes"  # a key of a newer rnnlab
+    (compare_dir / "results.json").write_text(json.dumps(data))
+    with pytest.warns(RuntimeWarning, match=r"unknown key\(s\) model.attention.*kept as it was"):
+        build_report([compare_dir / "results.json"], compare_dir, plots=False)
+    again = json.loads((compare_dir / "results.json").read_text())
+    assert again["entries"][0]["config"] == data["entries"][0]["config"]
+    assert again["entries"][0]["architecture"] == data["entries"][0]["architecture"]
+
+
+def test_an_entry_without_a_name_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"schema_version": 1, "entries": [{"entry": "a", "runs": []},
+                                                                  {"entry": "", "runs": []}]}))
+    with pytest.raises(CheckpointError, match=r"entry 2 \(\) has no entry"):
+        collect([path])

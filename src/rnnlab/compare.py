@@ -54,13 +54,16 @@ def gpus_for(configs: list[RunConfig]) -> int:
 
 def default_jobs(configs: list[RunConfig]) -> int:
     """Workers when --jobs is not given: one per GPU where the runs train on GPUs (runs sharing a
-    GPU wait for each other, and every worker's CUDA context takes GPU memory), one on an Apple GPU
-    (there is one), else one per core."""
+    GPU wait for each other, and every worker's CUDA context takes GPU memory), or per GPU the runs
+    name (``cuda:N``); one on an Apple GPU (there is one); else one per core."""
     import torch
 
     gpus = gpus_for(configs)
     if gpus:
         return gpus
+    named = {c.train.device for c in configs if c.train.device.startswith("cuda:")}  # each run on the GPU it names
+    if named and torch.cuda.is_available():
+        return len(named)
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if any(c.train.device == "mps" or (c.train.device == "auto" and mps) for c in configs):
         return 1

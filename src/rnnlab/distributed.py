@@ -38,29 +38,40 @@ def select_device(requested: str = "auto") -> torch.device:
                           "its LOCAL_RANK (CUDA_VISIBLE_DEVICES chooses which GPUs)", RuntimeWarning, stacklevel=2)
         requested = kind
     if requested in ("auto", "cuda") and torch.cuda.is_available() and world_size() > 1:  # one GPU per process
-        local, gpus = _env_number("LOCAL_RANK", 0), torch.cuda.device_count()
-        if local >= gpus:
-            raise ConfigError(f"torchrun started more processes on this machine than it has CUDA GPUs ({gpus}); "
-                              f"use --nproc_per_node={gpus}, or --device cpu")
-        return torch.device("cuda", local)
+        return torch.device("cuda", _local_gpu())
     if requested in ("auto", "mps") and world_size() > 1:  # without CUDA, torchrun's processes talk by Gloo,
         if requested == "mps":  # which cannot reduce tensors on an Apple GPU
             raise ConfigError("torchrun trains on CUDA GPUs or on the CPU, not on MPS; use --device cpu")
+        if _has_mps() and rank() == 0:
+            warnings.warn("under torchrun the processes train on the CPU: Gloo cannot reduce tensors on an "
+                          "Apple GPU (--device cpu says so and avoids this warning)", RuntimeWarning, stacklevel=2)
         return torch.device("cpu")
     if requested in ("auto", "cuda") and torch.cuda.is_available():  # the current GPU, by its number
         return torch.device("cuda", torch.cuda.current_device())  # (a compare worker's own: pool._take_gpu)
     if requested == "auto":
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("mps") if _has_mps() else torch.device("cpu")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {requested!r} asked for, but no CUDA GPU is available; use --device cpu or auto")
     if index and int(index) >= torch.cuda.device_count():  # torch.device would accept it, the first use fail
         raise ConfigError(f"device {requested!r} asked for, but this machine has {torch.cuda.device_count()} "
                           f"CUDA GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if kind == "mps" and not _has_mps():
         raise ConfigError(f"device {requested!r} asked for, but MPS is not available; use --device cpu or auto")
     return torch.device(requested)
+
+
+def _has_mps() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def _local_gpu() -> int:
+    """The GPU of this torchrun process (``LOCAL_RANK``), refused if the machine has fewer GPUs
+    than torchrun started processes on it (CUDA would fail with "invalid device ordinal")."""
+    local, gpus = _env_number("LOCAL_RANK", 0), torch.cuda.device_count()
+    if local >= gpus:
+        raise ConfigError(f"torchrun started more processes on this machine than it has CUDA GPUs ({gpus}); "
+                          f"use --nproc_per_node={gpus}, or --device cpu")
+    return local
 
 
 def configure_threads(threads: int) -> None:
@@ -235,7 +246,7 @@ def init_process_group(requested_device: str = "auto") -> None:
         raise ConfigError("this PyTorch build has no torch.distributed; run a single process")
     cuda = requested_device.split(":")[0] in ("auto", "cuda") and torch.cuda.is_available()
     if cuda:
-        torch.cuda.set_device(_env_number("LOCAL_RANK", 0))
+        torch.cuda.set_device(_local_gpu())
     try:
         torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
     except (ValueError, RuntimeError) as error:  # e.g. WORLD_SIZE set by hand, no MASTER_ADDR

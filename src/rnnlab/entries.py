@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rnnlab.checkpoint import CONFIG
-from rnnlab.config import DATA_LOCATION, RunConfig, apply_overrides, check_folder_name, load_toml
+from rnnlab.config import (DATA_LOCATION, RunConfig, apply_overrides, check_folder_name, load_toml,
+                           refuse_unused_keys)
 from rnnlab.errors import ConfigError
 from rnnlab.presets import get_preset, list_presets, suite as suite_names
 
@@ -124,7 +125,7 @@ def expand_sweeps(entries: list[Entry], sweeps: list[tuple[str, list[str]]], ove
         raise ConfigError(f"the sweeps make {len(entries) * len(grid):,} entries; at most {MAX_SWEEP_ENTRIES} "
                           "(each is trained for every seed)")
     expanded: list[Entry] = []
-    applied: list[tuple[RunConfig, list[str]]] = []
+    _refuse_if_every_entry_ignores([(entry.config, list(overrides)) for entry in entries])
     for entry in entries:
         seen: dict[RunConfig, str] = {}
         for combo in grid:
@@ -136,13 +137,16 @@ def expand_sweeps(entries: list[Entry], sweeps: list[tuple[str, list[str]]], ove
             # The overrides together with the swept values: a swept data.file is what makes data.dataset=file valid.
             settings = [*overrides, *implied, *(f"{k}={v}" for k, v in zip(keys, combo))]
             config = apply_overrides(entry.config, settings, refuse_unused=False)
-            applied.append((entry.config, settings))
+            try:  # an entry that ignores its swept value trains what its siblings train, under another name
+                refuse_unused_keys(config, set(keys))
+            except ConfigError as error:
+                raise ConfigError(f"--sweep gives {name} a setting it would ignore: {error}; sweep it over "
+                                  "entries that use it (compare the others apart)") from None
             if config in seen:  # e.g. 0.01 and 1e-2
                 raise ConfigError(f"--sweep gives {entry.name} the same config twice ({seen[config]} and {name}); "
                                   "list each value once")
             seen[config] = name
             expanded.append(Entry(name, replace(config, name=name), swept_from=entry.name))  # report names it so too
-    _refuse_if_every_entry_ignores(applied)
     return expanded
 
 

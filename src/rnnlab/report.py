@@ -225,8 +225,8 @@ def build_report(paths: list[str | Path], out_dir: str | Path, *, plots: bool = 
                  baseline: str | None = None) -> list[dict[str, Any]]:
     """Collect the runs under ``paths`` (or in a results.json), then :func:`report_groups`. Returns the rows.
 
-    A report rebuilt from the results.json in ``out_dir`` keeps the figures there that it cannot
-    redraw without the run folders (the learning curves) and lists them again."""
+    A report rebuilt from the results.json in ``out_dir`` keeps the learning curves there, which
+    it cannot redraw without the run folders."""
     groups = collect(paths)
     out = ckpt.check_out_dir(Path(out_dir))
     in_place = any(Path(p).is_file() and Path(p).resolve().parent == out.resolve() for p in paths)
@@ -241,12 +241,18 @@ def report_groups(groups: dict[str, list[RunRecord]], out_dir: str | Path, *, pl
                   title: str = "rnnlab results", context: dict[str, Any] | None = None,
                   baseline: str | None = None, keep_figures: bool = False) -> list[dict[str, Any]]:
     """Aggregate grouped runs, draw the figures and write the result files. Returns the rows.
-    With ``keep_figures``, figures already in ``out_dir`` that were not redrawn are listed too."""
+    With ``keep_figures``, learning curves already in ``out_dir`` stay as they are where entries
+    come from a results.json (which has no curves to draw them again) and are listed."""
     rows = aggregate(groups, baseline=baseline)
-    figures = write_figures(groups, rows, out_dir) if plots else []
-    if keep_figures:
-        figures = [name for name in FIGURES if name in figures or (Path(out_dir) / name).is_file()]
-    write_results(rows, out_dir, title=title, context=context, plots=figures)
+    curves = Path(out_dir) / "learning_curves.png"
+    from_reports = [r for records in groups.values() for r in records if r.results_file is not None]
+    keep = {curves.name} if keep_figures and from_reports and curves.is_file() else set()
+    if keep and len(from_reports) < sum(map(len, groups.values())):
+        warnings.warn(f"{curves} kept as it was: the entries of a results.json have no curves to draw again; "
+                      "for the other runs' curves, give another --out", RuntimeWarning, stacklevel=2)
+    figures = write_figures(groups, rows, out_dir, keep=keep) if plots else []
+    write_results(rows, out_dir, title=title, context=context,
+                  plots=[name for name in FIGURES if name in figures or name in keep] if plots else [])
     return rows
 
 
@@ -343,7 +349,8 @@ def _common_name(entries: list[str]) -> str:
 FIGURE_FAILURES = (OSError, ValueError, TypeError, MemoryError)
 
 
-def write_figures(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]], out_dir: str | Path) -> list[str]:
+def write_figures(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]], out_dir: str | Path, *,
+                  keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """Learning curves and accuracy bars in ``out_dir``; ``confusion.png`` in each run folder lacking one.
 
     A figure that cannot be drawn is a warning naming it, never an error: the results files, written
@@ -364,6 +371,8 @@ def write_figures(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]]
         "sweep.png": lambda path: plots.sweep_png(*swept, path) if swept else None}
     written = []
     for name, draw in figures.items():
+        if name in keep:  # left as it is (see report_groups)
+            continue
         try:
             if draw(out / name):
                 written.append(name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,7 +202,7 @@ def _type_problem(item: Any, types: dict[str, Any], *, required: tuple[str, ...]
     if not isinstance(item, dict):
         return f"has {within or 'itself as '}{json.dumps(item)[:40]}, not an object"
     for key in required:
-        if item.get(key) is None:
+        if item.get(key) is None or item.get(key) == "":
             return f"has {within}no {key}"
     for key, kind in types.items():
         value = item.get(key)
@@ -219,10 +220,13 @@ def _records_from_results(path: Path) -> dict[str, list[RunRecord]]:
     for row in rows:
         if row["entry"] in groups:
             raise CheckpointError(f"{path} lists the entry {row['entry']!r} twice; it was edited")
+        carried = {k: row.get(k) for k in _CARRIED}
         try:  # newer reports carry each entry's config: its architecture, the sweep's axis
             config = from_dict(row["config"], source=f"{path}, entry {row['entry']}") if row.get("config") else None
-        except ConfigError:  # another version's keys: the row's own fields stand in for it
-            config = None
+        except ConfigError as error:  # another version's keys: the row's own fields stand in for it,
+            config, carried["config"] = None, row["config"]  # and the config is written back as it was
+            warnings.warn(f"{error}; the entry is reported without it (its config is kept as it was)",
+                          RuntimeWarning, stacklevel=3)
         reference = {"reported_test_accuracy": row.get("reported_test_accuracy"), "source": row.get("source"),
                      "notes": row.get("reference_notes")}
         shared = {"parameters": row.get("parameters"), "epochs": row.get("epochs"),
@@ -231,7 +235,7 @@ def _records_from_results(path: Path) -> dict[str, list[RunRecord]]:
             row["entry"], Path(run.get("dir") or f"{row['entry']}/seed{run.get('seed')}"), run["status"],
             run.get("seed"), config,
             {k: v for k, v in {**shared, **run}.items() if v is not None and k != "dir"},
-            results_file=path, carried={k: row.get(k) for k in _CARRIED}) for run in row["runs"]]
+            results_file=path, carried=carried) for run in row["runs"]]
     return groups
 
 
