@@ -375,6 +375,11 @@ def test_sequences_that_overflow_the_model_are_refused_and_the_others_predicted(
     np.save(path, np.full((7, 12, 2), 3e38, np.float32))  # many: the first five are named
     assert main(["predict", str(run_dir), path]) == 2
     assert "for sequences 0, 1, 2, 3, 4 and 2 more (of 7): " in capsys.readouterr().err
+    # From Python too: not class 0 (the argmax of NaN) for the sequence that overflowed
+    from rnnlab.errors import DataError
+
+    with pytest.raises(DataError, match=r"^the model produced non-finite probabilities for input 1 \(of 3\): values"):
+        rnnlab.load(run_dir).predict(sequences)
 
 
 def test_an_image_the_model_overflows_on_is_an_error_not_nan(trained_run: Path, digits: dict,

@@ -195,6 +195,11 @@ class TrainedModel:
         """``[{"class": int, "probabilities": [...]}, ...]`` for images (MNIST-form arrays, or files/PIL
         images), or a sequence-file run's sequences; with ``"name"`` where the classes have names."""
         probs = self.probabilities(images)
+        bad = (~probs.isfinite().all(1)).nonzero().flatten().tolist()  # argmax of NaN would name class 0
+        if bad:
+            which = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise DataError(f"the model produced non-finite probabilities for input{'s' * (len(bad) > 1)} {which} "
+                            f"(of {len(probs)}): values far outside those it was trained on overflow its arithmetic")
         names = self.class_names
         return [{"class": int(p.argmax()), "probabilities": p.tolist()}
                 | ({"name": names[int(p.argmax())]} if names else {}) for p in probs]
