@@ -57,7 +57,10 @@ def fake_run(run_dir: Path, config: RunConfig, *, status: str = "completed", acc
 @pytest.fixture
 def compare_dir(tmp_path: Path) -> Path:
     """A compare folder: dlw-rnn-a with 2 completed seeds and 1 diverged; dlw-lstm-a with 2 completed."""
-    out = tmp_path / "cmp"
+    return fake_compare(tmp_path / "cmp")
+
+
+def fake_compare(out: Path) -> Path:
     rnn, lstm = get_preset("dlw-rnn-a").config, get_preset("dlw-lstm-a").config
     fake_run(out / "runs/dlw-rnn-a/seed0", rnn, acc=92.0, seed=0)
     fake_run(out / "runs/dlw-rnn-a/seed1", rnn, acc=94.0, seed=1)
@@ -428,14 +431,7 @@ def test_a_report_rebuilt_from_results_json_equals_one_from_the_runs(compare_dir
     assert "Traceback" not in capsys.readouterr().err
     rebuilt = {r["entry"]: r for r in json.loads((compare_dir / "results.json").read_text())["entries"]}
     # the same numbers as a report made from the same run folders with that baseline
-    again = tmp_path / "again"
-    rnn, lstm = get_preset("dlw-rnn-a").config, get_preset("dlw-lstm-a").config
-    fake_run(again / "runs/dlw-rnn-a/seed0", rnn, acc=92.0, seed=0)
-    fake_run(again / "runs/dlw-rnn-a/seed1", rnn, acc=94.0, seed=1)
-    fake_run(again / "runs/dlw-rnn-a/seed2", rnn, status="diverged", acc=None, seed=2, diverge_at=400)
-    fake_run(again / "runs/dlw-lstm-a/seed0", lstm, acc=97.0, seed=0)
-    fake_run(again / "runs/dlw-lstm-a/seed1", lstm, acc=97.5, seed=1)
-    direct = {r["entry"]: r for r in aggregate(collect([again]), baseline="dlw-rnn-a")}
+    direct = {r["entry"]: r for r in aggregate(collect([fake_compare(tmp_path / "again")]), baseline="dlw-rnn-a")}
     for entry, row in direct.items():
         assert {k: rebuilt[entry][k] for k in _ROW_KEYS} == {k: row[k] for k in _ROW_KEYS}
         assert [(r["seed"], r["status"], r["test_accuracy"]) for r in rebuilt[entry]["runs"]] == \
