@@ -200,3 +200,20 @@ def test_pixel_batch_reads_integers_as_pixels(mnist_test: np.ndarray) -> None:
         pixel_batch(images.astype(np.float32) + (images == 255))
     with pytest.raises(DataError, match="got -1 to 255"):
         pixel_batch(images.astype(np.int16) - (images == 0))
+
+
+def test_an_open_image_file_is_read_and_left_usable(tmp_path: Path) -> None:
+    """A file object has a ``detach`` too: taken for a tensor, it took the caller's stream apart."""
+    import io
+
+    from rnnlab.imaging import pixel_batch
+
+    path = tmp_path / "digit.png"
+    Image.fromarray((np.arange(28 * 28) % 256).astype(np.uint8).reshape(28, 28)).save(path)
+    expected = pixel_batch(str(path))
+    with open(path, "rb") as handle:
+        assert np.array_equal(pixel_batch(handle), expected)
+        handle.seek(0)
+        assert handle.read(4) == b"\x89PNG"  # still the caller's, still readable
+    assert np.array_equal(pixel_batch(io.BytesIO(path.read_bytes())), expected)
+    assert np.array_equal(pixel_batch(torch.from_numpy(expected.copy())), expected)  # tensors as before

@@ -287,9 +287,15 @@ def as_image_batch(images: Any, image_shape: tuple[int, int] = (SIZE, SIZE)) -> 
     return images
 
 
+def _is_tensor(obj: Any) -> bool:
+    """A torch tensor, told apart without importing torch; not a file object, whose ``detach``
+    would take the caller's stream apart."""
+    return hasattr(obj, "detach") and hasattr(obj, "cpu") and not hasattr(obj, "read")
+
+
 def _as_array(images: Any, accepted: str) -> np.ndarray:
     try:
-        if hasattr(images, "detach"):  # a torch tensor: on a GPU, or needing grad, numpy cannot read it
+        if _is_tensor(images):  # on a GPU, or needing grad, numpy cannot read it
             images = images.detach().cpu()
         return np.asarray(images)
     except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:  # ragged lists, meta tensors
@@ -310,7 +316,7 @@ def pixel_batch(images: Any, image_shape: tuple[int, int] = (SIZE, SIZE)) -> np.
     height, width = image_shape
     accepted = (f"give an array or tensor (N, {height}, {width}) or ({height}, {width}) of pixels (uint8 or "
                 "integers 0-255, or floats 0-1 or 0-255), PIL images, image files (paths or bytes), or a list of these")
-    if hasattr(images, "detach"):
+    if _is_tensor(images):
         images = _as_array(images, accepted)
     if isinstance(images, (list, tuple)):
         if not images:
