@@ -691,3 +691,36 @@ def test_train_gives_the_caller_its_threads_and_random_streams_back(tmp_path: Pa
         assert rnnlab.read_run(run).dir == run.dir  # a Run stands for its folder, as in load and resume
     finally:
         torch.set_num_threads(threads)
+
+
+def test_what_the_caller_set_around_train_does_not_reach_the_run(tmp_path: Path) -> None:
+    """A caller's autocast, inference mode or float64 default, or a second thread training at the
+    same time, must not change what a run trains (before: bf16 unrecorded, raw errors, other weights)."""
+    import threading
+
+    cfg = tiny("model.cell=gru", "model.hidden=8", "train.iterations=6", "train.eval_every=6")
+
+    def weights(run: rnnlab.Run) -> dict[str, torch.Tensor]:
+        return torch.load(run.dir / "checkpoint.pt", weights_only=True)["model"]
+
+    plain = weights(rnnlab.train(cfg, tmp_path / "plain", progress=False))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = weights(rnnlab.train(cfg, tmp_path / "autocast", progress=False))
+        assert torch.is_autocast_enabled("cpu")  # the caller's, given back
+    with torch.inference_mode():
+        in_inference = weights(rnnlab.train(cfg, tmp_path / "inference", progress=False))
+    torch.set_default_dtype(torch.float64)
+    try:
+        with_float64 = weights(rnnlab.train(cfg, tmp_path / "float64", progress=False))
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(torch.float32)
+    threaded: dict[int, dict[str, torch.Tensor]] = {}
+    threads = [threading.Thread(target=lambda i=i: threaded.__setitem__(
+        i, weights(rnnlab.train(cfg, tmp_path / f"thread{i}", progress=False)))) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for other in (under_autocast, in_inference, with_float64, threaded[0], threaded[1]):
+        assert all(torch.equal(plain[k], other[k]) for k in plain)

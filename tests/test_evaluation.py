@@ -191,3 +191,13 @@ def test_a_report_at_the_limit_of_classes_is_printed_in_full() -> None:
     assert text[2] == "per-class accuracy, the 10 lowest of 41 classes (--json lists all):"
     assert [line.split(":")[0].strip() for line in text[3:13]] == [str(c) for c in range(0, 20, 2)]  # 0%, by class
     assert text[13:] == ["", "confusion matrix: 41 x 41, too large to print (--json gives it)"]
+
+
+def test_an_evaluation_in_float32_is_float32_inside_a_callers_autocast() -> None:
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(cell="lstm", hidden=16), input_size=3, seq_len=6, num_classes=4)
+    data = split(lengths=False)
+    plain = evaluate(model, data).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the caller's: not the run's precision
+        assert evaluate(model, data).loss == plain
+        assert evaluate(model, data, amp="bf16").loss != plain  # where asked for, it is used

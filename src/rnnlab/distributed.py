@@ -202,12 +202,13 @@ def resolve_amp(amp: str, device: torch.device, cell: str, steps: int) -> str:
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Mixed precision: bf16 on cpu or cuda, fp16 on cuda; ``off`` is a no-op (``auto``: see
-    ``resolve_amp``)."""
+    """Mixed precision: bf16 on cpu or cuda, fp16 on cuda; ``off`` is float32, also inside a
+    caller's own autocast (an evaluation must give the figures ``rnnlab eval`` gives) (``auto``:
+    see ``resolve_amp``)."""
     if amp == "auto":
         raise ValueError("resolve train.amp=auto with resolve_amp() first")
     if amp == "off":
-        return contextlib.nullcontext()
+        return torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") else contextlib.nullcontext()
     _check_amp_device(amp, device)
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,7 +69,7 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
         if (run_dir / SUMMARY).exists():  # e.g. a run that diverged before its first checkpoint: keep its record
             raise CheckpointError(f"{run_dir} already holds a run without a checkpoint (see its {SUMMARY}); "
                                   "choose another --out, or delete that folder to train into it again")
-        with seeding.callers_state_kept(), _naming_the_checkpoint(run_dir):
+        with _a_run_of_its_own(), _naming_the_checkpoint(run_dir):
             summary = Trainer(config, run_dir, progress=progress).fit(stop_after=stop_after)
     return Run(run_dir, config, summary)
 
@@ -85,7 +86,7 @@ def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int 
         config = _check_resumable(run_dir, config, meta)
         if data_dir is not None:
             config = relocated(config, path_arg(data_dir, "data_dir", "rnnlab.resume(run, data_dir='data/mnist')"))
-        with seeding.callers_state_kept(), _naming_the_checkpoint(run_dir):
+        with _a_run_of_its_own(), _naming_the_checkpoint(run_dir):
             trainer = Trainer(config, run_dir, progress=progress)
             trainer.restore()
             summary = trainer.fit(stop_after=stop_after)
@@ -129,6 +130,35 @@ def _training_into(run_dir: Path) -> Iterator[None]:
                 for folder in made:
                     with contextlib.suppress(OSError):  # only if still empty
                         folder.rmdir()
+
+
+# Runs in one process train one at a time: they seed and restore torch's global random generators
+# (two threads at once drew from each other's streams and trained other weights than their seed's).
+_ONE_RUN_AT_A_TIME = threading.RLock()
+
+
+@contextmanager
+def _a_run_of_its_own() -> Iterator[None]:
+    """What the caller set around ``train`` does not reach the run, and the caller gets its own
+    state back: random generators and threads (``callers_state_kept``), and the grad mode (inside
+    ``inference_mode`` a run could not train), autocast (a caller's bf16 would train a float32 run
+    in bf16, unrecorded) and the default dtype (float64 would build float64 layers for float32 data)."""
+    import torch
+
+    dtype = torch.get_default_dtype()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_ONE_RUN_AT_A_TIME)
+        stack.enter_context(seeding.callers_state_kept())
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.enable_grad())
+        stack.enter_context(torch.autocast("cpu", enabled=False))
+        if torch.cuda.is_available():
+            stack.enter_context(torch.autocast("cuda", enabled=False))
+        torch.set_default_dtype(torch.float32)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(dtype)
 
 
 @contextmanager
