@@ -609,3 +609,22 @@ def test_an_entry_without_a_name_is_refused(tmp_path: Path) -> None:
                                                                   {"entry": "", "runs": []}]}))
     with pytest.raises(CheckpointError, match=r"entry 2 \(\) has no entry"):
         collect([path])
+
+
+def test_paths_given_as_one_string_are_refused_not_walked(tmp_path: Path) -> None:
+    """A string is read letter by letter: "/" first, and the whole disk walked for run folders."""
+    from rnnlab.compare import compare
+    from rnnlab.entries import resolve_entries
+    from rnnlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"give a list of run folders, .*, not a str.*: \['runs/x'\]"):
+        build_report("runs/x", tmp_path / "out")
+    with pytest.raises(ConfigError, match="not a PosixPath"):
+        collect(tmp_path)
+    with pytest.raises(ConfigError, match="no run folders, compare folders or results.json files given"):
+        collect([])
+    with pytest.raises(ConfigError, match=r"specs must be a list of strings, not a str.*\['dlw-lstm-a'\]"):
+        resolve_entries("dlw-lstm-a")
+    with pytest.raises(ConfigError, match="compare takes entries from rnnlab.entries.resolve_entries"):
+        compare("dlw-lstm-a", tmp_path / "cmp")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cmp").exists()

@@ -20,7 +20,7 @@ from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json
 from rnnlab.config import DATA_LOCATION, RunConfig, load_toml, save_toml
 from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
-from rnnlab.errors import CheckpointError, ConfigError
+from rnnlab.errors import CheckpointError, ConfigError, describe
 from rnnlab.entries import Entry
 from rnnlab.locks import Busy, exclusive
 from rnnlab.pool import Task, record_failure, run_tasks, task_record
@@ -212,6 +212,9 @@ def compare(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: 
     (see :func:`rnnlab.report.aggregate`) of exactly the planned seeds. Workers are spawned,
     so a script that calls this must do so under ``if __name__ == "__main__":``.
     """
+    if isinstance(entries, str) or not all(isinstance(e, Entry) for e in entries):
+        raise ConfigError("compare takes entries from rnnlab.entries.resolve_entries(['dlw-rnn-a', ...]), "
+                          f"not {describe(entries)}")
     out = Path(out_dir)
     check_baseline(baseline, [e.name for e in entries])  # before hours of training, not after
     tasks, states = prepare(entries, out, seeds=seeds, jobs=jobs)  # refuses a mismatching folder up front

@@ -17,7 +17,7 @@ from pathlib import Path
 from rnnlab.checkpoint import CONFIG
 from rnnlab.config import (DATA_LOCATION, RunConfig, apply_overrides, check_folder_name, load_toml,
                            refuse_unused_keys)
-from rnnlab.errors import ConfigError
+from rnnlab.errors import ConfigError, describe
 from rnnlab.presets import get_preset, list_presets, suite as suite_names
 
 MAX_SWEEP_ENTRIES = 1000  # more is a typo, and would plan (and print) for minutes
@@ -36,6 +36,10 @@ def resolve_entries(specs: list[str], *, suite: str | None = None, overrides: li
                     sweeps: list[str] | None = None) -> list[Entry]:
     """Presets (by name), config files (TOML) and a suite's presets, each with the overrides
     applied, then expanded over the ``KEY=V1,V2,...`` sweeps."""
+    for what, given in (("specs", specs), ("overrides", overrides), ("sweeps", sweeps)):
+        if isinstance(given, str) or not isinstance(given, (list, tuple, type(None))):  # read letter by letter
+            raise ConfigError(f"{what} must be a list of strings, not {describe(given)}"
+                              + (f": [{given!r}]" if isinstance(given, str) else ""))
     names = list(suite_names(suite)) if suite else []
     names += list(specs)
     if not names:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 from rnnlab import checkpoint as ckpt
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab.config import RunConfig, from_dict, load_toml, to_flat_dict
-from rnnlab.errors import CheckpointError, ConfigError
+from rnnlab.errors import CheckpointError, ConfigError, describe
 
 __all__ = ["RESULTS_SCHEMA", "RunRecord", "collect", "read_record", "read_results", "read_summary",
            "result_settings"]
@@ -113,6 +114,12 @@ def collect(paths: list[str | Path]) -> dict[str, list[RunRecord]]:
     """Group the runs under ``paths`` (run folders, compare folders, folders of either, or an
     earlier report's results.json) by entry. An entry of a results.json whose name another path
     also has is named after the file's folder: ``dlw-rnn-a [tutorials]``."""
+    if isinstance(paths, (str, bytes, os.PathLike)) or not isinstance(paths, (list, tuple)):
+        # a string would be read character by character: "/" first, and the whole disk walked
+        raise ConfigError(f"give a list of run folders, compare folders or results.json files, not {describe(paths)}"
+                          + (f": [{str(paths)!r}]" if isinstance(paths, (str, os.PathLike)) else ""))
+    if not paths:
+        raise ConfigError("no run folders, compare folders or results.json files given")
     parts: list[tuple[Path, dict[str, list[RunRecord]]]] = []  # per path; a folder's records under ""
     for raw in paths:
         path = Path(raw)
