@@ -281,3 +281,16 @@ def test_dropout_on_one_layer_is_refused_where_given_and_silent_where_saved() ->
         warnings.simplefilter("error")
         for impl in ("torch", "fast"):
             assert make_recurrent("lstm", 3, 4, num_layers=1, dropout=0.3, impl=impl).dropout == 0.0
+
+
+def test_config_sections_must_be_their_dataclasses_and_layers_are_capped() -> None:
+    from rnnlab.config import ModelConfig, RunConfig, apply_overrides
+
+    for kwargs, message in ((dict(model={"hidden": 8}), r"RunConfig\(model=...\) takes a ModelConfig, not a dict"),
+                            (dict(data="mnist"), r"RunConfig\(data=...\) takes a DataConfig, not a str"),
+                            (dict(train=None), r"RunConfig\(train=...\) takes a TrainConfig, not None")):
+        with pytest.raises(ConfigError, match=message):
+            RunConfig(**kwargs)
+    assert RunConfig(model=ModelConfig(hidden=8)).model.hidden == 8
+    with pytest.raises(ConfigError, match=r"^model.layers=100000 is out of range; it must be <= 128$"):
+        apply_overrides(RunConfig(), ["model.layers=100000"])

@@ -298,3 +298,22 @@ def test_bf16_autocast_on_cuda_keeps_the_recurrence_in_fp32(cell: str) -> None:
     assert states.dtype == torch.float32 and logits.dtype == torch.bfloat16 and model.recurrent_in_fp32
     logits.float().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_create_model_checks_its_arguments_and_builds_float32() -> None:
+    from rnnlab.config import RunConfig
+
+    with pytest.raises(ConfigError, match=r"^create_model takes a ModelConfig \(a run config's .model\), not a RunConfig$"):
+        create_model(RunConfig(), input_size=3, seq_len=4, num_classes=2)
+    for key, value, low in (("input_size", "28", 1), ("seq_len", 0, 1), ("num_classes", 0, 2), ("input_size", True, 1)):
+        sizes = {"input_size": 3, "seq_len": 4, "num_classes": 2, key: value}
+        with pytest.raises(ConfigError, match=rf"^create_model: {key}={value!r} must be a whole number >= {low}$"):
+            create_model(ModelConfig(hidden=8), **sizes)
+    torch.set_default_dtype(torch.float64)  # a caller's: the data is float32 all the same
+    try:
+        model = create_model(ModelConfig(hidden=8), input_size=3, seq_len=4, num_classes=2)
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert model(torch.rand(2, 4, 3)).dtype == torch.float32

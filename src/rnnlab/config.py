@@ -41,6 +41,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 AMP_MODES = ("off", "bf16", "fp16", "auto")
 BACKWARDS = ("auto", "autograd")
 MAX_SEED = 2**63 - 1  # TOML integers and torch's int64 seeds stop here
+MAX_LAYERS = 128  # stacked recurrent layers
 MAX_THREADS = 1024  # far above any CPU's use; torch segfaults on some counts (5000) instead of failing
 # A run folder is runs/<name>-<time>: one plain folder name, portable and safe to type in a shell.
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
@@ -145,6 +146,8 @@ class ModelConfig:
         _choice("model", "impl", self.impl, IMPLS)
         _at_least("model", "hidden", self.hidden, 1)
         _at_least("model", "layers", self.layers, 1)
+        # Deeper stacks do not train as recurrent networks, and torch.nn takes minutes to build one.
+        _at_most("model.layers", self.layers, MAX_LAYERS)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout!r} is out of range; it must be in [0, 1)")
 
@@ -215,6 +218,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        for section, cls in _SECTIONS.items():  # a dict here would fail later, deep in training
+            if not isinstance(getattr(self, section), cls):
+                raise ConfigError(f"RunConfig({section}=...) takes a {cls.__name__}, not "
+                                  f"{describe(getattr(self, section))}; e.g. RunConfig({section}={cls.__name__}(...)), "
+                                  "or build a config from a dict with rnnlab.config.from_dict")
         _check_values("", self)
         if self.seed < 0:
             raise ConfigError(f"seed={self.seed!r} is out of range; it must be >= 0")

@@ -13,7 +13,7 @@ import torch
 
 from rnnlab.config import ModelConfig
 from rnnlab.distributed import is_out_of_memory
-from rnnlab.errors import ConfigError
+from rnnlab.errors import ConfigError, describe
 from rnnlab.models.recurrent import SequenceClassifier
 from rnnlab.models.size import ADVICE, check_model_size, format_count, format_size
 
@@ -51,9 +51,17 @@ def get_builder(name: str) -> Builder:
 
 def create_model(config: ModelConfig, *, input_size: int, seq_len: int, num_classes: int,
                  input_mean: float | torch.Tensor = 0.0, input_std: float | torch.Tensor = 1.0) -> SequenceClassifier:
-    """Build the model a :class:`ModelConfig` describes (its ``cell`` names the builder)."""
+    """Build the model a :class:`ModelConfig` describes (its ``cell`` names the builder), in float32
+    whatever the caller's default dtype (the data is float32)."""
+    if not isinstance(config, ModelConfig):
+        raise ConfigError(f"create_model takes a ModelConfig (a run config's .model), not {describe(config)}")
+    for key, value, low in (("input_size", input_size, 1), ("seq_len", seq_len, 1), ("num_classes", num_classes, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"create_model: {key}={value!r} must be a whole number >= {low}")
     builder = get_builder(config.cell)
     count = check_model_size(config, input_size=input_size, seq_len=seq_len, num_classes=num_classes)
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
     try:
         return builder(config=config, input_size=input_size, seq_len=seq_len, num_classes=num_classes,
                        input_mean=input_mean, input_std=input_std)
@@ -63,6 +71,8 @@ def create_model(config: ModelConfig, *, input_size: int, seq_len: int, num_clas
         raise ConfigError(f"the model's {format_count(count)} parameters ({format_size(4 * count)} of float32 "
                           "weights) do not fit in the memory free now: torch could not allocate them; "
                           f"{ADVICE}") from None
+    finally:
+        torch.set_default_dtype(dtype)
 
 
 def _build(cell: str) -> Builder:
