@@ -239,3 +239,30 @@ def test_a_forked_child_does_not_take_its_parents_folder_as_its_own(tmp_path: Pa
             os._exit(5)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 3
+
+
+def test_a_folder_with_another_runs_leftovers_is_not_trained_into(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = apply_overrides(RunConfig(), TINY + ["data.val_size=40"])
+    killed = tmp_path / "killed"  # a run killed before its first checkpoint left its metrics
+    killed.mkdir()
+    (killed / "metrics.jsonl").write_text('{"iteration": 999, "val_accuracy": 99.9}\n')
+    with pytest.raises(CheckpointError, match="holds the metrics.jsonl of a run that stopped before its first"):
+        rnnlab.train(config, killed, progress=False)
+    assert (killed / "metrics.jsonl").read_text().count("\n") == 1
+    mine = tmp_path / "mine"  # a config.toml of other settings would be written over
+    mine.mkdir()
+    (mine / "config.toml").write_text("# my notes\n[model]\nhidden = 99\n")
+    with pytest.raises(CheckpointError, match="holds a config.toml of other settings"):
+        rnnlab.train(config, mine, progress=False)
+    assert "# my notes" in (mine / "config.toml").read_text()
+    same = tmp_path / "same"  # the same settings (as compare writes them first) train
+    same.mkdir()
+    rnnlab.config.save_toml(config, same / "config.toml")
+    assert rnnlab.train(config, same, progress=False).status == "completed"
+    monkeypatch.chdir(tmp_path)  # default folders of runs started within one second do not collide
+    from rnnlab.run import default_run_dir
+
+    first = default_run_dir(config)
+    first.mkdir(parents=True)
+    second = default_run_dir(config)
+    assert second != first and second.name.startswith(first.name) and not second.exists()

@@ -69,6 +69,12 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
         if (run_dir / SUMMARY).exists():  # e.g. a run that diverged before its first checkpoint: keep its record
             raise CheckpointError(f"{run_dir} already holds a run without a checkpoint (see its {SUMMARY}); "
                                   "choose another --out, or delete that folder to train into it again")
+        if (run_dir / METRICS).exists():  # killed before its first checkpoint: its rows would mix with these
+            raise CheckpointError(f"{run_dir} holds the {METRICS} of a run that stopped before its first checkpoint; "
+                                  "choose another --out, or delete that folder to train into it again")
+        if (run_dir / CONFIG).exists() and _other_config(run_dir / CONFIG, config):
+            raise CheckpointError(f"{run_dir} holds a {CONFIG} of other settings, which this run would write over; "
+                                  f"choose another --out, or train that config: --config {run_dir / CONFIG}")
         with _a_run_of_its_own(), _naming_the_checkpoint(run_dir):
             summary = Trainer(config, run_dir, progress=progress).fit(stop_after=stop_after)
     return Run(run_dir, config, summary)
@@ -189,10 +195,23 @@ def path_arg(value: Any, name: str, example: str) -> Path:
     return Path(value)
 
 
+def _other_config(path: Path, config: RunConfig) -> bool:
+    """Whether ``path`` holds other settings than ``config`` (unreadable counts as other)."""
+    try:
+        return settings_of_the_run(load_toml(path)) != settings_of_the_run(config)
+    except ConfigError:
+        return True
+
+
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
-    """``runs/<name, preset or model>-<local time>``."""
+    """``runs/<name, preset or model>-<local time>``, with ``-2``, ``-3``, ... where runs started
+    within the same second (a loop of quick runs) would share it."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(root) / f"{cfg.label}-{stamp}"
+    path, number = Path(root) / f"{cfg.label}-{stamp}", 1
+    while path.exists():
+        number += 1
+        path = Path(root) / f"{cfg.label}-{stamp}-{number}"
+    return path
 
 
 def _check_resumable(run_dir: Path, config: RunConfig, meta: dict[str, Any]) -> RunConfig:
