@@ -724,3 +724,16 @@ def test_what_the_caller_set_around_train_does_not_reach_the_run(tmp_path: Path)
         thread.join()
     for other in (under_autocast, in_inference, with_float64, threaded[0], threaded[1]):
         assert all(torch.equal(plain[k], other[k]) for k in plain)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"progress": "no"}, r"^progress must be True or False, not a str$"),
+    ({"stop_after": -1}, r"^stop_after=-1 must be a whole number of iterations >= 1"),
+    ({"stop_after": "3"}, r"^stop_after='3' must be a whole number"),
+])
+def test_train_and_resume_options_are_checked(tmp_path: Path, options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        rnnlab.train(tiny(), tmp_path / "run", **options)
+    with pytest.raises(ConfigError, match=message):
+        rnnlab.resume(tmp_path / "run", **options)
+    assert not (tmp_path / "run").exists()

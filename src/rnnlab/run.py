@@ -45,9 +45,17 @@ class Run:
         return ckpt.read_jsonl(self.dir / METRICS)
 
 
+def _check_options(progress: Any, stop_after: Any) -> None:
+    if not isinstance(progress, bool):  # "no" is true
+        raise ConfigError(f"progress must be True or False, not {describe(progress)}")
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
+        raise ConfigError(f"stop_after={stop_after!r} must be a whole number of iterations >= 1, or None (the whole budget)")
+
+
 def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = True,
           stop_after: int | None = None) -> Run:
     """Train a model as ``config`` says, writing a run folder (default ``runs/<label>-<time>``)."""
+    _check_options(progress, stop_after)
     if not isinstance(config, RunConfig):
         hint = "use rnnlab.get_preset(name).config, rnnlab.RunConfig(), or rnnlab.apply_overrides(config, [...])"
         if isinstance(getattr(config, "config", None), RunConfig):  # a Preset
@@ -84,6 +92,7 @@ def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int 
            data_dir: str | Path | None = None) -> Run:
     """Continue an interrupted run from its last checkpoint, to the end of its budget. ``data_dir``
     points it at its data moved elsewhere: the IDX folder, or for a sequence-file run the file."""
+    _check_options(progress, stop_after)
     run_dir = path_arg(run_dir, "run_dir", "rnnlab.resume('runs/my-run')")
     _, meta = ckpt.load_checkpoint(run_dir, training_state=True)  # refuse a damaged one before training
     config = from_dict(meta["config"], source=str(run_dir / ckpt.CHECKPOINT_JSON))
