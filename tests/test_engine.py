@@ -737,3 +737,10 @@ def test_train_and_resume_options_are_checked(tmp_path: Path, options: dict, mes
     with pytest.raises(ConfigError, match=message):
         rnnlab.resume(tmp_path / "run", **options)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_made_in_a_script_takes_a_string_folder_and_has_a_short_repr(tmp_path: Path) -> None:
+    run = rnnlab.train(tiny("train.iterations=2", "train.eval_every=2"), tmp_path / "run", progress=False)
+    again = rnnlab.Run(str(run.dir), run.config, run.summary)
+    assert again.metrics() == run.metrics() and rnnlab.load(again).predict(torch.zeros(1, 28, 28))
+    assert repr(again) == f"Run({str(run.dir)!r}, completed, test accuracy {run.test_accuracy:.2f}%)"

@@ -33,6 +33,13 @@ class Run:
     config: RunConfig
     summary: dict[str, Any]
 
+    def __post_init__(self) -> None:
+        self.dir = Path(self.dir)  # Run("runs/x", ...) from a script: its methods join paths
+
+    def __repr__(self) -> str:  # not the whole summary (a confusion matrix, ...)
+        accuracy = f", test accuracy {self.test_accuracy:.2f}%" if isinstance(self.test_accuracy, (int, float)) else ""
+        return f"Run({str(self.dir)!r}, {self.summary.get('status', '?')}{accuracy})"
+
     @property
     def status(self) -> str:
         return self.summary["status"]
