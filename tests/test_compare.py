@@ -306,7 +306,7 @@ def test_compare_cli_dry_run_and_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["compare", "dlw-rnn-a", "--dry-run", "model.hiddn=3"]) == 2
     assert "unknown key 'model.hiddn'" in capsys.readouterr().err
     assert main(["compare", "--seeds", "0", "dlw-rnn-a", "--dry-run"]) == 2
-    assert capsys.readouterr().err == "rnnlab: error: --seeds=0 must be >= 1\n"
+    assert capsys.readouterr().err == "rnnlab: error: --seeds=0 must be a whole number >= 1\n"
     # A baseline that is not an entry is refused before anything trains, and through the API too.
     assert main(["compare", "dlw-rnn-a", "dlw-lstm-a", "--dry-run", "--baseline", "dlw-lstm-a"]) == 0
     capsys.readouterr()
@@ -549,3 +549,11 @@ def test_a_seed_whose_folder_is_busy_is_reported_with_its_reason(tmp_path: Path)
     md = (tmp_path / "results.md").read_text()
     assert f"seed 0: **unfinished**: another rnnlab process is training {busy_task.run_dir}" in md
     assert not (Path(busy_task.run_dir) / "summary.json").exists()  # nothing written over the live run
+
+
+def test_plan_refuses_seeds_and_jobs_that_are_not_whole_numbers(tmp_path: Path) -> None:
+    entries = resolve_entries(["dlw-rnn-a"])
+    with pytest.raises(ConfigError, match=r"^--seeds='2' must be a whole number >= 1$"):
+        cmp.plan(entries, tmp_path, seeds="2")
+    with pytest.raises(ConfigError, match=r"^--jobs=1.5 must be a whole number >= 1$"):
+        cmp.plan(entries, tmp_path, seeds=2, jobs=1.5)

@@ -294,3 +294,12 @@ def test_config_sections_must_be_their_dataclasses_and_layers_are_capped() -> No
     assert RunConfig(model=ModelConfig(hidden=8)).model.hidden == 8
     with pytest.raises(ConfigError, match=r"^model.layers=100000 is out of range; it must be <= 128$"):
         apply_overrides(RunConfig(), ["model.layers=100000"])
+
+
+def test_a_numpy_scalar_is_named_as_one() -> None:
+    import numpy as np
+
+    from rnnlab.config import RunConfig
+
+    with pytest.raises(ConfigError, match=r"seed=np.int64\(3\) is a numpy int64 scalar \(int\(x\) or float\(x\)"):
+        RunConfig(seed=np.int64(3))

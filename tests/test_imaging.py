@@ -217,3 +217,10 @@ def test_an_open_image_file_is_read_and_left_usable(tmp_path: Path) -> None:
         assert handle.read(4) == b"\x89PNG"  # still the caller's, still readable
     assert np.array_equal(pixel_batch(io.BytesIO(path.read_bytes())), expected)
     assert np.array_equal(pixel_batch(torch.from_numpy(expected.copy())), expected)  # tensors as before
+
+
+def test_a_bfloat16_tensor_of_images_is_read() -> None:
+    from rnnlab.imaging import pixel_batch
+
+    images = torch.rand(2, 28, 28)
+    assert np.array_equal(pixel_batch(images.bfloat16()), pixel_batch(images.bfloat16().float()))

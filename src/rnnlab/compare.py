@@ -74,12 +74,12 @@ def plan(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: int
          threads: int | None = None) -> list[Task]:
     """One task per entry and seed 0..seeds-1. ``threads`` per worker defaults to cores // jobs,
     so that ``jobs`` workers together use the machine without oversubscribing it."""
-    if seeds < 1:
-        raise ConfigError(f"--seeds={seeds} must be >= 1")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"--seeds={seeds!r} must be a whole number >= 1")
     if seeds > MAX_SEEDS:
         raise ConfigError(f"--seeds={seeds} is too many: at most {MAX_SEEDS} per entry")
-    if jobs < 1:
-        raise ConfigError(f"--jobs={jobs} must be >= 1")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs={jobs!r} must be a whole number >= 1")
     per_worker = threads if threads is not None else max(1, available_cores() // jobs)
     tasks = []
     for entry in entries:

@@ -15,6 +15,8 @@ def describe(value: Any) -> str:
     if value is None:
         return "None"
     kind = getattr(getattr(value, "dtype", None), "kind", None)
+    if isinstance(kind, str) and getattr(value, "shape", None) == ():  # np.int64(3), not an array
+        return f"a numpy {value.dtype} scalar (int(x) or float(x) makes it a Python number)"
     if isinstance(kind, str) and hasattr(value, "shape"):  # a numpy array: say what it holds
         return f"an array of {({'O': 'Python objects', 'U': 'strings', 'S': 'bytes'}).get(kind, value.dtype)}"
     name = type(value).__name__

@@ -297,6 +297,8 @@ def _as_array(images: Any, accepted: str) -> np.ndarray:
     try:
         if _is_tensor(images):  # on a GPU, or needing grad, numpy cannot read it
             images = images.detach().cpu()
+            if str(images.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+                images = images.float()
         return np.asarray(images)
     except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:  # ragged lists, meta tensors
         line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
