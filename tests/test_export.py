@@ -421,3 +421,141 @@ def test_the_runner_refuses_an_empty_batch(untrained_run, fmt: str) -> None:
                                           r"\(0, 28, 28\); give at least one sequence \(N >= 1\)$"):
         runner(np.zeros((0, 28, 28), np.float32))
     assert runner(np.zeros((2, 28, 28), np.float32)).shape == (2, 10)
+
+
+def test_export_takes_a_run_and_leaves_the_callers_random_state_alone(trained_run: Path, tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    report = export_run(rnnlab.read_run(trained_run), "torchscript", tmp_path / "m.pt", samples=16)
+    assert report.path == str(tmp_path / "m.pt") and report.max_abs_diff <= 1e-4
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_export_arguments_of_the_wrong_type_are_refused(trained_run: Path, tmp_path: Path) -> None:
+    from rnnlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^run_dir must be a folder path \(str or Path\), not an int; "
+                                          r"e\.g\. export_run\('runs/my-run', 'onnx'\)$"):
+        export_run(5)
+    for kwargs, message in [({"out": 5}, r"^out must be a file path \(str or Path\) or None .*, not an int$"),
+                            ({"samples": "5"}, r"^samples must be a whole number .*, not a str; e\.g\. samples=256$"),
+                            ({"samples": True}, "not a bool"), ({"samples": 0}, "samples=0 must be >= 1"),
+                            ({"data_dir": 3}, r"^data_dir must be a path .*, not an int$")]:
+        with pytest.raises(ExportError, match=message):
+            export_run(trained_run, "torchscript", **{"out": tmp_path / "m.pt", **kwargs})
+    assert list(tmp_path.iterdir()) == []
+    report = export_run(trained_run, "torchscript", str(tmp_path / "m.pt"), samples=np.int64(8))
+    assert report.samples == 8
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An LSTM on rows (T dynamic) and an RNN with readout=all (T fixed at 28), in both formats."""
+    from _fixtures_runs import save_untrained_run
+
+    root = tmp_path_factory.mktemp("exports")
+    files = {}
+    for case, overrides in (("lstm", ["model.cell=lstm"]), ("all", ["model.cell=rnn", "model.readout=all"])):
+        run = save_untrained_run(root / case, ["model.hidden=8", *overrides])
+        for fmt in ("onnx", "torchscript"):
+            files[f"{case}-{fmt}"] = Path(export_run(run, fmt, check=False).path)
+    return files
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_load_exported_refuses_what_is_no_export(exports: dict[str, Path], tmp_path: Path, fmt: str) -> None:
+    (tmp_path / "notes.txt").write_text("not a model\n")
+    other = "torchscript" if fmt == "onnx" else "onnx"
+    name = {"onnx": "ONNX", "torchscript": "TorchScript"}[fmt]
+    for path, message in [
+            (tmp_path / "missing.onnx", rf"^{tmp_path / 'missing.onnx'}: no such file; write one with: rnnlab export "
+                                        rf"RUN_DIR --format {fmt} --out {tmp_path / 'missing.onnx'}$"),
+            (tmp_path, rf"^{tmp_path} is a directory, not an exported model; give the file, such as {tmp_path}/model"),
+            (tmp_path / "notes.txt", rf"^{tmp_path / 'notes.txt'} is not a model {name} can load \(.+\); "
+                                     "give a file that `rnnlab export` wrote$"),
+            (exports[f"lstm-{other}"], rf"is not a model {name} can load \(.+\); .*: pass fmt='{other}'$")]:
+        with pytest.raises(ExportError, match=message):
+            load_exported(path, fmt)
+    with pytest.raises(ExportError, match=r"^unknown export format 'tf'; choose one of: onnx, torchscript"):
+        load_exported(exports[f"lstm-{fmt}"], "tf")
+    with pytest.raises(ExportError, match=r"^path must be an exported model's file path \(str or Path\), not None"):
+        load_exported(None, fmt)
+    someone_elses = _victims(tmp_path / "victims")[f"other.{'onnx' if fmt == 'onnx' else 'pt'}"]
+    with pytest.raises(ExportError, match=rf"is an? {name} model, but not one rnnlab exported \(it has no rnnlab "
+                                          r"metadata\); load_exported runs the files `rnnlab export` writes$"):
+        load_exported(someone_elses, fmt)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_runner_converts_what_is_unambiguous(exports: dict[str, Path], fmt: str) -> None:
+    runner = load_exported(exports[f"lstm-{fmt}"], fmt)
+    x = np.random.default_rng(0).random((3, 28, 28)).astype(np.float32)
+    expected = runner(x)
+    assert expected.shape == (3, 10) and expected.dtype == np.float32
+    reversed_view = np.flip(np.flip(x, 1).copy(), 1)  # x's values, with a negative stride torch cannot take
+    for given in (x.astype(np.float64), x.tolist(), torch.from_numpy(x), torch.from_numpy(x).requires_grad_(),
+                  np.asfortranarray(x), reversed_view):
+        np.testing.assert_array_equal(runner(given), expected)
+    bf16 = torch.from_numpy(x).bfloat16()
+    np.testing.assert_array_equal(runner(bf16), runner(bf16.float().numpy()))
+    readonly = x.copy()
+    readonly.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch.from_numpy warns about a read-only array
+        np.testing.assert_array_equal(runner(readonly), expected)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_runner_refuses_inputs_of_another_type_or_shape(exports: dict[str, Path], fmt: str) -> None:
+    runner, fixed = load_exported(exports[f"lstm-{fmt}"], fmt), load_exported(exports[f"all-{fmt}"], fmt)
+    x = np.random.default_rng(0).random((3, 28, 28)).astype(np.float32)
+    shape = r"sequences must have shape \(N, T, 28\), T steps \(28 in training\); got "
+    for given, message in [
+            ((x * 255).astype(np.uint8), r"^sequences must be floats \(float32 in \[0, 1\]\), not uint8; pass "
+                                         r"x\.astype\(np\.float32\) / 255 for pixels 0-255$"),
+            (x[0], shape + r"\(28, 28\); for one sequence add the batch dimension: x\[None\]$"),
+            (x[..., :27], shape + r"\(3, 28, 27\)$"), (x.reshape(3, 784), shape + r"\(3, 784\)$"),
+            (x[:, :0], shape + r"\(3, 0, 28\)$"),
+            (np.full((1, 28, 28), "0.5"), "^sequences must hold numbers, not an array of strings$"),
+            ([x[0], x[1, :5]], "^sequences must be one array of numbers: "),
+            ([], r"^an exported model cannot run an empty batch: sequences has shape \(0,\)")]:
+        with pytest.raises(ExportError, match=message):
+            runner(given)
+    with pytest.raises(ExportError, match=r"^this model takes no lengths \(its run was trained on sequences of one "
+                                          r"length\); call it with the sequences alone$"):
+        runner(x, np.full(3, 28))
+    assert fixed(x).shape == (3, 10)  # readout=all fixes T at the trained 28
+    with pytest.raises(ExportError, match=r"^sequences must have shape \(N, 28, 28\); got \(3, 14, 28\)$"):
+        fixed(x[:, :14])
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_runner_of_varying_lengths_needs_them(tmp_path: Path, fmt: str) -> None:
+    from test_sequence_files import varying
+
+    (x, y, lengths), (xt, yt, lt) = varying(40, 0), varying(20, 1)
+    np.savez(tmp_path / "v.npz", x_train=x, y_train=y, lengths_train=lengths, x_test=xt, y_test=yt, lengths_test=lt)
+    assert main(["train", "--data-file", str(tmp_path / "v.npz"), "--model", "gru", "--hidden", "8", "--iterations",
+                 "2", "data.val_size=0", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    runner = load_exported(export_run(tmp_path / "run", fmt, check=False).path, fmt)
+    sequences, own = xt[:4, :, None], lt[:4]  # (4, 16, 1) padded, (4,) int64
+    expected = runner(sequences, own)
+    for given in (own.astype(np.int32), own.astype(np.uint8), own.tolist(), torch.from_numpy(own)):
+        np.testing.assert_array_equal(runner(sequences, given), expected)
+    with pytest.raises(ExportError, match=r"^this model was exported from a run on sequences of varying length and "
+                                          r"needs their lengths too: call it as run\(sequences, lengths\), lengths "
+                                          r"int64 of shape \(N,\) = \(4,\), each sequence's own length from 1 to "
+                                          r"T = 16$"):
+        runner(sequences)
+    with pytest.raises(ExportError, match=r"^lengths must be integers \(int64\), not float64; "
+                                          r"pass lengths\.astype\(np\.int64\)$"):
+        runner(sequences, own.astype(np.float64))
+    with pytest.raises(ExportError, match=r"^lengths must have shape \(N,\) = \(4,\), one per sequence; got \(4, 1\)$"):
+        runner(sequences, own[:, None])
+    with pytest.raises(ExportError, match=r"^sequences must have shape \(N, T, 1\), T steps \(16 in training\); got "
+                                          r"\(4, 16\); add the feature dimension: x\[\.\.\., None\]$"):
+        runner(xt[:4], own)
+    if fmt == "onnx":  # the graph would spread one length over the batch; TorchScript's own check says so
+        with pytest.raises(ExportError, match=r"^lengths must have shape \(N,\) = \(4,\), one per sequence; "
+                                              r"got \(1,\)$"):
+            runner(sequences, own[:1])

@@ -396,3 +396,119 @@ def test_an_image_the_model_overflows_on_is_an_error_not_nan(trained_run: Path, 
     assert ["error" in e for e in _strict_json(captured.out)] == [False, True, False]
     assert captured.err == (f"rnnlab: error: {paths[1]}: the model produced non-finite probabilities for this image: "
                             "pixels are bounded, so its weights overflow (a diverged run); retrain it\n")
+
+
+def test_load_leaves_the_callers_random_state_alone(trained_run: Path) -> None:
+    """Building the model draws random initial weights (then replaced by the checkpoint's): on a
+    fork of the generator, so the caller's next random numbers are those it would have had."""
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    expected = torch.rand(3)
+    torch.set_rng_state(state)
+    rnnlab.load(trained_run)
+    assert torch.equal(torch.get_rng_state(), state) and torch.equal(torch.rand(3), expected)
+
+
+class _Sizes:
+    """Wraps one of a model's methods, recording the batch size of each call."""
+
+    def __init__(self, model: torch.nn.Module, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sizes: list[int] = []
+        real = getattr(model, name)
+
+        def recording(x, *args, **kwargs):
+            self.sizes.append(x.shape[0])
+            return real(x, *args, **kwargs)
+
+        monkeypatch.setattr(model, name, recording)
+
+
+def test_inputs_are_run_in_chunks_giving_what_each_chunk_gives(trained_run: Path, digits: dict,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import rnnlab.trained as trained_module
+
+    trained, images = rnnlab.load(trained_run), digits["images"][:7]
+    whole = (trained.probabilities(images), trained.step_probabilities(images, [1, 14, 28]),
+             trained.reading(images, cheap_max_points=4))
+    monkeypatch.setattr(trained_module, "CHUNK_STEPS", 3 * 28)  # 3 images of 28 rows a chunk
+    forward, steps = _Sizes(trained.model, "forward", monkeypatch), _Sizes(trained.model, "step_logits", monkeypatch)
+    chunked = (trained.probabilities(images), trained.step_probabilities(images, [1, 14, 28]),
+               trained.reading(images, cheap_max_points=4))
+    assert forward.sizes == [3, 3, 1] and steps.sizes == [3, 3, 1, 3, 3, 1]
+    parts = [images[i:i + 3] for i in (0, 3, 6)]  # each one chunk of its own
+    torch.testing.assert_close(chunked[0], torch.cat([trained.probabilities(p) for p in parts]), rtol=0, atol=0)
+    torch.testing.assert_close(chunked[1], torch.cat([trained.step_probabilities(p, [1, 14, 28]) for p in parts]),
+                               rtol=0, atol=0)
+    assert chunked[2][0] == [7, 14, 21, 28]
+    torch.testing.assert_close(chunked[2][1], torch.cat([trained.reading(p, cheap_max_points=4)[1] for p in parts]),
+                               rtol=0, atol=0)
+    # and what one pass over all 7 gives (but for the last bits: BLAS may sum other batch sizes in another order)
+    torch.testing.assert_close(chunked[0], whole[0])
+    torch.testing.assert_close(chunked[1], whole[1])
+    torch.testing.assert_close(chunked[2][1], whole[2][1])
+    assert [e["class"] for e in trained.predict(images)] == whole[0].argmax(1).tolist()
+
+
+def test_long_sequences_go_fewer_at_a_time(untrained_run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunk is a number of sequence-steps: 28,000 is 1000 row images, and 35 of 784 pixels."""
+    from rnnlab.trained import CHUNK_STEPS
+
+    trained = rnnlab.load(untrained_run(["data.view=pixels", "model.hidden=8"]))
+    forward = _Sizes(trained.model, "forward", monkeypatch)
+    images = np.random.default_rng(0).integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    assert trained.probabilities(images).shape == (40, 10)
+    assert forward.sizes == [CHUNK_STEPS // 784, 40 - CHUNK_STEPS // 784] == [35, 5]
+
+
+def test_sequences_of_varying_length_are_chunked_with_their_lengths(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import rnnlab.trained as trained_module
+    from test_sequence_files import varying
+
+    (x, y, lengths), (xt, yt, lt) = varying(40, 0), varying(20, 1)
+    np.savez(tmp_path / "v.npz", x_train=x, y_train=y, lengths_train=lengths, x_test=xt, y_test=yt, lengths_test=lt)
+    assert main(["train", "--data-file", str(tmp_path / "v.npz"), "--model", "gru", "--hidden", "8", "--iterations",
+                 "2", "data.val_size=0", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    trained = rnnlab.load(tmp_path / "run")
+    ragged = [xt[i, : lt[i]] for i in range(5)]
+    whole = trained.probabilities(ragged)
+    monkeypatch.setattr(trained_module, "CHUNK_STEPS", 2 * 16)  # padded to the longest, 16: 2 a chunk
+    forward = _Sizes(trained.model, "forward", monkeypatch)
+    chunked = trained.probabilities(ragged)
+    assert forward.sizes == [2, 2, 1]
+    # each sequence read to its own end, whichever chunk and padding it comes in
+    torch.testing.assert_close(chunked, torch.cat([trained.probabilities([s]) for s in ragged]))
+    torch.testing.assert_close(chunked, whole)
+
+
+def test_probabilities_are_float32_under_the_callers_autocast(trained_run: Path, digits: dict) -> None:
+    trained, images = rnnlab.load(trained_run), digits["images"][:3]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        results = (trained.probabilities(images), trained.step_probabilities(images, [14, 28]),
+                   trained.reading(images)[1])
+    for probs in results:
+        assert probs.dtype == torch.float32
+        torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
+
+
+def test_running_out_of_memory_is_a_resource_error(trained_run: Path, digits: dict,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from rnnlab.errors import ResourceError
+
+    trained, images = rnnlab.load(trained_run), digits["images"][:3]
+
+    def out_of_memory(*args, **kwargs):  # what the CPU allocator raises
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 16257024000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(trained.model, "forward", out_of_memory)
+    with pytest.raises(ResourceError, match=r"^out of memory on cpu running the model on 3 inputs of 28 steps, 3 at "
+                                            r"a time \(.*can't allocate memory.*\); give it fewer inputs at a time$"):
+        trained.predict(images)
+
+    def a_bug(*args, **kwargs):
+        raise RuntimeError("some other failure")
+
+    monkeypatch.setattr(trained.model, "forward", a_bug)
+    with pytest.raises(RuntimeError, match="^some other failure$"):  # not dressed up as a user's mistake
+        trained.probabilities(images)

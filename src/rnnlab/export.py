@@ -20,7 +20,9 @@ An existing ``--out`` is replaced only if it is a previous export (or ``force``)
 from __future__ import annotations
 
 import errno
+import numbers
 import os
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,9 @@ from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import replacing
 from rnnlab.export_formats import (INPUT_NAME, LENGTHS_NAME, OUTPUT_NAME, ExportError, Runner, onnx_runner,
                                    require_onnx, torchscript_runner, write_onnx, write_torchscript)
-from rnnlab.export_paths import cannot_write, out_refusal
+from rnnlab.errors import describe
+from rnnlab.export_paths import cannot_write, is_rnnlab_export, out_refusal
+from rnnlab.run import path_arg
 
 __all__ = ["EXTENSIONS", "FORMATS", "ExportError", "ExportReport", "export_run", "load_exported", "reference_model"]
 
@@ -63,11 +67,13 @@ class ExportReport:
         return asdict(self)
 
 
-def reference_model(run_dir: str | Path) -> tuple[Any, torch.nn.Module]:
-    """``(TrainedModel, eval-mode model rebuilt on the reference torch.nn layers)``."""
+def reference_model(run_dir: str | Path | Any) -> tuple[Any, torch.nn.Module]:
+    """``(TrainedModel, eval-mode model rebuilt on the reference torch.nn layers)``; ``run_dir``
+    is a run folder or a :class:`rnnlab.Run`."""
     from rnnlab.config import from_dict
     from rnnlab.trained import TrainedModel, build_from_state
 
+    run_dir = path_arg(run_dir, "run_dir", "export_run('runs/my-run', 'onnx')")
     tensors, meta = ckpt.load_checkpoint(run_dir)
     config = from_dict(meta["config"], source=str(Path(run_dir) / ckpt.CHECKPOINT_JSON))
     model = build_from_state(config, tensors["model"], impl="torch", input_shape=meta.get("input"),
@@ -112,22 +118,113 @@ def _pixels_in(trained: Any) -> bool:
 
 
 def load_exported(path: str | Path, fmt: str | None = None) -> Runner:
-    """A function ``float32 (N, T, F)[, int64 lengths (N,)] -> logits (N, C)`` running an exported
-    file (for checks and demos); lengths only for a model exported with a lengths input. An empty
-    batch (N = 0) is refused."""
+    """A function ``(sequences (N, T, F)[, lengths (N,)]) -> logits (N, C)`` (a NumPy array)
+    running a file that ``rnnlab export`` wrote (for checks and demos); ``fmt`` None goes by the
+    file's extension (``.onnx``: ONNX, else TorchScript).
+
+    The function takes float32 sequences, and converts float64 and float16 arrays, torch tensors
+    and nested lists to them; lengths (int64, one per sequence) only for a model exported with a
+    lengths input, and for that one always, converted from any integer type. Other types, another
+    shape than the export's, an empty batch (N = 0) or a missing ``lengths`` are refused (ExportError)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ExportError(f"path must be an exported model's file path (str or Path), not {describe(path)}; "
+                          "e.g. load_exported('runs/my-run/model.onnx')")
     path = Path(path)
-    fmt = fmt or ("onnx" if path.suffix == ".onnx" else "torchscript")
-    run = onnx_runner(path) if fmt == "onnx" else torchscript_runner(path)
+    if fmt is None:
+        fmt = "onnx" if path.suffix == ".onnx" else "torchscript"
+    elif fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)} "
+                          "(or leave it out to go by the file's extension)")
+    name = _FORMAT_NAMES[fmt]
+    if path.is_dir():
+        raise ExportError(f"{path} is a directory, not an exported model; give the file, such as "
+                          f"{path / 'model'}{EXTENSIONS[fmt]}")
+    if not path.is_file():  # a FIFO or a device would block or fail in the runtime's own words
+        raise ExportError(f"{path}: no such file; write one with: rnnlab export RUN_DIR --format {fmt} --out {path}"
+                          if not path.exists() else f"{path} is not a regular file; give an exported model's file")
+    try:
+        run, metadata = onnx_runner(path) if fmt == "onnx" else torchscript_runner(path)
+    except ExportError:
+        raise  # onnx or onnxruntime missing: says what to install
+    except Exception as exc:  # noqa: BLE001 - the runtimes' own types (InvalidProtobuf, RuntimeError...)
+        raise ExportError(f"{path} is not a model {name} can load ({ckpt.error_line(exc)}); "
+                          f"{_other_format(path, fmt)}") from None
+    if metadata is None or not all(isinstance(metadata.get(key), int) for key in ("steps", "features")):
+        raise ExportError(f"{path} is a{'n' * (fmt == 'onnx')} {name} model, but not one rnnlab exported (it has "
+                          "no rnnlab metadata); load_exported runs the files `rnnlab export` writes")
 
-    def run_nonempty(x: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
-        # ONNX Runtime's recurrent ops abort the whole process on N = 0 (no exception to catch), and
-        # TorchScript's packing of varying lengths raises "Cannot pack empty tensors".
-        if np.shape(x)[:1] == (0,):
-            raise ExportError(f"an exported model cannot run an empty batch: sequences has shape "
-                              f"{tuple(np.shape(x))}; give at least one sequence (N >= 1)")
-        return run(x, lengths)
+    def checked_run(sequences: Any, lengths: Any = None) -> np.ndarray:
+        return run(*_runner_inputs(metadata, sequences, lengths))
 
-    return run_nonempty
+    return checked_run
+
+
+def _other_format(path: Path, fmt: str) -> str:
+    """How to read a file that ``fmt``'s runtime could not load: as the other format, if it is one."""
+    zipped = zipfile.is_zipfile(path)  # a TorchScript file is a zip archive; an ONNX file (protobuf) is not
+    if fmt == "onnx" and zipped:
+        return "it is a zip archive, as TorchScript files are: pass fmt='torchscript'"
+    if fmt == "torchscript" and not zipped and is_rnnlab_export(path):
+        return "it is an rnnlab ONNX export: pass fmt='onnx'"
+    return "give a file that `rnnlab export` wrote"
+
+
+def _as_array(value: Any, name: str) -> np.ndarray:
+    """A runner's argument as a NumPy array of numbers: torch tensors (on any device, bfloat16)
+    and nested lists too."""
+    if isinstance(value, torch.Tensor):  # numpy takes no GPU, grad-tracking or bfloat16 tensor
+        value = value.detach().cpu()
+        value = value.float() if value.dtype == torch.bfloat16 else value
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged lists
+        raise ExportError(f"{name} must be one array of numbers: {ckpt.error_line(exc, kind=False)}") from None
+    if array.dtype.kind not in "biuf":
+        raise ExportError(f"{name} must hold numbers, not {describe(array)}")
+    return array
+
+
+def _runner_inputs(metadata: dict[str, Any], sequences: Any,
+                   lengths: Any) -> tuple[np.ndarray] | tuple[np.ndarray, np.ndarray]:
+    """A runner's arguments as the exported graph takes them, ``float32 (N, T, F)`` and ``int64
+    (N,)``, checked against the export's ``metadata`` (see :func:`_metadata`)."""
+    steps, features = metadata["steps"], metadata["features"]
+    dynamic = bool(metadata.get("dynamic_steps", True))
+    pixels = metadata.get("input_range") is not None  # values in [0, 1], as pixels / 255
+    x = _as_array(sequences, "sequences")
+    # ONNX Runtime's recurrent ops abort the whole process on N = 0 (no exception to catch), and
+    # TorchScript's packing of varying lengths raises "Cannot pack empty tensors".
+    if x.shape[:1] == (0,):
+        raise ExportError(f"an exported model cannot run an empty batch: sequences has shape "
+                          f"{x.shape}; give at least one sequence (N >= 1)")
+    if x.dtype.kind != "f":  # integers may be pixels 0-255, which the model reads divided by 255: not guessed
+        fix = "x.astype(np.float32) / 255 for pixels 0-255" if pixels else "x.astype(np.float32)"
+        raise ExportError(f"sequences must be floats (float32{' in [0, 1]' if pixels else ''}), not {x.dtype}; "
+                          f"pass {fix}")
+    if x.ndim != 3 or x.shape[2] != features or x.shape[1] < 1 or not (dynamic or x.shape[1] == steps):
+        expected = f"(N, T, {features}), T steps ({steps} in training)" if dynamic else f"(N, {steps}, {features})"
+        hint = ""
+        if x.ndim == 2 and x.shape[1] == features and (dynamic or x.shape[0] == steps):
+            hint = "; for one sequence add the batch dimension: x[None]"
+        elif x.ndim == 2 and features == 1:
+            hint = "; add the feature dimension: x[..., None]"
+        raise ExportError(f"sequences must have shape {expected}; got {x.shape}{hint}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not metadata.get("lengths_input"):
+        if lengths is not None:
+            raise ExportError("this model takes no lengths (its run was trained on sequences of one length); "
+                              "call it with the sequences alone")
+        return (x,)
+    if lengths is None:
+        raise ExportError(f"this model was exported from a run on sequences of varying length and needs their "
+                          f"lengths too: call it as run(sequences, lengths), lengths int64 of shape (N,) = "
+                          f"({len(x)},), each sequence's own length from 1 to T = {x.shape[1]}")
+    given = _as_array(lengths, "lengths")
+    if given.dtype.kind not in "iu":
+        raise ExportError(f"lengths must be integers (int64), not {given.dtype}; pass lengths.astype(np.int64)")
+    if given.ndim != 1:  # one per sequence: the model (TorchScript) or the runner (ONNX) checks how many
+        raise ExportError(f"lengths must have shape (N,) = ({len(x)},), one per sequence; got {given.shape}")
+    return x, np.ascontiguousarray(given, dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------- check and entry point
@@ -176,19 +273,32 @@ def _misnamed(path: Path, fmt: str) -> str | None:
             f"use {path.with_name(stem + EXTENSIONS[fmt])}, or --format {named}")
 
 
-def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None, *, check: bool = True,
-               samples: int = 256, data_dir: str | None = None, force: bool = False) -> ExportReport:
-    """Export a run's model to ``out`` (default ``RUN_DIR/model.onnx`` / ``model.torchscript.pt``).
+def export_run(run_dir: str | Path | Any, fmt: str = "onnx", out: str | Path | None = None, *, check: bool = True,
+               samples: int = 256, data_dir: str | Path | None = None, force: bool = False) -> ExportReport:
+    """Export a run's model (``run_dir``: its folder, or a :class:`rnnlab.Run`) to ``out`` (default
+    ``RUN_DIR/model.onnx`` / ``model.torchscript.pt``).
     An existing file there is replaced only if it is a previous export, or with ``force``; an ``out``
     ending in the other format's extension (model.onnx for TorchScript) is refused."""
+    run_dir = path_arg(run_dir, "run_dir", "export_run('runs/my-run', 'onnx')")  # a Run stands for its folder
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise ExportError(f"out must be a file path (str or Path) or None (the run folder's "
+                          f"model{EXTENSIONS[fmt]}), not {describe(out)}")
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise ExportError(f"data_dir must be a path (str or Path) or None (the run's own data), "
+                          f"not {describe(data_dir)}")
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral):
+        raise ExportError(f"samples must be a whole number of test sequences to check, not {describe(samples)}; "
+                          "e.g. samples=256")
     if samples < 1:
         raise ExportError(f"samples={samples} must be >= 1")
+    samples = int(samples)  # a NumPy integer too
+    data_dir = None if data_dir is None else os.fspath(data_dir)
     if fmt == "onnx":
         require_onnx()  # fail before any work
     trained, model = reference_model(run_dir)
-    path = Path(out) if out is not None else Path(run_dir) / f"model{EXTENSIONS[fmt]}"
+    path = Path(out) if out is not None else run_dir / f"model{EXTENSIONS[fmt]}"
     # Where first: a name's fix is no help for a path inside a file or over someone's file.
     refusal = (out_refusal(path, run_dir, EXTENSIONS[fmt], given=out is not None, force=force)
                or _misnamed(path, fmt))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from rnnlab.errors import RnnlabError
-from rnnlab.export_paths import METADATA_FILE
+from rnnlab.export_paths import METADATA_FILE, VERSION_KEY
 
 INPUT_NAME, LENGTHS_NAME, OUTPUT_NAME = "sequences", "lengths", "logits"
 ONNX_OPSET = 17
@@ -121,7 +121,22 @@ def write_onnx(model: torch.nn.Module, example: tuple[torch.Tensor, ...], path: 
 Runner = Callable[..., np.ndarray]  # (sequences (N, T, F) float32[, lengths (N,) int64]) -> logits (N, C)
 
 
-def onnx_runner(path: Path) -> Runner:
+def _json(text: str | bytes) -> Any:
+    """``text`` decoded, or None where it is not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        return None
+
+
+def _ours(metadata: Any) -> dict[str, Any] | None:
+    """A file's decoded metadata if rnnlab wrote it (it has our version key), else None."""
+    return metadata if isinstance(metadata, dict) and VERSION_KEY in metadata else None
+
+
+def onnx_runner(path: Path) -> tuple[Runner, dict[str, Any] | None]:
+    """``(run, metadata)``: run takes float32 and int64 arrays as the graph does; metadata is
+    None for an ONNX file that rnnlab did not write."""
     _, ort = require_onnx()
     options = ort.SessionOptions()
     # One thread, no spin-waiting: checks are small, and spinning threads starve a busy machine.
@@ -130,10 +145,16 @@ def onnx_runner(path: Path) -> Runner:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def run(x: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+        if lengths is not None and lengths.shape != x.shape[:1]:
+            # The graph does not check this (ONNX has no assertion op): it would broadcast one length
+            # over the whole batch. Worded as TorchScript's own check (_LengthsChecked).
+            raise ExportError(f"lengths must have shape (N,) = ({x.shape[0]},), one per sequence; "
+                              f"got {lengths.shape}")
         feed = {INPUT_NAME: x} if lengths is None else {INPUT_NAME: x, LENGTHS_NAME: lengths}
         return session.run([OUTPUT_NAME], feed)[0]
 
-    return run
+    # One metadata_props entry per key, each value JSON-encoded (write_onnx)
+    return run, _ours({k: _json(v) for k, v in session.get_modelmeta().custom_metadata_map.items()})
 
 
 # ---------------------------------------------------------------------------- TorchScript
@@ -191,15 +212,22 @@ class _LengthsChecked(torch.nn.Module):
         return self.traced(sequences, lengths)
 
 
-def torchscript_runner(path: Path) -> Runner:
+def torchscript_runner(path: Path) -> tuple[Runner, dict[str, Any] | None]:
+    """``(run, metadata)``: run takes float32 and int64 arrays as the module does; metadata is
+    None for a TorchScript file that rnnlab did not write."""
+    extra = {METADATA_FILE: ""}  # torch.jit.load fills in the extra files it finds
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        module = torch.jit.load(str(path), map_location="cpu")
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     module.eval()
 
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        # torch.from_numpy warns about a read-only array (torch may not write into it): copy that one
+        return torch.from_numpy(array if array.flags.writeable else array.copy())
+
     def run(x: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
-        inputs = (torch.from_numpy(x),) if lengths is None else (torch.from_numpy(x), torch.from_numpy(lengths))
+        inputs = (tensor(x),) if lengths is None else (tensor(x), tensor(lengths))
         with torch.no_grad():
             return module(*inputs).numpy()
 
-    return run
+    return run, _ours(_json(extra[METADATA_FILE]))  # left "" (no JSON) where the file has none

@@ -4,7 +4,7 @@ and reads images step by step for the command line, the web API and Python."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -15,9 +15,16 @@ from rnnlab.config import RunConfig, from_dict
 from rnnlab.data import SequenceData, images_to_sequences, load_sequences
 from rnnlab.data.files import check_against_run, load_sequence_file
 from rnnlab.data.sources import DATASETS
-from rnnlab.errors import CheckpointError, ConfigError, DataError
+from rnnlab.errors import CheckpointError, ConfigError, DataError, ResourceError
 from rnnlab.models import SequenceClassifier, create_model
 from rnnlab.run import Run, path_arg
+
+# The model reads its inputs at most this many sequence-steps (N x T) at a time. Its recurrent
+# layers keep every step's state, so memory grows with N x T: 10,000 pixel-view images (784 steps)
+# in one pass asked 16 GB of an LSTM of 128. 28,000 is 1000 row-view images (28 steps, as
+# evaluate's default batch) or 35 pixel-view ones (under 100 MB at hidden 128); on the CPU a
+# 784-step LSTM of 128 runs as fast per sequence in batches of 25 as of 400 (measured).
+CHUNK_STEPS = 28_000
 
 
 class TrainedModel:
@@ -161,35 +168,59 @@ class TrainedModel:
         return seqs.float() / 255.0 if seqs.dtype == torch.uint8 else seqs
 
     def _model_inputs(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Images or sequences -> ``(x (N, T, F), lengths (N,) or None)`` on the model's device."""
-        device = self.model.input_mean.device  # wherever load() put the model
-        x, lengths = self.sequences_in(inputs) if self.reads_sequences else (self.to_sequences(inputs), None)
-        return x.to(device), None if lengths is None else lengths.to(device)
+        """Images or sequences -> ``(x (N, T, F), lengths (N,) or None)`` on the CPU
+        (:meth:`_softmax_in_chunks` moves each chunk to the model's device)."""
+        return self.sequences_in(inputs) if self.reads_sequences else (self.to_sequences(inputs), None)
 
-    @torch.no_grad()
+    def _softmax_in_chunks(self, x: torch.Tensor, lengths: torch.Tensor | None,
+                           logits: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]) -> torch.Tensor:
+        """``softmax(logits(x, lengths))`` over the last dimension, float32 on the CPU, computed
+        at most :data:`CHUNK_STEPS` sequence-steps at a time on the model's device. Each row
+        depends on its own sequence only, so the result is the chunks' results concatenated."""
+        device = self.model.input_mean.device  # wherever load() put the model
+        size = max(1, CHUNK_STEPS // max(1, x.shape[1]))  # sequences per chunk; at least one
+        self.model.eval()
+        parts = []
+        try:
+            with torch.no_grad():
+                for start in range(0, len(x), size):
+                    part = logits(x[start:start + size].to(device),
+                                  None if lengths is None else lengths[start:start + size].to(device))
+                    # float32 whatever the caller's autocast made of the logits (bf16, say)
+                    parts.append(torch.softmax(part.float(), dim=-1).cpu())
+        except Exception as exc:  # noqa: BLE001 - only running out of memory is handled here
+            if not dist.is_out_of_memory(exc):
+                raise
+            detail = (str(exc) or type(exc).__name__).splitlines()[0][:160]
+            error = ResourceError(f"out of memory on {device} running the model on {len(x)} inputs of "
+                                  f"{x.shape[1]} steps, {min(size, len(x))} at a time ({detail}); give it fewer "
+                                  "inputs at a time" + ("" if device.type == "cpu" else
+                                                        ", or load it on the CPU: rnnlab.load(run, device='cpu')"))
+        else:
+            return torch.cat(parts)
+        parts.clear()
+        raise error  # outside the handler: the failed chunk's tensors are freed, not kept as its context
+
     def probabilities(self, inputs: Any) -> torch.Tensor:
         """Class probabilities ``(N, C)`` on the CPU, for images, or for a sequence-file run its sequences."""
-        self.model.eval()
-        logits = self.model(*self._model_inputs(inputs))
-        return torch.softmax(logits.float(), dim=-1).cpu()
+        x, lengths = self._model_inputs(inputs)
+        return self._softmax_in_chunks(x, lengths, self.model)
 
     def step_probabilities(self, inputs: Any, points: list[int] | None = None) -> torch.Tensor:
         """Class probabilities ``(N, P, C)`` after reading ``points[i]`` steps (default: after each
         step, ``P = T``): how the prediction evolves as the model reads. Sequences of different
         lengths keep the probabilities of their last step after it."""
-        self.model.eval()
         x, lengths = self._model_inputs(inputs)
-        return torch.softmax(self.model.step_logits(x, points, lengths), dim=-1).cpu()
+        return self._softmax_in_chunks(x, lengths, lambda xs, ls: self.model.step_logits(xs, points, ls))
 
     def reading(self, inputs: Any, *, max_points: int | None = None,
                 cheap_max_points: int | None = None) -> tuple[list[int], torch.Tensor]:
         """``(points, probabilities (N, P, C))`` for ``rnnlab predict --steps`` and the web page: at
         most ``max_points`` points where each costs a pass, ``cheap_max_points`` where one pass
         gives them all (``None``: every step), evenly spaced and ending at the last step."""
-        self.model.eval()
         x, lengths = self._model_inputs(inputs)
         points = sample_points(x.shape[1], cheap_max_points if self.model.steps_in_one_pass else max_points)
-        return points, torch.softmax(self.model.step_logits(x, points, lengths), dim=-1).cpu()
+        return points, self._softmax_in_chunks(x, lengths, lambda xs, ls: self.model.step_logits(xs, points, ls))
 
     def predict(self, images: Any) -> list[dict[str, Any]]:
         """``[{"class": int, "probabilities": [...]}, ...]`` for images (MNIST-form arrays, or files/PIL
@@ -242,9 +273,13 @@ def build_from_state(config: RunConfig, state: dict[str, torch.Tensor], *, impl:
     else:  # a checkpoint from before meta "input": the config says it (a sequence file: the file does)
         steps, features, classes = config_input_shape(config)
     model_cfg = config.model if impl is None else replace(config.model, impl=impl)
-    # The standardisation buffers are scalars or (F,): build them in the checkpoint's shape.
-    model = create_model(model_cfg, input_size=features, seq_len=steps, num_classes=classes,
-                         input_mean=state.get("input_mean", 0.0), input_std=state.get("input_std", 1.0))
+    # create_model initialises the weights at random, and load_state_dict then replaces them: on a
+    # fork of the global generator, so that the caller's random stream is left as it was. Only the
+    # CPU's: the model is built there (devices=[] also leaves CUDA uninitialised).
+    with torch.random.fork_rng(devices=[]):
+        # The standardisation buffers are scalars or (F,): build them in the checkpoint's shape.
+        model = create_model(model_cfg, input_size=features, seq_len=steps, num_classes=classes,
+                             input_mean=state.get("input_mean", 0.0), input_std=state.get("input_std", 1.0))
     where = f"{source}: " if source is not None else ""
     mismatch = _state_mismatch(model, state)
     try:
