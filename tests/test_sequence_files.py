@@ -599,3 +599,11 @@ def test_samples_per_second_counts_the_partial_last_batch_of_each_epoch(tmp_path
     part = rnnlab.train(config, tmp_path / "part", progress=False, stop_after=5)  # after 3 + 1 + 1 batches
     assert part.summary["samples"] == 132
     assert rnnlab.resume(part.dir, progress=False).summary["samples"] == 200
+
+
+def test_no_sequences_and_the_repr_of_a_loaded_run(small_run: Path) -> None:
+    trained = rnnlab.load(small_run)
+    for empty in ([], ()):
+        with pytest.raises(DataError, match=r"^no sequences given \(an empty (list|tuple)\); pass at least one$"):
+            trained.predict(empty)
+    assert repr(trained) == f"TrainedModel({str(small_run)!r}, {trained.config.label}, 3 classes from sequences, on cpu)"

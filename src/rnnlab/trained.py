@@ -37,6 +37,11 @@ class TrainedModel:
         # Image datasets: predictions start from images. A sequence file: from sequences.
         self.image_shape = None if self.reads_sequences else DATASETS[config.data.dataset].image_shape
 
+    def __repr__(self) -> str:
+        reads = "sequences" if self.reads_sequences else f"{self.config.data.dataset} images ({self.view})"
+        return (f"TrainedModel({str(self.run_dir)!r}, {self.config.label}, {self.num_classes} classes from {reads}, "
+                f"on {self.model.input_mean.device})")
+
     @property
     def view(self) -> str:
         return self.config.data.view
@@ -108,6 +113,8 @@ class TrainedModel:
             raise DataError(f"{self.run_dir} was trained on {self.config.data.dataset} images; "
                             "pass images (predict), not sequences")
         steps, features = self.model.seq_len, self.model.input_size
+        if isinstance(sequences, (list, tuple)) and not sequences:
+            raise DataError(f"no sequences given (an empty {type(sequences).__name__}); pass at least one")
         if isinstance(sequences, (list, tuple)) and self.variable_lengths:
             parts = [self._one_batch(s, steps, features, single=True) for s in sequences]
             if not parts:
