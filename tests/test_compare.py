@@ -557,3 +557,15 @@ def test_plan_refuses_seeds_and_jobs_that_are_not_whole_numbers(tmp_path: Path) 
         cmp.plan(entries, tmp_path, seeds="2")
     with pytest.raises(ConfigError, match=r"^--jobs=1.5 must be a whole number >= 1$"):
         cmp.plan(entries, tmp_path, seeds=2, jobs=1.5)
+
+
+def test_two_overrides_each_used_by_another_entry_are_given(tmp_path: Path) -> None:
+    """A sequence-file entry uses data.val_size and ignores data.data_dir; a tutorial preset the reverse."""
+    seqs = rnnlab.apply_overrides(rnnlab.RunConfig(), ["data.dataset=file", f"data.file={tmp_path / 'x.npz'}",
+                                                       "name=seqs"])
+    save_toml(seqs, tmp_path / "seqs.toml")
+    overrides = [f"data.data_dir={tmp_path}", "data.val_size=100"]
+    entries = {e.name: e.config for e in resolve_entries([str(tmp_path / "seqs.toml"), "dlw-rnn-a"], overrides=overrides)}
+    assert entries["seqs"].data.val_size == 100 and entries["dlw-rnn-a"].data.data_dir == str(tmp_path)
+    with pytest.raises(ConfigError, match="every entry would ignore a setting given: data.data_dir"):
+        resolve_entries([str(tmp_path / "seqs.toml")], overrides=overrides)

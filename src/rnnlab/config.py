@@ -370,11 +370,6 @@ def apply_overrides(cfg: RunConfig, overrides: list[str], *, refuse_unused: bool
     return result
 
 
-def refuse_unused_keys(cfg: RunConfig, keys: set[str]) -> None:
-    """Refuse ``keys`` set on ``cfg`` that the rest of it leaves unused, as :func:`apply_overrides` does."""
-    _refuse_what_would_be_ignored(to_dict(cfg), keys)
-
-
 def _refuse_what_would_be_ignored(raw: dict[str, Any], given: set[str]) -> None:
     """Settings given that the rest of the config would leave unused (a saved config may hold them)."""
     if "preset" in given:  # the label of where a config came from: it would relabel the run, not load the preset

@@ -15,8 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rnnlab.checkpoint import CONFIG
-from rnnlab.config import (DATA_LOCATION, RunConfig, apply_overrides, check_folder_name, load_toml,
-                           refuse_unused_keys)
+from rnnlab.config import DATA_LOCATION, RunConfig, apply_overrides, check_folder_name, load_toml
 from rnnlab.errors import ConfigError, describe
 from rnnlab.presets import get_preset, list_presets, suite as suite_names
 
@@ -75,19 +74,23 @@ def resolve_entries(specs: list[str], *, suite: str | None = None, overrides: li
 
 
 def _refuse_if_every_entry_ignores(applied: list[tuple[RunConfig, list[str]]]) -> None:
-    """Overrides and sweeps go to every entry, and one entry may use what another ignores (a
-    validation split, say, where some entries follow the tutorial protocol). What every entry
-    would ignore is refused, as ``rnnlab train`` refuses it: else each trains the same config
-    under another name (a sweep over it, seeds that agree to the bit)."""
-    errors = []
-    for config, settings in applied:
-        try:
-            apply_overrides(config, settings)
-            return
-        except ConfigError as error:  # the other checks passed already, without refuse_unused
-            errors.append(error)
-    if errors:
-        raise ConfigError(f"every entry would ignore a setting given: {errors[0]}")
+    """Overrides go to every entry, and one entry may use what another ignores (a validation
+    split, say, where some entries follow the tutorial protocol). An override every entry would
+    ignore is refused, as ``rnnlab train`` refuses it. Each is judged alone: one entry may use one
+    override and another entry another."""
+    if not applied or not applied[0][1]:
+        return
+    configs = [apply_overrides(config, settings, refuse_unused=False) for config, settings in applied]
+    for item in applied[0][1]:
+        errors = []
+        for config in configs:
+            try:  # given again on top of everything: judged on what the config would then hold
+                apply_overrides(config, [item])
+                break  # this entry uses it
+            except ConfigError as error:
+                errors.append(error)
+        else:
+            raise ConfigError(f"every entry would ignore a setting given: {errors[0]}")
 
 
 def parse_sweep(item: str) -> tuple[str, list[str]]:
@@ -142,7 +145,7 @@ def expand_sweeps(entries: list[Entry], sweeps: list[tuple[str, list[str]]], ove
             settings = [*overrides, *implied, *(f"{k}={v}" for k, v in zip(keys, combo))]
             config = apply_overrides(entry.config, settings, refuse_unused=False)
             try:  # an entry that ignores its swept value trains what its siblings train, under another name
-                refuse_unused_keys(config, set(keys))
+                apply_overrides(config, [f"{k}={v}" for k, v in zip(keys, combo)])
             except ConfigError as error:
                 raise ConfigError(f"--sweep gives {name} a setting it would ignore: {error}; sweep it over "
                                   "entries that use it (compare the others apart)") from None
