@@ -300,7 +300,8 @@ def test_nan_checks_every_few_steps_report_what_every_step_checks_report(tmp_pat
 def test_running_totals_stay_on_the_device_and_find_the_first_bad_loss() -> None:
     totals = RunningTotals(torch.device("cpu"))
     totals.add(torch.tensor([6.0, 3.0]), 10, iteration=0)
-    assert totals.diverged() is None
+    assert totals.as_dict()["loss"] == 0.0  # summed over processes when looked at, not at each step
+    assert totals.diverged() is None and totals.as_dict() == {"loss": 6.0, "correct": 3, "count": 10}
     totals.add(torch.tensor([float("nan"), 1.0]), 10, iteration=1)
     totals.add(torch.tensor([float("inf"), 1.0]), 10, iteration=2)
     iteration, loss = totals.diverged()

@@ -245,13 +245,16 @@ class Trainer:
                 stop.restore()
             self.terminated = self.terminated or stop.terminated
             bar.close()
-        if status == "interrupted" and self._diverged():  # steps not looked at yet: no NaN checkpoint
+        # Steps not looked at yet: no NaN checkpoint. Under torchrun a Ctrl-C stops each process at a
+        # step of its own, so no collective: each looks at its own share.
+        if status == "interrupted" and self._diverged(together=self.world == 1):
             status = "diverged"
         return status
 
-    def _diverged(self) -> bool:
-        """Look at the losses of the steps since the last look (waits for the device)."""
-        found = self.running.diverged()
+    def _diverged(self, *, together: bool = True) -> bool:
+        """Look at the losses of the steps since the last look (waits for the device; under
+        torchrun, every process at the same step unless not ``together``)."""
+        found = self.running.diverged(together=together)
         if found is not None:
             iteration, value = found
             self.diverged_at = (iteration, value, learning_rate(self.cfg, iteration, self.total))
@@ -272,7 +275,7 @@ class Trainer:
         gradients over processes, so the loss is scaled by the process count: their average
         is then the gradient of the mean loss over the global batch, as one process gets.
         Returns the loss to backpropagate and, on the device, (2,) = (summed loss, correct
-        count) over the global batch.
+        count) over this process's share of the global batch.
         """
         t = self.cfg.train
         start, stop = dist.shard(len(batch_idx))
@@ -297,7 +300,7 @@ class Trainer:
         totals = torch.stack([summed.detach(), correct])  # (2,)
         if counted != 1.0:
             totals = totals * counted
-        return loss, dist.all_reduce_sum(totals)  # (2,), summed over processes
+        return loss, totals  # (2,): this process's share, summed over processes at the next NaN check
 
     def _log_evaluation(self, samples_per_second: float, lr: float) -> dict[str, Any]:
         """Evaluate on the validation split (or on test, under the tutorial protocol) and log it."""

@@ -42,7 +42,9 @@ NAN_CHECK_EVERY = 20
 class RunningTotals:
     """The training figures between two evaluations, summed on the training device so that a
     step never waits for it (loss sum and correct count), and the steps' totals since the last
-    look for a NaN loss."""
+    look for a NaN loss. Under torchrun each process adds its own share of a step, and the look
+    sums the processes' (one collective for all the steps since the last: one per step cost
+    Gloo ~0.4 ms, a sixth of a dlw-rnn-a step); the sums are whole after each look."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -54,17 +56,23 @@ class RunningTotals:
         self.count = 0
 
     def add(self, totals: torch.Tensor, count: int, iteration: int) -> None:
-        """One step's ``totals`` (2,) = (loss sum, correct count) over ``count`` samples."""
-        self.sums += totals  # one device op; no sync
+        """One step's ``totals`` (2,) = (loss sum, correct count), this process's share of the
+        step's ``count`` samples; no sync."""
         self.count += count
         self.pending.append((iteration, totals))
 
-    def diverged(self) -> tuple[int, float] | None:
+    def diverged(self, *, together: bool = True) -> tuple[int, float] | None:
         """(iteration, loss) of the first step since the last look whose loss was not finite,
-        or None. Waits for the device."""
+        or None. Waits for the device. ``together``: every process looks at this step (it sums
+        their totals); False for one process ending on its own (its totals alone)."""
         if not self.pending:
             return None
-        losses = torch.stack([totals for _, totals in self.pending])[:, 0]  # (steps,) loss sums
+        steps = torch.stack([totals for _, totals in self.pending])  # (steps, 2)
+        if together:
+            steps = dist.all_reduce_sum(steps)
+        for row in steps:  # one step at a time, as ever: sums that do not depend on when they were looked at
+            self.sums += row
+        losses = steps[:, 0]  # (steps,) loss sums
         bad = ~torch.isfinite(losses)
         iterations, self.pending = [i for i, _ in self.pending], []
         if not bad.any():
