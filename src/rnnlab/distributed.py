@@ -202,16 +202,27 @@ def resolve_amp(amp: str, device: torch.device, cell: str, steps: int) -> str:
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Mixed precision: bf16 on cpu or cuda, fp16 on cuda; ``off`` is float32, also inside a
-    caller's own autocast (an evaluation must give the figures ``rnnlab eval`` gives) (``auto``:
-    see ``resolve_amp``)."""
+    """Mixed precision: bf16 on cpu or cuda, fp16 on cuda; ``off`` is a no-op: a caller's own
+    autocast is left by :func:`autocast_off`, once, where rnnlab is entered (``auto``: see
+    ``resolve_amp``)."""
     if amp == "auto":
         raise ValueError("resolve train.amp=auto with resolve_amp() first")
     if amp == "off":
-        return torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") else contextlib.nullcontext()
+        return contextlib.nullcontext()
     _check_amp_device(amp, device)
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def autocast_off() -> Iterator[None]:
+    """Float32 inside a caller's own autocast (CPU and CUDA): a run, or an evaluation, computes in
+    the precision it was given, not in the one its caller happened to set."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.autocast("cpu", enabled=False))
+        if torch.cuda.is_available():
+            stack.enter_context(torch.autocast("cuda", enabled=False))
+        yield
 
 
 def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:

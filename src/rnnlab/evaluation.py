@@ -110,7 +110,8 @@ def evaluate(model: SequenceClassifier, data: SequenceData, *, batch_size: int =
     # The loss sum stays on the device: one sync at the end, not one per batch.
     total_loss = torch.zeros((), dtype=_sum_dtype(device), device=device)
     predictions = [torch.zeros(0, dtype=torch.long, device=device)]
-    with dist.inference(model), dist.autocast(device, amp):
+    # amp is the evaluation's own: a caller's autocast (around TrainedModel.evaluate) is left first
+    with dist.inference(model), dist.autocast_off(), dist.autocast(device, amp):
         first = start
         for x, y in data.iterate_once(batch_size, start, stop):
             # Freed pages back to the OS before each batch (the training buffers kept for reuse,

@@ -173,9 +173,7 @@ def _a_run_of_its_own() -> Iterator[None]:
         stack.enter_context(seeding.callers_state_kept())
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
-        stack.enter_context(torch.autocast("cpu", enabled=False))
-        if torch.cuda.is_available():
-            stack.enter_context(torch.autocast("cuda", enabled=False))
+        stack.enter_context(dist.autocast_off())
         torch.set_default_dtype(torch.float32)
         try:
             yield
