@@ -30,7 +30,7 @@ from rnnlab import seeding
 from rnnlab import trainer_state
 from rnnlab.config import RunConfig, save_toml
 from rnnlab.data import SequenceData
-from rnnlab.data.splits import describe_datasets, load_datasets
+from rnnlab.data.splits import data_identity, describe_datasets, load_datasets
 from rnnlab.errors import ResourceError
 from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix, evaluate, lengths_to
 from rnnlab.models import parameter_count
@@ -59,6 +59,7 @@ class Trainer:
         self.device = dist.select_device(cfg.train.device)
         seeding.seed_everything(cfg.seed)
         self.data = load_datasets(cfg)
+        self.data_identity = data_identity(self.data)  # kept in every checkpoint; a resume must match it
         _, steps, features = self.data.train.x.shape  # refuse a model too big to train before building it
         check_model_size(cfg.model, input_size=features, seq_len=steps, num_classes=self.data.num_classes,
                          train=cfg.train, gpu=dist.device_memory(self.device))

@@ -18,7 +18,7 @@ from rnnlab import distributed as dist
 from rnnlab import seeding
 from rnnlab.checkpoint import METRICS
 from rnnlab.config import from_dict, settings_of_the_run, to_dict
-from rnnlab.data.splits import data_identity, input_shape
+from rnnlab.data.splits import input_shape
 from rnnlab.errors import CheckpointError, DataError
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def save(trainer: Trainer) -> None:
             "epoch": trainer.iteration / trainer.batches_per_epoch, "train_seconds": trainer.train_seconds,
             "samples": trainer.samples,
             "running": trainer.running.as_dict(), "torch_version": torch.__version__,
-            "input": input_shape(trainer.data), "data": data_identity(trainer.data), "resolved": trainer.resolved()}
+            "input": input_shape(trainer.data), "data": trainer.data_identity, "resolved": trainer.resolved()}
     if trainer.best.active:
         meta["best"] = trainer.best.state()
         if trainer.best.weights is not None:
@@ -93,7 +93,7 @@ def _check_same_data(trainer: Trainer, began: dict[str, Any] | None, identity: d
                                                                       "variable_lengths", "dtype")
                if began and key in began and began[key] != now[key]]
     if not differs and identity:
-        current = data_identity(trainer.data)
+        current = trainer.data_identity
         differs = [f"{current[key]} {key} sequences now, {identity[key]} then" for key in ("train", "val", "test")
                    if key in identity and identity[key] != current[key]]
         if not differs and identity.get("digest") not in (None, current["digest"]):
