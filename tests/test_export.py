@@ -518,7 +518,11 @@ def test_the_runner_refuses_inputs_of_another_type_or_shape(exports: dict[str, P
             (x[:, :0], shape + r"\(3, 0, 28\)$"),
             (np.full((1, 28, 28), "0.5"), "^sequences must hold numbers, not an array of strings$"),
             ([x[0], x[1, :5]], "^sequences must be one array of numbers: "),
-            ([], r"^an exported model cannot run an empty batch: sequences has shape \(0,\)")]:
+            ([], r"^an exported model cannot run an empty batch: sequences has shape \(0,\)"),
+            (x * 255, r"^sequences must be pixels in \[0, 1\] \(pixel / 255\), as the model was trained on; got "
+                      r"values from [0-9.e-]+ to 25[0-9.]+; pass x / 255 for pixels 0-255$"),
+            (x - 0.5, r"^sequences must be pixels in \[0, 1\] .*got values from -0\.[0-9]+ to 0\.[0-9]+;"),
+            (np.where(x > 0.99, np.nan, x), r"^sequences hold [1-9][0-9]* NaN or infinite values; give finite values$")]:
         with pytest.raises(ExportError, match=message):
             runner(given)
     with pytest.raises(ExportError, match=r"^this model takes no lengths \(its run was trained on sequences of one "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from rnnlab.cli import main
 from rnnlab.config import RunConfig, apply_overrides
 from rnnlab.data.files import load_sequence_file, sequence_file_shape
 from rnnlab.errors import ConfigError, DataError
+from rnnlab.export import ExportError
 from rnnlab.serve import create_app
 
 
@@ -379,12 +381,26 @@ def test_an_exported_model_of_varying_lengths_takes_them_as_a_second_input(tmp_p
     # the same sequence alone, unpadded, gives the same answer
     alone = exported(padded[:1, : lt[0]], lt[:1].astype(np.int64))
     np.testing.assert_allclose(alone, logits[:1], atol=1e-5)
-    if fmt == "torchscript":  # a length outside 1..T, or not one per sequence, is refused
-        for bad, message in (([0, 3], "from 1 to the padded length T = 16; got lengths from 0 to 3"),
-                             ([17, 3], "got lengths from 3 to 17"), ([3], "lengths must have shape (N,) = (2,)")):
+    # The runner refuses a length outside 1..T, or not one per sequence, in the same words for both formats
+    for bad, message in (([0, 3], "from 1 to the padded length T = 16; got lengths from 0 to 3"),
+                         ([17, 3], "got lengths from 3 to 17"), ([3], "lengths must have shape (N,) = (2,)")):
+        with pytest.raises(ExportError, match=re.escape(message)):
+            exported(padded[:2], np.array(bad, np.int64))
+    if fmt == "torchscript":  # the file itself refuses them too, for callers of torch.jit.load
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit's own "deprecated" note
+            module = torch.jit.load(str(report.path))
+        for bad, message in (([0, 3], "got lengths from 0 to 3"), ([3], "lengths must have shape (N,) = (2,)")):
             with pytest.raises(torch.jit.Error, match=r"ValueError: .*" + re.escape(message)):  # raised in the script
-                exported(padded[:2], np.array(bad, np.int64))
+                module(torch.from_numpy(padded[:2]), torch.tensor(bad))
     else:  # an ONNX graph cannot raise: such a sequence's logits are NaN, and the others are as they were
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+
+        def exported(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:  # the graph alone, no runner
+            return session.run(["logits"], {"sequences": x, "lengths": lengths})[0]
+
         for bad in (0, -2, 17):
             out = exported(padded[:2], np.array([bad, lt[1]], np.int64))  # (2, C)
             assert np.isnan(out[0]).all() and np.allclose(out[1], logits[1], atol=1e-5), bad

@@ -125,7 +125,9 @@ def load_exported(path: str | Path, fmt: str | None = None) -> Runner:
     The function takes float32 sequences, and converts float64 and float16 arrays, torch tensors
     and nested lists to them; lengths (int64, one per sequence) only for a model exported with a
     lengths input, and for that one always, converted from any integer type. Other types, another
-    shape than the export's, an empty batch (N = 0) or a missing ``lengths`` are refused (ExportError)."""
+    shape than the export's, an empty batch (N = 0), NaN or infinite values, pixels outside [0, 1] (for
+    a model of images), a missing ``lengths``, or lengths not one per sequence from 1 to T are
+    refused (ExportError)."""
     if not isinstance(path, (str, os.PathLike)):
         raise ExportError(f"path must be an exported model's file path (str or Path), not {describe(path)}; "
                           "e.g. load_exported('runs/my-run/model.onnx')")
@@ -210,6 +212,12 @@ def _runner_inputs(metadata: dict[str, Any], sequences: Any,
             hint = "; add the feature dimension: x[..., None]"
         raise ExportError(f"sequences must have shape {expected}; got {x.shape}{hint}")
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():  # the graph would give NaN logits, which read as an answer
+        raise ExportError(f"sequences hold {int((~np.isfinite(x)).sum())} NaN or infinite values; "
+                          "give finite values")
+    if pixels and (x.min() < 0 or x.max() > 1):  # the model reads pixel / 255: 0-255 would be silently wrong
+        raise ExportError(f"sequences must be pixels in [0, 1] (pixel / 255), as the model was trained on; got "
+                          f"values from {x.min():g} to {x.max():g}; pass x / 255 for pixels 0-255")
     if not metadata.get("lengths_input"):
         if lengths is not None:
             raise ExportError("this model takes no lengths (its run was trained on sequences of one length); "
@@ -222,8 +230,11 @@ def _runner_inputs(metadata: dict[str, Any], sequences: Any,
     given = _as_array(lengths, "lengths")
     if given.dtype.kind not in "iu":
         raise ExportError(f"lengths must be integers (int64), not {given.dtype}; pass lengths.astype(np.int64)")
-    if given.ndim != 1:  # one per sequence: the model (TorchScript) or the runner (ONNX) checks how many
+    if given.shape != (len(x),):  # the ONNX graph would spread one length over the batch
         raise ExportError(f"lengths must have shape (N,) = ({len(x)},), one per sequence; got {given.shape}")
+    if given.min() < 1 or given.max() > x.shape[1]:  # checked here so both formats say it the same way
+        raise ExportError(f"each length must be from 1 to the padded length T = {x.shape[1]}; got lengths from "
+                          f"{given.min()} to {given.max()}")
     return x, np.ascontiguousarray(given, dtype=np.int64)
 
 

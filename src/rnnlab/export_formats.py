@@ -145,11 +145,6 @@ def onnx_runner(path: Path) -> tuple[Runner, dict[str, Any] | None]:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def run(x: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
-        if lengths is not None and lengths.shape != x.shape[:1]:
-            # The graph does not check this (ONNX has no assertion op): it would broadcast one length
-            # over the whole batch. Worded as TorchScript's own check (_LengthsChecked).
-            raise ExportError(f"lengths must have shape (N,) = ({x.shape[0]},), one per sequence; "
-                              f"got {lengths.shape}")
         feed = {INPUT_NAME: x} if lengths is None else {INPUT_NAME: x, LENGTHS_NAME: lengths}
         return session.run([OUTPUT_NAME], feed)[0]
 
