@@ -153,8 +153,11 @@ def test_rmsprop_steps_as_torch_rmsprop_with_the_same_settings(overrides: list[s
     assert str(ours.state_dict()) == str(reference.state_dict())
 
 
-def test_run_folder_contents(tmp_path: Path) -> None:
+def test_run_folder_contents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bars: list[Any] = []  # progress=False makes no tqdm at all: even a disabled one starts a monitor thread
+    monkeypatch.setattr("rnnlab.engine.tqdm", lambda *args, **kwargs: bars.append(kwargs))
     run = rnnlab.train(tiny(), tmp_path / "run", progress=False)
+    assert bars == []
     assert run.status == "completed"
     files = {p.name for p in run.dir.iterdir()}
     assert {"config.toml", "metrics.jsonl", "checkpoint.pt", "checkpoint.json", "summary.json"} <= files

@@ -42,6 +42,13 @@ from rnnlab.selection import BestByValidation
 from rnnlab.stopping import StopBetweenSteps, Terminated, pass_on_sigterm
 
 
+class _NoBar:
+    """What the loop calls on a progress bar, doing nothing (progress off, or not rank 0)."""
+
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix(self, values: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
 
 def total_iterations(cfg: RunConfig, train: SequenceData) -> int:
     return cfg.train.iterations or cfg.train.epochs * train.num_batches(cfg.train.batch_size)
@@ -180,10 +187,11 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         self.model.train()
         train = self.data.train
-        bar = tqdm(total=end, initial=self.iteration, unit="it",  # end: 2 for --dry-run, not the budget
-                   disable=not (self.progress and dist.is_main_process()),
-                   desc=cfg.label, dynamic_ncols=True, leave=True,
-                   mininterval=0.2 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
+        # No tqdm at all without a bar: even a disabled one starts tqdm's monitor thread, left running.
+        bar = (tqdm(total=end, initial=self.iteration, unit="it",  # end: 2 for --dry-run, not the budget
+                    desc=cfg.label, dynamic_ncols=True, leave=True,
+                    mininterval=0.2 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
+               if self.progress and dist.is_main_process() else _NoBar())
         seconds_at_start, samples_at_start = self.train_seconds, self.samples
         order, order_epoch = None, -1
         status = "completed"
