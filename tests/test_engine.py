@@ -187,6 +187,12 @@ def test_run_folder_contents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         rnnlab.resume(run.dir, progress=False)
 
 
+def test_the_progress_bar_counts_iterations_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rnnlab.train(tiny("name=barred"), tmp_path / "run", progress=True)
+    err = capsys.readouterr().err
+    assert "barred" in err and "40/40" in err and "samples/s=" in err
+
+
 def test_resume_refuses_an_edited_config_and_keeps_the_edit(tmp_path: Path) -> None:
     part = rnnlab.train(tiny("train.checkpoint_every=5"), tmp_path / "run", progress=False, stop_after=5)
     path = part.dir / "config.toml"
