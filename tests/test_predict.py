@@ -243,6 +243,11 @@ def test_integer_and_bool_images_are_pixels(trained_run: Path, digits: dict) -> 
         trained.predict(images.astype(np.complex64))
     mask = images > 127  # True is ink, as prepare_image reads a bool image
     assert trained.predict(mask) == trained.predict(mask.astype(np.uint8) * 255)
+    # An image of another size, brought to MNIST form, follows the same rule: integers are 0-255
+    large = np.asarray(Image.fromarray(images[0]).resize((56, 56)))  # (56, 56) uint8
+    assert trained.predict(large.astype(np.int64)) == trained.predict(large)
+    with pytest.raises(rnnlab.RnnlabError, match=r"integer images must have values 0-255 .*got 0 to 1000"):
+        trained.predict(large.astype(np.int64) * 1000 // 255)
 
 
 def test_float_images_are_read_as_given_not_rounded_to_8_bits(trained_run: Path, digits: dict) -> None:

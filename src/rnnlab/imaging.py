@@ -155,8 +155,8 @@ def _array_to_grey(array: np.ndarray) -> np.ndarray:
         raise DataError(f"an image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {array.shape}")
     if array.size == 0:
         raise DataError(f"image array is empty: {array.shape}")
-    if array.dtype == np.uint8:
-        values = array.astype(np.float32) / 255.0
+    if array.dtype.kind in "iu":  # integers are pixels 0-255 at any size, as in pixel_batch
+        values = integer_pixels(array).astype(np.float32) / 255.0
     elif array.dtype == np.bool_:
         values = array.astype(np.float32)
     else:
@@ -347,13 +347,19 @@ def pixel_batch(images: Any, image_shape: tuple[int, int] = (SIZE, SIZE)) -> np.
                         "or floats in [0, 1]")
     if kind == "b":
         return array.astype(np.uint8) * np.uint8(255)  # ink on black, as prepare_image reads a bool image
-    if kind in "iu":  # pixel values like uint8's, in a wider type (e.g. from .tolist() or int64 arithmetic)
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high > 255:
-            raise DataError(f"integer images must have values 0-255 (pixels, as uint8), got {low} to {high}; "
-                            "scale them to 0-255, or pass floats in [0, 1]")
-        return array.astype(np.uint8)
+    if kind in "iu":
+        return integer_pixels(array)
     return unit_floats(array.astype(np.float32))
+
+
+def integer_pixels(values: np.ndarray) -> np.ndarray:
+    """Integer pixels of any integer type (e.g. from ``.tolist()`` or int64 arithmetic) -> uint8,
+    refusing values outside 0-255 rather than wrapping them."""
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > 255:
+        raise DataError(f"integer images must have values 0-255 (pixels, as uint8), got {low} to {high}; "
+                        "scale them to 0-255, or pass floats in [0, 1]")
+    return values.astype(np.uint8)
 
 
 def unit_floats(values: np.ndarray) -> np.ndarray:
