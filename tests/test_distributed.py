@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -287,3 +288,26 @@ def test_a_run_with_a_stray_rank_writes_its_folder(tmp_path: Path, monkeypatch: 
                                         "train.eval_every=4", "data.val_size=100", "train.threads=1"])
     run = rnnlab.train(cfg, tmp_path / "run", progress=False)
     assert run.status == "completed" and (tmp_path / "run/summary.json").exists()
+
+
+def test_autocast_off_leaves_a_callers_autocast_on_every_device_type_and_gives_it_back() -> None:
+    from rnnlab.distributed import autocast_off
+
+    # CPU, MPS and XPU autocasts can be entered (not run) on a CPU-only build; torch 2.4 has none for MPS
+    device_types = [d for d in ("cpu", "mps", "xpu") if _has_autocast(d)]
+    with contextlib.ExitStack() as callers:
+        for device_type in device_types:
+            callers.enter_context(torch.autocast(device_type, dtype=torch.bfloat16))
+        with autocast_off():
+            assert not any(torch.is_autocast_enabled(d) for d in device_types)
+            assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+        assert all(torch.is_autocast_enabled(d) for d in device_types)
+    assert "cpu" in device_types and not any(torch.is_autocast_enabled(d) for d in device_types)
+
+
+def _has_autocast(device_type: str) -> bool:
+    try:
+        torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+    return True

@@ -216,13 +216,20 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
 
 @contextlib.contextmanager
 def autocast_off() -> Iterator[None]:
-    """Float32 inside a caller's own autocast (CPU and CUDA): a run, or an evaluation, computes in
-    the precision it was given, not in the one its caller happened to set."""
+    """Float32 inside a caller's own autocast (on any device that has one): a run, or an
+    evaluation, computes in the precision it was given, not in the one its caller happened to set."""
     with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.autocast("cpu", enabled=False))
-        if torch.cuda.is_available():
-            stack.enter_context(torch.autocast("cuda", enabled=False))
+        for device_type in _AUTOCAST_DEVICES:
+            try:
+                caller_set_it = torch.is_autocast_enabled(device_type)
+            except RuntimeError:  # a device type this torch has no autocast for (mps before 2.5)
+                continue
+            if caller_set_it:
+                stack.enter_context(torch.autocast(device_type, enabled=False))
         yield
+
+
+_AUTOCAST_DEVICES = ("cpu", "cuda", "mps", "xpu")
 
 
 def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
