@@ -311,3 +311,19 @@ def _has_autocast(device_type: str) -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def test_a_run_that_started_cuda_leaves_its_generators_as_the_callers_would_have_started(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from rnnlab.seeding import callers_state_kept
+
+    cuda_started, seeded = [False], []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: cuda_started[0])
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)
+    with torch.random.fork_rng(devices=[]):  # the other tests' stream as it was
+        torch.manual_seed(1234)  # the caller's seed: CUDA's generators would start from it
+        with callers_state_kept():
+            torch.manual_seed(7)  # the run's
+            cuda_started[0] = True  # the run was the first to use CUDA
+        # torch.manual_seed seeds CUDA too (1234, 7); then the caller's seed is given back
+        assert seeded == [1234, 7, 1234] and torch.initial_seed() == 1234

@@ -26,10 +26,14 @@ def callers_state_kept() -> Iterator[None]:
     """A run sets torch's thread count and seeds the global random generators (Python's, NumPy's,
     torch's): give the caller its own back afterwards, so that what a program does after
     ``rnnlab.train`` does not depend on the run before it (a later run's weights did). CUDA's
-    generators are given back if CUDA was in use before the run (else they start from the run's seed)."""
+    generators are given back too; where the run was the first to use CUDA, they are left as the
+    caller's would have started: seeded with the caller's last ``torch.manual_seed``."""
     threads = torch.get_num_threads()
     python, numpy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    # CUDA's generators start, once CUDA is first used, from the seed torch.manual_seed last gave
+    # the CPU's (or torch's default seed, as the CPU's): the caller's initial_seed().
+    callers_seed = torch.initial_seed()
     try:
         yield
     finally:
@@ -39,6 +43,8 @@ def callers_state_kept() -> Iterator[None]:
         torch.set_rng_state(cpu)
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
+        elif torch.cuda.is_initialized():  # the run started CUDA, seeding it with the run's seed
+            torch.cuda.manual_seed_all(callers_seed)
 
 
 def process_seed(seed: int, rank_: int, iteration: int = 0) -> int:
