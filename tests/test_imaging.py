@@ -159,6 +159,28 @@ def test_truncated_missing_and_blank(tmp_path: Path) -> None:
     Image.new("RGB", (100, 80), (255, 255, 255)).save(tmp_path / "white.png")
     with pytest.raises(DataError, match="no digit"):
         prepare_image(tmp_path / "white.png")
+    Image.new("L", (28, 28), 0).save(tmp_path / "black28.png")  # MNIST's size is no reason to guess
+    with pytest.raises(DataError, match=r"black28\.png: no digit found"):
+        prepare_image(tmp_path / "black28.png")
+
+
+@pytest.mark.parametrize("side", [28, 40])
+def test_a_float_image_with_nan_is_refused(tmp_path: Path, side: int) -> None:
+    values = np.asarray(digit_image().convert("L").resize((side, side)), np.float32) / 255  # (side, side)
+    values[0, 0] = np.nan
+    Image.fromarray(values, "F").save(tmp_path / "nan.tif")
+    with pytest.raises(DataError, match=r"nan\.tif: the image holds NaN or infinite values; fill or drop them$"):
+        prepare_image(tmp_path / "nan.tif")
+
+
+@pytest.mark.parametrize("kind", ["16-bit", "float"])
+def test_a_huge_sixteen_bit_or_float_image_is_reduced_in_its_own_range(kind: str) -> None:
+    grey = np.asarray(digit_image().convert("L").resize((2200, 2100)), np.float64) / 255  # (2100, 2200), dark ink
+    values = (20000 + 40000 * grey).astype(np.uint16) if kind == "16-bit" else grey.astype(np.float32)
+    prepared = prepare(Image.fromarray(values), max_pixels=10**7)  # 8-bit RGB would clip it to blank
+    eight_bit = prepare(Image.fromarray(np.round(grey * 255).astype(np.uint8)), max_pixels=10**7)
+    assert prepared.source_size == (2100, 2200) and max(ink_box(prepared.pixels)) == 20
+    assert np.abs(prepared.pixels.astype(int) - eight_bit.pixels.astype(int)).mean() < 2
 
 
 def test_bad_arrays() -> None:

@@ -121,10 +121,17 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 
 
-def to_grey(image: Image.Image) -> np.ndarray:
+def _is_wide(image: Image.Image) -> bool:
+    """A 16-bit, 32-bit integer or float image: values past 255 that an 8-bit mode would clip."""
+    return image.mode in ("I", "F") or image.mode.startswith("I;16")
+
+
+def to_grey(image: Image.Image, name: str = "image") -> np.ndarray:
     """A PIL image as float32 grey ``(H, W)`` in [0, 1], transparency flattened."""
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+    if _is_wide(image):
         values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all():  # a float TIFF can hold them; min/max and scaling would spread NaN
+            raise DataError(f"{name}: the image holds NaN or infinite values; fill or drop them")
         top = 65535.0 if values.max(initial=0) > 255 else (1.0 if image.mode == "F" and values.max(initial=0) <= 1
                                                           else 255.0)
         return np.clip(values / top, 0, 1).astype(np.float32)
@@ -173,8 +180,8 @@ def _border(grey: np.ndarray) -> np.ndarray:
     return np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
 
 
-def _source_to_grey(obj: ImageSource, max_pixels: int) -> tuple[np.ndarray, float]:
-    """Grey ``(H, W)`` float and the box-reduction factor applied to large images."""
+def _source_to_grey(obj: ImageSource, max_pixels: int) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """Grey ``(H, W)`` float, the box-reduction factor applied to large images, and the source's ``(H, W)``."""
     if isinstance(obj, Image.Image):
         if obj.width * obj.height > max_pixels:
             raise DataError(f"image too large ({obj.width}x{obj.height}; the limit is {max_pixels} pixels)")
@@ -185,32 +192,35 @@ def _source_to_grey(obj: ImageSource, max_pixels: int) -> tuple[np.ndarray, floa
         array = np.asarray(obj)
         if array.size > max_pixels * 4:
             raise DataError(f"image array too large ({array.shape}; the limit is {max_pixels} pixels)")
-        return _array_to_grey(array), 1.0
-    factor = 1
+        grey = _array_to_grey(array)
+        return grey, 1.0, grey.shape
+    factor, size = 1, (image.height, image.width)
     if max(image.size) > 2 * WORKING_SIDE:
         factor = math.ceil(max(image.size) / WORKING_SIDE)
-        image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
+        if _is_wide(image):  # reduced in its own range: RGB would clip 16-bit and float values to 0-255
+            image = image.convert("I") if image.mode.startswith("I;16") else image
+        else:
+            image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
         image = image.reduce(factor)  # box filter: antialiased, and it bounds the memory below
-    return to_grey(image), float(factor)
+    return to_grey(image, _name(obj)), float(factor), size
 
 
 def prepare(obj: ImageSource, *, max_pixels: int = MAX_PIXELS) -> Prepared:
     """Bring one image to MNIST form, with the geometry that maps it back onto the source."""
-    grey, factor = _source_to_grey(obj, max_pixels)  # (H, W) float in [0, 1]
+    grey, factor, source_size = _source_to_grey(obj, max_pixels)  # (H, W) float in [0, 1]
     height, width = grey.shape
-    source_size = (int(round(height * factor)), int(round(width * factor)))
     border = _border(grey)
     inverted = bool(np.median(border) > 0.5)
-    if (height, width) == (SIZE, SIZE) and not inverted:
-        # Already MNIST form: keep it bit for bit (a uint8 array round-trips exactly).
-        pixels = np.round(grey * 255.0).astype(np.uint8)
-        return Prepared(pixels, source_size, (1.0, 1.0), (0.0, 0.0), False, True)
     ink = 1.0 - grey if inverted else grey.copy()
     background = float(np.median(_border(ink)))
     ink = np.clip(ink - background, 0.0, None)
     peak = float(ink.max())
-    if peak < MIN_CONTRAST:
+    if peak < MIN_CONTRAST:  # a blank image, at MNIST's size too: no answer is better than a guess
         raise DataError(f"{_name(obj)}: no digit found (the image is blank or has almost no contrast)")
+    if (height, width) == (SIZE, SIZE) and not inverted:
+        # Already MNIST form: keep it bit for bit (a uint8 array round-trips exactly).
+        pixels = np.round(grey * 255.0).astype(np.uint8)
+        return Prepared(pixels, source_size, (1.0, 1.0), (0.0, 0.0), False, True)
     ink /= peak
     # Paper texture, JPEG noise and shadows at the border level are not ink. The 90th percentile
     # ignores ink that touches the border; the cap keeps faint real ink from being wiped out.
