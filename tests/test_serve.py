@@ -55,6 +55,21 @@ def test_health_info_page_and_docs(server) -> None:
     assert set(body) == {"multipart/form-data", "application/json"}
     missing = server.get("/nope")
     assert missing.status_code == 404 and "error" in missing.json()
+    for path in ("/", "/health"):  # health checks and load balancers probe with HEAD
+        head = server.head(path)
+        assert head.status_code == 200 and head.content == b"", path
+    assert info["class_names"] is None  # MNIST's digits are their own names
+    assert "name" not in server.post("/predict", json={"pixels": np.eye(28).tolist()}).json()
+
+
+def test_named_classes_are_served(untrained_run, serving, mnist: np.ndarray) -> None:
+    run = untrained_run(["data.dataset=fashion-mnist", "model.hidden=8"])
+    names = rnnlab.load(run).class_names
+    with serving(create_app(run)) as url:
+        info = httpx.get(url + "/info", timeout=30).json()
+        got = httpx.post(url + "/predict", json={"pixels": mnist[0].tolist()}, timeout=30).json()
+    assert info["class_names"] == names and names[1] == "Trouser"
+    assert got["name"] == names[got["class"]]
 
 
 def test_upload_matches_the_library(server, trained_run: Path, mnist: np.ndarray) -> None:

@@ -137,8 +137,10 @@ def _predict(trained: Any, source: Any, max_pixels: int) -> dict[str, Any]:
     prepared = prepare(source, max_pixels=max_pixels)
     probs = trained.probabilities(prepared.pixels)[0]  # (C,)
     points, steps = trained.reading(prepared.pixels, max_points=EXPENSIVE_POINTS)  # (1, P, C)
+    names = trained.class_names
     return {
         "class": int(probs.argmax()),
+        **({"name": names[int(probs.argmax())]} if names else {}),  # as TrainedModel.predict gives it
         "probabilities": [float(p) for p in probs],
         "steps": [[round(float(p), 5) for p in row] for row in steps[0]],
         "steps_read": points,  # how many steps (rows or pixels) had been read for each entry of steps
@@ -191,6 +193,7 @@ def create_app(run: str | Path | Any, *, limits: Limits | None = None) -> FastAP
         "features": trained.model.input_size, "classes": trained.num_classes, "cell": cfg.model.cell,
         "hidden": cfg.model.hidden, "layers": cfg.model.layers, "bidirectional": cfg.model.bidirectional,
         "readout": cfg.model.readout, "test_accuracy": _test_accuracy(trained.run_dir),
+        "class_names": trained.class_names,  # None: the class numbers are the names (MNIST's digits)
         "permutation": None if trained.permutation is None else [int(i) for i in trained.permutation.tolist()],
         "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels},
     }
@@ -212,6 +215,9 @@ def create_app(run: str | Path | Any, *, limits: Limits | None = None) -> FastAP
     @app.get("/health", summary="200 when the model is loaded")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": cfg.label}
+
+    for path, endpoint in (("/", index), ("/health", health)):  # health checks and load balancers probe with HEAD
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/info", summary="the model: view, steps, classes, architecture, permutation")
     async def model_info() -> dict[str, Any]:

@@ -163,12 +163,19 @@
     step = n - 1;
     const p = data.probabilities[data.class];
     $("result-class").textContent = String(data.class);
-    $("result-text").innerHTML = `It's a <b>${data.class}</b> — ${(100 * p).toFixed(1)}% sure`;
+    $("result-text").innerHTML = `It's ${info.class_names ? "" : "a "}<b>${escapeHtml(nameOf(data.class))}</b> — ` +
+      `${(100 * p).toFixed(1)}% sure`;
     const second = ranked(data.probabilities)[1];
-    $("result-sub").textContent = `runner-up: ${second} (${(100 * data.probabilities[second]).toFixed(1)}%)` +
+    $("result-sub").textContent = `runner-up: ${nameOf(second)} (${(100 * data.probabilities[second]).toFixed(1)}%)` +
       (data.inverted ? " · your image was dark on light, so it was inverted" : "");
     drawHeatmapBase();
     renderStep();
+  }
+
+  // A class as people know it: "2 Pullover" where the dataset names its classes, else the digit.
+  function nameOf(c) { return info.class_names ? `${c} ${info.class_names[c]}` : String(c); }
+  function escapeHtml(text) {
+    return text.replace(/[&<>"']/g, (ch) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[ch]);
   }
 
   function ranked(probs) { return probs.map((p, c) => [p, c]).sort((a, b) => b[0] - a[0]).map((x) => x[1]); }
@@ -198,7 +205,7 @@
     const best = ranked(probs)[0];
     const where = info.view === "rows" ? `${read} of ${info.steps} rows`
       : `${read} of ${info.steps} pixels` + (info.view === "pixels" ? ` (row ${currentPixel(read).row + 1})` : "");
-    $("step-label").innerHTML = `After reading ${where}: most likely <b>${best}</b> (${(100 * probs[best]).toFixed(1)}%)`;
+    $("step-label").innerHTML = `After reading ${where}: most likely <b>${escapeHtml(nameOf(best))}</b> (${(100 * probs[best]).toFixed(1)}%)`;
   }
 
   function drawBars(probs) {
@@ -212,7 +219,7 @@
       const label = bar.querySelector(".pct");
       label.textContent = p >= 0.015 ? `${Math.round(100 * p)}%` : "";
       label.style.bottom = `${Math.max(0.5, 100 * p)}%`;
-      bar.title = `${c}: ${(100 * p).toFixed(2)}%`;
+      bar.title = `${nameOf(c)}: ${(100 * p).toFixed(2)}%`;
     });
   }
   function buildBars() {
