@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import shutil
 import warnings
 import zipfile
 from pathlib import Path
@@ -113,6 +114,52 @@ def test_a_mismatch_is_an_error_and_writes_nothing(untrained_run, tmp_path: Path
     with pytest.raises(ExportError, match="disagrees with PyTorch"):
         export_run(run, "torchscript", out_dir / "m.pt", samples=16)
     assert list(out_dir.iterdir()) == []  # neither the file nor a temporary
+
+
+def test_an_export_giving_nan_where_pytorch_does_not_is_a_mismatch(untrained_run, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import rnnlab.export as export
+
+    real_load = export.load_exported
+
+    def load_nan(path, fmt=None):  # an export whose logits come out NaN, with class 0 as PyTorch's argmax
+        run = real_load(path, fmt)
+        return lambda *inputs: np.full_like(run(*inputs), np.nan)
+
+    monkeypatch.setattr(export, "load_exported", load_nan)
+    with pytest.raises(ExportError, match=r"disagrees with PyTorch: max abs logit difference inf"):
+        export_run(untrained_run(["model.hidden=8"]), "onnx", tmp_path / "m.onnx", samples=16)
+
+
+def test_a_model_that_itself_gives_nan_is_refused_for_what_it_is(untrained_run, tmp_path: Path) -> None:
+    run = untrained_run(["model.hidden=8"])
+    tensors = torch.load(run / "checkpoint.pt", weights_only=True)
+    tensors["model"]["input_std"].fill_(1e-40)  # x / std overflows: the model's own logits are NaN
+    torch.save(tensors, run / "checkpoint.pt")
+    with pytest.raises(ExportError, match=r"^the model itself gives NaN or infinite logits on test sequences"):
+        export_run(run, "onnx", tmp_path / "m.onnx", samples=16)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_check_runs_in_chunks_and_counts_them_all(untrained_run, fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rnnlab.export as export
+
+    run = untrained_run(["model.hidden=8"])
+    whole = export_run(run, fmt, samples=50)
+    batches: list[int] = []
+    real_load = export.load_exported
+
+    def recording_load(path, fmt=None):
+        runner = real_load(path, fmt)
+        return lambda x, *rest: batches.append(len(x)) or runner(x, *rest)
+
+    monkeypatch.setattr(export, "load_exported", recording_load)
+    monkeypatch.setattr(export, "CHUNK_STEPS", 28 * 16)  # 16 sequences of 28 steps a chunk
+    chunked = export_run(run, fmt, samples=50)
+    assert batches == [16, 16, 16, 2, 8]  # the 50 in chunks, then the 8 half-length prefixes
+    assert chunked.samples == 50 and chunked.same_classes == 1.0
+    assert chunked.max_abs_diff == pytest.approx(whole.max_abs_diff, abs=1e-6)
 
 
 def test_missing_onnx_says_what_to_install(untrained_run, monkeypatch: pytest.MonkeyPatch,
@@ -469,7 +516,8 @@ def test_load_exported_refuses_what_is_no_export(exports: dict[str, Path], tmp_p
     name = {"onnx": "ONNX", "torchscript": "TorchScript"}[fmt]
     for path, message in [
             (tmp_path / "missing.onnx", rf"^{tmp_path / 'missing.onnx'}: no such file; write one with: rnnlab export "
-                                        rf"RUN_DIR --format {fmt} --out {tmp_path / 'missing.onnx'}$"),
+                                        rf"RUN_DIR --format {fmt} --out {tmp_path / 'missing'}"
+                                        rf"{'.onnx' if fmt == 'onnx' else '.torchscript.pt'}$"),  # export's own rule
             (tmp_path, rf"^{tmp_path} is a directory, not an exported model; give the file, such as {tmp_path}/model"),
             (tmp_path / "notes.txt", rf"^{tmp_path / 'notes.txt'} is not a model {name} can load \(.+\); "
                                      "give a file that `rnnlab export` wrote$"),
@@ -563,3 +611,10 @@ def test_the_runner_of_varying_lengths_needs_them(tmp_path: Path, fmt: str) -> N
         with pytest.raises(ExportError, match=r"^lengths must have shape \(N,\) = \(4,\), one per sequence; "
                                               r"got \(1,\)$"):
             runner(sequences, own[:1])
+
+
+def test_the_format_goes_by_the_extension_in_any_case(exports: dict[str, Path], tmp_path: Path) -> None:
+    shouted = tmp_path / "M.ONNX"  # export accepts --out m.ONNX for ONNX; so must load_exported
+    shutil.copyfile(exports["lstm-onnx"], shouted)
+    x = np.random.default_rng(0).random((2, 28, 28)).astype(np.float32)
+    np.testing.assert_array_equal(load_exported(shouted)(x), load_exported(exports["lstm-onnx"])(x))

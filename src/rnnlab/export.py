@@ -37,6 +37,7 @@ from rnnlab.export_formats import (INPUT_NAME, LENGTHS_NAME, OUTPUT_NAME, Export
 from rnnlab.errors import describe
 from rnnlab.export_paths import cannot_write, is_rnnlab_export, out_refusal
 from rnnlab.run import path_arg
+from rnnlab.trained import CHUNK_STEPS
 
 __all__ = ["EXTENSIONS", "FORMATS", "ExportError", "ExportReport", "export_run", "load_exported", "reference_model"]
 
@@ -62,6 +63,7 @@ class ExportReport:
     bytes: int
     reads_sequences: bool = False  # trained on a sequence file: inputs are not pixels in [0, 1]
     lengths_input: bool = False  # a second input, lengths (N,) int64, for padded sequences
+    input_range: list[float] | None = None  # [0, 1] for pixels and a uint8 file's values / 255, else None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,7 +135,7 @@ def load_exported(path: str | Path, fmt: str | None = None) -> Runner:
                           "e.g. load_exported('runs/my-run/model.onnx')")
     path = Path(path)
     if fmt is None:
-        fmt = "onnx" if path.suffix == ".onnx" else "torchscript"
+        fmt = "onnx" if path.suffix.lower() == ".onnx" else "torchscript"
     elif fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)} "
                           "(or leave it out to go by the file's extension)")
@@ -142,7 +144,8 @@ def load_exported(path: str | Path, fmt: str | None = None) -> Runner:
         raise ExportError(f"{path} is a directory, not an exported model; give the file, such as "
                           f"{path / 'model'}{EXTENSIONS[fmt]}")
     if not path.is_file():  # a FIFO or a device would block or fail in the runtime's own words
-        raise ExportError(f"{path}: no such file; write one with: rnnlab export RUN_DIR --format {fmt} --out {path}"
+        out = path if _misnamed(path, fmt) is None else path.with_name(path.stem + EXTENSIONS[fmt])  # export's rule
+        raise ExportError(f"{path}: no such file; write one with: rnnlab export RUN_DIR --format {fmt} --out {out}"
                           if not path.exists() else f"{path} is not a regular file; give an exported model's file")
     try:
         run, metadata = onnx_runner(path) if fmt == "onnx" else torchscript_runner(path)
@@ -254,22 +257,33 @@ def _check_sequences(trained: Any, samples: int, data_dir: str | None) -> tuple[
 
 def _compare(run: Runner, model: torch.nn.Module, x: torch.Tensor,
              lengths: torch.Tensor | None = None) -> tuple[float, float]:
-    """``(max abs diff of logits, fraction of equal predicted classes)`` on ``x`` ``(N, T, F)``."""
-    with torch.no_grad():
-        expected = (model(x) if lengths is None else model(x, lengths)).numpy()  # (N, C)
-    try:
-        inputs = [np.ascontiguousarray(x.numpy(), dtype=np.float32)]
-        if lengths is not None:
-            inputs.append(lengths.numpy().astype(np.int64))
-        got = np.asarray(run(*inputs))
-    except Exception as exc:  # noqa: BLE001 - the runtime's own errors are not ours to type
-        raise ExportError(f"the exported model failed to run on input {tuple(x.shape)}: "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
-    if got.shape != expected.shape:
-        raise ExportError(f"the exported model returned {got.shape}, PyTorch {expected.shape}")
-    diff = float(np.abs(got - expected).max()) if got.size else 0.0
-    same = float((got.argmax(1) == expected.argmax(1)).mean()) if got.size else 1.0
-    return diff, same
+    """``(max abs diff of logits, fraction of equal predicted classes)`` on ``x`` ``(N, T, F)``,
+    in chunks of at most CHUNK_STEPS sequence-steps, as predictions run: both runtimes hold every
+    step's activations, and 1,000 pixel-view sequences at once took a GB."""
+    per_chunk = max(1, CHUNK_STEPS // max(1, x.shape[1]))  # sequences per chunk
+    worst, same = 0.0, 0
+    for start in range(0, len(x), per_chunk):
+        xs = x[start:start + per_chunk]  # (n, T, F)
+        ls = None if lengths is None else lengths[start:start + per_chunk]  # (n,)
+        with torch.no_grad():
+            expected = (model(xs) if ls is None else model(xs, ls)).numpy()  # (n, C)
+        if not np.isfinite(expected).all():  # not the export's fault: nothing to compare
+            raise ExportError("the model itself gives NaN or infinite logits on test sequences (its weights "
+                              "overflow, as in a diverged run); export a run that trained well")
+        try:
+            inputs = [np.ascontiguousarray(xs.numpy(), dtype=np.float32)]
+            if ls is not None:
+                inputs.append(ls.numpy().astype(np.int64))
+            got = np.asarray(run(*inputs))
+        except Exception as exc:  # noqa: BLE001 - the runtime's own errors are not ours to type
+            raise ExportError(f"the exported model failed to run on input {tuple(xs.shape)}: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+        if got.shape != expected.shape:
+            raise ExportError(f"the exported model returned {got.shape}, PyTorch {expected.shape}")
+        if got.size:  # NaN in the export's logits is the largest difference, not none (NaN > x is False)
+            worst = max(worst, float(np.abs(got - expected).max()) if np.isfinite(got).all() else float("inf"))
+            same += int((got.argmax(1) == expected.argmax(1)).sum())
+    return worst, same / len(x) if len(x) else 1.0
 
 
 def _misnamed(path: Path, fmt: str) -> str | None:
@@ -363,4 +377,4 @@ def export_run(run_dir: str | Path | Any, fmt: str = "onnx", out: str | Path | N
     shape: list[Any] = ["N", "T" if dynamic_steps else steps, model.input_size]
     return ExportReport(path=str(path), format=fmt, input_shape=shape, dynamic_steps=dynamic_steps,
                         bytes=path.stat().st_size, reads_sequences=trained.reads_sequences,
-                        lengths_input=with_lengths, **checked)
+                        lengths_input=with_lengths, input_range=metadata["input_range"], **checked)

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     shape = "(" + ", ".join(str(d) for d in report.input_shape) + ")"
     print(f"wrote {report.path} ({report.format}, {report.bytes / 1024:.1f} KiB)")
-    values = "" if report.reads_sequences else ", values in [0, 1]"
+    values = "" if report.input_range is None else ", values in [0, 1]"
     print(f"  input  sequences float32 {shape}{values}"
           + ("" if report.dynamic_steps else "  (T fixed: readout 'all')"))
     if report.lengths_input:
