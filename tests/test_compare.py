@@ -197,6 +197,28 @@ def test_a_sweep_over_sequence_files_names_entries_by_file(tmp_path: Path) -> No
         resolve_entries(["dlw-rnn-a"], overrides=[f"data.data_dir={tmp_path}"], sweeps=[f"data.file={signs},{third}"])
 
 
+def test_a_rerun_keeps_a_seed_on_moved_data_only_if_it_is_the_same_data(tmp_path: Path) -> None:
+    import shutil
+
+    signs, third = _two_sequence_files(tmp_path)
+
+    def tasks_for(data: Path) -> list[cmp.Task]:
+        entries = resolve_entries(["dlw-rnn-a"], overrides=TINY + ["data.val_size=0", "data.dataset=file",
+                                                                   f"data.file={data}"])
+        return cmp.plan(entries, tmp_path / "cmp", seeds=1, jobs=1)
+
+    task, = tasks_for(signs)
+    rnnlab.train(task.config, task.run_dir, progress=False)
+    moved = tmp_path / "moved" / "signs.npz"
+    moved.parent.mkdir()
+    shutil.copyfile(signs, moved)
+    assert [cmp.task_state(t) for t in tasks_for(moved)] == ["skip"]  # the same data, elsewhere
+    with pytest.raises(ConfigError, match=rf"trained on the data at {signs}, and {third} holds other data "
+                                          r"\(other sequences, labels or lengths, of the same sizes\): point the "
+                                          r"entry at the run's own data"):
+        cmp.task_state(tasks_for(third)[0])
+
+
 @pytest.mark.slow  # compare workers
 def test_a_compare_over_two_sequence_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     files = _two_sequence_files(tmp_path)

@@ -205,10 +205,34 @@ def test_a_resume_refuses_data_that_is_not_the_runs(tmp_path: Path, capsys: pyte
     relabelled = tmp_path / "relabelled.npz"
     np.savez(relabelled, **{**mine, "y_test": 1 - mine["y_test"]})
     err = cli_error(capsys, "train", "--resume", str(part.dir), "--data-dir", str(relabelled))
-    assert "is not the data this run began with (other labels or sequences, of the same sizes)" in err
+    assert "is not the data this run began with (other sequences, labels or lengths, of the same sizes)" in err
+    last_changed = tmp_path / "last_changed.npz"  # every sequence counts, not only the first few
+    np.savez(last_changed, **{**mine, "x_train": np.concatenate([mine["x_train"][:-1], -mine["x_train"][-1:]])})
+    err = cli_error(capsys, "train", "--resume", str(part.dir), "--data-dir", str(last_changed))
+    assert "(other sequences, labels or lengths, of the same sizes)" in err
     moved = tmp_path / "moved.npz"  # the same file elsewhere resumes
     moved.write_bytes(data.read_bytes())
     assert rnnlab.resume(part.dir, progress=False, data_dir=str(moved)).status == "completed"
+
+
+def test_a_resume_of_a_checkpoint_with_the_first_sequences_digest_checks_that(tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Checkpoints written before the whole data's digest hold a digest of the labels and first sequences."""
+    from rnnlab.data.splits import first_sequences_digest, load_datasets
+
+    data = sequence_file(tmp_path / "series.npz")
+    part = interrupted(tmp_path, "data.dataset=file", f"data.file={data}")
+    meta = json.loads((part.dir / ckpt.CHECKPOINT_JSON).read_text())
+    identity = meta["data"]
+    del identity["content"]
+    identity["digest"] = first_sequences_digest(load_datasets(part.config))
+    (part.dir / ckpt.CHECKPOINT_JSON).write_text(json.dumps(meta))
+    with np.load(data) as arrays:
+        relabelled = tmp_path / "relabelled.npz"
+        np.savez(relabelled, **{**dict(arrays), "y_test": 1 - arrays["y_test"]})
+    err = cli_error(capsys, "train", "--resume", str(part.dir), "--data-dir", str(relabelled))
+    assert "(other sequences, labels or lengths, of the same sizes)" in err
+    assert rnnlab.resume(part.dir, progress=False).status == "completed"
 
 
 def test_an_empty_run_folder_argument_is_refused_not_replaced(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -10,6 +10,7 @@ that raises, or whose process dies, is recorded as ``failed`` with its error; th
 
 from __future__ import annotations
 
+import json
 import os
 import traceback
 from dataclasses import replace
@@ -19,6 +20,7 @@ from typing import Any, Callable
 from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json
 from rnnlab.config import DATA_LOCATION, RunConfig, load_toml, save_toml
+from rnnlab.data.splits import identity_differences, load_datasets
 from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError, describe
 from rnnlab.entries import Entry
@@ -108,11 +110,39 @@ def task_state(task: Task) -> str:
         if same_run(existing) != same_run(task.config):
             raise ConfigError(f"{run_dir} holds a run of a different config (changed settings or overrides?); "
                               "use another --out, or delete that folder to run it again")
+    state = "train"
     if read_summary(run_dir).get("status") in FINISHED:  # a corrupt summary reads as failed: retrained
-        return "skip"
-    if (run_dir / ckpt.CHECKPOINT_JSON).exists() and (run_dir / ckpt.CHECKPOINT_PT).exists():
-        return "resume"
-    return "train"
+        state = "skip"
+    elif (run_dir / ckpt.CHECKPOINT_JSON).exists() and (run_dir / ckpt.CHECKPOINT_PT).exists():
+        state = "resume"
+    if state != "train" and _location(existing) != _location(task.config):
+        _check_moved_data(run_dir, existing, task.config)
+    return state
+
+
+def _location(config: RunConfig) -> tuple[str | None, str | None]:
+    return config.data.data_dir, config.data.file
+
+
+def _check_moved_data(run_dir: Path, existing: RunConfig, config: RunConfig) -> None:
+    """A rerun whose entry names the data elsewhere (a moved sequence file, another data folder)
+    keeps or resumes a seed only if the data there is what the seed trained on, as ``--resume``
+    checks it: otherwise the results would report one data set under another's name."""
+    then = existing.data.file or existing.data.data_dir or "the default place"
+    now = config.data.file or config.data.data_dir or "the default place"
+    try:
+        recorded = json.loads((run_dir / ckpt.CHECKPOINT_JSON).read_text(encoding="utf-8")).get("data")
+    except (OSError, ValueError, AttributeError):  # no checkpoint (diverged at once), or a damaged one
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"{run_dir} trained on the data at {then}, and this compare names {now}; the run keeps no "
+                          "record of its data to tell whether they are the same: point the entry at the run's own "
+                          "data, use another --out, or delete that folder to run it again")
+    differs = identity_differences(recorded, load_datasets(config))
+    if differs:
+        raise ConfigError(f"{run_dir} trained on the data at {then}, and {now} holds other data "
+                          f"({'; '.join(differs)}): point the entry at the run's own data, use another --out, "
+                          "or delete that folder to run it again")
 
 
 def prepare(entries: list[Entry], out_dir: str | Path, *, seeds: int,

@@ -18,7 +18,7 @@ from rnnlab import distributed as dist
 from rnnlab import seeding
 from rnnlab.checkpoint import METRICS
 from rnnlab.config import from_dict, settings_of_the_run, to_dict
-from rnnlab.data.splits import input_shape
+from rnnlab.data.splits import identity_differences, input_shape
 from rnnlab.errors import CheckpointError, DataError
 
 if TYPE_CHECKING:
@@ -93,11 +93,7 @@ def _check_same_data(trainer: Trainer, began: dict[str, Any] | None, identity: d
                                                                       "variable_lengths", "dtype")
                if began and key in began and began[key] != now[key]]
     if not differs and identity:
-        current = trainer.data_identity
-        differs = [f"{current[key]} {key} sequences now, {identity[key]} then" for key in ("train", "val", "test")
-                   if key in identity and identity[key] != current[key]]
-        if not differs and identity.get("digest") not in (None, current["digest"]):
-            differs = ["other labels or sequences, of the same sizes"]
+        differs = identity_differences(identity, trainer.data, trainer.data_identity)
     if differs:
         where = trainer.cfg.data.file or trainer.cfg.data.data_dir or trainer.cfg.data.dataset
         raise DataError(f"the data at {where} is not the data this run began with ({'; '.join(differs)}); "
