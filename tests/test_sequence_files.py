@@ -74,7 +74,7 @@ def test_reads_splits_classes_and_dtypes(tmp_path: Path, seq_file: Path) -> None
     ({"x_train": np.zeros((4, 5, 2, 1))}, r"x_train has shape \(4, 5, 2, 1\)"),
     ({"x_train": np.zeros((4, 0, 2))}, "at least one sequence, step and feature"),
     ({"x_test": np.zeros((2, 6, 2))}, r"both splits need the same steps"),
-    ({"x_test": np.zeros((2, 5, 2), np.uint8)}, "use one dtype for both"),
+    ({"x_test": np.zeros((2, 5, 2), np.uint8)}, "x_train is float32 but x_test is uint8; uint8 is read as pixels"),
     ({"x_train": np.array([[[np.nan, 0]] * 5] * 4)}, r"20 NaN or infinite values \(first in sequence 0\)"),
     # finite in float64 but not in float32: not called NaN or infinite (the file has none)
     ({"x_train": np.where(np.arange(40).reshape(4, 5, 2) == 13, 1e300, 0.5)},
@@ -277,6 +277,13 @@ def test_lengths_in_the_file(tmp_path: Path) -> None:
     assert train.batch_lengths(torch.tensor([2])).tolist() == [1]
     with pytest.raises(DataError, match="NaN"):  # inside a sequence, still refused
         load_sequence_file(write(tmp_path, x_train=x, lengths_train=np.array([5, 3, 1, 3]),
+                                 lengths_test=np.array([5, 5])))
+    huge = np.where(np.isnan(x), np.finfo(np.float64).max, x)  # float64 padding beyond float32's range
+    train, _, _, _ = load_sequence_file(write(tmp_path, x_train=huge, lengths_train=np.array([5, 2, 1, 3]),
+                                              lengths_test=np.array([5, 5])))
+    assert torch.equal(train.x[1, :, 0], torch.tensor([2.0, 2, 0, 0, 0]))
+    with pytest.raises(DataError, match=r"x_train holds 2 values beyond float32's range \(.*first in sequence 1\)"):
+        load_sequence_file(write(tmp_path, x_train=huge, lengths_train=np.array([5, 3, 1, 3]),
                                  lengths_test=np.array([5, 5])))
     for arrays, message in (({"lengths_train": np.array([5, 2, 1, 3])}, "not its partner"),
                             ({"lengths_train": np.array([5, 6, 1, 3]), "lengths_test": np.array([1, 1])},

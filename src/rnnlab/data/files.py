@@ -133,7 +133,9 @@ def _open(path: str | os.PathLike[str]) -> tuple[Path, dict[str, np.ndarray]]:
     return path, arrays
 
 
-def _sequences(path: Path, name: str, x: np.ndarray) -> torch.Tensor:
+def _sequences(path: Path, name: str, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``x`` as a tensor ``(N, T, F)`` of our own (uint8 as it is, else float32), and where a float64
+    or int64 value was beyond float32's range (None if none): refused later, outside the padding."""
     if x.ndim == 2:
         x = x[:, :, None]  # (N, T) -> (N, T, 1): one feature per step
     if x.ndim != 3:
@@ -141,26 +143,33 @@ def _sequences(path: Path, name: str, x: np.ndarray) -> torch.Tensor:
     if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
         raise _fail(path, f"{name} has shape {x.shape}; it needs at least one sequence, step and feature")
     if x.dtype == np.uint8:
-        return torch.from_numpy(np.array(x))
+        return torch.from_numpy(np.array(x)), None
     if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise _fail(path, f"{name} has dtype {x.dtype}; it must hold numbers (float, or uint8 pixels)")
+    beyond = None
     if x.dtype.itemsize > 4:  # float64 or int64: values past float32's range would become infinite
-        limit = float(np.finfo(np.float32).max)
         with np.errstate(invalid="ignore"):
-            beyond = np.abs(x.astype(np.float64, copy=False)) > limit  # (N, T, F); NaN and inf are caught later
-        beyond &= np.isfinite(x)
-        if beyond.any():
-            first = int(beyond.reshape(len(x), -1).any(1).nonzero()[0][0])
-            raise _fail(path, f"{name} holds {int(beyond.sum())} values beyond float32's range (±{limit:.1e}; first "
-                              f"in sequence {first}), which rnnlab computes in; scale the features down")
-    return torch.from_numpy(np.array(x, dtype=np.float32))  # a copy of our own: padding is zeroed later
+            mask = np.abs(x.astype(np.float64, copy=False)) > np.finfo(np.float32).max  # (N, T, F)
+        mask &= np.isfinite(x)  # NaN and inf are refused as such
+        beyond = torch.from_numpy(mask) if mask.any() else None
+    return torch.from_numpy(np.array(x, dtype=np.float32)), beyond  # a copy of our own: padding is zeroed later
 
 
-def _zero_padding_and_check(path: Path, name: str, x: torch.Tensor, lengths: torch.Tensor | None) -> None:
+def _zero_padding_and_check(path: Path, name: str, x: torch.Tensor, lengths: torch.Tensor | None,
+                            beyond: torch.Tensor | None) -> None:
     """Zero the steps past each sequence's length (a NaN there would still reach the weight
-    gradients through the states it makes), then refuse NaN or infinity in the steps that count."""
+    gradients through the states it makes), then refuse values beyond float32's range (``beyond``,
+    from :func:`_sequences`), NaN or infinity in the steps that count: padding is never read."""
     if lengths is not None:
-        x[torch.arange(x.shape[1])[None, :] >= lengths[:, None]] = 0  # (N, T) mask over steps
+        padding = torch.arange(x.shape[1])[None, :] >= lengths[:, None]  # (N, T) mask over steps
+        x[padding] = 0
+        if beyond is not None:
+            beyond[padding] = False
+    if beyond is not None and beyond.any():
+        first = int(beyond.flatten(1).any(1).nonzero()[0])
+        raise _fail(path, f"{name} holds {int(beyond.sum())} values beyond float32's range "
+                          f"(±{float(np.finfo(np.float32).max):.1e}; first in sequence {first}), which rnnlab "
+                          "computes in; scale the features down")
     if x.dtype == torch.uint8:
         return
     bad = ~torch.isfinite(x)
@@ -212,12 +221,14 @@ class SequenceFile(NamedTuple):
 def load_sequence_file(path: str | os.PathLike[str]) -> SequenceFile:
     """``(train, test, num_classes, class_names)`` from a ``.npz`` sequence file, checked array by array."""
     path, arrays = _open(path)
-    x_train, x_test = (_sequences(path, name, arrays[name]) for name in ("x_train", "x_test"))
+    (x_train, beyond_train), (x_test, beyond_test) = (_sequences(path, name, arrays[name])
+                                                      for name in ("x_train", "x_test"))
     if x_train.shape[1:] != x_test.shape[1:]:
         raise _fail(path, f"x_train has (T, F) = {tuple(x_train.shape[1:])} but x_test has "
                           f"{tuple(x_test.shape[1:])}; both splits need the same steps and features")
-    if x_train.dtype != x_test.dtype:
-        raise _fail(path, f"x_train is {x_train.dtype} but x_test is {x_test.dtype}; use one dtype for both")
+    if x_train.dtype != x_test.dtype:  # uint8 pixels against values: named as the file holds them
+        raise _fail(path, f"x_train is {arrays['x_train'].dtype} but x_test is {arrays['x_test'].dtype}; uint8 is "
+                          "read as pixels (value / 255) and other types as values: use one kind for both")
     y_train = _labels(path, "y_train", arrays["y_train"], len(x_train))
     y_test = _labels(path, "y_test", arrays["y_test"], len(x_test))
     seen = int(max(y_train.max(), y_test.max() if len(y_test) else 0)) + 1
@@ -238,8 +249,8 @@ def load_sequence_file(path: str | os.PathLike[str]) -> SequenceFile:
         raise _fail(path, "every label is 0; a classifier needs at least two classes")
     lengths_train, lengths_test = (_lengths(path, arrays, split, x) for split, x in (("train", x_train),
                                                                                     ("test", x_test)))
-    _zero_padding_and_check(path, "x_train", x_train, lengths_train)
-    _zero_padding_and_check(path, "x_test", x_test, lengths_test)
+    _zero_padding_and_check(path, "x_train", x_train, lengths_train, beyond_train)
+    _zero_padding_and_check(path, "x_test", x_test, lengths_test, beyond_test)
     names = None
     if "class_names" in arrays:
         given = arrays["class_names"]
