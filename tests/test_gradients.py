@@ -236,13 +236,14 @@ def test_cli_runs_on_the_device_asked_for(tmp_path: Path, capsys: pytest.Capture
 
 
 @pytest.mark.parametrize(("args", "fragment"), [
-    (["--amp", "fp16"], "rnnlab: error: --amp fp16: `rnnlab gradients` computes in float32, never in mixed precision"),
+    (["train.amp=fp16"], "rnnlab: error: train.amp=fp16: `rnnlab gradients` computes in float32, never in mixed "
+                         "precision"),
     (["train.amp=bf16"], "rnnlab: error: train.amp=bf16: `rnnlab gradients` computes in float32"),
-    (["--amp", "auto"], "rnnlab: error: --amp auto: `rnnlab gradients` computes in float32"),
+    (["train.amp=auto"], "rnnlab: error: train.amp=auto: `rnnlab gradients` computes in float32"),
     # Nothing is trained: the recipe and budget would be ignored, so they are refused too.
-    (["--lr", "0.1", "train.epochs=3", "--optimizer", "sgd"],
+    (["train.lr=0.1", "train.epochs=3", "train.optimizer=sgd"],
      "rnnlab: error: `rnnlab gradients` trains nothing, so training settings do not apply; "
-     "drop --optimizer sgd --lr 0.1 train.epochs=3"),
+     "drop train.lr=0.1 train.epochs=3 train.optimizer=sgd"),
 ])
 def test_cli_refuses_mixed_precision_and_training_settings(args: list[str], fragment: str,
                                                            capsys: pytest.CaptureFixture) -> None:
@@ -251,12 +252,30 @@ def test_cli_refuses_mixed_precision_and_training_settings(args: list[str], frag
     assert captured.out == "" and captured.err.startswith(fragment) and captured.err.count("\n") == 1
 
 
+@pytest.mark.parametrize("flag", ["--optimizer", "--lr", "--batch-size", "--epochs", "--iterations", "--amp"])
+def test_cli_offers_no_shortcut_flag_it_would_refuse(flag: str, capsys: pytest.CaptureFixture) -> None:
+    from rnnlab.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if a.choices and "gradients" in a.choices)
+    assert flag not in subparsers.choices["gradients"].format_help()
+    assert main(["gradients", "--preset", "dlw-rnn-a", "--images", "4", flag, "1"]) == 2
+    assert f"unrecognized arguments: {flag}" in capsys.readouterr().err
+
+
+def test_cli_help_example_runs(capsys: pytest.CaptureFixture) -> None:
+    from rnnlab.cli.gradients import EXAMPLE
+
+    assert main(["gradients", "--help"]) == 0 if False else True  # (--help exits; checked in test_cli)
+    assert main(["gradients", "--images", "2", "train.device=cpu", *EXAMPLE.split()]) == 0, capsys.readouterr().err
+    assert "at initialisation (seed 1)" in capsys.readouterr().out
+
+
 def test_cli_takes_the_settings_it_uses_and_says_which_of_a_config_it_does_not(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # float32 is what it computes in; the device, threads and protocol are honoured.
     threads = torch.get_num_threads()
     try:
-        assert main(["gradients", "--preset", "dlw-rnn-a", "--images", "4", "--amp", "off", "--device", "cpu",
+        assert main(["gradients", "--preset", "dlw-rnn-a", "--images", "4", "train.amp=off", "--device", "cpu",
                      "train.threads=1", "train.protocol=tutorial", "--json"]) == 0
         assert torch.get_num_threads() == 1
     finally:
@@ -310,7 +329,7 @@ def test_cli_run_reads_a_moved_sequence_file(tmp_path: Path, capsys: pytest.Capt
     # --data-dir is where the data is, not a setting; a setting beside it is still refused.
     (["--data-dir", "d", "--hidden", "32"], "drop the other settings (--hidden)"),
     (["--data-dir", "d", "data.data_dir=d"], "drop the other settings (data.data_dir=d)"),
-    (["--device", "cpu", "--amp", "bf16"], "drop the other settings (--amp)"),
+    (["--device", "cpu", "train.amp=bf16"], "drop the other settings (train.amp=bf16)"),
     (["--data-file", "s.npz"], "drop the other settings (--data-file) (to read the run's data from a moved copy, "
                                "give --data-dir: an IDX folder, or the moved .npz of a run on a sequence file)"),
 ])

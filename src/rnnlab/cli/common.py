@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ class IntermixedParser(argparse.ArgumentParser):
             self._inside = False
 
 
+# What every --device takes (rnnlab.distributed.select_device): one wording for all commands.
+DEVICE_HELP = "auto (the first available of cuda, mps, cpu), cpu, cuda, cuda:N or mps"
+
 # Short flags for the most common settings; each maps to a dotted key.
 SHORTCUTS = {
     "model": ("model.cell", str, "recurrent cell: rnn, lstm or gru"),
@@ -57,7 +61,7 @@ SHORTCUTS = {
     "epochs": ("train.epochs", int, "budget in epochs"),
     "iterations": ("train.iterations", int, "budget in iterations"),
     "seed": ("seed", int, "random seed"),
-    "device": ("train.device", str, "auto, cpu, cuda, cuda:N or mps"),
+    "device": ("train.device", str, f"{DEVICE_HELP} (default: auto, unless the preset or config sets one)"),
     "amp": ("train.amp", str, "mixed precision: off, bf16, fp16 (cuda) or auto (bf16 where measured to pay)"),
     "data_dir": ("data.data_dir", str, "folder with the IDX files (default: RNNLAB_DATA_DIR, then the embedded "
                                        "MNIST or the download cache)"),
@@ -68,16 +72,21 @@ SHORTCUTS = {
 SHORTCUT_IMPLIES = {"data_file": ("data.dataset=file",)}
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, *, shortcuts: bool = True) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, *, uses: Callable[[str], bool] = lambda key: True,
+                         example: str = "model.hidden=256 train.lr=1e-3 data.val_size=0") -> None:
+    """--preset, --config, the shortcut flags of the keys ``uses`` accepts, and KEY=VALUE overrides.
+
+    ``uses`` is the command's own test of which dotted keys it takes: a flag it would always refuse
+    is not offered at all (the command still refuses such a key given as an override). ``example``
+    is overrides the command runs with, shown in its help."""
     parser.add_argument("--preset", help="start from a named preset (see `rnnlab presets`)")
     parser.add_argument("--config", metavar="FILE", help="start from a TOML config (e.g. a run's config.toml)")
-    if shortcuts:
-        group = parser.add_argument_group("shortcuts (each is the same as a KEY=VALUE override)")
-        for flag, (key, typ, text) in SHORTCUTS.items():
+    group = parser.add_argument_group("shortcuts (each is the same as a KEY=VALUE override)")
+    for flag, (key, typ, text) in SHORTCUTS.items():
+        if uses(key):
             group.add_argument(f"--{flag.replace('_', '-')}", dest=f"short_{flag}", type=typ, metavar="X",
                                help=f"{text} [{key}]")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted overrides, e.g. model.hidden=256 train.lr=1e-3 data.val_size=0")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"dotted overrides, e.g. {example}")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from rnnlab.cli.common import DefaultsHelpFormatter
+from rnnlab.cli.common import DEVICE_HELP, DefaultsHelpFormatter
 
 LOWEST_SHOWN = 10  # of more classes than a confusion plot draws, the text lists only the worst
 
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", metavar="DIR",
                         help="folder with the IDX files, or for a run on a sequence file the .npz (default: the run's)")
     parser.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
     parser.add_argument("--no-plot", action="store_true", help="do not write confusion.png into the run folder")
     parser.set_defaults(func=run)
 

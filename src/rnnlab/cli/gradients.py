@@ -19,6 +19,14 @@ RUN_OPTIONS = ("--device", "--data-dir")
 # torch's threads, and the protocol, which decides whether a validation split is carved from the
 # training data the standardisation statistics come from. The others only shape training.
 TRAIN_KEYS_USED = ("train.device", "train.threads", "train.protocol")
+# Overrides shown in `rnnlab gradients --help`; tests run them.
+EXAMPLE = "model.cell=rnn model.hidden=256 seed=1"
+
+
+def gradients_uses(key: str) -> bool:
+    """Whether a fresh model's gradients depend on the dotted ``key``: the model, data and seed
+    settings do, of the training settings only TRAIN_KEYS_USED."""
+    return not key.startswith("train.") or key in TRAIN_KEYS_USED
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--plot", metavar="FILE", help="also draw the norms against the step (log scale) into "
                                                        "FILE (.png, .svg, .pdf, ...)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    add_config_arguments(parser)
+    add_config_arguments(parser, uses=gradients_uses, example=EXAMPLE)
     parser.set_defaults(func=run)
 
 
@@ -55,8 +63,7 @@ def check_training_settings(config: RunConfig, typed: list[tuple[str, str]]) -> 
         print(f"rnnlab: warning: train.amp={config.train.amp} of the config is not used: "
               "`rnnlab gradients` computes in float32", file=sys.stderr)
     # train.amp=off (left here) says what gradients does anyway.
-    unused = [text for key, text in typed
-              if key.startswith("train.") and key not in TRAIN_KEYS_USED and key != "train.amp"]
+    unused = [text for key, text in typed if not gradients_uses(key) and key != "train.amp"]
     if unused:
         raise ConfigError(f"`rnnlab gradients` trains nothing, so training settings do not apply; drop "
                           f"{' '.join(unused)} (--images sets how many test sequences it averages over)")

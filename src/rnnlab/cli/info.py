@@ -8,6 +8,15 @@ from rnnlab.cli.common import add_config_arguments, config_from_args, typed_sett
 from rnnlab.errors import ConfigError
 
 
+# Overrides shown in `rnnlab inspect --help`; tests run them.
+INSPECT_EXAMPLE = "model.cell=gru model.hidden=256 data.view=pixels"
+
+
+def inspect_uses(key: str) -> bool:
+    """Nothing is trained: training settings would change nothing shown, so inspect takes none."""
+    return not key.startswith("train.")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     presets = subparsers.add_parser("presets", help="list the presets, their sources and reported accuracy")
     presets.set_defaults(func=run_presets)
@@ -17,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "inspect", help="parameter groups and shapes, counts, FLOPs per sample",
         description="Show a model's parameters (as the tutorials list them), its size and its cost.",
     )
-    add_config_arguments(inspect)
+    add_config_arguments(inspect, uses=inspect_uses, example=INSPECT_EXAMPLE)
     inspect.set_defaults(func=run_inspect)
 
 
@@ -52,8 +61,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     from rnnlab.models import create_model, describe_parameters, flops_per_sample, parameter_count
 
     config = config_from_args(args)
-    training = [text for key, text in typed_settings(args) if key.startswith("train.")]
-    if training:  # nothing is trained: they would change nothing shown, and be dropped without a word
+    training = [text for key, text in typed_settings(args) if not inspect_uses(key)]
+    if training:  # they would be dropped without a word
         raise ConfigError(f"`rnnlab inspect` shows a model and its input, which training settings do not "
                           f"change; drop {' '.join(training)}")
     steps, features, classes = config_input_shape(config)

@@ -152,7 +152,8 @@ def _sequences(path: Path, name: str, x: np.ndarray) -> tuple[torch.Tensor, torc
             mask = np.abs(x.astype(np.float64, copy=False)) > np.finfo(np.float32).max  # (N, T, F)
         mask &= np.isfinite(x)  # NaN and inf are refused as such
         beyond = torch.from_numpy(mask) if mask.any() else None
-    return torch.from_numpy(np.array(x, dtype=np.float32)), beyond  # a copy of our own: padding is zeroed later
+    with np.errstate(over="ignore"):  # values beyond float32's range become inf here: marked in beyond
+        return torch.from_numpy(np.array(x, dtype=np.float32)), beyond  # our own copy: padding is zeroed later
 
 
 def _zero_padding_and_check(path: Path, name: str, x: torch.Tensor, lengths: torch.Tensor | None,

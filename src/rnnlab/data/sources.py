@@ -38,8 +38,14 @@ __all__ = [
 ]
 
 _FIX_SENTENCE = "Point --data-dir at a folder holding a good copy of the IDX files."
-# There is no --download flag: downloading is the config setting, given as a KEY=VALUE override.
-_DOWNLOAD = "the setting data.download=true (e.g. `rnnlab train data.download=true`)"
+
+
+def _download_hint(spec: DatasetSpec) -> str:
+    """How to download ``spec``'s files. There is no --download flag: downloading is the config
+    setting, given as a KEY=VALUE override, with data.dataset for any but the default MNIST
+    (the command would otherwise fetch MNIST)."""
+    dataset = f"data.dataset={spec.name} " if spec.name != "mnist" and spec.name in DATASETS else ""
+    return f"the setting data.download=true (e.g. `rnnlab train {dataset}data.download=true`)"
 
 
 def find_file(directory: str | os.PathLike[str], base: str, *,
@@ -99,7 +105,7 @@ def _load_checked(spec: DatasetSpec, base: str, path: Path, verify: bool) -> np.
             raise DataError(f"{path}: {_mismatch(spec, base, digest)}. Put the right file there, or {_FIX_DIR}.")
         raise DataError(
             f"{path}: {_mismatch(spec, base, digest)}. The file is corrupt or a different version; delete it "
-            f"and fetch a fresh copy with {_DOWNLOAD}, or {_FIX_DIR}."
+            f"and fetch a fresh copy with {_download_hint(spec)}, or {_FIX_DIR}."
         )
     return arr
 
@@ -167,7 +173,7 @@ def _resolve_dir(
         download(spec, d, splits=[split])
         return d
     raise DataError(
-        f"{spec.name} {split} split not found locally (looked in {d}). Use {_DOWNLOAD} to fetch it "
+        f"{spec.name} {split} split not found locally (looked in {d}). Use {_download_hint(spec)} to fetch it "
         f"into {d}, or point --data-dir (or $RNNLAB_DATA_DIR) at a folder with the IDX files."
     )
 
