@@ -302,3 +302,55 @@ def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
     reader.stdin.close()
     reader.wait()
     assert job.returncode == 141 and "Broken pipe" not in job.stderr and "Traceback" not in job.stderr, job.stderr
+
+
+def command_help(command: str, capsys: pytest.CaptureFixture) -> str:
+    """``rnnlab COMMAND --help``, its whitespace made single spaces (argparse wraps to the terminal)."""
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+# The shortcut flags of training settings, which inspect refuses all of and gradients all but --device of.
+TRAINING_FLAGS = ["--optimizer", "--lr", "--batch-size", "--epochs", "--iterations", "--device", "--amp"]
+
+
+@pytest.mark.parametrize(("command", "refused", "extra"), [
+    ("inspect", TRAINING_FLAGS, []),
+    ("gradients", [flag for flag in TRAINING_FLAGS if flag != "--device"], ["--images", "2", "train.device=cpu"]),
+])
+def test_help_lists_no_flag_the_command_refuses_and_its_example_runs(
+        command: str, refused: list[str], extra: list[str], capsys: pytest.CaptureFixture) -> None:
+    import re
+
+    from rnnlab.cli.gradients import TRAIN_KEYS_USED
+
+    text = command_help(command, capsys)
+    listed = set(re.findall(r"(--[a-z-]+)", text))
+    assert not listed & set(refused), listed & set(refused)
+    keys = set(re.findall(r"\[(train\.[a-z_]+)\]", text))  # the dotted key each shortcut sets
+    assert keys <= set(TRAIN_KEYS_USED if command == "gradients" else ())
+    example = re.search(r"dotted overrides, e\.g\. ((?:\S+=\S+ ?)+)", text).group(1).split()
+    assert example and not any(item.startswith("train.") for item in example)
+    assert main([command, *example, *extra]) == 0, capsys.readouterr().err
+    # The refusal of a training setting given as an override stays, with its reason.
+    assert main([command, "train.lr=1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnlab: error: `rnnlab ") and "; drop train.lr=1e-3" in err, err
+
+
+@pytest.mark.parametrize("command", ["eval", "train", "gradients"])
+def test_device_help_says_auto_is_accepted_and_what_it_picks(command: str, capsys: pytest.CaptureFixture) -> None:
+    text = command_help(command, capsys)
+    default = "(default: cpu)" if command == "eval" else "(default: auto, unless the preset or config sets one)"
+    assert (f"--device {'DEVICE' if command == 'eval' else 'X'} auto (the first available of cuda, mps, cpu), "
+            f"cpu, cuda, cuda:N or mps {default}") in text
+
+
+def test_a_missing_dataset_suggests_a_download_of_that_dataset(capsys: pytest.CaptureFixture) -> None:
+    # The hermetic cache (conftest) is empty: fashion-mnist and kmnist are not there.
+    for dataset in ("fashion-mnist", "kmnist"):
+        assert main(["train", "--dry-run", "--no-progress", f"data.dataset={dataset}"]) == 2
+        err = capsys.readouterr().err
+        assert f"`rnnlab train data.dataset={dataset} data.download=true`" in err, err

@@ -6,6 +6,7 @@ import contextlib
 import json
 import re
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -531,7 +532,8 @@ def test_a_signal_stops_the_running_seeds_as_it_stops_a_run(tmp_path: Path, sign
             os.killpg(job.pid, signal.SIGKILL)
     sigterm = signum == signal.SIGTERM
     assert job.returncode == (143 if sigterm else 130), err
-    last = "rnnlab: terminated (SIGTERM)" if sigterm else "rnnlab: interrupted"
+    last = (f"rnnlab: {'terminated (SIGTERM)' if sigterm else 'interrupted'}; rerun the same command to resume: "
+            f"{shlex.join(['rnnlab', *job.args[3:]])}")
     assert err.strip().splitlines()[-1] == last, err  # nothing after it: no warning from multiprocessing
     assert "Traceback" not in err and "leaked" not in err, err
     for seed in (0, 1):
@@ -591,3 +593,28 @@ def test_two_overrides_each_used_by_another_entry_are_given(tmp_path: Path) -> N
     assert entries["seqs"].data.val_size == 100 and entries["dlw-rnn-a"].data.data_dir == str(tmp_path)
     with pytest.raises(ConfigError, match="every entry would ignore a setting given: data.data_dir"):
         resolve_entries([str(tmp_path / "seqs.toml")], overrides=overrides)
+
+
+@pytest.mark.slow  # a compare worker
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_rerun_after_a_sigterm_in_the_report_writes_the_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """SIGTERM once every seed is done, while the results are written: the command says to rerun it,
+    and the rerun, with nothing to train, writes the results from the runs."""
+    out = tmp_path / "cmp"
+    command = ["compare", "dlw-rnn-a", *TINY, "--seeds", "1", "--jobs", "1", "--out", str(out), "--no-plot"]
+
+    def sigterm(*args: Any, **kwargs: Any) -> None:
+        signal.raise_signal(signal.SIGTERM)  # the command line's handler raises Terminated
+
+    with monkeypatch.context() as patched:
+        patched.setattr(cmp, "report_groups", sigterm)
+        assert main(command) == 143
+    assert capsys.readouterr().err.splitlines()[-1] == (f"rnnlab: terminated (SIGTERM); rerun the same command to "
+                                                        f"resume: {shlex.join(['rnnlab', *command])}")
+    assert not list(out.glob("results.*"))
+    assert json.loads((out / "runs/dlw-rnn-a/seed0/summary.json").read_text())["status"] == "completed"
+    assert main(command) == 0
+    assert "(0 to run, 1 finished)" in capsys.readouterr().err
+    assert all((out / name).is_file() for name in ("results.md", "results.csv", "results.json"))
+    assert [r["entry"] for r in json.loads((out / "results.json").read_text())["entries"]] == ["dlw-rnn-a"]

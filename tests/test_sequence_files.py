@@ -343,6 +343,63 @@ def test_train_and_predict_sequences_of_varying_length(tmp_path: Path, capsys: p
     assert flow["samples"] == int((lt == 16).sum()) and len(flow["norms"][0][0]) == 16
 
 
+def test_predict_takes_a_padded_array_with_its_lengths(tmp_path: Path, small_run: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    (x, y, lengths), (xt, yt, lt) = varying(60, 0), varying(30, 1)
+    np.savez(tmp_path / "v.npz", x_train=x, y_train=y, lengths_train=lengths, x_test=xt, y_test=yt, lengths_test=lt)
+    assert main(["train", "--data-file", str(tmp_path / "v.npz"), "--model", "gru", "--hidden", "8", "--iterations",
+                 "5", "data.val_size=0", "train.device=cpu", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    trained = rnnlab.load(tmp_path / "run")
+    padded = xt[:8, :, None].copy()  # (8, 16, 1)
+    expected = trained.probabilities([xt[i, : lt[i]] for i in range(8)])  # each sequence alone, unpadded
+    torch.testing.assert_close(trained.probabilities(padded, lt[:8]), expected)
+    padded[np.arange(16)[None, :] >= lt[:8, None]] = np.nan  # padding may hold anything: it is never read
+    for given in (lt[:8], lt[:8].astype(np.int32), lt[:8].tolist(), torch.from_numpy(lt[:8])):
+        torch.testing.assert_close(trained.probabilities(padded, given), expected)
+    assert [p["class"] for p in trained.predict(padded, lt[:8])] == expected.argmax(1).tolist()
+    for bad, message in [(lt[:7], r"lengths must have shape \(N,\) = \(8,\), one per sequence; got \(7,\)"),
+                         (np.full(8, 17), "each length must be from 1 to the padded length T = 16; got lengths from 17"),
+                         (np.zeros(8, int), "got lengths from 0 to 0"),
+                         (lt[:8].astype(float), r"lengths must be integers of shape \(N,\), one per sequence; got "
+                                                r"float64 \(8,\)")]:
+        with pytest.raises(DataError, match=message):
+            trained.predict(padded, bad)
+    with pytest.raises(DataError, match=r"^sequences\[1\]: sequences must have shape \(N, T, 1\) .*got \(0,\)$"):
+        trained.predict([xt[0, :5], np.zeros(0)])  # which one of a list is at fault
+    with pytest.raises(DataError, match="this run was trained on sequences of one length; give the sequences "
+                                        "without lengths"):
+        rnnlab.load(small_run).predict(np.zeros((2, 12, 2), np.float32), [12, 12])
+
+    # The command line: one --lengths per .npy of sequences
+    np.save(tmp_path / "x.npy", padded)
+    np.save(tmp_path / "l.npy", lt[:8])
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), str(tmp_path / "x.npy"), "--lengths", str(tmp_path / "l.npy"),
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose([e["probabilities"] for e in printed], expected.numpy(), atol=1e-6)
+    assert main(["predict", str(tmp_path / "run"), str(tmp_path / "x.npy"), str(tmp_path / "x.npy"),
+                 "--lengths", str(tmp_path / "l.npy")]) == 2
+    assert "give one --lengths per .npy of sequences, in the same order: 2 sequence files, 1 --lengths" in \
+        capsys.readouterr().err
+    assert main(["predict", str(small_run), str(tmp_path / "x.npy"), "--lengths", str(tmp_path / "l.npy")]) == 2
+    assert "this run's sequences all have one length: leave out --lengths" in capsys.readouterr().err
+
+
+def test_one_step_sequences_of_one_feature_are_n_sequences(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x, xt = rng.normal(0, 1, (100, 1)).astype(np.float32), rng.normal(0, 1, (30, 1)).astype(np.float32)  # (N, T=1)
+    np.savez(tmp_path / "t1.npz", x_train=x, y_train=(x[:, 0] > 0).astype(int), x_test=xt,
+             y_test=(xt[:, 0] > 0).astype(int))
+    assert main(["train", "--data-file", str(tmp_path / "t1.npz"), "--hidden", "8", "--iterations", "2",
+                 "data.val_size=0", "train.device=cpu", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    trained = rnnlab.load(tmp_path / "run")
+    torch.testing.assert_close(trained.probabilities(xt), trained.probabilities(xt[:, :, None]))  # (30, 1): 30 of them
+    assert len(trained.predict(xt)) == 30
+    with pytest.raises(DataError, match=r"with T = 1 steps, as in the run's training file; got \(30,\)"):
+        trained.predict(xt[:, 0])  # (T,) is one sequence, as for any run: here one of 30 steps
+
+
 def test_the_summary_says_what_the_run_read(tmp_path: Path, seq_file: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--data-file", str(seq_file), "--hidden", "8", "--iterations", "2", "data.val_size=100",

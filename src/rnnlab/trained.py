@@ -101,13 +101,15 @@ class TrainedModel:
         """True if the run was trained on padded sequences of varying length (``lengths_*`` arrays)."""
         return bool(self.meta.get("input", {}).get("variable_lengths", False))
 
-    def sequences_in(self, sequences: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def sequences_in(self, sequences: Any, lengths: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sequences as the run's model reads them -> ``(x float (N, T, F), lengths (N,) or None)``.
 
-        ``(N, T, F)`` or one ``(T, F)`` (``(N, T)`` or ``(T,)`` for one feature). For a run trained on
-        uint8 pixels: integers 0-255 (any integer dtype, read as value / 255) or floats in [0, 1];
+        ``(N, T, F)`` or one ``(T, F)`` (``(N, T)`` or ``(T,)`` for one feature; ``(k, 1)`` is one
+        sequence of k steps, unless the run's sequences have one step). For a run trained on uint8
+        pixels: integers 0-255 (any integer dtype, read as value / 255) or floats in [0, 1];
         otherwise floats or integers, used as they are. A run trained on sequences of varying length
-        also takes shorter ones, and a list of sequences of different lengths (padded here).
+        also takes shorter ones, a list of sequences of different lengths (padded here), or a padded
+        array with ``lengths``, ``(N,)`` integers from 1 to its T, as in the training file.
         """
         if not self.reads_sequences:
             raise DataError(f"{self.run_dir} was trained on {self.config.data.dataset} images; "
@@ -115,10 +117,10 @@ class TrainedModel:
         steps, features = self.model.seq_len, self.model.input_size
         if isinstance(sequences, (list, tuple)) and not sequences:
             raise DataError(f"no sequences given (an empty {type(sequences).__name__}); pass at least one")
+        if lengths is not None:
+            return self._padded(sequences, lengths, steps, features)
         if isinstance(sequences, (list, tuple)) and self.variable_lengths:
-            parts = [self._one_batch(s, steps, features, single=True) for s in sequences]
-            if not parts:
-                raise DataError("no sequences given")
+            parts = [self._one_batch(s, steps, features, single=True, index=i) for i, s in enumerate(sequences)]
             lengths = torch.tensor([p.shape[1] for p in parts])
             x = torch.zeros(len(parts), int(lengths.max()), features)  # (N, T_max, F), zero padding
             for i, part in enumerate(parts):
@@ -127,8 +129,23 @@ class TrainedModel:
         x = self._one_batch(sequences, steps, features, single=False)
         return x, None  # one length for the whole batch: no padding to skip
 
-    def _one_batch(self, sequences: Any, steps: int, features: int, *, single: bool) -> torch.Tensor:
-        """One array of sequences -> float ``(N, T, F)``, read as the run read its training file."""
+    def _padded(self, sequences: Any, lengths: Any, steps: int, features: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A padded array ``(N, T, F)`` and each sequence's own length ``(N,)``, checked; the padding,
+        which the model never reads, is zeroed before the values are checked (it may hold anything)."""
+        if not self.variable_lengths:
+            raise DataError("this run was trained on sequences of one length; give the sequences without lengths")
+        if isinstance(lengths, torch.Tensor):
+            lengths = lengths.detach().cpu()
+        own = np.asarray(lengths)
+        if own.dtype.kind not in "iu" or own.ndim != 1:
+            raise DataError(f"lengths must be integers of shape (N,), one per sequence; got {own.dtype} {own.shape}")
+        return self._one_batch(sequences, steps, features, single=False, lengths=own), torch.from_numpy(
+            own.astype(np.int64))
+
+    def _one_batch(self, sequences: Any, steps: int, features: int, *, single: bool, index: int | None = None,
+                   lengths: np.ndarray | None = None) -> torch.Tensor:
+        """One array of sequences -> float ``(N, T, F)``, read as the run read its training file
+        (``index``: its place in a list, for messages; ``lengths``: steps past them are padding)."""
         if isinstance(sequences, torch.Tensor):  # numpy takes no GPU, grad-tracking or bfloat16 tensor
             sequences = sequences.detach().cpu()
             sequences = sequences.float() if sequences.dtype == torch.bfloat16 else sequences
@@ -144,18 +161,29 @@ class TrainedModel:
             raise DataError("sequences must hold numbers (float or integer, or uint8 pixels), "
                             f"got {f'{what} ({x.dtype})' if what else x.dtype}")
         given = x.shape  # errors name the shape the caller gave, not ours after reshaping
-        if features == 1 and (x.ndim == 1 or (x.ndim == 2 and x.shape[-1] != 1)):
-            x = x[..., None]  # (T,) or (N, T) -> one feature per step; (T, 1) is one sequence
+        where = "" if index is None else f"sequences[{index}]: "
+        if features == 1 and (x.ndim == 1 or (x.ndim == 2 and (x.shape[-1] != 1 or steps == 1) and not single)):
+            # (T,) or (N, T) -> one feature per step. (k, 1) is one sequence of k steps, but for a run
+            # of one-step sequences it can only be k sequences.
+            x = x[..., None]
         if x.ndim == 2:
             x = x[None]  # one sequence (T, F) -> (1, T, F)
         if x.ndim == 3 and x.shape[0] == 0:  # an empty batch would print nothing and succeed
-            raise DataError(f"no sequences in the input (shape {given}); give at least one sequence")
+            raise DataError(f"{where}no sequences in the input (shape {given}); give at least one sequence")
         length_ok = 1 <= x.shape[1] <= steps if (x.ndim == 3 and self.variable_lengths) else None
         shape_ok = x.ndim == 3 and x.shape[2] == features and (length_ok or x.shape[1] == steps)
         if not shape_ok or (single and x.shape[0] != 1):
             length = f"1 to {steps} steps" if self.variable_lengths else f"{steps} steps"
-            raise DataError(f"sequences must have shape (N, T, {features}) or (T, {features}) with T = {length}, "
-                            f"as in the run's training file; got {given}")
+            raise DataError(f"{where}sequences must have shape (N, T, {features}) or (T, {features}) with "
+                            f"T = {length}, as in the run's training file; got {given}")
+        if lengths is not None:
+            if lengths.shape != (len(x),):
+                raise DataError(f"lengths must have shape (N,) = ({len(x)},), one per sequence; got {lengths.shape}")
+            if lengths.min() < 1 or lengths.max() > x.shape[1]:
+                raise DataError(f"each length must be from 1 to the padded length T = {x.shape[1]}; got lengths "
+                                f"from {lengths.min()} to {lengths.max()}")
+            x = np.array(x)  # our own copy, padding zeroed: it may hold anything (NaN) and is never read
+            x[np.arange(x.shape[1])[None, :] >= lengths[:, None]] = 0  # (N, T) mask over steps
         return _as_trained(x, self.meta.get("input", {}).get("dtype"))
 
     def to_sequences(self, images: Any) -> torch.Tensor:
@@ -174,10 +202,14 @@ class TrainedModel:
         seqs = images_to_sequences(pixels, self.view, self.permutation)  # (N, T, F) uint8, or float32 in [0, 1]
         return seqs.float() / 255.0 if seqs.dtype == torch.uint8 else seqs
 
-    def _model_inputs(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _model_inputs(self, inputs: Any, lengths: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images or sequences -> ``(x (N, T, F), lengths (N,) or None)`` on the CPU
         (:meth:`_softmax_in_chunks` moves each chunk to the model's device)."""
-        return self.sequences_in(inputs) if self.reads_sequences else (self.to_sequences(inputs), None)
+        if self.reads_sequences:
+            return self.sequences_in(inputs, lengths)
+        if lengths is not None:
+            raise DataError("images take no lengths (every image is read whole); leave lengths out")
+        return self.to_sequences(inputs), None
 
     def _softmax_in_chunks(self, x: torch.Tensor, lengths: torch.Tensor | None,
                            logits: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]) -> torch.Tensor:
@@ -208,9 +240,10 @@ class TrainedModel:
         parts.clear()
         raise error  # outside the handler: the failed chunk's tensors are freed, not kept as its context
 
-    def probabilities(self, inputs: Any) -> torch.Tensor:
-        """Class probabilities ``(N, C)`` on the CPU, for images, or for a sequence-file run its sequences."""
-        x, lengths = self._model_inputs(inputs)
+    def probabilities(self, inputs: Any, lengths: Any = None) -> torch.Tensor:
+        """Class probabilities ``(N, C)`` on the CPU, for images, or for a sequence-file run its
+        sequences (and their ``lengths``, for a padded array: see :meth:`sequences_in`)."""
+        x, lengths = self._model_inputs(inputs, lengths)
         return self._softmax_in_chunks(x, lengths, self.model)
 
     def step_probabilities(self, inputs: Any, points: list[int] | None = None) -> torch.Tensor:
@@ -229,10 +262,11 @@ class TrainedModel:
         points = sample_points(x.shape[1], cheap_max_points if self.model.steps_in_one_pass else max_points)
         return points, self._softmax_in_chunks(x, lengths, lambda xs, ls: self.model.step_logits(xs, points, ls))
 
-    def predict(self, images: Any) -> list[dict[str, Any]]:
+    def predict(self, images: Any, lengths: Any = None) -> list[dict[str, Any]]:
         """``[{"class": int, "probabilities": [...]}, ...]`` for images (MNIST-form arrays, or files/PIL
-        images), or a sequence-file run's sequences; with ``"name"`` where the classes have names."""
-        probs = self.probabilities(images)
+        images), or a sequence-file run's sequences (with ``lengths`` for a padded array of sequences
+        of varying length); with ``"name"`` where the classes have names."""
+        probs = self.probabilities(images, lengths)
         bad = (~probs.isfinite().all(1)).nonzero().flatten().tolist()  # argmax of NaN would name class 0
         if bad:
             which = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")

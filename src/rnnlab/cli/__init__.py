@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import os
 import select
+import shlex
 import signal
 import sys
 import warnings
@@ -81,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rnnlab: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except Terminated as stop:
-        _say_terminated(stop)
+        _say_stopped("terminated (SIGTERM)", _how_to_continue(args, argv, stop.run_dir))
         return 128 + signal.SIGTERM  # 143, as the shell reports a process the signal ended
-    except KeyboardInterrupt:
-        print("rnnlab: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        _say_stopped("interrupted", _how_to_continue(args, argv, _run_folder_stopped(stop)))
         return 130
 
 
@@ -106,14 +107,50 @@ def _stdout_gone() -> bool:
     return gone
 
 
-def _say_terminated(stop: Terminated) -> None:
-    """One line, from one process: under torchrun every process is told, and rank 0 speaks for them."""
+def _under_torchrun() -> bool:
     # (RANK alone is not torchrun's: a cluster's environment may hold it for a single process.)
-    under_torchrun = os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1")
-    if under_torchrun and os.environ.get("RANK", "0").strip() != "0":
+    return os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1")
+
+
+def _say_stopped(what: str, hint: str) -> None:
+    """One line, from one process: under torchrun every process is told, and rank 0 speaks for them."""
+    if _under_torchrun() and os.environ.get("RANK", "0").strip() != "0":
         return
-    hint = ""
-    if stop.run_dir:
-        launcher = "torchrun ... " if under_torchrun else ""
-        hint = f"; continue with: {launcher}rnnlab train --resume {stop.run_dir}"
-    print(f"rnnlab: terminated (SIGTERM){hint}", file=sys.stderr)
+    print(f"rnnlab: {what}{hint}", file=sys.stderr)
+
+
+def _how_to_continue(args: argparse.Namespace, argv: list[str] | None, run_dir: Path | None) -> str:
+    """The end of the line that says a signal stopped the command: what to run to go on, if anything."""
+    if run_dir:
+        launcher = "torchrun ... " if _under_torchrun() else ""
+        return f"; continue with: {launcher}rnnlab train --resume {run_dir}"
+    if getattr(args, "command", None) == "compare" and not args.dry_run:
+        # A rerun keeps the finished seeds, resumes the stopped ones, and writes the results from all
+        # of them: also after a signal that came once every seed was done, while the results were written.
+        command = shlex.join(["rnnlab", *(sys.argv[1:] if argv is None else argv)])
+        return f"; rerun the same command to resume: {command}"
+    return ""
+
+
+def _run_folder_stopped(stop: KeyboardInterrupt) -> Path | None:
+    """The folder of the training run a Ctrl-C stopped, if ``--resume`` would take it. A second Ctrl-C
+    (during the test evaluation, say) stops the run at once, and the KeyboardInterrupt names no folder
+    (as Terminated does): the run's Trainer is found on its way out instead, in the traceback."""
+    engine = sys.modules.get("rnnlab.engine")  # not loaded: no run was started
+    tb = stop.__traceback__
+    while engine is not None and tb is not None:
+        trainer = tb.tb_frame.f_locals.get("self")
+        if isinstance(trainer, engine.Trainer):
+            return trainer.run_dir if _resumable(trainer.run_dir) else None
+        tb = tb.tb_next
+    return None
+
+
+def _resumable(run_dir: Path) -> bool:
+    """Whether ``rnnlab train --resume run_dir`` would continue it (as ``rnnlab.run`` judges a
+    SIGTERM's folder): a checkpoint, of a run that did not end completed or diverged. A dry run's
+    folder, already removed, has none."""
+    from rnnlab import checkpoint as ckpt
+
+    status = (ckpt.read_summary_file(run_dir)[0] or {}).get("status")
+    return (run_dir / ckpt.CHECKPOINT_JSON).is_file() and status not in ("completed", "diverged")

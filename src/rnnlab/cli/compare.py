@@ -80,6 +80,8 @@ def run_compare(args: argparse.Namespace) -> int:
     tasks, states = cmp.prepare(entries, out, seeds=args.seeds, jobs=jobs)  # refuses a bad --out before the header
     todo = sum(s != "skip" for s in states.values())
     workers = f"{min(jobs, todo)} workers x {tasks[0].config.train.threads} threads" if todo else "nothing to train"
+    if not todo and not args.dry_run:  # e.g. a rerun after a stop while the results were written
+        workers += "; the results are written from the finished runs"
     gpus = cmp.gpus_for([t.config for t in tasks]) if todo else 0
     if gpus:
         workers += ", one GPU each" if min(jobs, todo) <= gpus else f", sharing {gpus} GPU(s)"

@@ -30,6 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="image files; for a run trained on a sequence file (data.dataset=file), .npy "
                              "files of sequences, (N, T, F) or one (T, F), valued as its training file (a uint8 "
                              "file: integers 0-255 or floats in [0, 1])")
+    parser.add_argument("--lengths", action="append", metavar="LENGTHS.npy",
+                        help="for a run trained on sequences of varying length: a .npy of each padded sequence's "
+                             "own length, (N,) integers, as lengths_test in its training file; give one per .npy "
+                             "of sequences, in the same order (without it, each sequence is read to its file's T)")
     parser.add_argument("--top", type=int, default=3, metavar="K", help="show the K most likely classes")
     parser.add_argument("--steps", action="store_true",
                         help="also show how the probabilities evolve as the model reads the image")
@@ -117,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
     trained = rnnlab.load(args.run_dir)
     if trained.reads_sequences:
         return _run_sequences(args, trained)
+    if args.lengths:
+        raise ConfigError("--lengths is for a run trained on sequences of varying length; this run reads images "
+                          "whole: leave out --lengths")
     entries: list[dict[str, Any]] = []
     good: list[tuple[int, np.ndarray]] = []
     for path in args.images:
@@ -166,32 +173,26 @@ def _run_sequences(args: argparse.Namespace, trained: Any) -> int:
     """``predict`` for a run trained on a sequence file: each argument is a ``.npy`` of sequences."""
     import numpy as np
 
-    from rnnlab.data.files import not_numpy
-    from rnnlab.errors import ConfigError, DataError, RnnlabError
+    from rnnlab.errors import ConfigError, RnnlabError
 
     if args.steps:
         raise ConfigError("--steps draws the image rows as they are read; this run reads sequences, "
                           "leave out --steps")
+    if args.lengths and not trained.variable_lengths:
+        raise ConfigError("--lengths is for a run trained on sequences of varying length; this run's sequences "
+                          "all have one length: leave out --lengths")
+    if args.lengths and len(args.lengths) != len(args.images):
+        raise ConfigError(f"give one --lengths per .npy of sequences, in the same order: {len(args.images)} "
+                          f"sequence files, {len(args.lengths)} --lengths")
     how = f"save sequences with np.save(path, x), x of shape {_sequence_shape(trained)}"
     entries: list[dict[str, Any]] = []
     failed = 0
-    for path in args.images:
+    for i, path in enumerate(args.images):
         try:
-            try:
-                # Looked at first: np.load takes any other file for a pickle, and its message
-                # ("contains pickled data ... load it unsafely") is wrong for an image or text.
-                if not os.path.isfile(path):
-                    raise DataError(f"{path}: no such file")
-                looks = not_numpy(path)
-                if looks is not None:
-                    raise DataError(f"{path}: not a .npy array of sequences: {looks}; {how}")
-                array = np.load(path, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as exc:
-                raise DataError(f"{path}: not a readable .npy array of sequences ({exc}); {how}") from None
-            if not isinstance(array, np.ndarray):
-                array.close()
-                raise DataError(f"{path}: give a .npy array of sequences, not a .npz archive; {how}")
-            probs = trained.probabilities(array)  # (N, C)
+            array = _load_npy(path, "sequences", how)
+            lengths = _load_npy(args.lengths[i], "lengths", "save them with np.save(path, lengths), (N,) "
+                                "integers") if args.lengths else None
+            probs = trained.probabilities(array, lengths)  # (N, C)
         except RnnlabError as exc:  # one bad file must not stop the others
             failed += 1
             message = str(exc)
@@ -215,6 +216,30 @@ def _run_sequences(args: argparse.Namespace, trained: Any) -> int:
         for entry in entries:
             print(_line(f"{entry['file']}[{entry['index']}]", entry, trained))
     return 2 if failed else 0
+
+
+def _load_npy(path: str, what: str, how: str) -> Any:
+    """A ``.npy`` array of ``what``, or a DataError naming the file and saying ``how`` to write one."""
+    import numpy as np
+
+    from rnnlab.data.files import not_numpy
+    from rnnlab.errors import DataError
+
+    try:
+        # Looked at first: np.load takes any other file for a pickle, and its message
+        # ("contains pickled data ... load it unsafely") is wrong for an image or text.
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: no such file")
+        looks = not_numpy(path)
+        if looks is not None:
+            raise DataError(f"{path}: not a .npy array of {what}: {looks}; {how}")
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npy array of {what} ({exc}); {how}") from None
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise DataError(f"{path}: give a .npy array of {what}, not a .npz archive; {how}")
+    return array
 
 
 def _sequence_shape(trained: Any) -> str:
