@@ -159,7 +159,7 @@ def test_seeds_must_fit_in_64_bit_signed(key: str) -> None:
         apply_overrides(RunConfig(), [f"{key}=99999999999999999999"])
     with pytest.raises(ConfigError, match=f"{key}=-1 is out of range; it must be >= 0"):
         apply_overrides(RunConfig(), [f"{key}=-1"])
-    config = apply_overrides(RunConfig(), [f"{key}={2**63 - 1}"])
+    config = apply_overrides(RunConfig(), ["data.view=permuted-pixels", f"{key}={2**63 - 1}"])
     assert (config.seed if key == "seed" else config.data.permutation_seed) == 2**63 - 1
 
 
@@ -283,6 +283,32 @@ def test_dropout_on_one_layer_is_refused_where_given_and_silent_where_saved() ->
             assert make_recurrent("lstm", 3, 4, num_layers=1, dropout=0.3, impl=impl).dropout == 0.0
 
 
+@pytest.mark.parametrize("given, message, used", [
+    (["model.cell=lstm", "model.nonlinearity=relu"], r"^model.nonlinearity is the Elman RNN's \(model.cell=rnn\); "
+     r"an LSTM has its own gates: drop it, or add model.cell=rnn$", ["model.cell=rnn", "model.nonlinearity=relu"]),
+    (["model.cell=gru", "model.nonlinearity=tanh"], "a GRU has its own gates", None),
+    (["data.permutation_seed=3"], r"^data.permutation_seed orders the pixels of data.view=permuted-pixels; this run "
+     r"reads rows: drop it, or add data.view=permuted-pixels$", ["data.view=permuted-pixels", "data.permutation_seed=3"]),
+    (["train.optimizer=adam", "train.momentum=0.9"], r"^train.momentum is SGD's and RMSprop's; "
+     r"train.optimizer=adam keeps its own moments", ["train.optimizer=rmsprop", "train.momentum=0.9"]),
+    (["train.schedule=cosine", "train.gamma=0.1"], r"^train.gamma is for train.schedule=step; this run's schedule "
+     r"is cosine: drop it, or add train.schedule=step$", ["train.schedule=step", "train.gamma=0.1"]),
+    (["train.step_size=10"], r"^train.step_size is for train.schedule=step", ["train.schedule=step",
+                                                                            "train.step_size=10"]),
+])
+def test_a_setting_the_rest_of_the_config_would_ignore_is_refused(given: list[str], message: str,
+                                                                  used: list[str] | None) -> None:
+    # compare would otherwise train one model under several names (--sweep model.nonlinearity=... on an LSTM)
+    from rnnlab.config import RunConfig, apply_overrides
+
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(RunConfig(), given)
+    if used:
+        apply_overrides(RunConfig(), used)
+    saved = apply_overrides(RunConfig(), used or [])  # a saved config may hold such a value: not judged
+    assert apply_overrides(saved, ["model.cell=lstm" if "model.cell=rnn" in (used or []) else "seed=1"])
+
+
 def test_config_sections_must_be_their_dataclasses_and_layers_are_capped() -> None:
     from rnnlab.config import ModelConfig, RunConfig, apply_overrides
 
@@ -303,3 +329,14 @@ def test_a_numpy_scalar_is_named_as_one() -> None:
 
     with pytest.raises(ConfigError, match=r"seed=np.int64\(3\) is a numpy int64 scalar \(int\(x\) or float\(x\)"):
         RunConfig(seed=np.int64(3))
+
+
+def test_compare_refuses_a_sweep_or_override_the_entries_would_ignore() -> None:
+    from rnnlab.entries import resolve_entries
+
+    with pytest.raises(ConfigError, match="model.nonlinearity is the Elman RNN's"):
+        resolve_entries(["dlw-lstm-a"], sweeps=["model.nonlinearity=tanh,relu"])
+    with pytest.raises(ConfigError, match="every entry would ignore a setting given: data.permutation_seed"):
+        resolve_entries(["dlw-lstm-a", "dlw-rnn-a"], overrides=["data.permutation_seed=2"])
+    entries = resolve_entries(["dlw-lstm-a", "dlw-rnn-a"], overrides=["model.nonlinearity=tanh"])  # the RNN's
+    assert [e.config.model.nonlinearity for e in entries] == ["tanh", "tanh"]

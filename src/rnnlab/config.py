@@ -19,6 +19,7 @@ from typing import Any
 import tomli_w
 
 from rnnlab.atomic import atomic_write_text
+from rnnlab.config_ignored import refuse_what_would_be_ignored
 from rnnlab.config_values import coerce, field_type, parse_value
 from rnnlab.errors import ConfigError, describe
 
@@ -366,24 +367,8 @@ def apply_overrides(cfg: RunConfig, overrides: list[str], *, refuse_unused: bool
         raw["train"]["iterations"] = 0
     result = from_dict(raw, source="overrides")  # its own checks first: they say more
     if refuse_unused:
-        _refuse_what_would_be_ignored(raw, {item.partition("=")[0].strip() for item in overrides})
+        refuse_what_would_be_ignored(raw, {item.partition("=")[0].strip() for item in overrides})
     return result
-
-
-def _refuse_what_would_be_ignored(raw: dict[str, Any], given: set[str]) -> None:
-    """Settings given that the rest of the config would leave unused (a saved config may hold them)."""
-    if "preset" in given:  # the label of where a config came from: it would relabel the run, not load the preset
-        raise ConfigError("preset names the preset a config came from; to start from one, use --preset NAME "
-                          "(from Python: rnnlab.get_preset(NAME).config)")
-    if raw["data"]["file"] and raw["data"]["data_dir"] and "data.data_dir" in given:
-        raise ConfigError("data.data_dir is the folder of an image dataset's IDX files; a sequence file is read "
-                          "from data.file alone: drop data.data_dir (--data-dir)")
-    if raw["model"]["dropout"] and raw["model"]["layers"] == 1 and "model.dropout" in given:
-        raise ConfigError("model.dropout drops out between stacked layers, as torch.nn's does; with model.layers=1 "
-                          "there are none: drop it, or add model.layers=2")
-    if raw["train"]["protocol"] == "tutorial" and raw["data"]["val_size"] and "data.val_size" in given:
-        raise ConfigError("train.protocol=tutorial (the tutorial presets') holds out no validation split and "
-                          "evaluates on the test set; drop data.val_size, or add train.protocol=standard")
 
 
 def _check_override_arguments(cfg: Any, overrides: Any) -> None:
