@@ -77,8 +77,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, uses: Callable[[str
     """--preset, --config, the shortcut flags of the keys ``uses`` accepts, and KEY=VALUE overrides.
 
     ``uses`` is the command's own test of which dotted keys it takes: a flag it would always refuse
-    is not offered at all (the command still refuses such a key given as an override). ``example``
-    is overrides the command runs with, shown in its help."""
+    is not offered at all (the command still refuses such a key given as an override). ``example``:
+    overrides the command runs with, shown in its help."""
     parser.add_argument("--preset", help="start from a named preset (see `rnnlab presets`)")
     parser.add_argument("--config", metavar="FILE", help="start from a TOML config (e.g. a run's config.toml)")
     group = parser.add_argument_group("shortcuts (each is the same as a KEY=VALUE override)")
