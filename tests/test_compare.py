@@ -615,6 +615,7 @@ def test_a_rerun_after_a_sigterm_in_the_report_writes_the_results(tmp_path: Path
     assert not list(out.glob("results.*"))
     assert json.loads((out / "runs/dlw-rnn-a/seed0/summary.json").read_text())["status"] == "completed"
     assert main(command) == 0
-    assert "(0 to run, 1 finished)" in capsys.readouterr().err
+    assert f"(0 to run, 1 finished) in {out}; nothing to train; the results are written from the finished runs" \
+        in capsys.readouterr().err
     assert all((out / name).is_file() for name in ("results.md", "results.csv", "results.json"))
     assert [r["entry"] for r in json.loads((out / "results.json").read_text())["entries"]] == ["dlw-rnn-a"]

@@ -628,3 +628,18 @@ def test_paths_given_as_one_string_are_refused_not_walked(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="compare takes entries from rnnlab.entries.resolve_entries"):
         compare("dlw-lstm-a", tmp_path / "cmp")
     assert not (tmp_path / "out").exists() and not (tmp_path / "cmp").exists()
+
+
+def test_a_seeds_confusion_matrix_is_drawn_with_its_class_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rnnlab.plots as plots
+
+    run = fake_run(tmp_path / "fashion", get_preset("dlw-lstm-a").config)
+    summary = json.loads((run / "summary.json").read_text())
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    atomic_write_json(run / "summary.json", {**summary, "data": {"class_names": names}})
+    fake_run(tmp_path / "digits", get_preset("dlw-rnn-a").config)
+    drawn: dict[str, Any] = {}
+    monkeypatch.setattr(plots, "confusion_matrix_png",
+                        lambda matrix, path, title, labels=None: drawn.__setitem__(Path(path).parent.name, labels))
+    build_report([tmp_path / "fashion", tmp_path / "digits"], tmp_path / "out")
+    assert drawn == {"fashion": [f"{i} {name}" for i, name in enumerate(names)], "digits": None}  # as `eval` draws them

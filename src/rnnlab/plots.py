@@ -131,6 +131,11 @@ def _colours(n: int) -> list[Any]:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+def class_labels(names: Sequence[str] | None) -> list[str] | None:
+    """Axis labels for named classes, ``"0 T-shirt/top"``; None where the class numbers are the names."""
+    return [f"{i} {name}" for i, name in enumerate(names)] if names else None
+
+
 def confusion_matrix_png(matrix: Sequence[Sequence[int]], path: str | Path, title: str = "Confusion matrix",
                          labels: Sequence[str] | None = None) -> Path | None:
     """A confusion matrix (rows true, columns predicted) with counts in the cells; None, and no

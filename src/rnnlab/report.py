@@ -386,7 +386,10 @@ def write_figures(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]]
             if not matrix or target.exists():
                 continue
             try:
-                if plots.confusion_matrix_png(matrix, target, f"{entry}, seed {record.seed}: test set") is None:
+                data = record.summary.get("data")
+                labels = plots.class_labels(data.get("class_names") if isinstance(data, dict) else None)
+                if plots.confusion_matrix_png(matrix, target, f"{entry}, seed {record.seed}: test set",
+                                              labels=labels) is None:
                     too_many.append(record.dir)  # unreadable as a plot; its counts stay in summary.json
             except FIGURE_FAILURES as exc:
                 _not_drawn(target, exc)

@@ -187,14 +187,19 @@ def _naming_the_checkpoint(run_dir: Path) -> Iterator[None]:
     the test evaluation of a finished run) leaves the run folder's checkpoint as it was: the
     :class:`~rnnlab.stopping.Terminated` then names the folder, so that the command line says how
     to continue, as it does when the loop stopped. It names it only if ``--resume`` would take it:
-    a run that the signal let end completed or diverged has nothing to continue."""
+    a run that the signal let end completed or diverged has nothing to continue. A second Ctrl-C,
+    which stops the run at once (in the test evaluation, say), gets the folder as ``run_dir`` too."""
     try:
         yield
-    except Terminated as stop:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
         status = (ckpt.read_summary_file(run_dir)[0] or {}).get("status")
         resumable = (run_dir / ckpt.CHECKPOINT_JSON).is_file() and status not in ("completed", "diverged")
-        if stop.run_dir != (run_dir if resumable else None):
-            raise Terminated(run_dir if resumable else None) from None
+        where = run_dir if resumable else None
+        if not isinstance(stop, Terminated):
+            stop.run_dir = where  # type: ignore[attr-defined]  # read by the command line, as Terminated's
+            raise
+        if stop.run_dir != where:
+            raise Terminated(where) from None
         raise
 
 

@@ -133,24 +133,8 @@ def _how_to_continue(args: argparse.Namespace, argv: list[str] | None, run_dir: 
 
 
 def _run_folder_stopped(stop: KeyboardInterrupt) -> Path | None:
-    """The folder of the training run a Ctrl-C stopped, if ``--resume`` would take it. A second Ctrl-C
-    (during the test evaluation, say) stops the run at once, and the KeyboardInterrupt names no folder
-    (as Terminated does): the run's Trainer is found on its way out instead, in the traceback."""
-    engine = sys.modules.get("rnnlab.engine")  # not loaded: no run was started
-    tb = stop.__traceback__
-    while engine is not None and tb is not None:
-        trainer = tb.tb_frame.f_locals.get("self")
-        if isinstance(trainer, engine.Trainer):
-            return trainer.run_dir if _resumable(trainer.run_dir) else None
-        tb = tb.tb_next
-    return None
-
-
-def _resumable(run_dir: Path) -> bool:
-    """Whether ``rnnlab train --resume run_dir`` would continue it (as ``rnnlab.run`` judges a
-    SIGTERM's folder): a checkpoint, of a run that did not end completed or diverged. A dry run's
-    folder, already removed, has none."""
-    from rnnlab import checkpoint as ckpt
-
-    status = (ckpt.read_summary_file(run_dir)[0] or {}).get("status")
-    return (run_dir / ckpt.CHECKPOINT_JSON).is_file() and status not in ("completed", "diverged")
+    """The folder of the training run a Ctrl-C stopped at once (a second Ctrl-C, during the test
+    evaluation, say), if ``--resume`` would take it: ``rnnlab.run`` names it on the way out. A dry
+    run's folder is removed after that: then there is nothing to resume."""
+    run_dir = getattr(stop, "run_dir", None)
+    return run_dir if run_dir is not None and run_dir.is_dir() else None

@@ -83,7 +83,7 @@ def write_confusion_plot(report: dict, run_dir: str) -> bool:
     the evaluation itself has succeeded and been printed; more classes than a plot can show is one
     note. Returns whether the plot was written."""
     from rnnlab.checkpoint import CONFUSION
-    from rnnlab.plots import MAX_CONFUSION_CLASSES, confusion_matrix_png
+    from rnnlab.plots import MAX_CONFUSION_CLASSES, class_labels, confusion_matrix_png
 
     path = Path(run_dir) / CONFUSION
     classes = len(report["confusion_matrix"])
@@ -92,8 +92,7 @@ def write_confusion_plot(report: dict, run_dir: str) -> bool:
               f"(at most {MAX_CONFUSION_CLASSES}); --json gives the confusion matrix", file=sys.stderr)
         return False
     try:
-        names = report.get("class_names")  # fashion-mnist's, kmnist's, a sequence file's: "0 T-shirt/top"
-        labels = [f"{i} {name}" for i, name in enumerate(names)] if names else None
+        labels = class_labels(report.get("class_names"))  # fashion-mnist's, kmnist's, a sequence file's
         confusion_matrix_png(report["confusion_matrix"], path, f"{Path(run_dir).name}: test set", labels=labels)
     except OSError as exc:
         print(f"rnnlab: warning: could not write the confusion-matrix plot {path}: {exc.strerror or exc} "
