@@ -340,3 +340,11 @@ def test_compare_refuses_a_sweep_or_override_the_entries_would_ignore() -> None:
         resolve_entries(["dlw-lstm-a", "dlw-rnn-a"], overrides=["data.permutation_seed=2"])
     entries = resolve_entries(["dlw-lstm-a", "dlw-rnn-a"], overrides=["model.nonlinearity=tanh"])  # the RNN's
     assert [e.config.model.nonlinearity for e in entries] == ["tanh", "tanh"]
+
+
+def test_data_paths_may_be_path_objects_from_python(tmp_path: Path) -> None:
+    from rnnlab.config import DataConfig
+
+    config = DataConfig(dataset="file", file=tmp_path / "x.npz")
+    assert config.file == str(tmp_path / "x.npz") and isinstance(config.file, str)
+    assert DataConfig(data_dir=tmp_path).data_dir == str(tmp_path)

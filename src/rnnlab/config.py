@@ -100,6 +100,9 @@ class DataConfig:
     file: str = ""  # with dataset=file: a .npz of your own sequences (x_train, y_train, x_test, y_test)
 
     def __post_init__(self) -> None:
+        for key in ("file", "data_dir"):  # from Python, a Path is as good as its text
+            if isinstance(getattr(self, key), os.PathLike):
+                object.__setattr__(self, key, os.fspath(getattr(self, key)))
         _check_values("data", self)
         _choice("data", "dataset", self.dataset, DATASETS)
         _choice("data", "view", self.view, VIEWS)
