@@ -198,8 +198,11 @@ def test_a_sweep_over_sequence_files_names_entries_by_file(tmp_path: Path) -> No
         resolve_entries(["dlw-rnn-a"], overrides=[f"data.data_dir={tmp_path}"], sweeps=[f"data.file={signs},{third}"])
 
 
-def test_a_rerun_keeps_a_seed_on_moved_data_only_if_it_is_the_same_data(tmp_path: Path) -> None:
+def test_a_rerun_keeps_a_seed_on_moved_data_only_if_it_is_the_same_data(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
+
+    import numpy as np
 
     signs, third = _two_sequence_files(tmp_path)
 
@@ -213,11 +216,33 @@ def test_a_rerun_keeps_a_seed_on_moved_data_only_if_it_is_the_same_data(tmp_path
     moved = tmp_path / "moved" / "signs.npz"
     moved.parent.mkdir()
     shutil.copyfile(signs, moved)
-    assert [cmp.task_state(t) for t in tasks_for(moved)] == ["skip"]  # the same data, elsewhere
+    assert [cmp.task_state(t, {}) for t in tasks_for(moved)] == ["skip"]  # the same data, elsewhere
     with pytest.raises(ConfigError, match=rf"trained on the data at {signs}, and {third} holds other data "
                                           r"\(other sequences, labels or lengths, of the same sizes\): point the "
                                           r"entry at the run's own data"):
-        cmp.task_state(tasks_for(third)[0])
+        cmp.task_state(tasks_for(third)[0], {})
+    assert cmp.task_state(tasks_for(third)[0]) == "skip"  # a worker's look, after prepare checked it
+    with np.load(signs) as arrays:  # the same bytes, read as other shapes, are other data
+        np.savez(tmp_path / "reshaped.npz", **{**dict(arrays), "x_train": arrays["x_train"].reshape(200, 3, 6),
+                                               "x_test": arrays["x_test"].reshape(40, 3, 6)})
+    with pytest.raises(ConfigError, match="holds other data"):
+        cmp.task_state(tasks_for(tmp_path / "reshaped.npz")[0], {})
+    # The data at one place is read once for all the seeds that moved there
+    reads = []
+    real_load = cmp.load_datasets
+    monkeypatch.setattr(cmp, "load_datasets", lambda config: reads.append(config.seed) or real_load(config))
+    entries = resolve_entries(["dlw-rnn-a"], overrides=TINY + ["data.val_size=0", "data.dataset=file",
+                                                               f"data.file={signs}"])
+    for task in cmp.plan(entries, tmp_path / "cmp", seeds=3, jobs=1)[1:]:
+        rnnlab.train(task.config, task.run_dir, progress=False)
+    moved_entries = resolve_entries(["dlw-rnn-a"], overrides=TINY + ["data.val_size=0", "data.dataset=file",
+                                                                     f"data.file={moved}"])
+    assert cmp.prepare(moved_entries, tmp_path / "cmp", seeds=3, jobs=1)[1] == {("dlw-rnn-a", s): "skip" for s in
+                                                                              range(3)}
+    assert len(reads) == 1
+    # A seed folder without its config.toml (removed by hand) is judged by its summary, as before
+    (Path(task.run_dir) / "config.toml").unlink()
+    assert cmp.task_state(task, {}) == "skip"
 
 
 @pytest.mark.slow  # compare workers

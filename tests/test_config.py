@@ -283,30 +283,35 @@ def test_dropout_on_one_layer_is_refused_where_given_and_silent_where_saved() ->
             assert make_recurrent("lstm", 3, 4, num_layers=1, dropout=0.3, impl=impl).dropout == 0.0
 
 
-@pytest.mark.parametrize("given, message, used", [
+@pytest.mark.parametrize("given, message, used, switch", [
     (["model.cell=lstm", "model.nonlinearity=relu"], r"^model.nonlinearity is the Elman RNN's \(model.cell=rnn\); "
-     r"an LSTM has its own gates: drop it, or add model.cell=rnn$", ["model.cell=rnn", "model.nonlinearity=relu"]),
-    (["model.cell=gru", "model.nonlinearity=tanh"], "a GRU has its own gates", None),
+     r"an LSTM has its own gates: drop it, or add model.cell=rnn$", ["model.cell=rnn", "model.nonlinearity=relu"],
+     "model.cell=lstm"),
+    (["model.cell=gru", "model.nonlinearity=tanh"], "a GRU has its own gates", None, None),
     (["data.permutation_seed=3"], r"^data.permutation_seed orders the pixels of data.view=permuted-pixels; this run "
-     r"reads rows: drop it, or add data.view=permuted-pixels$", ["data.view=permuted-pixels", "data.permutation_seed=3"]),
+     r"reads rows: drop it, or add data.view=permuted-pixels$", ["data.view=permuted-pixels", "data.permutation_seed=3"],
+     "data.view=pixels"),
     (["train.optimizer=adam", "train.momentum=0.9"], r"^train.momentum is SGD's and RMSprop's; "
-     r"train.optimizer=adam keeps its own moments", ["train.optimizer=rmsprop", "train.momentum=0.9"]),
+     r"train.optimizer=adam keeps its own moments", ["train.optimizer=rmsprop", "train.momentum=0.9"],
+     "train.optimizer=adamw"),
     (["train.schedule=cosine", "train.gamma=0.1"], r"^train.gamma is for train.schedule=step; this run's schedule "
-     r"is cosine: drop it, or add train.schedule=step$", ["train.schedule=step", "train.gamma=0.1"]),
+     r"is cosine: drop it, or add train.schedule=step$", ["train.schedule=step", "train.gamma=0.1"],
+     "train.schedule=none"),
     (["train.step_size=10"], r"^train.step_size is for train.schedule=step", ["train.schedule=step",
-                                                                            "train.step_size=10"]),
+                                                                            "train.step_size=10"], "train.schedule=cosine"),
 ])
 def test_a_setting_the_rest_of_the_config_would_ignore_is_refused(given: list[str], message: str,
-                                                                  used: list[str] | None) -> None:
+                                                                  used: list[str] | None, switch: str | None) -> None:
     # compare would otherwise train one model under several names (--sweep model.nonlinearity=... on an LSTM)
-    from rnnlab.config import RunConfig, apply_overrides
+    from rnnlab.config import RunConfig, apply_overrides, to_dict
 
     with pytest.raises(ConfigError, match=message):
         apply_overrides(RunConfig(), given)
-    if used:
-        apply_overrides(RunConfig(), used)
-    saved = apply_overrides(RunConfig(), used or [])  # a saved config may hold such a value: not judged
-    assert apply_overrides(saved, ["model.cell=lstm" if "model.cell=rnn" in (used or []) else "seed=1"])
+    if used:  # where the rest of the config uses it, it is taken; a saved config that holds it is not judged
+        saved = apply_overrides(RunConfig(), used)
+        section, _, name = used[-1].partition("=")[0].partition(".")
+        value = to_dict(saved)[section][name]
+        assert to_dict(apply_overrides(saved, [switch]))[section][name] == value
 
 
 def test_config_sections_must_be_their_dataclasses_and_layers_are_capped() -> None:

@@ -155,7 +155,7 @@ def test_rmsprop_steps_as_torch_rmsprop_with_the_same_settings(overrides: list[s
 
 def test_run_folder_contents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bars: list[Any] = []  # progress=False makes no tqdm at all: even a disabled one starts a monitor thread
-    monkeypatch.setattr("rnnlab.engine.tqdm", lambda *args, **kwargs: bars.append(kwargs))
+    monkeypatch.setattr("rnnlab.progress.tqdm", lambda *args, **kwargs: bars.append(kwargs))
     run = rnnlab.train(tiny(), tmp_path / "run", progress=False)
     assert bars == []
     assert run.status == "completed"

@@ -640,6 +640,6 @@ def test_a_seeds_confusion_matrix_is_drawn_with_its_class_names(tmp_path: Path, 
     fake_run(tmp_path / "digits", get_preset("dlw-rnn-a").config)
     drawn: dict[str, Any] = {}
     monkeypatch.setattr(plots, "confusion_matrix_png",
-                        lambda matrix, path, title, labels=None: drawn.__setitem__(Path(path).parent.name, labels))
+                        lambda matrix, path, title, labels=None: drawn.setdefault(Path(path).parent.name, labels) or path)
     build_report([tmp_path / "fashion", tmp_path / "digits"], tmp_path / "out")
     assert drawn == {"fashion": [f"{i} {name}" for i, name in enumerate(names)], "digits": None}  # as `eval` draws them

@@ -215,23 +215,22 @@ def test_a_resume_refuses_data_that_is_not_the_runs(tmp_path: Path, capsys: pyte
     assert rnnlab.resume(part.dir, progress=False, data_dir=str(moved)).status == "completed"
 
 
-def test_a_resume_of_a_checkpoint_with_the_first_sequences_digest_checks_that(tmp_path: Path,
-                                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    """Checkpoints written before the whole data's digest hold a digest of the labels and first sequences."""
-    from rnnlab.data.splits import first_sequences_digest, load_datasets
-
+def test_a_checkpoint_with_the_older_digest_resumes_with_its_split_sizes_checked(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Checkpoints written on 2026-12-01 before ``content`` hold an older ``digest``, which is not
+    computed any more: their split sizes are still checked."""
     data = sequence_file(tmp_path / "series.npz")
     part = interrupted(tmp_path, "data.dataset=file", f"data.file={data}")
     meta = json.loads((part.dir / ckpt.CHECKPOINT_JSON).read_text())
     identity = meta["data"]
-    del identity["content"]
-    identity["digest"] = first_sequences_digest(load_datasets(part.config))
+    identity["digest"] = identity.pop("content")[::-1]  # some older digest
     (part.dir / ckpt.CHECKPOINT_JSON).write_text(json.dumps(meta))
     with np.load(data) as arrays:
-        relabelled = tmp_path / "relabelled.npz"
-        np.savez(relabelled, **{**dict(arrays), "y_test": 1 - arrays["y_test"]})
-    err = cli_error(capsys, "train", "--resume", str(part.dir), "--data-dir", str(relabelled))
-    assert "(other sequences, labels or lengths, of the same sizes)" in err
+        more = tmp_path / "more.npz"
+        np.savez(more, **{**dict(arrays), "x_test": np.concatenate([arrays["x_test"]] * 2),
+                          "y_test": np.concatenate([arrays["y_test"]] * 2)})
+    err = cli_error(capsys, "train", "--resume", str(part.dir), "--data-dir", str(more))
+    assert "is not the data this run began with (120 test sequences now, 60 then)" in err
     assert rnnlab.resume(part.dir, progress=False).status == "completed"
 
 

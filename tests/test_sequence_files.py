@@ -366,6 +366,8 @@ def test_predict_takes_a_padded_array_with_its_lengths(tmp_path: Path, small_run
             trained.predict(padded, bad)
     with pytest.raises(DataError, match=r"^sequences\[1\]: sequences must have shape \(N, T, 1\) .*got \(0,\)$"):
         trained.predict([xt[0, :5], np.zeros(0)])  # which one of a list is at fault
+    one_row_each = [xt[i: i + 1, : lt[i]] for i in range(3)]  # (1, T_i): one sequence of one feature, as (N, T)
+    torch.testing.assert_close(trained.probabilities(one_row_each), expected[:3])
     with pytest.raises(DataError, match="this run was trained on sequences of one length; give the sequences "
                                         "without lengths"):
         rnnlab.load(small_run).predict(np.zeros((2, 12, 2), np.float32), [12, 12])
@@ -445,6 +447,8 @@ def test_an_exported_model_of_varying_lengths_takes_them_as_a_second_input(tmp_p
     # the same sequence alone, unpadded, gives the same answer
     alone = exported(padded[:1, : lt[0]], lt[:1].astype(np.int64))
     np.testing.assert_allclose(alone, logits[:1], atol=1e-5)
+    nan_padded = np.where(np.arange(16)[None, :, None] < lt[:12, None, None], padded, np.nan)  # never read
+    np.testing.assert_array_equal(exported(nan_padded.astype(np.float32), lt[:12].astype(np.int64)), logits)
     # The runner refuses a length outside 1..T, or not one per sequence, in the same words for both formats
     for bad, message in (([0, 3], "from 1 to the padded length T = 16; got lengths from 0 to 3"),
                          ([17, 3], "got lengths from 3 to 17"), ([3], "lengths must have shape (N,) = (2,)")):

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json
 from rnnlab.config import DATA_LOCATION, RunConfig, load_toml, save_toml
-from rnnlab.data.splits import identity_differences, load_datasets
+from rnnlab.data.splits import data_identity, identity_differences, load_datasets
 from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError, describe
 from rnnlab.entries import Entry
@@ -94,16 +94,17 @@ def plan(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: int
     return tasks
 
 
-def task_state(task: Task) -> str:
+def task_state(task: Task, identities: dict[Any, dict[str, Any]] | None = None) -> str:
     """What a (re)run does with this task's folder: ``skip``, ``resume`` or ``train``.
 
-    Raises ConfigError when the folder holds a run of a different config, which a rerun
-    must not mix into the same entry.
+    Raises ConfigError when the folder holds a run of a different config, or of other data where
+    the entry names its data elsewhere, which a rerun must not mix into the same entry. The data is
+    checked with ``identities`` (the identities of data already read, by location; ``None``: not
+    checked, as a worker does after :func:`prepare`, and a resume checks it again).
     """
     run_dir = Path(task.run_dir)
-    if (run_dir / CONFIG).exists():
-        existing = load_toml(run_dir / CONFIG)
-
+    existing = load_toml(run_dir / CONFIG) if (run_dir / CONFIG).exists() else None
+    if existing is not None:
         def same_run(config: RunConfig) -> dict[str, Any]:  # a sequence file may have moved: the same run
             return {k: v for k, v in result_settings(config).items() if k not in DATA_LOCATION}
 
@@ -115,8 +116,9 @@ def task_state(task: Task) -> str:
         state = "skip"
     elif (run_dir / ckpt.CHECKPOINT_JSON).exists() and (run_dir / ckpt.CHECKPOINT_PT).exists():
         state = "resume"
-    if state != "train" and _location(existing) != _location(task.config):
-        _check_moved_data(run_dir, existing, task.config)
+    if state != "train" and existing is not None and identities is not None and (
+            _location(existing) != _location(task.config)):
+        _check_moved_data(run_dir, existing, task.config, identities)
     return state
 
 
@@ -124,10 +126,12 @@ def _location(config: RunConfig) -> tuple[str | None, str | None]:
     return config.data.data_dir, config.data.file
 
 
-def _check_moved_data(run_dir: Path, existing: RunConfig, config: RunConfig) -> None:
+def _check_moved_data(run_dir: Path, existing: RunConfig, config: RunConfig,
+                      identities: dict[Any, dict[str, Any]]) -> None:
     """A rerun whose entry names the data elsewhere (a moved sequence file, another data folder)
     keeps or resumes a seed only if the data there is what the seed trained on, as ``--resume``
-    checks it: otherwise the results would report one data set under another's name."""
+    checks it: otherwise the results would report one data set under another's name. The data at
+    one place is read once for all its seeds (its identity does not depend on the seed)."""
     then = existing.data.file or existing.data.data_dir or "the default place"
     now = config.data.file or config.data.data_dir or "the default place"
     try:
@@ -138,7 +142,10 @@ def _check_moved_data(run_dir: Path, existing: RunConfig, config: RunConfig) -> 
         raise ConfigError(f"{run_dir} trained on the data at {then}, and this compare names {now}; the run keeps no "
                           "record of its data to tell whether they are the same: point the entry at the run's own "
                           "data, use another --out, or delete that folder to run it again")
-    differs = identity_differences(recorded, load_datasets(config))
+    key = (config.data, config.train.protocol)  # what the splits' sizes and contents depend on
+    if key not in identities:
+        identities[key] = data_identity(load_datasets(config))
+    differs = identity_differences(recorded, identities[key])
     if differs:
         raise ConfigError(f"{run_dir} trained on the data at {then}, and {now} holds other data "
                           f"({'; '.join(differs)}): point the entry at the run's own data, use another --out, "
@@ -159,7 +166,8 @@ def prepare(entries: list[Entry], out_dir: str | Path, *, seeds: int,
         raise ConfigError(f"--out {out} is a run folder (it holds {CONFIG}); a compare writes a folder of its own "
                           "runs and results: give another --out")
     tasks = plan(entries, out, seeds=seeds, jobs=min(jobs, len(entries) * seeds))
-    states = {t.key: task_state(t) for t in tasks}
+    identities: dict[Any, dict[str, Any]] = {}  # the data at each place moved to, read once
+    states = {t.key: task_state(t, identities) for t in tasks}
     held = sorted({run.parent.name for run in (out / "runs").glob("*/*")
                    if (run / CONFIG).exists() or (run / SUMMARY).exists()})
     left_out = [name for name in held if name not in {e.name for e in entries}]

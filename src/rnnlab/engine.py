@@ -10,7 +10,6 @@ from __future__ import annotations
 import platform
 import re
 import signal
-import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -19,7 +18,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from rnnlab import __version__ as rnnlab_version
 from rnnlab import checkpoint as ckpt
@@ -38,16 +36,9 @@ from rnnlab.models.build import build_model
 from rnnlab.models.fast_step import hand_step_supported, loss_and_grads
 from rnnlab.models.size import check_model_size
 from rnnlab.optim import learning_rate, make_optimizer
+from rnnlab.progress import training_bar
 from rnnlab.selection import BestByValidation
 from rnnlab.stopping import StopBetweenSteps, Terminated, pass_on_sigterm
-
-
-class _NoBar:
-    """What the loop calls on a progress bar, doing nothing (progress off, or not rank 0)."""
-
-    def update(self, n: int = 1) -> None: ...
-    def set_postfix(self, values: dict[str, Any]) -> None: ...
-    def close(self) -> None: ...
 
 
 def total_iterations(cfg: RunConfig, train: SequenceData) -> int:
@@ -187,11 +178,8 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         self.model.train()
         train = self.data.train
-        # No tqdm at all without a bar: even a disabled one starts tqdm's monitor thread, left running.
-        bar = (tqdm(total=end, initial=self.iteration, unit="it",  # end: 2 for --dry-run, not the budget
-                    desc=cfg.label, dynamic_ncols=True, leave=True,
-                    mininterval=0.2 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
-               if self.progress and dist.is_main_process() else _NoBar())
+        bar = training_bar(end, self.iteration, cfg.label,  # end: 2 for --dry-run, not the budget
+                           shown=self.progress and dist.is_main_process())
         seconds_at_start, samples_at_start = self.train_seconds, self.samples
         order, order_epoch = None, -1
         status = "completed"

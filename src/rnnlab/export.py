@@ -144,7 +144,7 @@ def load_exported(path: str | Path, fmt: str | None = None) -> Runner:
         raise ExportError(f"{path} is a directory, not an exported model; give the file, such as "
                           f"{path / 'model'}{EXTENSIONS[fmt]}")
     if not path.is_file():  # a FIFO or a device would block or fail in the runtime's own words
-        out = path if _misnamed(path, fmt) is None else path.with_name(path.stem + EXTENSIONS[fmt])  # export's rule
+        out = path if _misnamed(path, fmt) is None else _renamed_for(path, fmt)  # an --out export takes
         raise ExportError(f"{path}: no such file; write one with: rnnlab export RUN_DIR --format {fmt} --out {out}"
                           if not path.exists() else f"{path} is not a regular file; give an exported model's file")
     try:
@@ -215,30 +215,35 @@ def _runner_inputs(metadata: dict[str, Any], sequences: Any,
             hint = "; add the feature dimension: x[..., None]"
         raise ExportError(f"sequences must have shape {expected}; got {x.shape}{hint}")
     x = np.ascontiguousarray(x, dtype=np.float32)
+    inputs: tuple[np.ndarray] | tuple[np.ndarray, np.ndarray] = (x,)
+    if not metadata.get("lengths_input"):
+        if lengths is not None:
+            raise ExportError("this model takes no lengths (its run was trained on sequences of one length); "
+                              "call it with the sequences alone")
+    elif lengths is None:
+        raise ExportError(f"this model was exported from a run on sequences of varying length and needs their "
+                          f"lengths too: call it as run(sequences, lengths), lengths int64 of shape (N,) = "
+                          f"({len(x)},), each sequence's own length from 1 to T = {x.shape[1]}")
+    else:
+        given = _as_array(lengths, "lengths")
+        if given.dtype.kind not in "iu":
+            raise ExportError(f"lengths must be integers (int64), not {given.dtype}; pass lengths.astype(np.int64)")
+        if given.shape != (len(x),):  # the ONNX graph would spread one length over the batch
+            raise ExportError(f"lengths must have shape (N,) = ({len(x)},), one per sequence; got {given.shape}")
+        if given.min() < 1 or given.max() > x.shape[1]:  # checked here so both formats say it the same way
+            raise ExportError(f"each length must be from 1 to the padded length T = {x.shape[1]}; got lengths from "
+                              f"{given.min()} to {given.max()}")
+        # The padding is never read, and may hold anything (NaN), as in a training file: zeroed here,
+        # so that the checks below look at the steps that count.
+        x = np.where((np.arange(x.shape[1])[None, :] < given[:, None])[..., None], x, np.float32(0))  # (N, T, F)
+        inputs = (x, np.ascontiguousarray(given, dtype=np.int64))
     if not np.isfinite(x).all():  # the graph would give NaN logits, which read as an answer
         raise ExportError(f"sequences hold {int((~np.isfinite(x)).sum())} NaN or infinite values; "
                           "give finite values")
     if pixels and (x.min() < 0 or x.max() > 1):  # the model reads pixel / 255: 0-255 would be silently wrong
         raise ExportError(f"sequences must be pixels in [0, 1] (pixel / 255), as the model was trained on; got "
                           f"values from {x.min():g} to {x.max():g}; pass x / 255 for pixels 0-255")
-    if not metadata.get("lengths_input"):
-        if lengths is not None:
-            raise ExportError("this model takes no lengths (its run was trained on sequences of one length); "
-                              "call it with the sequences alone")
-        return (x,)
-    if lengths is None:
-        raise ExportError(f"this model was exported from a run on sequences of varying length and needs their "
-                          f"lengths too: call it as run(sequences, lengths), lengths int64 of shape (N,) = "
-                          f"({len(x)},), each sequence's own length from 1 to T = {x.shape[1]}")
-    given = _as_array(lengths, "lengths")
-    if given.dtype.kind not in "iu":
-        raise ExportError(f"lengths must be integers (int64), not {given.dtype}; pass lengths.astype(np.int64)")
-    if given.shape != (len(x),):  # the ONNX graph would spread one length over the batch
-        raise ExportError(f"lengths must have shape (N,) = ({len(x)},), one per sequence; got {given.shape}")
-    if given.min() < 1 or given.max() > x.shape[1]:  # checked here so both formats say it the same way
-        raise ExportError(f"each length must be from 1 to the padded length T = {x.shape[1]}; got lengths from "
-                          f"{given.min()} to {given.max()}")
-    return x, np.ascontiguousarray(given, dtype=np.int64)
+    return inputs
 
 
 # ---------------------------------------------------------------------------- check and entry point
@@ -292,10 +297,15 @@ def _misnamed(path: Path, fmt: str) -> str | None:
     named = _FORMAT_OF_SUFFIX.get(path.suffix.lower())
     if named is None or named == fmt:
         return None
-    theirs = EXTENSIONS[named]  # model.torchscript.pt becomes model.onnx, not model.torchscript.onnx
-    stem = path.name[:-len(theirs)] if path.name.lower().endswith(theirs) else path.stem
     return (f"--out {path} ends in {path.suffix}, but --format {fmt} writes {_FORMAT_NAMES[fmt]}: "
-            f"use {path.with_name(stem + EXTENSIONS[fmt])}, or --format {named}")
+            f"use {_renamed_for(path, fmt)}, or --format {named}")
+
+
+def _renamed_for(path: Path, fmt: str) -> Path:
+    """``path`` named for ``fmt``: model.torchscript.pt becomes model.onnx, not model.torchscript.onnx."""
+    theirs = EXTENSIONS[_FORMAT_OF_SUFFIX[path.suffix.lower()]]
+    stem = path.name[:-len(theirs)] if path.name.lower().endswith(theirs) else path.stem
+    return path.with_name(stem + EXTENSIONS[fmt])
 
 
 def export_run(run_dir: str | Path | Any, fmt: str = "onnx", out: str | Path | None = None, *, check: bool = True,

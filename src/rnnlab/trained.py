@@ -162,7 +162,7 @@ class TrainedModel:
                             f"got {f'{what} ({x.dtype})' if what else x.dtype}")
         given = x.shape  # errors name the shape the caller gave, not ours after reshaping
         where = "" if index is None else f"sequences[{index}]: "
-        if features == 1 and (x.ndim == 1 or (x.ndim == 2 and (x.shape[-1] != 1 or steps == 1) and not single)):
+        if features == 1 and (x.ndim == 1 or (x.ndim == 2 and (x.shape[-1] != 1 or steps == 1))):
             # (T,) or (N, T) -> one feature per step. (k, 1) is one sequence of k steps, but for a run
             # of one-step sequences it can only be k sequences.
             x = x[..., None]

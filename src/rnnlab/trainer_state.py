@@ -93,7 +93,7 @@ def _check_same_data(trainer: Trainer, began: dict[str, Any] | None, identity: d
                                                                       "variable_lengths", "dtype")
                if began and key in began and began[key] != now[key]]
     if not differs and identity:
-        differs = identity_differences(identity, trainer.data, trainer.data_identity)
+        differs = identity_differences(identity, trainer.data_identity)
     if differs:
         where = trainer.cfg.data.file or trainer.cfg.data.data_dir or trainer.cfg.data.dataset
         raise DataError(f"the data at {where} is not the data this run began with ({'; '.join(differs)}); "

@@ -28,6 +28,7 @@ class Datasets:
     permutation: torch.Tensor | None
     num_classes: int
     class_names: list[str] | None = None  # e.g. fashion-mnist's, or a sequence file's own
+    content: str = ""  # a digest of the data before the validation split (see content_digest)
 
 
 def load_datasets(cfg: RunConfig, *, needs_validation: bool = True) -> Datasets:
@@ -65,7 +66,7 @@ def load_datasets(cfg: RunConfig, *, needs_validation: bool = True) -> Datasets:
                    "set data.val_size=0 (no validation split; too few sequences to carve one from)")
             raise ConfigError(f"data.val_size={data.val_size} would leave no training data: the training split "
                               f"has {count}; {fix}")
-    return Datasets(train, val, test, permutation, num_classes, class_names)
+    return Datasets(train, val, test, permutation, num_classes, class_names, content_digest(full, test))
 
 
 def input_shape(datasets: Datasets) -> dict[str, Any]:
@@ -78,46 +79,37 @@ def input_shape(datasets: Datasets) -> dict[str, Any]:
             "dtype": str(datasets.train.x.dtype).removeprefix("torch.")}
 
 
-def data_identity(datasets: Datasets) -> dict[str, Any]:
-    """What tells one data set from another of the same shape: the size of each split and a
-    digest of every split's sequences, labels and lengths (kept in checkpoints: a run resumed, or
-    a compare rerun, on other data is refused). MNIST's 55 MB take about 0.1 s."""
+def content_digest(*splits: SequenceData) -> str:
+    """A digest of every sequence, label and length of ``splits``, with their shapes and dtypes (the
+    same bytes read as other shapes are other data). Taken before the validation split, so that it
+    does not depend on the seed that carves it. MNIST's 55 MB take about 0.1 s."""
     digest = hashlib.blake2b(digest_size=12)
-    for split in _splits(datasets).values():
-        if split is not None:
-            for tensor in (split.x, split.y, split.lengths):  # (N, T, F), (N,), (N,) or None
-                if tensor is not None:
-                    digest.update(np.ascontiguousarray(tensor.cpu().numpy()))  # hashed in place, not copied
-    return {**{name: len(split) if split is not None else 0 for name, split in _splits(datasets).items()},
-            "content": digest.hexdigest()}
-
-
-def first_sequences_digest(datasets: Datasets) -> str:
-    """The ``digest`` of checkpoints written before ``content`` was (labels and the first 8
-    sequences of each split only), to check a resume of one of those."""
-    digest = hashlib.blake2b(digest_size=12)
-    for split in _splits(datasets).values():
-        if split is not None:
-            digest.update(split.y.cpu().numpy().tobytes())
-            digest.update(split.x[:8].cpu().numpy().tobytes())  # (8, T, F)
+    for split in splits:
+        for tensor in (split.x, split.y, split.lengths):  # (N, T, F), (N,), (N,) or None
+            if tensor is not None:
+                digest.update(f"{tuple(tensor.shape)} {tensor.dtype};".encode())
+                digest.update(np.ascontiguousarray(tensor.cpu().numpy()))  # hashed in place, not copied
     return digest.hexdigest()
 
 
-def identity_differences(recorded: dict[str, Any], datasets: Datasets,
-                         current: dict[str, Any] | None = None) -> list[str]:
-    """How ``datasets`` differ from the data a run ``recorded`` (its :func:`data_identity`), in words;
-    [] if they are the same. ``current``: their identity, if already computed."""
-    current = current or data_identity(datasets)
+def data_identity(datasets: Datasets) -> dict[str, Any]:
+    """What tells one data set from another of the same shape: the size of each split and the
+    data's :func:`content_digest` (kept in checkpoints: a run resumed, or a compare rerun, on other
+    data is refused)."""
+    sizes = {name: len(split) if split is not None else 0
+             for name, split in (("train", datasets.train), ("val", datasets.val), ("test", datasets.test))}
+    return {**sizes, "content": datasets.content}
+
+
+def identity_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """How the data of identity ``current`` differs from the data a run ``recorded``, in words; [] if
+    it is the same. (Checkpoints of 2026-12-01 hold an older ``digest`` instead of ``content``:
+    their split sizes are checked.)"""
     differs = [f"{current[key]} {key} sequences now, {recorded[key]} then" for key in ("train", "val", "test")
                if key in recorded and recorded[key] != current[key]]
-    if not differs and (recorded.get("content") not in (None, current["content"]) or (
-            "content" not in recorded and recorded.get("digest") not in (None, first_sequences_digest(datasets)))):
+    if not differs and recorded.get("content") not in (None, current["content"]):
         differs = ["other sequences, labels or lengths, of the same sizes"]
     return differs
-
-
-def _splits(datasets: Datasets) -> dict[str, SequenceData | None]:
-    return {"train": datasets.train, "val": datasets.val, "test": datasets.test}
 
 
 def config_input_shape(cfg: RunConfig) -> tuple[int, int, int]:
