@@ -643,3 +643,21 @@ def test_a_seeds_confusion_matrix_is_drawn_with_its_class_names(tmp_path: Path, 
                         lambda matrix, path, title, labels=None: drawn.setdefault(Path(path).parent.name, labels) or path)
     build_report([tmp_path / "fashion", tmp_path / "digits"], tmp_path / "out")
     assert drawn == {"fashion": [f"{i} {name}" for i, name in enumerate(names)], "digits": None}  # as `eval` draws them
+
+
+def test_differences_from_a_baseline_are_simultaneous_intervals_over_the_entries(tmp_path: Path) -> None:
+    """Two entries against a baseline: Bonferroni, each interval at 97.5%, so that both hold with 95%."""
+    for name, accs in (("dlw-lstm-a", (97.0, 97.5, 97.2)), ("dlw-rnn-a", (92.0, 94.0, 93.0)),
+                       ("dlw-lstm-b", (96.0, 97.0, 96.2))):
+        for seed, acc in enumerate(accs):
+            fake_run(tmp_path / f"cmp/runs/{name}/seed{seed}", get_preset(name).config, acc=acc, seed=seed)
+    rows = {r["entry"]: r for r in aggregate(collect([tmp_path / "cmp"]))}
+    rnn = rows["dlw-rnn-a"]
+    assert rnn["baseline"] == "dlw-lstm-a" and rnn["delta_comparisons"] == 2 and rnn["delta_level"] == 0.975
+    # differences -5, -3.5, -4.2: mean -4.2333, sd 0.7506, se 0.4333; t(1 - 0.025 / 2, 2) = 6.2053 (tables)
+    assert rnn["delta_ci95_low"] == pytest.approx(-4.2333 - 6.2053 * 0.43333, abs=2e-3)
+    assert rnn["delta_ci95_high"] == pytest.approx(-4.2333 + 6.2053 * 0.43333, abs=2e-3)
+    build_report([tmp_path / "cmp"], tmp_path / "out", plots=False)
+    md = (tmp_path / "out/results.md").read_text()
+    assert "95% simultaneous intervals: all 2 hold together with 95% probability (Bonferroni: each is a 97.5% " \
+           "interval)" in md and "| entry | Δ test acc (points) | 95% simultaneous interval | seeds | verdict |" in md

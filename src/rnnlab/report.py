@@ -40,7 +40,7 @@ COLUMNS = (
     "reported_test_accuracy", "delta_vs_reported", "train_seconds_mean", "samples_per_second_mean",
     "iterations", "epochs", "batch_size", "optimizer", "protocol", "source",
     "baseline", "delta_vs_baseline", "delta_ci95_low", "delta_ci95_high", "delta_method", "delta_seeds",
-    "baseline_seeds", "delta_verdict",
+    "baseline_seeds", "delta_verdict", "delta_comparisons", "delta_level",
 )
 
 

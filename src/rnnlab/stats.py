@@ -178,8 +178,12 @@ def _mean_difference(row: dict[str, Any], base: dict[str, Any] | None) -> float 
     return row["test_accuracy_mean"] - base["test_accuracy_mean"]
 
 
+FAMILY_LEVEL = 0.95  # the probability that all of a report's intervals hold at once
+
+
 def compare_with(rows: list[dict[str, Any]], baseline: str | None = None) -> str | None:
-    """Give every row its test-accuracy difference from the baseline row, with a 95% interval.
+    """Give every row its test-accuracy difference from the baseline row, with an interval; the
+    intervals of all rows hold together with 95% probability (Bonferroni over the rows compared).
 
     The baseline is ``baseline``, or else the best entry among those with at least two completed
     seeds (among all, if none has two: one lucky seed of an entry whose others diverged would leave
@@ -194,10 +198,17 @@ def compare_with(rows: list[dict[str, Any]], baseline: str | None = None) -> str
         has_val = all(r["val_accuracy_mean"] is not None for r in candidates)
         baseline = max(candidates, key=lambda r: r["val_accuracy_mean" if has_val else "test_accuracy_mean"])["entry"]
     base = next((r for r in rows if r["entry"] == baseline), None)
+    # Each entry set against the baseline is one claim: with k of them, k intervals at 95% each would
+    # miss somewhere far more often than 1 in 20. Bonferroni: each at 1 - 0.05 / k, so that all k
+    # hold together with 95% probability (simultaneous intervals), and so do the verdicts read off them.
+    compared = [row for row in rows if base is not None and row is not base and
+                difference(_completed_accuracies(row), _completed_accuracies(base)) is not None]
+    level = 1.0 - (1.0 - FAMILY_LEVEL) / max(1, len(compared))
     for row in rows:
         diff = None
         if base is not None and row is not base:
-            diff = difference(_completed_accuracies(row), _completed_accuracies(base), limits=(-100.0, 100.0))
+            diff = difference(_completed_accuracies(row), _completed_accuracies(base), level=level,
+                              limits=(-100.0, 100.0))
         row.update({
             "baseline": baseline if base is not None else None,  # the baseline's own row names it too
             "delta_vs_baseline": diff.mean if diff else _mean_difference(row, base),
@@ -207,6 +218,9 @@ def compare_with(rows: list[dict[str, Any]], baseline: str | None = None) -> str
             "delta_seeds": diff.n_a if diff else None,
             "baseline_seeds": diff.n_b if diff else None,
             "delta_verdict": diff.verdict if diff else None,
+            # the family's 95% holds over this many intervals, each at delta_level
+            "delta_comparisons": len(compared) if diff and diff.low is not None else None,
+            "delta_level": level if diff and diff.low is not None else None,
         })
     return baseline if base is not None else None
 
@@ -219,15 +233,22 @@ def differences_table(rows: list[dict[str, Any]]) -> str | None:
     base = next(r for r in rows if r["entry"] == baseline)
     if base["test_accuracy_mean"] is None:
         return f"`{baseline}` has no completed seed: there is nothing to compare the other entries with."
-    lines = [f"Test accuracy minus `{baseline}`'s, in points, with a 95% interval. *paired*: the mean of the "
+    counted = next((r["delta_comparisons"] for r in rows if r.get("delta_comparisons")), 1)
+    level = next((r["delta_level"] for r in rows if r.get("delta_level")), FAMILY_LEVEL)
+    together = ("a 95% interval" if counted == 1 else
+                f"95% simultaneous intervals: all {counted} hold together with 95% probability (Bonferroni: each "
+                f"is a {100 * level:.3g}% interval), so that comparing many entries does not find differences "
+                "by chance; two entries compared alone get a narrower one")
+    lines = [f"Test accuracy minus `{baseline}`'s, in points, with {together}. *paired*: the mean of the "
              "seed-by-seed differences over the seeds both completed (Student's t); *welch*: the difference of "
              "the two means where seeds do not pair (Welch's t); where a side has one seed, the difference of "
              "the means and no interval. The interval covers the variation between seeds, not the draw of "
-             "the test set, and is not adjusted for comparing many entries at once. The default baseline is "
+             "the test set. The default baseline is "
              "the best mean validation accuracy (test accuracy where an entry has no validation split, "
              "which flatters the baseline a little). *within noise*: the interval holds 0, so these seeds "
              "cannot tell the two apart.", "",
-             "| entry | Δ test acc (points) | 95% interval | seeds | verdict |", "|---|---:|---:|---|---|"]
+             f"| entry | Δ test acc (points) | {'95% interval' if counted == 1 else '95% simultaneous interval'} "
+             "| seeds | verdict |", "|---|---:|---:|---|---|"]
     for row in rows:
         if row["entry"] == baseline or row["delta_vs_baseline"] is None:
             continue
