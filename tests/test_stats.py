@@ -60,7 +60,9 @@ def test_no_spread_between_seeds_gives_no_interval_rather_than_certainty() -> No
     """Accuracy moves in fixed steps (0.01 points on 10,000 images), so every seed can differ by
     the same amount; a t interval of width zero would then claim certainty."""
     for a, b in (({0: 97.0, 1: 98.0}, {0: 97.0, 1: 98.0}), ({0: 99.0, 1: 98.5}, {0: 90.0, 1: 89.5}),
-                 ([95.0, 95.0], [90.0, 90.0])):
+                 ([95.0, 95.0], [90.0, 90.0]),
+                 # the same 0.69 each time, which float subtraction gives as 0.68999999999999773 and 0.6900000000000048
+                 ({0: 97.31, 1: 55.85, 2: 71.58}, {0: 96.62, 1: 55.16, 2: 70.89})):
         diff = difference(a, b)
         assert diff is not None and diff.low is None and diff.high is None
         assert diff.verdict == "no spread between seeds: add seeds"

@@ -131,9 +131,12 @@ def difference(a: Sample, b: Sample, *, level: float = 0.95,
     return _difference(mean, half, "welch", len(xs), len(ys), level, limits)
 
 
+NO_SPREAD = 1e-9  # points: a half-width below this is float rounding of equal differences (0.69 vs 0.69000000000000048)
+
+
 def _difference(mean: float, half: float, method: str, n_a: int, n_b: int, level: float,
                 limits: tuple[float, float] | None) -> Difference:
-    if half == 0.0:
+    if half < NO_SPREAD:
         return Difference(mean, None, None, method, n_a, n_b, level)
     low, high = mean - half, mean + half
     if limits is not None:
