@@ -644,3 +644,14 @@ def test_a_rerun_after_a_sigterm_in_the_report_writes_the_results(tmp_path: Path
         in capsys.readouterr().err
     assert all((out / name).is_file() for name in ("results.md", "results.csv", "results.json"))
     assert [r["entry"] for r in json.loads((out / "results.json").read_text())["entries"]] == ["dlw-rnn-a"]
+
+
+def test_a_rerun_with_fewer_seeds_than_the_folder_holds_is_refused(tmp_path: Path) -> None:
+    entries = resolve_entries(["dlw-rnn-a"], overrides=TINY)
+    task = cmp.plan(entries, tmp_path / "cmp", seeds=4, jobs=1)[3]  # seed 3, as a --seeds 4 compare left it
+    Path(task.run_dir).mkdir(parents=True)
+    save_toml(task.config, Path(task.run_dir) / "config.toml")
+    with pytest.raises(ConfigError, match=r"holds seeds up to 3, and --seeds 2 would leave out seed3: rerun with "
+                                          r"--seeds 4 \(or more\), or use another --out$"):
+        cmp.prepare(entries, tmp_path / "cmp", seeds=2, jobs=1)
+    assert len(cmp.prepare(entries, tmp_path / "cmp", seeds=5, jobs=1)[0]) == 5  # more seeds: extended

@@ -168,13 +168,19 @@ def prepare(entries: list[Entry], out_dir: str | Path, *, seeds: int,
     tasks = plan(entries, out, seeds=seeds, jobs=min(jobs, len(entries) * seeds))
     identities: dict[Any, dict[str, Any]] = {}  # the data at each place moved to, read once
     states = {t.key: task_state(t, identities) for t in tasks}
-    held = sorted({run.parent.name for run in (out / "runs").glob("*/*")
-                   if (run / CONFIG).exists() or (run / SUMMARY).exists()})
+    runs = [run for run in (out / "runs").glob("*/*") if (run / CONFIG).exists() or (run / SUMMARY).exists()]
+    held = sorted({run.parent.name for run in runs})
     left_out = [name for name in held if name not in {e.name for e in entries}]
     if left_out:
         which = "" if left_out == held else f" (this command leaves out {', '.join(left_out)})"
         raise ConfigError(f"{out} holds a compare of {', '.join(held)}{which}: list all of its entries to rerun "
                           "or extend it, or use another --out")
+    # The same for seeds: the results would be of fewer seeds than the folder holds, silently.
+    seeds_held = [int(run.name[4:]) for run in runs if run.name.startswith("seed") and run.name[4:].isdigit()]
+    if seeds_held and max(seeds_held) >= seeds:
+        raise ConfigError(f"{out} holds seeds up to {max(seeds_held)}, and --seeds {seeds} would leave out "
+                          f"{', '.join(f'seed{s}' for s in sorted(set(s for s in seeds_held if s >= seeds)))}: "
+                          f"rerun with --seeds {max(seeds_held) + 1} (or more), or use another --out")
     return tasks, states
 
 
