@@ -661,3 +661,22 @@ def test_differences_from_a_baseline_are_simultaneous_intervals_over_the_entries
     md = (tmp_path / "out/results.md").read_text()
     assert "95% simultaneous intervals: all 2 hold together with 95% probability (Bonferroni: each is a 97.5% " \
            "interval)" in md and "| entry | Δ test acc (points) | 95% simultaneous interval | seeds | verdict |" in md
+
+
+def test_accuracies_that_rnnlab_cannot_have_written_are_damage(compare_dir: Path, tmp_path: Path) -> None:
+    rnn = compare_dir / "runs/dlw-rnn-a"
+    summary = json.loads((rnn / "seed0/summary.json").read_text())
+    (rnn / "seed0/summary.json").write_text(json.dumps({**summary, "test_accuracy": 1234.5}))
+    del summary["test_accuracy"]  # completed, yet no accuracy: the mean would skip it, n would count it
+    (rnn / "seed1/summary.json").write_text(json.dumps(summary))
+    rows = {r["entry"]: r for r in build_report([compare_dir], tmp_path / "out", plots=False)}
+    assert rows["dlw-rnn-a"]["status"] == "0/3 completed, 1 diverged, 2 failed"
+    md = (tmp_path / "out/results.md").read_text()
+    assert "summary.json is corrupt: its test_accuracy is 1234.5, not a percentage from 0 to 100" in md
+    assert "summary.json is corrupt: its status is completed, but it has no test_accuracy" in md
+    results = json.loads((tmp_path / "out/results.json").read_text())
+    results["entries"][0]["runs"][0].update(status="completed", test_accuracy=150.0)
+    (tmp_path / "edited.json").write_text(json.dumps(results))
+    with pytest.raises(CheckpointError, match=r"entry 1 \(.*\) has a run whose test_accuracy is 150.0, not a "
+                                              r"percentage from 0 to 100; it is not a results.json rnnlab wrote"):
+        build_report([tmp_path / "edited.json"], tmp_path / "again", plots=False)

@@ -80,7 +80,20 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
             return _corrupt(f"its {key} is {json.dumps(value)[:40]}, not {_KINDS[kind]}")
         if isinstance(value, float) and not math.isfinite(value):  # JSON's NaN: the statistics would fail
             return _corrupt(f"its {key} is {value}, not a finite number")
-    return summary
+    problem = _accuracy_problem(summary, "its ")
+    return _corrupt(problem) if problem else summary
+
+
+def _accuracy_problem(record: dict[str, Any], its: str) -> str | None:
+    """Why a run's accuracies cannot be what rnnlab wrote (the types are checked already): a value
+    outside 0-100, or a completed run without its test accuracy, which the mean would silently skip."""
+    for key in ("test_accuracy", "val_accuracy"):
+        value = record.get(key)
+        if value is not None and not 0.0 <= value <= 100.0:
+            return f"{its}{key} is {value}, not a percentage from 0 to 100"
+    if record.get("status") == "completed" and record.get("test_accuracy") is None:
+        return f"{its}status is completed, but it has no test_accuracy"
+    return None
 
 
 def _corrupt(why: str) -> dict[str, Any]:
@@ -198,6 +211,8 @@ def read_results(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]
         problem = _type_problem(row, _ROW_TYPES, required=("entry", "runs"))
         for run in (row.get("runs") or []) if problem is None else []:
             problem = problem or _type_problem(run, _RUN_TYPES, required=("status",), within="a run whose ")
+            if problem is None and (wrong := _accuracy_problem(run, "")):
+                problem = f"has a run whose {wrong}"
         if problem is not None:
             name = row.get("entry") if isinstance(row, dict) else None
             raise CheckpointError(f"{path}: entry {index + 1}{f' ({name})' if isinstance(name, str) else ''} "
