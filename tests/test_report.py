@@ -260,9 +260,9 @@ def test_differences_from_a_chosen_baseline_and_an_unknown_one(compare_dir: Path
 
 def test_differences_unpaired_seeds_and_single_seeds(tmp_path: Path) -> None:
     rnn, lstm = get_preset("dlw-rnn-a").config, get_preset("dlw-lstm-a").config
-    # Loose runs: two of one label share seed 0, so nothing pairs and Welch's interval is used.
+    # Loose runs: seeds 0 and 5 against 0 and 1 share one seed, too few to pair: Welch's interval is used.
     fake_run(tmp_path / "a/r0", rnn, acc=92.0, seed=0)
-    fake_run(tmp_path / "a/r0-again", rnn, acc=93.0, seed=0)
+    fake_run(tmp_path / "a/r5", rnn, acc=93.0, seed=5)
     fake_run(tmp_path / "a/l0", lstm, acc=97.0, seed=0)
     fake_run(tmp_path / "a/l1", lstm, acc=98.0, seed=1)
     rows = {r["entry"]: r for r in aggregate(collect([tmp_path / "a"]))}
@@ -320,16 +320,18 @@ def test_no_sweep_figure_where_nothing_numeric_varies_along_a_line(tmp_path: Pat
     assert key == "train.lr" and list(lines) == ["all entries"] and [p["x"] for p in lines["all entries"]] == [0.01, 0.05]
 
 
-def test_repeated_seeds_are_never_paired_and_the_default_baseline_has_seeds_to_compare(tmp_path: Path) -> None:
+def test_repeated_seeds_count_once_and_the_default_baseline_has_seeds_to_compare(tmp_path: Path) -> None:
     rnn, lstm = get_preset("dlw-rnn-a").config, get_preset("dlw-lstm-a").config
-    # Loose runs whose seeds repeat on both sides, (0, 0, 1) and (0, 1, 1): pairing them by position
-    # would invent pairs, so Welch's interval compares the two samples.
+    # Loose runs whose seeds repeat on both sides, (0, 0, 1) and (0, 1, 1): a repeat is the same run
+    # (the first is kept), so seeds 0 and 1 pair. (Seeds repeated in a results.json never pair: test_stats.)
     for i, (seed, acc) in enumerate([(0, 90.0), (0, 91.0), (1, 92.0)]):
         fake_run(tmp_path / "dup" / f"r{i}", rnn, acc=acc, seed=seed)
     for i, (seed, acc) in enumerate([(0, 97.0), (1, 97.5), (1, 98.0)]):
         fake_run(tmp_path / "dup" / f"l{i}", lstm, acc=acc, seed=seed)
-    rows = {r["entry"]: r for r in aggregate(collect([tmp_path / "dup"]))}
-    assert (rows["dlw-rnn-a"]["delta_method"], rows["dlw-rnn-a"]["delta_seeds"]) == ("welch", 3)
+    with pytest.warns(RuntimeWarning, match="counted once"):
+        rows = {r["entry"]: r for r in aggregate(collect([tmp_path / "dup"]))}
+    assert (rows["dlw-rnn-a"]["delta_method"], rows["dlw-rnn-a"]["delta_seeds"]) == ("paired", 2)
+    assert rows["dlw-rnn-a"]["delta_vs_baseline"] == pytest.approx(((90.0 - 97.0) + (92.0 - 97.5)) / 2)
     # One lucky seed of an entry whose other seeds diverged is not the default baseline: the best
     # mean among entries with two completed seeds is.
     gru = apply_overrides(rnn, ["model.cell=gru", "name=lucky"])
@@ -680,3 +682,14 @@ def test_accuracies_that_rnnlab_cannot_have_written_are_damage(compare_dir: Path
     with pytest.raises(CheckpointError, match=r"entry 1 \(.*\) has a run whose test_accuracy is 150.0, not a "
                                               r"percentage from 0 to 100; it is not a results.json rnnlab wrote"):
         build_report([tmp_path / "edited.json"], tmp_path / "again", plots=False)
+
+
+def test_the_same_run_twice_counts_once(compare_dir: Path, tmp_path: Path) -> None:
+    # a loose run of the compare's own config and seed 0: not a fourth sample of dlw-rnn-a
+    fake_run(tmp_path / "loose/again", get_preset("dlw-rnn-a").config, acc=92.0, seed=0)
+    with pytest.warns(RuntimeWarning, match=r"again is the same run as .*seed0 \(the same settings and seed 0\): "
+                                            r"counted once in dlw-rnn-a"):
+        groups = collect([compare_dir, tmp_path / "loose"])
+    assert sorted(r.seed for r in groups["dlw-rnn-a"]) == [0, 1, 2]
+    fake_run(tmp_path / "other/seed3", get_preset("dlw-rnn-a").config, acc=93.0, seed=3)  # a new seed: counted
+    assert sorted(r.seed for r in collect([compare_dir, tmp_path / "other"])["dlw-rnn-a"]) == [0, 1, 2, 3]

@@ -162,7 +162,7 @@ def collect(paths: list[str | Path]) -> dict[str, list[RunRecord]]:
                 groups.setdefault(record.entry, []).append(record)
     from_runs: dict[str, list[RunRecord]] = {}
     for entry, records in groups.items():
-        from_runs.update(_split_by_config(entry, records))
+        from_runs.update(_split_by_config(entry, _without_repeats(entry, records)))
     reports = [(path, part) for path, part in parts if "" not in part]
     split: dict[str, list[RunRecord]] = {}
     for path, part in parts:  # in the order given; the run folders' entries where the first folder is
@@ -268,6 +268,26 @@ def result_settings(config: RunConfig) -> dict[str, Any]:
     return {key: value for key, value in to_flat_dict(config).items()
             if key not in ("train.threads", "train.device", "train.backward", "train.checkpoint_every",
                            "data.data_dir", "data.download")}
+
+
+def _without_repeats(entry: str, records: list[RunRecord]) -> list[RunRecord]:
+    """The records less the completed ones that repeat an earlier completed one's settings and seed
+    (a compare's seed and a loose run of the same config, say): the same run twice would count as
+    two samples."""
+    kept, first_of = [], {}
+    for record in records:
+        if record.config is None or not isinstance(record.seed, int) or record.status != "completed":
+            kept.append(record)  # only completed runs are samples
+            continue
+        settings = {k: v for k, v in result_settings(record.config).items() if k not in ("name", "seed")}
+        key = json.dumps([settings, record.seed], sort_keys=True, default=str)
+        if key in first_of:
+            warnings.warn(f"{record.dir} is the same run as {first_of[key].dir} (the same settings and seed "
+                          f"{record.seed}): counted once in {entry}", RuntimeWarning, stacklevel=3)
+            continue
+        first_of[key] = record
+        kept.append(record)
+    return kept
 
 
 def _split_by_config(entry: str, records: list[RunRecord]) -> dict[str, list[RunRecord]]:
