@@ -693,3 +693,12 @@ def test_the_same_run_twice_counts_once(compare_dir: Path, tmp_path: Path) -> No
     assert sorted(r.seed for r in groups["dlw-rnn-a"]) == [0, 1, 2]
     fake_run(tmp_path / "other/seed3", get_preset("dlw-rnn-a").config, acc=93.0, seed=3)  # a new seed: counted
     assert sorted(r.seed for r in collect([compare_dir, tmp_path / "other"])["dlw-rnn-a"]) == [0, 1, 2, 3]
+
+
+def test_an_entry_whose_seeds_all_diverged_is_listed_among_the_differences(compare_dir: Path, tmp_path: Path) -> None:
+    for seed in (0, 1):
+        fake_run(compare_dir / f"runs/dlw-rnn-b/seed{seed}", get_preset("dlw-rnn-b").config, status="diverged",
+                 acc=None, seed=seed, diverge_at=300)
+    build_report([compare_dir], tmp_path / "out", plots=False)
+    md = (tmp_path / "out/results.md").read_text()
+    assert "| `dlw-rnn-b` | – | – | no completed seed (0/2 completed, 2 diverged) | |" in md

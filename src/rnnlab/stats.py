@@ -253,7 +253,12 @@ def differences_table(rows: list[dict[str, Any]]) -> str | None:
              f"| entry | Δ test acc (points) | {'95% interval' if counted == 1 else '95% simultaneous interval'} "
              "| seeds | verdict |", "|---|---:|---:|---|---|"]
     for row in rows:
-        if row["entry"] == baseline or row["delta_vs_baseline"] is None:
+        if row["entry"] == baseline:
+            continue
+        if row["test_accuracy_mean"] is None:  # all its seeds diverged or failed: listed, not dropped
+            lines.append(f"| `{row['entry']}` | – | – | no completed seed ({row.get('status', '')}) | |")
+            continue
+        if row["delta_vs_baseline"] is None:
             continue
         if row["delta_method"] is None:
             seeds = "a side has one seed: no interval"
