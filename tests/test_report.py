@@ -702,3 +702,17 @@ def test_an_entry_whose_seeds_all_diverged_is_listed_among_the_differences(compa
     build_report([compare_dir], tmp_path / "out", plots=False)
     md = (tmp_path / "out/results.md").read_text()
     assert "| `dlw-rnn-b` | – | – | no completed seed (0/2 completed, 2 diverged) | |" in md
+
+
+def test_the_tutorials_figure_is_not_set_against_a_changed_model(tmp_path: Path) -> None:
+    rnn = get_preset("dlw-rnn-a").config
+    fake_run(tmp_path / "same/seed0", apply_overrides(rnn, ["train.lr=0.05", "model.impl=torch"]), acc=90.0)
+    fake_run(tmp_path / "small/seed0", apply_overrides(rnn, ["model.hidden=4", "name=small"]), acc=30.0)
+    rows = {r["entry"]: r for r in aggregate(collect([tmp_path]))}
+    assert rows["dlw-rnn-a"]["reported_test_accuracy"] == 92.48  # another recipe, the same model
+    assert rows["small"]["reported_test_accuracy"] is None and rows["small"]["delta_vs_reported"] is None
+    tiny = ["train.device=cpu", "train.iterations=2", "train.eval_every=2", "train.threads=1"]
+    changed = rnnlab.train(apply_overrides(rnn, [*tiny, "model.hidden=8"]), tmp_path / "trained", progress=False)
+    assert "reference" not in changed.summary  # the engine leaves it out too
+    kept = rnnlab.train(apply_overrides(rnn, tiny), tmp_path / "trained-same", progress=False)
+    assert kept.summary["reference"]["reported_test_accuracy"] == 92.48

@@ -351,7 +351,7 @@ class Trainer:
                                         f"{cfg.train.eval_every} iterations, as the tutorial did")
         from rnnlab.presets import reference_for  # late import: presets import config only
 
-        reference = reference_for(cfg.preset)
+        reference = reference_for(cfg.preset, cfg)  # None where this run changed the preset's model
         if reference:
             summary["reference"] = reference
         kept = f"the checkpoint of iteration {self.saved_at}" if self.saved_at is not None else "no checkpoint"

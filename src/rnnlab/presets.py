@@ -7,6 +7,7 @@ tutorials' protocol (no validation split; test accuracy every 500 iterations).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,10 +105,25 @@ def suite(name: str) -> list[str]:
     return names
 
 
-def reference_for(preset_name: str) -> dict[str, Any] | None:
-    """The source and reported accuracy of a preset, or None."""
+def reference_for(preset_name: str, config: RunConfig | None = None) -> dict[str, Any] | None:
+    """The source and reported accuracy of a preset, or None; None too where ``config`` (a run of
+    the preset) changed what the figure was reported for (see :func:`changes_the_model`)."""
     preset = _PRESETS.get(preset_name)
-    return preset.reference() if preset else None
+    if preset is None or (config is not None and changes_the_model(config)):
+        return None
+    return preset.reference()
+
+
+def changes_the_model(config: RunConfig) -> bool:
+    """Whether a run of a preset changed its model or data (a sweep over model.hidden, say), so that
+    the tutorial's reported accuracy is not a figure to set it against. The recipe may change: the
+    ``-plus`` presets are the tutorials' models trained better; so may the implementation (model.impl)."""
+    preset = _PRESETS.get(config.preset)
+    if preset is None:
+        return False
+    mine, theirs = dataclasses.replace(config.model, impl="auto"), dataclasses.replace(preset.config.model, impl="auto")
+    return mine != theirs or (config.data.dataset, config.data.view) != (preset.config.data.dataset,
+                                                                          preset.config.data.view)
 
 
 from rnnlab import presets_plus as _presets_plus  # noqa: E402,F401  (registers the -plus presets and row-best)

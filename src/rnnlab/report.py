@@ -70,10 +70,11 @@ def aggregate_entry(entry: str, records: list[RunRecord]) -> dict[str, Any]:
         [r for r in records if r.summary.get("train_seconds") is not None and r.status != "failed"]
     config = next((r.config for r in records if r.config is not None), None)
     reference = next((r.summary["reference"] for r in records if r.summary.get("reference")), None)
-    if reference is None and config is not None and config.preset:
-        from rnnlab.presets import reference_for
+    if config is not None and config.preset:
+        from rnnlab.presets import changes_the_model, reference_for
 
-        reference = reference_for(config.preset)
+        # not set against the tutorial's figure where the entry changed its model (older summaries kept it)
+        reference = None if changes_the_model(config) else reference or reference_for(config.preset)
     reported = (reference or {}).get("reported_test_accuracy")
     mean = _mean(accs)
     row: dict[str, Any] = {
