@@ -716,3 +716,22 @@ def test_the_tutorials_figure_is_not_set_against_a_changed_model(tmp_path: Path)
     assert "reference" not in changed.summary  # the engine leaves it out too
     kept = rnnlab.train(apply_overrides(rnn, tiny), tmp_path / "trained-same", progress=False)
     assert kept.summary["reference"]["reported_test_accuracy"] == 92.48
+
+
+def test_a_sweep_value_whose_seeds_diverged_is_marked_not_dropped(tmp_path: Path) -> None:
+    from rnnlab.plots import sweep_png
+    from rnnlab.run_records import read_record
+
+    groups = _sweep_groups(tmp_path, {0.01: [95.0, 94.0], 0.1: [90.0, 92.0]})
+    for lr, statuses in ((1e9, ("diverged", "diverged")), (0.1, ("completed", "diverged"))):
+        entry = f"dlw-rnn-a+lr{'1e9' if lr == 1e9 else lr}"  # as a --sweep names it: the value as written
+        config = apply_overrides(get_preset("dlw-rnn-a").config, [f"train.lr={lr}", f"name={entry}"])
+        groups[entry] = [read_record(fake_run(tmp_path / entry / f"seed{seed}", config, status=status,
+                                              acc=91.0 if status == "completed" else None, seed=seed,
+                                              diverge_at=300 if status == "diverged" else None), entry=entry)
+                         for seed, status in enumerate(statuses)]
+    key, lines = sweep_series(groups, aggregate(groups))
+    assert key == "train.lr"
+    assert [(p["x"], p["mean"], p["completed"], p["runs"]) for p in lines["dlw-rnn-a"]] == [
+        (0.01, 94.5, 2, 2), (0.1, 91.0, 1, 2), (1e9, None, 0, 2)]
+    assert sweep_png(key, lines, tmp_path / "sweep.png") == tmp_path / "sweep.png"

@@ -270,13 +270,28 @@ def sweep_png(key: str, lines: dict[str, list[dict[str, Any]]], path: str | Path
     xs = [p["x"] for points in lines.values() for p in points]
     if min(xs) > 0 and max(xs) / min(xs) >= 10:
         ax.set_xscale("log")
+    unfinished = []  # (x, colour) of the values where no seed completed: marked, never left out
     for label, points in lines.items():
-        x = np.array([p["x"] for p in points], dtype=float)
-        line = ax.errorbar(x, [p["mean"] for p in points], yerr=[p["std"] for p in points], marker="o",
-                           capsize=4, label=label)
-        for p in points:
+        done = [p for p in points if p["mean"] is not None]
+        if done:
+            line = ax.errorbar([p["x"] for p in done], [p["mean"] for p in done], yerr=[p["std"] for p in done],
+                               marker="o", capsize=4, label=label)
+            colour = line[0].get_color()
+        else:
+            colour = ax.plot([], [], marker="x", linestyle="", label=label)[0].get_color()
+        for p in done:
             ax.scatter(np.full(len(p["seeds"]), p["x"], dtype=float), p["seeds"], s=10, alpha=0.5,
-                       color=line[0].get_color(), zorder=3)
+                       color=colour, zorder=3)
+            if p.get("completed", 1) < p.get("runs", 1):  # a mean of the seeds that completed: say how many
+                ax.annotate(f"{p['completed']}/{p['runs']} seeds", (p["x"], p["mean"]), textcoords="offset points",
+                            xytext=(6, -12), fontsize=7, color=colour)
+        unfinished += [(p["x"], colour) for p in points if p["mean"] is None]
+    if unfinished:
+        bottom = ax.get_ylim()[0]
+        for x, colour in unfinished:
+            ax.scatter([x], [bottom], marker="x", s=60, color=colour, zorder=4, clip_on=False)
+            ax.annotate("no completed seed", (x, bottom), textcoords="offset points", xytext=(0, 8), ha="center",
+                        fontsize=7, color=colour)
     ax.set_xticks(sorted(set(xs)), [f"{v:g}" for v in sorted(set(xs))])
     ax.minorticks_off()
     ax.set_xlabel(key)

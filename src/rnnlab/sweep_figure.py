@@ -20,7 +20,8 @@ def sweep_series(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]]
     """Test accuracy against a numeric setting the entries vary (a --sweep, or runs trained by
     hand at several learning rates): ``(key, {line label: [points]})``, a line per combination of
     the other settings that vary (named by the entries' shared name where a --sweep made them),
-    each point ``{"entry", "x", "mean", "std", "seeds"}``.
+    each point ``{"entry", "x", "mean", "std", "seeds", "completed", "runs"}``: ``mean`` None where no
+    seed completed (all diverged or failed), which the figure marks rather than leaves out.
 
     Of the numeric settings that vary, the one that puts the most entries on lines of two points
     or more (ties: the most distinct values, then config order): two presets swept over
@@ -32,7 +33,7 @@ def sweep_series(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]]
     settings = {}
     for row in rows:
         config = next((r.config for r in groups.get(row["entry"], []) if r.config is not None), None)
-        if config is not None and row["test_accuracy_mean"] is not None:
+        if config is not None:
             flat = result_settings(config)
             settings[row["entry"]] = {k: v for k, v in flat.items() if k not in ("seed", "name", "preset")}
     if len(settings) < 2:
@@ -46,7 +47,8 @@ def sweep_series(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]]
         lines = _lines_along(x_key, [k for k in varying if k != x_key], rows, settings)
         if lines is None:
             continue
-        score = (sum(len(points) for points in lines if len(points) >= 2), len({s[x_key] for s in settings.values()}))
+        done = [[p for p in points if p["mean"] is not None] for points in lines]  # completed points
+        score = (sum(len(points) for points in done if len(points) >= 2), len({s[x_key] for s in settings.values()}))
         if score[0] > 0 and (best is None or score > best[0]):
             best = (score, x_key, lines)
     if best is None:
@@ -68,7 +70,8 @@ def _lines_along(x_key: str, others: list[str], rows: list[dict[str, Any]], sett
         own = settings[row["entry"]]
         by_rest.setdefault(repr([own.get(k) for k in others]), []).append(
             {"entry": row["entry"], "x": own[x_key], "mean": row["test_accuracy_mean"],
-             "std": row["test_accuracy_std"] or 0.0, "seeds": seed_accuracies(row)})
+             "std": row["test_accuracy_std"] or 0.0, "seeds": seed_accuracies(row),
+             "completed": row["completed"], "runs": row["seeds"]})
     lines = list(by_rest.values())
     if len(lines) > MAX_SWEEP_LINES or any(len({p["x"] for p in points}) < len(points) for points in lines):
         return None
