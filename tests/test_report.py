@@ -735,3 +735,9 @@ def test_a_sweep_value_whose_seeds_diverged_is_marked_not_dropped(tmp_path: Path
     assert [(p["x"], p["mean"], p["completed"], p["runs"]) for p in lines["dlw-rnn-a"]] == [
         (0.01, 94.5, 2, 2), (0.1, 91.0, 1, 2), (1e9, None, 0, 2)]
     assert sweep_png(key, lines, tmp_path / "sweep.png") == tmp_path / "sweep.png"
+
+
+def test_a_compare_folder_is_reported_in_the_order_its_compare_gave_the_entries(compare_dir: Path) -> None:
+    assert [r["entry"] for r in aggregate(collect([compare_dir]))] == ["dlw-lstm-a", "dlw-rnn-a"]  # by name
+    atomic_write_json(compare_dir / "compare.json", {"entries": [{"name": "dlw-rnn-a"}, {"name": "dlw-lstm-a"}]})
+    assert [r["entry"] for r in aggregate(collect([compare_dir]))] == ["dlw-rnn-a", "dlw-lstm-a"]

@@ -323,13 +323,24 @@ def _split_by_config(entry: str, records: list[RunRecord]) -> dict[str, list[Run
     return groups
 
 
+def _compare_order(path: Path) -> dict[str, int]:
+    """Entry name -> place, from a compare folder's compare.json ({} if it has none, or a damaged one)."""
+    try:
+        entries = json.loads((path / "compare.json").read_text(encoding="utf-8")).get("entries")
+        return {e["name"]: i for i, e in enumerate(entries) if isinstance(e.get("name"), str)}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
 def _records_under(path: Path) -> list[RunRecord]:
     """Run folders at or below ``path``; a compare folder's layout names the entries."""
     if _is_run_dir(path):
         return [read_record(path)]
     if (path / "runs").is_dir():  # a compare folder: runs/<entry>/seed<k>/
         records = []
-        for entry_dir in sorted(p for p in (path / "runs").iterdir() if p.is_dir()):
+        order = _compare_order(path)  # the entries in the order the compare gave them, as its report shows them
+        for entry_dir in sorted((p for p in (path / "runs").iterdir() if p.is_dir()),
+                                key=lambda p: (order.get(p.name, len(order)), p.name)):
             for run_dir in sorted(p for p in entry_dir.iterdir() if p.is_dir() and _is_run_dir(p)):
                 records.append(read_record(run_dir, entry=entry_dir.name))
         if records:
