@@ -122,6 +122,13 @@ def test_dry_run_keeps_no_folder(tmp_path: Path, capsys: pytest.CaptureFixture, 
     assert main(["train", "--dry-run", *TINY]) == 0  # its bar counts the 2 steps it trains, not the budget
     err = capsys.readouterr().err
     assert "2/2 [" in err and "/10 [" not in err  # TINY: 10 iterations
+    # A config that diverges fails its dry run as it would fail the run; one step is one step; --out is refused
+    assert main(["train", "--dry-run", "--no-progress", *TINY, "train.lr=1e308"]) == 1
+    assert "rnnlab: dry run diverged: loss became nan at iteration 1" in capsys.readouterr().err
+    assert main(["train", "--dry-run", "--no-progress", *TINY, "train.iterations=1"]) == 0
+    assert "dry run ok: 1 iteration, loss and evaluation ran" in capsys.readouterr().out
+    assert main(["train", "--dry-run", "--no-progress", *TINY, "--out", str(tmp_path / "x")]) == 2
+    assert "--dry-run trains in a temporary folder and keeps nothing; drop --out" in capsys.readouterr().err
 
 
 def test_overrides_may_come_before_and_after_options() -> None:

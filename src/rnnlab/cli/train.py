@@ -49,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
         result = rnnlab.resume(args.resume, progress=progress, data_dir=args.short_data_dir)
     else:
         config = config_from_args(args)
+        if args.dry_run and args.out is not None:  # nothing is kept: an --out would go unchecked and unused
+            from rnnlab.errors import ConfigError
+
+            raise ConfigError("--dry-run trains in a temporary folder and keeps nothing; drop --out")
         if args.dry_run:  # the config is printed once it has run: a refused one prints only its error
             folder = tempfile.mkdtemp(prefix="rnnlab-dry-run-")
             try:
@@ -58,8 +62,12 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
             print(tomli_w.dumps(to_dict(config)))
-            print(f"dry run ok: 2 iterations, loss and evaluation ran (test accuracy "
-                  f"{result.summary.get('test_accuracy', float('nan')):.2f}%)")
+            if result.status == "diverged":  # as the real run would end: not "ok"
+                print(f"rnnlab: dry run diverged: {result.summary['message']}", file=sys.stderr)
+                return 1
+            steps, accuracy = result.summary["iterations"], result.summary.get("test_accuracy")
+            evaluated = "" if accuracy is None else f", loss and evaluation ran (test accuracy {accuracy:.2f}%)"
+            print(f"dry run ok: {steps} iteration{'s' * (steps != 1)}{evaluated}")
             return 0
         result = rnnlab.train(config, args.out, progress=progress)
     from rnnlab import distributed as dist
