@@ -157,6 +157,29 @@ def test_a_corrupt_summary_is_a_user_error(run_dir: Path) -> None:
         rnnlab.read_run(run_dir)
 
 
+def test_a_run_without_a_summary_is_running_only_while_a_process_trains_there(run_dir: Path) -> None:
+    import threading
+
+    from rnnlab.locks import exclusive
+
+    assert not (run_dir / "summary.json").exists()  # as a run killed before its end leaves it
+    assert rnnlab.read_run(run_dir).status == "unfinished"
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:  # what a training process holds (another thread: the holder's own may take it again)
+        with exclusive(run_dir, "busy"):
+            held.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10) and rnnlab.read_run(run_dir).status == "running"
+    finally:
+        done.set()
+        holder.join()
+
+
 # ------------------------------------------------------------------ a run trained on a sequence file
 @pytest.fixture(scope="module")
 def int8_run(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -144,14 +144,14 @@ def _no_checkpoint(run_dir: Path) -> str:
         advice = (said if isinstance(said, str) and said else
                   "train it again with a lower learning rate (train.lr) or clipped gradients (train.clip=1.0)")
         return f"{run_dir}: no weights to load: the run diverged before its first checkpoint; {advice}"
-    if (run_dir / "config.toml").is_file() and _training_now(run_dir):
+    if (run_dir / "config.toml").is_file() and training_now(run_dir):
         return (f"{run_dir}: no checkpoint yet: a run is training there and has not saved its first one; "
                 "load it once it has (train.checkpoint_every), or when it ends")
     return (f"{run_dir}: no checkpoint here (expected {CHECKPOINT_PT} and {CHECKPOINT_JSON}); "
             "is this a run folder written by `rnnlab train`?")
 
 
-def _training_now(run_dir: Path) -> bool:
+def training_now(run_dir: Path) -> bool:
     """Whether another process holds the run folder's lock (it is training there)."""
     try:
         with exclusive(run_dir, "busy"):

@@ -272,7 +272,8 @@ def _check_resumable(run_dir: Path, config: RunConfig, meta: dict[str, Any]) -> 
 
 
 def read_run(run_dir: str | Path | Run) -> Run:
-    """A run folder's config and summary, without loading the model."""
+    """A run folder's config and summary, without loading the model. A run without a summary is
+    ``running`` while a process trains in its folder, else ``unfinished`` (killed: resume it)."""
     run_dir = path_arg(run_dir, "run_dir", "rnnlab.read_run('runs/my-run')")
     if not (run_dir / CONFIG).exists():
         raise CheckpointError(f"{run_dir}: not a run folder (no {CONFIG})")
@@ -283,4 +284,6 @@ def read_run(run_dir: str | Path | Run) -> Run:
     if problem is not None:
         raise CheckpointError(f"{run_dir / SUMMARY}: corrupt run summary ({problem}); "
                               "restore it from a copy or train the run again")
-    return Run(run_dir, config, summary if summary is not None else {"status": "running"})
+    if summary is None:  # the folder's lock says whether a process is training there
+        summary = {"status": "running" if ckpt.training_now(run_dir) else "unfinished"}
+    return Run(run_dir, config, summary)
