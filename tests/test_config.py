@@ -56,6 +56,13 @@ def test_setting_one_budget_clears_the_other() -> None:
     assert (cfg.train.iterations, cfg.train.epochs) == (300, 0)
     back = apply_overrides(cfg, ["train.epochs=2"])
     assert (back.train.iterations, back.train.epochs) == (0, 2)
+    # So in a config file written by hand: the one budget it gives replaces the default one
+    from rnnlab.config import from_dict
+
+    assert (from_dict({"train": {"iterations": 20}}).train.epochs, from_dict({"train": {"epochs": 2}}).train.iterations,
+            from_dict({"train": {"iterations": 0}}).train.epochs) == (0, 0, 5)
+    with pytest.raises(ConfigError, match="set exactly one budget: train.iterations=20, train.epochs=3"):
+        from_dict({"train": {"iterations": 20, "epochs": 3}})
 
 
 @pytest.mark.parametrize(

@@ -754,3 +754,9 @@ def test_a_run_made_in_a_script_takes_a_string_folder_and_has_a_short_repr(tmp_p
     again = rnnlab.Run(str(run.dir), run.config, run.summary)
     assert again.metrics() == run.metrics() and rnnlab.load(again).predict(torch.zeros(1, 28, 28))
     assert repr(again) == f"Run({str(run.dir)!r}, completed, test accuracy {run.test_accuracy:.2f}%)"
+
+
+def test_a_warmup_as_long_as_the_budget_is_warned_of(tmp_path: Path) -> None:
+    with pytest.warns(RuntimeWarning, match=r"train.warmup=1000 iterations is the whole budget \(40 iterations\) or "
+                                            r"more: the learning rate never reaches train.lr"):
+        rnnlab.train(tiny("train.warmup=1000"), tmp_path / "run", progress=False)

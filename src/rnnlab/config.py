@@ -306,6 +306,10 @@ def _build_section(section: str, cls: type, values: dict[str, Any], source: str)
             f"valid keys in [{section}]: {', '.join(sorted(names))}"
         )
     coerced = {k: coerce(f"{section}.{k}", field_type(cls, k), v, source) for k, v in values.items()}
+    written = {"iterations", "epochs"} & set(coerced)
+    if section == "train" and len(written) == 1 and coerced[next(iter(written))]:
+        # One budget written (a config by hand): it replaces the default one, as an override does
+        coerced["epochs" if "iterations" in written else "iterations"] = 0
     return cls(**coerced)
 
 

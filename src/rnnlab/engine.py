@@ -12,6 +12,7 @@ import re
 import signal
 import threading
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,12 @@ class Trainer:
         seeding.seed_everything(cfg.seed)
         self.data = load_datasets(cfg)
         self.data_identity = data_identity(self.data)  # kept in every checkpoint; a resume must match it
+        budget = total_iterations(cfg, self.data.train)
+        if cfg.train.warmup >= budget and dist.is_main_process():  # warned: a short look at a preset is fine
+            warnings.warn(f"train.warmup={cfg.train.warmup} iterations is the whole budget ({budget} iterations) or "
+                          f"more: the learning rate never reaches train.lr={cfg.train.lr:g}; for a real run make it "
+                          f"shorter (e.g. train.warmup={budget // 10}, a tenth of the budget)", RuntimeWarning,
+                          stacklevel=2)
         _, steps, features = self.data.train.x.shape  # refuse a model too big to train before building it
         check_model_size(cfg.model, input_size=features, seq_len=steps, num_classes=self.data.num_classes,
                          train=cfg.train, gpu=dist.device_memory(self.device))
@@ -73,7 +80,7 @@ class Trainer:
         # The whole step by hand where the model allows it, else autograd (train.backward, the summary says which)
         self.hand_step = cfg.train.backward == "auto" and hand_step_supported(
             self.model, amp=self.amp, processes=self.world, varying_lengths=self.data.train.lengths is not None) is None
-        self.total = total_iterations(cfg, self.data.train)
+        self.total = budget
         self.mid_step = False  # True while a step is under way (its update may be half done)
         self.terminated = False  # SIGTERM stopped training: the process ends once the run folder is saved
         self.batches_per_epoch = self.data.train.num_batches(cfg.train.batch_size)
