@@ -238,7 +238,9 @@ def test_an_empty_run_folder_argument_is_refused_not_replaced(tmp_path: Path, ca
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """An unset $RUN: not a new default run, nor a fresh model measured instead."""
     monkeypatch.chdir(tmp_path)
-    assert "run_dir is empty" in cli_error(capsys, "train", "--resume", "")
+    assert "--resume is empty; give the run folder to resume" in cli_error(capsys, "train", "--resume", "")
+    assert "--out is empty; give a run folder, or drop --out" in cli_error(capsys, "train", "--out", " ")
+    assert "--data-dir is empty; give the folder of the IDX files" in cli_error(capsys, "train", "--data-dir", "")
     assert "run_dir is empty" in cli_error(capsys, "gradients", "--run", "")
     assert list(tmp_path.iterdir()) == []
 
