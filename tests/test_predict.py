@@ -404,14 +404,35 @@ def test_an_image_the_model_overflows_on_is_an_error_not_nan(trained_run: Path, 
 
 
 def test_load_leaves_the_callers_random_state_alone(trained_run: Path) -> None:
-    """Building the model draws random initial weights (then replaced by the checkpoint's): on a
-    fork of the generator, so the caller's next random numbers are those it would have had."""
+    """The model is built without values (on the meta device), then given the checkpoint's: the
+    global generator is never touched, not even for a moment, so a run training in another thread
+    draws the same numbers as alone (a fork of the generator, restored, rewound that thread's stream)."""
+    import threading
+    import time
+
     torch.manual_seed(5)
     state = torch.get_rng_state()
     expected = torch.rand(3)
     torch.set_rng_state(state)
     rnnlab.load(trained_run)
     assert torch.equal(torch.get_rng_state(), state) and torch.equal(torch.rand(3), expected)
+
+    def draw(into: list[float]) -> None:  # slowly, so that loads happen between the draws
+        for _ in range(300):
+            into.append(torch.rand(1).item())
+            time.sleep(0.001)
+
+    torch.manual_seed(6)
+    alone: list[float] = []
+    draw(alone)
+    drawn: list[float] = []
+    torch.manual_seed(6)
+    drawer = threading.Thread(target=draw, args=(drawn,))
+    drawer.start()
+    while drawer.is_alive():
+        rnnlab.load(trained_run)
+    drawer.join()
+    assert drawn == alone
 
 
 class _Sizes:

@@ -314,13 +314,14 @@ def build_from_state(config: RunConfig, state: dict[str, torch.Tensor], *, impl:
     else:  # a checkpoint from before meta "input": the config says it (a sequence file: the file does)
         steps, features, classes = config_input_shape(config)
     model_cfg = config.model if impl is None else replace(config.model, impl=impl)
-    # create_model initialises the weights at random, and load_state_dict then replaces them: on a
-    # fork of the global generator, so that the caller's random stream is left as it was. Only the
-    # CPU's: the model is built there (devices=[] also leaves CUDA uninitialised).
-    with torch.random.fork_rng(devices=[]):
+    # Built on the meta device, with no values, then given the checkpoint's: create_model's random
+    # initialisation would draw from the global generator, which a run in another thread is using
+    # (forking and restoring it rewound that run's stream), and would be thrown away anyway.
+    with torch.device("meta"):
         # The standardisation buffers are scalars or (F,): build them in the checkpoint's shape.
         model = create_model(model_cfg, input_size=features, seq_len=steps, num_classes=classes,
                              input_mean=state.get("input_mean", 0.0), input_std=state.get("input_std", 1.0))
+    model = model.to_empty(device="cpu")  # every tensor is then loaded: _state_mismatch refuses missing ones
     where = f"{source}: " if source is not None else ""
     mismatch = _state_mismatch(model, state)
     try:
