@@ -655,3 +655,19 @@ def test_a_rerun_with_fewer_seeds_than_the_folder_holds_is_refused(tmp_path: Pat
                                           r"--seeds 4 \(or more\), or use another --out$"):
         cmp.prepare(entries, tmp_path / "cmp", seeds=2, jobs=1)
     assert len(cmp.prepare(entries, tmp_path / "cmp", seeds=5, jobs=1)[0]) == 5  # more seeds: extended
+
+
+def test_entries_built_by_hand_are_checked_before_anything_runs(tmp_path: Path) -> None:
+    from rnnlab.entries import Entry
+
+    config = resolve_entries(["dlw-rnn-a"], overrides=TINY)[0].config
+    for entries, message in [([], "no entries to compare; give at least one"),
+                             ([Entry("a", config), Entry("a", config)], "two entries are named 'a'"),
+                             ([Entry("a/b", config)], r"an entry's name='a/b' cannot be a folder name"),
+                             ([Entry("x", {})], "entry 'x' has a dict as its config, not a RunConfig")]:
+        with pytest.raises(ConfigError, match=message):
+            cmp.compare(entries, tmp_path / "out", seeds=1)
+    for seeds, jobs in ((None, 1), (1, None)):
+        with pytest.raises(ConfigError, match="must be a whole number >= 1"):
+            cmp.compare([Entry("a", config)], tmp_path / "out", seeds=seeds, jobs=jobs)
+    assert not (tmp_path / "out").exists()

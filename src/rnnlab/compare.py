@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json
-from rnnlab.config import DATA_LOCATION, RunConfig, load_toml, save_toml
+from rnnlab.config import DATA_LOCATION, RunConfig, check_folder_name, load_toml, save_toml
 from rnnlab.data.splits import data_identity, identity_differences, load_datasets
 from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError, describe
@@ -72,16 +72,37 @@ def default_jobs(configs: list[RunConfig]) -> int:
     return available_cores()
 
 
-def plan(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: int = 1,
-         threads: int | None = None) -> list[Task]:
-    """One task per entry and seed 0..seeds-1. ``threads`` per worker defaults to cores // jobs,
-    so that ``jobs`` workers together use the machine without oversubscribing it."""
+def _check_counts(seeds: Any, jobs: Any) -> None:
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"--seeds={seeds!r} must be a whole number >= 1")
     if seeds > MAX_SEEDS:
         raise ConfigError(f"--seeds={seeds} is too many: at most {MAX_SEEDS} per entry")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"--jobs={jobs!r} must be a whole number >= 1")
+
+
+def _check_entries(entries: Any) -> None:
+    """Entries built by hand are held to what resolve_entries makes: RunConfigs, one folder name each."""
+    how = "rnnlab.entries.resolve_entries(['dlw-rnn-a', ...])"
+    if isinstance(entries, str) or not isinstance(entries, (list, tuple)) or not all(
+            isinstance(e, Entry) for e in entries):
+        raise ConfigError(f"compare takes entries from {how}, not {describe(entries)}")
+    if not entries:
+        raise ConfigError(f"no entries to compare; give at least one, e.g. from {how}")
+    names = [e.name for e in entries]
+    for entry in entries:
+        if not isinstance(entry.config, RunConfig):
+            raise ConfigError(f"entry {entry.name!r} has {describe(entry.config)} as its config, not a RunConfig")
+        check_folder_name("an entry's name", str(entry.name))  # it names the folder of its runs
+        if names.count(entry.name) > 1:
+            raise ConfigError(f"two entries are named {entry.name!r}; each needs a name of its own (its runs' folder)")
+
+
+def plan(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: int = 1,
+         threads: int | None = None) -> list[Task]:
+    """One task per entry and seed 0..seeds-1. ``threads`` per worker defaults to cores // jobs,
+    so that ``jobs`` workers together use the machine without oversubscribing it."""
+    _check_counts(seeds, jobs)
     per_worker = threads if threads is not None else max(1, available_cores() // jobs)
     tasks = []
     for entry in entries:
@@ -256,9 +277,8 @@ def compare(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: 
     (see :func:`rnnlab.report.aggregate`) of exactly the planned seeds. Workers are spawned,
     so a script that calls this must do so under ``if __name__ == "__main__":``.
     """
-    if isinstance(entries, str) or not all(isinstance(e, Entry) for e in entries):
-        raise ConfigError("compare takes entries from rnnlab.entries.resolve_entries(['dlw-rnn-a', ...]), "
-                          f"not {describe(entries)}")
+    _check_entries(entries)
+    _check_counts(seeds, jobs)
     out = Path(out_dir)
     check_baseline(baseline, [e.name for e in entries])  # before hours of training, not after
     tasks, states = prepare(entries, out, seeds=seeds, jobs=jobs)  # refuses a mismatching folder up front
