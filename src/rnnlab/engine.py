@@ -64,7 +64,7 @@ class Trainer:
             warnings.warn(f"train.warmup={cfg.train.warmup} iterations is the whole budget ({budget} iterations) or "
                           f"more: the learning rate never reaches train.lr={cfg.train.lr:g}; for a real run make it "
                           f"shorter (e.g. train.warmup={budget // 10}, a tenth of the budget)", RuntimeWarning,
-                          stacklevel=2)
+                          stacklevel=3)  # the line that called rnnlab.train or resume
         _, steps, features = self.data.train.x.shape  # refuse a model too big to train before building it
         check_model_size(cfg.model, input_size=features, seq_len=steps, num_classes=self.data.num_classes,
                          train=cfg.train, gpu=dist.device_memory(self.device))
