@@ -6,6 +6,7 @@ import itertools
 import warnings
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -307,8 +308,16 @@ def test_create_model_checks_its_arguments_and_builds_float32() -> None:
         create_model(RunConfig(), input_size=3, seq_len=4, num_classes=2)
     for key, value, low in (("input_size", "28", 1), ("seq_len", 0, 1), ("num_classes", 0, 2), ("input_size", True, 1)):
         sizes = {"input_size": 3, "seq_len": 4, "num_classes": 2, key: value}
-        with pytest.raises(ConfigError, match=rf"^create_model: {key}={value!r} must be a whole number >= {low}$"):
+        with pytest.raises(ConfigError, match=rf"^create_model: {key}={value!r} must be a whole number >= {low}"):
             create_model(ModelConfig(hidden=8), **sizes)
+    assert create_model(ModelConfig(hidden=8), input_size=3, seq_len=4, num_classes=np.int64(2)).num_classes == 2
+    for kwargs, message in ((dict(input_std=0.0), r"input_std must be finite and > 0, got \[0.0\]"),
+                            (dict(input_mean=float("nan")), r"input_mean must be finite, got \[nan\]"),
+                            (dict(input_mean=torch.zeros(2)), r"input_mean has shape \(2,\); give a number or one "
+                                                              r"per feature \(3,\)"),
+                            (dict(input_std=None), r"input_std must be a number or one per feature \(3,\), not None")):
+        with pytest.raises(ConfigError, match=message):  # every logit would be NaN, or fail at the first forward
+            create_model(ModelConfig(hidden=8), input_size=3, seq_len=4, num_classes=2, **kwargs)
     torch.set_default_dtype(torch.float64)  # a caller's: the data is float32 all the same
     try:
         model = create_model(ModelConfig(hidden=8), input_size=3, seq_len=4, num_classes=2)

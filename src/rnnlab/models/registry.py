@@ -6,8 +6,9 @@ is the one place that maps a name (``rnn``, ``lstm``, ``gru``, ...) to a model.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import replace
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -55,9 +56,15 @@ def create_model(config: ModelConfig, *, input_size: int, seq_len: int, num_clas
     whatever the caller's default dtype (the data is float32)."""
     if not isinstance(config, ModelConfig):
         raise ConfigError(f"create_model takes a ModelConfig (a run config's .model), not {describe(config)}")
+    sizes = {}
     for key, value, low in (("input_size", input_size, 1), ("seq_len", seq_len, 1), ("num_classes", num_classes, 2)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # NumPy's integers too: y.max() + 1
+            raise ConfigError(f"create_model: {key}={value!r} must be a whole number >= {low}, not {describe(value)}")
+        if value < low:
             raise ConfigError(f"create_model: {key}={value!r} must be a whole number >= {low}")
+        sizes[key] = int(value)
+    input_size, seq_len, num_classes = sizes["input_size"], sizes["seq_len"], sizes["num_classes"]
+    _check_standardisation(input_mean, input_std, input_size)
     builder = get_builder(config.cell)
     count = check_model_size(config, input_size=input_size, seq_len=seq_len, num_classes=num_classes)
     dtype = torch.get_default_dtype()
@@ -73,6 +80,24 @@ def create_model(config: ModelConfig, *, input_size: int, seq_len: int, num_clas
                           f"{ADVICE}") from None
     finally:
         torch.set_default_dtype(dtype)
+
+
+def _check_standardisation(mean: Any, std: Any, features: int) -> None:
+    """The input's mean and std: a number, or one per feature ``(F,)``; std > 0 and all finite (a
+    std of 0 or NaN makes every logit NaN)."""
+    for name, value in (("input_mean", mean), ("input_std", std)):
+        try:
+            values = torch.as_tensor(value, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise ConfigError(f"create_model: {name} must be a number or one per feature ({features},), not "
+                              f"{describe(value)}") from None
+        if values.shape not in ((), (1,), (features,)):
+            raise ConfigError(f"create_model: {name} has shape {tuple(values.shape)}; give a number or one per "
+                              f"feature ({features},)")
+        if values.device.type != "meta" and not (torch.isfinite(values).all() and (name == "input_mean" or
+                                                                                    (values > 0).all())):
+            raise ConfigError(f"create_model: {name} must be finite{' and > 0' * (name == 'input_std')}, got "
+                              f"{values.flatten()[:4].tolist()}")
 
 
 def _build(cell: str) -> Builder:
