@@ -77,3 +77,11 @@ def test_seeds_given_as_lists_are_not_paired_and_intervals_stay_possible() -> No
     # Two seeds: t(0.975, 1) = 12.7 makes wide intervals; accuracy differences lie within ±100.
     wide = difference({0: 10.0, 1: 90.0}, {0: 5.0, 1: 5.0}, limits=(-100.0, 100.0))
     assert wide is not None and (wide.low, wide.high) == (-100.0, 100.0)
+
+
+def test_a_sample_with_nan_or_a_level_in_percent_is_refused() -> None:
+    for a, b in (({0: 90.0, 1: float("nan")}, {0: 95.0, 1: 96.0}), ([90.0, 91.0], [float("nan"), 96.0])):
+        with pytest.raises(ValueError, match="holds a value that is not a finite number"):
+            difference(a, b)
+    with pytest.raises(ValueError, match=r"level=95 must be a probability between 0 and 1, e.g. 0.95 \(not 95\)"):
+        difference([90.0, 91.0], [95.0, 96.0], level=95)

@@ -111,6 +111,12 @@ def difference(a: Sample, b: Sample, *, level: float = 0.95,
     seed gave the same difference, the t interval has width zero, which would claim certainty:
     no interval is given then.
     """
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
+        raise ValueError(f"level={level!r} must be a probability between 0 and 1, e.g. 0.95 (not 95)")
+    for name, sample in (("a", a), ("b", b)):
+        values = list(sample.values()) if isinstance(sample, Mapping) else list(sample)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            raise ValueError(f"sample {name} holds a value that is not a finite number: {values}")
     quantile = 0.5 + level / 2.0
     shared = sorted(set(a) & set(b)) if isinstance(a, Mapping) and isinstance(b, Mapping) else []
     if len(shared) >= 2:
