@@ -360,3 +360,10 @@ def test_data_paths_may_be_path_objects_from_python(tmp_path: Path) -> None:
     config = DataConfig(dataset="file", file=tmp_path / "x.npz")
     assert config.file == str(tmp_path / "x.npz") and isinstance(config.file, str)
     assert DataConfig(data_dir=tmp_path).data_dir == str(tmp_path)
+
+
+def test_only_cuda_takes_a_device_index() -> None:
+    for device, fix in (("cuda:abc", "use cuda or cuda:N"), ("cpu:0", "use cpu"), ("mps:0", "use mps")):
+        with pytest.raises(ConfigError, match=rf"train.device='{device}': only cuda takes an index .*; {fix}$"):
+            apply_overrides(RunConfig(), [f"train.device={device}"])
+    assert apply_overrides(RunConfig(), ["train.device=cuda:1"]).train.device == "cuda:1"

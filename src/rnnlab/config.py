@@ -190,6 +190,10 @@ class TrainConfig:
         _choice("train", "schedule", self.schedule, SCHEDULES)
         _choice("train", "protocol", self.protocol, PROTOCOLS)
         _choice("train", "device", self.device.split(":")[0], DEVICES)
+        kind, colon, index = self.device.partition(":")
+        if colon and not (kind == "cuda" and index.isascii() and index.isdigit()):  # cuda:1, not cpu:0 or cuda:x
+            raise ConfigError(f"train.device={self.device!r}: only cuda takes an index (cuda:0, cuda:1, ...); "
+                              f"use {kind if kind != 'cuda' else 'cuda or cuda:N'}")
         _choice("train", "amp", self.amp, AMP_MODES)
         _choice("train", "backward", self.backward, BACKWARDS)
         _at_least("train", "lr", self.lr, 0.0, strict=True)
