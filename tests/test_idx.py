@@ -71,6 +71,12 @@ def test_ndim_zero() -> None:
         parse_idx(b"\x00\x00\x08\x00", name="f")
 
 
+def test_too_many_dimensions_is_an_idx_error_not_numpys() -> None:
+    # NumPy refuses more than 64 with a ValueError, which a download would not take for a bad mirror's file
+    with pytest.raises(IdxError, match=r"^f: header says 255 dimensions; an IDX file rnnlab reads has at most 8\. Re-download it"):
+        parse_idx(b"\x00\x00\x08\xff" + struct.pack(">I", 1) * 255 + b"\x01", name="f")
+
+
 def test_header_cut_inside_dimensions() -> None:
     with pytest.raises(IdxError, match=r"truncated header: 3 dimensions need a 16-byte header, file has 10"):
         parse_idx(b"\x00\x00\x08\x03" + b"\x00" * 6, name="f")

@@ -460,3 +460,11 @@ def test_a_download_killed_outright_leaves_no_lasting_part_file(mirror: Mirror, 
     download("mnist", tmp_path, mirrors=[mirror.url("good")], splits=["test"], **FAST)
     assert not stale.exists() and fresh.exists() and other.exists() and backup.exists()
     assert sha(tmp_path / "t10k-labels-idx1-ubyte.gz") == MNIST.sha256["t10k-labels-idx1-ubyte"]
+
+
+def test_a_tilde_in_the_cache_setting_is_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rnnlab.data.sources import cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("RNNLAB_CACHE_DIR", "~/cache")  # quoted in a shell, so not expanded there
+    assert cache_dir("kmnist") == tmp_path / "cache" / "kmnist"  # where downloads write, and reads look

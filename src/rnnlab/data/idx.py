@@ -49,6 +49,9 @@ def _fail(name: str, problem: str) -> IdxError:
     return IdxError(f"{name}: {problem}. {_FIX}")
 
 
+MAX_DIMS = 8
+
+
 def _parse_header(data: bytes, *, name: str) -> tuple[np.dtype, tuple[int, ...], int, int]:
     """Check the header at the start of ``data``; return ``(dtype, shape, header bytes, data bytes)``.
 
@@ -71,6 +74,8 @@ def _parse_header(data: bytes, *, name: str) -> tuple[np.dtype, tuple[int, ...],
         raise _fail(name, f"unknown IDX type code 0x{type_code:02X} (known: {known})")
     if ndim == 0:
         raise _fail(name, "header says 0 dimensions, an IDX file needs at least 1")
+    if ndim > MAX_DIMS:  # NumPy holds at most 64; a data set needs a handful
+        raise _fail(name, f"header says {ndim} dimensions; an IDX file rnnlab reads has at most {MAX_DIMS}")
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
         raise _fail(

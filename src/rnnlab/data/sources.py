@@ -77,7 +77,7 @@ def embedded_dir() -> Path | None:
 def cache_dir(dataset: str | DatasetSpec) -> Path:
     """Download cache for ``dataset``: ``$RNNLAB_CACHE_DIR/<name>`` or ``~/.cache/rnnlab/<name>``."""
     root = os.environ.get("RNNLAB_CACHE_DIR") or Path.home() / ".cache" / "rnnlab"
-    return Path(root) / get_dataset(dataset).name
+    return Path(root).expanduser() / get_dataset(dataset).name  # "~/cache", quoted in a shell: $HOME's
 
 
 # ---------------------------------------------------------------------------- decoding + checks
