@@ -241,7 +241,9 @@ def test_an_empty_run_folder_argument_is_refused_not_replaced(tmp_path: Path, ca
     assert "--resume is empty; give the run folder to resume" in cli_error(capsys, "train", "--resume", "")
     assert "--out is empty; give a run folder, or drop --out" in cli_error(capsys, "train", "--out", " ")
     assert "--data-dir is empty; give the folder of the IDX files" in cli_error(capsys, "train", "--data-dir", "")
-    assert "run_dir is empty" in cli_error(capsys, "gradients", "--run", "")
+    assert "--run is empty; give a run folder" in cli_error(capsys, "gradients", "--run", "")
+    for command in ("eval", "export"):
+        assert "RUN_DIR is empty; give a run folder" in cli_error(capsys, command, "")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    for dest, shown in (("run_dir", "RUN_DIR"), ("run", "--run")):  # an unset $RUN, said in the command's words
+        value = getattr(args, dest, None)
+        if isinstance(value, str) and not value.strip():
+            print(f"rnnlab: error: {shown} is empty; give a run folder (one `rnnlab train` wrote)", file=sys.stderr)
+            return 2
     try:
         # SIGTERM (kill, a scheduler's time limit) stops a run between two steps, resumable, and the
         # command then ends as Ctrl-C ends it, with a message and no traceback.
