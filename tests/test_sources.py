@@ -468,3 +468,19 @@ def test_a_tilde_in_the_cache_setting_is_the_home_folder(tmp_path: Path, monkeyp
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("RNNLAB_CACHE_DIR", "~/cache")  # quoted in a shell, so not expanded there
     assert cache_dir("kmnist") == tmp_path / "cache" / "kmnist"  # where downloads write, and reads look
+
+
+def test_mnists_files_are_refused_as_another_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fashion-MNIST and KMNIST use MNIST's file names, and have no sums here: MNIST's files, whose
+    sums are known, are recognised (RNNLAB_DATA_DIR set for MNIST would otherwise train on digits)."""
+    from rnnlab.data.sources import embedded_dir, load_split
+
+    monkeypatch.setenv("RNNLAB_DATA_DIR", str(embedded_dir()))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz is mnist's test images, not a file of kmnist "
+                                        r"\(which uses the same file names\)"):
+        load_split("kmnist", "test")
+    from rnnlab.data.datasets import get_dataset
+
+    raw = (embedded_dir() / "t10k-images-idx3-ubyte.gz").read_bytes()  # a mirror serving MNIST's under kmnist's name
+    why = downloads._verify_bytes(get_dataset("kmnist"), "t10k-images-idx3-ubyte", raw, "kmnist t10k images")
+    assert why == "it is mnist's test images, not a file of kmnist"  # so that mirror is passed over

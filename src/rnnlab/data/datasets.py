@@ -103,6 +103,16 @@ def known_file(spec: DatasetSpec, sha256: str) -> tuple[str, str] | None:
     return None
 
 
+def other_datasets_file(spec: DatasetSpec, sha256: str) -> str | None:
+    """``"mnist's train images"`` where ``sha256`` is a known file of another dataset: Fashion-MNIST
+    and KMNIST use MNIST's file names, and we have no sums of their own to tell them apart by."""
+    for other in DATASETS.values():
+        found = known_file(other, sha256) if other.name != spec.name else None
+        if found is not None:
+            return f"{other.name}'s {found[1]}"
+    return None
+
+
 def candidates(base: str) -> list[str]:
     """The file names ``base`` may have on disk."""
     # Both spellings are in the wild: "train-images-idx3-ubyte" and "train-images.idx3-ubyte".

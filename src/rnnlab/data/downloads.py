@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from rnnlab.atomic import replacing
-from rnnlab.data.datasets import DatasetSpec, find_in, get_dataset, known_file, split_files
+from rnnlab.data.datasets import DatasetSpec, find_in, get_dataset, known_file, other_datasets_file, split_files
 from rnnlab.data.idx import MAX_IDX_BYTES, IdxError, decompress_idx, parse_idx
 from rnnlab.errors import DataError
 
@@ -87,8 +87,11 @@ def _verify_bytes(spec: DatasetSpec, base: str, raw: bytes, name: str) -> str | 
         if expected:
             digest = hashlib.sha256(data).hexdigest()
             return None if digest == expected else _mismatch(spec, base, digest)
-        # No known sum: insist on a well-formed IDX file of the right kind and shape, so that a
-        # mirror serving another file under this name is passed over, not cached.
+        # No known sum: insist on a well-formed IDX file of the right kind and shape, and not another
+        # dataset's known file, so that a mirror serving another file under this name is passed over.
+        other = other_datasets_file(spec, hashlib.sha256(data).hexdigest())
+        if other is not None:
+            return f"it is {other}, not a file of {spec.name}"
         is_images = any(base == images for images, _ in spec.files.values())
         return _wrong_kind(spec, parse_idx(data, name=name), images=is_images)
     except IdxError as exc:

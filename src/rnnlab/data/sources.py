@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rnnlab.data.datasets import DATASETS, DatasetSpec, candidates, find_in, get_dataset, known_file, split_files
+from rnnlab.data.datasets import (DATASETS, DatasetSpec, candidates, find_in, get_dataset, known_file,
+                                  other_datasets_file, split_files)
 from rnnlab.data.downloads import FIX_DIR as _FIX_DIR
 from rnnlab.data.downloads import _file_in_the_way, _make_folder, _mismatch, _wrong_kind, download
 from rnnlab.data.idx import parse_idx, read_idx_bytes
@@ -99,6 +100,10 @@ def _load_checked(spec: DatasetSpec, base: str, path: Path, verify: bool) -> np.
     st = path.stat()
     arr, digest = _decode(str(path), st.st_mtime_ns, st.st_size)
     expected = spec.sha256.get(base)
+    other = other_datasets_file(spec, digest) if verify and not expected else None
+    if other is not None:  # e.g. RNNLAB_DATA_DIR set for MNIST, then data.dataset=kmnist: MNIST under kmnist's name
+        raise DataError(f"{path} is {other}, not a file of {spec.name} (which uses the same file names); point "
+                        f"--data-dir at a folder of {spec.name}'s files, or fetch them with {_download_hint(spec)}")
     if verify and expected and digest != expected:
         if known_file(spec, digest) is not None:
             # Another file of the dataset in the wrong place: a fresh download would not help.
