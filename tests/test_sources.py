@@ -43,7 +43,7 @@ def write_split(d: Path, n: int = 6, *, labels: np.ndarray | None = None, n_labe
 
 @dataclass
 class Mirror:
-    """Serves ``/<mode>/<file>`` from the real MNIST folder; modes: good, missing, corrupt, flaky,
+    """Serves ``/<mode>/<file>`` from the real MNIST folder; modes: good, missing, corrupt, altered, flaky,
     swapped (the labels under the images' name), bomb (a valid header, then megabytes of zeros),
     short (the first request of each file announces its length but closes after half of it) and
     slow (1 kB, then 100 bytes a second)."""
@@ -74,9 +74,9 @@ def mirror(mnist_dir: Path) -> Iterator[Mirror]:
                 self.send_error(404)
                 return
             body = src.read_bytes()
-            if mode == "corrupt":  # a valid gzip of wrong content: only the checksum can tell
+            if mode in ("corrupt", "altered"):  # a valid gzip of wrong content: only the checksum can tell
                 raw = bytearray(gzip.decompress(body))
-                raw[-1] ^= 0xFF
+                raw[-1] ^= 0xFF if mode == "corrupt" else 0x01  # altered: a label 0-9 stays one, another dataset's
                 body = gzip.compress(bytes(raw), compresslevel=1)
             if mode == "bomb":  # 8 MB of output for a file of 8 kB
                 body = gzip.compress(gzip.decompress(body)[:16] + bytes(8 << 20), compresslevel=1)
@@ -203,16 +203,18 @@ def test_all_mirrors_bad_names_every_url(mirror: Mirror, tmp_path: Path) -> None
 
 
 def test_structural_check_without_sums(mirror: Mirror, tmp_path: Path) -> None:
-    spec = DatasetSpec("nosums", files=MNIST.files, sha256={}, mirrors=(mirror.url("good"),))
+    # "altered" serves well-formed files whose last byte differs from MNIST's: a dataset of its own
+    spec = DatasetSpec("nosums", files=MNIST.files, sha256={}, mirrors=(mirror.url("altered"),))
     download(spec, tmp_path / "ok", splits=["test"], **FAST)
-    assert sha(tmp_path / "ok" / "t10k-labels-idx1-ubyte.gz") == MNIST.sha256["t10k-labels-idx1-ubyte"]
-    # Without sums, a well-formed file of the wrong kind (labels under the images' name) is passed over.
-    spec = DatasetSpec("nosums", files=MNIST.files, sha256={}, mirrors=(mirror.url("swapped"), mirror.url("good")))
-    download(spec, tmp_path / "swap", splits=["test"], **FAST)
-    assert sha(tmp_path / "swap" / "t10k-images-idx3-ubyte.gz") == MNIST.sha256["t10k-images-idx3-ubyte"]
+    assert load_split(spec, "test", tmp_path / "ok")[0].shape == (10000, 28, 28)
+    # MNIST's own files, whose sums are known, are another dataset's: passed over for the next mirror
+    spec = DatasetSpec("nosums", files=MNIST.files, sha256={}, mirrors=(mirror.url("good"), mirror.url("altered")))
+    download(spec, tmp_path / "not-mnist", splits=["test"], **FAST)
+    assert sha(tmp_path / "not-mnist" / "t10k-images-idx3-ubyte.gz") != MNIST.sha256["t10k-images-idx3-ubyte"]
+    # A file of the wrong kind (labels under the images' name) is passed over too.
     spec = DatasetSpec("nosums", files=MNIST.files, sha256={}, mirrors=(mirror.url("swapped"),))
-    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz: not nosums images: expected uint8 "
-                                        r"\(N, 28, 28\), got uint8 \(10000,\)"):
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte: every mirror failed \(.*: it is mnist's test "
+                                        r"labels, not a file of nosums\)"):
         download(spec, tmp_path / "bad", splits=["test"], **FAST)
     assert not (tmp_path / "bad" / "t10k-images-idx3-ubyte.gz").exists()
 
