@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from rnnlab.errors import ConfigError
+from rnnlab.errors import ConfigError, describe
 
 DLW_RNN = "https://www.deeplearningwizard.com/deep_learning/practical_pytorch/pytorch_recurrent_neuralnetwork/"
 DLW_LSTM = "https://www.deeplearningwizard.com/deep_learning/practical_pytorch/pytorch_lstm_neuralnetwork/"
@@ -21,6 +21,9 @@ ALLSTEPS = "'Recurrent neural networks introduction' tutorial (2-layer tanh RNN,
 
 @dataclass(frozen=True)
 class Preset:
+    """A named config: a tutorial's model and recipe as the tutorial ran it, or a better recipe
+    for the same model (``-plus``), with where it comes from and the accuracy it reported."""
+
     name: str
     config: RunConfig
     description: str
@@ -85,10 +88,15 @@ _add(Preset(
 
 
 def list_presets() -> list[str]:
+    """The presets' names, in the order ``rnnlab presets`` lists them."""
     return list(_PRESETS)
 
 
 def get_preset(name: str) -> Preset:
+    """The preset ``name`` (its ``.config`` is the RunConfig to train); ConfigError listing the
+    valid names for any other."""
+    if not isinstance(name, str):
+        raise ConfigError(f"get_preset takes a preset's name, not {describe(name)}; e.g. get_preset('dlw-lstm-a')")
     try:
         return _PRESETS[name]
     except KeyError:
