@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -239,6 +240,18 @@ def test_load_split_downloads_into_cache_only_when_asked(
     x, y = load_split(spec, "test", download=True)
     assert x.shape == (10000, 28, 28) and (tmp_path / "remote" / "t10k-images-idx3-ubyte.gz").is_file()
     assert not (tmp_path / "remote" / "train-images-idx3-ubyte.gz").exists()  # only the split asked for
+    # A damaged file in the cache is fetched again when downloads are on, and refused when they are off
+    cached = tmp_path / "remote" / "t10k-images-idx3-ubyte.gz"
+    cached.write_bytes(cached.read_bytes()[:5000])
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz"):
+        load_split(spec, "test")
+    assert torch.equal(load_split(spec, "test", download=True)[0], x)
+    # never in a folder given by the user, which may hold other files: there the damage is reported
+    mine = tmp_path / "mine"
+    shutil.copytree(tmp_path / "remote", mine)
+    (mine / "t10k-images-idx3-ubyte.gz").write_bytes(cached.read_bytes()[:5000])
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz"):
+        load_split(spec, "test", mine, download=True)
 
 
 # ---------------------------------------------------------------------------- local loading

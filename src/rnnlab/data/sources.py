@@ -24,6 +24,7 @@ from rnnlab.data.datasets import (DATASETS, DatasetSpec, candidates, find_in, ge
                                   other_datasets_file, split_files)
 from rnnlab.data.downloads import FIX_DIR as _FIX_DIR
 from rnnlab.data.downloads import _file_in_the_way, _make_folder, _mismatch, _wrong_kind, download
+from rnnlab.data.downloads import download as _download  # load_split's own `download` is a flag
 from rnnlab.data.idx import parse_idx, read_idx_bytes
 from rnnlab.errors import DataError
 
@@ -200,8 +201,18 @@ def load_split(
     ibase, lbase = split_files(spec, split)
     fix = _folder_fix(data_dir)
     ipath, lpath = find_file(d, ibase, fix=fix), find_file(d, lbase, fix=fix)
-    images = _load_checked(spec, ibase, ipath, verify)
-    labels = _load_checked(spec, lbase, lpath, verify)
-    _check_pair(spec, images, labels, ipath, lpath)
+    try:
+        images = _load_checked(spec, ibase, ipath, verify)
+        labels = _load_checked(spec, lbase, lpath, verify)
+        _check_pair(spec, images, labels, ipath, lpath)
+    except DataError:
+        # A damaged file in rnnlab's own download cache, with downloads on: fetched again (download()
+        # replaces what does not verify). Never in a folder the user gave: that may hold other files.
+        if not (download and d == cache_dir(spec)):
+            raise
+        _download(spec, d, splits=[split])
+        images = _load_checked(spec, ibase, find_file(d, ibase, fix=fix), verify)
+        labels = _load_checked(spec, lbase, find_file(d, lbase, fix=fix), verify)
+        _check_pair(spec, images, labels, ipath, lpath)
     # One copy each: the cached arrays are read-only and shared.
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
