@@ -538,3 +538,13 @@ def test_running_out_of_memory_is_a_resource_error(trained_run: Path, digits: di
     monkeypatch.setattr(trained.model, "forward", a_bug)
     with pytest.raises(RuntimeError, match="^some other failure$"):  # not dressed up as a user's mistake
         trained.probabilities(images)
+
+
+def test_predict_gives_the_model_back_in_its_mode_and_follows_its_dtype(trained_run: Path, digits: dict) -> None:
+    trained, images = rnnlab.load(trained_run), digits["images"][:4]
+    expected = trained.probabilities(images)
+    trained.model.train()  # .model is the caller's module too: its mode is left as the caller set it
+    torch.testing.assert_close(trained.probabilities(images), expected)
+    assert trained.model.training
+    trained.model.double()  # inputs follow the model's dtype (they were float32 whatever it was)
+    torch.testing.assert_close(trained.probabilities(images), expected, atol=1e-5, rtol=0)

@@ -216,18 +216,20 @@ class TrainedModel:
         """``softmax(logits(x, lengths))`` over the last dimension, float32 on the CPU, computed
         at most :data:`CHUNK_STEPS` sequence-steps at a time on the model's device. Each row
         depends on its own sequence only, so the result is the chunks' results concatenated."""
-        device = self.model.input_mean.device  # wherever load() put the model
+        device, dtype = self.model.input_mean.device, self.model.input_mean.dtype  # as load() or the caller left it
         size = max(1, CHUNK_STEPS // max(1, x.shape[1]))  # sequences per chunk; at least one
+        was_training = self.model.training  # given back: .model is the caller's module too
         self.model.eval()
         parts = []
         try:
             with torch.no_grad():
                 for start in range(0, len(x), size):
-                    part = logits(x[start:start + size].to(device),
+                    part = logits(x[start:start + size].to(device=device, dtype=dtype),
                                   None if lengths is None else lengths[start:start + size].to(device))
                     # float32 whatever the caller's autocast made of the logits (bf16, say)
                     parts.append(torch.softmax(part.float(), dim=-1).cpu())
         except Exception as exc:  # noqa: BLE001 - only running out of memory is handled here
+            self.model.train(was_training)
             if not dist.is_out_of_memory(exc):
                 raise
             detail = (str(exc) or type(exc).__name__).splitlines()[0][:160]
@@ -236,6 +238,7 @@ class TrainedModel:
                                   "inputs at a time" + ("" if device.type == "cpu" else
                                                         ", or load it on the CPU: rnnlab.load(run, device='cpu')"))
         else:
+            self.model.train(was_training)
             return torch.cat(parts)
         parts.clear()
         raise error  # outside the handler: the failed chunk's tensors are freed, not kept as its context
