@@ -741,3 +741,14 @@ def test_a_compare_folder_is_reported_in_the_order_its_compare_gave_the_entries(
     assert [r["entry"] for r in aggregate(collect([compare_dir]))] == ["dlw-lstm-a", "dlw-rnn-a"]  # by name
     atomic_write_json(compare_dir / "compare.json", {"entries": [{"name": "dlw-rnn-a"}, {"name": "dlw-lstm-a"}]})
     assert [r["entry"] for r in aggregate(collect([compare_dir]))] == ["dlw-rnn-a", "dlw-lstm-a"]
+
+
+def test_a_report_of_other_runs_into_a_compare_folder_is_refused(compare_dir: Path, tmp_path: Path) -> None:
+    atomic_write_json(compare_dir / "compare.json", {"entries": [{"name": "dlw-rnn-a"}, {"name": "dlw-lstm-a"}]})
+    fake_run(tmp_path / "loose/r0", get_preset("dlw-rnn-b").config)
+    with pytest.raises(CheckpointError, match=r"is a compare folder, and its results files report its own runs; "
+                                              r"give another --out"):
+        build_report([tmp_path / "loose"], compare_dir)
+    assert not (compare_dir / "results.md").exists()
+    build_report([compare_dir], compare_dir, plots=False)  # its own runs, in place: as compare writes them
+    build_report([compare_dir / "results.json"], compare_dir, plots=False)  # rebuilt from its results.json

@@ -20,6 +20,7 @@ from typing import Any
 from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json, atomic_write_text
 from rnnlab.checkpoint import CONFUSION
+from rnnlab.errors import CheckpointError
 from rnnlab.config import describe_model, to_dict
 from rnnlab.run_records import RESULTS_SCHEMA, RunRecord, collect
 from rnnlab.stats import baseline_of, check_baseline, compare_with, differences_table
@@ -231,6 +232,11 @@ def build_report(paths: list[str | Path], out_dir: str | Path, *, plots: bool = 
     it cannot redraw without the run folders."""
     groups = collect(paths)
     out = ckpt.check_out_dir(Path(out_dir))
+    # A compare folder's results are its own runs': a report of others would replace them
+    if (out / "compare.json").is_file() and not any(Path(p).resolve() in (out.resolve(), out.resolve() / RESULTS_JSON)
+                                                   for p in paths):
+        raise CheckpointError(f"{out} is a compare folder, and its results files report its own runs; give "
+                              f"another --out for a report of {', '.join(map(str, paths))}")
     in_place = any(Path(p).is_file() and Path(p).resolve().parent == out.resolve() for p in paths)
     return report_groups(groups, out, plots=plots, title=title, context=context, baseline=baseline,
                          keep_figures=in_place)
