@@ -499,3 +499,10 @@ def test_mnists_files_are_refused_as_another_dataset(monkeypatch: pytest.MonkeyP
     raw = (embedded_dir() / "t10k-images-idx3-ubyte.gz").read_bytes()  # a mirror serving MNIST's under kmnist's name
     why = downloads._verify_bytes(get_dataset("kmnist"), "t10k-images-idx3-ubyte", raw, "kmnist t10k images")
     assert why == "it is mnist's test images, not a file of kmnist"  # so that mirror is passed over
+
+
+def test_a_download_folder_that_cannot_be_written_is_one_line_with_advice(mirror: Mirror, tmp_path: Path) -> None:
+    (tmp_path / "t10k-images-idx3-ubyte.gz").mkdir()  # a folder in the file's place (as a read-only disk)
+    with pytest.raises(DataError, match=r"cannot write .*t10k-images-idx3-ubyte.gz \(.*\): downloads need a folder "
+                                        r"they can write; set RNNLAB_CACHE_DIR"):
+        download("mnist", tmp_path, mirrors=[mirror.url("good")], splits=["test"], **FAST)

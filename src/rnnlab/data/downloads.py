@@ -234,6 +234,12 @@ def download(
             continue
         # Replace an invalid copy in place so it cannot shadow the new file under another name.
         target = existing if existing is not None else dest / f"{base}.gz"
-        _download_one(spec, base, target, mirror_list, retries, timeout, backoff)
+        try:
+            _download_one(spec, base, target, mirror_list, retries, timeout, backoff)
+        except OSError as exc:  # a read-only disk, a folder in the file's place: the folder, not a mirror
+            if exc.filename is None or dest.resolve() not in Path(exc.filename).resolve().parents:
+                raise
+            raise DataError(f"cannot write {exc.filename} ({exc.strerror or exc}): downloads need a folder they "
+                            "can write; set RNNLAB_CACHE_DIR to one (or give --data-dir a writable folder)") from None
         paths.append(target)
     return paths
