@@ -49,7 +49,10 @@ def test_a_second_ctrl_c_in_the_test_evaluation_says_how_to_resume(tmp_path: Pat
     assert capsys.readouterr().err == f"rnnlab: interrupted; continue with: rnnlab train --resume {run_dir}\n"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert json.loads((run_dir / "checkpoint.json").read_text())["iteration"] == 1  # the first Ctrl-C's step
-    assert not (run_dir / "summary.json").exists()
+    summary = json.loads((run_dir / "summary.json").read_text())  # says so, as a second SIGTERM's does
+    assert summary["status"] == "interrupted" and "test_accuracy" not in summary
+    assert summary["message"] == ("stopped by a second Ctrl-C: the run folder keeps the checkpoint of iteration 1; "
+                                  f"continue with rnnlab train --resume {run_dir}")
     assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 0  # and the hint is right
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
 

@@ -83,6 +83,7 @@ class Trainer:
         self.total = budget
         self.mid_step = False  # True while a step is under way (its update may be half done)
         self.terminated = False  # SIGTERM stopped training: the process ends once the run folder is saved
+        self.stopped_by = "SIGTERM"
         self.batches_per_epoch = self.data.train.num_batches(cfg.train.batch_size)
         self.iteration = 0
         self.saved_at: int | None = None  # the iteration of the last checkpoint written or restored
@@ -141,9 +142,11 @@ class Trainer:
                 self.save()
             try:
                 summary = self._finish(status)
-            except Terminated:  # a second SIGTERM cut the test evaluation: the checkpoint stands, say so
-                self.terminated = True
+            except KeyboardInterrupt as cut:  # a second signal cut the test evaluation: the checkpoint stands, say so
+                self.terminated, self.stopped_by = True, "SIGTERM" if isinstance(cut, Terminated) else "a second Ctrl-C"
                 summary = self._finish("interrupted")
+                if not isinstance(cut, Terminated):
+                    raise  # Ctrl-C stops the command at once, as it asked; the summary says how to go on
         except Exception as exc:  # noqa: BLE001 - only running out of memory is handled here
             if not dist.is_out_of_memory(exc):
                 raise
@@ -373,7 +376,7 @@ class Trainer:
         elif status == "interrupted" and self.terminated:
             # No test evaluation: SIGTERM means the process is to end soon (a scheduler kills it some
             # seconds later), and the kept checkpoint is what matters.
-            summary["message"] = (f"stopped by SIGTERM: the run folder keeps {kept}; continue with "
+            summary["message"] = (f"stopped by {self.stopped_by}: the run folder keeps {kept}; continue with "
                                   f"rnnlab train --resume {self.run_dir}")
         elif status == "diverged":
             assert self.diverged_at is not None  # status "diverged" comes only from _diverged
