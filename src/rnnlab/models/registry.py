@@ -23,7 +23,10 @@ _REGISTRY: dict[str, tuple[Builder, str]] = {}
 
 
 def register_model(name: str, summary: str) -> Callable[[Builder], Builder]:
-    """Decorator: make a builder available under ``name``."""
+    """Decorator: make a builder available under ``name`` (``list_models`` lists it, ``get_builder``
+    finds it). The names a run can use are those ``ModelConfig.cell`` accepts, ``config.CELLS``: rnn,
+    lstm and gru, which the size check, the FLOP count and ``rnnlab inspect`` also know. A model of
+    another name is built by calling its builder directly, outside ``rnnlab.train``."""
 
     def wrap(builder: Builder) -> Builder:
         if name in _REGISTRY:
