@@ -34,6 +34,7 @@ from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import replacing
 from rnnlab.export_formats import (INPUT_NAME, LENGTHS_NAME, OUTPUT_NAME, ExportError, Runner, onnx_runner,
                                    require_onnx, torchscript_runner, write_onnx, write_torchscript)
+from rnnlab.data.sequences import lengths_problem, zero_padding
 from rnnlab.errors import describe
 from rnnlab.export_paths import cannot_write, is_rnnlab_export, out_refusal
 from rnnlab.run import path_arg
@@ -228,14 +229,12 @@ def _runner_inputs(metadata: dict[str, Any], sequences: Any,
         given = _as_array(lengths, "lengths")
         if given.dtype.kind not in "iu":
             raise ExportError(f"lengths must be integers (int64), not {given.dtype}; pass lengths.astype(np.int64)")
-        if given.shape != (len(x),):  # the ONNX graph would spread one length over the batch
-            raise ExportError(f"lengths must have shape (N,) = ({len(x)},), one per sequence; got {given.shape}")
-        if given.min() < 1 or given.max() > x.shape[1]:  # checked here so both formats say it the same way
-            raise ExportError(f"each length must be from 1 to the padded length T = {x.shape[1]}; got lengths from "
-                              f"{given.min()} to {given.max()}")
-        # The padding is never read, and may hold anything (NaN), as in a training file: zeroed here,
-        # so that the checks below look at the steps that count.
-        x = np.where((np.arange(x.shape[1])[None, :] < given[:, None])[..., None], x, np.float32(0))  # (N, T, F)
+        # Checked here, so that both formats say it the same way (the ONNX graph would spread one
+        # length over the batch, and cannot raise)
+        problem = lengths_problem(given, len(x), x.shape[1])
+        if problem is not None:
+            raise ExportError(problem)
+        x = zero_padding(x, given)  # (N, T, F)
         inputs = (x, np.ascontiguousarray(given, dtype=np.int64))
     if not np.isfinite(x).all():  # the graph would give NaN logits, which read as an answer
         raise ExportError(f"sequences hold {int((~np.isfinite(x)).sum())} NaN or infinite values; "

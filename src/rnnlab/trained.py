@@ -14,6 +14,7 @@ from rnnlab import distributed as dist
 from rnnlab.config import RunConfig, from_dict
 from rnnlab.data import SequenceData, images_to_sequences, load_sequences
 from rnnlab.data.files import check_against_run, load_sequence_file
+from rnnlab.data.sequences import lengths_problem, zero_padding
 from rnnlab.data.sources import DATASETS
 from rnnlab.errors import CheckpointError, ConfigError, DataError, ResourceError
 from rnnlab.models import SequenceClassifier, create_model
@@ -177,13 +178,10 @@ class TrainedModel:
             raise DataError(f"{where}sequences must have shape (N, T, {features}) or (T, {features}) with "
                             f"T = {length}, as in the run's training file; got {given}")
         if lengths is not None:
-            if lengths.shape != (len(x),):
-                raise DataError(f"lengths must have shape (N,) = ({len(x)},), one per sequence; got {lengths.shape}")
-            if lengths.min() < 1 or lengths.max() > x.shape[1]:
-                raise DataError(f"each length must be from 1 to the padded length T = {x.shape[1]}; got lengths "
-                                f"from {lengths.min()} to {lengths.max()}")
-            x = np.array(x)  # our own copy, padding zeroed: it may hold anything (NaN) and is never read
-            x[np.arange(x.shape[1])[None, :] >= lengths[:, None]] = 0  # (N, T) mask over steps
+            problem = lengths_problem(lengths, len(x), x.shape[1])
+            if problem is not None:
+                raise DataError(problem)
+            x = zero_padding(x, lengths)  # (N, T, F), our own copy
         return _as_trained(x, self.meta.get("input", {}).get("dtype"))
 
     def to_sequences(self, images: Any) -> torch.Tensor:

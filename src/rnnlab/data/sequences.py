@@ -100,6 +100,25 @@ def train_val_split(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, tor
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
+def lengths_problem(lengths: np.ndarray, count: int, steps: int) -> str | None:
+    """Why ``lengths`` are not one length per sequence of ``count`` padded to ``steps``, each from 1
+    to ``steps``; None if they are (the words of every place that takes padded sequences)."""
+    if lengths.shape != (count,):
+        return f"lengths must have shape (N,) = ({count},), one per sequence; got {lengths.shape}"
+    if lengths.min() < 1 or lengths.max() > steps:
+        return (f"each length must be from 1 to the padded length T = {steps}; got lengths from "
+                f"{lengths.min()} to {lengths.max()}")
+    return None
+
+
+def zero_padding(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """A copy of ``x`` ``(N, T, ...)`` with the steps past each sequence's length set to zero: the
+    padding is never read, and may hold anything (NaN too), so that checks look at the steps that count."""
+    x = np.array(x)
+    x[np.arange(x.shape[1])[None, :] >= lengths[:, None]] = 0  # (N, T) mask over steps
+    return x
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     # SeedSequence mixes (seed, epoch) well, so nearby seeds/epochs give unrelated orders.
     state = np.random.SeedSequence([int(seed) % 2**64, int(epoch)]).generate_state(1, np.uint64)
