@@ -200,19 +200,21 @@ def load_split(
     d = _resolve_dir(spec, split, data_dir, download)
     ibase, lbase = split_files(spec, split)
     fix = _folder_fix(data_dir)
-    ipath, lpath = find_file(d, ibase, fix=fix), find_file(d, lbase, fix=fix)
-    try:
-        images = _load_checked(spec, ibase, ipath, verify)
-        labels = _load_checked(spec, lbase, lpath, verify)
+
+    def checked() -> tuple[np.ndarray, np.ndarray]:
+        ipath, lpath = find_file(d, ibase, fix=fix), find_file(d, lbase, fix=fix)
+        images, labels = _load_checked(spec, ibase, ipath, verify), _load_checked(spec, lbase, lpath, verify)
         _check_pair(spec, images, labels, ipath, lpath)
+        return images, labels
+
+    try:
+        images, labels = checked()
     except DataError:
         # A damaged file in rnnlab's own download cache, with downloads on: fetched again (download()
         # replaces what does not verify). Never in a folder the user gave: that may hold other files.
         if not (download and d == cache_dir(spec)):
             raise
         _download(spec, d, splits=[split])
-        images = _load_checked(spec, ibase, find_file(d, ibase, fix=fix), verify)
-        labels = _load_checked(spec, lbase, find_file(d, lbase, fix=fix), verify)
-        _check_pair(spec, images, labels, ipath, lpath)
+        images, labels = checked()
     # One copy each: the cached arrays are read-only and shared.
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
