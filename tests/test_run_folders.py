@@ -239,11 +239,13 @@ def test_an_empty_run_folder_argument_is_refused_not_replaced(tmp_path: Path, ca
     """An unset $RUN: not a new default run, nor a fresh model measured instead."""
     monkeypatch.chdir(tmp_path)
     assert "--resume is empty; give the run folder to resume" in cli_error(capsys, "train", "--resume", "")
-    assert "--out is empty; give a run folder, or drop --out" in cli_error(capsys, "train", "--out", " ")
+    assert "--out is empty; give a path, or drop --out" in cli_error(capsys, "train", "--out", " ")
     assert "--data-dir is empty; give the folder of the IDX files" in cli_error(capsys, "train", "--data-dir", "")
     assert "--run is empty; give a run folder" in cli_error(capsys, "gradients", "--run", "")
     for command in ("eval", "export"):
         assert "RUN_DIR is empty; give a run folder" in cli_error(capsys, command, "")
+    # every command's --out: an empty one is not the default folder (compare) nor the current one
+    assert "--out is empty; give a path" in cli_error(capsys, "compare", "dlw-rnn-a", "--out", "", "--dry-run")
     assert list(tmp_path.iterdir()) == []
 
 

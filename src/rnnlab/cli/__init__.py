@@ -64,11 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    for dest, shown in (("run_dir", "RUN_DIR"), ("run", "--run")):  # an unset $RUN, said in the command's words
-        value = getattr(args, dest, None)
-        if isinstance(value, str) and not value.strip():
-            print(f"rnnlab: error: {shown} is empty; give a run folder (one `rnnlab train` wrote)", file=sys.stderr)
-            return 2
+    empty = _empty_path(args)
+    if empty is not None:
+        print(f"rnnlab: error: {empty}", file=sys.stderr)
+        return 2
     try:
         # SIGTERM (kill, a scheduler's time limit) stops a run between two steps, resumable, and the
         # command then ends as Ctrl-C ends it, with a message and no traceback.
@@ -110,6 +109,27 @@ def _stdout_gone() -> bool:
             os.dup2(devnull, fd)
             os.close(devnull)
     return gone
+
+
+# The path arguments of every command, and what to give instead of an empty one (an unset shell
+# variable: "" would be the current folder, or the default for --out, and neither was asked for).
+_PATH_ARGUMENTS = {
+    "run_dir": ("RUN_DIR", "a run folder (one `rnnlab train` wrote)"),
+    "run": ("--run", "a run folder (one `rnnlab train` wrote)"),
+    "resume": ("--resume", "the run folder to resume"),
+    "out": ("--out", "a path, or drop --out for the default one"),
+    "data_dir": ("--data-dir", "the folder of the IDX files (or a sequence-file run's .npz), or drop --data-dir"),
+    "short_data_dir": ("--data-dir", "the folder of the IDX files (or a sequence file), or drop --data-dir"),
+}
+
+
+def _empty_path(args: argparse.Namespace) -> str | None:
+    """The message for a path argument given empty, or None."""
+    for dest, (shown, wanted) in _PATH_ARGUMENTS.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, str) and not value.strip():
+            return f"{shown} is empty; give {wanted}"
+    return None
 
 
 def _under_torchrun() -> bool:

@@ -35,14 +35,6 @@ def run(args: argparse.Namespace) -> int:
     import rnnlab
 
     progress = not args.no_progress
-    for flag, value, wanted in (("--out", args.out, "a run folder, or drop --out for the default one"),
-                                ("--resume", args.resume, "the run folder to resume"),
-                                ("--data-dir", args.short_data_dir, "the folder of the IDX files (or a sequence-file "
-                                                                    "run's .npz), or drop --data-dir")):
-        if value is not None and not value.strip():  # an unset $OUTDIR: said in the command line's words
-            from rnnlab.errors import ConfigError
-
-            raise ConfigError(f"{flag} is empty; give {wanted}")
     if args.resume is not None:
         from rnnlab.errors import ConfigError
 
