@@ -321,13 +321,12 @@ def all_gather_shards(part: torch.Tensor, count: int) -> torch.Tensor:
 _GLOO_DESTRUCTOR_HOLDS_GIL = torch.torch_version.TorchVersion(torch.__version__) < (2, 8)
 
 
-def shutdown(*, together: bool = True) -> None:
+def shutdown() -> None:
     """Leave the process group (end of a torchrun run), once every process has got here: a
     process that tears down its Gloo connections while a peer is still finishing can abort.
-    ``together=False`` after a Ctrl-C, when the processes stopped apart: a barrier would wait for
-    peers that are gone until the launcher kills them, and tearing the group down under a peer's
-    pending work aborts the process; so the group is left as it is, and ends with the process."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and together:
+    Not after a Ctrl-C, when the processes stopped apart: a barrier would wait for peers that
+    are gone; :func:`end_apart` ends those."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         if torch.distributed.get_backend() == "gloo" and _GLOO_DESTRUCTOR_HOLDS_GIL:
             # The group's destructor joins its worker threads holding the GIL, while a worker may still
@@ -335,6 +334,21 @@ def shutdown(*, together: bool = True) -> None:
             # in 2.8; hung 1 torchrun test run in 2 on torch 2.4). Let the workers finish first.
             time.sleep(0.05)
         torch.distributed.destroy_process_group()
+
+
+def end_apart(code: int) -> None:
+    """End a torchrun process that stopped apart from its peers (a Ctrl-C), without tearing down
+    its process group: destroying it would wait on, or abort under, a peer's pending collective,
+    and leaving it to the interpreter's exit aborts the process now and then, when C++'s static
+    destructors meet Gloo's still-running worker threads ("terminate called without an active
+    exception", pytorch/pytorch#190489; 1 interrupted run in 10 here). So the process ends at
+    once, once its output is flushed: every file that matters was written and closed before,
+    and the kernel drops the folder's lock. Nothing to do for a single process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def rank() -> int:

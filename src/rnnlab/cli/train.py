@@ -72,9 +72,16 @@ def run(args: argparse.Namespace) -> int:
         result = rnnlab.train(config, args.out, progress=progress)
     from rnnlab import distributed as dist
 
-    dist.shutdown(together=result.status != "interrupted")  # the end of a torchrun run; nothing for one process
-    if not dist.is_main_process():
-        return 1 if result.status == "diverged" else 0
+    if result.status != "interrupted":
+        dist.shutdown()  # the end of a torchrun run, every process together; nothing for one process
+    code = _report(result) if dist.is_main_process() else int(result.status == "diverged")
+    if result.status == "interrupted":
+        dist.end_apart(code)  # under torchrun: each process stopped at a step of its own
+    return code
+
+
+def _report(result: Any) -> int:
+    """Print how the run ended; returns the exit status."""
     print_summary(result.summary, str(result.dir))
     if result.status == "diverged":
         print(f"rnnlab: run diverged: {result.summary['message']}", file=sys.stderr)
