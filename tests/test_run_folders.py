@@ -289,12 +289,21 @@ def test_a_folder_with_another_runs_leftovers_is_not_trained_into(tmp_path: Path
     rnnlab.config.save_toml(config, same / "config.toml")
     assert rnnlab.train(config, same, progress=False).status == "completed"
     monkeypatch.chdir(tmp_path)  # default folders of runs started within one second do not collide
+    import datetime as real
+
+    from rnnlab import run as run_module
     from rnnlab.run import default_run_dir
 
+    class FrozenClock(real.datetime):  # both calls in the same second, even on a slow machine
+        @classmethod
+        def now(cls, tz: real.tzinfo | None = None) -> real.datetime:
+            return real.datetime(2026, 12, 1, 14, 0, 0)
+
+    monkeypatch.setattr(run_module, "datetime", FrozenClock)
     first = default_run_dir(config)
     first.mkdir(parents=True)
     second = default_run_dir(config)
-    assert second != first and second.name.startswith(first.name) and not second.exists()
+    assert second == first.with_name(first.name + "-2") and not second.exists()
 
 
 def test_loading_a_run_that_has_not_saved_its_first_checkpoint_says_it_is_training(tmp_path: Path) -> None:

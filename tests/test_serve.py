@@ -151,9 +151,10 @@ def test_oversized_body_without_content_length(server) -> None:
 
 def test_rate_limit(trained_run: Path, serving, mnist: np.ndarray) -> None:
     with serving(create_app(trained_run, limits=Limits(rate_per_minute=3))) as url:
-        codes = [httpx.post(url + "/predict", json={"pixels": mnist[0].tolist()}).status_code for _ in range(4)]
+        codes = [httpx.post(url + "/predict", json={"pixels": mnist[0].tolist()}, timeout=30).status_code
+                 for _ in range(4)]
         assert codes == [200, 200, 200, 429]
-        assert httpx.get(url + "/health").status_code == 200
+        assert httpx.get(url + "/health", timeout=30).status_code == 200
 
 
 def test_busy_server_says_503(trained_run: Path, serving, mnist: np.ndarray,
@@ -161,11 +162,11 @@ def test_busy_server_says_503(trained_run: Path, serving, mnist: np.ndarray,
     import rnnlab.serve.app as app_module
 
     real = app_module._predict
-    entered = threading.Event()
+    entered, answered = threading.Event(), threading.Event()
 
-    def slow(*args):
+    def slow(*args):  # holds the one slot until the second request has had its answer
         entered.set()
-        time.sleep(1.0)
+        answered.wait(30)
         return real(*args)
 
     monkeypatch.setattr(app_module, "_predict", slow)
@@ -175,7 +176,10 @@ def test_busy_server_says_503(trained_run: Path, serving, mnist: np.ndarray,
             httpx.post(url + "/predict", json={"pixels": mnist[0].tolist()}, timeout=30).status_code))
         first.start()
         assert entered.wait(10)
-        second = httpx.post(url + "/predict", json={"pixels": mnist[0].tolist()}, timeout=30)
+        try:
+            second = httpx.post(url + "/predict", json={"pixels": mnist[0].tolist()}, timeout=30)
+        finally:
+            answered.set()
         first.join()
         assert second.status_code == 503 and "busy" in second.json()["error"]
         assert results == [200]
