@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import os
@@ -275,6 +276,21 @@ def test_plan_seeds_threads_and_folders(tmp_path: Path, monkeypatch: pytest.Monk
     assert cmp.plan(pinned, tmp_path, seeds=1, jobs=2)[0].config.train.threads == 3
     a = default_out_dir(entries, None, ["train.lr=0.1"])
     assert a == default_out_dir(entries, None, ["train.lr=0.1"]) != default_out_dir(entries, None, [])
+
+
+def test_the_default_compare_folder_follows_the_settings_not_their_spelling(tmp_path: Path) -> None:
+    entries = resolve_entries(["dlw-rnn-a"])
+    folder = default_out_dir(entries, None, ["train.lr=1e-3", "model.hidden=64"], root=str(tmp_path))
+    for same in (["model.hidden=64", "train.lr=0.001"], [" train.lr = 0.0010", "model.hidden=064"],
+                 ["train.lr=0.5", "model.hidden=64", "train.lr=1e-3"]):  # the last of a key wins
+        assert default_out_dir(entries, None, same, root=str(tmp_path)) == folder
+    assert default_out_dir(entries, None, ["train.lr=2e-3", "model.hidden=64"], root=str(tmp_path)) != folder
+    # A folder an earlier version named from the overrides as spelled is still found by the same command.
+    spelled = ["model.hidden=64", "train.lr=0.001"]
+    legacy = tmp_path / f"compare-dlw-rnn-a-{hashlib.sha1(chr(10).join(spelled).encode()).hexdigest()[:8]}"
+    legacy.mkdir()
+    assert default_out_dir(entries, None, spelled, root=str(tmp_path)) == legacy
+    assert default_out_dir(entries, None, ["train.lr=1e-3", "model.hidden=64"], root=str(tmp_path)) == folder
 
 
 @pytest.mark.slow  # compare workers

@@ -352,22 +352,8 @@ def apply_overrides(cfg: RunConfig, overrides: list[str], *, refuse_unused: bool
     raw = to_dict(cfg)
     budget_keys: set[str] = set()
     for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. model.hidden=256)")
-        section, dot, name = key.rpartition(".")
-        if not dot:
-            section, name = "", key
-        if section and section not in _SECTIONS:
-            raise ConfigError(f"unknown key {key!r}; sections are: {', '.join(_SECTIONS)}")
-        cls = _SECTIONS[section] if section else RunConfig
-        names = [f.name for f in fields(cls) if f.name not in _SECTIONS]
-        if name not in names:
-            where = f"[{section}]" if section else "top level"
-            prefix = f"{section}." if section else ""
-            raise ConfigError(f"unknown key {key!r}; valid keys at {where}: {', '.join(prefix + n for n in names)}")
-        value = parse_value(key, field_type(cls, name), text.strip())
+        key, value = parse_override(item)
+        section, _, name = key.rpartition(".")
         target = raw[section] if section else raw
         target[name] = value
         if key in ("train.iterations", "train.epochs"):
@@ -380,6 +366,26 @@ def apply_overrides(cfg: RunConfig, overrides: list[str], *, refuse_unused: bool
     if refuse_unused:
         refuse_what_would_be_ignored(raw, {item.partition("=")[0].strip() for item in overrides})
     return result
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"model.hidden=256"`` -> ``("model.hidden", 256)``: the key checked, the value parsed to its type."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. model.hidden=256)")
+    section, dot, name = key.rpartition(".")
+    if not dot:
+        section, name = "", key
+    if section and section not in _SECTIONS:
+        raise ConfigError(f"unknown key {key!r}; sections are: {', '.join(_SECTIONS)}")
+    cls = _SECTIONS[section] if section else RunConfig
+    names = [f.name for f in fields(cls) if f.name not in _SECTIONS]
+    if name not in names:
+        where = f"[{section}]" if section else "top level"
+        prefix = f"{section}." if section else ""
+        raise ConfigError(f"unknown key {key!r}; valid keys at {where}: {', '.join(prefix + n for n in names)}")
+    return key, parse_value(key, field_type(cls, name), text.strip())
 
 
 def _check_override_arguments(cfg: Any, overrides: Any) -> None:

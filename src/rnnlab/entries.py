@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rnnlab.checkpoint import CONFIG
-from rnnlab.config import DATA_LOCATION, RunConfig, apply_overrides, check_folder_name, load_toml
+from rnnlab.config import DATA_LOCATION, RunConfig, apply_overrides, check_folder_name, load_toml, parse_override
 from rnnlab.errors import ConfigError, describe
 from rnnlab.presets import get_preset, list_presets, suite as suite_names
 
@@ -189,12 +189,22 @@ def _value_labels(key: str, values: list[str]) -> dict[str, str]:
 
 def default_out_dir(entries: list[Entry], suite: str | None, overrides: list[str], root: str = "runs",
                     sweeps: list[str] | None = None) -> Path:
-    """A stable folder per (entries, overrides, sweeps), so that rerunning the same compare resumes it."""
+    """A stable folder per (entries, overrides, sweeps), so that rerunning the same compare resumes it.
+    Overrides count by the settings they make: ``train.lr=1e-3 model.hidden=64`` and
+    ``model.hidden=64 train.lr=0.001`` name one folder."""
     names = list(dict.fromkeys(e.swept_from or e.name for e in entries))  # as named before any sweep
     base = suite if suite and len(names) == len(suite_names(suite)) else "+".join(names)
     if len(base) > 60:
-        base = f"{len(names)}-entries-" + hashlib.sha1("\n".join(names).encode()).hexdigest()[:8]
-    if overrides or sweeps:
-        settings = [*overrides, *(f"sweep {s}" for s in sweeps or [])]
-        base += "-" + hashlib.sha1("\n".join(settings).encode()).hexdigest()[:8]
-    return Path(root) / f"compare-{base}"
+        base = f"{len(names)}-entries-" + _digest(names)
+    if not (overrides or sweeps):
+        return Path(root) / f"compare-{base}"
+    made = dict(parse_override(item) for item in overrides)  # the last of a key wins, as in apply_overrides
+    settings = [*(f"{key}={value!r}" for key, value in sorted(made.items())), *(f"sweep {s}" for s in sweeps or [])]
+    folder = Path(root) / f"compare-{base}-{_digest(settings)}"
+    # Earlier versions hashed the overrides as spelled: a rerun still finds its seeds there.
+    spelled = Path(root) / f"compare-{base}-{_digest([*overrides, *(f'sweep {s}' for s in sweeps or [])])}"
+    return spelled if spelled.is_dir() and not folder.exists() else folder
+
+
+def _digest(lines: list[str]) -> str:
+    return hashlib.sha1("\n".join(lines).encode()).hexdigest()[:8]
