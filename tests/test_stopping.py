@@ -212,3 +212,30 @@ def test_the_same_sigterm_twice_is_heeded_once_even_after_the_loop(tmp_path: Pat
     else:
         assert saved == 10 and not (tmp_path / "run" / "summary.json").exists()
     assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".") and p.name != ".rnnlab.lock"]
+
+
+def test_a_ctrl_c_in_rnnlab_train_saves_the_run_then_stops_the_script(tmp_path: Path, handlers: None,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Called from Python, a Ctrl-C ends the run as on the command line (the step saved, the test set
+    evaluated), then raises a KeyboardInterrupt that carries the run: a loop of runs stops there."""
+    from rnnlab import run as run_module
+    from rnnlab.stopping import Interrupted
+
+    class CtrlCAtStep5(run_module.Trainer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            signal_after_update(self, 5, signal.SIGINT)
+
+    monkeypatch.setattr(run_module, "Trainer", CtrlCAtStep5)
+    started = []
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        for name in ("a", "b"):
+            started.append(name)
+            rnnlab.train(tiny(), tmp_path / name, progress=False)
+    assert started == ["a"] and isinstance(stopped.value, Interrupted)
+    run = stopped.value.run
+    assert run.status == "interrupted" and run.dir == stopped.value.run_dir == tmp_path / "a"
+    assert "test_accuracy" in run.summary and "rnnlab.resume(" in str(stopped.value)
+    assert json.loads((tmp_path / "a" / "checkpoint.json").read_text())["iteration"] == 5
+    monkeypatch.undo()
+    assert rnnlab.resume(run, progress=False).status == "completed"

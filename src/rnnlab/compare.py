@@ -29,6 +29,7 @@ from rnnlab.pool import Task, record_failure, run_tasks, task_record
 from rnnlab.report import report_groups
 from rnnlab.run_records import read_record, read_summary, result_settings
 from rnnlab.stats import check_baseline
+from rnnlab.stopping import Interrupted
 
 FINISHED = ("completed", "diverged")  # a rerun keeps these as they are
 MAX_SEEDS = 1000  # more is a typo, and would plan (and print) for minutes
@@ -239,12 +240,15 @@ def _run_task(task: Task, run_dir: Path) -> dict[str, Any]:
             try:
                 data = task.config.data  # where this compare reads the data now: it may have moved
                 moved_to = (data.file or data.data_dir) or None
-                return task_record(task, rnnlab.resume(run_dir, progress=False, data_dir=moved_to).summary, "resumed")
+                action = "resumed"
+                return task_record(task, rnnlab.resume(run_dir, progress=False, data_dir=moved_to).summary, action)
             except CheckpointError as exc:  # unreadable: start this seed again rather than fail forever
                 action = f"trained again (its checkpoint could not be resumed: {exc})"
         _clear(run_dir)
         save_toml(task.config, run_dir / CONFIG)  # now `rnnlab report` sees this seed even if it fails
         return task_record(task, rnnlab.train(task.config, run_dir, progress=False).summary, action)
+    except Interrupted as stop:  # the compare's Ctrl-C or SIGTERM: this seed saved, resumable
+        return task_record(task, stop.run.summary, action)
     except Exception as exc:  # noqa: BLE001 - any error of one seed must not end the compare
         return record_failure(task, f"{type(exc).__name__}: {exc}", traceback.format_exc())
 

@@ -22,7 +22,7 @@ from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab.engine import Trainer
 from rnnlab.errors import CheckpointError, ConfigError, describe
 from rnnlab.locks import LOCK_FILE, Busy, exclusive
-from rnnlab.stopping import Terminated
+from rnnlab.stopping import Interrupted, Terminated
 
 
 @dataclass
@@ -61,7 +61,13 @@ def _check_options(progress: Any, stop_after: Any) -> None:
 
 def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = True,
           stop_after: int | None = None) -> Run:
-    """Train a model as ``config`` says, writing a run folder (default ``runs/<label>-<time>``)."""
+    """Train a model as ``config`` says, writing a run folder (default ``runs/<label>-<time>``).
+
+    ``stop_after`` ends the run early, resumable, after that many iterations in all (status
+    ``stopped``). A Ctrl-C stops it after the step under way, saved and its test set evaluated,
+    then raises :class:`~rnnlab.stopping.Interrupted` (a KeyboardInterrupt, whose ``.run`` is the run
+    as it stopped): a script, or a loop of runs, stops there. A SIGTERM saves the step, then ends the
+    process by the signal."""
     _check_options(progress, stop_after)
     if not isinstance(config, RunConfig):
         hint = "use rnnlab.get_preset(name).config, rnnlab.RunConfig(), or rnnlab.apply_overrides(config, [...])"
@@ -92,13 +98,15 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
                                   f"choose another --out, or train that config: --config {run_dir / CONFIG}")
         with _a_run_of_its_own(), _naming_the_checkpoint(run_dir):
             summary = Trainer(config, run_dir, progress=progress).fit(stop_after=stop_after)
-    return Run(run_dir, config, summary)
+    return _ended(Run(run_dir, config, summary))
 
 
 def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int | None = None,
            data_dir: str | Path | None = None) -> Run:
     """Continue an interrupted run from its last checkpoint, to the end of its budget. ``data_dir``
-    points it at its data moved elsewhere: the IDX folder, or for a sequence-file run the file."""
+    points it at its data moved elsewhere: the IDX folder, or for a sequence-file run the file.
+    ``stop_after`` and a Ctrl-C as for :func:`train`: ``stop_after`` counts the run's iterations from
+    its start, so it must be beyond those the checkpoint holds."""
     _check_options(progress, stop_after)
     run_dir = path_arg(run_dir, "run_dir", "rnnlab.resume('runs/my-run')")
     _, meta = ckpt.load_checkpoint(run_dir, training_state=True)  # refuse a damaged one before training
@@ -112,7 +120,14 @@ def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int 
             trainer = Trainer(config, run_dir, progress=progress)
             trainer.restore()
             summary = trainer.fit(stop_after=stop_after)
-    return Run(run_dir, config, summary)
+    return _ended(Run(run_dir, config, summary))
+
+
+def _ended(run: Run) -> Run:
+    """The run, or :class:`Interrupted` raised with it when a Ctrl-C stopped it."""
+    if run.status == "interrupted":
+        raise Interrupted(run)
+    return run
 
 
 def relocated(config: RunConfig, data_path: Path) -> RunConfig:

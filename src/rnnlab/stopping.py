@@ -4,7 +4,8 @@ then stop, so that a checkpoint never holds half a step.
 SIGTERM is what a batch scheduler (Slurm's time limit, ``scancel``), ``kill``, ``timeout`` and
 ``docker stop`` send before they kill a process for good, usually some seconds later. A run
 stopped by it keeps a checkpoint of its last whole step and then ends the process as the signal
-asked; a Ctrl-C only ends training, and the caller carries on.
+asked. A Ctrl-C ends training the same way; ``Trainer.fit`` then returns, and ``rnnlab.train``
+raises :class:`Interrupted`, so that a script, or a loop of runs, stops as a Ctrl-C stops Python.
 """
 
 from __future__ import annotations
@@ -17,6 +18,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run after its step under way, saved (and, for a first Ctrl-C, after the test
+    evaluation). A KeyboardInterrupt, so that a script stops as Ctrl-C stops Python; ``run`` is the
+    :class:`~rnnlab.Run` as it stopped (``run.status == "interrupted"``), ``run_dir`` its folder,
+    which ``rnnlab.resume`` continues."""
+
+    def __init__(self, run: Any) -> None:
+        super().__init__(f"interrupted; continue with rnnlab.resume({str(run.dir)!r})")
+        self.run, self.run_dir = run, run.dir
 
 
 class Terminated(KeyboardInterrupt):

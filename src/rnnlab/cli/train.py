@@ -12,7 +12,7 @@ import tomli_w
 
 from rnnlab.cli.common import DefaultsHelpFormatter, add_config_arguments, config_from_args, settings_given
 from rnnlab.config import to_dict
-from rnnlab.stopping import Terminated
+from rnnlab.stopping import Interrupted, Terminated
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
         for flag, value in (("--out", args.out), ("--dry-run", args.dry_run)):
             if value:  # the run folder is the one resumed, and trained in for good
                 raise ConfigError(f"--resume continues the run in its own folder, for good; drop {flag}")
-        result = rnnlab.resume(args.resume, progress=progress, data_dir=args.short_data_dir)
+        try:
+            result = rnnlab.resume(args.resume, progress=progress, data_dir=args.short_data_dir)
+        except Interrupted as stop:  # saved: reported below, as any other end of the run
+            result = stop.run
     else:
         config = config_from_args(args)
         if args.dry_run and args.out is not None:  # nothing is kept: an --out would go unchecked and unused
@@ -59,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
                 result = rnnlab.train(config, folder, progress=progress, stop_after=2)
             except Terminated:  # its folder is about to go: there is nothing to resume
                 raise Terminated from None
+            except KeyboardInterrupt:  # Ctrl-C: the same, not "dry run ok"
+                raise KeyboardInterrupt from None
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
             print(tomli_w.dumps(to_dict(config)))
@@ -69,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
             evaluated = "" if accuracy is None else f", loss and evaluation ran (test accuracy {accuracy:.2f}%)"
             print(f"dry run ok: {steps} iteration{'s' * (steps != 1)}{evaluated}")
             return 0
-        result = rnnlab.train(config, args.out, progress=progress)
+        try:
+            result = rnnlab.train(config, args.out, progress=progress)
+        except Interrupted as stop:
+            result = stop.run
     from rnnlab import distributed as dist
 
     if result.status != "interrupted":
