@@ -332,3 +332,28 @@ def test_loading_a_run_that_has_not_saved_its_first_checkpoint_says_it_is_traini
         thread.join()
     with pytest.raises(CheckpointError, match="no checkpoint here"):  # nobody training: not a run folder yet
         rnnlab.load(run_dir)
+
+
+def test_a_run_is_not_trained_into_a_folder_of_runs(tmp_path: Path) -> None:
+    """``--out runs`` would turn the folder of runs into one run, which `rnnlab report runs` then
+    reads alone: refused before anything is written."""
+    runs = tmp_path / "runs"
+    for name, mark in (("lstm-a", "config.toml"), ("compare-x", "compare.json"), ("notes", "")):
+        (runs / name).mkdir(parents=True)
+        if mark:
+            (runs / name / mark).write_text("")
+    config = apply_overrides(RunConfig(), TINY)
+    with pytest.raises(ConfigError, match=r"holds other runs or compares \(compare-x, lstm-a\); a run writes a "
+                                          r"folder of its own: choose a new one, e.g. --out .*runs/"):
+        rnnlab.train(config, runs, progress=False)
+    assert sorted(p.name for p in runs.iterdir()) == ["compare-x", "lstm-a", "notes"]
+    assert rnnlab.train(config, runs / "new", progress=False, stop_after=2).status == "stopped"
+
+
+def test_a_resume_told_to_stop_before_where_it_is_says_so(tmp_path: Path) -> None:
+    part = interrupted(tmp_path)  # stopped after 10 iterations
+    with pytest.raises(ConfigError, match=r"^stop_after=10 counts the run's iterations from its start, and .* has "
+                                          r"done 10: give more than 10$"):
+        rnnlab.resume(part, progress=False, stop_after=10)
+    resumed = rnnlab.resume(part, progress=False, stop_after=12)
+    assert resumed.status == "stopped" and resumed.summary["iterations"] == 12

@@ -83,6 +83,10 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
     if (run_dir / "compare.json").exists():
         raise ConfigError(f"{run_dir} holds a compare (compare.json); a run writes a folder of its own: "
                           "choose another --out")
+    held = _runs_inside(run_dir)
+    if held:  # a folder of runs (runs/): its files would make it one run, and `rnnlab report` would see no other
+        raise ConfigError(f"{run_dir} holds other runs or compares ({', '.join(held[:3])}{', ...' * (len(held) > 3)}); "
+                          f"a run writes a folder of its own: choose a new one, e.g. --out {run_dir / config.label}")
     with _training_into(run_dir):
         if (run_dir / ckpt.CHECKPOINT_JSON).exists():
             raise CheckpointError(f"{run_dir} already holds a run; resume it with `rnnlab train --resume {run_dir}` "
@@ -110,6 +114,9 @@ def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int 
     _check_options(progress, stop_after)
     run_dir = path_arg(run_dir, "run_dir", "rnnlab.resume('runs/my-run')")
     _, meta = ckpt.load_checkpoint(run_dir, training_state=True)  # refuse a damaged one before training
+    if stop_after is not None and stop_after <= meta["iteration"]:  # it would stop before its first step
+        raise ConfigError(f"stop_after={stop_after} counts the run's iterations from its start, and {run_dir} "
+                          f"has done {meta['iteration']}: give more than {meta['iteration']}")
     config = from_dict(meta["config"], source=str(run_dir / ckpt.CHECKPOINT_JSON))
     dist.init_process_group(config.train.device)  # under torchrun: rank 0 holds the folder for all
     with _training_into(run_dir):
@@ -121,6 +128,15 @@ def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int 
             trainer.restore()
             summary = trainer.fit(stop_after=stop_after)
     return _ended(Run(run_dir, config, summary))
+
+
+def _runs_inside(folder: Path) -> list[str]:
+    """Names of the run and compare folders directly inside ``folder``, sorted."""
+    if not folder.is_dir():
+        return []
+    marks = (CONFIG, SUMMARY, ckpt.CHECKPOINT_JSON, "compare.json")
+    return sorted(child.name for child in folder.iterdir()
+                  if child.is_dir() and any((child / mark).is_file() for mark in marks))
 
 
 def _ended(run: Run) -> Run:
