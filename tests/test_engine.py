@@ -758,7 +758,11 @@ def test_a_run_made_in_a_script_takes_a_string_folder_and_has_a_short_repr(tmp_p
     assert repr(again) == f"Run({str(run.dir)!r}, completed, test accuracy {run.test_accuracy:.2f}%)"
 
 
-def test_a_warmup_as_long_as_the_budget_is_warned_of(tmp_path: Path) -> None:
-    with pytest.warns(RuntimeWarning, match=r"train.warmup=1000 iterations is the whole budget \(40 iterations\) or "
-                                            r"more: the learning rate never reaches train.lr"):
-        rnnlab.train(tiny("train.warmup=1000"), tmp_path / "run", progress=False)
+@pytest.mark.parametrize("warmup, reach", [(1000, "never"), (40, "only at the last step")])
+def test_a_warmup_as_long_as_the_budget_is_warned_of(tmp_path: Path, warmup: int, reach: str) -> None:
+    with pytest.warns(RuntimeWarning, match=rf"train.warmup={warmup} iterations is the whole budget \(40 iterations\) "
+                                            rf"or more: the learning rate reaches train.lr=\S+ {reach}, and the "
+                                            r"schedule never starts"):
+        run = rnnlab.train(tiny(f"train.warmup={warmup}"), tmp_path / "run", progress=False)
+    last_lr = [row["lr"] for row in run.metrics() if "lr" in row][-1]
+    assert (last_lr == pytest.approx(run.config.train.lr)) == (warmup == 40)

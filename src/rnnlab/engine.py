@@ -61,10 +61,11 @@ class Trainer:
         self.data_identity = data_identity(self.data)  # kept in every checkpoint; a resume must match it
         budget = total_iterations(cfg, self.data.train)
         if cfg.train.warmup >= budget and dist.is_main_process():  # warned: a short look at a preset is fine
+            reach = "only at the last step" if cfg.train.warmup == budget else "never"
             warnings.warn(f"train.warmup={cfg.train.warmup} iterations is the whole budget ({budget} iterations) or "
-                          f"more: the learning rate never reaches train.lr={cfg.train.lr:g}; for a real run make it "
-                          f"shorter (e.g. train.warmup={budget // 10}, a tenth of the budget)", RuntimeWarning,
-                          stacklevel=3)  # the line that called rnnlab.train or resume
+                          f"more: the learning rate reaches train.lr={cfg.train.lr:g} {reach}, and the schedule never "
+                          f"starts; for a real run make it shorter (e.g. train.warmup={budget // 10}, a tenth of the "
+                          "budget)", RuntimeWarning, stacklevel=3)  # the line that called rnnlab.train or resume
         _, steps, features = self.data.train.x.shape  # refuse a model too big to train before building it
         check_model_size(cfg.model, input_size=features, seq_len=steps, num_classes=self.data.num_classes,
                          train=cfg.train, gpu=dist.device_memory(self.device))
@@ -357,8 +358,8 @@ class Trainer:
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if cfg.train.protocol == "tutorial":
-            summary["protocol_note"] = ("tutorial protocol: no validation split; test accuracy measured every "
-                                        f"{cfg.train.eval_every} iterations, as the tutorial did")
+            summary["protocol_note"] = ("tutorial protocol, as the tutorials did: no validation split, test accuracy "
+                                        f"measured during training (here every {cfg.train.eval_every} iterations)")
         from rnnlab.presets import reference_for  # late import: presets import config only
 
         reference = reference_for(cfg.preset, cfg)  # None where this run changed the preset's model
