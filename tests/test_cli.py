@@ -361,3 +361,13 @@ def test_a_missing_dataset_suggests_a_download_of_that_dataset(capsys: pytest.Ca
         assert main(["train", "--dry-run", "--no-progress", f"data.dataset={dataset}"]) == 2
         err = capsys.readouterr().err
         assert f"`rnnlab train data.dataset={dataset} data.download=true`" in err, err
+
+
+@pytest.mark.parametrize("flag, value, wrong", [("--hidden", "abc", "model.hidden='abc': expected a whole number"),
+                                                ("--epochs", "1.5", "train.epochs='1.5': expected a whole number"),
+                                                ("--lr", "fast", "train.lr='fast'")])
+def test_a_bad_shortcut_value_is_one_line_naming_the_flag(flag: str, value: str, wrong: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", flag, value, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rnnlab: error: {flag} {value}: {wrong}") and err.count("\n") == 1 and "usage" not in err

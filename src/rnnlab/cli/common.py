@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rnnlab.config import RunConfig, apply_overrides, load_toml
+from rnnlab.config import RunConfig, apply_overrides, load_toml, parse_override
 from rnnlab.errors import ConfigError
 from rnnlab.presets import get_preset
 
@@ -47,26 +47,27 @@ class IntermixedParser(argparse.ArgumentParser):
 # What every --device takes (rnnlab.distributed.select_device): one wording for all commands.
 DEVICE_HELP = "auto (the first available of cuda, mps, cpu), cpu, cuda, cuda:N or mps"
 
-# Short flags for the most common settings; each maps to a dotted key.
+# Short flags for the most common settings; each maps to a dotted key. Their values are read as
+# overrides are (a bad one is one line that names the flag, not argparse's usage block).
 SHORTCUTS = {
-    "model": ("model.cell", str, "recurrent cell: rnn, lstm or gru"),
-    "nonlinearity": ("model.nonlinearity", str, "tanh or relu (cell rnn)"),
-    "layers": ("model.layers", int, "stacked recurrent layers"),
-    "hidden": ("model.hidden", int, "hidden units per layer"),
-    "readout": ("model.readout", str, "last, mean or all"),
-    "view": ("data.view", str, "rows, pixels or permuted-pixels"),
-    "optimizer": ("train.optimizer", str, "sgd, adam, adamw or rmsprop"),
-    "lr": ("train.lr", float, "learning rate"),
-    "batch_size": ("train.batch_size", int, "batch size"),
-    "epochs": ("train.epochs", int, "budget in epochs"),
-    "iterations": ("train.iterations", int, "budget in iterations"),
-    "seed": ("seed", int, "random seed"),
-    "device": ("train.device", str, f"{DEVICE_HELP} (default: auto, unless the preset or config sets one)"),
-    "amp": ("train.amp", str, "mixed precision: off, bf16, fp16 (cuda) or auto (bf16 where measured to pay)"),
-    "data_dir": ("data.data_dir", str, "folder with the IDX files (default: RNNLAB_DATA_DIR, then the embedded "
-                                       "MNIST or the download cache)"),
-    "data_file": ("data.file", str, "a .npz of your own sequences (x_train, y_train, x_test, y_test); "
-                                    "sets data.dataset=file"),
+    "model": ("model.cell", "recurrent cell: rnn, lstm or gru"),
+    "nonlinearity": ("model.nonlinearity", "tanh or relu (cell rnn)"),
+    "layers": ("model.layers", "stacked recurrent layers"),
+    "hidden": ("model.hidden", "hidden units per layer"),
+    "readout": ("model.readout", "last, mean or all"),
+    "view": ("data.view", "rows, pixels or permuted-pixels"),
+    "optimizer": ("train.optimizer", "sgd, adam, adamw or rmsprop"),
+    "lr": ("train.lr", "learning rate"),
+    "batch_size": ("train.batch_size", "batch size"),
+    "epochs": ("train.epochs", "budget in epochs"),
+    "iterations": ("train.iterations", "budget in iterations"),
+    "seed": ("seed", "random seed"),
+    "device": ("train.device", f"{DEVICE_HELP} (default: auto, unless the preset or config sets one)"),
+    "amp": ("train.amp", "mixed precision: off, bf16, fp16 (cuda) or auto (bf16 where measured to pay)"),
+    "data_dir": ("data.data_dir", "folder with the IDX files (default: RNNLAB_DATA_DIR, then the embedded "
+                                  "MNIST or the download cache)"),
+    "data_file": ("data.file", "a .npz of your own sequences (x_train, y_train, x_test, y_test); "
+                               "sets data.dataset=file"),
 }
 # Overrides a shortcut brings along with its own key.
 SHORTCUT_IMPLIES = {"data_file": ("data.dataset=file",)}
@@ -82,9 +83,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, uses: Callable[[str
     parser.add_argument("--preset", help="start from a named preset (see `rnnlab presets`)")
     parser.add_argument("--config", metavar="FILE", help="start from a TOML config (e.g. a run's config.toml)")
     group = parser.add_argument_group("shortcuts (each is the same as a KEY=VALUE override)")
-    for flag, (key, typ, text) in SHORTCUTS.items():
+    for flag, (key, text) in SHORTCUTS.items():
         if uses(key):
-            group.add_argument(f"--{flag.replace('_', '-')}", dest=f"short_{flag}", type=typ, metavar="X",
+            group.add_argument(f"--{flag.replace('_', '-')}", dest=f"short_{flag}", metavar="X",
                                help=f"{text} [{key}]")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"dotted overrides, e.g. {example}")
 
@@ -104,9 +105,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     else:
         config = RunConfig()
     overrides = []
-    for flag, (key, _, _) in SHORTCUTS.items():
+    for flag, (key, _) in SHORTCUTS.items():
         value = getattr(args, f"short_{flag}", None)
         if value is not None:
+            try:
+                parse_override(f"{key}={value}")
+            except ConfigError as exc:
+                raise ConfigError(f"--{flag.replace('_', '-')} {value}: {exc}") from None
             overrides += [*SHORTCUT_IMPLIES.get(flag, ()), f"{key}={value}"]
     return apply_overrides(config, overrides + list(args.overrides))
 
@@ -122,7 +127,7 @@ def settings_given(args: argparse.Namespace) -> list[str]:
 def typed_settings(args: argparse.Namespace) -> list[tuple[str, str]]:
     """``(dotted key, as typed)`` for every setting on the command line: shortcut flags, then overrides."""
     typed = [(key, f"--{flag.replace('_', '-')} {getattr(args, f'short_{flag}')}")
-             for flag, (key, _, _) in SHORTCUTS.items() if getattr(args, f"short_{flag}", None) is not None]
+             for flag, (key, _) in SHORTCUTS.items() if getattr(args, f"short_{flag}", None) is not None]
     return typed + [(item.partition("=")[0].strip(), item) for item in args.overrides]
 
 
