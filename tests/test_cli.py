@@ -108,6 +108,13 @@ def test_presets_and_models_listing(capsys: pytest.CaptureFixture) -> None:
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert "dlw-lstm-c" in out and "91.22" in out and "rnn-allsteps" in out
+    # Each preset names its source by number, and each number is listed once under "sources:".
+    rows, sources = out.split("\nsources:\n")
+    cited = {line.rsplit(" ", 1)[1] for line in rows.splitlines()[1:]}
+    listed = [line.split()[0] for line in sources.splitlines()]
+    assert sorted(cited) == sorted(listed) == [f"[{k}]" for k in range(1, len(listed) + 1)]
+    lstm_b = next(line for line in rows.splitlines() if line.startswith("dlw-lstm-b "))
+    assert "pytorch_lstm_neuralnetwork" in next(line for line in sources.splitlines() if lstm_b.endswith(line.split()[0]))
     assert main(["models"]) == 0
     assert "lstm" in capsys.readouterr().out
 

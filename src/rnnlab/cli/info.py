@@ -33,17 +33,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_presets(args: argparse.Namespace) -> int:
     from rnnlab.presets import get_preset, list_presets
 
-    rows = []
+    rows, sources = [], {}  # source -> its number, in the order the presets name them
     for name in list_presets():
         preset = get_preset(name)
         reported = f"{preset.reported_accuracy:.2f}" if preset.reported_accuracy is not None else "-"
-        rows.append((name, reported, preset.description))
+        number = sources.setdefault(preset.source, len(sources) + 1) if preset.source else None
+        rows.append((name, reported, preset.description + (f" [{number}]" if number else "")))
     width = max(len(r[0]) for r in rows)
-    print(f"{'preset':<{width}}  reported  recipe")
+    print(f"{'preset':<{width}}  reported  recipe [source]")
     for name, reported, description in rows:
         print(f"{name:<{width}}  {reported:>8}  {description}")
-    sources = sorted({get_preset(n).source for n in list_presets() if get_preset(n).source})
-    print("\nsources:\n" + "\n".join(f"  {s}" for s in sources))
+    print("\nsources:\n" + "\n".join(f"  [{number}] {source}" for source, number in sources.items()))
     return 0
 
 
