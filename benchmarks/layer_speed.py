@@ -159,7 +159,7 @@ def main() -> None:
     if variants[0] != "torch" or any(v not in VARIANTS for v in variants[1:]):
         ap.error(f"--variants: torch first, then any of {', '.join(VARIANTS)}")
     if args.tune_allocator:
-        from rnnlab.distributed import tune_allocator
+        from rnnlab.allocator import tune_allocator
 
         tune_allocator()
     if args.threads:

@@ -10,7 +10,7 @@ only ratios measured side by side mean anything):
    MNIST does (a PIL image, then ``transforms.ToTensor()``), ``torch.nn`` layers, the
    tutorial's loop;
 2. plain: the whole data set in memory, batches by index, ``torch.nn`` layers, same optimizer;
-   plain-tuned is the same loop after ``rnnlab.distributed.tune_allocator()``, the one line that
+   plain-tuned is the same loop after ``rnnlab.allocator.tune_allocator()``, the one line that
    gives any loop rnnlab's allocator settings (so the table tells that gain from the rest);
 3. rnnlab: rnnlab's own training loop (``Trainer.train_until``) with its default layers and settings;
 4. ceiling: the model's training FLOPs per sample (3x forward, counted analytically)
@@ -41,7 +41,8 @@ from torch.utils.data import DataLoader, Dataset
 
 import rnnlab
 from rnnlab.config import apply_overrides
-from rnnlab.distributed import native_bf16_cpu, tune_allocator
+from rnnlab.allocator import tune_allocator
+from rnnlab.distributed import native_bf16_cpu
 from rnnlab.data import load_split
 from rnnlab.engine import Trainer
 from rnnlab.models import flops_per_sample
@@ -468,7 +469,7 @@ def main() -> int:
         "sequential GEMMs at the step-GEMM rate, every other FLOP at the large-matrix rate, nothing else.",
         "",
         "*rnnlab / plain-tuned* compares rnnlab with the plain loop after "
-        "`rnnlab.distributed.tune_allocator()`: what rnnlab's layers and loop give beyond the allocator "
+        "`rnnlab.allocator.tune_allocator()`: what rnnlab's layers and loop give beyond the allocator "
         "settings that any loop can have in one line.",
         "",
         "| model | rnnlab layers | tutorial | plain torch.nn | rnnlab | rnnlab / plain (range over repeats) "

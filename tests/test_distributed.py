@@ -158,7 +158,7 @@ def test_world_size_without_torchrun_is_a_clear_error(tmp_path: Path, monkeypatc
 
 _FAULTS = """
 import resource, torch
-from rnnlab.distributed import tune_allocator
+from rnnlab.allocator import tune_allocator
 applied = tune_allocator()
 # 64 MB, over any mmap threshold glibc keeps by default. With tuning, the first few still extend
 # the heap: torch's 64-byte-aligned allocation needs a little more than the chunk the last one
@@ -187,7 +187,7 @@ def test_allocator_tuning_reuses_large_buffers_instead_of_faulting_in_fresh_page
 
 _RELEASE = """
 import torch
-from rnnlab.distributed import release_free_memory, tune_allocator
+from rnnlab.allocator import release_free_memory, tune_allocator
 
 def rss_mb():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) >> 10
@@ -327,3 +327,29 @@ def test_a_run_that_started_cuda_leaves_its_generators_as_the_callers_would_have
             cuda_started[0] = True  # the run was the first to use CUDA
         # torch.manual_seed seeds CUDA too (1234, 7); then the caller's seed is given back
         assert seeded == [1234, 7, 1234] and torch.initial_seed() == 1234
+
+
+_GIVEN_BACK = """
+import rnnlab
+from rnnlab.allocator import release_free_memory
+
+def rss_mb():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) >> 10
+
+config = rnnlab.apply_overrides(rnnlab.RunConfig(), ["train.iterations=2", "train.eval_every=2", "model.hidden=8",
+                                                     "data.val_size=100", "train.threads=1"])
+rnnlab.train(config, "run", progress=False)
+release_free_memory()
+before = rss_mb()
+big = bytearray(256 << 20)  # a notebook's later work: 256 MB, freed again
+del big
+print(rss_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_a_run_gives_the_allocator_back_as_it_found_it(tmp_path: Path) -> None:
+    """After rnnlab.train, memory the caller frees goes back to the OS as with glibc's defaults,
+    not kept as the tuning keeps it for the training steps."""
+    out = subprocess.run([sys.executable, "-c", _GIVEN_BACK], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert int(out.stdout) < 64, out.stdout  # kept: 256

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from rnnlab import distributed as dist
+from rnnlab.allocator import release_free_memory
 from rnnlab.data import SequenceData
 from rnnlab.models import SequenceClassifier
 
@@ -117,7 +118,7 @@ def evaluate(model: SequenceClassifier, data: SequenceData, *, batch_size: int =
             # Freed pages back to the OS before each batch (the training buffers kept for reuse,
             # then the previous batch's), so that batches do not stack on them in a fragmented heap.
             if device.type == "cpu":  # on a GPU the batches live in the GPU's memory, not the heap
-                dist.release_free_memory()
+                release_free_memory()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             rows = torch.arange(first, first + len(y), device=data.x.device)  # no copy of indices
             lengths = data.batch_lengths(rows)  # (B,) or None
@@ -130,7 +131,7 @@ def evaluate(model: SequenceClassifier, data: SequenceData, *, batch_size: int =
         total_loss = dist.all_reduce_sum(total_loss)
         predictions_all = dist.all_gather_shards(predictions_all, len(data))
     predictions_all = predictions_all.cpu()  # (N,)
-    dist.release_free_memory()  # and evaluation's batches: not under the next training steps
+    release_free_memory()  # and evaluation's batches: not under the next training steps
     correct = (predictions_all == labels.cpu()).sum().item()
     return Evaluation(total_loss.item() / len(data), 100.0 * correct / len(data), predictions_all)
 

@@ -17,6 +17,7 @@ from typing import Any
 from rnnlab import checkpoint as ckpt
 from rnnlab import distributed as dist
 from rnnlab import seeding
+from rnnlab.allocator import allocator_tuned
 from rnnlab.config import RunConfig, from_dict, load_toml, settings_of_the_run
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab.engine import Trainer
@@ -195,7 +196,8 @@ def _a_run_of_its_own() -> Iterator[None]:
     """What the caller set around ``train`` does not reach the run, and the caller gets its own
     state back: random generators and threads (``callers_state_kept``), and the grad mode (inside
     ``inference_mode`` a run could not train), autocast (a caller's bf16 would train a float32 run
-    in bf16, unrecorded) and the default dtype (float64 would build float64 layers for float32 data)."""
+    in bf16, unrecorded), the default dtype (float64 would build float64 layers for float32 data)
+    and glibc's allocator settings (``allocator_tuned``)."""
     import torch
 
     dtype = torch.get_default_dtype()
@@ -205,6 +207,7 @@ def _a_run_of_its_own() -> Iterator[None]:
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
         stack.enter_context(dist.autocast_off())
+        stack.enter_context(allocator_tuned())
         torch.set_default_dtype(torch.float32)
         try:
             yield
