@@ -622,6 +622,8 @@ def test_plan_refuses_seeds_and_jobs_that_are_not_whole_numbers(tmp_path: Path) 
         cmp.plan(entries, tmp_path, seeds="2")
     with pytest.raises(ConfigError, match=r"^--jobs=1.5 must be a whole number >= 1$"):
         cmp.plan(entries, tmp_path, seeds=2, jobs=1.5)
+    tasks = cmp.plan(entries, tmp_path, seeds=np.int64(2), jobs=np.int64(1))  # NumPy's integers are whole numbers
+    assert [t.seed for t in tasks] == [0, 1] and all(type(t.seed) is int for t in tasks)
 
 
 def test_two_overrides_each_used_by_another_entry_are_given(tmp_path: Path) -> None:

@@ -565,6 +565,7 @@ def test_the_runner_refuses_inputs_of_another_type_or_shape(exports: dict[str, P
             (x[..., :27], shape + r"\(3, 28, 27\)$"), (x.reshape(3, 784), shape + r"\(3, 784\)$"),
             (x[:, :0], shape + r"\(3, 0, 28\)$"),
             (np.full((1, 28, 28), "0.5"), "^sequences must hold numbers, not an array of strings$"),
+            (None, "^sequences must hold numbers, not None$"),
             ([x[0], x[1, :5]], "^sequences must be one array of numbers: "),
             ([], r"^an exported model cannot run an empty batch: sequences has shape \(0,\)"),
             (x * 255, r"^sequences must be pixels in \[0, 1\] \(pixel / 255\), as the model was trained on; got "

@@ -294,3 +294,8 @@ def test_a_constant_initial_state_gets_no_gradient_and_changes_nothing_else(mode
     assert all(h.grad is None for h in hx)
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-8, msg=k)
+
+
+def test_the_repr_names_the_cell() -> None:
+    assert repr(FastRecurrent("gru", 28, 128, num_layers=2)) == "FastRecurrent('gru', 28, 128, num_layers=2, batch_first=True)"
+    assert repr(FastRecurrent("rnn_relu", 28, 100)).startswith("FastRecurrent('rnn_relu', 28, 100")

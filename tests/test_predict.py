@@ -548,3 +548,12 @@ def test_predict_gives_the_model_back_in_its_mode_and_follows_its_dtype(trained_
     assert trained.model.training
     trained.model.double()  # inputs follow the model's dtype (they were float32 whatever it was)
     torch.testing.assert_close(trained.probabilities(images), expected, atol=1e-5, rtol=0)
+
+
+def test_evaluate_refuses_a_batch_size_that_is_not_a_whole_number(trained_run: Path) -> None:
+    from rnnlab.errors import ConfigError
+
+    model = rnnlab.load(trained_run)
+    for bad in (2.5, None, True, 0):
+        with pytest.raises(ConfigError, match=r"batch_size=.* must be a whole number >= 1"):
+            model.evaluate(batch_size=bad)

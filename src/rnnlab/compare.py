@@ -11,6 +11,7 @@ that raises, or whose process dies, is recorded as ``failed`` with its error; th
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import traceback
 from dataclasses import replace
@@ -74,11 +75,12 @@ def default_jobs(configs: list[RunConfig]) -> int:
 
 
 def _check_counts(seeds: Any, jobs: Any) -> None:
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+    """Whole numbers (NumPy's too, as create_model takes them); the caller turns them into ints."""
+    if isinstance(seeds, bool) or not isinstance(seeds, numbers.Integral) or seeds < 1:
         raise ConfigError(f"--seeds={seeds!r} must be a whole number >= 1")
     if seeds > MAX_SEEDS:
         raise ConfigError(f"--seeds={seeds} is too many: at most {MAX_SEEDS} per entry")
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+    if isinstance(jobs, bool) or not isinstance(jobs, numbers.Integral) or jobs < 1:
         raise ConfigError(f"--jobs={jobs!r} must be a whole number >= 1")
 
 
@@ -104,6 +106,7 @@ def plan(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: int
     """One task per entry and seed 0..seeds-1. ``threads`` per worker defaults to cores // jobs,
     so that ``jobs`` workers together use the machine without oversubscribing it."""
     _check_counts(seeds, jobs)
+    seeds, jobs = int(seeds), int(jobs)
     per_worker = threads if threads is not None else max(1, available_cores() // jobs)
     tasks = []
     for entry in entries:
@@ -283,6 +286,7 @@ def compare(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: 
     """
     _check_entries(entries)
     _check_counts(seeds, jobs)
+    seeds, jobs = int(seeds), int(jobs)  # NumPy's integers: JSON-serialisable in compare.json
     out = Path(out_dir)
     check_baseline(baseline, [e.name for e in entries])  # before hours of training, not after
     tasks, states = prepare(entries, out, seeds=seeds, jobs=jobs)  # refuses a mismatching folder up front

@@ -185,8 +185,8 @@ def _as_array(value: Any, name: str) -> np.ndarray:
         array = np.asarray(value)
     except (TypeError, ValueError) as exc:  # ragged lists
         raise ExportError(f"{name} must be one array of numbers: {ckpt.error_line(exc, kind=False)}") from None
-    if array.dtype.kind not in "biuf":
-        raise ExportError(f"{name} must hold numbers, not {describe(array)}")
+    if array.dtype.kind not in "biuf":  # an object array (None, ...) is described as given
+        raise ExportError(f"{name} must hold numbers, not {describe(value if array.dtype.kind == 'O' else array)}")
     return array
 
 

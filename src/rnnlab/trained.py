@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+import numbers
+
 import numpy as np
 import torch
 
@@ -72,8 +74,8 @@ class TrainedModel:
         the confusion matrix (rows: true class) on the run's test split, on the model's device."""
         from rnnlab.evaluation import confusion_matrix, evaluate
 
-        if batch_size < 1:
-            raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size!r} must be a whole number >= 1")
         test = self.test_split(data_dir)
         result = evaluate(self.model, test, batch_size=batch_size, device=self.model.input_mean.device)
         matrix = confusion_matrix(test.y, result.predictions, self.num_classes)

@@ -59,6 +59,9 @@ class FastRecurrent(nn.RNNBase):
         if mode.startswith("rnn_"):
             self.nonlinearity = mode[4:]  # what nn.RNN.forward/extra_repr expect
 
+    def extra_repr(self) -> str:
+        return f"{self.cell!r}, {super().extra_repr()}"  # FastRecurrent('gru', 28, 128, ...): which cell
+
     # The reference forward of nn.LSTM calls these LSTM-specific hooks on ``self``.
     def get_expected_cell_size(self, *args: Any) -> tuple[int, int, int]:
         return nn.LSTM.get_expected_cell_size(self, *args)  # type: ignore[arg-type]
