@@ -505,6 +505,16 @@ def test_sequences_of_varying_length_are_chunked_with_their_lengths(tmp_path: Pa
     # each sequence read to its own end, whichever chunk and padding it comes in
     torch.testing.assert_close(chunked, torch.cat([trained.probabilities([s]) for s in ragged]))
     torch.testing.assert_close(chunked, whole)
+    # A padded array with its lengths reads as the list does, step by step too; without them the padding is data.
+    longest = int(lt[:5].max())
+    padded, five = xt[:5, :longest], lt[:5]  # (5, longest, F)
+    torch.testing.assert_close(trained.probabilities(padded, five), whole)
+    steps = trained.step_probabilities(padded, [1, 4, longest], lengths=five)
+    torch.testing.assert_close(steps, trained.step_probabilities(ragged, [1, 4, longest]))
+    points, read = trained.reading(padded, lengths=five)
+    torch.testing.assert_close(read, trained.reading(ragged)[1])
+    assert points == list(range(1, longest + 1)) and (five < longest).any()
+    assert not torch.allclose(trained.step_probabilities(padded, [longest]), steps[:, 2:])
 
 
 def test_probabilities_are_float32_under_the_callers_autocast(trained_run: Path, digits: dict) -> None:

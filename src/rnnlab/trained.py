@@ -249,19 +249,22 @@ class TrainedModel:
         x, lengths = self._model_inputs(inputs, lengths)
         return self._softmax_in_chunks(x, lengths, self.model)
 
-    def step_probabilities(self, inputs: Any, points: list[int] | None = None) -> torch.Tensor:
+    def step_probabilities(self, inputs: Any, points: list[int] | None = None, *,
+                           lengths: Any = None) -> torch.Tensor:
         """Class probabilities ``(N, P, C)`` after reading ``points[i]`` steps (default: after each
         step, ``P = T``): how the prediction evolves as the model reads. Sequences of different
-        lengths keep the probabilities of their last step after it."""
-        x, lengths = self._model_inputs(inputs)
+        lengths (a list, or a padded array with its ``lengths``) keep the probabilities of their
+        last step after it."""
+        x, lengths = self._model_inputs(inputs, lengths)
         return self._softmax_in_chunks(x, lengths, lambda xs, ls: self.model.step_logits(xs, points, ls))
 
-    def reading(self, inputs: Any, *, max_points: int | None = None,
+    def reading(self, inputs: Any, *, lengths: Any = None, max_points: int | None = None,
                 cheap_max_points: int | None = None) -> tuple[list[int], torch.Tensor]:
         """``(points, probabilities (N, P, C))`` for ``rnnlab predict --steps`` and the web page: at
         most ``max_points`` points where each costs a pass, ``cheap_max_points`` where one pass
-        gives them all (``None``: every step), evenly spaced and ending at the last step."""
-        x, lengths = self._model_inputs(inputs)
+        gives them all (``None``: every step), evenly spaced and ending at the last step.
+        ``lengths`` as for :meth:`step_probabilities`."""
+        x, lengths = self._model_inputs(inputs, lengths)
         points = sample_points(x.shape[1], cheap_max_points if self.model.steps_in_one_pass else max_points)
         return points, self._softmax_in_chunks(x, lengths, lambda xs, ls: self.model.step_logits(xs, points, ls))
 
