@@ -567,3 +567,11 @@ def test_evaluate_refuses_a_batch_size_that_is_not_a_whole_number(trained_run: P
     for bad in (2.5, None, True, 0):
         with pytest.raises(ConfigError, match=r"batch_size=.* must be a whole number >= 1"):
             model.evaluate(batch_size=bad)
+
+
+def test_a_npy_given_to_an_image_run_says_what_the_run_reads(trained_run: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.float32))
+    assert main(["predict", str(trained_run), str(tmp_path / "x.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "x.npy: this run was trained on images and reads image files" in err and "sequence file" in err

@@ -128,6 +128,11 @@ def run(args: argparse.Namespace) -> int:
     good: list[tuple[int, np.ndarray]] = []
     for path in args.images:
         try:
+            if path.lower().endswith((".npy", ".npz")):  # arrays of sequences, for a run that reads them
+                raise ConfigError(f"{path}: this run was trained on images and reads image files (PNG, JPEG, ...); "
+                                  ".npy arrays of sequences are for a run trained on a sequence file "
+                                  "(data.dataset=file); in Python, rnnlab.load(run).predict(array) takes an "
+                                  "array of images")
             good.append((len(entries), prepare_image(path)))
             entries.append({"file": path})
         except RnnlabError as exc:  # one bad file must not stop the others
