@@ -41,8 +41,14 @@ def test_resolve_entries_suite_files_and_overrides(tmp_path: Path) -> None:
     save_toml(rnnlab.RunConfig(), tmp_path / "mine.toml")
     (entry,) = resolve_entries([str(tmp_path / "mine.toml")])
     assert entry.name == "mine" and entry.config.label == "mine"
-    with pytest.raises(ConfigError, match="like an earlier entry"):
+    with pytest.raises(ConfigError, match=r"^'dlw-rnn-a' is given twice; name each entry once$"):
         resolve_entries(["dlw-rnn-a", "dlw-rnn-a"])
+    with pytest.raises(ConfigError, match=r"^'dlw-rnn-a' is given twice \(the suite has it\)"):
+        resolve_entries(["dlw-rnn-a"], suite="tutorials")
+    (tmp_path / "other").mkdir()
+    save_toml(rnnlab.RunConfig(), tmp_path / "other" / "mine.toml")  # another file of the same name
+    with pytest.raises(ConfigError, match="is named 'mine' like an earlier entry"):
+        resolve_entries([str(tmp_path / "mine.toml"), str(tmp_path / "other" / "mine.toml")])
     with pytest.raises(ConfigError, match="nothing to compare"):
         resolve_entries([])
     with pytest.raises(ConfigError, match="unknown preset"):

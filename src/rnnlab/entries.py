@@ -47,7 +47,7 @@ def resolve_entries(specs: list[str], *, suite: str | None = None, overrides: li
     swept = [parse_sweep(item) for item in sweeps or []]
     entries: list[Entry] = []
     applied: list[tuple[RunConfig, list[str]]] = []
-    for spec in names:
+    for index, spec in enumerate(names):
         path = Path(spec)
         if path.suffix == ".toml" or path.is_file() or (path.is_dir() and (path / CONFIG).exists()):
             config = load_toml(path / CONFIG if path.is_dir() else path)
@@ -65,6 +65,9 @@ def resolve_entries(specs: list[str], *, suite: str | None = None, overrides: li
         if not swept:  # else with each sweep value, which may be what makes them valid (data.file)
             applied.append((config, list(overrides or [])))
             config = apply_overrides(config, list(overrides or []), refuse_unused=False)  # used by some entries
+        if spec in names[:index]:  # twice on the command line, or a suite's preset named again
+            in_suite = " (the suite has it)" if suite and spec in suite_names(suite) else ""
+            raise ConfigError(f"{spec!r} is given twice{in_suite}; name each entry once")
         if any(e.name == name for e in entries):
             raise ConfigError(f"{spec!r} is named {name!r} like an earlier entry; give each config a distinct "
                               "`name` (or list each preset once)")
