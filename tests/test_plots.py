@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +97,74 @@ def test_a_confusion_matrix_that_is_not_square_is_a_value_error(tmp_path: Path, 
     with pytest.raises(ValueError, match=r"a confusion matrix must be square \(C x C\), got shape"):
         plots.confusion_matrix_png(matrix, tmp_path / "c.png")
     assert not list(tmp_path.iterdir())
+
+
+def _drawn_curves(monkeypatch, curves: dict, path: Path, partial: dict | None = None):
+    """learning_curves_png's figure, saved and drawn again, with warnings as errors (a collapsed
+    constrained layout is only a warning)."""
+    figures = []
+    real_save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, target: figures.append(fig) or real_save(fig, target))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _is_png(plots.learning_curves_png(curves, path, partial=partial))
+        figures[0].canvas.draw()
+    return figures[0]
+
+
+def _rows(top: float, last: int = 1000, loss: float = 2.0) -> list[dict]:
+    return [{"iteration": it, "train_loss": loss / (1 + it / 100), "val_accuracy": top - 40 * math.exp(-it / 200)}
+            for it in range(100, last + 1, 100)]
+
+
+@pytest.mark.parametrize("n", [5, 16])
+def test_learning_curves_legend_below_the_panels_that_keep_their_size(tmp_path: Path, monkeypatch, n: int) -> None:
+    """16 entries with long labels once collapsed the panels to slivers (and 5 had the legend over the
+    curves): one legend below both, the figure growing by its height."""
+    names = [f"dlw-rnn-a [train.iterations={60 + i}, train.warmup=10, train.lr=0.0{i % 9 + 1}, model.hidden=64]"
+             for i in range(n - 2)] + ["short", "x" * 20 + " [" + ", ".join(f"k{i}=v{i}" for i in range(60)) + "]"]
+    curves = {name: [_rows(90 + i / 4), _rows(91 + i / 4)] for i, name in enumerate(names)}
+    fig = _drawn_curves(monkeypatch, curves, tmp_path / "c.png", partial={names[0]: [_rows(50, last=300)]})
+    (legend,) = fig.legends
+    renderer = fig.canvas.get_renderer()
+    box = legend.get_window_extent(renderer)
+    height = fig.get_figheight()
+    for ax in fig.axes:
+        inches = ax.get_position().height * height
+        assert inches > 3.0 and ax.get_position().height > 0.3
+        assert box.y1 <= ax.get_window_extent(renderer).y0  # entirely below the axes, over no curve
+    labels = [text.get_text() for text in legend.get_texts()]
+    assert max(len(line) for label in labels for line in label.splitlines()) <= plots.LABEL_WIDTH  # wrapped
+    words = [" ".join(label.split()) for label in labels]
+    assert len(words) == n and words[0] == names[0] + " [val] (n=2, +1 dotted: not completed)"
+    cut = words[-1].removesuffix(" … [val] (n=2)")  # cut short, the seed count kept
+    assert names[-1].startswith(cut) and plots.LABEL_WIDTH < len(cut) <= 2 * plots.LABEL_WIDTH
+
+
+@pytest.mark.parametrize("loss", [(2.3, 0.25), (0.39, 0.3), (2.3, 1e-5)])
+def test_learning_curves_loss_axis_has_decimal_labels_that_do_not_overlap(tmp_path: Path, monkeypatch,
+                                                                          loss: tuple[float, float]) -> None:
+    first, last = loss
+    rows = [{"iteration": it, "train_loss": first * (last / first) ** (it / 1000), "val_accuracy": 90.0}
+            for it in range(0, 1001, 50)]
+    ax_loss = _drawn_curves(monkeypatch, {"a": [rows]}, tmp_path / "c.png").axes[1]
+    low, high = ax_loss.get_ylim()
+    shown = [tick.label1 for tick in ax_loss.yaxis.get_major_ticks() + ax_loss.yaxis.get_minor_ticks()
+             if low <= tick.get_loc() <= high and tick.label1.get_visible() and tick.label1.get_text()]
+    values = sorted(float(label.get_text()) for label in shown)  # "0.3", "1", "2": no "$10^{0}$", no "×"
+    assert len(values) >= 2 and len(set(values)) == len(values)
+    boxes = sorted((label.get_window_extent() for label in shown), key=lambda b: b.y0)
+    assert all(lower.y1 <= upper.y0 for lower, upper in zip(boxes, boxes[1:]))
+
+
+def test_learning_curves_show_a_run_of_one_evaluation_in_both_panels(tmp_path: Path, monkeypatch) -> None:
+    """A short run logs one point: a line of one point is invisible unless it has a marker."""
+    curves = {"long": [_rows(95.0)], "short": [[{"iteration": 60, "train_loss": 1.2, "val_accuracy": 60.0}]]}
+    fig = _drawn_curves(monkeypatch, curves, tmp_path / "c.png",
+                        partial={"only-diverged": [[{"iteration": 60, "train_loss": 2.2, "val_accuracy": 30.0}]]})
+    for ax in fig.axes:
+        ones = [line for line in ax.get_lines() if len(line.get_xdata()) == 1]
+        assert len(ones) == 2 and all(line.get_marker() not in (None, "None", "") and line.get_markersize() > 0
+                                      for line in ones)
+        low, high = ax.get_ylim()
+        assert all(low < line.get_ydata()[0] < high for line in ones)  # not zoomed out of view

@@ -8,6 +8,7 @@ or None when there is nothing to draw.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +24,12 @@ DPI = 120
 # be read, and it grows as n^2 (1000 classes would be a 74,000-pixel-wide image: 36 GiB to render).
 # 40 classes is a 3,300-pixel figure drawn in seconds. The numbers stay in summary.json and `eval --json`.
 MAX_CONFUSION_CLASSES = 40
+# Learning curves: the height of the two panels with their titles (the legend below them adds its
+# own, so that 16 entries do not squeeze the axes to nothing), the characters in a legend line, and
+# the number of points up to which a loss line is also marked (a run with one logged window).
+CURVES_PANEL_HEIGHT = 5.0
+LABEL_WIDTH = 60
+FEW_POINTS = 12
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -72,55 +79,106 @@ def learning_curves_png(curves: dict[str, Sequence[list[dict[str, Any]]]], path:
 
     ``curves`` maps an entry to its completed seeds' metrics rows (``metrics.jsonl``);
     ``partial`` to its other seeds (diverged, unfinished), drawn as thin dotted lines so that
-    they are seen but do not bend the mean.
+    they are seen but do not bend the mean. One legend for both panels, below them.
     """
     partial = partial or {}
     entries = [e for e in dict.fromkeys([*curves, *partial]) if any(curves.get(e, [])) or any(partial.get(e, []))]
     if not entries:
         return None
-    fig = Figure(figsize=(13, 5.6), layout="constrained")
+    fig = Figure(figsize=(13, CURVES_PANEL_HEIGHT), layout="constrained")
     ax_acc, ax_loss = fig.subplots(1, 2)
     splits = set()
+    legend: dict[str, tuple[Any, str]] = {}  # entry -> its first line and its label, for the shared legend
+    in_view: list[Any] = []  # the accuracy lines that each entry needs seen: its mean, else its dotted seeds
     for colour, entry in zip(_colours(len(entries)), entries):
         runs = [rows for rows in curves.get(entry, []) if rows]
         others = [rows for rows in partial.get(entry, []) if rows]
         key = _accuracy_key(runs + others)
         split = "" if key is None else (" [val]" if key.startswith("val") else " [test]")
-        label = f"{entry}{split} (n={len(runs)}" + (f", +{len(others)} dotted: not completed)" if others else ")")
+        counts = f"{split} (n={len(runs)}" + (f", +{len(others)} dotted: not completed)" if others else ")")
+        label = _legend_label(entry, counts)
         for ax, metric in ((ax_acc, key), (ax_loss, "train_loss")):
             if metric is None:
                 continue
             if runs:
                 its, mean, low, high = _series(runs, metric)
-                ax.plot(its, mean, color=colour, lw=1.8, marker="o" if ax is ax_acc else None, ms=3, label=label)
+                # Evaluations are few: always marked. Loss windows are many, marked only where few
+                # (a short run's single point is otherwise no line at all).
+                marked = ax is ax_acc or len(its) <= FEW_POINTS
+                line = ax.plot(its, mean, color=colour, lw=1.8, marker="o" if marked else None, ms=3)[0]
+                legend.setdefault(entry, (line, label))
+                in_view += [line] if ax is ax_acc else []
                 if len(runs) > 1:
                     ax.fill_between(its, low, high, color=colour, alpha=0.18, lw=0)
-            for i, rows in enumerate(others):
+            for rows in others:
                 its, mean, _, _ = _series([rows], metric)
-                ax.plot(its, mean, color=colour, lw=1.0, ls=":", label=None if runs or i else label)
+                line = ax.plot(its, mean, color=colour, lw=1.0, ls=":", ms=2.5,
+                               marker="o" if len(its) <= FEW_POINTS else None)[0]
+                legend.setdefault(entry, (line, label))
+                in_view += [line] if ax is ax_acc and not runs else []
         if key:
             splits.add("val" if key.startswith("val") else "test")
     which = " / ".join(sorted(splits)) or "eval"
     ax_acc.set(title=f"Accuracy ({which} split) during training", xlabel="iteration", ylabel="accuracy (%)")
-    _zoom_accuracy(ax_acc)
+    _zoom_accuracy(ax_acc, in_view)
     ax_loss.set(title="Train loss (mean over each logging window)", xlabel="iteration",
                 ylabel="cross-entropy (log scale)", yscale="log")
+    _plain_log_ticks(ax_loss)
     for ax in (ax_acc, ax_loss):
         ax.grid(True, alpha=0.3)
-    legend_cols = 1 if len(entries) <= 8 else 2
-    ax_acc.legend(fontsize=8, loc="lower right", ncol=legend_cols)
-    ax_loss.legend(fontsize=8, loc="upper right", ncol=legend_cols)
     fig.suptitle(f"{title} — line: mean over completed seeds; band: min–max over them", fontsize=12)
+    _legend_below(fig, list(legend.values()))
     return _save(fig, path)
 
 
-def _zoom_accuracy(ax: Any) -> None:
-    """Show the interesting top part of the accuracy axis, but never hide a curve."""
+def _legend_label(entry: str, counts: str) -> str:
+    """The entry's name, wrapped and cut with an ellipsis after two lines, then ``counts`` (never cut)."""
+    name = textwrap.wrap(entry, LABEL_WIDTH, max_lines=2, placeholder=" …") or [entry]
+    return "\n".join(textwrap.wrap(" ".join(name) + counts, LABEL_WIDTH))
+
+
+def _legend_below(fig: Figure, items: Sequence[tuple[Any, str]]) -> None:
+    """One legend for both panels, below them (inside it would cover the curves); the figure grows by
+    its height, so that the panels keep theirs however many entries there are."""
+    longest = max(len(line) for _, label in items for line in label.splitlines())
+    legend = fig.legend([h for h, _ in items], [label for _, label in items], loc="outside lower center",
+                        ncol=min(len(items), 3 if longest <= 40 else 2), fontsize=8, frameon=False)
+    height = legend.get_window_extent(FigureCanvasAgg(fig).get_renderer()).height / fig.dpi
+    fig.set_size_inches(fig.get_figwidth(), CURVES_PANEL_HEIGHT + height)
+
+
+def _plain_log_ticks(ax: Any) -> None:
+    """Decimal labels on a log y axis ("0.3", "1", "2", not "3×10⁻¹"), minor ones too, as many per
+    decade as fit without overlapping: all where the axis spans half a decade, none past four."""
+    from matplotlib.ticker import FuncFormatter
+
+    low, high = ax.get_ylim()
+    decades = math.log10(high / low) if low > 0 and high > low else 0.0
+    whole = [m * 10.0 ** e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+             for m in range(1, 10) if low <= m * 10.0 ** e <= high] if low > 0 else []
+    every = len(whole) < 2  # a narrow axis (0.3 to 0.39): its finer ticks 0.32, 0.34, ... are all there is
+    mantissas = next(m for limit, m in ((0.6, range(2, 10)), (1.2, (2, 3, 4, 5, 7)), (2.2, (2, 3, 5)),
+                                        (4.0, (2, 5)), (math.inf, ())) if decades < limit)
+
+    def minor(value: float, _: Any) -> str:
+        mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
+        if every:
+            return f"{value:.3g}"
+        return f"{value:g}" if round(mantissa) in mantissas and abs(mantissa - round(mantissa)) < 1e-6 else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+
+
+def _zoom_accuracy(ax: Any, in_view: Sequence[Any] = ()) -> None:
+    """Show the interesting top part of the accuracy axis, but never hide a curve: each line of
+    ``in_view`` keeps at least its best point in view (a short run's only one)."""
     low, _ = ax.get_ylim()
     ys = [y for line in ax.get_lines() for y in line.get_ydata()]
     if ys:
         top_values = sorted(ys)[len(ys) // 4:]  # ignore the first, very low, evaluations
         floor = min(top_values) - 2 if top_values else low
+        floor = min([floor, *(max(line.get_ydata()) - 2 for line in in_view if len(line.get_ydata()))])
         ax.set_ylim(max(0.0, min(floor, 90.0)), 100.5)
 
 
