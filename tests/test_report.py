@@ -688,9 +688,13 @@ def test_the_same_run_twice_counts_once(compare_dir: Path, tmp_path: Path) -> No
     # a loose run of the compare's own config and seed 0: not a fourth sample of dlw-rnn-a
     fake_run(tmp_path / "loose/again", get_preset("dlw-rnn-a").config, acc=92.0, seed=0)
     with pytest.warns(RuntimeWarning, match=r"again is the same run as .*seed0 \(the same settings and seed 0\): "
-                                            r"counted once in dlw-rnn-a"):
+                                            r"counted once in dlw-rnn-a") as warned:
         groups = collect([compare_dir, tmp_path / "loose"])
     assert sorted(r.seed for r in groups["dlw-rnn-a"]) == [0, 1, 2]
+    assert [w.filename for w in warned] == [__file__]  # the caller's line, however deep in rnnlab it arose
+    with pytest.warns(RuntimeWarning, match="counted once") as warned:
+        build_report([compare_dir, tmp_path / "loose"], tmp_path / "report", plots=False)
+    assert [w.filename for w in warned] == [__file__]
     fake_run(tmp_path / "other/seed3", get_preset("dlw-rnn-a").config, acc=93.0, seed=3)  # a new seed: counted
     assert sorted(r.seed for r in collect([compare_dir, tmp_path / "other"])["dlw-rnn-a"]) == [0, 1, 2, 3]
 

@@ -13,12 +13,11 @@ import inspect
 import os
 import sys
 import time
-import warnings
 from typing import Iterator
 
 import torch
 
-from rnnlab.errors import ConfigError
+from rnnlab.errors import ConfigError, warn_caller
 
 
 def select_device(requested: str = "auto") -> torch.device:
@@ -32,8 +31,8 @@ def select_device(requested: str = "auto") -> torch.device:
                           "(N a GPU number, e.g. cuda:0) or mps")
     if kind == "cuda" and index and world_size() > 1:  # every process would share GPU N
         if rank() == 0:  # said once, not by every process
-            warnings.warn(f"device {requested!r} under torchrun is read as 'cuda': each process takes the GPU of "
-                          "its LOCAL_RANK (CUDA_VISIBLE_DEVICES chooses which GPUs)", RuntimeWarning, stacklevel=2)
+            warn_caller(f"device {requested!r} under torchrun is read as 'cuda': each process takes the GPU of "
+                        "its LOCAL_RANK (CUDA_VISIBLE_DEVICES chooses which GPUs)", RuntimeWarning)
         requested = kind
     if requested in ("auto", "cuda") and torch.cuda.is_available() and world_size() > 1:  # one GPU per process
         return torch.device("cuda", _local_gpu())
@@ -41,8 +40,8 @@ def select_device(requested: str = "auto") -> torch.device:
         if requested == "mps":  # which cannot reduce tensors on an Apple GPU
             raise ConfigError("torchrun trains on CUDA GPUs or on the CPU, not on MPS; use --device cpu")
         if _has_mps() and rank() == 0:
-            warnings.warn("under torchrun the processes train on the CPU: Gloo cannot reduce tensors on an "
-                          "Apple GPU (--device cpu says so and avoids this warning)", RuntimeWarning, stacklevel=2)
+            warn_caller("under torchrun the processes train on the CPU: Gloo cannot reduce tensors on an "
+                        "Apple GPU (--device cpu says so and avoids this warning)", RuntimeWarning)
         return torch.device("cpu")
     if requested in ("auto", "cuda") and torch.cuda.is_available():  # the current GPU, by its number
         return torch.device("cuda", torch.cuda.current_device())  # (a compare worker's own: pool._take_gpu)

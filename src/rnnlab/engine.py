@@ -12,7 +12,6 @@ import re
 import signal
 import threading
 import time
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from rnnlab import trainer_state
 from rnnlab.config import RunConfig, save_toml
 from rnnlab.data import SequenceData
 from rnnlab.data.splits import data_identity, describe_datasets, load_datasets
-from rnnlab.errors import ResourceError
+from rnnlab.errors import ResourceError, warn_caller
 from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix, evaluate, lengths_to
 from rnnlab.models import parameter_count
 from rnnlab.models.build import build_model
@@ -63,10 +62,10 @@ class Trainer:
         budget = total_iterations(cfg, self.data.train)
         if cfg.train.warmup >= budget and dist.is_main_process():  # warned: a short look at a preset is fine
             reach = "only at the last step" if cfg.train.warmup == budget else "never"
-            warnings.warn(f"train.warmup={cfg.train.warmup} iterations is the whole budget ({budget} iterations) or "
-                          f"more: the learning rate reaches train.lr={cfg.train.lr:g} {reach}, and the schedule never "
-                          f"starts; for a real run make it shorter (e.g. train.warmup={budget // 10}, a tenth of the "
-                          "budget)", RuntimeWarning, stacklevel=3)  # the line that called rnnlab.train or resume
+            warn_caller(f"train.warmup={cfg.train.warmup} iterations is the whole budget ({budget} iterations) or "
+                        f"more: the learning rate reaches train.lr={cfg.train.lr:g} {reach}, and the schedule never "
+                        f"starts; for a real run make it shorter (e.g. train.warmup={budget // 10}, a tenth of the "
+                        "budget)", RuntimeWarning)  # the line that called rnnlab.train or resume
         _, steps, features = self.data.train.x.shape  # refuse a model too big to train before building it
         check_model_size(cfg.model, input_size=features, seq_len=steps, num_classes=self.data.num_classes,
                          train=cfg.train, gpu=dist.device_memory(self.device))

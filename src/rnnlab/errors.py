@@ -7,7 +7,22 @@ user catches them like any other exception. Bugs stay ordinary exceptions with t
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from typing import Any
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_caller(message: str, category: type[Warning] = RuntimeWarning) -> None:
+    """``warnings.warn`` pointing at the first line outside rnnlab: the user's call (``rnnlab.train``,
+    ``build_report``, ...), however deep inside rnnlab the warning arises. From the command line,
+    where every frame is rnnlab's, at the line that warns."""
+    frame, stacklevel = sys._getframe(1), 2  # stacklevel 2: the caller of this function
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, stacklevel = frame.f_back, stacklevel + 1
+    warnings.warn(message, category, stacklevel=stacklevel if frame is not None else 2)
 
 
 def describe(value: Any) -> str:

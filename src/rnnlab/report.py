@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import statistics
-import warnings
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json, atomic_write_text
 from rnnlab.checkpoint import CONFUSION
-from rnnlab.errors import CheckpointError
+from rnnlab.errors import CheckpointError, warn_caller
 from rnnlab.config import describe_model, to_dict
 from rnnlab.run_records import RESULTS_SCHEMA, RunRecord, collect
 from rnnlab.stats import baseline_of, check_baseline, compare_with, differences_table
@@ -256,8 +255,8 @@ def report_groups(groups: dict[str, list[RunRecord]], out_dir: str | Path, *, pl
     from_reports = [r for records in groups.values() for r in records if r.results_file is not None]
     keep = {curves.name} if keep_figures and from_reports and curves.is_file() else set()
     if keep and len(from_reports) < sum(map(len, groups.values())):
-        warnings.warn(f"{curves} kept as it was: the entries of a results.json have no curves to draw again; "
-                      "for the other runs' curves, give another --out", RuntimeWarning, stacklevel=2)
+        warn_caller(f"{curves} kept as it was: the entries of a results.json have no curves to draw again; "
+                    "for the other runs' curves, give another --out", RuntimeWarning)
     figures = write_figures(groups, rows, out_dir, keep=keep) if plots else []
     write_results(rows, out_dir, title=title, context=context,
                   plots=[name for name in FIGURES if name in figures or name in keep] if plots else [])
@@ -315,12 +314,11 @@ def write_figures(groups: dict[str, list[RunRecord]], rows: list[dict[str, Any]]
                 _not_drawn(target, exc)
     if too_many:
         more = f" and {len(too_many) - 1} more" if len(too_many) > 1 else ""
-        warnings.warn(f"{CONFUSION} not drawn in {too_many[0]}{more}: more than {plots.MAX_CONFUSION_CLASSES} "
-                      "classes are too many to read in a plot; `rnnlab eval RUN --json` gives the confusion matrix",
-                      RuntimeWarning, stacklevel=2)
+        warn_caller(f"{CONFUSION} not drawn in {too_many[0]}{more}: more than {plots.MAX_CONFUSION_CLASSES} "
+                    "classes are too many to read in a plot; `rnnlab eval RUN --json` gives the confusion matrix",
+                    RuntimeWarning)
     return written
 
 
 def _not_drawn(path: Path, exc: BaseException) -> None:
-    # stacklevel 3: the warning points at write_figures' caller, as its own warnings do
-    warnings.warn(f"{path} not drawn: {str(exc) or type(exc).__name__}", RuntimeWarning, stacklevel=3)
+    warn_caller(f"{path} not drawn: {str(exc) or type(exc).__name__}", RuntimeWarning)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -21,7 +20,7 @@ from rnnlab.allocator import allocator_tuned
 from rnnlab.config import RunConfig, from_dict, load_toml, settings_of_the_run
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab.engine import Trainer
-from rnnlab.errors import CheckpointError, ConfigError, describe
+from rnnlab.errors import CheckpointError, ConfigError, describe, warn_caller
 from rnnlab.locks import LOCK_FILE, Busy, exclusive
 from rnnlab.stopping import Interrupted, Terminated
 
@@ -273,8 +272,8 @@ def _check_resumable(run_dir: Path, config: RunConfig, meta: dict[str, Any]) -> 
     to resume with: the checkpoint's, reading its data where config.toml now says it is."""
     summary, problem = ckpt.read_summary_file(run_dir)
     if problem is not None and dist.is_main_process():  # the checkpoint is whole: resuming rebuilds the summary
-        warnings.warn(f"{run_dir / SUMMARY} is unreadable ({problem}); resuming by the checkpoint, at iteration "
-                      f"{meta['iteration']} of {meta.get('total_iterations', '?')}", RuntimeWarning, stacklevel=3)
+        warn_caller(f"{run_dir / SUMMARY} is unreadable ({problem}); resuming by the checkpoint, at iteration "
+                    f"{meta['iteration']} of {meta.get('total_iterations', '?')}", RuntimeWarning)
     status = (summary or {}).get("status")
     if status == "completed":
         accuracy = summary.get("test_accuracy")

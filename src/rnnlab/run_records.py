@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 from rnnlab import checkpoint as ckpt
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab.config import RunConfig, from_dict, load_toml, to_flat_dict
-from rnnlab.errors import CheckpointError, ConfigError, describe
+from rnnlab.errors import CheckpointError, ConfigError, describe, warn_caller
 
 __all__ = ["RESULTS_SCHEMA", "RunRecord", "collect", "read_record", "read_results", "read_summary",
            "result_settings"]
@@ -247,8 +246,8 @@ def _records_from_results(path: Path) -> dict[str, list[RunRecord]]:
             config = from_dict(row["config"], source=f"{path}, entry {row['entry']}") if row.get("config") else None
         except ConfigError as error:  # another version's keys: the row's own fields stand in for it,
             config, carried["config"] = None, row["config"]  # and the config is written back as it was
-            warnings.warn(f"{error}; the entry is reported without it (its config is kept as it was)",
-                          RuntimeWarning, stacklevel=3)
+            warn_caller(f"{error}; the entry is reported without it (its config is kept as it was)",
+                        RuntimeWarning)
         reference = {"reported_test_accuracy": row.get("reported_test_accuracy"), "source": row.get("source"),
                      "notes": row.get("reference_notes")}
         shared = {"parameters": row.get("parameters"), "epochs": row.get("epochs"),
@@ -282,8 +281,8 @@ def _without_repeats(entry: str, records: list[RunRecord]) -> list[RunRecord]:
         settings = {k: v for k, v in result_settings(record.config).items() if k not in ("name", "seed")}
         key = json.dumps([settings, record.seed], sort_keys=True, default=str)
         if key in first_of:
-            warnings.warn(f"{record.dir} is the same run as {first_of[key].dir} (the same settings and seed "
-                          f"{record.seed}): counted once in {entry}", RuntimeWarning, stacklevel=3)
+            warn_caller(f"{record.dir} is the same run as {first_of[key].dir} (the same settings and seed "
+                        f"{record.seed}): counted once in {entry}", RuntimeWarning)
             continue
         first_of[key] = record
         kept.append(record)

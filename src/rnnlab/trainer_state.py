@@ -8,7 +8,6 @@ belong to the run before it takes anything back.
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,7 +18,7 @@ from rnnlab import seeding
 from rnnlab.checkpoint import METRICS
 from rnnlab.config import from_dict, settings_of_the_run, to_dict
 from rnnlab.data.splits import identity_differences, input_shape
-from rnnlab.errors import CheckpointError, DataError
+from rnnlab.errors import CheckpointError, DataError, warn_caller
 
 if TYPE_CHECKING:
     from rnnlab.engine import Trainer
@@ -109,6 +108,6 @@ def _warn_if_resolved_differently(before: dict[str, str] | None, now: dict[str, 
     changed = [f"{key} {before[key]} -> {value}" for key, value in now.items()
                if before and key in before and key != "backward" and kind(key, before[key]) != kind(key, value)]
     if changed and dist.is_main_process():
-        warnings.warn(f"this run resumes on another footing than it began ({', '.join(changed)}): the train.*=auto "
-                      "settings resolve by machine, so the rest of it trains differently from an uninterrupted run",
-                      RuntimeWarning, stacklevel=3)
+        warn_caller(f"this run resumes on another footing than it began ({', '.join(changed)}): the train.*=auto "
+                    "settings resolve by machine, so the rest of it trains differently from an uninterrupted run",
+                    RuntimeWarning)

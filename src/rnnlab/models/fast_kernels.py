@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnlab.errors import warn_caller
+
 
 def _tanh_(a: Tensor, one: Tensor) -> Tensor:
     """In-place tanh of an already doubled pre-activation: a <- 2 sigmoid(a) - 1
@@ -183,8 +185,8 @@ def loop(name: str) -> Any:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 fn = torch.jit.script(globals()[name])
         except Exception as exc:  # noqa: BLE001 - any failure: the Python loop is correct
-            warnings.warn(f"rnnlab fast layers: TorchScript unavailable ({exc}); "
-                          "using Python loops", RuntimeWarning, stacklevel=2)
+            warn_caller(f"rnnlab fast layers: TorchScript unavailable ({exc}); "
+                        "using Python loops", RuntimeWarning)
             fn = globals()[name]
         _compiled[name] = fn
     return fn

@@ -8,7 +8,6 @@ raw input as training does.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -16,7 +15,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnlab.config import ModelConfig
-from rnnlab.errors import ConfigError
+from rnnlab.errors import ConfigError, warn_caller
 from rnnlab.models.fast import make_recurrent
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -87,9 +86,9 @@ class SequenceClassifier(nn.Module):
             try:
                 return self.rnn(x)[0]
             except RuntimeError as error:
-                warnings.warn(f"this CPU cannot run the {self.mode} recurrence under bf16 autocast "
-                              f"({str(error).splitlines()[0]}); running it in fp32 instead "
-                              "(train.amp=off avoids this warning)", RuntimeWarning, stacklevel=4)
+                warn_caller(f"this CPU cannot run the {self.mode} recurrence under bf16 autocast "
+                            f"({str(error).splitlines()[0]}); running it in fp32 instead "
+                            "(train.amp=off avoids this warning)", RuntimeWarning)
                 self.recurrent_in_fp32 = True
         with torch.autocast("cpu", enabled=False):
             return self.rnn(x.float())[0]
