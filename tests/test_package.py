@@ -39,10 +39,10 @@ def test_unknown_name_is_an_attribute_error() -> None:
 
 @pytest.mark.slow  # a Python process of its own
 def test_command_line_help_does_not_import_torch() -> None:
-    """`rnnlab --help` and `rnnlab presets` answer without loading torch (~1.5 s), and a Ctrl-C
-    while a command loads torch reaches the command line's handler (one line, exit 130)."""
+    """`rnnlab --help`, `rnnlab presets` and `rnnlab models` answer without loading torch (~1.5 s),
+    and a Ctrl-C while a command loads torch reaches the command line's handler (one line, exit 130)."""
     code = ("import sys\nfrom rnnlab.cli import build_parser, main\nbuild_parser()\n"
-            "assert main(['presets']) == 0\nimport rnnlab\nrnnlab.get_preset('dlw-rnn-a')\n"
+            "assert main(['presets']) == 0 and main(['models']) == 0\nimport rnnlab\nrnnlab.get_preset('dlw-rnn-a')\n"
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -28,7 +28,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-CELLS = ("rnn", "lstm", "gru")
+# The cells a run can use (model.cell), as `rnnlab models` lists them; models/registry.py registers their builders.
+CELL_SUMMARIES = {"rnn": "Elman RNN, nonlinearity relu or tanh (model.nonlinearity)",
+                  "lstm": "Long short-term memory (Hochreiter & Schmidhuber, 1997)",
+                  "gru": "Gated recurrent unit (Cho et al., 2014)"}
+CELLS = tuple(CELL_SUMMARIES)
 NONLINEARITIES = ("tanh", "relu")
 READOUTS = ("last", "mean", "all")
 INITS = ("default", "orthogonal", "identity")

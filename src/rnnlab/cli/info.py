@@ -20,7 +20,7 @@ def inspect_uses(key: str) -> bool:
 def register(subparsers: argparse._SubParsersAction) -> None:
     presets = subparsers.add_parser("presets", help="list the presets, their sources and reported accuracy")
     presets.set_defaults(func=run_presets)
-    models = subparsers.add_parser("models", help="list the registered models")
+    models = subparsers.add_parser("models", help="list the models a run can use (model.cell)")
     models.set_defaults(func=run_models)
     inspect = subparsers.add_parser(
         "inspect", help="parameter groups and shapes, counts, FLOPs per sample",
@@ -48,9 +48,9 @@ def run_presets(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from rnnlab.models import model_summaries
+    from rnnlab.config import CELL_SUMMARIES  # no torch: the list is the config's
 
-    for name, summary in model_summaries().items():
+    for name, summary in CELL_SUMMARIES.items():
         print(f"{name:<6} {summary}")
     return 0
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from rnnlab.config import ModelConfig
+from rnnlab.config import CELL_SUMMARIES, ModelConfig
 from rnnlab.distributed import is_out_of_memory
 from rnnlab.errors import ConfigError, describe
 from rnnlab.models.recurrent import SequenceClassifier
@@ -116,6 +116,5 @@ def _build(cell: str) -> Builder:
     return builder
 
 
-register_model("rnn", "Elman RNN, nonlinearity relu or tanh (model.nonlinearity)")(_build("rnn"))
-register_model("lstm", "Long short-term memory (Hochreiter & Schmidhuber, 1997)")(_build("lstm"))
-register_model("gru", "Gated recurrent unit (Cho et al., 2014)")(_build("gru"))
+for _cell, _summary in CELL_SUMMARIES.items():
+    register_model(_cell, _summary)(_build(_cell))
