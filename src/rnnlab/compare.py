@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json
-from rnnlab.config import DATA_LOCATION, RunConfig, check_folder_name, load_toml, save_toml
+from rnnlab.config import DATA_LOCATION, RunConfig, load_toml, save_toml
+from rnnlab.config_values import check_folder_name
 from rnnlab.data.splits import data_identity, identity_differences, load_datasets
 from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError, describe

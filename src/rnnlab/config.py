@@ -8,9 +8,7 @@ TOML (``config.toml`` in every run folder) and takes dotted command-line overrid
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,7 +18,8 @@ import tomli_w
 
 from rnnlab.atomic import atomic_write_text
 from rnnlab.config_ignored import refuse_what_would_be_ignored
-from rnnlab.config_values import coerce, field_type, parse_value
+from rnnlab.config_values import (at_least, at_most, check_folder_name, check_values, choice, coerce, field_type,
+                                  parse_value)
 from rnnlab.errors import ConfigError, describe
 
 if sys.version_info >= (3, 11):
@@ -49,47 +48,6 @@ MAX_SEED = 2**63 - 1  # TOML integers and torch's int64 seeds stop here
 MAX_LAYERS = 128  # stacked recurrent layers
 MAX_THREADS = 1024  # far above any CPU's use; torch segfaults on some counts (5000) instead of failing
 # A run folder is runs/<name>-<time>: one plain folder name, portable and safe to type in a shell.
-_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
-
-
-def _choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{section}.{name}={value!r} is not valid; choose one of: {', '.join(allowed)}")
-
-
-def _at_least(section: str, name: str, value: float, low: float, *, strict: bool = False) -> None:
-    bad = value <= low if strict else value < low
-    if bad:
-        relation = ">" if strict else ">="
-        raise ConfigError(f"{section}.{name}={value!r} is out of range; it must be {relation} {low}")
-
-
-def _at_most(key: str, value: float, high: float, note: str = "") -> None:
-    if value > high:
-        raise ConfigError(f"{key}={value!r} is out of range; it must be <= {high}{note}")
-
-
-def _check_values(section: str, cfg: Any) -> None:
-    """Types (a config built in Python skips from_dict's checks) and finite floats: nan passes
-    every range check (each comparison is False) and inf trains straight into nan."""
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        coerce(f"{section}.{f.name}" if section else f.name, field_type(type(cfg), f.name), value)
-        if isinstance(value, float) and not math.isfinite(value):
-            key = f"{section}.{f.name}" if section else f.name
-            hint = f" such as the default, {f.default!r}" if isinstance(f.default, float) else ""
-            raise ConfigError(f"{key}={value!r} is not a finite number; give a finite value{hint}")
-
-
-def check_folder_name(key: str, value: str) -> None:
-    """Refuse a name that is not one plain folder name (no separators, '..', hidden or odd characters)."""
-    if not _FOLDER_NAME.fullmatch(value):
-        raise ConfigError(
-            f"{key}={value!r} cannot be a folder name; use up to 100 letters, digits, '.', '_', '-' or '+', "
-            "starting with a letter or digit (e.g. lstm-small_2)"
-        )
-
-
 @dataclass(frozen=True)
 class DataConfig:
     """Where the data comes from and how an image becomes a sequence."""
@@ -107,9 +65,9 @@ class DataConfig:
         for key in ("file", "data_dir"):  # from Python, a Path is as good as its text
             if isinstance(getattr(self, key), os.PathLike):
                 object.__setattr__(self, key, os.fspath(getattr(self, key)))
-        _check_values("data", self)
-        _choice("data", "dataset", self.dataset, DATASETS)
-        _choice("data", "view", self.view, VIEWS)
+        check_values("data", self)
+        choice("data", "dataset", self.dataset, DATASETS)
+        choice("data", "view", self.view, VIEWS)
         if self.dataset == "file" and not self.file:
             raise ConfigError("data.dataset=file needs data.file=PATH, a .npz of your sequences "
                               "(x_train, y_train, x_test, y_test)")
@@ -126,9 +84,9 @@ class DataConfig:
                               "is read as it is (leave them at their defaults)")
         if self.file:  # an IDX folder means nothing to a sequence file (given with it: apply_overrides refuses)
             object.__setattr__(self, "data_dir", "")
-        _at_least("data", "val_size", self.val_size, 0)
-        _at_least("data", "permutation_seed", self.permutation_seed, 0)
-        _at_most("data.permutation_seed", self.permutation_seed, MAX_SEED, " (2**63 - 1)")
+        at_least("data", "val_size", self.val_size, 0)
+        at_least("data", "permutation_seed", self.permutation_seed, 0)
+        at_most("data.permutation_seed", self.permutation_seed, MAX_SEED, " (2**63 - 1)")
 
 
 @dataclass(frozen=True)
@@ -146,16 +104,16 @@ class ModelConfig:
     impl: str = "auto"  # auto: fast layers where they win; fast; torch: reference torch.nn layers
 
     def __post_init__(self) -> None:
-        _check_values("model", self)
-        _choice("model", "cell", self.cell, CELLS)
-        _choice("model", "nonlinearity", self.nonlinearity, NONLINEARITIES)
-        _choice("model", "readout", self.readout, READOUTS)
-        _choice("model", "init", self.init, INITS)
-        _choice("model", "impl", self.impl, IMPLS)
-        _at_least("model", "hidden", self.hidden, 1)
-        _at_least("model", "layers", self.layers, 1)
+        check_values("model", self)
+        choice("model", "cell", self.cell, CELLS)
+        choice("model", "nonlinearity", self.nonlinearity, NONLINEARITIES)
+        choice("model", "readout", self.readout, READOUTS)
+        choice("model", "init", self.init, INITS)
+        choice("model", "impl", self.impl, IMPLS)
+        at_least("model", "hidden", self.hidden, 1)
+        at_least("model", "layers", self.layers, 1)
         # Deeper stacks do not train as recurrent networks, and torch.nn takes minutes to build one.
-        _at_most("model.layers", self.layers, MAX_LAYERS)
+        at_most("model.layers", self.layers, MAX_LAYERS)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout!r} is out of range; it must be in [0, 1)")
 
@@ -189,25 +147,25 @@ class TrainConfig:
     patience: int = 0  # stop after this many evaluations without a better validation accuracy; 0: never
 
     def __post_init__(self) -> None:
-        _check_values("train", self)
-        _choice("train", "optimizer", self.optimizer, OPTIMIZERS)
-        _choice("train", "schedule", self.schedule, SCHEDULES)
-        _choice("train", "protocol", self.protocol, PROTOCOLS)
-        _choice("train", "device", self.device.split(":")[0], DEVICES)
+        check_values("train", self)
+        choice("train", "optimizer", self.optimizer, OPTIMIZERS)
+        choice("train", "schedule", self.schedule, SCHEDULES)
+        choice("train", "protocol", self.protocol, PROTOCOLS)
+        choice("train", "device", self.device.split(":")[0], DEVICES)
         kind, colon, index = self.device.partition(":")
         if colon and not (kind == "cuda" and index.isascii() and index.isdigit()):  # cuda:1, not cpu:0 or cuda:x
             raise ConfigError(f"train.device={self.device!r}: only cuda takes an index (cuda:0, cuda:1, ...); "
                               f"use {kind if kind != 'cuda' else 'cuda or cuda:N'}")
-        _choice("train", "amp", self.amp, AMP_MODES)
-        _choice("train", "backward", self.backward, BACKWARDS)
-        _at_least("train", "lr", self.lr, 0.0, strict=True)
+        choice("train", "amp", self.amp, AMP_MODES)
+        choice("train", "backward", self.backward, BACKWARDS)
+        at_least("train", "lr", self.lr, 0.0, strict=True)
         for name in ("momentum", "weight_decay", "clip", "label_smoothing", "iterations", "epochs",
                      "warmup", "threads", "patience"):
-            _at_least("train", name, getattr(self, name), 0)
+            at_least("train", name, getattr(self, name), 0)
         for name in ("batch_size", "eval_every", "eval_batch_size", "step_size", "checkpoint_every"):
-            _at_least("train", name, getattr(self, name), 1)
-        _at_least("train", "gamma", self.gamma, 0.0, strict=True)
-        _at_most("train.threads", self.threads, MAX_THREADS,
+            at_least("train", name, getattr(self, name), 1)
+        at_least("train", "gamma", self.gamma, 0.0, strict=True)
+        at_most("train.threads", self.threads, MAX_THREADS,
                  f" (this machine has {os.cpu_count() or 'an unknown number of'} CPUs; 0 keeps torch's default)")
         if self.label_smoothing >= 1.0:
             raise ConfigError("train.label_smoothing must be < 1")
@@ -235,10 +193,10 @@ class RunConfig:
                 raise ConfigError(f"RunConfig({section}=...) takes a {cls.__name__}, not "
                                   f"{describe(getattr(self, section))}; e.g. RunConfig({section}={cls.__name__}(...)), "
                                   "or build a config from a dict with rnnlab.config.from_dict")
-        _check_values("", self)
+        check_values("", self)
         if self.seed < 0:
             raise ConfigError(f"seed={self.seed!r} is out of range; it must be >= 0")
-        _at_most("seed", self.seed, MAX_SEED, " (2**63 - 1)")
+        at_most("seed", self.seed, MAX_SEED, " (2**63 - 1)")
         # The run folder is runs/<label>-<time>, and the label is the name, else the preset.
         for key in ("name", "preset"):
             if getattr(self, key):

@@ -1,11 +1,15 @@
 """Config values by field type: parsed from override text (``model.hidden=256``), or checked as
-read from TOML or JSON (where an int may stand for a float, and nothing else is converted)."""
+read from TOML or JSON (where an int may stand for a float, and nothing else is converted); and
+the checks the configs' ``__post_init__`` make of them (a choice, a range, a folder name)."""
 
 from __future__ import annotations
 
 import functools
+import math
+import re
 import types
 import typing
+from dataclasses import fields
 from typing import Any
 
 from rnnlab.errors import ConfigError, describe
@@ -78,3 +82,44 @@ def _example(typ: Any, value: Any) -> str | None:
     if typ is int and isinstance(value, float) and value.is_integer():
         return str(int(value))
     return None
+
+
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{section}.{name}={value!r} is not valid; choose one of: {', '.join(allowed)}")
+
+
+def at_least(section: str, name: str, value: float, low: float, *, strict: bool = False) -> None:
+    bad = value <= low if strict else value < low
+    if bad:
+        relation = ">" if strict else ">="
+        raise ConfigError(f"{section}.{name}={value!r} is out of range; it must be {relation} {low}")
+
+
+def at_most(key: str, value: float, high: float, note: str = "") -> None:
+    if value > high:
+        raise ConfigError(f"{key}={value!r} is out of range; it must be <= {high}{note}")
+
+
+def check_values(section: str, cfg: Any) -> None:
+    """Types (a config built in Python skips from_dict's checks) and finite floats: nan passes
+    every range check (each comparison is False) and inf trains straight into nan."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        coerce(f"{section}.{f.name}" if section else f.name, field_type(type(cfg), f.name), value)
+        if isinstance(value, float) and not math.isfinite(value):
+            key = f"{section}.{f.name}" if section else f.name
+            hint = f" such as the default, {f.default!r}" if isinstance(f.default, float) else ""
+            raise ConfigError(f"{key}={value!r} is not a finite number; give a finite value{hint}")
+
+
+def check_folder_name(key: str, value: str) -> None:
+    """Refuse a name that is not one plain folder name (no separators, '..', hidden or odd characters)."""
+    if not _FOLDER_NAME.fullmatch(value):
+        raise ConfigError(
+            f"{key}={value!r} cannot be a folder name; use up to 100 letters, digits, '.', '_', '-' or '+', "
+            "starting with a letter or digit (e.g. lstm-small_2)"
+        )

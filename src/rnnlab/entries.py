@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rnnlab.checkpoint import CONFIG
-from rnnlab.config import DATA_LOCATION, RunConfig, apply_overrides, check_folder_name, load_toml, parse_override
+from rnnlab.config import DATA_LOCATION, RunConfig, apply_overrides, load_toml, parse_override
+from rnnlab.config_values import check_folder_name
 from rnnlab.errors import ConfigError, describe
 from rnnlab.presets import get_preset, list_presets, suite as suite_names
 
