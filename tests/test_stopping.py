@@ -239,3 +239,27 @@ def test_a_ctrl_c_in_rnnlab_train_saves_the_run_then_stops_the_script(tmp_path: 
     assert json.loads((tmp_path / "a" / "checkpoint.json").read_text())["iteration"] == 5
     monkeypatch.undo()
     assert rnnlab.resume(run, progress=False).status == "completed"
+
+
+def test_a_ctrl_c_in_the_last_step_still_stops_the_script(tmp_path: Path, handlers: None,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C that lands as the run ends (its last step, then the final save and test evaluation)
+    lets the run complete, and still stops the caller: the run comes with the interrupt, completed."""
+    import pickle
+
+    from rnnlab import run as run_module
+    from rnnlab.stopping import Interrupted
+
+    class CtrlCInTheLastStep(run_module.Trainer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            signal_after_update(self, self.total, signal.SIGINT)
+
+    monkeypatch.setattr(run_module, "Trainer", CtrlCInTheLastStep)
+    with pytest.raises(Interrupted) as stopped:
+        rnnlab.train(tiny(), tmp_path / "a", progress=False)
+    run = stopped.value.run
+    assert run.status == "completed" and "test_accuracy" in run.summary
+    assert str(stopped.value) == f"interrupted; the run had ended (completed), saved, in {tmp_path / 'a'}"
+    again = pickle.loads(pickle.dumps(stopped.value))  # a process pool's worker sends it back
+    assert type(again) is Interrupted and again.run.summary == run.summary and again.run_dir == run.dir

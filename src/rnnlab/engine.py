@@ -30,13 +30,13 @@ from rnnlab import trainer_state
 from rnnlab.config import RunConfig, save_toml
 from rnnlab.data import SequenceData
 from rnnlab.data.splits import data_identity, describe_datasets, load_datasets
-from rnnlab.errors import ResourceError, warn_caller
+from rnnlab.errors import ResourceError
 from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix, evaluate, lengths_to
 from rnnlab.models import parameter_count
 from rnnlab.models.build import build_model
 from rnnlab.models.fast_step import hand_step_supported, loss_and_grads
 from rnnlab.models.size import check_model_size
-from rnnlab.optim import learning_rate, make_optimizer
+from rnnlab.optim import learning_rate, make_optimizer, warn_of_a_long_warmup
 from rnnlab.progress import training_bar
 from rnnlab.selection import BestByValidation
 from rnnlab.stopping import StopBetweenSteps, Terminated, pass_on_sigterm
@@ -60,12 +60,8 @@ class Trainer:
         self.data = load_datasets(cfg)
         self.data_identity = data_identity(self.data)  # kept in every checkpoint; a resume must match it
         budget = total_iterations(cfg, self.data.train)
-        if cfg.train.warmup >= budget and dist.is_main_process():  # warned: a short look at a preset is fine
-            reach = "only at the last step" if cfg.train.warmup == budget else "never"
-            warn_caller(f"train.warmup={cfg.train.warmup} iterations is the whole budget ({budget} iterations) or "
-                        f"more: the learning rate reaches train.lr={cfg.train.lr:g} {reach}, and the schedule never "
-                        f"starts; for a real run make it shorter (e.g. train.warmup={budget // 10}, a tenth of the "
-                        "budget)", RuntimeWarning)  # the line that called rnnlab.train or resume
+        if dist.is_main_process():
+            warn_of_a_long_warmup(cfg, budget)
         _, steps, features = self.data.train.x.shape  # refuse a model too big to train before building it
         check_model_size(cfg.model, input_size=features, seq_len=steps, num_classes=self.data.num_classes,
                          train=cfg.train, gpu=dist.device_memory(self.device))
@@ -84,6 +80,7 @@ class Trainer:
         self.total = budget
         self.mid_step = False  # True while a step is under way (its update may be half done)
         self.terminated = False  # SIGTERM stopped training: the process ends once the run folder is saved
+        self.ctrl_c = False  # a Ctrl-C came during fit, even in its last step or its test evaluation
         self.stopped_by = "SIGTERM"
         self.batches_per_epoch = self.data.train.num_batches(cfg.train.batch_size)
         self.iteration = 0
@@ -154,6 +151,7 @@ class Trainer:
             error = self._out_of_memory_error(exc)
         else:
             self.terminated = self.terminated or stop.terminated  # also one that came after the loop
+            self.ctrl_c = stop.received == signal.SIGINT
             stop.restore()
             if self.terminated:  # the checkpoint and summary are written: now end, as SIGTERM asked
                 pass_on_sigterm(self.run_dir)

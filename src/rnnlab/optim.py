@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from rnnlab.config import RunConfig
+from rnnlab.errors import warn_caller
 
 
 class SGD(torch.optim.SGD):
@@ -58,6 +59,16 @@ def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimi
     if t.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
     return torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def warn_of_a_long_warmup(cfg: RunConfig, budget: int) -> None:
+    """A warm-up of the whole budget or more is warned of, not refused: a short look at a preset is fine."""
+    warmup, lr = cfg.train.warmup, f"train.lr={cfg.train.lr:g}"
+    if warmup >= budget:
+        reach = f"reaches {lr} only at the last step" if warmup == budget else f"never reaches {lr}"
+        warn_caller(f"train.warmup={warmup} iterations is the whole budget ({budget} iterations) or more: the "
+                    f"learning rate {reach}, and the schedule never starts; for a real run make it shorter "
+                    f"(e.g. train.warmup={budget // 10}, a tenth of the budget)")
 
 
 def learning_rate(cfg: RunConfig, iteration: int, total: int) -> float:

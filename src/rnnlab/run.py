@@ -101,8 +101,9 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
             raise CheckpointError(f"{run_dir} holds a {CONFIG} of other settings, which this run would write over; "
                                   f"choose another --out, or train that config: --config {run_dir / CONFIG}")
         with _a_run_of_its_own(), _naming_the_checkpoint(run_dir):
-            summary = Trainer(config, run_dir, progress=progress).fit(stop_after=stop_after)
-    return _ended(Run(run_dir, config, summary))
+            trainer = Trainer(config, run_dir, progress=progress)
+            summary = trainer.fit(stop_after=stop_after)
+    return _ended(Run(run_dir, config, summary), trainer.ctrl_c)
 
 
 def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int | None = None,
@@ -114,20 +115,21 @@ def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int 
     _check_options(progress, stop_after)
     run_dir = path_arg(run_dir, "run_dir", "rnnlab.resume('runs/my-run')")
     _, meta = ckpt.load_checkpoint(run_dir, training_state=True)  # refuse a damaged one before training
-    if stop_after is not None and stop_after <= meta["iteration"]:  # it would stop before its first step
-        raise ConfigError(f"stop_after={stop_after} counts the run's iterations from its start, and {run_dir} "
-                          f"has done {meta['iteration']}: give more than {meta['iteration']}")
     config = from_dict(meta["config"], source=str(run_dir / ckpt.CHECKPOINT_JSON))
     dist.init_process_group(config.train.device)  # under torchrun: rank 0 holds the folder for all
     with _training_into(run_dir):
         config = _check_resumable(run_dir, config, meta)
+        done = meta["iteration"]
+        if stop_after is not None and stop_after <= done < meta.get("total_iterations", done + 1):  # no step to take
+            raise ConfigError(f"stop_after={stop_after} counts the run's iterations from its start, and {run_dir} "
+                              f"has done {done}: give more than {done}")
         if data_dir is not None:
             config = relocated(config, path_arg(data_dir, "data_dir", "rnnlab.resume(run, data_dir='data/mnist')"))
         with _a_run_of_its_own(), _naming_the_checkpoint(run_dir):
             trainer = Trainer(config, run_dir, progress=progress)
             trainer.restore()
             summary = trainer.fit(stop_after=stop_after)
-    return _ended(Run(run_dir, config, summary))
+    return _ended(Run(run_dir, config, summary), trainer.ctrl_c)
 
 
 def _runs_inside(folder: Path) -> list[str]:
@@ -135,13 +137,20 @@ def _runs_inside(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     marks = (CONFIG, SUMMARY, ckpt.CHECKPOINT_JSON, "compare.json")
-    return sorted(child.name for child in folder.iterdir()
-                  if child.is_dir() and any((child / mark).is_file() for mark in marks))
+
+    def is_run(child: Path) -> bool:
+        try:
+            return child.is_dir() and any((child / mark).is_file() for mark in marks)
+        except OSError:  # another user's folder (lost+found, a 700 folder): not ours, and not a run
+            return False
+
+    return sorted(child.name for child in folder.iterdir() if is_run(child))
 
 
-def _ended(run: Run) -> Run:
-    """The run, or :class:`Interrupted` raised with it when a Ctrl-C stopped it."""
-    if run.status == "interrupted":
+def _ended(run: Run, ctrl_c: bool) -> Run:
+    """The run, or :class:`Interrupted` raised with it after a Ctrl-C: one that stopped it, or one
+    that came as it ended (its last step, the final save or test evaluation) and stops the caller."""
+    if run.status == "interrupted" or ctrl_c:
         raise Interrupted(run)
     return run
 

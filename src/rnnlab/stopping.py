@@ -27,8 +27,13 @@ class Interrupted(KeyboardInterrupt):
     which ``rnnlab.resume`` continues."""
 
     def __init__(self, run: Any) -> None:
-        super().__init__(f"interrupted; continue with rnnlab.resume({str(run.dir)!r})")
+        what = (f"continue with rnnlab.resume({str(run.dir)!r})" if run.status == "interrupted" else
+                f"the run had ended ({run.status}), saved, in {run.dir}")
+        super().__init__(f"interrupted; {what}")
         self.run, self.run_dir = run, run.dir
+
+    def __reduce__(self) -> tuple[type, tuple[Any]]:  # pickled with its run: a process pool sends it back
+        return Interrupted, (self.run,)
 
 
 class Terminated(KeyboardInterrupt):

@@ -87,10 +87,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Terminated as stop:
         _say_stopped("terminated (SIGTERM)", _how_to_continue(args, argv, stop.run_dir))
-        return 128 + signal.SIGTERM  # 143, as the shell reports a process the signal ended
+        return _ended_apart(128 + signal.SIGTERM)  # 143, as the shell reports a process the signal ended
     except KeyboardInterrupt as stop:
         _say_stopped("interrupted", _how_to_continue(args, argv, _run_folder_stopped(stop)))
-        return 130
+        return _ended_apart(130)
+
+
+def _ended_apart(code: int) -> int:
+    """``code``; a process of a torchrun run ends here, at once (see distributed.end_apart)."""
+    if "torch.distributed" in sys.modules:  # else torch was never loaded: no process group
+        from rnnlab.distributed import end_apart
+
+        end_apart(code)
+    return code
 
 
 def _stdout_gone() -> bool:
