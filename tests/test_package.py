@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 import rnnlab
 
@@ -47,3 +49,33 @@ def test_command_line_help_does_not_import_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_warnings_point_at_the_callers_line_past_rnnlab_and_torch() -> None:
+    """A warning raised inside a module's forward, called by the user through torch's Module.__call__:
+    its location is the user's line, not rnnlab's nor torch's."""
+    import warnings
+
+    code = ("import torch\nfrom rnnlab.errors import warn_caller\n"
+            "class Layer(torch.nn.Module):\n    def forward(self, x):\n        warn_caller('deep inside')\n"
+            "        return x\n")
+    namespace: dict = {}
+    exec(compile(code, str(Path(rnnlab.__file__).parent / "_as_if_rnnlab.py"), "exec"), namespace)
+    layer = namespace["Layer"]()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layer(torch.zeros(1))
+    assert [(w.message.args[0], w.filename) for w in caught] == [("deep inside", __file__)]
+
+
+@pytest.mark.slow  # a Python process of its own
+def test_a_commands_warnings_are_one_line() -> None:
+    """Under the command line a warning is one line that says it is rnnlab's, not Python's two-line form
+    pointing at the launcher."""
+    result = subprocess.run([sys.executable, "-m", "rnnlab", "train", "--dry-run", "--no-progress", "model.hidden=8",
+                             "train.iterations=5", "train.warmup=10", "data.val_size=100"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "train.warmup=10" in line]
+    assert len(warned) == 1 and warned[0].startswith("rnnlab: warning: train.warmup=10 iterations is the whole")
+    assert "RuntimeWarning" not in result.stderr and "runpy" not in result.stderr
