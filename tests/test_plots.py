@@ -137,8 +137,11 @@ def test_learning_curves_legend_below_the_panels_that_keep_their_size(tmp_path: 
     assert max(len(line) for label in labels for line in label.splitlines()) <= plots.LABEL_WIDTH  # wrapped
     words = [" ".join(label.split()) for label in labels]
     assert len(words) == n and words[0] == names[0] + " [val] (n=2, +1 dotted: not completed)"
-    cut = words[-1].removesuffix(" … [val] (n=2)")  # cut short, the seed count kept
-    assert names[-1].startswith(cut) and plots.LABEL_WIDTH < len(cut) <= 2 * plots.LABEL_WIDTH
+    # Cut short around an ellipsis, keeping the start and the end of the name (a sweep's entries differ
+    # there), and the seed count.
+    long_label = labels[-1]
+    assert long_label.startswith(names[-1][:20]) and "…" in long_label and len(long_label.splitlines()) <= 3
+    assert " ".join(long_label.split()).endswith(names[-1][-10:] + " [val] (n=2)")
 
 
 @pytest.mark.parametrize("loss", [(2.3, 0.25), (0.39, 0.3), (2.3, 1e-5)])
@@ -168,3 +171,11 @@ def test_learning_curves_show_a_run_of_one_evaluation_in_both_panels(tmp_path: P
                                       for line in ones)
         low, high = ax.get_ylim()
         assert all(low < line.get_ydata()[0] < high for line in ones)  # not zoomed out of view
+
+
+def test_long_sweep_names_that_differ_at_the_end_keep_distinct_labels() -> None:
+    base = "dlw-lstm-a+hidden256+lr0.001+weight_decay0.0001+dropout0.25+batch_size128+clip1.0+"
+    a, b = (plots._legend_label(base * 2 + end, " (n=3)") for end in ("cosine", "linear"))
+    assert a != b and " ".join(a.split()).endswith("cosine (n=3)") and " ".join(b.split()).endswith("linear (n=3)")
+    assert all(len(line) <= plots.LABEL_WIDTH for label in (a, b) for line in label.splitlines())
+    assert "- " not in plots._legend_label(base, "")  # not broken at a hyphen with a space put in

@@ -132,9 +132,15 @@ def learning_curves_png(curves: dict[str, Sequence[list[dict[str, Any]]]], path:
 
 
 def _legend_label(entry: str, counts: str) -> str:
-    """The entry's name, wrapped and cut with an ellipsis after two lines, then ``counts`` (never cut)."""
-    name = textwrap.wrap(entry, LABEL_WIDTH, max_lines=2, placeholder=" …") or [entry]
-    return "\n".join(textwrap.wrap(" ".join(name) + counts, LABEL_WIDTH))
+    """The entry's name in at most two lines, then ``counts`` (never cut). A longer name keeps its
+    start and its end around an ellipsis: the entries of a sweep differ at the end."""
+    limit = 2 * LABEL_WIDTH
+    if len(entry) > limit:
+        entry = entry[:limit // 2 - 1] + "…" + entry[-(limit - limit // 2):]
+    lines = textwrap.wrap(entry, LABEL_WIDTH, break_on_hyphens=False) or [entry]
+    if len(lines) > 2:  # words that wrap badly: cut the name by characters instead
+        lines = [entry[start:start + LABEL_WIDTH] for start in range(0, len(entry), LABEL_WIDTH)]
+    return "\n".join(lines[:-1] + textwrap.wrap(lines[-1] + counts, LABEL_WIDTH, break_on_hyphens=False))
 
 
 def _legend_below(fig: Figure, items: Sequence[tuple[Any, str]]) -> None:
