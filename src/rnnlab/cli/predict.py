@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             if path.lower().endswith((".npy", ".npz")):  # arrays of sequences, for a run that reads them
                 raise ConfigError(f"{path}: this run was trained on images and reads image files (PNG, JPEG, ...); "
-                                  ".npy arrays of sequences are for a run trained on a sequence file "
+                                  "arrays of sequences (.npy) are for a run trained on a sequence file "
                                   "(data.dataset=file); in Python, rnnlab.load(run).predict(array) takes an "
                                   "array of images")
             good.append((len(entries), prepare_image(path)))
