@@ -23,8 +23,8 @@ from typing import Any
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C stopped a run after its step under way, saved (and, for a first Ctrl-C, after the test
     evaluation). A KeyboardInterrupt, so that a script stops as Ctrl-C stops Python; ``run`` is the
-    :class:`~rnnlab.Run` as it stopped (``run.status == "interrupted"``), ``run_dir`` its folder,
-    which ``rnnlab.resume`` continues."""
+    :class:`~rnnlab.Run` as it stopped, ``run_dir`` its folder: ``run.status`` is "interrupted" (which
+    ``rnnlab.resume`` continues), or "completed" where the Ctrl-C came as the run ended."""
 
     def __init__(self, run: Any) -> None:
         what = (f"continue with rnnlab.resume({str(run.dir)!r})" if run.status == "interrupted" else
