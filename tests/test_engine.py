@@ -768,3 +768,28 @@ def test_a_warmup_as_long_as_the_budget_is_warned_of(tmp_path: Path, warmup: int
     assert [w.filename for w in warned] == [__file__]  # the caller's line, not one inside rnnlab
     last_lr = [row["lr"] for row in run.metrics() if "lr" in row][-1]
     assert (last_lr == pytest.approx(run.config.train.lr)) == (warmup == 40)
+
+
+def test_a_save_cut_between_its_two_files_resumes_from_the_later_one(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """checkpoint.pt is replaced, then checkpoint.json: a Ctrl-C under torchrun (or a crash) between the two
+    leaves a new .pt beside the last save's .json. The .pt's own metadata wins, and the resumed run
+    ends as one never stopped (before, it went by the .json and trained a step twice)."""
+    from rnnlab import checkpoint as ckpt
+
+    cfg = tiny("train.checkpoint_every=10")
+    whole = rnnlab.train(cfg, tmp_path / "whole", progress=False)
+    real_write_json = ckpt.atomic_write_json
+
+    def cut_at_iteration_20(path: Path, obj: Any) -> None:
+        if path.name == ckpt.CHECKPOINT_JSON and obj["iteration"] == 20:
+            raise KeyboardInterrupt  # as if the signal landed between the two files
+        real_write_json(path, obj)
+
+    monkeypatch.setattr(ckpt, "atomic_write_json", cut_at_iteration_20)
+    with pytest.raises(KeyboardInterrupt):
+        rnnlab.train(cfg, tmp_path / "part", progress=False)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "part" / "checkpoint.json").read_text())["iteration"] == 10  # the last save's
+    assert ckpt.load_checkpoint(tmp_path / "part")[1]["iteration"] == 20  # the .pt's own
+    assert_resume_matches(whole.dir, tmp_path / "part")

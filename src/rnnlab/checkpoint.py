@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +69,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+_META_IN_PT = "meta_json"  # checkpoint.pt's own copy of its metadata
+
+
 def save_checkpoint(run_dir: Path, tensors: dict[str, Any], meta: dict[str, Any]) -> None:
-    """Write ``checkpoint.pt`` then ``checkpoint.json`` (the JSON names the iteration it matches)."""
-    meta = {"schema_version": SCHEMA_VERSION, **meta}
+    """Write ``checkpoint.pt`` then ``checkpoint.json`` (the JSON names the iteration it matches).
+    The two files cannot be replaced at once: a signal or a crash between the two (a Ctrl-C under
+    torchrun lands anywhere) leaves a new ``.pt`` beside the last save's ``.json``. So the ``.pt``
+    carries its metadata too, and :func:`load_checkpoint` goes by it where the two are of different
+    saves (a ``save_id`` each); an edit of the ``.json`` alone stands."""
+    meta = {"schema_version": SCHEMA_VERSION, **meta, "save_id": uuid.uuid4().hex}
+    tensors = {**tensors, _META_IN_PT: json.dumps(meta, sort_keys=True)}
     atomic_write(run_dir / CHECKPOINT_PT, lambda handle: torch.save(tensors, handle))
     atomic_write_json(run_dir / CHECKPOINT_JSON, meta)
 
@@ -113,6 +122,19 @@ def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu
             f"rnnlab; {_RESTORE}"
         ) from None
     _check_tensors(pt, tensors, training_state)
+    own = tensors.pop(_META_IN_PT, None)  # None in checkpoints from before it was kept there
+    if isinstance(own, str):
+        try:
+            own_meta = json.loads(own)
+        except json.JSONDecodeError as exc:
+            problem = error_line(exc, kind=False)
+            raise CheckpointError(f"{pt}: corrupt checkpoint metadata ({problem}); {_RESTORE}") from None
+        # A later save of the same run whose .json was never written (another run's .pt copied in is
+        # not: the checks of its weights that follow name it).
+        later = own_meta.get("save_id") != meta.get("save_id") if isinstance(own_meta, dict) else False
+        if later and own_meta.get("config") == meta.get("config"):
+            _check_meta(pt, own_meta, training_state)
+            meta = own_meta
     return tensors, meta
 
 
