@@ -83,3 +83,42 @@ def test_a_compare_stopped_by_a_signal_says_to_rerun_the_same_command(tmp_path: 
         assert capsys.readouterr().err.splitlines()[-1] == (
             f"rnnlab: {what}; rerun the same command to resume: rnnlab compare dlw-rnn-a train.lr=0.05 --seeds 1 "
             f"--out '{tmp_path / 'my cmp'}'")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_ctrl_c_in_the_test_evaluation_of_a_finished_run_still_ends_with_130(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The run completes and is saved (its steps were all done), but the command ends as Ctrl-C asked,
+    with 130 and a line saying so: a shell loop of runs stops there."""
+    from rnnlab import engine
+
+    evaluate, calls = engine.evaluate, []
+
+    def ctrl_c_in_the_test_evaluation(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:  # the first is the periodic evaluation at the budget's end, the second the test set
+            signal.raise_signal(signal.SIGINT)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", ctrl_c_in_the_test_evaluation)
+    assert main(["train", "--out", str(tmp_path / "run"), *TINY]) == 130
+    assert capsys.readouterr().err == "rnnlab: interrupted as the run ended: it is completed and saved\n"
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_an_interrupted_run_without_a_checkpoint_says_there_is_nothing_to_resume(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Under torchrun a Ctrl-C before the first periodic save leaves no checkpoint (the processes
+    stopped apart cannot save together): no --resume line that would fail."""
+    from rnnlab.cli.train import _report
+    from rnnlab.run import read_run
+
+    assert main(["train", "--out", str(tmp_path / "run"), *TINY]) == 0
+    for name in ("checkpoint.pt", "checkpoint.json"):
+        (tmp_path / "run" / name).unlink()
+    run = read_run(tmp_path / "run")
+    summary = {**run.summary, "status": "interrupted"}
+    capsys.readouterr()
+    assert _report(type(run)(run.dir, run.config, summary), False) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("rnnlab: interrupted before its first checkpoint: nothing to resume") and "--resume" not in err

@@ -370,8 +370,9 @@ class Trainer:
         if self.stopped_early:
             summary["stopped_early"] = {"iteration": self.iteration, "patience": cfg.train.patience}
         if status == "interrupted" and self.world > 1:  # the processes stopped apart: nothing collective
-            summary["message"] = (f"interrupted under torchrun, each process at its own step: the run folder keeps "
-                                  f"{kept}; continue with torchrun ... rnnlab train --resume {self.run_dir}")
+            summary["message"] = ("interrupted under torchrun, each process at its own step: the run folder keeps "
+                                  + (f"{kept}; continue with torchrun ... rnnlab train --resume {self.run_dir}"
+                                     if self.saved_at is not None else "no checkpoint: nothing to resume"))
         elif status == "interrupted" and self.terminated:
             # No test evaluation: SIGTERM means the process is to end soon (a scheduler kills it some
             # seconds later), and the kept checkpoint is what matters.

@@ -47,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
             if value:  # the run folder is the one resumed, and trained in for good
                 raise ConfigError(f"--resume continues the run in its own folder, for good; drop {flag}")
         try:
-            result = rnnlab.resume(args.resume, progress=progress, data_dir=args.short_data_dir)
+            result, ctrl_c = rnnlab.resume(args.resume, progress=progress, data_dir=args.short_data_dir), False
         except Interrupted as stop:  # saved: reported below, as any other end of the run
-            result = stop.run
+            result, ctrl_c = stop.run, True
     else:
         config = config_from_args(args)
         if args.dry_run and args.out is not None:  # nothing is kept: an --out would go unchecked and unused
@@ -75,27 +75,39 @@ def run(args: argparse.Namespace) -> int:
             print(f"dry run ok: {steps} iteration{'s' * (steps != 1)}{evaluated}")
             return 0
         try:
-            result = rnnlab.train(config, args.out, progress=progress)
+            result, ctrl_c = rnnlab.train(config, args.out, progress=progress), False
         except Interrupted as stop:
-            result = stop.run
+            result, ctrl_c = stop.run, True
     from rnnlab import distributed as dist
 
     if result.status != "interrupted":
         dist.shutdown()  # the end of a torchrun run, every process together; nothing for one process
-    code = _report(result) if dist.is_main_process() else int(result.status == "diverged")
+    code = _report(result, ctrl_c) if dist.is_main_process() else int(result.status == "diverged")
     if result.status == "interrupted":
         dist.end_apart(code)  # under torchrun: each process stopped at a step of its own
     return code
 
 
-def _report(result: Any) -> int:
-    """Print how the run ended; returns the exit status."""
+def _report(result: Any, ctrl_c: bool) -> int:
+    """Print how the run ended; returns the exit status: 130 after a Ctrl-C, as a shell loop expects,
+    even where the run completed as it came."""
+    from rnnlab import distributed as dist
+    from rnnlab.checkpoint import CHECKPOINT_JSON
+
     print_summary(result.summary, str(result.dir))
     if result.status == "diverged":
         print(f"rnnlab: run diverged: {result.summary['message']}", file=sys.stderr)
         return 1
     if result.status == "interrupted":
-        print(f"rnnlab: interrupted; continue with: rnnlab train --resume {result.dir}", file=sys.stderr)
+        if not (result.dir / CHECKPOINT_JSON).is_file():  # under torchrun, before the first periodic save
+            print(f"rnnlab: interrupted before its first checkpoint: nothing to resume; train again into another "
+                  f"--out (or delete {result.dir})", file=sys.stderr)
+        else:
+            launcher = "torchrun ... " if dist.world_size() > 1 else ""
+            print(f"rnnlab: interrupted; continue with: {launcher}rnnlab train --resume {result.dir}", file=sys.stderr)
+        return 130
+    if ctrl_c:
+        print(f"rnnlab: interrupted as the run ended: it is {result.status} and saved", file=sys.stderr)
         return 130
     return 0
 
