@@ -273,7 +273,7 @@ def shutdown() -> None:
     """Leave the process group (end of a torchrun run), once every process has got here: a
     process that tears down its Gloo connections while a peer is still finishing can abort.
     Not after a Ctrl-C, when the processes stopped apart: a barrier would wait for peers that
-    are gone; :func:`end_apart` ends those."""
+    are gone. The command line ends its processes with :func:`end_process` instead."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         if torch.distributed.get_backend() == "gloo" and _GLOO_DESTRUCTOR_HOLDS_GIL:
@@ -284,16 +284,21 @@ def shutdown() -> None:
         torch.distributed.destroy_process_group()
 
 
-def end_apart(code: int) -> None:
-    """End a torchrun process that stopped apart from its peers (a Ctrl-C), without tearing down
-    its process group: destroying it would wait on, or abort under, a peer's pending collective,
-    and leaving it to the interpreter's exit aborts the process now and then, when C++'s static
-    destructors meet Gloo's still-running worker threads ("terminate called without an active
-    exception", pytorch/pytorch#190489; 1 interrupted run in 10 here). So the process ends at
-    once, once its output is flushed: every file that matters was written and closed before,
-    and the kernel drops the folder's lock. Nothing to do for a single process."""
+def end_process(code: int, *, together: bool) -> None:
+    """End a process of a torchrun run at once, with exit status ``code``, once its output is
+    flushed; nothing for a single process. Leaving the process group to the interpreter's exit
+    aborts a process now and then, when C++'s static destructors meet Gloo's worker threads
+    still running ("terminate called without an active exception", pytorch/pytorch#190489: 1
+    interrupted run in 10-40 here, and once in CI at the end of a completed one), and destroying
+    the group waits on, or aborts under, a peer's pending collective. Every file that matters was
+    written and closed before, and the kernel drops the folder's lock. ``together``: the
+    processes ended the run together, so each first waits at a barrier until all have (none
+    leaves while a peer is still in a collective); not after a Ctrl-C, which stopped each at a
+    step of its own, and a barrier would wait for peers that are gone."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
+    if together:
+        torch.distributed.barrier()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

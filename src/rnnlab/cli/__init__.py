@@ -94,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ended_apart(code: int) -> int:
-    """``code``; a process of a torchrun run ends here, at once (see distributed.end_apart)."""
+    """``code``; a process of a torchrun run ends here, at once (see distributed.end_process)."""
     if "torch.distributed" in sys.modules:  # else torch was never loaded: no process group
-        from rnnlab.distributed import end_apart
+        from rnnlab.distributed import end_process
 
-        end_apart(code)
+        end_process(code, together=False)
     return code
 
 

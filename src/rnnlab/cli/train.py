@@ -80,11 +80,9 @@ def run(args: argparse.Namespace) -> int:
             result, ctrl_c = stop.run, True
     from rnnlab import distributed as dist
 
-    if result.status != "interrupted":
-        dist.shutdown()  # the end of a torchrun run, every process together; nothing for one process
     code = _report(result, ctrl_c) if dist.is_main_process() else int(result.status == "diverged")
-    if result.status == "interrupted":
-        dist.end_apart(code)  # under torchrun: each process stopped at a step of its own
+    # Under torchrun: together at the end of the run, each at its own step after a Ctrl-C.
+    dist.end_process(code, together=result.status != "interrupted")
     return code
 
 
