@@ -118,7 +118,7 @@ config = apply_overrides(RunConfig(), overrides)
 rnnlab.train(config, whole, progress=False)
 rnnlab.train(config, part, progress=False, stop_after=4)
 rnnlab.resume(part, progress=False)
-distributed.shutdown()
+distributed.end_process(0, together=True)  # not through the interpreter's exit, which can abort a Gloo process
 """
 
 
