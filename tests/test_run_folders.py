@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -357,3 +358,17 @@ def test_a_resume_told_to_stop_before_where_it_is_says_so(tmp_path: Path) -> Non
         rnnlab.resume(part, progress=False, stop_after=10)
     resumed = rnnlab.resume(part, progress=False, stop_after=12)
     assert resumed.status == "stopped" and resumed.summary["iterations"] == 12
+
+
+def test_a_folder_that_cannot_be_read_holds_no_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another user's 700 folder (or lost+found) beside runs: not a run, and no error (a test as root
+    cannot make a folder unreadable, so the refusal is simulated)."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.toml").write_text("")
+    assert ckpt.holds(tmp_path / "mine", "config.toml")
+
+    def refused(self: Path, *args: Any, **kwargs: Any) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "exists", refused)
+    assert not ckpt.holds(tmp_path / "mine", "config.toml", "summary.json")

@@ -29,6 +29,15 @@ CHECKPOINT_JSON = "checkpoint.json"
 _RESTORE = "restore it from a copy or train the run again"
 
 
+def holds(folder: Path, *names: str) -> bool:
+    """Whether ``folder`` holds any of the files ``names`` (a run's: CONFIG, SUMMARY); a folder that
+    cannot be read (another user's, lost+found) holds none."""
+    try:
+        return any((folder / name).exists() for name in names)
+    except OSError:
+        return False
+
+
 def check_out_dir(out: Path, purpose: str = "") -> Path:
     """Refuse an ``--out`` folder that is, or lies inside, a file before any work, rather than fail
     after it (mkdir would raise FileExistsError); ``purpose`` ends the message (" for the run")."""

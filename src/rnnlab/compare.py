@@ -194,7 +194,7 @@ def prepare(entries: list[Entry], out_dir: str | Path, *, seeds: int,
     tasks = plan(entries, out, seeds=seeds, jobs=min(jobs, len(entries) * seeds))
     identities: dict[Any, dict[str, Any]] = {}  # the data at each place moved to, read once
     states = {t.key: task_state(t, identities) for t in tasks}
-    runs = [run for run in (out / "runs").glob("*/*") if (run / CONFIG).exists() or (run / SUMMARY).exists()]
+    runs = [run for run in (out / "runs").glob("*/*") if ckpt.holds(run, CONFIG, SUMMARY)]
     held = sorted({run.parent.name for run in runs})
     left_out = [name for name in held if name not in {e.name for e in entries}]
     if left_out:

@@ -136,15 +136,8 @@ def _runs_inside(folder: Path) -> list[str]:
     """Names of the run and compare folders directly inside ``folder``, sorted."""
     if not folder.is_dir():
         return []
-    marks = (CONFIG, SUMMARY, ckpt.CHECKPOINT_JSON, "compare.json")
-
-    def is_run(child: Path) -> bool:
-        try:
-            return child.is_dir() and any((child / mark).is_file() for mark in marks)
-        except OSError:  # another user's folder (lost+found, a 700 folder): not ours, and not a run
-            return False
-
-    return sorted(child.name for child in folder.iterdir() if is_run(child))
+    return sorted(child.name for child in folder.iterdir()
+                  if child.is_dir() and ckpt.holds(child, CONFIG, SUMMARY, "compare.json"))
 
 
 def _ended(run: Run, ctrl_c: bool) -> Run:

@@ -118,10 +118,6 @@ def read_record(run_dir: Path, entry: str | None = None) -> RunRecord:
     return RunRecord(entry, run_dir, status, seed, config, summary)
 
 
-def _is_run_dir(path: Path) -> bool:
-    return (path / CONFIG).exists() or (path / SUMMARY).exists()
-
-
 def collect(paths: list[str | Path]) -> dict[str, list[RunRecord]]:
     """Group the runs under ``paths`` (run folders, compare folders, folders of either, or an
     earlier report's results.json) by entry. An entry of a results.json whose name another path
@@ -333,14 +329,14 @@ def _compare_order(path: Path) -> dict[str, int]:
 
 def _records_under(path: Path) -> list[RunRecord]:
     """Run folders at or below ``path``; a compare folder's layout names the entries."""
-    if _is_run_dir(path):
+    if ckpt.holds(path, CONFIG, SUMMARY):
         return [read_record(path)]
     if (path / "runs").is_dir():  # a compare folder: runs/<entry>/seed<k>/
         records = []
         order = _compare_order(path)  # the entries in the order the compare gave them, as its report shows them
         for entry_dir in sorted((p for p in (path / "runs").iterdir() if p.is_dir()),
                                 key=lambda p: (order.get(p.name, len(order)), p.name)):
-            for run_dir in sorted(p for p in entry_dir.iterdir() if p.is_dir() and _is_run_dir(p)):
+            for run_dir in sorted(p for p in entry_dir.iterdir() if p.is_dir() and ckpt.holds(p, CONFIG, SUMMARY)):
                 records.append(read_record(run_dir, entry=entry_dir.name))
         if records:
             return records
