@@ -1,5 +1,5 @@
 """glibc's allocator, tuned for training loops: freed buffers kept for reuse during a run, and
-glibc's defaults back after it. Elsewhere (macOS, Windows, musl) nothing is changed."""
+after it the settings glibc settles on by itself. Elsewhere (macOS, Windows, musl) nothing is changed."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Iterator
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameter numbers
+_tuned = False  # whether tune_allocator's settings are in force
 
 
 @functools.lru_cache(maxsize=1)
@@ -51,7 +52,6 @@ def tune_allocator() -> bool:
     return _tuned
 
 
-_tuned = False  # whether tune_allocator's settings are in force
 # Where glibc's own settings end up in a process that frees large buffers: any mallopt turns its
 # sliding mmap threshold off for good, so the settings after a run are set to its ceiling (32 MiB
 # on 64-bit, with the trim threshold at twice that). Its starting values (128 KiB) would map and
