@@ -321,6 +321,25 @@ def test_a_setting_the_rest_of_the_config_would_ignore_is_refused(given: list[st
         assert to_dict(apply_overrides(saved, [switch]))[section][name] == value
 
 
+def test_a_config_built_in_python_is_judged_by_the_settings_it_changes() -> None:
+    """What an override would be refused for, a config built in Python (or loaded) is found to hold:
+    ``rnnlab.train`` warns of it. The presets hold none."""
+    from rnnlab.config import RunConfig, apply_overrides, to_dict
+    from rnnlab.config_ignored import unused_settings
+
+    default = to_dict(RunConfig())
+    held = apply_overrides(RunConfig(), ["model.cell=gru", "model.nonlinearity=relu", "train.momentum=0.9",
+                                         "train.gamma=0.1"], refuse_unused=False)
+    problems = unused_settings(to_dict(held), default)
+    assert [problem.split(" ")[0] for problem in problems] == ["model.nonlinearity", "train.momentum", "train.gamma"]
+    assert "a GRU has its own gates" in problems[0]
+    used = apply_overrides(RunConfig(), ["model.cell=rnn", "model.nonlinearity=relu", "train.optimizer=sgd",
+                                         "train.momentum=0.9", "train.schedule=step", "train.gamma=0.1"])
+    assert unused_settings(to_dict(used), default) == []
+    for name in list_presets():
+        assert unused_settings(to_dict(get_preset(name).config), default) == [], name
+
+
 def test_config_sections_must_be_their_dataclasses_and_layers_are_capped() -> None:
     from rnnlab.config import ModelConfig, RunConfig, apply_overrides
 

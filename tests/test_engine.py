@@ -8,6 +8,7 @@ import platform
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -793,3 +794,23 @@ def test_a_save_cut_between_its_two_files_resumes_from_the_later_one(tmp_path: P
     assert json.loads((tmp_path / "part" / "checkpoint.json").read_text())["iteration"] == 10  # the last save's
     assert ckpt.load_checkpoint(tmp_path / "part")[1]["iteration"] == 20  # the .pt's own
     assert_resume_matches(whole.dir, tmp_path / "part")
+
+
+def test_train_warns_at_the_callers_line_of_a_setting_the_config_leaves_unused(tmp_path: Path) -> None:
+    """An override that the rest of the config leaves unused is refused; a config built in Python
+    cannot be, for its settings are not told apart from their defaults, so rnnlab.train warns."""
+    from dataclasses import replace
+
+    from rnnlab.config_ignored import UnusedSettingWarning
+
+    cfg = tiny("train.iterations=2", "train.eval_every=2", "train.optimizer=adam")
+    cfg = replace(cfg, train=replace(cfg.train, momentum=0.9))
+    with pytest.warns(UnusedSettingWarning, match=r"^this config holds a setting the run leaves unused: "
+                                                  r"train.momentum is SGD's and RMSprop's") as caught:
+        rnnlab.train(cfg, tmp_path / "run", progress=False)
+    assert [w.filename for w in caught if w.category is UnusedSettingWarning] == [__file__]
+    switched = rnnlab.apply_overrides(rnnlab.get_preset("dlw-rnn-a").config, TINY[:-2] + ["model.cell=lstm"])
+    with warnings.catch_warnings():  # the preset's nonlinearity, which the switch leaves behind, is not the user's
+        warnings.simplefilter("error", UnusedSettingWarning)
+        rnnlab.train(replace(switched, train=replace(switched.train, iterations=2, eval_every=2)), tmp_path / "lstm",
+                     progress=False)

@@ -126,7 +126,8 @@ def test_training_by_hand_follows_autograd_and_resumes_exactly(tmp_path) -> None
     resumed = rnnlab.resume(part.dir, progress=False)
     c = torch.load(resumed.dir / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[key], c[key]) for key in a)
-    lstm = rnnlab.train(rnnlab.apply_overrides(cfg, ["model.cell=lstm"]), tmp_path / "lstm", progress=False)
+    lstm = rnnlab.train(rnnlab.apply_overrides(rnnlab.RunConfig(), [*base[3:], "model.cell=lstm"]), tmp_path / "lstm",
+                        progress=False)
     assert lstm.summary["backward"] == "autograd"  # impl=auto gives LSTMs torch.nn's layers (oneDNN)
 
 

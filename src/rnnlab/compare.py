@@ -14,6 +14,7 @@ import json
 import numbers
 import os
 import traceback
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +22,7 @@ from typing import Any, Callable
 from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json
 from rnnlab.config import DATA_LOCATION, RunConfig, load_toml, save_toml
+from rnnlab.config_ignored import UnusedSettingWarning
 from rnnlab.config_values import check_folder_name
 from rnnlab.data.splits import data_identity, identity_differences, load_datasets
 from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
@@ -250,7 +252,9 @@ def _run_task(task: Task, run_dir: Path) -> dict[str, Any]:
                 action = f"trained again (its checkpoint could not be resumed: {exc})"
         _clear(run_dir)
         save_toml(task.config, run_dir / CONFIG)  # now `rnnlab report` sees this seed even if it fails
-        return task_record(task, rnnlab.train(task.config, run_dir, progress=False).summary, action)
+        with warnings.catch_warnings():  # shared overrides some entries use and others not: not refused either
+            warnings.simplefilter("ignore", UnusedSettingWarning)
+            return task_record(task, rnnlab.train(task.config, run_dir, progress=False).summary, action)
     except Interrupted as stop:  # the compare's Ctrl-C or SIGTERM: this seed saved, resumable
         return task_record(task, stop.run.summary, action)
     except Exception as exc:  # noqa: BLE001 - any error of one seed must not end the compare

@@ -17,7 +17,8 @@ from rnnlab import checkpoint as ckpt
 from rnnlab import distributed as dist
 from rnnlab import seeding
 from rnnlab.allocator import allocator_tuned
-from rnnlab.config import RunConfig, from_dict, load_toml, settings_of_the_run
+from rnnlab.config import RunConfig, from_dict, load_toml, settings_of_the_run, to_dict
+from rnnlab.config_ignored import UnusedSettingWarning, unused_settings
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab.engine import Trainer
 from rnnlab.errors import CheckpointError, ConfigError, describe, warn_caller
@@ -79,6 +80,8 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
     if out is not None:
         out = ckpt.check_out_dir(path_arg(out, "out", "rnnlab.train(config, out='runs/my-run')"), " for the run")
     dist.init_process_group(config.train.device)  # under torchrun: all processes share one folder
+    if dist.is_main_process():
+        _warn_of_unused_settings(config)
     run_dir = out if out is not None else dist.broadcast_object(default_run_dir(config))
     if (run_dir / "compare.json").exists():
         raise ConfigError(f"{run_dir} holds a compare (compare.json); a run writes a folder of its own: "
@@ -104,6 +107,16 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
             trainer = Trainer(config, run_dir, progress=progress)
             summary = trainer.fit(stop_after=stop_after)
     return _ended(Run(run_dir, config, summary), trainer.ctrl_c)
+
+
+def _warn_of_unused_settings(config: RunConfig) -> None:
+    """An override is refused a setting the rest of the config leaves unused; a config built in Python
+    (or loaded) is warned of one it sets away from its preset's, or from the defaults."""
+    from rnnlab.presets import get_preset, list_presets  # late: presets import this module's neighbours
+
+    start = get_preset(config.preset).config if config.preset in list_presets() else RunConfig()
+    for problem in unused_settings(to_dict(config), to_dict(start)):
+        warn_caller(f"this config holds a setting the run leaves unused: {problem}", UnusedSettingWarning)
 
 
 def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int | None = None,
