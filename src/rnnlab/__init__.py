@@ -28,6 +28,8 @@ _EXPORTS = {
     "RnnlabError": "rnnlab.errors",
     "create_model": "rnnlab.models",
     "list_models": "rnnlab.models",
+    "register_model": "rnnlab.models",
+    "SequenceClassifier": "rnnlab.models",
     "get_preset": "rnnlab.presets",
     "list_presets": "rnnlab.presets",
     "Run": "rnnlab.run",
@@ -38,9 +40,9 @@ _EXPORTS = {
     "train": "rnnlab.run",
 }
 
-__all__ = ["DataConfig", "ModelConfig", "RnnlabError", "Run", "RunConfig", "TrainConfig", "TrainedModel",
-           "apply_overrides", "create_model", "get_preset", "list_models", "list_presets", "load", "read_run",
-           "resume", "train"]  # a literal, for linters: the same names as _EXPORTS (tests/test_package.py)
+__all__ = ["DataConfig", "ModelConfig", "RnnlabError", "Run", "RunConfig", "SequenceClassifier", "TrainConfig",
+           "TrainedModel", "apply_overrides", "create_model", "get_preset", "list_models", "list_presets", "load",
+           "read_run", "register_model", "resume", "train"]  # a literal, for linters: the same names as _EXPORTS (tests/test_package.py)
 
 
 def __getattr__(name: str) -> Any:
@@ -62,7 +64,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from rnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides
     from rnnlab.errors import RnnlabError
-    from rnnlab.models import create_model, list_models
+    from rnnlab.models import SequenceClassifier, create_model, list_models, register_model
     from rnnlab.presets import get_preset, list_presets
     from rnnlab.run import Run, read_run, resume, train
     from rnnlab.trained import TrainedModel, load

@@ -32,6 +32,9 @@ CELL_SUMMARIES = {"rnn": "Elman RNN, nonlinearity relu or tanh (model.nonlineari
                   "lstm": "Long short-term memory (Hochreiter & Schmidhuber, 1997)",
                   "gru": "Gated recurrent unit (Cho et al., 2014)"}
 CELLS = tuple(CELL_SUMMARIES)
+# Cells registered with rnnlab.register_model (a model of one's own): a run can use them too, once
+# the module that registers them is imported (on the command line, --import).
+REGISTERED_CELLS: dict[str, str] = {}
 NONLINEARITIES = ("tanh", "relu")
 READOUTS = ("last", "mean", "all")
 INITS = ("default", "orthogonal", "identity")
@@ -105,7 +108,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_values("model", self)
-        choice("model", "cell", self.cell, CELLS)
+        if not isinstance(self.cell, str) or self.cell not in CELLS + tuple(REGISTERED_CELLS):
+            raise ConfigError(f"model.cell={self.cell!r} is not valid; choose one of: "
+                              f"{', '.join(CELLS + tuple(REGISTERED_CELLS))} (a model of your own is registered "
+                              "with rnnlab.register_model: import the module that registers it first; on the "
+                              "command line, rnnlab --import FILE_OR_MODULE)")
         choice("model", "nonlinearity", self.nonlinearity, NONLINEARITIES)
         choice("model", "readout", self.readout, READOUTS)
         choice("model", "init", self.init, INITS)

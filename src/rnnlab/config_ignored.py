@@ -13,6 +13,8 @@ from typing import Any
 
 from rnnlab.errors import ConfigError
 
+GATED = ("rnn", "lstm", "gru")  # rnnlab's own cells: a model of one's own (register_model) reads what it will
+
 
 class UnusedSettingWarning(UserWarning):
     """A config holds a setting the rest of it leaves unused (``rnnlab.train``); a compare, whose shared
@@ -48,10 +50,10 @@ def _left_unused(raw: dict[str, Any], given: set[str]) -> list[str]:
         problems.append(f"data.permutation_seed orders the pixels of data.view=permuted-pixels; this run reads "
                          f"{data['view'] if data['dataset'] != 'file' else 'a sequence file'}: drop it, or add "
                          "data.view=permuted-pixels")
-    if "model.nonlinearity" in given and model["cell"] != "rnn":
+    if "model.nonlinearity" in given and model["cell"] in ("lstm", "gru"):  # a model of one's own may read it
         problems.append(f"model.nonlinearity is the Elman RNN's (model.cell=rnn); a{'n' * (model['cell'] == 'lstm')} "
                          f"{model['cell'].upper()} has its own gates: drop it, or add model.cell=rnn")
-    if model["dropout"] and model["layers"] == 1 and "model.dropout" in given:
+    if model["dropout"] and model["layers"] == 1 and "model.dropout" in given and model["cell"] in GATED:
         problems.append("model.dropout drops out between stacked layers, as torch.nn's does; with model.layers=1 "
                          "there are none: drop it, or add model.layers=2")
     if train["protocol"] == "tutorial" and data["val_size"] and "data.val_size" in given:

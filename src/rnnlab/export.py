@@ -35,6 +35,7 @@ from rnnlab.atomic import replacing
 from rnnlab.export_formats import (INPUT_NAME, LENGTHS_NAME, OUTPUT_NAME, ExportError, Runner, onnx_runner,
                                    require_onnx, torchscript_runner, write_onnx, write_torchscript)
 from rnnlab.data.sequences import lengths_problem, zero_padding
+from rnnlab.models.recurrent import GATES
 from rnnlab.errors import describe
 from rnnlab.export_paths import cannot_write, is_rnnlab_export, out_refusal
 from rnnlab.run import path_arg
@@ -65,6 +66,7 @@ class ExportReport:
     reads_sequences: bool = False  # trained on a sequence file: inputs are not pixels in [0, 1]
     lengths_input: bool = False  # a second input, lengths (N,) int64, for padded sequences
     input_range: list[float] | None = None  # [0, 1] for pixels and a uint8 file's values / 255, else None
+    steps_fixed_by: str = ""  # why T is fixed, where it is: "readout 'all'" or "a model of your own"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -338,7 +340,9 @@ def export_run(run_dir: str | Path | Any, fmt: str = "onnx", out: str | Path | N
                or _misnamed(path, fmt))
     if refusal:
         raise ExportError(refusal)
-    dynamic_steps = trained.config.model.readout != "all"
+    # A model of one's own (register_model) may loop over the steps in Python, which the export
+    # unrolls: its graph then takes the trained length only, as readout=all's does.
+    dynamic_steps = trained.config.model.readout != "all" and trained.config.model.cell in GATES
     with_lengths = trained.variable_lengths
     metadata = _metadata(trained, model, dynamic_steps)
     # A batch of 2 random sequences: a size the checks never use, so a batch size baked into the
@@ -386,4 +390,7 @@ def export_run(run_dir: str | Path | Any, fmt: str = "onnx", out: str | Path | N
     shape: list[Any] = ["N", "T" if dynamic_steps else steps, model.input_size]
     return ExportReport(path=str(path), format=fmt, input_shape=shape, dynamic_steps=dynamic_steps,
                         bytes=path.stat().st_size, reads_sequences=trained.reads_sequences,
-                        lengths_input=with_lengths, input_range=metadata["input_range"], **checked)
+                        lengths_input=with_lengths, input_range=metadata["input_range"],
+                        steps_fixed_by="" if dynamic_steps else ("readout 'all'" if trained.config.model.readout == "all"
+                                                                 else "a model of your own, its steps unrolled"),
+                        **checked)

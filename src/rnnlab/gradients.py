@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
 from .models.recurrent import SequenceClassifier
 
 _CELLS = {"rnn_tanh": torch.rnn_tanh_cell, "rnn_relu": torch.rnn_relu_cell, "gru": torch.gru_cell}
@@ -90,6 +91,9 @@ def gradient_flow(model: SequenceClassifier, x: torch.Tensor, y: torch.Tensor) -
     """``||dL/dh_t||`` for every layer, direction and step, averaged over the batch ``x (B, T, F)``
     with labels ``y (B,)``, on the device ``x`` and the model are on, in float32 (autocast is
     turned off). The model's parameters and their ``.grad`` are left untouched."""
+    if model.mode not in _CELLS and model.mode != "lstm":
+        raise ConfigError(f"the gradient flow unrolls rnnlab's own cells (rnn, lstm, gru) from their weights; "
+                          f"model.cell={model.config.cell!r} is a model of your own (register_model)")
     was_training = model.training
     model.eval()
     # Always float32, even inside a caller's autocast: the norms reach 1e-11 and below, under

@@ -13,6 +13,7 @@ import functools
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -77,15 +78,21 @@ def _context() -> multiprocessing.context.BaseContext:
 _STOP = "STOP"  # in a round's marker folder: the compare was interrupted, start nothing more
 
 
-def _worker_setup(parent: int, marker_dir: str, gpu_counter: Any, gpus: int) -> None:
+def _worker_setup(parent: int, marker_dir: str, gpu_counter: Any, gpus: int, imports: list[str]) -> None:
     """Pool initializer. An idle worker ignores Ctrl-C (one dying in the pool's queue would break
     the pool, and the pool would then kill the others mid-stop), and the worker's life is tied to
     the parent's: if the compare process is killed, its workers exit within half a second instead
     of training on for no one, into folders that a rerun then trains into as well, and then waiting
     for work forever. For SIGTERM see :func:`_idle_sigterm` and :func:`_started`. With ``gpus``,
-    the worker takes the next GPU as its own (:func:`_take_gpu`)."""
+    the worker takes the next GPU as its own (:func:`_take_gpu`). ``imports``: the modules that
+    registered models of one's own in the compare's process (``--import``), imported here too."""
     if gpus:
         _take_gpu(gpu_counter, gpus)
+    if imports:
+        from rnnlab.models.registry import import_models
+
+        for source in imports:
+            import_models(source)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, functools.partial(_idle_sigterm, marker_dir))
 
@@ -95,6 +102,11 @@ def _worker_setup(parent: int, marker_dir: str, gpu_counter: Any, gpus: int) -> 
         os._exit(1)
 
     threading.Thread(target=watch, name="rnnlab-parent-watch", daemon=True).start()
+
+
+def _imported_models() -> list[str]:
+    registry = sys.modules.get("rnnlab.models.registry")  # not imported: nothing was
+    return registry.imported_models() if registry is not None else []
 
 
 def _take_gpu(counter: Any, gpus: int) -> None:
@@ -172,7 +184,7 @@ def _round(batch: list[Task], workers: int, worker: Callable[[Task], dict[str, A
     """Run a batch in one pool; tasks lost to a broken pool are simply left without a result."""
     gpu_counter = _context().Value("i", 0)  # the next GPU a starting worker takes
     with ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_worker_setup,
-                             initargs=(os.getpid(), marker_dir, gpu_counter, gpus)) as pool:
+                             initargs=(os.getpid(), marker_dir, gpu_counter, gpus, _imported_models())) as pool:
         futures: dict[Future, Task] = {pool.submit(_started, marker_dir, worker, t): t for t in batch}
         try:
             for future in as_completed(futures):

@@ -37,7 +37,27 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=IntermixedParser)
     for name in COMMANDS:
         importlib.import_module(f"rnnlab.cli.{name}").register(subparsers)
+    # Models of one's own (rnnlab.register_model): before the command (`rnnlab --import F train`) or in it.
+    parser.add_argument("--import", dest="imports_first", action="append", metavar="FILE_OR_MODULE", default=[],
+                        help=IMPORT_HELP)
+    for command in set(subparsers.choices.values()):
+        command.add_argument("--import", dest="imports", action="append", metavar="FILE_OR_MODULE",
+                             default=argparse.SUPPRESS, help=IMPORT_HELP)
     return parser
+
+
+IMPORT_HELP = ("a Python file (my_cells.py) or module that registers models of your own with "
+               "rnnlab.register_model, for model.cell=NAME; give it to every command that reads such a run "
+               "(repeatable)")
+
+
+def _import_models(args: argparse.Namespace) -> None:
+    sources = [*getattr(args, "imports_first", []), *getattr(args, "imports", [])]
+    if sources:
+        from rnnlab.models.registry import import_models
+
+        for source in sources:
+            import_models(source)
 
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parents[1])  # .../rnnlab
@@ -72,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         # SIGTERM (kill, a scheduler's time limit) stops a run between two steps, resumable, and the
         # command then ends as Ctrl-C ends it, with a message and no traceback.
         with sigterm_raises():
+            _import_models(args)
             return int(args.func(args) or 0)
     except RnnlabError as exc:
         print(f"rnnlab: error: {exc}", file=sys.stderr)

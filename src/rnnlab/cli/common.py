@@ -50,7 +50,7 @@ DEVICE_HELP = "auto (the first available of cuda, mps, cpu), cpu, cuda, cuda:N o
 # Short flags for the most common settings; each maps to a dotted key. Their values are read as
 # overrides are (a bad one is one line that names the flag, not argparse's usage block).
 SHORTCUTS = {
-    "model": ("model.cell", "recurrent cell: rnn, lstm or gru"),
+    "model": ("model.cell", "recurrent cell: rnn, lstm, gru, or one of your own (--import)"),
     "nonlinearity": ("model.nonlinearity", "tanh or relu (cell rnn)"),
     "layers": ("model.layers", "stacked recurrent layers"),
     "hidden": ("model.hidden", "hidden units per layer"),

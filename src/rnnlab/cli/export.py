@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {report.path} ({report.format}, {report.bytes / 1024:.1f} KiB)")
     values = "" if report.input_range is None else ", values in [0, 1]"
     print(f"  input  sequences float32 {shape}{values}"
-          + ("" if report.dynamic_steps else "  (T fixed: readout 'all')"))
+          + ("" if report.dynamic_steps else f"  (T fixed: {report.steps_fixed_by})"))
     if report.lengths_input:
         print("  input  lengths   int64 (N,)  each padded sequence's own length")
     print("  output logits    float32 (N, classes)")

@@ -48,10 +48,12 @@ def run_presets(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from rnnlab.config import CELL_SUMMARIES  # no torch: the list is the config's
+    from rnnlab.config import CELL_SUMMARIES, REGISTERED_CELLS  # no torch: the list is the config's
 
-    for name, summary in CELL_SUMMARIES.items():
-        print(f"{name:<6} {summary}")
+    models = {**CELL_SUMMARIES, **REGISTERED_CELLS}  # with --import, the models it registered too
+    width = max(6, *map(len, models))
+    for name, summary in models.items():
+        print(f"{name:<{width}} {summary}")
     return 0
 
 
@@ -82,5 +84,8 @@ def run_inspect(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}  {str(list(shape)):<14} {count:>9,}")
     flops = flops_per_sample(model, steps)
     print(f"\nparameters         {parameter_count(model):,}")
-    print(f"FLOPs per sample   {flops:,} forward ({flops / steps:,.0f} per step), ~{3 * flops:,} training")
+    if flops is None:
+        print(f"FLOPs per sample   not counted: model.cell={config.model.cell} is a model of your own")
+    else:
+        print(f"FLOPs per sample   {flops:,} forward ({flops / steps:,.0f} per step), ~{3 * flops:,} training")
     return 0

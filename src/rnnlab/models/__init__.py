@@ -6,15 +6,24 @@ from rnnlab.models.recurrent import (
     flops_per_sample,
     parameter_count,
 )
-from rnnlab.models.registry import create_model, list_models, model_summaries, register_model
+from rnnlab.models.registry import (
+    create_model,
+    import_models,
+    list_models,
+    model_summaries,
+    register_model,
+    unregister_model,
+)
 
 __all__ = [
     "SequenceClassifier",
     "create_model",
     "describe_parameters",
     "flops_per_sample",
+    "import_models",
     "list_models",
     "model_summaries",
     "parameter_count",
     "register_model",
+    "unregister_model",
 ]

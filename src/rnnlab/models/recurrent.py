@@ -15,18 +15,29 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnlab.config import ModelConfig
-from rnnlab.errors import ConfigError, warn_caller
+from rnnlab.errors import ConfigError, describe, warn_caller
 from rnnlab.models.fast import make_recurrent
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
 class SequenceClassifier(nn.Module):
-    """A stack of RNN/LSTM/GRU layers and a linear readout."""
+    """A stack of RNN/LSTM/GRU layers and a linear readout.
+
+    ``recurrent``: a module of one's own in place of rnnlab's layers (a model registered with
+    ``register_model``). It maps ``(B, T, F)`` to a tuple whose first item is the top layer's states
+    ``(B, T, D*H)``, as ``torch.nn.LSTM(batch_first=True)`` does; it keeps its own initialisation
+    (``model.init`` is for rnnlab's cells)."""
 
     def __init__(self, config: ModelConfig, *, input_size: int, seq_len: int, num_classes: int,
-                 input_mean: float | torch.Tensor = 0.0, input_std: float | torch.Tensor = 1.0) -> None:
+                 input_mean: float | torch.Tensor = 0.0, input_std: float | torch.Tensor = 1.0,
+                 recurrent: nn.Module | None = None) -> None:
         super().__init__()
+        if recurrent is None and config.cell not in GATES:
+            raise ConfigError(f"model.cell={config.cell!r} is a model of your own: its builder must pass "
+                              "SequenceClassifier(..., recurrent=your_module)")
+        if recurrent is not None and not isinstance(recurrent, nn.Module):
+            raise ConfigError(f"SequenceClassifier: recurrent must be a torch.nn.Module, not {describe(recurrent)}")
         self.config = config
         self.input_size, self.seq_len, self.num_classes = input_size, seq_len, num_classes
         self.mode = f"rnn_{config.nonlinearity}" if config.cell == "rnn" else config.cell
@@ -38,13 +49,17 @@ class SequenceClassifier(nn.Module):
         # kernels, and always on CUDA (see _recurrence).
         self.recurrent_in_fp32 = False
         # FastRecurrent where it was measured to win (impl=auto), else torch.nn; always batch_first
-        self.rnn = make_recurrent(self.mode, input_size, config.hidden, config.layers, config.bidirectional,
-                                  config.dropout, impl=config.impl)
+        if recurrent is None:
+            self.rnn = make_recurrent(self.mode, input_size, config.hidden, config.layers, config.bidirectional,
+                                      config.dropout, impl=config.impl)
+        else:
+            self.rnn = recurrent
         features = self.directions * config.hidden
         if config.readout == "all":
             features *= seq_len  # a Linear over every step's hidden state
         self.head = nn.Linear(features, num_classes)
-        initialise(self, config.init)
+        if recurrent is None:
+            initialise(self, config.init)
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         """The recurrence's input: raw ``(B, T, F)`` standardised as in training."""
@@ -194,12 +209,15 @@ def initialise(model: SequenceClassifier, scheme: str) -> None:
                     param[hidden:2 * hidden] = 1.0  # gate order i, f, g, o: open the forget gate
 
 
-def flops_per_sample(model: SequenceClassifier, seq_len: int | None = None) -> int:
-    """Multiply-adds x2 for one forward pass of one sequence (training costs about 3x this).
+def flops_per_sample(model: SequenceClassifier, seq_len: int | None = None) -> int | None:
+    """Multiply-adds x2 for one forward pass of one sequence (training costs about 3x this); None
+    for a model of one's own (``register_model``).
 
     Per layer, direction and step: RNN ``2H(I+H)``, GRU three times that, LSTM four times.
     """
     cfg = model.config
+    if cfg.cell not in GATES:  # a model of one's own: only its author knows its arithmetic
+        return None
     steps = seq_len or model.seq_len
     total = 0
     layer_input = model.input_size

@@ -15,9 +15,12 @@ from rnnlab.models.recurrent import GATES
 ADVICE = "lower model.hidden or model.layers"
 
 
-def parameter_estimate(config: ModelConfig, *, input_size: int, seq_len: int, num_classes: int) -> int:
+def parameter_estimate(config: ModelConfig, *, input_size: int, seq_len: int, num_classes: int) -> int | None:
     """The parameter count of the model ``create_model`` would build, without building it: per
-    layer and direction ``G*H*(I+H) + 2*G*H`` (two bias vectors), as ``flops_per_sample`` counts."""
+    layer and direction ``G*H*(I+H) + 2*G*H`` (two bias vectors), as ``flops_per_sample`` counts.
+    None for a model of one's own (``register_model``): only its builder knows."""
+    if config.cell not in GATES:
+        return None
     gates, hidden, directions = GATES[config.cell], config.hidden, 2 if config.bidirectional else 1
     per_layer = directions * gates * hidden * (directions * hidden + hidden + 2)  # layers after the first
     recurrent = directions * gates * hidden * (input_size + hidden + 2) + (config.layers - 1) * per_layer
@@ -31,13 +34,15 @@ _INIT_BLOCKS = {"orthogonal": 4, "identity": 1}
 
 
 def check_model_size(config: ModelConfig, *, input_size: int, seq_len: int, num_classes: int,
-                     train: TrainConfig | None = None, gpu: tuple[int, str] | None = None) -> int:
+                     train: TrainConfig | None = None, gpu: tuple[int, str] | None = None) -> int | None:
     """Refuse a model whose float32 weights would not fit in memory while it is built (with
     ``train``: nor its gradients and optimizer state), before torch tries; return the parameter count.
     ``gpu``: (free bytes, name) of the GPU that will hold the model (``distributed.device_memory``).
     The model is built on the host either way, so the host must hold the build, and whichever
     device trains must hold the training copies."""
     count = parameter_estimate(config, input_size=input_size, seq_len=seq_len, num_classes=num_classes)
+    if count is None:  # a model of one's own: not estimated; torch's own out-of-memory error stands
+        return None
     weights = 4 * count
     building = weights + _INIT_BLOCKS.get(config.init, 0) * 4 * config.hidden**2
     copies = 1 if train is None else _training_copies(train)

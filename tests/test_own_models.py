@@ -1,0 +1,200 @@
+"""A model of one's own (``rnnlab.register_model``): trained, resumed, loaded, compared and exported
+by rnnlab as its own cells are, from Python and from the command line (``--import``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import rnnlab
+from rnnlab.config import REGISTERED_CELLS, RunConfig, apply_overrides
+from rnnlab.errors import ConfigError
+from rnnlab.models import registry
+
+TINY = ["train.device=cpu", "model.hidden=16", "train.batch_size=50", "train.iterations=40", "train.eval_every=20",
+        "train.eval_batch_size=2000", "data.val_size=1000", "train.threads=1"]
+
+# An IndRNN (Li et al., 2018): h_t = relu(W x_t + u * h_{t-1} + b), each unit its own recurrence.
+CELL_FILE = '''
+import torch
+from torch import nn
+
+import rnnlab
+
+
+class IndRNN(nn.Module):
+    def __init__(self, input_size, hidden, layers):
+        super().__init__()
+        sizes = [input_size] + [hidden] * layers
+        self.inputs = nn.ModuleList(nn.Linear(a, hidden) for a in sizes[:-1])
+        self.recurrent = nn.ParameterList(nn.Parameter(torch.rand(hidden)) for _ in range(layers))
+
+    def forward(self, x):
+        for linear, u in zip(self.inputs, self.recurrent):
+            projected = linear(x)  # (B, T, H)
+            h = projected.new_zeros(projected.shape[0], projected.shape[2])
+            states = []
+            for t in range(projected.shape[1]):
+                h = torch.relu(projected[:, t] + u * h)
+                states.append(h)
+            x = torch.stack(states, dim=1)  # (B, T, H)
+        return x, None
+
+
+@rnnlab.register_model("indrnn", "IndRNN (Li et al., 2018)")
+def build_indrnn(*, config, input_size, seq_len, num_classes, input_mean=0.0, input_std=1.0):
+    return rnnlab.SequenceClassifier(config, input_size=input_size, seq_len=seq_len, num_classes=num_classes,
+                                     input_mean=input_mean, input_std=input_std,
+                                     recurrent=IndRNN(input_size, config.hidden, config.layers))
+'''
+
+
+@pytest.fixture
+def indrnn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``my_cells.py`` imported (it registers ``indrnn``); forgotten again after the test."""
+    monkeypatch.setattr(registry, "_IMPORTED", [])
+    path = tmp_path / "my_cells.py"
+    path.write_text(CELL_FILE)
+    registry.import_models(str(path))
+    yield path
+    registry.unregister_model("indrnn")
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+
+
+def test_a_model_of_ones_own_trains_resumes_and_predicts(indrnn: Path, tmp_path: Path) -> None:
+    assert "indrnn" in rnnlab.list_models() and "indrnn" in REGISTERED_CELLS
+    cfg = apply_overrides(RunConfig(), [*TINY, "model.cell=indrnn", "model.nonlinearity=relu"])  # its to read
+    whole = rnnlab.train(cfg, tmp_path / "whole", progress=False)
+    assert whole.status == "completed" and whole.summary["model"] == "indrnn"
+    assert whole.summary["backward"] == "autograd"  # rnnlab's hand-written step is for its own layers
+    assert whole.test_accuracy > 13  # percent, chance 10: it learns (40 steps of batch 50; seeded, so fixed)
+    part = rnnlab.train(cfg, tmp_path / "part", progress=False, stop_after=13)
+    resumed = rnnlab.resume(part.dir, progress=False)
+    a, b = _weights(whole.dir), _weights(resumed.dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bitwise: as never stopped
+    assert resumed.test_accuracy == whole.test_accuracy
+    trained = rnnlab.load(whole.dir)
+    images = torch.rand(5, 28, 28)
+    with torch.no_grad():
+        logits = trained.model(images)  # (B, C)
+    assert [p["class"] for p in trained.predict(images.numpy())] == logits.argmax(1).tolist()
+    assert round(trained.evaluate()["test_accuracy"], 4) == whole.test_accuracy
+
+
+def test_what_rnnlab_cannot_know_of_a_model_of_ones_own(indrnn: Path) -> None:
+    from rnnlab.gradients import gradient_flow
+    from rnnlab.models import create_model, flops_per_sample
+    from rnnlab.models.size import check_model_size
+
+    config = apply_overrides(RunConfig(), ["model.cell=indrnn", "model.hidden=8"]).model
+    model = create_model(config, input_size=28, seq_len=28, num_classes=10)
+    assert flops_per_sample(model) is None
+    assert check_model_size(config, input_size=28, seq_len=28, num_classes=10) is None
+    with pytest.raises(ConfigError, match=r"unrolls rnnlab's own cells .* model.cell='indrnn' is a model of your own"):
+        gradient_flow(model, torch.rand(2, 28, 28), torch.tensor([0, 1]))
+
+
+def test_mistakes_in_a_model_of_ones_own_are_named_where_they_are_made(indrnn: Path) -> None:
+    from torch import nn
+
+    from rnnlab.models import create_model, register_model, unregister_model
+
+    with pytest.raises(ConfigError, match=r"model.cell='lstm2' is not valid; choose one of: rnn, lstm, gru, indrnn "
+                                          r"\(a model of your own is registered with rnnlab.register_model"):
+        apply_overrides(RunConfig(), ["model.cell=lstm2"])
+    with pytest.raises(ConfigError, match=r"model 'lstm' is already registered"):
+        register_model("lstm", "mine")(lambda **kwargs: None)
+    with pytest.raises(ConfigError, match=r"model 'indrnn' is already registered \(by my_cells\w*\.build_indrnn\)"):
+        register_model("indrnn", "another")(lambda **kwargs: None)
+    with pytest.raises(ConfigError, match=r"one of rnnlab's own models"):
+        unregister_model("gru")
+    with pytest.raises(ConfigError, match=r"the name must be a non-empty string"):
+        register_model("a=b", "bad")
+
+    def build(kind: str):  # builders of three wrong kinds, each under the name "broken"
+        def builder(*, config, input_size, seq_len, num_classes, input_mean=0.0, input_std=1.0):
+            if kind == "module":
+                return nn.GRU(input_size, config.hidden, batch_first=True)
+            recurrent = {"shape": nn.GRU(input_size, config.hidden + 1, batch_first=True),
+                         "fails": nn.Linear(3, 3), "none": None}[kind]
+            return rnnlab.SequenceClassifier(config, input_size=input_size, seq_len=seq_len, num_classes=num_classes,
+                                             recurrent=recurrent)
+        return builder
+
+    config = apply_overrides(RunConfig(), ["model.cell=indrnn", "model.hidden=8"]).model
+    from dataclasses import replace
+
+    for kind, message in (("module", r"its builder returned a GRU; it must return rnnlab.models.SequenceClassifier"),
+                          ("shape", r"states of shape \(B, T, 8\) .* its states were \(2, 3, 9\)"),
+                          ("fails", r"its recurrent module failed on an input of shape \(2, 3, 28\) \(B, T, F\): "
+                                    r"RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
+                          ("none", r"model.cell='broken' is a model of your own: its builder must pass")):
+        register_model("broken", "a mistake")(build(kind))
+        try:
+            with pytest.raises(ConfigError, match=message):
+                create_model(replace(config, cell="broken"), input_size=28, seq_len=28, num_classes=10)
+        finally:
+            unregister_model("broken")
+    assert "broken" not in rnnlab.list_models() and "broken" not in REGISTERED_CELLS
+
+
+def test_registering_again_from_the_same_function_replaces_it(indrnn: Path) -> None:
+    """A notebook cell run twice, or a module imported under a second name."""
+    builder = registry.get_builder("indrnn")
+    registry.register_model("indrnn", "again")(builder)
+    assert registry.model_summaries()["indrnn"] == "again" == REGISTERED_CELLS["indrnn"]
+
+
+def test_import_models_mistakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_IMPORTED", [])
+    with pytest.raises(ConfigError, match=r"cannot import .*nowhere.py: no such file"):
+        registry.import_models(str(tmp_path / "nowhere.py"))
+    (tmp_path / "syntax.py").write_text("def broken(:\n")
+    with pytest.raises(ConfigError, match=r"cannot import .*syntax.py \(line 1\): SyntaxError"):
+        registry.import_models(str(tmp_path / "syntax.py"))
+    assert "syntax" not in sys.modules  # a failed import leaves no half module behind
+    with pytest.raises(ConfigError, match=r"cannot import no_such_module_xyz: ModuleNotFoundError"):
+        registry.import_models("no_such_module_xyz")
+    assert registry.imported_models() == []
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rnnlab", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
+
+
+def test_the_command_line_trains_compares_and_exports_a_model_of_ones_own(tmp_path: Path) -> None:
+    (tmp_path / "my_cells.py").write_text(CELL_FILE)
+    settings = ["model.cell=indrnn", "model.hidden=8", "train.iterations=10", "train.eval_every=10",
+                "data.val_size=500", "train.threads=1", "train.device=cpu"]
+    listed = run_cli("models", "--import", "my_cells.py", cwd=tmp_path)
+    assert listed.returncode == 0 and "indrnn IndRNN (Li et al., 2018)" in listed.stdout, listed.stderr
+    trained = run_cli("train", "--import", "my_cells.py", "--no-progress", "--out", "run", *settings, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+    alone = run_cli("eval", "run", "--no-plot", cwd=tmp_path)  # without --import: say what to do
+    assert alone.returncode == 2 and "Traceback" not in alone.stderr
+    assert "model.cell='indrnn' is not valid" in alone.stderr and "rnnlab --import" in alone.stderr
+    evaluated = run_cli("--import", "my_cells.py", "eval", "run", "--no-plot", "--json", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert json.loads(evaluated.stdout)["test_accuracy"] == pytest.approx(summary["test_accuracy"], abs=0.01)
+    # A compare's workers are new processes: they import the file too.
+    compared = run_cli("--import", str(tmp_path / "my_cells.py"), "compare", "run/config.toml", "--seeds", "2",
+                       "--jobs", "2", "--out", "cmp", cwd=tmp_path)
+    assert compared.returncode == 0, compared.stderr
+    rows = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert [(row["architecture"], row["completed"]) for row in rows["entries"]] == [("indrnn-1x8", 2)], rows
+    # The export unrolls its Python loop over the steps: T is fixed, and the check passes.
+    exported = run_cli("export", "run", "--import", "my_cells.py", "--format", "torchscript", "--json", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    report = json.loads(exported.stdout)
+    assert report["dynamic_steps"] is False and report["same_classes"] == 1.0
