@@ -211,7 +211,7 @@ def test_a_config_folder_points_to_the_file(tmp_path: Path, capsys: pytest.Captu
 
 
 @pytest.mark.parametrize(("sequences", "fix"), [
-    (1, "has 1 sequence; set data.val_size=0 (no validation split; too few sequences to carve one from)"),
+    (3, "has 3 sequences; set data.val_size=0 (no validation split; too few sequences to carve one from)"),
     (12, "has 12 sequences; set data.val_size=1 (a tenth) or 0 for no validation split"),
 ])
 def test_val_size_advice_for_a_tiny_training_split(sequences: int, fix: str, tmp_path: Path,

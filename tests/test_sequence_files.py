@@ -17,7 +17,7 @@ from rnnlab.cli import main
 from rnnlab.config import RunConfig, apply_overrides
 from rnnlab.data.files import load_sequence_file, sequence_file_shape
 from rnnlab.errors import ConfigError, DataError
-from rnnlab.export import ExportError
+from rnnlab.export import ExportError, export_run
 from rnnlab.serve import create_app
 
 
@@ -98,10 +98,45 @@ def test_reads_splits_classes_and_dtypes(tmp_path: Path, seq_file: Path) -> None
                                                                "num_classes must be one integer >= 5"),
     # above 2**63 a uint64 label would turn negative as int64: checked on the file's own dtype
     ({"y_train": np.array([0, 1, 2**63 + 5, 1], np.uint64)}, "y_train holds label 9223372036854775813; "),
+    ({"y_train": np.full(4, 3), "y_test": np.array([3, 1])}, "every y_train label is 3; a classifier needs at least "
+                                                             "two classes to learn"),
+    ({"y_train": np.array([1, 2, 3, 1]), "y_test": np.array([2, 3]), "num_classes": np.array(3)},
+     r"num_classes is 3 and the labels are 1 \.\. 3; labels count from 0 \(0 \.\. 2\): save y_train - 1 and y_test - 1"),
+    ({"x_test": np.zeros((2, 4, 2)), "lengths_train": np.array([5, 3, 2, 5]), "lengths_test": np.array([4, 2])},
+     r"x_train has \(T, F\) = \(5, 2\) but x_test has \(4, 2\); both splits need the same steps and features "
+     r"\(pad both to 5 steps: the lengths mark where each sequence ends\)"),
+    # float32, which rnnlab computes in, cannot resolve 0.01 around 1e7: the feature would be constant
+    ({"x_train": 1e7 + np.arange(40.0).reshape(4, 5, 2) * 0.01},
+     r"x_train feature 0 varies by 0\.115 \(standard deviation\) around 1e\+07; in float32, which rnnlab "
+     r"computes in, it is constant \(2 features so\): subtract the offset before saving"),
 ])
 def test_bad_files_are_refused_with_the_reason(tmp_path: Path, arrays: dict, message: str) -> None:
     with pytest.raises(DataError, match=message):
         load_sequence_file(write(tmp_path, **arrays))
+
+
+def test_float64_values_float32_resolves_are_taken(tmp_path: Path) -> None:
+    """The precision check refuses only what float32 loses: an offset it can carry, or padding that
+    holds anything (it is never read), passes."""
+    x = 1e3 + np.random.default_rng(0).normal(size=(4, 5, 2))  # float64, 7 significant digits are plenty
+    train = load_sequence_file(write(tmp_path, x_train=x)).train
+    torch.testing.assert_close(train.x, torch.from_numpy(x).float())
+    padded = np.where(np.arange(5)[None, :, None] < np.array([5, 2, 3, 5])[:, None, None], x, 1e7 + 0.01)
+    load_sequence_file(write(tmp_path, x_train=padded, lengths_train=np.array([5, 2, 3, 5]),
+                             lengths_test=np.array([5, 5])))
+
+
+def test_labels_training_never_shows_or_mostly_unused_outputs_are_warned_of(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match=r"bad.npz: y_test holds labels 2, 3 that y_train never has \(2 test "
+                                         r"sequences\): the model cannot learn them"):
+        load_sequence_file(write(tmp_path, y_test=np.array([2, 3])))
+    with pytest.warns(UserWarning, match=r"the labels use 2 of 31 classes \(C is the largest label \+ 1"):
+        assert load_sequence_file(write(tmp_path, y_train=np.array([0, 30, 0, 30]), y_test=np.array([30, 0]))
+                                  ).num_classes == 31
+    with warnings.catch_warnings():  # num_classes says the unused outputs are meant
+        warnings.simplefilter("error")
+        load_sequence_file(write(tmp_path, y_train=np.array([0, 30, 0, 30]), y_test=np.array([30, 0]),
+                                 num_classes=np.array(31)))
 
 
 def test_unreadable_or_unsafe_files(tmp_path: Path) -> None:
@@ -353,6 +388,12 @@ def test_predict_takes_a_padded_array_with_its_lengths(tmp_path: Path, small_run
     padded = xt[:8, :, None].copy()  # (8, 16, 1)
     expected = trained.probabilities([xt[i, : lt[i]] for i in range(8)])  # each sequence alone, unpadded
     torch.testing.assert_close(trained.probabilities(padded, lt[:8]), expected)
+    zeros = padded.copy()
+    zeros[np.arange(16)[None, :] >= lt[:8, None]] = 0
+    zeros[0] = 1.0  # one sequence of all 16 steps: the others end in padding
+    with pytest.warns(UserWarning, match=r"trained on sequences of varying length, and some of these end in a step "
+                                         r"of zeros, as padding does: without lengths each is read whole"):
+        trained.probabilities(zeros)  # the lengths forgotten
     padded[np.arange(16)[None, :] >= lt[:8, None]] = np.nan  # padding may hold anything: it is never read
     for given in (lt[:8], lt[:8].astype(np.int32), lt[:8].tolist(), torch.from_numpy(lt[:8])):
         torch.testing.assert_close(trained.probabilities(padded, given), expected)
@@ -570,6 +611,17 @@ def test_a_float_run_reads_integers_as_values_and_refuses_uint8(small_run: Path)
     assert len(trained.predict(floats)) == 4
     with pytest.raises(DataError, match=r"trained on a file of float values.*pass x.astype\(np.float32\)"):
         trained.predict(pixels_of(floats))
+    with warnings.catch_warnings():  # numpy's own overflow warning stays inside: the error names it
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match=r"^sequences hold values beyond float32's range \(±3\.4e\+38, up to "
+                                            r"1e\+300\), which rnnlab computes in"):
+            trained.predict(np.where(floats > 0, 1e300, floats.astype(np.float64)))
+    sequence_file = Path(trained.config.data.file)
+    sequence_file.rename(sequence_file.with_suffix(".gone"))  # a run folder shared without its data
+    with pytest.raises(DataError, match=r"no such sequence file; .*; or export without checking on test data "
+                                        r"\(--no-check; from Python, check=False\)"):
+        export_run(small_run, "torchscript", small_run / "m.pt")
+    assert export_run(small_run, "torchscript", small_run / "m.pt", check=False).samples == 0
 
 
 def test_eval_refuses_a_file_that_does_not_fit_the_run(tmp_path: Path, small_run: Path,

@@ -125,6 +125,9 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server) -> None:
         (dict(content=b"[" * 100_000 + b"]" * 100_000, headers={"content-type": "application/json"}), 400,
          "nested too deeply"),
         (dict(content=huge_pixel, headers={"content-type": "application/json"}), 400, "0-1 or 0-255"),
+        (dict(content=('{"pixels": [[NaN' + ", 0" * 27 + "]" + (", [" + ", ".join(["0"] * 28) + "]") * 27 + "]}")
+              .encode(), headers={"content-type": "application/json"}), 400, "finite numbers in 0-1 or 0-255 (the "
+                                                                                "body holds NaN or Infinity)"),
         (dict(files={"file": ("a.png", b"definitely not an image", "image/png")}), 422, "not an image"),
         (dict(files={"file": ("a.png", b"", "image/png")}), 422, "empty"),
         (dict(files={"other": ("a.png", b"x", "image/png")}), 400, "field 'file'"),

@@ -426,6 +426,11 @@ def test_data_dir_that_is_a_file(mnist_dir: Path, tmp_path: Path, monkeypatch: p
         load_split("kmnist", "test", f)
     msg = f"--data-dir {f} is a file; give a folder that holds the IDX files"
     assert str(exc.value) == msg
+    sequences = tmp_path / "mine.npz"  # one's own sequences given as the image folder
+    sequences.write_bytes(b"PK")
+    with pytest.raises(DataError, match=re.escape(f"; to train on your own sequences, give the file as "
+                                                  f"data.file={sequences} (--data-file)")):
+        load_split("mnist", "test", sequences)
     # One of the data files itself: say which folder to give instead.
     images = tmp_path / "t10k-images-idx3-ubyte.gz"
     images.write_bytes((mnist_dir / images.name).read_bytes())

@@ -36,7 +36,7 @@ from rnnlab.export_formats import (INPUT_NAME, LENGTHS_NAME, OUTPUT_NAME, Export
                                    require_onnx, torchscript_runner, write_onnx, write_torchscript)
 from rnnlab.data.sequences import lengths_problem, zero_padding
 from rnnlab.models.recurrent import GATES
-from rnnlab.errors import describe
+from rnnlab.errors import DataError, describe
 from rnnlab.export_paths import cannot_write, is_rnnlab_export, out_refusal
 from rnnlab.run import path_arg
 from rnnlab.trained import CHUNK_STEPS
@@ -256,7 +256,11 @@ def _names_output(filename: Any, path: Path) -> bool:
 def _check_sequences(trained: Any, samples: int, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The first ``samples`` test sequences as the run reads them: float ``(N, T, F)``, and their
     lengths ``(N,)`` if they vary (else None)."""
-    test = trained.test_split(data_dir)
+    try:
+        test = trained.test_split(data_dir)
+    except DataError as exc:  # a run folder shared without its data: the export itself needs none
+        raise DataError(f"{exc}; or export without checking on test data (--no-check; from Python, "
+                        "check=False)") from None
     rows = torch.arange(min(samples, len(test)))
     return test.batch(rows)[0], test.batch_lengths(rows)  # (N, T, F), (N,) or None
 

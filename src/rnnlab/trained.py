@@ -18,7 +18,7 @@ from rnnlab.data import SequenceData, images_to_sequences, load_sequences
 from rnnlab.data.files import check_against_run, load_sequence_file
 from rnnlab.data.sequences import lengths_problem, zero_padding
 from rnnlab.data.sources import DATASETS
-from rnnlab.errors import CheckpointError, ConfigError, DataError, ResourceError
+from rnnlab.errors import CheckpointError, ConfigError, DataError, ResourceError, warn_caller
 from rnnlab.models import SequenceClassifier, create_model
 from rnnlab.run import Run, path_arg
 
@@ -130,6 +130,12 @@ class TrainedModel:
                 x[i, : part.shape[1]] = part[0]
             return x, lengths
         x = self._one_batch(sequences, steps, features, single=False)
+        zeros_last = (x[:, -1] == 0).all(dim=-1)  # (N, F) -> (N,): which sequences end in a step of zeros
+        if self.variable_lengths and bool(zeros_last.any()) and not bool(zeros_last.all()):  # as padding does
+            warn_caller("this run was trained on sequences of varying length, and some of these end in a step of "
+                        "zeros, as padding does: without lengths each is read whole, padding included; give "
+                        "lengths (predict(x, lengths); --lengths on the command line), or a list of the sequences unpadded",
+                        UserWarning)
         return x, None  # one length for the whole batch: no padding to skip
 
     def _padded(self, sequences: Any, lengths: Any, steps: int, features: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -356,10 +362,15 @@ def _as_trained(x: np.ndarray, trained: str | None) -> torch.Tensor:
     elif pixels and trained == "float32":
         raise DataError("this run was trained on a file of float values, and uint8 sequences are read as "
                         "pixels, scaled to [0, 1]; to give these values as they are, pass x.astype(np.float32)")
-    values = torch.from_numpy(np.array(x, dtype=np.float32))  # a copy: the caller's array is left alone
+    with np.errstate(over="ignore", invalid="ignore"):  # past float32's range: named below, not numpy's warning
+        values = torch.from_numpy(np.array(x, dtype=np.float32))  # a copy: the caller's array is left alone
     if pixels:
         return values.div_(255.0)  # as training divides (data/sequences.py): bit for bit the same inputs
     if not torch.isfinite(values).all():
+        if x.dtype.itemsize > 4 and np.isfinite(x).all():
+            raise DataError(f"sequences hold values beyond float32's range (±{float(np.finfo(np.float32).max):.1e}, "
+                            f"up to {float(np.abs(x).max()):.3g}), which rnnlab computes in; scale them as training "
+                            "data was scaled")
         raise DataError("sequences hold NaN or infinite values; fill or drop them")
     low, high = float(values.min()), float(values.max())
     if trained == "uint8" and (low < 0 or high > 1):  # only floats get here: integers were pixels

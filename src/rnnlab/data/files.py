@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from rnnlab.data.sequences import SequenceData
-from rnnlab.errors import DataError
+from rnnlab.errors import DataError, warn_caller
 
 __all__ = ["MAX_CLASSES", "OPTIONAL_ARRAYS", "REQUIRED_ARRAYS", "SequenceFile", "check_against_run",
            "load_sequence_file", "not_numpy", "sequence_file_shape"]
@@ -180,6 +180,34 @@ def _zero_padding_and_check(path: Path, name: str, x: torch.Tensor, lengths: tor
                           "fill or drop them")
 
 
+_PRECISION_SAMPLE = 4096  # sequences: enough to see an offset that float32 cannot resolve, in little time
+
+
+def _check_precision(path: Path, name: str, given: np.ndarray, x: torch.Tensor, lengths: torch.Tensor | None) -> None:
+    """Refuse a float64 or int64 feature whose variation float32 (what rnnlab computes in) cannot
+    resolve: a large offset (timestamps, positions, a sensor's DC level) leaves a feature constant,
+    or its spread changed, after the cast, and the run would learn nothing from it without a word."""
+    if given.dtype.itemsize <= 4:
+        return
+    count = min(len(x), _PRECISION_SAMPLE)
+    exact = given[:count].astype(np.float64).reshape(x[:count].shape)  # (n, T, F), as the file holds it
+    cast = x[:count].double().numpy()  # (n, T, F), float32 values
+    if lengths is not None:
+        valid = (np.arange(x.shape[1])[None, :] < lengths[:count, None].numpy())  # (n, T)
+        exact, cast = exact[valid], cast[valid]  # (M, F): the steps that count
+    else:
+        exact, cast = exact.reshape(-1, x.shape[2]), cast.reshape(-1, x.shape[2])  # (n*T, F)
+    spread, kept = exact.std(axis=0), cast.std(axis=0)  # (F,) each
+    lost = np.flatnonzero((spread > 0) & (np.abs(kept - spread) > 0.01 * spread))
+    if len(lost):
+        f = int(lost[0])
+        became = "it is constant" if kept[f] == 0 else f"its standard deviation becomes {kept[f]:.3g}"
+        raise _fail(path, f"{name} feature {f} varies by {spread[f]:.3g} (standard deviation) around "
+                          f"{exact[:, f].mean():.6g}; in float32, which rnnlab computes in, {became}"
+                          f"{f' ({len(lost)} features so)' if len(lost) > 1 else ''}: subtract the offset before "
+                          f"saving (e.g. x - x_train.mean(axis=(0, 1)), which predict's input then needs too)")
+
+
 def _lengths(path: Path, arrays: dict[str, np.ndarray], split: str, x: torch.Tensor) -> torch.Tensor | None:
     given = [name for name in ("lengths_train", "lengths_test") if name in arrays]
     if not given:
@@ -212,6 +240,33 @@ def _labels(path: Path, name: str, y: np.ndarray, count: int) -> torch.Tensor:
     return torch.from_numpy(y.astype(np.int64))
 
 
+def _check_classes(path: Path, y_train: torch.Tensor, y_test: torch.Tensor, classes: int, *, given: bool) -> None:
+    """At least two classes to learn; a warning for test labels training never shows, and for labels
+    that leave most of the model's outputs unused (C is the largest label + 1)."""
+    learned = torch.unique(y_train)
+    if len(learned) < 2:
+        raise _fail(path, f"every y_train label is {int(learned[0])}; a classifier needs at least two classes "
+                          "to learn")
+    unseen = sorted(set(torch.unique(y_test).tolist()) - set(learned.tolist()))
+    if unseen:
+        warn_caller(f"{path.name}: y_test holds label{'s' * (len(unseen) > 1)} {_some(unseen)} that y_train never "
+                    f"has ({_count(int(torch.isin(y_test, torch.tensor(unseen)).sum()), 'test sequence')}): the model cannot "
+                    "learn them, and they count as errors", UserWarning)
+    used = len(torch.unique(torch.cat([y_train, y_test])))
+    if not given and classes > 2 and used <= classes // 2:
+        warn_caller(f"{path.name}: the labels use {used} of {classes} classes (C is the largest label + 1, so the "
+                    "model has an output for each): number them 0 .. C-1, e.g. with np.unique(y, return_inverse=True), "
+                    "or save num_classes to say the others are meant", UserWarning)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' * (n != 1)}"
+
+
+def _some(values: list[int]) -> str:
+    return ", ".join(map(str, values[:5])) + (", ..." if len(values) > 5 else "")
+
+
 class SequenceFile(NamedTuple):
     train: SequenceData
     test: SequenceData
@@ -225,8 +280,11 @@ def load_sequence_file(path: str | os.PathLike[str]) -> SequenceFile:
     (x_train, beyond_train), (x_test, beyond_test) = (_sequences(path, name, arrays[name])
                                                       for name in ("x_train", "x_test"))
     if x_train.shape[1:] != x_test.shape[1:]:
+        padded = ("lengths_train" in arrays and x_train.shape[2] == x_test.shape[2])
         raise _fail(path, f"x_train has (T, F) = {tuple(x_train.shape[1:])} but x_test has "
-                          f"{tuple(x_test.shape[1:])}; both splits need the same steps and features")
+                          f"{tuple(x_test.shape[1:])}; both splits need the same steps and features"
+                          + (f" (pad both to {max(x_train.shape[1], x_test.shape[1])} steps: the lengths mark where "
+                             "each sequence ends)" if padded else ""))
     if x_train.dtype != x_test.dtype:  # uint8 pixels against values: named as the file holds them
         raise _fail(path, f"x_train is {arrays['x_train'].dtype} but x_test is {arrays['x_test'].dtype}; uint8 is "
                           "read as pixels (value / 255) and other types as values: use one kind for both")
@@ -240,18 +298,23 @@ def load_sequence_file(path: str | os.PathLike[str]) -> SequenceFile:
             raise _fail(path, f"num_classes must be one integer >= {seen} (the largest label + 1), got {given!r}")
         if int(given) < seen:
             where = "y_train" if int(y_train.max()) + 1 == seen else "y_test"
+            lowest = int(min(y_train.min(), y_test.min() if len(y_test) else y_train.min()))
+            if lowest == 1 and seen - 1 == int(given):  # classes 1 .. C, as R or MATLAB number them
+                raise _fail(path, f"num_classes is {int(given)} and the labels are 1 .. {int(given)}; labels count "
+                                  f"from 0 (0 .. {int(given) - 1}): save y_train - 1 and y_test - 1")
             raise _fail(path, f"num_classes is {int(given)} but {where} holds label {seen - 1}; num_classes must "
                               f"be one integer >= {seen} (the largest label + 1)")
         if int(given) > MAX_CLASSES:
             raise _fail(path, f"num_classes is {int(given)}; at most {MAX_CLASSES} classes are supported (the "
                               f"labels need only {seen}: leave num_classes out, or set it to the classes there are)")
         classes = int(given)
-    if classes < 2:
-        raise _fail(path, "every label is 0; a classifier needs at least two classes")
+    _check_classes(path, y_train, y_test, classes, given="num_classes" in arrays)
     lengths_train, lengths_test = (_lengths(path, arrays, split, x) for split, x in (("train", x_train),
                                                                                     ("test", x_test)))
     _zero_padding_and_check(path, "x_train", x_train, lengths_train, beyond_train)
     _zero_padding_and_check(path, "x_test", x_test, lengths_test, beyond_test)
+    _check_precision(path, "x_train", arrays["x_train"], x_train, lengths_train)
+    _check_precision(path, "x_test", arrays["x_test"], x_test, lengths_test)
     names = None
     if "class_names" in arrays:
         given = arrays["class_names"]

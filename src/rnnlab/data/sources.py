@@ -153,6 +153,8 @@ def _resolve_dir(
                    else "set it to a folder that holds the IDX files, or unset it")
             if any(d.name in candidates(b) for names in spec.files.values() for b in names):
                 fix += f" ({d.name} is one of them: give its folder, {d.absolute().parent})"
+            elif d.suffix == ".npz":  # one's own sequences: data.file (--data-file) trains on them
+                fix += f"; to train on your own sequences, give the file as data.file={d} (--data-file)"
             raise DataError(f"{what} is a file; {fix}")
         if download_ and any(find_in(d, b) is None for b in bases):
             _make_folder(d, "Give --data-dir a folder you can write." if data_dir is not None

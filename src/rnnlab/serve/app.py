@@ -127,7 +127,9 @@ def pixels_from_json(body: bytes) -> np.ndarray:
         values = np.asarray(rows, dtype=np.float64)  # (28, 28)
     except OverflowError:  # an integer of thousands of digits
         raise ValueError("pixel values must be in 0-1 or 0-255") from None
-    if not np.isfinite(values).all() or values.min() < 0 or values.max() > 255:
+    if not np.isfinite(values).all():  # Python's JSON reads NaN and Infinity, which JSON itself has not
+        raise ValueError("pixel values must be finite numbers in 0-1 or 0-255 (the body holds NaN or Infinity)")
+    if values.min() < 0 or values.max() > 255:
         raise ValueError("pixel values must be in 0-1 or 0-255")
     return values
 
