@@ -226,7 +226,7 @@ def test_a_rerun_keeps_a_seed_on_moved_data_only_if_it_is_the_same_data(tmp_path
     shutil.copyfile(signs, moved)
     assert [cmp.task_state(t, {}) for t in tasks_for(moved)] == ["skip"]  # the same data, elsewhere
     with pytest.raises(ConfigError, match=rf"trained on the data at {signs}, and {third} holds other data "
-                                          r"\(other sequences, labels or lengths, of the same sizes\): point the "
+                                          r"\(other sequences, labels or lengths, as many per split\): point the "
                                           r"entry at the run's own data"):
         cmp.task_state(tasks_for(third)[0], {})
     assert cmp.task_state(tasks_for(third)[0]) == "skip"  # a worker's look, after prepare checked it

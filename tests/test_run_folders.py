@@ -206,11 +206,11 @@ def test_a_resume_refuses_data_that_is_not_the_runs(tmp_path: Path, capsys: pyte
     relabelled = tmp_path / "relabelled.npz"
     np.savez(relabelled, **{**mine, "y_test": 1 - mine["y_test"]})
     err = cli_error(capsys, "train", "--resume", str(part.dir), "--data-dir", str(relabelled))
-    assert "is not the data this run began with (other sequences, labels or lengths, of the same sizes)" in err
+    assert "is not the data this run began with (other sequences, labels or lengths, as many per split)" in err
     last_changed = tmp_path / "last_changed.npz"  # every sequence counts, not only the first few
     np.savez(last_changed, **{**mine, "x_train": np.concatenate([mine["x_train"][:-1], -mine["x_train"][-1:]])})
     err = cli_error(capsys, "train", "--resume", str(part.dir), "--data-dir", str(last_changed))
-    assert "(other sequences, labels or lengths, of the same sizes)" in err
+    assert "(other sequences, labels or lengths, as many per split)" in err
     moved = tmp_path / "moved.npz"  # the same file elsewhere resumes
     moved.write_bytes(data.read_bytes())
     assert rnnlab.resume(part.dir, progress=False, data_dir=str(moved)).status == "completed"

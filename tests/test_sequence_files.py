@@ -133,6 +133,7 @@ def test_labels_training_never_shows_or_mostly_unused_outputs_are_warned_of(tmp_
     with pytest.warns(UserWarning, match=r"the labels use 2 of 31 classes \(C is the largest label \+ 1"):
         assert load_sequence_file(write(tmp_path, y_train=np.array([0, 30, 0, 30]), y_test=np.array([30, 0]))
                                   ).num_classes == 31
+    assert load_sequence_file(write(tmp_path, class_names=np.array([b"low", b"high"]))).class_names == ["low", "high"]
     with warnings.catch_warnings():  # num_classes says the unused outputs are meant
         warnings.simplefilter("error")
         load_sequence_file(write(tmp_path, y_train=np.array([0, 30, 0, 30]), y_test=np.array([30, 0]),

@@ -318,6 +318,12 @@ def load_sequence_file(path: str | os.PathLike[str]) -> SequenceFile:
     names = None
     if "class_names" in arrays:
         given = arrays["class_names"]
+        if given.dtype.kind == "S":  # np.array([b"low", ...]): bytes, as some writers store text
+            try:
+                given = np.char.decode(given, "utf-8")
+            except UnicodeDecodeError:
+                raise _fail(path, "class_names holds bytes that are not UTF-8 text; store them as "
+                                  "np.array(names, dtype=str)") from None
         if given.dtype.kind != "U" or given.shape != (classes,):
             raise _fail(path, f"class_names must be {classes} strings, one per class, got {given.dtype} "
                               f"{given.shape}")

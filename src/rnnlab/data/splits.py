@@ -108,7 +108,7 @@ def identity_differences(recorded: dict[str, Any], current: dict[str, Any]) -> l
     differs = [f"{current[key]} {key} sequences now, {recorded[key]} then" for key in ("train", "val", "test")
                if key in recorded and recorded[key] != current[key]]
     if not differs and recorded.get("content") not in (None, current["content"]):
-        differs = ["other sequences, labels or lengths, of the same sizes"]
+        differs = ["other sequences, labels or lengths, as many per split"]
     return differs
 
 
