@@ -103,11 +103,11 @@ def test_failed_and_unfinished_seeds_are_shown(tmp_path: Path) -> None:
     fake_run(tmp_path / "runs/x/seed0", cfg, acc=95.0)
     failed = tmp_path / "runs/x/seed1"
     failed.mkdir(parents=True)
-    save_toml(cfg, failed / "config.toml")
+    save_toml(apply_overrides(cfg, ["seed=1"]), failed / "config.toml")  # as a compare writes each seed's
     atomic_write_json(failed / "summary.json", {"status": "failed", "seed": 1, "error": "DataError: boom"})
     running = tmp_path / "runs/x/seed2"
     running.mkdir()
-    save_toml(cfg, running / "config.toml")  # no summary yet
+    save_toml(apply_overrides(cfg, ["seed=2"]), running / "config.toml")  # no summary yet
     (row,) = aggregate(collect([tmp_path]))
     assert row["status"] == "1/3 completed, 1 failed, 1 unfinished"
     assert row["failed"] == 1 and row["unfinished"] == 1 and row["test_accuracy_mean"] == 95.0
@@ -697,6 +697,23 @@ def test_the_same_run_twice_counts_once(compare_dir: Path, tmp_path: Path) -> No
     assert [w.filename for w in warned] == [__file__]
     fake_run(tmp_path / "other/seed3", get_preset("dlw-rnn-a").config, acc=93.0, seed=3)  # a new seed: counted
     assert sorted(r.seed for r in collect([compare_dir, tmp_path / "other"])["dlw-rnn-a"]) == [0, 1, 2, 3]
+
+
+def test_a_run_started_again_instead_of_resumed_counts_once(tmp_path: Path) -> None:
+    """Two attempts at one run (the same settings and seed) are one seed: the completed one stands
+    for an interrupted one, and of two interrupted ones, the one that got further."""
+    config = get_preset("dlw-rnn-a").config
+    fake_run(tmp_path / "a/first", config, status="interrupted", acc=None, iterations=300)
+    fake_run(tmp_path / "a/again", config, acc=91.0)
+    with pytest.warns(RuntimeWarning, match=r"first is an attempt \(interrupted\) at the same run as .*again \(the "
+                                            r"same settings and seed 0\): counted once in dlw-rnn-a"):
+        rows = aggregate(collect([tmp_path / "a"]))
+    assert [(r["seeds"], r["completed"], r["unfinished"]) for r in rows] == [(1, 1, 0)]
+    fake_run(tmp_path / "b/short", config, status="interrupted", acc=None, iterations=200)
+    fake_run(tmp_path / "b/long", config, status="interrupted", acc=None, iterations=500)
+    with pytest.warns(RuntimeWarning, match=r"short is an attempt \(interrupted\) at the same run as .*long "):
+        (records,) = collect([tmp_path / "b"]).values()
+    assert [r.dir.name for r in records] == ["long"]
 
 
 def test_an_entry_whose_seeds_all_diverged_is_listed_among_the_differences(compare_dir: Path, tmp_path: Path) -> None:

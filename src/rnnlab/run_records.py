@@ -266,23 +266,44 @@ def result_settings(config: RunConfig) -> dict[str, Any]:
 
 
 def _without_repeats(entry: str, records: list[RunRecord]) -> list[RunRecord]:
-    """The records less the completed ones that repeat an earlier completed one's settings and seed
-    (a compare's seed and a loose run of the same config, say): the same run twice would count as
-    two samples."""
-    kept, first_of = [], {}
+    """One record per run: records of the same settings and seed are one run twice (a compare's
+    seed and a loose run of the same config; a run started again instead of resumed), which would
+    count as two samples, or as a seed both done and unfinished. A completed one stands for the
+    others, else the one that got furthest; each dropped record is warned of."""
+    attempts: dict[str, list[RunRecord]] = {}
+    order: list[RunRecord | str] = []  # records, and the key of each repeated run where it first came
     for record in records:
-        if record.config is None or not isinstance(record.seed, int) or record.status != "completed":
-            kept.append(record)  # only completed runs are samples
+        if record.config is None or not isinstance(record.seed, int):
+            order.append(record)
             continue
         settings = {k: v for k, v in result_settings(record.config).items() if k not in ("name", "seed")}
         key = json.dumps([settings, record.seed], sort_keys=True, default=str)
-        if key in first_of:
-            warn_caller(f"{record.dir} is the same run as {first_of[key].dir} (the same settings and seed "
-                        f"{record.seed}): counted once in {entry}", RuntimeWarning)
+        if key not in attempts:
+            attempts[key] = []
+            order.append(key)
+        attempts[key].append(record)
+    kept = []
+    for item in order:
+        if isinstance(item, RunRecord):
+            kept.append(item)
             continue
-        first_of[key] = record
-        kept.append(record)
+        runs = attempts[item]
+        done = [r for r in runs if r.status == "completed"]
+        chosen = done[0] if done else max(runs, key=lambda r: _iterations(r))  # the first of equals
+        for record in runs:
+            if record is chosen:
+                continue
+            what = ("is the same run as" if record.status == "completed" else
+                    f"is an attempt ({record.status}) at the same run as")
+            warn_caller(f"{record.dir} {what} {chosen.dir} (the same settings and seed {record.seed}): counted once "
+                        f"in {entry}", RuntimeWarning)
+        kept.append(chosen)
     return kept
+
+
+def _iterations(record: RunRecord) -> int:
+    done = record.summary.get("iterations")
+    return done if isinstance(done, int) and not isinstance(done, bool) else -1
 
 
 def _split_by_config(entry: str, records: list[RunRecord]) -> dict[str, list[RunRecord]]:
