@@ -178,14 +178,15 @@ def test_a_first_sigterm_after_the_last_step_skips_the_test_evaluation(where: st
     assert resumed.status == "completed" and resumed.test_accuracy == whole.test_accuracy
 
 
-def test_a_sigterm_as_the_loss_turns_nan_names_no_folder_to_resume(tmp_path: Path, handlers: None,
+@pytest.mark.parametrize("where", ["nan-step", "summary"])
+def test_a_sigterm_as_the_loss_turns_nan_names_no_folder_to_resume(where: str, tmp_path: Path, handlers: None,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first SIGTERM lands in a step whose loss turns NaN: the run still ends diverged, the
-    process then ends as the signal asked, but `--resume` would refuse that folder, so the command
-    must not tell the user to run it."""
+    """The first SIGTERM lands in a step whose loss turns NaN, or while the diverged run's summary
+    is made: the run still ends diverged, with its advice, the process then ends as the signal asked,
+    but `--resume` would refuse that folder, so the command must not tell the user to run it."""
     from rnnlab.stopping import sigterm_raises
 
-    real_step, calls = Trainer._forward, []
+    real_step, real_describe, calls = Trainer._forward, engine.describe_datasets, []
 
     def sigterm_at_the_nan(self: Trainer, batch: torch.Tensor) -> Any:
         loss, totals = real_step(self, batch)
@@ -194,12 +195,20 @@ def test_a_sigterm_as_the_loss_turns_nan_names_no_folder_to_resume(tmp_path: Pat
             signal.raise_signal(signal.SIGTERM)
         return loss, totals
 
-    monkeypatch.setattr(Trainer, "_forward", sigterm_at_the_nan)
+    def sigterm_in_the_summary(*args: Any, **kwargs: Any) -> Any:
+        signal.raise_signal(signal.SIGTERM)
+        return real_describe(*args, **kwargs)
+
+    if where == "nan-step":
+        monkeypatch.setattr(Trainer, "_forward", sigterm_at_the_nan)
+    else:
+        monkeypatch.setattr(engine, "describe_datasets", sigterm_in_the_summary)
     cfg = tiny("model.cell=rnn", "model.nonlinearity=relu", "model.init=identity", "train.optimizer=sgd",
                "train.lr=1e6", "train.clip=0", "train.schedule=none")
     with sigterm_raises(), pytest.raises(Terminated) as stopped:
         rnnlab.train(cfg, tmp_path / "run", progress=False)
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and "lower the learning rate" in summary["message"]
     assert stopped.value.run_dir is None
 
 

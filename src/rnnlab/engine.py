@@ -139,9 +139,10 @@ class Trainer:
             if status != "diverged" and not self.mid_step and not apart:  # a torn step: the last checkpoint stands
                 self.save()
             try:
-                if stop.terminated and status in ("completed", "stopped"):  # SIGTERM in the last step or the save
-                    raise Terminated  # no test evaluation, as during training: the process is to end soon
-                stop.cut_on_sigterm = True
+                tested = status in ("completed", "stopped")  # only these end in a test evaluation
+                stop.cut_on_sigterm = tested  # first: a SIGTERM from here on cuts the test evaluation
+                if stop.terminated and tested:  # SIGTERM in the last step or the save: no test evaluation,
+                    raise Terminated  # as during training: the process is to end soon
                 summary = self._finish(status)
             except KeyboardInterrupt as cut:  # a second signal cut the test evaluation: the checkpoint stands, say so
                 self.terminated, self.stopped_by = True, "SIGTERM" if isinstance(cut, Terminated) else "a second Ctrl-C"
