@@ -14,7 +14,7 @@ import torch
 import rnnlab
 from rnnlab.config import REGISTERED_CELLS, RunConfig, apply_overrides
 from rnnlab.errors import ConfigError
-from rnnlab.models import registry
+from rnnlab.models import own, registry
 
 TINY = ["train.device=cpu", "model.hidden=16", "train.batch_size=50", "train.iterations=40", "train.eval_every=20",
         "train.eval_batch_size=2000", "data.val_size=1000", "train.threads=1"]
@@ -57,10 +57,10 @@ def build_indrnn(*, config, input_size, seq_len, num_classes, input_mean=0.0, in
 @pytest.fixture
 def indrnn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """``my_cells.py`` imported (it registers ``indrnn``); forgotten again after the test."""
-    monkeypatch.setattr(registry, "_IMPORTED", [])
+    monkeypatch.setattr(own, "_IMPORTED", [])
     path = tmp_path / "my_cells.py"
     path.write_text(CELL_FILE)
-    registry.import_models(str(path))
+    own.import_models(str(path))
     yield path
     registry.unregister_model("indrnn")
 
@@ -110,16 +110,18 @@ def test_mistakes_in_a_model_of_ones_own_are_named_where_they_are_made(indrnn: P
     with pytest.raises(ConfigError, match=r"model.cell='lstm2' is not valid; choose one of: rnn, lstm, gru, indrnn "
                                           r"\(a model of your own is registered with rnnlab.register_model"):
         apply_overrides(RunConfig(), ["model.cell=lstm2"])
-    with pytest.raises(ConfigError, match=r"model 'lstm' is already registered"):
+    with pytest.raises(ConfigError, match=r"model 'lstm' is already registered \(by rnnlab\)"):
         register_model("lstm", "mine")(lambda **kwargs: None)
-    with pytest.raises(ConfigError, match=r"model 'indrnn' is already registered \(by my_cells\w*\.build_indrnn\)"):
+    with pytest.raises(ConfigError, match=r"model 'indrnn' is already registered \(by .*my_cells\.py:build_indrnn\)"):
         register_model("indrnn", "another")(lambda **kwargs: None)
     with pytest.raises(ConfigError, match=r"one of rnnlab's own models"):
         unregister_model("gru")
     with pytest.raises(ConfigError, match=r"the name must be a non-empty string"):
         register_model("a=b", "bad")
 
-    def build(kind: str):  # builders of three wrong kinds, each under the name "broken"
+    def build(kind: str):  # builders of wrong kinds, each under the name "broken"
+        if kind == "signature":
+            return lambda *, config, input_size: None
         def builder(*, config, input_size, seq_len, num_classes, input_mean=0.0, input_std=1.0):
             if kind == "module":
                 return nn.GRU(input_size, config.hidden, batch_first=True)
@@ -133,9 +135,11 @@ def test_mistakes_in_a_model_of_ones_own_are_named_where_they_are_made(indrnn: P
     from dataclasses import replace
 
     for kind, message in (("module", r"its builder returned a GRU; it must return rnnlab.models.SequenceClassifier"),
-                          ("shape", r"states of shape \(B, T, 8\) .* its states were \(2, 3, 9\)"),
-                          ("fails", r"its recurrent module failed on an input of shape \(2, 3, 28\) \(B, T, F\): "
+                          ("shape", r"must return the states \(B, T, 8\) .* its states were \(3, 28, 9\)"),
+                          ("fails", r"its recurrent module failed on an input of shape \(3, 28, 28\) \(B, T, F\): "
                                     r"RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
+                          ("signature", r"its builder must take the keyword arguments config, input_size, seq_len, "
+                                        r"num_classes, input_mean, input_std .*unexpected keyword argument"),
                           ("none", r"model.cell='broken' is a model of your own: its builder must pass")):
         register_model("broken", "a mistake")(build(kind))
         try:
@@ -154,16 +158,16 @@ def test_registering_again_from_the_same_function_replaces_it(indrnn: Path) -> N
 
 
 def test_import_models_mistakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "_IMPORTED", [])
+    monkeypatch.setattr(own, "_IMPORTED", [])
     with pytest.raises(ConfigError, match=r"cannot import .*nowhere.py: no such file"):
-        registry.import_models(str(tmp_path / "nowhere.py"))
+        own.import_models(str(tmp_path / "nowhere.py"))
     (tmp_path / "syntax.py").write_text("def broken(:\n")
     with pytest.raises(ConfigError, match=r"cannot import .*syntax.py \(line 1\): SyntaxError"):
-        registry.import_models(str(tmp_path / "syntax.py"))
+        own.import_models(str(tmp_path / "syntax.py"))
     assert "syntax" not in sys.modules  # a failed import leaves no half module behind
     with pytest.raises(ConfigError, match=r"cannot import no_such_module_xyz: ModuleNotFoundError"):
-        registry.import_models("no_such_module_xyz")
-    assert registry.imported_models() == []
+        own.import_models("no_such_module_xyz")
+    assert own.imported_models() == []
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -183,6 +187,8 @@ def test_the_command_line_trains_compares_and_exports_a_model_of_ones_own(tmp_pa
     alone = run_cli("eval", "run", "--no-plot", cwd=tmp_path)  # without --import: say what to do
     assert alone.returncode == 2 and "Traceback" not in alone.stderr
     assert "model.cell='indrnn' is not valid" in alone.stderr and "rnnlab --import" in alone.stderr
+    reported = run_cli("report", "run", "--out", "report", cwd=tmp_path)  # its settings unread: not pooled
+    assert reported.returncode == 2 and "run/config.toml: model.cell='indrnn' is not valid" in reported.stderr
     evaluated = run_cli("--import", "my_cells.py", "eval", "run", "--no-plot", "--json", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -198,3 +204,105 @@ def test_the_command_line_trains_compares_and_exports_a_model_of_ones_own(tmp_pa
     assert exported.returncode == 0, exported.stderr
     report = json.loads(exported.stdout)
     assert report["dynamic_steps"] is False and report["same_classes"] == 1.0
+
+
+def test_the_trial_at_build_leaves_the_module_as_built_and_takes_states_alone(indrnn: Path) -> None:
+    """The build-time trial runs in eval mode (a BatchNorm's statistics stay as built), at the
+    trained length, and a module may return its states alone instead of a tuple."""
+    from dataclasses import replace
+
+    from torch import nn
+
+    from rnnlab.models import create_model, register_model, unregister_model
+
+    class Normed(nn.Module):
+        def __init__(self, features: int, hidden: int) -> None:
+            super().__init__()
+            self.norm, self.rnn = nn.BatchNorm1d(features), nn.GRU(features, hidden, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.norm(x.transpose(1, 2)).transpose(1, 2)  # (B, T, F) -> (B, F, T) -> (B, T, F)
+            return self.rnn(x)[0]  # (B, T, H) alone
+
+    @register_model("normed", "BatchNorm, then a GRU")
+    def build(*, config, input_size, seq_len, num_classes, input_mean=0.0, input_std=1.0):
+        return rnnlab.SequenceClassifier(config, input_size=input_size, seq_len=seq_len, num_classes=num_classes,
+                                         recurrent=Normed(input_size, config.hidden))
+
+    try:
+        config = replace(apply_overrides(RunConfig(), ["model.hidden=8"]).model, cell="normed")
+        model = create_model(config, input_size=5, seq_len=7, num_classes=3)
+        assert int(model.rnn.norm.num_batches_tracked) == 0 and model.training
+        assert model(torch.rand(4, 7, 5)).shape == (4, 3)
+    finally:
+        unregister_model("normed")
+
+
+def test_what_a_model_of_ones_own_is_refused(indrnn: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import numpy as np
+
+    from rnnlab.compare import execute
+    from rnnlab.errors import UnknownModelError
+    from rnnlab.pool import Task
+
+    # Settings for rnnlab's own layers, given to a model of one's own.
+    for override in ("model.impl=torch", "model.init=identity"):
+        with pytest.raises(ConfigError, match=rf"^{override.split('=')[0]} is for rnnlab's own cells .* drop it"):
+            apply_overrides(RunConfig(), ["model.cell=indrnn", override])
+    # Bidirectional on sequences of varying length: its reverse direction would read the padding first.
+    rng = np.random.default_rng(0)
+    x, lengths = rng.normal(size=(40, 6, 2)).astype(np.float32), rng.integers(2, 7, 40)
+    np.savez(tmp_path / "v.npz", x_train=x, y_train=np.arange(40) % 2, lengths_train=lengths, x_test=x[:10],
+             y_test=np.arange(10) % 2, lengths_test=lengths[:10])
+    cfg = apply_overrides(RunConfig(), ["model.cell=indrnn", "model.bidirectional=true", "model.hidden=4",
+                                        "data.dataset=file", f"data.file={tmp_path / 'v.npz'}", "data.val_size=0",
+                                        "train.iterations=2", "train.device=cpu"])
+    with pytest.raises(ConfigError, match=r"model.cell=indrnn is a model of your own, and its reverse direction "
+                                          r"would read the padding"):
+        rnnlab.train(cfg, tmp_path / "bi", progress=False)
+    # A config made while the model was registered, trained where it is not.
+    builder = registry.get_builder("indrnn")
+    registry.unregister_model("indrnn")
+    try:
+        with pytest.raises(UnknownModelError, match=r"model.cell='indrnn' is not valid; .* rnnlab --import"):
+            rnnlab.train(cfg, tmp_path / "gone", progress=False)
+    finally:
+        registry.register_model("indrnn", "IndRNN")(builder)
+    # Registered in an interactive __main__ (a notebook): a compare's workers could not import it.
+    monkeypatch.setattr(builder, "__module__", "__main__")
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))  # no __file__, as in a notebook
+    with pytest.raises(ConfigError, match=r"model 'indrnn' is registered in this interactive session's __main__"):
+        execute([Task("e", 0, cfg, str(tmp_path / "e"))], jobs=1)
+
+
+def test_import_models_by_module_name_from_the_current_folder_and_without_shadowing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rnnlab --import pkg.cells` finds pkg under the current folder, as `python -m` would; a file named
+    after an installed module (json.py) is imported under a name of its own, leaving that module be."""
+    monkeypatch.setattr(own, "_IMPORTED", [])
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    (tmp_path / "pkg_of_cells").mkdir()
+    (tmp_path / "pkg_of_cells" / "__init__.py").write_text("")
+    (tmp_path / "pkg_of_cells" / "cells.py").write_text("LOADED = True\n")
+    monkeypatch.chdir(tmp_path)
+    own.import_models("pkg_of_cells.cells")
+    assert sys.modules["pkg_of_cells.cells"].LOADED and own.imported_models() == ["pkg_of_cells.cells"]
+    (tmp_path / "json.py").write_text("SHADOW = True\n")
+    own.import_models(str(tmp_path / "json.py"))
+    import json as real_json
+
+    assert not hasattr(real_json, "SHADOW") and hasattr(real_json, "dumps")
+    for name in ("pkg_of_cells", "pkg_of_cells.cells"):
+        monkeypatch.delitem(sys.modules, name)
+
+
+def test_the_resume_line_after_a_signal_imports_the_model_again() -> None:
+    import argparse
+
+    from rnnlab.cli import _how_to_continue
+
+    args = argparse.Namespace(command="train", imports_first=["my cells.py"], imports=["pkg.cells"])
+    assert _how_to_continue(args, None, Path("runs/x")) == ("; continue with: rnnlab --import 'my cells.py' "
+                                                            "--import pkg.cells train --resume runs/x")

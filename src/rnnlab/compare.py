@@ -26,7 +26,7 @@ from rnnlab.config_ignored import UnusedSettingWarning
 from rnnlab.config_values import check_folder_name
 from rnnlab.data.splits import data_identity, identity_differences, load_datasets
 from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
-from rnnlab.errors import CheckpointError, ConfigError, describe
+from rnnlab.errors import CheckpointError, ConfigError, RnnlabError, describe
 from rnnlab.entries import Entry
 from rnnlab.locks import Busy, exclusive
 from rnnlab.pool import Task, record_failure, run_tasks, task_record
@@ -273,6 +273,13 @@ def execute(tasks: list[Task], jobs: int, *, worker: Callable[[Task], dict[str, 
     """Run tasks in ``jobs`` worker processes (by default each trains its seed), the workers
     taking the GPUs in turn where the runs train on GPUs; one record per task, in task order. See
     :func:`rnnlab.pool.run_tasks`."""
+    from rnnlab.models.own import unshareable_models
+
+    lost = sorted({task.config.model.cell for task in tasks} & set(unshareable_models()))
+    if lost:
+        raise ConfigError(f"model {lost[0]!r} is registered in this interactive session's __main__ (a notebook, "
+                          "python -c), which a compare's worker processes cannot import: move its builder to a "
+                          "file and import that (on the command line, rnnlab --import FILE)")
     return run_tasks(tasks, jobs, worker=worker, on_result=on_result, gpus=gpus_for([t.config for t in tasks]))
 
 
@@ -294,6 +301,7 @@ def compare(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: 
     seeds, jobs = int(seeds), int(jobs)  # NumPy's integers: JSON-serialisable in compare.json
     out = Path(out_dir)
     check_baseline(baseline, [e.name for e in entries])  # before hours of training, not after
+    _say_of_the_data(entries)
     tasks, states = prepare(entries, out, seeds=seeds, jobs=jobs)  # refuses a mismatching folder up front
     out.mkdir(parents=True, exist_ok=True)
     # A second compare into the same folder would train the same seeds into the same run folders at once.
@@ -301,6 +309,18 @@ def compare(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: 
     with exclusive(out, busy):
         return _compare(entries, out, tasks, states, seeds=seeds, jobs=jobs, plots=plots, on_result=on_result,
                         context=context, baseline=baseline)
+
+
+def _say_of_the_data(entries: list[Entry]) -> None:
+    """Each sequence file read once here, so that what it warns of is said once, not by every seed's
+    worker (which leave it unsaid); a file that cannot be read is left for each seed to report."""
+    from rnnlab.data.files import load_sequence_file
+
+    for file in sorted({e.config.data.file for e in entries if e.config.data.dataset == "file"}):
+        try:
+            load_sequence_file(file)
+        except RnnlabError:
+            pass
 
 
 def _compare(entries: list[Entry], out: Path, tasks: list[Task], states: dict[tuple[str, int], str], *,

@@ -20,7 +20,7 @@ from rnnlab.atomic import atomic_write_text
 from rnnlab.config_ignored import refuse_what_would_be_ignored
 from rnnlab.config_values import (at_least, at_most, check_folder_name, check_values, choice, coerce, field_type,
                                   parse_value)
-from rnnlab.errors import ConfigError, describe
+from rnnlab.errors import ConfigError, UnknownModelError, describe
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,6 +51,17 @@ MAX_SEED = 2**63 - 1  # TOML integers and torch's int64 seeds stop here
 MAX_LAYERS = 128  # stacked recurrent layers
 MAX_THREADS = 1024  # far above any CPU's use; torch segfaults on some counts (5000) instead of failing
 # A run folder is runs/<name>-<time>: one plain folder name, portable and safe to type in a shell.
+
+
+def check_cell(cell: str) -> None:
+    """Refuse a model.cell that is neither rnnlab's nor registered in this process."""
+    valid = CELLS + tuple(REGISTERED_CELLS)
+    if not isinstance(cell, str) or cell not in valid:
+        raise UnknownModelError(f"model.cell={cell!r} is not valid; choose one of: {', '.join(valid)} (a model of your "
+                          "own is registered with rnnlab.register_model: import the module that registers it "
+                          "first; on the command line, rnnlab --import FILE_OR_MODULE)")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the data comes from and how an image becomes a sequence."""
@@ -108,11 +119,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_values("model", self)
-        if not isinstance(self.cell, str) or self.cell not in CELLS + tuple(REGISTERED_CELLS):
-            raise ConfigError(f"model.cell={self.cell!r} is not valid; choose one of: "
-                              f"{', '.join(CELLS + tuple(REGISTERED_CELLS))} (a model of your own is registered "
-                              "with rnnlab.register_model: import the module that registers it first; on the "
-                              "command line, rnnlab --import FILE_OR_MODULE)")
+        check_cell(self.cell)
         choice("model", "nonlinearity", self.nonlinearity, NONLINEARITIES)
         choice("model", "readout", self.readout, READOUTS)
         choice("model", "init", self.init, INITS)

@@ -56,6 +56,10 @@ def _left_unused(raw: dict[str, Any], given: set[str]) -> list[str]:
     if model["dropout"] and model["layers"] == 1 and "model.dropout" in given and model["cell"] in GATED:
         problems.append("model.dropout drops out between stacked layers, as torch.nn's does; with model.layers=1 "
                          "there are none: drop it, or add model.layers=2")
+    for key in ("impl", "init"):  # a model of one's own builds and initialises its own module
+        if f"model.{key}" in given and model["cell"] not in GATED:
+            problems.append(f"model.{key} is for rnnlab's own cells (rnn, lstm, gru); model.cell={model['cell']} is "
+                            "a model of your own, whose builder makes its module: drop it")
     if train["protocol"] == "tutorial" and data["val_size"] and "data.val_size" in given:
         problems.append("train.protocol=tutorial (the tutorial presets') holds out no validation split and "
                          "evaluates on the test set; drop data.val_size, or add train.protocol=standard")

@@ -52,6 +52,14 @@ class ConfigError(RnnlabError, ValueError):
     """A configuration value or override is invalid."""
 
 
+class UnknownModelError(ConfigError):
+    """A model.cell this process does not know: a model of one's own whose module is not imported."""
+
+
+class DataWarning(UserWarning):
+    """Data that trains, but likely not as meant (test labels training never shows, say)."""
+
+
 class DataError(RnnlabError):
     """A data file is missing, corrupt, or fails its checksum."""
 

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from typing import Any, Callable
 from rnnlab.atomic import atomic_write_json
 from rnnlab.checkpoint import CONFIG, SUMMARY
 from rnnlab.config import RunConfig, save_toml
+from rnnlab.errors import DataWarning
 from rnnlab.run_records import read_summary
 from rnnlab.stopping import Terminated, heed_once
 
@@ -88,8 +90,10 @@ def _worker_setup(parent: int, marker_dir: str, gpu_counter: Any, gpus: int, imp
     registered models of one's own in the compare's process (``--import``), imported here too."""
     if gpus:
         _take_gpu(gpu_counter, gpus)
+    # The compare read each data file once and said what it had to say of it: not once per seed here.
+    warnings.simplefilter("ignore", DataWarning)
     if imports:
-        from rnnlab.models.registry import import_models
+        from rnnlab.models.own import import_models
 
         for source in imports:
             import_models(source)
@@ -105,8 +109,8 @@ def _worker_setup(parent: int, marker_dir: str, gpu_counter: Any, gpus: int, imp
 
 
 def _imported_models() -> list[str]:
-    registry = sys.modules.get("rnnlab.models.registry")  # not imported: nothing was
-    return registry.imported_models() if registry is not None else []
+    own = sys.modules.get("rnnlab.models.own")  # not imported: no model of one's own was
+    return own.imported_models() if own is not None else []
 
 
 def _take_gpu(counter: Any, gpus: int) -> None:

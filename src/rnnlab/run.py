@@ -17,7 +17,7 @@ from rnnlab import checkpoint as ckpt
 from rnnlab import distributed as dist
 from rnnlab import seeding
 from rnnlab.allocator import allocator_tuned
-from rnnlab.config import RunConfig, from_dict, load_toml, settings_of_the_run, to_dict
+from rnnlab.config import RunConfig, check_cell, from_dict, load_toml, settings_of_the_run, to_dict
 from rnnlab.config_ignored import UnusedSettingWarning, unused_settings
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab.engine import Trainer
@@ -77,6 +77,7 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
         elif isinstance(config, dict):
             hint += "; for a dict of settings, rnnlab.config.from_dict(settings)"
         raise ConfigError(f"train needs a RunConfig, not {describe(config)}; {hint}")
+    check_cell(config.model.cell)  # a config made where a model of one's own was registered, used where it is not
     if out is not None:
         out = ckpt.check_out_dir(path_arg(out, "out", "rnnlab.train(config, out='runs/my-run')"), " for the run")
     dist.init_process_group(config.train.device)  # under torchrun: all processes share one folder

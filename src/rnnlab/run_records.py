@@ -21,7 +21,7 @@ from typing import Any
 from rnnlab import checkpoint as ckpt
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab.config import RunConfig, from_dict, load_toml, to_flat_dict
-from rnnlab.errors import CheckpointError, ConfigError, describe, warn_caller
+from rnnlab.errors import CheckpointError, ConfigError, UnknownModelError, describe, warn_caller
 
 __all__ = ["RESULTS_SCHEMA", "RunRecord", "collect", "read_record", "read_results", "read_summary",
            "result_settings"]
@@ -106,6 +106,8 @@ def read_record(run_dir: Path, entry: str | None = None) -> RunRecord:
     if (run_dir / CONFIG).exists():
         try:
             config = load_toml(run_dir / CONFIG)
+        except UnknownModelError as error:  # its settings unread, it would be pooled with other runs
+            raise UnknownModelError(f"{run_dir / CONFIG}: {error}") from None
         except ConfigError as error:  # still report the seed, and say why it stands apart
             unreadable = f"its {CONFIG} cannot be read ({error}), so it cannot be resumed"
     summary = read_summary(run_dir)

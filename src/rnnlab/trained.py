@@ -60,7 +60,7 @@ class TrainedModel:
         data = self.config.data
         if self.reads_sequences:
             path = data_dir or data.file
-            test = load_sequence_file(path).test
+            test = load_sequence_file(path, to_train=False).test
             # Another file than the run's own may not fit the model: say how it differs, not crash.
             check_against_run(path, test, steps=self.model.seq_len, features=self.model.input_size,
                               classes=self.num_classes, variable_lengths=self.variable_lengths,

@@ -51,10 +51,14 @@ IMPORT_HELP = ("a Python file (my_cells.py) or module that registers models of y
                "(repeatable)")
 
 
+def _imports(args: argparse.Namespace) -> list[str]:
+    return [*getattr(args, "imports_first", []), *getattr(args, "imports", [])]
+
+
 def _import_models(args: argparse.Namespace) -> None:
-    sources = [*getattr(args, "imports_first", []), *getattr(args, "imports", [])]
+    sources = _imports(args)
     if sources:
-        from rnnlab.models.registry import import_models
+        from rnnlab.models.own import import_models
 
         for source in sources:
             import_models(source)
@@ -178,7 +182,8 @@ def _how_to_continue(args: argparse.Namespace, argv: list[str] | None, run_dir: 
     """The end of the line that says a signal stopped the command: what to run to go on, if anything."""
     if run_dir:
         launcher = "torchrun ... " if _under_torchrun() else ""
-        return f"; continue with: {launcher}rnnlab train --resume {run_dir}"
+        imports = "".join(f"--import {shlex.quote(source)} " for source in _imports(args))  # its model, again
+        return f"; continue with: {launcher}rnnlab {imports}train --resume {run_dir}"
     if getattr(args, "command", None) == "compare" and not args.dry_run:
         # A rerun keeps the finished seeds, resumes the stopped ones, and writes the results from all
         # of them: also after a signal that came once every seed was done, while the results were written.

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from rnnlab.data.sequences import SequenceData
-from rnnlab.errors import DataError, warn_caller
+from rnnlab.errors import DataError, DataWarning, warn_caller
 
 __all__ = ["MAX_CLASSES", "OPTIONAL_ARRAYS", "REQUIRED_ARRAYS", "SequenceFile", "check_against_run",
            "load_sequence_file", "not_numpy", "sequence_file_shape"]
@@ -180,7 +180,7 @@ def _zero_padding_and_check(path: Path, name: str, x: torch.Tensor, lengths: tor
                           "fill or drop them")
 
 
-_PRECISION_SAMPLE = 4096  # sequences: enough to see an offset that float32 cannot resolve, in little time
+_PRECISION_SAMPLE = 2**20  # values: enough to see an offset that float32 cannot resolve, in little time and memory
 
 
 def _check_precision(path: Path, name: str, given: np.ndarray, x: torch.Tensor, lengths: torch.Tensor | None) -> None:
@@ -189,7 +189,7 @@ def _check_precision(path: Path, name: str, given: np.ndarray, x: torch.Tensor, 
     or its spread changed, after the cast, and the run would learn nothing from it without a word."""
     if given.dtype.itemsize <= 4:
         return
-    count = min(len(x), _PRECISION_SAMPLE)
+    count = max(1, min(len(x), _PRECISION_SAMPLE // (x.shape[1] * x.shape[2])))  # sequences
     exact = given[:count].astype(np.float64).reshape(x[:count].shape)  # (n, T, F), as the file holds it
     cast = x[:count].double().numpy()  # (n, T, F), float32 values
     if lengths is not None:
@@ -243,20 +243,24 @@ def _labels(path: Path, name: str, y: np.ndarray, count: int) -> torch.Tensor:
 def _check_classes(path: Path, y_train: torch.Tensor, y_test: torch.Tensor, classes: int, *, given: bool) -> None:
     """At least two classes to learn; a warning for test labels training never shows, and for labels
     that leave most of the model's outputs unused (C is the largest label + 1)."""
+    from rnnlab.distributed import is_main_process  # late: torch's distributed package, only when training
+
     learned = torch.unique(y_train)
     if len(learned) < 2:
         raise _fail(path, f"every y_train label is {int(learned[0])}; a classifier needs at least two classes "
                           "to learn")
+    if not is_main_process():  # under torchrun every process loads the file: one says it
+        return
     unseen = sorted(set(torch.unique(y_test).tolist()) - set(learned.tolist()))
     if unseen:
         warn_caller(f"{path.name}: y_test holds label{'s' * (len(unseen) > 1)} {_some(unseen)} that y_train never "
                     f"has ({_count(int(torch.isin(y_test, torch.tensor(unseen)).sum()), 'test sequence')}): the model cannot "
-                    "learn them, and they count as errors", UserWarning)
+                    f"learn {'them' if len(unseen) > 1 else 'it'}, and they count as errors", DataWarning)
     used = len(torch.unique(torch.cat([y_train, y_test])))
     if not given and classes > 2 and used <= classes // 2:
         warn_caller(f"{path.name}: the labels use {used} of {classes} classes (C is the largest label + 1, so the "
                     "model has an output for each): number them 0 .. C-1, e.g. with np.unique(y, return_inverse=True), "
-                    "or save num_classes to say the others are meant", UserWarning)
+                    "or save num_classes to say the others are meant", DataWarning)
 
 
 def _count(n: int, what: str) -> str:
@@ -274,8 +278,10 @@ class SequenceFile(NamedTuple):
     class_names: list[str] | None
 
 
-def load_sequence_file(path: str | os.PathLike[str]) -> SequenceFile:
-    """``(train, test, num_classes, class_names)`` from a ``.npz`` sequence file, checked array by array."""
+def load_sequence_file(path: str | os.PathLike[str], *, to_train: bool = True) -> SequenceFile:
+    """``(train, test, num_classes, class_names)`` from a ``.npz`` sequence file, checked array by array;
+    ``to_train``: also judged as training data (its classes, float32's precision), which a run
+    already trained (eval, export) is not: what it was trained on stands."""
     path, arrays = _open(path)
     (x_train, beyond_train), (x_test, beyond_test) = (_sequences(path, name, arrays[name])
                                                       for name in ("x_train", "x_test"))
@@ -308,13 +314,15 @@ def load_sequence_file(path: str | os.PathLike[str]) -> SequenceFile:
             raise _fail(path, f"num_classes is {int(given)}; at most {MAX_CLASSES} classes are supported (the "
                               f"labels need only {seen}: leave num_classes out, or set it to the classes there are)")
         classes = int(given)
-    _check_classes(path, y_train, y_test, classes, given="num_classes" in arrays)
+    if to_train:
+        _check_classes(path, y_train, y_test, classes, given="num_classes" in arrays)
     lengths_train, lengths_test = (_lengths(path, arrays, split, x) for split, x in (("train", x_train),
                                                                                     ("test", x_test)))
     _zero_padding_and_check(path, "x_train", x_train, lengths_train, beyond_train)
     _zero_padding_and_check(path, "x_test", x_test, lengths_test, beyond_test)
-    _check_precision(path, "x_train", arrays["x_train"], x_train, lengths_train)
-    _check_precision(path, "x_test", arrays["x_test"], x_test, lengths_test)
+    if to_train:
+        _check_precision(path, "x_train", arrays["x_train"], x_train, lengths_train)
+        _check_precision(path, "x_test", arrays["x_test"], x_test, lengths_test)
     names = None
     if "class_names" in arrays:
         given = arrays["class_names"]

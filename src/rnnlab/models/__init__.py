@@ -6,9 +6,9 @@ from rnnlab.models.recurrent import (
     flops_per_sample,
     parameter_count,
 )
+from rnnlab.models.own import import_models
 from rnnlab.models.registry import (
     create_model,
-    import_models,
     list_models,
     model_summaries,
     register_model,

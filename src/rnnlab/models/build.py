@@ -9,7 +9,7 @@ import torch
 from rnnlab.config import RunConfig
 from rnnlab.data.splits import Datasets
 from rnnlab.errors import ConfigError
-from rnnlab.models.recurrent import SequenceClassifier
+from rnnlab.models.recurrent import GATES, SequenceClassifier
 from rnnlab.models.registry import create_model
 
 
@@ -18,6 +18,12 @@ def check_readout(cfg: RunConfig, varying_lengths: bool) -> None:
     if varying_lengths and cfg.model.readout == "all":
         raise ConfigError("model.readout=all reads every step, so it needs sequences of one length; "
                           f"{cfg.data.file} has lengths_train: use model.readout=last or mean")
+    if varying_lengths and cfg.model.bidirectional and cfg.model.cell not in GATES:
+        # rnnlab packs the batch so that its own layers' reverse direction starts at each sequence's
+        # end; a module of one's own takes a plain (B, T, F) batch, whose padding it would read first.
+        raise ConfigError(f"model.cell={cfg.model.cell} is a model of your own, and its reverse direction would "
+                          f"read the padding of {cfg.data.file} (it has lengths_train) before each sequence: "
+                          "use it with model.bidirectional=false, or with sequences of one length")
 
 
 def build_model(cfg: RunConfig, datasets: Datasets) -> SequenceClassifier:

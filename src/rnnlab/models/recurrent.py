@@ -26,8 +26,8 @@ class SequenceClassifier(nn.Module):
 
     ``recurrent``: a module of one's own in place of rnnlab's layers (a model registered with
     ``register_model``). It maps ``(B, T, F)`` to a tuple whose first item is the top layer's states
-    ``(B, T, D*H)``, as ``torch.nn.LSTM(batch_first=True)`` does; it keeps its own initialisation
-    (``model.init`` is for rnnlab's cells)."""
+    ``(B, T, D*H)``, as ``torch.nn.LSTM(batch_first=True)`` does, or those states alone; it keeps its
+    own initialisation (``model.init`` is for rnnlab's cells)."""
 
     def __init__(self, config: ModelConfig, *, input_size: int, seq_len: int, num_classes: int,
                  input_mean: float | torch.Tensor = 0.0, input_std: float | torch.Tensor = 1.0,
@@ -69,6 +69,9 @@ class SequenceClassifier(nn.Module):
         """Top-layer hidden states ``(B, T, D*H)`` for a raw input ``(B, T, F)``; ``lengths`` (B,)
         for padded sequences, on any device (states past a sequence's end are then meaningless)."""
         x = self.standardize(x)
+        if lengths is not None and self.directions == 2 and self.config.cell not in GATES:
+            raise ConfigError(f"model.cell={self.config.cell} is a model of your own: bidirectional, it cannot read "
+                              "padded sequences of varying length (its reverse direction would read the padding)")
         if lengths is not None and self.directions == 2:
             # The reverse direction must start at each sequence's own end, not in the padding.
             # Packing wants the lengths on the CPU; on a GPU that copy, and packing's own copy of
@@ -91,22 +94,24 @@ class SequenceClassifier(nn.Module):
             # needs; a ReLU RNN can also overflow float16. So under bf16 the recurrence is float32.
             self.recurrent_in_fp32 = True
             with torch.autocast("cuda", enabled=False):
-                return self.rnn(x.float())[0]
-        return self.rnn(x)[0]
+                return _states(self.rnn(x.float()))
+        return _states(self.rnn(x))
 
     def _recurrence_under_cpu_autocast(self, x: Any) -> Any:
         # oneDNN has bf16 RNN kernels only on CPUs with the right instructions; elsewhere it
         # cannot even build the primitive. Then keep training, with the recurrence in fp32.
         if not self.recurrent_in_fp32:
             try:
-                return self.rnn(x)[0]
+                return _states(self.rnn(x))
             except RuntimeError as error:
+                if self.config.cell not in GATES:  # a module of one's own: its error, not the CPU's
+                    raise
                 warn_caller(f"this CPU cannot run the {self.mode} recurrence under bf16 autocast "
                             f"({str(error).splitlines()[0]}); running it in fp32 instead "
                             "(train.amp=off avoids this warning)", RuntimeWarning)
                 self.recurrent_in_fp32 = True
         with torch.autocast("cpu", enabled=False):
-            return self.rnn(x.float())[0]
+            return _states(self.rnn(x.float()))
 
     def features(self, out: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Readout features from hidden states ``(B, T, D*H)``, each sequence read up to its length."""
@@ -175,6 +180,12 @@ class SequenceClassifier(nn.Module):
                 prefix = torch.cat([prefix, x.new_zeros(batch, steps - t, x.shape[2])], dim=1)  # (B, T, F)
             logits.append(self(prefix, None if lengths is None else lengths.clamp(max=t)))  # (B, C)
         return torch.stack(logits, dim=1)  # (B, P, C)
+
+
+def _states(output: Any) -> Any:
+    """The top layer's states from a recurrent module's output: ``(states, h_n)`` as torch.nn's layers
+    return it, or the states alone, as a module of one's own may."""
+    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 def initialise(model: SequenceClassifier, scheme: str) -> None:

@@ -6,12 +6,7 @@ is the one place that maps a name (``rnn``, ``lstm``, ``gru``, ...) to a model.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import numbers
-import os
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +16,7 @@ import torch
 from rnnlab.config import CELL_SUMMARIES, REGISTERED_CELLS, ModelConfig
 from rnnlab.distributed import is_out_of_memory
 from rnnlab.errors import ConfigError, describe
+from rnnlab.models.own import check_builder_signature, check_own_model
 from rnnlab.models.recurrent import SequenceClassifier
 from rnnlab.models.size import ADVICE, check_model_size, format_count, format_size
 
@@ -52,8 +48,8 @@ def register_model(name: str, summary: str) -> Callable[[Builder], Builder]:
         if not callable(builder):
             raise ConfigError(f"register_model({name!r}) decorates a builder function, not {describe(builder)}")
         if name in _REGISTRY and (name in CELL_SUMMARIES or _origin(_REGISTRY[name][0]) != _origin(builder)):
-            raise ConfigError(f"model {name!r} is already registered (by {_origin(_REGISTRY[name][0])}); "
-                              "choose another name")
+            by = "rnnlab" if name in CELL_SUMMARIES else _origin(_REGISTRY[name][0])
+            raise ConfigError(f"model {name!r} is already registered (by {by}); choose another name")
         _REGISTRY[name] = (builder, summary)
         if name not in CELL_SUMMARIES:
             REGISTERED_CELLS[name] = summary  # a run's config may now name it
@@ -71,76 +67,11 @@ def unregister_model(name: str) -> None:
     REGISTERED_CELLS.pop(name, None)
 
 
-_IMPORTED: list[str] = []  # what import_models imported, in order: a compare's workers import it too
-
-
-def import_models(source: str) -> None:
-    """Import the module that registers models of one's own: a Python file (``my_cells.py``; its
-    folder joins ``sys.path``, as ``python my_cells.py`` would have it) or a module name on
-    ``sys.path`` (``mypackage.cells``). A module already imported is not run again."""
-    if not isinstance(source, str) or not source.strip():
-        raise ConfigError(f"import_models takes a Python file or a module name, not {source!r}")
-    path = Path(source).expanduser()
-    as_file = source.endswith(".py") or os.sep in source or (os.altsep or os.sep) in source
-    try:
-        if as_file:
-            if not path.is_file():
-                raise ConfigError(f"cannot import {source}: no such file (give a .py file that calls "
-                                  "rnnlab.register_model, or a module name on sys.path)")
-            path = path.resolve()
-            name = _module_name(path)
-            if name not in sys.modules:
-                folder = str(path.parent)
-                if folder not in sys.path:
-                    sys.path.insert(0, folder)  # its own imports of files beside it work
-                spec = importlib.util.spec_from_file_location(name, path)
-                assert spec is not None and spec.loader is not None  # a .py file always has both
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[name] = module
-                try:
-                    spec.loader.exec_module(module)
-                except BaseException:
-                    del sys.modules[name]
-                    raise
-            source = str(path)
-        else:
-            importlib.import_module(source)
-    except (ConfigError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # noqa: BLE001 - the user's module: one line, its traceback chained
-        where = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
-        detail = str(exc).splitlines()[0] if str(exc) else ""
-        raise ConfigError(f"cannot import {source}{where}: {type(exc).__name__}: {detail}") from exc
-    if source not in _IMPORTED:
-        _IMPORTED.append(source)
-
-
-def imported_models() -> list[str]:
-    """What another process must import to know this one's models of one's own: the files and
-    modules :func:`import_models` imported, then the modules that registered the others (a script's
-    own ``__main__`` is imported again by spawn itself; a notebook's cannot be)."""
-    sources = list(_IMPORTED)
-    for name in REGISTERED_CELLS:
-        module = sys.modules.get(getattr(_REGISTRY[name][0], "__module__", ""))
-        if module is None or module.__name__ in ("__main__", "__mp_main__"):
-            continue
-        file = str(Path(module.__file__).resolve()) if getattr(module, "__file__", None) else None
-        if module.__name__ not in sources and file not in sources:
-            sources.append(module.__name__)
-    return sources
-
-
-def _module_name(path: Path) -> str:
-    """The file's stem, as ``import`` would name it, unless another module holds that name."""
-    name = path.stem if path.stem.isidentifier() else "rnnlab_models_" + hashlib.sha1(str(path).encode()).hexdigest()[:8]
-    held = sys.modules.get(name)
-    if held is not None and Path(getattr(held, "__file__", "") or "").resolve() != path:
-        name = f"{name}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-    return name
-
-
 def _origin(builder: Builder) -> str:
-    return f"{getattr(builder, '__module__', '?')}.{getattr(builder, '__qualname__', repr(builder))}"
+    """Where a builder is defined: its source file (a module imported under two names is one) and name."""
+    code = getattr(builder, "__code__", None)
+    where = str(Path(code.co_filename).resolve()) if code is not None else getattr(builder, "__module__", "?")
+    return f"{where}:{getattr(builder, '__qualname__', repr(builder))}"
 
 
 def list_models() -> list[str]:
@@ -176,11 +107,14 @@ def create_model(config: ModelConfig, *, input_size: int, seq_len: int, num_clas
     _check_standardisation(input_mean, input_std, input_size)
     builder = get_builder(config.cell)
     count = check_model_size(config, input_size=input_size, seq_len=seq_len, num_classes=num_classes)
+    arguments = dict(config=config, input_size=input_size, seq_len=seq_len, num_classes=num_classes,
+                     input_mean=input_mean, input_std=input_std)
+    if config.cell not in CELL_SUMMARIES:
+        check_builder_signature(builder, config.cell, arguments)
     dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)
     try:
-        model = builder(config=config, input_size=input_size, seq_len=seq_len, num_classes=num_classes,
-                        input_mean=input_mean, input_std=input_std)
+        model = builder(**arguments)
     except (RuntimeError, MemoryError) as exc:  # under the check, yet still more than the memory free now
         if not is_out_of_memory(exc):
             raise
@@ -190,31 +124,8 @@ def create_model(config: ModelConfig, *, input_size: int, seq_len: int, num_clas
     finally:
         torch.set_default_dtype(dtype)
     if config.cell not in CELL_SUMMARIES:
-        _check_own_model(model, config, input_size=input_size, seq_len=seq_len)
+        check_own_model(model, config, input_size=input_size, seq_len=seq_len)
     return model
-
-
-def _check_own_model(model: Any, config: ModelConfig, *, input_size: int, seq_len: int) -> None:
-    """A registered builder's model, tried on two short sequences: a mistake in it is named here,
-    where it was made, not in the first training step."""
-    name = config.cell
-    if not isinstance(model, SequenceClassifier):
-        raise ConfigError(f"model {name!r}: its builder returned {describe(model)}; it must return "
-                          "rnnlab.models.SequenceClassifier(config, ..., recurrent=your_module)")
-    steps, width = min(seq_len, 3), (2 if config.bidirectional else 1) * config.hidden
-    x = torch.zeros(2, steps, input_size, device=model.input_mean.device)  # (B, T, F)
-    try:
-        with torch.no_grad():
-            states = model.hidden_states(x)
-    except Exception as exc:  # noqa: BLE001 - the user's module: say where, keep the cause chained
-        raise ConfigError(f"model {name!r}: its recurrent module failed on an input of shape {tuple(x.shape)} "
-                          f"(B, T, F): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    if not isinstance(states, torch.Tensor) or tuple(states.shape) != (2, steps, width):
-        got = tuple(states.shape) if isinstance(states, torch.Tensor) else describe(states)
-        raise ConfigError(f"model {name!r}: its recurrent module must return (states, ...) with states of shape "
-                          f"(B, T, {width}) (D*H: model.hidden={config.hidden}"
-                          f"{', two directions' if config.bidirectional else ''}), as torch.nn.LSTM(batch_first=True) "
-                          f"does; for an input {tuple(x.shape)} its states were {got}")
 
 
 def _check_standardisation(mean: Any, std: Any, features: int) -> None:

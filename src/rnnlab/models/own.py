@@ -1,0 +1,160 @@
+"""Models of one's own (``rnnlab.register_model``): importing the modules that register them, in
+this process and in a compare's workers, and trying what a builder made before a run relies on it."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from rnnlab.config import REGISTERED_CELLS, ModelConfig
+from rnnlab.errors import ConfigError, describe
+from rnnlab.models.recurrent import SequenceClassifier
+
+_IMPORTED: list[str] = []  # what import_models imported, in order: a compare's workers import it too
+
+
+def import_models(source: str) -> None:
+    """Import the module that registers models of one's own: a Python file (``my_cells.py``; its
+    folder joins ``sys.path``, as ``python my_cells.py`` would have it) or a module name on
+    ``sys.path`` or under the current folder, as ``python -m`` finds it (``mypackage.cells``). A
+    module already imported is not run again."""
+    if not isinstance(source, str) or not source.strip():
+        raise ConfigError(f"import_models takes a Python file or a module name, not {source!r}")
+    path = Path(source).expanduser()
+    as_file = source.endswith(".py") or os.sep in source or (os.altsep or os.sep) in source
+    try:
+        if as_file:
+            if not path.is_file():
+                raise ConfigError(f"cannot import {source}: no such file (give a .py file that calls "
+                                  "rnnlab.register_model, or a module name on sys.path)")
+            path = path.resolve()
+            source = str(path)
+            _run_file(path)
+        else:
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.append(os.getcwd())  # last: found as `python -m` finds it, shadowing nothing
+            importlib.import_module(source)
+    except (ConfigError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's module: one line, its traceback chained
+        where = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise ConfigError(f"cannot import {source}{where}: {type(exc).__name__}: {detail}") from exc
+    if source not in _IMPORTED:
+        _IMPORTED.append(source)
+
+
+def _run_file(path: Path) -> None:
+    name = _module_name(path)
+    if name in sys.modules:
+        return
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # its own imports of files beside it work
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None  # a .py file always has both
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+
+
+def _module_name(path: Path) -> str:
+    """The file's stem, as ``import`` would name it, unless another module has that name (one
+    imported, or one a later import would find: a file named onnx.py must not stand in for onnx)."""
+    suffix = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+    if not path.stem.isidentifier():
+        return f"rnnlab_models_{suffix}"
+    held = sys.modules.get(path.stem)
+    if held is not None:
+        mine = Path(getattr(held, "__file__", "") or "").resolve() == path
+        return path.stem if mine else f"{path.stem}_{suffix}"
+    try:
+        other = importlib.util.find_spec(path.stem)
+    except (ImportError, ValueError):
+        other = None
+    if other is not None and other.origin and Path(other.origin).resolve() != path:
+        return f"{path.stem}_{suffix}"
+    return path.stem
+
+
+def imported_models() -> list[str]:
+    """What another process must import to know this one's models of one's own: the files and
+    modules :func:`import_models` imported, then the modules that registered the others (a script's
+    own ``__main__`` is imported again by spawn itself; see :func:`unshareable_models`)."""
+    from rnnlab.models.registry import get_builder
+
+    sources = list(_IMPORTED)
+    for name in REGISTERED_CELLS:
+        module = sys.modules.get(getattr(get_builder(name), "__module__", ""))
+        if module is None or module.__name__ in ("__main__", "__mp_main__"):
+            continue
+        file = str(Path(module.__file__).resolve()) if getattr(module, "__file__", None) else None
+        if module.__name__ not in sources and file not in sources:
+            sources.append(module.__name__)
+    return sources
+
+
+def unshareable_models() -> list[str]:
+    """Models of one's own that a new process cannot import: registered in an interactive
+    ``__main__`` (a notebook, ``python -c``, the REPL), which has no file to run again."""
+    from rnnlab.models.registry import get_builder
+
+    main = sys.modules.get("__main__")
+    interactive = main is None or not getattr(main, "__file__", None)
+    return [name for name in REGISTERED_CELLS
+            if interactive and getattr(get_builder(name), "__module__", "") == "__main__"]
+
+
+_PROBE_BATCH = 3  # sequences: a size no module assumes, unlike 1 or 2
+
+
+def check_builder_signature(builder: Callable[..., Any], name: str, arguments: dict[str, Any]) -> None:
+    """Refuse a builder that cannot take the keyword arguments ``create_model`` passes."""
+    try:
+        inspect.signature(builder).bind(**arguments)
+    except TypeError as exc:
+        raise ConfigError(f"model {name!r}: its builder must take the keyword arguments {', '.join(arguments)} "
+                          f"(def build(*, config, input_size, seq_len, num_classes, input_mean=0.0, "
+                          f"input_std=1.0)); {exc}") from None
+    except ValueError:  # no signature to read (a builtin): the call itself will tell
+        pass
+
+
+def check_own_model(model: Any, config: ModelConfig, *, input_size: int, seq_len: int) -> None:
+    """A registered builder's model, tried in eval mode (BatchNorm statistics are left alone) on a
+    few sequences of the trained length: a mistake in it is named here, where it was made, not in
+    the first training step."""
+    name = config.cell
+    if not isinstance(model, SequenceClassifier):
+        raise ConfigError(f"model {name!r}: its builder returned {describe(model)}; it must return "
+                          "rnnlab.models.SequenceClassifier(config, ..., recurrent=your_module)")
+    width = (2 if config.bidirectional else 1) * config.hidden
+    x = torch.zeros(_PROBE_BATCH, seq_len, input_size, device=model.input_mean.device)  # (B, T, F)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            states = model.hidden_states(x)
+    except Exception as exc:  # noqa: BLE001 - the user's module: say where, keep the cause chained
+        raise ConfigError(f"model {name!r}: its recurrent module failed on an input of shape {tuple(x.shape)} "
+                          f"(B, T, F): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    finally:
+        model.train(was_training)
+    if not isinstance(states, torch.Tensor) or tuple(states.shape) != (_PROBE_BATCH, seq_len, width):
+        got = tuple(states.shape) if isinstance(states, torch.Tensor) else describe(states)
+        raise ConfigError(f"model {name!r}: its recurrent module must return the states (B, T, {width}) (D*H: "
+                          f"model.hidden={config.hidden}{', two directions' if config.bidirectional else ''}), "
+                          f"alone or first in a tuple as torch.nn.LSTM(batch_first=True) does; for an input "
+                          f"{tuple(x.shape)} its states were {got}")
