@@ -42,7 +42,8 @@ _EXPORTS = {
 
 __all__ = ["DataConfig", "ModelConfig", "RnnlabError", "Run", "RunConfig", "SequenceClassifier", "TrainConfig",
            "TrainedModel", "apply_overrides", "create_model", "get_preset", "list_models", "list_presets", "load",
-           "read_run", "register_model", "resume", "train"]  # a literal, for linters: the same names as _EXPORTS (tests/test_package.py)
+           "read_run", "register_model", "resume", "train"]
+# __all__ is a literal, for linters: the same names as _EXPORTS (tests/test_package.py checks it).
 
 
 def __getattr__(name: str) -> Any:

@@ -395,6 +395,7 @@ def export_run(run_dir: str | Path | Any, fmt: str = "onnx", out: str | Path | N
     return ExportReport(path=str(path), format=fmt, input_shape=shape, dynamic_steps=dynamic_steps,
                         bytes=path.stat().st_size, reads_sequences=trained.reads_sequences,
                         lengths_input=with_lengths, input_range=metadata["input_range"],
-                        steps_fixed_by="" if dynamic_steps else ("readout 'all'" if trained.config.model.readout == "all"
-                                                                 else "a model of your own, its steps unrolled"),
+                        steps_fixed_by="" if dynamic_steps else (
+                            "readout 'all'" if trained.config.model.readout == "all"
+                            else "a model of your own, its steps unrolled"),
                         **checked)

@@ -134,7 +134,8 @@ class TrainedModel:
         if self.variable_lengths and bool(zeros_last.any()) and not bool(zeros_last.all()):  # as padding does
             warn_caller("this run was trained on sequences of varying length, and some of these end in a step of "
                         "zeros, as padding does: without lengths each is read whole, padding included; give "
-                        "lengths (predict(x, lengths); --lengths on the command line), or a list of the sequences unpadded",
+                        "lengths (predict(x, lengths); --lengths on the command line), or a list of the sequences "
+                        "unpadded",
                         UserWarning)
         return x, None  # one length for the whole batch: no padding to skip
 

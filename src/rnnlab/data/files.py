@@ -253,8 +253,9 @@ def _check_classes(path: Path, y_train: torch.Tensor, y_test: torch.Tensor, clas
         return
     unseen = sorted(set(torch.unique(y_test).tolist()) - set(learned.tolist()))
     if unseen:
+        affected = int(torch.isin(y_test, torch.tensor(unseen)).sum())
         warn_caller(f"{path.name}: y_test holds label{'s' * (len(unseen) > 1)} {_some(unseen)} that y_train never "
-                    f"has ({_count(int(torch.isin(y_test, torch.tensor(unseen)).sum()), 'test sequence')}): the model cannot "
+                    f"has ({_count(affected, 'test sequence')}): the model cannot "
                     f"learn {'them' if len(unseen) > 1 else 'it'}, and they count as errors", DataWarning)
     used = len(torch.unique(torch.cat([y_train, y_test])))
     if not given and classes > 2 and used <= classes // 2:

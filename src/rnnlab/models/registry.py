@@ -118,7 +118,8 @@ def create_model(config: ModelConfig, *, input_size: int, seq_len: int, num_clas
     except (RuntimeError, MemoryError) as exc:  # under the check, yet still more than the memory free now
         if not is_out_of_memory(exc):
             raise
-        size = "" if count is None else f"{format_count(count)} parameters ({format_size(4 * count)} of float32 weights)"
+        size = ("" if count is None else
+                f"{format_count(count)} parameters ({format_size(4 * count)} of float32 weights)")
         raise ConfigError(f"the model's {size or 'weights'} do not fit in the memory free now: torch could not "
                           f"allocate them; {ADVICE}") from None
     finally:
