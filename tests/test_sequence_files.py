@@ -744,3 +744,16 @@ def test_no_sequences_and_the_repr_of_a_loaded_run(small_run: Path) -> None:
         with pytest.raises(DataError, match=r"^no sequences given \(an empty (list|tuple)\); pass at least one$"):
             trained.predict(empty)
     assert repr(trained) == f"TrainedModel({str(small_run)!r}, {trained.config.label}, 3 classes from sequences, on cpu)"
+
+
+def test_ragged_sequences_are_pointed_to_the_ways_that_take_them(small_run: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    ragged = np.empty(2, dtype=object)
+    ragged[0], ragged[1] = np.zeros((12, 2)), np.zeros((5, 2))
+    with pytest.raises(DataError, match=r"got Python objects \(object\) \(sequences of different lengths: pass "
+                                        r"them as a list\)"):
+        rnnlab.load(small_run).predict(ragged)
+    np.save(tmp_path / "ragged.npy", ragged, allow_pickle=True)
+    assert main(["predict", str(small_run), str(tmp_path / "ragged.npy")]) == 2
+    assert ("an array of Python objects (sequences of different lengths?), which is not read, for safety; pad them "
+            "to one length and save their lengths beside them for --lengths") in capsys.readouterr().err

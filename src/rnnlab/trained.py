@@ -168,8 +168,9 @@ class TrainedModel:
         # Before torch sees them: its refusal of strings lists types (complex, bool) refused here too.
         if x.dtype.kind not in "iuf":
             what = {"U": "strings", "S": "bytes", "O": "Python objects"}.get(x.dtype.kind)
+            ragged = " (sequences of different lengths: pass them as a list)" if x.dtype.kind == "O" else ""
             raise DataError("sequences must hold numbers (float or integer, or uint8 pixels), "
-                            f"got {f'{what} ({x.dtype})' if what else x.dtype}")
+                            f"got {f'{what} ({x.dtype})' if what else x.dtype}{ragged}")
         given = x.shape  # errors name the shape the caller gave, not ours after reshaping
         where = "" if index is None else f"sequences[{index}]: "
         if features == 1 and (x.ndim == 1 or (x.ndim == 2 and (x.shape[-1] != 1 or steps == 1))):

@@ -240,6 +240,10 @@ def _load_npy(path: str, what: str, how: str) -> Any:
             raise DataError(f"{path}: not a .npy array of {what}: {looks}; {how}")
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
+        if "Object arrays" in str(exc):  # np.save of a ragged list: sequences of different lengths
+            raise DataError(f"{path}: an array of Python objects (sequences of different lengths?), which is not "
+                            "read, for safety; pad them to one length and save their lengths beside them for "
+                            "--lengths") from None
         raise DataError(f"{path}: not a readable .npy array of {what} ({exc}); {how}") from None
     if not isinstance(array, np.ndarray):
         array.close()
