@@ -108,44 +108,14 @@ def test_a_sigterm_while_a_heed_once_run_saves_is_ignored(tmp_path: Path, handle
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # says that one came
 
 
-def test_sigterm_in_the_test_evaluation_names_the_run_folder_to_resume(tmp_path: Path, handlers: None,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """A SIGTERM that cuts a finished run's test evaluation (as a second one a while after the first,
-    or one under torchrun, does): the final checkpoint is saved, the summary says interrupted, the
-    command says how to continue, and `--resume` then measures the test set and completes the run."""
-    from rnnlab.stopping import sigterm_raises
-
-    real_evaluate, calls = engine.evaluate, []
-
-    def terminated_in_the_test_evaluation(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 3:  # validation at 20 and at 40, then the test set
-            raise Terminated
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "evaluate", terminated_in_the_test_evaluation)
-    with sigterm_raises(), pytest.raises(Terminated) as stopped:
-        rnnlab.train(tiny(), tmp_path / "run", progress=False)
-    assert stopped.value.run_dir == tmp_path / "run"
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and "stopped by SIGTERM" in summary["message"]
-    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["iteration"] == 40
-    monkeypatch.setattr(engine, "evaluate", real_evaluate)
-    resumed = rnnlab.resume(tmp_path / "run", progress=False)
-    whole = rnnlab.train(tiny(), tmp_path / "whole", progress=False)
-    assert resumed.status == "completed" and resumed.test_accuracy == whole.test_accuracy
-    a = torch.load(whole.dir / "checkpoint.pt", weights_only=True)["model"]
-    b = torch.load(resumed.dir / "checkpoint.pt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-@pytest.mark.parametrize("where", ["test-evaluation", "last-step"])
-def test_a_first_sigterm_after_the_last_step_skips_the_test_evaluation(where: str, tmp_path: Path, handlers: None,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """A first SIGTERM in the final test evaluation (tens of seconds on pixel MNIST), or in the last
-    step, skips the evaluation as it would during training: the kill comes soon. The final checkpoint
-    is saved, the command names the folder, and `--resume` measures the test set: the same figures as
-    a run never stopped."""
+@pytest.mark.parametrize("where", ["cut-evaluation", "test-evaluation", "last-step"])
+def test_a_sigterm_after_the_last_step_skips_the_test_evaluation(where: str, tmp_path: Path, handlers: None,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGTERM that cuts a finished run's test evaluation (cut-evaluation: as a second one a while
+    after the first, or one under torchrun, does), or a first one in that evaluation (tens of seconds
+    on pixel MNIST) or in the last step, which skips the evaluation as it would during training: the
+    kill comes soon. The final checkpoint is saved, the summary says interrupted, the command names
+    the folder, and `--resume` measures the test set: the same figures and weights as a run never stopped."""
     from rnnlab.stopping import sigterm_raises
 
     real_evaluate, real_step, calls = engine.evaluate, Trainer._forward, []
@@ -153,6 +123,8 @@ def test_a_first_sigterm_after_the_last_step_skips_the_test_evaluation(where: st
     def sigterm_in_the_test_evaluation(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) == 3:  # validation at 20 and at 40, then the test set
+            if where == "cut-evaluation":
+                raise Terminated
             signal.raise_signal(signal.SIGTERM)
         return real_evaluate(*args, **kwargs)
 
@@ -161,10 +133,10 @@ def test_a_first_sigterm_after_the_last_step_skips_the_test_evaluation(where: st
             signal.raise_signal(signal.SIGTERM)
         return real_step(self, batch)
 
-    if where == "test-evaluation":
-        monkeypatch.setattr(engine, "evaluate", sigterm_in_the_test_evaluation)
-    else:
+    if where == "last-step":
         monkeypatch.setattr(Trainer, "_forward", sigterm_in_the_last_step)
+    else:
+        monkeypatch.setattr(engine, "evaluate", sigterm_in_the_test_evaluation)
     with sigterm_raises(), pytest.raises(Terminated) as stopped:
         rnnlab.train(tiny(), tmp_path / "run", progress=False)
     assert stopped.value.run_dir == tmp_path / "run"
@@ -176,6 +148,9 @@ def test_a_first_sigterm_after_the_last_step_skips_the_test_evaluation(where: st
     resumed = rnnlab.resume(tmp_path / "run", progress=False)
     whole = rnnlab.train(tiny(), tmp_path / "whole", progress=False)
     assert resumed.status == "completed" and resumed.test_accuracy == whole.test_accuracy
+    a = torch.load(whole.dir / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(resumed.dir / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("where", ["nan-step", "summary"])
