@@ -13,8 +13,6 @@ from typing import Any
 
 from rnnlab.errors import ConfigError
 
-GATED = ("rnn", "lstm", "gru")  # rnnlab's own cells: a model of one's own (register_model) reads what it will
-
 
 class UnusedSettingWarning(UserWarning):
     """A config holds a setting the rest of it leaves unused (``rnnlab.train``); a compare, whose shared
@@ -41,6 +39,8 @@ def unused_settings(raw: dict[str, Any], default: dict[str, Any]) -> list[str]:
 
 
 def _left_unused(raw: dict[str, Any], given: set[str]) -> list[str]:
+    from rnnlab.config import CELLS  # late: config imports this module. A model of one's own reads what it will.
+
     data, model, train = raw["data"], raw["model"], raw["train"]
     problems = []
     if data["file"] and data["data_dir"] and "data.data_dir" in given:
@@ -53,11 +53,11 @@ def _left_unused(raw: dict[str, Any], given: set[str]) -> list[str]:
     if "model.nonlinearity" in given and model["cell"] in ("lstm", "gru"):  # a model of one's own may read it
         problems.append(f"model.nonlinearity is the Elman RNN's (model.cell=rnn); a{'n' * (model['cell'] == 'lstm')} "
                          f"{model['cell'].upper()} has its own gates: drop it, or add model.cell=rnn")
-    if model["dropout"] and model["layers"] == 1 and "model.dropout" in given and model["cell"] in GATED:
+    if model["dropout"] and model["layers"] == 1 and "model.dropout" in given and model["cell"] in CELLS:
         problems.append("model.dropout drops out between stacked layers, as torch.nn's does; with model.layers=1 "
                          "there are none: drop it, or add model.layers=2")
     for key in ("impl", "init"):  # a model of one's own builds and initialises its own module
-        if f"model.{key}" in given and model["cell"] not in GATED:
+        if f"model.{key}" in given and model["cell"] not in CELLS:
             problems.append(f"model.{key} is for rnnlab's own cells (rnn, lstm, gru); model.cell={model['cell']} is "
                             "a model of your own, whose builder makes its module: drop it")
     if train["protocol"] == "tutorial" and data["val_size"] and "data.val_size" in given:

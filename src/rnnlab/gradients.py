@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
-from .models.recurrent import SequenceClassifier
+from .models.recurrent import GATES, SequenceClassifier
 
 _CELLS = {"rnn_tanh": torch.rnn_tanh_cell, "rnn_relu": torch.rnn_relu_cell, "gru": torch.gru_cell}
 
@@ -91,7 +91,7 @@ def gradient_flow(model: SequenceClassifier, x: torch.Tensor, y: torch.Tensor) -
     """``||dL/dh_t||`` for every layer, direction and step, averaged over the batch ``x (B, T, F)``
     with labels ``y (B,)``, on the device ``x`` and the model are on, in float32 (autocast is
     turned off). The model's parameters and their ``.grad`` are left untouched."""
-    if model.config.cell not in ("rnn", "lstm", "gru"):
+    if model.config.cell not in GATES:
         raise ConfigError(f"the gradient flow unrolls rnnlab's own cells (rnn, lstm, gru) from their weights; "
                           f"model.cell={model.config.cell!r} is a model of your own (register_model)")
     was_training = model.training

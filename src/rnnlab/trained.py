@@ -130,8 +130,8 @@ class TrainedModel:
                 x[i, : part.shape[1]] = part[0]
             return x, lengths
         x = self._one_batch(sequences, steps, features, single=False)
-        zeros_last = (x[:, -1] == 0).all(dim=-1)  # (N, F) -> (N,): which sequences end in a step of zeros
-        if self.variable_lengths and bool(zeros_last.any()) and not bool(zeros_last.all()):  # as padding does
+        zeros_last = (x[:, -1] == 0).all(dim=-1) if self.variable_lengths else None  # (N, F) -> (N,)
+        if zeros_last is not None and bool(zeros_last.any()) and not bool(zeros_last.all()):  # as padding does
             warn_caller("this run was trained on sequences of varying length, and some of these end in a step of "
                         "zeros, as padding does: without lengths each is read whole, padding included; give "
                         "lengths (predict(x, lengths); --lengths on the command line), or a list of the sequences "
