@@ -10,8 +10,9 @@ only ratios measured side by side mean anything):
    MNIST does (a PIL image, then ``transforms.ToTensor()``), ``torch.nn`` layers, the
    tutorial's loop;
 2. plain: the whole data set in memory, batches by index, ``torch.nn`` layers, same optimizer;
-   plain-tuned is the same loop after ``rnnlab.allocator.tune_allocator()``, the one line that
-   gives any loop rnnlab's allocator settings (so the table tells that gain from the rest);
+   plain-tuned is the same loop after ``rnnlab.allocator.tune_allocator()`` and
+   ``rnnlab.denormals.set_flush_denormals(True)``, the two lines that give any loop rnnlab's
+   process settings (so the table tells that gain from what rnnlab's layers and loop add);
 3. rnnlab: rnnlab's own training loop (``Trainer.train_until``) with its default layers and settings;
 4. ceiling: the model's training FLOPs per sample (3x forward, counted analytically)
    against the FLOP rate of a large float32 matrix multiply measured in this run.
@@ -42,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 import rnnlab
 from rnnlab.config import apply_overrides
 from rnnlab.allocator import tune_allocator
+from rnnlab.denormals import set_flush_denormals
 from rnnlab.distributed import native_bf16_cpu
 from rnnlab.data import load_split
 from rnnlab.engine import Trainer
@@ -294,6 +296,7 @@ def session(case_index: int, pipeline: str, quick: bool, tmp: str) -> Session:
         return timer, dict, dict
     if pipeline == "plain-tuned":
         tune_allocator()  # before the model and its buffers exist, as the Trainer does it
+        set_flush_denormals(True)
     timer, model = plain_session(cfg, seqs, labels, case.iterations)
     test_images, _ = load_split("mnist", "test")
     return timer, InferenceTimer(model, images_to_sequences(test_images[:2000], cfg.data.view)), dict
@@ -469,8 +472,8 @@ def main() -> int:
         "sequential GEMMs at the step-GEMM rate, every other FLOP at the large-matrix rate, nothing else.",
         "",
         "*rnnlab / plain-tuned* compares rnnlab with the plain loop after "
-        "`rnnlab.allocator.tune_allocator()`: what rnnlab's layers and loop give beyond the allocator "
-        "settings that any loop can have in one line.",
+        "`rnnlab.allocator.tune_allocator()` and `rnnlab.denormals.set_flush_denormals(True)`: what "
+        "rnnlab's layers and loop give beyond the process settings that any loop can have in two lines.",
         "",
         "| model | rnnlab layers | tutorial | plain torch.nn | rnnlab | rnnlab / plain (range over repeats) "
         "| rnnlab / plain-tuned | rnnlab / tutorial "

@@ -23,6 +23,7 @@ from rnnlab import __version__ as rnnlab_version
 from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json
 from rnnlab.allocator import tune_allocator
+from rnnlab.denormals import set_flush_denormals
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab import distributed as dist
 from rnnlab import seeding
@@ -54,6 +55,7 @@ class Trainer:
         dist.init_process_group(cfg.train.device)  # a no-op unless launched by torchrun
         self.world = dist.world_size()
         dist.configure_threads(cfg.train.threads)
+        set_flush_denormals(cfg.train.flush_denormals)  # after the threads: it sets each of them
         tune_allocator()
         self.device = dist.select_device(cfg.train.device)
         seeding.seed_everything(cfg.seed)

@@ -17,6 +17,7 @@ from rnnlab import checkpoint as ckpt
 from rnnlab import distributed as dist
 from rnnlab import seeding
 from rnnlab.allocator import allocator_tuned
+from rnnlab.denormals import denormal_mode_kept
 from rnnlab.config import RunConfig, check_cell, from_dict, load_toml, settings_of_the_run, to_dict
 from rnnlab.config_ignored import UnusedSettingWarning, unused_settings
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
@@ -211,8 +212,9 @@ def _a_run_of_its_own() -> Iterator[None]:
     """What the caller set around ``train`` does not reach the run, and the caller gets its own
     state back: random generators and threads (``callers_state_kept``), and the grad mode (inside
     ``inference_mode`` a run could not train), autocast (a caller's bf16 would train a float32 run
-    in bf16, unrecorded), the default dtype (float64 would build float64 layers for float32 data)
-    and glibc's allocator settings (``allocator_tuned``)."""
+    in bf16, unrecorded), the default dtype (float64 would build float64 layers for float32 data),
+    glibc's allocator settings (``allocator_tuned``) and the CPU's denormal mode
+    (``train.flush_denormals``)."""
     import torch
 
     dtype = torch.get_default_dtype()
@@ -223,6 +225,7 @@ def _a_run_of_its_own() -> Iterator[None]:
         stack.enter_context(torch.enable_grad())
         stack.enter_context(dist.autocast_off())
         stack.enter_context(allocator_tuned())
+        stack.enter_context(denormal_mode_kept())
         torch.set_default_dtype(torch.float32)
         try:
             yield
