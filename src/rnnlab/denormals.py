@@ -47,9 +47,9 @@ def set_flush_denormals(on: bool) -> bool:
         def in_each_thread(_data: int | None) -> None:
             torch.set_flush_denormal(on)
 
-        # 0 threads: the team torch's own parallel ops get (omp_get_max_threads of this thread).
-        # CDLL releases the GIL for the call; each thread takes it in turn to run the callback.
-        runtime.GOMP_parallel(in_each_thread, None, 0, 0)
+        # As many threads as torch's own parallel regions ask for from this thread. CDLL releases
+        # the GIL for the call; each thread takes it in turn to run the callback.
+        runtime.GOMP_parallel(in_each_thread, None, torch.get_num_threads(), 0)
     return True
 
 

@@ -55,7 +55,9 @@ class Trainer:
         dist.init_process_group(cfg.train.device)  # a no-op unless launched by torchrun
         self.world = dist.world_size()
         dist.configure_threads(cfg.train.threads)
-        set_flush_denormals(cfg.train.flush_denormals)  # after the threads: it sets each of them
+        # After the threads: it sets each of them. "kept" also where the CPU has no such mode.
+        flushed = set_flush_denormals(cfg.train.flush_denormals) and cfg.train.flush_denormals
+        self.denormals = "flushed" if flushed else "kept"
         tune_allocator()
         self.device = dist.select_device(cfg.train.device)
         seeding.seed_everything(cfg.seed)
@@ -97,7 +99,8 @@ class Trainer:
 
     def resolved(self) -> dict[str, str]:
         """What the ``auto`` settings became on this machine, which a resumed run may not repeat."""
-        return {"device": str(self.device), "amp": self.amp, "backward": "by hand" if self.hand_step else "autograd"}
+        return {"device": str(self.device), "amp": self.amp, "backward": "by hand" if self.hand_step else "autograd",
+                "denormals": self.denormals}
 
     def _placed(self, name: str) -> SequenceData:
         """Split ``name`` on a GPU if it fits there (in its stored form: uint8 for images), copied

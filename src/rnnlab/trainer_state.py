@@ -105,9 +105,12 @@ def _warn_if_resolved_differently(before: dict[str, str] | None, now: dict[str, 
         return value.partition(":")[0] if key == "device" else value
 
     # Not "backward": by hand and autograd agree to float rounding, and it changes with the process count.
+    # Nor "denormals" on a GPU: the mode is the CPU's.
+    ignored = {"backward"} | ({"denormals"} if now.get("device", "cpu") != "cpu" else set())
     changed = [f"{key} {before[key]} -> {value}" for key, value in now.items()
-               if before and key in before and key != "backward" and kind(key, before[key]) != kind(key, value)]
+               if before and key in before and key not in ignored and kind(key, before[key]) != kind(key, value)]
     if changed and dist.is_main_process():
         warn_caller(f"this run resumes on another footing than it began ({', '.join(changed)}): the train.*=auto "
-                    "settings resolve by machine, so the rest of it trains differently from an uninterrupted run",
+                    "settings (and whether the CPU flushes denormals) resolve by machine, so the rest of it trains "
+                    "differently from an uninterrupted run",
                     RuntimeWarning)
