@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,9 @@ def indrnn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(own, "_IMPORTED", [])
     path = tmp_path / "my_cells.py"
     path.write_text(CELL_FILE)
-    own.import_models(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # it registers a model: nothing to say
+        own.import_models(str(path))
     yield path
     registry.unregister_model("indrnn")
 
@@ -287,10 +290,16 @@ def test_import_models_by_module_name_from_the_current_folder_and_without_shadow
     (tmp_path / "pkg_of_cells" / "__init__.py").write_text("")
     (tmp_path / "pkg_of_cells" / "cells.py").write_text("LOADED = True\n")
     monkeypatch.chdir(tmp_path)
-    own.import_models("pkg_of_cells.cells")
+    with pytest.warns(UserWarning, match=r"^pkg_of_cells.cells registered no model: decorate a builder in it with "
+                                         r"@rnnlab.register_model\(name, summary\)"):
+        own.import_models("pkg_of_cells.cells")
     assert sys.modules["pkg_of_cells.cells"].LOADED and own.imported_models() == ["pkg_of_cells.cells"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        own.import_models("pkg_of_cells.cells")  # already imported: not run again, and nothing said again
     (tmp_path / "json.py").write_text("SHADOW = True\n")
-    own.import_models(str(tmp_path / "json.py"))
+    with pytest.warns(UserWarning, match=r"json.py registered no model"):
+        own.import_models(str(tmp_path / "json.py"))
     import json as real_json
 
     assert not hasattr(real_json, "SHADOW") and hasattr(real_json, "dumps")

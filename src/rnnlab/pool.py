@@ -96,7 +96,7 @@ def _worker_setup(parent: int, marker_dir: str, gpu_counter: Any, gpus: int, imp
         from rnnlab.models.own import import_models
 
         for source in imports:
-            import_models(source)
+            import_models(source, say_if_none=False)  # the compare's process said it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, functools.partial(_idle_sigterm, marker_dir))
 

@@ -15,21 +15,23 @@ from typing import Any, Callable
 import torch
 
 from rnnlab.config import REGISTERED_CELLS, ModelConfig
-from rnnlab.errors import ConfigError, describe
+from rnnlab.errors import ConfigError, describe, warn_caller
 from rnnlab.models.recurrent import SequenceClassifier
 
 _IMPORTED: list[str] = []  # what import_models imported, in order: a compare's workers import it too
 
 
-def import_models(source: str) -> None:
+def import_models(source: str, *, say_if_none: bool = True) -> None:
     """Import the module that registers models of one's own: a Python file (``my_cells.py``; its
     folder joins ``sys.path``, as ``python my_cells.py`` would have it) or a module name on
     ``sys.path`` or under the current folder, as ``python -m`` finds it (``mypackage.cells``). A
-    module already imported is not run again."""
+    module already imported is not run again; one that runs and registers no model is warned of
+    (``say_if_none``), since every run naming its model would then fail as an unknown cell."""
     if not isinstance(source, str) or not source.strip():
         raise ConfigError(f"import_models takes a Python file or a module name, not {source!r}")
     path = Path(source).expanduser()
     as_file = source.endswith(".py") or os.sep in source or (os.altsep or os.sep) in source
+    registered_before, modules_before = dict(REGISTERED_CELLS), len(sys.modules)
     try:
         if as_file:
             if not path.is_file():
@@ -48,6 +50,9 @@ def import_models(source: str) -> None:
         where = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
         detail = str(exc).splitlines()[0] if str(exc) else ""
         raise ConfigError(f"cannot import {source}{where}: {type(exc).__name__}: {detail}") from exc
+    if say_if_none and REGISTERED_CELLS == registered_before and len(sys.modules) > modules_before:
+        warn_caller(f"{source} registered no model: decorate a builder in it with "
+                    "@rnnlab.register_model(name, summary) to train it as model.cell=name", UserWarning)
     if source not in _IMPORTED:
         _IMPORTED.append(source)
 
