@@ -258,7 +258,7 @@ def test_out_of_memory_says_what_to_lower_and_keeps_the_last_checkpoint(tmp_path
         assert "evaluating after iteration 20" in message and "lower train.eval_batch_size (now 2000)" in message
         assert "keeps its checkpoint of iteration 10" in message and saved == 10
     else:  # the whole budget is saved: only the test is left to do
-        assert f"the trained weights are saved; `rnnlab eval {tmp_path / 'run'} --batch-size 500`" in message
+        assert f"the trained weights are saved in {tmp_path / 'run'}; `rnnlab eval {tmp_path / 'run'} --batch-size 500`" in message
         assert saved == 40
 
 

@@ -153,6 +153,37 @@ def test_mistakes_in_a_model_of_ones_own_are_named_where_they_are_made(indrnn: P
     assert "broken" not in rnnlab.list_models() and "broken" not in REGISTERED_CELLS
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python 3.11's")
+def test_a_model_of_ones_own_that_fails_in_training_keeps_its_traceback_with_rnnlabs_context(tmp_path: Path) -> None:
+    """What the trial at build time cannot see (here: training mode) fails in the run with the user's
+    own exception and traceback, and a note of where in the run it came and what the folder keeps."""
+    from torch import nn
+
+    from rnnlab.models import register_model, unregister_model
+
+    class TrainsBadly(nn.GRU):
+        def forward(self, x, h=None):
+            if self.training:
+                raise ValueError("no training mode in this module")
+            return super().forward(x, h)
+
+    @register_model("trains-badly", "fails in training mode only")
+    def build(*, config, input_size, seq_len, num_classes, input_mean=0.0, input_std=1.0):
+        return rnnlab.SequenceClassifier(config, input_size=input_size, seq_len=seq_len, num_classes=num_classes,
+                                         input_mean=input_mean, input_std=input_std,
+                                         recurrent=TrainsBadly(input_size, config.hidden, batch_first=True))
+
+    try:
+        with pytest.raises(ValueError, match="no training mode in this module") as failed:
+            rnnlab.train(apply_overrides(RunConfig(), [*TINY, "model.cell=trains-badly"]), tmp_path / "run",
+                         progress=False)
+    finally:
+        unregister_model("trains-badly")
+    assert failed.value.__notes__ == ["rnnlab: model 'trains-badly', a model of your own, failed in training step 1; "
+                                      "no checkpoint had been written"]
+    assert failed.traceback[-1].name == "forward"  # the user's own line, last
+
+
 def test_registering_again_from_the_same_function_replaces_it(indrnn: Path) -> None:
     """A notebook cell run twice, or a module imported under a second name."""
     builder = registry.get_builder("indrnn")

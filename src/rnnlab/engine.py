@@ -28,7 +28,7 @@ from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab import distributed as dist
 from rnnlab import seeding
 from rnnlab import trainer_state
-from rnnlab.config import RunConfig, save_toml
+from rnnlab.config import REGISTERED_CELLS, RunConfig, save_toml
 from rnnlab.data import SequenceData
 from rnnlab.data.splits import data_identity, describe_datasets, load_datasets
 from rnnlab.errors import ResourceError
@@ -156,6 +156,9 @@ class Trainer:
                     raise  # Ctrl-C stops the command at once, as it asked; the summary says how to go on
         except Exception as exc:  # noqa: BLE001 - only running out of memory is handled here
             if not dist.is_out_of_memory(exc):
+                if self.cfg.model.cell in REGISTERED_CELLS and hasattr(exc, "add_note"):  # Python 3.11+
+                    where, kept = self._where_and_kept()  # a model of one's own: its traceback, with context
+                    exc.add_note(f"rnnlab: model {self.cfg.model.cell!r}, a model of your own, failed {where}; {kept}")
                 raise
             error = self._out_of_memory_error(exc)
         else:
@@ -172,23 +175,28 @@ class Trainer:
     def _out_of_memory_error(self, exc: BaseException) -> ResourceError:
         """What ran out, what the run folder still holds, and which setting to lower."""
         t = self.cfg.train
-        if self.mid_step:
-            where, lower = f"in training step {self.iteration + 1}", f"train.batch_size (now {t.batch_size})"
-        else:
-            where, lower = (f"evaluating after iteration {self.iteration}",
-                            f"train.eval_batch_size (now {t.eval_batch_size})")
-        if self.saved_at is None:
-            kept = "no checkpoint had been written"
-        elif self.saved_at == self.total:
-            kept = (f"the trained weights are saved; `rnnlab eval {self.run_dir} --batch-size "
-                    f"{max(1, t.eval_batch_size // 4)}` tests them")
-        else:
-            kept = f"{self.run_dir} keeps its checkpoint of iteration {self.saved_at}"
+        where, kept = self._where_and_kept()
+        if self.saved_at == self.total:
+            kept += f"; `rnnlab eval {self.run_dir} --batch-size {max(1, t.eval_batch_size // 4)}` tests them"
+        lower = (f"train.batch_size (now {t.batch_size})" if self.mid_step
+                 else f"train.eval_batch_size (now {t.eval_batch_size})")
         # torch's first line, less the C++ assertion prefix ("[enforce fail at alloc_cpu.cpp:127] err == 0.")
         detail = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", (str(exc) or type(exc).__name__)
                         .splitlines()[0])[:160]
         return ResourceError(f"out of memory on {self.device} {where} ({detail}); {kept}; lower {lower} or "
                              "model.hidden and start the run again")
+
+    def _where_and_kept(self) -> tuple[str, str]:
+        """Where a failure came (a training step, or an evaluation) and what the run folder keeps."""
+        where = (f"in training step {self.iteration + 1}" if self.mid_step
+                 else f"evaluating after iteration {self.iteration}")
+        if self.saved_at is None:
+            kept = "no checkpoint had been written"
+        elif self.saved_at == self.total:
+            kept = f"the trained weights are saved in {self.run_dir}"
+        else:
+            kept = f"{self.run_dir} keeps its checkpoint of iteration {self.saved_at}"
+        return where, kept
 
     @torch.enable_grad()  # also when the caller trains inside torch.no_grad()
     def train_until(self, end: int, stop: StopBetweenSteps | None = None) -> str:
