@@ -48,6 +48,12 @@ def _prev_hidden_grad(g: Tensor, hs: Tensor, h0: Tensor | None, reverse: bool) -
     return dw
 
 
+def _all_zero(t: Tensor) -> bool:
+    """Whether ``t`` is one zero broadcast over every element (strides all 0), as the hand-written
+    step passes for outputs no gradient reaches; a dense tensor is not looked into."""
+    return t.numel() > 0 and all(s == 0 for s in t.stride()) and bool(t.reshape(-1)[0] == 0)
+
+
 def _shifted(seq: Tensor, first: Tensor, reverse: bool) -> Tensor:
     """The previous-step values of seq (T, B, H), with ``first`` for the first step."""
     return torch.cat([seq[1:], first[None]]) if reverse else torch.cat([first[None], seq[:-1]])
@@ -125,11 +131,9 @@ class RecurrentLayerFn(torch.autograd.Function):
             g_in, g_hid = _gru_backward(gout, gh, out, h0, saved, w_hh, dh0, reverse)
         else:
             g_in = g_hid = x.new_empty(T, B, H)
-            if mode == "rnn_relu":  # h >= 0, so sign(h) = (h > 0), 10x cheaper than gt().to()
-                dact = torch.sign(out)
-            else:  # 1 - h^2
-                dact = torch.addcmul(out.new_ones(()), out, out, value=-1.0)
-            K.loop("rnn_backward")(gout, gh, dact, w_hh, g_in, dh0, reverse)
+            relu = mode == "rnn_relu"  # relu: the loop reads the derivative off the outputs, step by step
+            dact = out if relu else torch.addcmul(out.new_ones(()), out, out, value=-1.0)  # tanh: 1 - h^2
+            K.loop("rnn_backward")(gout, gh, dact, w_hh, g_in, dh0, reverse, relu, _all_zero(gout))
         G = g_in.shape[2]
         g_in2 = g_in.reshape(T * B, G)  # (T*B, G): every step's gate gradients, one GEMM each below
         dx = (g_in2 @ w_ih).view(T, B, F) if need[2] else None  # (T*B, G) @ (G, F) -> (T, B, F)

@@ -100,18 +100,25 @@ def gru_forward(xp: Tensor, h0: Tensor, w2_t: Tensor, b2_hn: Tensor, hp: Tensor,
 
 
 def rnn_backward(gout: Tensor, gh: Tensor, dact: Tensor, w: Tensor, g: Tensor, dh0: Tensor,
-                 reverse: bool) -> None:
-    """dact: (T, B, H) activation derivatives (relu: h > 0, tanh: 1 - h^2); w: (H, H)
-    = W_hh; g: (T, B, H) pre-activation gradients. (A per-step relu/tanh backward op
-    costs ~18 us on 10k elements here, a multiply by a precomputed factor ~3 us.)"""
-    g.copy_(gout)  # one pass, then the recurrent path is added in place
-    gs, ds = g.unbind(0), dact.unbind(0)
-    T = len(gs)
+                 reverse: bool, relu: bool, gout_zero: bool) -> None:
+    """dact: (T, B, H) relu: the outputs h themselves (the derivative h > 0 is applied by
+    ``threshold_backward``, with no pass over all steps for a mask); tanh: the derivatives
+    1 - h^2. w: (H, H) = W_hh; g: (T, B, H) pre-activation gradients. ``gout_zero``: no
+    gradient reaches the steps' outputs (the hand-written step's ``last`` readout), so each
+    step's g[t] is the recurrent path alone, written by one ``mm``: no copy of zeros first."""
+    T = g.shape[0]
+    if not gout_zero:
+        g.copy_(gout)  # one pass, then the recurrent path is added in place
     t = 0 if reverse else T - 1
-    dh = gs[t].add_(gh).mul_(ds[t])
-    for k in range(1, T):
-        t = k if reverse else T - 1 - k
-        dh = gs[t].addmm_(dh, w).mul_(ds[t])  # (+ recurrent path) * activation derivative
+    dh = g[t].copy_(gh) if gout_zero else g[t].add_(gh)
+    for k in range(T):
+        if k > 0:
+            t = k if reverse else T - 1 - k
+            dh = torch.mm(dh, w, out=g[t]) if gout_zero else g[t].addmm_(dh, w)  # the recurrent path
+        if relu:
+            torch.ops.aten.threshold_backward(dh, dact[t], 0.0, grad_input=dh)  # dh * (h > 0)
+        else:
+            dh.mul_(dact[t])
     if dh0.numel() > 0:  # empty: h0 needs no gradient (zeros, or a constant)
         torch.mm(dh, w, out=dh0)
 
