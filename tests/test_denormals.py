@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import platform
+import glob
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +16,10 @@ from rnnlab import engine
 from rnnlab.config import RunConfig, apply_overrides
 from rnnlab.denormals import denormal_mode_kept, denormals_flushed, set_flush_denormals
 
-pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"),
-                                reason="torch sets the denormal mode on x86 only")
+# torch sets a denormal mode on x86 and AArch64; every thread of the team is reached where torch
+# links an OpenMP runtime that exports GOMP_parallel (Linux, macOS), and only Linux is tested here.
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not torch.set_flush_denormal(False),
+                                reason="the denormal mode of every thread is tested on Linux with x86 or AArch64")
 
 DENORMAL_BITS = 713_649  # the float32 with these bits is 1.0e-39, a denormal: the smallest normal is 1.18e-38
 
@@ -60,6 +64,30 @@ def test_the_mode_before_a_block_is_given_back(two_threads: None) -> None:
     with denormal_mode_kept():
         set_flush_denormals(False)
     assert denormals_flushed() and _share_flushed() == 1.0
+
+
+_SECOND_RUNTIME = """
+import ctypes, sys
+import torch
+torch.set_num_threads(2)
+torch.ones(1 << 20).add_(1)  # torch's team exists
+ctypes.CDLL(sys.argv[1])  # another libgomp, as scikit-learn or the system brings one
+from rnnlab.denormals import set_flush_denormals
+set_flush_denormals(True)
+denormals = torch.full((1 << 22,), 713_649, dtype=torch.int32).view(torch.float32)
+print((denormals.mul(1.0) == 0).float().mean().item())
+"""
+
+
+# By its path: by name (libgomp.so.1) the dynamic loader hands back torch's copy, already loaded.
+_SYSTEM_GOMP = sorted(glob.glob("/usr/lib*/libgomp.so.1") + glob.glob("/usr/lib*/*-linux-gnu/libgomp.so.1"))
+
+
+@pytest.mark.skipif(not _SYSTEM_GOMP, reason="no libgomp of the system's to load beside torch's")
+def test_the_threads_set_are_torchs_own_when_another_openmp_runtime_is_loaded() -> None:
+    out = subprocess.run([sys.executable, "-c", _SECOND_RUNTIME, _SYSTEM_GOMP[0]],
+                         capture_output=True, text=True, check=True, timeout=120)
+    assert float(out.stdout) == 1.0, out.stdout
 
 
 def _tiny(*extra: str) -> RunConfig:

@@ -11,8 +11,10 @@ thread only. Threads started later inherit them, but torch's OpenMP workers usua
 by the time a run starts, and each keeps its own flags: with only the calling thread set,
 that step still took 2.3 s. So :func:`set_flush_denormals` also sets them in each thread
 of the calling thread's OpenMP team, by running one tiny parallel region through the
-OpenMP runtime torch has loaded (its ``GOMP_parallel`` entry point, which libgomp,
-Intel's and LLVM's runtimes all export).
+OpenMP runtime torch itself links (its ``GOMP_parallel`` entry point, which libgomp,
+Intel's and LLVM's runtimes all export), looked up through torch's own library: another
+runtime in the process (scikit-learn's, the system's) has other threads. Where torch has
+none that exports it (Windows), only the calling thread is set.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import sys
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 
@@ -37,8 +39,8 @@ def denormals_flushed() -> bool:
 
 def set_flush_denormals(on: bool) -> bool:
     """Flush denormals to zero (``on``) or compute with them (IEEE, torch's default), in the
-    calling thread and in the threads of its OpenMP team. Returns False where the CPU has no
-    such mode (torch sets it on x86 only; elsewhere nothing changes)."""
+    calling thread and in the threads of its OpenMP team. Returns False where torch has no
+    such mode for the CPU (it sets one on x86 and AArch64); nothing changes there."""
     if not torch.set_flush_denormal(on):
         return False
     runtime = _openmp_runtime()
@@ -49,14 +51,16 @@ def set_flush_denormals(on: bool) -> bool:
 
         # As many threads as torch's own parallel regions ask for from this thread. CDLL releases
         # the GIL for the call; each thread takes it in turn to run the callback.
-        runtime.GOMP_parallel(in_each_thread, None, torch.get_num_threads(), 0)
+        runtime(in_each_thread, None, torch.get_num_threads(), 0)
     return True
 
 
 @contextlib.contextmanager
 def denormal_mode_kept() -> Iterator[None]:
-    """The calling thread's denormal mode as it was before the block, and its OpenMP team's
-    with it: a run sets its own (``train.flush_denormals``), which must not outlast it."""
+    """The calling thread's denormal mode as it was before the block, given to its OpenMP team
+    too: a run sets its own (``train.flush_denormals``), which must not outlast it. (A caller
+    that set the calling thread alone, with ``torch.set_flush_denormal``, gets its mode back
+    in every thread of the team.)"""
     before = denormals_flushed()
     try:
         yield
@@ -66,27 +70,19 @@ def denormal_mode_kept() -> Iterator[None]:
 
 
 @functools.lru_cache(maxsize=1)
-def _openmp_runtime() -> ctypes.CDLL | None:
-    """The OpenMP runtime this process has loaded (torch's), found in /proc/self/maps; None
-    where there is none or no /proc (macOS, Windows): there only the calling thread is set."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            fields = [line.split(maxsplit=5) for line in maps]  # address perms offset dev inode [path]
-    except OSError:
-        return None
-    paths = {parts[5].strip() for parts in fields if len(parts) == 6}
-    for path in sorted(paths):
-        name = path.rsplit("/", 1)[-1]
-        if not name.startswith(("libgomp", "libiomp", "libomp")):
+def _openmp_runtime() -> Any:
+    """``GOMP_parallel`` of the OpenMP runtime torch links, or None. Looked up through torch's
+    own library, which finds it among that library's dependencies: by name, or by scanning what
+    the process has loaded, it could be another copy of libgomp, with threads of its own."""
+    lib_dir = Path(torch.__file__).parent / "lib"
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
+        if not (lib_dir / name).is_file():
             continue
         try:
-            runtime = ctypes.CDLL(path)  # already loaded: the same library, not a second copy
-        except OSError:
-            continue
-        if hasattr(runtime, "GOMP_parallel"):
-            runtime.GOMP_parallel.argtypes = [_REGION, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
-            runtime.GOMP_parallel.restype = None
-            return runtime
+            entry = ctypes.CDLL(str(lib_dir / name)).GOMP_parallel  # already loaded: the same library
+        except (OSError, AttributeError):
+            return None
+        entry.argtypes = [_REGION, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+        entry.restype = None
+        return entry
     return None
