@@ -3,7 +3,9 @@ by rnnlab as its own cells are, from Python and from the command line (``--impor
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -173,15 +175,23 @@ def test_a_model_of_ones_own_that_fails_in_training_keeps_its_traceback_with_rnn
                                          input_mean=input_mean, input_std=input_std,
                                          recurrent=TrainsBadly(input_size, config.hidden, batch_first=True))
 
+    config = apply_overrides(RunConfig(), [*TINY, "model.cell=trains-badly"])
     try:
         with pytest.raises(ValueError, match="no training mode in this module") as failed:
-            rnnlab.train(apply_overrides(RunConfig(), [*TINY, "model.cell=trains-badly"]), tmp_path / "run",
-                         progress=False)
+            rnnlab.train(config, tmp_path / "run", progress=False)
+        assert failed.value.__notes__ == ["rnnlab: model 'trains-badly', a model of your own, failed in training "
+                                          "step 1; no checkpoint had been written"]
+        assert failed.traceback[-1].name == "forward"  # the user's own line, last
+        # What fails outside the model's own code is not laid at its door (here: saving the checkpoint,
+        # failing in a function of no file of the model's: not one defined in this test file).
+        TrainsBadly.forward = nn.GRU.forward
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("rnnlab.engine.Trainer.save", functools.partial(os.remove, tmp_path / "no-such-file"))
+            with pytest.raises(FileNotFoundError) as elsewhere:
+                rnnlab.train(config, tmp_path / "run2", progress=False)
+        assert not hasattr(elsewhere.value, "__notes__")
     finally:
         unregister_model("trains-badly")
-    assert failed.value.__notes__ == ["rnnlab: model 'trains-badly', a model of your own, failed in training step 1; "
-                                      "no checkpoint had been written"]
-    assert failed.traceback[-1].name == "forward"  # the user's own line, last
 
 
 def test_registering_again_from_the_same_function_replaces_it(indrnn: Path) -> None:
@@ -336,6 +346,26 @@ def test_import_models_by_module_name_from_the_current_folder_and_without_shadow
     assert not hasattr(real_json, "SHADOW") and hasattr(real_json, "dumps")
     for name in ("pkg_of_cells", "pkg_of_cells.cells"):
         monkeypatch.delitem(sys.modules, name)
+
+
+def test_a_module_imported_again_under_another_name_is_not_said_to_register_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """By module name, then by its file: run twice, it registers the same model again, from the same function."""
+    monkeypatch.setattr(own, "_IMPORTED", [])
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    (tmp_path / "pkg_again").mkdir()
+    (tmp_path / "pkg_again" / "__init__.py").write_text("")
+    (tmp_path / "pkg_again" / "cells.py").write_text(CELL_FILE)
+    monkeypatch.chdir(tmp_path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            own.import_models("pkg_again.cells")
+            own.import_models(str(tmp_path / "pkg_again" / "cells.py"))
+    finally:
+        registry.unregister_model("indrnn")
+        for name in ("pkg_again", "pkg_again.cells"):
+            monkeypatch.delitem(sys.modules, name)
 
 
 def test_the_resume_line_after_a_signal_imports_the_model_again() -> None:

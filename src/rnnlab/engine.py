@@ -28,13 +28,14 @@ from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab import distributed as dist
 from rnnlab import seeding
 from rnnlab import trainer_state
-from rnnlab.config import REGISTERED_CELLS, RunConfig, save_toml
+from rnnlab.config import RunConfig, save_toml
 from rnnlab.data import SequenceData
 from rnnlab.data.splits import data_identity, describe_datasets, load_datasets
 from rnnlab.errors import ResourceError
 from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix, evaluate, lengths_to
 from rnnlab.models import parameter_count
 from rnnlab.models.build import build_model
+from rnnlab.models.own import raised_in_own_code
 from rnnlab.models.fast_step import hand_step_supported, loss_and_grads
 from rnnlab.models.size import check_model_size
 from rnnlab.optim import learning_rate, make_optimizer, warn_of_a_long_warmup
@@ -156,7 +157,7 @@ class Trainer:
                     raise  # Ctrl-C stops the command at once, as it asked; the summary says how to go on
         except Exception as exc:  # noqa: BLE001 - only running out of memory is handled here
             if not dist.is_out_of_memory(exc):
-                if self.cfg.model.cell in REGISTERED_CELLS and hasattr(exc, "add_note"):  # Python 3.11+
+                if hasattr(exc, "add_note") and raised_in_own_code(exc, self.model):  # Python 3.11+
                     where, kept = self._where_and_kept()  # a model of one's own: its traceback, with context
                     exc.add_note(f"rnnlab: model {self.cfg.model.cell!r}, a model of your own, failed {where}; {kept}")
                 raise

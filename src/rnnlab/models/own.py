@@ -19,6 +19,13 @@ from rnnlab.errors import ConfigError, describe, warn_caller
 from rnnlab.models.recurrent import SequenceClassifier
 
 _IMPORTED: list[str] = []  # what import_models imported, in order: a compare's workers import it too
+_registrations = 0  # register_model calls so far: import_models tells a module that made none
+
+
+def count_registration() -> None:
+    """Called by ``register_model`` for each model it registers."""
+    global _registrations
+    _registrations += 1
 
 
 def import_models(source: str, *, say_if_none: bool = True) -> None:
@@ -31,7 +38,7 @@ def import_models(source: str, *, say_if_none: bool = True) -> None:
         raise ConfigError(f"import_models takes a Python file or a module name, not {source!r}")
     path = Path(source).expanduser()
     as_file = source.endswith(".py") or os.sep in source or (os.altsep or os.sep) in source
-    registered_before, modules_before = dict(REGISTERED_CELLS), len(sys.modules)
+    registered_before, modules_before = _registrations, len(sys.modules)
     try:
         if as_file:
             if not path.is_file():
@@ -50,7 +57,7 @@ def import_models(source: str, *, say_if_none: bool = True) -> None:
         where = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
         detail = str(exc).splitlines()[0] if str(exc) else ""
         raise ConfigError(f"cannot import {source}{where}: {type(exc).__name__}: {detail}") from exc
-    if say_if_none and REGISTERED_CELLS == registered_before and len(sys.modules) > modules_before:
+    if say_if_none and _registrations == registered_before and len(sys.modules) > modules_before:
         warn_caller(f"{source} registered no model: decorate a builder in it with "
                     "@rnnlab.register_model(name, summary) to train it as model.cell=name", UserWarning)
     if source not in _IMPORTED:
@@ -163,3 +170,25 @@ def check_own_model(model: Any, config: ModelConfig, *, input_size: int, seq_len
                           f"model.hidden={config.hidden}{', two directions' if config.bidirectional else ''}), "
                           f"alone or first in a tuple as torch.nn.LSTM(batch_first=True) does; for an input "
                           f"{tuple(x.shape)} its states were {got}")
+
+
+def raised_in_own_code(exc: BaseException, model: torch.nn.Module) -> bool:
+    """Whether ``exc`` came through the code of a model of one's own: a frame of its traceback in
+    the file of any of ``model``'s module classes that lies outside rnnlab and torch."""
+    own_files = set()
+    for module in model.modules():
+        try:
+            own_files.add(os.path.realpath(inspect.getfile(type(module))))
+        except (TypeError, OSError):  # a class defined in a notebook or a string has no file
+            continue
+    own_files = {f for f in own_files if not f.startswith(_NOT_OWN)}
+    tb = exc.__traceback__
+    while tb is not None:
+        if os.path.realpath(tb.tb_frame.f_code.co_filename) in own_files:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+_NOT_OWN = tuple(os.path.realpath(folder) + os.sep for folder in (os.path.dirname(torch.__file__),
+                                                                 Path(__file__).resolve().parents[1]))  # torch's, rnnlab's

@@ -16,7 +16,7 @@ import torch
 from rnnlab.config import CELL_SUMMARIES, REGISTERED_CELLS, ModelConfig
 from rnnlab.distributed import is_out_of_memory
 from rnnlab.errors import ConfigError, describe
-from rnnlab.models.own import check_builder_signature, check_own_model
+from rnnlab.models.own import check_builder_signature, check_own_model, count_registration
 from rnnlab.models.recurrent import SequenceClassifier
 from rnnlab.models.size import ADVICE, check_model_size, format_count, format_size
 
@@ -51,6 +51,7 @@ def register_model(name: str, summary: str) -> Callable[[Builder], Builder]:
             by = "rnnlab" if name in CELL_SUMMARIES else _origin(_REGISTRY[name][0])
             raise ConfigError(f"model {name!r} is already registered (by {by}); choose another name")
         _REGISTRY[name] = (builder, summary)
+        count_registration()  # import_models tells a module that registered nothing
         if name not in CELL_SUMMARIES:
             REGISTERED_CELLS[name] = summary  # a run's config may now name it
         return builder
