@@ -19,7 +19,7 @@ from rnnlab.cli import main
 from rnnlab.config import RunConfig, apply_overrides, save_toml
 from rnnlab.data.splits import load_datasets
 from rnnlab.errors import ConfigError
-from rnnlab.gradients import format_flow, gradient_flow, unrolled_states
+from rnnlab.gradients import format_flow, gradient_flow, mean_norms, unrolled_states
 from rnnlab.models import create_model
 
 
@@ -190,6 +190,16 @@ def test_cli_plot_formats_and_folders(tmp_path: Path, capsys: pytest.CaptureFixt
     assert [p.name for p in tmp_path.iterdir()] == ["d"] and list(folder.iterdir()) == []
     assert main(["gradients", "--preset", "dlw-rnn-a", "--images", "4", "--plot", str(tmp_path / "g.SVG")]) == 0
     assert f"plot: {tmp_path / 'g.SVG'}" in capsys.readouterr().out and (tmp_path / "g.SVG").read_text().count("<svg")
+
+
+def test_norms_of_gradients_far_below_float32s_square_range_are_not_zero() -> None:
+    """A float32 norm squares 1e-25 to 0; pixel MNIST's early steps hold gradients that small."""
+    tiny = torch.full((4, 100), 1e-25)  # (B, H) float32: representable, its squares are not
+    assert tiny.norm(dim=1).eq(0).all()  # what a float32 norm made of it
+    norms = mean_norms([tiny, None, torch.full((4, 100), 2e-40)], 4)  # the last holds denormals
+    assert norms.dtype == torch.float64
+    assert norms[0].item() == pytest.approx(1e-24, rel=1e-6, abs=0)  # sqrt(100) * 1e-25
+    assert norms[1].item() == 0.0 and norms[2].item() == pytest.approx(10 * 2e-40, rel=1e-3, abs=0)
 
 
 def test_the_flow_is_float32_even_under_a_callers_autocast() -> None:

@@ -18,7 +18,7 @@ that sample's own gradient, whatever the batch size.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,10 +114,17 @@ def gradient_flow(model: SequenceClassifier, x: torch.Tensor, y: torch.Tensor) -
         finally:
             model.train(was_training)
     layers, directions, steps = len(states), len(states[0]), x.shape[1]
-    norms = torch.stack([torch.zeros(x.shape[0], device=x.device) if g is None else g.float().norm(dim=1)
-                         for g in grads]).mean(dim=1).view(-1, layers, directions, steps).cpu()  # (1 or 2, L, D, T)
+    norms = mean_norms(grads, len(x)).view(-1, layers, directions, steps)  # (1 or 2, L, D, T)
     return GradientFlow(norms[0], loss.item() / len(x), len(x), difference,
                         cell_norms=norms[1] if len(norms) > 1 else None)
+
+
+def mean_norms(grads: Sequence[torch.Tensor | None], batch: int) -> torch.Tensor:
+    """The mean over the batch of each gradient's per-sample norm: (N,) float64 on the CPU, for N
+    gradients (B, H) (None: no gradient, 0). Taken in float64: a float32 norm squares elements
+    under 1e-22 to zero, and a 784-step gradient that still holds 1e-23 would read as 0."""
+    return torch.stack([torch.zeros(batch, dtype=torch.float64) if g is None
+                        else g.detach().to("cpu", torch.float64).norm(dim=1) for g in grads]).mean(dim=1)
 
 
 @contextlib.contextmanager
