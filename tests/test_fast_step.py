@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from rnnlab.config import ModelConfig
+from rnnlab.errors import ConfigError
 from rnnlab.models import create_model
 from rnnlab.models.fast_step import hand_step_supported, loss_and_grads
 
@@ -129,6 +130,13 @@ def test_training_by_hand_follows_autograd_and_resumes_exactly(tmp_path) -> None
     lstm = rnnlab.train(rnnlab.apply_overrides(rnnlab.RunConfig(), [*base[3:], "model.cell=lstm"]), tmp_path / "lstm",
                         progress=False)
     assert lstm.summary["backward"] == "autograd"  # impl=auto gives LSTMs torch.nn's layers (oneDNN)
+    insisted = rnnlab.train(rnnlab.apply_overrides(cfg, ["train.backward=hand", "train.iterations=2"]),
+                            tmp_path / "insisted", progress=False)
+    assert insisted.summary["backward"] == "by hand"
+    with pytest.raises(ConfigError, match=r"train.backward=hand: this run's step cannot be taken by hand \(the "
+                                          r"recurrent layers are torch.nn's \(model.impl\)\); use train.backward=auto"):
+        rnnlab.train(rnnlab.apply_overrides(rnnlab.RunConfig(), [*base[3:], "model.cell=lstm", "train.backward=hand"]),
+                     tmp_path / "lstm-hand", progress=False)
 
 
 def test_frozen_parameters_get_no_gradient() -> None:

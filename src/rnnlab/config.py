@@ -46,7 +46,7 @@ SCHEDULES = ("none", "step", "cosine")
 PROTOCOLS = ("standard", "tutorial")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 AMP_MODES = ("off", "bf16", "fp16", "auto")
-BACKWARDS = ("auto", "autograd")
+BACKWARDS = ("auto", "autograd", "hand")
 MAX_SEED = 2**63 - 1  # TOML integers and torch's int64 seeds stop here
 MAX_LAYERS = 128  # stacked recurrent layers
 MAX_THREADS = 1024  # far above any CPU's use; torch segfaults on some counts (5000) instead of failing
@@ -154,7 +154,7 @@ class TrainConfig:
     protocol: str = "standard"  # standard: validate on the split, test once; tutorial: test every eval
     device: str = "auto"
     amp: str = "off"  # off, bf16 (cpu; on cuda the recurrence stays fp32), fp16 (cuda), auto (bf16 where it pays)
-    backward: str = "auto"  # auto: the whole step by hand where the model allows (models/fast_step.py); autograd
+    backward: str = "auto"  # auto: the whole step by hand where the model allows (models/fast_step.py); autograd; hand: refused where it can't
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     flush_denormals: bool = True  # CPU: denormal floats read and written as 0 (rnnlab/denormals.py: up to 10x faster)
     checkpoint_every: int = 500  # iterations between resumable checkpoints

@@ -31,7 +31,7 @@ from rnnlab import trainer_state
 from rnnlab.config import RunConfig, save_toml
 from rnnlab.data import SequenceData
 from rnnlab.data.splits import data_identity, describe_datasets, load_datasets
-from rnnlab.errors import ResourceError
+from rnnlab.errors import ConfigError, ResourceError
 from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix, evaluate, lengths_to
 from rnnlab.models import parameter_count
 from rnnlab.models.build import build_model
@@ -80,8 +80,12 @@ class Trainer:
         self.amp = dist.resolve_amp(cfg.train.amp, self.device, cfg.model.cell, self.data.train.x.shape[1])
         self.scaler = dist.grad_scaler(self.device, self.amp)
         # The whole step by hand where the model allows it, else autograd (train.backward, the summary says which)
-        self.hand_step = cfg.train.backward == "auto" and hand_step_supported(
-            self.model, amp=self.amp, processes=self.world, varying_lengths=self.data.train.lengths is not None) is None
+        why_not = "train.backward=autograd" if cfg.train.backward == "autograd" else hand_step_supported(
+            self.model, amp=self.amp, processes=self.world, varying_lengths=self.data.train.lengths is not None)
+        if cfg.train.backward == "hand" and why_not is not None:
+            raise ConfigError(f"train.backward=hand: this run's step cannot be taken by hand ({why_not}); "
+                              "use train.backward=auto (by hand where it can be) or autograd")
+        self.hand_step = why_not is None
         self.total = budget
         self.mid_step = False  # True while a step is under way (its update may be half done)
         self.terminated = False  # SIGTERM stopped training: the process ends once the run folder is saved
