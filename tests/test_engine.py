@@ -242,7 +242,7 @@ def test_out_of_memory_says_what_to_lower_and_keeps_the_last_checkpoint(tmp_path
         monkeypatch.setattr(trainer, "_log_evaluation", lambda *a: allocation_fails() if trainer.iteration == 20
                             else log(*a))
     else:
-        monkeypatch.setattr(rnnlab.engine, "evaluate", lambda *a, **k: allocation_fails())
+        monkeypatch.setattr(rnnlab.run_summary, "evaluate", lambda *a, **k: allocation_fails())
         monkeypatch.setattr(trainer, "_log_evaluation", lambda *a: {})
     with pytest.raises(ResourceError) as caught:
         trainer.fit()

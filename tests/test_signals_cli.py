@@ -19,7 +19,7 @@ TINY = ["train.device=cpu", "model.hidden=8", "train.iterations=10", "train.eval
 def _ctrl_c_then_again_in_the_test_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
     """A Ctrl-C in the first step, and a second one, "more than a second later", as the test
     evaluation starts (the run's first evaluation: eval_every is its whole budget)."""
-    from rnnlab import engine, stopping
+    from rnnlab import engine, run_summary, stopping
 
     monkeypatch.setattr(stopping, "SAME_SIGNAL", -1.0)  # as if a second had passed between the two
     learning_rate, evaluate = engine.learning_rate, engine.evaluate
@@ -34,7 +34,8 @@ def _ctrl_c_then_again_in_the_test_evaluation(monkeypatch: pytest.MonkeyPatch) -
         return evaluate(*args, **kwargs)
 
     monkeypatch.setattr(engine, "learning_rate", ctrl_c_in_the_first_step)
-    monkeypatch.setattr(engine, "evaluate", ctrl_c_again)
+    for module in (engine, run_summary):  # the evaluations in the loop, the test one at the end
+        monkeypatch.setattr(module, "evaluate", ctrl_c_again)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -90,7 +91,7 @@ def test_a_ctrl_c_in_the_test_evaluation_of_a_finished_run_still_ends_with_130(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """The run completes and is saved (its steps were all done), but the command ends as Ctrl-C asked,
     with 130 and a line saying so: a shell loop of runs stops there."""
-    from rnnlab import engine
+    from rnnlab import engine, run_summary
 
     evaluate, calls = engine.evaluate, []
 
@@ -100,7 +101,8 @@ def test_a_ctrl_c_in_the_test_evaluation_of_a_finished_run_still_ends_with_130(
             signal.raise_signal(signal.SIGINT)
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "evaluate", ctrl_c_in_the_test_evaluation)
+    for module in (engine, run_summary):  # the evaluations in the loop, the test one at the end
+        monkeypatch.setattr(module, "evaluate", ctrl_c_in_the_test_evaluation)
     assert main(["train", "--out", str(tmp_path / "run"), *TINY]) == 130
     assert capsys.readouterr().err == "rnnlab: interrupted as the run ended: it is completed and saved\n"
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"

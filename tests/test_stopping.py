@@ -14,7 +14,7 @@ import torch
 
 import rnnlab
 from _signals import signal_after_update, signal_before_save
-from rnnlab import engine, stopping
+from rnnlab import engine, run_summary, stopping
 from rnnlab.config import RunConfig, apply_overrides
 from rnnlab.engine import Trainer
 from rnnlab.stopping import StopBetweenSteps, Terminated, heed_once, pass_on_sigterm
@@ -136,7 +136,8 @@ def test_a_sigterm_after_the_last_step_skips_the_test_evaluation(where: str, tmp
     if where == "last-step":
         monkeypatch.setattr(Trainer, "_forward", sigterm_in_the_last_step)
     else:
-        monkeypatch.setattr(engine, "evaluate", sigterm_in_the_test_evaluation)
+        for module in (engine, run_summary):  # the evaluations in the loop, the test one at the end
+            monkeypatch.setattr(module, "evaluate", sigterm_in_the_test_evaluation)
     with sigterm_raises(), pytest.raises(Terminated) as stopped:
         rnnlab.train(tiny(), tmp_path / "run", progress=False)
     assert stopped.value.run_dir == tmp_path / "run"
@@ -161,7 +162,7 @@ def test_a_sigterm_as_the_loss_turns_nan_names_no_folder_to_resume(where: str, t
     but `--resume` would refuse that folder, so the command must not tell the user to run it."""
     from rnnlab.stopping import sigterm_raises
 
-    real_step, real_describe, calls = Trainer._forward, engine.describe_datasets, []
+    real_step, real_describe, calls = Trainer._forward, run_summary.describe_datasets, []
 
     def sigterm_at_the_nan(self: Trainer, batch: torch.Tensor) -> Any:
         loss, totals = real_step(self, batch)
@@ -177,7 +178,7 @@ def test_a_sigterm_as_the_loss_turns_nan_names_no_folder_to_resume(where: str, t
     if where == "nan-step":
         monkeypatch.setattr(Trainer, "_forward", sigterm_at_the_nan)
     else:
-        monkeypatch.setattr(engine, "describe_datasets", sigterm_in_the_summary)
+        monkeypatch.setattr(run_summary, "describe_datasets", sigterm_in_the_summary)
     cfg = tiny("model.cell=rnn", "model.nonlinearity=relu", "model.init=identity", "train.optimizer=sgd",
                "train.lr=1e6", "train.clip=0", "train.schedule=none")
     with sigterm_raises(), pytest.raises(Terminated) as stopped:

@@ -7,33 +7,27 @@ iteration, so a run resumed from a checkpoint ends with the same weights as one 
 
 from __future__ import annotations
 
-import platform
-import re
 import signal
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from rnnlab import __version__ as rnnlab_version
 from rnnlab import checkpoint as ckpt
-from rnnlab.atomic import atomic_write_json
 from rnnlab.allocator import tune_allocator
 from rnnlab.denormals import set_flush_denormals
-from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
+from rnnlab.checkpoint import CONFIG, METRICS
 from rnnlab import distributed as dist
 from rnnlab import seeding
-from rnnlab import trainer_state
+from rnnlab import run_summary, trainer_state
 from rnnlab.config import RunConfig, save_toml
 from rnnlab.data import SequenceData
-from rnnlab.data.splits import data_identity, describe_datasets, load_datasets
-from rnnlab.errors import ConfigError, ResourceError
-from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, confusion_matrix, evaluate, lengths_to
-from rnnlab.models import parameter_count
+from rnnlab.data.splits import data_identity, load_datasets
+from rnnlab.errors import ConfigError
+from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, evaluate, lengths_to
 from rnnlab.models.build import build_model
 from rnnlab.models.own import raised_in_own_code
 from rnnlab.models.fast_step import hand_step_supported, loss_and_grads
@@ -162,10 +156,10 @@ class Trainer:
         except Exception as exc:  # noqa: BLE001 - only running out of memory is handled here
             if not dist.is_out_of_memory(exc):
                 if hasattr(exc, "add_note") and raised_in_own_code(exc, self.model):  # Python 3.11+
-                    where, kept = self._where_and_kept()  # a model of one's own: its traceback, with context
+                    where, kept = run_summary.where_and_kept(self)  # a model of one's own: its traceback, with context
                     exc.add_note(f"rnnlab: model {self.cfg.model.cell!r}, a model of your own, failed {where}; {kept}")
                 raise
-            error = self._out_of_memory_error(exc)
+            error = run_summary.out_of_memory_error(self, exc)
         else:
             self.terminated = self.terminated or stop.terminated  # also one that came after the loop
             self.ctrl_c = stop.received == signal.SIGINT
@@ -176,32 +170,6 @@ class Trainer:
         finally:
             stop.restore()
         raise error  # outside the handler: the failed step's tensors are freed, not kept as its context
-
-    def _out_of_memory_error(self, exc: BaseException) -> ResourceError:
-        """What ran out, what the run folder still holds, and which setting to lower."""
-        t = self.cfg.train
-        where, kept = self._where_and_kept()
-        if self.saved_at == self.total:
-            kept += f"; `rnnlab eval {self.run_dir} --batch-size {max(1, t.eval_batch_size // 4)}` tests them"
-        lower = (f"train.batch_size (now {t.batch_size})" if self.mid_step
-                 else f"train.eval_batch_size (now {t.eval_batch_size})")
-        # torch's first line, less the C++ assertion prefix ("[enforce fail at alloc_cpu.cpp:127] err == 0.")
-        detail = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", (str(exc) or type(exc).__name__)
-                        .splitlines()[0])[:160]
-        return ResourceError(f"out of memory on {self.device} {where} ({detail}); {kept}; lower {lower} or "
-                             "model.hidden and start the run again")
-
-    def _where_and_kept(self) -> tuple[str, str]:
-        """Where a failure came (a training step, or an evaluation) and what the run folder keeps."""
-        where = (f"in training step {self.iteration + 1}" if self.mid_step
-                 else f"evaluating after iteration {self.iteration}")
-        if self.saved_at is None:
-            kept = "no checkpoint had been written"
-        elif self.saved_at == self.total:
-            kept = f"the trained weights are saved in {self.run_dir}"
-        else:
-            kept = f"{self.run_dir} keeps its checkpoint of iteration {self.saved_at}"
-        return where, kept
 
     @torch.enable_grad()  # also when the caller trains inside torch.no_grad()
     def train_until(self, end: int, stop: StopBetweenSteps | None = None) -> str:
@@ -354,72 +322,5 @@ class Trainer:
         return row
 
     def _finish(self, status: str) -> dict[str, Any]:
-        cfg = self.cfg
-        summary: dict[str, Any] = {
-            "schema_version": ckpt.SCHEMA_VERSION,
-            "status": status,
-            "name": cfg.label,
-            "preset": cfg.preset or None,
-            "seed": cfg.seed,
-            "model": cfg.model.cell,
-            "parameters": parameter_count(self.model),
-            "protocol": cfg.train.protocol,
-            "iterations": self.iteration,
-            "epochs": round(self.iteration / self.batches_per_epoch, 4),
-            "train_seconds": round(self.train_seconds, 3),
-            "samples": self.samples,
-            "samples_per_second": round(self.samples / max(self.train_seconds, 1e-9), 1),
-            **self.resolved(),  # device, amp and backward as train.*=auto resolved them here
-            "processes": self.world,  # > 1 under torchrun: samples/s is over all of them
-            "threads": torch.get_num_threads(),  # per process: samples/s depends on it
-            "data": describe_datasets(self.data, self.cfg.data.file or self.cfg.data.dataset),
-            "torch_version": torch.__version__, "rnnlab_version": rnnlab_version,
-            "python_version": platform.python_version(),
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        if cfg.train.protocol == "tutorial":
-            summary["protocol_note"] = ("tutorial protocol, as the tutorials did: no validation split, test accuracy "
-                                        f"measured during training (here every {cfg.train.eval_every} iterations)")
-        from rnnlab.presets import reference_for  # late import: presets import config only
-
-        reference = reference_for(cfg.preset, cfg)  # None where this run changed the preset's model
-        if reference:
-            summary["reference"] = reference
-        kept = f"the checkpoint of iteration {self.saved_at}" if self.saved_at is not None else "no checkpoint"
-        if self.best.iteration is not None:
-            summary["best_val"] = {"iteration": self.best.iteration, "val_accuracy": round(self.best.accuracy, 4),
-                                   "weights": "best" if status == "completed" and cfg.train.keep_best else "last"}
-        if self.stopped_early:
-            summary["stopped_early"] = {"iteration": self.iteration, "patience": cfg.train.patience}
-        if status == "interrupted" and self.world > 1:  # the processes stopped apart: nothing collective
-            summary["message"] = ("interrupted under torchrun, each process at its own step: the run folder keeps "
-                                  + (f"{kept}; continue with torchrun ... rnnlab train --resume {self.run_dir}"
-                                     if self.saved_at is not None else "no checkpoint: nothing to resume"))
-        elif status == "interrupted" and self.terminated:
-            # No test evaluation: SIGTERM means the process is to end soon (a scheduler kills it some
-            # seconds later), and the kept checkpoint is what matters.
-            summary["message"] = (f"stopped by {self.stopped_by}: the run folder keeps {kept}; continue with "
-                                  f"rnnlab train --resume {self.run_dir}")
-        elif status == "diverged":
-            assert self.diverged_at is not None  # status "diverged" comes only from _diverged
-            iteration, value, lr = self.diverged_at
-            summary["diverged_at"] = iteration
-            summary["message"] = (
-                f"loss became {value} at iteration {iteration} (lr={lr:g}); lower the learning rate "
-                f"(e.g. train.lr={cfg.train.lr / 10:g}) or clip gradients (train.clip=1.0)"
-            )
-        else:
-            # float32, whatever the training precision: the figures `rnnlab eval`, predict, export and
-            # serve reproduce (bf16 autocast moved a test accuracy by 0.15 points on 10k images).
-            t = cfg.train
-            test = evaluate(self.model, self._placed("test"), batch_size=t.eval_batch_size, device=self.device,
-                            amp="off", sharded=True)
-            summary["test_accuracy"], summary["test_loss"] = round(test.accuracy, 4), round(test.loss, 6)
-            if self.data.val is not None:
-                val = evaluate(self.model, self._placed("val"), batch_size=t.eval_batch_size, device=self.device,
-                               amp="off", sharded=True)
-                summary["val_accuracy"], summary["val_loss"] = round(val.accuracy, 4), round(val.loss, 6)
-            summary["confusion_matrix"] = confusion_matrix(self.data.test.y, test.predictions, self.data.num_classes)
-        if dist.is_main_process():
-            atomic_write_json(self.run_dir / SUMMARY, summary)
-        return summary
+        """Test (where the status calls for it) and write ``summary.json``."""
+        return run_summary.finish(self, status)

@@ -1,0 +1,127 @@
+"""What a run ends with: its ``summary.json``, and the texts of the failures that end it.
+
+Apart from :mod:`rnnlab.engine` so the loop stays a loop: these functions read a
+:class:`~rnnlab.engine.Trainer`'s state and change none of it.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from rnnlab import __version__ as rnnlab_version
+from rnnlab import checkpoint as ckpt
+from rnnlab import distributed as dist
+from rnnlab.atomic import atomic_write_json
+from rnnlab.checkpoint import SUMMARY
+from rnnlab.data.splits import describe_datasets
+from rnnlab.errors import ResourceError
+from rnnlab.evaluation import confusion_matrix, evaluate
+from rnnlab.models import parameter_count
+
+if TYPE_CHECKING:
+    from rnnlab.engine import Trainer
+
+
+def finish(trainer: Trainer, status: str) -> dict[str, Any]:
+    """Test the model (where the status calls for it) and write the run's ``summary.json``."""
+    cfg = trainer.cfg
+    summary: dict[str, Any] = {
+        "schema_version": ckpt.SCHEMA_VERSION,
+        "status": status,
+        "name": cfg.label,
+        "preset": cfg.preset or None,
+        "seed": cfg.seed,
+        "model": cfg.model.cell,
+        "parameters": parameter_count(trainer.model),
+        "protocol": cfg.train.protocol,
+        "iterations": trainer.iteration,
+        "epochs": round(trainer.iteration / trainer.batches_per_epoch, 4),
+        "train_seconds": round(trainer.train_seconds, 3),
+        "samples": trainer.samples,
+        "samples_per_second": round(trainer.samples / max(trainer.train_seconds, 1e-9), 1),
+        **trainer.resolved(),  # device, amp and backward as train.*=auto resolved them here
+        "processes": trainer.world,  # > 1 under torchrun: samples/s is over all of them
+        "threads": torch.get_num_threads(),  # per process: samples/s depends on it
+        "data": describe_datasets(trainer.data, trainer.cfg.data.file or trainer.cfg.data.dataset),
+        "torch_version": torch.__version__, "rnnlab_version": rnnlab_version,
+        "python_version": platform.python_version(),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if cfg.train.protocol == "tutorial":
+        summary["protocol_note"] = ("tutorial protocol, as the tutorials did: no validation split, test accuracy "
+                                    f"measured during training (here every {cfg.train.eval_every} iterations)")
+    from rnnlab.presets import reference_for  # late import: presets import config only
+
+    reference = reference_for(cfg.preset, cfg)  # None where this run changed the preset's model
+    if reference:
+        summary["reference"] = reference
+    kept = f"the checkpoint of iteration {trainer.saved_at}" if trainer.saved_at is not None else "no checkpoint"
+    if trainer.best.iteration is not None:
+        summary["best_val"] = {"iteration": trainer.best.iteration, "val_accuracy": round(trainer.best.accuracy, 4),
+                               "weights": "best" if status == "completed" and cfg.train.keep_best else "last"}
+    if trainer.stopped_early:
+        summary["stopped_early"] = {"iteration": trainer.iteration, "patience": cfg.train.patience}
+    if status == "interrupted" and trainer.world > 1:  # the processes stopped apart: nothing collective
+        summary["message"] = ("interrupted under torchrun, each process at its own step: the run folder keeps "
+                              + (f"{kept}; continue with torchrun ... rnnlab train --resume {trainer.run_dir}"
+                                 if trainer.saved_at is not None else "no checkpoint: nothing to resume"))
+    elif status == "interrupted" and trainer.terminated:
+        # No test evaluation: SIGTERM means the process is to end soon (a scheduler kills it some
+        # seconds later), and the kept checkpoint is what matters.
+        summary["message"] = (f"stopped by {trainer.stopped_by}: the run folder keeps {kept}; continue with "
+                              f"rnnlab train --resume {trainer.run_dir}")
+    elif status == "diverged":
+        assert trainer.diverged_at is not None  # status "diverged" comes only from _diverged
+        iteration, value, lr = trainer.diverged_at
+        summary["diverged_at"] = iteration
+        summary["message"] = (
+            f"loss became {value} at iteration {iteration} (lr={lr:g}); lower the learning rate "
+            f"(e.g. train.lr={cfg.train.lr / 10:g}) or clip gradients (train.clip=1.0)"
+        )
+    else:
+        # float32, whatever the training precision: the figures `rnnlab eval`, predict, export and
+        # serve reproduce (bf16 autocast moved a test accuracy by 0.15 points on 10k images).
+        t = cfg.train
+        test = evaluate(trainer.model, trainer._placed("test"), batch_size=t.eval_batch_size, device=trainer.device,
+                        amp="off", sharded=True)
+        summary["test_accuracy"], summary["test_loss"] = round(test.accuracy, 4), round(test.loss, 6)
+        if trainer.data.val is not None:
+            val = evaluate(trainer.model, trainer._placed("val"), batch_size=t.eval_batch_size, device=trainer.device,
+                           amp="off", sharded=True)
+            summary["val_accuracy"], summary["val_loss"] = round(val.accuracy, 4), round(val.loss, 6)
+        summary["confusion_matrix"] = confusion_matrix(trainer.data.test.y, test.predictions, trainer.data.num_classes)
+    if dist.is_main_process():
+        atomic_write_json(trainer.run_dir / SUMMARY, summary)
+    return summary
+
+
+def out_of_memory_error(trainer: Trainer, exc: BaseException) -> ResourceError:
+    """What ran out, what the run folder still holds, and which setting to lower."""
+    t = trainer.cfg.train
+    where, kept = where_and_kept(trainer)
+    if trainer.saved_at == trainer.total:
+        kept += f"; `rnnlab eval {trainer.run_dir} --batch-size {max(1, t.eval_batch_size // 4)}` tests them"
+    lower = (f"train.batch_size (now {t.batch_size})" if trainer.mid_step
+             else f"train.eval_batch_size (now {t.eval_batch_size})")
+    # torch's first line, less the C++ assertion prefix ("[enforce fail at alloc_cpu.cpp:127] err == 0.")
+    detail = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", (str(exc) or type(exc).__name__)
+                    .splitlines()[0])[:160]
+    return ResourceError(f"out of memory on {trainer.device} {where} ({detail}); {kept}; lower {lower} or "
+                         "model.hidden and start the run again")
+
+def where_and_kept(trainer: Trainer) -> tuple[str, str]:
+    """Where a failure came (a training step, or an evaluation) and what the run folder keeps."""
+    where = (f"in training step {trainer.iteration + 1}" if trainer.mid_step
+             else f"evaluating after iteration {trainer.iteration}")
+    if trainer.saved_at is None:
+        kept = "no checkpoint had been written"
+    elif trainer.saved_at == trainer.total:
+        kept = f"the trained weights are saved in {trainer.run_dir}"
+    else:
+        kept = f"{trainer.run_dir} keeps its checkpoint of iteration {trainer.saved_at}"
+    return where, kept
