@@ -1,7 +1,8 @@
-"""Shared fixtures: the real MNIST copy and a hermetic data environment."""
+"""Shared fixtures: the real MNIST copy, a hermetic data environment, the denormal mode given back."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,13 @@ def _hermetic_data_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest
     # into the real ~/.cache/rnnlab.
     monkeypatch.delenv("RNNLAB_DATA_DIR", raising=False)
     monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path_factory.mktemp("rnnlab-cache")))
+
+
+@pytest.fixture(autouse=True)
+def _denormal_mode_given_back() -> Iterator[None]:
+    # A test that drives a Trainer itself (not rnnlab.train, which gives the mode back) leaves the
+    # process flushing denormals: later tests would compute in a mode they did not ask for.
+    from rnnlab.denormals import denormal_mode_kept
+
+    with denormal_mode_kept():
+        yield
