@@ -4,6 +4,7 @@ by rnnlab as its own cells are, from Python and from the command line (``--impor
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import subprocess
@@ -206,9 +207,10 @@ def test_import_models_mistakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(ConfigError, match=r"cannot import .*nowhere.py: no such file"):
         own.import_models(str(tmp_path / "nowhere.py"))
     (tmp_path / "syntax.py").write_text("def broken(:\n")
+    path_before = list(sys.path)
     with pytest.raises(ConfigError, match=r"cannot import .*syntax.py \(line 1\): SyntaxError"):
         own.import_models(str(tmp_path / "syntax.py"))
-    assert "syntax" not in sys.modules  # a failed import leaves no half module behind
+    assert "syntax" not in sys.modules and sys.path == path_before  # a failed import leaves no half module behind
     with pytest.raises(ConfigError, match=r"cannot import no_such_module_xyz: ModuleNotFoundError"):
         own.import_models("no_such_module_xyz")
     assert own.imported_models() == []
@@ -331,10 +333,12 @@ def test_import_models_by_module_name_from_the_current_folder_and_without_shadow
     (tmp_path / "pkg_of_cells" / "__init__.py").write_text("")
     (tmp_path / "pkg_of_cells" / "cells.py").write_text("LOADED = True\n")
     monkeypatch.chdir(tmp_path)
+    path_before = list(sys.path)
     with pytest.warns(UserWarning, match=r"^pkg_of_cells.cells registered no model: decorate a builder in it with "
                                          r"@rnnlab.register_model\(name, summary\)"):
         own.import_models("pkg_of_cells.cells")
     assert sys.modules["pkg_of_cells.cells"].LOADED and own.imported_models() == ["pkg_of_cells.cells"]
+    assert sys.path == path_before  # the current folder was searched for it, and only for it
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         own.import_models("pkg_of_cells.cells")  # already imported: not run again, and nothing said again
@@ -376,3 +380,64 @@ def test_the_resume_line_after_a_signal_imports_the_model_again() -> None:
     args = argparse.Namespace(command="train", imports_first=["my cells.py"], imports=["pkg.cells"])
     assert _how_to_continue(args, None, Path("runs/x")) == ("; continue with: rnnlab --import 'my cells.py' "
                                                             "--import pkg.cells train --resume runs/x")
+
+
+# A file of cells that imports a file beside it, as `python sib_cells.py` would find it.
+SIBLING_CELLS = '''
+import torch
+
+import rnnlab
+from sibling_words import WORD
+
+
+@rnnlab.register_model("sibcell", f"a GRU {WORD}")
+def build(*, config, input_size, seq_len, num_classes, input_mean=0.0, input_std=1.0):
+    return rnnlab.SequenceClassifier(config, input_size=input_size, seq_len=seq_len, num_classes=num_classes,
+                                     input_mean=input_mean, input_std=input_std,
+                                     recurrent=torch.nn.GRU(input_size, config.hidden, batch_first=True))
+'''
+
+
+@pytest.fixture
+def sibling_cells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``elsewhere/sib_cells.py`` (not imported), beside ``sibling_words.py`` and a ``data_of_theirs.py``;
+    what importing it registers and imports is forgotten after the test."""
+    monkeypatch.setattr(own, "_IMPORTED", [])
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / "sibling_words.py").write_text("WORD = 'from the file beside it'\n")
+    (folder / "data_of_theirs.py").write_text("")  # a data.py there: the caller's own must stay theirs
+    (folder / "sib_cells.py").write_text(SIBLING_CELLS)
+    yield (folder / "sib_cells.py").resolve()
+    if "sibcell" in REGISTERED_CELLS:
+        registry.unregister_model("sibcell")
+    for name in ("sib_cells", "sibling_words"):
+        sys.modules.pop(name, None)
+
+
+def test_importing_a_file_leaves_sys_path_as_it_was(sibling_cells: Path) -> None:
+    """Its imports of files beside it work while it runs; after, the caller's imports do not find that
+    folder's files (which would shadow their own modules); a second import registers nothing again."""
+    path_before, registered = list(sys.path), own._registrations
+    own.import_models(str(sibling_cells))
+    assert sys.path == path_before
+    assert importlib.util.find_spec("data_of_theirs") is None
+    assert registry.model_summaries()["sibcell"] == "a GRU from the file beside it"
+    own.import_models(str(sibling_cells))  # already imported: not run again
+    assert own._registrations == registered + 1 and own.imported_models() == [str(sibling_cells)]
+    assert sys.path == path_before
+
+
+@pytest.mark.slow  # a compare worker: another process
+def test_a_compare_worker_imports_the_file_and_its_neighbours_again(sibling_cells: Path) -> None:
+    """A worker starts with the compare's sys.path, which no longer holds the file's folder."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from rnnlab import pool
+
+    own.import_models(str(sibling_cells))
+    setup = (os.getpid(), str(sibling_cells.parent), None, 0, own.imported_models())
+    with ProcessPoolExecutor(max_workers=1, mp_context=pool._context(), initializer=pool._worker_setup,
+                             initargs=setup) as workers:
+        summaries = workers.submit(registry.model_summaries).result(timeout=120)
+    assert summaries["sibcell"] == "a GRU from the file beside it"

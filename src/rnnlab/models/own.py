@@ -3,6 +3,7 @@ this process and in a compare's workers, and trying what a builder made before a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -10,7 +11,7 @@ import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -30,8 +31,10 @@ def count_registration() -> None:
 
 def import_models(source: str, *, say_if_none: bool = True) -> None:
     """Import the module that registers models of one's own: a Python file (``my_cells.py``; its
-    folder joins ``sys.path``, as ``python my_cells.py`` would have it) or a module name on
-    ``sys.path`` or under the current folder, as ``python -m`` finds it (``mypackage.cells``). A
+    folder heads ``sys.path`` while it runs, as ``python my_cells.py`` would have it, so that its
+    imports of files beside it work) or a module name on ``sys.path`` or under the current folder,
+    as ``python -m`` finds it (``mypackage.cells``). ``sys.path`` is left as it was: a caller's own
+    later imports must not find that folder's files (its ``data.py`` would shadow theirs). A
     module already imported is not run again; one that runs and registers no model is warned of
     (``say_if_none``), since every run naming its model would then fail as an unknown cell."""
     if not isinstance(source, str) or not source.strip():
@@ -48,9 +51,9 @@ def import_models(source: str, *, say_if_none: bool = True) -> None:
             source = str(path)
             _run_file(path)
         else:
-            if os.getcwd() not in sys.path and "" not in sys.path:
-                sys.path.append(os.getcwd())  # last: found as `python -m` finds it, shadowing nothing
-            importlib.import_module(source)
+            here = os.getcwd() if os.getcwd() not in sys.path and "" not in sys.path else None
+            with _on_sys_path(here, first=False):  # last: found as `python -m` finds it, shadowing nothing
+                importlib.import_module(source)
     except (ConfigError, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - the user's module: one line, its traceback chained
@@ -68,18 +71,37 @@ def _run_file(path: Path) -> None:
     name = _module_name(path)
     if name in sys.modules:
         return
-    folder = str(path.parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)  # its own imports of files beside it work
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None  # a .py file always has both
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        with _on_sys_path(str(path.parent), first=True):  # its own imports of files beside it work
+            spec.loader.exec_module(module)
     except BaseException:
         del sys.modules[name]
         raise
+
+
+@contextlib.contextmanager
+def _on_sys_path(folder: str | None, *, first: bool) -> Iterator[None]:
+    """``folder`` on ``sys.path`` (at its head, or ``first=False`` at its end) while a module of
+    one's own is imported, and off it again after; nothing if it is None or there already. A
+    compare's workers import the module again by its file or name (:func:`imported_models`), so
+    nothing later needs the folder; imports a module makes later, inside a function, must find
+    their modules as any of the caller's would."""
+    if folder is None or folder in sys.path:
+        yield
+        return
+    if first:
+        sys.path.insert(0, folder)
+    else:
+        sys.path.append(folder)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):  # the module may have taken it off itself
+            sys.path.remove(folder)
 
 
 def _module_name(path: Path) -> str:
