@@ -372,3 +372,73 @@ def test_a_folder_that_cannot_be_read_holds_no_run(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(Path, "exists", refused)
     assert not ckpt.holds(tmp_path / "mine", "config.toml", "summary.json")
+
+
+def test_a_lock_holds_only_while_its_own_file_is_in_the_folder(tmp_path: Path) -> None:
+    """A folder moved away (or deleted) and made again under the same name holds another lock file:
+    the holder's lock no longer keeps others out of it, and the holder is told so."""
+    pytest.importorskip("fcntl")
+    from rnnlab.locks import LockLost, check_held, exclusive, still_held
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    assert still_held(folder)  # not held by this thread: nothing to compare, nothing to refuse
+    with exclusive(folder, "busy"):
+        check_held(folder)
+        folder.rename(tmp_path / "moved")
+        folder.mkdir()
+        assert not still_held(folder)
+        with pytest.raises(LockLost, match=r"run was deleted, moved or replaced while this process was writing"):
+            check_held(folder)
+
+
+@pytest.mark.parametrize("how", ["train", "compare worker"])
+def test_a_run_whose_folder_is_deleted_and_made_again_writes_nothing_into_the_new_one(
+        how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Process A trains DIR; DIR is deleted and made again, and process B locks the new one (its lock
+    file is a new file, which A's lock does not cover). A stops at its next write rather than write its
+    metrics, checkpoint, summary (or a compare's failed summary) into B's folder, and leaves B's lock be."""
+    import threading
+
+    pytest.importorskip("fcntl")
+    from rnnlab import trainer_state
+    from rnnlab.compare import run_task
+    from rnnlab.locks import LOCK_FILE, Busy, LockLost, exclusive
+    from rnnlab.pool import Task
+
+    data = sequence_file(tmp_path / "series.npz")
+    config = apply_overrides(RunConfig(), TINY + ["data.dataset=file", f"data.file={data}", "data.val_size=40"])
+    run_dir = tmp_path / "run"
+    b_holds, release = threading.Event(), threading.Event()
+
+    def process_b() -> None:  # another process (a thread here, which the lock refuses alike)
+        with exclusive(run_dir, "busy"):
+            b_holds.set()
+            release.wait(30)
+
+    b = threading.Thread(target=process_b)
+    save = trainer_state.save
+
+    def save_then_replace(trainer: Any) -> None:  # after A's first checkpoint (iteration 5)
+        save(trainer)
+        if not b.is_alive():
+            shutil.rmtree(run_dir)
+            run_dir.mkdir()
+            b.start()
+            assert b_holds.wait(10)
+
+    monkeypatch.setattr(trainer_state, "save", save_then_replace)
+    try:
+        if how == "train":
+            with pytest.raises(LockLost, match=rf"^{re.escape(str(run_dir))} was deleted, moved or replaced while"):
+                rnnlab.train(config, run_dir, progress=False)
+        else:
+            record = run_task(Task("e", 0, config, str(run_dir)))
+            assert record["action"] == "not run" and "was deleted, moved or replaced" in record["error"], record
+        assert [p.name for p in run_dir.iterdir()] == [LOCK_FILE]  # B's, which B still holds
+        with pytest.raises(Busy), exclusive(run_dir, "busy"):
+            pass
+    finally:
+        release.set()
+        if b.is_alive():
+            b.join()

@@ -28,7 +28,7 @@ from rnnlab.data.splits import data_identity, identity_differences, load_dataset
 from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
 from rnnlab.errors import CheckpointError, ConfigError, RnnlabError, describe
 from rnnlab.entries import Entry
-from rnnlab.locks import Busy, exclusive
+from rnnlab.locks import Busy, LockLost, check_held, exclusive
 from rnnlab.pool import Task, record_failure, run_tasks, task_record
 from rnnlab.report import report_groups
 from rnnlab.run_records import read_record, read_summary, result_settings
@@ -224,7 +224,7 @@ def run_task(task: Task) -> dict[str, Any]:
         # ago may still be training it (rnnlab.train takes the same lock again, as its holder).
         with exclusive(run_dir, f"another rnnlab process is training {run_dir}; rerun once it has stopped"):
             return _run_task(task, run_dir)
-    except Busy as exc:  # not ours to write into: no failed summary over a live run
+    except (Busy, LockLost) as exc:  # not ours to write into (any more): no failed summary over a live run
         return task_record(task, {"status": "failed", "error": str(exc)}, "not run")
     except OSError as exc:  # the folder cannot be made: nothing to record into
         return task_record(task, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}, "not run")
@@ -257,6 +257,8 @@ def _run_task(task: Task, run_dir: Path) -> dict[str, Any]:
             return task_record(task, rnnlab.train(task.config, run_dir, progress=False).summary, action)
     except Interrupted as stop:  # the compare's Ctrl-C or SIGTERM: this seed saved, resumable
         return task_record(task, stop.run.summary, action)
+    except LockLost:  # its folder was replaced: a failed summary there would be written over another's run
+        raise
     except Exception as exc:  # noqa: BLE001 - any error of one seed must not end the compare
         return record_failure(task, f"{type(exc).__name__}: {exc}", traceback.format_exc())
 
@@ -333,7 +335,8 @@ def _compare(entries: list[Entry], out: Path, tasks: list[Task], states: dict[tu
         if states[task.key] == "skip" and on_result:
             on_result(task_record(task, read_summary(Path(task.run_dir)), "skipped"))
     records = execute([t for t in tasks if states[t.key] != "skip"], jobs, on_result=on_result)
-    # A seed not run (its folder busy, or not makeable) wrote nothing there: its reason goes in the table.
+    # A seed not run (its folder busy, or not makeable, or replaced as it trained) wrote nothing (more) there:
+    # its reason goes in the table.
     not_run = {(r["entry"], r["seed"]): r["error"] for r in records if r["action"] == "not run"}
     groups: dict[str, list[Any]] = {}
     for task in tasks:
@@ -341,4 +344,5 @@ def _compare(entries: list[Entry], out: Path, tasks: list[Task], states: dict[tu
         if task.key in not_run and record.status != "completed":
             record = replace(record, seed=task.seed, summary={**record.summary, "error": not_run[task.key]})
         groups.setdefault(task.entry, []).append(record)
+    check_held(out)  # the results go into the folder this compare locked, not one made again since
     return report_groups(groups, out, plots=plots, title="rnnlab compare", context=info, baseline=baseline)

@@ -28,6 +28,7 @@ from rnnlab.data import SequenceData
 from rnnlab.data.splits import data_identity, load_datasets
 from rnnlab.errors import ConfigError
 from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, evaluate, lengths_to
+from rnnlab.locks import check_held
 from rnnlab.models.build import build_model
 from rnnlab.models.own import raised_in_own_code
 from rnnlab.models.fast_step import hand_step_supported, loss_and_grads
@@ -122,6 +123,8 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
         """Train to the end of the budget (or until ``stop_after`` iterations), then test and summarise."""
+        # As before each later write: the locked folder may be gone by now, or made again and another's
+        check_held(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if dist.is_main_process():
             save_toml(self.cfg, self.run_dir / CONFIG)
@@ -318,6 +321,7 @@ class Trainer:
                               device=self.device, amp=self.amp, sharded=True)
             row[f"{name}_loss"], row[f"{name}_accuracy"] = result.loss, result.accuracy
         if dist.is_main_process():
+            check_held(self.run_dir)
             ckpt.append_jsonl(self.run_dir / METRICS, row)
         return row
 

@@ -8,6 +8,13 @@ mounted without ``flock``), the folder cannot be written, or ``fcntl`` is missin
 is no lock, and one process per folder is up to the user. The thread that holds a folder's lock
 may take it again (a compare worker holds its run folder while ``rnnlab.train`` takes it too); a
 forked child may not.
+
+A lock is on a file, not on a path: if the folder is deleted (or moved away) and made again while
+a process holds it, another process can lock the new folder's new lock file, and both would write
+there. The holder therefore asks :func:`check_held` before each write that matters (a checkpoint,
+metrics, a summary, a compare's results), which compares the lock file in the folder now with
+the one it locked, and stops with :class:`LockLost` rather than write into a folder that may be
+another process's.
 """
 
 from __future__ import annotations
@@ -18,18 +25,24 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from rnnlab.errors import ConfigError
+from rnnlab.errors import ConfigError, RnnlabError
 
 LOCK_FILE = ".rnnlab.lock"
-_held: set[tuple[int, str]] = set()  # (thread, folder) of the locks this process holds
+# (thread, folder) of the locks this process holds: the (device, inode) of the lock file it locked,
+# or None where there is no lock to be had
+_held: dict[tuple[int, str], tuple[int, int] | None] = {}
 if hasattr(os, "register_at_fork"):
-    # A forked child inherits the set, and its main thread has the forking thread's id: it would
+    # A forked child inherits the record, and its main thread has the forking thread's id: it would
     # take a folder its parent holds as its own. Cleared, it asks for the lock and is refused.
     os.register_at_fork(after_in_child=_held.clear)
 
 
 class Busy(ConfigError):
     """Another process holds the folder."""
+
+
+class LockLost(RnnlabError):
+    """The folder this process locked was deleted, moved or replaced while it held it."""
 
 
 @contextlib.contextmanager
@@ -43,12 +56,39 @@ def exclusive(folder: Path, busy: str) -> Iterator[None]:
     fd = None
     try:
         fd = _acquire(Path(folder), busy)
-        _held.add(key)
+        _held[key] = None if fd is None else _identity(os.fstat(fd))
         yield
     finally:
-        _held.discard(key)
+        _held.pop(key, None)
         if fd is not None:
             os.close(fd)
+
+
+def still_held(folder: Path) -> bool:
+    """Whether ``folder``'s lock file is still the one this thread locked; True where this thread
+    holds no lock on it (none taken, or none to be had), since there is nothing to compare."""
+    locked = _held.get((threading.get_ident(), os.path.realpath(folder)))
+    if locked is None:
+        return True
+    try:
+        return _identity(os.stat(Path(folder) / LOCK_FILE)) == locked
+    except OSError:  # no lock file there, or no folder: deleted or moved away
+        return False
+
+
+def check_held(folder: Path) -> None:
+    """:class:`LockLost` if ``folder`` was deleted, moved or replaced since this thread locked it:
+    its files now may be another process's, which locked the new lock file. A check between two
+    writes, not during one; it costs a ``stat``."""
+    if not still_held(folder):
+        raise LockLost(f"{folder} was deleted, moved or replaced while this process was writing into it "
+                       f"(its {LOCK_FILE} is not the one this process locked): stopped without writing more "
+                       "there, since another process may be using the folder now")
+
+
+def _identity(status: os.stat_result) -> tuple[int, int]:
+    # The file this process keeps open cannot give its inode number to another while it is open.
+    return status.st_dev, status.st_ino
 
 
 def _acquire(folder: Path, busy: str) -> int | None:

@@ -23,7 +23,7 @@ from rnnlab.config_ignored import UnusedSettingWarning, unused_settings
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab.engine import Trainer
 from rnnlab.errors import CheckpointError, ConfigError, describe, warn_caller
-from rnnlab.locks import LOCK_FILE, Busy, exclusive
+from rnnlab.locks import LOCK_FILE, Busy, exclusive, still_held
 from rnnlab.stopping import Interrupted, Terminated
 
 
@@ -195,7 +195,9 @@ def _training_into(run_dir: Path) -> Iterator[None]:
         try:
             yield
         finally:
-            if made and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:  # nothing of a run was written
+            # Nothing of a run was written; and the lock file is still ours, not that of another process
+            # which locked the folder made again after this one was deleted.
+            if made and still_held(run_dir) and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
                 (run_dir / LOCK_FILE).unlink(missing_ok=True)
                 for folder in made:
                     with contextlib.suppress(OSError):  # only if still empty

@@ -21,6 +21,7 @@ from rnnlab.checkpoint import SUMMARY
 from rnnlab.data.splits import describe_datasets
 from rnnlab.errors import ResourceError
 from rnnlab.evaluation import confusion_matrix, evaluate
+from rnnlab.locks import check_held
 from rnnlab.models import parameter_count
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ def finish(trainer: Trainer, status: str) -> dict[str, Any]:
             summary["val_accuracy"], summary["val_loss"] = round(val.accuracy, 4), round(val.loss, 6)
         summary["confusion_matrix"] = confusion_matrix(trainer.data.test.y, test.predictions, trainer.data.num_classes)
     if dist.is_main_process():
+        check_held(trainer.run_dir)  # not over a folder deleted or replaced since it was locked
         atomic_write_json(trainer.run_dir / SUMMARY, summary)
     return summary
 

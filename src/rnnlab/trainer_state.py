@@ -19,6 +19,7 @@ from rnnlab.checkpoint import METRICS
 from rnnlab.config import from_dict, settings_of_the_run, to_dict
 from rnnlab.data.splits import identity_differences, input_shape
 from rnnlab.errors import CheckpointError, DataError, warn_caller
+from rnnlab.locks import check_held
 
 if TYPE_CHECKING:
     from rnnlab.engine import Trainer
@@ -45,6 +46,7 @@ def save(trainer: Trainer) -> None:
         meta["best"] = trainer.best.state()
         if trainer.best.weights is not None:
             tensors["best_model"] = trainer.best.weights
+    check_held(trainer.run_dir)  # not over a folder deleted or replaced since it was locked
     ckpt.save_checkpoint(trainer.run_dir, tensors, meta)
     trainer.saved_at = trainer.iteration
 
