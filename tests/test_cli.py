@@ -355,6 +355,10 @@ def test_help_lists_no_flag_the_command_refuses_and_its_example_runs(
     assert main([command, "train.lr=1e-3"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("rnnlab: error: `rnnlab ") and "; drop train.lr=1e-3" in err, err
+    # Its flag, though not in the help, gets the same refusal rather than argparse's "unrecognized arguments".
+    assert main([command, "--lr", "1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnlab: error: `rnnlab ") and "; drop --lr 1e-3" in err and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("command", ["eval", "train", "gradients"])

@@ -78,15 +78,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, uses: Callable[[str
     """--preset, --config, the shortcut flags of the keys ``uses`` accepts, and KEY=VALUE overrides.
 
     ``uses`` is the command's own test of which dotted keys it takes: a flag it would always refuse
-    is not offered at all (the command still refuses such a key given as an override). ``example``:
-    overrides the command runs with, shown in its help."""
+    is left out of its help but still parsed, so that the command refuses it as it refuses the same
+    key given as an override, in one line that says why (argparse would only say "unrecognized
+    arguments", with its usage block). ``example``: overrides the command runs with, shown in its help."""
     parser.add_argument("--preset", help="start from a named preset (see `rnnlab presets`)")
     parser.add_argument("--config", metavar="FILE", help="start from a TOML config (e.g. a run's config.toml)")
     group = parser.add_argument_group("shortcuts (each is the same as a KEY=VALUE override)")
     for flag, (key, text) in SHORTCUTS.items():
-        if uses(key):
-            group.add_argument(f"--{flag.replace('_', '-')}", dest=f"short_{flag}", metavar="X",
-                               help=f"{text} [{key}]")
+        group.add_argument(f"--{flag.replace('_', '-')}", dest=f"short_{flag}", metavar="X",
+                           help=f"{text} [{key}]" if uses(key) else argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"dotted overrides, e.g. {example}")
 
 
