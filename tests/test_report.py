@@ -19,8 +19,8 @@ from rnnlab.cli import main
 from rnnlab.config import RunConfig, apply_overrides, save_toml
 from rnnlab.errors import CheckpointError
 from rnnlab.presets import get_preset
-from rnnlab.report import (COLUMNS, aggregate, build_report, collect, report_groups, status_text, sweep_series,
-                          write_figures)
+from rnnlab.report import (COLUMNS, aggregate, build_report, collect, report_groups, rounded, status_text,
+                          sweep_series, write_figures)
 
 # On the CPU even where there is a GPU: these check CPU behaviour (the fast layers, bitwise
 # resumes); a GPU test adds train.device=cuda, and the last value given wins.
@@ -432,8 +432,9 @@ def test_a_report_rebuilt_from_results_json_equals_one_from_the_runs(compare_dir
     assert main(["report", str(compare_dir / "results.json"), "--baseline", "dlw-rnn-a"]) == 0
     assert "Traceback" not in capsys.readouterr().err
     rebuilt = {r["entry"]: r for r in json.loads((compare_dir / "results.json").read_text())["entries"]}
-    # the same numbers as a report made from the same run folders with that baseline
-    direct = {r["entry"]: r for r in aggregate(collect([fake_compare(tmp_path / "again")]), baseline="dlw-rnn-a")}
+    # the same numbers as a report made from the same run folders with that baseline, as written
+    direct = {r["entry"]: rounded(r) for r in aggregate(collect([fake_compare(tmp_path / "again")]),
+                                                         baseline="dlw-rnn-a")}
     for entry, row in direct.items():
         assert {k: rebuilt[entry][k] for k in _ROW_KEYS} == {k: row[k] for k in _ROW_KEYS}
         assert [(r["seed"], r["status"], r["test_accuracy"]) for r in rebuilt[entry]["runs"]] == \
@@ -445,6 +446,43 @@ def test_a_report_rebuilt_from_results_json_equals_one_from_the_runs(compare_dir
     # the learning curves cannot be redrawn without the runs: the one already there is kept and listed
     assert "![learning_curves](learning_curves.png)" in md and "![accuracy](accuracy.png)" in md
     assert "**diverged**: loss became nan at iteration 400" in md
+
+
+def test_results_files_round_the_derived_figures_and_a_rebuild_needs_no_more_digits(tmp_path: Path) -> None:
+    from rnnlab.report import DECIMALS
+
+    rnn, lstm = get_preset("dlw-rnn-a").config, get_preset("dlw-lstm-a").config
+    for seed, (a, b) in enumerate([(91.53, 97.71), (91.61, 97.8), (91.47, 97.66)]):
+        fake_run(tmp_path / f"cmp/runs/dlw-rnn-a/seed{seed}", rnn, acc=a, seed=seed)
+        fake_run(tmp_path / f"cmp/runs/dlw-lstm-a/seed{seed}", lstm, acc=b, seed=seed)
+    rows = {r["entry"]: r for r in build_report([tmp_path / "cmp"], tmp_path / "direct", plots=False,
+                                                baseline="dlw-lstm-a")}
+    # The rows returned keep every digit of the arithmetic; the files hold what a reader can read.
+    assert rows["dlw-rnn-a"]["delta_vs_baseline"] == pytest.approx(-6.18666666666666)
+    assert rows["dlw-rnn-a"]["delta_vs_baseline"] != -6.1867
+    written = {r["entry"]: r for r in json.loads((tmp_path / "direct/results.json").read_text())["entries"]}
+    row = written["dlw-rnn-a"]
+    assert row["delta_vs_baseline"] == -6.1867 and row["test_accuracy_mean"] == 91.5367
+    assert row["delta_vs_reported"] == -0.9433 and row["test_accuracy_std"] == 0.0702
+    assert row["delta_ci95_low"] < row["delta_vs_baseline"] < row["delta_ci95_high"]
+    for entry in written.values():
+        for key, decimals in DECIMALS.items():
+            assert entry[key] is None or entry[key] == round(entry[key], decimals), (key, entry[key])
+    # The runs' own figures are written as measured.
+    assert [run["test_accuracy"] for run in row["runs"]] == [91.53, 91.61, 91.47]
+    with open(tmp_path / "direct/results.csv", newline="") as handle:
+        csv_row = next(r for r in csv.DictReader(handle) if r["entry"] == "dlw-rnn-a")
+    assert csv_row["delta_vs_baseline"] == "-6.1867" and csv_row["test_accuracy_mean"] == "91.5367"
+    # Rebuilt from the results.json alone, the report is the one made from the runs: nothing it
+    # reads back was rounded.
+    shutil.copy(tmp_path / "direct/results.json", tmp_path / "copy.json")
+    build_report([tmp_path / "copy.json"], tmp_path / "rebuilt", plots=False, baseline="dlw-lstm-a")
+    again = {r["entry"]: r for r in json.loads((tmp_path / "rebuilt/results.json").read_text())["entries"]}
+    assert {e: {k: v for k, v in r.items() if k != "runs"} for e, r in again.items()} == \
+        {e: {k: v for k, v in r.items() if k != "runs"} for e, r in written.items()}
+    assert (tmp_path / "rebuilt/results.csv").read_text() == (tmp_path / "direct/results.csv").read_text()
+    assert (tmp_path / "rebuilt/results.md").read_text().split("## Differences")[1] == \
+        (tmp_path / "direct/results.md").read_text().split("## Differences")[1]
 
 
 def test_a_results_json_without_configs_still_names_the_architecture(compare_dir: Path, tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from rnnlab.sweep_figure import sweep_series
 
 __all__ = ["COLUMNS", "RESULTS_CSV", "RESULTS_JSON", "RESULTS_MD", "STATUS_ORDER", "RunRecord", "aggregate",
            "aggregate_entry", "build_report", "check_baseline", "collect", "compare_with", "differences_table",
-           "markdown_table", "render_markdown", "report_groups", "status_text", "sweep_series", "to_csv",
+           "markdown_table", "render_markdown", "report_groups", "rounded", "status_text", "sweep_series", "to_csv",
            "write_figures", "write_results"]
 
 RESULTS_MD, RESULTS_CSV, RESULTS_JSON = "results.md", "results.csv", "results.json"
@@ -195,6 +195,25 @@ def render_markdown(rows: list[dict[str, Any]], *, title: str = "rnnlab results"
     return "\n".join(lines).rstrip() + "\n"
 
 
+# Decimal places of the figures a report derives, as results.csv and results.json hold them: the
+# arithmetic of a mean or a difference leaves float noise (-6.1800000000000015) no reader wants.
+# Accuracies in percent (and differences of them) keep 4, as each run's summary.json does; seconds 3
+# and samples/s 1, as the engine writes a run's; a level (a probability) 6. The runs' own figures, and
+# min and max (two of them), are written as measured. Nothing reads these back: a report rebuilt from
+# a results.json computes them again from its runs.
+DECIMALS = {
+    **dict.fromkeys(("test_accuracy_mean", "test_accuracy_std", "val_accuracy_mean", "delta_vs_reported",
+                     "delta_vs_baseline", "delta_ci95_low", "delta_ci95_high"), 4),
+    "train_seconds_mean": 3, "samples_per_second_mean": 1, "delta_level": 6,
+}
+
+
+def rounded(row: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a report row with its derived figures rounded to :data:`DECIMALS`, as it is written."""
+    return {key: round(value, DECIMALS[key]) + 0.0  # + 0.0: no -0.0 from a tiny negative
+            if key in DECIMALS and isinstance(value, float) else value for key, value in row.items()}
+
+
 def to_csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -211,13 +230,14 @@ def write_results(rows: list[dict[str, Any]], out_dir: str | Path, *, title: str
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / RESULTS_MD, "csv": out / RESULTS_CSV, "json": out / RESULTS_JSON}
     atomic_write_text(paths["md"], render_markdown(rows, title=title, context=context, plots=plots))
-    atomic_write_text(paths["csv"], to_csv(rows))
+    written = [rounded(row) for row in rows]  # the rows themselves (returned, plotted) keep every digit
+    atomic_write_text(paths["csv"], to_csv(written))
     atomic_write_json(paths["json"], {
         "schema_version": RESULTS_SCHEMA,
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "context": context or {},
         "columns": list(COLUMNS),
-        "entries": rows,
+        "entries": written,
     })
     return paths
 
