@@ -37,16 +37,14 @@ from rnnlab.export_formats import (INPUT_NAME, LENGTHS_NAME, OUTPUT_NAME, Export
 from rnnlab.data.sequences import lengths_problem, zero_padding
 from rnnlab.models.recurrent import GATES
 from rnnlab.errors import DataError, describe
-from rnnlab.export_paths import cannot_write, is_rnnlab_export, out_refusal
+from rnnlab.export_paths import (EXTENSIONS, FORMAT_NAMES, cannot_write, is_rnnlab_export, misnamed, out_refusal,
+                                 renamed_for)
 from rnnlab.run import path_arg
 from rnnlab.trained import CHUNK_STEPS
 
 __all__ = ["EXTENSIONS", "FORMATS", "ExportError", "ExportReport", "export_run", "load_exported", "reference_model"]
 
 FORMATS = ("onnx", "torchscript")
-EXTENSIONS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
-_FORMAT_OF_SUFFIX = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript"}  # --out names each claims
-_FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
 TOLERANCE = 1e-4  # max abs difference of logits allowed between the export and eager PyTorch
 
 
@@ -142,12 +140,12 @@ def load_exported(path: str | Path, fmt: str | None = None) -> Runner:
     elif fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)} "
                           "(or leave it out to go by the file's extension)")
-    name = _FORMAT_NAMES[fmt]
+    name = FORMAT_NAMES[fmt]
     if path.is_dir():
         raise ExportError(f"{path} is a directory, not an exported model; give the file, such as "
                           f"{path / 'model'}{EXTENSIONS[fmt]}")
     if not path.is_file():  # a FIFO or a device would block or fail in the runtime's own words
-        out = path if _misnamed(path, fmt) is None else _renamed_for(path, fmt)  # an --out export takes
+        out = path if misnamed(path, fmt) is None else renamed_for(path, fmt)  # an --out export takes
         raise ExportError(f"{path}: no such file; write one with: rnnlab export RUN_DIR --format {fmt} --out {out}"
                           if not path.exists() else f"{path} is not a regular file; give an exported model's file")
     try:
@@ -296,23 +294,6 @@ def _compare(run: Runner, model: torch.nn.Module, x: torch.Tensor,
     return worst, same / len(x) if len(x) else 1.0
 
 
-def _misnamed(path: Path, fmt: str) -> str | None:
-    """Why ``path``'s extension is the other format's, or None: a model.onnx holding TorchScript
-    would reach onnxruntime and fail there, far from the cause. Other extensions are the user's."""
-    named = _FORMAT_OF_SUFFIX.get(path.suffix.lower())
-    if named is None or named == fmt:
-        return None
-    return (f"--out {path} ends in {path.suffix}, but --format {fmt} writes {_FORMAT_NAMES[fmt]}: "
-            f"use {_renamed_for(path, fmt)}, or --format {named}")
-
-
-def _renamed_for(path: Path, fmt: str) -> Path:
-    """``path`` named for ``fmt``: model.torchscript.pt becomes model.onnx, not model.torchscript.onnx."""
-    theirs = EXTENSIONS[_FORMAT_OF_SUFFIX[path.suffix.lower()]]
-    stem = path.name[:-len(theirs)] if path.name.lower().endswith(theirs) else path.stem
-    return path.with_name(stem + EXTENSIONS[fmt])
-
-
 def export_run(run_dir: str | Path | Any, fmt: str = "onnx", out: str | Path | None = None, *, check: bool = True,
                samples: int = 256, data_dir: str | Path | None = None, force: bool = False) -> ExportReport:
     """Export a run's model (``run_dir``: its folder, or a :class:`rnnlab.Run`) to ``out`` (default
@@ -341,7 +322,7 @@ def export_run(run_dir: str | Path | Any, fmt: str = "onnx", out: str | Path | N
     path = Path(out) if out is not None else run_dir / f"model{EXTENSIONS[fmt]}"
     # Where first: a name's fix is no help for a path inside a file or over someone's file.
     refusal = (out_refusal(path, run_dir, EXTENSIONS[fmt], given=out is not None, force=force)
-               or _misnamed(path, fmt))
+               or misnamed(path, fmt))
     if refusal:
         raise ExportError(refusal)
     # A model of one's own (register_model) may loop over the steps in Python, which the export

@@ -1,4 +1,4 @@
-"""Where ``rnnlab export`` may write: checks on the output path, made before any work.
+"""Where ``rnnlab export`` may write, and under what name: checks on the output path, made before any work.
 
 The export replaces its output with ``os.replace``, which destroys whatever file was there without
 a word. So an existing file is replaced only if it is a previous rnnlab export (or the caller
@@ -20,7 +20,12 @@ from pathlib import Path
 
 from rnnlab import checkpoint as ckpt
 
-__all__ = ["METADATA_FILE", "VERSION_KEY", "cannot_write", "is_rnnlab_export", "out_refusal", "run_files"]
+__all__ = ["EXTENSIONS", "FORMAT_NAMES", "METADATA_FILE", "VERSION_KEY", "cannot_write", "is_rnnlab_export", "misnamed",
+           "out_refusal", "renamed_for", "run_files"]
+
+EXTENSIONS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}  # each format's default file name ends so
+_FORMAT_OF_SUFFIX = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript"}  # --out names each claims
+FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
 
 METADATA_FILE = "rnnlab.json"  # TorchScript extra file with the same metadata as ONNX's metadata_props
 VERSION_KEY = "rnnlab_version"  # the metadata entry every export carries, in both formats
@@ -68,6 +73,23 @@ def out_refusal(path: Path, run_dir: str | Path, extension: str, *, given: bool 
         return (f"{what} exists and is not an rnnlab export: writing the export there would destroy it; "
                 "choose another --out, or add --force to replace it")
     return _unwritable(path)
+
+
+def misnamed(path: Path, fmt: str) -> str | None:
+    """Why ``path``'s extension is the other format's, or None: a model.onnx holding TorchScript
+    would reach onnxruntime and fail there, far from the cause. Other extensions are the user's."""
+    named = _FORMAT_OF_SUFFIX.get(path.suffix.lower())
+    if named is None or named == fmt:
+        return None
+    return (f"--out {path} ends in {path.suffix}, but --format {fmt} writes {FORMAT_NAMES[fmt]}: "
+            f"use {renamed_for(path, fmt)}, or --format {named}")
+
+
+def renamed_for(path: Path, fmt: str) -> Path:
+    """``path`` named for ``fmt``: model.torchscript.pt becomes model.onnx, not model.torchscript.onnx."""
+    theirs = EXTENSIONS[_FORMAT_OF_SUFFIX[path.suffix.lower()]]
+    stem = path.name[:-len(theirs)] if path.name.lower().endswith(theirs) else path.stem
+    return path.with_name(stem + EXTENSIONS[fmt])
 
 
 def _unwritable(path: Path) -> str | None:
