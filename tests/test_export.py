@@ -183,6 +183,47 @@ def test_bad_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "no such run folder" in capsys.readouterr().err
 
 
+def test_test_data_that_is_not_there_offers_no_check(untrained_run, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    # A run folder shared without its data: the check cannot be made, and --no-check is the way to
+    # export without it.
+    run = untrained_run(["model.hidden=8", f"data.data_dir={tmp_path / 'gone'}"])
+    (tmp_path / "empty").mkdir()
+    for where, fragment in [([], f"data folder {tmp_path / 'gone'} does not exist"),
+                            (["--data-dir", str(tmp_path / "empty")], f"not found in {tmp_path / 'empty'}")]:
+        assert main(["export", str(run), "--format", "torchscript", *where]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+        assert captured.err.startswith("rnnlab: error: checking the export needs the run's test images: ")
+        assert fragment in captured.err and captured.err.endswith(
+            "; without them, --no-check exports unchecked (from Python, check=False)\n"), captured.err
+        assert not (run / "model.torchscript.pt").exists()
+    assert main(["export", str(run), "--format", "torchscript", "--no-check"]) == 0
+    assert "check  skipped (--no-check)" in capsys.readouterr().out
+
+
+def test_test_data_that_is_there_but_wrong_says_how_to_mend_it_not_no_check(
+        untrained_run, tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    run = untrained_run(["model.hidden=8"])
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    shutil.copy(mnist_dir / "t10k-labels-idx1-ubyte.gz", corrupt)
+    images = (mnist_dir / "t10k-images-idx3-ubyte.gz").read_bytes()
+    (corrupt / "t10k-images-idx3-ubyte.gz").write_bytes(images[:5000])  # a download cut short
+    cases = [(corrupt, [f"{corrupt / 't10k-images-idx3-ubyte.gz'}: corrupt gzip stream",
+                        "Re-download it or point --data-dir at a good copy"]),
+             (mnist_dir / "t10k-images-idx3-ubyte.gz",  # the file given where its folder was meant
+              [f"is a file; give a folder that holds the IDX files (t10k-images-idx3-ubyte.gz is one of them: "
+               f"give its folder, {mnist_dir})"])]
+    for data_dir, fragments in cases:
+        assert main(["export", str(run), "--format", "torchscript", "--data-dir", str(data_dir)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("rnnlab: error: checking the export needs the run's test images: "), err
+        assert all(fragment in err for fragment in fragments) and err.count("\n") == 1, err
+        assert "--no-check" not in err and "check=False" not in err  # skipping the check mends nothing
+        assert not (run / "model.torchscript.pt").exists()
+
+
 def test_a_run_folders_own_files_are_never_overwritten(untrained_run, capsys: pytest.CaptureFixture) -> None:
     from rnnlab.checkpoint import CHECKPOINT_JSON, CHECKPOINT_PT
     from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY

@@ -64,6 +64,12 @@ class DataError(RnnlabError):
     """A data file is missing, corrupt, or fails its checksum."""
 
 
+class MissingDataError(DataError):
+    """Data that is not there to read (no such file or folder, not downloaded, no download
+    possible), as opposed to data that is there but wrong: a caller that can do without it (an
+    export's check) may offer that."""
+
+
 class CheckpointError(RnnlabError):
     """A run folder or checkpoint is missing, incomplete or not loadable."""
 

@@ -36,7 +36,7 @@ from rnnlab.export_formats import (INPUT_NAME, LENGTHS_NAME, OUTPUT_NAME, Export
                                    require_onnx, torchscript_runner, write_onnx, write_torchscript)
 from rnnlab.data.sequences import lengths_problem, zero_padding
 from rnnlab.models.recurrent import GATES
-from rnnlab.errors import DataError, describe
+from rnnlab.errors import DataError, MissingDataError, describe
 from rnnlab.export_paths import (EXTENSIONS, FORMAT_NAMES, cannot_write, is_rnnlab_export, misnamed, out_refusal,
                                  renamed_for)
 from rnnlab.run import path_arg
@@ -253,12 +253,18 @@ def _names_output(filename: Any, path: Path) -> bool:
 
 def _check_sequences(trained: Any, samples: int, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The first ``samples`` test sequences as the run reads them: float ``(N, T, F)``, and their
-    lengths ``(N,)`` if they vary (else None)."""
+    lengths ``(N,)`` if they vary (else None). Test data that is not there (a run folder shared
+    without it) may be done without: --no-check is offered. Data that is there but wrong (corrupt,
+    another data set, not the run's shape) is to be mended as its error says: skipping the check
+    would not help."""
+    what = f"checking the export needs the run's test {'sequences' if trained.reads_sequences else 'images'}"
     try:
         test = trained.test_split(data_dir)
-    except DataError as exc:  # a run folder shared without its data: the export itself needs none
-        raise DataError(f"{exc}; or export without checking on test data (--no-check; from Python, "
-                        "check=False)") from None
+    except MissingDataError as exc:
+        raise MissingDataError(f"{what}: {str(exc).rstrip('.')}; without them, --no-check exports unchecked "
+                               "(from Python, check=False)") from None
+    except DataError as exc:
+        raise type(exc)(f"{what}: {exc}") from None
     rows = torch.arange(min(samples, len(test)))
     return test.batch(rows)[0], test.batch_lengths(rows)  # (N, T, F), (N,) or None
 

@@ -22,7 +22,7 @@ import numpy as np
 from rnnlab.atomic import replacing
 from rnnlab.data.datasets import DatasetSpec, find_in, get_dataset, known_file, other_datasets_file, split_files
 from rnnlab.data.idx import MAX_IDX_BYTES, IdxError, decompress_idx, parse_idx
-from rnnlab.errors import DataError
+from rnnlab.errors import DataError, MissingDataError
 
 __all__ = ["download"]
 
@@ -196,7 +196,7 @@ def _download_one(
                 return  # leaving the block normally puts the file in place
         attempts = "; ".join(tried) or "no mirrors configured"
         # Raised inside the block, so that the temporary file is discarded.
-        raise DataError(
+        raise MissingDataError(
             f"could not download {spec.name} {base}: every mirror failed ({attempts}). "
             f"Download the file by hand and {FIX_DIR}, or retry later."
         )

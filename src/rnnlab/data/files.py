@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from rnnlab.data.sequences import SequenceData
-from rnnlab.errors import DataError, DataWarning, warn_caller
+from rnnlab.errors import DataError, DataWarning, MissingDataError, warn_caller
 
 __all__ = ["MAX_CLASSES", "OPTIONAL_ARRAYS", "REQUIRED_ARRAYS", "SequenceFile", "check_against_run",
            "load_sequence_file", "not_numpy", "sequence_file_shape"]
@@ -108,8 +108,9 @@ def _open(path: str | os.PathLike[str]) -> tuple[Path, dict[str, np.ndarray]]:
     path = Path(path).expanduser()
     if not path.is_file():
         what = "a folder, not a sequence file" if path.is_dir() else "no such sequence file"
-        raise DataError(f"{path}: {what}; check data.file (a .npz written with np.savez); if a run's file moved, "
-                        "--data-dir NEW.npz points eval, export, gradients --run and train --resume at it")
+        error = DataError if path.is_dir() else MissingDataError  # a folder is there, just wrong
+        raise error(f"{path}: {what}; check data.file (a .npz written with np.savez); if a run's file moved, "
+                    "--data-dir NEW.npz points eval, export, gradients --run and train --resume at it")
     try:
         looks = not_numpy(path)
         if looks is not None:

@@ -26,7 +26,7 @@ from rnnlab.data.downloads import FIX_DIR as _FIX_DIR
 from rnnlab.data.downloads import _file_in_the_way, _make_folder, _mismatch, _wrong_kind, download
 from rnnlab.data.downloads import download as _download  # load_split's own `download` is a flag
 from rnnlab.data.idx import parse_idx, read_idx_bytes
-from rnnlab.errors import DataError
+from rnnlab.errors import DataError, MissingDataError
 
 __all__ = [
     "DATASETS",
@@ -58,7 +58,7 @@ def find_file(directory: str | os.PathLike[str], base: str, *,
     if d.exists() and not d.is_dir():
         raise DataError(f"data folder {d} is a file; {fix}.")
     if not d.is_dir():
-        raise DataError(f"data folder {d} does not exist. Create it, or {fix}.")
+        raise MissingDataError(f"data folder {d} does not exist. Create it, or {fix}.")
     found = find_in(d, base)
     if found is None:
         folders = [name for name in candidates(base) if (d / name).is_dir()]
@@ -66,7 +66,7 @@ def find_file(directory: str | os.PathLike[str], base: str, *,
             raise DataError(f"{d / folders[0]} is a folder, not the IDX file {base}; put the file itself "
                             f"in {d}, or {fix}.")
         looked = ", ".join(candidates(base))
-        raise DataError(f"{base} not found in {d} (looked for {looked}). Put the file there, or {fix}.")
+        raise MissingDataError(f"{base} not found in {d} (looked for {looked}). Put the file there, or {fix}.")
     return found
 
 
@@ -180,7 +180,7 @@ def _resolve_dir(
         _make_folder(d, fix)
         download(spec, d, splits=[split])
         return d
-    raise DataError(
+    raise MissingDataError(
         f"{spec.name} {split} split not found locally (looked in {d}). Use {_download_hint(spec)} to fetch it "
         f"into {d}, or point --data-dir (or $RNNLAB_DATA_DIR) at a folder with the IDX files."
     )
