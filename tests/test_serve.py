@@ -143,6 +143,28 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server) -> None:
     assert server.get("/health").status_code == 200
 
 
+@pytest.mark.parametrize(("content_type", "body", "message"), [
+    ("multipart/form-data; boundary=XYZ", b"not a boundary at all",
+     "malformed multipart body: Invalid multipart data (Expected boundary character 45, got 110 at index 2)"),
+    ("multipart/form-data; boundary=XYZ",  # a header without its colon
+     b'--XYZ\r\nContent-Disposition form-data; name="file"\r\n\r\nabc\r\n--XYZ--\r\n',
+     "malformed multipart body: Invalid multipart data (Found invalid character 32 in header at 26)"),
+    ("multipart/form-data", b"no boundary given", "malformed multipart body: Missing boundary in multipart"),
+])
+def test_a_malformed_multipart_body_is_a_400_and_no_log_line(server, caplog: pytest.LogCaptureFixture,
+                                                             content_type: str, body: bytes, message: str) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    response = server.post("/predict", content=body, headers={"content-type": content_type})
+    assert response.status_code == 400 and response.json() == {"error": message}
+    # python-multipart's own warning of the same thing (printed bare on a server's console) is dropped.
+    assert [r for r in caplog.records if "multipart" in r.name] == []
+    # Only while the app parses: the library's log is left alone otherwise.
+    logging.getLogger("python_multipart.multipart").warning("outside a request")
+    assert [r.getMessage() for r in caplog.records if "multipart" in r.name] == ["outside a request"]
+
+
 def test_oversized_body_without_content_length(server) -> None:
     def chunks():
         for _ in range(40):

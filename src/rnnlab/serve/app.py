@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
 from collections import deque
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,17 +89,42 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+# python-multipart logs a warning of its own on a malformed body ("Expected boundary character 45,
+# got 110 at index 2") just before it raises the error that becomes our 400, and with no logging set
+# up Python prints it on the console. The reason goes into the 400 instead; the warning is dropped
+# while this app parses a body, and only then (the logger is python_multipart's before 0.0.13 renamed it).
+_MULTIPART_LOGGERS = ("python_multipart.multipart", "multipart.multipart")
+_parsing_multipart: ContextVar[bool] = ContextVar("rnnlab_parsing_multipart", default=False)
+
+
+def _not_ours_to_report(record: logging.LogRecord) -> bool:
+    """A logging filter: False (drop the record) while rnnlab's own multipart parse runs."""
+    return not _parsing_multipart.get()
+
+
+def quiet_multipart_parser() -> None:
+    """Filter the multipart parser's loggers (once; idempotent) with :func:`_not_ours_to_report`."""
+    for name in _MULTIPART_LOGGERS:
+        logger = logging.getLogger(name)
+        if _not_ours_to_report not in logger.filters:
+            logger.addFilter(_not_ours_to_report)
+
+
 async def _multipart_file(request: Request, body: bytes) -> bytes:
     """The bytes of form field ``file``; ValueError with a message for anything else."""
     async def stream():  # the parser wants an async stream; the (size-checked) body is already here
         yield body
         yield b""
 
+    parsing = _parsing_multipart.set(True)  # this request's context only: its task's own copy
     try:
         form = await MultiPartParser(request.headers, stream(), max_files=1, max_fields=8,
                                      max_part_size=64 * 1024).parse()
     except MultiPartException as exc:
-        raise ValueError(f"malformed multipart body: {exc.message}") from None
+        reason = f" ({exc.__cause__})" if exc.__cause__ is not None and str(exc.__cause__) else ""
+        raise ValueError(f"malformed multipart body: {exc.message.rstrip('.')}{reason}") from None
+    finally:
+        _parsing_multipart.reset(parsing)
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise ValueError("send the image as a file in the multipart form field 'file'")
@@ -187,6 +214,7 @@ def create_app(run: str | Path | Any, *, limits: Limits | None = None) -> FastAP
                         "digit images. Classify sequences with `rnnlab predict RUN_DIR seqs.npy` or "
                         "rnnlab.load(RUN_DIR).predict(sequences)")
     trained.model.eval()
+    quiet_multipart_parser()
     slots = asyncio.Semaphore(max(1, limits.concurrency))
     limiter = RateLimiter(limits.rate_per_minute)
     cfg = trained.config
