@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from contextvars import ContextVar
 from typing import Any
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -29,6 +30,25 @@ def warn_caller(message: str, category: type[Warning] = RuntimeWarning) -> None:
             break
         frame, stacklevel = frame.f_back, stacklevel + 1
     warnings.warn(message, category, stacklevel=stacklevel if frame is not None else 2)
+
+
+# True while the command line runs a command (rnnlab.cli.main sets it; a compare's worker processes
+# are told by rnnlab.pool): errors then name the flags the user typed, not a Python caller's keywords.
+COMMAND_LINE: ContextVar[bool] = ContextVar("rnnlab_command_line", default=False)
+
+
+def option(flag: str, keyword: str) -> str:
+    """How an error names a setting: ``flag`` ("--out") under the command line, else ``keyword``,
+    the Python spelling ("out=", "check=False"), for a caller who never typed the flag."""
+    return flag if COMMAND_LINE.get() else keyword
+
+
+def option_value(flag: str, keyword: str, value: Any) -> str:
+    """A setting with the value given, as the user wrote it: ``--out runs/x`` under the command
+    line, else ``out='runs/x'`` (paths as text, other values as Python writes them)."""
+    if COMMAND_LINE.get():
+        return f"{flag} {os.fspath(value) if isinstance(value, os.PathLike) else value}"
+    return f"{keyword}={os.fspath(value) if isinstance(value, os.PathLike) else value!r}"
 
 
 def describe(value: Any) -> str:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 from rnnlab.atomic import atomic_write_json
 from rnnlab.checkpoint import CONFIG, SUMMARY
 from rnnlab.config import RunConfig, save_toml
-from rnnlab.errors import DataWarning
+from rnnlab.errors import COMMAND_LINE, DataWarning
 from rnnlab.run_records import read_summary
 from rnnlab.stopping import Terminated, heed_once
 
@@ -80,14 +80,18 @@ def _context() -> multiprocessing.context.BaseContext:
 _STOP = "STOP"  # in a round's marker folder: the compare was interrupted, start nothing more
 
 
-def _worker_setup(parent: int, marker_dir: str, gpu_counter: Any, gpus: int, imports: list[str]) -> None:
+def _worker_setup(parent: int, marker_dir: str, gpu_counter: Any, gpus: int, imports: list[str],
+                  command_line: bool) -> None:
     """Pool initializer. An idle worker ignores Ctrl-C (one dying in the pool's queue would break
     the pool, and the pool would then kill the others mid-stop), and the worker's life is tied to
     the parent's: if the compare process is killed, its workers exit within half a second instead
     of training on for no one, into folders that a rerun then trains into as well, and then waiting
     for work forever. For SIGTERM see :func:`_idle_sigterm` and :func:`_started`. With ``gpus``,
     the worker takes the next GPU as its own (:func:`_take_gpu`). ``imports``: the modules that
-    registered models of one's own in the compare's process (``--import``), imported here too."""
+    registered models of one's own in the compare's process (``--import``), imported here too.
+    ``command_line``: whether the compare runs under the command line, whose errors name flags
+    (:func:`rnnlab.errors.option`); a context variable does not reach another process."""
+    COMMAND_LINE.set(command_line)  # in this thread's context, where the pool then runs every task
     if gpus:
         _take_gpu(gpu_counter, gpus)
     # The compare read each data file once and said what it had to say of it: not once per seed here.
@@ -188,7 +192,8 @@ def _round(batch: list[Task], workers: int, worker: Callable[[Task], dict[str, A
     """Run a batch in one pool; tasks lost to a broken pool are simply left without a result."""
     gpu_counter = _context().Value("i", 0)  # the next GPU a starting worker takes
     with ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_worker_setup,
-                             initargs=(os.getpid(), marker_dir, gpu_counter, gpus, _imported_models())) as pool:
+                             initargs=(os.getpid(), marker_dir, gpu_counter, gpus, _imported_models(),
+                                       COMMAND_LINE.get())) as pool:
         futures: dict[Future, Task] = {pool.submit(_started, marker_dir, worker, t): t for t in batch}
         try:
             for future in as_completed(futures):

@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 from rnnlab.cli.common import IntermixedParser
-from rnnlab.errors import RnnlabError
+from rnnlab.errors import COMMAND_LINE, RnnlabError
 from rnnlab.stopping import Terminated, sigterm_raises
 
 # Modules under rnnlab.cli, each with register(subparsers), in the order `--help` lists them.
@@ -78,6 +78,16 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The library's errors name the flags typed here (--out), not a Python caller's keywords (out=):
+    # for this command only, so that a test's main([...]) leaves a library call after it as it was.
+    token = COMMAND_LINE.set(True)
+    try:
+        return _run_command(argv)
+    finally:
+        COMMAND_LINE.reset(token)
+
+
+def _run_command(argv: list[str] | None) -> int:
     warnings.formatwarning = _one_line_warning
     parser = build_parser()
     # Parsed before SIGTERM is taken over: nothing has started that a SIGTERM would need to stop
