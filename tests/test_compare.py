@@ -383,7 +383,7 @@ def test_compare_cli_dry_run_and_errors(tmp_path: Path, capsys: pytest.CaptureFi
     capsys.readouterr()
     assert main(["compare", "dlw-rnn-a", "dlw-lstm-a", "--dry-run", "--baseline", "dlw-lstm-b"]) == 2
     assert "entries are: dlw-rnn-a, dlw-lstm-a" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="--baseline 'nope'"):
+    with pytest.raises(ConfigError, match="^baseline='nope' is not an entry here"):
         cmp.compare(resolve_entries(["dlw-rnn-a"]), tmp_path / "d", seeds=1, baseline="nope")
     assert not (tmp_path / "d").exists()
 
@@ -625,9 +625,9 @@ def test_a_seed_whose_folder_is_busy_is_reported_with_its_reason(tmp_path: Path)
 
 def test_plan_refuses_seeds_and_jobs_that_are_not_whole_numbers(tmp_path: Path) -> None:
     entries = resolve_entries(["dlw-rnn-a"])
-    with pytest.raises(ConfigError, match=r"^--seeds='2' must be a whole number >= 1$"):
+    with pytest.raises(ConfigError, match=r"^seeds='2' must be a whole number >= 1$"):
         cmp.plan(entries, tmp_path, seeds="2")
-    with pytest.raises(ConfigError, match=r"^--jobs=1.5 must be a whole number >= 1$"):
+    with pytest.raises(ConfigError, match=r"^jobs=1.5 must be a whole number >= 1$"):
         cmp.plan(entries, tmp_path, seeds=2, jobs=1.5)
     tasks = cmp.plan(entries, tmp_path, seeds=np.int64(2), jobs=np.int64(1))  # NumPy's integers are whole numbers
     assert [t.seed for t in tasks] == [0, 1] and all(type(t.seed) is int for t in tasks)
@@ -676,8 +676,8 @@ def test_a_rerun_with_fewer_seeds_than_the_folder_holds_is_refused(tmp_path: Pat
     task = cmp.plan(entries, tmp_path / "cmp", seeds=4, jobs=1)[3]  # seed 3, as a --seeds 4 compare left it
     Path(task.run_dir).mkdir(parents=True)
     save_toml(task.config, Path(task.run_dir) / "config.toml")
-    with pytest.raises(ConfigError, match=r"holds seeds up to 3, and --seeds 2 would leave out seed3: rerun with "
-                                          r"--seeds 4 \(or more\), or use another --out$"):
+    with pytest.raises(ConfigError, match=r"holds seeds up to 3, and seeds=2 would leave out seed3: rerun with "
+                                          r"seeds=4 \(or more\), or use another folder \(out_dir=\)$"):
         cmp.prepare(entries, tmp_path / "cmp", seeds=2, jobs=1)
     assert len(cmp.prepare(entries, tmp_path / "cmp", seeds=5, jobs=1)[0]) == 5  # more seeds: extended
 

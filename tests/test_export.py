@@ -196,7 +196,7 @@ def test_test_data_that_is_not_there_offers_no_check(untrained_run, tmp_path: Pa
         assert captured.out == "" and captured.err.count("\n") == 1, captured.err
         assert captured.err.startswith("rnnlab: error: checking the export needs the run's test images: ")
         assert fragment in captured.err and captured.err.endswith(
-            "; without them, --no-check exports unchecked (from Python, check=False)\n"), captured.err
+            "; without them, --no-check exports unchecked\n"), captured.err
         assert not (run / "model.torchscript.pt").exists()
     assert main(["export", str(run), "--format", "torchscript", "--no-check"]) == 0
     assert "check  skipped (--no-check)" in capsys.readouterr().out

@@ -806,7 +806,7 @@ def test_a_report_of_other_runs_into_a_compare_folder_is_refused(compare_dir: Pa
     atomic_write_json(compare_dir / "compare.json", {"entries": [{"name": "dlw-rnn-a"}, {"name": "dlw-lstm-a"}]})
     fake_run(tmp_path / "loose/r0", get_preset("dlw-rnn-b").config)
     with pytest.raises(CheckpointError, match=r"is a compare folder, and its results files report its own runs; "
-                                              r"give another --out"):
+                                              r"give another folder \(out_dir=\) for a report of "):
         build_report([tmp_path / "loose"], compare_dir)
     assert not (compare_dir / "results.md").exists()
     build_report([compare_dir], compare_dir, plots=False)  # its own runs, in place: as compare writes them

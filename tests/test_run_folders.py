@@ -345,7 +345,7 @@ def test_a_run_is_not_trained_into_a_folder_of_runs(tmp_path: Path) -> None:
             (runs / name / mark).write_text("")
     config = apply_overrides(RunConfig(), TINY)
     with pytest.raises(ConfigError, match=r"holds other runs or compares \(compare-x, lstm-a\); a run writes a "
-                                          r"folder of its own: choose a new one, e.g. --out .*runs/"):
+                                          r"folder of its own: choose a new one, e.g. out='.*runs/"):
         rnnlab.train(config, runs, progress=False)
     assert sorted(p.name for p in runs.iterdir()) == ["compare-x", "lstm-a", "notes"]
     assert rnnlab.train(config, runs / "new", progress=False, stop_after=2).status == "stopped"

@@ -620,8 +620,7 @@ def test_a_float_run_reads_integers_as_values_and_refuses_uint8(small_run: Path)
     sequence_file = Path(trained.config.data.file)
     sequence_file.rename(sequence_file.with_suffix(".gone"))  # a run folder shared without its data
     with pytest.raises(DataError, match=r"^checking the export needs the run's test sequences: .*: no such sequence "
-                                        r"file; .*; without them, --no-check exports unchecked "
-                                        r"\(from Python, check=False\)$"):
+                                        r"file; .*; without them, check=False exports unchecked$"):
         export_run(small_run, "torchscript", small_run / "m.pt")
     assert export_run(small_run, "torchscript", small_run / "m.pt", check=False).samples == 0
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from rnnlab.atomic import atomic_write, atomic_write_json, atomic_write_text
-from rnnlab.errors import CheckpointError, ConfigError
+from rnnlab.errors import CheckpointError, ConfigError, option_value
 from rnnlab.locks import Busy, exclusive
 
 SCHEMA_VERSION = 1
@@ -38,14 +38,15 @@ def holds(folder: Path, *names: str) -> bool:
         return False
 
 
-def check_out_dir(out: Path, purpose: str = "") -> Path:
+def check_out_dir(out: Path, purpose: str = "", keyword: str = "out") -> Path:
     """Refuse an ``--out`` folder that is, or lies inside, a file before any work, rather than fail
-    after it (mkdir would raise FileExistsError); ``purpose`` ends the message (" for the run")."""
+    after it (mkdir would raise FileExistsError); ``purpose`` ends the message (" for the run"),
+    ``keyword`` is the Python caller's name for the folder (``out_dir`` for a compare)."""
     for path in (out, *out.parents):
         if path.exists():
             if not path.is_dir():
                 where = "is a file" if path == out else f"is inside a file ({path})"
-                raise ConfigError(f"--out {out} {where}; give a folder{purpose}")
+                raise ConfigError(f"{option_value('--out', keyword, out)} {where}; give a folder{purpose}")
             break
     return out
 

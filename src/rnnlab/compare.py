@@ -26,7 +26,7 @@ from rnnlab.config_ignored import UnusedSettingWarning
 from rnnlab.config_values import check_folder_name
 from rnnlab.data.splits import data_identity, identity_differences, load_datasets
 from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
-from rnnlab.errors import CheckpointError, ConfigError, RnnlabError, describe
+from rnnlab.errors import CheckpointError, ConfigError, RnnlabError, describe, option, option_value
 from rnnlab.entries import Entry
 from rnnlab.locks import Busy, LockLost, check_held, exclusive
 from rnnlab.pool import Task, record_failure, run_tasks, task_record
@@ -77,14 +77,19 @@ def default_jobs(configs: list[RunConfig]) -> int:
     return available_cores()
 
 
+def _another_folder() -> str:
+    """The compare's folder, in "use another ...": the flag typed, or compare's keyword."""
+    return option("--out", "folder (out_dir=)")
+
+
 def _check_counts(seeds: Any, jobs: Any) -> None:
     """Whole numbers (NumPy's too, as create_model takes them); the caller turns them into ints."""
     if isinstance(seeds, bool) or not isinstance(seeds, numbers.Integral) or seeds < 1:
-        raise ConfigError(f"--seeds={seeds!r} must be a whole number >= 1")
+        raise ConfigError(f"{option('--seeds', 'seeds')}={seeds!r} must be a whole number >= 1")
     if seeds > MAX_SEEDS:
-        raise ConfigError(f"--seeds={seeds} is too many: at most {MAX_SEEDS} per entry")
+        raise ConfigError(f"{option('--seeds', 'seeds')}={seeds} is too many: at most {MAX_SEEDS} per entry")
     if isinstance(jobs, bool) or not isinstance(jobs, numbers.Integral) or jobs < 1:
-        raise ConfigError(f"--jobs={jobs!r} must be a whole number >= 1")
+        raise ConfigError(f"{option('--jobs', 'jobs')}={jobs!r} must be a whole number >= 1")
 
 
 def _check_entries(entries: Any) -> None:
@@ -138,7 +143,7 @@ def task_state(task: Task, identities: dict[Any, dict[str, Any]] | None = None) 
 
         if same_run(existing) != same_run(task.config):
             raise ConfigError(f"{run_dir} holds a run of a different config (changed settings or overrides?); "
-                              "use another --out, or delete that folder to run it again")
+                              f"use another {_another_folder()}, or delete that folder to run it again")
     state = "train"
     if read_summary(run_dir).get("status") in FINISHED:  # a corrupt summary reads as failed: retrained
         state = "skip"
@@ -169,15 +174,15 @@ def _check_moved_data(run_dir: Path, existing: RunConfig, config: RunConfig,
     if not isinstance(recorded, dict):
         raise ConfigError(f"{run_dir} trained on the data at {then}, and this compare names {now}; the run keeps no "
                           "record of its data to tell whether they are the same: point the entry at the run's own "
-                          "data, use another --out, or delete that folder to run it again")
+                          f"data, use another {_another_folder()}, or delete that folder to run it again")
     key = (config.data, config.train.protocol)  # what the splits' sizes and contents depend on
     if key not in identities:
         identities[key] = data_identity(load_datasets(config))
     differs = identity_differences(recorded, identities[key])
     if differs:
         raise ConfigError(f"{run_dir} trained on the data at {then}, and {now} holds other data "
-                          f"({'; '.join(differs)}): point the entry at the run's own data, use another --out, "
-                          "or delete that folder to run it again")
+                          f"({'; '.join(differs)}): point the entry at the run's own data, use another "
+                          f"{_another_folder()}, or delete that folder to run it again")
 
 
 def prepare(entries: list[Entry], out_dir: str | Path, *, seeds: int,
@@ -189,10 +194,10 @@ def prepare(entries: list[Entry], out_dir: str | Path, *, seeds: int,
     drop them while their runs stay in the folder (``rnnlab report`` would show them again).
     """
     out = Path(out_dir)
-    ckpt.check_out_dir(out)
+    ckpt.check_out_dir(out, keyword="out_dir")
     if any((out / name).is_file() for name in (CONFIG, SUMMARY, ckpt.CHECKPOINT_JSON)):
-        raise ConfigError(f"--out {out} is a run folder (it holds {CONFIG}); a compare writes a folder of its own "
-                          "runs and results: give another --out")
+        raise ConfigError(f"{option_value('--out', 'out_dir', out)} is a run folder (it holds {CONFIG}); a compare "
+                          f"writes a folder of its own runs and results: give another {_another_folder()}")
     tasks = plan(entries, out, seeds=seeds, jobs=min(jobs, len(entries) * seeds))
     identities: dict[Any, dict[str, Any]] = {}  # the data at each place moved to, read once
     states = {t.key: task_state(t, identities) for t in tasks}
@@ -202,13 +207,15 @@ def prepare(entries: list[Entry], out_dir: str | Path, *, seeds: int,
     if left_out:
         which = "" if left_out == held else f" (this command leaves out {', '.join(left_out)})"
         raise ConfigError(f"{out} holds a compare of {', '.join(held)}{which}: list all of its entries to rerun "
-                          "or extend it, or use another --out")
+                          f"or extend it, or use another {_another_folder()}")
     # The same for seeds: the results would be of fewer seeds than the folder holds, silently.
     seeds_held = [int(run.name[4:]) for run in runs if run.name.startswith("seed") and run.name[4:].isdigit()]
     if seeds_held and max(seeds_held) >= seeds:
-        raise ConfigError(f"{out} holds seeds up to {max(seeds_held)}, and --seeds {seeds} would leave out "
+        raise ConfigError(f"{out} holds seeds up to {max(seeds_held)}, and {option_value('--seeds', 'seeds', seeds)} "
+                          "would leave out "
                           f"{', '.join(f'seed{s}' for s in sorted(set(s for s in seeds_held if s >= seeds)))}: "
-                          f"rerun with --seeds {max(seeds_held) + 1} (or more), or use another --out")
+                          f"rerun with {option_value('--seeds', 'seeds', max(seeds_held) + 1)} (or more), or use "
+                          f"another {_another_folder()}")
     return tasks, states
 
 
@@ -307,7 +314,7 @@ def compare(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: 
     tasks, states = prepare(entries, out, seeds=seeds, jobs=jobs)  # refuses a mismatching folder up front
     out.mkdir(parents=True, exist_ok=True)
     # A second compare into the same folder would train the same seeds into the same run folders at once.
-    busy = f"another rnnlab compare is running into {out}; wait for it to finish, or use another --out"
+    busy = f"another rnnlab compare is running into {out}; wait for it to finish, or use another {_another_folder()}"
     with exclusive(out, busy):
         return _compare(entries, out, tasks, states, seeds=seeds, jobs=jobs, plots=plots, on_result=on_result,
                         context=context, baseline=baseline)

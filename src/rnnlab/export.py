@@ -36,7 +36,7 @@ from rnnlab.export_formats import (INPUT_NAME, LENGTHS_NAME, OUTPUT_NAME, Export
                                    require_onnx, torchscript_runner, write_onnx, write_torchscript)
 from rnnlab.data.sequences import lengths_problem, zero_padding
 from rnnlab.models.recurrent import GATES
-from rnnlab.errors import DataError, MissingDataError, describe
+from rnnlab.errors import DataError, MissingDataError, describe, option
 from rnnlab.export_paths import (EXTENSIONS, FORMAT_NAMES, cannot_write, is_rnnlab_export, misnamed, out_refusal,
                                  renamed_for)
 from rnnlab.run import path_arg
@@ -261,8 +261,8 @@ def _check_sequences(trained: Any, samples: int, data_dir: str | None) -> tuple[
     try:
         test = trained.test_split(data_dir)
     except MissingDataError as exc:
-        raise MissingDataError(f"{what}: {str(exc).rstrip('.')}; without them, --no-check exports unchecked "
-                               "(from Python, check=False)") from None
+        raise MissingDataError(f"{what}: {str(exc).rstrip('.')}; without them, "
+                               f"{option('--no-check', 'check=False')} exports unchecked") from None
     except DataError as exc:
         raise type(exc)(f"{what}: {exc}") from None
     rows = torch.arange(min(samples, len(test)))

@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 from rnnlab import checkpoint as ckpt
+from rnnlab.errors import option, option_value
 
 __all__ = ["EXTENSIONS", "FORMAT_NAMES", "METADATA_FILE", "VERSION_KEY", "cannot_write", "is_rnnlab_export", "misnamed",
            "out_refusal", "renamed_for", "run_files"]
@@ -40,7 +41,7 @@ def run_files() -> tuple[str, ...]:
 
 def cannot_write(path: Path, reason: str) -> str:
     """The one line for an output that cannot be written, naming the user's path."""
-    return f"cannot write {path}: {reason}; choose another --out"
+    return f"cannot write {path}: {reason}; choose another {option('--out', 'path (out=)')}"
 
 
 def out_refusal(path: Path, run_dir: str | Path, extension: str, *, given: bool = True,
@@ -51,14 +52,14 @@ def out_refusal(path: Path, run_dir: str | Path, extension: str, *, given: bool 
     ``force``: it would destroy the run); an existing file that is not a previous rnnlab export
     (unless ``force``); a folder the export cannot be created in.
     """
-    what = f"--out {path}" if given else f"the default output {path}"
+    what = option_value("--out", "out", path) if given else f"the default output {path}"
     if path.is_dir():
         return f"{what} is a directory; give a file name such as {path / 'model'}{extension}"
     for parent in path.parents:  # wording as ``train --out`` (checkpoint.check_out_dir)
         if parent.exists():
             if not parent.is_dir():
                 return (f"{what} is inside a file ({parent}); give a folder for the export, such as "
-                        f"--out {Path(run_dir) / 'model'}{extension}")
+                        f"{option_value('--out', 'out', Path(run_dir) / f'model{extension}')}")
             break
     target = path.resolve()  # RUN/./checkpoint.pt, a symlink to it: the same file
     names = run_files()
@@ -71,7 +72,8 @@ def out_refusal(path: Path, run_dir: str | Path, extension: str, *, given: bool 
                 f"give another file name, such as {Path(run_dir) / 'model'}{extension}")
     if path.exists() and not force and not is_rnnlab_export(path):
         return (f"{what} exists and is not an rnnlab export: writing the export there would destroy it; "
-                "choose another --out, or add --force to replace it")
+                f"choose another {option('--out', 'path (out=)')}, or "
+                f"{option('add --force', 'pass force=True')} to replace it")
     return _unwritable(path)
 
 
@@ -81,8 +83,8 @@ def misnamed(path: Path, fmt: str) -> str | None:
     named = _FORMAT_OF_SUFFIX.get(path.suffix.lower())
     if named is None or named == fmt:
         return None
-    return (f"--out {path} ends in {path.suffix}, but --format {fmt} writes {FORMAT_NAMES[fmt]}: "
-            f"use {renamed_for(path, fmt)}, or --format {named}")
+    return (f"{option_value('--out', 'out', path)} ends in {path.suffix}, but {option_value('--format', 'fmt', fmt)} "
+            f"writes {FORMAT_NAMES[fmt]}: use {renamed_for(path, fmt)}, or {option_value('--format', 'fmt', named)}")
 
 
 def renamed_for(path: Path, fmt: str) -> Path:

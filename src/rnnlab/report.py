@@ -19,7 +19,7 @@ from typing import Any
 from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json, atomic_write_text
 from rnnlab.checkpoint import CONFUSION
-from rnnlab.errors import CheckpointError, warn_caller
+from rnnlab.errors import CheckpointError, option, warn_caller
 from rnnlab.config import describe_model, to_dict
 from rnnlab.run_records import RESULTS_SCHEMA, RunRecord, collect
 from rnnlab.stats import baseline_of, check_baseline, compare_with, differences_table
@@ -250,12 +250,13 @@ def build_report(paths: list[str | Path], out_dir: str | Path, *, plots: bool = 
     A report rebuilt from the results.json in ``out_dir`` keeps the learning curves there, which
     it cannot redraw without the run folders."""
     groups = collect(paths)
-    out = ckpt.check_out_dir(Path(out_dir))
+    out = ckpt.check_out_dir(Path(out_dir), keyword="out_dir")
     # A compare folder's results are its own runs': a report of others would replace them
     if (out / "compare.json").is_file() and not any(Path(p).resolve() in (out.resolve(), out.resolve() / RESULTS_JSON)
                                                    for p in paths):
         raise CheckpointError(f"{out} is a compare folder, and its results files report its own runs; give "
-                              f"another --out for a report of {', '.join(map(str, paths))}")
+                              f"another {option('--out', 'folder (out_dir=)')} for a report of "
+                              f"{', '.join(map(str, paths))}")
     in_place = any(Path(p).is_file() and Path(p).resolve().parent == out.resolve() for p in paths)
     return report_groups(groups, out, plots=plots, title=title, context=context, baseline=baseline,
                          keep_figures=in_place)
@@ -276,7 +277,8 @@ def report_groups(groups: dict[str, list[RunRecord]], out_dir: str | Path, *, pl
     keep = {curves.name} if keep_figures and from_reports and curves.is_file() else set()
     if keep and len(from_reports) < sum(map(len, groups.values())):
         warn_caller(f"{curves} kept as it was: the entries of a results.json have no curves to draw again; "
-                    "for the other runs' curves, give another --out", RuntimeWarning)
+                    f"for the other runs' curves, give another {option('--out', 'folder (out_dir=)')}",
+                    RuntimeWarning)
     figures = write_figures(groups, rows, out_dir, keep=keep) if plots else []
     write_results(rows, out_dir, title=title, context=context,
                   plots=[name for name in FIGURES if name in figures or name in keep] if plots else [])

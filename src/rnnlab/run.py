@@ -22,7 +22,7 @@ from rnnlab.config import RunConfig, check_cell, from_dict, load_toml, settings_
 from rnnlab.config_ignored import UnusedSettingWarning, unused_settings
 from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab.engine import Trainer
-from rnnlab.errors import CheckpointError, ConfigError, describe, warn_caller
+from rnnlab.errors import CheckpointError, ConfigError, describe, option, option_value, warn_caller
 from rnnlab.locks import LOCK_FILE, Busy, exclusive, still_held
 from rnnlab.stopping import Interrupted, Terminated
 
@@ -85,26 +85,30 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
     if dist.is_main_process():
         _warn_of_unused_settings(config)
     run_dir = out if out is not None else dist.broadcast_object(default_run_dir(config))
+    another = option("--out", "folder (out=)")  # "choose another ...": the flag typed, or train's keyword
     if (run_dir / "compare.json").exists():
         raise ConfigError(f"{run_dir} holds a compare (compare.json); a run writes a folder of its own: "
-                          "choose another --out")
+                          f"choose another {another}")
     held = _runs_inside(run_dir)
     if held:  # a folder of runs (runs/): its files would make it one run, and `rnnlab report` would see no other
         raise ConfigError(f"{run_dir} holds other runs or compares ({', '.join(held[:3])}{', ...' * (len(held) > 3)}); "
-                          f"a run writes a folder of its own: choose a new one, e.g. --out {run_dir / config.label}")
+                          "a run writes a folder of its own: choose a new one, e.g. "
+                          f"{option_value('--out', 'out', run_dir / config.label)}")
     with _training_into(run_dir):
         if (run_dir / ckpt.CHECKPOINT_JSON).exists():
             raise CheckpointError(f"{run_dir} already holds a run; resume it with `rnnlab train --resume {run_dir}` "
-                                  "or choose another --out")
+                                  f"or choose another {another}")
         if (run_dir / SUMMARY).exists():  # e.g. a run that diverged before its first checkpoint: keep its record
             raise CheckpointError(f"{run_dir} already holds a run without a checkpoint (see its {SUMMARY}); "
-                                  "choose another --out, or delete that folder to train into it again")
+                                  f"choose another {another}, or delete that folder to train into it again")
         if (run_dir / METRICS).exists():  # killed before its first checkpoint: its rows would mix with these
             raise CheckpointError(f"{run_dir} holds the {METRICS} of a run that stopped before its first checkpoint; "
-                                  "choose another --out, or delete that folder to train into it again")
+                                  f"choose another {another}, or delete that folder to train into it again")
         if (run_dir / CONFIG).exists() and _other_config(run_dir / CONFIG, config):
+            held_config = run_dir / CONFIG
             raise CheckpointError(f"{run_dir} holds a {CONFIG} of other settings, which this run would write over; "
-                                  f"choose another --out, or train that config: --config {run_dir / CONFIG}")
+                                  f"choose another {another}, or train that config: "
+                                  + option(f"--config {held_config}", f"rnnlab.config.load_toml({str(held_config)!r})"))
         with _a_run_of_its_own(), _naming_the_checkpoint(run_dir):
             trainer = Trainer(config, run_dir, progress=progress)
             summary = trainer.fit(stop_after=stop_after)
@@ -187,7 +191,8 @@ def _training_into(run_dir: Path) -> Iterator[None]:
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(exclusive(run_dir, f"another rnnlab process is training {run_dir}; wait for it "
-                                                  "to finish (or stop it), or choose another --out"))
+                                                  f"to finish (or stop it), or choose another "
+                                                  f"{option('--out', 'folder (out=)')}"))
         except Busy as busy:
             dist.broadcast_object(str(busy))
             raise
@@ -319,7 +324,8 @@ def _check_resumable(run_dir: Path, config: RunConfig, meta: dict[str, Any]) -> 
         changes = [f"{key}: {started.get(key)!r} when it started, {edited.get(key)!r} now"
                    for key in sorted(started.keys() | edited.keys()) if started.get(key) != edited.get(key)]
         raise CheckpointError(
-            f"{run_dir / CONFIG} was edited after the run started ({'; '.join(changes[:3])}); --resume continues "
+            f"{run_dir / CONFIG} was edited after the run started ({'; '.join(changes[:3])}); "
+            f"{option('--resume', 'rnnlab.resume')} continues "
             f"the run with the settings it started with. Undo the edit, or start a new run with the change: "
             f"rnnlab train --config {run_dir / CONFIG}")
     return replace(config, data=on_disk.data)  # the same but for where the data is: config.toml says where

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rnnlab.errors import ConfigError
+from rnnlab.errors import ConfigError, option
 
 __all__ = ["Difference", "baseline_of", "check_baseline", "compare_with", "difference", "differences_table",
            "seed_accuracies", "t_quantile"]
@@ -156,7 +156,8 @@ def _difference(mean: float, half: float, method: str, n_a: int, n_b: int, level
 def check_baseline(baseline: str | None, entries: list[str]) -> None:
     """Refuse a baseline that is not one of ``entries``, naming them."""
     if baseline is not None and baseline not in entries:
-        raise ConfigError(f"--baseline {baseline!r} is not an entry here; the entries are: {', '.join(entries)}")
+        given = option(f"--baseline {baseline!r}", f"baseline={baseline!r}")
+        raise ConfigError(f"{given} is not an entry here; the entries are: {', '.join(entries)}")
 
 
 def baseline_of(rows: list[dict[str, Any]]) -> str | None:
