@@ -228,7 +228,7 @@ def test_overrides_that_the_rest_of_the_config_would_ignore_are_refused() -> Non
     """preset= only labels a run; a tutorial-protocol run holds out no validation split."""
     from rnnlab import get_preset
 
-    with pytest.raises(ConfigError, match=r"to start from one, use --preset NAME"):
+    with pytest.raises(ConfigError, match=r"to start from one, use rnnlab\.get_preset\(NAME\)\.config$"):
         apply_overrides(RunConfig(), ["preset=dlw-rnn-a"])
     tutorial = get_preset("dlw-lstm-a").config
     with pytest.raises(ConfigError, match=r"holds out no validation split .* add train.protocol=standard"):

@@ -14,7 +14,7 @@ import pytest
 from rnnlab.data.idx import IdxError, parse_idx, read_idx, write_idx
 from rnnlab.errors import ConfigError, DataError
 
-FIX = "Re-download it or point --data-dir at a good copy."
+FIX = "Re-download it or point data_dir at a good copy."
 
 
 def header(type_code: int, *dims: int) -> bytes:
@@ -88,7 +88,7 @@ def test_truncated_payload_message() -> None:
         parse_idx(data, name="train-images-idx3-ubyte.gz")
     assert str(exc.value) == (
         "train-images-idx3-ubyte.gz: truncated: header says 60000x28x28 = 47040000 bytes of data, "
-        "file has 1234. Re-download it or point --data-dir at a good copy."
+        "file has 1234. Re-download it or point data_dir at a good copy."
     )
 
 
@@ -162,7 +162,7 @@ def test_empty_file_on_disk(tmp_path: Path) -> None:
 
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope-idx1-ubyte.gz"
-    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: file not found\. .*--data-dir") as exc:
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: file not found\. .*point data_dir at a folder") as exc:
         read_idx(path)
     assert not isinstance(exc.value, IdxError)
 
@@ -194,7 +194,7 @@ def test_decompression_stops_at_the_declared_size(tmp_path: Path) -> None:
     assert peak < 1 << 20, f"peak {peak} bytes: the stream was inflated past the declared size"
     assert str(exc.value) == (
         f"{path}: trailing bytes: header says 100 = 100 bytes of data, the gzip stream decompresses to more "
-        "(stopped reading there). Re-download it or point --data-dir at a good copy."
+        "(stopped reading there). Re-download it or point data_dir at a good copy."
     )
 
 

@@ -200,7 +200,7 @@ def test_all_mirrors_bad_names_every_url(mirror: Mirror, tmp_path: Path) -> None
     assert f"{mirror.url('missing')}t10k-images-idx3-ubyte.gz (attempt 1): HTTP 404" in msg
     assert f"{mirror.url('corrupt')}t10k-images-idx3-ubyte.gz: checksum mismatch" in msg
     assert f"{dead}t10k-images-idx3-ubyte.gz (attempt 2)" in msg  # connection errors are retried
-    assert "--data-dir" in msg
+    assert "point data_dir at" in msg
     assert not any(p.name.startswith("t10k-images") for p in tmp_path.iterdir())
 
 
@@ -235,7 +235,7 @@ def test_load_split_downloads_into_cache_only_when_asked(
     monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path))
     spec = DatasetSpec("remote", files=MNIST.files, sha256=MNIST.sha256, mirrors=(mirror.url("good"),))
     with pytest.raises(DataError, match=r"remote test split not found locally.*Use the setting data\.download=true "
-                       r"\(e\.g\. `rnnlab train data\.download=true`\) to fetch it.*--data-dir") as exc:
+                       r"\(e\.g\. `rnnlab train data\.download=true`\) to fetch it.*point data_dir") as exc:
         load_split(spec, "test")
     assert "--download" not in str(exc.value)  # no such option: it is the setting data.download
     x, y = load_split(spec, "test", download=True)
@@ -296,7 +296,7 @@ def test_find_file_lists_what_it_looked_for(tmp_path: Path) -> None:
     msg = str(exc.value)
     for name in ("t10k-labels-idx1-ubyte", "t10k-labels-idx1-ubyte.gz", "t10k-labels.idx1-ubyte.gz"):
         assert name in msg
-    assert str(tmp_path) in msg and "--data-dir" in msg
+    assert str(tmp_path) in msg and "point data_dir at" in msg
     with pytest.raises(DataError, match=r"data folder .*nope does not exist"):
         find_file(tmp_path / "nope", "x")
 
@@ -317,7 +317,7 @@ def test_wrong_checksum_message(tmp_path: Path) -> None:
     path = tmp_path / "t10k-images-idx3-ubyte"
     assert msg.startswith(f"{path}: checksum mismatch for mnist t10k-images-idx3-ubyte")
     assert f"expected sha256 {MNIST.sha256['t10k-images-idx3-ubyte']}, got {sha(path)}" in msg
-    assert "fetch a fresh copy with the setting data.download=true" in msg and "--data-dir" in msg
+    assert "fetch a fresh copy with the setting data.download=true" in msg and "point data_dir at" in msg
     assert "--download" not in msg  # no such option: it is the setting data.download
     # verify=False trusts the files (only structural checks remain).
     assert load_split("mnist", "test", tmp_path, verify=False)[0].shape == (6, 28, 28)
@@ -348,7 +348,7 @@ def test_images_must_be_3d_uint8(tmp_path: Path) -> None:
 def test_missing_split_file_in_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_split(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
-    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte not found in .*point --data-dir at a folder"):
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte not found in .*point data_dir at a folder"):
         load_split("kmnist", "test", tmp_path)
     # The folder came from RNNLAB_DATA_DIR: the message names that setting, not --data-dir.
     monkeypatch.setenv("RNNLAB_DATA_DIR", str(tmp_path))
@@ -392,7 +392,7 @@ def test_a_known_file_in_the_wrong_place_is_named(mnist_dir: Path, tmp_path: Pat
         load_split("mnist", "test", tmp_path)
     assert str(exc.value) == (
         f"{tmp_path / 't10k-images-idx3-ubyte.gz'}: the file holds the mnist test labels (t10k-labels-idx1-ubyte), "
-        "not the test images (t10k-images-idx3-ubyte). Put the right file there, or point --data-dir at a "
+        "not the test images (t10k-images-idx3-ubyte). Put the right file there, or point data_dir at a "
         "folder holding a good copy of the IDX files."
     )
 
@@ -424,12 +424,12 @@ def test_data_dir_that_is_a_file(mnist_dir: Path, tmp_path: Path, monkeypatch: p
     f.write_text("x")
     with pytest.raises(DataError) as exc:
         load_split("kmnist", "test", f)
-    msg = f"--data-dir {f} is a file; give a folder that holds the IDX files"
+    msg = f"data_dir={str(f)!r} is a file; give a folder that holds the IDX files"
     assert str(exc.value) == msg
     sequences = tmp_path / "mine.npz"  # one's own sequences given as the image folder
     sequences.write_bytes(b"PK")
     with pytest.raises(DataError, match=re.escape(f"; to train on your own sequences, give the file as "
-                                                  f"data.file={sequences} (--data-file)")):
+                                                  f"data.file={sequences}") + "$"):
         load_split("mnist", "test", sequences)
     # One of the data files itself: say which folder to give instead.
     images = tmp_path / "t10k-images-idx3-ubyte.gz"
@@ -441,7 +441,7 @@ def test_data_dir_that_is_a_file(mnist_dir: Path, tmp_path: Path, monkeypatch: p
     with pytest.raises(DataError, match=rf"^RNNLAB_DATA_DIR={re.escape(str(f))} is a file; set it to a folder that "
                                         r"holds the IDX files, or unset it$"):
         load_split("kmnist", "test")
-    with pytest.raises(DataError, match=r"data folder .*notes\.txt is a file; point --data-dir at a folder"):
+    with pytest.raises(DataError, match=r"data folder .*notes\.txt is a file; point data_dir at a folder"):
         find_file(f, "t10k-images-idx3-ubyte")
 
 
@@ -454,7 +454,7 @@ def test_cache_dir_that_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         load_split("kmnist", "test", download=download_)
     assert str(exc.value) == (
         f"cannot use the download cache {f / 'kmnist'} (from RNNLAB_CACHE_DIR={f}): {f} is a file, not a folder. "
-        "Set RNNLAB_CACHE_DIR to a folder you can write (or unset it to use ~/.cache/rnnlab), or point --data-dir "
+        "Set RNNLAB_CACHE_DIR to a folder you can write (or unset it to use ~/.cache/rnnlab), or point data_dir "
         "at a folder with the IDX files."
     )
 
@@ -462,7 +462,7 @@ def test_cache_dir_that_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_download_into_a_data_dir_below_a_file(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(DataError, match=r"cannot create download folder .*f/sub: .*f is a file, not a folder\. "
-                                        r"Give --data-dir a folder you can write\."):
+                                        r"Give data_dir a folder you can write\."):
         load_split("kmnist", "test", tmp_path / "f" / "sub", download=True)
 
 

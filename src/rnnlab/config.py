@@ -20,7 +20,7 @@ from rnnlab.atomic import atomic_write_text
 from rnnlab.config_ignored import refuse_what_would_be_ignored
 from rnnlab.config_values import (at_least, at_most, check_folder_name, check_values, choice, coerce, field_type,
                                   parse_value)
-from rnnlab.errors import ConfigError, UnknownModelError, describe
+from rnnlab.errors import ConfigError, UnknownModelError, describe, option
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -87,7 +87,7 @@ class DataConfig:
                               "(x_train, y_train, x_test, y_test)")
         if self.file and self.dataset != "file":
             raise ConfigError(f"data.file={self.file!r} is only read with data.dataset=file (now "
-                              f"{self.dataset!r}); add data.dataset=file, or use --data-file PATH "
+                              f"{self.dataset!r}); add data.dataset=file{option(', or use --data-file PATH', '')} "
                               f"(or, to train on {self.dataset} instead, clear it: data.file=)")
         for key in ("file", "data_dir"):  # saved with the run: an absolute path finds the data from elsewhere
             if getattr(self, key) and not Path(getattr(self, key)).expanduser().is_absolute():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rnnlab.errors import ConfigError
+from rnnlab.errors import ConfigError, option
 
 
 class UnusedSettingWarning(UserWarning):
@@ -22,8 +22,8 @@ class UnusedSettingWarning(UserWarning):
 def refuse_what_would_be_ignored(raw: dict[str, Any], given: set[str]) -> None:
     """``raw``: the config as a nested dict, overrides applied; ``given``: the dotted keys overridden."""
     if "preset" in given:  # the label of where a config came from: it would relabel the run, not load the preset
-        raise ConfigError("preset names the preset a config came from; to start from one, use --preset NAME "
-                          "(from Python: rnnlab.get_preset(NAME).config)")
+        raise ConfigError("preset names the preset a config came from; to start from one, use "
+                          + option("--preset NAME", "rnnlab.get_preset(NAME).config"))
     problems = _left_unused(raw, given)
     if problems:
         raise ConfigError(problems[0])
@@ -45,7 +45,7 @@ def _left_unused(raw: dict[str, Any], given: set[str]) -> list[str]:
     problems = []
     if data["file"] and data["data_dir"] and "data.data_dir" in given:
         problems.append("data.data_dir is the folder of an image dataset's IDX files; a sequence file is read "
-                         "from data.file alone: drop data.data_dir (--data-dir)")
+                         f"from data.file alone: drop data.data_dir{option(' (--data-dir)', '')}")
     if "data.permutation_seed" in given and data["view"] != "permuted-pixels":
         problems.append(f"data.permutation_seed orders the pixels of data.view=permuted-pixels; this run reads "
                          f"{data['view'] if data['dataset'] != 'file' else 'a sequence file'}: drop it, or add "

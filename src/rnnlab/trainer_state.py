@@ -18,7 +18,7 @@ from rnnlab import seeding
 from rnnlab.checkpoint import METRICS
 from rnnlab.config import from_dict, settings_of_the_run, to_dict
 from rnnlab.data.splits import identity_differences, input_shape
-from rnnlab.errors import CheckpointError, DataError, warn_caller
+from rnnlab.errors import CheckpointError, DataError, option, warn_caller
 from rnnlab.locks import check_held
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def _check_same_data(trainer: Trainer, began: dict[str, Any] | None, identity: d
     if differs:
         where = trainer.cfg.data.file or trainer.cfg.data.data_dir or trainer.cfg.data.dataset
         raise DataError(f"the data at {where} is not the data this run began with ({'; '.join(differs)}); "
-                        "point --data-dir at the run's own data")
+                        f"point {option('--data-dir', 'data_dir')} at the run's own data")
 
 
 def _warn_if_resolved_differently(before: dict[str, str] | None, now: dict[str, str]) -> None:

@@ -22,12 +22,16 @@ import numpy as np
 from rnnlab.atomic import replacing
 from rnnlab.data.datasets import DatasetSpec, find_in, get_dataset, known_file, other_datasets_file, split_files
 from rnnlab.data.idx import MAX_IDX_BYTES, IdxError, decompress_idx, parse_idx
-from rnnlab.errors import DataError, MissingDataError
+from rnnlab.errors import DataError, MissingDataError, option
 
 __all__ = ["download"]
 
 _USER_AGENT = "rnnlab/0.1 (+python urllib)"
-FIX_DIR = "point --data-dir at a folder holding a good copy of the IDX files"
+
+
+def fix_dir() -> str:
+    """The end of a message on a bad data file: where to point rnnlab instead."""
+    return f"point {option('--data-dir', 'data_dir')} at a folder holding a good copy of the IDX files"
 
 
 # ---------------------------------------------------------------------------- checks of a file
@@ -198,7 +202,7 @@ def _download_one(
         # Raised inside the block, so that the temporary file is discarded.
         raise MissingDataError(
             f"could not download {spec.name} {base}: every mirror failed ({attempts}). "
-            f"Download the file by hand and {FIX_DIR}, or retry later."
+            f"Download the file by hand and {fix_dir()}, or retry later."
         )
 
 
@@ -222,7 +226,8 @@ def download(
     """
     spec = get_dataset(dataset)
     dest = Path(dest_dir).expanduser()
-    _make_folder(dest, "Pick a writable --data-dir.")
+    # dest_dir, download's own keyword: through load_split the folder was made (and named) before this.
+    _make_folder(dest, f"Pick a writable {option('--data-dir', 'dest_dir')}.")
     mirror_list = tuple(mirrors) if mirrors is not None else spec.mirrors
     wanted = list(splits) if splits is not None else list(spec.files)
     bases = [b for s in wanted for b in split_files(spec, s)]
@@ -240,6 +245,7 @@ def download(
             if exc.filename is None or dest.resolve() not in Path(exc.filename).resolve().parents:
                 raise
             raise DataError(f"cannot write {exc.filename} ({exc.strerror or exc}): downloads need a folder they "
-                            "can write; set RNNLAB_CACHE_DIR to one (or give --data-dir a writable folder)") from None
+                            "can write; set RNNLAB_CACHE_DIR to one (or give "
+                            f"{option('--data-dir', 'data_dir')} a writable folder)") from None
         paths.append(target)
     return paths

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from rnnlab.data.sequences import SequenceData
-from rnnlab.errors import DataError, DataWarning, MissingDataError, warn_caller
+from rnnlab.errors import DataError, DataWarning, MissingDataError, option, warn_caller
 
 __all__ = ["MAX_CLASSES", "OPTIONAL_ARRAYS", "REQUIRED_ARRAYS", "SequenceFile", "check_against_run",
            "load_sequence_file", "not_numpy", "sequence_file_shape"]
@@ -109,8 +109,10 @@ def _open(path: str | os.PathLike[str]) -> tuple[Path, dict[str, np.ndarray]]:
     if not path.is_file():
         what = "a folder, not a sequence file" if path.is_dir() else "no such sequence file"
         error = DataError if path.is_dir() else MissingDataError  # a folder is there, just wrong
+        moved = option("--data-dir NEW.npz points eval, export, gradients --run and train --resume at it",
+                       "pass data_dir='NEW.npz' to rnnlab.resume, TrainedModel.evaluate or export_run")
         raise error(f"{path}: {what}; check data.file (a .npz written with np.savez); if a run's file moved, "
-                    "--data-dir NEW.npz points eval, export, gradients --run and train --resume at it")
+                    f"{moved}")
     try:
         looks = not_numpy(path)
         if looks is not None:

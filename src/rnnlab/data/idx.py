@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rnnlab.atomic import atomic_write
-from rnnlab.errors import ConfigError, DataError
+from rnnlab.errors import ConfigError, DataError, option
 
 __all__ = [
     "IDX_TYPES", "MAX_IDX_BYTES", "IdxError", "decompress_idx", "parse_idx", "read_idx", "read_idx_bytes",
@@ -35,7 +35,6 @@ IDX_TYPES: dict[int, np.dtype] = {
     0x0E: np.dtype(">f8"),
 }
 _GZIP_MAGIC = b"\x1f\x8b"
-_FIX = "Re-download it or point --data-dir at a good copy."
 # The largest IDX file read by default: 20 times MNIST's largest (47 MB) and room for EMNIST's
 # (0.55 GB). A header may declare up to (2**32)**255 bytes; we do not take its word for that.
 MAX_IDX_BYTES = 1 << 30
@@ -46,7 +45,7 @@ class IdxError(DataError):
 
 
 def _fail(name: str, problem: str) -> IdxError:
-    return IdxError(f"{name}: {problem}. {_FIX}")
+    return IdxError(f"{name}: {problem}. Re-download it or point {option('--data-dir', 'data_dir')} at a good copy.")
 
 
 MAX_DIMS = 8
@@ -169,7 +168,8 @@ def read_idx_bytes(path: str | os.PathLike[str], *, max_bytes: int | None = MAX_
         raw = p.read_bytes()
     except FileNotFoundError:
         raise DataError(
-            f"{p}: file not found. Check the path, or point --data-dir at a folder with the IDX files."
+            f"{p}: file not found. Check the path, or point {option('--data-dir', 'data_dir')} at a folder with "
+            "the IDX files."
         ) from None
     except OSError as exc:
         raise DataError(

@@ -22,11 +22,11 @@ import torch
 
 from rnnlab.data.datasets import (DATASETS, DatasetSpec, candidates, find_in, get_dataset, known_file,
                                   other_datasets_file, split_files)
-from rnnlab.data.downloads import FIX_DIR as _FIX_DIR
+from rnnlab.data.downloads import fix_dir as _fix_dir
 from rnnlab.data.downloads import _file_in_the_way, _make_folder, _mismatch, _wrong_kind, download
 from rnnlab.data.downloads import download as _download  # load_split's own `download` is a flag
 from rnnlab.data.idx import parse_idx, read_idx_bytes
-from rnnlab.errors import DataError, MissingDataError
+from rnnlab.errors import DataError, MissingDataError, option, option_value
 
 __all__ = [
     "DATASETS",
@@ -39,7 +39,10 @@ __all__ = [
     "load_split",
 ]
 
-_FIX_SENTENCE = "Point --data-dir at a folder holding a good copy of the IDX files."
+
+def _fix_sentence() -> str:
+    """A bad data file's fix, as a sentence of its own."""
+    return f"Point {option('--data-dir', 'data_dir')} at a folder holding a good copy of the IDX files."
 
 
 def _download_hint(spec: DatasetSpec) -> str:
@@ -50,10 +53,11 @@ def _download_hint(spec: DatasetSpec) -> str:
     return f"the setting data.download=true (e.g. `rnnlab train {dataset}data.download=true`)"
 
 
-def find_file(directory: str | os.PathLike[str], base: str, *,
-              fix: str = "point --data-dir at a folder that has it") -> Path:
+def find_file(directory: str | os.PathLike[str], base: str, *, fix: str | None = None) -> Path:
     """Find ``base`` in ``directory`` under either name style, plain or ``.gz``. ``fix`` ends
-    the error messages: it names the setting the folder came from (--data-dir, RNNLAB_DATA_DIR)."""
+    the error messages: it names the setting the folder came from (--data-dir, RNNLAB_DATA_DIR;
+    by default the data folder, as the user spells it)."""
+    fix = fix if fix is not None else f"point {option('--data-dir', 'data_dir')} at a folder that has it"
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise DataError(f"data folder {d} is a file; {fix}.")
@@ -104,14 +108,15 @@ def _load_checked(spec: DatasetSpec, base: str, path: Path, verify: bool) -> np.
     other = other_datasets_file(spec, digest) if verify and not expected else None
     if other is not None:  # e.g. RNNLAB_DATA_DIR set for MNIST, then data.dataset=kmnist: MNIST under kmnist's name
         raise DataError(f"{path} is {other}, not a file of {spec.name} (which uses the same file names); point "
-                        f"--data-dir at a folder of {spec.name}'s files, or fetch them with {_download_hint(spec)}")
+                        f"{option('--data-dir', 'data_dir')} at a folder of {spec.name}'s files, or fetch them with "
+                        f"{_download_hint(spec)}")
     if verify and expected and digest != expected:
         if known_file(spec, digest) is not None:
             # Another file of the dataset in the wrong place: a fresh download would not help.
-            raise DataError(f"{path}: {_mismatch(spec, base, digest)}. Put the right file there, or {_FIX_DIR}.")
+            raise DataError(f"{path}: {_mismatch(spec, base, digest)}. Put the right file there, or {_fix_dir()}.")
         raise DataError(
             f"{path}: {_mismatch(spec, base, digest)}. The file is corrupt or a different version; delete it "
-            f"and fetch a fresh copy with {_download_hint(spec)}, or {_FIX_DIR}."
+            f"and fetch a fresh copy with {_download_hint(spec)}, or {_fix_dir()}."
         )
     return arr
 
@@ -121,13 +126,13 @@ def _check_pair(spec: DatasetSpec, images: np.ndarray, labels: np.ndarray, ipath
         problem = _wrong_kind(spec, array, images=kind == "images")
         if problem is not None:
             raise DataError(f"{path}: {problem}. Check the dataset name and that this is the {kind} file, "
-                            f"or {_FIX_DIR}.")
+                            f"or {_fix_dir()}.")
     if images.shape[0] == 0:
-        raise DataError(f"{ipath}: the file holds no images. {_FIX_SENTENCE}")
+        raise DataError(f"{ipath}: the file holds no images. {_fix_sentence()}")
     if labels.shape[0] != images.shape[0]:
         raise DataError(
             f"{lpath}: {labels.shape[0]} labels but {ipath.name} has {images.shape[0]} images; "
-            f"the two files must come from the same split. {_FIX_SENTENCE}"
+            f"the two files must come from the same split. {_fix_sentence()}"
         )
 
 
@@ -135,7 +140,7 @@ def _folder_fix(data_dir: str | os.PathLike[str] | None) -> str:
     """How to point rnnlab at another data folder, naming the setting in use."""
     if data_dir is None and os.environ.get("RNNLAB_DATA_DIR"):
         return "set RNNLAB_DATA_DIR to a folder that has it (or unset it)"
-    return "point --data-dir at a folder that has it"
+    return f"point {option('--data-dir', 'data_dir')} at a folder that has it"
 
 
 def _resolve_dir(
@@ -147,17 +152,17 @@ def _resolve_dir(
     if data_dir is not None or env_data is not None:
         # Messages name the setting the folder came from: that is what the user has to change.
         d = Path(data_dir if data_dir is not None else str(env_data)).expanduser()
-        what = f"--data-dir {d}" if data_dir is not None else f"RNNLAB_DATA_DIR={d}"
+        what = option_value("--data-dir", "data_dir", d) if data_dir is not None else f"RNNLAB_DATA_DIR={d}"
         if d.exists() and not d.is_dir():
             fix = ("give a folder that holds the IDX files" if data_dir is not None
                    else "set it to a folder that holds the IDX files, or unset it")
             if any(d.name in candidates(b) for names in spec.files.values() for b in names):
                 fix += f" ({d.name} is one of them: give its folder, {d.absolute().parent})"
             elif d.suffix == ".npz":  # one's own sequences: data.file (--data-file) trains on them
-                fix += f"; to train on your own sequences, give the file as data.file={d} (--data-file)"
+                fix += f"; to train on your own sequences, give the file as data.file={d}{option(' (--data-file)', '')}"
             raise DataError(f"{what} is a file; {fix}")
         if download_ and any(find_in(d, b) is None for b in bases):
-            _make_folder(d, "Give --data-dir a folder you can write." if data_dir is not None
+            _make_folder(d, f"Give {option('--data-dir', 'data_dir')} a folder you can write." if data_dir is not None
                          else "Set RNNLAB_DATA_DIR to a folder you can write, or unset it.")
             download(spec, d, splits=[split])
         return d
@@ -168,7 +173,8 @@ def _resolve_dir(
     env_cache = os.environ.get("RNNLAB_CACHE_DIR")
     origin = f" (from RNNLAB_CACHE_DIR={env_cache})" if env_cache else ""
     unset = " (or unset it to use ~/.cache/rnnlab)" if env_cache else ""
-    fix = f"Set RNNLAB_CACHE_DIR to a folder you can write{unset}, or point --data-dir at a folder with the IDX files."
+    fix = (f"Set RNNLAB_CACHE_DIR to a folder you can write{unset}, or point {option('--data-dir', 'data_dir')} "
+           "at a folder with the IDX files.")
     blocker = _file_in_the_way(d)
     if blocker is not None:
         # Checked before "not found": suggesting a download into a path that cannot be a folder
@@ -182,7 +188,7 @@ def _resolve_dir(
         return d
     raise MissingDataError(
         f"{spec.name} {split} split not found locally (looked in {d}). Use {_download_hint(spec)} to fetch it "
-        f"into {d}, or point --data-dir (or $RNNLAB_DATA_DIR) at a folder with the IDX files."
+        f"into {d}, or point {option('--data-dir', 'data_dir')} (or $RNNLAB_DATA_DIR) at a folder with the IDX files."
     )
 
 
