@@ -371,7 +371,7 @@ def test_asking_for_a_missing_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPat
 
     assert select_device("cpu").type == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without one, also on a GPU box
-    with pytest.raises(ConfigError, match="no CUDA GPU is available; use --device cpu or auto"):
+    with pytest.raises(ConfigError, match="no CUDA GPU is available; use device 'cpu' or 'auto'$"):
         select_device("cuda")
 
 
@@ -646,7 +646,7 @@ def test_torchrun_with_fewer_gpus_than_processes_or_on_mps_is_told_what_to_do(mo
 
     monkeypatch.setattr(torch.cuda, "set_device", lambda index: pytest.fail(f"set_device({index}) was called"))
     refusal = r"^torchrun started more processes on this machine than it has CUDA GPUs \(1\); " \
-              r"use --nproc_per_node=1, or --device cpu$"
+              r"use --nproc_per_node=1, or device 'cpu'$"
     for device in ("auto", "cuda"):  # before: torch.cuda.set_device(1) failing with "invalid device ordinal"
         with pytest.raises(ConfigError, match=refusal):
             select_device(device)
@@ -657,7 +657,7 @@ def test_torchrun_with_fewer_gpus_than_processes_or_on_mps_is_told_what_to_do(mo
     monkeypatch.setenv("RANK", "0")
     with pytest.warns(RuntimeWarning, match="under torchrun the processes train on the CPU: Gloo cannot"):
         assert select_device("auto") == torch.device("cpu")  # Gloo cannot reduce tensors on an Apple GPU
-    with pytest.raises(ConfigError, match="^torchrun trains on CUDA GPUs or on the CPU, not on MPS; use --device cpu$"):
+    with pytest.raises(ConfigError, match="^torchrun trains on CUDA GPUs or on the CPU, not on MPS; use device 'cpu'$"):
         select_device("mps")
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process: the Apple GPU is fine
     assert select_device("auto") == torch.device("mps")

@@ -19,7 +19,7 @@ import torch
 
 # Their home before allocator.py; the README of that time told users to call distributed.tune_allocator().
 from rnnlab.allocator import release_free_memory as release_free_memory, tune_allocator as tune_allocator
-from rnnlab.errors import ConfigError, warn_caller
+from rnnlab.errors import ConfigError, option, warn_caller
 
 
 def select_device(requested: str = "auto") -> torch.device:
@@ -40,23 +40,30 @@ def select_device(requested: str = "auto") -> torch.device:
         return torch.device("cuda", _local_gpu())
     if requested in ("auto", "mps") and world_size() > 1:  # without CUDA, torchrun's processes talk by Gloo,
         if requested == "mps":  # which cannot reduce tensors on an Apple GPU
-            raise ConfigError("torchrun trains on CUDA GPUs or on the CPU, not on MPS; use --device cpu")
+            raise ConfigError(f"torchrun trains on CUDA GPUs or on the CPU, not on MPS; use {_cpu()}")
         if _has_mps() and rank() == 0:
             warn_caller("under torchrun the processes train on the CPU: Gloo cannot reduce tensors on an "
-                        "Apple GPU (--device cpu says so and avoids this warning)", RuntimeWarning)
+                        f"Apple GPU ({_cpu()} says so and avoids this warning)", RuntimeWarning)
         return torch.device("cpu")
     if requested in ("auto", "cuda") and torch.cuda.is_available():  # the current GPU, by its number
         return torch.device("cuda", torch.cuda.current_device())  # (a compare worker's own: pool._take_gpu)
     if requested == "auto":
         return torch.device("mps") if _has_mps() else torch.device("cpu")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {requested!r} asked for, but no CUDA GPU is available; use --device cpu or auto")
+        raise ConfigError(f"device {requested!r} asked for, but no CUDA GPU is available; use {_cpu(or_auto=True)}")
     if index and int(index) >= torch.cuda.device_count():  # torch.device would accept it, the first use fail
         raise ConfigError(f"device {requested!r} asked for, but this machine has {torch.cuda.device_count()} "
                           f"CUDA GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if kind == "mps" and not _has_mps():
-        raise ConfigError(f"device {requested!r} asked for, but MPS is not available; use --device cpu or auto")
+        raise ConfigError(f"device {requested!r} asked for, but MPS is not available; use {_cpu(or_auto=True)}")
     return torch.device(requested)
+
+
+def _cpu(or_auto: bool = False) -> str:
+    """The device to use instead: the flag, or from Python the value (of ``train.device``, or load's ``device``)."""
+    if or_auto:
+        return option("--device cpu or auto", "device 'cpu' or 'auto'")
+    return option("--device cpu", "device 'cpu'")
 
 
 def _has_mps() -> bool:
@@ -69,7 +76,7 @@ def _local_gpu() -> int:
     local, gpus = _env_number("LOCAL_RANK", 0), torch.cuda.device_count()
     if local >= gpus:
         raise ConfigError(f"torchrun started more processes on this machine than it has CUDA GPUs ({gpus}); "
-                          f"use --nproc_per_node={gpus}, or --device cpu")
+                          f"use --nproc_per_node={gpus}, or {_cpu()}")
     return local
 
 
