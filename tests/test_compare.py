@@ -83,16 +83,16 @@ def test_sweeps_expand_each_entry_over_a_grid() -> None:
     (["train.lr=0.1,0.1"], [], "lists a value twice"),
     (["train.lr=0.01,1e-2"], [], "the same config twice"),
     (["train.lr=0.1", "train.lr=0.2"], [], "is given twice"),
-    (["train.lr=0.1,0.2"], ["train.lr=0.3"], "both an override and a --sweep"),
-    (["seed=1,2"], [], "is what --seeds does"),
+    (["train.lr=0.1,0.2"], ["train.lr=0.3"], "both an override and a sweep; give it once"),
+    (["seed=1,2"], [], "sweep seed=... is what seeds= does"),
     (["preset=dlw-rnn-a,dlw-lstm-a"], [], "name the presets as entries"),  # would train one config twice
     (["name=a,b"], [], "only labels a run"),
     (["model.cell=lstm,transformer"], [], "choose one of"),
     (["nonsense.key=1,2"], [], "unknown key"),
     # The tutorial protocol has no validation split: both entries would train the same config.
-    (["data.val_size=100,5000"], [], "--sweep gives dlw-rnn-a+val_size100 a setting it would ignore: train.protocol"),
-    (["data.val_size=0,5000"], [], "--sweep gives dlw-rnn-a+val_size5000 a setting it would ignore"),
-    (["model.dropout=0,0.3"], [], "--sweep gives dlw-rnn-a+dropout0.3 a setting it would ignore: model.dropout"),
+    (["data.val_size=100,5000"], [], "sweep gives dlw-rnn-a+val_size100 a setting it would ignore: train.protocol"),
+    (["data.val_size=0,5000"], [], "sweep gives dlw-rnn-a+val_size5000 a setting it would ignore"),
+    (["model.dropout=0,0.3"], [], "sweep gives dlw-rnn-a+dropout0.3 a setting it would ignore: model.dropout"),
     ([], ["data.val_size=100"], "every entry would ignore a setting given: train.protocol=tutorial"),
     (["model.hidden=8,16,32,64,128,256,512,1024,2048,4096,8192", "train.lr=" + ",".join(f"0.{i}" for i in range(1, 100))],
      [], "at most 1000"),
@@ -107,7 +107,7 @@ def test_an_override_some_entries_use_is_given_to_all_but_a_sweep_must_be_used_b
                                                            overrides=["data.val_size=100"])}
     assert entries["dlw-rnn-a-plus"].data.val_size == 100 and entries["dlw-rnn-a"].train.protocol == "tutorial"
     # Swept, dlw-rnn-a+val_size100 and dlw-rnn-a+val_size200 would train one config twice.
-    with pytest.raises(ConfigError, match=r"--sweep gives dlw-rnn-a\+val_size100 a setting it would ignore"):
+    with pytest.raises(ConfigError, match=r"^sweep gives dlw-rnn-a\+val_size100 a setting it would ignore"):
         resolve_entries(["dlw-rnn-a", "dlw-rnn-a-plus"], sweeps=["data.val_size=100,200"])
     assert len(resolve_entries(["dlw-rnn-a-plus"], sweeps=["data.val_size=100,200"])) == 2
 
@@ -200,7 +200,7 @@ def test_a_sweep_over_sequence_files_names_entries_by_file(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match="unknown key 'model.hiddn'"):  # overrides are still checked
         resolve_entries(["dlw-rnn-a"], overrides=["model.hiddn=3"], sweeps=[f"data.file={signs},{third}"])
     # Refused before any seed trains: a missing file, and an IDX folder that no swept entry would read.
-    with pytest.raises(ConfigError, match=r"--sweep data.file: .*missing.npz is not a file"):
+    with pytest.raises(ConfigError, match=r"^sweep data.file: .*missing.npz is not a file"):
         resolve_entries(["dlw-rnn-a"], sweeps=[f"data.file={signs},{tmp_path / 'missing.npz'}"])
     with pytest.raises(ConfigError, match="a swept data.file is read alone: drop data.data_dir"):
         resolve_entries(["dlw-rnn-a"], overrides=[f"data.data_dir={tmp_path}"], sweeps=[f"data.file={signs},{third}"])

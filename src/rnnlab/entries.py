@@ -17,7 +17,7 @@ from pathlib import Path
 from rnnlab.checkpoint import CONFIG
 from rnnlab.config import DATA_LOCATION, RunConfig, apply_overrides, load_toml, parse_override
 from rnnlab.config_values import check_folder_name
-from rnnlab.errors import ConfigError, describe
+from rnnlab.errors import ConfigError, describe, option
 from rnnlab.presets import get_preset, list_presets, suite as suite_names
 
 MAX_SWEEP_ENTRIES = 1000  # more is a typo, and would plan (and print) for minutes
@@ -43,8 +43,8 @@ def resolve_entries(specs: list[str], *, suite: str | None = None, overrides: li
     names = list(suite_names(suite)) if suite else []
     names += list(specs)
     if not names:
-        raise ConfigError("nothing to compare: name presets or config files, or give --suite "
-                          f"(presets: {', '.join(list_presets())})")
+        raise ConfigError("nothing to compare: name presets or config files, or give "
+                          f"{option('--suite', 'a suite (suite=)')} (presets: {', '.join(list_presets())})")
     swept = [parse_sweep(item) for item in sweeps or []]
     entries: list[Entry] = []
     applied: list[tuple[RunConfig, list[str]]] = []
@@ -97,19 +97,26 @@ def _refuse_if_every_entry_ignores(applied: list[tuple[RunConfig, list[str]]]) -
             raise ConfigError(f"every entry would ignore a setting given: {errors[0]}")
 
 
+def _sweep() -> str:
+    """A sweep, as the caller gave it: a --sweep on the command line, one of ``sweeps`` from Python."""
+    return option("--sweep", "sweep")
+
+
 def parse_sweep(item: str) -> tuple[str, list[str]]:
     """``"train.lr=0.001,0.01"`` -> ``("train.lr", ["0.001", "0.01"])``."""
     key, sep, text = item.partition("=")
     key, values = key.strip(), [v.strip() for v in text.split(",")]
     if not sep or not key or not all(values):
-        raise ConfigError(f"--sweep {item!r} is not KEY=V1,V2,... (e.g. --sweep train.lr=0.001,0.01)")
+        example = option("--sweep train.lr=0.001,0.01", "sweeps=['train.lr=0.001,0.01']")
+        raise ConfigError(f"{_sweep()} {item!r} is not KEY=V1,V2,... (e.g. {example})")
     if key == "seed":
-        raise ConfigError("--sweep seed=... is what --seeds does: every entry runs seeds 0..N-1")
+        raise ConfigError(f"{_sweep()} seed=... is what {option('--seeds', 'seeds=')} does: every entry runs seeds "
+                          "0..N-1")
     if key in ("name", "preset"):  # labels: each value would train the same config again
-        raise ConfigError(f"--sweep {key}=... only labels a run, every value would train the same config; "
+        raise ConfigError(f"{_sweep()} {key}=... only labels a run, every value would train the same config; "
                           "to compare presets, name the presets as entries (rnnlab compare dlw-rnn-a dlw-lstm-a)")
     if len(set(values)) < len(values):
-        raise ConfigError(f"--sweep {item!r} lists a value twice")
+        raise ConfigError(f"{_sweep()} {item!r} lists a value twice")
     return key, values
 
 
@@ -121,9 +128,9 @@ def expand_sweeps(entries: list[Entry], sweeps: list[tuple[str, list[str]]], ove
     keys = [key for key, _ in sweeps]
     for key in keys:
         if keys.count(key) > 1:
-            raise ConfigError(f"--sweep {key} is given twice; list all of its values in one --sweep")
+            raise ConfigError(f"{_sweep()} {key} is given twice; list all of its values in one {_sweep()}")
         if _given(key, overrides):
-            raise ConfigError(f"{key} is both an override and a --sweep; give it once")
+            raise ConfigError(f"{key} is both an override and a {_sweep()}; give it once")
     short = [key.rpartition(".")[2] for key in keys]
     tags = [s if short.count(s) == 1 else key for s, key in zip(short, keys)]
     labels = {key: _value_labels(key, values) for key, values in sweeps}
@@ -144,17 +151,17 @@ def expand_sweeps(entries: list[Entry], sweeps: list[tuple[str, list[str]]], ove
             try:
                 check_folder_name("the entry name", name)
             except ConfigError as error:
-                raise ConfigError(f"--sweep value {', '.join(combo)}: {error}; use plainer values") from None
+                raise ConfigError(f"{_sweep()} value {', '.join(combo)}: {error}; use plainer values") from None
             # The overrides together with the swept values: a swept data.file is what makes data.dataset=file valid.
             settings = [*overrides, *implied, *(f"{k}={v}" for k, v in zip(keys, combo))]
             config = apply_overrides(entry.config, settings, refuse_unused=False)
             try:  # an entry that ignores its swept value trains what its siblings train, under another name
                 apply_overrides(config, [f"{k}={v}" for k, v in zip(keys, combo)])
             except ConfigError as error:
-                raise ConfigError(f"--sweep gives {name} a setting it would ignore: {error}; sweep it over "
+                raise ConfigError(f"{_sweep()} gives {name} a setting it would ignore: {error}; sweep it over "
                                   "entries that use it (compare the others apart)") from None
             if config in seen:  # e.g. 0.01 and 1e-2
-                raise ConfigError(f"--sweep gives {entry.name} the same config twice ({seen[config]} and {name}); "
+                raise ConfigError(f"{_sweep()} gives {entry.name} the same config twice ({seen[config]} and {name}); "
                                   "list each value once")
             seen[config] = name
             expanded.append(Entry(name, replace(config, name=name), swept_from=entry.name))  # report names it so too
@@ -173,7 +180,7 @@ def _check_swept_files(values: list[str], overrides: list[str]) -> None:
                           "alone: drop data.data_dir")
     for value in values:
         if not Path(value).expanduser().is_file():
-            raise ConfigError(f"--sweep data.file: {value} is not a file; give .npz files of your sequences "
+            raise ConfigError(f"{_sweep()} data.file: {value} is not a file; give .npz files of your sequences "
                               "(x_train, y_train, x_test, y_test)")
 
 
@@ -186,7 +193,7 @@ def _value_labels(key: str, values: list[str]) -> dict[str, str]:
         twins = [v for v, other in labels.items() if other == label]
         if len(twins) > 1:
             what = "files" if key == "data.file" else "folders"
-            raise ConfigError(f"--sweep {key}: {' and '.join(twins)} would both name their entries {label!r}; "
+            raise ConfigError(f"{_sweep()} {key}: {' and '.join(twins)} would both name their entries {label!r}; "
                               f"give the {what} distinct names")
     return labels
 
