@@ -84,7 +84,7 @@ def test_sweeps_expand_each_entry_over_a_grid() -> None:
     (["train.lr=0.01,1e-2"], [], "the same config twice"),
     (["train.lr=0.1", "train.lr=0.2"], [], "is given twice"),
     (["train.lr=0.1,0.2"], ["train.lr=0.3"], "both an override and a sweep; give it once"),
-    (["seed=1,2"], [], "sweep seed=... is what seeds= does"),
+    (["seed=1,2"], [], "sweep seed=... is what compare's seeds= does"),
     (["preset=dlw-rnn-a,dlw-lstm-a"], [], "name the presets as entries"),  # would train one config twice
     (["name=a,b"], [], "only labels a run"),
     (["model.cell=lstm,transformer"], [], "choose one of"),

@@ -44,7 +44,7 @@ def resolve_entries(specs: list[str], *, suite: str | None = None, overrides: li
     names += list(specs)
     if not names:
         raise ConfigError("nothing to compare: name presets or config files, or give "
-                          f"{option('--suite', 'a suite (suite=)')} (presets: {', '.join(list_presets())})")
+                          f"{option('--suite', 'suite=NAME')} (presets: {', '.join(list_presets())})")
     swept = [parse_sweep(item) for item in sweeps or []]
     entries: list[Entry] = []
     applied: list[tuple[RunConfig, list[str]]] = []
@@ -110,8 +110,8 @@ def parse_sweep(item: str) -> tuple[str, list[str]]:
         example = option("--sweep train.lr=0.001,0.01", "sweeps=['train.lr=0.001,0.01']")
         raise ConfigError(f"{_sweep()} {item!r} is not KEY=V1,V2,... (e.g. {example})")
     if key == "seed":
-        raise ConfigError(f"{_sweep()} seed=... is what {option('--seeds', 'seeds=')} does: every entry runs seeds "
-                          "0..N-1")
+        seeds = option("--seeds", "compare's seeds=")
+        raise ConfigError(f"{_sweep()} seed=... is what {seeds} does: every entry runs seeds 0..N-1")
     if key in ("name", "preset"):  # labels: each value would train the same config again
         raise ConfigError(f"{_sweep()} {key}=... only labels a run, every value would train the same config; "
                           "to compare presets, name the presets as entries (rnnlab compare dlw-rnn-a dlw-lstm-a)")
