@@ -436,7 +436,7 @@ def test_a_compare_worker_imports_the_file_and_its_neighbours_again(sibling_cell
     from rnnlab import pool
 
     own.import_models(str(sibling_cells))
-    setup = (os.getpid(), str(sibling_cells.parent), None, 0, own.imported_models())
+    setup = (os.getpid(), str(sibling_cells.parent), None, 0, own.imported_models(), False)
     with ProcessPoolExecutor(max_workers=1, mp_context=pool._context(), initializer=pool._worker_setup,
                              initargs=setup) as workers:
         summaries = workers.submit(registry.model_summaries).result(timeout=120)
