@@ -8,11 +8,12 @@ FLOP rate as a fraction of a large float32 matmul measured in the same run; the
 last column compares the best (minimum) repeats, the least disturbed by other load.
 
     .venv/bin/python benchmarks/layer_speed.py [--reps 7] [--only lstm] [--threads 2]
-    .venv/bin/python benchmarks/layer_speed.py --variants torch,fast,fast-python,fast-1thread
+    .venv/bin/python benchmarks/layer_speed.py --variants torch,fast,fast-python
 
-Variants of the fast path (``--variants``, each against torch): ``fast`` (the defaults:
-TorchScript loops with the caller's threads), ``fast-python`` (the loops as plain Python),
-``fast-1thread`` (the loops with one intra-op thread; the GEMMs outside them keep all).
+Variants of the fast path (``--variants``, each against torch): ``fast`` (the defaults: each
+layer's forward and backward compiled with TorchScript, with the caller's threads) and
+``fast-python`` (the same code as plain Python). The loops on one intra-op thread, a variant
+until the 14th session, lost (benchmarks/README.md) and can no longer be swapped in alone.
 """
 
 from __future__ import annotations
@@ -29,25 +30,8 @@ from torch import nn
 from rnnlab.models import fast_kernels
 from rnnlab.models.fast import make_recurrent
 
-_script_loop = fast_kernels.loop
-
-
-def _one_thread_loop(name: str):
-    fn = _script_loop(name)
-
-    def run(*args):
-        n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            fn(*args)
-        finally:
-            torch.set_num_threads(n)
-    return run
-
-
-# name -> (fast_kernels.SCRIPT, fast_kernels.loop)
-VARIANTS = {"fast": (True, _script_loop), "fast-python": (False, _script_loop),
-            "fast-1thread": (True, _one_thread_loop)}
+# name -> fast_kernels.SCRIPT: the layers compiled with TorchScript, or run as plain Python
+VARIANTS = {"fast": True, "fast-python": False}
 
 
 @dataclass
@@ -121,7 +105,7 @@ def bench(cfg: Config, reps: int, clock=time.perf_counter,
 
     def step(impl: str) -> None:
         if impl != "torch":
-            fast_kernels.SCRIPT, fast_kernels.loop = VARIANTS[impl]
+            fast_kernels.SCRIPT = VARIANTS[impl]
         loss = nn.functional.cross_entropy(models[impl](x), y)
         opts[impl].zero_grad(set_to_none=True)
         loss.backward()

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from rnnlab.config import ModelConfig
 from rnnlab.errors import ConfigError
-from rnnlab.models import create_model
-from rnnlab.models.fast_step import hand_step_supported, loss_and_grads
+from rnnlab.models import create_model, fast_kernels
+from rnnlab.models.fast_step import _stack_step, hand_step_supported, loss_and_grads
 
 CASES = [
     dict(cell="rnn", nonlinearity="relu"),
@@ -34,7 +34,11 @@ def _model(case: dict, *, steps: int, features: int, classes: int, mean: float =
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
 @pytest.mark.parametrize(("steps", "smoothing"), [(5, 0.0), (1, 0.1)])
-def test_hand_step_equals_autograd(case: dict, steps: int, smoothing: float) -> None:
+@pytest.mark.parametrize("script", [True, False], ids=["torchscript", "python"])
+def test_hand_step_equals_autograd(case: dict, steps: int, smoothing: float, script: bool,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiled with TorchScript, or as the same code in Python where TorchScript is not to be had."""
+    monkeypatch.setattr(fast_kernels, "SCRIPT", script)
     batch, features, classes = 6, 3, 4
     model = _model(case, steps=steps, features=features, classes=classes)
     x = torch.rand(batch, steps, features, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -49,6 +53,10 @@ def test_hand_step_equals_autograd(case: dict, steps: int, smoothing: float) -> 
     torch.testing.assert_close(hand_logits, logits.detach(), rtol=1e-10, atol=1e-12)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_the_step_is_one_torchscript_function() -> None:
+    assert fast_kernels.is_scripted(fast_kernels.compiled(_stack_step))
 
 
 def test_one_layer_with_dropout_one_sequence_and_more_classes_than_features() -> None:

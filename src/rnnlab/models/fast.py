@@ -3,7 +3,7 @@
 It subclasses ``nn.RNNBase``, so parameter names, shapes, initialisation (and the
 RNG draws it makes) and state_dicts are exactly those of the reference module; only
 ``forward`` differs: each layer and direction runs through the hand-written
-``RecurrentLayerFn`` (``fast_function.py``, with its loops in ``fast_kernels.py``). Where that path does not apply
+``RecurrentLayerFn`` (``fast_function.py``: ``fast_layer.py``, compiled with its loops in ``fast_kernels.py``). Where that path does not apply
 (packed or unbatched input, autocast, tracing/scripting/compiling/export, other
 dtypes) it falls back to the reference ``forward`` of torch.nn.
 

@@ -4,10 +4,11 @@ without autograd, writing each parameter's ``.grad`` for the optimizer.
 Autograd costs a fixed amount per step at these sizes: building and walking the graph, the
 zero-filled gradient of every step's output when only the last is read, Python around each node.
 On dlw-rnn-a (one RNN layer of 100, batch 100) that was a seventh to a tenth of a training
-step (README, Speed). Here the recurrent layers are the same ``RecurrentLayerFn`` forward and
-backward that autograd would call, run in order by hand, and the readout, head and loss
-gradients are written out. Tests check the loss, logits and every gradient against autograd
-over the model options.
+step (README, Speed). Here the recurrent layers run the same ``fast_layer`` forward and
+backward that autograd's ``RecurrentLayerFn`` calls, in order by hand, and the readout, head and loss
+gradients are written out, all in one TorchScript function (``_stack_step``): one call from
+Python per training step. Tests check the loss, logits and every gradient against autograd over
+the model options.
 
 It applies where the model runs its fast layers in float32 or float64 on fixed-length
 sequences, in one process, with no dropout between layers (``hand_step_supported``); the
@@ -16,26 +17,18 @@ Trainer uses autograd everywhere else, and with ``train.backward=autograd``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import fast_kernels as K
 from .fast import FastRecurrent
-from .fast_function import RecurrentLayerFn
+from .fast_layer import layer_backward, layer_forward
 from .recurrent import SequenceClassifier
 
-
-class _Context:
-    """What ``RecurrentLayerFn`` reads and writes on autograd's ctx object."""
-
-    def __init__(self, needs_input_grad: tuple[bool, ...]) -> None:
-        self.needs_input_grad = needs_input_grad
-        self.saved_tensors: tuple[Tensor, ...] = ()
-
-    def save_for_backward(self, *tensors: Tensor) -> None:
-        self.saved_tensors = tensors
+_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # each layer direction's, in _stack_step's order
 
 
 def hand_step_supported(model: torch.nn.Module, *, amp: str, processes: int, varying_lengths: bool) -> str | None:
@@ -75,75 +68,100 @@ def loss_and_grads(model: Any, x: Tensor, y: Tensor, *, label_smoothing: float =
                    scale: float = 1.0) -> tuple[Tensor, Tensor]:
     """Per-sample losses (B,) and logits (B, C) of ``model`` on ``x`` (B, T, F); adds the gradient
     of ``scale * losses.sum()`` to every parameter's ``.grad``, as ``backward()`` would."""
-    rnn, head, cfg = model.rnn, model.head, model.config
-    D, H, L = model.directions, rnn.hidden_size, rnn.num_layers
+    rnn, head = model.rnn, model.head
+    D, L = model.directions, rnn.num_layers
+    names = [f"rnn.{kind}_l{layer}{'_reverse' if d else ''}" for layer in range(L) for d in range(D) for kind in _KINDS]
+    params = dict(model.named_parameters())
     with torch.no_grad():
-        # ---- forward, keeping what each layer's backward needs
         layer_in = model.standardize(x).transpose(0, 1).contiguous()  # (B, T, F) -> (T, B, F)
-        T, B = layer_in.shape[:2]
-        contexts: list[list[_Context]] = []
-        for layer in range(L):
-            outs, ctxs = [], []
-            for d in range(D):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
-                ctx = _Context((False, False, layer > 0, False, False, True, True, True, True))
-                out, _, _ = RecurrentLayerFn.forward(
-                    ctx, rnn.cell, bool(d), layer_in, None, None, getattr(rnn, "weight_ih" + sfx),
-                    getattr(rnn, "weight_hh" + sfx), getattr(rnn, "bias_ih" + sfx), getattr(rnn, "bias_hh" + sfx))
-                outs.append(out)  # (T, B, H)
-                ctxs.append(ctx)
-            contexts.append(ctxs)
-            layer_in = outs[0] if D == 1 else torch.cat(outs, 2)  # (T, B, D*H)
-        top = layer_in  # (T, B, D*H)
-        if cfg.readout == "last":  # the forward direction's last step, the reverse one's first
-            features = top[-1] if D == 1 else torch.cat([top[-1, :, :H], top[0, :, H:]], 1)  # (B, D*H)
-        elif cfg.readout == "mean":
-            features = top.mean(0)  # (B, D*H)
-        else:  # all
-            features = top.transpose(0, 1).reshape(B, -1)  # (T, B, D*H) -> (B, T*D*H)
-        logits = torch.addmm(head.bias, features, head.weight.t())  # (B, C)
-        log_probs = torch.log_softmax(logits, 1)  # (B, C): the loss and its gradient from one pass
-        losses = F.nll_loss(log_probs, y, reduction="none")  # (B,), what cross_entropy computes
-        if label_smoothing:
-            losses = (1.0 - label_smoothing) * losses - label_smoothing * log_probs.mean(1)
-
-        # ---- backward: d(scale * sum of losses) / d logits = scale * (softmax - smoothed one-hot)
-        C = logits.shape[1]
-        dlogits = log_probs.exp_()  # (B, C) softmax, in place: log_probs is not needed after this
-        dlogits.sub_(label_smoothing / C)
-        dlogits[torch.arange(B, device=y.device), y] -= 1.0 - label_smoothing
-        dlogits.mul_(scale)
-        grads: dict[str, Tensor] = {"head.weight": dlogits.t() @ features, "head.bias": dlogits.sum(0)}
-        dfeatures = dlogits @ head.weight  # (B, D*H)
-        zero_steps = dfeatures.new_zeros(()).expand(T, B, H)  # no gradient reaches the steps themselves
-        zero_state = dfeatures.new_zeros(B, H)
-        # Each direction's gradient w.r.t. its outputs (T, B, H) and its last state h_n (B, H).
-        if cfg.readout == "last":
-            per_direction = [(zero_steps, dfeatures[:, d * H:(d + 1) * H]) for d in range(D)]
-        elif cfg.readout == "mean":
-            dmean = (dfeatures / T).expand(T, B, D * H)  # (B, D*H) -> (T, B, D*H), a view
-            per_direction = [(dmean[..., d * H:(d + 1) * H], zero_state) for d in range(D)]
-        else:
-            dsteps = dfeatures.view(B, T, D * H).transpose(0, 1)  # (B, T*D*H) -> (T, B, D*H), a view
-            per_direction = [(dsteps[..., d * H:(d + 1) * H], zero_state) for d in range(D)]
-        for layer in reversed(range(L)):
-            dinput: Tensor | None = None
-            for d, ctx in enumerate(contexts[layer]):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
-                gout, gh = per_direction[d]
-                dx, _, _, dw_ih, dw_hh, db_ih, db_hh = RecurrentLayerFn.backward(ctx, gout, gh, zero_state)[2:]
-                grads |= {f"rnn.weight_ih{sfx}": dw_ih, f"rnn.weight_hh{sfx}": dw_hh,
-                          f"rnn.bias_ih{sfx}": db_ih, f"rnn.bias_hh{sfx}": db_hh}
-                if dx is not None:
-                    dinput = dx if dinput is None else dinput.add_(dx)  # (T, B, D*H) of the layer below
-            if dinput is not None:
-                per_direction = [(dinput[..., d * H:(d + 1) * H], zero_state) for d in range(D)]
-        for name, param in model.named_parameters():
+        losses, logits, grads = K.compiled(_stack_step)(
+            rnn.cell, model.config.readout, L, D, layer_in, y, [params[name] for name in names], head.weight,
+            head.bias, float(label_smoothing), float(scale))
+        for name, grad in zip([*names, "head.weight", "head.bias"], grads):
+            param = params[name]
             if not param.requires_grad:  # frozen: backward() leaves its .grad alone, and so does this
                 continue
-            grad = grads[name]
             if param.grad is None:
                 param.grad = grad
             else:
                 param.grad.add_(grad)
     return losses, logits
+
+
+def _stack_step(mode: str, readout: str, L: int, D: int, x: Tensor, y: Tensor, weights: List[Tensor],
+                head_weight: Tensor, head_bias: Tensor, label_smoothing: float,
+                scale: float) -> Tuple[Tensor, Tensor, List[Tensor]]:
+    """TorchScript: forward, loss and backward of the stack and its head. x (T, B, F), standardised;
+    weights: (w_ih, w_hh, b_ih, b_hh) of each layer's directions in turn. Returns the per-sample
+    losses (B,), the logits (B, C), and the gradients of ``weights`` then of the head's weight and bias."""
+    T, B = x.shape[0], x.shape[1]
+    H = weights[1].shape[1]
+    # ---- forward, keeping what each layer's backward needs
+    layer_in = x
+    kept: List[List[Tensor]] = []
+    for layer in range(L):
+        outs: List[Tensor] = []
+        for d in range(D):
+            k = 4 * (layer * D + d)
+            out, h_n, c_n, saved = layer_forward(mode, d == 1, layer_in, None, None, weights[k], weights[k + 1],
+                                                 weights[k + 2], weights[k + 3])
+            outs.append(out)  # (T, B, H)
+            kept.append(saved)
+        layer_in = outs[0] if D == 1 else torch.cat(outs, 2)  # (T, B, D*H)
+    top = layer_in  # (T, B, D*H)
+    if readout == "last":  # the forward direction's last step, the reverse one's first
+        features = top[-1] if D == 1 else torch.cat([top[-1, :, :H], top[0, :, H:]], 1)  # (B, D*H)
+    elif readout == "mean":
+        features = top.mean(0)  # (B, D*H)
+    else:  # all
+        features = top.transpose(0, 1).reshape(B, -1)  # (T, B, D*H) -> (B, T*D*H)
+    logits = torch.addmm(head_bias, features, head_weight.t())  # (B, C)
+    log_probs = torch.log_softmax(logits, 1)  # (B, C): the loss and its gradient from one pass
+    losses = F.nll_loss(log_probs, y, reduction="none")  # (B,), what cross_entropy computes
+    if label_smoothing != 0.0:
+        losses = (1.0 - label_smoothing) * losses - label_smoothing * log_probs.mean(1)
+
+    # ---- backward: d(scale * sum of losses) / d logits = scale * (softmax - smoothed one-hot)
+    C = logits.shape[1]
+    dlogits = log_probs.exp_()  # (B, C) softmax, in place: log_probs is not needed after this
+    dlogits.sub_(label_smoothing / C)
+    rows = torch.arange(B, device=y.device)
+    dlogits.index_put_([rows, y], dlogits.new_full([1], -(1.0 - label_smoothing)), accumulate=True)
+    dlogits.mul_(scale)
+    head_grads = [dlogits.t() @ features, dlogits.sum(0)]
+    dfeatures = dlogits @ head_weight  # (B, D*H)
+    zero_state = dfeatures.new_zeros([B, H])
+    # Each direction's gradient w.r.t. its outputs (T, B, H), None where none reaches the steps
+    # themselves, and w.r.t. its last state h_n (B, H).
+    gouts: List[Optional[Tensor]] = []
+    ghs: List[Tensor] = []
+    for d in range(D):
+        if readout == "last":
+            gouts.append(None)
+            ghs.append(dfeatures[:, d * H:(d + 1) * H])
+        elif readout == "mean":
+            dmean = (dfeatures / T).expand(T, B, D * H)  # (B, D*H) -> (T, B, D*H), a view
+            gouts.append(dmean[:, :, d * H:(d + 1) * H])
+            ghs.append(zero_state)
+        else:
+            dsteps = dfeatures.view(B, T, D * H).transpose(0, 1)  # (B, T*D*H) -> (T, B, D*H), a view
+            gouts.append(dsteps[:, :, d * H:(d + 1) * H])
+            ghs.append(zero_state)
+    grads: List[Tensor] = [zero_state] * (4 * L * D)  # each replaced below
+    for layer in range(L - 1, -1, -1):
+        dinput: Optional[Tensor] = None
+        for d in range(D):
+            k = layer * D + d
+            dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = layer_backward(
+                mode, d == 1, kept[k], True, gouts[d], ghs[d], zero_state, layer > 0, False, True)
+            assert dw_ih is not None  # asked for (need_dw_ih)
+            grads[4 * k], grads[4 * k + 1], grads[4 * k + 2], grads[4 * k + 3] = dw_ih, dw_hh, db_ih, db_hh
+            if dx is not None:
+                dinput = dx if dinput is None else dinput.add_(dx)  # (T, B, D*H) of the layer below
+        if dinput is not None:
+            gouts = []
+            ghs = []
+            for d in range(D):
+                gouts.append(dinput[:, :, d * H:(d + 1) * H])
+                ghs.append(zero_state)
+    return losses, logits, grads + head_grads
