@@ -28,9 +28,10 @@ TINY = ["train.device=cpu", "model.hidden=8", "train.iterations=20", "train.eval
 
 
 def fake_run(run_dir: Path, config: RunConfig, *, status: str = "completed", acc: float | None = 95.0,
-             seed: int = 0, iterations: int = 1000, diverge_at: int | None = None) -> Path:
-    """A run folder as the engine writes it, without training."""
+             seed: int = 0, iterations: int | None = None, diverge_at: int | None = None) -> Path:
+    """A run folder as the engine writes it, without training (for its config's iterations, else 1000)."""
     config = apply_overrides(config, [f"seed={seed}"])
+    iterations = iterations or config.train.iterations or 1000
     run_dir.mkdir(parents=True, exist_ok=True)
     save_toml(config, run_dir / "config.toml")
     key = "test_accuracy" if config.train.protocol == "tutorial" else "val_accuracy"
@@ -140,7 +141,8 @@ def test_loose_runs_group_by_label_and_real_run(tmp_path: Path) -> None:
     fake_run(tmp_path / "nested/a2", cfg, acc=91.0, seed=1)
     real = rnnlab.train(apply_overrides(RunConfig(name="tiny-real"), TINY), tmp_path / "real", progress=False)
     assert real.status == "completed"
-    rows = {r["entry"]: r for r in build_report([tmp_path], tmp_path / "out", plots=False)}
+    with pytest.warns(RuntimeWarning, match="budgets differ"):  # 3,000 iterations and 20
+        rows = {r["entry"]: r for r in build_report([tmp_path], tmp_path / "out", plots=False)}
     assert rows["dlw-rnn-a"]["seeds"] == 2 and rows["dlw-rnn-a"]["test_accuracy_mean"] == pytest.approx(90.5)
     assert rows["tiny-real"]["architecture"] == "lstm-1x8"
     assert rows["tiny-real"]["test_accuracy_mean"] == pytest.approx(real.test_accuracy)

@@ -253,8 +253,8 @@ def confusion_matrix_png(matrix: Sequence[Sequence[int]], path: str | Path, titl
 def accuracy_bars_png(rows: Sequence[dict[str, Any]], path: str | Path,
                       title: str = "Final test accuracy") -> Path | None:
     """Horizontal bars: mean test accuracy with a ±std error bar, each seed as a dot, the
-    accuracy the source reported as a red diamond, and beside each bar its difference from the
-    baseline. ``rows`` are :func:`rnnlab.report.aggregate` rows.
+    accuracy the source reported as a red diamond (hollow where the entry trained for another budget),
+    and beside each bar its difference from the baseline. ``rows`` are :func:`rnnlab.report.aggregate` rows.
     """
     rows = [r for r in rows if r.get("test_accuracy_mean") is not None or r.get("reported_test_accuracy") is not None]
     if not rows:
@@ -277,10 +277,14 @@ def accuracy_bars_png(rows: Sequence[dict[str, Any]], path: str | Path,
         if values:
             ax.scatter(values, np.full(len(values), yi), s=14, color="black", zorder=3)
     ax.scatter([], [], s=14, color="black", label="individual seeds")
-    has_ref = np.isfinite(reported)
-    if has_ref.any():
-        ax.scatter(reported[has_ref], y[has_ref], marker="D", s=60, color="#D62728", zorder=4,
-                   edgecolor="white", label="reported by the source tutorial")
+    # Hollow where the entry trained for another budget than the tutorial's (rnnlab.budget.reported_note)
+    other = np.array([bool(r.get("reported_note")) for r in rows])
+    for marks, style, label in ((np.isfinite(reported) & ~other, {"color": "#D62728", "edgecolor": "white"},
+                                 "reported by the source tutorial"),
+                                (np.isfinite(reported) & other, {"facecolor": "none", "edgecolor": "#D62728"},
+                                 "reported by the tutorial after another budget (not comparable)")):
+        if marks.any():
+            ax.scatter(reported[marks], y[marks], marker="D", s=60, zorder=4, label=label, **style)
     # Values to the right of the axes (x in axes fraction, y in data), so they never hide a bar.
     transform = ax.get_yaxis_transform()
     baseline = baseline_of(rows)
@@ -291,6 +295,7 @@ def accuracy_bars_png(rows: Sequence[dict[str, Any]], path: str | Path,
             text += "\nbaseline"
         elif r.get("delta_verdict"):  # against the baseline, 95% over seeds (rnnlab.report.compare_with)
             text += f"\n{r['delta_vs_baseline']:+.2f} vs baseline: {r['delta_verdict']}"
+            text += ", other budget" if r.get("delta_budget_note") else ""
         ax.text(1.01, yi, text, va="center", fontsize=8, transform=transform)
     ax.set_yticks(y, [f"{r['entry']}\n{r.get('architecture') or ''}" for r in rows], fontsize=8)
     ax.set_xlim(left, 100.0)

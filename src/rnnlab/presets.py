@@ -33,9 +33,14 @@ class Preset:
     suites: tuple[str, ...] = field(default=())
 
     def reference(self) -> dict[str, Any] | None:
+        """Where the recipe comes from, the accuracy it reported and the budget it reported it after
+        (the preset's own: a run's difference from the figure means something only at that budget)."""
         if not self.source:
             return None
-        return {"source": self.source, "reported_test_accuracy": self.reported_accuracy, "notes": self.notes}
+        train = self.config.train
+        budget = {"iterations": train.iterations} if train.iterations else {"epochs": train.epochs}
+        return {"source": self.source, "reported_test_accuracy": self.reported_accuracy, "notes": self.notes,
+                "budget": {**budget, "batch_size": train.batch_size}}
 
 
 _PRESETS: dict[str, Preset] = {}
@@ -120,6 +125,20 @@ def reference_for(preset_name: str, config: RunConfig | None = None) -> dict[str
     if preset is None or (config is not None and changes_the_model(config)):
         return None
     return preset.reference()
+
+
+def reference_budget(reference: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The budget a reference's figure was reported after: its own record of it, else (a summary or
+    results.json written before references recorded it) that of the preset citing the same figure."""
+    if not reference:
+        return None
+    if isinstance(reference.get("budget"), dict):
+        return reference["budget"]
+    for preset in _PRESETS.values():
+        if preset.reported_accuracy is not None and (preset.source, preset.reported_accuracy) == (
+                reference.get("source"), reference.get("reported_test_accuracy")):
+            return (preset.reference() or {}).get("budget")
+    return None
 
 
 def changes_the_model(config: RunConfig) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json, atomic_write_text
+from rnnlab.budget import baseline_budget_note, budget_warning, reported_after, reported_note, trained_text
 from rnnlab.checkpoint import CONFUSION
 from rnnlab.errors import CheckpointError, option, warn_caller
 from rnnlab.config import describe_model, to_dict
@@ -37,10 +38,10 @@ STATUS_ORDER = ("completed", "diverged", "failed", "interrupted", "stopped", "un
 COLUMNS = (
     "entry", "architecture", "parameters", "seeds", "completed", "diverged", "failed", "unfinished", "status",
     "test_accuracy_mean", "test_accuracy_std", "test_accuracy_min", "test_accuracy_max", "val_accuracy_mean",
-    "reported_test_accuracy", "delta_vs_reported", "train_seconds_mean", "samples_per_second_mean",
+    "reported_test_accuracy", "delta_vs_reported", "reported_note", "train_seconds_mean", "samples_per_second_mean",
     "iterations", "epochs", "batch_size", "optimizer", "protocol", "source",
     "baseline", "delta_vs_baseline", "delta_ci95_low", "delta_ci95_high", "delta_method", "delta_seeds",
-    "baseline_seeds", "delta_verdict", "delta_comparisons", "delta_level",
+    "baseline_seeds", "delta_verdict", "delta_comparisons", "delta_level", "delta_budget_note",
 )
 
 
@@ -70,9 +71,9 @@ def aggregate_entry(entry: str, records: list[RunRecord]) -> dict[str, Any]:
         [r for r in records if r.summary.get("train_seconds") is not None and r.status != "failed"]
     config = next((r.config for r in records if r.config is not None), None)
     reference = next((r.summary["reference"] for r in records if r.summary.get("reference")), None)
-    if config is not None and config.preset:
-        from rnnlab.presets import changes_the_model, reference_for
+    from rnnlab.presets import changes_the_model, reference_budget, reference_for
 
+    if config is not None and config.preset:
         # not set against the tutorial's figure where the entry changed its model (older summaries kept it)
         reference = None if changes_the_model(config) else reference or reference_for(config.preset)
     reported = (reference or {}).get("reported_test_accuracy")
@@ -104,6 +105,7 @@ def aggregate_entry(entry: str, records: list[RunRecord]) -> dict[str, Any]:
         "protocol": config.train.protocol if config else None,
         "source": (reference or {}).get("source"),
         "reference_notes": (reference or {}).get("notes") or None,
+        "reference_budget": reference_budget(reference),  # what the reported figure was trained for
         "config": to_dict(config) if config else None,  # results.json only: a report rebuilt from it has it
     }
     for key, value in (records[0].carried if records else {}).items():  # from a results.json without config
@@ -113,8 +115,14 @@ def aggregate_entry(entry: str, records: list[RunRecord]) -> dict[str, Any]:
         "seed": r.seed, "status": r.status, "dir": str(r.dir),
         "test_accuracy": r.summary.get("test_accuracy"), "val_accuracy": r.summary.get("val_accuracy"),
         "train_seconds": r.summary.get("train_seconds"), "samples_per_second": r.summary.get("samples_per_second"),
-        "iterations": r.summary.get("iterations"), "error": r.error if r.status != "completed" else None,
+        "iterations": r.summary.get("iterations"), "epochs": r.summary.get("epochs"),
+        "stopped_early": r.summary.get("stopped_early"), "error": r.error if r.status != "completed" else None,
     } for r in records]
+    # The reported figure came after the tutorial's full budget: set against a run of another, the
+    # difference would mostly measure the budget. Withheld then, with the reason.
+    row["reported_note"] = reported_note(row)
+    if row["reported_note"]:
+        row["delta_vs_reported"] = None
     return row
 
 
@@ -123,7 +131,10 @@ def aggregate(groups: dict[str, list[RunRecord]], *, baseline: str | None = None
     ``baseline`` (default: see :func:`rnnlab.stats.compare_with`)."""
     check_baseline(baseline, list(groups))
     rows = [aggregate_entry(entry, records) for entry, records in groups.items()]
-    compare_with(rows, baseline)
+    chosen = compare_with(rows, baseline)
+    base = next((r for r in rows if r["entry"] == chosen), None)
+    for row in rows:
+        row["delta_budget_note"] = baseline_budget_note(row, base) if row["delta_vs_baseline"] is not None else None
     return rows
 
 
@@ -140,9 +151,13 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+WITHHELD = "—†"  # a Δ vs reported not given: the run's budget is not the reference's
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The results table in Markdown (accuracy in percent, mean ± std over completed seeds)."""
-    header = ["entry", "architecture", "params", "test acc % (mean ± std)", "min–max", "val acc %",
+    """The results table in Markdown (accuracy in percent, mean ± std over completed seeds), with
+    a note under it for each Δ vs reported withheld (see :func:`rnnlab.budget.reported_note`)."""
+    header = ["entry", "architecture", "params", "budget", "test acc % (mean ± std)", "min–max", "val acc %",
               "tutorial reported %", "Δ vs reported", "train time s", "samples/s", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for row in rows:
@@ -154,11 +169,17 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             acc += f" (n={row['completed']})"
         spread = "–" if row["test_accuracy_min"] is None else \
             f"{row['test_accuracy_min']:.2f}–{row['test_accuracy_max']:.2f}"
-        delta = "–" if row["delta_vs_reported"] is None else f"{row['delta_vs_reported']:+.2f}"
-        cells = [f"`{row['entry']}`", _fmt(row["architecture"]), _fmt(row["parameters"]), acc, spread,
-                 _fmt(row["val_accuracy_mean"]), _fmt(row["reported_test_accuracy"]), delta,
+        delta = WITHHELD if row.get("reported_note") else \
+            "–" if row["delta_vs_reported"] is None else f"{row['delta_vs_reported']:+.2f}"
+        cells = [f"`{row['entry']}`", _fmt(row["architecture"]), _fmt(row["parameters"]), trained_text(row), acc,
+                 spread, _fmt(row["val_accuracy_mean"]), _fmt(row["reported_test_accuracy"]), delta,
                  _fmt(row["train_seconds_mean"], 1), _fmt(row["samples_per_second_mean"], 0), row["status"]]
         lines.append("| " + " | ".join(cells) + " |")
+    withheld = [row for row in rows if row.get("reported_note")]
+    if withheld:
+        lines += ["", "† Δ vs reported not given: the tutorial reported its figure after its own budget, and "
+                  "a difference from a run of another budget would measure mostly the budget"]
+        lines += [f"- `{row['entry']}`: {row['reported_note']}" for row in withheld]
     return "\n".join(lines)
 
 
@@ -179,7 +200,9 @@ def render_markdown(rows: list[dict[str, Any]], *, title: str = "rnnlab results"
     for key, value in (context or {}).items():
         lines.append(f"- {key}: {value}")
     lines += ["- test accuracy: mean ± sample standard deviation over the *completed* seeds (n); "
-              "diverged and failed seeds are counted in the last column, never averaged in", ""]
+              "diverged and failed seeds are counted in the last column, never averaged in",
+              "- budget: the iterations (it) and epochs (ep) the completed seeds trained, as their summary.json "
+              "records them", ""]
     lines += [markdown_table(rows), ""]
     differences = differences_table(rows)
     if differences:
@@ -187,7 +210,8 @@ def render_markdown(rows: list[dict[str, Any]], *, title: str = "rnnlab results"
     problems = _problems(rows)
     if problems:
         lines += ["## Seeds that did not complete", "", *problems, ""]
-    sources = [(r["entry"], r["source"], r.get("reference_notes")) for r in rows if r.get("source")]
+    sources = [(r["entry"], r["source"], "; ".join(filter(None, (r.get("reference_notes"), reported_after(r)))))
+               for r in rows if r.get("source")]
     if sources:
         lines += ["## Sources", "", *[f"- `{e}`: {s}" + (f" — {n}" if n else "") for e, s, n in sources], ""]
     if plots:
@@ -279,6 +303,9 @@ def report_groups(groups: dict[str, list[RunRecord]], out_dir: str | Path, *, pl
         warn_caller(f"{curves} kept as it was: the entries of a results.json have no curves to draw again; "
                     f"for the other runs' curves, give another {option('--out', 'folder (out_dir=)')}",
                     RuntimeWarning)
+    warning = budget_warning(rows)
+    if warning:  # the table says it too; a script reading only the numbers should hear it
+        warn_caller(warning.replace("`", ""), RuntimeWarning)
     figures = write_figures(groups, rows, out_dir, keep=keep) if plots else []
     write_results(rows, out_dir, title=title, context=context,
                   plots=[name for name in FIGURES if name in figures or name in keep] if plots else [])

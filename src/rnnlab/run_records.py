@@ -182,10 +182,10 @@ def collect(paths: list[str | Path]) -> dict[str, list[RunRecord]]:
 # except for the names and statuses): a file from elsewhere is checked before it is believed.
 _ROW_TYPES = {"entry": str, "runs": list, "architecture": str, "parameters": int, "epochs": _NUMBER,
               "batch_size": int, "optimizer": str, "protocol": str, "reported_test_accuracy": _NUMBER,
-              "source": str, "reference_notes": str, "config": dict}
-_RUN_TYPES = {"status": str, "seed": int, "dir": str, "error": str,
+              "source": str, "reference_notes": str, "reference_budget": dict, "config": dict}
+_RUN_TYPES = {"status": str, "seed": int, "dir": str, "error": str, "stopped_early": dict,
               **dict.fromkeys(("test_accuracy", "val_accuracy", "train_seconds", "samples_per_second",
-                               "iterations"), _NUMBER)}
+                               "iterations", "epochs"), _NUMBER)}
 _CARRIED = ("architecture", "batch_size", "optimizer", "protocol")  # a row's fields a config would give
 
 
@@ -247,7 +247,7 @@ def _records_from_results(path: Path) -> dict[str, list[RunRecord]]:
             warn_caller(f"{error}; the entry is reported without it (its config is kept as it was)",
                         RuntimeWarning)
         reference = {"reported_test_accuracy": row.get("reported_test_accuracy"), "source": row.get("source"),
-                     "notes": row.get("reference_notes")}
+                     "notes": row.get("reference_notes"), "budget": row.get("reference_budget")}
         shared = {"parameters": row.get("parameters"), "epochs": row.get("epochs"),
                   "reference": reference if any(v is not None for v in reference.values()) else None}
         groups[row["entry"]] = [RunRecord(

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rnnlab.budget import budget_warning
 from rnnlab.errors import ConfigError, option
 
 __all__ = ["Difference", "baseline_of", "check_baseline", "compare_with", "difference", "differences_table",
@@ -275,6 +276,10 @@ def differences_table(rows: list[dict[str, Any]]) -> str | None:
             seeds = f"welch, n={row['delta_seeds']} vs {row['baseline_seeds']}"
         interval = "–" if row["delta_ci95_low"] is None else \
             f"{row['delta_ci95_low']:+.2f} to {row['delta_ci95_high']:+.2f}"
-        lines.append(f"| `{row['entry']}` | {row['delta_vs_baseline']:+.2f} | {interval} | "
-                     f"{seeds} | {row['delta_verdict'] or ''} |")
-    return "\n".join(lines) if len(lines) > 4 else None
+        other = "other budget ‡" if row.get("delta_budget_note") else ""  # the note under the table says which
+        verdict = "; ".join(v for v in (row["delta_verdict"], other) if v)
+        lines.append(f"| `{row['entry']}` | {row['delta_vs_baseline']:+.2f} | {interval} | {seeds} | {verdict} |")
+    if len(lines) <= 4:
+        return None
+    warning = budget_warning(rows)  # a difference of budgets as well as of models: said under the table
+    return "\n".join(lines) + (f"\n\n‡ {warning[0].upper()}{warning[1:]}." if warning else "")

@@ -10,6 +10,7 @@ from typing import Any
 
 import tomli_w
 
+from rnnlab.budget import Budget
 from rnnlab.cli.common import DefaultsHelpFormatter, add_config_arguments, config_from_args, settings_given
 from rnnlab.config import to_dict
 from rnnlab.stopping import Interrupted, Terminated
@@ -119,7 +120,9 @@ def print_summary(summary: dict[str, Any], run_dir: str) -> None:
         lines.append(f"val accuracy      {summary['val_accuracy']:.2f}%")
     reference = summary.get("reference")
     if reference and reference.get("reported_test_accuracy") is not None:
-        lines.append(f"tutorial reported {reference['reported_test_accuracy']:.2f}%")
+        budget = reference.get("budget")  # the figure came after the tutorial's budget, perhaps not this run's
+        after = f" (after {Budget.from_dict(budget).text()})" if isinstance(budget, dict) else ""
+        lines.append(f"tutorial reported {reference['reported_test_accuracy']:.2f}%{after}")
     best = summary.get("best_val")
     if best and best["weights"] == "best":
         lines.append(f"weights           of iteration {best['iteration']}, the best val accuracy "
