@@ -344,7 +344,7 @@ def test_compare_runs_resumes_fails_and_skips(tmp_path: Path) -> None:
 
     # The same folder with a different config is refused before anything runs.
     changed = resolve_entries(["dlw-rnn-a"], overrides=TINY + ["train.lr=0.5"])
-    with pytest.raises(ConfigError, match="different config"):
+    with pytest.raises(ConfigError, match="was made with other settings: train.lr 0.01 -> 0.5"):
         cmp.compare(changed + bad, out, seeds=2, jobs=1, plots=False)
 
 
@@ -453,6 +453,30 @@ def test_a_compare_folder_is_not_mixed_with_other_entries(tmp_path: Path,
     (out / "compare.json").write_bytes(b"\xff[")
     assert main(["compare", "dlw-rnn-a", *TINY, "--out", str(out), "--dry-run"]) == 2
     assert "holds a compare of dlw-lstm-a, dlw-rnn-a" in capsys.readouterr().err
+
+
+def test_a_rerun_with_other_settings_names_them_and_the_compare_folder(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Not one seed's folder to delete (its siblings would stay on the old settings): the compare's."""
+    out = tmp_path / "cmp1"
+    fake_compare(out, ["dlw-rnn-a", "dlw-rnn-a-plus"], seeds=2)  # TINY: train.iterations=20
+    assert main(["compare", "dlw-rnn-a", "dlw-rnn-a-plus", "--seeds", "2", *TINY, "train.iterations=10",
+                 "--out", str(out), "--dry-run"]) == 2
+    assert capsys.readouterr().err == (
+        f"rnnlab: error: the compare folder {out} was made with other settings: train.iterations 20 -> 10; its "
+        "seeds would mix two configs: use another --out for these settings, or delete the whole compare folder "
+        f"{out} to run the compare again with them\n")
+    # From Python, the keyword; a change to some entries names them; one seed changed is enough to tell.
+    entries = resolve_entries(["dlw-rnn-a", "dlw-rnn-a-plus"], overrides=TINY)
+    entries[1] = replace(entries[1], config=rnnlab.apply_overrides(entries[1].config, ["train.lr=0.5"]))
+    with pytest.raises(ConfigError, match=re.escape(
+            "other settings: train.lr 0.001 -> 0.5 (dlw-rnn-a-plus); its seeds would mix two configs: use another "
+            "folder (out_dir=) for these settings, or delete the whole compare folder")):
+        cmp.compare(entries, out, seeds=2, plots=False)
+    assert not (out / "results.md").exists()
+    # The same settings (and more seeds) are a rerun as before.
+    assert main(["compare", "dlw-rnn-a", "dlw-rnn-a-plus", "--seeds", "3", *TINY, "--out", str(out),
+                 "--dry-run"]) == 0
 
 
 def sleeping_worker(task: cmp.Task) -> dict[str, Any]:

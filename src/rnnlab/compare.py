@@ -21,17 +21,18 @@ from typing import Any, Callable
 
 from rnnlab import checkpoint as ckpt
 from rnnlab.atomic import atomic_write_json
-from rnnlab.config import DATA_LOCATION, RunConfig, load_toml, save_toml
+from rnnlab.config import RunConfig, load_toml, save_toml
 from rnnlab.config_ignored import UnusedSettingWarning
 from rnnlab.config_values import check_folder_name
 from rnnlab.data.splits import data_identity, identity_differences, load_datasets
 from rnnlab.checkpoint import CONFIG, CONFUSION, METRICS, SUMMARY
+from rnnlab.compare_settings import refuse_changed_settings
 from rnnlab.errors import CheckpointError, ConfigError, RnnlabError, describe, option, option_value
 from rnnlab.entries import Entry
 from rnnlab.locks import Busy, LockLost, check_held, exclusive
 from rnnlab.pool import Task, record_failure, run_tasks, task_record
 from rnnlab.report import report_groups
-from rnnlab.run_records import read_record, read_summary, result_settings
+from rnnlab.run_records import read_record, read_summary
 from rnnlab.stats import check_baseline
 from rnnlab.stopping import Interrupted
 
@@ -130,20 +131,15 @@ def plan(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: int
 def task_state(task: Task, identities: dict[Any, dict[str, Any]] | None = None) -> str:
     """What a (re)run does with this task's folder: ``skip``, ``resume`` or ``train``.
 
-    Raises ConfigError when the folder holds a run of a different config, or of other data where
-    the entry names its data elsewhere, which a rerun must not mix into the same entry. The data is
-    checked with ``identities`` (the identities of data already read, by location; ``None``: not
-    checked, as a worker does after :func:`prepare`, and a resume checks it again).
+    Raises ConfigError when the folder holds a run of a different config (see
+    :mod:`rnnlab.compare_settings`), or of other data where the entry names its data elsewhere,
+    which a rerun must not mix into the same entry. The data is checked with ``identities`` (the
+    identities of data already read, by location; ``None``: not checked, as a worker does after
+    :func:`prepare`, and a resume checks it again).
     """
     run_dir = Path(task.run_dir)
+    refuse_changed_settings([task])  # prepare() checked every seed; a worker checks its own again
     existing = load_toml(run_dir / CONFIG) if (run_dir / CONFIG).exists() else None
-    if existing is not None:
-        def same_run(config: RunConfig) -> dict[str, Any]:  # a sequence file may have moved: the same run
-            return {k: v for k, v in result_settings(config).items() if k not in DATA_LOCATION}
-
-        if same_run(existing) != same_run(task.config):
-            raise ConfigError(f"{run_dir} holds a run of a different config (changed settings or overrides?); "
-                              f"use another {_another_folder()}, or delete that folder to run it again")
     state = "train"
     if read_summary(run_dir).get("status") in FINISHED:  # a corrupt summary reads as failed: retrained
         state = "skip"
@@ -199,6 +195,7 @@ def prepare(entries: list[Entry], out_dir: str | Path, *, seeds: int,
         raise ConfigError(f"{option_value('--out', 'out_dir', out)} is a run folder (it holds {CONFIG}); a compare "
                           f"writes a folder of its own runs and results: give another {_another_folder()}")
     tasks = plan(entries, out, seeds=seeds, jobs=min(jobs, len(entries) * seeds))
+    refuse_changed_settings(tasks)  # every setting changed, over all seeds, in one message
     identities: dict[Any, dict[str, Any]] = {}  # the data at each place moved to, read once
     states = {t.key: task_state(t, identities) for t in tasks}
     runs = [run for run in (out / "runs").glob("*/*") if ckpt.holds(run, CONFIG, SUMMARY)]
