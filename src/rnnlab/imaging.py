@@ -4,8 +4,8 @@ MNIST digits are grey, light ink on a black background, scaled (antialiased, asp
 kept) so the ink fits a 20x20 box, then placed in a 28x28 field so that the centre of mass of
 the ink sits at the centre. :func:`prepare_image` does the same to a photo, a scan or a drawing:
 
-1. decode (PNG, JPEG, BMP, ...; a pixel limit guards against decompression bombs) and make it
-   grey; transparent pixels are laid on a background that contrasts with the ink;
+1. decode (PNG, JPEG, BMP, ...: :mod:`rnnlab.image_files`) and make it grey; transparent
+   pixels are laid on a background that contrasts with the ink;
 2. invert when the background is light (decided from the median of the border pixels);
 3. subtract the background level, stretch the ink to full contrast, drop border-level noise;
 4. crop to the ink, scale to fit 20x20, place by centre of mass (at pixel (14, 14), where
@@ -17,18 +17,17 @@ An image that is already in MNIST form -- 28x28, light on dark -- passes through
 
 from __future__ import annotations
 
-import io
 import math
 import os
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from rnnlab.errors import DataError, describe
+from rnnlab.image_files import FORMATS, MAX_PIXELS, open_image
+from rnnlab.image_files import source_name as _name
 
 __all__ = ["FORMATS", "MAX_PIXELS", "Prepared", "as_image_batch", "open_image", "pixel_batch", "prepare",
            "prepare_batch", "prepare_image", "to_grey"]
@@ -36,12 +35,10 @@ __all__ = ["FORMATS", "MAX_PIXELS", "Prepared", "as_image_batch", "open_image", 
 SIZE = 28  # MNIST's field
 BOX = 20  # MNIST's digits are scaled to fit this box
 CENTRE = 14.0  # MNIST's mean centre of mass, in pixel-index coordinates (13.99, 14.01 on the test set)
-MAX_PIXELS = 25_000_000  # decoded pixels per image; larger images are refused (decompression bombs)
 WORKING_SIDE = 1024  # larger images are box-reduced first: plenty for a 20-pixel digit, and cheap
 MIN_CONTRAST = 0.08  # ink must differ from the background by this much (of full scale), else "blank"
 BBOX_LEVEL = 0.04  # a faint halo (blur, upscaling) does not count towards the 20x20 box
 RESAMPLE = Image.Resampling.LANCZOS  # antialiased: PIL widens the kernel when shrinking
-FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 
 ImageSource = Any  # a path, bytes, a binary file, a PIL image, or an array (H, W) / (H, W, 3|4)
 
@@ -65,55 +62,6 @@ class Prepared:
         """For each of the 28 rows, its ``(top, bottom)`` in source pixel coordinates."""
         sy, oy = self.scale[0], self.origin[0]
         return [(oy + r / sy, oy + (r + 1) / sy) for r in range(SIZE)]
-
-
-def _name(source: Any) -> str:
-    return str(source) if isinstance(source, (str, os.PathLike)) else "image"
-
-
-def open_image(source: str | os.PathLike[str] | bytes | BinaryIO, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode an image file (path, bytes or binary file) fully, with clear errors for bad input."""
-    name = _name(source)
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise DataError(f"{name}: no such file")
-        if not path.is_file():
-            raise DataError(f"{name}: not a file")
-        if path.stat().st_size == 0:
-            raise DataError(f"{name}: empty file")
-        with open(path, "rb") as handle:
-            return _decode(handle, name, max_pixels)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
-            raise DataError(f"{name}: empty file")
-        return _decode(io.BytesIO(bytes(source)), name, max_pixels)
-    return _decode(source, name, max_pixels)
-
-
-def _decode(handle: BinaryIO, name: str, max_pixels: int) -> Image.Image:
-    try:
-        with warnings.catch_warnings():
-            # PIL only warns between its limit and twice it; we want a refusal, never a 1 GB decode.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(handle, formats=FORMATS)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise DataError(f"{name}: image too large ({width}x{height} = {width * height} pixels; "
-                                f"the limit is {max_pixels})")
-            if width == 0 or height == 0:
-                raise DataError(f"{name}: image has no pixels ({width}x{height})")
-            image.load()  # decode now, so a truncated file fails here and the handle can close
-            return ImageOps.exif_transpose(image)  # photos: honour the camera's orientation
-    except DataError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{name}: image too large, refused as a possible decompression bomb ({exc})") from None
-    except UnidentifiedImageError:
-        raise DataError(f"{name}: not an image, or not a supported format "
-                        f"({', '.join(FORMATS)})") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
-        raise DataError(f"{name}: cannot decode the image ({str(exc).splitlines()[0][:200]})") from None
 
 
 def _luminance(rgb: np.ndarray) -> np.ndarray:
