@@ -11,8 +11,10 @@ the ink sits at the centre. :func:`prepare_image` does the same to a photo, a sc
 4. crop to the ink, scale to fit 20x20, place by centre of mass (at pixel (14, 14), where
    MNIST's mean centre of mass lies).
 
-An image that is already in MNIST form -- 28x28, light on dark -- passes through unchanged
-(no re-centring), so predicting on MNIST's own arrays equals evaluating them directly.
+An image that is already in MNIST form -- 28x28, stored grey, full-scale light ink on a black
+background, as every MNIST image is (see :func:`_in_mnist_form`) -- passes through
+unchanged (no re-centring), so predicting on MNIST's own images equals evaluating them directly.
+Any other 28x28 image (coloured, dim, on grey or light) goes through steps 2-4 like any other size.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ CENTRE = 14.0  # MNIST's mean centre of mass, in pixel-index coordinates (13.99,
 WORKING_SIDE = 1024  # larger images are box-reduced first: plenty for a 20-pixel digit, and cheap
 MIN_CONTRAST = 0.08  # ink must differ from the background by this much (of full scale), else "blank"
 BBOX_LEVEL = 0.04  # a faint halo (blur, upscaling) does not count towards the 20x20 box
+# MNIST form, as measured on every MNIST and Fashion-MNIST image (train and test): the brightest
+# pixel is 254 or 255, and the border ring has pixels at 0 (an item touching it can lift its median).
+FULL_INK = 250 / 255  # the ink of an image in MNIST form reaches this
+BLACK = 8 / 255  # ... and the darkest tenth of its border is at most this
 RESAMPLE = Image.Resampling.LANCZOS  # antialiased: PIL widens the kernel when shrinking
 
 ImageSource = Any  # a path, bytes, a binary file, a PIL image, or an array (H, W) / (H, W, 3|4)
@@ -98,8 +104,9 @@ def to_grey(image: Image.Image, name: str = "image") -> np.ndarray:
     return alpha * grey + (1.0 - alpha) * background
 
 
-def _array_to_grey(array: np.ndarray) -> np.ndarray:
-    """An array ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3|4)`` (uint8, or float 0-1 / 0-255) -> float grey."""
+def _array_to_grey(array: np.ndarray) -> tuple[np.ndarray, bool]:
+    """An array ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3|4)`` (uint8, or float 0-1 / 0-255) -> float grey,
+    and whether that grey is the array's own values (see :func:`_is_grey_image`)."""
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if array.shape == (SIZE * SIZE,):
@@ -117,10 +124,30 @@ def _array_to_grey(array: np.ndarray) -> np.ndarray:
     else:
         values = unit_floats(array.astype(np.float32)[None])[0]  # one image as a batch of one
     if values.ndim == 2:
-        return values
+        return values, True
+    # Only looked at for MNIST's size (see _source_to_grey): a large array need not be compared.
+    grey_source = values.shape[:2] == (SIZE, SIZE) and _channels_equal(values[..., :3]) and (
+        values.shape[2] == 3 or bool((values[..., 3] >= 1).all()))
     if values.shape[2] == 4:  # go through PIL so transparency is handled in one place
-        return to_grey(Image.fromarray(np.round(values * 255).astype(np.uint8), "RGBA"))
-    return _luminance(values)
+        return to_grey(Image.fromarray(np.round(values * 255).astype(np.uint8), "RGBA")), grey_source
+    return _luminance(values), grey_source
+
+
+def _channels_equal(rgb: np.ndarray) -> bool:
+    """``(H, W, 3)``: a grey picture stored as colour."""
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+def _is_grey_image(image: Image.Image) -> bool:
+    """One grey channel (or equal colour channels) and nothing transparent: its grey is its own pixels.
+
+    A colour image's grey is its luminance, in which red ink at full strength is dark grey (0.3):
+    never MNIST form as it is, however the picture looks.
+    """
+    if _is_wide(image) or (image.mode in ("1", "L") and "transparency" not in image.info):
+        return True
+    rgba = np.asarray(image.convert("RGBA"))  # (H, W, 4) uint8; palettes and tRNS keys applied
+    return _channels_equal(rgba[..., :3]) and bool((rgba[..., 3] == 255).all())
 
 
 def _border(grey: np.ndarray) -> np.ndarray:
@@ -128,8 +155,9 @@ def _border(grey: np.ndarray) -> np.ndarray:
     return np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
 
 
-def _source_to_grey(obj: ImageSource, max_pixels: int) -> tuple[np.ndarray, float, tuple[int, int]]:
-    """Grey ``(H, W)`` float, the box-reduction factor applied to large images, and the source's ``(H, W)``."""
+def _source_to_grey(obj: ImageSource, max_pixels: int) -> tuple[np.ndarray, float, tuple[int, int], bool]:
+    """Grey ``(H, W)`` float, the box-reduction factor applied to large images, the source's ``(H, W)``,
+    and whether the source is grey itself (only looked at for MNIST's size: the rest is prepared anyway)."""
     if isinstance(obj, Image.Image):
         if obj.width * obj.height > max_pixels:
             raise DataError(f"image too large ({obj.width}x{obj.height}; the limit is {max_pixels} pixels)")
@@ -140,8 +168,8 @@ def _source_to_grey(obj: ImageSource, max_pixels: int) -> tuple[np.ndarray, floa
         array = np.asarray(obj)
         if array.size > max_pixels * 4:
             raise DataError(f"image array too large ({array.shape}; the limit is {max_pixels} pixels)")
-        grey = _array_to_grey(array)
-        return grey, 1.0, grey.shape
+        grey, grey_source = _array_to_grey(array)
+        return grey, 1.0, grey.shape, grey_source
     factor, size = 1, (image.height, image.width)
     if max(image.size) > 2 * WORKING_SIDE:
         factor = math.ceil(max(image.size) / WORKING_SIDE)
@@ -150,13 +178,28 @@ def _source_to_grey(obj: ImageSource, max_pixels: int) -> tuple[np.ndarray, floa
         else:
             image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
         image = image.reduce(factor)  # box filter: antialiased, and it bounds the memory below
-    return to_grey(image, _name(obj)), float(factor), size
+    grey_source = size == (SIZE, SIZE) and _is_grey_image(image)
+    return to_grey(image, _name(obj)), float(factor), size, grey_source
+
+
+def _in_mnist_form(grey: np.ndarray, grey_source: bool, inverted: bool) -> bool:
+    """Whether an image already is what every MNIST image is, so that it is used bit for bit.
+
+    28x28, grey in the source itself (a colour image's luminance is not MNIST's grey), light on
+    dark, the background black (the darkest tenth of the border ring; an item may touch the rest)
+    and the ink at full scale. A 28x28 image that misses any of these -- red ink, a dim or
+    washed-out scan, a grey background -- is normalised like any other size. Placement (20x20
+    box, centre of mass) is not checked: Fashion-MNIST places its images its own way (filling the
+    28x28 field), and they pass as they are, as all of MNIST's do (all but 2 of its 70,000, light
+    across most of the border, so taken for dark on light, as they always were).
+    """
+    return (grey.shape == (SIZE, SIZE) and grey_source and not inverted
+            and float(np.percentile(_border(grey), 10)) <= BLACK and float(grey.max()) >= FULL_INK)
 
 
 def prepare(obj: ImageSource, *, max_pixels: int = MAX_PIXELS) -> Prepared:
     """Bring one image to MNIST form, with the geometry that maps it back onto the source."""
-    grey, factor, source_size = _source_to_grey(obj, max_pixels)  # (H, W) float in [0, 1]
-    height, width = grey.shape
+    grey, factor, source_size, grey_source = _source_to_grey(obj, max_pixels)  # (H, W) float in [0, 1]
     border = _border(grey)
     inverted = bool(np.median(border) > 0.5)
     ink = 1.0 - grey if inverted else grey.copy()
@@ -165,8 +208,8 @@ def prepare(obj: ImageSource, *, max_pixels: int = MAX_PIXELS) -> Prepared:
     peak = float(ink.max())
     if peak < MIN_CONTRAST:  # a blank image, at MNIST's size too: no answer is better than a guess
         raise DataError(f"{_name(obj)}: no digit found (the image is blank or has almost no contrast)")
-    if (height, width) == (SIZE, SIZE) and not inverted:
-        # Already MNIST form: keep it bit for bit (a uint8 array round-trips exactly).
+    if _in_mnist_form(grey, grey_source, inverted):
+        # Keep it bit for bit (a uint8 array round-trips exactly); anything else is stretched below.
         pixels = np.round(grey * 255.0).astype(np.uint8)
         return Prepared(pixels, source_size, (1.0, 1.0), (0.0, 0.0), False, True)
     ink /= peak
