@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from _drawings import KINDS, png, redrawn, shifted_diff
 from rnnlab.data import load_split
 from rnnlab.errors import DataError
 from rnnlab.imaging import as_image_batch, open_image, prepare, prepare_batch, prepare_image
@@ -47,6 +48,37 @@ def test_mnist_arrays_pass_through_unchanged(mnist_test: np.ndarray) -> None:
         assert np.array_equal(prepare_image(image.astype(np.float32) / 255), image)  # float 0-1 too
     assert np.array_equal(prepare_batch(list(mnist_test)), mnist_test)
     assert prepare(mnist_test[0]).passthrough
+
+
+def test_mnist_images_saved_in_any_grey_form_pass_through(mnist_test: np.ndarray) -> None:
+    for image in mnist_test:
+        for mode in ("L", "RGB", "RGBA"):  # grey saved as colour (equal channels, opaque) is still grey
+            prepared = prepare(png(np.asarray(Image.fromarray(image).convert(mode))))
+            assert prepared.passthrough and np.array_equal(prepared.pixels, image), mode
+        assert np.array_equal(prepare_image(np.repeat(image[..., None], 3, axis=2)), image)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_digit_redrawn_at_mnist_size_is_normalised_to_the_digit(mnist_test: np.ndarray, kind: str) -> None:
+    # 28x28 is no reason to use an image as it is: red ink (luminance 0.3), a dim or grey-papered
+    # digit once passed through unstretched and was misread. Redrawn, it must come back as MNIST's.
+    for image in mnist_test[:20]:
+        prepared = prepare(png(redrawn(image, kind)))
+        assert not prepared.passthrough and prepared.inverted == (kind.endswith("white"))
+        assert prepared.pixels.max() == 255  # ink stretched to full scale
+        diff = np.abs(prepared.pixels.astype(int) - image.astype(int))
+        assert diff.max() <= 12 and diff.mean() < 0.5, (kind, diff.max(), diff.mean())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_digit_redrawn_at_twice_the_size_is_normalised_as_the_grey_one(mnist_test: np.ndarray, kind: str) -> None:
+    for image in mnist_test[:20]:
+        big = np.asarray(Image.fromarray(image).resize((56, 56), Image.Resampling.BICUBIC))  # light on black
+        want = prepare(png(big)).pixels
+        got = prepare(png(redrawn(big, kind))).pixels
+        # Equal up to a one-pixel shift and one source pixel of crop: dim ink has fewer grey levels,
+        # which moves the faintest halo across the cropping threshold. Unstretched would be ~25.
+        assert shifted_diff(got, want) < 8, kind
 
 
 def test_batch_shaped_arrays_are_left_alone(mnist_test: np.ndarray) -> None:

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import rnnlab
+from _drawings import redrawn
 from rnnlab.cli import main
 from rnnlab.data import load_sequences, load_split
 
@@ -68,6 +69,25 @@ def test_inverted_and_resized_mostly_agree(trained_run: Path, digits: dict, kind
     got = classes(trained.predict(digits["files"][kind]))
     agree = sum(g == d for g, d in zip(got, digits["direct"]))
     assert agree >= COUNT - 2, (kind, got, digits["direct"])
+
+
+@pytest.mark.parametrize("kind", ["red on black", "30% bright", "red on white"])
+def test_cli_reads_coloured_and_dim_digits_at_any_size_as_the_digit(trained_run: Path, digits: dict, kind: str,
+                                                                     tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    # QA's case: a red or dim 28x28 digit was used unnormalised (a faint digit, misread), while the
+    # same at 56x56 was normalised and read right. Now both are normalised; 28x28 gives back MNIST's pixels.
+    paths: dict[int, list[str]] = {28: [], 56: []}
+    for i, image in enumerate(digits["images"]):
+        big = np.asarray(Image.fromarray(image).resize((56, 56), Image.Resampling.BICUBIC))
+        for side, source in ((28, image), (56, big)):
+            paths[side].append(str(tmp_path / f"{side}-{i}.png"))
+            Image.fromarray(redrawn(source, kind)).save(paths[side][-1])
+    for side in (28, 56):
+        assert main(["predict", str(trained_run), *paths[side], "--json"]) == 0
+        got = classes(json.loads(capsys.readouterr().out))
+        agree = sum(g == d for g, d in zip(got, digits["direct"]))
+        assert agree >= (COUNT if side == 28 else COUNT - 2), (side, got, digits["direct"])
 
 
 def test_cli_json_matches_library(trained_run: Path, digits: dict, capsys: pytest.CaptureFixture) -> None:

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import rnnlab
+from _drawings import redrawn
 from rnnlab.data import load_split
 
 pytest_plugins = ["_fixtures_runs"]
@@ -85,6 +86,18 @@ def test_upload_matches_the_library(server, trained_run: Path, mnist: np.ndarray
         assert got["steps_read"] == list(range(1, 29))
         assert np.array_equal(np.array(got["image"], dtype=np.uint8), image)  # passed through unchanged
         assert got["passthrough"] and not got["inverted"]
+
+
+def test_a_coloured_upload_at_mnist_size_is_normalised_not_passed_through(server, mnist: np.ndarray) -> None:
+    # Red ink is dark grey (luminance 0.3): used as it was, it read as a faint digit and was misclassified.
+    for image in mnist:
+        want = server.post("/predict", files={"file": ("digit.png", png(image), "image/png")}).json()
+        for kind in ("red on black", "red on white"):
+            got = server.post("/predict", files={"file": ("red.png", png(redrawn(image, kind)), "image/png")}).json()
+            assert not got["passthrough"] and got["inverted"] == (kind == "red on white")
+            seen = np.array(got["image"], dtype=int)
+            assert seen.max() == 255 and np.abs(seen - image).mean() < 0.5
+            assert got["class"] == want["class"]
 
 
 def test_upload_of_a_photo_like_image(server, mnist: np.ndarray) -> None:
