@@ -141,6 +141,44 @@ def test_dry_run_keeps_no_folder(tmp_path: Path, capsys: pytest.CaptureFixture, 
     assert "--dry-run trains in a temporary folder and keeps nothing; drop --out" in capsys.readouterr().err
 
 
+def test_dry_run_evaluates_a_few_samples_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dry run checks the wiring in seconds: its periodic and final evaluations measure the first
+    few samples of each split (the whole sets over 784 steps took minutes), marked as not a result."""
+    import rnnlab
+    from rnnlab import engine, run_summary
+    from rnnlab.cli.train import DRY_RUN_EVAL_SAMPLES
+
+    measured: list[int] = []
+
+    def counting(evaluate):  # the sizes of the splits evaluated, periodic and final
+        def wrapped(model, data, **kw):
+            measured.append(len(data))
+            return evaluate(model, data, **kw)
+        return wrapped
+
+    monkeypatch.setattr(engine, "evaluate", counting(engine.evaluate))
+    monkeypatch.setattr(run_summary, "evaluate", counting(run_summary.evaluate))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--dry-run", "--no-progress", *TINY, "train.eval_every=1"]) == 0
+    out = capsys.readouterr().out
+    assert measured == [DRY_RUN_EVAL_SAMPLES] * 4  # val after iterations 1 and 2, then test and val
+    assert (f"dry run ok: 2 iterations, loss and evaluation ran (test accuracy " in out
+            and f"% on the first {DRY_RUN_EVAL_SAMPLES} of 10,000 test samples: a check, not a result)" in out)
+    # The summary (of the folder the dry run deletes, and the Run returned) marks its figures as a dry run's
+    from rnnlab.run import _train
+
+    result = _train(rnnlab.apply_overrides(rnnlab.RunConfig(), TINY), tmp_path / "run", progress=False,
+                    stop_after=2, eval_limit=40)
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert written == result.summary and written["evaluation_subset"] == {
+        "val": 40, "test": 40, "note": "dry run: evaluated on the first 40 samples of each split only "
+                                       "(40 val, 40 test); not a result"}
+    assert sum(map(sum, written["confusion_matrix"])) == 40 and written["data"]["test"] == 10_000
+    assert "evaluation_subset" not in rnnlab.train(rnnlab.apply_overrides(rnnlab.RunConfig(), TINY), tmp_path / "full",
+                                                   progress=False, stop_after=1).summary
+
+
 def test_overrides_may_come_before_and_after_options() -> None:
     from rnnlab.cli import build_parser
     from rnnlab.cli.common import config_from_args
@@ -293,13 +331,13 @@ def test_sigterm_is_taken_over_only_once_the_arguments_are_parsed(monkeypatch: p
 def test_sigterm_in_a_dry_run_names_no_folder_to_resume(monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture) -> None:
     """The dry run's folder is deleted on the way out: there is nothing to continue."""
-    import rnnlab
+    from rnnlab import run
     from rnnlab.stopping import Terminated
 
     def terminated(config: object, folder: str, **kwargs: object) -> None:
         raise Terminated(Path(folder))
 
-    monkeypatch.setattr(rnnlab, "train", terminated)
+    monkeypatch.setattr(run, "_train", terminated)  # what the dry run trains with: train's, evaluating less
     monkeypatch.delenv("RANK", raising=False)
     assert main(["train", "--dry-run", "--no-progress", *TINY]) == 143
     assert capsys.readouterr().err == "rnnlab: terminated (SIGTERM)\n"

@@ -46,8 +46,9 @@ def total_iterations(cfg: RunConfig, train: SequenceData) -> int:
 class Trainer:
     """Holds the state of one run; ``fit()`` runs the loop to the end of the budget."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, *, progress: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, run_dir: Path, *, progress: bool = True, eval_limit: int | None = None) -> None:
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.eval_limit = eval_limit  # a dry run's: evaluate the first that many samples of each split
         dist.init_process_group(cfg.train.device)  # a no-op unless launched by torchrun
         self.world = dist.world_size()
         dist.configure_threads(cfg.train.threads)
@@ -110,6 +111,22 @@ class Trainer:
             fits = dist.fits_on_device(split.x.nbytes, self.device)
             self.placed[name] = split.to(self.device) if fits else split
         return self.placed[name]
+
+    def _evaluated(self, name: str) -> SequenceData:
+        """What evaluations measure of split ``name``: all of it, or under ``eval_limit`` (a dry run)
+        its first samples only, so that a check of a 784-step run takes seconds, not minutes."""
+        split = self._placed(name)
+        limit = self.eval_limit
+        if limit is None or len(split) <= limit:
+            return split
+        lengths = None if split.lengths is None else split.lengths[:limit]
+        return SequenceData(split.x[:limit], split.y[:limit], lengths)  # views: no copy
+
+    def evaluated_sizes(self) -> dict[str, int]:
+        """How many samples of each split an evaluation measures (all, without ``eval_limit``)."""
+        splits = {name: getattr(self.data, name) for name in ("val", "test")}
+        return {name: len(split) if self.eval_limit is None else min(len(split), self.eval_limit)
+                for name, split in splits.items() if split is not None}
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
@@ -317,7 +334,7 @@ class Trainer:
         self.running.reset()
         name = "test" if self.cfg.train.protocol == "tutorial" else "val"
         if getattr(self.data, name) is not None:
-            result = evaluate(self.model, self._placed(name), batch_size=self.cfg.train.eval_batch_size,
+            result = evaluate(self.model, self._evaluated(name), batch_size=self.cfg.train.eval_batch_size,
                               device=self.device, amp=self.amp, sharded=True)
             row[f"{name}_loss"], row[f"{name}_accuracy"] = result.loss, result.accuracy
         if dist.is_main_process():

@@ -70,6 +70,13 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
     then raises :class:`~rnnlab.stopping.Interrupted` (a KeyboardInterrupt, whose ``.run`` is the run
     as it stopped): a script, or a loop of runs, stops there. A SIGTERM saves the step, then ends the
     process by the signal."""
+    return _train(config, out, progress=progress, stop_after=stop_after)
+
+
+def _train(config: RunConfig, out: str | Path | None = None, *, progress: bool = True,
+           stop_after: int | None = None, eval_limit: int | None = None) -> Run:
+    """:func:`train`, and ``rnnlab train --dry-run``: ``eval_limit`` evaluates only the first that many
+    samples of each split (the summary says so), a check that evaluation runs, not a figure."""
     _check_options(progress, stop_after)
     if not isinstance(config, RunConfig):
         hint = "use rnnlab.get_preset(name).config, rnnlab.RunConfig(), or rnnlab.apply_overrides(config, [...])"
@@ -110,7 +117,7 @@ def train(config: RunConfig, out: str | Path | None = None, *, progress: bool = 
                                   f"choose another {another}, or train that config: "
                                   + option(f"--config {held_config}", f"rnnlab.config.load_toml({str(held_config)!r})"))
         with _a_run_of_its_own(), _naming_the_checkpoint(run_dir):
-            trainer = Trainer(config, run_dir, progress=progress)
+            trainer = Trainer(config, run_dir, progress=progress, eval_limit=eval_limit)
             summary = trainer.fit(stop_after=stop_after)
     return _ended(Run(run_dir, config, summary), trainer.ctrl_c)
 

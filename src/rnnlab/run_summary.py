@@ -88,14 +88,20 @@ def finish(trainer: Trainer, status: str) -> dict[str, Any]:
         # float32, whatever the training precision: the figures `rnnlab eval`, predict, export and
         # serve reproduce (bf16 autocast moved a test accuracy by 0.15 points on 10k images).
         t = cfg.train
-        test = evaluate(trainer.model, trainer._placed("test"), batch_size=t.eval_batch_size, device=trainer.device,
+        tested = trainer._evaluated("test")
+        test = evaluate(trainer.model, tested, batch_size=t.eval_batch_size, device=trainer.device,
                         amp="off", sharded=True)
         summary["test_accuracy"], summary["test_loss"] = round(test.accuracy, 4), round(test.loss, 6)
         if trainer.data.val is not None:
-            val = evaluate(trainer.model, trainer._placed("val"), batch_size=t.eval_batch_size, device=trainer.device,
-                           amp="off", sharded=True)
+            val = evaluate(trainer.model, trainer._evaluated("val"), batch_size=t.eval_batch_size,
+                           device=trainer.device, amp="off", sharded=True)
             summary["val_accuracy"], summary["val_loss"] = round(val.accuracy, 4), round(val.loss, 6)
-        summary["confusion_matrix"] = confusion_matrix(trainer.data.test.y, test.predictions, trainer.data.num_classes)
+        summary["confusion_matrix"] = confusion_matrix(tested.y.cpu(), test.predictions, trainer.data.num_classes)
+    if trainer.eval_limit is not None:  # a dry run: its figures check that evaluation runs, they measure nothing
+        sizes = trainer.evaluated_sizes()
+        summary["evaluation_subset"] = {
+            **sizes, "note": f"dry run: evaluated on the first {trainer.eval_limit} samples of each split only "
+                             f"({', '.join(f'{n:,} {name}' for name, n in sizes.items())}); not a result"}
     if dist.is_main_process():
         check_held(trainer.run_dir)  # not over a folder deleted or replaced since it was locked
         atomic_write_json(trainer.run_dir / SUMMARY, summary)
