@@ -442,3 +442,54 @@ def test_a_run_whose_folder_is_deleted_and_made_again_writes_nothing_into_the_ne
         release.set()
         if b.is_alive():
             b.join()
+
+
+def test_a_folder_of_other_files_is_not_written_into(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--out img (one's PNGs): a run, a compare and a report each refuse it, in one line that says
+    what is there and names a new folder, and write nothing in it; an empty folder, or one holding
+    only rnnlab's lock file, is taken."""
+    from rnnlab import compare as cmp
+    from rnnlab.entries import resolve_entries
+    from rnnlab.report import build_report
+
+    img = tmp_path / "img"
+    img.mkdir()
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        (img / name).write_bytes(b"\x89PNG")
+    (img / "sub").mkdir()
+    config = apply_overrides(RunConfig(), TINY + ["data.val_size=40"])
+    before = sorted(p.name for p in img.iterdir())
+    with pytest.raises(ConfigError, match=re.escape(
+            f"out={str(img)!r} is a folder of other files (5 entries: a.png, b.png, c.png, ...), not a run; a run "
+            f"writes a folder of its own: choose a new one, e.g. out={str(img / config.label)!r}")):
+        rnnlab.train(config, img, progress=False)
+    err = cli_error(capsys, "train", "--out", str(img), *TINY)
+    assert err == (f"rnnlab: error: --out {img} is a folder of other files (5 entries: a.png, b.png, c.png, ...), "
+                   f"not a run; a run writes a folder of its own: choose a new one, e.g. --out {img / config.label}\n")
+    assert f"--out {img} is a folder of other files" in cli_error(capsys, "compare", "dlw-rnn-a", "--seeds", "1",
+                                                                   "--out", str(img), "--dry-run")
+    assert "not a compare; a compare writes a folder of its own: choose a new one, e.g. out_dir=" in str(
+        pytest.raises(ConfigError, cmp.prepare, resolve_entries(["dlw-rnn-a"]), img, seeds=1, jobs=1).value)
+    run = rnnlab.train(config, tmp_path / "runs" / "a", progress=False, stop_after=2)
+    assert f"--out {img} is a folder of other files (5 entries: a.png, b.png, c.png, ...), not a report; a report " \
+           f"writes a folder of its own: choose a new one, e.g. --out {img / 'report'}" in cli_error(
+               capsys, "report", str(run.dir), "--out", str(img))
+    with pytest.raises(ConfigError, match=r"^out_dir=.* is a folder of other files \(5 entries"):
+        build_report([run.dir], img, plots=False)
+    assert sorted(p.name for p in img.iterdir()) == before  # not even a lock file
+    # Taken: empty, or only the lock of a run that failed to start (or a file browser's .DS_Store)
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / ".rnnlab.lock").write_text("")
+    (lone / ".DS_Store").write_text("")
+    assert rnnlab.train(config, lone, progress=False, stop_after=2).status == "stopped"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["compare", "dlw-rnn-a", "--seeds", "1", "--out", str(empty), "--dry-run"]) == 0
+    # 1, not 2: written, and saying that its one run stopped unfinished
+    assert main(["report", str(run.dir), "--out", str(empty), "--no-plot"]) == 1
+    assert (empty / "results.md").is_file()
+    # Folders rnnlab wrote stay its own: a report into a folder of runs, or beside a run's own files
+    assert main(["report", str(run.dir), "--out", str(tmp_path / "runs"), "--no-plot"]) == 1
+    assert main(["report", str(run.dir), "--no-plot"]) == 1
+    capsys.readouterr()

@@ -30,6 +30,7 @@ from rnnlab.compare_settings import refuse_changed_settings
 from rnnlab.errors import CheckpointError, ConfigError, RnnlabError, describe, option, option_value
 from rnnlab.entries import Entry
 from rnnlab.locks import Busy, LockLost, check_held, exclusive
+from rnnlab.out_folders import of_a_compare, refuse_other_files
 from rnnlab.pool import Task, record_failure, run_tasks, task_record
 from rnnlab.report import report_groups
 from rnnlab.run_records import read_record, read_summary
@@ -194,6 +195,7 @@ def prepare(entries: list[Entry], out_dir: str | Path, *, seeds: int,
     if any((out / name).is_file() for name in (CONFIG, SUMMARY, ckpt.CHECKPOINT_JSON)):
         raise ConfigError(f"{option_value('--out', 'out_dir', out)} is a run folder (it holds {CONFIG}); a compare "
                           f"writes a folder of its own runs and results: give another {_another_folder()}")
+    refuse_other_files(out, of_a_compare, keyword="out_dir", kind="a compare", example=out / "compare")
     tasks = plan(entries, out, seeds=seeds, jobs=min(jobs, len(entries) * seeds))
     refuse_changed_settings(tasks)  # every setting changed, over all seeds, in one message
     identities: dict[Any, dict[str, Any]] = {}  # the data at each place moved to, read once

@@ -22,6 +22,7 @@ from rnnlab.budget import baseline_budget_note, budget_warning, reported_after, 
 from rnnlab.checkpoint import CONFUSION
 from rnnlab.errors import CheckpointError, option, warn_caller
 from rnnlab.config import describe_model, to_dict
+from rnnlab.out_folders import of_runs, refuse_other_files
 from rnnlab.run_records import RESULTS_SCHEMA, RunRecord, collect
 from rnnlab.stats import baseline_of, check_baseline, compare_with, differences_table
 from rnnlab.sweep_figure import sweep_series
@@ -275,6 +276,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, *, plots: bool = 
     it cannot redraw without the run folders."""
     groups = collect(paths)
     out = ckpt.check_out_dir(Path(out_dir), keyword="out_dir")
+    refuse_other_files(out, of_runs, keyword="out_dir", kind="a report", example=out / "report")
     # A compare folder's results are its own runs': a report of others would replace them
     if (out / "compare.json").is_file() and not any(Path(p).resolve() in (out.resolve(), out.resolve() / RESULTS_JSON)
                                                    for p in paths):

@@ -24,6 +24,7 @@ from rnnlab.checkpoint import CONFIG, METRICS, SUMMARY
 from rnnlab.engine import Trainer
 from rnnlab.errors import CheckpointError, ConfigError, describe, option, option_value, warn_caller
 from rnnlab.locks import LOCK_FILE, Busy, exclusive, still_held
+from rnnlab.out_folders import of_a_run, refuse_other_files
 from rnnlab.stopping import Interrupted, Terminated
 
 
@@ -101,6 +102,9 @@ def _train(config: RunConfig, out: str | Path | None = None, *, progress: bool =
         raise ConfigError(f"{run_dir} holds other runs or compares ({', '.join(held[:3])}{', ...' * (len(held) > 3)}); "
                           "a run writes a folder of its own: choose a new one, e.g. "
                           f"{option_value('--out', 'out', run_dir / config.label)}")
+    # Before the lock: its file would be the first of the run's written among the user's
+    refuse_other_files(run_dir, of_a_run, keyword="out", kind="a run",
+                       example=run_dir / config.label)
     with _training_into(run_dir):
         if (run_dir / ckpt.CHECKPOINT_JSON).exists():
             raise CheckpointError(f"{run_dir} already holds a run; resume it with `rnnlab train --resume {run_dir}` "
