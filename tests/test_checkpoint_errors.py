@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,23 +53,49 @@ def test_an_empty_checkpoint_is_a_corrupt_checkpoint(run_dir: Path, command: lis
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     (run_dir / ckpt.CHECKPOINT_PT).write_bytes(b"")
     line = cli_error(capsys, *(arg.replace("RUN", str(run_dir)) for arg in command))  # loading fails first
-    assert f"{run_dir / ckpt.CHECKPOINT_PT}: cannot be loaded safely (the file is empty)" in line
-    assert "the file is corrupt" in line and "train the run again" in line
+    assert line == (f"rnnlab: error: {run_dir / ckpt.CHECKPOINT_PT} is empty (a save or a copy cut short): the "
+                    "checkpoint is corrupt; restore it from a copy or train the run again")
 
 
 def test_an_empty_checkpoint_cannot_be_resumed_so_compare_retrains(run_dir: Path) -> None:
     edit_meta(run_dir, lambda meta: meta.update(train_seconds=1.0, running={}))  # as training writes it
     (run_dir / ckpt.CHECKPOINT_PT).write_bytes(b"")
-    with pytest.raises(CheckpointError, match="the file is empty"):  # compare catches this and retrains
+    with pytest.raises(CheckpointError, match="checkpoint.pt is empty"):  # compare catches this and retrains
         rnnlab.resume(run_dir, progress=False)
 
 
-def test_a_truncated_checkpoint_names_the_error_even_without_a_message(run_dir: Path) -> None:
+def test_a_truncated_checkpoint_says_so_in_whole_sentences(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Cut short anywhere, the file is called truncated and what to do is said; of torch's paragraph
+    (cut mid-sentence before) its first sentence, and not its bare errno ([Errno 22] Invalid argument)."""
     pt = run_dir / ckpt.CHECKPOINT_PT
-    pt.write_bytes(pt.read_bytes()[:10])
-    with pytest.raises(CheckpointError, match=r"cannot be loaded safely \(\w+.*\); the file is corrupt"):
+    whole = pt.read_bytes()
+    cut = f"{pt} is truncated (cut short: the end of the archive is missing, as after a copy or a save that stopped"
+    after = "): the checkpoint is corrupt; restore it from a copy or train the run again"
+    pt.write_bytes(whole[:100])
+    assert cli_error(capsys, "eval", str(run_dir)) == (
+        f"rnnlab: error: {cut}; torch says: PytorchStreamReader failed reading zip archive: failed finding central "
+        f"directory{after}")
+    for size in (10, len(whole) // 2, len(whole) - 10):
+        pt.write_bytes(whole[:size])
+        with pytest.raises(CheckpointError) as refused:
+            rnnlab.load(run_dir)
+        assert str(refused.value).startswith(cut) and str(refused.value).endswith(after)
+        assert "If you are seeing" not in str(refused.value) and "Errno" not in str(refused.value)
+    with zipfile.ZipFile(io.BytesIO(whole)) as archive:
+        pickle = next(info for info in archive.infolist() if info.filename.endswith("data.pkl"))
+    damaged = bytearray(whole)  # a byte of the pickle flipped: torch cannot read it, and its CRC no longer matches
+    damaged[pickle.header_offset + 30 + len(pickle.filename) + len(pickle.extra) + pickle.file_size // 2] ^= 0xFF
+    pt.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(pt))} is damaged \(its entry \S+ fails its "
+                                              rf"checksum(; torch says: [^;]+)?\): the checkpoint is corrupt; "):
+        rnnlab.load(run_dir)
+    pt.write_bytes(b"not a zip archive")  # whole, but not torch.save's: as before
+    with pytest.raises(CheckpointError, match=r"cannot be loaded safely \(\w+.*\); the file is corrupt or was not "
+                                              r"written by rnnlab"):
         rnnlab.load(run_dir)
     assert ckpt.error_line(EOFError()) == "EOFError"
+    assert ckpt.first_sentence(EOFError()) is None
+    assert ckpt.first_sentence(RuntimeError("A failed: x.y. This is why. More.")) == "A failed: x.y"
     assert ckpt.error_line(RuntimeError("\n  \nsecond line")) == "RuntimeError: second line"
 
 

@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -123,14 +125,11 @@ def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu
         raise CheckpointError(f"{js}: corrupt checkpoint metadata ({problem}); {_RESTORE}") from None
     _check_meta(js, meta, training_state)
     if pt.stat().st_size == 0:  # torch.load would only say EOFError
-        raise CheckpointError(f"{pt}: cannot be loaded safely (the file is empty); the file is corrupt; {_RESTORE}")
+        raise CheckpointError(f"{pt} is empty (a save or a copy cut short): the checkpoint is corrupt; {_RESTORE}")
     try:
         tensors = torch.load(pt, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is unusable
-        raise CheckpointError(
-            f"{pt}: cannot be loaded safely ({error_line(exc)}); the file is corrupt or was not written by "
-            f"rnnlab; {_RESTORE}"
-        ) from None
+        raise _unloadable(pt, exc) from None
     _check_tensors(pt, tensors, training_state)
     own = tensors.pop(_META_IN_PT, None)  # None in checkpoints from before it was kept there
     if isinstance(own, str):
@@ -146,6 +145,46 @@ def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu
             _check_meta(pt, own_meta, training_state)
             meta = own_meta
     return tensors, meta
+
+
+def _unloadable(pt: Path, exc: BaseException) -> CheckpointError:
+    """Why ``checkpoint.pt`` does not load, in words: torch's own text runs to a paragraph (cut at a
+    line's length it stopped mid-sentence), or is a bare errno where a cut-short file is read past its end."""
+    damage = _zip_damage(pt)
+    reason = first_sentence(exc)
+    if damage is None:  # a whole archive that torch refuses: another program's file, or damaged inside a tensor
+        said = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+        return CheckpointError(f"{pt}: cannot be loaded safely ({said}); the file is corrupt or was not written "
+                               f"by rnnlab; {_RESTORE}")
+    said = f"; torch says: {reason}" if reason and not isinstance(exc, OSError) else ""
+    return CheckpointError(f"{pt} is {damage}{said}): the checkpoint is corrupt; {_RESTORE}")
+
+
+def _zip_damage(pt: Path) -> str | None:
+    """How a checkpoint file (a zip archive, as torch.save writes it) is damaged, or None where it is a
+    whole archive (or none at all: not torch.save's); begun with "truncated (", "damaged (", unclosed."""
+    try:
+        with open(pt, "rb") as handle:
+            if handle.read(4) != b"PK\x03\x04":
+                return None
+        if not zipfile.is_zipfile(pt):  # the directory at its end is missing
+            return "truncated (cut short: the end of the archive is missing, as after a copy or a save that stopped"
+        with zipfile.ZipFile(pt) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return "truncated (cut short inside the archive"
+    return None if bad is None else f"damaged (its entry {bad} fails its checksum"
+
+
+def first_sentence(exc: BaseException, limit: int = 160) -> str | None:
+    """The first sentence of ``exc``'s message, whole, or None where it has none (``EOFError()``)."""
+    line = error_line(exc, kind=False, limit=10_000)
+    if line == type(exc).__name__ and not str(exc).strip():
+        return None
+    sentence = re.split(r"(?<=[.!?])\s+(?=[A-Z])", line, maxsplit=1)[0].rstrip(".")
+    if len(sentence) > limit:  # at a word's end, marked as cut
+        sentence = sentence[:limit].rsplit(" ", 1)[0] + " ..."
+    return sentence
 
 
 def read_summary_file(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
