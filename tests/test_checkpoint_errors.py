@@ -81,10 +81,8 @@ def test_a_truncated_checkpoint_says_so_in_whole_sentences(run_dir: Path, capsys
             rnnlab.load(run_dir)
         assert str(refused.value).startswith(cut) and str(refused.value).endswith(after)
         assert "If you are seeing" not in str(refused.value) and "Errno" not in str(refused.value)
-    with zipfile.ZipFile(io.BytesIO(whole)) as archive:
-        pickle = next(info for info in archive.infolist() if info.filename.endswith("data.pkl"))
     damaged = bytearray(whole)  # a byte of the pickle flipped: torch cannot read it, and its CRC no longer matches
-    damaged[pickle.header_offset + 30 + len(pickle.filename) + len(pickle.extra) + pickle.file_size // 2] ^= 0xFF
+    damaged[data_offset(whole, "data.pkl") + 40] ^= 0xFF
     pt.write_bytes(bytes(damaged))
     with pytest.raises(CheckpointError, match=rf"^{re.escape(str(pt))} is damaged \(its entry \S+ fails its "
                                               rf"checksum(; torch says: [^;]+)?\): the checkpoint is corrupt; "):
@@ -251,3 +249,69 @@ def test_a_file_given_as_the_run_folder_is_named_a_file(tmp_path: Path) -> None:
     not_a_run.write_bytes(b"weights")
     with pytest.raises(CheckpointError, match=r"model.pt is a file, not a run folder.*checkpoint.pt"):
         ckpt.load_checkpoint(not_a_run)
+
+
+@pytest.mark.parametrize("command", [["eval", "RUN", "--no-plot"], ["predict", "RUN", "IMAGE", "--json"],
+                                     ["export", "--format", "torchscript", "RUN", "--out", "RUN/m.pt"]])
+def test_an_unreadable_checkpoint_json_is_stood_in_for_by_the_pts_own_copy(
+        run_dir: Path, command: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """checkpoint.pt carries its metadata (README): read-only commands go by it, with a warning, where
+    garbled bytes make checkpoint.json unreadable; JSON that parses but says wrong things stays refused."""
+    from PIL import Image, ImageDraw
+
+    image = tmp_path / "one.png"
+    drawn = Image.new("L", (28, 28))
+    ImageDraw.Draw(drawn).line([(14, 4), (14, 24)], fill=255, width=3)
+    drawn.save(image)
+    js = run_dir / ckpt.CHECKPOINT_JSON
+    js.write_text('{"schema_version": 1, "con')  # cut short
+    with pytest.warns(RuntimeWarning) as warned:  # the command line prints it as "rnnlab: warning: ..."
+        assert main([arg.replace("RUN", str(run_dir)).replace("IMAGE", str(image)) for arg in command]) == 0
+    said = [str(w.message) for w in warned if "unreadable" in str(w.message)]
+    assert said == [f"{js} is unreadable (Unterminated string starting at: line 1 column 23 (char 22)); going by the "
+                    f"copy of its metadata that {run_dir / ckpt.CHECKPOINT_PT} carries (iteration 0)"], said
+
+
+def data_offset(archive_bytes: bytes, name_part: str) -> int:
+    """Where the bytes of the first zip entry whose name holds ``name_part`` begin (past torch's padding,
+    which is in the local header's extra field, not the central directory's)."""
+    with zipfile.ZipFile(io.BytesIO(archive_bytes)) as archive:
+        info = next(info for info in archive.infolist() if name_part in info.filename)
+    start = info.header_offset
+    name_length, extra_length = int.from_bytes(archive_bytes[start + 26:start + 28], "little"), int.from_bytes(
+        archive_bytes[start + 28:start + 30], "little")
+    return start + 30 + name_length + extra_length
+
+
+def test_the_pts_copy_stands_in_only_where_it_is_whole(run_dir: Path) -> None:
+    js, pt = run_dir / ckpt.CHECKPOINT_JSON, run_dir / ckpt.CHECKPOINT_PT
+    js.write_bytes(b"\xff\xfe garbled")  # not UTF-8
+    with pytest.warns(RuntimeWarning, match="checkpoint.json is unreadable"):
+        assert rnnlab.load(run_dir).config.model.hidden == 8
+    tensors = torch.load(pt, weights_only=True)
+    torch.save({key: value for key, value in tensors.items() if key != "meta_json"}, pt)  # a .pt without its copy
+    with pytest.raises(CheckpointError, match=r"checkpoint.json: corrupt checkpoint metadata \(.*\); restore it"):
+        rnnlab.load(run_dir)
+    torch.save(tensors, pt)
+    whole = pt.read_bytes()
+    damaged = bytearray(whole)  # a byte of a tensor flipped: torch.load takes it as it is
+    damaged[data_offset(whole, "/data/")] ^= 0xFF
+    pt.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match=r"checkpoint.json: corrupt checkpoint metadata"):
+        rnnlab.load(run_dir)
+
+
+def test_a_resume_goes_by_the_pts_copy_and_writes_checkpoint_json_anew(tmp_path: Path) -> None:
+    config = apply_overrides(RunConfig(), ["train.device=cpu", "model.hidden=8", "train.batch_size=50",
+                                           "train.iterations=6", "train.eval_every=3", "train.checkpoint_every=3",
+                                           "data.val_size=40", "train.threads=1"])
+    part = rnnlab.train(config, tmp_path / "run", progress=False, stop_after=3)
+    js = part.dir / ckpt.CHECKPOINT_JSON
+    js.write_text('{"schema_version": 1, "iter')
+    with pytest.warns(RuntimeWarning) as warned:
+        resumed = rnnlab.resume(part.dir, progress=False)
+    said = [str(w.message) for w in warned if "unreadable" in str(w.message)]
+    assert said == [f"{js} is unreadable (Unterminated string starting at: line 1 column 23 (char 22)); going by the "
+                    f"copy of its metadata that {part.dir / ckpt.CHECKPOINT_PT} carries (iteration 3); the resume's "
+                    "next save writes it anew"]
+    assert resumed.status == "completed" and json.loads(js.read_text())["iteration"] == 6

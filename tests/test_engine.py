@@ -580,8 +580,8 @@ def test_a_resume_reads_the_checkpoint_on_the_cpu_and_warns_when_auto_resolves_d
                                 "denormals": "flushed" if has_mode else "kept"}
     locations = []
     real_load = ckpt.load_checkpoint
-    monkeypatch.setattr(ckpt, "load_checkpoint",
-                        lambda run_dir, map_location: locations.append(map_location) or real_load(run_dir, map_location))
+    monkeypatch.setattr(ckpt, "load_checkpoint", lambda run_dir, map_location, **kw: locations.append(map_location)
+                        or real_load(run_dir, map_location, **kw))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # the same footing: no warning
         Trainer(part.config, part.dir, progress=False).restore()

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from rnnlab.atomic import atomic_write, atomic_write_json, atomic_write_text
-from rnnlab.errors import CheckpointError, ConfigError, option_value
+from rnnlab.errors import CheckpointError, ConfigError, option_value, warn_caller
 from rnnlab.locks import Busy, exclusive
 
 SCHEMA_VERSION = 1
@@ -106,9 +106,11 @@ def error_line(exc: BaseException, *, kind: bool = True, limit: int = 200) -> st
 
 
 def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu", *,
-                    training_state: bool = False) -> tuple[dict, dict]:
+                    training_state: bool = False, quiet: bool = False) -> tuple[dict, dict]:
     """Load ``(tensors, meta)`` from a run folder, with clear errors for every way it can be wrong.
-    ``training_state=True`` (resuming) also requires the optimizer, scaler, RNG and progress entries."""
+    ``training_state=True`` (resuming) also requires the optimizer, scaler, RNG and progress entries.
+    An unreadable ``checkpoint.json`` is stood in for by the copy ``checkpoint.pt`` carries, with a
+    warning (not when ``quiet``: a second load of the same folder)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} is a file, not a run folder; give the folder `rnnlab train` wrote "
@@ -119,11 +121,11 @@ def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu
     if not pt.exists() or not js.exists():
         raise CheckpointError(_no_checkpoint(run_dir))
     try:
-        meta = json.loads(js.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        problem = error_line(exc, kind=False)
-        raise CheckpointError(f"{js}: corrupt checkpoint metadata ({problem}); {_RESTORE}") from None
-    _check_meta(js, meta, training_state)
+        meta, unreadable = json.loads(js.read_text(encoding="utf-8")), None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # garbled bytes: the .pt's own copy may stand in
+        meta, unreadable = None, error_line(exc, kind=False)
+    if unreadable is None:  # JSON that parses but says wrong things is an edit: it stands, and is refused
+        _check_meta(js, meta, training_state)
     if pt.stat().st_size == 0:  # torch.load would only say EOFError
         raise CheckpointError(f"{pt} is empty (a save or a copy cut short): the checkpoint is corrupt; {_RESTORE}")
     try:
@@ -132,7 +134,9 @@ def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu
         raise _unloadable(pt, exc) from None
     _check_tensors(pt, tensors, training_state)
     own = tensors.pop(_META_IN_PT, None)  # None in checkpoints from before it was kept there
-    if isinstance(own, str):
+    if unreadable is not None:
+        meta = _own_meta_instead(pt, js, own, unreadable, training_state, quiet=quiet)
+    elif isinstance(own, str):
         try:
             own_meta = json.loads(own)
         except json.JSONDecodeError as exc:
@@ -145,6 +149,29 @@ def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu
             _check_meta(pt, own_meta, training_state)
             meta = own_meta
     return tensors, meta
+
+
+def _own_meta_instead(pt: Path, js: Path, own: Any, unreadable: str, training_state: bool, *,
+                      quiet: bool) -> dict[str, Any]:
+    """The metadata ``checkpoint.pt`` carries, for an unreadable ``checkpoint.json``: written with these
+    very weights, it is what a save cut between the two files goes by already. Taken only from a .pt
+    whose every entry matches its checksum (torch.load checks none), with a warning; else the .json's
+    error. A resume takes it too (a compare would otherwise train the seed again from scratch), and
+    its next save writes the .json anew."""
+    refused = CheckpointError(f"{js}: corrupt checkpoint metadata ({unreadable}); {_RESTORE}")
+    try:
+        own_meta = json.loads(own) if isinstance(own, str) else None  # None: a .pt from before it kept a copy
+        _check_meta(pt, own_meta, training_state)
+        with zipfile.ZipFile(pt) as archive:
+            if archive.testzip() is not None:
+                raise refused
+    except (ValueError, CheckpointError, OSError, zipfile.BadZipFile):
+        raise refused from None
+    then = "; the resume's next save writes it anew" if training_state else ""
+    if not quiet:
+        warn_caller(f"{js} is unreadable ({unreadable}); going by the copy of its metadata that {pt} carries "
+                    f"(iteration {own_meta.get('iteration', '?')}){then}", RuntimeWarning)
+    return own_meta
 
 
 def _unloadable(pt: Path, exc: BaseException) -> CheckpointError:

@@ -55,7 +55,7 @@ def restore(trainer: Trainer) -> None:
     """Take a run back from its last checkpoint: weights, optimizer, RNG streams, counts, selection."""
     # Loaded on the CPU: load_state_dict copies into the parameters where they are, the
     # optimizer moves its state to them, and torch takes RNG states only as CPU tensors.
-    tensors, meta = ckpt.load_checkpoint(trainer.run_dir, map_location="cpu")
+    tensors, meta = ckpt.load_checkpoint(trainer.run_dir, map_location="cpu", quiet=True)  # resume() warned
     # from_dict: keys added since take defaults; the data may have moved (rnnlab train --resume --data-dir)
     if settings_of_the_run(from_dict(meta["config"])) != settings_of_the_run(trainer.cfg):
         raise CheckpointError(f"{trainer.run_dir}: the checkpoint was written by a different config")
