@@ -315,3 +315,33 @@ def test_a_resume_goes_by_the_pts_copy_and_writes_checkpoint_json_anew(tmp_path:
                     f"copy of its metadata that {part.dir / ckpt.CHECKPOINT_PT} carries (iteration 3); the resume's "
                     "next save writes it anew"]
     assert resumed.status == "completed" and json.loads(js.read_text())["iteration"] == 6
+
+
+@pytest.mark.parametrize("command", [["eval", "DIR"], ["predict", "DIR", "DIR/x.png"],
+                                     ["export", "--format", "torchscript", "DIR"], ["gradients", "--run", "DIR"],
+                                     ["serve", "DIR"], ["train", "--resume", "DIR"]])
+def test_a_compare_folder_or_a_folder_of_runs_names_runs_to_give(run_dir: Path, command: list[str], tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command that loads a run says what it was given instead (one loader: the same words), and
+    names one or two of the runs inside (the first seed of each entry of a compare)."""
+    import shutil
+
+    cmp = tmp_path / "cmp1"
+    for entry in ("dlw-rnn-a", "dlw-rnn-a-plus"):
+        for seed in ("seed1", "seed0"):
+            shutil.copytree(run_dir, cmp / "runs" / entry / seed)
+    (cmp / "compare.json").write_text("{}")
+    line = cli_error(capsys, *(arg.replace("DIR", str(cmp)) for arg in command))
+    assert line == (f"rnnlab: error: {cmp} is a compare folder, not a run folder: give one of its runs, e.g. "
+                    f"{cmp / 'runs/dlw-rnn-a/seed0'} or {cmp / 'runs/dlw-rnn-a-plus/seed0'} (`rnnlab report {cmp}` "
+                    "tabulates them all)")
+    runs = cmp / "runs"
+    line = cli_error(capsys, *(arg.replace("DIR", str(runs / "dlw-rnn-a")) for arg in command))
+    assert line == (f"rnnlab: error: {runs / 'dlw-rnn-a'} holds run folders, not a run's checkpoint: give one of "
+                    f"them, e.g. {runs / 'dlw-rnn-a/seed0'} or {runs / 'dlw-rnn-a/seed1'}")
+    started = tmp_path / "started"  # a compare whose runs have not saved yet
+    (started / "runs/dlw-rnn-a/seed0").mkdir(parents=True)
+    assert "none of its runs has a checkpoint yet" in cli_error(
+        capsys, *(arg.replace("DIR", str(started)) for arg in command))
+    assert "no checkpoint here (expected checkpoint.pt" in cli_error(
+        capsys, *(arg.replace("DIR", str(started / "runs/dlw-rnn-a/seed0")) for arg in command))

@@ -179,6 +179,44 @@ def test_dry_run_evaluates_a_few_samples_and_says_so(tmp_path: Path, capsys: pyt
                                                    progress=False, stop_after=1).summary
 
 
+def test_a_folder_or_file_given_as_an_override_says_which_option_takes_it(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """``rnnlab inspect runs/lstm-a-plus``: not "'runs/lstm-a-plus' is not KEY=VALUE" but the option for it."""
+    from rnnlab.config import RunConfig, save_toml
+
+    run = tmp_path / "lstm-a-plus"
+    run.mkdir()
+    save_toml(RunConfig(), run / "config.toml")
+    cmp = tmp_path / "cmp1"
+    for entry in ("dlw-rnn-a", "dlw-rnn-a-plus"):
+        (cmp / "runs" / entry / "seed0").mkdir(parents=True)
+        save_toml(RunConfig(), cmp / "runs" / entry / "seed0" / "config.toml")
+    (cmp / "compare.json").write_text("{}")
+
+    def error(*args: str) -> str:
+        assert main(list(args)) == 2
+        return capsys.readouterr().err
+
+    settings = f"rnnlab: error: {run} is a run folder, not a KEY=VALUE override: to start from its settings give " \
+               f"--config {run / 'config.toml'}"
+    assert error("inspect", str(run)) == settings + "\n"
+    assert error("train", str(run), "model.hidden=8") == f"{settings}; to continue it, --resume {run}\n"
+    assert error("gradients", str(run)) == f"{settings}; for its trained weights, --run {run}\n"
+    assert error("inspect", str(cmp)) == (
+        f"rnnlab: error: {cmp} is a compare folder, not a KEY=VALUE override: to start from the settings of one of "
+        f"its runs give --config {cmp / 'runs/dlw-rnn-a/seed0/config.toml'} or --config "
+        f"{cmp / 'runs/dlw-rnn-a-plus/seed0/config.toml'}\n")
+    assert error("inspect", str(run / "config.toml")) == (
+        f"rnnlab: error: {run / 'config.toml'} is a config file, not a KEY=VALUE override: give --config "
+        f"{run / 'config.toml'}\n")
+    assert error("train", "dlw-rnn-a") == ("rnnlab: error: dlw-rnn-a is a preset, not a KEY=VALUE override: give "
+                                           "--preset dlw-rnn-a\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert error("inspect", str(empty)) == (f"rnnlab: error: override {str(empty)!r} is not KEY=VALUE "
+                                            "(e.g. model.hidden=256)\n")
+
+
 def test_overrides_may_come_before_and_after_options() -> None:
     from rnnlab.cli import build_parser
     from rnnlab.cli.common import config_from_args

@@ -245,8 +245,36 @@ def _no_checkpoint(run_dir: Path) -> str:
     if (run_dir / "config.toml").is_file() and training_now(run_dir):
         return (f"{run_dir}: no checkpoint yet: a run is training there and has not saved its first one; "
                 "load it once it has (train.checkpoint_every), or when it ends")
+    inside = runs_inside(run_dir)
+    if (run_dir / "compare.json").is_file() or any(run_dir.glob("runs/*/seed[0-9]*")):
+        which = (f"give one of its runs, e.g. {_either(inside)}" if inside else
+                 "none of its runs has a checkpoint yet")
+        return (f"{run_dir} is a compare folder, not a run folder: {which} (`rnnlab report {run_dir}` "
+                "tabulates them all)")
+    if inside:
+        return f"{run_dir} holds run folders, not a run's checkpoint: give one of them, e.g. {_either(inside)}"
     return (f"{run_dir}: no checkpoint here (expected {CHECKPOINT_PT} and {CHECKPOINT_JSON}); "
             "is this a run folder written by `rnnlab train`?")
+
+
+def runs_inside(folder: Path) -> list[Path]:
+    """Run folders with a checkpoint below ``folder``, as rnnlab lays them out: its subfolders, a
+    compare's runs/ENTRY/seedN, or those of the compares in a folder of them; the first seed of each
+    entry first (what an example names), then the others, each sorted."""
+    found: list[Path] = []
+    for pattern in ("*", "runs/*/*", "*/*", "*/runs/*/*"):
+        try:
+            found += sorted(path.parent for path in folder.glob(f"{pattern}/{CHECKPOINT_JSON}"))
+        except OSError:  # a folder that cannot be read: no runs to name
+            break
+    runs = list(dict.fromkeys(found))  # deduplicated, in order
+    firsts = list(dict.fromkeys(next(r for r in runs if r.parent == run.parent) for run in runs))
+    return firsts + [run for run in runs if run not in firsts]
+
+
+def _either(runs: list[Path]) -> str:
+    """One or two of ``runs`` as examples."""
+    return str(runs[0]) if len(runs) == 1 else f"{runs[0]} or {runs[1]}"
 
 
 def training_now(run_dir: Path) -> bool:

@@ -113,7 +113,37 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             except ConfigError as exc:
                 raise ConfigError(f"--{flag.replace('_', '-')} {value}: {exc}") from None
             overrides += [*SHORTCUT_IMPLIES.get(flag, ()), f"{key}={value}"]
+    for item in args.overrides:
+        if "=" not in item:  # before apply_overrides' "not KEY=VALUE": a run folder, a config file, ...
+            refuse_a_misplaced_positional(item, getattr(args, "command", None))
     return apply_overrides(config, overrides + list(args.overrides))
+
+
+# The option by which a command takes a run folder itself, where it has one.
+_RUN_OPTIONS = {"train": ("--resume", "to continue it"), "gradients": ("--run", "for its trained weights")}
+
+
+def refuse_a_misplaced_positional(item: str, command: str | None) -> None:
+    """Where a positional meant as an override is a run folder, a compare folder, a config file or a
+    preset, say which and the option that takes it (else apply_overrides says "not KEY=VALUE")."""
+    from rnnlab.presets import list_presets
+
+    path = Path(item)
+    run_option = _RUN_OPTIONS.get(command or "")
+    if path.is_dir() and (path / "config.toml").is_file():
+        also = f"; {run_option[1]}, {run_option[0]} {item}" if run_option else ""
+        raise ConfigError(f"{item} is a run folder, not a KEY=VALUE override: to start from its settings give "
+                          f"--config {path / 'config.toml'}{also}")
+    if path.is_dir() and ((path / "compare.json").is_file() or any(path.glob("runs/*/seed[0-9]*/config.toml"))):
+        configs = sorted(path.glob("runs/*/seed0/config.toml")) or sorted(path.glob("runs/*/seed[0-9]*/config.toml"))
+        example = (" or ".join(f"--config {config}" for config in configs[:2])
+                   or "--config with one of its runs' config.toml")
+        raise ConfigError(f"{item} is a compare folder, not a KEY=VALUE override: to start from the settings of "
+                          f"one of its runs give {example}")
+    if path.is_file() and path.suffix.lower() == ".toml":
+        raise ConfigError(f"{item} is a config file, not a KEY=VALUE override: give --config {item}")
+    if item in list_presets():
+        raise ConfigError(f"{item} is a preset, not a KEY=VALUE override: give --preset {item}")
 
 
 def settings_given(args: argparse.Namespace) -> list[str]:
