@@ -493,3 +493,30 @@ def test_a_folder_of_other_files_is_not_written_into(tmp_path: Path, capsys: pyt
     assert main(["report", str(run.dir), "--out", str(tmp_path / "runs"), "--no-plot"]) == 1
     assert main(["report", str(run.dir), "--no-plot"]) == 1
     capsys.readouterr()
+
+
+def test_a_report_is_written_beside_its_inputs_and_into_a_report_cut_short(tmp_path: Path) -> None:
+    """By default a report goes where its inputs are: beside a results file of any name, and into a
+    folder whose runs lie deeper than one level; a report cut short while drawing (its figures and
+    nothing more) is written again; a folder kept in git by a .gitkeep takes a run (found by review)."""
+    from rnnlab.report import build_report
+
+    config = apply_overrides(RunConfig(), TINY + ["data.val_size=40"])
+    exp = tmp_path / "exp"
+    for sweep in ("sweep-a", "sweep-b"):  # exp/sweep-a/r1: two levels down
+        rnnlab.train(config, exp / sweep / "r1", progress=False, stop_after=2)
+    assert main(["report", str(exp), "--no-plot"]) == 1  # 1: its runs stopped unfinished
+    renamed = tmp_path / "downloads" / "tutorials-fast.json"
+    renamed.parent.mkdir()
+    renamed.write_bytes((exp / "results.json").read_bytes())
+    assert main(["report", str(renamed), "--no-plot"]) == 1
+    assert (renamed.parent / "results.md").is_file()
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "accuracy.png").write_bytes(b"\x89PNG")  # a report stopped after its first figure
+    build_report([exp], cut, plots=False)
+    assert (cut / "results.md").is_file()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / ".gitkeep").write_text("")
+    assert rnnlab.train(config, kept, progress=False, stop_after=2).status == "stopped"

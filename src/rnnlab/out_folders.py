@@ -15,8 +15,11 @@ from rnnlab.checkpoint import CHECKPOINT_JSON, CHECKPOINT_PT, CONFIG, METRICS, S
 from rnnlab.errors import ConfigError, option_value
 from rnnlab.locks import LOCK_FILE
 
-# Not a user's files: rnnlab's lock, and what macOS and Windows file browsers add to any folder.
-_IGNORED = frozenset({LOCK_FILE, ".DS_Store", "Thumbs.db", "desktop.ini"})
+# Not a user's files: rnnlab's lock, what macOS and Windows file browsers add to any folder, and
+# what keeps an empty folder in git.
+_IGNORED = frozenset({LOCK_FILE, ".DS_Store", "Thumbs.db", "desktop.ini", ".gitkeep", ".gitignore"})
+# A report's own files: one cut short while drawing its figures left them, and is run again.
+_REPORT_FILES = ("results.md", "results.csv", "learning_curves.png", "accuracy.png", "sweep.png")
 # The temporary file of an atomic write cut short (rnnlab.atomic.replacing: ".NAME.HEX12SUFFIX").
 _TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}(\.[A-Za-z0-9]+)?$")
 
@@ -39,7 +42,8 @@ def of_runs(entry: Path) -> bool:
     """Whether ``entry`` makes its folder one a report may write into: a compare's, a report's
     results.json, a run's files, or a run or compare folder (``rnnlab report runs`` writes there)."""
     marks = ("compare.json", "results.json", CONFIG, SUMMARY)
-    return entry.name in marks or of_a_compare(entry) or (entry.is_dir() and holds(entry, *marks))
+    return (entry.name in marks or entry.name in _REPORT_FILES or of_a_compare(entry)
+            or (entry.is_dir() and holds(entry, *marks)))
 
 
 def other_files(folder: Path, ours: Callable[[Path], bool]) -> list[str]:

@@ -276,7 +276,8 @@ def build_report(paths: list[str | Path], out_dir: str | Path, *, plots: bool = 
     it cannot redraw without the run folders."""
     groups = collect(paths)
     out = ckpt.check_out_dir(Path(out_dir), keyword="out_dir")
-    refuse_other_files(out, of_runs, keyword="out_dir", kind="a report", example=out / "report")
+    if not _holds_an_input(out, paths):  # a report beside its own inputs (the default) is not among strangers'
+        refuse_other_files(out, of_runs, keyword="out_dir", kind="a report", example=out / "report")
     # A compare folder's results are its own runs': a report of others would replace them
     if (out / "compare.json").is_file() and not any(Path(p).resolve() in (out.resolve(), out.resolve() / RESULTS_JSON)
                                                    for p in paths):
@@ -289,6 +290,13 @@ def build_report(paths: list[str | Path], out_dir: str | Path, *, plots: bool = 
 
 
 FIGURES = ("learning_curves.png", "accuracy.png", "sweep.png")
+
+
+def _holds_an_input(out: Path, paths: list[str | Path]) -> bool:
+    """Whether ``out`` is, or holds, one of the report's inputs: a results file in it (whatever its
+    name) or runs under it at any depth, as ``rnnlab report`` writes by default."""
+    where = out.resolve()
+    return any(where == Path(p).resolve() or where in Path(p).resolve().parents for p in paths)
 
 
 def report_groups(groups: dict[str, list[RunRecord]], out_dir: str | Path, *, plots: bool = True,
