@@ -120,3 +120,16 @@ def test_a_seed_that_stopped_early_counts_at_the_budget_it_was_given(tmp_path: P
     assert row["reported_note"] is None and row["delta_vs_reported"] == pytest.approx(93.0 - 92.48)
     assert reported_note({**row, "runs": [{**row["runs"][0], "stopped_early": None}]}) == \
         "trained 2,500 of the reference's 3,000 iterations"
+
+
+def test_a_seed_of_an_old_results_file_short_of_its_budget_under_a_patience_stopped_early(tmp_path: Path) -> None:
+    """A results.json from before runs recorded ``stopped_early``: a completed seed short of its
+    config's budget stopped early if the config had a patience, and not otherwise (found by review)."""
+    config = get_preset("dlw-rnn-a").config
+    (row,) = aggregate(collect([fake_run(tmp_path / "r", config, acc=93.0, iterations=2500)]))
+    old_run = {k: v for k, v in row["runs"][0].items() if k != "stopped_early"}
+    train = row["config"]["train"]
+    patient = {**row, "runs": [old_run], "config": {**row["config"], "train": {**train, "patience": 3}}}
+    impatient = {**row, "runs": [old_run], "config": {**row["config"], "train": {**train, "patience": 0}}}
+    assert reported_note(patient) is None
+    assert reported_note(impatient) == "trained 2,500 of the reference's 3,000 iterations"

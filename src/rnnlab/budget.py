@@ -69,13 +69,26 @@ def budgets_of(row: dict[str, Any]) -> list[Budget]:
     train = (row.get("config") or {}).get("train") if isinstance(row.get("config"), dict) else None
     out: list[Budget] = []
     for run in _completed(row):
-        if run.get("stopped_early") and isinstance(train, dict):
+        if isinstance(train, dict) and _stopped_early(run, train):
             budget = Budget(train.get("iterations") or None, train.get("epochs") or None, batch)
         else:
             budget = Budget(run.get("iterations"), run.get("epochs"), batch)
         if budget not in out:
             out.append(budget)
     return out
+
+
+def _stopped_early(run: dict[str, Any], train: dict[str, Any]) -> bool:
+    """Whether a completed seed stopped early (``train.patience``). A results.json written before its
+    runs recorded it (no ``stopped_early`` key): a seed that completed short of the budget its config
+    gave, under a patience, can only have stopped early."""
+    if "stopped_early" in run:
+        return bool(run["stopped_early"])
+    if not train.get("patience"):
+        return False
+    if train.get("iterations"):
+        return (run.get("iterations") or 0) < train["iterations"]
+    return bool(train.get("epochs")) and (run.get("epochs") or 0) < train["epochs"]
 
 
 def _span(values: list[float], form: str) -> str:
