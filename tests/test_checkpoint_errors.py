@@ -301,6 +301,13 @@ def test_the_pts_copy_stands_in_only_where_it_is_whole(run_dir: Path) -> None:
         rnnlab.load(run_dir)
 
 
+def test_json_nested_past_pythons_stack_is_unreadable_metadata_not_a_traceback(run_dir: Path) -> None:
+    """json.loads raises RecursionError, not a ValueError, on a crafted '[[[[...' (found by review)."""
+    (run_dir / ckpt.CHECKPOINT_JSON).write_text("[" * 100_000)
+    with pytest.warns(RuntimeWarning, match="checkpoint.json is unreadable"):
+        assert rnnlab.load(run_dir).config.model.hidden == 8
+
+
 def test_a_resume_goes_by_the_pts_copy_and_writes_checkpoint_json_anew(tmp_path: Path) -> None:
     config = apply_overrides(RunConfig(), ["train.device=cpu", "model.hidden=8", "train.batch_size=50",
                                            "train.iterations=6", "train.eval_every=3", "train.checkpoint_every=3",

@@ -122,7 +122,8 @@ def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu
         raise CheckpointError(_no_checkpoint(run_dir))
     try:
         meta, unreadable = json.loads(js.read_text(encoding="utf-8")), None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # garbled bytes: the .pt's own copy may stand in
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # garbled (or nested past Python's
+        # stack): the .pt's own copy may stand in
         meta, unreadable = None, error_line(exc, kind=False)
     if unreadable is None:  # JSON that parses but says wrong things is an edit: it stands, and is refused
         _check_meta(js, meta, training_state)
@@ -165,7 +166,7 @@ def _own_meta_instead(pt: Path, js: Path, own: Any, unreadable: str, training_st
         with zipfile.ZipFile(pt) as archive:
             if archive.testzip() is not None:
                 raise refused
-    except (ValueError, CheckpointError, OSError, zipfile.BadZipFile):
+    except (ValueError, RecursionError, CheckpointError, OSError, zipfile.BadZipFile):
         raise refused from None
     then = "; the resume's next save writes it anew" if training_state else ""
     if not quiet:

@@ -166,7 +166,7 @@ def _check_moved_data(run_dir: Path, existing: RunConfig, config: RunConfig,
     now = config.data.file or config.data.data_dir or "the default place"
     try:
         recorded = json.loads((run_dir / ckpt.CHECKPOINT_JSON).read_text(encoding="utf-8")).get("data")
-    except (OSError, ValueError, AttributeError):  # no checkpoint (diverged at once), or a damaged one
+    except (OSError, ValueError, AttributeError, RecursionError):  # no checkpoint (diverged at once), or a damaged one
         recorded = None
     if not isinstance(recorded, dict):
         raise ConfigError(f"{run_dir} trained on the data at {then}, and this compare names {now}; the run keeps no "
