@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from rnnlab.models.fast import FastRecurrent, fast_supported, make_recurrent
+from rnnlab.models.fast_layer import layer_backward, layer_forward
 
 MODES = ["rnn_relu", "rnn_tanh", "lstm", "gru"]
 F, H, B = 7, 13, 5
@@ -229,17 +230,18 @@ def test_python_loops_match(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from rnnlab.models import fast_kernels
 
     monkeypatch.setattr(fast_kernels, "SCRIPT", False)
-    assert not fast_kernels.is_scripted(fast_kernels.loop("rnn_forward"))
+    assert not fast_kernels.is_scripted(fast_kernels.compiled(layer_forward))
     ref, fast = _pair(mode, 2, True)
     x = torch.randn(B, 6, F, dtype=torch.float64)
     _assert_same(_run(fast, x, None, mode), _run(ref, x, None, mode))
 
 
-def test_loops_are_scripted() -> None:
+def test_layers_are_scripted() -> None:
+    """Each layer's forward and backward is compiled whole, with the loops it calls."""
     from rnnlab.models import fast_kernels
 
-    for name in fast_kernels.ENTRY_POINTS:
-        assert fast_kernels.is_scripted(fast_kernels.loop(name)), name
+    for fn in (layer_forward, layer_backward):
+        assert fast_kernels.is_scripted(fast_kernels.compiled(fn)), fn.__name__
 
 
 def test_script_failure_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -252,8 +254,8 @@ def test_script_failure_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fast_kernels, "_compiled", {})
     monkeypatch.setattr(torch.jit, "script", broken)
     with pytest.warns(RuntimeWarning, match="TorchScript unavailable"):
-        fn = fast_kernels.loop("gru_forward")
-    assert fn is fast_kernels.gru_forward
+        fn = fast_kernels.compiled(layer_forward)
+    assert fn is layer_forward
     ref, fast = _pair("gru", 1, False)
     x = torch.randn(B, 5, F, dtype=torch.float64)
     with pytest.warns(RuntimeWarning):

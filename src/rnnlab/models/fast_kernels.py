@@ -171,17 +171,8 @@ def gru_backward(gout: Tensor, gh: Tensor, k: Tensor, z_: Tensor, w: Tensor, dhs
         torch.mul(dhs[prev], z_[prev], out=dh0).addmm_(g[prev], w)
 
 
-ENTRY_POINTS = ("rnn_forward", "lstm_forward", "gru_forward", "rnn_backward", "lstm_backward",
-                "gru_backward")
 _compiled: dict[str, Any] = {}
 SCRIPT = True  # False: plain Python loops (as when TorchScript is unavailable)
-
-
-def loop(name: str) -> Any:
-    """The loop ``name`` as :func:`compiled` gives it."""
-    if name not in ENTRY_POINTS:
-        raise KeyError(name)
-    return compiled(globals()[name])
 
 
 def compiled(fn: Any) -> Any:
