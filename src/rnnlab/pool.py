@@ -1,6 +1,8 @@
 """The worker pool of a compare: tasks (one seed of one entry) run in spawned processes, with
 Ctrl-C and SIGTERM passed on so that running seeds stop between two steps, and with a pool broken
-by a worker's death retried so that only the seed that died is recorded as failed.
+by a worker's death retried so that only the seed that died is recorded as failed. In the
+compare's process the signals are noted, not raised, while the pool runs (:mod:`rnnlab.pool_signals`
+says why), and the pool is always shut down here, with a bound on the wait for its workers.
 
 :func:`run_tasks` takes the function a worker runs; :func:`rnnlab.compare.execute` gives it the
 one that trains a seed.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
@@ -18,7 +21,7 @@ import tempfile
 import threading
 import time
 import warnings
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +31,9 @@ from rnnlab.atomic import atomic_write_json
 from rnnlab.checkpoint import CONFIG, SUMMARY
 from rnnlab.config import RunConfig, save_toml
 from rnnlab.errors import COMMAND_LINE, DataWarning
+from rnnlab.pool_signals import StopRequests, blocked_while_workers_start, unblock_in_worker
 from rnnlab.run_records import read_summary
-from rnnlab.stopping import Terminated, heed_once
+from rnnlab.stopping import heed_once
 
 
 @dataclass(frozen=True)
@@ -86,10 +90,11 @@ def _worker_setup(parent: int, marker_dir: str, gpu_counter: Any, gpus: int, imp
     the pool, and the pool would then kill the others mid-stop), and the worker's life is tied to
     the parent's: if the compare process is killed, its workers exit within half a second instead
     of training on for no one, into folders that a rerun then trains into as well, and then waiting
-    for work forever. For SIGTERM see :func:`_idle_sigterm` and :func:`_started`. With ``gpus``,
-    the worker takes the next GPU as its own (:func:`_take_gpu`). ``imports``: the modules that
-    registered models of one's own in the compare's process (``--import``), imported here too.
-    ``command_line``: whether the compare runs under the command line, whose errors name flags
+    for work forever. For SIGTERM see :func:`_idle_sigterm` and :func:`_started`. The worker starts
+    with both signals blocked (:func:`pool_signals.blocked_while_workers_start`) until its own
+    handlers are set here. With ``gpus``, the worker takes the next GPU as its own
+    (:func:`_take_gpu`). ``imports``: the modules that registered models of one's own in the
+    compare's process (``--import``), imported here too. ``command_line``: whether the compare runs under the command line, whose errors name flags
     (:func:`rnnlab.errors.option`); a context variable does not reach another process."""
     COMMAND_LINE.set(command_line)  # in this thread's context, where the pool then runs every task
     if gpus:
@@ -103,6 +108,7 @@ def _worker_setup(parent: int, marker_dir: str, gpu_counter: Any, gpus: int, imp
             import_models(source, say_if_none=False)  # the compare's process said it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, functools.partial(_idle_sigterm, marker_dir))
+    unblock_in_worker()  # the compare started this process with both blocked, until now
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -162,62 +168,123 @@ def _started(marker_dir: str, worker: Callable[[Task], dict[str, Any]], task: Ta
     While it runs, Ctrl-C or SIGTERM stops the run between two steps. Each is heeded once
     (:func:`stopping.heed_once`): a later one (the compare passing on the Ctrl-C that the terminal
     sent to every process already; the SIGTERM a broken pool sends to every worker) must not stop
-    the run while it saves its checkpoint and summary, nor stop it at once in its step. Once a run
+    the run while it saves its checkpoint and summary, nor stop it at once in its step. One that
+    comes outside the training loop ends the task with what its run folder holds. Once a run
     that SIGTERM stopped is saved, the worker stays for the compare to end the pool if the compare
     is stopping; otherwise (the pool is broken, or this worker alone was told to go) it ends, by
     that signal: a worker that waited for more work in a broken pool would wait forever."""
-    if (Path(marker_dir) / _STOP).exists():
-        return task_record(task, {"status": "interrupted"}, "not started")
-    (Path(marker_dir) / f"{task.entry}.seed{task.seed}").touch()
     busy = Path(marker_dir) / f"{os.getpid()}.pid"  # while it exists, the parent passes a signal on
-    busy.touch()
     idle = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGINT, heed_once)  # which stopping.StopBetweenSteps takes over
-    signal.signal(signal.SIGTERM, heed_once)
     try:
+        signal.signal(signal.SIGINT, heed_once)  # which stopping.StopBetweenSteps takes over
+        signal.signal(signal.SIGTERM, heed_once)
+        # Busy, then the STOP marker looked for: the compare leaves that marker, then signals the
+        # busy workers; so either this task sees it, or the compare sees this worker and signals it.
+        busy.touch()
+        if (Path(marker_dir) / _STOP).exists():
+            return task_record(task, {"status": "interrupted"}, "not started")
+        (Path(marker_dir) / f"{task.entry}.seed{task.seed}").touch()
         return worker(task)
-    except Terminated:  # SIGTERM outside the training loop; what the run folder holds stands
-        return task_record(task, read_summary(Path(task.run_dir)) or {"status": "interrupted"}, "interrupted")
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside the training loop; what the run folder holds stands
+        summary = read_summary(Path(task.run_dir))
+        return task_record(task, summary or {"status": "interrupted"}, "interrupted" if summary else "not started")
     finally:
-        terminated = signal.signal(signal.SIGTERM, signal.SIG_DFL) == signal.SIG_IGN  # one came
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        terminated = signal.signal(signal.SIGTERM, signal.SIG_DFL) == signal.SIG_IGN  # one came
         busy.unlink(missing_ok=True)
         if terminated and not _compare_stopping(marker_dir):
             signal.raise_signal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, idle)
 
 
+_POLL = 0.1  # seconds between two looks at the signals noted while waiting for results
+_EXIT_WAIT = 10.0  # seconds a pool's workers get to exit once it is shut down, before they are killed
+
+
 def _round(batch: list[Task], workers: int, worker: Callable[[Task], dict[str, Any]], marker_dir: str,
-           done: Callable[[Task, dict[str, Any]], None], gpus: int = 0) -> None:
-    """Run a batch in one pool; tasks lost to a broken pool are simply left without a result."""
+           done: Callable[[Task, dict[str, Any]], None], stop: StopRequests, gpus: int = 0) -> None:
+    """Run a batch in one pool; tasks lost to a broken pool are simply left without a result.
+
+    After a first Ctrl-C or SIGTERM (``stop``) no task starts, the running ones stop between two
+    steps and save, and the pool ends once they have returned; after a second, at once. However
+    it ends, the pool is shut down here, its workers given :data:`_EXIT_WAIT` seconds to exit and
+    then killed: never waited for without end."""
     gpu_counter = _context().Value("i", 0)  # the next GPU a starting worker takes
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_worker_setup,
-                             initargs=(os.getpid(), marker_dir, gpu_counter, gpus, _imported_models(),
-                                       COMMAND_LINE.get())) as pool:
-        futures: dict[Future, Task] = {pool.submit(_started, marker_dir, worker, t): t for t in batch}
-        try:
-            for future in as_completed(futures):
-                try:
-                    done(futures[future], future.result())
-                except BrokenProcessPool:
-                    continue
-                except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled
-                    done(futures[future], record_failure(futures[future], f"{type(exc).__name__}: {exc}"))
-        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM under the command line (stopping.Terminated)
-            # Queued tasks must not start, and running ones stop between two steps, resumable (a
-            # Ctrl-C in a terminal reached them already; a signal to this process alone did not).
-            (Path(marker_dir) / _STOP).touch()
-            for future in futures:
-                future.cancel()
-            # The signal that came, so that a run stopped by SIGTERM skips its test evaluation (the
-            # process is to end soon). A second delivery of the same signal is ignored by the run
-            # (_started): SIGINT from a terminal, SIGTERM from a scheduler that signals the whole
-            # process group. On Windows os.kill would end the process outright.
-            passed_on = signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT
-            for pid_file in Path(marker_dir).glob("*.pid") if os.name != "nt" else []:
-                with contextlib.suppress(OSError, ValueError):
-                    os.kill(int(pid_file.stem), passed_on)
-            raise
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_worker_setup,
+                               initargs=(os.getpid(), marker_dir, gpu_counter, gpus, _imported_models(),
+                                         COMMAND_LINE.get()))
+    try:
+        with blocked_while_workers_start():  # the workers start in submit
+            futures: dict[Future, Task] = {pool.submit(_started, marker_dir, worker, t): t for t in batch}
+        pending = set(futures)
+        while pending and not stop.at_once:
+            finished, pending = wait(pending, timeout=_POLL, return_when=FIRST_COMPLETED)
+            for future in finished:
+                _settle(future, futures[future], done, stopping=stop.requested)
+            _heed(stop, marker_dir)
+    except BaseException:  # e.g. on_result raised: the running seeds stop, resumable, as on a Ctrl-C
+        _stop_workers(marker_dir, signal.SIGINT)
+        raise
+    finally:
+        spawned = [p for p in multiprocessing.active_children() if p not in before]
+        _end_pool(pool, spawned, stop, marker_dir)
+
+
+def _settle(future: Future, task: Task, done: Callable[[Task, dict[str, Any]], None], *, stopping: bool) -> None:
+    """Report what a finished future came to, if anything: when ``stopping``, not a task that the
+    stop left unstarted (a rerun starts it)."""
+    if future.cancelled():
+        return
+    try:
+        record = future.result()
+    except (BrokenProcessPool, KeyboardInterrupt):  # lost with the pool; stopped before it could say so
+        return
+    except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled
+        record = record_failure(task, f"{type(exc).__name__}: {exc}")
+    if not (stopping and record.get("action") == "not started"):
+        done(task, record)
+
+
+def _heed(stop: StopRequests, marker_dir: str) -> None:
+    """Act on the signals noted since the last look: the first stops the workers (see :func:`_round`)."""
+    for signum in stop.take():
+        _stop_workers(marker_dir, signum)
+
+
+def _stop_workers(marker_dir: str, signum: int) -> None:
+    """Queued tasks must not start, and running ones stop between two steps, resumable (a Ctrl-C
+    in a terminal reached them already; a signal to this process alone did not). ``signum``, so
+    that a run stopped by SIGTERM skips its test evaluation (the process is to end soon); a second
+    delivery of the same signal is ignored by the run (:func:`_started`). On Windows os.kill would
+    end the process outright.
+
+    The queued tasks are not cancelled here: they return at once, unstarted, from a worker. On
+    Python 3.11 a pool that breaks meanwhile fails on a future cancelled from outside its manager
+    thread (InvalidStateError, with a traceback); ``shutdown(cancel_futures=True)`` cancels there."""
+    (Path(marker_dir) / _STOP).touch()
+    for pid_file in Path(marker_dir).glob("*.pid") if os.name != "nt" else []:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.stem), signum)
+
+
+def _end_pool(pool: ProcessPoolExecutor, workers: list[multiprocessing.process.BaseProcess], stop: StopRequests,
+              marker_dir: str) -> None:
+    """Shut the pool down, and see its workers gone: those not exited within :data:`_EXIT_WAIT`
+    seconds (or at once, after a second signal) are killed. A signal that comes meanwhile is
+    heeded as in :func:`_round`."""
+    manager = getattr(pool, "_executor_manager_thread", None)  # private, and dropped by shutdown
+    pool.shutdown(wait=False, cancel_futures=True)  # its manager thread tells the idle workers to exit
+    left = {p.sentinel: p for p in workers}
+    deadline = time.monotonic() + _EXIT_WAIT
+    while left and not stop.at_once and time.monotonic() < deadline:
+        for sentinel in multiprocessing.connection.wait(list(left), timeout=_POLL):
+            left.pop(sentinel)
+        _heed(stop, marker_dir)
+    for process in left.values():
+        process.kill()
+    if manager is not None:  # it ends once its workers are gone: nothing of the pool outlives the round
+        manager.join(timeout=_EXIT_WAIT)
 
 
 def run_tasks(tasks: list[Task], jobs: int, *, worker: Callable[[Task], dict[str, Any]],
@@ -238,15 +305,17 @@ def run_tasks(tasks: list[Task], jobs: int, *, worker: Callable[[Task], dict[str
             on_result(record)
 
     queue, alone = list(tasks), []
-    with tempfile.TemporaryDirectory(prefix="rnnlab-compare-") as markers:
+    with StopRequests() as stop, tempfile.TemporaryDirectory(prefix="rnnlab-compare-") as markers:
         for attempt in range(10 * len(tasks) + 10):  # bounded, though each round settles at least one task
-            if not queue and not alone:
+            if (not queue and not alone) or stop.requested:
                 break
             isolated = bool(alone)
             batch = alone if isolated else queue
             marker_dir = Path(markers) / str(attempt)
             marker_dir.mkdir()
-            _round(batch, 1 if isolated else min(jobs, len(batch)), worker, str(marker_dir), done, gpus)
+            _round(batch, 1 if isolated else min(jobs, len(batch)), worker, str(marker_dir), done, stop, gpus)
+            if stop.requested:  # the stopped seeds are saved; the others wait for a rerun
+                break
             lost = [t for t in batch if t.key not in results]
             started = [t for t in lost if (marker_dir / f"{t.entry}.seed{t.seed}").exists()]
             if lost and (isolated or not started):
@@ -260,6 +329,9 @@ def run_tasks(tasks: list[Task], jobs: int, *, worker: Callable[[Task], dict[str
                 alone = lost
             else:
                 alone, queue = started, [t for t in lost if t not in started]
+    if stop.requested:  # Ctrl-C or SIGTERM: raised here, once the pool is gone (see pool_signals)
+        stop.take()
+        raise stop.exception()
     for task in tasks:  # unreachable in practice: every round settles or isolates a task
         if task.key not in results:
             done(task, record_failure(task, "not run: the worker pool kept breaking"))

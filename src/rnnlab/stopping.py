@@ -56,6 +56,12 @@ def _again(signum: int) -> bool:
     return time.monotonic() - _heeded.get(signum, -float("inf")) <= SAME_SIGNAL
 
 
+def note_heeded(signum: int, when: float) -> None:
+    """Say that ``signum`` was heeded at ``when`` (time.monotonic()) by a handler of one's own (a
+    compare's pool): :func:`raise_terminated` then ignores its second delivery, as its own."""
+    _heeded[signum] = when
+
+
 def raise_terminated(signum: int, frame: Any) -> None:
     """A SIGTERM handler that ends the process the Python way, with ``finally`` blocks run. The
     same SIGTERM delivered twice (a scheduler signals every process of a job, and a launcher or a
