@@ -503,8 +503,8 @@ def test_a_report_is_written_beside_its_inputs_and_into_a_report_cut_short(tmp_p
 
     config = apply_overrides(RunConfig(), TINY + ["data.val_size=40"])
     exp = tmp_path / "exp"
-    for sweep in ("sweep-a", "sweep-b"):  # exp/sweep-a/r1: two levels down
-        rnnlab.train(config, exp / sweep / "r1", progress=False, stop_after=2)
+    for seed, sweep in enumerate(("sweep-a", "sweep-b")):  # exp/sweep-a/r1: two levels down
+        rnnlab.train(apply_overrides(config, [f"seed={seed}"]), exp / sweep / "r1", progress=False, stop_after=2)
     assert main(["report", str(exp), "--no-plot"]) == 1  # 1: its runs stopped unfinished
     renamed = tmp_path / "downloads" / "tutorials-fast.json"
     renamed.parent.mkdir()
