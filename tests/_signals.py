@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shlex
 import signal
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +53,24 @@ def assert_resume_matches(whole_dir: Path, part_dir: Path) -> None:
     b = torch.load(resumed.dir / "checkpoint.pt", weights_only=True)["model"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@contextlib.contextmanager
+def in_a_session(args: list[str], **popen: Any) -> Iterator[subprocess.Popen]:
+    """``args`` started in a process group of its own (as a terminal starts a command), its stderr
+    piped as text; the whole group killed on the way out, whatever the test found."""
+    job = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, start_new_session=True, **popen)
+    try:
+        yield job
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)
+
+
+def assert_stopped_with_the_resume_line(job: subprocess.Popen, err: str, signum: int) -> None:
+    """Exit 130 after Ctrl-C (143 after SIGTERM), and the compare's resume line last on stderr."""
+    sigterm = signum == signal.SIGTERM
+    assert job.returncode == (143 if sigterm else 130), err
+    last = (f"rnnlab: {'terminated (SIGTERM)' if sigterm else 'interrupted'}; rerun the same command to resume: "
+            f"{shlex.join(['rnnlab', *job.args[3:]])}")
+    assert err.strip().splitlines()[-1] == last, err  # nothing after it: no warning from multiprocessing

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,3 +48,15 @@ def _denormal_mode_given_back() -> Iterator[None]:
 
     with denormal_mode_kept():
         yield
+
+
+@pytest.fixture
+def handlers() -> Any:
+    """Give SIGINT and SIGTERM back as they were, whatever a test leaves."""
+    from rnnlab import stopping
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+    stopping._heeded.clear()  # the signals these tests sent count as no one's

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from _signals import assert_stopped_with_the_resume_line, in_a_session
 import rnnlab
 from rnnlab import compare as cmp
 from rnnlab.entries import Entry, default_out_dir, resolve_entries
@@ -585,10 +585,8 @@ def test_a_signal_stops_the_running_seeds_as_it_stops_a_run(tmp_path: Path, sign
     out = tmp_path / "cmp"
     settings = ["model.hidden=16", "train.batch_size=20", "train.threads=1", "data.val_size=0",
                 "train.iterations=100000", "train.eval_every=100000", "train.checkpoint_every=50"]
-    job = subprocess.Popen([sys.executable, "-m", "rnnlab", "compare", "dlw-rnn-a", "--seeds", "3", "--jobs", "2",
-                            *settings, "--out", str(out), "--no-plot"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, start_new_session=True)
-    try:
+    with in_a_session([sys.executable, "-m", "rnnlab", "compare", "dlw-rnn-a", "--seeds", "3", "--jobs", "2",
+                       *settings, "--out", str(out), "--no-plot"], stdout=subprocess.PIPE) as job:
         deadline = time.monotonic() + 180
         while not all((out / f"runs/dlw-rnn-a/seed{s}/checkpoint.json").exists() for s in (0, 1)):
             assert time.monotonic() < deadline and job.poll() is None, "the seeds did not start"
@@ -599,14 +597,8 @@ def test_a_signal_stops_the_running_seeds_as_it_stops_a_run(tmp_path: Path, sign
         else:
             job.send_signal(signum)
         _, err = job.communicate(timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(job.pid, signal.SIGKILL)
+    assert_stopped_with_the_resume_line(job, err, signum)
     sigterm = signum == signal.SIGTERM
-    assert job.returncode == (143 if sigterm else 130), err
-    last = (f"rnnlab: {'terminated (SIGTERM)' if sigterm else 'interrupted'}; rerun the same command to resume: "
-            f"{shlex.join(['rnnlab', *job.args[3:]])}")
-    assert err.strip().splitlines()[-1] == last, err  # nothing after it: no warning from multiprocessing
     assert "Traceback" not in err and "leaked" not in err, err
     for seed in (0, 1):
         run = out / f"runs/dlw-rnn-a/seed{seed}"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -21,20 +20,13 @@ from rnnlab import pool
 from rnnlab import compare as cmp
 from rnnlab.pool_signals import StopRequests, blocked_while_workers_start
 from rnnlab.stopping import SAME_SIGNAL, Terminated, raise_terminated
+from _signals import assert_stopped_with_the_resume_line, in_a_session
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups, signals and /proc")
 
 SHORT, LONG = "dlw-rnn-a+iterations20", "dlw-rnn-a+iterations100000"
 SETTINGS = ["train.device=cpu", "model.hidden=16", "train.batch_size=20", "train.threads=1", "data.val_size=0",
             "train.eval_every=100000", "train.checkpoint_every=50"]
-
-
-@pytest.fixture
-def handlers() -> Any:
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
 
 
 def test_signals_are_noted_while_the_pool_runs_and_told_apart(handlers: None) -> None:
@@ -124,8 +116,7 @@ def test_a_signal_ends_a_compare_promptly_at_any_moment(tmp_path: Path, moment: 
     out = tmp_path / "cmp"
     command = [sys.executable, "-m", "rnnlab", "compare", "dlw-rnn-a", "--sweep", "train.iterations=20,100000",
                "--seeds", "2", "--jobs", "2", *SETTINGS, "--out", str(out), "--no-plot"]
-    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
+    with in_a_session(command, stdout=subprocess.PIPE) as job:
         deadline = time.monotonic() + 180
         while not _moment_reached(moment, job, out):
             assert time.monotonic() < deadline and job.poll() is None, f"never reached: {moment}"
@@ -135,14 +126,7 @@ def test_a_signal_ends_a_compare_promptly_at_any_moment(tmp_path: Path, moment: 
         sent = time.monotonic()
         _, err = job.communicate(timeout=60)
         took = time.monotonic() - sent
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(job.pid, signal.SIGKILL)
-    sigterm = signum == signal.SIGTERM
-    assert job.returncode == (143 if sigterm else 130), err
-    last = (f"rnnlab: {'terminated (SIGTERM)' if sigterm else 'interrupted'}; rerun the same command to resume: "
-            f"{shlex.join(['rnnlab', *command[3:]])}")
-    assert err.strip().splitlines()[-1] == last, err
+    assert_stopped_with_the_resume_line(job, err, signum)
     assert "Traceback" not in err and "leaked" not in err, err
     assert took < 20, f"{took:.1f} s from the signal to the exit"
     assert _group_gone(job.pid, 5), "a worker outlived its compare"
@@ -177,9 +161,7 @@ def test_a_second_ctrl_c_ends_the_compare_at_once(tmp_path: Path) -> None:
               "tasks = cmp.plan(resolve_entries(['dlw-rnn-a']), sys.argv[1], seeds=8, jobs=2)\n"
               "try:\n    cmp.execute(tasks, 2, worker=t.stubborn_worker)\n"
               "except KeyboardInterrupt:\n    sys.exit(130)\n")
-    job = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
-    try:
+    with in_a_session([sys.executable, "-c", script, str(tmp_path)]) as job:
         deadline = time.monotonic() + 120
         while len(list(tmp_path.glob("runs/dlw-rnn-a/*.started"))) < 2:
             assert time.monotonic() < deadline and job.poll() is None, "the workers did not start"
@@ -194,9 +176,6 @@ def test_a_second_ctrl_c_ends_the_compare_at_once(tmp_path: Path) -> None:
         sent = time.monotonic()
         _, err = job.communicate(timeout=30)
         took = time.monotonic() - sent
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(job.pid, signal.SIGKILL)
     assert job.returncode == 130, err
     assert took < 5, f"{took:.1f} s from the second Ctrl-C to the exit"
     assert "Traceback" not in err, err

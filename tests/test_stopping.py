@@ -31,18 +31,6 @@ def tiny(*extra: str) -> RunConfig:
     return apply_overrides(RunConfig(), TINY + list(extra))
 
 
-@pytest.fixture
-def handlers() -> Any:
-    """Give SIGINT and SIGTERM back as they were, whatever a test leaves."""
-    from rnnlab import stopping
-
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
-    stopping._heeded.clear()  # the signals these tests sent count as no one's
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_heed_once_outside_training_raises_once_then_ignores(signum: int, handlers: None) -> None:
     signal.signal(signum, heed_once)
