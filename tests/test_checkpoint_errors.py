@@ -301,6 +301,17 @@ def test_the_pts_copy_stands_in_only_where_it_is_whole(run_dir: Path) -> None:
         rnnlab.load(run_dir)
 
 
+def test_a_flipped_byte_in_a_weight_is_a_damaged_checkpoint_not_a_wrong_weight(run_dir: Path) -> None:
+    """torch.load takes a tensor's bytes as they are; the archive's checksums tell (found by QA)."""
+    pt = run_dir / ckpt.CHECKPOINT_PT
+    damaged = bytearray(whole := pt.read_bytes())
+    damaged[data_offset(whole, "/data/")] ^= 0xFF
+    pt.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt is damaged \(its entry .*/data/.* fails its checksum\): "
+                                              r"the checkpoint is corrupt; restore it"):
+        rnnlab.load(run_dir)
+
+
 def test_json_nested_past_pythons_stack_is_unreadable_metadata_not_a_traceback(run_dir: Path) -> None:
     """json.loads raises RecursionError, not a ValueError, on a crafted '[[[[...' (found by review)."""
     (run_dir / ckpt.CHECKPOINT_JSON).write_text("[" * 100_000)

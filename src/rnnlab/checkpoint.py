@@ -133,6 +133,10 @@ def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu
         tensors = torch.load(pt, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is unusable
         raise _unloadable(pt, exc) from None
+    if unreadable is None:  # (a .json to be stood in for checks the .pt itself, below)
+        damage = _zip_damage(pt)  # torch.load checks no checksums: a flipped bit loads as a wrong weight
+        if damage is not None:
+            raise CheckpointError(f"{pt} is {damage}): the checkpoint is corrupt; {_RESTORE}")
     _check_tensors(pt, tensors, training_state)
     own = tensors.pop(_META_IN_PT, None)  # None in checkpoints from before it was kept there
     if unreadable is not None:
