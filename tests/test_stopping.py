@@ -262,3 +262,30 @@ def test_a_ctrl_c_in_the_last_step_still_stops_the_script(tmp_path: Path, handle
     assert str(stopped.value) == f"interrupted; the run had ended (completed), saved, in {tmp_path / 'a'}"
     again = pickle.loads(pickle.dumps(stopped.value))  # a process pool's worker sends it back
     assert type(again) is Interrupted and again.run.summary == run.summary and again.run_dir == run.dir
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_as_a_checkpoint_is_written_waits_until_it_is_noted(signum: int, tmp_path: Path, handlers: None,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun nothing holds a Ctrl-C between steps: one that landed after checkpoint.json was
+    written but before the trainer noted it left summary.json naming the checkpoint before (CI). The
+    save now finishes and notes itself first; the signal then takes effect as it would have."""
+    from rnnlab import checkpoint as ckpt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a torchrun worker
+    signal.signal(signal.SIGTERM, stopping.raise_terminated)
+    trainer = Trainer(tiny(), tmp_path / "run", progress=False)
+    trainer.train_until(10)
+    written = ckpt.save_checkpoint
+
+    def write_then_signal(*args: Any) -> None:
+        written(*args)
+        signal.raise_signal(signum)  # after the last file, before the trainer notes it
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", write_then_signal)
+    trainer.iteration = 12  # a later save than the one train_until made
+    with pytest.raises(Terminated if signum == signal.SIGTERM else KeyboardInterrupt):
+        trainer.save()
+    assert trainer.saved_at == 12 == json.loads((tmp_path / "run" / "checkpoint.json").read_text())["iteration"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handed back
+    assert signal.getsignal(signal.SIGTERM) is stopping.raise_terminated

@@ -20,6 +20,7 @@ from rnnlab.config import from_dict, settings_of_the_run, to_dict
 from rnnlab.data.splits import identity_differences, input_shape
 from rnnlab.errors import CheckpointError, DataError, option, warn_caller
 from rnnlab.locks import check_held
+from rnnlab.stopping import held_while_saving
 
 if TYPE_CHECKING:
     from rnnlab.engine import Trainer
@@ -47,8 +48,9 @@ def save(trainer: Trainer) -> None:
         if trainer.best.weights is not None:
             tensors["best_model"] = trainer.best.weights
     check_held(trainer.run_dir)  # not over a folder deleted or replaced since it was locked
-    ckpt.save_checkpoint(trainer.run_dir, tensors, meta)
-    trainer.saved_at = trainer.iteration
+    with held_while_saving():  # the summary names the checkpoint on disk, whenever a Ctrl-C lands
+        ckpt.save_checkpoint(trainer.run_dir, tensors, meta)
+        trainer.saved_at = trainer.iteration
 
 
 def restore(trainer: Trainer) -> None:
