@@ -108,7 +108,10 @@ def mirror(mnist_dir: Path) -> Iterator[Mirror]:
                     except OSError:  # the client gave up
                         return
                 return
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except OSError:  # the client gave up (a download over its size limit): nothing to print
+                return
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     state.base = f"http://127.0.0.1:{server.server_address[1]}"
