@@ -230,6 +230,14 @@ def test_a_rerun_keeps_a_seed_on_moved_data_only_if_it_is_the_same_data(tmp_path
                                           r"entry at the run's own data"):
         cmp.task_state(tasks_for(third)[0], {})
     assert cmp.task_state(tasks_for(third)[0]) == "skip"  # a worker's look, after prepare checked it
+    # A garbled checkpoint.json: the record of the data comes from the .pt's own copy, as a resume takes it
+    saved_json = Path(task.run_dir) / "checkpoint.json"
+    kept_text = saved_json.read_text()
+    saved_json.write_text("{garbled")
+    assert [cmp.task_state(t, {}) for t in tasks_for(moved)] == ["skip"]
+    with pytest.raises(ConfigError, match="holds other data"):
+        cmp.task_state(tasks_for(third)[0], {})
+    saved_json.write_text(kept_text)
     with np.load(signs) as arrays:  # the same bytes, read as other shapes, are other data
         np.savez(tmp_path / "reshaped.npz", **{**dict(arrays), "x_train": arrays["x_train"].reshape(200, 3, 6),
                                                "x_test": arrays["x_test"].reshape(40, 3, 6)})

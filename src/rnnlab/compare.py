@@ -10,7 +10,6 @@ that raises, or whose process dies, is recorded as ``failed`` with its error; th
 
 from __future__ import annotations
 
-import json
 import numbers
 import os
 import traceback
@@ -164,9 +163,9 @@ def _check_moved_data(run_dir: Path, existing: RunConfig, config: RunConfig,
     one place is read once for all its seeds (its identity does not depend on the seed)."""
     then = existing.data.file or existing.data.data_dir or "the default place"
     now = config.data.file or config.data.data_dir or "the default place"
-    try:
-        recorded = json.loads((run_dir / ckpt.CHECKPOINT_JSON).read_text(encoding="utf-8")).get("data")
-    except (OSError, ValueError, AttributeError, RecursionError):  # no checkpoint (diverged at once), or a damaged one
+    try:  # as a resume reads it: a garbled checkpoint.json is stood in for by the .pt's own copy
+        recorded = ckpt.load_checkpoint(run_dir, quiet=True)[1].get("data")
+    except CheckpointError:  # no checkpoint (diverged at once), or a damaged one
         recorded = None
     if not isinstance(recorded, dict):
         raise ConfigError(f"{run_dir} trained on the data at {then}, and this compare names {now}; the run keeps no "
