@@ -263,6 +263,22 @@ def test_a_validation_split_larger_than_the_file_says_what_to_set(tmp_path: Path
     assert not (tmp_path / "run").exists()
 
 
+def test_a_validation_split_that_takes_every_sequence_of_a_class_is_refused_or_warned_of(tmp_path: Path) -> None:
+    from rnnlab.data.splits import load_datasets
+    from rnnlab.data.sequences import train_val_split
+
+    assert train_val_split(4, 1, 5)[1].tolist() == [3]  # seed 5 carves the last sequence off as validation
+    config = apply_overrides(RunConfig(), ["data.dataset=file", "data.val_size=1", "seed=5",
+                                           f"data.file={write(tmp_path, y_train=np.array([0, 0, 0, 1]))}"])
+    with pytest.raises(ConfigError, match=r"^the validation split \(data.val_size=1\) leaves the training split only "
+                                          r"class 0, .*; lower data.val_size \(now 1\), or set another seed \(now 5\)"):
+        load_datasets(config)  # before: trained on class 0 alone, without a word
+    assert len(load_datasets(config, needs_validation=False).train) == 3  # gradients train nothing: not refused
+    config = apply_overrides(config, [f"data.file={write(tmp_path, y_train=np.array([0, 1, 0, 2]))}"])
+    with pytest.warns(UserWarning, match=r"took every training sequence of class 2: the model cannot learn it"):
+        assert load_datasets(config).train.y.tolist() == [0, 1, 0]
+
+
 # ------------------------------------------------------------------ sequences of varying length
 
 

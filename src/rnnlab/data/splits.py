@@ -15,7 +15,7 @@ from rnnlab.config import RunConfig
 from rnnlab.data.files import load_sequence_file, sequence_file_shape
 from rnnlab.data.sequences import SequenceData, load_sequences, make_permutation, train_val_split, view_shape
 from rnnlab.data.sources import DATASETS
-from rnnlab.errors import ConfigError
+from rnnlab.errors import ConfigError, DataWarning, warn_caller
 
 __all__ = ["Datasets", "config_input_shape", "describe_datasets", "input_shape", "load_datasets"]
 
@@ -59,6 +59,8 @@ def load_datasets(cfg: RunConfig, *, needs_validation: bool = True) -> Datasets:
         if data.val_size < len(full):
             train_idx, val_idx = train_val_split(len(full), data.val_size, cfg.seed)
             train, val = full.subset(train_idx), full.subset(val_idx)
+            if needs_validation:
+                _check_carved_classes(full.y, train.y, data.val_size, cfg.seed)
         elif needs_validation:
             # A tenth of fewer than 10 sequences is 0: then only "no validation split" is left to suggest.
             tenth, count = len(full) // 10, f"{len(full)} sequence{'s' if len(full) != 1 else ''}"
@@ -67,6 +69,25 @@ def load_datasets(cfg: RunConfig, *, needs_validation: bool = True) -> Datasets:
             raise ConfigError(f"data.val_size={data.val_size} would leave no training data: the training split "
                               f"has {count}; {fix}")
     return Datasets(train, val, test, permutation, num_classes, class_names, content_digest(full, test))
+
+
+def _check_carved_classes(full: torch.Tensor, train: torch.Tensor, val_size: int, seed: int) -> None:
+    """Refuse a training split that the validation split left with one class, and warn of classes
+    it took every example of: the file's own checks saw its whole training split, which had them
+    (a rare class of a few sequences, or a tiny file, can end up in validation alone)."""
+    from rnnlab.distributed import is_main_process  # late: torch's distributed package, only when training
+
+    fix = f"lower data.val_size (now {val_size}), or set another seed (now {seed}), which carves another one"
+    learned = torch.unique(train)
+    if len(learned) < 2 <= len(torch.unique(full)):
+        raise ConfigError(f"the validation split (data.val_size={val_size}) leaves the training split only class "
+                          f"{int(learned[0])}, and a classifier needs at least two classes to learn; {fix}")
+    lost = sorted(set(torch.unique(full).tolist()) - set(learned.tolist()))
+    if lost and is_main_process():  # under torchrun every process carves the split: one says it
+        shown = ", ".join(map(str, lost[:5])) + (", ..." if len(lost) > 5 else "")
+        warn_caller(f"the validation split (data.val_size={val_size}) took every training sequence of class"
+                    f"{'es' * (len(lost) > 1)} {shown}: the model cannot learn {'them' if len(lost) > 1 else 'it'}; "
+                    f"{fix}", DataWarning)
 
 
 def input_shape(datasets: Datasets) -> dict[str, Any]:
