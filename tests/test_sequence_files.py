@@ -424,6 +424,9 @@ def test_predict_takes_a_padded_array_with_its_lengths(tmp_path: Path, small_run
             trained.predict(padded, bad)
     with pytest.raises(DataError, match=r"^sequences\[1\]: sequences must have shape \(N, T, 1\) .*got \(0,\)$"):
         trained.predict([xt[0, :5], np.zeros(0)])  # which one of a list is at fault
+    with pytest.raises(DataError, match=r"^lengths go with one padded array of sequences, \(N, T, F\); a list of "
+                                        r"sequences of different lengths needs none: pass the list alone"):
+        trained.predict([xt[0, :5], xt[1, :7]], [5, 7])  # before: numpy's "inhomogeneous shape after 1 dimensions"
     one_row_each = [xt[i: i + 1, : lt[i]] for i in range(3)]  # (1, T_i): one sequence of one feature, as (N, T)
     torch.testing.assert_close(trained.probabilities(one_row_each), expected[:3])
     with pytest.raises(DataError, match="this run was trained on sequences of one length; give the sequences "

@@ -162,6 +162,9 @@ class TrainedModel:
         try:
             x = np.asarray(sequences)
         except (TypeError, ValueError, RuntimeError) as exc:  # ragged lists
+            if lengths is not None:  # predict([s1, s2], lengths): numpy's words would not say what to change
+                raise DataError("lengths go with one padded array of sequences, (N, T, F); a list of sequences of "
+                                "different lengths needs none: pass the list alone (predict([s1, s2, ...]))") from None
             more = "" if self.variable_lengths else " (this run was trained on one length)"
             problem = ckpt.error_line(exc, kind=False)
             raise DataError(f"sequences must be one array of numbers{more}: {problem}") from None
