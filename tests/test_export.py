@@ -612,8 +612,13 @@ def test_the_runner_refuses_inputs_of_another_type_or_shape(exports: dict[str, P
             (x * 255, r"^sequences must be pixels in \[0, 1\] \(pixel / 255\), as the model was trained on; got "
                       r"values from [0-9.e-]+ to 25[0-9.]+; pass x / 255 for pixels 0-255$"),
             (x - 0.5, r"^sequences must be pixels in \[0, 1\] .*got values from -0\.[0-9]+ to 0\.[0-9]+;"),
-            (np.where(x > 0.99, np.nan, x), r"^sequences hold [1-9][0-9]* NaN or infinite values; give finite values$")]:
-        with pytest.raises(ExportError, match=message):
+            (np.where(x > 0.99, np.nan, x), r"^sequences hold [1-9][0-9]* NaN or infinite values; give finite values$"),
+            # finite float64 that float32 cannot hold: before, numpy's overflow warning and "NaN or infinite"
+            (np.where(x > 0.99, 1e39, x.astype(np.float64)), r"^sequences hold [1-9][0-9]* values beyond float32's "
+                                                             r"range \(±3\.4e\+38, up to 1e\+39\), which the exported "
+                                                             r"model computes in; scale them")]:
+        with pytest.raises(ExportError, match=message), warnings.catch_warnings():
+            warnings.simplefilter("error")  # one error that says it, no RuntimeWarning from numpy beside it
             runner(given)
     with pytest.raises(ExportError, match=r"^this model takes no lengths \(its run was trained on sequences of one "
                                           r"length\); call it with the sequences alone$"):
@@ -636,6 +641,13 @@ def test_the_runner_of_varying_lengths_needs_them(tmp_path: Path, fmt: str) -> N
     expected = runner(sequences, own)
     for given in (own.astype(np.int32), own.astype(np.uint8), own.tolist(), torch.from_numpy(own)):
         np.testing.assert_array_equal(runner(sequences, given), expected)
+    # float64 (4, 16, 1): 1e39 in the padding
+    huge = np.where(np.arange(16)[None, :, None] >= own[:, None, None], 1e39, sequences.astype(np.float64))
+    np.testing.assert_array_equal(runner(huge, own), expected)  # in the padding: never read
+    huge[1, 0, 0] = -1e39
+    with pytest.raises(ExportError, match=r"^sequences hold 1 values beyond float32's range \(±3\.4e\+38, up to "
+                                          r"1e\+39\)"):
+        runner(huge, own)
     with pytest.raises(ExportError, match=r"^this model was exported from a run on sequences of varying length and "
                                           r"needs their lengths too: call it as run\(sequences, lengths\), lengths "
                                           r"int64 of shape \(N,\) = \(4,\), each sequence's own length from 1 to "

@@ -215,7 +215,9 @@ def _runner_inputs(metadata: dict[str, Any], sequences: Any,
         elif x.ndim == 2 and features == 1:
             hint = "; add the feature dimension: x[..., None]"
         raise ExportError(f"sequences must have shape {expected}; got {x.shape}{hint}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    given_x = x  # as given: float64 values past float32's range are finite there, and named so below
+    with np.errstate(over="ignore"):  # numpy's "overflow encountered in cast" would say less than the error
+        x = np.ascontiguousarray(x, dtype=np.float32)
     inputs: tuple[np.ndarray] | tuple[np.ndarray, np.ndarray] = (x,)
     if not metadata.get("lengths_input"):
         if lengths is not None:
@@ -237,6 +239,14 @@ def _runner_inputs(metadata: dict[str, Any], sequences: Any,
         x = zero_padding(x, given)  # (N, T, F)
         inputs = (x, np.ascontiguousarray(given, dtype=np.int64))
     if not np.isfinite(x).all():  # the graph would give NaN logits, which read as an answer
+        if lengths is not None:  # the padding, which may hold anything, is not looked at
+            given_x = zero_padding(given_x, np.asarray(inputs[1]))
+        beyond = np.isfinite(given_x) & ~np.isfinite(x)  # (N, T, F): finite as given, infinite in float32
+        if beyond.any():
+            largest = float(np.abs(given_x[beyond]).max())
+            raise ExportError(f"sequences hold {int(beyond.sum())} values beyond float32's range "
+                              f"(±{float(np.finfo(np.float32).max):.1e}, up to {largest:.3g}), which the exported "
+                              "model computes in; scale them as the training data was scaled")
         raise ExportError(f"sequences hold {int((~np.isfinite(x)).sum())} NaN or infinite values; "
                           "give finite values")
     if pixels and (x.min() < 0 or x.max() > 1):  # the model reads pixel / 255: 0-255 would be silently wrong
