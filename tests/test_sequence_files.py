@@ -133,6 +133,11 @@ def test_labels_training_never_shows_or_mostly_unused_outputs_are_warned_of(tmp_
     with pytest.warns(UserWarning, match=r"the labels use 2 of 31 classes \(C is the largest label \+ 1"):
         assert load_sequence_file(write(tmp_path, y_train=np.array([0, 30, 0, 30]), y_test=np.array([30, 0]))
                                   ).num_classes == 31
+    with pytest.warns(UserWarning, match=r"bad.npz: the labels are 1 .. 2 and none is 0, so the model has an output "
+                                         r"for a class 0 that no sequence has .*: labels count from 0, so save "
+                                         r"y_train - 1 and y_test - 1"):  # as R or MATLAB number them
+        assert load_sequence_file(write(tmp_path, y_train=np.array([1, 2, 1, 2]), y_test=np.array([2, 1]))
+                                  ).num_classes == 3
     assert load_sequence_file(write(tmp_path, class_names=np.array([b"low", b"high"]))).class_names == ["low", "high"]
     with warnings.catch_warnings():  # num_classes says the unused outputs are meant
         warnings.simplefilter("error")

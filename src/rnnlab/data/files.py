@@ -261,7 +261,12 @@ def _check_classes(path: Path, y_train: torch.Tensor, y_test: torch.Tensor, clas
                     f"has ({_count(affected, 'test sequence')}): the model cannot "
                     f"learn {'them' if len(unseen) > 1 else 'it'}, and they count as errors", DataWarning)
     used = len(torch.unique(torch.cat([y_train, y_test])))
-    if not given and classes > 2 and used <= classes // 2:
+    lowest = int(min(y_train.min(), y_test.min() if len(y_test) else y_train.min()))
+    if not given and lowest == 1 and used == classes - 1:  # classes 1 .. C, as R or MATLAB number them
+        warn_caller(f"{path.name}: the labels are 1 .. {classes - 1} and none is 0, so the model has an output for a "
+                    f"class 0 that no sequence has (C is the largest label + 1, here {classes}): labels count from "
+                    "0, so save y_train - 1 and y_test - 1 (or num_classes, to say class 0 is meant)", DataWarning)
+    elif not given and classes > 2 and used <= classes // 2:
         warn_caller(f"{path.name}: the labels use {used} of {classes} classes (C is the largest label + 1, so the "
                     "model has an output for each): number them 0 .. C-1, e.g. with np.unique(y, return_inverse=True), "
                     "or save num_classes to say the others are meant", DataWarning)
