@@ -681,6 +681,19 @@ def test_eval_refuses_a_file_that_does_not_fit_the_run(tmp_path: Path, small_run
     assert "on 30 sequences" in capsys.readouterr().out
 
 
+def test_eval_of_a_uint8_run_on_a_file_of_other_integers_names_no_type_the_file_lacks(
+        tmp_path: Path, uint8_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (x_train, y_train), (x_test, y_test) = synthetic(40, 0), synthetic(30, 1)
+    path = tmp_path / "int32.npz"  # pixels 0-255 as int32, which training reads as values, not pixels
+    np.savez(path, x_train=pixels_of(x_train).astype(np.int32), y_train=y_train,
+             x_test=pixels_of(x_test).astype(np.int32), y_test=y_test)
+    capsys.readouterr()
+    assert main(["eval", str(uint8_run), "--data-dir", str(path), "--no-plot"]) == 2
+    assert capsys.readouterr().err == (  # before: "x_test holds float32 values", of a file of int32
+        f"rnnlab: error: {path}: x_test holds values that are not uint8 (read as they are), but the run was trained "
+        "on uint8 ones (0-255, read as value / 255); evaluate it on a file of uint8 sequences like its training file\n")
+
+
 def test_eval_of_a_run_of_varying_lengths_takes_at_most_its_steps(tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     (x, y, lengths), (xt, yt, lt) = varying(60, 0), varying(30, 1)  # padded to 16 steps

@@ -358,7 +358,9 @@ def check_against_run(path: str | os.PathLike[str], test: SequenceData, *, steps
     length, count = test.seq_shape  # (T, F) of the file
     now = str(test.x.dtype).removeprefix("torch.")
     if dtype is not None and now != dtype:  # the model would read every value on another scale
-        raise DataError(f"{path}: x_test holds {now} values, but the run was trained on {dtype} ones "
+        # Every type but uint8 was read into float32: not the file's own type, which is not named then
+        held = "uint8 values" if now == "uint8" else "values that are not uint8 (read as they are)"
+        raise DataError(f"{path}: x_test holds {held}, but the run was trained on {dtype} ones "
                         f"({_KIND_OF_VALUES.get(dtype, dtype)}); evaluate it on a file of {dtype} sequences like its "
                         "training file")
     if count != features:
