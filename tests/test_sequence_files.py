@@ -452,6 +452,12 @@ def test_predict_takes_a_padded_array_with_its_lengths(tmp_path: Path, small_run
         capsys.readouterr().err
     assert main(["predict", str(small_run), str(tmp_path / "x.npy"), "--lengths", str(tmp_path / "l.npy")]) == 2
     assert "this run's sequences all have one length: leave out --lengths" in capsys.readouterr().err
+    ragged = np.empty(2, dtype=object)
+    ragged[0], ragged[1] = xt[0, :5], xt[1, :7]
+    np.save(tmp_path / "ragged.npy", ragged, allow_pickle=True)
+    assert main(["predict", str(tmp_path / "run"), str(tmp_path / "ragged.npy")]) == 2
+    assert capsys.readouterr().err.endswith("for safety; pad them to one length and save their lengths beside them "
+                                            "for --lengths\n")
 
 
 def test_one_step_sequences_of_one_feature_are_n_sequences(tmp_path: Path) -> None:
@@ -792,5 +798,7 @@ def test_ragged_sequences_are_pointed_to_the_ways_that_take_them(small_run: Path
         rnnlab.load(small_run).predict(ragged)
     np.save(tmp_path / "ragged.npy", ragged, allow_pickle=True)
     assert main(["predict", str(small_run), str(tmp_path / "ragged.npy")]) == 2
-    assert ("an array of Python objects (sequences of different lengths?), which is not read, for safety; pad them "
-            "to one length and save their lengths beside them for --lengths") in capsys.readouterr().err
+    assert capsys.readouterr().err == (  # before: pointed to --lengths, which a run of one length refuses
+        f"rnnlab: error: {tmp_path / 'ragged.npy'}: an array of Python objects (sequences of different lengths?), "
+        "which is not read, for safety; this run was trained on sequences of one length, so give it sequences of "
+        "that length, as one array: save sequences with np.save(path, x), x of shape (N, 12, 2) or one (12, 2)\n")

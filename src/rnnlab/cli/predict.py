@@ -194,7 +194,7 @@ def _run_sequences(args: argparse.Namespace, trained: Any) -> int:
     failed = 0
     for i, path in enumerate(args.images):
         try:
-            array = _load_npy(path, "sequences", how)
+            array = _load_npy(path, "sequences", how, one_length=not trained.variable_lengths)
             lengths = _load_npy(args.lengths[i], "lengths", "save them with np.save(path, lengths), (N,) "
                                 "integers") if args.lengths else None
             probs = trained.probabilities(array, lengths)  # (N, C)
@@ -223,8 +223,9 @@ def _run_sequences(args: argparse.Namespace, trained: Any) -> int:
     return 2 if failed else 0
 
 
-def _load_npy(path: str, what: str, how: str) -> Any:
-    """A ``.npy`` array of ``what``, or a DataError naming the file and saying ``how`` to write one."""
+def _load_npy(path: str, what: str, how: str, *, one_length: bool = False) -> Any:
+    """A ``.npy`` array of ``what``, or a DataError naming the file and saying ``how`` to write one
+    (``one_length``: the run takes sequences of one length only, and no --lengths)."""
     import numpy as np
 
     from rnnlab.data.files import not_numpy
@@ -241,9 +242,11 @@ def _load_npy(path: str, what: str, how: str) -> Any:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         if "Object arrays" in str(exc):  # np.save of a ragged list: sequences of different lengths
+            fix = ("this run was trained on sequences of one length, so give it sequences of that length, as one "
+                   f"array: {how}") if one_length else ("pad them to one length and save their lengths beside them "
+                                                        "for --lengths")
             raise DataError(f"{path}: an array of Python objects (sequences of different lengths?), which is not "
-                            "read, for safety; pad them to one length and save their lengths beside them for "
-                            "--lengths") from None
+                            f"read, for safety; {fix}") from None
         raise DataError(f"{path}: not a readable .npy array of {what} ({exc}); {how}") from None
     if not isinstance(array, np.ndarray):
         array.close()
