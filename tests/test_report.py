@@ -7,6 +7,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -813,3 +814,47 @@ def test_a_report_of_other_runs_into_a_compare_folder_is_refused(compare_dir: Pa
     assert not (compare_dir / "results.md").exists()
     build_report([compare_dir], compare_dir, plots=False)  # its own runs, in place: as compare writes them
     build_report([compare_dir / "results.json"], compare_dir, plots=False)  # rebuilt from its results.json
+
+
+def _scored_on(run_dir: Path, test_set: str | None) -> None:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if test_set is not None:
+        summary["test_set"] = test_set
+    atomic_write_json(run_dir / "summary.json", summary)
+
+
+def test_entries_scored_on_other_test_sets_are_not_paired_and_are_named(tmp_path: Path) -> None:
+    """A sweep over two sequence files: each entry scored on its own test set. Seeds do not pair
+    across them, and the table and a warning say the difference is of data as much as of models."""
+    rnn, lstm = get_preset("dlw-rnn-a").config, get_preset("dlw-lstm-a").config
+    for seed, (a, b) in enumerate([(90.0, 95.0), (91.0, 95.5), (92.0, 97.0)]):
+        _scored_on(fake_run(tmp_path / f"cmp/runs/dlw-rnn-a/seed{seed}", rnn, acc=a, seed=seed), "file 1111")
+        _scored_on(fake_run(tmp_path / f"cmp/runs/dlw-lstm-a/seed{seed}", lstm, acc=b, seed=seed), "file 2222")
+    with pytest.warns(RuntimeWarning, match="^test sets differ: dlw-rnn-a \\(scored on other test sequences than "
+                                            "the baseline dlw-lstm-a\\)"):
+        rows = {r["entry"]: r for r in build_report([tmp_path / "cmp"], tmp_path / "cmp", plots=False)}
+    row = rows["dlw-rnn-a"]
+    assert row["delta_method"] == "welch" and row["delta_data_note"].startswith("scored on other test sequences")
+    assert row["delta_vs_baseline"] == pytest.approx(-(95.0 + 95.5 + 97.0 - 90.0 - 91.0 - 92.0) / 3)
+    md = (tmp_path / "cmp/results.md").read_text()
+    assert "| welch, n=3 vs 3 | lower; other test set § |" in md
+    assert "§ Test sets differ: `dlw-rnn-a` (scored on other test sequences than the baseline `dlw-lstm-a`)" in md
+    # A report rebuilt from results.json alone says the same.
+    rebuilt = {r["entry"]: r for r in aggregate(collect([tmp_path / "cmp/results.json"]))}
+    assert rebuilt["dlw-rnn-a"]["delta_data_note"] == row["delta_data_note"]
+    assert rebuilt["dlw-rnn-a"]["delta_method"] == "welch"
+
+
+@pytest.mark.parametrize("test_sets", [("mnist", "mnist"), (None, None), ("mnist", None)])
+def test_entries_on_one_test_set_or_unrecorded_ones_pair_by_seed(test_sets: tuple, tmp_path: Path) -> None:
+    """The same test set (row and pixel MNIST alike are scored on MNIST's test images), or runs from
+    before it was recorded: paired by seed, without a note."""
+    rnn, lstm = get_preset("dlw-rnn-a").config, get_preset("dlw-lstm-a").config
+    for seed, (a, b) in enumerate([(90.0, 95.0), (91.0, 95.5), (92.0, 97.0)]):
+        _scored_on(fake_run(tmp_path / f"cmp/runs/dlw-rnn-a/seed{seed}", rnn, acc=a, seed=seed), test_sets[0])
+        _scored_on(fake_run(tmp_path / f"cmp/runs/dlw-lstm-a/seed{seed}", lstm, acc=b, seed=seed), test_sets[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = {r["entry"]: r for r in build_report([tmp_path / "cmp"], tmp_path / "cmp", plots=False)}
+    assert rows["dlw-rnn-a"]["delta_method"] == "paired" and rows["dlw-rnn-a"]["delta_data_note"] is None
+    assert "§" not in (tmp_path / "cmp/results.md").read_text()

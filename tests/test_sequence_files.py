@@ -16,6 +16,7 @@ import rnnlab
 from rnnlab.cli import main
 from rnnlab.config import RunConfig, apply_overrides
 from rnnlab.data.files import load_sequence_file, sequence_file_shape
+from rnnlab.data.splits import content_digest, load_datasets
 from rnnlab.errors import ConfigError, DataError
 from rnnlab.export import ExportError, export_run
 from rnnlab.serve import create_app
@@ -203,6 +204,10 @@ def test_train_load_predict_eval_export_on_a_sequence_file(tmp_path: Path, seq_f
     # Chance is 1/3; the three shapes are easy to tell apart through the noise (100% seen here).
     assert summary["status"] == "completed" and summary["test_accuracy"] > 90
     assert len(summary["confusion_matrix"]) == 3
+    # The test split's own digest, as a report tells test sets apart: the whole file's would change
+    # with its training split, and so would pair nothing across files that share their test split.
+    datasets = load_datasets(rnnlab.load(run_dir).config)
+    assert summary["test_set"] == f"file {content_digest(datasets.test)}" == datasets.test_set
 
     # Each feature is standardised on its own scale: the buffers are (F,), from the training split.
     model = rnnlab.load(run_dir).model

@@ -296,6 +296,7 @@ def accuracy_bars_png(rows: Sequence[dict[str, Any]], path: str | Path,
         elif r.get("delta_verdict"):  # against the baseline, 95% over seeds (rnnlab.report.compare_with)
             text += f"\n{r['delta_vs_baseline']:+.2f} vs baseline: {r['delta_verdict']}"
             text += ", other budget" if r.get("delta_budget_note") else ""
+            text += ", other test set" if r.get("delta_data_note") else ""
         ax.text(1.01, yi, text, va="center", fontsize=8, transform=transform)
     ax.set_yticks(y, [f"{r['entry']}\n{r.get('architecture') or ''}" for r in rows], fontsize=8)
     ax.set_xlim(left, 100.0)

@@ -24,7 +24,7 @@ from rnnlab.errors import CheckpointError, option, warn_caller
 from rnnlab.config import describe_model, to_dict
 from rnnlab.out_folders import of_runs, refuse_other_files
 from rnnlab.run_records import RESULTS_SCHEMA, RunRecord, collect
-from rnnlab.stats import baseline_of, check_baseline, compare_with, differences_table
+from rnnlab.stats import baseline_of, check_baseline, compare_with, differences_table, test_set_warning
 from rnnlab.sweep_figure import sweep_series
 
 __all__ = ["COLUMNS", "RESULTS_CSV", "RESULTS_JSON", "RESULTS_MD", "STATUS_ORDER", "RunRecord", "aggregate",
@@ -42,7 +42,7 @@ COLUMNS = (
     "reported_test_accuracy", "delta_vs_reported", "reported_note", "train_seconds_mean", "samples_per_second_mean",
     "iterations", "epochs", "batch_size", "optimizer", "protocol", "source",
     "baseline", "delta_vs_baseline", "delta_ci95_low", "delta_ci95_high", "delta_method", "delta_seeds",
-    "baseline_seeds", "delta_verdict", "delta_comparisons", "delta_level", "delta_budget_note",
+    "baseline_seeds", "delta_verdict", "delta_comparisons", "delta_level", "delta_budget_note", "delta_data_note",
 )
 
 
@@ -118,6 +118,7 @@ def aggregate_entry(entry: str, records: list[RunRecord]) -> dict[str, Any]:
         "train_seconds": r.summary.get("train_seconds"), "samples_per_second": r.summary.get("samples_per_second"),
         "iterations": r.summary.get("iterations"), "epochs": r.summary.get("epochs"),
         "stopped_early": r.summary.get("stopped_early"), "error": r.error if r.status != "completed" else None,
+        "test_set": r.summary.get("test_set"),  # which test sequences its accuracy is of (None: not recorded)
     } for r in records]
     # The reported figure came after the tutorial's full budget: set against a run of another, the
     # difference would mostly measure the budget. Withheld then, with the reason.
@@ -313,9 +314,9 @@ def report_groups(groups: dict[str, list[RunRecord]], out_dir: str | Path, *, pl
         warn_caller(f"{curves} kept as it was: the entries of a results.json have no curves to draw again; "
                     f"for the other runs' curves, give another {option('--out', 'folder (out_dir=)')}",
                     RuntimeWarning)
-    warning = budget_warning(rows)
-    if warning:  # the table says it too; a script reading only the numbers should hear it
-        warn_caller(warning.replace("`", ""), RuntimeWarning)
+    for warning in (budget_warning(rows), test_set_warning(rows)):
+        if warning:  # the table says it too; a script reading only the numbers should hear it
+            warn_caller(warning.replace("`", ""), RuntimeWarning)
     figures = write_figures(groups, rows, out_dir, keep=keep) if plots else []
     write_results(rows, out_dir, title=title, context=context,
                   plots=[name for name in FIGURES if name in figures or name in keep] if plots else [])

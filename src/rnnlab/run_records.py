@@ -183,7 +183,7 @@ def collect(paths: list[str | Path]) -> dict[str, list[RunRecord]]:
 _ROW_TYPES = {"entry": str, "runs": list, "architecture": str, "parameters": int, "epochs": _NUMBER,
               "batch_size": int, "optimizer": str, "protocol": str, "reported_test_accuracy": _NUMBER,
               "source": str, "reference_notes": str, "reference_budget": dict, "config": dict}
-_RUN_TYPES = {"status": str, "seed": int, "dir": str, "error": str, "stopped_early": dict,
+_RUN_TYPES = {"status": str, "seed": int, "dir": str, "error": str, "stopped_early": dict, "test_set": str,
               **dict.fromkeys(("test_accuracy", "val_accuracy", "train_seconds", "samples_per_second",
                                "iterations", "epochs"), _NUMBER)}
 _CARRIED = ("architecture", "batch_size", "optimizer", "protocol")  # a row's fields a config would give

@@ -97,6 +97,10 @@ def finish(trainer: Trainer, status: str) -> dict[str, Any]:
                            device=trainer.device, amp="off", sharded=True)
             summary["val_accuracy"], summary["val_loss"] = round(val.accuracy, 4), round(val.loss, 6)
         summary["confusion_matrix"] = confusion_matrix(tested.y.cpu(), test.predictions, trainer.data.num_classes)
+    # Which test sequences the figures are of: a report pairs and compares entries only on the same ones.
+    limit = trainer.eval_limit
+    cut = limit is not None and limit < len(trainer.data.test)
+    summary["test_set"] = trainer.data.test_set + (f" (its first {limit})" if cut else "")
     if trainer.eval_limit is not None:  # a dry run: its figures check that evaluation runs, they measure nothing
         sizes = trainer.evaluated_sizes()
         summary["evaluation_subset"] = {

@@ -5,7 +5,9 @@ Two entries of a compare train the same seeds, so their accuracies pair up seed 
 paired differences give a Student-t interval. Where the seeds do not pair (loose runs gathered by
 ``rnnlab report``), Welch's interval compares the two samples instead. The interval covers the
 variation between training seeds (initial weights, batch order), not the draw of the test set:
-both entries are scored on the same test images.
+both entries are scored on the same test images. Where they are not (a sweep over sequence files,
+runs gathered from elsewhere), seeds do not pair, the difference is of the data as much as of the
+models, and the table and a warning say so (``delta_data_note``).
 
 Student's t quantiles are computed here (about 20 lines) rather than pulling in SciPy for one
 function: the t distribution's CDF has a closed form for integer degrees of freedom
@@ -24,7 +26,7 @@ from rnnlab.budget import budget_warning
 from rnnlab.errors import ConfigError, option
 
 __all__ = ["Difference", "baseline_of", "check_baseline", "compare_with", "difference", "differences_table",
-           "seed_accuracies", "t_quantile"]
+           "seed_accuracies", "t_quantile", "test_set_warning", "test_sets"]
 
 
 def _t_central_mass(t: float, df: int) -> float:
@@ -183,6 +185,33 @@ def _completed_accuracies(row: dict[str, Any]) -> dict[int, float] | list[float]
     return by_seed if len(by_seed) == len(runs) else [float(r["test_accuracy"]) for r in runs]
 
 
+def test_sets(row: dict[str, Any]) -> set[str]:
+    """The test sets a row's completed seeds were scored on, as their summaries recorded them
+    (:func:`rnnlab.data.splits.test_set_of`; runs from before it was recorded give none)."""
+    return {r["test_set"] for r in _completed_runs(row) if isinstance(r.get("test_set"), str)}
+
+
+def _other_test_set(row: dict[str, Any], base: dict[str, Any] | None) -> str | None:
+    """How a row's test sets differ from the baseline's, None where they are the same (or unknown)."""
+    if base is None or row is base:
+        return None
+    mine, theirs = test_sets(row), test_sets(base)
+    if not mine or not theirs or (mine == theirs and len(mine) == 1):
+        return None
+    if mine == theirs:
+        return "some seeds of each were scored on other test sets than the rest"
+    return f"scored on other test sequences than the baseline `{base['entry']}`"
+
+
+def _samples(row: dict[str, Any], base: dict[str, Any]) -> tuple[dict[int, float] | list[float], ...]:
+    """The two entries' accuracies to set against each other: by seed, unless they were scored on
+    different test sets, where a seed's two runs share nothing that pairing could take out."""
+    a, b = _completed_accuracies(row), _completed_accuracies(base)
+    if _other_test_set(row, base):
+        a, b = list(a.values()) if isinstance(a, dict) else a, list(b.values()) if isinstance(b, dict) else b
+    return a, b
+
+
 def _mean_difference(row: dict[str, Any], base: dict[str, Any] | None) -> float | None:
     if base is None or row is base or row["test_accuracy_mean"] is None or base["test_accuracy_mean"] is None:
         return None
@@ -213,13 +242,12 @@ def compare_with(rows: list[dict[str, Any]], baseline: str | None = None) -> str
     # miss somewhere far more often than 1 in 20. Bonferroni: each at 1 - 0.05 / k, so that all k
     # hold together with 95% probability (simultaneous intervals), and so do the verdicts read off them.
     compared = [row for row in rows if base is not None and row is not base and
-                difference(_completed_accuracies(row), _completed_accuracies(base)) is not None]
+                difference(*_samples(row, base)) is not None]
     level = 1.0 - (1.0 - FAMILY_LEVEL) / max(1, len(compared))
     for row in rows:
         diff = None
         if base is not None and row is not base:
-            diff = difference(_completed_accuracies(row), _completed_accuracies(base), level=level,
-                              limits=(-100.0, 100.0))
+            diff = difference(*_samples(row, base), level=level, limits=(-100.0, 100.0))
         row.update({
             "baseline": baseline if base is not None else None,  # the baseline's own row names it too
             "delta_vs_baseline": diff.mean if diff else _mean_difference(row, base),
@@ -232,6 +260,8 @@ def compare_with(rows: list[dict[str, Any]], baseline: str | None = None) -> str
             # the family's 95% holds over this many intervals, each at delta_level
             "delta_comparisons": len(compared) if diff and diff.low is not None else None,
             "delta_level": level if diff and diff.low is not None else None,
+            # scored on other test sequences than the baseline: a difference of data as well as of models
+            "delta_data_note": _other_test_set(row, base),
         })
     return baseline if base is not None else None
 
@@ -276,10 +306,25 @@ def differences_table(rows: list[dict[str, Any]]) -> str | None:
             seeds = f"welch, n={row['delta_seeds']} vs {row['baseline_seeds']}"
         interval = "–" if row["delta_ci95_low"] is None else \
             f"{row['delta_ci95_low']:+.2f} to {row['delta_ci95_high']:+.2f}"
-        other = "other budget ‡" if row.get("delta_budget_note") else ""  # the note under the table says which
-        verdict = "; ".join(v for v in (row["delta_verdict"], other) if v)
+        other = "other budget ‡" if row.get("delta_budget_note") else ""  # the notes under the table say which
+        data = "other test set §" if row.get("delta_data_note") else ""
+        verdict = "; ".join(v for v in (row["delta_verdict"], other, data) if v)
         lines.append(f"| `{row['entry']}` | {row['delta_vs_baseline']:+.2f} | {interval} | {seeds} | {verdict} |")
     if len(lines) <= 4:
         return None
-    warning = budget_warning(rows)  # a difference of budgets as well as of models: said under the table
-    return "\n".join(lines) + (f"\n\n‡ {warning[0].upper()}{warning[1:]}." if warning else "")
+    notes = [f"{mark} {warning[0].upper()}{warning[1:]}." for mark, warning in
+             (("‡", budget_warning(rows)), ("§", test_set_warning(rows))) if warning]
+    return "\n\n".join(["\n".join(lines), *notes])
+
+
+def test_set_warning(rows: list[dict[str, Any]]) -> str | None:
+    """A warning where entries set against the baseline were scored on other test sequences than
+    it: each such difference is the data's effect as much as the model's, and no seed pairs."""
+    differing = [r for r in rows if r.get("delta_vs_baseline") is not None and r.get("delta_data_note")]
+    if not differing:
+        return None
+    named = ", ".join(f"`{r['entry']}` ({r['delta_data_note']})" for r in differing[:6])
+    more = f" and {len(differing) - 6} more" if len(differing) > 6 else ""
+    return (f"test sets differ: {named}{more}; a difference between entries scored on different test data "
+            "mixes the effect of the data with that of the model, and its interval (unpaired) does not cover "
+            "the draw of either test set: to compare the models alone, score every entry on the same test set")

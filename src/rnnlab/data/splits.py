@@ -29,6 +29,7 @@ class Datasets:
     num_classes: int
     class_names: list[str] | None = None  # e.g. fashion-mnist's, or a sequence file's own
     content: str = ""  # a digest of the data before the validation split (see content_digest)
+    test_set: str = ""  # which test sequences a run is scored on (see test_set_of): equal ones pair up in a report
 
 
 def load_datasets(cfg: RunConfig, *, needs_validation: bool = True) -> Datasets:
@@ -68,7 +69,15 @@ def load_datasets(cfg: RunConfig, *, needs_validation: bool = True) -> Datasets:
                    "set data.val_size=0 (no validation split; too few sequences to carve one from)")
             raise ConfigError(f"data.val_size={data.val_size} would leave no training data: the training split "
                               f"has {count}; {fix}")
-    return Datasets(train, val, test, permutation, num_classes, class_names, content_digest(full, test))
+    return Datasets(train, val, test, permutation, num_classes, class_names, content_digest(full, test),
+                    test_set_of(data.dataset, test))
+
+
+def test_set_of(dataset: str, test: SequenceData) -> str:
+    """The identity of a test split, as a report compares entries' test sets: a dataset's name (its
+    test images are fixed by their checksums, whatever the view or permutation reads of them: row and
+    pixel MNIST are scored on the same images), or a digest of a sequence file's test split."""
+    return dataset if dataset != "file" else f"file {content_digest(test)}"
 
 
 def _check_carved_classes(full: torch.Tensor, train: torch.Tensor, val_size: int, seed: int) -> None:
