@@ -441,3 +441,41 @@ def test_a_compare_worker_imports_the_file_and_its_neighbours_again(sibling_cell
                              initargs=setup) as workers:
         summaries = workers.submit(registry.model_summaries).result(timeout=120)
     assert summaries["sibcell"] == "a GRU from the file beside it"
+
+
+def test_a_loaded_model_of_ones_own_keeps_the_values_its_builder_makes_outside_the_state_dict() -> None:
+    """A non-persistent buffer or a tensor attribute is in no checkpoint: the model is rebuilt with its
+    builder's values, not the uninitialised memory a meta build moved to the CPU would hold."""
+    from torch import nn
+
+    from rnnlab.models import create_model, register_model, unregister_model
+    from rnnlab.trained import build_from_state
+
+    class Scaled(nn.Module):
+        def __init__(self, features: int, hidden: int) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(features, hidden, batch_first=True)
+            self.register_buffer("scale", torch.full((features,), 3.0), persistent=False)
+            self.shift = torch.full((features,), 0.5)  # a plain attribute
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(x * self.scale + self.shift)[0]
+
+    @register_model("scaled", "a GRU of scaled inputs")
+    def build(*, config, input_size, seq_len, num_classes, input_mean=0.0, input_std=1.0):
+        return rnnlab.SequenceClassifier(config, input_size=input_size, seq_len=seq_len, num_classes=num_classes,
+                                         recurrent=Scaled(input_size, config.hidden))
+
+    try:
+        config = apply_overrides(RunConfig(), ["model.cell=scaled", "model.hidden=4", "seed=0"])
+        trained = create_model(config.model, input_size=3, seq_len=5, num_classes=2)
+        state = trained.state_dict()
+        assert "rnn.scale" not in state
+        rng = torch.get_rng_state()
+        loaded = build_from_state(config, state, input_shape={"steps": 5, "features": 3, "classes": 2})
+        assert torch.equal(torch.get_rng_state(), rng)  # the rebuild draws from no stream of the caller's
+        assert torch.equal(loaded.rnn.scale, torch.full((3,), 3.0)) and torch.equal(loaded.rnn.shift, trained.rnn.shift)
+        x = torch.rand(2, 5, 3)
+        assert torch.equal(loaded.eval()(x), trained.eval()(x))
+    finally:
+        unregister_model("scaled")

@@ -334,11 +334,23 @@ def build_from_state(config: RunConfig, state: dict[str, torch.Tensor], *, impl:
     # Built on the meta device, with no values, then given the checkpoint's: create_model's random
     # initialisation would draw from the global generator, which a run in another thread is using
     # (forking and restoring it rewound that run's stream), and would be thrown away anyway.
+    # The standardisation buffers are scalars or (F,): build them in the checkpoint's shape.
+    arguments = dict(input_size=features, seq_len=steps, num_classes=classes,
+                     input_mean=state.get("input_mean", 0.0), input_std=state.get("input_std", 1.0))
     with torch.device("meta"):
-        # The standardisation buffers are scalars or (F,): build them in the checkpoint's shape.
-        model = create_model(model_cfg, input_size=features, seq_len=steps, num_classes=classes,
-                             input_mean=state.get("input_mean", 0.0), input_std=state.get("input_std", 1.0))
-    model = model.to_empty(device="cpu")  # every tensor is then loaded: _state_mismatch refuses missing ones
+        model = create_model(model_cfg, **arguments)
+    if _values_no_state_dict_holds(model):
+        # A module of one's own keeps values the checkpoint cannot hold (a non-persistent buffer, a
+        # tensor attribute): only its builder makes them, so it is built for real (to_empty would
+        # leave them uninitialised memory), with no run of this process drawing from the generators
+        # meanwhile and the caller's random state given back.
+        from rnnlab import seeding
+        from rnnlab.run import _ONE_RUN_AT_A_TIME
+
+        with _ONE_RUN_AT_A_TIME, seeding.callers_state_kept(), torch.device("cpu"):
+            model = create_model(model_cfg, **arguments)
+    else:
+        model = model.to_empty(device="cpu")  # every tensor is then loaded: _state_mismatch refuses missing ones
     where = f"{source}: " if source is not None else ""
     mismatch = _state_mismatch(model, state)
     try:
@@ -384,6 +396,17 @@ def _as_trained(x: np.ndarray, trained: str | None) -> torch.Tensor:
                         f"sequences must be in [0, 1], got {low:g} to {high:g}; "
                         "pass the pixels as uint8 (x.astype(np.uint8)) or divide them by 255 (x / 255)")
     return values
+
+
+def _values_no_state_dict_holds(model: torch.nn.Module) -> list[str]:
+    """Names of the tensors ``model`` keeps outside its state_dict: non-persistent buffers, and
+    tensors set as plain attributes (neither is saved, nor moved by ``to_empty``)."""
+    saved = set(model.state_dict())
+    names = [name for name, _ in model.named_buffers() if name not in saved]
+    for prefix, module in model.named_modules():
+        names += [f"{prefix}.{key}" if prefix else key for key, value in vars(module).items()
+                  if isinstance(value, torch.Tensor)]
+    return names
 
 
 def _state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> str | None:
