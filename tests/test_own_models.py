@@ -479,3 +479,27 @@ def test_a_loaded_model_of_ones_own_keeps_the_values_its_builder_makes_outside_t
         assert torch.equal(loaded.eval()(x), trained.eval()(x))
     finally:
         unregister_model("scaled")
+
+
+def test_a_notebook_cell_run_again_registers_its_builder_again() -> None:
+    """IPython compiles each run of a cell under a name of its own (``<ipython-input-N-...>``; Jupyter
+    names it by the cell's text, so an edited cell too): the builder, redefined in the same module
+    under the same name, replaces the one registered before, as the docstring says."""
+    cell = ("import rnnlab\n"
+            "@rnnlab.register_model('celled', 'from a cell')\n"
+            "def build(*, config, input_size, seq_len, num_classes, input_mean=0.0, input_std=1.0):\n"
+            "    return rnnlab.SequenceClassifier(config, input_size=input_size, seq_len=seq_len,\n"
+            "                                     num_classes=num_classes)\n")
+    namespace = {"__name__": "__main__"}
+    try:
+        exec(compile(cell, "<ipython-input-3-5f2a1c7d0e11>", "exec"), namespace)
+        exec(compile(cell.replace("from a cell", "fixed"), "<ipython-input-4-9b0c2e5a7d13>", "exec"), namespace)
+        assert registry.get_builder("celled") is namespace["build"] and REGISTERED_CELLS["celled"] == "fixed"
+
+        def build(**kwargs):  # another function of that name, in another module: refused still
+            raise AssertionError
+
+        with pytest.raises(ConfigError, match=r"model 'celled' is already registered \(by .*ipython-input-4"):
+            registry.register_model("celled", "other")(build)
+    finally:
+        registry.unregister_model("celled")

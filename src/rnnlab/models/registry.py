@@ -47,7 +47,7 @@ def register_model(name: str, summary: str) -> Callable[[Builder], Builder]:
     def wrap(builder: Builder) -> Builder:
         if not callable(builder):
             raise ConfigError(f"register_model({name!r}) decorates a builder function, not {describe(builder)}")
-        if name in _REGISTRY and (name in CELL_SUMMARIES or _origin(_REGISTRY[name][0]) != _origin(builder)):
+        if name in _REGISTRY and (name in CELL_SUMMARIES or not _same_function(_REGISTRY[name][0], builder)):
             by = "rnnlab" if name in CELL_SUMMARIES else _origin(_REGISTRY[name][0])
             raise ConfigError(f"model {name!r} is already registered (by {by}); choose another name")
         _REGISTRY[name] = (builder, summary)
@@ -66,6 +66,16 @@ def unregister_model(name: str) -> None:
     get_builder(name)  # the error lists the valid names
     del _REGISTRY[name]
     REGISTERED_CELLS.pop(name, None)
+
+
+def _same_function(old: Builder, new: Builder) -> bool:
+    """Whether ``new`` is ``old`` defined again: from the same file (a module imported under two names),
+    or of the same module and name. IPython names each run of a cell's code anew (``<ipython-input-N-...>``,
+    Jupyter by the cell's text), so a cell run again, say with a fix, has the same module and name only."""
+    def named(builder: Builder) -> tuple[Any, Any]:
+        return getattr(builder, "__module__", None), getattr(builder, "__qualname__", None)
+
+    return _origin(old) == _origin(new) or (None not in named(old) and named(old) == named(new))
 
 
 def _origin(builder: Builder) -> str:
