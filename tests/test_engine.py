@@ -746,6 +746,25 @@ def test_what_the_caller_set_around_train_does_not_reach_the_run(tmp_path: Path)
         assert all(torch.equal(plain[k], other[k]) for k in plain)
 
 
+def test_a_default_device_the_caller_set_does_not_reach_the_run(tmp_path: Path) -> None:
+    """After ``torch.set_default_device`` (here "meta", which any GPU machine's "cuda" stands for) a
+    run, its resume and a loaded model place their tensors themselves (before: a raw RuntimeError)."""
+    cfg = tiny("model.cell=gru", "model.hidden=8", "train.iterations=4", "train.eval_every=4",
+               "train.checkpoint_every=2")
+    plain = rnnlab.train(cfg, tmp_path / "plain", progress=False)
+    part = rnnlab.train(cfg, tmp_path / "part", progress=False, stop_after=2)
+    torch.set_default_device("meta")
+    try:
+        run = rnnlab.train(cfg, tmp_path / "meta", progress=False)
+        resumed = rnnlab.resume(part, progress=False)
+        assert rnnlab.load(plain).evaluate()["test_accuracy"] == plain.test_accuracy
+        assert torch.get_default_device().type == "meta"  # the caller's, given back
+    finally:
+        torch.set_default_device(None)
+    weights = [torch.load(r.dir / "checkpoint.pt", weights_only=True)["model"] for r in (plain, run, resumed)]
+    assert all(torch.equal(weights[0][k], other[k]) for other in weights[1:] for k in weights[0])
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"progress": "no"}, r"^progress must be True or False, not a str$"),
     ({"stop_after": -1}, r"^stop_after=-1 must be a whole number of iterations >= 1"),

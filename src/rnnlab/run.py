@@ -230,7 +230,8 @@ def _a_run_of_its_own() -> Iterator[None]:
     """What the caller set around ``train`` does not reach the run, and the caller gets its own
     state back: random generators and threads (``callers_state_kept``), and the grad mode (inside
     ``inference_mode`` a run could not train), autocast (a caller's bf16 would train a float32 run
-    in bf16, unrecorded), the default dtype (float64 would build float64 layers for float32 data),
+    in bf16, unrecorded), the default dtype (float64 would build float64 layers for float32 data)
+    and device (after ``torch.set_default_device``, the run made its tensors there, whatever ``train.device``),
     glibc's allocator settings (``allocator_tuned``) and the CPU's denormal mode
     (``train.flush_denormals``)."""
     import torch
@@ -238,6 +239,8 @@ def _a_run_of_its_own() -> Iterator[None]:
     dtype = torch.get_default_dtype()
     with contextlib.ExitStack() as stack:
         stack.enter_context(_ONE_RUN_AT_A_TIME)
+        if torch.get_default_device().type != "cpu":  # a caller's set_default_device("cuda"), say: the run
+            stack.enter_context(torch.device("cpu"))  # places its tensors itself (a mode only then: each op pays it)
         stack.enter_context(seeding.callers_state_kept())
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
