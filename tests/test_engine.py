@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -179,13 +180,47 @@ def test_run_folder_contents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         rnnlab.train(tiny(), run.dir, progress=False)
     # Nor resumed once finished: that would evaluate again and rewrite its summary.
     before = (run.dir / "summary.json").read_bytes()
-    with pytest.raises(CheckpointError, match=r"finished all 40 iterations.*nothing to resume.*--config"):
+    with pytest.raises(CheckpointError, match=r"finished all 40 iterations.*nothing to resume.*load_toml"):
         rnnlab.resume(run.dir, progress=False)
     assert (run.dir / "summary.json").read_bytes() == before
     damaged = {**json.loads(before), "iterations": "forty"}  # the count then comes from the checkpoint
     (run.dir / "summary.json").write_text(json.dumps(damaged))
     with pytest.raises(CheckpointError, match=r"finished all 40 iterations"):
         rnnlab.resume(run.dir, progress=False)
+
+
+def test_a_run_that_cannot_be_resumed_says_how_to_go_on_in_the_callers_terms(tmp_path: Path) -> None:
+    """From Python the way on is a call to make, not a command line (before: `rnnlab train --config ...`
+    to a script that called rnnlab.resume); under the command line, the command."""
+    from rnnlab.errors import COMMAND_LINE
+
+    run = rnnlab.train(tiny("train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2"), tmp_path / "run",
+                       progress=False, stop_after=2)
+    config = str(run.dir / "config.toml")
+    with pytest.raises(CheckpointError, match=re.escape(f"resume it with rnnlab.resume({str(run.dir)!r}) or")):
+        rnnlab.train(run.config, run.dir, progress=False)
+    text = (run.dir / "config.toml").read_text()
+    (run.dir / "config.toml").write_text(text.replace("seed = 0", "seed = 1"))
+    edited = f"with the change: rnnlab.train(rnnlab.config.load_toml({config!r}))"
+    with pytest.raises(CheckpointError, match=re.escape(edited)):
+        rnnlab.resume(run, progress=False)
+    (run.dir / "config.toml").write_text(text)
+    summary = json.loads((run.dir / "summary.json").read_text())
+    (run.dir / "summary.json").write_text(json.dumps({**summary, "status": "diverged"}))
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"with the change, rnnlab.train(rnnlab.apply_overrides(rnnlab.config.load_toml({config!r}), [...]))")):
+        rnnlab.resume(run, progress=False)
+    (run.dir / "summary.json").write_text(json.dumps({**summary, "status": "completed"}))
+    expected = f"rnnlab.train(rnnlab.apply_overrides(rnnlab.config.load_toml({config!r}), ['train.iterations=N']))"
+    with pytest.raises(CheckpointError, match=re.escape(f"with a larger budget: {expected}")):
+        rnnlab.resume(run, progress=False)
+    token = COMMAND_LINE.set(True)
+    try:
+        with pytest.raises(CheckpointError, match=re.escape(f"with a larger budget: rnnlab train --config {config} "
+                                                            "train.iterations=N")):
+            rnnlab.resume(run, progress=False)
+    finally:
+        COMMAND_LINE.reset(token)
 
 
 def test_the_progress_bar_counts_iterations_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -107,7 +107,8 @@ def _train(config: RunConfig, out: str | Path | None = None, *, progress: bool =
                        example=run_dir / config.label)
     with _training_into(run_dir):
         if (run_dir / ckpt.CHECKPOINT_JSON).exists():
-            raise CheckpointError(f"{run_dir} already holds a run; resume it with `rnnlab train --resume {run_dir}` "
+            resume_it = option(f"`rnnlab train --resume {run_dir}`", f"rnnlab.resume({str(run_dir)!r})")
+            raise CheckpointError(f"{run_dir} already holds a run; resume it with {resume_it} "
                                   f"or choose another {another}")
         if (run_dir / SUMMARY).exists():  # e.g. a run that diverged before its first checkpoint: keep its record
             raise CheckpointError(f"{run_dir} already holds a run without a checkpoint (see its {SUMMARY}); "
@@ -326,10 +327,10 @@ def _check_resumable(run_dir: Path, config: RunConfig, meta: dict[str, Any]) -> 
                  else f"finished all {iterations} iterations")
         raise CheckpointError(
             f"{run_dir} {ended}{reached}; there is nothing to resume. To train longer, start a new run from its "
-            f"config with a larger budget: rnnlab train --config {run_dir / CONFIG} train.iterations=N")
+            f"config with a larger budget: {_new_run_from(run_dir / CONFIG, 'train.iterations=N')}")
     if status == "diverged":  # the same seed and settings would diverge again at the same step
         raise CheckpointError(f"{run_dir} diverged ({summary.get('message', 'non-finite loss')}); resuming would "
-                              f"repeat it: start a new run with the change, rnnlab train --config {run_dir / CONFIG} ...")
+                              f"repeat it: start a new run with the change, {_new_run_from(run_dir / CONFIG, '...')}")
     if not (run_dir / CONFIG).exists():
         return config
     on_disk = load_toml(run_dir / CONFIG)
@@ -341,8 +342,18 @@ def _check_resumable(run_dir: Path, config: RunConfig, meta: dict[str, Any]) -> 
             f"{run_dir / CONFIG} was edited after the run started ({'; '.join(changes[:3])}); "
             f"{option('--resume', 'rnnlab.resume')} continues "
             f"the run with the settings it started with. Undo the edit, or start a new run with the change: "
-            f"rnnlab train --config {run_dir / CONFIG}")
+            f"{_new_run_from(run_dir / CONFIG)}")
     return replace(config, data=on_disk.data)  # the same but for where the data is: config.toml says where
+
+
+def _new_run_from(config_path: Path, overrides: str = "") -> str:
+    """How to train a new run from a run's config.toml with ``overrides`` (``...``: whatever the
+    user changes), in the caller's terms: the command, or from Python the call."""
+    command = f"rnnlab train --config {config_path}" + (f" {overrides}" if overrides else "")
+    call = f"rnnlab.config.load_toml({str(config_path)!r})"
+    if overrides:
+        call = f"rnnlab.apply_overrides({call}, {'[...]' if overrides == '...' else [overrides]})"
+    return option(command, f"rnnlab.train({call})")
 
 
 def read_run(run_dir: str | Path | Run) -> Run:
