@@ -53,6 +53,18 @@ def shapes(model) -> list[list[int]]:
     return [list(shape) for _, shape, _ in describe_parameters(model)]
 
 
+def test_a_sequence_classifier_given_the_whole_run_config_says_to_pass_its_model() -> None:
+    """A builder of one's own that passes the RunConfig (before: AttributeError: no attribute 'cell')."""
+    from rnnlab.config import RunConfig
+    from rnnlab.models import SequenceClassifier
+
+    with pytest.raises(ConfigError, match=r"^SequenceClassifier: config must be a ModelConfig .* not a RunConfig; "
+                                          r"pass its .model$"):
+        SequenceClassifier(RunConfig(), input_size=28, seq_len=28, num_classes=10)
+    with pytest.raises(ConfigError, match=r"not a dict$"):
+        SequenceClassifier({"cell": "lstm"}, input_size=28, seq_len=28, num_classes=10)
+
+
 def test_parameter_shapes_equal_the_tutorial_listings() -> None:
     # deep-learning-wizard RNN model A: 1 layer of 100 on 28 inputs, 10 classes.
     assert shapes(build(cell="rnn", nonlinearity="relu", hidden=100)) == [

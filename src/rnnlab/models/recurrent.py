@@ -33,6 +33,10 @@ class SequenceClassifier(nn.Module):
                  input_mean: float | torch.Tensor = 0.0, input_std: float | torch.Tensor = 1.0,
                  recurrent: nn.Module | None = None) -> None:
         super().__init__()
+        if not isinstance(config, ModelConfig):  # a builder given the whole RunConfig, say: not an AttributeError
+            hint = "; pass its .model" if isinstance(getattr(config, "model", None), ModelConfig) else ""
+            raise ConfigError(f"SequenceClassifier: config must be a ModelConfig (a run config's .model, as a builder "
+                              f"is given it), not {describe(config)}{hint}")
         if recurrent is None and config.cell not in GATES:
             raise ConfigError(f"model.cell={config.cell!r} is a model of your own: its builder must pass "
                               "SequenceClassifier(..., recurrent=your_module)")
