@@ -591,6 +591,18 @@ def test_evaluate_refuses_a_batch_size_that_is_not_a_whole_number(trained_run: P
             model.evaluate(batch_size=bad)
 
 
+def test_evaluate_refuses_a_data_dir_that_is_not_a_path(trained_run: Path) -> None:
+    """Before: TypeError deep in the data loading for a number; "" read the run's own data."""
+    from rnnlab.errors import ConfigError
+
+    model = rnnlab.load(trained_run)
+    with pytest.raises(ConfigError, match=r"^data_dir must be a folder path \(str or Path\), not an int; e\.g\. "
+                                          r"data_dir='data/mnist'$"):
+        model.evaluate(5)
+    with pytest.raises(ConfigError, match=r"^data_dir is empty; give a folder path"):
+        model.test_split("")
+
+
 def test_a_npy_given_to_an_image_run_says_what_the_run_reads(trained_run: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture) -> None:
     np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.float32))

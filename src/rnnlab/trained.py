@@ -54,9 +54,11 @@ class TrainedModel:
         """True for a run trained on the user's own sequences (``data.dataset=file``), not images."""
         return self.config.data.dataset == "file"
 
-    def test_split(self, data_dir: str | None = None) -> SequenceData:
+    def test_split(self, data_dir: str | Path | None = None) -> SequenceData:
         """The run's test set, read as the run read it (view, permutation); ``data_dir``
         overrides the run's own data folder (or, for a sequence-file run, is the file to read)."""
+        if data_dir is not None:  # a number or "" would fail deep in the data loading, or read the run's own
+            data_dir = str(path_arg(data_dir, "data_dir", "data_dir='data/mnist'"))
         data = self.config.data
         if self.reads_sequences:
             path = data_dir or data.file
@@ -69,7 +71,7 @@ class TrainedModel:
         return load_sequences(data.dataset, "test", view=data.view, permutation=self.permutation,
                               data_dir=data_dir or data.data_dir or None, download=data.download)
 
-    def evaluate(self, data_dir: str | None = None, *, batch_size: int = 1000) -> dict[str, Any]:
+    def evaluate(self, data_dir: str | Path | None = None, *, batch_size: int = 1000) -> dict[str, Any]:
         """Test accuracy and loss, per-class accuracy (None for a class without test samples) and
         the confusion matrix (rows: true class) on the run's test split, on the model's device."""
         from rnnlab.evaluation import confusion_matrix, evaluate
