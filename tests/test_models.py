@@ -49,6 +49,18 @@ def test_output_shapes(cell: str, readout: str, bidirectional: bool, layers: int
             model.step_logits(x, bad)
 
 
+def test_step_points_may_be_numpy_integers_and_nothing_but_step_counts() -> None:
+    """``np.arange(2, 8, 2)`` is as good as a list (before: refused); True, 2.5, "abc" and a bare
+    number are refused with the same message (before: a RuntimeError for True)."""
+    model = create_model(ModelConfig(cell="gru", hidden=6), input_size=5, seq_len=7, num_classes=3)
+    x = torch.rand(2, 7, 5)
+    torch.testing.assert_close(model.step_logits(x, np.arange(2, 8, 2)), model.step_logits(x, [2, 4, 6]))
+    torch.testing.assert_close(model.step_logits(x, range(1, 8)), model.step_logits(x))
+    for bad in ([True], [2.5], "abc", 3, [np.float32(2)]):
+        with pytest.raises(ConfigError, match="^points must be step counts from 1 to 7, got "):
+            model.step_logits(x, bad)
+
+
 def shapes(model) -> list[list[int]]:
     return [list(shape) for _, shape, _ in describe_parameters(model)]
 

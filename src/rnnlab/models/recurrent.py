@@ -8,6 +8,7 @@ raw input as training does.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -19,6 +20,22 @@ from rnnlab.errors import ConfigError, describe, warn_caller
 from rnnlab.models.fast import make_recurrent
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def _step_counts(points: Any, steps: int) -> list[int]:
+    """``points`` as Python ints from 1 to ``steps``: a list, a range, or NumPy's integers
+    (``np.arange(4, 29, 4)``); ConfigError for anything else (True is not a step count)."""
+    counts = None
+    if not isinstance(points, (str, bytes)):
+        try:
+            items = list(points)
+        except TypeError:  # a single number
+            items = None
+        if items is not None and all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in items):
+            counts = [int(t) for t in items]
+    if counts is None or not all(1 <= t <= steps for t in counts):
+        raise ConfigError(f"points must be step counts from 1 to {steps}, got {points!r}")
+    return counts
 
 
 class SequenceClassifier(nn.Module):
@@ -163,9 +180,7 @@ class SequenceClassifier(nn.Module):
         run on its own, padded with zeros (blank pixels) to the trained length for ``all``.
         """
         batch, steps, _ = x.shape
-        points = list(range(1, steps + 1)) if points is None else points
-        if not all(isinstance(t, int) and 1 <= t <= steps for t in points):
-            raise ConfigError(f"points must be step counts from 1 to {steps}, got {points}")
+        points = list(range(1, steps + 1)) if points is None else _step_counts(points, steps)
         if self.steps_in_one_pass:
             # One direction: the padding after a sequence's end cannot change its earlier states.
             out = self.hidden_states(x)  # (B, T, H)
