@@ -122,8 +122,11 @@ def test_mistakes_in_a_model_of_ones_own_are_named_where_they_are_made(indrnn: P
         register_model("indrnn", "another")(lambda **kwargs: None)
     with pytest.raises(ConfigError, match=r"one of rnnlab's own models"):
         unregister_model("gru")
-    with pytest.raises(ConfigError, match=r"the name must be a non-empty string"):
-        register_model("a=b", "bad")
+    for bad in ("a=b", "a,b", " indrnn", "", None, "my/cell", "../up", ".hidden", "a b", "x\ny"):
+        # A name that is no plain folder name would have put runs outside runs/ (runs/../up-1x8-...)
+        with pytest.raises(ConfigError, match=r"^register_model: the name must be a non-empty string of up to 100 "):
+            register_model(bad, "bad")
+    assert "my/cell" not in registry.list_models()
 
     def build(kind: str):  # builders of wrong kinds, each under the name "broken"
         if kind == "signature":

@@ -116,9 +116,14 @@ def check_values(section: str, cfg: Any) -> None:
             raise ConfigError(f"{key}={value!r} is not a finite number; give a finite value{hint}")
 
 
+def folder_name(value: str) -> bool:
+    """Whether ``value`` is one plain folder name (no separators, '..', hidden or odd characters)."""
+    return bool(_FOLDER_NAME.fullmatch(value))
+
+
 def check_folder_name(key: str, value: str) -> None:
     """Refuse a name that is not one plain folder name (no separators, '..', hidden or odd characters)."""
-    if not _FOLDER_NAME.fullmatch(value):
+    if not folder_name(value):
         raise ConfigError(
             f"{key}={value!r} cannot be a folder name; use up to 100 letters, digits, '.', '_', '-' or '+', "
             "starting with a letter or digit (e.g. lstm-small_2)"

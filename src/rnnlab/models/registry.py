@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from rnnlab.config import CELL_SUMMARIES, REGISTERED_CELLS, ModelConfig
+from rnnlab.config_values import folder_name
 from rnnlab.distributed import is_out_of_memory
 from rnnlab.errors import ConfigError, describe
 from rnnlab.models.own import check_builder_signature, check_own_model, count_registration
@@ -26,7 +27,8 @@ _REGISTRY: dict[str, tuple[Builder, str]] = {}
 
 def register_model(name: str, summary: str) -> Callable[[Builder], Builder]:
     """Decorator: make a builder available under ``name``, for ``create_model`` and for runs
-    (``model.cell=name``), beside rnn, lstm and gru.
+    (``model.cell=name``), beside rnn, lstm and gru. The name is a plain word (letters, digits, '.',
+    '_', '-', '+'): it also names the run folders, ``runs/<name>-1x128-<time>``.
 
     The builder is called with keyword arguments ``config`` (the run's ModelConfig), ``input_size``,
     ``seq_len``, ``num_classes``, ``input_mean`` and ``input_std``, and returns a
@@ -40,9 +42,10 @@ def register_model(name: str, summary: str) -> Callable[[Builder], Builder]:
     A run in another process (``rnnlab.load``, a compare's workers, the command line) needs the
     module that registers it imported first; on the command line, ``rnnlab --import FILE_OR_MODULE``.
     Registering a name again from the same function (a module run twice, a notebook cell) replaces it."""
-    if not isinstance(name, str) or not name or name != name.strip() or "=" in name or "," in name:
-        raise ConfigError(f"register_model: the name must be a non-empty string without spaces around it, "
-                          f"'=' or ',', not {name!r}")
+    if not isinstance(name, str) or not folder_name(name):  # it names run folders: runs/<name>-1x128-<time>
+        raise ConfigError(f"register_model: the name must be a non-empty string of up to 100 letters, digits, '.', "
+                          f"'_', '-' or '+', starting with a letter or digit (it is model.cell, and names run "
+                          f"folders: runs/<name>-1x128-<time>), not {name!r}; e.g. 'indrnn'")
 
     def wrap(builder: Builder) -> Builder:
         if not callable(builder):
