@@ -103,6 +103,27 @@ def test_toml_with_unknown_key_or_bad_type(tmp_path: Path) -> None:
         load_toml(tmp_path / "missing.toml")
 
 
+def test_a_config_built_in_python_holds_builtin_types(tmp_path: Path) -> None:
+    """NumPy's float64 (a sweep's np.logspace) is a float: kept as it was, it was pickled into the
+    checkpoint, which torch.load(weights_only=True) then refused, so the run could be neither loaded
+    nor resumed. An int for a float field is a float, as from TOML."""
+    import dataclasses
+    import enum
+    import pickle
+
+    import numpy as np
+
+    class Cell(str, enum.Enum):
+        GRU = "gru"
+
+    config = RunConfig(model=ModelConfig(cell=Cell.GRU), train=TrainConfig(lr=np.logspace(-3, -2, 3)[1], gamma=1))
+    assert type(config.train.lr) is float and type(config.train.gamma) is float and config.train.gamma == 1.0
+    assert type(config.model.cell) is str and config.model.cell == "gru"
+    assert "numpy" not in str(pickle.dumps(dataclasses.asdict(config)))
+    save_toml(config, tmp_path / "config.toml")
+    assert load_toml(tmp_path / "config.toml") == config
+
+
 def test_tutorial_presets_match_the_tutorials() -> None:
     names = suite("tutorials")
     assert names == ["dlw-rnn-a", "dlw-rnn-b", "dlw-rnn-c", "dlw-lstm-a", "dlw-lstm-b", "dlw-lstm-c", "rnn-allsteps"]

@@ -223,6 +223,21 @@ def test_a_run_that_cannot_be_resumed_says_how_to_go_on_in_the_callers_terms(tmp
         COMMAND_LINE.reset(token)
 
 
+def test_a_run_of_a_numpy_learning_rate_loads_and_resumes(tmp_path: Path) -> None:
+    """A sweep's np.float64 rate trained, but its checkpoint held a NumPy scalar, which loading with
+    weights_only=True refused as "corrupt": neither rnnlab.load nor rnnlab.resume could read it."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    cfg = tiny("train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2")
+    cfg = replace(cfg, train=replace(cfg.train, lr=np.logspace(-3, -2, 3)[1]))
+    part = rnnlab.train(cfg, tmp_path / "run", progress=False, stop_after=2)
+    torch.load(part.dir / "checkpoint.pt", weights_only=True)
+    assert rnnlab.resume(part, progress=False).status == "completed"
+    assert rnnlab.load(part).evaluate()["test_accuracy"] == rnnlab.read_run(part).test_accuracy
+
+
 def test_the_progress_bar_counts_iterations_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rnnlab.train(tiny("name=barred"), tmp_path / "run", progress=True)
     err = capsys.readouterr().err

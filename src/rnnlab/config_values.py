@@ -68,7 +68,10 @@ def coerce(key: str, typ: Any, value: Any, source: str = "") -> Any:
         example = _example(typ, value)
         fix = f", e.g. {key.rpartition('.')[2]} = {example}" if example is not None else ""
         raise ConfigError(f"{where}{key}={value!r} is {kind}; expected {_EXPECTED[typ]}{fix}")
-    return float(value) if typ is float else value
+    # The builtin type itself, not a subclass: NumPy's float64 (np.logspace(...)[i]) is a float, and
+    # pickled into a checkpoint it made the file one torch.load(weights_only=True) refuses.
+    builtin = {bool: bool, int: int, float: float, str: str.__str__}.get(typ)  # str.__str__: the text, even of a
+    return builtin(value) if builtin is not None else value                   # (str, Enum) member
 
 
 def _example(typ: Any, value: Any) -> str | None:
@@ -105,11 +108,13 @@ def at_most(key: str, value: float, high: float, note: str = "") -> None:
 
 
 def check_values(section: str, cfg: Any) -> None:
-    """Types (a config built in Python skips from_dict's checks) and finite floats: nan passes
+    """Types (a config built in Python skips from_dict's checks), each value made its field's builtin
+    type (an int for a float field: 1.0; NumPy's float64: float), and finite floats: nan passes
     every range check (each comparison is False) and inf trains straight into nan."""
     for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        coerce(f"{section}.{f.name}" if section else f.name, field_type(type(cfg), f.name), value)
+        value = coerce(f"{section}.{f.name}" if section else f.name, field_type(type(cfg), f.name),
+                       getattr(cfg, f.name))
+        object.__setattr__(cfg, f.name, value)  # the dataclasses are frozen
         if isinstance(value, float) and not math.isfinite(value):
             key = f"{section}.{f.name}" if section else f.name
             hint = f" such as the default, {f.default!r}" if isinstance(f.default, float) else ""
