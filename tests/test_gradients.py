@@ -401,3 +401,36 @@ def test_cli_refuses_a_plot_inside_a_file_before_the_work(tmp_path: Path, capsys
         assert capsys.readouterr().err == (f"rnnlab: error: --plot {plot} is inside a file ({afile}); give a "
                                            f"folder for the plot, such as --plot {tmp_path / 'x.png'}\n")
     assert afile.read_text() == "keep me\n" and [p.name for p in tmp_path.iterdir()] == ["afile"]
+
+
+class _FusedLSTMCell(torch.autograd.Function):
+    """An LSTM step as autograd sees CUDA's ``torch.lstm_cell`` (``_thnn_fused_lstm_cell``): h_t and c_t
+    sibling outputs of one node, h_t not computed from the c_t tensor."""
+
+    @staticmethod
+    def forward(ctx, x, h, c, weight_ih, weight_hh, bias_ih, bias_hh):  # noqa: ANN001, ANN205
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_() for t in (x, h, c, weight_ih, weight_hh, bias_ih, bias_hh)]
+            x, h, c, weight_ih, weight_hh, bias_ih, bias_hh = inputs
+            i, f, g, o = (x @ weight_ih.T + bias_ih + h @ weight_hh.T + bias_hh).chunk(4, dim=1)
+            c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h_next = torch.sigmoid(o) * torch.tanh(c_next)
+        ctx.inputs, ctx.outputs = inputs, (h_next, c_next)
+        return h_next.detach(), c_next.detach()
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_c):  # noqa: ANN001, ANN205
+        return torch.autograd.grad(ctx.outputs, ctx.inputs, (grad_h, grad_c), allow_unused=True)
+
+
+def test_an_lstms_cell_norms_are_the_total_derivative_where_the_cell_kernel_is_fused(monkeypatch) -> None:
+    """On a GPU torch.lstm_cell is one fused kernel: differentiating its c_t output alone missed the
+    path through h_t = o_t * tanh(c_t), and c_T's norm was 0. The norms must not depend on the kernel."""
+    model = model_for("model.cell=lstm", "model.layers=2", impl="torch")
+    x, y = torch.rand(4, 7, 5), torch.tensor([2, 0, 1, 1])
+    expected = gradient_flow(model, x, y)
+    monkeypatch.setattr(torch, "lstm_cell", lambda x, hc, *weights: _FusedLSTMCell.apply(x, *hc, *weights))
+    flow = gradient_flow(model, x, y)
+    assert (flow.cell_norms > 0).all()
+    torch.testing.assert_close(flow.cell_norms, expected.cell_norms, rtol=1e-5, atol=0)
+    torch.testing.assert_close(flow.norms, expected.norms, rtol=1e-5, atol=0)

@@ -1,8 +1,8 @@
 """Gradient flow through time: how strongly the loss reaches back to each step's hidden state.
 
 ``gradient_flow`` reruns a model's recurrence one step at a time with the model's own
-weights (torch's cell functions, the maths of torch.nn.RNN/LSTM/GRU), keeps every hidden
-state h_t, and differentiates the summed cross-entropy of a batch with respect to them.
+weights (torch's cell functions, an LSTM's step written out: the maths of torch.nn.RNN/LSTM/GRU),
+keeps every hidden state h_t, and differentiates the summed cross-entropy of a batch with respect to them.
 The mean over the batch of ``||dL/dh_t||`` per layer, direction and step shows where
 gradients vanish or explode. On row MNIST at initialisation, dlw-rnn-a (ReLU RNN, PyTorch's
 default init) keeps about 4e-11 of it at step 1 relative to step 28. With identity
@@ -72,7 +72,7 @@ def unrolled_states(model: SequenceClassifier, x: torch.Tensor) -> tuple[torch.T
             cell_per_step: list[torch.Tensor] = [c] * steps
             for t in (reversed(range(steps)) if direction else range(steps)):
                 if mode == "lstm":
-                    h, c = torch.lstm_cell(layer_input[:, t], (h, c), *weights)
+                    h, c = _lstm_step(layer_input[:, t], h, c, *weights)
                     cell_per_step[t] = c
                 else:
                     h = _CELLS[mode](layer_input[:, t], h, *weights)
@@ -85,6 +85,17 @@ def unrolled_states(model: SequenceClassifier, x: torch.Tensor) -> tuple[torch.T
             cells.append(layer_cells)
         layer_input = torch.cat(outputs, dim=2)  # (B, T, D*H)
     return layer_input, states, cells
+
+
+def _lstm_step(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Tensor,
+               bias_ih: torch.Tensor, bias_hh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of torch.nn.LSTM (gates i, f, g, o), written out so that h_t is computed from c_t on
+    every device: ``torch.lstm_cell`` on a GPU is one fused kernel whose h_t and c_t are sibling
+    outputs of one autograd node, so the gradient with respect to c_t would miss the path through
+    h_t = o_t * tanh(c_t) (and c_T's would be 0)."""
+    i, f, g, o = (x @ weight_ih.T + bias_ih + h @ weight_hh.T + bias_hh).chunk(4, dim=1)  # (B, H) each
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 def gradient_flow(model: SequenceClassifier, x: torch.Tensor, y: torch.Tensor) -> GradientFlow:
