@@ -434,3 +434,28 @@ def test_an_lstms_cell_norms_are_the_total_derivative_where_the_cell_kernel_is_f
     assert (flow.cell_norms > 0).all()
     torch.testing.assert_close(flow.cell_norms, expected.cell_norms, rtol=1e-5, atol=0)
     torch.testing.assert_close(flow.norms, expected.norms, rtol=1e-5, atol=0)
+
+
+def test_running_out_of_memory_is_one_line_that_says_to_lower_images(capsys: pytest.CaptureFixture,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every step's states are kept for all --images at once: pixel MNIST with a large hidden size
+    ran out of memory with a raw traceback."""
+    def no_memory(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 12288000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr("rnnlab.gradients.gradient_flow", no_memory)
+    assert main(["gradients", "--hidden", "8", "--images", "6", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rnnlab: error: out of memory on cpu computing the gradients "
+                                                   "of 6 test sequences of 28 steps (")
+    assert err.rstrip().endswith("lower --images (now 6)")
+
+
+def test_an_error_other_than_memory_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("rnnlab.gradients.gradient_flow", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["gradients", "--hidden", "8", "--images", "2", "--device", "cpu"])

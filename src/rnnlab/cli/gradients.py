@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rnnlab.cli.common import (DefaultsHelpFormatter, add_config_arguments, check_at_least, check_plot_path,
                                config_from_args, settings_given, typed_settings)
@@ -80,6 +82,25 @@ def check_plot_folder(plot: str) -> None:
             break
 
 
+def flow_or_memory_error(flow: Callable[..., Any], model: Any, x: Any, y: Any) -> Any:
+    """``flow(model, x, y)``, with running out of memory said in one line: the gradients keep every
+    step's states and their graph for all ``--images`` at once (memory grows as images x steps x
+    hidden: pixel MNIST's 784 steps fill it first), so the fix is fewer images."""
+    from rnnlab.distributed import is_out_of_memory
+    from rnnlab.errors import ResourceError
+
+    try:
+        return flow(model, x, y)
+    except Exception as exc:  # noqa: BLE001 - only running out of memory is handled here
+        if not is_out_of_memory(exc):
+            raise
+        detail = (str(exc) or type(exc).__name__).splitlines()[0][:160]
+        error = ResourceError(f"out of memory on {x.device} computing the gradients of {len(x)} test sequences "
+                              f"of {x.shape[1]} steps ({detail}); every step's states are kept for all of them at "
+                              f"once: lower --images (now {len(x)})")
+    raise error  # outside the handler: the graph that filled the memory is freed, not kept as its context
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -128,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         test = test.subset(full)
     count = min(args.images, len(test))
     x, y = test.batch(torch.arange(count))  # (N, T, F), (N,)
-    flow = gradient_flow(model, x.to(device), y.to(device))
+    flow = flow_or_memory_error(gradient_flow, model, x.to(device), y.to(device))
     if flow.state_difference > 1e-3:  # the unrolled cells should be the model's own maths
         raise ConfigError(f"the step-by-step rerun differs from the model's own run by {flow.state_difference:.3g}; "
                           "this model's recurrence is not supported by `rnnlab gradients`")
