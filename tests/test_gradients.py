@@ -459,3 +459,25 @@ def test_an_error_other_than_memory_is_not_hidden(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr("rnnlab.gradients.gradient_flow", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["gradients", "--hidden", "8", "--images", "2", "--device", "cpu"])
+
+
+def test_steps_whose_gradient_underflowed_to_0_are_named_in_the_table_and_the_plot(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """On pixel MNIST a trained model's gradient underflows float32 before it reaches the first
+    steps: those norms are 0, which the log plot cannot draw; the line seemed to start mid-sequence."""
+    import rnnlab.plots
+    from rnnlab.gradients import GradientFlow, zero_steps
+
+    norms = torch.tensor([0.0, 0.0, 0.0, 1e-45, 1e-20, 0.0, 1.0], dtype=torch.float64).view(1, 1, 7)
+    assert zero_steps(norms[0, 0]) == "steps 1-3, 6" and zero_steps(torch.tensor([1.0, 0.0])) == "step 2"
+    text = format_flow(GradientFlow(norms, loss=0.5, samples=3, state_difference=0.0), "t")
+    assert text.splitlines()[-1] == ("norm 0 (not drawn by --plot): layer 1 at steps 1-3, 6: no gradient left in "
+                                     "float32 (under its smallest number, 1.4e-45), or none at all")
+    nonzero = GradientFlow(torch.ones(1, 1, 7), loss=0.5, samples=3, state_difference=0.0)
+    assert "norm 0" not in format_flow(nonzero, "t")
+
+    figures = []
+    monkeypatch.setattr(rnnlab.plots, "_save", lambda fig, path: figures.append(fig) or Path(path))
+    rnnlab.plots.gradient_flow_png({"layer 1, h": norms[0, 0].numpy(), "layer 1, c": np.ones(7)}, tmp_path / "g.png")
+    labels = [text.get_text() for text in figures[0].axes[0].get_legend().get_texts()]
+    assert labels == ["layer 1, h (0 at steps 1-3, 6: not drawn)", "layer 1, c"]

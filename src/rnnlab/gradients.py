@@ -179,4 +179,23 @@ def format_flow(flow: GradientFlow, title: str, rows: int = 28) -> str:
         first, last = values[layer, d, first_read].item(), values[layer, d, last_read].item()
         ratios.append(f"{first / last:.3g}" if last > 0 else "n/a")
     lines += ["", "step read first / step read last:" + "".join(f"{r:>{width}}" for r in ratios)]
+    zero = [f"{name.strip()} at {zero_steps(values[layer, d])}" for name, (_, values, layer, d) in zip(names, columns)
+            if (values[layer, d] == 0).any()]
+    if zero:  # a class reading 0 must not take it for a measured value, nor miss the steps in the plot
+        lines += ["", f"norm 0 (not drawn by --plot): {'; '.join(zero)}: no gradient left in float32 (under its "
+                      "smallest number, 1.4e-45), or none at all"]
     return "\n".join(lines)
+
+
+def zero_steps(norms: Any) -> str:
+    """The steps (counted from 1) whose norm in ``norms`` (T,), a tensor or array, is 0, as ranges:
+    "steps 1-401", "step 7", "steps 1-3, 9"."""
+    steps = [t + 1 for t, value in enumerate(norms.tolist()) if value == 0]
+    ranges: list[list[int]] = []
+    for t in steps:
+        if ranges and ranges[-1][1] == t - 1:
+            ranges[-1][1] = t
+        else:
+            ranges.append([t, t])
+    text = ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in ranges)
+    return f"step{'s' if len(steps) > 1 else ''} {text}"

@@ -312,6 +312,8 @@ def gradient_flow_png(curves: dict[str, np.ndarray], path: str | Path,
     """``||dL/dh_t||`` against the step on a log axis, one line per layer and direction
     (``curves`` maps a label to its ``(T,)`` norms; labels ending in ", c" are an LSTM's cell
     state, dashed): a falling line towards step 1 is a vanishing gradient."""
+    from rnnlab.gradients import zero_steps
+
     curves = {k: np.asarray(v, dtype=float) for k, v in curves.items() if np.any(np.asarray(v) > 0)}
     if not curves:
         return None
@@ -319,8 +321,11 @@ def gradient_flow_png(curves: dict[str, np.ndarray], path: str | Path,
     ax = fig.subplots()
     for label, norms in curves.items():
         steps = np.arange(1, len(norms) + 1)
+        # A log axis has no place for 0 (underflowed past float32's 1.4e-45 on 784 steps): the label
+        # says which steps are missing, or the line would seem to start where the gradient runs out.
+        zero = f" (0 at {zero_steps(norms)}: not drawn)" if np.any(norms == 0) else ""
         ax.semilogy(steps, np.where(norms > 0, norms, np.nan), marker="o" if len(norms) <= 60 else None,
-                    markersize=3, label=label, linestyle="--" if label.endswith(", c") else "-")
+                    markersize=3, label=label + zero, linestyle="--" if label.endswith(", c") else "-")
     ax.set_xlabel("step t (input read at that step)")
     ax.set_ylabel("mean gradient norm (log)")
     ax.set_title(title)
