@@ -183,6 +183,14 @@ def test_bad_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "no such run folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("samples", ["0", "-1"])
+def test_cli_names_the_samples_flag_it_refuses(tmp_path: Path, capsys: pytest.CaptureFixture, samples: str) -> None:
+    """The command line's error names the flag typed (--samples), as --images and --batch-size do, not
+    the Python keyword."""
+    assert main(["export", str(tmp_path / "nope"), "--samples", samples]) == 2
+    assert capsys.readouterr().err == f"rnnlab: error: --samples={samples} must be >= 1\n"
+
+
 def test_test_data_that_is_not_there_offers_no_check(untrained_run, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
     # A run folder shared without its data: the check cannot be made, and --no-check is the way to

@@ -329,7 +329,7 @@ def export_run(run_dir: str | Path | Any, fmt: str = "onnx", out: str | Path | N
         raise ExportError(f"samples must be a whole number of test sequences to check, not {describe(samples)}; "
                           "e.g. samples=256")
     if samples < 1:
-        raise ExportError(f"samples={samples} must be >= 1")
+        raise ExportError(f"{option('--samples', 'samples')}={samples} must be >= 1")  # the flag the user typed
     samples = int(samples)  # a NumPy integer too
     data_dir = None if data_dir is None else os.fspath(data_dir)
     if fmt == "onnx":
