@@ -68,6 +68,38 @@ def test_warnings_point_at_the_callers_line_past_rnnlab_and_torch() -> None:
     assert [(w.message.args[0], w.filename) for w in caught] == [("deep inside", __file__)]
 
 
+def test_in_a_compares_worker_warnings_point_at_the_pools_line() -> None:
+    """A compare's worker runs each seed from rnnlab/pool.py, called by concurrent.futures: a warning
+    pointed at concurrent.futures' line (shown in Python's two-line form with its source), not one of
+    rnnlab's, which the command line shows in one line."""
+    import warnings
+
+    import rnnlab.pool
+
+    package = Path(rnnlab.__file__).parent
+    inner: dict = {}
+    exec(compile("from rnnlab.errors import warn_caller\ndef train():\n    warn_caller('short budget')\n",
+                 str(package / "_as_if_rnnlab.py"), "exec"), inner)
+    pool: dict = {"train": inner["train"]}
+    exec(compile("def _started():\n    train()\n", rnnlab.pool.__file__, "exec"), pool)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pool["_started"]()
+    assert [(w.message.args[0], w.filename) for w in caught] == [("short budget", rnnlab.pool.__file__)]
+
+
+@pytest.mark.slow  # a compare and its worker process
+def test_a_compares_warnings_are_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "small.toml"
+    config.write_text("[data]\nval_size = 100\n[model]\nhidden = 8\n[train]\niterations = 5\nwarmup = 10\n")
+    result = subprocess.run([sys.executable, "-m", "rnnlab", "compare", str(config), "--seeds", "1", "--jobs", "1",
+                             "--no-plot", "--out", str(tmp_path / "c")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "train.warmup=10" in line]
+    assert len(warned) == 1 and warned[0].startswith("rnnlab: warning: train.warmup=10 iterations is the whole")
+    assert "concurrent" not in result.stderr and "call_item" not in result.stderr
+
+
 @pytest.mark.slow  # a Python process of its own
 def test_a_commands_warnings_are_one_line() -> None:
     """Under the command line a warning is one line that says it is rnnlab's, not Python's two-line form

@@ -15,18 +15,21 @@ from typing import Any
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _COMMAND_LINE = _PACKAGE + "cli" + os.sep
+# A compare's worker process runs each seed from here: there, this is the command's own line.
+_WORKER_TASKS = _PACKAGE + "pool.py"
 
 
 def warn_caller(message: str, category: type[Warning] = RuntimeWarning) -> None:
     """``warnings.warn`` pointing at the caller's line: the first outside rnnlab (``rnnlab.train``,
     ``build_report``, ...) and outside torch (a module's forward), however deep the warning arises.
-    Under the command line, at the command's own line: its one-line format shows rnnlab's warnings."""
+    Under the command line, at the command's own line: its one-line format shows rnnlab's warnings (in a
+    compare's worker process, at the pool's line that runs the seed, not at concurrent.futures')."""
     torch_dir = getattr(sys.modules.get("torch"), "__file__", None)
     inside = (_PACKAGE,) if torch_dir is None else (_PACKAGE, os.path.dirname(os.path.abspath(torch_dir)) + os.sep)
     frame, stacklevel = sys._getframe(1), 2  # stacklevel 2: the caller of this function
     while frame is not None:
         where = os.path.abspath(frame.f_code.co_filename)
-        if where.startswith(_COMMAND_LINE) or not where.startswith(inside):
+        if where.startswith(_COMMAND_LINE) or where == _WORKER_TASKS or not where.startswith(inside):
             break
         frame, stacklevel = frame.f_back, stacklevel + 1
     warnings.warn(message, category, stacklevel=stacklevel if frame is not None else 2)

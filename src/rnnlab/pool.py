@@ -97,6 +97,10 @@ def _worker_setup(parent: int, marker_dir: str, gpu_counter: Any, gpus: int, imp
     compare's process (``--import``), imported here too. ``command_line``: whether the compare runs under the command line, whose errors name flags
     (:func:`rnnlab.errors.option`); a context variable does not reach another process."""
     COMMAND_LINE.set(command_line)  # in this thread's context, where the pool then runs every task
+    if command_line:  # rnnlab's warnings in one line, as the command's own process shows them
+        from rnnlab.cli import _one_line_warning
+
+        warnings.formatwarning = _one_line_warning
     if gpus:
         _take_gpu(gpu_counter, gpus)
     # The compare read each data file once and said what it had to say of it: not once per seed here.
