@@ -104,6 +104,20 @@ def test_inspect_prints_tutorial_shapes(capsys: pytest.CaptureFixture) -> None:
     assert "[400, 28]" in out and "[400, 100]" in out and "FLOPs per sample" in out and "53,010" in out
 
 
+def test_inspect_counts_a_pixel_lstm_and_a_row_gru_as_by_hand(capsys: pytest.CaptureFixture) -> None:
+    """Per step is the recurrence's 2*G*H*(I+H) per layer, as a hand count gives it: the head was
+    spread over the steps (132,099 per step for an LSTM of 128 on 784 pixels, not 132,096)."""
+    assert main(["inspect", "--model", "lstm", "--hidden", "128", "--view", "pixels"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters         68,362\n" in out  # 4*128*(1+128+2) + 10*(128+1)
+    assert ("FLOPs per sample   103,565,824 forward (132,096 per step of the recurrence, 2,560 for the head), "
+            "~310,697,472 training") in out
+    assert main(["inspect", "--model", "gru", "--layers", "2", "--hidden", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters         43,658\n" in out  # 3*64*(28+64+2) + 3*64*(64+64+2) + 10*(64+1)
+    assert "2,366,720 forward (84,480 per step of the recurrence, 1,280 for the head)" in out
+
+
 def test_presets_and_models_listing(capsys: pytest.CaptureFixture) -> None:
     assert main(["presets"]) == 0
     out = capsys.readouterr().out

@@ -87,5 +87,9 @@ def run_inspect(args: argparse.Namespace) -> int:
     if flops is None:
         print(f"FLOPs per sample   not counted: model.cell={config.model.cell} is a model of your own")
     else:
-        print(f"FLOPs per sample   {flops:,} forward ({flops / steps:,.0f} per step), ~{3 * flops:,} training")
+        # Per step, the recurrence alone: a hand count of 2*G*H*(I+H) per layer should find it exactly; the
+        # head runs once (over every step's state for readout=all), so spread over the steps it is in no step.
+        head = 2 * model.head.in_features * model.head.out_features
+        print(f"FLOPs per sample   {flops:,} forward ({(flops - head) // steps:,} per step of the recurrence, "
+              f"{head:,} for the head), ~{3 * flops:,} training")
     return 0
