@@ -82,10 +82,13 @@ def test_in_a_compares_worker_warnings_point_at_the_pools_line() -> None:
                  str(package / "_as_if_rnnlab.py"), "exec"), inner)
     pool: dict = {"train": inner["train"]}
     exec(compile("def _started():\n    train()\n", rnnlab.pool.__file__, "exec"), pool)
+    exec(compile("def _round():\n    train()\n", rnnlab.pool.__file__, "exec"), pool)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pool["_started"]()
-    assert [(w.message.args[0], w.filename) for w in caught] == [("short budget", rnnlab.pool.__file__)]
+        pool["_round"]()  # the pool's code in the compare's own process: the caller's line, as before
+    assert [(w.message.args[0], w.filename) for w in caught] == [("short budget", rnnlab.pool.__file__),
+                                                                 ("short budget", __file__)]
 
 
 @pytest.mark.slow  # a compare and its worker process

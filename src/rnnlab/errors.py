@@ -15,8 +15,9 @@ from typing import Any
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _COMMAND_LINE = _PACKAGE + "cli" + os.sep
-# A compare's worker process runs each seed from here: there, this is the command's own line.
-_WORKER_TASKS = _PACKAGE + "pool.py"
+# A compare's worker process runs each seed from this function: there, it is the command's own line
+# (the pool's other functions run in the compare's process, under the caller's own line).
+_WORKER_TASK = (_PACKAGE + "pool.py", "_started")
 
 
 def warn_caller(message: str, category: type[Warning] = RuntimeWarning) -> None:
@@ -29,7 +30,8 @@ def warn_caller(message: str, category: type[Warning] = RuntimeWarning) -> None:
     frame, stacklevel = sys._getframe(1), 2  # stacklevel 2: the caller of this function
     while frame is not None:
         where = os.path.abspath(frame.f_code.co_filename)
-        if where.startswith(_COMMAND_LINE) or where == _WORKER_TASKS or not where.startswith(inside):
+        if (where.startswith(_COMMAND_LINE) or (where, frame.f_code.co_name) == _WORKER_TASK
+                or not where.startswith(inside)):
             break
         frame, stacklevel = frame.f_back, stacklevel + 1
     warnings.warn(message, category, stacklevel=stacklevel if frame is not None else 2)
