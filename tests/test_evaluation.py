@@ -82,7 +82,8 @@ def small_run(tmp_path: Path) -> Path:
 def test_cli_eval_draws_the_confusion_matrix_into_the_run(small_run: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["eval", str(small_run)]) == 0
     captured = capsys.readouterr()
-    assert "test accuracy" in captured.out and captured.err == ""
+    assert "test accuracy" in captured.out  # and says where the figure went, on stderr (stdout may be --json's)
+    assert captured.err == f"wrote {small_run / 'confusion.png'} (--no-plot skips it)\n"
     png = (small_run / "confusion.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000  # a drawn figure, not an empty image
 

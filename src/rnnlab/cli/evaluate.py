@@ -72,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_run(args.run_dir, data_dir=args.data_dir, batch_size=args.batch_size, device=args.device)
     # The figures first: they are the evaluation, and a plot that cannot be written must not lose them.
     print(json.dumps(report, allow_nan=False) if args.json else format_report(report), flush=True)
-    if not args.no_plot:
-        write_confusion_plot(report, args.run_dir)
+    if not args.no_plot and write_confusion_plot(report, args.run_dir):  # said, as it writes into the run folder;
+        # on stderr, so that --json's output stays one JSON document
+        print(f"wrote {Path(args.run_dir) / 'confusion.png'} (--no-plot skips it)", file=sys.stderr)
     return 0
 
 
