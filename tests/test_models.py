@@ -198,6 +198,17 @@ def test_a_model_too_big_for_memory_is_refused_before_allocating() -> None:
         build(hidden=100_000, layers=50)
 
 
+def test_a_head_reading_every_step_that_does_not_fit_suggests_the_last_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """readout=all on pixel MNIST: the head holds 784*H*10 of the parameters, far more than the recurrence."""
+    config, shape = ModelConfig(cell="gru", hidden=512, readout="all"), dict(input_size=1, seq_len=784, num_classes=10)
+    monkeypatch.setattr(size, "_memory_bytes", lambda: 2**20)
+    with pytest.raises(ConfigError, match=r"; lower model.hidden or model.layers, or set model.readout=last \(the "
+                                          r"head of readout=all reads all 784 steps: 4,014,080 of the parameters\)$"):
+        size.check_model_size(config, **shape)
+    with pytest.raises(ConfigError, match=r"; lower model.hidden or model.layers$"):  # the recurrence outweighs it
+        size.check_model_size(replace(config, hidden=4096, readout="all"), input_size=1, seq_len=28, num_classes=10)
+
+
 def test_model_size_limits_count_initialisation_and_training(monkeypatch: pytest.MonkeyPatch) -> None:
     config, shape = ModelConfig(cell="rnn", hidden=1000), dict(input_size=28, seq_len=28, num_classes=10)
     count = parameter_estimate(config, **shape)

@@ -47,18 +47,22 @@ def check_model_size(config: ModelConfig, *, input_size: int, seq_len: int, num_
     building = weights + _INIT_BLOCKS.get(config.init, 0) * 4 * config.hidden**2
     copies = 1 if train is None else _training_copies(train)
     host, host_copies = _memory_bytes(), 1 if gpu is not None else copies
+    # readout=all's head reads every step's state: on 784 steps it can outweigh the recurrence
+    head = config.hidden * (2 if config.bidirectional else 1) * seq_len * num_classes
+    advice = (f"{ADVICE}, or set model.readout=last (the head of readout=all reads all {seq_len} steps: "
+              f"{format_count(head)} of the parameters)" if config.readout == "all" and 2 * head > count else ADVICE)
     if max(building, weights * host_copies) > host:
-        _refuse(count, config, train if gpu is None else None, host, "this machine has", building, copies)
+        _refuse(count, config, train if gpu is None else None, host, "this machine has", building, copies, advice)
     if gpu is not None and weights * copies > gpu[0]:
-        _refuse(count, config, train, gpu[0], f"the GPU {gpu[1]} has", weights, copies, free=True)
+        _refuse(count, config, train, gpu[0], f"the GPU {gpu[1]} has", weights, copies, advice, free=True)
     return count
 
 
 def _refuse(count: int, config: ModelConfig, train: TrainConfig | None, memory: int, where: str,
-            building: int, copies: int, *, free: bool = False) -> None:
-    """The model-size error: what does not fit where, and what to change."""
+            building: int, copies: int, advice: str, *, free: bool = False) -> None:
+    """The model-size error: what does not fit where, and what to change (``advice``)."""
     weights = 4 * count
-    notes, advice = "", ADVICE  # the weights alone too big: that says it all; else say what else is
+    notes = ""  # the weights alone too big: that says it all; else say what else is
     if weights <= memory < building:
         notes += f"; model.init={config.init} needs {format_size(building)} while building it"
         advice += " (or set model.init=default)" if train is None or weights * copies <= memory else ""
