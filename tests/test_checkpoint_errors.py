@@ -363,3 +363,16 @@ def test_a_compare_folder_or_a_folder_of_runs_names_runs_to_give(run_dir: Path, 
         capsys, *(arg.replace("DIR", str(started)) for arg in command))
     assert "no checkpoint here (expected checkpoint.pt" in cli_error(
         capsys, *(arg.replace("DIR", str(started / "runs/dlw-rnn-a/seed0")) for arg in command))
+
+
+def test_a_checkpoint_holding_a_numpy_value_says_so_and_how_to_go_on(run_dir: Path) -> None:
+    """rnnlab before 2026-12-02 kept a setting given as a NumPy number, which the optimizer's state
+    pickled: the archive is whole, and it is not corrupt, but a safe load refuses NumPy objects."""
+    pt = run_dir / ckpt.CHECKPOINT_PT
+    tensors = torch.load(pt, weights_only=True)
+    tensors["lr_as_given"] = np.float64(0.01)
+    torch.save(tensors, pt)
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: holds a NumPy value \(numpy\S*scalar\), which rnnlab "
+                                              r"does not load .*; train the run again") as refused:
+        rnnlab.load(run_dir)
+    assert "corrupt" not in str(refused.value)

@@ -185,6 +185,14 @@ def _unloadable(pt: Path, exc: BaseException) -> CheckpointError:
     damage = _zip_damage(pt)
     reason = first_sentence(exc)
     if damage is None:  # a whole archive that torch refuses: another program's file, or damaged inside a tensor
+        foreign = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if foreign and foreign.group(1).startswith(("numpy.", "numpy._core.")):
+            # rnnlab before 2026-12-02 kept a setting given as a NumPy number (np.logspace(...)[i]) as it
+            # was, and the optimizer's state pickled it: the file is whole, but a safe load refuses NumPy.
+            return CheckpointError(f"{pt}: holds a NumPy value ({foreign.group(1)}), which rnnlab does not load "
+                                   "(only tensors and plain values load safely): a run whose settings were given "
+                                   "as NumPy numbers by rnnlab before 2026-12-02 wrote it so; train the run again "
+                                   "(settings are now stored as plain numbers)")
         said = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
         return CheckpointError(f"{pt}: cannot be loaded safely ({said}); the file is corrupt or was not written "
                                f"by rnnlab; {_RESTORE}")
