@@ -451,6 +451,15 @@ def test_help_lists_no_flag_the_command_refuses_and_its_example_runs(
     assert err.startswith("rnnlab: error: `rnnlab ") and "; drop --lr 1e-3" in err and err.count("\n") == 1, err
 
 
+def test_predict_help_says_which_28x28_images_are_used_as_they_are(capsys: pytest.CaptureFixture) -> None:
+    # Only an image already in MNIST's form passes through (imaging.prepare; test_imaging's redrawn digits):
+    # a dim or coloured 28x28 light-on-dark image is prepared like any other, not "used as it is" (found by QA).
+    text = command_help("predict", capsys)
+    assert "28x28 light-on-dark images are used as they are" not in text
+    assert ("An image already in that form (28x28, grey, light ink reaching full brightness on black) is used as "
+            "it is; any other 28x28 image (dim, coloured, dark on light) is prepared like the rest.") in text
+
+
 @pytest.mark.parametrize("command", ["eval", "train", "gradients"])
 def test_device_help_says_auto_is_accepted_and_what_it_picks(command: str, capsys: pytest.CaptureFixture) -> None:
     text = command_help(command, capsys)

@@ -22,8 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "trained on a sequence file",
         description="Classify image files. Each image is brought to MNIST's form first: grey, light ink on "
                     "dark (inverted if the background is light), cropped to the ink, scaled to fit 20x20 and "
-                    "centred by centre of mass in 28x28. 28x28 light-on-dark images are used as they are. For a run "
-                    "trained on a sequence file, give .npy files of sequences instead.",
+                    "centred by centre of mass in 28x28. An image already in that form (28x28, grey, light ink "
+                    "reaching full brightness on black) is used as it is; any other 28x28 image (dim, coloured, "
+                    "dark on light) is prepared like the rest. For a run trained on a sequence file, give .npy "
+                    "files of sequences instead.",
         formatter_class=DefaultsHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("images", nargs="+", metavar="IMAGE",
