@@ -301,3 +301,17 @@ def test_a_constant_initial_state_gets_no_gradient_and_changes_nothing_else(mode
 def test_the_repr_names_the_cell() -> None:
     assert repr(FastRecurrent("gru", 28, 128, num_layers=2)) == "FastRecurrent('gru', 28, 128, num_layers=2, batch_first=True)"
     assert repr(FastRecurrent("rnn_relu", 28, 100)).startswith("FastRecurrent('rnn_relu', 28, 100")
+
+
+def test_dropout_and_bidirectional_in_torch_nn_order_are_refused_not_swapped() -> None:
+    # FastRecurrent and make_recurrent take bidirectional before dropout, torch.nn.RNNBase dropout before
+    # bidirectional: given positionally in torch's order, dropout=True once became 1.0 (every activation
+    # between layers zeroed) and bidirectional=0.1 a true value (found by QA).
+    for build in (FastRecurrent, make_recurrent):
+        with pytest.raises(TypeError, match="bidirectional comes before dropout"):
+            build("gru", 28, 16, 2, 0.1, True)
+        with pytest.raises(TypeError, match="pass them by keyword"):
+            build("rnn_tanh", 28, 16, 2, False, True)
+    m = FastRecurrent("gru", 28, 16, 2, True, 0.1)  # rnnlab's own order still works
+    assert m.bidirectional and m.dropout == 0.1
+    assert make_recurrent("gru", 28, 16, num_layers=2, dropout=0.1, bidirectional=True).dropout == 0.1

@@ -32,6 +32,15 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"unknown recurrent mode {mode!r}; expected one of {MODES}")
 
 
+def _check_direction_and_dropout(bidirectional: Any, dropout: Any) -> None:
+    """``bidirectional`` comes before ``dropout`` here, the other way round from torch.nn.RNNBase: the two
+    given positionally in torch's order (``0.1, True``) would train a dropout of 1.0 between layers."""
+    if isinstance(dropout, bool) or not any(bidirectional is v or bidirectional == v for v in (False, True)):
+        raise TypeError(f"bidirectional must be True or False and dropout a number, got "
+                        f"bidirectional={bidirectional!r}, dropout={dropout!r}: here bidirectional comes before "
+                        "dropout (torch.nn.RNNBase has them the other way round); pass them by keyword")
+
+
 def _tracing() -> bool:
     """True under torch.jit / torch.compile / ONNX export, where a Python
     autograd.Function with in-place loops is not wanted: use the reference path."""
@@ -51,6 +60,7 @@ class FastRecurrent(nn.RNNBase):
                  bidirectional: bool = False, dropout: float = 0.0,
                  device: Any = None, dtype: Any = None, *, batch_first: bool = True) -> None:
         _check_mode(mode)
+        _check_direction_and_dropout(bidirectional, dropout)
         super().__init__(_TORCH_MODE[mode], input_size, hidden_size, num_layers, bias=True,
                          batch_first=batch_first, dropout=float(dropout), bidirectional=bidirectional,
                          device=device, dtype=dtype)
@@ -196,6 +206,7 @@ def make_recurrent(mode: str, input_size: int, hidden_size: int, num_layers: int
     wins). Both have the same parameter names, so state_dicts load across.
     """
     _check_mode(mode)
+    _check_direction_and_dropout(bidirectional, dropout)
     if impl not in ("auto", "fast", "torch"):
         raise ValueError(f"impl must be 'auto', 'fast' or 'torch', got {impl!r}")
     # torch.nn drops out between stacked layers only; on one layer it would only warn (in its own words).
