@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -82,3 +83,39 @@ def test_a_failed_rename_names_the_target_not_the_temporary(tmp_path: Path) -> N
         atomic_write_text(target, "x")
     assert exc.value.filename == str(target)
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and not any(target.iterdir())
+
+
+def _disk_full() -> OSError:
+    """What a write into a full disk raises: no file named (the handle's write or close)."""
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("how", ["write", "zip writer's close"])
+def test_a_full_disk_names_the_target(tmp_path: Path, how: str) -> None:
+    """A full disk fails a write with no file name; torch.save's zip writer then raises a RuntimeError
+    ("unexpected pos") of its own as it closes. Either way the error is the disk's, naming the file."""
+    target = tmp_path / "checkpoint.pt"
+    target.write_bytes(b"old")
+
+    def full(handle: BinaryIO) -> None:
+        handle.write(b"part")
+        if how == "write":
+            raise _disk_full()
+        try:
+            raise _disk_full()
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 20096 vs 19984")
+
+    with pytest.raises(OSError) as caught:
+        atomic_write(target, full)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_other_errors_without_a_file_name_stay_as_they_are(tmp_path: Path) -> None:
+    def refused(handle: BinaryIO) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")  # not a failed write: nothing to name
+
+    with pytest.raises(OSError) as caught:
+        atomic_write(tmp_path / "x", refused)
+    assert caught.value.filename is None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import platform
 import re
 import signal
@@ -310,6 +312,67 @@ def test_out_of_memory_says_what_to_lower_and_keeps_the_last_checkpoint(tmp_path
     else:  # the whole budget is saved: only the test is left to do
         assert f"the trained weights are saved in {tmp_path / 'run'}; `rnnlab eval {tmp_path / 'run'} --batch-size 500`" in message
         assert saved == 40
+
+
+@pytest.mark.parametrize("file", ["checkpoint.pt", "metrics.jsonl"])
+def test_a_full_disk_names_the_file_what_is_kept_and_how_to_go_on(tmp_path: Path, file: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that fills while the run trains: one error naming the file and the iteration, the last
+    checkpoint kept whole, and the resume that continues once there is space (was the bare OS error,
+    with no file named, or torch.save's "unexpected pos" RuntimeError with a traceback)."""
+    cfg = tiny("train.checkpoint_every=10", "train.eval_every=10")
+    run_dir = tmp_path / "run"
+    save = torch.save
+    full = {"now": False}
+
+    def disk_full() -> None:
+        full["now"] = True
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write into a full disk: no file named
+
+    def saving(obj: Any, handle: Any, *args: Any, **kwargs: Any) -> None:
+        if file == "checkpoint.pt" and json.loads(obj[ckpt._META_IN_PT])["iteration"] == 20:
+            handle.write(b"PK\x03\x04 part of it")
+            try:
+                disk_full()
+            finally:  # what torch's zip writer then raises as it closes
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 20096 vs 19984")
+        save(obj, handle, *args, **kwargs)
+
+    class FillingHandle:  # metrics.jsonl's handle: part of the row written, then the disk is full
+        def __init__(self, handle: Any) -> None:
+            self.handle = handle
+
+        def __enter__(self) -> FillingHandle:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+        def write(self, text: str) -> None:
+            if json.loads(text)["iteration"] == 20:
+                self.handle.write(text[:15])
+                disk_full()
+            self.handle.write(text)
+
+        def flush(self) -> None:
+            self.handle.flush()
+
+    monkeypatch.setattr(torch, "save", saving)
+    if file == "metrics.jsonl":
+        monkeypatch.setattr(ckpt, "open", lambda *a, **k: FillingHandle(open(*a, **k)), raising=False)
+    with pytest.raises(ResourceError) as caught:
+        rnnlab.train(cfg, run_dir, progress=False)
+    assert full["now"]
+    assert str(caught.value) == (
+        f"could not write {run_dir / file} after iteration 20 (No space left on device); {run_dir} keeps its "
+        f"checkpoint of iteration 10; free some space there (or make it writable), then continue with "
+        f"rnnlab.resume({str(run_dir)!r})")
+    assert json.loads((run_dir / "checkpoint.json").read_text())["iteration"] == 10
+    assert not (run_dir / "summary.json").exists()
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".checkpoint")) == []  # no temporary
+    monkeypatch.undo()  # space again
+    resumed = rnnlab.resume(run_dir, progress=False)
+    assert resumed.status == "completed" and [row["iteration"] for row in resumed.metrics()] == [10, 20, 30, 40]
 
 
 def _fit(cfg: RunConfig, run_dir: Path, check_every: int) -> tuple[dict, Trainer]:

@@ -14,12 +14,18 @@ to read it (``os.umask`` can only be read by setting it, which is not thread-saf
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 __all__ = ["atomic_write", "atomic_write_json", "atomic_write_text", "replacing"]
+
+# Errors only a write into the file can raise (a full disk or quota, a file too large, the disk
+# failing): one of them with no file name is about the file being written, whose name is then given.
+_WRITE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EIO")
+                          if hasattr(errno, name))
 
 
 @contextlib.contextmanager
@@ -29,7 +35,8 @@ def replacing(path: str | os.PathLike[str], *, suffix: str = ".tmp") -> Iterator
     On a clean exit the file is synced and renamed over ``path`` (its folder is created first
     if missing). On any exception, Ctrl-C included, the temporary file is removed and ``path``
     is left as it was; to discard the file, leave the block by raising. An OSError about the
-    temporary file is raised again naming ``path``, the name the user knows.
+    temporary file, or a failed write into it (a full disk: no file named), is raised again
+    naming ``path``, the name the user knows.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,8 +51,23 @@ def replacing(path: str | os.PathLike[str], *, suffix: str = ".tmp") -> Iterator
             tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno is not None and str(exc.filename) == str(tmp):
             raise OSError(exc.errno, exc.strerror, str(path)) from None  # keeps the subclass
+        failed_write = _failed_write(exc) if isinstance(exc, Exception) else None  # not a Ctrl-C
+        if failed_write is not None:
+            raise OSError(failed_write.errno, failed_write.strerror, str(path)) from None
         raise
     _fsync_dir(path.parent)
+
+
+def _failed_write(exc: BaseException) -> OSError | None:
+    """The write error behind ``exc``, where a full disk (say) failed a write into the file: such an
+    error names no file, and may be followed by another one in the writer's cleanup (torch.save's zip
+    writer raises "unexpected pos" as it closes after a failed write)."""
+    seen = 0
+    while exc is not None and seen < 4:
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno in _WRITE_ERRNOS:
+            return exc
+        exc, seen = exc.__context__, seen + 1  # type: ignore[assignment]
+    return None
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:

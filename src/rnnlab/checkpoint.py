@@ -55,9 +55,14 @@ def check_out_dir(out: Path, purpose: str = "", keyword: str = "out") -> Path:
 
 def append_jsonl(path: Path, obj: dict[str, Any]) -> None:
     """Append one line; a crash can at worst leave a partial last line, which readers skip."""
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(obj) + "\n")
-        handle.flush()
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(obj) + "\n")
+            handle.flush()
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # a full disk fails the write, which names no file
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

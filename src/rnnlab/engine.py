@@ -173,13 +173,16 @@ class Trainer:
                 summary = self._finish("interrupted")
                 if not isinstance(cut, Terminated):
                     raise  # Ctrl-C stops the command at once, as it asked; the summary says how to go on
-        except Exception as exc:  # noqa: BLE001 - only running out of memory is handled here
-            if not dist.is_out_of_memory(exc):
+        except Exception as exc:  # noqa: BLE001 - only running out of memory or disk is handled here
+            if run_summary.is_storage_error(exc):  # a full disk or quota, a folder made read-only
+                error = run_summary.storage_error(self, exc)
+            elif not dist.is_out_of_memory(exc):
                 if hasattr(exc, "add_note") and raised_in_own_code(exc, self.model):  # Python 3.11+
                     where, kept = run_summary.where_and_kept(self)  # a model of one's own: its traceback, with context
                     exc.add_note(f"rnnlab: model {self.cfg.model.cell!r}, a model of your own, failed {where}; {kept}")
                 raise
-            error = run_summary.out_of_memory_error(self, exc)
+            else:
+                error = run_summary.out_of_memory_error(self, exc)
         else:
             self.terminated = self.terminated or stop.terminated  # also one that came after the loop
             self.ctrl_c = stop.received == signal.SIGINT

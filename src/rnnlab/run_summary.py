@@ -6,6 +6,7 @@ Apart from :mod:`rnnlab.engine` so the loop stays a loop: these functions read a
 
 from __future__ import annotations
 
+import errno
 import platform
 import re
 from datetime import datetime, timezone
@@ -19,7 +20,7 @@ from rnnlab import distributed as dist
 from rnnlab.atomic import atomic_write_json
 from rnnlab.checkpoint import SUMMARY
 from rnnlab.data.splits import describe_datasets
-from rnnlab.errors import ResourceError
+from rnnlab.errors import ResourceError, option
 from rnnlab.evaluation import confusion_matrix, evaluate
 from rnnlab.locks import check_held
 from rnnlab.models import parameter_count
@@ -125,6 +126,34 @@ def out_of_memory_error(trainer: Trainer, exc: BaseException) -> ResourceError:
                     .splitlines()[0])[:160]
     return ResourceError(f"out of memory on {trainer.device} {where} ({detail}); {kept}; lower {lower} or "
                          "model.hidden and start the run again")
+
+# What a run folder that can no longer be written raises: a full disk or quota, a file system
+# remounted read-only (as Linux does on errors), permissions taken away while the run trains.
+_STORAGE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EIO")
+                            if hasattr(errno, name))
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write into the run folder refused by the storage, not a bug."""
+    return isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS
+
+
+def storage_error(trainer: Trainer, exc: OSError) -> ResourceError:
+    """Which file could not be written and why, what the run folder keeps, and how to go on."""
+    what = f"could not write {exc.filename}" if exc.filename else f"could not write into {trainer.run_dir}"
+    where = (f"in training step {trainer.iteration + 1}" if trainer.mid_step
+             else f"after iteration {trainer.iteration}")
+    _, kept = where_and_kept(trainer)
+    if trainer.saved_at is None:
+        then = f"then start the run again into a new folder (or delete {trainer.run_dir} first)"
+    else:
+        command = f"rnnlab train --resume {trainer.run_dir}"
+        if trainer.world > 1:
+            command = "torchrun ... " + command
+        then = "then continue with " + option(command, f"rnnlab.resume({str(trainer.run_dir)!r})")
+    return ResourceError(f"{what} {where} ({exc.strerror or type(exc).__name__}); {kept}; "
+                         f"free some space there (or make it writable), {then}")
+
 
 def where_and_kept(trainer: Trainer) -> tuple[str, str]:
     """Where a failure came (a training step, or an evaluation) and what the run folder keeps."""
