@@ -93,8 +93,11 @@ def test_one_process_at_a_time_trains_a_run_folder(tmp_path: Path) -> None:
     fd = os.open(part.dir / ".rnnlab.lock", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the training process holds it
-        with pytest.raises(ConfigError, match=f"another rnnlab process is training {part.dir}"):
+        with pytest.raises(ConfigError) as busy:
             rnnlab.resume(part.dir, progress=False)
+        # A resume has no folder to choose: it is told to wait, or stop the other and resume then
+        assert str(busy.value) == (f"another rnnlab process is training {part.dir}; wait for it to finish, or stop "
+                                   "it (Ctrl-C or SIGTERM save it) and resume it then")
     finally:
         os.close(fd)
     assert rnnlab.resume(part.dir, progress=False).status == "completed"  # released: it goes on

@@ -148,7 +148,7 @@ def resume(run_dir: str | Path | Run, *, progress: bool = True, stop_after: int 
     _, meta = ckpt.load_checkpoint(run_dir, training_state=True)  # refuse a damaged one before training
     config = from_dict(meta["config"], source=str(run_dir / ckpt.CHECKPOINT_JSON))
     dist.init_process_group(config.train.device)  # under torchrun: rank 0 holds the folder for all
-    with _training_into(run_dir):
+    with _training_into(run_dir, resuming=True):
         config = _check_resumable(run_dir, config, meta)
         done = meta["iteration"]
         if stop_after is not None and stop_after <= done < meta.get("total_iterations", done + 1):  # no step to take
@@ -186,9 +186,10 @@ def relocated(config: RunConfig, data_path: Path) -> RunConfig:
 
 
 @contextmanager
-def _training_into(run_dir: Path) -> Iterator[None]:
+def _training_into(run_dir: Path, *, resuming: bool = False) -> Iterator[None]:
     """Hold a lock on ``run_dir`` while training: a second process training the same folder (a
     resume of a run still running) would interleave its metrics and overwrite its checkpoint.
+    ``resuming``: the refusal says how to resume it, not to choose another folder (a resume has none).
     Under torchrun rank 0 holds it for all, and tells the others whether it got it (so that they
     do not wait for it at the first collective). Folders made here for a run that then fails to
     start (a bad data file) are removed again, while the lock still keeps others out."""
@@ -202,9 +203,10 @@ def _training_into(run_dir: Path) -> Iterator[None]:
     run_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as held:
         try:
-            held.enter_context(exclusive(run_dir, f"another rnnlab process is training {run_dir}; wait for it "
-                                                  f"to finish (or stop it), or choose another "
-                                                  f"{option('--out', 'folder (out=)')}"))
+            busy = f"another rnnlab process is training {run_dir}; " + (
+                "wait for it to finish, or stop it (Ctrl-C or SIGTERM save it) and resume it then" if resuming else
+                f"wait for it to finish (or stop it), or choose another {option('--out', 'folder (out=)')}")
+            held.enter_context(exclusive(run_dir, busy))
         except Busy as busy:
             dist.broadcast_object(str(busy))
             raise
