@@ -289,3 +289,31 @@ def test_a_signal_as_a_checkpoint_is_written_waits_until_it_is_noted(signum: int
     assert trainer.saved_at == 12 == json.loads((tmp_path / "run" / "checkpoint.json").read_text())["iteration"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handed back
     assert signal.getsignal(signal.SIGTERM) is stopping.raise_terminated
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_run_stopped_past_its_last_checkpoint_is_summarised_as_that_checkpoint(processes: int, tmp_path: Path,
+                                                                                 handlers: None) -> None:
+    """A stop with no save on the way out (under torchrun each process at its own step; in one process,
+    a second signal inside a step) leaves the last periodic checkpoint. summary.json said the iterations
+    trained (13 here, 132 of a torchrun run whose checkpoint held 100), so it and the checkpoint disagreed
+    and a report took the steps a resume trains again as done: it now counts what the folder keeps."""
+    trainer = Trainer(tiny("train.checkpoint_every=10"), tmp_path / "run", progress=False)
+    trainer.world = processes  # as under torchrun: no checkpoint nor evaluation after the stop
+    update, calls = trainer.optimizer.step, []
+
+    def update_then_stop(*args: object, **kwargs: object) -> object:
+        result = update(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 14 - (processes == 1):  # one process: cut inside step 13, which is then not kept
+            raise KeyboardInterrupt
+        return result
+
+    trainer.optimizer.step = update_then_stop
+    summary = trainer.fit()
+    checkpoint = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and trainer.iteration == 12 + (processes == 2) and trainer.saved_at == 10
+    assert written["iterations"] == checkpoint["iteration"] == 10 and written["epochs"] == round(checkpoint["epoch"], 4)
+    assert written["samples"] == checkpoint["samples"] == 500
+    assert written["train_seconds"] == round(checkpoint["train_seconds"], 3)

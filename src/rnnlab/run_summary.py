@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 def finish(trainer: Trainer, status: str) -> dict[str, Any]:
     """Test the model (where the status calls for it) and write the run's ``summary.json``."""
     cfg = trainer.cfg
+    iterations, samples, seconds = trainer.iteration, trainer.samples, trainer.train_seconds
+    if status == "interrupted" and trainer.saved_at is not None and trainer.saved_at != iterations:
+        # Stopped past its last checkpoint (under torchrun, or by a second signal): the steps since are
+        # not kept, and a resume trains them again. The summary counts what the run folder keeps.
+        iterations, (samples, seconds) = trainer.saved_at, trainer.saved_progress
     summary: dict[str, Any] = {
         "schema_version": ckpt.SCHEMA_VERSION,
         "status": status,
@@ -41,11 +46,11 @@ def finish(trainer: Trainer, status: str) -> dict[str, Any]:
         "model": cfg.model.cell,
         "parameters": parameter_count(trainer.model),
         "protocol": cfg.train.protocol,
-        "iterations": trainer.iteration,
-        "epochs": round(trainer.iteration / trainer.batches_per_epoch, 4),
-        "train_seconds": round(trainer.train_seconds, 3),
-        "samples": trainer.samples,
-        "samples_per_second": round(trainer.samples / max(trainer.train_seconds, 1e-9), 1),
+        "iterations": iterations,
+        "epochs": round(iterations / trainer.batches_per_epoch, 4),
+        "train_seconds": round(seconds, 3),
+        "samples": samples,
+        "samples_per_second": round(samples / max(seconds, 1e-9), 1),
         **trainer.resolved(),  # device, amp and backward as train.*=auto resolved them here
         "processes": trainer.world,  # > 1 under torchrun: samples/s is over all of them
         "threads": torch.get_num_threads(),  # per process: samples/s depends on it
