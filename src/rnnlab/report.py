@@ -33,7 +33,7 @@ __all__ = ["COLUMNS", "RESULTS_CSV", "RESULTS_JSON", "RESULTS_MD", "STATUS_ORDER
            "write_figures", "write_results"]
 
 RESULTS_MD, RESULTS_CSV, RESULTS_JSON = "results.md", "results.csv", "results.json"
-STATUS_ORDER = ("completed", "diverged", "failed", "interrupted", "stopped", "unfinished")
+STATUS_ORDER = ("completed", "diverged", "failed", "interrupted", "stopped", "running", "unfinished")
 
 # Columns of results.csv, in order (results.json's entries carry the same keys, plus "runs").
 COLUMNS = (

@@ -113,7 +113,8 @@ def read_record(run_dir: Path, entry: str | None = None) -> RunRecord:
     summary = read_summary(run_dir)
     if unreadable and not (summary.get("error") or summary.get("message")):  # a reason of its own comes first
         summary = {**summary, "error": unreadable}
-    status = summary.get("status", "unfinished")
+    # no summary yet: another process still training it (a compare under way), or stopped for good
+    status = summary.get("status") or ("running" if ckpt.training_now(run_dir) else "unfinished")
     if entry is None:
         entry = (config.label if config else None) or summary.get("name") or run_dir.name
     seed = summary.get("seed", config.seed if config else None)

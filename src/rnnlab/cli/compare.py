@@ -142,7 +142,7 @@ def _compare_context(path: Path) -> dict[str, Any]:
 
 
 def _finish(rows: list[dict[str, Any]], out: Path, *, retry_hint: bool = False) -> int:
-    """Print the table and where the files are; 1 if any seed failed or is unfinished."""
+    """Print the table and where the files are; 1 if any seed failed, is unfinished or still training."""
     from rnnlab.report import RESULTS_CSV, RESULTS_JSON, RESULTS_MD, markdown_table
     from rnnlab.stats import differences_table
 
@@ -151,10 +151,14 @@ def _finish(rows: list[dict[str, Any]], out: Path, *, retry_hint: bool = False) 
     if differences:
         print(f"\n{differences}")
     print(f"\nwrote {out / RESULTS_MD}, {out / RESULTS_CSV}, {out / RESULTS_JSON}", file=sys.stderr)
-    bad = [r["entry"] for r in rows if r["failed"] or r["unfinished"]]
+    running = [f"{r['entry']} ({r['status']})" for r in rows if "running" in r["status"]]
+    if running:  # a report of a compare under way: not failures, and their results will come
+        print(f"rnnlab: some seeds are still training ({', '.join(running)}); report again when they "
+              "have finished", file=sys.stderr)
+    bad = [r["entry"] for r in rows if r["failed"] or (r["unfinished"] and "running" not in r["status"])]
     if bad:
         hint = "; rerun the same command to retry or resume them" if retry_hint else ""
         print(f"rnnlab: some seeds failed or did not finish ({', '.join(bad)}); see {out / RESULTS_MD}{hint}",
               file=sys.stderr)
         return 1
-    return 0
+    return 1 if running else 0
