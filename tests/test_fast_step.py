@@ -163,3 +163,66 @@ def test_frozen_parameters_get_no_gradient() -> None:
             assert p.grad is None and expected[name] is None, name
         else:
             torch.testing.assert_close(p.grad, expected[name], rtol=1e-8, atol=1e-10, msg=name)
+
+
+WHOLE_CASES = [["model.cell=rnn", "model.nonlinearity=relu"],
+               ["model.cell=gru", "model.bidirectional=true", "model.readout=mean", "train.label_smoothing=0.1"],
+               ["model.cell=rnn", "model.nonlinearity=tanh", "model.layers=2", "model.readout=all"]]
+
+
+@pytest.mark.parametrize("case", WHOLE_CASES, ids=lambda c: c[0].partition("=")[2] + str(len(c)))
+def test_whole_sgd_steps_train_what_the_step_and_the_update_apart_train(case: list, tmp_path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain SGD: the steps between NaN checks are one call, batch and update included (sgd_step), and
+    the run is the same, bit for bit, as with the batch, the step and the optimizer one after another."""
+    import rnnlab
+    from rnnlab import engine
+    from rnnlab.engine import Trainer
+
+    cfg = rnnlab.apply_overrides(rnnlab.RunConfig(), [
+        "train.device=cpu", "model.hidden=16", "train.batch_size=50", "train.iterations=45", "train.eval_every=20",
+        "data.val_size=1000", "train.threads=1", "train.optimizer=sgd", "train.lr=0.05", "train.clip=0", *case])
+    calls: list[int] = []
+    real_step = engine.sgd_step
+    monkeypatch.setattr(engine, "sgd_step", lambda *a, **k: calls.append(1) or real_step(*a, **k))
+    weights, metrics = [], []
+    for whole in (True, False):
+        trainer = Trainer(cfg, tmp_path / f"whole-{whole}", progress=False)
+        assert trainer._whole_sgd_steps()
+        if not whole:
+            monkeypatch.setattr(trainer, "_whole_sgd_steps", lambda: False)
+        summary = trainer.fit()
+        assert summary["status"] == "completed"
+        weights.append(trainer.model.state_dict())
+        metrics.append([(row["train_loss"], row["val_accuracy"]) for row in rnnlab.read_run(trainer.run_dir).metrics()])
+        if whole:  # every step but those before a NaN check (each 20th; before an evaluation; the last)
+            assert len(calls) == 45 - 3
+    assert len(calls) == 42  # the run apart made none
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    assert metrics[0] == metrics[1]
+
+
+def test_whole_sgd_steps_only_for_plain_sgd_with_nothing_around_it(tmp_path) -> None:
+    import rnnlab
+    from rnnlab.engine import Trainer
+
+    base = ["train.device=cpu", "model.hidden=8", "train.iterations=4", "data.val_size=1000", "train.threads=1",
+            "train.optimizer=sgd", "train.clip=0"]
+
+    def whole(*extra: str) -> bool:
+        return Trainer(rnnlab.apply_overrides(rnnlab.RunConfig(), [*base, *extra]), tmp_path / "r",
+                       progress=False)._whole_sgd_steps()
+
+    assert whole("model.cell=rnn")
+    assert not whole("model.cell=rnn", "train.momentum=0.9")
+    assert not whole("model.cell=rnn", "train.weight_decay=0.0001")
+    assert not whole("model.cell=rnn", "train.clip=1.0")  # clipping reads the gradients
+    assert not whole("model.cell=rnn", "train.optimizer=adam")
+    assert not whole("model.cell=rnn", "train.backward=autograd")
+    trainer = Trainer(rnnlab.apply_overrides(rnnlab.RunConfig(), [*base, "model.cell=rnn"]), tmp_path / "r",
+                      progress=False)
+    handle = trainer.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: None)
+    assert not trainer._whole_sgd_steps()  # a hook of the caller's runs as it would
+    handle.remove()
+    trainer.model.head.bias.requires_grad_(False)
+    assert not trainer._whole_sgd_steps()  # frozen: the optimizer's step would skip it

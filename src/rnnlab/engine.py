@@ -31,7 +31,7 @@ from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, evaluate, lengths_
 from rnnlab.locks import check_held
 from rnnlab.models.build import build_model
 from rnnlab.models.own import raised_in_own_code
-from rnnlab.models.fast_step import hand_step_supported, loss_and_grads
+from rnnlab.models.fast_step import hand_step_supported, loss_and_grads, plain_sgd, sgd_step
 from rnnlab.models.size import check_model_size
 from rnnlab.optim import learning_rate, make_optimizer, warn_of_a_long_warmup
 from rnnlab.progress import training_bar
@@ -208,6 +208,7 @@ class Trainer:
         status = "completed"
         own_stop = stop is None  # fit() passes its own, held until the run folder is saved
         stop = StopBetweenSteps() if stop is None else stop
+        whole_sgd = self._whole_sgd_steps()
         try:
             while self.iteration < end:
                 if stop.requested:  # Ctrl-C or SIGTERM came during the last step, which has now finished
@@ -222,19 +223,24 @@ class Trainer:
                 lr = learning_rate(cfg, self.iteration, self.total)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                loss, totals = self._forward(batch_idx)  # totals (2,) stay on the device
-                self.running.add(totals, len(batch_idx), self.iteration)
-                if self._must_check(end) and self._diverged():
-                    status = "diverged"
-                    break
-                if not self.hand_step:  # the hand-written step wrote the gradients already
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.scaler.scale(loss).backward()
-                if t.clip > 0:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                if whole_sgd and not self._must_check(end):  # batch, step and update in one call
+                    totals = sgd_step(self.model, self.train_data.x, self.train_data.y, batch_idx, lr=lr,
+                                      label_smoothing=t.label_smoothing)  # (2,) on the device
+                    self.running.add(totals, len(batch_idx), self.iteration)
+                else:  # apart, so that a NaN loss is seen before the update that would spread it
+                    loss, totals = self._forward(batch_idx)  # totals (2,) stay on the device
+                    self.running.add(totals, len(batch_idx), self.iteration)
+                    if self._must_check(end) and self._diverged():
+                        status = "diverged"
+                        break
+                    if not self.hand_step:  # the hand-written step wrote the gradients already
+                        self.optimizer.zero_grad(set_to_none=True)
+                        self.scaler.scale(loss).backward()
+                    if t.clip > 0:
+                        self.scaler.unscale_(self.optimizer)
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
                 self.iteration += 1
                 self.samples += len(batch_idx)
                 self.mid_step = False
@@ -270,6 +276,14 @@ class Trainer:
         if status == "interrupted" and self._diverged(together=self.world == 1):
             status = "diverged"
         return status
+
+    def _whole_sgd_steps(self) -> bool:
+        """Whether steps between NaN checks can be one call, update included (:func:`sgd_step`): the
+        step by hand, plain SGD with nothing around it, no clipping, the training set where the model is.
+        Asked at each :meth:`train_until`, as a caller may change the optimizer or add hooks between."""
+        param = next(self.model.parameters())
+        return (self.hand_step and self.cfg.train.clip == 0 and self.train_data.lengths is None
+                and self.train_data.x.device == param.device and plain_sgd(self.optimizer, self.model))
 
     def _diverged(self, *, together: bool = True) -> bool:
         """Look at the losses of the steps since the last look (waits for the device; under

@@ -88,6 +88,66 @@ def loss_and_grads(model: Any, x: Tensor, y: Tensor, *, label_smoothing: float =
     return losses, logits
 
 
+def plain_sgd(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> bool:
+    """Whether an optimizer's step is ``param -= lr * grad`` over all of ``model``'s parameters, with
+    nothing around it (rnnlab's SGD without momentum, weight decay or hooks): :func:`sgd_step` can
+    then take the whole training step, update included, in one call."""
+    import torch.optim.optimizer as torch_optimizer  # its global hooks (register_optimizer_step_pre_hook)
+
+    from rnnlab.optim import SGD  # late: the optimizers import the config, which imports the models
+
+    if type(optimizer) is not SGD or len(optimizer.param_groups) != 1:
+        return False
+    group = optimizer.param_groups[0]
+    if group["momentum"] or group["weight_decay"] or group["maximize"] or group["differentiable"]:
+        return False
+    hooks = [getattr(where, name, None) for where, names in (
+        (optimizer, ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks")),
+        (torch_optimizer, ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks"))) for name in names]
+    params = list(model.parameters())
+    return not any(hooks) and all(p.requires_grad for p in params) and \
+        {id(p) for p in group["params"]} == {id(p) for p in params} and len(group["params"]) == len(params)
+
+
+def sgd_step(model: Any, data_x: Tensor, data_y: Tensor, indices: Tensor, *, lr: float,
+             label_smoothing: float = 0.0) -> Tensor:
+    """One whole training step of plain SGD (:func:`plain_sgd`) on the rows ``indices`` (B,) of the
+    stored training set ``data_x`` (N, T, F), uint8 pixels or float values, and ``data_y`` (N,):
+    the batch, forward, loss, backward and the update, in one TorchScript call, with the same
+    arithmetic as the batch, :func:`loss_and_grads` and the optimizer's step one after another
+    (the same weights, bit for bit). ``.grad`` is left as it was. Returns (2,) = (summed loss, correct
+    count) over the batch, for the running totals."""
+    rnn = model.rnn
+    names = [f"rnn.{kind}_l{layer}{'_reverse' if d else ''}" for layer in range(rnn.num_layers)
+             for d in range(model.directions) for kind in _KINDS]
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        return K.compiled(_sgd_train_step)(
+            rnn.cell, model.config.readout, rnn.num_layers, model.directions, data_x, data_y, indices,
+            model.input_mean, model.input_std, [params[name] for name in [*names, "head.weight", "head.bias"]],
+            float(lr), float(label_smoothing))
+
+
+def _sgd_train_step(mode: str, readout: str, L: int, D: int, data_x: Tensor, data_y: Tensor, indices: Tensor,
+                    mean: Tensor, std: Tensor, params: List[Tensor], lr: float, label_smoothing: float) -> Tensor:
+    """TorchScript: :func:`sgd_step`'s work; ``params``: the stack's weights as ``_stack_step`` takes them,
+    then the head's weight and bias. Each op is the one the separate path runs (SequenceData.batch,
+    SequenceClassifier.standardize, _stack_step, SGD's _foreach_add_), so the results are the same."""
+    x = data_x.index_select(0, indices)  # (B, T, F): a copy
+    if x.dtype == torch.uint8:
+        x = x.to(torch.float32).div_(255.0)  # pixels in [0, 1]
+    y = data_y.index_select(0, indices)  # (B,)
+    layer_in = ((x - mean) / std).transpose(0, 1).contiguous()  # (B, T, F) -> (T, B, F)
+    B = indices.shape[0]
+    losses, logits, grads = _stack_step(mode, readout, L, D, layer_in, y, params[:-2], params[-2], params[-1],
+                                        label_smoothing, 1.0 / B)
+    # On the list given, not on a list made here: TorchScript drops an in-place op on a new list's
+    # elements as dead code (torch 2.13), and the step would not update the weights at all.
+    torch._foreach_add_(params, grads, alpha=-lr)
+    summed = losses.sum()
+    return torch.stack([summed, torch.eq(logits.argmax(1), y).sum(dtype=losses.dtype)])  # (2,)
+
+
 def _stack_step(mode: str, readout: str, L: int, D: int, x: Tensor, y: Tensor, weights: List[Tensor],
                 head_weight: Tensor, head_bias: Tensor, label_smoothing: float,
                 scale: float) -> Tuple[Tensor, Tensor, List[Tensor]]:
