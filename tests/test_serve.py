@@ -63,6 +63,17 @@ def test_health_info_page_and_docs(server) -> None:
     assert "name" not in server.post("/predict", json={"pixels": np.eye(28).tolist()}).json()
 
 
+def test_a_wrong_method_is_a_405_naming_the_one_to_use(untrained_run, serving) -> None:
+    with serving(create_app(untrained_run(["model.hidden=8"]))) as url:
+        for method, path, allowed in (("GET", "/predict", "POST"), ("PUT", "/predict", "POST"),
+                                      ("DELETE", "/info", "GET")):
+            response = httpx.request(method, url + path, timeout=30)
+            assert response.status_code == 405, (method, path)
+            assert response.headers["allow"] == allowed  # HTTP requires it of a 405
+            assert response.json() == {"error": f"method {method} is not allowed on {path}; use {allowed}"}
+        assert httpx.get(url + "/nope", timeout=30).json() == {"error": "Not Found"}
+
+
 def test_named_classes_are_served(untrained_run, serving, mnist: np.ndarray) -> None:
     run = untrained_run(["data.dataset=fashion-mnist", "model.hidden=8"])
     names = rnnlab.load(run).class_names

@@ -236,7 +236,13 @@ def create_app(run: str | Path | Any, *, limits: Limits | None = None) -> FastAP
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail))
+        # Its headers are kept: a 405's Allow (which HTTP requires) tells a client the method to use.
+        headers = dict(exc.headers or {})
+        message = str(exc.detail)
+        if exc.status_code == 405 and headers.get("Allow"):
+            message = (f"method {request.method} is not allowed on {request.url.path}; "
+                       f"use {' or '.join(headers['Allow'].split(', '))}")
+        return error(exc.status_code, message, **headers)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
