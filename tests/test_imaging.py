@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -194,6 +196,18 @@ def test_truncated_missing_and_blank(tmp_path: Path) -> None:
     Image.new("L", (28, 28), 0).save(tmp_path / "black28.png")  # MNIST's size is no reason to guess
     with pytest.raises(DataError, match=r"black28\.png: no digit found"):
         prepare_image(tmp_path / "black28.png")
+
+
+def test_a_folder_or_a_fifo_says_what_to_give_instead(tmp_path: Path) -> None:
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    with pytest.raises(DataError, match=rf"^{re.escape(str(folder))}: a folder, not an image file; give the "
+                                        rf"images in it, e.g. {re.escape(str(folder / '*'))}$"):
+        prepare_image(folder)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe")
+        with pytest.raises(DataError, match="pipe: not a regular file; give an image file"):
+            prepare_image(tmp_path / "pipe")
 
 
 @pytest.mark.parametrize("side", [28, 40])

@@ -34,8 +34,11 @@ def open_image(source: str | os.PathLike[str] | bytes | BinaryIO, *, max_pixels:
         path = Path(source)
         if not path.exists():
             raise DataError(f"{name}: no such file")
-        if not path.is_file():
-            raise DataError(f"{name}: not a file")
+        if path.is_dir():  # `rnnlab predict RUN digits/`: the shell expands digits/* into its files
+            raise DataError(f"{name}: a folder, not an image file; give the images in it, e.g. "
+                            f"{os.path.join(name, '*')}")
+        if not path.is_file():  # a FIFO or a device: reading it could block or never end
+            raise DataError(f"{name}: not a regular file; give an image file")
         if path.stat().st_size == 0:
             raise DataError(f"{name}: empty file")
         with open(path, "rb") as handle:
