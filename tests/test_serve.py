@@ -198,6 +198,28 @@ def test_oversized_body_without_content_length(server) -> None:
     assert response.status_code == 413
 
 
+def test_a_client_that_disconnects_mid_body_ends_its_request_without_an_error(untrained_run) -> None:
+    import asyncio
+
+    app = create_app(untrained_run(["model.hidden=8"]))
+    messages = iter([{"type": "http.request", "body": b'{"pixels": [[0, ', "more_body": True},
+                     {"type": "http.disconnect"}])  # the upload stops: cancelled, or out of signal
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return next(messages)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", b"3000")],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+    asyncio.run(app(scope, receive, send))  # uvicorn logged "Exception in ASGI application" and a traceback
+    assert sent[0]["status"] == 400
+
+
 def test_rate_limit(trained_run: Path, serving, mnist: np.ndarray) -> None:
     with serving(create_app(trained_run, limits=Limits(rate_per_minute=3))) as url:
         codes = [httpx.post(url + "/predict", json={"pixels": mnist[0].tolist()}, timeout=30).status_code

@@ -26,6 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 import rnnlab
 from rnnlab.errors import DataError, RnnlabError
@@ -75,17 +76,25 @@ def error(status: int, message: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
+class _Disconnected(Exception):
+    pass
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing to hold more than ``limit`` bytes (whatever Content-Length says)."""
+    """The request body, refusing to hold more than ``limit`` bytes (whatever Content-Length says);
+    _Disconnected if the client went away before sending all of it."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise _TooLarge
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge
+            chunks.append(chunk)
+    except ClientDisconnect:  # a cancelled upload, a phone out of signal: not a server error to log
+        raise _Disconnected from None
     return b"".join(chunks)
 
 
@@ -269,6 +278,8 @@ def create_app(run: str | Path | Any, *, limits: Limits | None = None) -> FastAP
             body = await _read_body(request, limits.max_upload_bytes)
         except _TooLarge:
             return error(413, f"request too large (limit {limits.max_upload_bytes / 1024 / 1024:g} MB)")
+        except _Disconnected:  # nobody reads the answer; it only ends the request without a traceback
+            return error(400, "the client disconnected before the whole body arrived")
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
             if kind == "multipart/form-data":
