@@ -141,6 +141,20 @@ def test_bad_json_is_a_400(server, payload: dict, message: str) -> None:
     assert response.status_code == 400 and message in response.json()["error"]
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"])
+def test_an_image_sent_raw_is_told_to_go_in_the_form(fmt: str) -> None:
+    from rnnlab.serve.app import pixels_from_json
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.eye(28, dtype=np.uint8) * 255).save(buffer, fmt)
+    # requests.post(url, data=png) sends no content type, which the API reads as JSON
+    with pytest.raises(ValueError, match=r"^the body is an image file sent as it is; send it as a multipart/"
+                                         r"form-data upload in the field 'file' \(curl -F file=@digit.png URL\)$"):
+        pixels_from_json(buffer.getvalue())
+    with pytest.raises(ValueError, match=r"^the body is not valid JSON"):
+        pixels_from_json(b"BMP? no, just text")
+
+
 def test_bad_requests_get_4xx_and_the_server_keeps_serving(server) -> None:
     rows = [["9" * 4000] + ["0"] * 27] + [["0"] * 28] * 27  # one pixel of 4000 digits: too large for a float
     huge_pixel = ('{"pixels": [' + ",".join("[" + ",".join(row) + "]" for row in rows) + "]}").encode()

@@ -142,11 +142,24 @@ async def _multipart_file(request: Request, body: bytes) -> bytes:
     return data
 
 
+# How image files begin (PNG, JPEG, GIF, BMP, WebP, TIFF): a body sent raw, as requests' data=
+# and fetch's body= send a file without a form, is told how to send it rather than that it is no JSON.
+_IMAGE_STARTS = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"II*\x00", b"MM\x00*")
+
+
+def _looks_like_image(body: bytes) -> bool:
+    return (body.startswith(_IMAGE_STARTS) or (body[:4] == b"RIFF" and body[8:12] == b"WEBP")
+            or (body[:2] == b"BM" and body[6:10] == bytes(4)))  # BMP: its reserved bytes are zero
+
+
 def pixels_from_json(body: bytes) -> np.ndarray:
     """``{"pixels": 28 rows of 28 numbers}`` (0-1 or 0-255) -> float array ``(28, 28)``; ValueError if bad."""
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if _looks_like_image(body):
+            raise ValueError("the body is an image file sent as it is; send it as a multipart/form-data upload "
+                             "in the field 'file' (curl -F file=@digit.png URL)") from None
         raise ValueError(f"the body is not valid JSON ({exc})") from None
     except RecursionError:  # valid JSON nested thousands deep: nothing a drawing needs
         raise ValueError("the body is nested too deeply to be a drawing") from None
