@@ -285,13 +285,24 @@ def test_pixel_views(untrained_run, serving, mnist: np.ndarray, overrides: list[
     assert torch.allclose(torch.tensor(got["probabilities"]), final, atol=1e-6)
 
 
-def test_serve_cli_rejects_bad_arguments(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
+def test_serve_cli_rejects_bad_arguments(trained_run: Path, capsys: pytest.CaptureFixture,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import rnnlab.cli.serve as serve_cli
+
+    def never(*args):
+        raise AssertionError("the arguments should have been refused before listening")
+
+    monkeypatch.setattr(serve_cli, "listen_socket", never)
     assert main(["serve", str(trained_run), "--port", "70000"]) == 2
     assert "--port" in capsys.readouterr().err
     assert main(["serve", str(trained_run), "--concurrency", "0"]) == 2
     assert capsys.readouterr().err == "rnnlab: error: --concurrency=0 must be >= 1\n"
     assert main(["serve", "/nonexistent/run"]) == 2
     assert "no such run folder" in capsys.readouterr().err
+    # Pillow refuses images past its own limit as bombs: a larger --max-pixels would promise what it cannot keep
+    assert main(["serve", str(trained_run), "--port", "0", "--max-pixels", "100000000"]) == 2
+    assert capsys.readouterr().err == ("rnnlab: error: --max-pixels=100000000 is above 89478485, the largest image "
+                                       "the image decoder (Pillow) accepts; give at most that\n")
 
 
 @pytest.mark.parametrize(("value", "fragment"), [("nan", "--max-upload-mb=nan must be a finite number >= 0.001"),

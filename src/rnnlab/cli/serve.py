@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
     parser.add_argument("--max-upload-mb", type=float, default=5.0, help="largest accepted request body, in MB")
-    parser.add_argument("--max-pixels", type=int, default=25_000_000, help="largest accepted image, in pixels")
+    parser.add_argument("--max-pixels", type=int, default=25_000_000,
+                        help="largest accepted image, in pixels (at most Pillow's decompression-bomb limit, 89478485)")
     parser.add_argument("--concurrency", type=int, default=4,
                         help="predictions computed at once; more requests get 503")
     parser.add_argument("--rate-limit", type=int, default=120,
@@ -69,6 +70,13 @@ def run(args: argparse.Namespace) -> int:
     for flag, value, low in (("--max-upload-mb", args.max_upload_mb, 0.001), ("--max-pixels", args.max_pixels, 1),
                              ("--concurrency", args.concurrency, 1), ("--rate-limit", args.rate_limit, 0)):
         check_at_least(flag, value, low)
+    from PIL import Image
+
+    # PIL refuses larger images as decompression bombs whatever our limit says: an upload under
+    # --max-pixels would be turned away as "too large".
+    if Image.MAX_IMAGE_PIXELS is not None and args.max_pixels > Image.MAX_IMAGE_PIXELS:
+        raise ConfigError(f"--max-pixels={args.max_pixels} is above {Image.MAX_IMAGE_PIXELS}, the largest image "
+                          "the image decoder (Pillow) accepts; give at most that")
     from rnnlab.serve.app import Limits, create_app
 
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
