@@ -31,7 +31,7 @@ from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, evaluate, lengths_
 from rnnlab.locks import check_held
 from rnnlab.models.build import build_model
 from rnnlab.models.own import raised_in_own_code
-from rnnlab.models.fast_step import hand_step_supported, loss_and_grads, plain_sgd, sgd_step
+from rnnlab.models.fast_step import hand_step_supported, loss_and_grads, plain_sgd, sgd_step, step_parameters
 from rnnlab.models.size import check_model_size
 from rnnlab.optim import learning_rate, make_optimizer, warn_of_a_long_warmup
 from rnnlab.progress import training_bar
@@ -209,6 +209,7 @@ class Trainer:
         own_stop = stop is None  # fit() passes its own, held until the run folder is saved
         stop = StopBetweenSteps() if stop is None else stop
         whole_sgd = self._whole_sgd_steps()
+        params = step_parameters(self.model) if whole_sgd else None  # the same objects for the whole call
         try:
             while self.iteration < end:
                 if stop.requested:  # Ctrl-C or SIGTERM came during the last step, which has now finished
@@ -225,7 +226,7 @@ class Trainer:
                     group["lr"] = lr
                 if whole_sgd and not self._must_check(end):  # batch, step and update in one call
                     totals = sgd_step(self.model, self.train_data.x, self.train_data.y, batch_idx, lr=lr,
-                                      label_smoothing=t.label_smoothing)  # (2,) on the device
+                                      label_smoothing=t.label_smoothing, params=params)  # (2,) on the device
                     self.running.add(totals, len(batch_idx), self.iteration)
                 else:  # apart, so that a NaN loss is seen before the update that would spread it
                     loss, totals = self._forward(batch_idx)  # totals (2,) stay on the device

@@ -109,22 +109,30 @@ def plain_sgd(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> bool:
         {id(p) for p in group["params"]} == {id(p) for p in params} and len(group["params"]) == len(params)
 
 
+def step_parameters(model: Any) -> list[Tensor]:
+    """``model``'s parameters in the order :func:`sgd_step` takes them: each layer direction's
+    (w_ih, w_hh, b_ih, b_hh) in turn, then the head's weight and bias."""
+    rnn = model.rnn
+    names = [f"rnn.{kind}_l{layer}{'_reverse' if d else ''}" for layer in range(rnn.num_layers)
+             for d in range(model.directions) for kind in _KINDS]
+    params = dict(model.named_parameters())
+    return [params[name] for name in [*names, "head.weight", "head.bias"]]
+
+
 def sgd_step(model: Any, data_x: Tensor, data_y: Tensor, indices: Tensor, *, lr: float,
-             label_smoothing: float = 0.0) -> Tensor:
+             label_smoothing: float = 0.0, params: list[Tensor] | None = None) -> Tensor:
     """One whole training step of plain SGD (:func:`plain_sgd`) on the rows ``indices`` (B,) of the
     stored training set ``data_x`` (N, T, F), uint8 pixels or float values, and ``data_y`` (N,):
     the batch, forward, loss, backward and the update, in one TorchScript call, with the same
     arithmetic as the batch, :func:`loss_and_grads` and the optimizer's step one after another
     (the same weights, bit for bit). ``.grad`` is left as it was. Returns (2,) = (summed loss, correct
-    count) over the batch, for the running totals."""
+    count) over the batch, for the running totals. ``params``: :func:`step_parameters`, if the caller
+    keeps them from step to step (working them out takes ~25 us)."""
     rnn = model.rnn
-    names = [f"rnn.{kind}_l{layer}{'_reverse' if d else ''}" for layer in range(rnn.num_layers)
-             for d in range(model.directions) for kind in _KINDS]
-    params = dict(model.named_parameters())
     with torch.no_grad():
         return K.compiled(_sgd_train_step)(
             rnn.cell, model.config.readout, rnn.num_layers, model.directions, data_x, data_y, indices,
-            model.input_mean, model.input_std, [params[name] for name in [*names, "head.weight", "head.bias"]],
+            model.input_mean, model.input_std, step_parameters(model) if params is None else params,
             float(lr), float(label_smoothing))
 
 
