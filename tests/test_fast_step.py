@@ -226,3 +226,21 @@ def test_whole_sgd_steps_only_for_plain_sgd_with_nothing_around_it(tmp_path) -> 
     handle.remove()
     trainer.model.head.bias.requires_grad_(False)
     assert not trainer._whole_sgd_steps()  # frozen: the optimizer's step would skip it
+
+
+def test_whole_sgd_steps_resume_exactly(tmp_path) -> None:
+    """A run of whole-SGD steps stopped mid-way (off the NaN-check rhythm) and resumed ends bit for bit
+    where the run never stopped does: which steps run whole depends on where a call ends, not the sums."""
+    import rnnlab
+
+    cfg = rnnlab.apply_overrides(rnnlab.RunConfig(), [
+        "train.device=cpu", "model.cell=gru", "model.hidden=16", "train.batch_size=50", "train.iterations=45",
+        "train.eval_every=20", "data.val_size=1000", "train.threads=1", "train.optimizer=sgd", "train.lr=0.05",
+        "train.clip=0"])
+    whole = rnnlab.train(cfg, tmp_path / "whole", progress=False)
+    part = rnnlab.train(cfg, tmp_path / "part", progress=False, stop_after=13)
+    resumed = rnnlab.resume(part.dir, progress=False)
+    a = torch.load(whole.dir / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(resumed.dir / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert whole.summary["test_accuracy"] == resumed.summary["test_accuracy"]
