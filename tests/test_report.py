@@ -864,29 +864,14 @@ def test_a_report_of_a_compare_under_way_says_its_seeds_are_still_training(tmp_p
                                                                           capsys: pytest.CaptureFixture) -> None:
     """A seed folder without a summary whose lock another process holds is training, not unfinished:
     the table says ``running`` and the command says to report again, not that seeds failed."""
-    import threading
-
-    from rnnlab.locks import exclusive
+    from _locks import held_by_another
 
     out = fake_compare(tmp_path / "cmp")
     training = out / "runs/dlw-lstm-a/seed2"
     training.mkdir()
     save_toml(apply_overrides(get_preset("dlw-lstm-a").config, ["seed=2"]), training / "config.toml")
-    holding, release = threading.Event(), threading.Event()
-
-    def trainer() -> None:  # a compare's worker training there holds the folder's lock
-        with exclusive(training, "busy"):
-            holding.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=trainer)
-    thread.start()
-    holding.wait(10)
-    try:
+    with held_by_another(training):  # a compare's worker training there
         assert main(["report", str(out), "--no-plot"]) == 1
-    finally:
-        release.set()
-        thread.join()
     err = capsys.readouterr().err
     assert "some seeds are still training (dlw-lstm-a (2/3 completed, 1 running)); report again when" in err
     assert "did not finish" not in err

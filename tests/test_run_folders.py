@@ -311,29 +311,14 @@ def test_a_folder_with_another_runs_leftovers_is_not_trained_into(tmp_path: Path
 
 
 def test_loading_a_run_that_has_not_saved_its_first_checkpoint_says_it_is_training(tmp_path: Path) -> None:
-    import threading
-
-    from rnnlab.locks import exclusive
+    from _locks import held_by_another
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     rnnlab.config.save_toml(RunConfig(), run_dir / "config.toml")
-    holding, release = threading.Event(), threading.Event()
-
-    def trainer() -> None:  # another process training there holds the folder's lock
-        with exclusive(run_dir, "busy"):
-            holding.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=trainer)
-    thread.start()
-    holding.wait(10)
-    try:
+    with held_by_another(run_dir):  # another process training there
         with pytest.raises(CheckpointError, match="no checkpoint yet: a run is training there and has not saved"):
             rnnlab.load(run_dir)
-    finally:
-        release.set()
-        thread.join()
     with pytest.raises(CheckpointError, match="no checkpoint here"):  # nobody training: not a run folder yet
         rnnlab.load(run_dir)
 

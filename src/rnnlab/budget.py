@@ -15,10 +15,10 @@ counts at the budget it was given: stopping is its recipe's choice, not a shorte
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["Budget", "baseline_budget_note", "budget_warning", "budgets_of", "reported_after", "reported_note",
-           "trained_text"]
+__all__ = ["Budget", "baseline_budget_note", "budget_warning", "budgets_of", "entries_named", "reported_after",
+           "reported_note", "trained_text"]
 
 EPOCH_TOLERANCE = 1e-3  # summaries round epochs to 4 decimals
 
@@ -146,6 +146,12 @@ def baseline_budget_note(row: dict[str, Any], base: dict[str, Any] | None) -> st
     return f"{trained_text(row)} vs the baseline's {trained_text(base)}"
 
 
+def entries_named(rows: list[dict[str, Any]], what: Callable[[dict[str, Any]], str], most: int = 6) -> str:
+    """``rows`` as a warning names them: ```a` what(a), `b` what(b) and 3 more``."""
+    named = ", ".join(f"`{r['entry']}` {what(r)}" for r in rows[:most])
+    return named + (f" and {len(rows) - most} more" if len(rows) > most else "")
+
+
 def budget_warning(rows: list[dict[str, Any]]) -> str | None:
     """A warning where entries set against the baseline trained for another budget than it: each
     such difference is the budget's effect as much as the model's or the recipe's."""
@@ -153,8 +159,7 @@ def budget_warning(rows: list[dict[str, Any]]) -> str | None:
     differing = [r for r in rows if r.get("delta_vs_baseline") is not None and baseline_budget_note(r, base)]
     if base is None or not differing:
         return None
-    named = ", ".join(f"`{r['entry']}` {trained_text(r)}" for r in differing[:6])
-    more = f" and {len(differing) - 6} more" if len(differing) > 6 else ""
-    return (f"budgets differ: the baseline `{base['entry']}` trained {trained_text(base)}, {named}{more}; "
+    return (f"budgets differ: the baseline `{base['entry']}` trained {trained_text(base)}, "
+            f"{entries_named(differing, trained_text)}; "
             "a difference between entries trained for different budgets mixes the effect of the budget with "
             "that of the model and recipe: to compare the models alone, give every entry the same budget")

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rnnlab.budget import budget_warning
+from rnnlab.budget import budget_warning, entries_named
 from rnnlab.errors import ConfigError, option
 
 __all__ = ["Difference", "baseline_of", "check_baseline", "compare_with", "difference", "differences_table",
@@ -323,8 +323,7 @@ def test_set_warning(rows: list[dict[str, Any]]) -> str | None:
     differing = [r for r in rows if r.get("delta_vs_baseline") is not None and r.get("delta_data_note")]
     if not differing:
         return None
-    named = ", ".join(f"`{r['entry']}` ({r['delta_data_note']})" for r in differing[:6])
-    more = f" and {len(differing) - 6} more" if len(differing) > 6 else ""
-    return (f"test sets differ: {named}{more}; a difference between entries scored on different test data "
+    named = entries_named(differing, lambda r: f"({r['delta_data_note']})")
+    return (f"test sets differ: {named}; a difference between entries scored on different test data "
             "mixes the effect of the data with that of the model, and its interval (unpaired) does not cover "
             "the draw of either test set: to compare the models alone, score every entry on the same test set")
