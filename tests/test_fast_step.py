@@ -224,6 +224,11 @@ def test_whole_sgd_steps_only_for_plain_sgd_with_nothing_around_it(tmp_path) -> 
     handle = trainer.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: None)
     assert not trainer._whole_sgd_steps()  # a hook of the caller's runs as it would
     handle.remove()
+    assert trainer._whole_sgd_steps()
+    update = trainer.optimizer.step
+    trainer.optimizer.step = lambda *args, **kwargs: update(*args, **kwargs)  # wrapped by the caller
+    assert not trainer._whole_sgd_steps()
+    del trainer.optimizer.step
     trainer.model.head.bias.requires_grad_(False)
     assert not trainer._whole_sgd_steps()  # frozen: the optimizer's step would skip it
 

@@ -317,3 +317,29 @@ def test_a_run_stopped_past_its_last_checkpoint_is_summarised_as_that_checkpoint
     assert written["iterations"] == checkpoint["iteration"] == 10 and written["epochs"] == round(checkpoint["epoch"], 4)
     assert written["samples"] == checkpoint["samples"] == 500
     assert written["train_seconds"] == round(checkpoint["train_seconds"], 3)
+
+
+def test_a_run_stopped_past_its_last_checkpoint_names_the_checkpoints_best_validation(tmp_path: Path,
+                                                                                      handlers: None) -> None:
+    """train.keep_best: the best validation the summary names is the one the kept checkpoint holds (a
+    resume goes on from it), not one measured after it in steps the resume trains again."""
+    trainer = Trainer(tiny("train.checkpoint_every=10", "train.eval_every=4", "train.keep_best=true"),
+                      tmp_path / "run", progress=False)
+    trainer.world = 2  # as under torchrun: no checkpoint nor evaluation after the stop
+    update, calls = trainer.optimizer.step, []
+
+    def update_then_stop(*args: object, **kwargs: object) -> object:
+        result = update(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 14:
+            raise KeyboardInterrupt
+        return result
+
+    trainer.optimizer.step = update_then_stop
+    trainer.best.update = lambda accuracy, iteration, model: setattr(trainer.best, "iteration", iteration) or \
+        setattr(trainer.best, "accuracy", float(iteration)) or False  # each evaluation the best so far
+    trainer.fit()
+    checkpoint = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert trainer.best.iteration == 12 and checkpoint["best"]["iteration"] == 8
+    assert written["best_val"]["iteration"] == 8 and written["best_val"]["val_accuracy"] == 8.0

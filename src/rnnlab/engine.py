@@ -90,7 +90,8 @@ class Trainer:
         self.batches_per_epoch = self.data.train.num_batches(cfg.train.batch_size)
         self.iteration = 0
         self.saved_at: int | None = None  # the iteration of the last checkpoint written or restored
-        self.saved_progress: tuple[int, float] = (0, 0.0)  # samples and train_seconds at saved_at
+        # at saved_at: samples, train_seconds, and the best validation's iteration and accuracy so far
+        self.saved_progress: tuple[int, float, int | None, float] = (0, 0.0, None, 0.0)
         self.diverged_at: tuple[int, float, float] | None = None  # (iteration, loss, lr), set by _diverged
         self.samples = 0  # training samples processed: an epoch's last batch may be partial
         self.train_seconds = 0.0

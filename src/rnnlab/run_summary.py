@@ -33,10 +33,11 @@ def finish(trainer: Trainer, status: str) -> dict[str, Any]:
     """Test the model (where the status calls for it) and write the run's ``summary.json``."""
     cfg = trainer.cfg
     iterations, samples, seconds = trainer.iteration, trainer.samples, trainer.train_seconds
+    best_iteration, best_accuracy = trainer.best.iteration, trainer.best.accuracy
     if status == "interrupted" and trainer.saved_at is not None and trainer.saved_at != iterations:
         # Stopped past its last checkpoint (under torchrun, or by a second signal): the steps since are
         # not kept, and a resume trains them again. The summary counts what the run folder keeps.
-        iterations, (samples, seconds) = trainer.saved_at, trainer.saved_progress
+        iterations, (samples, seconds, best_iteration, best_accuracy) = trainer.saved_at, trainer.saved_progress
     summary: dict[str, Any] = {
         "schema_version": ckpt.SCHEMA_VERSION,
         "status": status,
@@ -68,8 +69,8 @@ def finish(trainer: Trainer, status: str) -> dict[str, Any]:
     if reference:
         summary["reference"] = reference
     kept = f"the checkpoint of iteration {trainer.saved_at}" if trainer.saved_at is not None else "no checkpoint"
-    if trainer.best.iteration is not None:
-        summary["best_val"] = {"iteration": trainer.best.iteration, "val_accuracy": round(trainer.best.accuracy, 4),
+    if best_iteration is not None:
+        summary["best_val"] = {"iteration": best_iteration, "val_accuracy": round(best_accuracy, 4),
                                "weights": "best" if status == "completed" and cfg.train.keep_best else "last"}
     if trainer.stopped_early:
         summary["stopped_early"] = {"iteration": trainer.iteration, "patience": cfg.train.patience}

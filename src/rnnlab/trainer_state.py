@@ -30,7 +30,7 @@ def save(trainer: Trainer) -> None:
     """Write a checkpoint (rank 0 writes; every process must call it, for the RNG states)."""
     rng_states = seeding.gather_rng_states(trainer.device)
     if not dist.is_main_process():
-        trainer.saved_at, trainer.saved_progress = trainer.iteration, (trainer.samples, trainer.train_seconds)
+        _note_saved(trainer)
         return
     tensors = {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
                "scaler": trainer.scaler.state_dict(), "rng": rng_states[0]}
@@ -50,7 +50,13 @@ def save(trainer: Trainer) -> None:
     check_held(trainer.run_dir)  # not over a folder deleted or replaced since it was locked
     with held_while_saving():  # the summary names the checkpoint on disk, whenever a Ctrl-C lands
         ckpt.save_checkpoint(trainer.run_dir, tensors, meta)
-        trainer.saved_at, trainer.saved_progress = trainer.iteration, (trainer.samples, trainer.train_seconds)
+        _note_saved(trainer)
+
+
+def _note_saved(trainer: Trainer) -> None:
+    """What the checkpoint just written or restored holds, for a summary written past it (an interrupted run)."""
+    trainer.saved_at = trainer.iteration
+    trainer.saved_progress = (trainer.samples, trainer.train_seconds, trainer.best.iteration, trainer.best.accuracy)
 
 
 def restore(trainer: Trainer) -> None:
@@ -78,7 +84,7 @@ def restore(trainer: Trainer) -> None:
                               "this run's own checkpoint.pt, or start the run again") from None
     # Checkpoints before this count was kept: every batch full, as the count then assumed.
     trainer.samples = int(meta.get("samples", trainer.iteration * trainer.cfg.train.batch_size))
-    trainer.saved_at, trainer.saved_progress = trainer.iteration, (trainer.samples, trainer.train_seconds)
+    _note_saved(trainer)
     trainer.running.load(meta["running"])
     trainer.best.load_state(meta.get("best"), tensors.get("best_model"))
     # Metrics logged after the checkpoint will be logged again: drop them.

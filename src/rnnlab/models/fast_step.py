@@ -96,8 +96,8 @@ def plain_sgd(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> bool:
 
     from rnnlab.optim import SGD  # late: the optimizers import the config, which imports the models
 
-    if type(optimizer) is not SGD or len(optimizer.param_groups) != 1:
-        return False
+    if type(optimizer) is not SGD or len(optimizer.param_groups) != 1 or "step" in vars(optimizer):
+        return False  # "step" of its own: the instance's step was replaced (wrapped by a caller, say)
     group = optimizer.param_groups[0]
     if group["momentum"] or group["weight_decay"] or group["maximize"] or group["differentiable"]:
         return False
