@@ -577,6 +577,23 @@ def test_a_second_compare_into_the_same_folder_is_refused(tmp_path: Path) -> Non
     assert not (tmp_path / "runs").exists()
 
 
+def test_the_command_refuses_a_busy_folder_before_its_header(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """One line, the refusal: not the plan's header ("compare: 1 entries x 1 seeds ... to run") first."""
+    from _locks import held_by_another
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    with held_by_another(out):
+        assert main(["compare", "dlw-rnn-a", *TINY, "--seeds", "1", "--out", str(out), "--no-plot"]) == 2
+        assert main(["compare", "dlw-rnn-a", *TINY, "--seeds", "1", "--out", str(out), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert lines[0] == f"rnnlab: error: another rnnlab compare is running into {out}; wait for it to finish, or " \
+                       "use another --out"
+    assert lines[1].startswith("compare: 1 entries x 1 seeds")  # a dry run only reads: it plans all the same
+    assert not (out / "runs").exists()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and signals")
 @pytest.mark.parametrize(("signum", "whole_group"), [(signal.SIGTERM, False), (signal.SIGTERM, True),
                                                      (signal.SIGINT, True)],

@@ -78,6 +78,11 @@ def default_jobs(configs: list[RunConfig]) -> int:
     return available_cores()
 
 
+def busy_text(out: Path) -> str:
+    """Why a compare into ``out`` is refused while another runs there."""
+    return f"another rnnlab compare is running into {out}; wait for it to finish, or use another {_another_folder()}"
+
+
 def _another_folder() -> str:
     """The compare's folder, in "use another ...": the flag typed, or compare's keyword."""
     return option("--out", "folder (out_dir=)")
@@ -312,8 +317,7 @@ def compare(entries: list[Entry], out_dir: str | Path, *, seeds: int = 3, jobs: 
     tasks, states = prepare(entries, out, seeds=seeds, jobs=jobs)  # refuses a mismatching folder up front
     out.mkdir(parents=True, exist_ok=True)
     # A second compare into the same folder would train the same seeds into the same run folders at once.
-    busy = f"another rnnlab compare is running into {out}; wait for it to finish, or use another {_another_folder()}"
-    with exclusive(out, busy):
+    with exclusive(out, busy_text(out)):
         return _compare(entries, out, tasks, states, seeds=seeds, jobs=jobs, plots=plots, on_result=on_result,
                         context=context, baseline=baseline)
 

@@ -66,8 +66,10 @@ def split_items(items: list[str]) -> tuple[list[str], list[str]]:
 
 def run_compare(args: argparse.Namespace) -> int:
     from rnnlab import compare as cmp
+    from rnnlab.checkpoint import training_now
     from rnnlab.entries import default_out_dir, resolve_entries
     from rnnlab.errors import ConfigError
+    from rnnlab.locks import Busy
     from rnnlab.stats import check_baseline
 
     specs, overrides = split_items(args.items)
@@ -78,6 +80,8 @@ def run_compare(args: argparse.Namespace) -> int:
         raise ConfigError(f"--jobs={jobs} must be >= 1")
     out = Path(args.out) if args.out else default_out_dir(entries, args.suite, overrides, sweeps=args.sweep)
     tasks, states = cmp.prepare(entries, out, seeds=args.seeds, jobs=jobs)  # refuses a bad --out before the header
+    if not args.dry_run and training_now(out):  # refused before the header too (compare() holds the lock)
+        raise Busy(cmp.busy_text(out))
     todo = sum(s != "skip" for s in states.values())
     workers = f"{min(jobs, todo)} workers x {tasks[0].config.train.threads} threads" if todo else "nothing to train"
     if not todo and not args.dry_run:  # e.g. a rerun after a stop while the results were written
