@@ -88,6 +88,19 @@ def test_cli_eval_draws_the_confusion_matrix_into_the_run(small_run: Path, capsy
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000  # a drawn figure, not an empty image
 
 
+def test_cli_eval_of_a_run_still_training_says_which_checkpoint_it_evaluates(small_run: Path,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    from _locks import held_by_another
+
+    iteration = json.loads((small_run / "checkpoint.json").read_text())["iteration"]
+    with held_by_another(small_run):
+        assert main(["eval", str(small_run), "--no-plot", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (f"rnnlab: note: a run is still training in {small_run}; this evaluates its checkpoint "
+                            f"of iteration {iteration}\n")
+    assert json.loads(captured.out)["test_accuracy"] >= 0  # stdout stays one JSON document
+
+
 def test_cli_eval_batch_size_changes_the_batches_not_the_figures(small_run: Path, capsys: pytest.CaptureFixture,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import rnnlab.evaluation

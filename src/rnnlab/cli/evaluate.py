@@ -29,12 +29,16 @@ def evaluate_run(run_dir: str, *, data_dir: str | None = None, batch_size: int =
                  device: str = "cpu") -> dict:
     """Evaluate a saved run on its dataset's test split (:meth:`rnnlab.TrainedModel.evaluate`)."""
     import rnnlab
+    from rnnlab.checkpoint import training_now
     from rnnlab.distributed import select_device
     from rnnlab.errors import ConfigError
 
     if batch_size < 1:  # before loading: the flag's name, and no time spent on a refused call
         raise ConfigError(f"--batch-size={batch_size} must be >= 1")
     trained = rnnlab.load(run_dir, device=select_device(device))
+    if training_now(Path(run_dir)):  # the figures are of a checkpoint the run will soon replace: say which
+        print(f"rnnlab: note: a run is still training in {run_dir}; this evaluates its checkpoint of iteration "
+              f"{trained.meta.get('iteration', '?')}", file=sys.stderr)
     return {"run_dir": str(run_dir), **trained.evaluate(data_dir, batch_size=batch_size)}
 
 
