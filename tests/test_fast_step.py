@@ -226,9 +226,11 @@ def test_whole_sgd_steps_only_for_plain_sgd_with_nothing_around_it(tmp_path) -> 
     handle.remove()
     assert trainer._whole_sgd_steps()
     update = trainer.optimizer.step
-    trainer.optimizer.step = lambda *args, **kwargs: update(*args, **kwargs)  # wrapped by the caller
-    assert not trainer._whole_sgd_steps()
+    trainer.optimizer.step = lambda *args, **kwargs: update(*args, **kwargs)  # a caller's wrapper (tests' signals)
+    assert not trainer._whole_sgd_steps()  # would be skipped by the steps in one call
     del trainer.optimizer.step
+    torch.optim.lr_scheduler.StepLR(trainer.optimizer, step_size=10)  # wraps step only to note that it ran
+    assert trainer._whole_sgd_steps()
     trainer.model.head.bias.requires_grad_(False)
     assert not trainer._whole_sgd_steps()  # frozen: the optimizer's step would skip it
 

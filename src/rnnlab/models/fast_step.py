@@ -96,14 +96,19 @@ def plain_sgd(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> bool:
 
     from rnnlab.optim import SGD  # late: the optimizers import the config, which imports the models
 
-    if type(optimizer) is not SGD or len(optimizer.param_groups) != 1 or "step" in vars(optimizer):
-        return False  # "step" of its own: the instance's step was replaced (wrapped by a caller, say)
+    if type(optimizer) is not SGD or len(optimizer.param_groups) != 1:
+        return False
     group = optimizer.param_groups[0]
     if group["momentum"] or group["weight_decay"] or group["maximize"] or group["differentiable"]:
         return False
     hooks = [getattr(where, name, None) for where, names in (
         (optimizer, ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks")),
         (torch_optimizer, ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks"))) for name in names]
+    # A step the caller set on this optimizer (a wrapper that counts, logs or stops steps) would be skipped;
+    # torch's LR schedulers' own wrapper only notes that a step ran, which the steps apart still do.
+    own_step = vars(optimizer).get("step")
+    if own_step is not None and getattr(own_step, "__wrapped__", None) is not type(optimizer).step:
+        return False
     params = list(model.parameters())
     return not any(hooks) and all(p.requires_grad for p in params) and \
         {id(p) for p in group["params"]} == {id(p) for p in params} and len(group["params"]) == len(params)
