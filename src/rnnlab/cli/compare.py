@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 import time
@@ -145,6 +146,12 @@ def _compare_context(path: Path) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "entries" and isinstance(v, (str, int, float))}
 
 
+def _running(row: dict[str, Any]) -> int:
+    """How many of a row's seeds another process is training now, as its status counts them."""
+    found = re.search(r"\b(\d+) running\b", row["status"])
+    return int(found.group(1)) if found else 0
+
+
 def _finish(rows: list[dict[str, Any]], out: Path, *, retry_hint: bool = False) -> int:
     """Print the table and where the files are; 1 if any seed failed, is unfinished or still training."""
     from rnnlab.report import RESULTS_CSV, RESULTS_JSON, RESULTS_MD, markdown_table
@@ -155,11 +162,12 @@ def _finish(rows: list[dict[str, Any]], out: Path, *, retry_hint: bool = False) 
     if differences:
         print(f"\n{differences}")
     print(f"\nwrote {out / RESULTS_MD}, {out / RESULTS_CSV}, {out / RESULTS_JSON}", file=sys.stderr)
-    running = [f"{r['entry']} ({r['status']})" for r in rows if "running" in r["status"]]
+    running = [f"{r['entry']} ({r['status']})" for r in rows if _running(r)]
     if running:  # a report of a compare under way: not failures, and their results will come
         print(f"rnnlab: some seeds are still training ({', '.join(running)}); report again when they "
               "have finished", file=sys.stderr)
-    bad = [r["entry"] for r in rows if r["failed"] or (r["unfinished"] and "running" not in r["status"])]
+    # unfinished counts the seeds training too: a seed stopped beside one still training is said so as well
+    bad = [r["entry"] for r in rows if r["failed"] or r["unfinished"] > _running(r)]
     if bad:
         hint = "; rerun the same command to retry or resume them" if retry_hint else ""
         print(f"rnnlab: some seeds failed or did not finish ({', '.join(bad)}); see {out / RESULTS_MD}{hint}",
