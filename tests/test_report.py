@@ -911,3 +911,16 @@ def test_a_seed_that_stopped_beside_one_still_training_is_still_said_not_to_have
     err = capsys.readouterr().err
     assert "some seeds are still training (dlw-lstm-a (2/4 completed, 1 running, 1 unfinished))" in err
     assert "some seeds failed or did not finish (dlw-lstm-a)" in err
+
+
+def test_reading_a_run_without_a_summary_writes_nothing_into_its_folder(tmp_path: Path) -> None:
+    """Whether a process trains there is asked of the folder's lock: a folder never locked (a copy,
+    another's runs) is unfinished without a lock file made in it by the look."""
+    from rnnlab.run_records import read_record
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    save_toml(get_preset("dlw-lstm-a").config, folder / "config.toml")
+    assert read_record(folder).status == "unfinished"
+    assert rnnlab.read_run(folder).status == "unfinished"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.toml"]

@@ -18,7 +18,7 @@ import torch
 
 from rnnlab.atomic import atomic_write, atomic_write_json, atomic_write_text
 from rnnlab.errors import CheckpointError, ConfigError, option_value, warn_caller
-from rnnlab.locks import Busy, exclusive
+from rnnlab.locks import LOCK_FILE, Busy, exclusive
 
 SCHEMA_VERSION = 1
 # The files of a run folder.
@@ -297,6 +297,8 @@ def _either(runs: list[Path]) -> str:
 
 def training_now(run_dir: Path) -> bool:
     """Whether another process holds the run folder's lock (it is training there)."""
+    if not (run_dir / LOCK_FILE).exists():  # never locked, so nobody trains there: a look makes no lock file
+        return False  # (rnnlab report and read_run read folders of others', read-only ones, archives)
     try:
         with exclusive(run_dir, "busy"):
             return False
