@@ -317,6 +317,8 @@ def test_a_run_stopped_past_its_last_checkpoint_is_summarised_as_that_checkpoint
     assert written["iterations"] == checkpoint["iteration"] == 10 and written["epochs"] == round(checkpoint["epoch"], 4)
     assert written["samples"] == checkpoint["samples"] == 500
     assert written["train_seconds"] == round(checkpoint["train_seconds"], 3)
+    # Not the torn step's weights tested: no test figures, and the message says what the folder keeps
+    assert "test_accuracy" not in written and "keeps the checkpoint of iteration 10; continue with" in written["message"]
 
 
 def test_a_run_stopped_past_its_last_checkpoint_names_the_checkpoints_best_validation(tmp_path: Path,

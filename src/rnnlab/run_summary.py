@@ -78,6 +78,12 @@ def finish(trainer: Trainer, status: str) -> dict[str, Any]:
         summary["message"] = ("interrupted under torchrun, each process at its own step: the run folder keeps "
                               + (f"{kept}; continue with torchrun ... rnnlab train --resume {trainer.run_dir}"
                                  if trainer.saved_at is not None else "no checkpoint: nothing to resume"))
+    elif status == "interrupted" and trainer.saved_at != trainer.iteration:
+        # A second Ctrl-C inside a step: its update may be half done, so no test evaluation of those
+        # weights (and none of the time a second Ctrl-C asks not to spend); the checkpoint stands.
+        summary["message"] = ("stopped inside a step by a second Ctrl-C: the run folder keeps "
+                              + (f"{kept}; continue with rnnlab train --resume {trainer.run_dir}"
+                                 if trainer.saved_at is not None else "no checkpoint: nothing to resume"))
     elif status == "interrupted" and trainer.terminated:
         # No test evaluation: SIGTERM means the process is to end soon (a scheduler kills it some
         # seconds later), and the kept checkpoint is what matters.
