@@ -249,6 +249,10 @@ def test_out_of_memory_is_recognised() -> None:
     assert is_out_of_memory(cpu) and is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried"))
     assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"))
     assert not is_out_of_memory(RuntimeError("a bug")) and not is_out_of_memory(ValueError("out of memory"))
+    # A full GPU can fail in a CUDA library's own allocation, before torch's allocator is asked
+    assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    assert not is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_BAD_PARAM"))
 
 
 @pytest.mark.parametrize("error", [

@@ -112,12 +112,18 @@ _OUT_OF_MEMORY_TYPES = tuple({getattr(torch, "OutOfMemoryError", MemoryError),
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether torch failed to allocate: a GPU's OutOfMemoryError, or the CPU or MPS
-    allocator's RuntimeError (torch raises no dedicated type for those)."""
+    """Whether torch failed to allocate: a GPU's OutOfMemoryError, the CPU or MPS allocator's
+    RuntimeError (torch raises no dedicated type for those), or a CUDA library's own allocation
+    failing on a full GPU: cuBLAS's handle, made at a process's first matrix product
+    ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), or cuDNN's."""
     if isinstance(exc, _OUT_OF_MEMORY_TYPES):
         return True
     text = str(exc)
-    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+    return isinstance(exc, RuntimeError) and any(sign in text for sign in _OUT_OF_MEMORY_SIGNS)
+
+
+_OUT_OF_MEMORY_SIGNS = ("can't allocate memory", "out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
+                        "CUDNN_STATUS_ALLOC_FAILED")
 
 
 def native_bf16_cpu() -> bool:
