@@ -884,30 +884,15 @@ def test_a_seed_that_stopped_beside_one_still_training_is_still_said_not_to_have
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """An entry with a seed training now and another killed earlier (no summary, nobody training it):
     the one that will not finish by itself is named as such, not only counted among those training."""
-    import threading
-
-    from rnnlab.locks import exclusive
+    from _locks import held_by_another
 
     out = fake_compare(tmp_path / "cmp")
     training, stopped = out / "runs/dlw-lstm-a/seed2", out / "runs/dlw-lstm-a/seed3"
     for seed, folder in ((2, training), (3, stopped)):
         folder.mkdir()
         save_toml(apply_overrides(get_preset("dlw-lstm-a").config, [f"seed={seed}"]), folder / "config.toml")
-    holding, release = threading.Event(), threading.Event()
-
-    def trainer() -> None:
-        with exclusive(training, "busy"):
-            holding.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=trainer)
-    thread.start()
-    holding.wait(10)
-    try:
+    with held_by_another(training):
         assert main(["report", str(out), "--no-plot"]) == 1
-    finally:
-        release.set()
-        thread.join()
     err = capsys.readouterr().err
     assert "some seeds are still training (dlw-lstm-a (2/4 completed, 1 running, 1 unfinished))" in err
     assert "some seeds failed or did not finish (dlw-lstm-a)" in err
