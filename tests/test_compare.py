@@ -657,10 +657,11 @@ def test_a_seed_whose_folder_is_busy_is_reported_with_its_reason(tmp_path: Path)
     finally:
         os.close(fd)
     runs = {run["seed"]: run for run in rows[0]["runs"]}
-    assert runs[1]["status"] == "completed" and runs[0]["status"] == "unfinished"
+    # "running", as a report reads a folder that another process trains in (unfinished once it has stopped)
+    assert runs[1]["status"] == "completed" and runs[0]["status"] == "running"
     assert "another rnnlab process is training" in runs[0]["error"]
     md = (tmp_path / "results.md").read_text()
-    assert f"seed 0: **unfinished**: another rnnlab process is training {busy_task.run_dir}" in md
+    assert f"seed 0: **running**: another rnnlab process is training {busy_task.run_dir}" in md
     assert not (Path(busy_task.run_dir) / "summary.json").exists()  # nothing written over the live run
 
 
