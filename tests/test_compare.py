@@ -265,9 +265,12 @@ def test_a_rerun_keeps_a_seed_on_moved_data_only_if_it_is_the_same_data(tmp_path
 def test_a_compare_over_two_sequence_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     files = _two_sequence_files(tmp_path)
     out = tmp_path / "cmp"
-    assert main(["compare", "dlw-lstm-a", *TINY, "--sweep", f"data.file={files[0]},{files[1]}", "--seeds", "1",
-                 "--jobs", "1", "--out", str(out), "--no-plot"]) == 0
+    with pytest.warns(RuntimeWarning, match="^test sets differ: dlw-lstm-a\\+filesigns \\(scored on other test "
+                                            "sequences than the baseline dlw-lstm-a\\+filedata\\)"):
+        assert main(["compare", "dlw-lstm-a", *TINY, "--sweep", f"data.file={files[0]},{files[1]}", "--seeds", "1",
+                     "--jobs", "1", "--out", str(out), "--no-plot"]) == 0
     results = json.loads((out / "results.json").read_text())
+    assert results["entries"][0]["delta_data_note"].startswith("scored on other test sequences")
     assert [(r["entry"], r["completed"]) for r in results["entries"]] == [("dlw-lstm-a+filesigns", 1),
                                                                         ("dlw-lstm-a+filedata", 1)]
     summary = json.loads((out / "runs/dlw-lstm-a+filesigns/seed0/summary.json").read_text())
