@@ -135,6 +135,25 @@ def test_bad_files_are_reported_and_the_rest_predicted(trained_run: Path, digits
     assert ["error" in e for e in entries] == [False, True, True, True, False]
 
 
+def test_cli_device(trained_run: Path, digits: dict, capsys: pytest.CaptureFixture,
+                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """--device, as eval has it: the run's model there, the same answers; a device not to be had is one line."""
+    paths = [str(p) for p in digits["files"]["plain"][:3]]
+    assert main(["predict", str(trained_run), *paths, "--json", "--device", "auto"]) == 0  # here: the CPU
+    assert classes(json.loads(capsys.readouterr().out)) == digits["direct"][:3]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["predict", str(trained_run), *paths, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnlab: error: ") and "no CUDA GPU is available" in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cli_predicts_the_same_on_a_gpu(trained_run: Path, digits: dict, capsys: pytest.CaptureFixture) -> None:
+    paths = [str(p) for p in digits["files"]["plain"][:5]]
+    assert main(["predict", str(trained_run), *paths, "--json", "--device", "cuda"]) == 0
+    assert classes(json.loads(capsys.readouterr().out)) == digits["direct"][:5]
+
+
 def test_bad_arguments(trained_run: Path, digits: dict, capsys: pytest.CaptureFixture) -> None:
     assert main(["predict", str(trained_run), str(digits["files"]["plain"][0]), "--top", "0"]) == 2
     assert "--top" in capsys.readouterr().err

@@ -303,6 +303,10 @@ def test_serve_cli_rejects_bad_arguments(trained_run: Path, capsys: pytest.Captu
     assert main(["serve", str(trained_run), "--port", "0", "--max-pixels", "100000000"]) == 2
     assert capsys.readouterr().err == ("rnnlab: error: --max-pixels=100000000 is above 89478485, the largest image "
                                        "the image decoder (Pillow) accepts; give at most that\n")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # --device: the model's, as eval and predict
+    assert main(["serve", str(trained_run), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnlab: error: ") and "no CUDA GPU is available" in err
 
 
 @pytest.mark.parametrize(("value", "fragment"), [("nan", "--max-upload-mb=nan must be a finite number >= 0.001"),

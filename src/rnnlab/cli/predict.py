@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from rnnlab.cli.common import DefaultsHelpFormatter
+from rnnlab.cli.common import DEVICE_HELP, DefaultsHelpFormatter
 
 SHADES = " .:-=+*#%@"  # dark to light, for a row of pixels in text
 BLOCKS = "▁▂▃▄▅▆▇█"  # probabilities as a sparkline
@@ -40,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", action="store_true",
                         help="also show how the probabilities evolve as the model reads the image")
     parser.add_argument("--json", action="store_true", help="print one JSON list, one entry per image")
+    parser.add_argument("--device", default="cpu", help=f"where the model runs: {DEVICE_HELP}")
     parser.set_defaults(func=run)
 
 
@@ -120,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise ConfigError(f"--top={args.top} must be >= 1")
-    trained = rnnlab.load(args.run_dir)
+    from rnnlab.distributed import select_device
+
+    trained = rnnlab.load(args.run_dir, device=select_device(args.device))
     if trained.reads_sequences:
         return _run_sequences(args, trained)
     if args.lengths:

@@ -6,7 +6,7 @@ import argparse
 import errno
 import socket
 
-from rnnlab.cli.common import DefaultsHelpFormatter, check_at_least
+from rnnlab.cli.common import DEVICE_HELP, DefaultsHelpFormatter, check_at_least
 from rnnlab.errors import ConfigError
 
 
@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="predictions computed at once; more requests get 503")
     parser.add_argument("--rate-limit", type=int, default=120,
                         help="predictions per minute per client address (0: no limit)")
+    parser.add_argument("--device", default="cpu", help=f"where the model runs: {DEVICE_HELP}")
     parser.set_defaults(func=run)
 
 
@@ -81,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
 
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
                     concurrency=args.concurrency, rate_per_minute=args.rate_limit)
-    app = create_app(args.run_dir, limits=limits)
+    import rnnlab
+    from rnnlab.distributed import select_device
+
+    app = create_app(rnnlab.load(args.run_dir, device=select_device(args.device)), limits=limits)
     sock = listen_socket(args.host, args.port)
     try:
         port = sock.getsockname()[1]  # the real one, also for --port 0
