@@ -452,7 +452,7 @@ def test_a_loaded_model_of_ones_own_keeps_the_values_its_builder_makes_outside_t
     from torch import nn
 
     from rnnlab.models import create_model, register_model, unregister_model
-    from rnnlab.trained import build_from_state
+    from rnnlab.model_state import build_from_state
 
     class Scaled(nn.Module):
         def __init__(self, features: int, hidden: int) -> None:

@@ -74,7 +74,8 @@ def reference_model(run_dir: str | Path | Any) -> tuple[Any, torch.nn.Module]:
     """``(TrainedModel, eval-mode model rebuilt on the reference torch.nn layers)``; ``run_dir``
     is a run folder or a :class:`rnnlab.Run`."""
     from rnnlab.config import from_dict
-    from rnnlab.trained import TrainedModel, build_from_state
+    from rnnlab.model_state import build_from_state
+    from rnnlab.trained import TrainedModel
 
     run_dir = path_arg(run_dir, "run_dir", "export_run('runs/my-run', 'onnx')")
     tensors, meta = ckpt.load_checkpoint(run_dir)
