@@ -225,14 +225,15 @@ class Trainer:
                 lr = learning_rate(cfg, self.iteration, self.total)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                if whole_sgd and not self._must_check(end):  # batch, step and update in one call
+                check = self._must_check(end)  # a look for a NaN loss after this step
+                if whole_sgd and not check:  # batch, step and update in one call
                     totals = sgd_step(self.model, self.train_data.x, self.train_data.y, batch_idx, lr=lr,
                                       label_smoothing=t.label_smoothing, params=params)  # (2,) on the device
                     self.running.add(totals, len(batch_idx), self.iteration)
                 else:  # apart, so that a NaN loss is seen before the update that would spread it
                     loss, totals = self._forward(batch_idx)  # totals (2,) stay on the device
                     self.running.add(totals, len(batch_idx), self.iteration)
-                    if self._must_check(end) and self._diverged():
+                    if check and self._diverged():
                         status = "diverged"
                         break
                     if not self.hand_step:  # the hand-written step wrote the gradients already

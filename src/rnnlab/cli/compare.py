@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import sys
 import time
@@ -147,9 +146,8 @@ def _compare_context(path: Path) -> dict[str, Any]:
 
 
 def _running(row: dict[str, Any]) -> int:
-    """How many of a row's seeds another process is training now, as its status counts them."""
-    found = re.search(r"\b(\d+) running\b", row["status"])
-    return int(found.group(1)) if found else 0
+    """How many of a row's seeds another process is training now."""
+    return sum(run.get("status") == "running" for run in row.get("runs") or [])
 
 
 def _finish(rows: list[dict[str, Any]], out: Path, *, retry_hint: bool = False) -> int:

@@ -68,17 +68,14 @@ def loss_and_grads(model: Any, x: Tensor, y: Tensor, *, label_smoothing: float =
                    scale: float = 1.0) -> tuple[Tensor, Tensor]:
     """Per-sample losses (B,) and logits (B, C) of ``model`` on ``x`` (B, T, F); adds the gradient
     of ``scale * losses.sum()`` to every parameter's ``.grad``, as ``backward()`` would."""
-    rnn, head = model.rnn, model.head
-    D, L = model.directions, rnn.num_layers
-    names = [f"rnn.{kind}_l{layer}{'_reverse' if d else ''}" for layer in range(L) for d in range(D) for kind in _KINDS]
-    params = dict(model.named_parameters())
+    rnn = model.rnn
+    params = step_parameters(model)
     with torch.no_grad():
         layer_in = model.standardize(x).transpose(0, 1).contiguous()  # (B, T, F) -> (T, B, F)
         losses, logits, grads = K.compiled(_stack_step)(
-            rnn.cell, model.config.readout, L, D, layer_in, y, [params[name] for name in names], head.weight,
-            head.bias, float(label_smoothing), float(scale))
-        for name, grad in zip([*names, "head.weight", "head.bias"], grads):
-            param = params[name]
+            rnn.cell, model.config.readout, rnn.num_layers, model.directions, layer_in, y, params[:-2], params[-2],
+            params[-1], float(label_smoothing), float(scale))
+        for param, grad in zip(params, grads):
             if not param.requires_grad:  # frozen: backward() leaves its .grad alone, and so does this
                 continue
             if param.grad is None:
@@ -115,8 +112,8 @@ def plain_sgd(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> bool:
 
 
 def step_parameters(model: Any) -> list[Tensor]:
-    """``model``'s parameters in the order :func:`sgd_step` takes them: each layer direction's
-    (w_ih, w_hh, b_ih, b_hh) in turn, then the head's weight and bias."""
+    """``model``'s parameters in the order the hand-written step takes them (and returns their
+    gradients): each layer direction's (w_ih, w_hh, b_ih, b_hh) in turn, then the head's weight and bias."""
     rnn = model.rnn
     names = [f"rnn.{kind}_l{layer}{'_reverse' if d else ''}" for layer in range(rnn.num_layers)
              for d in range(model.directions) for kind in _KINDS]
