@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from rnnlab.config import ModelConfig
 from rnnlab.errors import ConfigError
-from rnnlab.models import create_model, fast_kernels
+from rnnlab.models import create_model, fast_kernels, native
 from rnnlab.models.fast_step import _stack_step, hand_step_supported, loss_and_grads
 
 CASES = [
@@ -185,6 +185,7 @@ def test_whole_sgd_steps_train_what_the_step_and_the_update_apart_train(case: li
     calls: list[int] = []
     real_step = engine.sgd_step
     monkeypatch.setattr(engine, "sgd_step", lambda *a, **k: calls.append(1) or real_step(*a, **k))
+    monkeypatch.setattr(native, "ENABLED", False)  # the TorchScript step; the C one: test_native_step.py
     weights, metrics = [], []
     for whole in (True, False):
         trainer = Trainer(cfg, tmp_path / f"whole-{whole}", progress=False)

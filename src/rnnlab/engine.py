@@ -31,6 +31,7 @@ from rnnlab.evaluation import NAN_CHECK_EVERY, RunningTotals, evaluate, lengths_
 from rnnlab.locks import check_held
 from rnnlab.models.build import build_model
 from rnnlab.models.own import raised_in_own_code
+from rnnlab.models import native
 from rnnlab.models.fast_step import hand_step_supported, loss_and_grads, plain_sgd, sgd_step, step_parameters
 from rnnlab.models.size import check_model_size
 from rnnlab.optim import learning_rate, make_optimizer, warn_of_a_long_warmup
@@ -102,8 +103,14 @@ class Trainer:
 
     def resolved(self) -> dict[str, str]:
         """What the ``auto`` settings became on this machine, which a resumed run may not repeat."""
-        return {"device": str(self.device), "amp": self.amp, "backward": "by hand" if self.hand_step else "autograd",
-                "denormals": self.denormals}
+        backward = "autograd" if not self.hand_step else "by hand"
+        if self.hand_step and self._whole_sgd_steps():  # plain SGD: in C, where the model allows (models/native.py)
+            why_not = native.unsupported(self.model, self.train_data.x, self.train_data.y)
+            if why_not is None:
+                backward = "by hand, in C"
+            elif why_not == native.unavailable_reason():  # it would be, but cannot be built here
+                backward = f"by hand (not in C: {why_not})"
+        return {"device": str(self.device), "amp": self.amp, "backward": backward, "denormals": self.denormals}
 
     def _placed(self, name: str) -> SequenceData:
         """Split ``name`` on a GPU if it fits there (in its stored form: uint8 for images), copied
@@ -211,6 +218,8 @@ class Trainer:
         stop = StopBetweenSteps() if stop is None else stop
         whole_sgd = self._whole_sgd_steps()
         params = step_parameters(self.model) if whole_sgd else None  # the same objects for the whole call
+        # An Elman stack's whole steps in C where it can be built here (models/native.py), else TorchScript
+        in_c = native.elman_step(self.model, self.train_data.x, self.train_data.y) if whole_sgd else None
         try:
             while self.iteration < end:
                 if stop.requested:  # Ctrl-C or SIGTERM came during the last step, which has now finished
@@ -226,7 +235,14 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 check = self._must_check(end)  # a look for a NaN loss after this step
-                if whole_sgd and not check:  # batch, step and update in one call
+                if in_c is not None:  # batch, step and update in one call, in C
+                    # guard: where this step looks for a NaN loss, one leaves the weights as they were
+                    totals = in_c(batch_idx, lr, t.label_smoothing, guard=check)  # (2,)
+                    self.running.add(totals, len(batch_idx), self.iteration)
+                    if check and self._diverged():
+                        status = "diverged"
+                        break
+                elif whole_sgd and not check:  # batch, step and update in one TorchScript call
                     totals = sgd_step(self.model, self.train_data.x, self.train_data.y, batch_idx, lr=lr,
                                       label_smoothing=t.label_smoothing, params=params)  # (2,) on the device
                     self.running.add(totals, len(batch_idx), self.iteration)

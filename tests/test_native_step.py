@@ -1,0 +1,179 @@
+"""The whole SGD step of an Elman stack in C (models/native.py) against the TorchScript step."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnlab.config import ModelConfig
+from rnnlab.models import create_model, native
+from rnnlab.models.fast_step import sgd_step, step_parameters
+
+pytestmark = pytest.mark.skipif(native.unavailable_reason() is not None,
+                                reason=f"no C step here: {native.unavailable_reason()}")
+
+CASES = [dict(nonlinearity="relu"), dict(nonlinearity="relu", layers=3), dict(nonlinearity="tanh", layers=2)]
+
+
+def _model(case: dict, *, steps: int, features: int, classes: int, mean, std):
+    config = ModelConfig(**{"cell": "rnn", "hidden": 13, "impl": "fast", "init": "orthogonal", **case})
+    torch.manual_seed(0)
+    return create_model(config, input_size=features, seq_len=steps, num_classes=classes, input_mean=mean,
+                        input_std=std)
+
+
+def _data(dtype: torch.dtype, *, rows: int = 300, steps: int = 6, features: int = 5, classes: int = 4):
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randint(0, 256, (rows, steps, features), generator=g, dtype=torch.uint8) if dtype == torch.uint8
+         else torch.randn(rows, steps, features, generator=g))
+    return x, torch.randint(0, classes, (rows,), generator=g)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['nonlinearity']}{c.get('layers', 1)}")
+@pytest.mark.parametrize(("dtype", "smoothing"), [(torch.uint8, 0.0), (torch.float32, 0.1)], ids=["pixels", "own"])
+def test_c_steps_train_as_the_torchscript_steps_do(case: dict, dtype: torch.dtype, smoothing: float) -> None:
+    """Twenty steps from the same weights on the same batches: the same losses, correct counts and
+    weights to float32 rounding (the C step adds the bias after the step's GEMM, and has its own exp).
+    Pixels are scaled by 1/255; a sequence file's features standardised per feature."""
+    x, y = _data(dtype)
+    mean, std = (0.3, 0.7) if dtype == torch.uint8 else (torch.linspace(-1, 1, 5), torch.linspace(0.5, 2, 5))
+    model = _model(case, steps=6, features=5, classes=4, mean=mean, std=std)
+    twin = copy.deepcopy(model)
+    in_c = native.elman_step(twin, x, y)
+    assert in_c is not None
+    params, twin_params = step_parameters(model), step_parameters(twin)
+    g = torch.Generator().manual_seed(3)
+    for step in range(20):
+        batch = torch.randperm(300, generator=g)[:32 if step % 2 else 7]  # the last batch of an epoch is smaller
+        expected = sgd_step(model, x, y, batch, lr=0.2, label_smoothing=smoothing, params=params)
+        got = in_c(batch, 0.2, smoothing)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for a, b in zip(params, twin_params, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert all(p.grad is None for p in twin.parameters())  # as sgd_step: no .grad is written
+
+
+def test_a_nan_loss_is_kept_from_the_weights_only_where_the_step_looks() -> None:
+    x, y = _data(torch.uint8)
+    model = _model(CASES[0], steps=6, features=5, classes=4, mean=0.3, std=0.7)
+    in_c = native.elman_step(model, x, y)
+    with torch.no_grad():
+        model.head.bias[0] = float("nan")  # NaN logits: a NaN loss (and argmax NaN, as torch's)
+    before = [p.clone() for p in model.parameters()]
+    totals = in_c(torch.arange(10), 0.1, guard=True)
+    assert torch.isnan(totals[0])
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()) if not a.isnan().any())
+    in_c(torch.arange(10), 0.1)  # no guard: the update spreads the NaN, as the TorchScript step's does
+    assert torch.isnan(model.rnn.weight_hh_l0).any()
+
+
+def test_indices_and_labels_out_of_range_are_errors_that_change_nothing() -> None:
+    x, y = _data(torch.uint8)
+    model = _model(CASES[0], steps=6, features=5, classes=4, mean=0.3, std=0.7)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(IndexError, match=r"a training index is outside 0\.\.299"):
+        native.elman_step(model, x, y)(torch.tensor([0, 300]), 0.1)
+    y[5] = 4
+    with pytest.raises(ValueError, match=r"a label is outside 0\.\.3"):
+        native.elman_step(model, x, y)(torch.tensor([5]), 0.1)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_only_what_the_c_step_computes_is_given_to_it() -> None:
+    x, y = _data(torch.uint8)
+
+    def why(data_x=x, **case):
+        return native.unsupported(_model({"nonlinearity": "relu", **case}, steps=6, features=5, classes=4,
+                                         mean=0.3, std=0.7), data_x, y)
+
+    assert why() is None
+    assert "one direction read at the last step" in why(bidirectional=True)
+    assert "one direction read at the last step" in why(readout="mean")
+    assert "Elman" in why(cell="gru")
+    assert "uint8 or float32" in why(data_x=x.double())
+    model = _model(CASES[0], steps=6, features=5, classes=4, mean=0.3, std=0.7).double()
+    assert "float32" in native.unsupported(model, x, y)
+
+
+def test_the_library_is_built_once_per_source_compiler_and_cpu(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path))
+    compiler = next(c for c in ("cc", "gcc", "clang") if native.shutil.which(c))
+    built = native._built(compiler)
+    assert built.parent == tmp_path / "native" and built.exists()
+    stamp = built.stat().st_mtime_ns
+    assert native._built(compiler) == built and built.stat().st_mtime_ns == stamp  # from the cache
+    assert not [p for p in built.parent.iterdir() if p.name.startswith(".")]  # no partial file left
+    monkeypatch.setattr(native, "_cpu_identity", lambda: "another CPU")
+    assert native._built(compiler) != built  # code built for one CPU is never run on another
+
+
+def test_where_it_cannot_be_built_the_reason_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "_library", [])
+    monkeypatch.setattr(native, "_why_not", [])
+    monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path))
+    broken = tmp_path / "broken-cc"
+    broken.write_text("#!/bin/sh\necho 'cc: error: this compiler is broken' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    assert native.library() is None
+    assert "could not build native_step.c: cc: error: this compiler is broken" in native.unavailable_reason()
+    monkeypatch.setattr(native, "_library", [])
+    monkeypatch.setattr(native, "_why_not", [])
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    assert native.library() is None and native.unavailable_reason().startswith("no C compiler")
+
+
+def test_the_trainer_takes_every_plain_sgd_step_in_c_and_resumes_exactly(tmp_path: Path) -> None:
+    """dlw-rnn-a's footing (an Elman stack, plain SGD): every step in C, the NaN checks included; a run
+    stopped and resumed ends bit for bit where one that never stopped does; and it learns as the
+    TorchScript steps do (RNNLAB_NATIVE=0)."""
+    import rnnlab
+
+    cfg = rnnlab.apply_overrides(rnnlab.RunConfig(), [
+        "train.device=cpu", "model.cell=rnn", "model.nonlinearity=relu", "model.hidden=16", "model.layers=2",
+        "train.batch_size=50", "train.iterations=45", "train.eval_every=20", "data.val_size=1000",
+        "train.threads=1", "train.optimizer=sgd", "train.lr=0.05", "train.clip=0"])
+    whole = rnnlab.train(cfg, tmp_path / "whole", progress=False)
+    assert whole.summary["backward"] == "by hand, in C"
+    part = rnnlab.train(cfg, tmp_path / "part", progress=False, stop_after=13)
+    resumed = rnnlab.resume(part.dir, progress=False)
+    a = torch.load(whole.dir / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(resumed.dir / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    try:
+        native.ENABLED = False
+        scripted = rnnlab.train(cfg, tmp_path / "scripted", progress=False)
+    finally:
+        native.ENABLED = True
+    assert scripted.summary["backward"] == "by hand"
+    c = torch.load(scripted.dir / "checkpoint.pt", weights_only=True)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], c[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_a_diverging_run_stops_before_the_update_that_would_spread_the_nan(tmp_path: Path) -> None:
+    import rnnlab
+
+    cfg = rnnlab.apply_overrides(rnnlab.RunConfig(), [
+        "train.device=cpu", "model.cell=rnn", "model.nonlinearity=relu", "model.hidden=16", "train.batch_size=50",
+        "train.iterations=60", "data.val_size=1000", "train.threads=1", "train.optimizer=sgd", "train.lr=1e6",
+        "train.clip=0"])
+    run = rnnlab.train(cfg, tmp_path / "run", progress=False)
+    assert run.summary["status"] == "diverged"
+    assert run.summary["backward"] == "by hand, in C"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a POSIX environment variable test")
+def test_rnnlab_native_0_switches_it_off(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = "from rnnlab.models import native; print(native.ENABLED)"
+    env = {**os.environ, "RNNLAB_NATIVE": "0"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "False"
