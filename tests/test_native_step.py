@@ -177,3 +177,12 @@ def test_rnnlab_native_0_switches_it_off(tmp_path: Path) -> None:
     code = "from rnnlab.models import native; print(native.ENABLED)"
     env = {**os.environ, "RNNLAB_NATIVE": "0"}
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_a_cache_it_cannot_write_builds_in_a_folder_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("RNNLAB_CACHE_DIR", str(blocked))  # <it>/native cannot be made
+    compiler = next(c for c in ("cc", "gcc", "clang") if native.shutil.which(c))
+    built = native._built(compiler)
+    assert built.exists() and built.parent.name.startswith("rnnlab-native-") and built.parent.stat().st_mode & 0o077 == 0

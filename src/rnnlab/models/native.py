@@ -97,16 +97,21 @@ def _built(compiler: str) -> Path:
     key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(_FLAGS).encode(),
                                      _cpu_identity().encode()])).hexdigest()[:16]
     root = Path(os.environ.get("RNNLAB_CACHE_DIR") or Path.home() / ".cache" / "rnnlab") / "native"
-    for folder in (root, Path(tempfile.gettempdir()) / f"rnnlab-native-{os.getuid() if hasattr(os, 'getuid') else 0}"):
-        target = folder / f"native_step-{key}.so"
-        if target.exists():
-            return target
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            return _compile(compiler, folder, target)
-        except OSError:
-            continue  # a cache folder we cannot write: the next one
-    raise _Unavailable(f"no folder to build the C step in (tried {root})")
+    target = root / f"native_step-{key}.so"
+    if target.exists():
+        return target
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return _compile(compiler, root, target)
+    except OSError:
+        pass
+    # A cache we cannot write: build for this process alone, in a folder of its own (never a shared
+    # /tmp name, where another user could have put a library of theirs first).
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="rnnlab-native-"))
+        return _compile(compiler, folder, folder / target.name)
+    except OSError as exc:
+        raise _Unavailable(f"no folder to build the C step in ({root}: not writable; {exc})") from None
 
 
 def _compile(compiler: str, folder: Path, target: Path) -> Path:
