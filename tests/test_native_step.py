@@ -43,7 +43,7 @@ def test_c_steps_train_as_the_torchscript_steps_do(case: dict, dtype: torch.dtyp
     mean, std = (0.3, 0.7) if dtype == torch.uint8 else (torch.linspace(-1, 1, 5), torch.linspace(0.5, 2, 5))
     model = _model(case, steps=6, features=5, classes=4, mean=mean, std=std)
     twin = copy.deepcopy(model)
-    in_c = native.elman_step(twin, x, y)
+    in_c = native.native_step(twin, x, y)
     assert in_c is not None
     params, twin_params = step_parameters(model), step_parameters(twin)
     g = torch.Generator().manual_seed(3)
@@ -57,10 +57,41 @@ def test_c_steps_train_as_the_torchscript_steps_do(case: dict, dtype: torch.dtyp
     assert all(p.grad is None for p in twin.parameters())  # as sgd_step: no .grad is written
 
 
+@pytest.mark.parametrize("impl", ["auto", "fast"])  # torch.nn's LSTM (chosen by default), or rnnlab's
+@pytest.mark.parametrize(("layers", "dtype", "smoothing"), [(1, torch.uint8, 0.0), (2, torch.float32, 0.1)],
+                         ids=["1-pixels", "2-own"])
+def test_c_lstm_steps_train_as_autograd_through_the_lstm_does(impl: str, layers: int, dtype: torch.dtype,
+                                                              smoothing: float) -> None:
+    """The same twenty steps by autograd through the model (cross-entropy, backward, torch's SGD)
+    and in C: the same losses and weights to float32 rounding."""
+    import torch.nn.functional as F
+
+    x, y = _data(dtype)
+    mean, std = (0.3, 0.7) if dtype == torch.uint8 else (torch.linspace(-1, 1, 5), torch.linspace(0.5, 2, 5))
+    model = _model(dict(cell="lstm", layers=layers, impl=impl), steps=6, features=5, classes=4, mean=mean, std=std)
+    assert (type(model.rnn).__name__ == "LSTM") == (impl == "auto")
+    twin = copy.deepcopy(model)
+    in_c = native.native_step(twin, x, y)
+    assert in_c is not None
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
+    g = torch.Generator().manual_seed(3)
+    for step in range(20):
+        batch = torch.randperm(300, generator=g)[:32 if step % 2 else 7]
+        inputs = x[batch].float() / 255 if dtype == torch.uint8 else x[batch]
+        losses = F.cross_entropy(model(inputs), y[batch], label_smoothing=smoothing, reduction="none")
+        optimizer.zero_grad()
+        losses.mean().backward()
+        optimizer.step()
+        got = in_c(batch, 0.3, smoothing)
+        torch.testing.assert_close(got[0], losses.sum().detach(), rtol=1e-5, atol=1e-5)
+    for (name, a), b in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(b, a.detach(), rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_a_nan_loss_is_kept_from_the_weights_only_where_the_step_looks() -> None:
     x, y = _data(torch.uint8)
     model = _model(CASES[0], steps=6, features=5, classes=4, mean=0.3, std=0.7)
-    in_c = native.elman_step(model, x, y)
+    in_c = native.native_step(model, x, y)
     with torch.no_grad():
         model.head.bias[0] = float("nan")  # NaN logits: a NaN loss (and argmax NaN, as torch's)
     before = [p.clone() for p in model.parameters()]
@@ -76,10 +107,10 @@ def test_indices_and_labels_out_of_range_are_errors_that_change_nothing() -> Non
     model = _model(CASES[0], steps=6, features=5, classes=4, mean=0.3, std=0.7)
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(IndexError, match=r"a training index is outside 0\.\.299"):
-        native.elman_step(model, x, y)(torch.tensor([0, 300]), 0.1)
+        native.native_step(model, x, y)(torch.tensor([0, 300]), 0.1)
     y[5] = 4
     with pytest.raises(ValueError, match=r"a label is outside 0\.\.3"):
-        native.elman_step(model, x, y)(torch.tensor([5]), 0.1)
+        native.native_step(model, x, y)(torch.tensor([5]), 0.1)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -93,7 +124,10 @@ def test_only_what_the_c_step_computes_is_given_to_it() -> None:
     assert why() is None
     assert "one direction read at the last step" in why(bidirectional=True)
     assert "one direction read at the last step" in why(readout="mean")
-    assert "Elman" in why(cell="gru")
+    assert "Elman or LSTM" in why(cell="gru")
+    assert why(cell="lstm") is None
+    assert "model.impl not torch" in why(cell="lstm", impl="torch")
+    assert "no dropout between layers" in why(cell="lstm", layers=2, dropout=0.1)
     assert "uint8 or float32" in why(data_x=x.double())
     model = _model(CASES[0], steps=6, features=5, classes=4, mean=0.3, std=0.7).double()
     assert "float32" in native.unsupported(model, x, y)
@@ -129,14 +163,17 @@ def test_where_it_cannot_be_built_the_reason_is_kept(tmp_path: Path, monkeypatch
     assert native.library() is None and native.unavailable_reason().startswith("no C compiler")
 
 
-def test_the_trainer_takes_every_plain_sgd_step_in_c_and_resumes_exactly(tmp_path: Path) -> None:
-    """dlw-rnn-a's footing (an Elman stack, plain SGD): every step in C, the NaN checks included; a run
-    stopped and resumed ends bit for bit where one that never stopped does; and it learns as the
-    TorchScript steps do (RNNLAB_NATIVE=0)."""
+@pytest.mark.parametrize(("cell", "otherwise"), [("rnn", "by hand"), ("lstm", "autograd")])
+def test_the_trainer_takes_every_plain_sgd_step_in_c_and_resumes_exactly(cell: str, otherwise: str,
+                                                                         tmp_path: Path) -> None:
+    """The tutorials' footing (an Elman or LSTM stack, plain SGD): every step in C, the NaN checks
+    included; a run stopped and resumed ends bit for bit where one that never stopped does; and it
+    learns as the steps without C do (RNNLAB_NATIVE=0: TorchScript by hand, or autograd for torch.nn's LSTM)."""
     import rnnlab
 
     cfg = rnnlab.apply_overrides(rnnlab.RunConfig(), [
-        "train.device=cpu", "model.cell=rnn", "model.nonlinearity=relu", "model.hidden=16", "model.layers=2",
+        "train.device=cpu", f"model.cell={cell}", *(["model.nonlinearity=relu"] if cell == "rnn" else []),
+        "model.hidden=16", "model.layers=2",
         "train.batch_size=50", "train.iterations=45", "train.eval_every=20", "data.val_size=1000",
         "train.threads=1", "train.optimizer=sgd", "train.lr=0.05", "train.clip=0"])
     whole = rnnlab.train(cfg, tmp_path / "whole", progress=False)
@@ -151,7 +188,7 @@ def test_the_trainer_takes_every_plain_sgd_step_in_c_and_resumes_exactly(tmp_pat
         scripted = rnnlab.train(cfg, tmp_path / "scripted", progress=False)
     finally:
         native.ENABLED = True
-    assert scripted.summary["backward"] == "by hand"
+    assert scripted.summary["backward"] == otherwise
     c = torch.load(scripted.dir / "checkpoint.pt", weights_only=True)["model"]
     for key in a:
         torch.testing.assert_close(a[key], c[key], rtol=1e-4, atol=1e-5, msg=key)

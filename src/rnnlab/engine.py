@@ -104,7 +104,7 @@ class Trainer:
     def resolved(self) -> dict[str, str]:
         """What the ``auto`` settings became on this machine, which a resumed run may not repeat."""
         backward = "autograd" if not self.hand_step else "by hand"
-        if self.hand_step and self._whole_sgd_steps():  # plain SGD: in C, where the model allows (models/native.py)
+        if self._c_steps():  # plain SGD: in C, where the model allows (models/native.py)
             why_not = native.unsupported(self.model, self.train_data.x, self.train_data.y)
             if why_not is None:
                 backward = "by hand, in C"
@@ -218,8 +218,8 @@ class Trainer:
         stop = StopBetweenSteps() if stop is None else stop
         whole_sgd = self._whole_sgd_steps()
         params = step_parameters(self.model) if whole_sgd else None  # the same objects for the whole call
-        # An Elman stack's whole steps in C where it can be built here (models/native.py), else TorchScript
-        in_c = native.elman_step(self.model, self.train_data.x, self.train_data.y) if whole_sgd else None
+        # Plain SGD on an Elman or LSTM stack: every step in C where it can be built here (models/native.py)
+        in_c = native.native_step(self.model, self.train_data.x, self.train_data.y) if self._c_steps() else None
         try:
             while self.iteration < end:
                 if stop.requested:  # Ctrl-C or SIGTERM came during the last step, which has now finished
@@ -303,6 +303,14 @@ class Trainer:
         param = next(self.model.parameters())
         return (self.hand_step and self.cfg.train.clip == 0 and self.train_data.lengths is None
                 and self.train_data.x.device == param.device and plain_sgd(self.optimizer, self.model))
+
+    def _c_steps(self) -> bool:
+        """Whether the run's settings let its steps be taken in C (:mod:`rnnlab.models.native`, which
+        then asks the model): plain SGD with nothing around it, no clipping, float32, one process,
+        fixed-length sequences, and train.backward not autograd. Asked at each :meth:`train_until`."""
+        t = self.cfg.train
+        return (t.backward != "autograd" and t.clip == 0 and self.amp == "off" and self.world == 1
+                and self.train_data.lengths is None and plain_sgd(self.optimizer, self.model))
 
     def _diverged(self, *, together: bool = True) -> bool:
         """Look at the losses of the steps since the last look (waits for the device; under

@@ -1,17 +1,18 @@
-"""The whole SGD step of an Elman stack in C (``native_step.c``), compiled on first use.
+"""The whole SGD step of an Elman or LSTM stack in C (``native_step.c``), compiled on first use.
 
-Where the Trainer takes steps between NaN checks in one call (plain SGD, ``fast_step.sgd_step``),
-a unidirectional ReLU or tanh RNN read at its last step, in float32 on the CPU, takes them in
-C instead: the same step without TorchScript's per-op dispatch, which was a third of a
-dlw-rnn-a step (benchmarks/README.md, sixteenth session). The GEMMs are torch's own BLAS
-(MKL's ``sgemm_``, exported by ``libtorch_cpu``), on torch's threads.
+With plain SGD (no momentum, weight decay, clipping or hooks), a unidirectional ReLU or tanh RNN,
+or LSTM, read at its last step, in float32 on the CPU, trains every step in C: the batch, forward,
+loss, backward and update in one call, without TorchScript's per-op dispatch (a third of a
+dlw-rnn-a step) or autograd's graph. The GEMMs are torch's own BLAS (MKL's ``sgemm_``, exported
+by ``libtorch_cpu``), on torch's threads. The Trainer uses it where :func:`unsupported` says
+nothing against it (benchmarks/README.md, sixteenth session, has the measurements).
 
 The C source is compiled once per machine with the system's C compiler (``$CC``, ``cc``,
 ``gcc`` or ``clang``; about a second) into ``$RNNLAB_CACHE_DIR/native`` (default
 ``~/.cache/rnnlab/native``), under a name that hashes the source, the compiler and the CPU, so a
 cache shared between machines never runs code built for another CPU. Where there is no compiler,
-no MKL, or the build fails, :func:`elman_step` returns None and the TorchScript step runs: the
-same training, within float rounding. ``RNNLAB_NATIVE=0`` switches the C step off.
+no MKL, or the build fails, :func:`native_step` returns None and the Trainer's other steps run:
+the same training, within float rounding. ``RNNLAB_NATIVE=0`` switches the C step off.
 """
 
 from __future__ import annotations
@@ -71,13 +72,28 @@ def _load() -> ctypes.CDLL:
     path = _built(compiler)
     lib = ctypes.CDLL(str(path))
     lib.rnnlab_set_sgemm(ctypes.cast(sgemm, ctypes.c_void_p))
-    lib.rnnlab_elman_workspace.restype = ctypes.c_long
-    lib.rnnlab_elman_workspace.argtypes = [ctypes.c_int] * 6
-    lib.rnnlab_elman_sgd_step.restype = ctypes.c_int
-    lib.rnnlab_elman_sgd_step.argtypes = (
-        [ctypes.c_int] * 7 + [ctypes.c_void_p, ctypes.c_int, ctypes.c_long] + [ctypes.c_void_p] * 7
+    lib.rnnlab_set_openmp.argtypes = [ctypes.c_void_p] * 3
+    lib.rnnlab_set_openmp(*_openmp(torch_lib))
+    lib.rnnlab_workspace.restype = ctypes.c_long
+    lib.rnnlab_workspace.argtypes = [ctypes.c_int] * 7
+    lib.rnnlab_sgd_step.restype = ctypes.c_int
+    lib.rnnlab_sgd_step.argtypes = (
+        [ctypes.c_int] * 7 + [ctypes.c_void_p, ctypes.c_int, ctypes.c_long] + [ctypes.c_void_p] * 8
         + [ctypes.c_float, ctypes.c_float, ctypes.c_int, ctypes.c_void_p])
     return lib
+
+
+def _openmp(torch_lib: Path) -> list[int | None]:
+    """GOMP_parallel, omp_get_thread_num and omp_get_num_threads of the OpenMP runtime torch links
+    (looked up through torch's own library, as denormals.py does: not another copy of libgomp with
+    threads of its own); Nones where torch has none, and the C step's cells run on one thread."""
+    try:
+        torch_cpu = ctypes.CDLL(str(torch_lib))
+        found = [ctypes.cast(getattr(torch_cpu, name), ctypes.c_void_p).value
+                 for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")]
+    except (OSError, AttributeError):
+        return [None, None, None]
+    return found
 
 
 def _cpu_identity() -> str:
@@ -134,17 +150,37 @@ def _compile(compiler: str, folder: Path, target: Path) -> Path:
     raise _Unavailable(f"{compiler} could not build {SOURCE.name}: {'; '.join(errors)}")
 
 
-def unsupported(model: Any, data_x: Tensor, data_y: Tensor) -> str | None:
-    """None if :class:`ElmanStep` can train ``model`` on this training set, else why not."""
-    from .fast import FastRecurrent  # late: the models package imports this module's neighbours
-    from .fast_step import step_parameters
+_CELLS = {"rnn_relu": 0, "rnn_tanh": 1, "lstm": 2}  # native_step.c's CELL_*
 
-    rnn = getattr(model, "rnn", None)
-    cfg = model.config
-    if not isinstance(rnn, FastRecurrent) or cfg.cell != "rnn":
-        return "only Elman RNN layers (model.cell=rnn) have a C step"
-    if model.directions != 1 or cfg.readout != "last":
-        return "the C step is for one direction read at the last step"
+
+def _cell(model: Any) -> str | None:
+    """The C step's name for ``model``'s recurrent layers, or None where it has none."""
+    from .fast import FastRecurrent  # late: the models package imports this module's neighbours
+
+    rnn, cfg = getattr(model, "rnn", None), model.config
+    if cfg.impl == "torch":  # the reference torch.nn layers, asked for by name: nothing of ours
+        return None
+    if cfg.cell == "rnn" and isinstance(rnn, FastRecurrent):
+        return f"rnn_{cfg.nonlinearity}"
+    if cfg.cell == "lstm" and (isinstance(rnn, FastRecurrent) or type(rnn) is torch.nn.LSTM):
+        return "lstm" if getattr(rnn, "proj_size", 0) == 0 else None
+    return None
+
+
+def unsupported(model: Any, data_x: Tensor, data_y: Tensor) -> str | None:
+    """None if :class:`NativeStep` can train ``model`` on this training set, else why not."""
+    from .fast_step import _has_hooks, step_parameters
+    from .recurrent import SequenceClassifier
+
+    if type(model) is not SequenceClassifier:  # the C step writes out SequenceClassifier.forward
+        return f"a model class of its own ({type(model).__name__})"
+    cell, cfg = _cell(model), model.config
+    if cell is None:
+        return "the C step is for rnnlab's Elman or LSTM layers (model.cell=rnn or lstm, model.impl not torch)"
+    if model.directions != 1 or cfg.readout != "last" or (cfg.layers > 1 and cfg.dropout > 0):
+        return "the C step is for one direction read at the last step, with no dropout between layers"
+    if _has_hooks(model):
+        return "hooks on the model's modules or parameters"
     params = list(model.parameters())
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
         return "the C step is for float32 on the CPU"
@@ -154,19 +190,22 @@ def unsupported(model: Any, data_x: Tensor, data_y: Tensor) -> str | None:
         return "the C step reads int64 labels in CPU memory"
     if not all(p.is_contiguous() for p in params):
         return "the C step needs contiguous parameters"
-    # The C code trusts these shapes (it reads the weights by them): any other model goes to TorchScript.
+    # The C code trusts these shapes (it reads the weights by them): any other model is not for it.
     features, hidden = data_x.shape[-1], cfg.hidden
-    expected = [(hidden, features if layer == 0 else hidden) for layer in range(cfg.layers)]
-    if ([tuple(getattr(rnn, f"weight_ih_l{layer}").shape) for layer in range(cfg.layers)] != expected
-            or tuple(model.head.weight.shape) != (model.head.out_features, hidden)
-            or len(step_parameters(model)) != len(params) or data_y.shape[0] != data_x.shape[0]):
-        return "the model's shapes are not those of an Elman stack on this data"
+    gates = 4 * hidden if cell == "lstm" else hidden
+    expected = [[(gates, features if layer == 0 else hidden), (gates, hidden), (gates,), (gates,)]
+                for layer in range(cfg.layers)]
+    shapes = [tuple(p.shape) for p in step_parameters(model)]
+    if (shapes != [shape for layer in expected for shape in layer] + [(model.head.out_features, hidden),
+                                                                       (model.head.out_features,)]
+            or len(shapes) != len(params) or data_y.shape[0] != data_x.shape[0]):
+        return "the model's shapes are not those of a recurrent stack on this data"
     if not ENABLED:
         return "RNNLAB_NATIVE=0"
     return None if library() is not None else unavailable_reason()
 
 
-class ElmanStep:
+class NativeStep:
     """The C step for one model and its training set, called as ``step(indices, lr, label_smoothing)``,
     as ``fast_step.sgd_step`` is."""
 
@@ -176,10 +215,11 @@ class ElmanStep:
         self.lib = library()
         assert self.lib is not None
         self.model, self.params = model, step_parameters(model)
+        self.cell = _CELLS[_cell(model)]
+        self.sizes = (ctypes.c_long * len(self.params))(*[p.numel() for p in self.params])
         self.data_x, self.data_y = data_x.contiguous(), data_y.contiguous()
         _, self.steps, self.features = self.data_x.shape
-        cfg = model.config
-        self.layers, self.hidden, self.tanh = cfg.layers, cfg.hidden, int(cfg.nonlinearity == "tanh")
+        self.layers, self.hidden = model.config.layers, model.config.hidden
         self.classes = model.head.out_features
         self.rows, self.data_u8 = self.data_x.shape[0], int(self.data_x.dtype == torch.uint8)
         self.totals = torch.zeros(2)
@@ -200,8 +240,8 @@ class ElmanStep:
             self.grad_array = (ctypes.c_void_p * len(pointers))(*[g.data_ptr() for g in self.grads])
             self._pointers = pointers
         if batch != self._batch:
-            size = self.lib.rnnlab_elman_workspace(self.layers, self.steps, batch, self.features, self.hidden,
-                                                   self.classes)
+            size = self.lib.rnnlab_workspace(self.cell, self.layers, self.steps, batch, self.features, self.hidden,
+                                             self.classes)
             if self.work.numel() < size:
                 self.work = torch.empty(size)
             self._batch = batch
@@ -222,11 +262,11 @@ class ElmanStep:
             raise ValueError(f"the C step takes a (B,) tensor of training indices in CPU memory, B > 0; "
                              f"got shape {tuple(indices.shape)} on {indices.device}")
         self._prepare(batch)
-        code = self.lib.rnnlab_elman_sgd_step(
-            self.layers, self.steps, batch, self.features, self.hidden, self.classes, self.tanh,
+        code = self.lib.rnnlab_sgd_step(
+            self.cell, self.layers, self.steps, batch, self.features, self.hidden, self.classes,
             self.data_x.data_ptr(), self.data_u8, self.rows, self.data_y.data_ptr(), indices.data_ptr(),
-            self.mean.data_ptr(), self.std.data_ptr(), self.param_array, self.grad_array, self.work.data_ptr(),
-            lr, label_smoothing, int(guard), self.totals.data_ptr())
+            self.mean.data_ptr(), self.std.data_ptr(), self.param_array, self.grad_array, self.sizes,
+            self.work.data_ptr(), lr, label_smoothing, int(guard), self.totals.data_ptr())
         if code == 1:
             raise IndexError(f"a training index is outside 0..{self.rows - 1}")
         if code == 2:
@@ -234,6 +274,6 @@ class ElmanStep:
         return self.totals.clone()
 
 
-def elman_step(model: Any, data_x: Tensor, data_y: Tensor) -> ElmanStep | None:
+def native_step(model: Any, data_x: Tensor, data_y: Tensor) -> NativeStep | None:
     """The C step for ``model`` on this training set, or None where it does not apply."""
-    return ElmanStep(model, data_x, data_y) if unsupported(model, data_x, data_y) is None else None
+    return NativeStep(model, data_x, data_y) if unsupported(model, data_x, data_y) is None else None

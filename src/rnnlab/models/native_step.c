@@ -1,5 +1,5 @@
-/* One whole training step of plain SGD for a unidirectional Elman stack (ReLU or tanh) read at
- * its last step, in C: the batch, forward, cross-entropy, backward and the update.
+/* One whole training step of plain SGD for a unidirectional stack of Elman (ReLU or tanh) or LSTM
+ * layers read at its last step, in C: the batch, forward, cross-entropy, backward and the update.
  *
  * Why C: on dlw-rnn-a (batch 100, 28 steps, 1x100) the step is some 60 GEMMs and as many small
  * elementwise passes. TorchScript pays a few microseconds of dispatch for each of its ~150 ops,
@@ -7,13 +7,14 @@
  * the BLAS that torch itself calls (its Fortran ``sgemm_``, MKL on x86 builds, whose pointer
  * native.py passes in), so the step is its GEMMs and little else.
  *
- * The arithmetic is that of models/fast_step.py (same GEMMs, same order of the sums that
- * matter), though not bit for bit: the bias is added after the step's GEMM rather than before,
- * and exp is our own. tests/test_native_step.py checks the losses and weights against it.
+ * The arithmetic is that of models/fast_step.py and of autograd through torch.nn.LSTM (same GEMMs),
+ * though not bit for bit: the bias is added after the step's GEMM rather than before, and exp is
+ * our own. tests/test_native_step.py checks the losses and weights against both.
  *
  * Layout: everything row-major and time-major, buffers (T, B, .) and states (B, H).
  * Compiled by native.py with the system C compiler on first use; no Python headers needed. */
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -57,13 +58,15 @@ static inline float exp_f(float x) {
     return p * scale;
 }
 
+static inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp_f(-x)); }
+static inline float tanh_f(float x) { return 2.0f / (1.0f + exp_f(-2.0f * x)) - 1.0f; } /* 2 sigmoid(2x) - 1 */
+
 /* The step's activation in place on n values, after adding the bias (h columns) to each row. */
 static void activate(float *o, const float *bias, long rows, int h, int tanh_) {
     for (long r = 0; r < rows; r++) {
         float *row = o + r * h;
         if (tanh_) {
-            for (int j = 0; j < h; j++) /* tanh(a) = 2 sigmoid(2a) - 1, as the TorchScript loops do it */
-                row[j] = 2.0f / (1.0f + exp_f(-2.0f * (row[j] + bias[j]))) - 1.0f;
+            for (int j = 0; j < h; j++) row[j] = tanh_f(row[j] + bias[j]); /* as the TorchScript loops do it */
         } else {
             for (int j = 0; j < h; j++) {
                 const float v = row[j] + bias[j];
@@ -82,46 +85,24 @@ static void activation_grad(float *g, const float *o, long n, int tanh_) {
     }
 }
 
+enum { CELL_RELU = 0, CELL_TANH = 1, CELL_LSTM = 2 };
+
 /* Floats of scratch memory a step needs. */
-long rnnlab_elman_workspace(int layers, int steps, int batch, int features, int hidden, int classes) {
-    const long tb = (long)steps * batch;
-    return tb * features + (long)layers * tb * hidden + 2 * tb * hidden + 2L * batch * classes
-           + (long)batch * hidden + 256L * features + (long)(features > hidden ? features : hidden) * hidden
-           + hidden + tb;
+long rnnlab_workspace(int cell, int layers, int steps, int batch, int features, int hidden, int classes) {
+    const long tb = (long)steps * batch, gates = cell == CELL_LSTM ? 4L * hidden : hidden;
+    const long per_layer = cell == CELL_LSTM ? tb * (gates + 3L * hidden) : tb * hidden; /* what backward reads */
+    const long widest = features > hidden ? features : hidden;
+    return tb * features + layers * per_layer + tb * gates + tb * hidden + 2L * batch * classes
+           + 4L * batch * hidden + 256L * features + widest * gates + gates + tb;
 }
 
-/* One SGD step on the rows idx (B) of the training set data (N, T, F), uint8 pixels (scaled by 1/255)
- * or float32, with labels (N) in [0, C). mean, std (F): the model's standardisation.
- * params: per layer w_ih (H, F_l), w_hh (H, H), b_ih (H), b_hh (H); then the head's w (C, H), b (C).
- * grads: buffers of the same shapes (written, then applied). work: rnnlab_elman_workspace floats.
- * Adds nothing to any .grad. totals (2): the batch's summed loss and correct count.
- * Returns 0; 1 if an index is out of range, 2 if a label is (nothing is changed then); 3 if guard
- * is set and the loss is not finite (totals are written, the weights are not updated). */
-int rnnlab_elman_sgd_step(int L, int T, int B, int F, int H, int C, int tanh_, const void *data, int data_u8,
-                          long N, const int64_t *labels, const int64_t *idx, const float *mean, const float *std,
-                          float *const *params, float *const *grads, float *work, float lr, float smoothing,
-                          int guard, float *totals) {
-    for (int b = 0; b < B; b++) {
-        if (idx[b] < 0 || idx[b] >= N) return 1;
-        if (labels[idx[b]] < 0 || labels[idx[b]] >= C) return 2;
-    }
-    const long TB = (long)T * B, n = (long)B * H;
-    float *x = work;                            /* (T, B, F) the standardised batch */
-    float *outs = x + TB * F;                   /* L x (T, B, H) each layer's outputs */
-    float *g = outs + (long)L * TB * H;         /* (T, B, H) the gradient w.r.t. pre-activations */
-    float *dx = g + TB * H;                     /* (T, B, H) the gradient w.r.t. a layer's input */
-    float *logits = dx + TB * H;                /* (B, C) */
-    float *dlogits = logits + (long)B * C;      /* (B, C) */
-    float *dfeat = dlogits + (long)B * C;       /* (B, H) */
-    float *table = dfeat + (long)B * H;         /* (F, 256) standardised pixel values */
-    float *dw_ih_t = table + 256L * F;          /* (F_l, H) dW_ih transposed, F_l = F or H */
-    float *bias = dw_ih_t + (long)(F > H ? F : H) * H; /* (H) b_ih + b_hh */
-    float *ones = bias + H;                     /* (T * B) */
-    for (long i = 0; i < TB; i++) ones[i] = 1.0f;
+/* ---- shared by the cells ---------------------------------------------------------------------- */
 
-    /* ---- the batch: gather, scale, standardise, time-major. (B, T, F) -> (T, B, F) */
+/* The batch: rows idx (B) of data (N, T, F), gathered, scaled, standardised, time-major into x (T, B, F). */
+static void load_batch(int T, int B, int F, const void *data, int data_u8, const int64_t *idx, const float *mean,
+                       const float *std, float *table, float *x) {
     /* The rows lie anywhere in the training set (tens of MB): ask for all their cache lines at once
-     * rather than wait for each in turn (a tenth of the step on dlw-rnn-a otherwise). */
+     * rather than wait for each in turn (a tenth of a dlw-rnn-a step otherwise). */
     const long row_bytes = (long)T * F * (data_u8 ? 1 : 4);
     for (int b = 0; b < B; b++)
         for (long at = 0; at < row_bytes; at += 64) __builtin_prefetch((const char *)data + idx[b] * row_bytes + at);
@@ -144,27 +125,14 @@ int rnnlab_elman_sgd_step(int L, int T, int B, int F, int H, int C, int tanh_, c
             }
         }
     }
+}
 
-    /* ---- forward: per layer, one GEMM for every step's input projection, then the recurrence */
-    const float *in = x;
-    int in_width = F;
-    for (int l = 0; l < L; l++) {
-        float *out = outs + (long)l * TB * H;
-        const float *b_ih = params[4 * l + 2], *b_hh = params[4 * l + 3];
-        for (int j = 0; j < H; j++) bias[j] = b_ih[j] + b_hh[j];
-        gemm((int)TB, H, in_width, in, 0, params[4 * l], 1, 0.0f, out); /* (T*B, F_l) x (F_l, H) */
-        for (int t = 0; t < T; t++) {
-            float *o = out + (long)t * n; /* (B, H) */
-            if (t > 0) gemm(B, H, H, o - n, 0, params[4 * l + 1], 1, 1.0f, o); /* += h_(t-1) W_hh^T */
-            activate(o, bias, B, H, tanh_);
-        }
-        in = out;
-        in_width = H;
-    }
-
-    /* ---- head and loss: logits (B, C) from the top layer's last step */
-    const float *features = outs + (long)(L - 1) * TB * H + (long)(T - 1) * n; /* (B, H) */
-    const float *head_w = params[4 * L], *head_b = params[4 * L + 1];
+/* The head on features (B, H): logits, the summed loss and correct count into totals, and the
+ * gradients of the batch's mean loss w.r.t. the head's weights (into head_grads) and the features
+ * (dfeat, (B, H)). Returns the summed loss. */
+static float head_and_loss(int B, int H, int C, const float *features, const float *head_w, const float *head_b,
+                           const int64_t *labels, const int64_t *idx, float smoothing, float *logits, float *dlogits,
+                           float *head_gw, float *head_gb, float *dfeat, float *totals) {
     for (int b = 0; b < B; b++) memcpy(logits + (long)b * C, head_b, C * sizeof(float));
     gemm(B, C, H, features, 0, head_w, 1, 1.0f, logits);
     float loss_sum = 0.0f, correct = 0.0f;
@@ -179,7 +147,7 @@ int rnnlab_elman_sgd_step(int L, int T, int B, int F, int H, int C, int tanh_, c
             if (z[c] > top || (z[c] != z[c] && top == top)) { top = z[c]; arg = c; } /* NaN wins, as argmax */
         float sum = 0.0f;
         for (int c = 0; c < C; c++) sum += exp_f(z[c] - top);
-        const float log_sum = top + __builtin_logf(sum);
+        const float log_sum = top + logf(sum);
         float log_prob_sum = 0.0f;
         for (int c = 0; c < C; c++) {
             const float log_prob = z[c] - log_sum;
@@ -192,59 +160,258 @@ int rnnlab_elman_sgd_step(int L, int T, int B, int F, int H, int C, int tanh_, c
     }
     totals[0] = loss_sum;
     totals[1] = correct;
-    if (guard && !(loss_sum - loss_sum == 0.0f)) return 3; /* NaN or inf: leave the weights as they are */
-
-    /* ---- backward: the head */
-    float *head_gw = grads[4 * L], *head_gb = grads[4 * L + 1];
     gemm(C, H, B, dlogits, 1, features, 0, 0.0f, head_gw); /* (C, B) x (B, H) */
     for (int c = 0; c < C; c++) head_gb[c] = 0.0f;
     for (int b = 0; b < B; b++)
         for (int c = 0; c < C; c++) head_gb[c] += dlogits[(long)b * C + c];
     gemm(B, H, C, dlogits, 0, head_w, 0, 0.0f, dfeat); /* (B, C) x (C, H) */
+    return loss_sum;
+}
 
-    /* ---- backward through the layers, top first. gout: d loss / d every step's output, from the
-     * layer above; the top layer's only reaches its last step (dfeat). */
-    const float *gout = NULL;
-    for (int l = L - 1; l >= 0; l--) {
-        const float *out = outs + (long)l * TB * H, *w_hh = params[4 * l + 1];
-        const float *layer_in = l > 0 ? outs + (long)(l - 1) * TB * H : x;
-        const int width = l > 0 ? H : F;
-        for (int t = T - 1; t >= 0; t--) {
-            float *gt = g + (long)t * n; /* (B, H) */
-            if (t == T - 1) {
-                memcpy(gt, gout ? gout + (long)t * n : dfeat, n * sizeof(float));
-            } else if (gout) {
-                memcpy(gt, gout + (long)t * n, n * sizeof(float));
-                gemm(B, H, H, gt + n, 0, w_hh, 0, 1.0f, gt); /* += g_(t+1) W_hh */
-            } else {
-                gemm(B, H, H, gt + n, 0, w_hh, 0, 0.0f, gt);
-            }
-            activation_grad(gt, out + (long)t * n, n, tanh_);
+/* A layer's weight gradients from its pre-activation gradients dg (T, B, G), over all steps at once:
+ * dW_hh = sum_t dg_t^T h_(t-1) with outs (T, B, H); dW_ih = dg^T x with x (T, B, width); both biases
+ * the sum of dg. */
+static void weight_grads(int T, int B, int H, int G, int width, const float *dg, const float *outs, const float *x,
+                         const float *ones, float *dw_ih_t, float *gw_ih, float *gw_hh, float *gb_ih, float *gb_hh) {
+    const long TB = (long)T * B;
+    gemm(G, H, (int)(TB - B), dg + (long)B * G, 1, outs, 0, 0.0f, gw_hh);
+    gemm(width, G, (int)TB, x, 1, dg, 0, 0.0f, dw_ih_t); /* (x^T dg): faster for a narrow x */
+    for (int i = 0; i < G; i++)
+        for (int f = 0; f < width; f++) gw_ih[(long)i * width + f] = dw_ih_t[(long)f * G + i];
+    gemm(1, G, (int)TB, ones, 0, dg, 0, 0.0f, gb_ih); /* the sum over steps and batch, (1, T*B) x (T*B, G) */
+    memcpy(gb_hh, gb_ih, G * sizeof(float));
+}
+
+/* ---- the cells ----------------------------------------------------------------------------------- */
+
+/* Elman forward: out (T, B, H) <- act(x W_ih^T + h_(t-1) W_hh^T + b). */
+static void elman_forward(int T, int B, int H, int width, int tanh_, const float *in, float *const *p,
+                          float *bias, float *out) {
+    const long n = (long)B * H;
+    for (int j = 0; j < H; j++) bias[j] = p[2][j] + p[3][j];
+    gemm(T * B, H, width, in, 0, p[0], 1, 0.0f, out); /* (T*B, F_l) x (F_l, H) */
+    for (int t = 0; t < T; t++) {
+        float *o = out + (long)t * n; /* (B, H) */
+        if (t > 0) gemm(B, H, H, o - n, 0, p[1], 1, 1.0f, o); /* += h_(t-1) W_hh^T */
+        activate(o, bias, B, H, tanh_);
+    }
+}
+
+/* Elman backward through time: dg (T, B, H) from gout (every step's output gradient, or NULL: only
+ * dlast reaches the last step). */
+static void elman_backward(int T, int B, int H, int tanh_, const float *out, const float *w_hh, const float *gout,
+                           const float *dlast, float *dg) {
+    const long n = (long)B * H;
+    for (int t = T - 1; t >= 0; t--) {
+        float *gt = dg + (long)t * n; /* (B, H) */
+        if (t == T - 1) {
+            memcpy(gt, gout ? gout + (long)t * n : dlast, n * sizeof(float));
+        } else if (gout) {
+            memcpy(gt, gout + (long)t * n, n * sizeof(float));
+            gemm(B, H, H, gt + n, 0, w_hh, 0, 1.0f, gt); /* += dg_(t+1) W_hh */
+        } else {
+            gemm(B, H, H, gt + n, 0, w_hh, 0, 0.0f, gt);
         }
-        /* weight gradients over all steps at once */
-        gemm(H, H, (int)(TB - B), g + n, 1, out, 0, 0.0f, grads[4 * l + 1]); /* sum_t g_t^T h_(t-1) */
-        gemm(width, H, (int)TB, layer_in, 1, g, 0, 0.0f, dw_ih_t); /* (x^T g): faster for a narrow x */
-        float *gw_ih = grads[4 * l];
-        for (int i = 0; i < H; i++)
-            for (int f = 0; f < width; f++) gw_ih[(long)i * width + f] = dw_ih_t[(long)f * H + i];
-        float *gb = grads[4 * l + 2];
-        gemm(1, H, (int)TB, ones, 0, g, 0, 0.0f, gb); /* the sum over steps and batch, (1, T*B) x (T*B, H) */
-        memcpy(grads[4 * l + 3], gb, H * sizeof(float));
+        activation_grad(gt, out + (long)t * n, n, tanh_);
+    }
+}
+
+/* One LSTM cell on one sequence (torch's gate order i, f, g, o): a (4H) the pre-activations less the
+ * bias, overwritten with the gate activations; c_prev (H) -> c, tanh(c), h (H). restrict: nothing
+ * here overlaps, which lets the compiler vectorise the loop. */
+static void lstm_cell(int H, float *restrict a, const float *restrict bias, const float *restrict c_prev,
+                      float *restrict c, float *restrict tc, float *restrict h) {
+    for (int j = 0; j < H; j++) {
+        const float i = sigmoid_f(a[j] + bias[j]), f = sigmoid_f(a[H + j] + bias[H + j]);
+        const float g = tanh_f(a[2 * H + j] + bias[2 * H + j]), o = sigmoid_f(a[3 * H + j] + bias[3 * H + j]);
+        const float cell = f * c_prev[j] + i * g, tcell = tanh_f(cell);
+        a[j] = i;
+        a[H + j] = f;
+        a[2 * H + j] = g;
+        a[3 * H + j] = o;
+        c[j] = cell;
+        tc[j] = tcell;
+        h[j] = o * tcell;
+    }
+}
+
+/* The gradients of one LSTM cell on one sequence: dh (H) w.r.t. its output; dc (H) holds the cell
+ * state's gradient from the next step and f_next that step's forget gate (dc zeros at the last
+ * step), and gets this step's. d (4H): the pre-activation gradients. */
+static void lstm_cell_grad(int H, const float *restrict a, const float *restrict tc, const float *restrict c_prev,
+                           const float *restrict f_next, const float *restrict dh, float *restrict dc,
+                           float *restrict d) {
+    for (int j = 0; j < H; j++) {
+        const float i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j], t = tc[j];
+        /* the cell's gradient: through h_t, plus what c_(t+1) passed back through its forget gate */
+        const float c_grad = dc[j] * f_next[j] + dh[j] * o * (1.0f - t * t);
+        d[j] = c_grad * g * i * (1.0f - i);
+        d[H + j] = c_grad * c_prev[j] * f * (1.0f - f);
+        d[2 * H + j] = c_grad * i * (1.0f - g * g);
+        d[3 * H + j] = dh[j] * t * o * (1.0f - o);
+        dc[j] = c_grad;
+    }
+}
+
+/* The cells of one step split over torch's OpenMP threads by sequence: each row is one thread's
+ * alone, so the result does not depend on how many there are. Run through the same libgomp team as
+ * torch's own parallel regions (GOMP_parallel, whose address native.py passes in), never a second
+ * pool: a step's GEMMs keep those threads busy already. Without it, one thread does all the rows. */
+typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+typedef int (*omp_query_fn)(void);
+static gomp_parallel_fn gomp_parallel;
+static omp_query_fn omp_thread_num, omp_num_threads;
+
+void rnnlab_set_openmp(void *parallel, void *thread_num, void *num_threads) {
+    gomp_parallel = (gomp_parallel_fn)parallel;
+    omp_thread_num = (omp_query_fn)thread_num;
+    omp_num_threads = (omp_query_fn)num_threads;
+}
+
+struct cells {
+    int backward, B, H;
+    float *a;                          /* (B, 4H) this step's gates */
+    const float *bias, *c_prev;        /* (4H), (B, H) */
+    float *c, *tc, *h;                 /* forward: (B, H) each */
+    const float *f_next;               /* backward: (B, 4H) the next step's gates (f at +H), or this step's */
+    const float *dh;                   /* backward: (B, H) */
+    float *dc, *d;                     /* backward: (B, H), (B, 4H) */
+};
+
+static void cells_rows(void *arg) {
+    const struct cells *job = arg;
+    const int id = omp_thread_num ? omp_thread_num() : 0, count = omp_num_threads ? omp_num_threads() : 1;
+    const int first = (int)((long)job->B * id / count), last = (int)((long)job->B * (id + 1) / count);
+    const int H = job->H;
+    const long G = 4L * H;
+    for (int b = first; b < last; b++) {
+        if (job->backward)
+            lstm_cell_grad(H, job->a + b * G, job->tc + (long)b * H, job->c_prev + (long)b * H,
+                           job->f_next + b * G + H, job->dh + (long)b * H, job->dc + (long)b * H, job->d + b * G);
+        else
+            lstm_cell(H, job->a + b * G, job->bias, job->c_prev + (long)b * H, job->c + (long)b * H,
+                      job->tc + (long)b * H, job->h + (long)b * H);
+    }
+}
+
+static void run_cells(struct cells *job) {
+    if (gomp_parallel && (long)job->B * job->H >= 4096) gomp_parallel(cells_rows, job, 0, 0); /* 0: torch's count */
+    else cells_rows(job); /* outside a parallel region: thread 0 of 1 */
+}
+
+/* LSTM forward: acts (T, B, 4H) the gate activations, cs (T, B, H) the cell states, tcs their tanh,
+ * hs (T, B, H) the outputs. zeros: (B, H) of zeros, the cell state before the first step. */
+static void lstm_forward(int T, int B, int H, int width, const float *in, float *const *p, float *bias,
+                         const float *zeros, float *acts, float *cs, float *tcs, float *hs) {
+    const int G = 4 * H;
+    const long n = (long)B * H;
+    for (int j = 0; j < G; j++) bias[j] = p[2][j] + p[3][j];
+    gemm(T * B, G, width, in, 0, p[0], 1, 0.0f, acts); /* (T*B, F_l) x (F_l, 4H) */
+    for (int t = 0; t < T; t++) {
+        float *a = acts + (long)t * B * G;
+        if (t > 0) gemm(B, G, H, hs + (t - 1) * n, 0, p[1], 1, 1.0f, a); /* += h_(t-1) W_hh^T */
+        struct cells job = {.backward = 0, .B = B, .H = H, .a = a, .bias = bias,
+                            .c_prev = t > 0 ? cs + (t - 1) * n : zeros, .c = cs + t * n, .tc = tcs + t * n,
+                            .h = hs + t * n};
+        run_cells(&job);
+    }
+}
+
+/* LSTM backward through time: dg (T, B, 4H) the pre-activation gradients, from gout (T, B, H) or,
+ * NULL, dlast (B, H) at the last step alone. dh, dc: (B, H) scratch; zeros (B, H). */
+static void lstm_backward(int T, int B, int H, const float *acts, const float *cs, const float *tcs,
+                          const float *w_hh, const float *gout, const float *dlast, const float *zeros, float *dh,
+                          float *dc, float *dg) {
+    const int G = 4 * H;
+    const long n = (long)B * H;
+    for (int t = T - 1; t >= 0; t--) {
+        if (t == T - 1) {
+            memcpy(dh, gout ? gout + (long)t * n : dlast, n * sizeof(float));
+            memset(dc, 0, n * sizeof(float));
+        } else {
+            if (gout) memcpy(dh, gout + (long)t * n, n * sizeof(float));
+            gemm(B, H, G, dg + (long)(t + 1) * B * G, 0, w_hh, 0, gout ? 1.0f : 0.0f, dh); /* += dg_(t+1) W_hh */
+        }
+        float *a = (float *)acts + (long)t * B * G;
+        /* the next step's gates, for its forget gate; at the last step dc is zeros, and this step's own stand in */
+        struct cells job = {.backward = 1, .B = B, .H = H, .a = a, .c_prev = t > 0 ? cs + (t - 1) * n : zeros,
+                            .tc = (float *)tcs + t * n, .f_next = t + 1 < T ? a + (long)B * G : a, .dh = dh,
+                            .dc = dc, .d = dg + (long)t * B * G};
+        run_cells(&job);
+    }
+}
+
+/* One SGD step on the rows idx (B) of the training set data (N, T, F), uint8 pixels (scaled by 1/255)
+ * or float32, with labels (N) in [0, C). mean, std (F): the model's standardisation. cell: CELL_*.
+ * params: per layer w_ih (G, F_l), w_hh (G, H), b_ih (G), b_hh (G), G = H or 4H; then the head's
+ * w (C, H), b (C); sizes: their element counts. grads: buffers of the same shapes (written, then
+ * applied). work: rnnlab_workspace floats. Adds nothing to any .grad. totals (2): the batch's summed
+ * loss and correct count. Returns 0; 1 if an index is out of range, 2 if a label is (nothing is
+ * changed then); 3 if guard is set and the loss is not finite (totals are written, the weights are not
+ * updated). */
+int rnnlab_sgd_step(int cell, int L, int T, int B, int F, int H, int C, const void *data, int data_u8, long N,
+                    const int64_t *labels, const int64_t *idx, const float *mean, const float *std,
+                    float *const *params, float *const *grads, const long *sizes, float *work, float lr,
+                    float smoothing, int guard, float *totals) {
+    for (int b = 0; b < B; b++) {
+        if (idx[b] < 0 || idx[b] >= N) return 1;
+        if (labels[idx[b]] < 0 || labels[idx[b]] >= C) return 2;
+    }
+    const int lstm = cell == CELL_LSTM, G = lstm ? 4 * H : H;
+    const long TB = (long)T * B, per_layer = lstm ? TB * (G + 3L * H) : TB * H;
+    float *x = work;                                /* (T, B, F) the standardised batch */
+    float *kept = x + TB * F;                       /* L x per_layer: what each layer's backward reads */
+    float *dg = kept + L * per_layer;               /* (T, B, G) the gradient w.r.t. pre-activations */
+    float *dx = dg + TB * G;                        /* (T, B, H) the gradient w.r.t. a layer's input */
+    float *logits = dx + TB * H;                    /* (B, C) */
+    float *dlogits = logits + (long)B * C;          /* (B, C) */
+    float *dfeat = dlogits + (long)B * C;           /* (B, H) */
+    float *dh = dfeat + (long)B * H, *dc = dh + (long)B * H; /* (B, H) each */
+    float *zeros = dc + (long)B * H;                /* (B, H) the LSTM's cell state before the first step */
+    float *table = zeros + (long)B * H;             /* (F, 256) standardised pixel values */
+    float *dw_ih_t = table + 256L * F;              /* (F_l, G) dW_ih transposed, F_l = F or H */
+    float *bias = dw_ih_t + (long)(F > H ? F : H) * G; /* (G) b_ih + b_hh */
+    float *ones = bias + G;                         /* (T * B) */
+    for (long i = 0; i < TB; i++) ones[i] = 1.0f;
+    memset(zeros, 0, (long)B * H * sizeof(float));
+    /* a layer's outputs (T, B, H): the Elman layer keeps only them; the LSTM its gates, cells, tanh(cells) too */
+#define OUTS(l) (lstm ? kept + (l) * per_layer + TB * (G + 2L * H) : kept + (l) * per_layer)
+
+    load_batch(T, B, F, data, data_u8, idx, mean, std, table, x);
+    const float *in = x;
+    for (int l = 0; l < L; l++) {
+        const int width = l > 0 ? H : F;
+        float *base = kept + l * per_layer;
+        if (lstm) lstm_forward(T, B, H, width, in, params + 4 * l, bias, zeros, base, base + TB * G,
+                               base + TB * (G + H), (float *)OUTS(l));
+        else elman_forward(T, B, H, width, cell == CELL_TANH, in, params + 4 * l, bias, base);
+        in = OUTS(l);
+    }
+    const float *features = OUTS(L - 1) + (long)(T - 1) * B * H; /* (B, H) the top layer's last step */
+    const float loss_sum = head_and_loss(B, H, C, features, params[4 * L], params[4 * L + 1], labels, idx,
+                                         smoothing, logits, dlogits, grads[4 * L], grads[4 * L + 1], dfeat, totals);
+    if (guard && !(loss_sum - loss_sum == 0.0f)) return 3; /* NaN or inf: leave the weights as they are */
+
+    const float *gout = NULL; /* d loss / d every step's output, from the layer above; NULL for the top */
+    for (int l = L - 1; l >= 0; l--) {
+        const int width = l > 0 ? H : F;
+        const float *base = kept + l * per_layer;
+        if (lstm) lstm_backward(T, B, H, base, base + TB * G, base + TB * (G + H), params[4 * l + 1], gout, dfeat,
+                                zeros, dh, dc, dg);
+        else elman_backward(T, B, H, cell == CELL_TANH, base, params[4 * l + 1], gout, dfeat, dg);
+        weight_grads(T, B, H, G, width, dg, OUTS(l), l > 0 ? OUTS(l - 1) : x, ones, dw_ih_t, grads[4 * l],
+                     grads[4 * l + 1], grads[4 * l + 2], grads[4 * l + 3]);
         if (l > 0) {
-            gemm((int)TB, H, H, g, 0, params[4 * l], 0, 0.0f, dx); /* (T*B, H) x (H, H_below) */
+            gemm((int)TB, H, G, dg, 0, params[4 * l], 0, 0.0f, dx); /* (T*B, G) x (G, H_below) */
             gout = dx;
         }
     }
-
+#undef OUTS
     /* ---- the update: p -= lr * grad */
-    for (int l = 0; l <= L; l++) {
-        const int width = l > 0 ? H : F;
-        const long sizes[4] = {l < L ? (long)H * width : (long)C * H, l < L ? (long)H * H : C, H, H};
-        for (int k = 0; k < (l < L ? 4 : 2); k++) {
-            float *p = params[4 * l + k];
-            const float *gr = grads[4 * l + k];
-            for (long i = 0; i < sizes[k]; i++) p[i] -= lr * gr[i];
-        }
+    for (int k = 0; k < 4 * L + 2; k++) {
+        float *p = params[k];
+        const float *gr = grads[k];
+        for (long i = 0; i < sizes[k]; i++) p[i] -= lr * gr[i];
     }
     return 0;
 }
