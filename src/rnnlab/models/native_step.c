@@ -34,6 +34,28 @@ static void gemm(int m, int n, int k, const float *a, int a_t, const float *b, i
     sgemm(b_t ? "T" : "N", a_t ? "T" : "N", &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c, &ldc);
 }
 
+/* A step's work split over torch's OpenMP threads by sequence (rows of the batch): each row is one
+ * thread's alone. Run through the same libgomp team as torch's own parallel regions (GOMP_parallel,
+ * whose address native.py passes in), never a second pool: a step's GEMMs keep those threads busy
+ * already. Without it, one thread does all the rows. */
+typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+typedef int (*omp_query_fn)(void);
+static gomp_parallel_fn gomp_parallel;
+static omp_query_fn omp_thread_num, omp_num_threads;
+
+void rnnlab_set_openmp(void *parallel, void *thread_num, void *num_threads) {
+    gomp_parallel = (gomp_parallel_fn)parallel;
+    omp_thread_num = (omp_query_fn)thread_num;
+    omp_num_threads = (omp_query_fn)num_threads;
+}
+
+/* Rows [first, last) of B for this thread of the team (all of them outside a parallel region). */
+static void my_rows(int B, int *first, int *last) {
+    const int id = omp_thread_num ? omp_thread_num() : 0, count = omp_num_threads ? omp_num_threads() : 1;
+    *first = (int)((long)B * id / count);
+    *last = (int)((long)B * (id + 1) / count);
+}
+
 /* exp for the tanh, written so that the compiler vectorises it (Cephes' expf: ~1 ulp). The clamps
  * keep 2^k a normal float; a NaN passes through them (comparisons with NaN are false) and stays NaN. */
 static inline float exp_f(float x) {
@@ -184,6 +206,39 @@ static void weight_grads(int T, int B, int H, int G, int width, const float *dg,
 
 /* ---- the cells ----------------------------------------------------------------------------------- */
 
+/* One Elman step on this thread's rows: forward, o += prev W_hh^T (unless first) then the activation;
+ * backward, o = gout_t (or 0) + prev W_hh, then times the activation's derivative at out_t. Each
+ * thread multiplies its own rows (MKL runs one thread inside a parallel region): at B x H = 100 x 100
+ * two halves side by side take less time than the whole on MKL's two threads, whose every call
+ * forks and joins its team. */
+struct elman_rows {
+    int backward, B, H, tanh_, first_step;
+    const float *prev, *w, *bias, *out_t, *gout_t;
+    float *o;
+};
+
+static void elman_rows_run(void *arg) {
+    const struct elman_rows *job = arg;
+    int first, last;
+    my_rows(job->B, &first, &last);
+    if (last <= first) return;
+    const int H = job->H, rows = last - first;
+    float *o = job->o + (long)first * H;
+    if (!job->backward) {
+        if (!job->first_step) gemm(rows, H, H, job->prev + (long)first * H, 0, job->w, 1, 1.0f, o);
+        activate(o, job->bias, rows, H, job->tanh_);
+        return;
+    }
+    if (job->gout_t) memcpy(o, job->gout_t + (long)first * H, (long)rows * H * sizeof(float));
+    if (!job->first_step) gemm(rows, H, H, job->prev + (long)first * H, 0, job->w, 0, job->gout_t ? 1.0f : 0.0f, o);
+    activation_grad(o, job->out_t + (long)first * H, (long)rows * H, job->tanh_);
+}
+
+static void run_elman_rows(struct elman_rows *job) {
+    if (gomp_parallel && (long)job->B * job->H >= 4096) gomp_parallel(elman_rows_run, job, 0, 0);
+    else elman_rows_run(job);
+}
+
 /* Elman forward: out (T, B, H) <- act(x W_ih^T + h_(t-1) W_hh^T + b). */
 static void elman_forward(int T, int B, int H, int width, int tanh_, const float *in, float *const *p,
                           float *bias, float *out) {
@@ -191,9 +246,9 @@ static void elman_forward(int T, int B, int H, int width, int tanh_, const float
     for (int j = 0; j < H; j++) bias[j] = p[2][j] + p[3][j];
     gemm(T * B, H, width, in, 0, p[0], 1, 0.0f, out); /* (T*B, F_l) x (F_l, H) */
     for (int t = 0; t < T; t++) {
-        float *o = out + (long)t * n; /* (B, H) */
-        if (t > 0) gemm(B, H, H, o - n, 0, p[1], 1, 1.0f, o); /* += h_(t-1) W_hh^T */
-        activate(o, bias, B, H, tanh_);
+        struct elman_rows job = {.backward = 0, .B = B, .H = H, .tanh_ = tanh_, .first_step = t == 0,
+                                 .prev = out + (long)(t - (t > 0)) * n, .w = p[1], .bias = bias, .o = out + (long)t * n};
+        run_elman_rows(&job); /* += h_(t-1) W_hh^T, then act */
     }
 }
 
@@ -203,16 +258,12 @@ static void elman_backward(int T, int B, int H, int tanh_, const float *out, con
                            const float *dlast, float *dg) {
     const long n = (long)B * H;
     for (int t = T - 1; t >= 0; t--) {
-        float *gt = dg + (long)t * n; /* (B, H) */
-        if (t == T - 1) {
-            memcpy(gt, gout ? gout + (long)t * n : dlast, n * sizeof(float));
-        } else if (gout) {
-            memcpy(gt, gout + (long)t * n, n * sizeof(float));
-            gemm(B, H, H, gt + n, 0, w_hh, 0, 1.0f, gt); /* += dg_(t+1) W_hh */
-        } else {
-            gemm(B, H, H, gt + n, 0, w_hh, 0, 0.0f, gt);
-        }
-        activation_grad(gt, out + (long)t * n, n, tanh_);
+        const int last = t == T - 1;
+        struct elman_rows job = {.backward = 1, .B = B, .H = H, .tanh_ = tanh_, .first_step = last,
+                                 .prev = dg + (long)(t + !last) * n, .w = w_hh, .out_t = out + (long)t * n,
+                                 .gout_t = last && !gout ? dlast : gout ? gout + (long)t * n : NULL,
+                                 .o = dg + (long)t * n};
+        run_elman_rows(&job); /* dg_t = (gout_t + dg_(t+1) W_hh) * act'(out_t) */
     }
 }
 
@@ -253,37 +304,36 @@ static void lstm_cell_grad(int H, const float *restrict a, const float *restrict
     }
 }
 
-/* The cells of one step split over torch's OpenMP threads by sequence: each row is one thread's
- * alone, so the result does not depend on how many there are. Run through the same libgomp team as
- * torch's own parallel regions (GOMP_parallel, whose address native.py passes in), never a second
- * pool: a step's GEMMs keep those threads busy already. Without it, one thread does all the rows. */
-typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
-typedef int (*omp_query_fn)(void);
-static gomp_parallel_fn gomp_parallel;
-static omp_query_fn omp_thread_num, omp_num_threads;
-
-void rnnlab_set_openmp(void *parallel, void *thread_num, void *num_threads) {
-    gomp_parallel = (gomp_parallel_fn)parallel;
-    omp_thread_num = (omp_query_fn)thread_num;
-    omp_num_threads = (omp_query_fn)num_threads;
-}
-
 struct cells {
-    int backward, B, H;
+    int backward, B, H, first_step;    /* first_step: no recurrent GEMM (the first forward, last backward step) */
+    const float *w_hh, *prev;          /* (4H, H); forward h_(t-1) (B, H), backward dg_(t+1) (B, 4H) */
     float *a;                          /* (B, 4H) this step's gates */
     const float *bias, *c_prev;        /* (4H), (B, H) */
     float *c, *tc, *h;                 /* forward: (B, H) each */
     const float *f_next;               /* backward: (B, 4H) the next step's gates (f at +H), or this step's */
-    const float *dh;                   /* backward: (B, H) */
-    float *dc, *d;                     /* backward: (B, H), (B, 4H) */
+    const float *dh_from;              /* backward: (B, H) the gradient reaching the outputs, or NULL */
+    float *dh, *dc, *d;                /* backward: (B, H), (B, H), (B, 4H) */
 };
 
+/* One LSTM step on this thread's rows: the recurrent GEMM, then the cells (forward or backward). Each
+ * thread multiplies its own rows, as the Elman steps do. */
 static void cells_rows(void *arg) {
     const struct cells *job = arg;
-    const int id = omp_thread_num ? omp_thread_num() : 0, count = omp_num_threads ? omp_num_threads() : 1;
-    const int first = (int)((long)job->B * id / count), last = (int)((long)job->B * (id + 1) / count);
-    const int H = job->H;
+    int first, last;
+    my_rows(job->B, &first, &last);
+    if (last <= first) return;
+    const int H = job->H, rows = last - first;
     const long G = 4L * H;
+    if (!job->backward) {
+        if (!job->first_step) /* += h_(t-1) W_hh^T */
+            gemm(rows, (int)G, H, job->prev + (long)first * H, 0, job->w_hh, 1, 1.0f, job->a + first * G);
+    } else {
+        float *dh = job->dh + (long)first * H;
+        if (job->dh_from) memcpy(dh, job->dh_from + (long)first * H, (long)rows * H * sizeof(float));
+        if (job->first_step) memset(job->dc + (long)first * H, 0, (long)rows * H * sizeof(float));
+        else /* += dg_(t+1) W_hh */
+            gemm(rows, H, (int)G, job->prev + first * G, 0, job->w_hh, 0, job->dh_from ? 1.0f : 0.0f, dh);
+    }
     for (int b = first; b < last; b++) {
         if (job->backward)
             lstm_cell_grad(H, job->a + b * G, job->tc + (long)b * H, job->c_prev + (long)b * H,
@@ -308,9 +358,8 @@ static void lstm_forward(int T, int B, int H, int width, const float *in, float 
     for (int j = 0; j < G; j++) bias[j] = p[2][j] + p[3][j];
     gemm(T * B, G, width, in, 0, p[0], 1, 0.0f, acts); /* (T*B, F_l) x (F_l, 4H) */
     for (int t = 0; t < T; t++) {
-        float *a = acts + (long)t * B * G;
-        if (t > 0) gemm(B, G, H, hs + (t - 1) * n, 0, p[1], 1, 1.0f, a); /* += h_(t-1) W_hh^T */
-        struct cells job = {.backward = 0, .B = B, .H = H, .a = a, .bias = bias,
+        struct cells job = {.backward = 0, .B = B, .H = H, .first_step = t == 0, .w_hh = p[1],
+                            .prev = hs + (t - (t > 0)) * n, .a = acts + (long)t * B * G, .bias = bias,
                             .c_prev = t > 0 ? cs + (t - 1) * n : zeros, .c = cs + t * n, .tc = tcs + t * n,
                             .h = hs + t * n};
         run_cells(&job);
@@ -325,18 +374,15 @@ static void lstm_backward(int T, int B, int H, const float *acts, const float *c
     const int G = 4 * H;
     const long n = (long)B * H;
     for (int t = T - 1; t >= 0; t--) {
-        if (t == T - 1) {
-            memcpy(dh, gout ? gout + (long)t * n : dlast, n * sizeof(float));
-            memset(dc, 0, n * sizeof(float));
-        } else {
-            if (gout) memcpy(dh, gout + (long)t * n, n * sizeof(float));
-            gemm(B, H, G, dg + (long)(t + 1) * B * G, 0, w_hh, 0, gout ? 1.0f : 0.0f, dh); /* += dg_(t+1) W_hh */
-        }
+        const int last = t == T - 1;
         float *a = (float *)acts + (long)t * B * G;
         /* the next step's gates, for its forget gate; at the last step dc is zeros, and this step's own stand in */
-        struct cells job = {.backward = 1, .B = B, .H = H, .a = a, .c_prev = t > 0 ? cs + (t - 1) * n : zeros,
-                            .tc = (float *)tcs + t * n, .f_next = t + 1 < T ? a + (long)B * G : a, .dh = dh,
-                            .dc = dc, .d = dg + (long)t * B * G};
+        struct cells job = {.backward = 1, .B = B, .H = H, .first_step = last, .w_hh = w_hh,
+                            .prev = dg + (long)(t + !last) * B * G, .a = a,
+                            .c_prev = t > 0 ? cs + (t - 1) * n : zeros, .tc = (float *)tcs + t * n,
+                            .f_next = last ? a : a + (long)B * G,
+                            .dh_from = last && !gout ? dlast : gout ? gout + (long)t * n : NULL,
+                            .dh = dh, .dc = dc, .d = dg + (long)t * B * G};
         run_cells(&job);
     }
 }
