@@ -284,7 +284,8 @@ def session(case_index: int, pipeline: str, quick: bool, tmp: str) -> Session:
             # per layer and direction (the weight gradients and input projections batch all steps).
             sequential = (2 * model_cfg.layers * trainer.model.directions * steps
                           * 2 * model_cfg.hidden * gates * model_cfg.hidden)
-            return {"impl": type(trainer.model.rnn).__name__,
+            in_c = trainer.resolved()["backward"] == "by hand, in C"  # the whole step in C (models/native.py)
+            return {"impl": type(trainer.model.rnn).__name__ + (", step in C" if in_c else ""),
                     "train_flops": 3 * flops_per_sample(trainer.model, steps), "sequential_flops": sequential,
                     "step_gemm": step_gemm(cfg.train.batch_size, model_cfg.hidden, gates),
                     "gemm_floor_rate": cfg.train.batch_size / floor_seconds(Shape(
