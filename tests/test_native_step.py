@@ -223,3 +223,16 @@ def test_a_cache_it_cannot_write_builds_in_a_folder_of_its_own(tmp_path: Path, m
     compiler = next(c for c in ("cc", "gcc", "clang") if native.shutil.which(c))
     built = native._built(compiler)
     assert built.exists() and built.parent.name.startswith("rnnlab-native-") and built.parent.stat().st_mode & 0o077 == 0
+
+
+def test_a_library_that_will_not_load_leaves_the_other_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "_library", [])
+    monkeypatch.setattr(native, "_why_not", [])
+    not_a_library = tmp_path / "native_step-0.so"
+    not_a_library.write_text("not an ELF file")
+    monkeypatch.setattr(native, "_built", lambda compiler: not_a_library)
+    assert native.library() is None
+    assert native.unavailable_reason().startswith("the C step could not be built or loaded")
+    x, y = _data(torch.uint8)
+    model = _model(CASES[0], steps=6, features=5, classes=4, mean=0.3, std=0.7)
+    assert native.native_step(model, x, y) is None

@@ -69,8 +69,11 @@ def _load() -> ctypes.CDLL:
     compiler = next((c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c and shutil.which(c)), None)
     if compiler is None:
         raise _Unavailable("no C compiler (set CC, or install gcc or clang)")
-    path = _built(compiler)
-    lib = ctypes.CDLL(str(path))
+    try:
+        path = _built(compiler)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as exc:  # a compiler that hangs, a library that will not load
+        raise _Unavailable(f"the C step could not be built or loaded ({exc})") from None
     lib.rnnlab_set_sgemm(ctypes.cast(sgemm, ctypes.c_void_p))
     lib.rnnlab_set_openmp.argtypes = [ctypes.c_void_p] * 3
     lib.rnnlab_set_openmp(*_openmp(torch_lib))

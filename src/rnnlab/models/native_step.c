@@ -18,9 +18,12 @@
 #include <stdint.h>
 #include <string.h>
 
-typedef void (*sgemm_fn)(const char *, const char *, const int *, const int *, const int *, const float *,
-                         const float *, const int *, const float *, const int *, const float *, float *,
-                         const int *);
+/* The Fortran BLAS takes its integers by pointer: 32-bit in MKL's LP64 interface, 64-bit in ILP64.
+ * Each is passed as a 64-bit integer, whose first 4 bytes (little-endian) are the same value: right
+ * whichever interface torch was built with. */
+typedef void (*sgemm_fn)(const char *, const char *, const void *, const void *, const void *, const float *,
+                         const float *, const void *, const float *, const void *, const float *, float *,
+                         const void *);
 static sgemm_fn sgemm;
 
 void rnnlab_set_sgemm(void *fn) { sgemm = (sgemm_fn)fn; }
@@ -30,8 +33,8 @@ void rnnlab_set_sgemm(void *fn) { sgemm = (sgemm_fn)fn; }
  * row-major matrix is its column-major transpose: so ask for c^T = b'^T a'^T. */
 static void gemm(int m, int n, int k, const float *a, int a_t, const float *b, int b_t, float beta, float *c) {
     const float one = 1.0f;
-    const int lda = a_t ? m : k, ldb = b_t ? k : n, ldc = n;
-    sgemm(b_t ? "T" : "N", a_t ? "T" : "N", &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c, &ldc);
+    const int64_t m_ = m, n_ = n, k_ = k, lda = a_t ? m : k, ldb = b_t ? k : n, ldc = n;
+    sgemm(b_t ? "T" : "N", a_t ? "T" : "N", &n_, &m_, &k_, &one, b, &ldb, a, &lda, &beta, c, &ldc);
 }
 
 /* A step's work split over torch's OpenMP threads by sequence (rows of the batch): each row is one
