@@ -52,11 +52,26 @@ void rnnlab_set_openmp(void *parallel, void *thread_num, void *num_threads) {
     omp_num_threads = (omp_query_fn)num_threads;
 }
 
-/* Rows [first, last) of B for this thread of the team (all of them outside a parallel region). */
-static void my_rows(int B, int *first, int *last) {
+/* fn(job, first, last) on each thread's share [first, last) of B rows: in one parallel region of
+ * torch's team where the work (B x H) is worth the fork, else all rows on the calling thread. */
+typedef void (*rows_fn)(const void *job, int first, int last);
+struct rows_call {
+    rows_fn fn;
+    const void *job;
+    int B;
+};
+
+static void rows_share(void *arg) {
+    const struct rows_call *call = arg;
     const int id = omp_thread_num ? omp_thread_num() : 0, count = omp_num_threads ? omp_num_threads() : 1;
-    *first = (int)((long)B * id / count);
-    *last = (int)((long)B * (id + 1) / count);
+    const int first = (int)((long)call->B * id / count), last = (int)((long)call->B * (id + 1) / count);
+    if (last > first) call->fn(call->job, first, last);
+}
+
+static void over_rows(rows_fn fn, const void *job, int B, int H) {
+    struct rows_call call = {fn, job, B};
+    if (gomp_parallel && (long)B * H >= 4096) gomp_parallel(rows_share, &call, 0, 0); /* 0: torch's count */
+    else rows_share(&call); /* outside a parallel region: thread 0 of 1 */
 }
 
 /* exp for the tanh, written so that the compiler vectorises it (Cephes' expf: ~1 ulp). The clamps
@@ -220,11 +235,8 @@ struct elman_rows {
     float *o;
 };
 
-static void elman_rows_run(void *arg) {
+static void elman_rows_run(const void *arg, int first, int last) {
     const struct elman_rows *job = arg;
-    int first, last;
-    my_rows(job->B, &first, &last);
-    if (last <= first) return;
     const int H = job->H, rows = last - first;
     float *o = job->o + (long)first * H;
     if (!job->backward) {
@@ -237,11 +249,6 @@ static void elman_rows_run(void *arg) {
     activation_grad(o, job->out_t + (long)first * H, (long)rows * H, job->tanh_);
 }
 
-static void run_elman_rows(struct elman_rows *job) {
-    if (gomp_parallel && (long)job->B * job->H >= 4096) gomp_parallel(elman_rows_run, job, 0, 0);
-    else elman_rows_run(job);
-}
-
 /* Elman forward: out (T, B, H) <- act(x W_ih^T + h_(t-1) W_hh^T + b). */
 static void elman_forward(int T, int B, int H, int width, int tanh_, const float *in, float *const *p,
                           float *bias, float *out) {
@@ -251,7 +258,7 @@ static void elman_forward(int T, int B, int H, int width, int tanh_, const float
     for (int t = 0; t < T; t++) {
         struct elman_rows job = {.backward = 0, .B = B, .H = H, .tanh_ = tanh_, .first_step = t == 0,
                                  .prev = out + (long)(t - (t > 0)) * n, .w = p[1], .bias = bias, .o = out + (long)t * n};
-        run_elman_rows(&job); /* += h_(t-1) W_hh^T, then act */
+        over_rows(elman_rows_run, &job, B, H); /* += h_(t-1) W_hh^T, then act */
     }
 }
 
@@ -266,7 +273,7 @@ static void elman_backward(int T, int B, int H, int tanh_, const float *out, con
                                  .prev = dg + (long)(t + !last) * n, .w = w_hh, .out_t = out + (long)t * n,
                                  .gout_t = last && !gout ? dlast : gout ? gout + (long)t * n : NULL,
                                  .o = dg + (long)t * n};
-        run_elman_rows(&job); /* dg_t = (gout_t + dg_(t+1) W_hh) * act'(out_t) */
+        over_rows(elman_rows_run, &job, B, H); /* dg_t = (gout_t + dg_(t+1) W_hh) * act'(out_t) */
     }
 }
 
@@ -320,11 +327,8 @@ struct cells {
 
 /* One LSTM step on this thread's rows: the recurrent GEMM, then the cells (forward or backward). Each
  * thread multiplies its own rows, as the Elman steps do. */
-static void cells_rows(void *arg) {
+static void cells_rows(const void *arg, int first, int last) {
     const struct cells *job = arg;
-    int first, last;
-    my_rows(job->B, &first, &last);
-    if (last <= first) return;
     const int H = job->H, rows = last - first;
     const long G = 4L * H;
     if (!job->backward) {
@@ -347,11 +351,6 @@ static void cells_rows(void *arg) {
     }
 }
 
-static void run_cells(struct cells *job) {
-    if (gomp_parallel && (long)job->B * job->H >= 4096) gomp_parallel(cells_rows, job, 0, 0); /* 0: torch's count */
-    else cells_rows(job); /* outside a parallel region: thread 0 of 1 */
-}
-
 /* LSTM forward: acts (T, B, 4H) the gate activations, cs (T, B, H) the cell states, tcs their tanh,
  * hs (T, B, H) the outputs. zeros: (B, H) of zeros, the cell state before the first step. */
 static void lstm_forward(int T, int B, int H, int width, const float *in, float *const *p, float *bias,
@@ -365,7 +364,7 @@ static void lstm_forward(int T, int B, int H, int width, const float *in, float 
                             .prev = hs + (t - (t > 0)) * n, .a = acts + (long)t * B * G, .bias = bias,
                             .c_prev = t > 0 ? cs + (t - 1) * n : zeros, .c = cs + t * n, .tc = tcs + t * n,
                             .h = hs + t * n};
-        run_cells(&job);
+        over_rows(cells_rows, &job, B, H);
     }
 }
 
@@ -386,7 +385,7 @@ static void lstm_backward(int T, int B, int H, const float *acts, const float *c
                             .f_next = last ? a : a + (long)B * G,
                             .dh_from = last && !gout ? dlast : gout ? gout + (long)t * n : NULL,
                             .dh = dh, .dc = dc, .d = dg + (long)t * B * G};
-        run_cells(&job);
+        over_rows(cells_rows, &job, B, H);
     }
 }
 
