@@ -236,3 +236,59 @@ def test_a_library_that_will_not_load_leaves_the_other_steps(tmp_path: Path, mon
     x, y = _data(torch.uint8)
     model = _model(CASES[0], steps=6, features=5, classes=4, mean=0.3, std=0.7)
     assert native.native_step(model, x, y) is None
+
+
+def test_steps_in_one_call_are_the_steps_one_by_one() -> None:
+    """run(): the steps between two looks for a NaN loss in one call, each with its own batch and
+    learning rate, give the weights and totals of the same steps called one by one, bit for bit."""
+    x, y = _data(torch.uint8)
+    model = _model(dict(nonlinearity="tanh", layers=2), steps=6, features=5, classes=4, mean=0.3, std=0.7)
+    twin = copy.deepcopy(model)
+    batches = torch.randperm(300, generator=torch.Generator().manual_seed(4))[:5 * 16].view(5, 16)
+    lrs = [0.3, 0.25, 0.2, 0.15, 0.1]
+    one_by_one = native.native_step(model, x, y)
+    expected = torch.stack([one_by_one(batch, lr, 0.1) for batch, lr in zip(batches, lrs)])
+    together = native.native_step(twin, x, y).run(batches, lrs, 0.1)
+    assert torch.equal(together, expected)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+
+
+def test_the_trainer_takes_the_steps_between_nan_checks_in_one_call(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import rnnlab
+
+    calls: list[int] = []
+    real_run = native.NativeStep.run
+    monkeypatch.setattr(native.NativeStep, "run", lambda self, steps, *a: calls.append(len(steps)) or
+                        real_run(self, steps, *a))
+    cfg = rnnlab.apply_overrides(rnnlab.RunConfig(), [
+        "train.device=cpu", "model.cell=rnn", "model.hidden=8", "train.batch_size=50", "train.iterations=45",
+        "train.eval_every=30", "data.val_size=1000", "train.threads=1", "train.optimizer=sgd", "train.clip=0"])
+    run = rnnlab.train(cfg, tmp_path / "run", progress=False)
+    assert run.summary["status"] == "completed" and run.summary["iterations"] == 45
+    # NaN looks in steps 20, 30 (before an evaluation), 40 and 45 (the last), each a call of its own: the
+    # steps between them in one call each
+    assert calls == [19, 9, 9, 4]
+
+
+def test_steps_in_one_call_stop_at_the_end_of_an_epoch(tmp_path: Path) -> None:
+    """An epoch's steps in one call never run into the next epoch's order, nor its last partial batch
+    (59,000 training rows in batches of 1,000 and 700): the run ends where the steps one by one end."""
+    import rnnlab
+
+    for batch in (1000, 700):
+        cfg = rnnlab.apply_overrides(rnnlab.RunConfig(), [
+            "train.device=cpu", "model.cell=rnn", "model.hidden=8", f"train.batch_size={batch}",
+            "train.iterations=130", "data.val_size=1000", "train.threads=1", "train.optimizer=sgd", "train.clip=0",
+            "train.eval_every=1000"])
+        together = rnnlab.train(cfg, tmp_path / f"together-{batch}", progress=False)
+        try:
+            native.ENABLED = False
+            apart = rnnlab.train(cfg, tmp_path / f"apart-{batch}", progress=False)
+        finally:
+            native.ENABLED = True
+        assert together.summary["samples"] == apart.summary["samples"]
+        a = torch.load(together.dir / "checkpoint.pt", weights_only=True)["model"]
+        b = torch.load(apart.dir / "checkpoint.pt", weights_only=True)["model"]
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)

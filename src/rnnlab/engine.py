@@ -235,6 +235,22 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 check = self._must_check(end)  # a look for a NaN loss after this step
+                quiet = 0 if in_c is None or check else self._quiet_steps(end, index, len(order) // t.batch_size)
+                if quiet > 1:  # the steps up to the next look for a NaN loss, in one call in C
+                    its = range(self.iteration, self.iteration + quiet)
+                    lrs = [learning_rate(cfg, i, self.total) for i in its]
+                    steps = order[index * t.batch_size:(index + quiet) * t.batch_size].view(quiet, t.batch_size)
+                    all_totals = in_c.run(steps, lrs, t.label_smoothing)  # (quiet, 2)
+                    for i, totals in zip(its, all_totals):
+                        self.running.add(totals, t.batch_size, i)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lrs[-1]
+                    self.iteration += quiet
+                    self.samples += quiet * t.batch_size
+                    self.mid_step = False
+                    self.train_seconds += time.perf_counter() - step_started
+                    bar.update(quiet)
+                    continue  # none of them ends where the loop evaluates or saves: those steps look
                 if in_c is not None:  # batch, step and update in one call, in C
                     # guard: where this step looks for a NaN loss, one leaves the weights as they were
                     totals = in_c(batch_idx, lr, t.label_smoothing, guard=check)  # (2,)
@@ -321,11 +337,18 @@ class Trainer:
             self.diverged_at = (iteration, value, learning_rate(self.cfg, iteration, self.total))
         return found is not None
 
-    def _must_check(self, end: int) -> bool:
-        """Whether this step looks for a NaN loss: every ``check_every`` steps, and always
-        before a step after which the loop evaluates, saves or stops (so that no evaluation
+    def _quiet_steps(self, end: int, index: int, full_batches: int) -> int:
+        """How many steps from this one on look for no NaN loss, within this epoch's full batches."""
+        count = 0
+        while index + count < full_batches and not self._must_check(end, self.iteration + count):
+            count += 1
+        return count
+
+    def _must_check(self, end: int, iteration: int | None = None) -> bool:
+        """Whether this step (or ``iteration``) looks for a NaN loss: every ``check_every`` steps, and
+        always before a step after which the loop evaluates, saves or stops (so that no evaluation
         or checkpoint is made of a diverged model)."""
-        t, after = self.cfg.train, self.iteration + 1
+        t, after = self.cfg.train, (self.iteration if iteration is None else iteration) + 1
         return (after % self.check_every == 0 or after % t.eval_every == 0
                 or after % t.checkpoint_every == 0 or after >= end or after >= self.total)
 

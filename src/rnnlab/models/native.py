@@ -83,6 +83,10 @@ def _load() -> ctypes.CDLL:
     lib.rnnlab_sgd_step.argtypes = (
         [ctypes.c_int] * 7 + [ctypes.c_void_p, ctypes.c_int, ctypes.c_long] + [ctypes.c_void_p] * 8
         + [ctypes.c_float, ctypes.c_float, ctypes.c_int, ctypes.c_void_p])
+    lib.rnnlab_sgd_steps.restype = ctypes.c_int
+    lib.rnnlab_sgd_steps.argtypes = (
+        [ctypes.c_int] * 8 + [ctypes.c_void_p, ctypes.c_int, ctypes.c_long] + [ctypes.c_void_p] * 9
+        + [ctypes.c_float, ctypes.c_void_p])
     return lib
 
 
@@ -275,6 +279,26 @@ class NativeStep:
         if code == 2:
             raise ValueError(f"a label is outside 0..{self.classes - 1}")
         return self.totals.clone()
+
+
+    def run(self, indices: Tensor, lrs: list[float], label_smoothing: float = 0.0) -> Tensor:
+        """len(lrs) steps in one call, step s on rows ``indices[s]`` ((steps, B) int64) at ``lrs[s]``,
+        none of them guarded; (steps, 2) totals, one row per step."""
+        count, batch = indices.shape
+        indices = indices.to(torch.int64).contiguous()
+        self._prepare(batch)
+        lr_array = (ctypes.c_float * count)(*lrs)
+        totals = torch.empty(count, 2)
+        code = self.lib.rnnlab_sgd_steps(
+            count, self.cell, self.layers, self.steps, batch, self.features, self.hidden, self.classes,
+            self.data_x.data_ptr(), self.data_u8, self.rows, self.data_y.data_ptr(), indices.data_ptr(),
+            self.mean.data_ptr(), self.std.data_ptr(), self.param_array, self.grad_array, self.sizes,
+            self.work.data_ptr(), lr_array, label_smoothing, totals.data_ptr())
+        if code == 1:
+            raise IndexError(f"a training index is outside 0..{self.rows - 1}")
+        if code == 2:
+            raise ValueError(f"a label is outside 0..{self.classes - 1}")
+        return totals
 
 
 def native_step(model: Any, data_x: Tensor, data_y: Tensor) -> NativeStep | None:

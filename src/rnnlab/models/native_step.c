@@ -463,3 +463,20 @@ int rnnlab_sgd_step(int cell, int L, int T, int B, int F, int H, int C, const vo
     }
     return 0;
 }
+
+/* count steps one after another, as many calls of rnnlab_sgd_step without guard: step s trains on
+ * idx[s * B .. (s + 1) * B) with learning rate lrs[s] and writes totals[2s .. 2s + 2). Saves the
+ * caller's per-step overhead between the looks for a NaN loss. Returns 0, or the first failing
+ * step's code (the steps before it stay applied). */
+int rnnlab_sgd_steps(int count, int cell, int L, int T, int B, int F, int H, int C, const void *data, int data_u8,
+                     long N, const int64_t *labels, const int64_t *idx, const float *mean, const float *std,
+                     float *const *params, float *const *grads, const long *sizes, float *work, const float *lrs,
+                     float smoothing, float *totals) {
+    for (int step = 0; step < count; step++) {
+        const int code = rnnlab_sgd_step(cell, L, T, B, F, H, C, data, data_u8, N, labels, idx + (long)step * B, mean,
+                                         std, params, grads, sizes, work, lrs[step], smoothing, 0, totals + 2 * step);
+        if (code) return code;
+    }
+    return 0;
+}
+
