@@ -53,7 +53,7 @@ from rnnlab.models import flops_per_sample
 from rnnlab.models.recurrent import GATES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # gemm_floor.py beside this file, however it is run
-from gemm_floor import Shape, floor_seconds  # noqa: E402
+from gemm_floor import Shape, floor_seconds, matmul_rate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -198,20 +198,6 @@ def rnnlab_session(trainer: Trainer, iterations: int) -> Timer:
         return done * trainer.cfg.train.batch_size / (trainer.train_seconds - before_seconds)
 
     return timed
-
-
-def matmul_flops(size: int = 2048, repeats: int = 10) -> float:
-    """The float32 matrix-multiply rate: the best of several multiplies into a preallocated output
-    (a fresh 16 MB result each time would measure page faults, not arithmetic)."""
-    a, b, c = torch.randn(size, size), torch.randn(size, size), torch.empty(size, size)
-    for _ in range(3):
-        torch.mm(a, b, out=c)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b, out=c)
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / min(times)
 
 
 def step_gemm(batch: int, hidden: int, gates: int, repeats: int = 400) -> float:
@@ -415,7 +401,7 @@ def main() -> int:
     if args.worker:
         serve_worker(int(args.worker[0]), args.worker[1], args.quick)
         return 0
-    peak = matmul_flops()
+    peak = matmul_rate()
     variants = dict(v.split("=", 1) for v in args.variant)
     pipelines = tuple(args.pipelines.split(",")) + tuple(f"rnnlab:{o}" for o in variants.values())
     full = {"tutorial", "plain", "rnnlab"} <= set(pipelines) and not args.only

@@ -22,10 +22,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+
+from rnnlab import torch_library
 
 _DENORMAL = 1e-39  # below float32's smallest normal number, 1.18e-38
 _REGION = ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # void (*fn)(void *data)
@@ -71,18 +72,9 @@ def denormal_mode_kept() -> Iterator[None]:
 
 @functools.lru_cache(maxsize=1)
 def _openmp_runtime() -> Any:
-    """``GOMP_parallel`` of the OpenMP runtime torch links, or None. Looked up through torch's
-    own library, which finds it among that library's dependencies: by name, or by scanning what
-    the process has loaded, it could be another copy of libgomp, with threads of its own."""
-    lib_dir = Path(torch.__file__).parent / "lib"
-    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
-        if not (lib_dir / name).is_file():
-            continue
-        try:
-            entry = ctypes.CDLL(str(lib_dir / name)).GOMP_parallel  # already loaded: the same library
-        except (OSError, AttributeError):
-            return None
+    """``GOMP_parallel`` of the OpenMP runtime torch links (``torch_library``), or None."""
+    entry = torch_library.symbol("GOMP_parallel")
+    if entry is not None:
         entry.argtypes = [_REGION, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
         entry.restype = None
-        return entry
-    return None
+    return entry

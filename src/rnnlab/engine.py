@@ -317,13 +317,13 @@ class Trainer:
         step by hand, plain SGD with nothing around it, no clipping, the training set where the model is.
         Asked at each :meth:`train_until`, as a caller may change the optimizer or add hooks between."""
         param = next(self.model.parameters())
-        return (self.hand_step and self.cfg.train.clip == 0 and self.train_data.lengths is None
-                and self.train_data.x.device == param.device and plain_sgd(self.optimizer, self.model))
+        return self.hand_step and self.train_data.x.device == param.device and self._c_steps()
 
     def _c_steps(self) -> bool:
-        """Whether the run's settings let its steps be taken in C (:mod:`rnnlab.models.native`, which
-        then asks the model): plain SGD with nothing around it, no clipping, float32, one process,
-        fixed-length sequences, and train.backward not autograd. Asked at each :meth:`train_until`."""
+        """Whether the run's settings let its steps be taken whole (in C, :mod:`rnnlab.models.native`,
+        which then asks the model; or by :meth:`_whole_sgd_steps`): plain SGD with nothing around it,
+        no clipping, float32, one process, fixed-length sequences, and train.backward not autograd.
+        Asked at each :meth:`train_until`."""
         t = self.cfg.train
         return (t.backward != "autograd" and t.clip == 0 and self.amp == "off" and self.world == 1
                 and self.train_data.lengths is None and plain_sgd(self.optimizer, self.model))

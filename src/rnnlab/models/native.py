@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnlab import torch_library
+
 SOURCE = Path(__file__).with_name("native_step.c")
 _FLAGS = ("-O3", "-fPIC", "-shared", "-fno-trapping-math", "-std=c99")
 ENABLED = os.environ.get("RNNLAB_NATIVE", "1").strip().lower() not in ("0", "false", "off", "no")
@@ -61,11 +63,9 @@ class _Unavailable(Exception):
 def _load() -> ctypes.CDLL:
     if not torch.backends.mkl.is_available():
         raise _Unavailable("this torch build has no MKL, whose sgemm the C step calls")
-    torch_lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
-    try:
-        sgemm = ctypes.CDLL(str(torch_lib)).sgemm_
-    except (OSError, AttributeError) as exc:
-        raise _Unavailable(f"torch's sgemm_ was not found in {torch_lib} ({exc})") from None
+    sgemm = torch_library.symbol("sgemm_")
+    if sgemm is None:
+        raise _Unavailable("torch's library exports no sgemm_")
     compiler = next((c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c and shutil.which(c)), None)
     if compiler is None:
         raise _Unavailable("no C compiler (set CC, or install gcc or clang)")
@@ -74,9 +74,12 @@ def _load() -> ctypes.CDLL:
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as exc:  # a compiler that hangs, a library that will not load
         raise _Unavailable(f"the C step could not be built or loaded ({exc})") from None
-    lib.rnnlab_set_sgemm(ctypes.cast(sgemm, ctypes.c_void_p))
+    lib.rnnlab_set_sgemm.argtypes = [ctypes.c_void_p]  # a pointer, not ctypes' default int
+    lib.rnnlab_set_sgemm(_address(sgemm))
     lib.rnnlab_set_openmp.argtypes = [ctypes.c_void_p] * 3
-    lib.rnnlab_set_openmp(*_openmp(torch_lib))
+    # torch's OpenMP team for the C step's threads; Nones where torch has none: one thread then
+    lib.rnnlab_set_openmp(*[_address(torch_library.symbol(name))
+                            for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")])
     lib.rnnlab_workspace.restype = ctypes.c_long
     lib.rnnlab_workspace.argtypes = [ctypes.c_int] * 7
     lib.rnnlab_sgd_step.restype = ctypes.c_int
@@ -90,17 +93,8 @@ def _load() -> ctypes.CDLL:
     return lib
 
 
-def _openmp(torch_lib: Path) -> list[int | None]:
-    """GOMP_parallel, omp_get_thread_num and omp_get_num_threads of the OpenMP runtime torch links
-    (looked up through torch's own library, as denormals.py does: not another copy of libgomp with
-    threads of its own); Nones where torch has none, and the C step's cells run on one thread."""
-    try:
-        torch_cpu = ctypes.CDLL(str(torch_lib))
-        found = [ctypes.cast(getattr(torch_cpu, name), ctypes.c_void_p).value
-                 for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")]
-    except (OSError, AttributeError):
-        return [None, None, None]
-    return found
+def _address(function: Any) -> int | None:
+    return None if function is None else ctypes.cast(function, ctypes.c_void_p).value
 
 
 def _cpu_identity() -> str:
@@ -259,6 +253,13 @@ class NativeStep:
             self.std = std.float().expand(self.features).contiguous()
             self._stamp = stamp
 
+    def _raise_for(self, code: int) -> None:
+        """native_step.c's return codes 1 and 2 (nothing was changed by the failing step)."""
+        if code == 1:
+            raise IndexError(f"a training index is outside 0..{self.rows - 1}")
+        if code == 2:
+            raise ValueError(f"a label is outside 0..{self.classes - 1}")
+
     def __call__(self, indices: Tensor, lr: float, label_smoothing: float = 0.0, *, guard: bool = False) -> Tensor:
         """One step on rows ``indices`` (B,); (2,) = (summed loss, correct count). ``guard``: if the
         loss is NaN or infinite, leave the weights as they were (as a step that looks first does)."""
@@ -274,10 +275,7 @@ class NativeStep:
             self.data_x.data_ptr(), self.data_u8, self.rows, self.data_y.data_ptr(), indices.data_ptr(),
             self.mean.data_ptr(), self.std.data_ptr(), self.param_array, self.grad_array, self.sizes,
             self.work.data_ptr(), lr, label_smoothing, int(guard), self.totals.data_ptr())
-        if code == 1:
-            raise IndexError(f"a training index is outside 0..{self.rows - 1}")
-        if code == 2:
-            raise ValueError(f"a label is outside 0..{self.classes - 1}")
+        self._raise_for(code)
         return self.totals.clone()
 
 
@@ -294,10 +292,7 @@ class NativeStep:
             self.data_x.data_ptr(), self.data_u8, self.rows, self.data_y.data_ptr(), indices.data_ptr(),
             self.mean.data_ptr(), self.std.data_ptr(), self.param_array, self.grad_array, self.sizes,
             self.work.data_ptr(), lr_array, label_smoothing, totals.data_ptr())
-        if code == 1:
-            raise IndexError(f"a training index is outside 0..{self.rows - 1}")
-        if code == 2:
-            raise ValueError(f"a label is outside 0..{self.classes - 1}")
+        self._raise_for(code)
         return totals
 
 
